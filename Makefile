@@ -1,0 +1,141 @@
+# ordersuite — one Makefile for everything (GNU make).
+#
+#   make            build every executable into build/bin/
+#   make deps       install the Debian packages (root; prints the sudo line otherwise)
+#   make up|down|status   the project's own RabbitMQ node and PostgreSQL cluster (var/)
+#   make migrate    apply migrations/NNNN_*.sql
+#   make test       build, up, migrate, then every Check suite
+#   make asan       the same tests built with -fsanitize=address,undefined
+#   make fuzz       libFuzzer over the decoders, bounded
+#   make demo | demo-stop, make fmt | lint
+#
+# BUILD selects the output tree (build/ or build/asan/); SAN=1 adds sanitizers.
+
+BUILD   ?= build
+SAN     ?=
+CC      ?= cc
+
+PKGS     := librabbitmq libpq libmicrohttpd libcjson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow -Wvla -Wno-format-truncation  # error buffers truncate by design
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -MMD -MP -Icommon -Icontracts $(PKG_CFLAGS)
+LDLIBS  := $(PKG_LIBS) -lcurl -lpthread -lm
+ifeq ($(SAN),1)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+COMMON_SRC    := $(wildcard common/*.c)
+CONTRACTS_SRC := $(wildcard contracts/*.c)
+SERVICES      := $(notdir $(patsubst %/,%,$(dir $(wildcard services/*/main.c))))
+TOOLS         := $(notdir $(patsubst %/,%,$(dir $(wildcard tools/*/main.c))))
+TESTS         := $(basename $(notdir $(wildcard tests/check_*.c)))
+TEST_HELPERS  := $(basename $(notdir $(wildcard tests/helpers/*.c)))
+
+OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+LIBCOMMON    := $(BUILD)/lib/libcommon.a
+LIBCONTRACTS := $(BUILD)/lib/libcontracts.a
+LIBS         := $(LIBCOMMON) $(LIBCONTRACTS)
+
+BINS := $(addprefix $(BUILD)/bin/,$(SERVICES) $(TOOLS))
+TEST_BINS := $(addprefix $(BUILD)/test/,$(TESTS) $(TEST_HELPERS))
+
+.PHONY: all deps up down status migrate test test-run asan fuzz fmt lint demo demo-stop clean
+.DEFAULT_GOAL := all
+
+all: $(BINS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIBCOMMON): $(call OBJ,$(COMMON_SRC))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(LIBCONTRACTS): $(call OBJ,$(CONTRACTS_SRC))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+# A service or tool is every .c file in its folder.
+.SECONDEXPANSION:
+$(BUILD)/bin/%: $$(call OBJ,$$(wildcard services/$$*/*.c) $$(wildcard tools/$$*/*.c)) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS) $(LDLIBS)
+
+TESTUTIL_OBJ := $(call OBJ,tests/testutil.c)
+$(BUILD)/obj/tests/%.o: CFLAGS += $(CHECK_CFLAGS)
+
+$(BUILD)/test/check_%: $(BUILD)/obj/tests/check_%.o $(TESTUTIL_OBJ) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TESTUTIL_OBJ) $(LIBS) $(LDLIBS) $(CHECK_LIBS)
+
+$(BUILD)/test/%: $(BUILD)/obj/tests/helpers/%.o $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
+
+tests: $(BINS) $(TEST_BINS)
+
+deps:
+	@bash scripts/deps.sh
+
+up:
+	@bash scripts/up.sh
+
+down:
+	@bash scripts/down.sh
+
+status:
+	@bash scripts/status.sh
+
+migrate: $(BUILD)/bin/migrate
+	@bash scripts/migrate.sh $(BUILD)/bin/migrate
+
+# Everything CI runs. Suites run one after another; the run fails if any did.
+test: deps
+	@$(MAKE) --no-print-directory tests
+	@$(MAKE) --no-print-directory up
+	@$(MAKE) --no-print-directory migrate
+	@bash scripts/run-tests.sh $(BUILD)
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 CC=gcc test
+
+FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_RUNS ?= 200000
+fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
+	@bash scripts/fuzz.sh build/fuzz $(FUZZ_RUNS) $(FUZZ_TARGETS)
+
+build/fuzz/%: tests/fuzz/%.c $(CONTRACTS_SRC) $(COMMON_SRC)
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Icommon -Icontracts \
+		$(PKG_CFLAGS) -o $@ $^ $(LDLIBS)
+
+SOURCES := $(shell find common contracts services tools tests -name '*.[ch]' 2>/dev/null)
+fmt:
+	clang-format -i $(SOURCES)
+
+lint:
+	@clang-format --dry-run --Werror $(SOURCES)
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+		--inline-suppr --suppress=missingIncludeSystem --std=c11 -D_GNU_SOURCE \
+		-Icommon -Icontracts $(SOURCES)
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory up
+	@$(MAKE) --no-print-directory migrate
+	@bash scripts/demo.sh $(BUILD)
+
+demo-stop:
+	@bash scripts/services.sh stop
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

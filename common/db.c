@@ -1,0 +1,246 @@
+/*
+ * db.c — the PostgreSQL helper (see db.h).
+ */
+#include "db.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DB_MAX_PREPARED 64
+
+struct db_conn {
+    char *conninfo;
+    char *appname;
+    PGconn *pg;
+    char sqlstate[6];
+    const char *prepared[DB_MAX_PREPARED]; /* statement names prepared on pg */
+    int nprepared;
+};
+
+db_conn *db_new(const char *conninfo, const char *application_name)
+{
+    db_conn *db = calloc(1, sizeof(*db));
+    if (!db)
+        return NULL;
+    db->conninfo = strdup(conninfo);
+    db->appname = strdup(application_name ? application_name : "ordersuite");
+    if (!db->conninfo || !db->appname) {
+        db_free(db);
+        return NULL;
+    }
+    return db;
+}
+
+static void db_close(db_conn *db)
+{
+    if (db->pg)
+        PQfinish(db->pg);
+    db->pg = NULL;
+    db->nprepared = 0;
+}
+
+void db_free(db_conn *db)
+{
+    if (!db)
+        return;
+    db_close(db);
+    free(db->conninfo);
+    free(db->appname);
+    free(db);
+}
+
+/* Copies libpq's message without its trailing newline. */
+static void set_err(char *err, size_t errlen, const char *prefix, const char *msg)
+{
+    size_t n;
+    snprintf(err, errlen, "%s%s", prefix, msg ? msg : "unknown error");
+    n = strlen(err);
+    while (n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '))
+        err[--n] = '\0';
+}
+
+int db_connect(db_conn *db, char *err, size_t errlen)
+{
+    /* Defaults first; the caller's URL (expanded from "dbname") comes last
+     * and overrides any of them. */
+    const char *keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout", "application_name",
+                          "dbname", NULL};
+    const char *vals[] = {"5", "10", "5", "3", "15000", db->appname, db->conninfo, NULL};
+    const char *msg;
+    int permanent;
+
+    db_close(db);
+    db->pg = PQconnectdbParams(keys, vals, 1);
+    if (!db->pg) {
+        snprintf(err, errlen, "out of memory");
+        return DB_ERR_TRANSIENT;
+    }
+    if (PQstatus(db->pg) == CONNECTION_OK)
+        return DB_OK;
+    msg = PQerrorMessage(db->pg);
+    set_err(err, errlen, "connect: ", msg);
+    /* Wrong password, unknown role or database, bad URL: retrying won't help. */
+    permanent = strstr(msg, "authentication failed") || strstr(msg, "does not exist") ||
+                strstr(msg, "invalid") || strstr(msg, "no pg_hba.conf entry");
+    db_close(db); /* frees msg */
+    return permanent ? DB_ERR : DB_ERR_TRANSIENT;
+}
+
+int db_connect_retry(db_conn *db, int timeout_ms, volatile sig_atomic_t *stop, char *err,
+                     size_t errlen)
+{
+    backoff b;
+    int64_t deadline = timeout_ms < 0 ? -1 : util_now_ms() + timeout_ms;
+    int rc;
+
+    backoff_init(&b, 100, 5000);
+    for (;;) {
+        int64_t wait;
+        rc = db_connect(db, err, errlen);
+        if (rc != DB_ERR_TRANSIENT)
+            return rc;
+        wait = backoff_next(&b);
+        if (deadline >= 0 && util_now_ms() + wait > deadline)
+            return rc;
+        if (util_sleep_ms(wait, stop))
+            return rc;
+    }
+}
+
+int db_ensure(db_conn *db, char *err, size_t errlen)
+{
+    if (db->pg && PQstatus(db->pg) == CONNECTION_OK)
+        return DB_OK;
+    return db_connect(db, err, errlen) == DB_OK ? DB_OK : DB_ERR_TRANSIENT;
+}
+
+static int classify(db_conn *db, const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    snprintf(db->sqlstate, sizeof(db->sqlstate), "%s", st ? st : "");
+    if (!db->pg || PQstatus(db->pg) != CONNECTION_OK || !st)
+        return DB_ERR_TRANSIENT;
+    if (strncmp(st, "08", 2) == 0 ||     /* connection exception */
+        strcmp(st, "40001") == 0 ||      /* serialization failure */
+        strcmp(st, "40P01") == 0 ||      /* deadlock detected */
+        strncmp(st, "57P", 3) == 0 ||    /* admin/crash shutdown, cannot connect now */
+        strncmp(st, "53", 2) == 0 ||     /* insufficient resources */
+        strcmp(st, "55P03") == 0 ||      /* lock not available */
+        strcmp(st, "57014") == 0)        /* statement timeout / cancel */
+        return DB_ERR_TRANSIENT;
+    return DB_ERR;
+}
+
+static int check_result(db_conn *db, PGresult *r, PGresult **res, char *err, size_t errlen)
+{
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    int rc;
+
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        db->sqlstate[0] = '\0';
+        if (res)
+            *res = r;
+        else
+            PQclear(r);
+        return DB_OK;
+    }
+    rc = classify(db, r);
+    if (r && PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY))
+        snprintf(err, errlen, "%s: %s", db->sqlstate,
+                 PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY));
+    else
+        set_err(err, errlen, "", db->pg ? PQerrorMessage(db->pg) : "not connected");
+    PQclear(r);
+    /* A connection that died mid-statement is dropped so the next call
+     * reconnects. */
+    if (db->pg && PQstatus(db->pg) != CONNECTION_OK)
+        db_close(db);
+    return rc;
+}
+
+int db_exec(db_conn *db, const char *sql, int nparams, const char *const *params, PGresult **res,
+            char *err, size_t errlen)
+{
+    if (res)
+        *res = NULL;
+    if (!db->pg) {
+        snprintf(err, errlen, "not connected");
+        return DB_ERR_TRANSIENT;
+    }
+    return check_result(db, PQexecParams(db->pg, sql, nparams, NULL, params, NULL, NULL, 0), res,
+                        err, errlen);
+}
+
+int db_execp(db_conn *db, const char *name, const char *sql, int nparams,
+             const char *const *params, PGresult **res, char *err, size_t errlen)
+{
+    int i, rc;
+
+    if (res)
+        *res = NULL;
+    if (!db->pg) {
+        snprintf(err, errlen, "not connected");
+        return DB_ERR_TRANSIENT;
+    }
+    for (i = 0; i < db->nprepared; i++) {
+        if (db->prepared[i] == name || strcmp(db->prepared[i], name) == 0)
+            break;
+    }
+    if (i == db->nprepared) {
+        rc = check_result(db, PQprepare(db->pg, name, sql, nparams, NULL), NULL, err, errlen);
+        if (rc != DB_OK)
+            return rc;
+        if (db->nprepared < DB_MAX_PREPARED)
+            db->prepared[db->nprepared++] = name;
+    }
+    return check_result(db, PQexecPrepared(db->pg, name, nparams, params, NULL, NULL, 0), res,
+                        err, errlen);
+}
+
+int db_begin(db_conn *db, char *err, size_t errlen)
+{
+    return db_exec(db, "BEGIN", 0, NULL, NULL, err, errlen);
+}
+
+int db_commit(db_conn *db, char *err, size_t errlen)
+{
+    PGresult *r = NULL;
+    int rc = db_exec(db, "COMMIT", 0, NULL, &r, err, errlen);
+    /* COMMIT of a failed transaction "succeeds" with the tag ROLLBACK. */
+    if (rc == DB_OK && strcmp(PQcmdStatus(r), "ROLLBACK") == 0) {
+        snprintf(err, errlen, "transaction was rolled back");
+        rc = DB_ERR;
+    }
+    PQclear(r);
+    return rc;
+}
+
+void db_rollback(db_conn *db)
+{
+    char err[DB_ERR_LEN];
+    if (db->pg && PQstatus(db->pg) == CONNECTION_OK &&
+        PQtransactionStatus(db->pg) != PQTRANS_IDLE)
+        (void)db_exec(db, "ROLLBACK", 0, NULL, NULL, err, sizeof(err));
+}
+
+const char *db_last_sqlstate(const db_conn *db)
+{
+    return db->sqlstate;
+}
+
+PGconn *db_pg(db_conn *db)
+{
+    return db->pg;
+}
+
+const char *db_get(const PGresult *res, int row, const char *col)
+{
+    int c = PQfnumber(res, col);
+    if (c < 0 || row >= PQntuples(res) || PQgetisnull(res, row, c))
+        return NULL;
+    return PQgetvalue(res, row, c);
+}

@@ -1,0 +1,83 @@
+/*
+ * db.h — the PostgreSQL helper (libpq).
+ *
+ * A db_conn wraps one PGconn for one thread. It connects from a URL or
+ * conninfo string (DATABASE_URL), retries with capped exponential backoff,
+ * reconnects after the server restarts, and runs parameterised statements
+ * whose results are always checked. Errors are classified so that callers can
+ * tell "try again later" (connection lost, deadlock, serialization failure,
+ * server shutting down) from "this will never work" (bad SQL, constraint,
+ * permission).
+ */
+#ifndef ORDERSUITE_DB_H
+#define ORDERSUITE_DB_H
+
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stddef.h>
+
+#define DB_ERR_LEN 512
+
+typedef enum {
+    DB_OK = 0,
+    DB_ERR = -1,           /* permanent: the same statement will fail again */
+    DB_ERR_TRANSIENT = -2, /* retry later: connection, deadlock, shutdown, ... */
+} db_status;
+
+typedef struct db_conn db_conn;
+
+/* Makes a handle for conninfo (a postgresql:// URL or key=value string);
+ * application_name names the process in pg_stat_activity. Does not connect.
+ * Returns NULL when out of memory. Free with db_free. */
+db_conn *db_new(const char *conninfo, const char *application_name);
+
+/* Closes the connection and frees the handle. db_free(NULL) is a no-op. */
+void db_free(db_conn *db);
+
+/* One connection attempt (connect_timeout 5 s). Returns DB_OK, or
+ * DB_ERR_TRANSIENT (server unreachable) / DB_ERR (bad credentials, unknown
+ * database) with the reason in err. */
+int db_connect(db_conn *db, char *err, size_t errlen);
+
+/* Connects, retrying transient failures with capped exponential backoff
+ * (100 ms doubling to 5 s) until timeout_ms passes (-1: no limit) or *stop
+ * becomes non-zero (stop may be NULL). Returns DB_OK or the last error. */
+int db_connect_retry(db_conn *db, int timeout_ms, volatile sig_atomic_t *stop, char *err,
+                     size_t errlen);
+
+/* Makes sure the connection is up: reconnects once if it was lost. Returns
+ * DB_OK or DB_ERR_TRANSIENT. Never call inside a transaction you mean to keep. */
+int db_ensure(db_conn *db, char *err, size_t errlen);
+
+/* Runs sql with nparams text parameters (NULL entries are SQL NULL). On
+ * success returns DB_OK and, when res is not NULL, the result in *res (caller
+ * PQclear()s it). On failure returns DB_ERR / DB_ERR_TRANSIENT, sets *res to
+ * NULL, and writes "SQLSTATE: message" to err. */
+int db_exec(db_conn *db, const char *sql, int nparams, const char *const *params, PGresult **res,
+            char *err, size_t errlen);
+
+/* Like db_exec, through a named prepared statement that is prepared on first
+ * use on this connection (and again after a reconnect). name must be a
+ * string literal or otherwise outlive db. */
+int db_execp(db_conn *db, const char *name, const char *sql, int nparams,
+             const char *const *params, PGresult **res, char *err, size_t errlen);
+
+/* BEGIN / COMMIT / ROLLBACK. db_commit reports a failed COMMIT (the
+ * transaction was rolled back) as an error. db_rollback never fails loudly: a
+ * lost connection has rolled back already. */
+int db_begin(db_conn *db, char *err, size_t errlen);
+int db_commit(db_conn *db, char *err, size_t errlen);
+void db_rollback(db_conn *db);
+
+/* SQLSTATE of the last failed statement ("" if none). */
+const char *db_last_sqlstate(const db_conn *db);
+
+/* The libpq connection, for LISTEN/NOTIFY and socket waits. NULL when not
+ * connected. Do not PQfinish it. */
+PGconn *db_pg(db_conn *db);
+
+/* Reads column `col` of row 0 of res by name into a C string (NULL when the
+ * column is missing or SQL NULL). The string belongs to res. */
+const char *db_get(const PGresult *res, int row, const char *col);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * log.h — JSON-lines logging to stderr.
+ *
+ * One JSON object per line: {"ts","level","service","msg"} plus
+ * "correlation_id" / "message_id" when the caller has them. Thread-safe: each
+ * line is formatted into a local buffer and written with one write(2).
+ */
+#ifndef ORDERSUITE_LOG_H
+#define ORDERSUITE_LOG_H
+
+#include <stdio.h>
+
+typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
+
+/* Sets the service name written in every line and the minimum level. Call
+ * once from main() before any thread starts. */
+void log_init(const char *service, log_level min);
+
+/* Parses "debug" | "info" | "warn" | "error" into *out. Returns 0, or -1 for
+ * any other string. */
+int log_parse_level(const char *s, log_level *out);
+
+/* Writes one line. corr and msgid may be NULL (then they are left out). */
+void log_write(log_level lvl, const char *corr, const char *msgid, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Formats one line into buf (always NUL-terminated, ends in '\n'); returns the
+ * length. Used by log_write and by the tests. */
+size_t log_format(char *buf, size_t len, log_level lvl, const char *corr, const char *msgid,
+                  const char *msg);
+
+#define log_debug(...) log_write(LOG_DEBUG, NULL, NULL, __VA_ARGS__)
+#define log_info(...)  log_write(LOG_INFO, NULL, NULL, __VA_ARGS__)
+#define log_warn(...)  log_write(LOG_WARN, NULL, NULL, __VA_ARGS__)
+#define log_error(...) log_write(LOG_ERROR, NULL, NULL, __VA_ARGS__)
+
+#endif

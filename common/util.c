@@ -1,0 +1,92 @@
+/*
+ * util.c — clocks, sleeping, backoff, URL redaction (see util.h).
+ */
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+int64_t util_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t util_wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int util_sleep_ms(int64_t ms, volatile sig_atomic_t *stop)
+{
+    int64_t end = util_now_ms() + ms;
+    for (;;) {
+        int64_t left = end - util_now_ms();
+        struct timespec ts;
+        if (stop && *stop)
+            return 1;
+        if (left <= 0)
+            return 0;
+        if (left > 100)
+            left = 100;
+        ts.tv_sec = 0;
+        ts.tv_nsec = (long)left * 1000000L;
+        nanosleep(&ts, NULL);
+    }
+}
+
+void backoff_init(backoff *b, int64_t initial_ms, int64_t max_ms)
+{
+    b->initial_ms = initial_ms;
+    b->max_ms = max_ms;
+    b->next_ms = initial_ms;
+}
+
+int64_t backoff_next(backoff *b)
+{
+    int64_t d = b->next_ms;
+    unsigned int r = 0;
+    int64_t jitter;
+
+    if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
+        r = (unsigned int)util_now_ms();
+    jitter = d / 4 > 0 ? (int64_t)(r % (unsigned int)(d / 2 + 1)) - d / 4 : 0;
+    b->next_ms = d * 2 > b->max_ms ? b->max_ms : d * 2;
+    return d + jitter;
+}
+
+void backoff_reset(backoff *b)
+{
+    b->next_ms = b->initial_ms;
+}
+
+void util_redact_url(const char *url, char *out, size_t outlen)
+{
+    const char *scheme = strstr(url, "://");
+    const char *auth, *at, *colon;
+
+    if (!scheme) {
+        snprintf(out, outlen, "%s", url);
+        return;
+    }
+    auth = scheme + 3;
+    /* The userinfo ends at the last '@' before the path, so a password that
+     * holds a raw '@' is hidden whole. */
+    at = NULL;
+    for (const char *p = auth; *p && *p != '/' && *p != '?'; p++) {
+        if (*p == '@')
+            at = p;
+    }
+    colon = strchr(auth, ':');
+    if (!at || !colon || colon > at) {
+        snprintf(out, outlen, "%s", url);
+        return;
+    }
+    snprintf(out, outlen, "%.*s:***%s", (int)(colon - url), url, at);
+}

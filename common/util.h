@@ -1,0 +1,37 @@
+/*
+ * util.h — small helpers shared by the common modules: clocks, sleeping,
+ * capped exponential backoff, and redacting secrets from URLs.
+ */
+#ifndef ORDERSUITE_UTIL_H
+#define ORDERSUITE_UTIL_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Monotonic milliseconds, for timeouts and durations. */
+int64_t util_now_ms(void);
+
+/* Wall-clock microseconds since the epoch. */
+int64_t util_wall_us(void);
+
+/* Sleeps ms milliseconds in short steps; returns early (1) when *stop becomes
+ * non-zero. stop may be NULL. Returns 0 after the full sleep. */
+int util_sleep_ms(int64_t ms, volatile sig_atomic_t *stop);
+
+/* Capped exponential backoff with jitter. */
+typedef struct {
+    int64_t initial_ms, max_ms, next_ms;
+} backoff;
+
+void backoff_init(backoff *b, int64_t initial_ms, int64_t max_ms);
+/* Returns the delay to wait now (with +-25% jitter) and doubles the next one,
+ * up to max_ms. */
+int64_t backoff_next(backoff *b);
+void backoff_reset(backoff *b);
+
+/* Copies url into out with any password replaced by "***"
+ * ("amqp://user:***@host/"), for logs. out is always NUL-terminated. */
+void util_redact_url(const char *url, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# scripts/deps.sh — install the Debian packages ordersuite needs.
+#
+# Skips what is installed. As root it installs; otherwise it prints the
+# command to run with sudo and fails.
+set -eu
+
+PACKAGES=(
+    # build
+    gcc make pkg-config clang libclang-rt-14-dev clang-format cppcheck
+    # libraries
+    librabbitmq-dev libpq-dev libmicrohttpd-dev libcjson-dev check libcurl4-openssl-dev
+    # servers and their clients
+    rabbitmq-server postgresql postgresql-client
+    # used by the scripts and tests
+    curl procps iproute2 util-linux python3 python3-yaml
+    # make bench
+    gnuplot-nox wrk
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "==> deps: all ${#PACKAGES[@]} packages installed"
+    exit 0
+fi
+
+echo "==> deps: missing ${missing[*]}"
+if [ "$(id -u)" != 0 ]; then
+    echo "error: installing packages needs root; run:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# Debian's rabbitmq-server and postgresql start system-wide servers on the
+# standard ports where systemd runs; the project uses its own (make up), so
+# ask the package scripts not to start anything.
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    made_policy=1
+fi
+trap '[ $made_policy = 1 ] && rm -f "$policy"' EXIT
+
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "==> deps: installed ${missing[*]}"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# scripts/down.sh — stop the services started by 'make demo', then the
+# project's RabbitMQ node and PostgreSQL cluster. Data under var/ is kept.
+source "$(dirname "$0")/lib.sh"
+load_env
+
+if [ -d "$VAR/run" ]; then
+    "$ROOT/scripts/services.sh" stop || true
+fi
+if [ -f "$(pg_data)/PG_VERSION" ] && pg_running; then
+    say "stopping PostgreSQL"
+    pgctl stop -m fast -w -t 60 >/dev/null || die "PostgreSQL did not stop; see $VAR/log/postgresql/"
+fi
+if [ -d "$VAR/rabbitmq" ] && rmq_running; then
+    say "stopping RabbitMQ"
+    rmqctl -q shutdown >/dev/null 2>&1 || rmqctl -q stop >/dev/null 2>&1 || die "RabbitMQ did not stop"
+fi
+say "down"

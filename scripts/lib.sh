@@ -1,0 +1,136 @@
+# scripts/lib.sh — shared by the infra scripts (up, down, status, migrate, demo).
+#
+# Sourced, never run. Works out where the project's own RabbitMQ node and
+# PostgreSQL cluster live (var/), which ports they use, and provides the small
+# helpers every script needs. All state lives under var/; nothing is written
+# to the system's own /var/lib/postgresql or /var/lib/rabbitmq.
+
+set -eu
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VAR="$ROOT/var"
+ENV_FILE="$VAR/ordersuite.env"
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+RMQ_BIN=${RMQ_BIN:-/usr/lib/rabbitmq/bin}
+
+die() { echo "error: $*" >&2; exit 1; }
+say() { echo "==> $*"; }
+
+# The ports: from the environment when up first runs, then from var/ordersuite.env,
+# so that later commands (migrate, test, demo) talk to the same servers.
+load_env() {
+    if [ -f "$ENV_FILE" ]; then
+        set -a
+        # shellcheck disable=SC1090
+        . "$ENV_FILE"
+        set +a
+    fi
+}
+
+# Runs a command as a service user with a clean, predictable environment.
+as_user() {
+    local user=$1; shift
+    runuser -u "$user" -- "$@"
+}
+
+# True when both service users can walk into and list $1.
+reachable_by_services() {
+    local d=$1
+    as_user postgres test -x "$d" -a -r "$d" 2>/dev/null &&
+        as_user rabbitmq test -x "$d" -a -r "$d" 2>/dev/null
+}
+
+# var/ must be reachable by the postgres and rabbitmq users. A clone under a
+# path they cannot traverse (e.g. /root/src/ordersuite) gets var/ as a link to
+# a folder under /var/tmp that they can reach, named after the clone's path.
+ensure_var() {
+    [ "$(id -u)" = 0 ] || die "make up runs the servers as the postgres and rabbitmq users and must be run as root (try: sudo make up)"
+    if [ -L "$VAR" ]; then
+        mkdir -p "$(readlink "$VAR")"
+    else
+        mkdir -p "$VAR"
+    fi
+    chmod 755 "$VAR"
+    if ! reachable_by_services "$VAR/"; then
+        if [ -L "$VAR" ]; then
+            die "$VAR points to $(readlink "$VAR"), which the postgres/rabbitmq users cannot reach"
+        fi
+        local alt
+        alt="/var/tmp/ordersuite-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+        say "the postgres/rabbitmq users cannot reach $VAR; using $alt (linked as var/)"
+        rmdir "$VAR" 2>/dev/null || die "$VAR is not empty and not reachable by the service users; move it away"
+        mkdir -p "$alt"
+        chmod 755 "$alt"
+        ln -s "$alt" "$VAR"
+        reachable_by_services "$VAR/" || die "neither $ROOT/var nor $alt is reachable by the postgres/rabbitmq users"
+    fi
+    mkdir -p "$VAR/log"
+}
+
+# port_in_use PORT: true when something listens on 127.0.0.1:PORT (or any address).
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# who_listens PORT: a line naming the process on PORT, when ss can tell.
+who_listens() {
+    ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*users:((\("[^"]*"\).*/\1/p' | head -1
+}
+
+# Random hex secret for the local passwords; generated once by up.
+gen_secret() {
+    head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'
+}
+
+# RabbitMQ environment of the project's own node. rabbitmq-server and
+# rabbitmqctl are run directly as the rabbitmq user (not through Debian's
+# wrapper, which would drop output in /var/log/rabbitmq).
+rmq_env() {
+    local r="$VAR/rabbitmq"
+    echo HOME="$r/home" \
+        RABBITMQ_NODENAME="ordersuite@localhost" \
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODE_PORT="$AMQP_PORT" \
+        RABBITMQ_DIST_PORT="$((AMQP_PORT + 20000))" \
+        RABBITMQ_MNESIA_BASE="$r/mnesia" \
+        RABBITMQ_LOG_BASE="$VAR/log/rabbitmq" \
+        RABBITMQ_CONFIG_FILE="$r/rabbitmq.conf" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="$r/enabled_plugins" \
+        RABBITMQ_PID_FILE="$r/rabbitmq.pid"
+}
+
+rmqctl() {
+    # shellcheck disable=SC2046
+    as_user rabbitmq env $(rmq_env) "$RMQ_BIN/rabbitmqctl" "$@"
+}
+
+pg_data() { echo "$VAR/postgres/data"; }
+pg_sock() { echo "$VAR/postgres/run"; }
+
+pgctl() {
+    as_user postgres "$PG_BIN/pg_ctl" -D "$(pg_data)" "$@"
+}
+
+# psql as the cluster's superuser over the project's socket (peer auth).
+pg_super() {
+    as_user postgres "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$(pg_sock)" -p "$PG_PORT" -U postgres "$@"
+}
+
+pg_running() { pgctl status >/dev/null 2>&1; }
+rmq_running() { rmqctl -q status >/dev/null 2>&1; }
+
+# wait_for SECONDS DESCRIPTION COMMAND...: bounded poll, once every 0.5 s.
+wait_for() {
+    local secs=$1 what=$2; shift 2
+    local i=0 n=$((secs * 2))
+    while ! "$@" >/dev/null 2>&1; do
+        i=$((i + 1))
+        [ "$i" -lt "$n" ] || return 1
+        sleep 0.5
+    done
+    return 0
+}
+
+AMQP_PORT=${AMQP_PORT:-5672}
+PG_PORT=${PG_PORT:-5432}
+MGMT_PORT=${MGMT_PORT:-15672}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# scripts/migrate.sh MIGRATE_BIN — apply the migrations to the project's own
+# cluster as the owner role, then set the service roles' passwords from
+# var/ordersuite.env (PG_<SERVICE>_PASSWORD).
+source "$(dirname "$0")/lib.sh"
+[ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
+load_env
+pwfile="$VAR/db-role-passwords"
+umask 077
+: >"$pwfile"
+while IFS='=' read -r k v; do
+    case "$k" in
+    PG_OWNER_PASSWORD) ;;
+    PG_*_PASSWORD)
+        role=${k#PG_}
+        role=${role%_PASSWORD}
+        echo "$(echo "$role" | tr 'A-Z' 'a-z') $v" >>"$pwfile"
+        ;;
+    esac
+done <"$ENV_FILE"
+umask 022
+MIGRATE_DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/ordersuite" \
+    DB_ROLE_PASSWORDS_FILE="$pwfile" "$1" --dir "$ROOT/migrations"

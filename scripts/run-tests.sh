@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# scripts/run-tests.sh BUILD — run every Check suite in BUILD/test against the
+# project's own servers (make up + make migrate have run), one after another.
+# Prints each suite's Check summary, then a total line; exits non-zero if any
+# suite failed.
+source "$(dirname "$0")/lib.sh"
+BUILD=${1:-build}
+[ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
+load_env
+set +e
+
+db_url() { echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/ordersuite"; }
+export OWNER_DATABASE_URL ORDERS_DATABASE_URL INVENTORY_DATABASE_URL BILLING_DATABASE_URL EMAIL_DATABASE_URL
+OWNER_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD")
+ORDERS_DATABASE_URL=$(db_url orders "$PG_ORDERS_PASSWORD")
+INVENTORY_DATABASE_URL=$(db_url inventory "$PG_INVENTORY_PASSWORD")
+BILLING_DATABASE_URL=$(db_url billing "$PG_BILLING_PASSWORD")
+EMAIL_DATABASE_URL=$(db_url email "$PG_EMAIL_PASSWORD")
+export TEST_AMQP_URL="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT/"
+export ORDERSUITE_ROOT="$ROOT" ORDERSUITE_BIN="$ROOT/$BUILD/bin" ORDERSUITE_TEST_BIN="$ROOT/$BUILD/test"
+export ORDERSUITE_VAR="$VAR" PG_PORT AMQP_PORT MGMT_PORT
+# Check forks each test; a hung test is killed after CK_DEFAULT_TIMEOUT seconds.
+export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-120}
+export CK_VERBOSITY=${CK_VERBOSITY:-normal}
+
+mkdir -p "$VAR/log/tests"
+passed=0 failed=0 bad_suites=()
+for t in "$ROOT/$BUILD"/test/check_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    echo "--- $name"
+    out=$("$t" 2>"$VAR/log/tests/$name.stderr")
+    rc=$?
+    echo "$out"
+    line=$(echo "$out" | grep -E '^[0-9]+%: Checks: [0-9]+' | tail -1)
+    if [ -n "$line" ]; then
+        checks=$(echo "$line" | sed -E 's/.*Checks: ([0-9]+).*/\1/')
+        fails=$(echo "$line" | sed -E 's/.*Failures: ([0-9]+).*/\1/')
+        errs=$(echo "$line" | sed -E 's/.*Errors: ([0-9]+).*/\1/')
+        passed=$((passed + checks - fails - errs))
+        failed=$((failed + fails + errs))
+    fi
+    if [ $rc -ne 0 ] || [ -z "$line" ]; then
+        bad_suites+=("$name")
+        [ -n "$line" ] || failed=$((failed + 1))
+        echo "    (stderr of $name: $VAR/log/tests/$name.stderr)"
+    fi
+done
+echo
+if [ ${#bad_suites[@]} -gt 0 ]; then
+    echo "failing suites: ${bad_suites[*]}"
+fi
+echo "checks: $passed passed, $failed failed"
+[ ${#bad_suites[@]} -eq 0 ]

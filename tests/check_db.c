@@ -1,0 +1,262 @@
+/*
+ * check_db.c — the PostgreSQL helper (common/db.c) and the database layout
+ * from the migrations, against the real cluster started by `make up`.
+ */
+#include "db.h"
+#include "testutil.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static db_conn *connect_as(const char *env)
+{
+    char err[DB_ERR_LEN];
+    db_conn *db = db_new(tu_env(env), "check_db");
+    ck_assert_ptr_nonnull(db);
+    ck_assert_msg(db_connect_retry(db, 10000, NULL, err, sizeof(err)) == DB_OK, "%s", err);
+    return db;
+}
+
+START_TEST(exec_binds_parameters_and_returns_rows)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN];
+    PGresult *r;
+    const char *p[] = {"it's; DROP TABLE x --", "41"};
+
+    ck_assert_int_eq(db_exec(db, "SELECT $1::text AS s, $2::int + 1 AS n", 2, p, &r, err,
+                             sizeof(err)),
+                     DB_OK);
+    ck_assert_str_eq(db_get(r, 0, "s"), "it's; DROP TABLE x --");
+    ck_assert_str_eq(db_get(r, 0, "n"), "42");
+    ck_assert_ptr_null(db_get(r, 0, "missing"));
+    PQclear(r);
+    db_free(db);
+}
+END_TEST
+
+START_TEST(errors_carry_sqlstate_and_are_classified)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN];
+    PGresult *r = (PGresult *)1;
+
+    ck_assert_int_eq(db_exec(db, "SELEC 1", 0, NULL, &r, err, sizeof(err)), DB_ERR);
+    ck_assert_ptr_null(r);
+    ck_assert_str_eq(db_last_sqlstate(db), "42601");
+    ck_assert_msg(strncmp(err, "42601: ", 7) == 0, "%s", err);
+    ck_assert_int_eq(db_exec(db, "SELECT 1/0", 0, NULL, NULL, err, sizeof(err)), DB_ERR);
+    ck_assert_str_eq(db_last_sqlstate(db), "22012");
+    /* The connection stays usable after a statement error. */
+    ck_assert_int_eq(db_exec(db, "SELECT 1", 0, NULL, NULL, err, sizeof(err)), DB_OK);
+    db_free(db);
+}
+END_TEST
+
+START_TEST(rollback_discards_and_commit_keeps)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN];
+    PGresult *r;
+
+    ck_assert_int_eq(db_exec(db, "CREATE TEMP TABLE t (v int)", 0, NULL, NULL, err, sizeof(err)),
+                     DB_OK);
+    ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_exec(db, "INSERT INTO t VALUES (1)", 0, NULL, NULL, err, sizeof(err)),
+                     DB_OK);
+    db_rollback(db);
+    ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_exec(db, "INSERT INTO t VALUES (2)", 0, NULL, NULL, err, sizeof(err)),
+                     DB_OK);
+    ck_assert_int_eq(db_commit(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_exec(db, "SELECT string_agg(v::text, ',') AS v FROM t", 0, NULL, &r, err,
+                             sizeof(err)),
+                     DB_OK);
+    ck_assert_str_eq(db_get(r, 0, "v"), "2");
+    PQclear(r);
+
+    /* A COMMIT of a transaction that failed is reported, not taken as done. */
+    ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_exec(db, "SELECT 1/0", 0, NULL, NULL, err, sizeof(err)), DB_ERR);
+    ck_assert_int_eq(db_commit(db, err, sizeof(err)), DB_ERR);
+    db_free(db);
+}
+END_TEST
+
+START_TEST(prepared_statements_survive_a_reconnect)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN];
+    PGresult *r;
+    const char *p[] = {"7"};
+
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(db_execp(db, "twice", "SELECT $1::int * 2 AS v", 1, p, &r, err,
+                                  sizeof(err)),
+                         DB_OK);
+        ck_assert_str_eq(db_get(r, 0, "v"), "14");
+        PQclear(r);
+    }
+    ck_assert_int_eq(db_connect(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_execp(db, "twice", "SELECT $1::int * 2 AS v", 1, p, &r, err, sizeof(err)),
+                     DB_OK);
+    PQclear(r);
+    db_free(db);
+}
+END_TEST
+
+/* The server ends our backend (as on a restart or failover): the statement
+ * fails as transient, and the next db_ensure reconnects. */
+START_TEST(a_killed_backend_is_transient_and_reconnects)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN], pid[32];
+    PGresult *r;
+    const char *p[1];
+
+    ck_assert_int_eq(db_exec(db, "SELECT pg_backend_pid() AS p", 0, NULL, &r, err, sizeof(err)),
+                     DB_OK);
+    snprintf(pid, sizeof(pid), "%s", db_get(r, 0, "p"));
+    PQclear(r);
+    p[0] = pid;
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"), "SELECT pg_terminate_backend($1::int)", 1, p));
+    ck_assert_int_eq(db_exec(db, "SELECT 1", 0, NULL, NULL, err, sizeof(err)), DB_ERR_TRANSIENT);
+    ck_assert_int_eq(db_ensure(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_exec(db, "SELECT 1", 0, NULL, NULL, err, sizeof(err)), DB_OK);
+    db_free(db);
+}
+END_TEST
+
+/* A real restart of the cluster: the helper reconnects with backoff. */
+START_TEST(reconnects_after_the_server_restarts)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN], cmd[1024];
+    int rc;
+
+    snprintf(cmd, sizeof(cmd),
+             "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D %s/postgres/data "
+             "restart -m fast -w -t 60 -o '-p %s' >/dev/null",
+             tu_env("ORDERSUITE_VAR"), tu_env("PG_PORT"));
+    ck_assert_int_eq(system(cmd), 0);
+    rc = db_exec(db, "SELECT 1", 0, NULL, NULL, err, sizeof(err));
+    ck_assert_int_eq(rc, DB_ERR_TRANSIENT);
+    ck_assert_msg(db_connect_retry(db, 30000, NULL, err, sizeof(err)) == DB_OK, "%s", err);
+    ck_assert_int_eq(db_exec(db, "SELECT 1", 0, NULL, NULL, err, sizeof(err)), DB_OK);
+    db_free(db);
+}
+END_TEST
+
+START_TEST(connect_retry_gives_up_at_its_deadline)
+{
+    char err[DB_ERR_LEN];
+    /* Port 1 on loopback: refused at once, every time. */
+    db_conn *db = db_new("postgresql://nobody:x@127.0.0.1:1/none", "check_db");
+    int64_t t0 = util_now_ms();
+    ck_assert_int_eq(db_connect_retry(db, 700, NULL, err, sizeof(err)), DB_ERR_TRANSIENT);
+    ck_assert_int_lt(util_now_ms() - t0, 5000);
+    ck_assert_msg(strstr(err, "connect"), "%s", err);
+    db_free(db);
+}
+END_TEST
+
+START_TEST(a_wrong_password_is_permanent)
+{
+    char err[DB_ERR_LEN], url[256];
+    db_conn *db;
+    snprintf(url, sizeof(url), "postgresql://billing:wrong@127.0.0.1:%s/ordersuite",
+             tu_env("PG_PORT"));
+    db = db_new(url, "check_db");
+    ck_assert_msg(db_connect_retry(db, 20000, NULL, err, sizeof(err)) == DB_ERR, "%s", err);
+    ck_assert_msg(strstr(err, "password authentication failed"), "%s", err);
+    db_free(db);
+}
+END_TEST
+
+/* Each service role reads and writes its own schema and nothing else. */
+START_TEST(billing_role_cannot_touch_the_orders_schema)
+{
+    char err[512];
+    const char *url = tu_env("BILLING_DATABASE_URL");
+
+    ck_assert_int_eq(tu_sql_try(url, "SELECT count(*) FROM orders.products", err, sizeof(err)),
+                     -1);
+    ck_assert_msg(strncmp(err, "42501", 5) == 0 && strstr(err, "permission denied"), "%s", err);
+    ck_assert_int_eq(
+        tu_sql_try(url, "INSERT INTO orders.outbox (message_id, routing_key, correlation_id, body)"
+                        " VALUES (gen_random_uuid(), 'x', gen_random_uuid(), '{}')",
+                   err, sizeof(err)),
+        -1);
+    ck_assert_msg(strncmp(err, "42501", 5) == 0, "%s", err);
+    ck_assert_int_eq(tu_sql_try(url, "SELECT count(*) FROM inventory.stock", err, sizeof(err)), -1);
+    ck_assert_msg(strncmp(err, "42501", 5) == 0, "%s", err);
+    /* Its own schema works, unqualified (search_path is the service's schema). */
+    ck_assert_int_eq(tu_sql_try(url, "SELECT count(*) FROM inbox", err, sizeof(err)), 0);
+}
+END_TEST
+
+START_TEST(service_roles_cannot_run_ddl)
+{
+    static const char *const roles[] = {"ORDERS_DATABASE_URL", "INVENTORY_DATABASE_URL",
+                                        "BILLING_DATABASE_URL", "EMAIL_DATABASE_URL"};
+    char err[512];
+    for (size_t i = 0; i < 4; i++) {
+        const char *url = tu_env(roles[i]);
+        ck_assert_int_eq(tu_sql_try(url, "CREATE TABLE sneaky (x int)", err, sizeof(err)), -1);
+        ck_assert_msg(strncmp(err, "42501", 5) == 0, "%s: %s", roles[i], err);
+        ck_assert_int_eq(tu_sql_try(url, "DROP TABLE outbox", err, sizeof(err)), -1);
+        ck_assert_msg(strncmp(err, "42501", 5) == 0, "%s: %s", roles[i], err);
+        ck_assert_int_eq(tu_sql_try(url, "CREATE TABLE public.sneaky (x int)", err, sizeof(err)),
+                         -1);
+    }
+}
+END_TEST
+
+START_TEST(seed_catalog_has_something_to_sell_and_to_reject)
+{
+    const char *owner = tu_env("OWNER_DATABASE_URL");
+    ck_assert_int_ge(tu_sql_int(owner, "SELECT count(*) FROM orders.products", 0, NULL), 20);
+    ck_assert_int_eq(tu_sql_int(owner,
+                                "SELECT count(*) FROM orders.products p FULL JOIN inventory.stock s"
+                                " USING (sku) WHERE p.sku IS NULL OR s.sku IS NULL",
+                                0, NULL),
+                     0);
+    ck_assert_int_ge(tu_sql_int(owner, "SELECT count(*) FROM inventory.stock WHERE on_hand = 0",
+                                0, NULL),
+                     1);
+    ck_assert_int_ge(tu_sql_int(owner,
+                                "SELECT count(*) FROM inventory.stock"
+                                " WHERE on_hand > 0 AND on_hand <= low_stock_threshold * 2",
+                                0, NULL),
+                     1);
+    ck_assert_int_eq(
+        tu_sql_int(owner, "SELECT count(*) FROM public.schema_migrations WHERE checksum !~ '^[0-9a-f]{64}$'", 0, NULL),
+        0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("db");
+    TCase *h = tcase_create("helper");
+    TCase *l = tcase_create("layout");
+
+    tcase_set_timeout(h, 90);
+    tcase_add_test(h, exec_binds_parameters_and_returns_rows);
+    tcase_add_test(h, errors_carry_sqlstate_and_are_classified);
+    tcase_add_test(h, rollback_discards_and_commit_keeps);
+    tcase_add_test(h, prepared_statements_survive_a_reconnect);
+    tcase_add_test(h, a_killed_backend_is_transient_and_reconnects);
+    tcase_add_test(h, reconnects_after_the_server_restarts);
+    tcase_add_test(h, connect_retry_gives_up_at_its_deadline);
+    tcase_add_test(h, a_wrong_password_is_permanent);
+    tcase_add_test(l, billing_role_cannot_touch_the_orders_schema);
+    tcase_add_test(l, service_roles_cannot_run_ddl);
+    tcase_add_test(l, seed_catalog_has_something_to_sell_and_to_reject);
+    suite_add_tcase(s, h);
+    suite_add_tcase(s, l);
+    return tu_run(s);
+}

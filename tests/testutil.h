@@ -1,0 +1,45 @@
+/*
+ * testutil.h — helpers shared by the Check suites: required environment,
+ * bounded polling, SQL against the real database, and starting/stopping the
+ * real executables.
+ */
+#ifndef ORDERSUITE_TESTUTIL_H
+#define ORDERSUITE_TESTUTIL_H
+
+#include <check.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* The value of an environment variable the suite needs (set by
+ * scripts/run-tests.sh); fails the test when it is missing. */
+const char *tu_env(const char *name);
+
+/* Polls cond(arg) every 20 ms until it returns non-zero or timeout_ms passes.
+ * Returns 1 when the condition held, 0 on timeout. */
+int tu_poll(int timeout_ms, int (*cond)(void *arg), void *arg);
+
+/* Runs sql (with text params) on a fresh connection to url and returns the
+ * first column of the first row as a malloc'd string ("" for no rows, NULL
+ * for SQL NULL); fails the test on any error. */
+char *tu_sql(const char *url, const char *sql, int nparams, const char *const *params);
+
+/* Same, returning the value as an integer (fails on NULL / no rows). */
+long long tu_sql_int(const char *url, const char *sql, int nparams, const char *const *params);
+
+/* Runs sql and returns 0, or -1 with "SQLSTATE: message" in err. */
+int tu_sql_try(const char *url, const char *sql, char *err, size_t errlen);
+
+/* Starts an executable with extra environment entries ("K=V", NULL-ended),
+ * stdout/stderr appended to logpath. Returns the pid; fails the test if the
+ * fork or exec fails. */
+pid_t tu_spawn(const char *path, char *const argv[], const char *const *env, const char *logpath);
+
+/* Sends sig to pid and waits up to timeout_ms for it to exit; returns its
+ * wait status, or -1 if it did not exit (it is then SIGKILLed). */
+int tu_stop(pid_t pid, int sig, int timeout_ms);
+
+/* Runs every test of s (forking, as Check does by default), prints Check's
+ * summary, and returns the process exit code: 0 when all passed. */
+int tu_run(Suite *s);
+
+#endif
