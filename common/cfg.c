@@ -9,8 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
-static int read_secret_file(const char *var, const char *path, char **out, char *err,
-                            size_t errlen)
+static int read_secret_file(const char *var, const char *path, char **out, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
     char *buf;

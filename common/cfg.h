@@ -11,7 +11,7 @@
 
 #include <stddef.h>
 
-#define CFG_ERR_LEN  256
+#define CFG_ERR_LEN   256
 #define CFG_VALUE_MAX 4096 /* longest value accepted, from the environment or a file */
 
 typedef enum {

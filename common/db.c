@@ -65,9 +65,14 @@ int db_connect(db_conn *db, char *err, size_t errlen)
 {
     /* Defaults first; the caller's URL (expanded from "dbname") comes last
      * and overrides any of them. */
-    const char *keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
-                          "keepalives_count", "tcp_user_timeout", "application_name",
-                          "dbname", NULL};
+    const char *keys[] = {"connect_timeout",
+                          "keepalives_idle",
+                          "keepalives_interval",
+                          "keepalives_count",
+                          "tcp_user_timeout",
+                          "application_name",
+                          "dbname",
+                          NULL};
     const char *vals[] = {"5", "10", "5", "3", "15000", db->appname, db->conninfo, NULL};
     const char *msg;
     int permanent;
@@ -124,13 +129,13 @@ static int classify(db_conn *db, const PGresult *res)
     snprintf(db->sqlstate, sizeof(db->sqlstate), "%s", st ? st : "");
     if (!db->pg || PQstatus(db->pg) != CONNECTION_OK || !st)
         return DB_ERR_TRANSIENT;
-    if (strncmp(st, "08", 2) == 0 ||     /* connection exception */
-        strcmp(st, "40001") == 0 ||      /* serialization failure */
-        strcmp(st, "40P01") == 0 ||      /* deadlock detected */
-        strncmp(st, "57P", 3) == 0 ||    /* admin/crash shutdown, cannot connect now */
-        strncmp(st, "53", 2) == 0 ||     /* insufficient resources */
-        strcmp(st, "55P03") == 0 ||      /* lock not available */
-        strcmp(st, "57014") == 0)        /* statement timeout / cancel */
+    if (strncmp(st, "08", 2) == 0 ||  /* connection exception */
+        strcmp(st, "40001") == 0 ||   /* serialization failure */
+        strcmp(st, "40P01") == 0 ||   /* deadlock detected */
+        strncmp(st, "57P", 3) == 0 || /* admin/crash shutdown, cannot connect now */
+        strncmp(st, "53", 2) == 0 ||  /* insufficient resources */
+        strcmp(st, "55P03") == 0 ||   /* lock not available */
+        strcmp(st, "57014") == 0)     /* statement timeout / cancel */
         return DB_ERR_TRANSIENT;
     return DB_ERR;
 }
@@ -175,8 +180,8 @@ int db_exec(db_conn *db, const char *sql, int nparams, const char *const *params
                         err, errlen);
 }
 
-int db_execp(db_conn *db, const char *name, const char *sql, int nparams,
-             const char *const *params, PGresult **res, char *err, size_t errlen)
+int db_execp(db_conn *db, const char *name, const char *sql, int nparams, const char *const *params,
+             PGresult **res, char *err, size_t errlen)
 {
     int i, rc;
 
@@ -197,8 +202,8 @@ int db_execp(db_conn *db, const char *name, const char *sql, int nparams,
         if (db->nprepared < DB_MAX_PREPARED)
             db->prepared[db->nprepared++] = name;
     }
-    return check_result(db, PQexecPrepared(db->pg, name, nparams, params, NULL, NULL, 0), res,
-                        err, errlen);
+    return check_result(db, PQexecPrepared(db->pg, name, nparams, params, NULL, NULL, 0), res, err,
+                        errlen);
 }
 
 int db_begin(db_conn *db, char *err, size_t errlen)
@@ -222,8 +227,7 @@ int db_commit(db_conn *db, char *err, size_t errlen)
 void db_rollback(db_conn *db)
 {
     char err[DB_ERR_LEN];
-    if (db->pg && PQstatus(db->pg) == CONNECTION_OK &&
-        PQtransactionStatus(db->pg) != PQTRANS_IDLE)
+    if (db->pg && PQstatus(db->pg) == CONNECTION_OK && PQtransactionStatus(db->pg) != PQTRANS_IDLE)
         (void)db_exec(db, "ROLLBACK", 0, NULL, NULL, err, sizeof(err));
 }
 

@@ -59,8 +59,8 @@ int db_exec(db_conn *db, const char *sql, int nparams, const char *const *params
 /* Like db_exec, through a named prepared statement that is prepared on first
  * use on this connection (and again after a reconnect). name must be a
  * string literal or otherwise outlive db. */
-int db_execp(db_conn *db, const char *name, const char *sql, int nparams,
-             const char *const *params, PGresult **res, char *err, size_t errlen);
+int db_execp(db_conn *db, const char *name, const char *sql, int nparams, const char *const *params,
+             PGresult **res, char *err, size_t errlen);
 
 /* BEGIN / COMMIT / ROLLBACK. db_commit reports a failed COMMIT (the
  * transaction was rolled back) as an error. db_rollback never fails loudly: a

@@ -53,11 +53,23 @@ typedef struct {
     check_fn check; /* cross-field rules, or NULL */
 } event_desc;
 
-#define S(st, m, name, k, opt) {name, k, opt, offsetof(st, m), sizeof(((st *)0)->m), 0, 0}
-#define I(st, m, name, lo, hi) {name, K_INT, 0, offsetof(st, m), sizeof(int64_t), lo, hi}
-#define L(st, m, name)         {name, K_LINES, 0, offsetof(st, m), sizeof(ev_lines), 1, EV_LINES_MAX}
-#define K(st, m, name)         {name, K_SKUS, 0, offsetof(st, m), sizeof(ev_skus), 0, EV_LINES_MAX}
-#define N(a)                   (sizeof(a) / sizeof((a)[0]))
+#define S(st, m, name, k, opt)                                                                     \
+    {                                                                                              \
+        name, k, opt, offsetof(st, m), sizeof(((st *)0)->m), 0, 0                                  \
+    }
+#define I(st, m, name, lo, hi)                                                                     \
+    {                                                                                              \
+        name, K_INT, 0, offsetof(st, m), sizeof(int64_t), lo, hi                                   \
+    }
+#define L(st, m, name)                                                                             \
+    {                                                                                              \
+        name, K_LINES, 0, offsetof(st, m), sizeof(ev_lines), 1, EV_LINES_MAX                       \
+    }
+#define K(st, m, name)                                                                             \
+    {                                                                                              \
+        name, K_SKUS, 0, offsetof(st, m), sizeof(ev_skus), 0, EV_LINES_MAX                         \
+    }
+#define N(a) (sizeof(a) / sizeof((a)[0]))
 
 static const field f_order_placed[] = {
     S(order_placed, order_id, "order_id", K_UUID, 0),
@@ -166,10 +178,10 @@ static const event_desc events[EV__COUNT] = {
     [EV_ORDER_PLACED] = {RK_ORDER_PLACED, f_order_placed, N(f_order_placed), check_order},
     [EV_INVENTORY_RESERVED] = {RK_INVENTORY_RESERVED, f_order_placed, N(f_order_placed),
                                check_order},
-    [EV_INVENTORY_REJECTED] = {RK_INVENTORY_REJECTED, f_inventory_rejected,
-                               N(f_inventory_rejected), NULL},
-    [EV_INVENTORY_RELEASED] = {RK_INVENTORY_RELEASED, f_inventory_released,
-                               N(f_inventory_released), NULL},
+    [EV_INVENTORY_REJECTED] = {RK_INVENTORY_REJECTED, f_inventory_rejected, N(f_inventory_rejected),
+                               NULL},
+    [EV_INVENTORY_RELEASED] = {RK_INVENTORY_RELEASED, f_inventory_released, N(f_inventory_released),
+                               NULL},
     [EV_INVENTORY_LOW_STOCK] = {RK_INVENTORY_LOW_STOCK, f_inventory_low_stock,
                                 N(f_inventory_low_stock), NULL},
     [EV_BILLING_INVOICED] = {RK_BILLING_INVOICED, f_billing_invoiced, N(f_billing_invoiced),
@@ -408,8 +420,8 @@ static int validate_lines(const char *name, const ev_lines *l, char *err, size_t
             return -1;
         }
         if (x->unit_price < 0 || x->unit_price > EV_PRICE_MAX) {
-            snprintf(err, errlen, "%s[%zu].unit_price_minor: must be between 0 and %lld", name,
-                     i, (long long)EV_PRICE_MAX);
+            snprintf(err, errlen, "%s[%zu].unit_price_minor: must be between 0 and %lld", name, i,
+                     (long long)EV_PRICE_MAX);
             return -1;
         }
         for (size_t j = 0; j < i; j++) {
@@ -429,8 +441,8 @@ static int validate_field(const field *f, const char *p, char *err, size_t errle
     case K_INT: {
         int64_t v = *(const int64_t *)p;
         if (v < f->min || v > f->max) {
-            snprintf(err, errlen, "%s: must be between %lld and %lld", f->json,
-                     (long long)f->min, (long long)f->max);
+            snprintf(err, errlen, "%s: must be between %lld and %lld", f->json, (long long)f->min,
+                     (long long)f->max);
             return -1;
         }
         return 0;
@@ -542,7 +554,8 @@ char *ev_to_json(const ev_event *ev, const char *causation_id, char *err, size_t
     root = cJSON_CreateObject();
     if (!root)
         goto oom;
-    if (causation_id && *causation_id && !cJSON_AddStringToObject(root, "causation_id", causation_id))
+    if (causation_id && *causation_id &&
+        !cJSON_AddStringToObject(root, "causation_id", causation_id))
         goto oom;
     for (size_t i = 0; i < d->nfields; i++) {
         if (add_field(root, &d->fields[i], (const char *)&ev->u + d->fields[i].off) < 0)
@@ -662,8 +675,8 @@ static int read_lines(const cJSON *arr, const char *name, ev_lines *l, char *err
             snprintf(err, errlen, "%s%s: missing", name, idx);
             return -1;
         }
-        if (copy_str(cJSON_GetObjectItemCaseSensitive(o, "sku"), x->sku, sizeof(x->sku), name,
-                     idx, err, errlen))
+        if (copy_str(cJSON_GetObjectItemCaseSensitive(o, "sku"), x->sku, sizeof(x->sku), name, idx,
+                     err, errlen))
             return -1;
         q = cJSON_GetObjectItemCaseSensitive(o, "quantity");
         p = cJSON_GetObjectItemCaseSensitive(o, "unit_price_minor");
@@ -703,8 +716,8 @@ static int read_skus(const cJSON *arr, const char *name, ev_skus *k, char *err, 
     k->n = (size_t)n;
     for (int i = 0; i < n; i++) {
         snprintf(idx, sizeof(idx), "[%d]", i);
-        if (copy_str(cJSON_GetArrayItem(arr, i), k->items[i], sizeof(k->items[i]), name, idx,
-                     err, errlen))
+        if (copy_str(cJSON_GetArrayItem(arr, i), k->items[i], sizeof(k->items[i]), name, idx, err,
+                     errlen))
             return -1;
     }
     return 0;
@@ -778,8 +791,7 @@ int ev_from_json(ev_type t, const char *body, size_t len, ev_event *out,
     buf[len] = '\0';
     root = cJSON_ParseWithLengthOpts(buf, len + 1, &end, 1);
     if (!root) {
-        snprintf(err, errlen, "body: malformed JSON near byte %ld",
-                 end ? (long)(end - buf) : -1L);
+        snprintf(err, errlen, "body: malformed JSON near byte %ld", end ? (long)(end - buf) : -1L);
         goto out;
     }
     if (!cJSON_IsObject(root)) {

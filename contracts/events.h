@@ -26,17 +26,17 @@
 
 #define EV_SCHEMA_VERSION 1
 
-#define EV_ID_MAX      64    /* customer_id, store_id */
-#define EV_EMAIL_MAX   254   /* RFC 5321 path limit */
-#define EV_SKU_MAX     32
-#define EV_TEXT_MAX    256   /* reasons */
-#define EV_TIME_MAX    32    /* RFC 3339 UTC: 2026-11-23T19:42:26.123Z */
-#define EV_LINES_MAX   100   /* lines per order or sale */
-#define EV_QTY_MAX     10000 /* units per line */
-#define EV_PRICE_MAX   1000000000LL      /* minor units per unit: 10 M in major units */
-#define EV_TOTAL_MAX   1000000000000000LL /* sum of lines; exact in a JSON double */
-#define EV_BODY_MAX    (256 * 1024)      /* larger bodies are refused unread */
-#define EV_ERR_LEN     256
+#define EV_ID_MAX    64  /* customer_id, store_id */
+#define EV_EMAIL_MAX 254 /* RFC 5321 path limit */
+#define EV_SKU_MAX   32
+#define EV_TEXT_MAX  256                /* reasons */
+#define EV_TIME_MAX  32                 /* RFC 3339 UTC: 2026-11-23T19:42:26.123Z */
+#define EV_LINES_MAX 100                /* lines per order or sale */
+#define EV_QTY_MAX   10000              /* units per line */
+#define EV_PRICE_MAX 1000000000LL       /* minor units per unit: 10 M in major units */
+#define EV_TOTAL_MAX 1000000000000000LL /* sum of lines; exact in a JSON double */
+#define EV_BODY_MAX  (256 * 1024)       /* larger bodies are refused unread */
+#define EV_ERR_LEN   256
 
 typedef enum {
     EV_ORDER_PLACED = 0,
@@ -51,14 +51,14 @@ typedef enum {
 } ev_type;
 
 /* Routing keys, one per event type. */
-#define RK_ORDER_PLACED            "order.placed"
-#define RK_INVENTORY_RESERVED      "inventory.reserved"
-#define RK_INVENTORY_REJECTED      "inventory.rejected"
-#define RK_INVENTORY_RELEASED      "inventory.released"
-#define RK_INVENTORY_LOW_STOCK     "inventory.low_stock"
-#define RK_BILLING_INVOICED        "billing.invoiced"
-#define RK_BILLING_PAYMENT_FAILED  "billing.payment_failed"
-#define RK_SALE_COMPLETED          "sale.completed"
+#define RK_ORDER_PLACED           "order.placed"
+#define RK_INVENTORY_RESERVED     "inventory.reserved"
+#define RK_INVENTORY_REJECTED     "inventory.rejected"
+#define RK_INVENTORY_RELEASED     "inventory.released"
+#define RK_INVENTORY_LOW_STOCK    "inventory.low_stock"
+#define RK_BILLING_INVOICED       "billing.invoiced"
+#define RK_BILLING_PAYMENT_FAILED "billing.payment_failed"
+#define RK_SALE_COMPLETED         "sale.completed"
 
 typedef struct {
     char sku[EV_SKU_MAX + 1];
@@ -159,6 +159,7 @@ typedef struct {
     char app_id[48];                   /* the publishing service */
     int64_t timestamp;                 /* seconds since the epoch */
     int schema_version;
+    int attempt; /* failed attempts before this delivery (0 = first) */
 } ev_envelope;
 
 /* The routing key of t ("order.placed"); NULL for an invalid t. */

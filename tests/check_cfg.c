@@ -29,16 +29,11 @@ START_TEST(long_values_are_range_checked_and_name_the_variable)
         long want;
         const char *err_has;
     } cases[] = {
-        {"8080", 1, 8080, NULL},
-        {"1", 1, 1, NULL},
-        {"65535", 1, 65535, NULL},
-        {"0", 0, 0, "out of range"},
-        {"65536", 0, 0, "out of range"},
-        {"-5", 0, 0, "out of range"},
-        {"80a", 0, 0, "not an integer"},
-        {"", 0, 0, "not an integer"},
-        {" 80", 0, 0, "not an integer"},
-        {"99999999999999999999999", 0, 0, "not an integer"},
+        {"8080", 1, 8080, NULL},         {"1", 1, 1, NULL},
+        {"65535", 1, 65535, NULL},       {"0", 0, 0, "out of range"},
+        {"65536", 0, 0, "out of range"}, {"-5", 0, 0, "out of range"},
+        {"80a", 0, 0, "not an integer"}, {"", 0, 0, "not an integer"},
+        {" 80", 0, 0, "not an integer"}, {"99999999999999999999999", 0, 0, "not an integer"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         long port = -1;

@@ -140,8 +140,7 @@ START_TEST(optional_fields_may_be_left_out)
     ck_assert_ptr_nonnull(j);
     ck_assert_ptr_null(strstr(j, "customer_email"));
     ck_assert_ptr_null(strstr(j, "causation_id"));
-    ck_assert_int_eq(ev_from_json(EV_SALE_COMPLETED, j, strlen(j), &b, NULL, err, sizeof(err)),
-                     0);
+    ck_assert_int_eq(ev_from_json(EV_SALE_COMPLETED, j, strlen(j), &b, NULL, err, sizeof(err)), 0);
     ck_assert_str_eq(b.u.sale_completed.customer_email, "");
     free(j);
     ev_free(&a);
@@ -169,9 +168,9 @@ START_TEST(unknown_routing_keys_are_refused)
 }
 END_TEST
 
-#define ORDER_OK                                                                                 \
-    "{\"order_id\":\"" OID "\",\"customer_id\":\"c1\",\"customer_email\":\"a@b.io\","         \
-    "\"currency\":\"EUR\",\"lines\":[{\"sku\":\"TEA-SENCHA\",\"quantity\":2,"                   \
+#define ORDER_OK                                                                                   \
+    "{\"order_id\":\"" OID "\",\"customer_id\":\"c1\",\"customer_email\":\"a@b.io\","              \
+    "\"currency\":\"EUR\",\"lines\":[{\"sku\":\"TEA-SENCHA\",\"quantity\":2,"                      \
     "\"unit_price_minor\":890}],\"total_minor\":1780}"
 
 static const struct {
@@ -185,7 +184,8 @@ static const struct {
     {EV_ORDER_PLACED, ORDER_OK " trailing", "body: malformed JSON"},
     {EV_ORDER_PLACED, "[1,2]", "body: must be a JSON object"},
     {EV_ORDER_PLACED, "\"text\"", "body: must be a JSON object"},
-    {EV_ORDER_PLACED, "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+    {EV_ORDER_PLACED,
+     "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
      "body: nested deeper"},
     {EV_ORDER_PLACED, "{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":1}}}}}", "body: nested deeper"},
     {EV_ORDER_PLACED, "{\"order_id\":\"\xff\xfe\"}", "body: not valid UTF-8"},
@@ -194,128 +194,160 @@ static const struct {
     {EV_ORDER_PLACED, "{\"x\":\"\xe2\x82\"}", "body: not valid UTF-8"},
     /* order.placed fields */
     {EV_ORDER_PLACED, "{}", "order_id: missing"},
-    {EV_ORDER_PLACED,
-     "{\"order_id\":\"" OID "\",\"order_id\":\"" OID "\"}", "order_id: duplicate key"},
+    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"order_id\":\"" OID "\"}",
+     "order_id: duplicate key"},
     {EV_ORDER_PLACED, "{\"order_id\":42}", "order_id: must be a string"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"not-a-uuid\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
-                      "\"unit_price_minor\":1}],\"total_minor\":1}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"not-a-uuid\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
+     "\"unit_price_minor\":1}],\"total_minor\":1}",
      "order_id: must be a UUID"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"nobody\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
-                      "\"unit_price_minor\":1}],\"total_minor\":1}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"nobody\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
+     "\"unit_price_minor\":1}],\"total_minor\":1}",
      "customer_email: must be an email"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"eur\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
-                      "\"unit_price_minor\":1}],\"total_minor\":1}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"eur\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
+     "\"unit_price_minor\":1}],\"total_minor\":1}",
      "currency: must be an ISO 4217"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[],\"total_minor\":0}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[],\"total_minor\":0}",
      "lines: must have 1 to 100 entries"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":{},\"total_minor\":0}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":{},\"total_minor\":0}",
      "lines: must be an array"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":0,"
-                      "\"unit_price_minor\":1}],\"total_minor\":0}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":0,"
+     "\"unit_price_minor\":1}],\"total_minor\":0}",
      "lines[0].quantity: must be between 1 and 10000"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":-3,"
-                      "\"unit_price_minor\":1}],\"total_minor\":0}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":-3,"
+     "\"unit_price_minor\":1}],\"total_minor\":0}",
      "lines[0].quantity: must be between"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1.5,"
-                      "\"unit_price_minor\":1}],\"total_minor\":0}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1.5,"
+     "\"unit_price_minor\":1}],\"total_minor\":0}",
      "lines[0].quantity: must be an integer"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":"
-                      "1e400,\"unit_price_minor\":1}],\"total_minor\":0}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":"
+     "1e400,\"unit_price_minor\":1}],\"total_minor\":0}",
      "lines[0].quantity: must be an integer"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":"
-                      "\"2\",\"unit_price_minor\":1}],\"total_minor\":0}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":"
+     "\"2\",\"unit_price_minor\":1}],\"total_minor\":0}",
      "lines[0].quantity: must be an integer"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
-                      "\"unit_price_minor\":1}, {\"sku\":\"A\",\"quantity\":1,"
-                      "\"unit_price_minor\":1}],\"total_minor\":2}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
+     "\"unit_price_minor\":1}, {\"sku\":\"A\",\"quantity\":1,"
+     "\"unit_price_minor\":1}],\"total_minor\":2}",
      "lines[1].sku: A appears in an earlier line"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"a b\",\"quantity\":1,"
-                      "\"unit_price_minor\":1}],\"total_minor\":1}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"a b\",\"quantity\":1,"
+     "\"unit_price_minor\":1}],\"total_minor\":1}",
      "lines[0].sku: must be 1-32"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"quantity\":1,"
-                      "\"unit_price_minor\":1}],\"total_minor\":1}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"quantity\":1,"
+     "\"unit_price_minor\":1}],\"total_minor\":1}",
      "lines[0].sku: missing"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"sku\":\"B\","
-                      "\"quantity\":1,\"unit_price_minor\":1}],\"total_minor\":1}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"sku\":\"B\","
+     "\"quantity\":1,\"unit_price_minor\":1}],\"total_minor\":1}",
      "lines[0].sku: duplicate key"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
-                      "\"unit_price_minor\":1}],\"total_minor\":99}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
+     "\"unit_price_minor\":1}],\"total_minor\":99}",
      "total_minor: 99 is not the sum of the lines (1)"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
-                      "\"unit_price_minor\":1}],\"total_minor\":123456789012345678901234567890}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
+     "\"unit_price_minor\":1}],\"total_minor\":123456789012345678901234567890}",
      "total_minor: must be an integer"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
-                      "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
-                      "\"unit_price_minor\":-1}],\"total_minor\":-1}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\":"
+     "\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":\"A\",\"quantity\":1,"
+     "\"unit_price_minor\":-1}],\"total_minor\":-1}",
      "lines[0].unit_price_minor: must be between"},
-    {EV_ORDER_PLACED, "{\"order_id\":\"" OID "\",\"customer_id\":\"" "c'; DROP TABLE x;--"
-                      "\",\"customer_email\":\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":"
-                      "\"A\",\"quantity\":1,\"unit_price_minor\":1}],\"total_minor\":1}",
+    {EV_ORDER_PLACED,
+     "{\"order_id\":\"" OID "\",\"customer_id\":\""
+     "c'; DROP TABLE x;--"
+     "\",\"customer_email\":\"a@b.io\",\"currency\":\"EUR\",\"lines\":[{\"sku\":"
+     "\"A\",\"quantity\":1,\"unit_price_minor\":1}],\"total_minor\":1}",
      "customer_id: must be 1-64"},
     {EV_ORDER_PLACED, "{\"ORDER_ID\":\"" OID "\"}", "order_id: missing"},
     {EV_ORDER_PLACED, "{\"causation_id\":\"nope\"}", "causation_id: must be a UUID"},
     /* other events */
-    {EV_INVENTORY_REJECTED, "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\","
-                            "\"reason\":\"\",\"skus_short\":[]}",
+    {EV_INVENTORY_REJECTED,
+     "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\","
+     "\"reason\":\"\",\"skus_short\":[]}",
      "reason: missing"},
-    {EV_INVENTORY_REJECTED, "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\","
-                            "\"reason\":\"line\\nbreak\",\"skus_short\":[]}",
+    {EV_INVENTORY_REJECTED,
+     "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\","
+     "\"reason\":\"line\\nbreak\",\"skus_short\":[]}",
      "reason: must be non-empty printable text"},
-    {EV_INVENTORY_REJECTED, "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\","
-                            "\"reason\":\"short\",\"skus_short\":[1]}",
+    {EV_INVENTORY_REJECTED,
+     "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\","
+     "\"reason\":\"short\",\"skus_short\":[1]}",
      "skus_short[0]: must be a string"},
     {EV_INVENTORY_RELEASED, "{\"order_id\":\"" OID "\"}", "reason: missing"},
     {EV_INVENTORY_LOW_STOCK, "{\"sku\":\"A\",\"on_hand\":-1,\"threshold\":1}",
      "on_hand: must be between 0 and"},
     {EV_INVENTORY_LOW_STOCK, "{\"sku\":\"A\",\"on_hand\":true,\"threshold\":1}",
      "on_hand: must be an integer"},
-    {EV_BILLING_INVOICED, "{\"invoice_id\":\"" IID "\",\"invoice_number\":1,\"currency\":"
-                          "\"EUR\",\"amount_minor\":1,\"tax_minor\":0}",
+    {EV_BILLING_INVOICED,
+     "{\"invoice_id\":\"" IID "\",\"invoice_number\":1,\"currency\":"
+     "\"EUR\",\"amount_minor\":1,\"tax_minor\":0}",
      "order_id: exactly one of order_id and sale_id"},
-    {EV_BILLING_INVOICED, "{\"invoice_id\":\"" IID "\",\"invoice_number\":1,\"order_id\":\"" OID
-                          "\",\"sale_id\":\"" SID "\",\"currency\":\"EUR\",\"amount_minor\":1,"
-                          "\"tax_minor\":0}",
+    {EV_BILLING_INVOICED,
+     "{\"invoice_id\":\"" IID "\",\"invoice_number\":1,\"order_id\":\"" OID "\",\"sale_id\":\"" SID
+     "\",\"currency\":\"EUR\",\"amount_minor\":1,"
+     "\"tax_minor\":0}",
      "order_id: exactly one of order_id and sale_id"},
-    {EV_BILLING_INVOICED, "{\"invoice_id\":\"" IID "\",\"invoice_number\":0,\"order_id\":\"" OID
-                          "\",\"currency\":\"EUR\",\"amount_minor\":1,\"tax_minor\":0}",
+    {EV_BILLING_INVOICED,
+     "{\"invoice_id\":\"" IID "\",\"invoice_number\":0,\"order_id\":\"" OID
+     "\",\"currency\":\"EUR\",\"amount_minor\":1,\"tax_minor\":0}",
      "invoice_number: must be between 1"},
-    {EV_BILLING_INVOICED, "{\"invoice_id\":\"" IID "\",\"invoice_number\":3,\"order_id\":\"" OID
-                          "\",\"currency\":\"EUR\",\"amount_minor\":1,\"tax_minor\":2}",
+    {EV_BILLING_INVOICED,
+     "{\"invoice_id\":\"" IID "\",\"invoice_number\":3,\"order_id\":\"" OID
+     "\",\"currency\":\"EUR\",\"amount_minor\":1,\"tax_minor\":2}",
      "tax_minor: larger than amount_minor"},
-    {EV_BILLING_PAYMENT_FAILED, "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\","
-                                "\"currency\":\"EUR\",\"amount_minor\":1}",
+    {EV_BILLING_PAYMENT_FAILED,
+     "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\","
+     "\"currency\":\"EUR\",\"amount_minor\":1}",
      "reason: missing"},
-    {EV_SALE_COMPLETED, "{\"sale_id\":\"" SID "\",\"store_id\":\"S1\",\"currency\":\"EUR\","
-                        "\"lines\":[{\"sku\":\"A\",\"quantity\":1,\"unit_price_minor\":1}],"
-                        "\"total_minor\":1,\"paid_at\":\"yesterday\"}",
+    {EV_SALE_COMPLETED,
+     "{\"sale_id\":\"" SID "\",\"store_id\":\"S1\",\"currency\":\"EUR\","
+     "\"lines\":[{\"sku\":\"A\",\"quantity\":1,\"unit_price_minor\":1}],"
+     "\"total_minor\":1,\"paid_at\":\"yesterday\"}",
      "paid_at: must be an RFC 3339"},
-    {EV_SALE_COMPLETED, "{\"sale_id\":\"" SID "\",\"store_id\":\"S1\",\"currency\":\"EUR\","
-                        "\"lines\":[{\"sku\":\"A\",\"quantity\":1,\"unit_price_minor\":1}],"
-                        "\"total_minor\":1,\"paid_at\":\"2026-13-01T00:00:00Z\"}",
+    {EV_SALE_COMPLETED,
+     "{\"sale_id\":\"" SID "\",\"store_id\":\"S1\",\"currency\":\"EUR\","
+     "\"lines\":[{\"sku\":\"A\",\"quantity\":1,\"unit_price_minor\":1}],"
+     "\"total_minor\":1,\"paid_at\":\"2026-13-01T00:00:00Z\"}",
      "paid_at: must be an RFC 3339"},
-    {EV_SALE_COMPLETED, "{\"sale_id\":\"" SID "\",\"store_id\":\"S1\",\"currency\":\"EUR\","
-                        "\"lines\":[{\"sku\":\"A\",\"quantity\":1,\"unit_price_minor\":1}],"
-                        "\"total_minor\":1,\"paid_at\":\"2026-11-01T00:00:00Z\","
-                        "\"customer_email\":\"x\"}",
+    {EV_SALE_COMPLETED,
+     "{\"sale_id\":\"" SID "\",\"store_id\":\"S1\",\"currency\":\"EUR\","
+     "\"lines\":[{\"sku\":\"A\",\"quantity\":1,\"unit_price_minor\":1}],"
+     "\"total_minor\":1,\"paid_at\":\"2026-11-01T00:00:00Z\","
+     "\"customer_email\":\"x\"}",
      "customer_email: must be an email"},
-    {EV_SALE_COMPLETED, "{\"sale_id\":\"" SID "\",\"store_id\":\"" "0123456789012345678901234567"
-                        "890123456789012345678901234567890123456789\"}",
+    {EV_SALE_COMPLETED,
+     "{\"sale_id\":\"" SID "\",\"store_id\":\""
+     "0123456789012345678901234567"
+     "890123456789012345678901234567890123456789\"}",
      "store_id: longer than 64 bytes"},
 };
 
@@ -335,9 +367,9 @@ START_TEST(the_valid_order_used_by_the_table_is_accepted)
 {
     ev_event ev;
     char err[EV_ERR_LEN];
-    ck_assert_msg(ev_from_json(EV_ORDER_PLACED, ORDER_OK, strlen(ORDER_OK), &ev, NULL, err,
-                               sizeof(err)) == 0,
-                  "%s", err);
+    ck_assert_msg(
+        ev_from_json(EV_ORDER_PLACED, ORDER_OK, strlen(ORDER_OK), &ev, NULL, err, sizeof(err)) == 0,
+        "%s", err);
     ev_free(&ev);
 }
 END_TEST
@@ -372,8 +404,9 @@ START_TEST(huge_bodies_and_too_many_lines_are_refused)
     pos = (size_t)sprintf(big, "{\"order_id\":\"" OID "\",\"customer_id\":\"c\",\"customer_email\""
                                ":\"a@b.io\",\"currency\":\"EUR\",\"lines\":[");
     for (int i = 0; i <= EV_LINES_MAX; i++)
-        pos += (size_t)sprintf(big + pos, "%s{\"sku\":\"S%d\",\"quantity\":1,\"unit_price_minor\":1}",
-                               i ? "," : "", i);
+        pos +=
+            (size_t)sprintf(big + pos, "%s{\"sku\":\"S%d\",\"quantity\":1,\"unit_price_minor\":1}",
+                            i ? "," : "", i);
     pos += (size_t)sprintf(big + pos, "],\"total_minor\":101}");
     ck_assert_int_eq(ev_from_json(EV_ORDER_PLACED, big, pos, &ev, NULL, err, sizeof(err)), -1);
     ck_assert_msg(strcmp(err, "lines: must have 1 to 100 entries") == 0, "%s", err);
@@ -384,12 +417,12 @@ END_TEST
 START_TEST(utf8_validation)
 {
     ck_assert(ev_utf8_valid("plain", 5));
-    ck_assert(ev_utf8_valid("\xc3\xa9t\xc3\xa9", 6));          /* été */
-    ck_assert(ev_utf8_valid("\xf0\x9f\x8d\xb5", 4));           /* U+1F375 */
-    ck_assert(!ev_utf8_valid("\xf0\x9f\x8d", 3));              /* truncated */
-    ck_assert(!ev_utf8_valid("\xe0\x80\xaf", 3));              /* overlong */
-    ck_assert(!ev_utf8_valid("\xf4\x90\x80\x80", 4));          /* > U+10FFFF */
-    ck_assert(!ev_utf8_valid("\x80", 1));                      /* lone continuation */
+    ck_assert(ev_utf8_valid("\xc3\xa9t\xc3\xa9", 6)); /* été */
+    ck_assert(ev_utf8_valid("\xf0\x9f\x8d\xb5", 4));  /* U+1F375 */
+    ck_assert(!ev_utf8_valid("\xf0\x9f\x8d", 3));     /* truncated */
+    ck_assert(!ev_utf8_valid("\xe0\x80\xaf", 3));     /* overlong */
+    ck_assert(!ev_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    ck_assert(!ev_utf8_valid("\x80", 1));             /* lone continuation */
 }
 END_TEST
 

@@ -27,9 +27,8 @@ START_TEST(exec_binds_parameters_and_returns_rows)
     PGresult *r;
     const char *p[] = {"it's; DROP TABLE x --", "41"};
 
-    ck_assert_int_eq(db_exec(db, "SELECT $1::text AS s, $2::int + 1 AS n", 2, p, &r, err,
-                             sizeof(err)),
-                     DB_OK);
+    ck_assert_int_eq(
+        db_exec(db, "SELECT $1::text AS s, $2::int + 1 AS n", 2, p, &r, err, sizeof(err)), DB_OK);
     ck_assert_str_eq(db_get(r, 0, "s"), "it's; DROP TABLE x --");
     ck_assert_str_eq(db_get(r, 0, "n"), "42");
     ck_assert_ptr_null(db_get(r, 0, "missing"));
@@ -72,9 +71,9 @@ START_TEST(rollback_discards_and_commit_keeps)
     ck_assert_int_eq(db_exec(db, "INSERT INTO t VALUES (2)", 0, NULL, NULL, err, sizeof(err)),
                      DB_OK);
     ck_assert_int_eq(db_commit(db, err, sizeof(err)), DB_OK);
-    ck_assert_int_eq(db_exec(db, "SELECT string_agg(v::text, ',') AS v FROM t", 0, NULL, &r, err,
-                             sizeof(err)),
-                     DB_OK);
+    ck_assert_int_eq(
+        db_exec(db, "SELECT string_agg(v::text, ',') AS v FROM t", 0, NULL, &r, err, sizeof(err)),
+        DB_OK);
     ck_assert_str_eq(db_get(r, 0, "v"), "2");
     PQclear(r);
 
@@ -94,9 +93,8 @@ START_TEST(prepared_statements_survive_a_reconnect)
     const char *p[] = {"7"};
 
     for (int i = 0; i < 2; i++) {
-        ck_assert_int_eq(db_execp(db, "twice", "SELECT $1::int * 2 AS v", 1, p, &r, err,
-                                  sizeof(err)),
-                         DB_OK);
+        ck_assert_int_eq(
+            db_execp(db, "twice", "SELECT $1::int * 2 AS v", 1, p, &r, err, sizeof(err)), DB_OK);
         ck_assert_str_eq(db_get(r, 0, "v"), "14");
         PQclear(r);
     }
@@ -182,12 +180,12 @@ START_TEST(billing_role_cannot_touch_the_orders_schema)
     char err[512];
     const char *url = tu_env("BILLING_DATABASE_URL");
 
-    ck_assert_int_eq(tu_sql_try(url, "SELECT count(*) FROM orders.products", err, sizeof(err)),
-                     -1);
+    ck_assert_int_eq(tu_sql_try(url, "SELECT count(*) FROM orders.products", err, sizeof(err)), -1);
     ck_assert_msg(strncmp(err, "42501", 5) == 0 && strstr(err, "permission denied"), "%s", err);
     ck_assert_int_eq(
-        tu_sql_try(url, "INSERT INTO orders.outbox (message_id, routing_key, correlation_id, body)"
-                        " VALUES (gen_random_uuid(), 'x', gen_random_uuid(), '{}')",
+        tu_sql_try(url,
+                   "INSERT INTO orders.outbox (message_id, routing_key, correlation_id, body)"
+                   " VALUES (gen_random_uuid(), 'x', gen_random_uuid(), '{}')",
                    err, sizeof(err)),
         -1);
     ck_assert_msg(strncmp(err, "42501", 5) == 0, "%s", err);
@@ -224,16 +222,18 @@ START_TEST(seed_catalog_has_something_to_sell_and_to_reject)
                                 " USING (sku) WHERE p.sku IS NULL OR s.sku IS NULL",
                                 0, NULL),
                      0);
-    ck_assert_int_ge(tu_sql_int(owner, "SELECT count(*) FROM inventory.stock WHERE on_hand = 0",
-                                0, NULL),
-                     1);
+    ck_assert_int_ge(
+        tu_sql_int(owner, "SELECT count(*) FROM inventory.stock WHERE on_hand = 0", 0, NULL), 1);
     ck_assert_int_ge(tu_sql_int(owner,
                                 "SELECT count(*) FROM inventory.stock"
                                 " WHERE on_hand > 0 AND on_hand <= low_stock_threshold * 2",
                                 0, NULL),
                      1);
     ck_assert_int_eq(
-        tu_sql_int(owner, "SELECT count(*) FROM public.schema_migrations WHERE checksum !~ '^[0-9a-f]{64}$'", 0, NULL),
+        tu_sql_int(
+            owner,
+            "SELECT count(*) FROM public.schema_migrations WHERE checksum !~ '^[0-9a-f]{64}$'", 0,
+            NULL),
         0);
 }
 END_TEST

@@ -26,7 +26,7 @@
 
 #define MAX_MIGRATIONS 1000
 #define MAX_FILE_BYTES (4 * 1024 * 1024)
-#define LOCK_KEY "727171" /* pg_advisory_lock key, arbitrary but fixed */
+#define LOCK_KEY       "727171" /* pg_advisory_lock key, arbitrary but fixed */
 
 static int die(const char *fmt, const char *a, const char *b)
 {

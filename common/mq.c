@@ -1,0 +1,881 @@
+/*
+ * mq.c — the messaging helper (see mq.h).
+ */
+#include "mq.h"
+#include "events.h"
+#include "log.h"
+#include "util.h"
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#define CHANNEL            1
+#define CONFIRM_TIMEOUT_MS 30000
+#define FRAME_MAX          131072
+
+struct mq_conn {
+    char *url_buf; /* amqp_parse_url points info's strings into this */
+    struct amqp_connection_info info;
+    char *app_id;
+    const mq_topology *topo;
+    int prefetch, heartbeat;
+    amqp_connection_state_t conn;
+    int connected;
+    uint64_t next_seq; /* publisher: delivery tag of the next publish */
+    mq_stats stats;
+};
+
+#define STAT_ADD(c, f, n) __atomic_fetch_add(&(c)->stats.f, (n), __ATOMIC_RELAXED)
+
+void mq_retry_queue_name(const char *service, int ms, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s.retry.%dms", service, ms);
+}
+
+void mq_dlq_name(const char *service, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s.dlq", service);
+}
+
+int mq_check_url(const char *url, char *err, size_t errlen)
+{
+    struct amqp_connection_info info;
+    char *buf = strdup(url);
+    int rc;
+    if (!buf) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    rc = amqp_parse_url(buf, &info);
+    free(buf);
+    if (rc != AMQP_STATUS_OK) {
+        snprintf(err, errlen, "not an AMQP URL (amqp://user:password@host:port/vhost)");
+        return -1;
+    }
+    if (info.ssl) {
+        snprintf(err, errlen, "amqps:// is not supported by this build; use amqp://");
+        return -1;
+    }
+    return 0;
+}
+
+mq_conn *mq_new(const mq_opts *o)
+{
+    mq_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->url_buf = strdup(o->url);
+    c->app_id = strdup(o->app_id ? o->app_id : "ordersuite");
+    if (!c->url_buf || !c->app_id || amqp_parse_url(c->url_buf, &c->info) != AMQP_STATUS_OK) {
+        mq_free(c);
+        return NULL;
+    }
+    c->topo = o->topo;
+    c->prefetch = o->prefetch > 0 ? o->prefetch : 32;
+    c->heartbeat = o->heartbeat_s > 0 ? o->heartbeat_s : 30;
+    return c;
+}
+
+void mq_disconnect(mq_conn *c)
+{
+    if (!c->conn)
+        return;
+    if (c->connected) {
+        /* Best effort: the peer may be gone already. */
+        amqp_channel_close(c->conn, CHANNEL, AMQP_REPLY_SUCCESS);
+        amqp_connection_close(c->conn, AMQP_REPLY_SUCCESS);
+    }
+    amqp_destroy_connection(c->conn);
+    c->conn = NULL;
+    c->connected = 0;
+}
+
+void mq_free(mq_conn *c)
+{
+    if (!c)
+        return;
+    mq_disconnect(c);
+    free(c->url_buf);
+    free(c->app_id);
+    free(c);
+}
+
+int mq_is_connected(const mq_conn *c)
+{
+    return c->connected;
+}
+
+void mq_get_stats(const mq_conn *c, mq_stats *out)
+{
+    out->consumed = __atomic_load_n(&c->stats.consumed, __ATOMIC_RELAXED);
+    out->acked = __atomic_load_n(&c->stats.acked, __ATOMIC_RELAXED);
+    out->retried = __atomic_load_n(&c->stats.retried, __ATOMIC_RELAXED);
+    out->dead_lettered = __atomic_load_n(&c->stats.dead_lettered, __ATOMIC_RELAXED);
+    out->published = __atomic_load_n(&c->stats.published, __ATOMIC_RELAXED);
+    out->reconnects = __atomic_load_n(&c->stats.reconnects, __ATOMIC_RELAXED);
+}
+
+/* Turns an RPC reply into a status and a message. Access refused, a missing
+ * vhost and mismatched queue arguments will not get better by retrying. */
+static int rpc_check(amqp_rpc_reply_t r, const char *what, char *err, size_t errlen)
+{
+    switch (r.reply_type) {
+    case AMQP_RESPONSE_NORMAL:
+        return MQ_OK;
+    case AMQP_RESPONSE_NONE:
+        snprintf(err, errlen, "%s: no reply", what);
+        return MQ_ERR;
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        snprintf(err, errlen, "%s: %s", what, amqp_error_string2(r.library_error));
+        return MQ_ERR;
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+            amqp_connection_close_t *m = r.reply.decoded;
+            snprintf(err, errlen, "%s: connection closed by broker: %u %.*s", what, m->reply_code,
+                     (int)m->reply_text.len, (char *)m->reply_text.bytes);
+            return m->reply_code == 403 || m->reply_code == 530 ? MQ_ERR_CONFIG : MQ_ERR;
+        }
+        if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+            amqp_channel_close_t *m = r.reply.decoded;
+            snprintf(err, errlen, "%s: channel closed by broker: %u %.*s", what, m->reply_code,
+                     (int)m->reply_text.len, (char *)m->reply_text.bytes);
+            return m->reply_code == 403 || m->reply_code == 406 ? MQ_ERR_CONFIG : MQ_ERR;
+        }
+        snprintf(err, errlen, "%s: unexpected method 0x%08x from broker", what, r.reply.id);
+        return MQ_ERR;
+    }
+    snprintf(err, errlen, "%s: unknown reply", what);
+    return MQ_ERR;
+}
+
+static int declare_exchanges(mq_conn *c, char *err, size_t errlen)
+{
+    static const struct {
+        const char *name, *type;
+    } ex[] = {{MQ_EXCHANGE, "topic"}, {MQ_DLX, "direct"}, {MQ_RETRY_EXCHANGE, "direct"}};
+    for (size_t i = 0; i < sizeof(ex) / sizeof(ex[0]); i++) {
+        amqp_exchange_declare(c->conn, CHANNEL, amqp_cstring_bytes(ex[i].name),
+                              amqp_cstring_bytes(ex[i].type), 0, 1, 0, 0, amqp_empty_table);
+        int rc = rpc_check(amqp_get_rpc_reply(c->conn), "exchange.declare", err, errlen);
+        if (rc != MQ_OK)
+            return rc;
+    }
+    return MQ_OK;
+}
+
+static void arg_str(amqp_table_entry_t *e, const char *k, const char *v)
+{
+    e->key = amqp_cstring_bytes(k);
+    e->value.kind = AMQP_FIELD_KIND_UTF8;
+    e->value.value.bytes = amqp_cstring_bytes(v);
+}
+
+static void arg_int(amqp_table_entry_t *e, const char *k, int64_t v)
+{
+    e->key = amqp_cstring_bytes(k);
+    e->value.kind = AMQP_FIELD_KIND_I64;
+    e->value.value.i64 = v;
+}
+
+static int declare_queue(mq_conn *c, const char *name, amqp_table_entry_t *args, int nargs,
+                         char *err, size_t errlen)
+{
+    amqp_table_t t = {nargs, args};
+    char what[200];
+    amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(name), 0, 1, 0, 0, t);
+    snprintf(what, sizeof(what), "queue.declare %s", name);
+    return rpc_check(amqp_get_rpc_reply(c->conn), what, err, errlen);
+}
+
+static int bind_queue(mq_conn *c, const char *queue, const char *exchange, const char *key,
+                      char *err, size_t errlen)
+{
+    char what[300];
+    amqp_queue_bind(c->conn, CHANNEL, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
+                    amqp_cstring_bytes(key), amqp_empty_table);
+    snprintf(what, sizeof(what), "queue.bind %s to %s/%s", queue, exchange, key);
+    return rpc_check(amqp_get_rpc_reply(c->conn), what, err, errlen);
+}
+
+int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errlen)
+{
+    amqp_table_entry_t a[7];
+    char name[160];
+    int rc, limit = t->delivery_limit > 0 ? t->delivery_limit : 20;
+
+    if ((rc = declare_exchanges(c, err, errlen)) != MQ_OK)
+        return rc;
+    /* The work queue. */
+    arg_str(&a[0], "x-queue-type", "quorum");
+    arg_str(&a[1], "x-dead-letter-exchange", MQ_DLX);
+    arg_str(&a[2], "x-dead-letter-routing-key", t->queue);
+    arg_str(&a[3], "x-dead-letter-strategy", "at-least-once");
+    arg_str(&a[4], "x-overflow", "reject-publish");
+    arg_int(&a[5], "x-delivery-limit", limit);
+    if ((rc = declare_queue(c, t->queue, a, 6, err, errlen)) != MQ_OK)
+        return rc;
+    for (const char *const *k = t->keys; k && *k; k++) {
+        if ((rc = bind_queue(c, t->queue, MQ_EXCHANGE, *k, err, errlen)) != MQ_OK)
+            return rc;
+    }
+    if ((rc = bind_queue(c, t->queue, MQ_RETRY_EXCHANGE, t->queue, err, errlen)) != MQ_OK)
+        return rc;
+    /* Retry tiers: wait out the TTL, then dead-letter back to the work queue. */
+    for (int i = 0; i < MQ_MAX_TIERS && t->retry_ms[i] > 0; i++) {
+        mq_retry_queue_name(t->queue, t->retry_ms[i], name, sizeof(name));
+        arg_str(&a[0], "x-queue-type", "quorum");
+        arg_str(&a[1], "x-dead-letter-exchange", MQ_RETRY_EXCHANGE);
+        arg_str(&a[2], "x-dead-letter-routing-key", t->queue);
+        arg_str(&a[3], "x-dead-letter-strategy", "at-least-once");
+        arg_str(&a[4], "x-overflow", "reject-publish");
+        arg_int(&a[5], "x-message-ttl", t->retry_ms[i]);
+        if ((rc = declare_queue(c, name, a, 6, err, errlen)) != MQ_OK)
+            return rc;
+    }
+    /* The dead-letter queue. */
+    mq_dlq_name(t->queue, name, sizeof(name));
+    arg_str(&a[0], "x-queue-type", "quorum");
+    if ((rc = declare_queue(c, name, a, 1, err, errlen)) != MQ_OK)
+        return rc;
+    return bind_queue(c, name, MQ_DLX, t->queue, err, errlen);
+}
+
+static int open_connection(mq_conn *c, char *err, size_t errlen)
+{
+    amqp_socket_t *sock;
+    struct timeval tv = {5, 0}, rpc = {30, 0};
+    int st, rc;
+
+    mq_disconnect(c);
+    c->conn = amqp_new_connection();
+    if (!c->conn) {
+        snprintf(err, errlen, "out of memory");
+        return MQ_ERR;
+    }
+    sock = amqp_tcp_socket_new(c->conn);
+    if (!sock) {
+        snprintf(err, errlen, "cannot create socket");
+        goto fail;
+    }
+    st = amqp_socket_open_noblock(sock, c->info.host, c->info.port, &tv);
+    if (st != AMQP_STATUS_OK) {
+        snprintf(err, errlen, "connect to %s:%d: %s", c->info.host, c->info.port,
+                 amqp_error_string2(st));
+        goto fail;
+    }
+    /* Without an RPC timeout a broker that stops answering hangs us forever. */
+    amqp_set_rpc_timeout(c->conn, &rpc);
+    rc = rpc_check(amqp_login(c->conn, c->info.vhost, 0, FRAME_MAX, c->heartbeat,
+                              AMQP_SASL_METHOD_PLAIN, c->info.user, c->info.password),
+                   "login", err, errlen);
+    if (rc != MQ_OK) {
+        /* RabbitMQ ends a failed login with 403 ACCESS_REFUSED; rabbitmq-c
+         * sometimes only sees the socket close. Either way, bad credentials. */
+        if (strstr(err, "403") || strstr(err, "ACCESS_REFUSED"))
+            rc = MQ_ERR_CONFIG;
+        amqp_destroy_connection(c->conn);
+        c->conn = NULL;
+        return rc;
+    }
+    c->connected = 1;
+    amqp_channel_open(c->conn, CHANNEL);
+    rc = rpc_check(amqp_get_rpc_reply(c->conn), "channel.open", err, errlen);
+    if (rc != MQ_OK) {
+        mq_disconnect(c);
+        return rc;
+    }
+    return MQ_OK;
+fail:
+    amqp_destroy_connection(c->conn);
+    c->conn = NULL;
+    return MQ_ERR;
+}
+
+int mq_connect_publisher(mq_conn *c, char *err, size_t errlen)
+{
+    int rc = open_connection(c, err, errlen);
+    if (rc != MQ_OK)
+        return rc;
+    if ((rc = declare_exchanges(c, err, errlen)) != MQ_OK)
+        goto fail;
+    amqp_confirm_select(c->conn, CHANNEL);
+    if ((rc = rpc_check(amqp_get_rpc_reply(c->conn), "confirm.select", err, errlen)) != MQ_OK)
+        goto fail;
+    c->next_seq = 1;
+    return MQ_OK;
+fail:
+    mq_disconnect(c);
+    return rc;
+}
+
+int mq_connect_consumer(mq_conn *c, char *err, size_t errlen)
+{
+    int rc;
+    if (!c->topo) {
+        snprintf(err, errlen, "consumer has no topology");
+        return MQ_ERR_CONFIG;
+    }
+    if ((rc = open_connection(c, err, errlen)) != MQ_OK)
+        return rc;
+    if ((rc = mq_declare_topology(c, c->topo, err, errlen)) != MQ_OK)
+        goto fail;
+    amqp_basic_qos(c->conn, CHANNEL, 0, (uint16_t)c->prefetch, 0);
+    if ((rc = rpc_check(amqp_get_rpc_reply(c->conn), "basic.qos", err, errlen)) != MQ_OK)
+        goto fail;
+    amqp_basic_consume(c->conn, CHANNEL, amqp_cstring_bytes(c->topo->queue), amqp_empty_bytes, 0,
+                       0 /* manual ack */, 0, amqp_empty_table);
+    if ((rc = rpc_check(amqp_get_rpc_reply(c->conn), "basic.consume", err, errlen)) != MQ_OK)
+        goto fail;
+    return MQ_OK;
+fail:
+    mq_disconnect(c);
+    return rc;
+}
+
+int mq_connect_retry(mq_conn *c, int consumer, int timeout_ms, volatile sig_atomic_t *stop,
+                     char *err, size_t errlen)
+{
+    backoff b;
+    int64_t deadline = timeout_ms < 0 ? -1 : util_now_ms() + timeout_ms;
+    int rc;
+
+    backoff_init(&b, 200, 10000);
+    for (;;) {
+        int64_t wait;
+        rc = consumer ? mq_connect_consumer(c, err, errlen) : mq_connect_publisher(c, err, errlen);
+        if (rc == MQ_OK || rc == MQ_ERR_CONFIG)
+            return rc;
+        wait = backoff_next(&b);
+        if (deadline >= 0 && util_now_ms() + wait > deadline)
+            return rc;
+        log_warn("broker not reachable (%s); retrying in %lld ms", err, (long long)wait);
+        if (util_sleep_ms(wait, stop))
+            return rc;
+    }
+}
+
+/* ------------------------------------------------------------ publishing */
+
+static void set_header(amqp_table_entry_t *e, const mq_header *h)
+{
+    if (h->str)
+        arg_str(e, h->key, h->str);
+    else
+        arg_int(e, h->key, h->num);
+}
+
+static int publish_one(mq_conn *c, const mq_msg *m, char *err, size_t errlen)
+{
+    amqp_basic_properties_t p;
+    amqp_table_entry_t hdr[MQ_MAX_HEADERS + 1];
+    int nh = 0, st;
+
+    memset(&p, 0, sizeof(p));
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+               AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    p.content_type = amqp_cstring_bytes("application/json");
+    p.delivery_mode = 2; /* persistent */
+    p.message_id = amqp_cstring_bytes(m->message_id);
+    if (m->correlation_id && *m->correlation_id) {
+        p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        p.correlation_id = amqp_cstring_bytes(m->correlation_id);
+    }
+    p.type = amqp_cstring_bytes(m->type ? m->type : m->routing_key);
+    p.timestamp = (uint64_t)(m->timestamp ? m->timestamp : util_wall_us() / 1000000);
+    p.app_id = amqp_cstring_bytes(m->app_id ? m->app_id : c->app_id);
+    if (m->schema_version >= 0)
+        arg_int(&hdr[nh++], MQ_H_SCHEMA_VERSION,
+                m->schema_version ? m->schema_version : EV_SCHEMA_VERSION);
+    for (size_t i = 0; i < m->nheaders && nh < MQ_MAX_HEADERS; i++)
+        set_header(&hdr[nh++], &m->headers[i]);
+    p.headers.num_entries = nh;
+    p.headers.entries = hdr;
+
+    st = amqp_basic_publish(c->conn, CHANNEL,
+                            amqp_cstring_bytes(m->exchange ? m->exchange : MQ_EXCHANGE),
+                            amqp_cstring_bytes(m->routing_key), 1 /* mandatory */, 0, &p,
+                            (amqp_bytes_t){m->len, (void *)m->body});
+    if (st != AMQP_STATUS_OK) {
+        snprintf(err, errlen, "basic.publish: %s", amqp_error_string2(st));
+        return MQ_ERR;
+    }
+    return MQ_OK;
+}
+
+/* Settles messages [first, tag] (or just tag) with result r. */
+static void settle(int *status, int *returned, uint64_t first_seq, size_t n, uint64_t tag,
+                   int multiple, int r, size_t *pending)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t seq = first_seq + i;
+        if (status[i] != 1 || seq > tag || (!multiple && seq != tag))
+            continue;
+        status[i] = returned[i] && r == MQ_OK ? MQ_ERR_RETURNED : r;
+        (*pending)--;
+    }
+}
+
+int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out, char *err,
+                     size_t errlen)
+{
+    int *status, *returned;
+    uint64_t first_seq;
+    size_t pending = n, sent = 0;
+    int64_t deadline;
+    int rc = MQ_OK;
+
+    if (n == 0)
+        return MQ_OK;
+    if (!c->connected && (rc = mq_connect_publisher(c, err, errlen)) != MQ_OK) {
+        for (size_t i = 0; status_out && i < n; i++)
+            status_out[i] = rc;
+        return rc;
+    }
+    status = calloc(n, sizeof(int));
+    returned = calloc(n, sizeof(int));
+    if (!status || !returned) {
+        free(status);
+        free(returned);
+        snprintf(err, errlen, "out of memory");
+        return MQ_ERR;
+    }
+    first_seq = c->next_seq;
+    for (; sent < n; sent++) {
+        if ((rc = publish_one(c, &msgs[sent], err, errlen)) != MQ_OK)
+            break;
+        status[sent] = 1; /* waiting for its confirm */
+        c->next_seq++;
+    }
+    for (size_t i = sent; i < n; i++) {
+        status[i] = MQ_ERR;
+        pending--;
+    }
+
+    deadline = util_now_ms() + CONFIRM_TIMEOUT_MS;
+    while (pending > 0 && rc == MQ_OK) {
+        amqp_frame_t f;
+        int64_t left = deadline - util_now_ms();
+        struct timeval tv;
+        int st;
+
+        if (left <= 0) {
+            snprintf(err, errlen, "no publisher confirm within %d ms", CONFIRM_TIMEOUT_MS);
+            rc = MQ_ERR;
+            break;
+        }
+        tv.tv_sec = left / 1000;
+        tv.tv_usec = (left % 1000) * 1000;
+        st = amqp_simple_wait_frame_noblock(c->conn, &f, &tv);
+        if (st == AMQP_STATUS_TIMEOUT)
+            continue;
+        if (st != AMQP_STATUS_OK) {
+            snprintf(err, errlen, "waiting for confirms: %s", amqp_error_string2(st));
+            rc = MQ_ERR;
+            break;
+        }
+        if (f.frame_type != AMQP_FRAME_METHOD)
+            continue;
+        switch (f.payload.method.id) {
+        case AMQP_BASIC_ACK_METHOD: {
+            amqp_basic_ack_t *a = f.payload.method.decoded;
+            settle(status, returned, first_seq, n, a->delivery_tag, a->multiple, MQ_OK, &pending);
+            break;
+        }
+        case AMQP_BASIC_NACK_METHOD: {
+            amqp_basic_nack_t *a = f.payload.method.decoded;
+            settle(status, returned, first_seq, n, a->delivery_tag, a->multiple, MQ_ERR_NACKED,
+                   &pending);
+            break;
+        }
+        case AMQP_BASIC_RETURN_METHOD: {
+            /* The returned message's content follows; its message_id says
+             * which one it was. Its basic.ack comes after. */
+            amqp_message_t rm;
+            amqp_rpc_reply_t r = amqp_read_message(c->conn, f.channel, &rm, 0);
+            if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+                rpc_check(r, "reading a returned message", err, errlen);
+                rc = MQ_ERR;
+                break;
+            }
+            for (size_t i = 0; i < n; i++) {
+                if ((rm.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
+                    rm.properties.message_id.len == strlen(msgs[i].message_id) &&
+                    memcmp(rm.properties.message_id.bytes, msgs[i].message_id,
+                           rm.properties.message_id.len) == 0)
+                    returned[i] = 1;
+            }
+            amqp_destroy_message(&rm);
+            break;
+        }
+        case AMQP_CHANNEL_CLOSE_METHOD: {
+            amqp_channel_close_t *m = f.payload.method.decoded;
+            snprintf(err, errlen, "channel closed by broker: %u %.*s", m->reply_code,
+                     (int)m->reply_text.len, (char *)m->reply_text.bytes);
+            rc = m->reply_code == 403 ? MQ_ERR_CONFIG : MQ_ERR;
+            break;
+        }
+        case AMQP_CONNECTION_CLOSE_METHOD: {
+            amqp_connection_close_t *m = f.payload.method.decoded;
+            amqp_connection_close_ok_t ok;
+            snprintf(err, errlen, "connection closed by broker: %u %.*s", m->reply_code,
+                     (int)m->reply_text.len, (char *)m->reply_text.bytes);
+            amqp_send_method(c->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+            rc = MQ_ERR;
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    if (rc != MQ_OK) {
+        for (size_t i = 0; i < n; i++) {
+            if (status[i] == 1)
+                status[i] = rc;
+        }
+        c->connected = 0; /* the channel state is unknown: start afresh */
+        mq_disconnect(c);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (status[i] != MQ_OK && rc == MQ_OK) {
+                rc = status[i];
+                snprintf(err, errlen, "%s %s",
+                         rc == MQ_ERR_RETURNED ? "unroutable (no queue bound for)" : "nacked:",
+                         msgs[i].routing_key);
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (status[i] == MQ_OK)
+            STAT_ADD(c, published, 1);
+    }
+    if (status_out)
+        memcpy(status_out, status, n * sizeof(int));
+    free(status);
+    free(returned);
+    return rc;
+}
+
+int mq_publish(mq_conn *c, const mq_msg *m, char *err, size_t errlen)
+{
+    return mq_publish_batch(c, m, 1, NULL, err, errlen);
+}
+
+int mq_tick(mq_conn *c)
+{
+    amqp_frame_t f;
+    struct timeval tv = {0, 0};
+    int st;
+    if (!c->connected)
+        return MQ_ERR;
+    /* Reading with a zero timeout lets rabbitmq-c send a due heartbeat and
+     * notice a dead peer. A publisher gets no unsolicited frames but
+     * connection.close, which is a reason to reconnect anyway. */
+    st = amqp_simple_wait_frame_noblock(c->conn, &f, &tv);
+    if (st == AMQP_STATUS_TIMEOUT)
+        return MQ_OK;
+    if (st == AMQP_STATUS_OK && f.frame_type == AMQP_FRAME_METHOD &&
+        f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD &&
+        f.payload.method.id != AMQP_CHANNEL_CLOSE_METHOD)
+        return MQ_OK;
+    c->connected = 0;
+    mq_disconnect(c);
+    return MQ_ERR;
+}
+
+/* ------------------------------------------------------------- consuming */
+
+static void copy_bytes(char *dst, size_t size, amqp_bytes_t b)
+{
+    size_t n = b.len < size - 1 ? b.len : size - 1;
+    memcpy(dst, b.bytes, n);
+    dst[n] = '\0';
+}
+
+static int header_int(const amqp_table_t *t, const char *key, int64_t *out)
+{
+    for (int i = 0; i < t->num_entries; i++) {
+        const amqp_table_entry_t *e = &t->entries[i];
+        if (e->key.len != strlen(key) || memcmp(e->key.bytes, key, e->key.len) != 0)
+            continue;
+        switch (e->value.kind) {
+        case AMQP_FIELD_KIND_I8:
+            *out = e->value.value.i8;
+            return 0;
+        case AMQP_FIELD_KIND_U8:
+            *out = e->value.value.u8;
+            return 0;
+        case AMQP_FIELD_KIND_I16:
+            *out = e->value.value.i16;
+            return 0;
+        case AMQP_FIELD_KIND_U16:
+            *out = e->value.value.u16;
+            return 0;
+        case AMQP_FIELD_KIND_I32:
+            *out = e->value.value.i32;
+            return 0;
+        case AMQP_FIELD_KIND_U32:
+            *out = e->value.value.u32;
+            return 0;
+        case AMQP_FIELD_KIND_I64:
+            *out = e->value.value.i64;
+            return 0;
+        case AMQP_FIELD_KIND_U64:
+            *out = (int64_t)e->value.value.u64;
+            return 0;
+        default:
+            return -1;
+        }
+    }
+    return -1;
+}
+
+static int header_str(const amqp_table_t *t, const char *key, char *out, size_t size)
+{
+    for (int i = 0; i < t->num_entries; i++) {
+        const amqp_table_entry_t *e = &t->entries[i];
+        if (e->key.len != strlen(key) || memcmp(e->key.bytes, key, e->key.len) != 0)
+            continue;
+        if (e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES)
+            return -1;
+        copy_bytes(out, size, e->value.value.bytes);
+        return 0;
+    }
+    return -1;
+}
+
+static void to_delivery(const amqp_envelope_t *env, mq_delivery *d)
+{
+    const amqp_basic_properties_t *p = &env->message.properties;
+    static const amqp_table_t empty = {0, NULL};
+    const amqp_table_t *h = (p->_flags & AMQP_BASIC_HEADERS_FLAG) ? &p->headers : &empty;
+    int64_t v;
+
+    memset(d, 0, sizeof(*d));
+    if (header_str(h, MQ_H_ORIGINAL_KEY, d->routing_key, sizeof(d->routing_key)) < 0)
+        copy_bytes(d->routing_key, sizeof(d->routing_key), env->routing_key);
+    if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+        copy_bytes(d->message_id, sizeof(d->message_id), p->message_id);
+    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
+        copy_bytes(d->correlation_id, sizeof(d->correlation_id), p->correlation_id);
+    if (p->_flags & AMQP_BASIC_TYPE_FLAG)
+        copy_bytes(d->type, sizeof(d->type), p->type);
+    if (p->_flags & AMQP_BASIC_APP_ID_FLAG)
+        copy_bytes(d->app_id, sizeof(d->app_id), p->app_id);
+    if (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)
+        d->timestamp = (int64_t)p->timestamp;
+    d->schema_version =
+        header_int(h, MQ_H_SCHEMA_VERSION, &v) == 0 && v >= 0 && v < 1000000 ? (int)v : -1;
+    d->attempt = header_int(h, MQ_H_ATTEMPT, &v) == 0 && v >= 0 && v < 1000 ? (int)v : 0;
+    d->redelivered = env->redelivered;
+    d->body = env->message.body.bytes;
+    d->len = env->message.body.len;
+    d->delivery_tag = env->delivery_tag;
+}
+
+/* Sends a copy of d on: to a retry tier, or to the DLQ. Keeps the original
+ * properties and body so that a replay is the original message. */
+static int forward(mq_conn *pub, const mq_conn *cons, const mq_delivery *d, int attempt,
+                   const char *exchange, const char *rk, const char *reason, const char *error,
+                   char *err, size_t errlen)
+{
+    mq_header h[6];
+    mq_msg m;
+    size_t nh = 0;
+
+    h[nh++] = (mq_header){MQ_H_ATTEMPT, NULL, attempt};
+    h[nh++] = (mq_header){MQ_H_ORIGINAL_KEY, d->routing_key, 0};
+    h[nh++] = (mq_header){MQ_H_ERROR, error, 0};
+    h[nh++] = (mq_header){MQ_H_SERVICE, cons->topo->queue, 0};
+    h[nh++] = (mq_header){MQ_H_FAILED_AT, NULL, util_wall_us() / 1000000};
+    if (reason)
+        h[nh++] = (mq_header){MQ_H_REASON, reason, 0};
+    memset(&m, 0, sizeof(m));
+    m.exchange = exchange;
+    m.routing_key = rk;
+    m.message_id = d->message_id[0] ? d->message_id : "missing";
+    m.correlation_id = d->correlation_id;
+    m.type = d->type[0] ? d->type : d->routing_key;
+    m.timestamp = d->timestamp;
+    m.app_id = d->app_id[0] ? d->app_id : NULL;
+    m.body = d->body;
+    m.len = d->len;
+    m.headers = h;
+    m.nheaders = nh;
+    m.schema_version = d->schema_version >= 0 ? d->schema_version : -1;
+    if (m.schema_version == 0)
+        m.schema_version = -1; /* 0 would mean "current"; keep it absent instead */
+    return mq_publish(pub, &m, err, errlen);
+}
+
+static int ntiers(const mq_topology *t)
+{
+    int n = 0;
+    while (n < MQ_MAX_TIERS && t->retry_ms[n] > 0)
+        n++;
+    return n;
+}
+
+/* Runs the handler on one delivery and settles it. Returns MQ_OK, or MQ_ERR
+ * when a connection failed (the caller reconnects). */
+static int handle(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_handler h, void *ctx)
+{
+    mq_delivery d;
+    char herr[MQ_ERR_LEN] = "", perr[MQ_ERR_LEN], dest[160];
+    mq_result r;
+    int rc = MQ_OK, attempt;
+
+    to_delivery(env, &d);
+    STAT_ADD(cons, consumed, 1);
+    r = h(&d, ctx, herr, sizeof(herr));
+    if (r == MQ_RETRY) {
+        attempt = d.attempt + 1;
+        if (attempt <= ntiers(cons->topo)) {
+            mq_retry_queue_name(cons->topo->queue, cons->topo->retry_ms[attempt - 1], dest,
+                                sizeof(dest));
+            rc = forward(pub, cons, &d, attempt, "", dest, NULL, herr, perr, sizeof(perr));
+            if (rc == MQ_OK) {
+                STAT_ADD(cons, retried, 1);
+                log_write(LOG_WARN, d.correlation_id, d.message_id,
+                          "%s failed (attempt %d): %s; retrying via %s", d.routing_key, attempt,
+                          herr, dest);
+            }
+        } else {
+            rc = forward(pub, cons, &d, attempt, MQ_DLX, cons->topo->queue, "retries-exhausted",
+                         herr, perr, sizeof(perr));
+            if (rc == MQ_OK) {
+                STAT_ADD(cons, dead_lettered, 1);
+                log_write(LOG_ERROR, d.correlation_id, d.message_id,
+                          "%s failed %d times, last: %s; sent to the dead-letter queue",
+                          d.routing_key, attempt, herr);
+            }
+        }
+    } else if (r == MQ_REJECT) {
+        rc = forward(pub, cons, &d, d.attempt, MQ_DLX, cons->topo->queue, "rejected", herr, perr,
+                     sizeof(perr));
+        if (rc == MQ_OK) {
+            STAT_ADD(cons, dead_lettered, 1);
+            log_write(LOG_ERROR, d.correlation_id, d.message_id,
+                      "%s rejected: %s; sent to the dead-letter queue", d.routing_key, herr);
+        }
+    }
+    if (rc != MQ_OK) {
+        /* The copy was not confirmed: hand the message back to the broker
+         * rather than lose it. It will be delivered again. */
+        log_write(LOG_WARN, d.correlation_id, d.message_id,
+                  "could not forward %s (%s); requeueing it", d.routing_key, perr);
+        if (amqp_basic_nack(cons->conn, CHANNEL, d.delivery_tag, 0, 1) != AMQP_STATUS_OK)
+            return MQ_ERR;
+        return MQ_OK;
+    }
+    if (amqp_basic_ack(cons->conn, CHANNEL, d.delivery_tag, 0) != AMQP_STATUS_OK)
+        return MQ_ERR; /* the broker will redeliver; the inbox absorbs it */
+    STAT_ADD(cons, acked, 1);
+    return MQ_OK;
+}
+
+/* A frame that is not a delivery arrived: see what it was. Returns MQ_OK
+ * to carry on, MQ_ERR to reconnect. */
+static int other_frame(mq_conn *c)
+{
+    amqp_frame_t f;
+    int st = amqp_simple_wait_frame(c->conn, &f);
+    if (st != AMQP_STATUS_OK)
+        return MQ_ERR;
+    if (f.frame_type != AMQP_FRAME_METHOD)
+        return MQ_OK;
+    switch (f.payload.method.id) {
+    case AMQP_BASIC_ACK_METHOD:
+        return MQ_OK;
+    case AMQP_BASIC_CANCEL_METHOD:
+        log_warn("the broker cancelled our consumer (queue deleted?); reconnecting");
+        return MQ_ERR;
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+        amqp_channel_close_t *m = f.payload.method.decoded;
+        log_warn("channel closed by broker: %u %.*s", m->reply_code, (int)m->reply_text.len,
+                 (char *)m->reply_text.bytes);
+        return MQ_ERR;
+    }
+    case AMQP_CONNECTION_CLOSE_METHOD: {
+        amqp_connection_close_t *m = f.payload.method.decoded;
+        amqp_connection_close_ok_t ok;
+        log_warn("connection closed by broker: %u %.*s", m->reply_code, (int)m->reply_text.len,
+                 (char *)m->reply_text.bytes);
+        amqp_send_method(c->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+        return MQ_ERR;
+    }
+    default:
+        return MQ_OK;
+    }
+}
+
+int mq_consume_loop(mq_conn *cons, mq_conn *pub, mq_handler h, void *ctx,
+                    void (*on_idle)(void *ctx), volatile sig_atomic_t *stop, char *err,
+                    size_t errlen)
+{
+    int64_t last_idle = util_now_ms();
+    int first = 1;
+
+    while (!*stop) {
+        amqp_envelope_t env;
+        amqp_rpc_reply_t r;
+        struct timeval tv = {0, 250000};
+        int rc = MQ_OK;
+
+        if (!cons->connected || !pub->connected) {
+            if (!first)
+                STAT_ADD(cons, reconnects, 1);
+            first = 0;
+            if (!pub->connected) {
+                rc = mq_connect_retry(pub, 0, -1, stop, err, errlen);
+                if (rc == MQ_ERR_CONFIG)
+                    return -1;
+            }
+            if (rc == MQ_OK && !cons->connected) {
+                rc = mq_connect_retry(cons, 1, -1, stop, err, errlen);
+                if (rc == MQ_ERR_CONFIG)
+                    return -1;
+                if (rc == MQ_OK)
+                    log_info("consuming from %s", cons->topo->queue);
+            }
+            continue;
+        }
+        if (util_now_ms() - last_idle >= 1000) {
+            last_idle = util_now_ms();
+            if (mq_tick(pub) != MQ_OK)
+                continue;
+            if (on_idle)
+                on_idle(ctx);
+        }
+        amqp_maybe_release_buffers(cons->conn);
+        r = amqp_consume_message(cons->conn, &env, &tv, 0);
+        if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+            rc = handle(cons, pub, &env, h, ctx);
+            amqp_destroy_envelope(&env);
+        } else if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                   r.library_error == AMQP_STATUS_TIMEOUT) {
+            continue;
+        } else if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                   r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+            rc = other_frame(cons);
+        } else {
+            rpc_check(r, "consume", err, errlen);
+            log_warn("lost the broker connection: %s; reconnecting", err);
+            rc = MQ_ERR;
+        }
+        if (rc != MQ_OK) {
+            cons->connected = 0;
+            mq_disconnect(cons);
+            if (!pub->connected)
+                mq_disconnect(pub);
+        }
+    }
+    /* Unacked deliveries, if any, go back to the queue when we close. */
+    mq_disconnect(cons);
+    mq_disconnect(pub);
+    return 0;
+}

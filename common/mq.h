@@ -1,0 +1,197 @@
+/*
+ * mq.h — the messaging helper (rabbitmq-c 0.11).
+ *
+ * An mq_conn is one AMQP connection with one channel, used by one thread, in
+ * one of two roles:
+ *   - a publisher: channel in confirm mode; mq_publish / mq_publish_batch
+ *     return only after the broker's basic.ack, with `mandatory` set, so a
+ *     nack or an unroutable message (basic.return) is an error the caller sees;
+ *   - a consumer: declares its service's topology, sets QoS, consumes with
+ *     manual acks (never auto-ack), and hands each delivery to a handler
+ *     through mq_consume_loop, which acks only after the handler said "done".
+ * Roles are kept on separate connections so that waiting for a confirm never
+ * has to step over a delivery (0.11 has no per-channel wait in its API).
+ *
+ * Every (re)connect declares the topology, idempotently:
+ *   exchanges   sales.events (topic), sales.dlx (direct), sales.retry (direct)
+ *   S           quorum work queue bound to sales.events with S's keys and to
+ *               sales.retry with key S; dead-letters to sales.dlx/S,
+ *               at-least-once, reject-publish, x-delivery-limit
+ *   S.retry.Nms quorum queues with x-message-ttl N, dead-lettering to
+ *               sales.retry/S (back to the work queue)
+ *   S.dlq       quorum queue bound to sales.dlx with key S
+ *
+ * rabbitmq-c does not recover by itself: connections that fail are torn
+ * down and made again with capped exponential backoff by the callers here.
+ */
+#ifndef ORDERSUITE_MQ_H
+#define ORDERSUITE_MQ_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MQ_EXCHANGE       "sales.events"
+#define MQ_DLX            "sales.dlx"
+#define MQ_RETRY_EXCHANGE "sales.retry"
+#define MQ_ERR_LEN        512
+#define MQ_MAX_TIERS      8
+#define MQ_MAX_HEADERS    12
+
+/* Headers the helper writes on retried and dead-lettered messages. */
+#define MQ_H_SCHEMA_VERSION "schema_version"
+#define MQ_H_ATTEMPT        "x-attempt" /* failed attempts so far */
+#define MQ_H_ORIGINAL_KEY   "x-original-routing-key"
+#define MQ_H_REASON         "x-reason" /* rejected | retries-exhausted | undecodable */
+#define MQ_H_ERROR          "x-error"  /* the handler's error text */
+#define MQ_H_SERVICE        "x-failed-service"
+#define MQ_H_FAILED_AT      "x-failed-at" /* seconds since the epoch */
+
+typedef enum {
+    MQ_OK = 0,
+    MQ_ERR = -1,          /* connection or protocol failure: reconnect and try again */
+    MQ_ERR_NACKED = -2,   /* the broker refused the message (basic.nack) */
+    MQ_ERR_RETURNED = -3, /* unroutable: no queue is bound for its routing key */
+    MQ_ERR_CONFIG = -4,   /* bad URL, credentials or permissions: retrying won't help */
+} mq_status;
+
+typedef struct mq_conn mq_conn;
+
+/* One consuming service's place in the topology. */
+typedef struct {
+    const char *queue;          /* the service name: work queue S */
+    const char *const *keys;    /* routing keys on sales.events, NULL-terminated */
+    int retry_ms[MQ_MAX_TIERS]; /* delay tiers in ms, ascending; 0 ends the list */
+    int delivery_limit;         /* x-delivery-limit; 0 = 20 */
+} mq_topology;
+
+typedef struct {
+    const char *url;         /* amqp://user:pass@host:port/vhost */
+    const char *app_id;      /* the service name, set on every publish */
+    const mq_topology *topo; /* consumers: their queue; NULL for publishers */
+    int prefetch;            /* consumers: basic.qos prefetch count; 0 = 32 */
+    int heartbeat_s;         /* 0 = 30 */
+} mq_opts;
+
+typedef struct {
+    const char *key;
+    const char *str; /* a string header, or NULL for an integer */
+    int64_t num;
+} mq_header;
+
+/* A message to publish. exchange NULL = sales.events; "" = the default
+ * exchange (routing_key is then a queue name). */
+typedef struct {
+    const char *exchange;
+    const char *routing_key;
+    const char *message_id;
+    const char *correlation_id;
+    const char *type;   /* NULL = routing_key */
+    int64_t timestamp;  /* seconds; 0 = now */
+    const char *app_id; /* NULL = the connection's app_id */
+    const void *body;
+    size_t len;
+    const mq_header *headers; /* extra headers, besides schema_version */
+    size_t nheaders;
+    int schema_version; /* 0 = EV_SCHEMA_VERSION */
+} mq_msg;
+
+/* A delivery handed to a handler. Strings are NUL-terminated copies, "" when
+ * the property was absent. */
+typedef struct {
+    char routing_key[128]; /* the original key, also after a trip through a retry tier */
+    char message_id[64];
+    char correlation_id[64];
+    char type[128];
+    char app_id[64];
+    int64_t timestamp;
+    int schema_version; /* -1 when the header is missing or not an integer */
+    int attempt;        /* failed attempts before this one (0 the first time) */
+    int redelivered;
+    const char *body; /* len bytes, NOT NUL-terminated */
+    size_t len;
+    uint64_t delivery_tag;
+} mq_delivery;
+
+typedef enum {
+    MQ_DONE = 0,   /* effect committed: ack */
+    MQ_RETRY = 1,  /* transient failure: through the next retry tier, or the DLQ after the last */
+    MQ_REJECT = 2, /* permanent failure: straight to the DLQ with the reason */
+} mq_result;
+
+/* A handler fills err (a short reason) for MQ_RETRY and MQ_REJECT. */
+typedef mq_result (*mq_handler)(const mq_delivery *d, void *ctx, char *err, size_t errlen);
+
+/* Makes a handle; copies what it needs from opts. Does not connect. Returns
+ * NULL when out of memory. */
+mq_conn *mq_new(const mq_opts *opts);
+
+/* Closes and frees. mq_free(NULL) is a no-op. */
+void mq_free(mq_conn *c);
+
+/* Checks an AMQP URL without connecting: 0, or -1 with the reason. */
+int mq_check_url(const char *url, char *err, size_t errlen);
+
+/* One connection attempt as a publisher (confirm mode, exchanges declared).
+ * Returns MQ_OK, MQ_ERR (unreachable: try later) or MQ_ERR_CONFIG. */
+int mq_connect_publisher(mq_conn *c, char *err, size_t errlen);
+
+/* One attempt as a consumer: declares the topology, QoS, basic.consume. */
+int mq_connect_consumer(mq_conn *c, char *err, size_t errlen);
+
+/* Declares topo on c's channel (idempotent). Used by consumers on connect and
+ * by tools that set up the whole suite's topology up front. */
+int mq_declare_topology(mq_conn *c, const mq_topology *topo, char *err, size_t errlen);
+
+/* Connects (publisher or consumer per `consumer`) with capped exponential
+ * backoff (200 ms doubling to 10 s) until it works, a permanent error, a
+ * timeout (timeout_ms; -1 = none) or *stop. Returns MQ_OK or the last error. */
+int mq_connect_retry(mq_conn *c, int consumer, int timeout_ms, volatile sig_atomic_t *stop,
+                     char *err, size_t errlen);
+
+int mq_is_connected(const mq_conn *c);
+
+/* Drops the connection (after an error); the next connect starts afresh. */
+void mq_disconnect(mq_conn *c);
+
+/* Publishes n messages pipelined and waits (up to 30 s) for every confirm.
+ * status[i] (may be NULL) receives MQ_OK or the message's error. Returns
+ * MQ_OK when all were acked, else the first error seen; on MQ_ERR the
+ * connection is dropped and messages not yet confirmed are MQ_ERR in status.
+ * Connects first if needed (one attempt). */
+int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status, char *err,
+                     size_t errlen);
+
+/* One message; returns after its confirm. */
+int mq_publish(mq_conn *c, const mq_msg *m, char *err, size_t errlen);
+
+/* Lets rabbitmq-c send and check heartbeats on an idle connection. Call it
+ * now and then (at most every heartbeat/2) from a thread that does not
+ * otherwise read from c. Returns MQ_OK, or MQ_ERR when the connection died. */
+int mq_tick(mq_conn *c);
+
+/* Consumes until *stop: each delivery goes to h; MQ_DONE acks it, MQ_RETRY
+ * republishes it (with confirm, then acks) to the next retry tier or, after
+ * the last, to the DLQ; MQ_REJECT sends it to the DLQ with the reason. Lost
+ * connections are made again with backoff and the topology re-declared.
+ * Unacked messages in hand when the connection drops are redelivered by the
+ * broker. Returns 0 after a clean stop, -1 on a permanent error (bad
+ * credentials or permissions) with the reason in err.
+ *
+ * consumer and publisher are two handles for the same service (consumer made
+ * with opts.topo set). on_idle, when not NULL, runs about once a second. */
+int mq_consume_loop(mq_conn *consumer, mq_conn *publisher, mq_handler h, void *ctx,
+                    void (*on_idle)(void *ctx), volatile sig_atomic_t *stop, char *err,
+                    size_t errlen);
+
+/* Counters since start, for /metrics and tests. */
+typedef struct {
+    uint64_t consumed, acked, retried, dead_lettered, published, reconnects;
+} mq_stats;
+void mq_get_stats(const mq_conn *c, mq_stats *out);
+
+/* Names: S.retry.<ms>ms and S.dlq, written into out. */
+void mq_retry_queue_name(const char *service, int ms, char *out, size_t outlen);
+void mq_dlq_name(const char *service, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,321 @@
+/*
+ * outbox.c — the transactional outbox and its relay (see outbox.h).
+ */
+#include "outbox.h"
+#include "log.h"
+#include "mq.h"
+#include "util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+
+struct outbox_relay {
+    outbox_relay_opts o;
+    char *db_url, *amqp_url, *service;
+    char channel[96];
+    pthread_t thread;
+    volatile sig_atomic_t stop;
+    int flush_ms;
+    pthread_mutex_t lock;
+    outbox_relay_stats stats;
+};
+
+int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char *correlation_id,
+               const char *causation_id, char message_id_out[UUID_STR_LEN], char *err,
+               size_t errlen)
+{
+    char id[UUID_STR_LEN], channel[96];
+    char *body;
+    const char *p[6];
+    int rc;
+
+    if (!correlation_id || !uuid_valid(correlation_id)) {
+        snprintf(err, errlen, "outbox: correlation_id must be a UUID");
+        return DB_ERR;
+    }
+    body = ev_to_json(ev, causation_id, err, errlen);
+    if (!body)
+        return DB_ERR;
+    if (uuid_v4(id) < 0) {
+        free(body);
+        snprintf(err, errlen, "outbox: no randomness for a message id");
+        return DB_ERR_TRANSIENT;
+    }
+    snprintf(channel, sizeof(channel), "%s_outbox", service);
+    p[0] = id;
+    p[1] = ev_routing_key(ev->type);
+    p[2] = correlation_id;
+    p[3] = causation_id && *causation_id ? causation_id : NULL;
+    p[4] = body;
+    p[5] = channel;
+    /* One round trip: the row and the wake-up. The notification is delivered
+     * at COMMIT, and not at all after a ROLLBACK. */
+    rc = db_execp(db, "outbox_add",
+                  "WITH ins AS (INSERT INTO outbox (message_id, routing_key, correlation_id,"
+                  " causation_id, body) VALUES ($1, $2, $3, $4, $5))"
+                  " SELECT pg_notify($6, '')",
+                  6, p, NULL, err, errlen);
+    free(body);
+    if (rc == DB_OK && message_id_out)
+        memcpy(message_id_out, id, UUID_STR_LEN);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- relay */
+
+static void set_stats(outbox_relay *r, uint64_t published, int failed, int64_t pending,
+                      int64_t oldest, int connected)
+{
+    pthread_mutex_lock(&r->lock);
+    r->stats.published += published;
+    r->stats.failures += (uint64_t)failed;
+    if (pending >= 0) {
+        r->stats.pending = pending;
+        r->stats.oldest_age_s = oldest;
+    }
+    r->stats.connected = connected;
+    pthread_mutex_unlock(&r->lock);
+}
+
+void outbox_relay_get_stats(outbox_relay *r, outbox_relay_stats *out)
+{
+    pthread_mutex_lock(&r->lock);
+    *out = r->stats;
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* Claims up to `batch` pending rows, publishes them, deletes the acked ones.
+ * Returns the number of rows claimed, or -1 when the broker or the database
+ * failed (what was claimed stays pending). */
+static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
+{
+    char err[DB_ERR_LEN], batch[16];
+    PGresult *res = NULL;
+    const char *p[1];
+    mq_msg *msgs = NULL;
+    int *status = NULL, n, rc = -1, mrc;
+    size_t idlen = 0;
+    char *ids = NULL;
+    uint64_t done = 0;
+
+    snprintf(batch, sizeof(batch), "%d", r->o.batch);
+    p[0] = batch;
+    if (db_begin(db, err, sizeof(err)) != DB_OK)
+        goto fail;
+    if (db_execp(db, "outbox_claim",
+                 "SELECT id, message_id, routing_key, correlation_id, body,"
+                 " extract(epoch from created_at)::bigint AS ts,"
+                 " extract(epoch from now() - created_at)::bigint AS age"
+                 " FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                 1, p, &res, err, sizeof(err)) != DB_OK)
+        goto fail;
+    n = PQntuples(res);
+    if (n == 0) {
+        PQclear(res);
+        db_rollback(db);
+        set_stats(r, 0, 0, 0, 0, 1);
+        return 0;
+    }
+    msgs = calloc((size_t)n, sizeof(*msgs));
+    status = calloc((size_t)n, sizeof(*status));
+    ids = malloc((size_t)n * 21 + 3);
+    if (!msgs || !status || !ids) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < n; i++) {
+        msgs[i].routing_key = db_get(res, i, "routing_key");
+        msgs[i].message_id = db_get(res, i, "message_id");
+        msgs[i].correlation_id = db_get(res, i, "correlation_id");
+        msgs[i].body = db_get(res, i, "body");
+        msgs[i].len = strlen(msgs[i].body);
+        msgs[i].timestamp = strtoll(db_get(res, i, "ts"), NULL, 10);
+    }
+    mrc = mq_publish_batch(mq, msgs, (size_t)n, status, err, sizeof(err));
+    if (mrc != MQ_OK)
+        log_error("outbox relay: publishing failed: %s", err);
+    /* Delete what the broker has; the rest stays pending. */
+    ids[idlen++] = '{';
+    for (int i = 0; i < n; i++) {
+        if (status[i] != MQ_OK)
+            continue;
+        idlen += (size_t)sprintf(ids + idlen, "%s%s", done ? "," : "", db_get(res, i, "id"));
+        done++;
+    }
+    ids[idlen++] = '}';
+    ids[idlen] = '\0';
+    if (done > 0) {
+        p[0] = ids;
+        if (db_execp(db, "outbox_delete", "DELETE FROM outbox WHERE id = ANY($1::bigint[])", 1, p,
+                     NULL, err, sizeof(err)) != DB_OK)
+            goto fail;
+    }
+    if (db_commit(db, err, sizeof(err)) != DB_OK) {
+        /* Published but still pending: they will go again, and the
+         * consumers' inboxes absorb the duplicates. */
+        goto fail;
+    }
+    set_stats(r, done, mrc != MQ_OK, n - (int64_t)done, strtoll(db_get(res, 0, "age"), NULL, 10),
+              mrc == MQ_OK);
+    rc = mrc == MQ_OK ? n : -1;
+    goto out;
+fail:
+    if (rc < 0 && err[0])
+        log_error("outbox relay: %s", err);
+    db_rollback(db);
+    set_stats(r, 0, 1, -1, 0, 0);
+out:
+    PQclear(res);
+    free(msgs);
+    free(status);
+    free(ids);
+    return rc;
+}
+
+/* Waits up to ms for a NOTIFY on db. Returns -1 when the connection broke. */
+static int wait_notify(db_conn *db, int ms)
+{
+    PGconn *pg = db_pg(db);
+    PGnotify *n;
+    fd_set rf;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    int sock = pg ? PQsocket(pg) : -1;
+
+    if (sock < 0)
+        return -1;
+    FD_ZERO(&rf);
+    FD_SET(sock, &rf);
+    if (select(sock + 1, &rf, NULL, NULL, &tv) < 0 && errno != EINTR)
+        return -1;
+    if (!PQconsumeInput(pg))
+        return -1;
+    while ((n = PQnotifies(pg)) != NULL)
+        PQfreemem(n);
+    return PQstatus(pg) == CONNECTION_OK ? 0 : -1;
+}
+
+static int relay_connect(outbox_relay *r, db_conn *db, char *err, size_t errlen)
+{
+    char sql[160];
+    char *ident;
+    if (db_connect(db, err, errlen) != DB_OK)
+        return -1;
+    ident = PQescapeIdentifier(db_pg(db), r->channel, strlen(r->channel));
+    if (!ident) {
+        snprintf(err, errlen, "escape: %s", PQerrorMessage(db_pg(db)));
+        return -1;
+    }
+    /* LISTEN takes an identifier, not a parameter; it is escaped by libpq. */
+    snprintf(sql, sizeof(sql), "LISTEN %s", ident);
+    PQfreemem(ident);
+    return db_exec(db, sql, 0, NULL, NULL, err, errlen) == DB_OK ? 0 : -1;
+}
+
+static void *relay_main(void *arg)
+{
+    outbox_relay *r = arg;
+    mq_opts mo = {.url = r->amqp_url, .app_id = r->service};
+    db_conn *db = db_new(r->db_url, "outbox-relay");
+    mq_conn *mq = mq_new(&mo);
+    backoff b;
+    char err[DB_ERR_LEN];
+    int64_t flush_deadline = -1;
+
+    backoff_init(&b, 200, 10000);
+    if (!db || !mq) {
+        log_error("outbox relay: out of memory");
+        goto out;
+    }
+    for (;;) {
+        int n;
+        if (r->stop && flush_deadline < 0)
+            flush_deadline = util_now_ms() + r->flush_ms;
+        if (flush_deadline >= 0 && util_now_ms() > flush_deadline)
+            break;
+        if (!db_pg(db) || PQstatus(db_pg(db)) != CONNECTION_OK) {
+            if (relay_connect(r, db, err, sizeof(err)) < 0) {
+                set_stats(r, 0, 1, -1, 0, 0);
+                log_warn("outbox relay: database: %s", err);
+                util_sleep_ms(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
+                continue;
+            }
+        }
+        if (!mq_is_connected(mq) && mq_connect_publisher(mq, err, sizeof(err)) != MQ_OK) {
+            set_stats(r, 0, 1, -1, 0, 0);
+            log_warn("outbox relay: broker: %s", err);
+            util_sleep_ms(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
+            continue;
+        }
+        n = sweep(r, db, mq);
+        if (n < 0) {
+            util_sleep_ms(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
+            continue;
+        }
+        backoff_reset(&b);
+        if (n >= r->o.batch)
+            continue; /* more waiting: no pause */
+        if (flush_deadline >= 0)
+            break; /* stopping, and nothing is left */
+        mq_tick(mq);
+        if (wait_notify(db, r->o.sweep_ms) < 0)
+            continue; /* reconnects at the top */
+    }
+out:
+    mq_free(mq);
+    db_free(db);
+    return NULL;
+}
+
+outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t errlen)
+{
+    outbox_relay *r = calloc(1, sizeof(*r));
+    if (!r)
+        goto oom;
+    r->o = *o;
+    r->o.batch = o->batch > 0 ? o->batch : 200;
+    r->o.sweep_ms = o->sweep_ms > 0 ? o->sweep_ms : 1000;
+    r->db_url = strdup(o->database_url);
+    r->amqp_url = strdup(o->amqp_url);
+    r->service = strdup(o->service);
+    if (!r->db_url || !r->amqp_url || !r->service)
+        goto oom;
+    snprintf(r->channel, sizeof(r->channel), "%s_outbox", o->service);
+    pthread_mutex_init(&r->lock, NULL);
+    if (pthread_create(&r->thread, NULL, relay_main, r) != 0) {
+        snprintf(err, errlen, "cannot start the outbox relay thread");
+        pthread_mutex_destroy(&r->lock);
+        free(r->db_url);
+        free(r->amqp_url);
+        free(r->service);
+        free(r);
+        return NULL;
+    }
+    return r;
+oom:
+    if (r) {
+        free(r->db_url);
+        free(r->amqp_url);
+        free(r->service);
+        free(r);
+    }
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+}
+
+void outbox_relay_stop(outbox_relay *r, int timeout_ms)
+{
+    if (!r)
+        return;
+    r->flush_ms = timeout_ms;
+    r->stop = 1;
+    pthread_join(r->thread, NULL);
+    pthread_mutex_destroy(&r->lock);
+    free(r->db_url);
+    free(r->amqp_url);
+    free(r->service);
+    free(r);
+}

@@ -1,0 +1,60 @@
+/*
+ * outbox.h — the transactional outbox and its relay.
+ *
+ * A service that changes its tables and emits an event writes both in one
+ * PostgreSQL transaction: outbox_add inserts the event into the service's
+ * outbox table (its own schema, via search_path) inside the caller's
+ * transaction, and notifies the relay. The relay, a thread in the same
+ * process with its own database and broker connections, claims pending rows
+ * in id order (FOR UPDATE SKIP LOCKED, so two instances can run), publishes
+ * them with confirms, and deletes the rows the broker acked, all in one
+ * transaction. It wakes on LISTEN/NOTIFY and also sweeps on a timer, so
+ * nothing waits for the next event and nothing is stranded after a crash.
+ * Rows the broker did not take stay pending and are tried again with backoff.
+ */
+#ifndef ORDERSUITE_OUTBOX_H
+#define ORDERSUITE_OUTBOX_H
+
+#include "db.h"
+#include "events.h"
+
+#include <stdint.h>
+
+/* Adds ev to the outbox in db's open transaction. correlation_id is the order
+ * or sale the event belongs to; causation_id the message_id that caused it
+ * (NULL or "" for none). The new message_id is written to message_id_out when
+ * it is not NULL. Returns DB_OK, DB_ERR (ev invalid, or a permanent SQL error)
+ * or DB_ERR_TRANSIENT, with err. */
+int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char *correlation_id,
+               const char *causation_id, char message_id_out[UUID_STR_LEN], char *err,
+               size_t errlen);
+
+typedef struct outbox_relay outbox_relay;
+
+typedef struct {
+    const char *database_url;
+    const char *amqp_url;
+    const char *service; /* app_id, and the NOTIFY channel "<service>_outbox" */
+    int batch;           /* rows per claim; 0 = 200 */
+    int sweep_ms;        /* timer sweep; 0 = 1000 */
+} outbox_relay_opts;
+
+/* Starts the relay thread. Returns NULL with err when out of memory or the
+ * thread cannot start; connection problems are retried inside the thread. */
+outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t errlen);
+
+/* Stops the relay: it publishes what is pending (for at most timeout_ms),
+ * then closes its connections. Frees r. NULL is a no-op. */
+void outbox_relay_stop(outbox_relay *r, int timeout_ms);
+
+typedef struct {
+    uint64_t published;   /* rows published and deleted */
+    uint64_t failures;    /* sweeps that failed (broker or database) */
+    int64_t pending;      /* rows seen pending at the last sweep */
+    int64_t oldest_age_s; /* age of the oldest pending row at the last sweep */
+    int connected;        /* 1 when both connections are up */
+} outbox_relay_stats;
+
+void outbox_relay_get_stats(outbox_relay *r, outbox_relay_stats *out);
+
+#endif

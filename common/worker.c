@@ -1,0 +1,292 @@
+/*
+ * worker.c — the shared runtime of consuming services (see worker.h).
+ */
+#include "worker.h"
+#include "cfg.h"
+#include "log.h"
+#include "outbox.h"
+#include "util.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DB_WAIT_MS 10000 /* how long a delivery waits for the database before a retry */
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
+struct worker {
+    const worker_def *def;
+    db_conn *db;
+    const char *keys[EV__COUNT + 1];
+    mq_topology topo;
+    int crash_after_commit; /* test-only: exit between COMMIT and ack */
+};
+
+void *worker_app(worker *w)
+{
+    return w->def->app;
+}
+
+mq_result worker_db_result(int status)
+{
+    return status == DB_ERR_TRANSIENT ? MQ_RETRY : MQ_REJECT;
+}
+
+int worker_emit(worker *w, db_conn *db, const ev_envelope *cause, const ev_event *ev, char *err,
+                size_t errlen)
+{
+    return outbox_add(db, w->def->service, ev, cause->correlation_id, cause->message_id, NULL, err,
+                      errlen);
+}
+
+int worker_parse_tiers(const char *s, int ms[MQ_MAX_TIERS], char *err, size_t errlen)
+{
+    int n = 0;
+    const char *p = s;
+    memset(ms, 0, sizeof(int) * MQ_MAX_TIERS);
+    while (*p) {
+        char *end;
+        long v;
+        errno = 0;
+        v = strtol(p, &end, 10);
+        if (end == p || errno || v < 1 || v > 86400000 || (n > 0 && v <= ms[n - 1]) ||
+            n == MQ_MAX_TIERS || (*end != ',' && *end != '\0')) {
+            snprintf(err, errlen,
+                     "RETRY_DELAYS_MS=\"%.64s\" must be up to %d ascending delays in ms, "
+                     "comma-separated (e.g. 1000,10000,60000)",
+                     s, MQ_MAX_TIERS);
+            return -1;
+        }
+        ms[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+/* Waits (bounded) for the database to come back; 0 when it is up. */
+static int wait_for_db(worker *w, char *err, size_t errlen)
+{
+    backoff b;
+    int64_t end = util_now_ms() + DB_WAIT_MS;
+    backoff_init(&b, 100, 2000);
+    while (db_ensure(w->db, err, errlen) != DB_OK) {
+        if (stop_flag || util_now_ms() > end)
+            return -1;
+        util_sleep_ms(backoff_next(&b), &stop_flag);
+    }
+    return 0;
+}
+
+static mq_result dispatch(const mq_delivery *d, void *ctx, char *err, size_t errlen)
+{
+    worker *w = ctx;
+    ev_envelope env;
+    ev_event ev;
+    ev_type t;
+    worker_fn fn = NULL;
+    PGresult *res = NULL;
+    const char *p[2];
+    mq_result r;
+    int rc;
+
+    if (!uuid_valid(d->message_id)) {
+        snprintf(err, errlen, "undecodable: message_id is missing or not a UUID");
+        return MQ_REJECT;
+    }
+    if (d->schema_version != EV_SCHEMA_VERSION) {
+        snprintf(err, errlen, "undecodable: schema_version %d is not supported (want %d)",
+                 d->schema_version, EV_SCHEMA_VERSION);
+        return MQ_REJECT;
+    }
+    if (ev_type_from_key(d->routing_key, &t) < 0) {
+        snprintf(err, errlen, "undecodable: unknown routing key %s", d->routing_key);
+        return MQ_REJECT;
+    }
+    for (size_t i = 0; i < w->def->nroutes; i++) {
+        if (w->def->routes[i].type == t)
+            fn = w->def->routes[i].fn;
+    }
+    if (!fn) {
+        snprintf(err, errlen, "no handler for %s in %s", d->routing_key, w->def->service);
+        return MQ_REJECT;
+    }
+    memset(&env, 0, sizeof(env));
+    snprintf(env.message_id, sizeof(env.message_id), "%s", d->message_id);
+    snprintf(env.correlation_id, sizeof(env.correlation_id), "%s", d->correlation_id);
+    snprintf(env.type, sizeof(env.type), "%s", d->routing_key);
+    snprintf(env.app_id, sizeof(env.app_id), "%s", d->app_id);
+    env.timestamp = d->timestamp;
+    env.schema_version = d->schema_version;
+    env.attempt = d->attempt;
+    if (!uuid_valid(env.correlation_id)) {
+        snprintf(err, errlen, "undecodable: correlation_id is missing or not a UUID");
+        return MQ_REJECT;
+    }
+    {
+        char derr[EV_ERR_LEN];
+        if (ev_from_json(t, d->body, d->len, &ev, env.causation_id, derr, sizeof(derr)) < 0) {
+            snprintf(err, errlen, "undecodable: %s", derr);
+            return MQ_REJECT;
+        }
+    }
+
+    if (wait_for_db(w, err, errlen) < 0) {
+        ev_free(&ev);
+        return MQ_RETRY;
+    }
+    if ((rc = db_begin(w->db, err, errlen)) != DB_OK)
+        goto db_fail;
+    p[0] = d->message_id;
+    p[1] = d->routing_key;
+    rc = db_execp(w->db, "inbox_add",
+                  "INSERT INTO inbox (message_id, routing_key) VALUES ($1, $2)"
+                  " ON CONFLICT (message_id) DO NOTHING",
+                  2, p, &res, err, errlen);
+    if (rc != DB_OK)
+        goto db_fail;
+    if (strcmp(PQcmdTuples(res), "0") == 0) {
+        PQclear(res);
+        db_rollback(w->db);
+        ev_free(&ev);
+        log_write(LOG_INFO, env.correlation_id, env.message_id,
+                  "%s already processed; acking the duplicate", d->routing_key);
+        return MQ_DONE;
+    }
+    PQclear(res);
+    r = fn(w, w->db, &env, &ev, err, errlen);
+    ev_free(&ev);
+    if (r != MQ_DONE) {
+        db_rollback(w->db);
+        return r;
+    }
+    if ((rc = db_commit(w->db, err, errlen)) != DB_OK) {
+        db_rollback(w->db);
+        return worker_db_result(rc);
+    }
+    if (w->crash_after_commit) {
+        log_write(LOG_WARN, env.correlation_id, env.message_id,
+                  "CRASH_AFTER_COMMIT: exiting between COMMIT and ack");
+        _exit(3);
+    }
+    log_write(LOG_DEBUG, env.correlation_id, env.message_id, "%s processed", d->routing_key);
+    return MQ_DONE;
+db_fail:
+    db_rollback(w->db);
+    ev_free(&ev);
+    return worker_db_result(rc);
+}
+
+int worker_main(const worker_def *def)
+{
+    char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL;
+    long prefetch = 32, limit = 20, heartbeat = 30;
+    int crash_flag = 0;
+    char err[CFG_ERR_LEN + MQ_ERR_LEN];
+    const cfg_spec specs[] = {
+        {"AMQP_URL", CFG_STR, NULL, 0, 0, &amqp_url},
+        {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
+        {"LOG_LEVEL", CFG_STR, "info", 0, 0, &level},
+        {"PREFETCH", CFG_LONG, "32", 1, 10000, &prefetch},
+        {"RETRY_DELAYS_MS", CFG_STR, "1000,10000,60000", 0, 0, &tiers},
+        {"DELIVERY_LIMIT", CFG_LONG, "20", 1, 1000, &limit},
+        {"HEARTBEAT_S", CFG_LONG, "30", 1, 600, &heartbeat},
+        {"CRASH_AFTER_COMMIT", CFG_BOOL, "false", 0, 0, &crash_flag},
+    };
+    const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
+    worker w;
+    mq_conn *cons = NULL, *pub = NULL;
+    outbox_relay *relay = NULL;
+    log_level lvl;
+    struct sigaction sa;
+    int rc = 1;
+    size_t nk = 0;
+
+    log_init(def->service, LOG_INFO);
+    memset(&w, 0, sizeof(w));
+    w.def = def;
+    if (cfg_load(specs, nspecs, err, sizeof(err)) < 0)
+        goto config_error;
+    if (log_parse_level(level, &lvl) < 0) {
+        snprintf(err, sizeof(err), "LOG_LEVEL=\"%.32s\" must be debug, info, warn or error", level);
+        goto config_error;
+    }
+    log_init(def->service, lvl);
+    if (worker_parse_tiers(tiers, w.topo.retry_ms, err, sizeof(err)) < 0)
+        goto config_error;
+    if (mq_check_url(amqp_url, err, sizeof(err)) < 0) {
+        memmove(err + 10, err, strlen(err) + 1);
+        memcpy(err, "AMQP_URL: ", 10);
+        goto config_error;
+    }
+    w.crash_after_commit = crash_flag;
+    for (size_t i = 0; i < def->nroutes; i++)
+        w.keys[nk++] = ev_routing_key(def->routes[i].type);
+    w.keys[nk] = NULL;
+    w.topo.queue = def->service;
+    w.topo.keys = w.keys;
+    w.topo.delivery_limit = (int)limit;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    {
+        mq_opts co = {.url = amqp_url,
+                      .app_id = def->service,
+                      .topo = &w.topo,
+                      .prefetch = (int)prefetch,
+                      .heartbeat_s = (int)heartbeat};
+        mq_opts po = {.url = amqp_url, .app_id = def->service, .heartbeat_s = (int)heartbeat};
+        outbox_relay_opts ro = {
+            .database_url = db_url, .amqp_url = amqp_url, .service = def->service};
+        cons = mq_new(&co);
+        pub = mq_new(&po);
+        w.db = db_new(db_url, def->service);
+        if (!cons || !pub || !w.db) {
+            snprintf(err, sizeof(err), "out of memory");
+            goto out;
+        }
+        if (db_connect_retry(w.db, -1, &stop_flag, err, sizeof(err)) == DB_ERR) {
+            log_error("DATABASE_URL: %s", err);
+            goto out;
+        }
+        relay = outbox_relay_start(&ro, err, sizeof(err));
+        if (!relay) {
+            log_error("%s", err);
+            goto out;
+        }
+    }
+    log_info("%s started: queue %s, %zu routes, prefetch %ld", def->service, def->service,
+             def->nroutes, prefetch);
+    if (mq_consume_loop(cons, pub, dispatch, &w, NULL, &stop_flag, err, sizeof(err)) < 0) {
+        log_error("stopping: %s", err);
+        goto out;
+    }
+    log_info("stopping: flushing the outbox");
+    rc = 0;
+out:
+    outbox_relay_stop(relay, 10000);
+    mq_free(cons);
+    mq_free(pub);
+    db_free(w.db);
+    cfg_free(specs, nspecs);
+    if (rc == 0)
+        log_info("stopped");
+    return rc;
+config_error:
+    log_error("configuration: %s", err);
+    cfg_free(specs, nspecs);
+    return 1;
+}

@@ -1,0 +1,66 @@
+/*
+ * worker.h — the runtime every consuming service shares.
+ *
+ * A service is a name, a table of {event type, handler}, and optional app
+ * state. worker_main reads the configuration, connects, starts the outbox
+ * relay, and consumes. For each delivery it checks the envelope, decodes the
+ * event, and in ONE database transaction records the message_id in the
+ * service's inbox, runs the handler (whose writes and outbox rows join that
+ * transaction), and commits; only then is the message acked. A message whose
+ * id is already in the inbox is acked without running the handler again.
+ *
+ * Handlers return MQ_DONE, MQ_RETRY (transient: database busy, mail server
+ * down) or MQ_REJECT (permanent: the message can never succeed). Envelope and
+ * decoding failures are rejected for them, with the reason, so a poison
+ * message goes to the service's DLQ at once.
+ *
+ * Environment: AMQP_URL, DATABASE_URL (or their _FILE forms), LOG_LEVEL,
+ * PREFETCH, RETRY_DELAYS_MS ("1000,10000,60000"), DELIVERY_LIMIT,
+ * HEARTBEAT_S. SIGTERM/SIGINT stop consuming, finish the message in hand,
+ * flush the outbox, and exit 0.
+ */
+#ifndef ORDERSUITE_WORKER_H
+#define ORDERSUITE_WORKER_H
+
+#include "db.h"
+#include "events.h"
+#include "mq.h"
+
+typedef struct worker worker;
+
+typedef mq_result (*worker_fn)(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                               char *err, size_t errlen);
+
+typedef struct {
+    ev_type type;
+    worker_fn fn;
+} worker_route;
+
+typedef struct {
+    const char *service; /* queue, schema and role name */
+    const worker_route *routes;
+    size_t nroutes;
+    void *app; /* handed back by worker_app() */
+} worker_def;
+
+/* Runs the worker until SIGTERM/SIGINT. Returns the process exit code: 0
+ * after a clean stop, 1 on bad configuration or a permanent error. */
+int worker_main(const worker_def *def);
+
+/* The app state of worker_def. */
+void *worker_app(worker *w);
+
+/* Emits ev as a consequence of the message `cause`, through the outbox, in
+ * the handler's transaction: same correlation_id, causation_id = the cause's
+ * message_id. Returns DB_OK / DB_ERR / DB_ERR_TRANSIENT with err. */
+int worker_emit(worker *w, db_conn *db, const ev_envelope *cause, const ev_event *ev, char *err,
+                size_t errlen);
+
+/* Maps a db status to a handler result: transient → retry, else reject. */
+mq_result worker_db_result(int status);
+
+/* Parses "1000,10000,60000" into ms (at most MQ_MAX_TIERS ascending values in
+ * [1, 86400000]); the rest of ms is zeroed. Returns 0 or -1 with err. */
+int worker_parse_tiers(const char *s, int ms[MQ_MAX_TIERS], char *err, size_t errlen);
+
+#endif

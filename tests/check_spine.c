@@ -1,0 +1,566 @@
+/*
+ * check_spine.c — the messaging spine end to end: mq helper, worker runtime,
+ * inbox, outbox relay, retry tiers and dead-lettering, against the real
+ * RabbitMQ and PostgreSQL from `make up`, with the real spine_worker
+ * executable (tests/helpers/spine_worker.c) as the consumer.
+ *
+ * Each test gets a fresh schema spine_test (inbox, outbox, effects) and fresh
+ * queues, starts the worker, and stops it with SIGTERM at the end (which must
+ * exit 0).
+ */
+#include "events.h"
+#include "mq.h"
+#include "outbox.h"
+#include "testutil.h"
+#include "util.h"
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#define SVC "spine_test"
+
+static pid_t worker_pid;
+static char db_url[1024];
+
+/* ------------------------------------------------------------ AMQP bits */
+
+static amqp_connection_state_t amqp_open(void)
+{
+    struct amqp_connection_info info;
+    char *url = strdup(tu_env("TEST_AMQP_URL"));
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    amqp_rpc_reply_t r;
+    ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
+    ck_assert_int_eq(amqp_socket_open(s, info.host, info.port), AMQP_STATUS_OK);
+    r = amqp_login(c, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password);
+    ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_channel_open(c, 1);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    free(url);
+    return c;
+}
+
+static void amqp_done(amqp_connection_state_t c)
+{
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+}
+
+/* Messages ready in q and its consumers; -1 when q does not exist. */
+static int queue_counts(const char *q, int *consumers)
+{
+    amqp_connection_state_t c = amqp_open();
+    amqp_queue_declare_ok_t *ok =
+        amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 1, 0, 0, 0, amqp_empty_table);
+    int n = -1;
+    if (ok) {
+        n = (int)ok->message_count;
+        if (consumers)
+            *consumers = (int)ok->consumer_count;
+        amqp_done(c);
+    } else {
+        amqp_destroy_connection(c);
+    }
+    return n;
+}
+
+static void queue_delete(const char *q)
+{
+    amqp_connection_state_t c = amqp_open();
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
+    amqp_done(c);
+}
+
+typedef struct {
+    char reason[64], error[512], key[128], message_id[64], service[64];
+    long attempt;
+    char body[4096];
+} dlq_msg;
+
+static int hdr_str(const amqp_table_t *t, const char *k, char *out, size_t n)
+{
+    for (int i = 0; i < t->num_entries; i++) {
+        if (t->entries[i].key.len == strlen(k) &&
+            memcmp(t->entries[i].key.bytes, k, strlen(k)) == 0) {
+            amqp_bytes_t b = t->entries[i].value.value.bytes;
+            snprintf(out, n, "%.*s", (int)b.len, (char *)b.bytes);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static long hdr_int(const amqp_table_t *t, const char *k)
+{
+    for (int i = 0; i < t->num_entries; i++) {
+        if (t->entries[i].key.len == strlen(k) &&
+            memcmp(t->entries[i].key.bytes, k, strlen(k)) == 0)
+            return (long)t->entries[i].value.value.i64;
+    }
+    return -1;
+}
+
+/* Takes one message from q (basic.get + ack); 0 when there was one. */
+static int queue_get(const char *q, dlq_msg *out)
+{
+    amqp_connection_state_t c = amqp_open();
+    amqp_rpc_reply_t r = amqp_basic_get(c, 1, amqp_cstring_bytes(q), 1);
+    amqp_message_t m;
+    int rc = -1;
+    ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+    memset(out, 0, sizeof(*out));
+    if (r.reply.id == AMQP_BASIC_GET_OK_METHOD) {
+        ck_assert_int_eq(amqp_read_message(c, 1, &m, 0).reply_type, AMQP_RESPONSE_NORMAL);
+        hdr_str(&m.properties.headers, MQ_H_REASON, out->reason, sizeof(out->reason));
+        hdr_str(&m.properties.headers, MQ_H_ERROR, out->error, sizeof(out->error));
+        hdr_str(&m.properties.headers, MQ_H_ORIGINAL_KEY, out->key, sizeof(out->key));
+        hdr_str(&m.properties.headers, MQ_H_SERVICE, out->service, sizeof(out->service));
+        out->attempt = hdr_int(&m.properties.headers, MQ_H_ATTEMPT);
+        snprintf(out->message_id, sizeof(out->message_id), "%.*s", (int)m.properties.message_id.len,
+                 (char *)m.properties.message_id.bytes);
+        snprintf(out->body, sizeof(out->body), "%.*s", (int)m.body.len, (char *)m.body.bytes);
+        amqp_destroy_message(&m);
+        rc = 0;
+    }
+    amqp_done(c);
+    return rc;
+}
+
+static void broker(const char *verb)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "bash %s/scripts/rmqctl.sh -q %s >/dev/null 2>&1",
+             tu_env("ORDERSUITE_ROOT"), verb);
+    ck_assert_msg(system(cmd) == 0, "rabbitmqctl %s failed", verb);
+}
+
+/* --------------------------------------------------------------- fixture */
+
+static int worker_consuming(void *arg)
+{
+    int consumers = 0;
+    (void)arg;
+    return queue_counts(SVC, &consumers) >= 0 && consumers > 0;
+}
+
+static void start_worker(void)
+{
+    static char env[6][1200];
+    const char *envp[7];
+    char log[512];
+    char *argv[] = {"spine_worker", NULL};
+    char path[512];
+
+    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
+    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", db_url);
+    snprintf(env[2], sizeof(env[2]), "SPINE_SERVICE=%s", SVC);
+    snprintf(env[3], sizeof(env[3]), "RETRY_DELAYS_MS=200,400,800");
+    snprintf(env[4], sizeof(env[4]), "LOG_LEVEL=debug");
+    snprintf(env[5], sizeof(env[5]), "HEARTBEAT_S=5");
+    for (int i = 0; i < 6; i++)
+        envp[i] = env[i];
+    envp[6] = NULL;
+    snprintf(path, sizeof(path), "%s/spine_worker", tu_env("ORDERSUITE_TEST_BIN"));
+    snprintf(log, sizeof(log), "%s/log/tests/spine_worker.log", tu_env("ORDERSUITE_VAR"));
+    worker_pid = tu_spawn(path, argv, envp, log);
+    ck_assert_msg(tu_poll(20000, worker_consuming, NULL), "the worker never started consuming");
+}
+
+static void setup(void)
+{
+    const char *owner = tu_env("OWNER_DATABASE_URL");
+    char q[160];
+    snprintf(db_url, sizeof(db_url), "%s?options=-csearch_path%%3D" SVC, owner);
+    free(tu_sql(owner,
+                "DROP SCHEMA IF EXISTS " SVC " CASCADE;"
+                "SELECT public.ordersuite_add_service('" SVC "');"
+                "SELECT public.ordersuite_add_messaging('" SVC "');"
+                "CREATE TABLE " SVC ".effects (message_id uuid, correlation_id uuid,"
+                " causation_id uuid, type text, app_id text, ts bigint, attempt int,"
+                " sale_id uuid, at timestamptz DEFAULT clock_timestamp())",
+                0, NULL));
+    queue_delete(SVC);
+    queue_delete(SVC ".dlq");
+    for (int ms = 200; ms <= 800; ms *= 2) {
+        mq_retry_queue_name(SVC, ms, q, sizeof(q));
+        queue_delete(q);
+    }
+    start_worker();
+}
+
+static void teardown(void)
+{
+    int status = tu_stop(worker_pid, SIGTERM, 20000);
+    ck_assert_msg(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "the worker did not stop cleanly on SIGTERM (status %d)", status);
+}
+
+/* ---------------------------------------------------------------- events */
+
+/* A sale.completed body for store; the sale id is written to sale_id. */
+static char *sale_body(const char *store, char sale_id[UUID_STR_LEN])
+{
+    ev_event ev;
+    sale_completed *s = &ev.u.sale_completed;
+    char err[EV_ERR_LEN];
+    char *json;
+    ev_init(&ev, EV_SALE_COMPLETED);
+    ck_assert_int_eq(uuid_v4(s->sale_id), 0);
+    snprintf(s->store_id, sizeof(s->store_id), "%s", store);
+    strcpy(s->currency, "EUR");
+    ck_assert_int_eq(ev_lines_alloc(&s->lines, 1), 0);
+    strcpy(s->lines.items[0].sku, "TEA-SENCHA");
+    s->lines.items[0].quantity = 1;
+    s->lines.items[0].unit_price = 890;
+    s->total = 890;
+    ev_now_rfc3339(s->paid_at);
+    json = ev_to_json(&ev, NULL, err, sizeof(err));
+    ck_assert_msg(json != NULL, "%s", err);
+    memcpy(sale_id, s->sale_id, UUID_STR_LEN);
+    ev_free(&ev);
+    return json;
+}
+
+static mq_conn *publisher(void)
+{
+    mq_opts o = {.url = tu_env("TEST_AMQP_URL"), .app_id = "check_spine"};
+    mq_conn *c = mq_new(&o);
+    char err[MQ_ERR_LEN];
+    ck_assert_ptr_nonnull(c);
+    ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s", err);
+    return c;
+}
+
+/* Publishes body as sale.completed with message id mid (generated when
+ * NULL) and correlation id corr. */
+static int publish(mq_conn *c, const char *body, const char *mid, const char *corr,
+                   int schema_version)
+{
+    char id[UUID_STR_LEN], err[MQ_ERR_LEN];
+    mq_msg m = {0};
+    int rc;
+    if (!mid) {
+        uuid_v4(id);
+        mid = id;
+    }
+    m.routing_key = RK_SALE_COMPLETED;
+    m.message_id = mid;
+    m.correlation_id = corr;
+    m.body = body;
+    m.len = strlen(body);
+    m.schema_version = schema_version;
+    rc = mq_publish(c, &m, err, sizeof(err));
+    return rc;
+}
+
+typedef struct {
+    const char *sale_id;
+    long want;
+} effects_arg;
+
+static long effects_for(const char *sale_id)
+{
+    const char *p[] = {sale_id};
+    return tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                      "SELECT count(*) FROM " SVC ".effects WHERE sale_id = $1", 1, p);
+}
+
+static int effects_reached(void *arg)
+{
+    effects_arg *a = arg;
+    return effects_for(a->sale_id) >= a->want;
+}
+
+static long total_effects(void)
+{
+    return tu_sql_int(tu_env("OWNER_DATABASE_URL"), "SELECT count(*) FROM " SVC ".effects", 0,
+                      NULL);
+}
+
+static int total_reached(void *arg)
+{
+    return total_effects() >= *(long *)arg;
+}
+
+static int dlq_has(void *arg)
+{
+    return queue_counts(SVC ".dlq", NULL) >= *(int *)arg;
+}
+
+/* ----------------------------------------------------------------- tests */
+
+START_TEST(a_confirmed_publish_is_consumed_once_with_its_properties)
+{
+    mq_conn *c = publisher();
+    char sale[UUID_STR_LEN], mid[UUID_STR_LEN];
+    char *body = sale_body("OK", sale);
+    effects_arg a = {sale, 1};
+    const char *p[] = {sale};
+    char *row;
+
+    uuid_v4(mid);
+    ck_assert_int_eq(publish(c, body, mid, sale, 0), MQ_OK);
+    ck_assert_msg(tu_poll(10000, effects_reached, &a), "the sale was not processed");
+    row = tu_sql(tu_env("OWNER_DATABASE_URL"),
+                 "SELECT message_id || '|' || correlation_id || '|' || type || '|' || app_id ||"
+                 " '|' || (abs(ts - extract(epoch from now())) < 60) || '|' || attempt"
+                 " FROM " SVC ".effects WHERE sale_id = $1",
+                 1, p);
+    {
+        char want[256];
+        snprintf(want, sizeof(want), "%s|%s|sale.completed|check_spine|true|0", mid, sale);
+        ck_assert_str_eq(row, want);
+    }
+    free(row);
+    /* It was acked: nothing is left in the queue or the DLQ. */
+    ck_assert_int_eq(queue_counts(SVC, NULL), 0);
+    ck_assert_int_eq(queue_counts(SVC ".dlq", NULL), 0);
+    ck_assert_int_eq(effects_for(sale), 1);
+    free(body);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(a_transient_failure_is_retried_through_the_tiers_then_processed_once)
+{
+    mq_conn *c = publisher();
+    char sale[UUID_STR_LEN];
+    char *body = sale_body("TRANSIENT-3", sale);
+    effects_arg a = {sale, 1};
+    const char *p[] = {sale};
+    int64_t t0 = util_now_ms(), took;
+
+    ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+    ck_assert_msg(tu_poll(20000, effects_reached, &a), "never processed after the retries");
+    took = util_now_ms() - t0;
+    /* Three failures wait out 200 + 400 + 800 ms in the tiers. */
+    ck_assert_msg(took >= 1400, "processed after %lld ms, before the delays", (long long)took);
+    ck_assert_int_eq(tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                                "SELECT attempt FROM " SVC ".effects WHERE sale_id = $1", 1, p),
+                     3);
+    ck_assert_int_eq(effects_for(sale), 1);
+    ck_assert_int_eq(queue_counts(SVC ".dlq", NULL), 0);
+    free(body);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(a_message_failing_past_the_last_tier_is_dead_lettered)
+{
+    mq_conn *c = publisher();
+    char sale[UUID_STR_LEN];
+    char *body = sale_body("TRANSIENT-9", sale);
+    int one = 1;
+    dlq_msg m;
+
+    ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+    ck_assert_msg(tu_poll(20000, dlq_has, &one), "never reached the DLQ");
+    ck_assert_int_eq(queue_get(SVC ".dlq", &m), 0);
+    ck_assert_str_eq(m.reason, "retries-exhausted");
+    ck_assert_int_eq(m.attempt, 4);
+    ck_assert_str_eq(m.key, "sale.completed");
+    ck_assert_msg(strstr(m.error, "transient failure 4 of 9"), "%s", m.error);
+    ck_assert_str_eq(m.body, body);
+    ck_assert_int_eq(effects_for(sale), 0);
+    free(body);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(a_permanent_failure_goes_to_the_dlq_with_its_reason)
+{
+    mq_conn *c = publisher();
+    char sale[UUID_STR_LEN], mid[UUID_STR_LEN];
+    char *body = sale_body("PERMANENT", sale);
+    int one = 1;
+    dlq_msg m;
+    int64_t t0 = util_now_ms();
+
+    uuid_v4(mid);
+    ck_assert_int_eq(publish(c, body, mid, sale, 0), MQ_OK);
+    ck_assert_msg(tu_poll(10000, dlq_has, &one), "never reached the DLQ");
+    ck_assert_int_lt(util_now_ms() - t0, 5000); /* no trip through the retry tiers */
+    ck_assert_int_eq(queue_get(SVC ".dlq", &m), 0);
+    ck_assert_str_eq(m.reason, "rejected");
+    ck_assert_str_eq(m.error, "store PERMANENT never succeeds");
+    ck_assert_str_eq(m.key, "sale.completed");
+    ck_assert_str_eq(m.service, SVC);
+    ck_assert_str_eq(m.message_id, mid);
+    ck_assert_int_eq(m.attempt, 0);
+    free(body);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(undecodable_bodies_and_unknown_schema_versions_are_dead_lettered_at_once)
+{
+    mq_conn *c = publisher();
+    char sale[UUID_STR_LEN], corr[UUID_STR_LEN];
+    char *body = sale_body("OK", sale);
+    int two = 2;
+    dlq_msg m1, m2;
+    effects_arg a = {sale, 1};
+
+    uuid_v4(corr);
+    ck_assert_int_eq(publish(c, "{\"sale_id\": oops", NULL, corr, 0), MQ_OK);
+    ck_assert_int_eq(publish(c, body, NULL, sale, 99), MQ_OK);
+    ck_assert_msg(tu_poll(10000, dlq_has, &two), "did not reach the DLQ");
+    ck_assert_int_eq(queue_get(SVC ".dlq", &m1), 0);
+    ck_assert_int_eq(queue_get(SVC ".dlq", &m2), 0);
+    ck_assert_msg(strncmp(m1.error, "undecodable: body: malformed JSON", 33) == 0, "%s", m1.error);
+    ck_assert_msg(strstr(m2.error, "schema_version 99 is not supported"), "%s", m2.error);
+    /* The worker is still running and processing. */
+    ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+    ck_assert(tu_poll(10000, effects_reached, &a));
+    free(body);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(a_message_delivered_twice_has_one_effect)
+{
+    mq_conn *c = publisher();
+    char sale[UUID_STR_LEN], mid[UUID_STR_LEN], sentinel[UUID_STR_LEN];
+    char *body = sale_body("OK", sale);
+    char *after = sale_body("OK", sentinel);
+    effects_arg a = {sentinel, 1};
+
+    uuid_v4(mid);
+    ck_assert_int_eq(publish(c, body, mid, sale, 0), MQ_OK);
+    ck_assert_int_eq(publish(c, body, mid, sale, 0), MQ_OK);
+    ck_assert_int_eq(publish(c, body, mid, sale, 0), MQ_OK);
+    /* One consumer takes them in order: once the sentinel is done, so are
+     * the three copies before it. */
+    ck_assert_int_eq(publish(c, after, NULL, sentinel, 0), MQ_OK);
+    ck_assert(tu_poll(10000, effects_reached, &a));
+    ck_assert_int_eq(effects_for(sale), 1);
+    ck_assert_int_eq(queue_counts(SVC, NULL), 0);
+    free(body);
+    free(after);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(an_unroutable_publish_is_reported)
+{
+    mq_conn *c = publisher();
+    char err[MQ_ERR_LEN], id[UUID_STR_LEN];
+    mq_msg m = {0};
+    uuid_v4(id);
+    m.routing_key = "nobody.listens";
+    m.message_id = id;
+    m.body = "{}";
+    m.len = 2;
+    ck_assert_int_eq(mq_publish(c, &m, err, sizeof(err)), MQ_ERR_RETURNED);
+    ck_assert_msg(strstr(err, "unroutable"), "%s", err);
+    /* The connection is still good for the next one. */
+    m.routing_key = "nobody.either";
+    ck_assert_int_eq(mq_publish(c, &m, err, sizeof(err)), MQ_ERR_RETURNED);
+    mq_free(c);
+}
+END_TEST
+
+/* Outbox rows written while the broker is down are all published when it is
+ * back, and each has exactly one effect. */
+START_TEST(outbox_rows_written_while_the_broker_is_down_are_published_after)
+{
+    enum { N = 40 };
+    db_conn *db = db_new(db_url, "check_spine");
+    char err[DB_ERR_LEN];
+    long want = N;
+
+    ck_assert_msg(db_connect_retry(db, 10000, NULL, err, sizeof(err)) == DB_OK, "%s", err);
+    broker("stop_app");
+    ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
+    for (int i = 0; i < N; i++) {
+        char sale[UUID_STR_LEN];
+        char *body = sale_body("OK", sale);
+        ev_event ev;
+        ck_assert_int_eq(
+            ev_from_json(EV_SALE_COMPLETED, body, strlen(body), &ev, NULL, err, sizeof(err)), 0);
+        ck_assert_msg(outbox_add(db, SVC, &ev, sale, NULL, NULL, err, sizeof(err)) == DB_OK, "%s",
+                      err);
+        ev_free(&ev);
+        free(body);
+    }
+    ck_assert_int_eq(db_commit(db, err, sizeof(err)), DB_OK);
+    broker("start_app");
+    ck_assert_msg(tu_poll(60000, total_reached, &want), "only %ld of %d effects", total_effects(),
+                  N);
+    ck_assert_int_eq(total_effects(), N);
+    ck_assert_int_eq(tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                                "SELECT count(DISTINCT sale_id) FROM " SVC ".effects", 0, NULL),
+                     N);
+    ck_assert_int_eq(
+        tu_sql_int(tu_env("OWNER_DATABASE_URL"), "SELECT count(*) FROM " SVC ".outbox", 0, NULL),
+        0);
+    db_free(db);
+}
+END_TEST
+
+/* The broker goes away under a running consumer: it reconnects on its own
+ * and nothing is lost or applied twice; events its handler emitted through
+ * the outbox get out too. */
+START_TEST(the_consumer_survives_a_broker_restart)
+{
+    enum { N = 30 };
+    mq_conn *c = publisher();
+    char sale[UUID_STR_LEN];
+    long want = 2 * N;
+    char err[MQ_ERR_LEN];
+
+    for (int i = 0; i < N / 2; i++) {
+        char *body = sale_body("EMIT", sale);
+        ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+        free(body);
+    }
+    broker("stop_app");
+    broker("start_app");
+    ck_assert_msg(tu_poll(60000, worker_consuming, NULL), "the worker did not come back");
+    ck_assert_msg(mq_connect_retry(c, 0, 20000, NULL, err, sizeof(err)) == MQ_OK, "%s", err);
+    for (int i = N / 2; i < N; i++) {
+        char *body = sale_body("EMIT", sale);
+        ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+        free(body);
+    }
+    /* Each EMIT sale has its effect and a follow-up sale caused by it. */
+    ck_assert_msg(tu_poll(60000, total_reached, &want), "only %ld of %ld effects", total_effects(),
+                  want);
+    ck_assert_int_eq(tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                                "SELECT count(DISTINCT sale_id) FROM " SVC ".effects", 0, NULL),
+                     2 * N);
+    ck_assert_int_eq(tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                                "SELECT count(*) FROM " SVC ".effects e JOIN " SVC ".effects f"
+                                " ON f.causation_id = e.message_id",
+                                0, NULL),
+                     N);
+    ck_assert_int_eq(total_effects(), 2 * N);
+    mq_free(c);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("spine");
+    TCase *t = tcase_create("worker");
+
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, a_confirmed_publish_is_consumed_once_with_its_properties);
+    tcase_add_test(t, a_transient_failure_is_retried_through_the_tiers_then_processed_once);
+    tcase_add_test(t, a_message_failing_past_the_last_tier_is_dead_lettered);
+    tcase_add_test(t, a_permanent_failure_goes_to_the_dlq_with_its_reason);
+    tcase_add_test(t, undecodable_bodies_and_unknown_schema_versions_are_dead_lettered_at_once);
+    tcase_add_test(t, a_message_delivered_twice_has_one_effect);
+    tcase_add_test(t, an_unroutable_publish_is_reported);
+    tcase_add_test(t, outbox_rows_written_while_the_broker_is_down_are_published_after);
+    tcase_add_test(t, the_consumer_survives_a_broker_restart);
+    suite_add_tcase(s, t);
+    return tu_run(s);
+}
