@@ -8,8 +8,16 @@
 set -eu
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VAR="$ROOT/var"
-ENV_FILE="$VAR/ordersuite.env"
+# var/ may be a link to a folder the service users can reach (see ensure_var);
+# every path handed to them must be the real one, not one through the link.
+set_var() {
+    VAR="$ROOT/var"
+    if [ -L "$VAR" ]; then
+        VAR=$(readlink -f "$VAR")
+    fi
+    ENV_FILE="$VAR/ordersuite.env"
+}
+set_var
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 RMQ_BIN=${RMQ_BIN:-/usr/lib/rabbitmq/bin}
 
@@ -45,15 +53,16 @@ reachable_by_services() {
 # a folder under /var/tmp that they can reach, named after the clone's path.
 ensure_var() {
     [ "$(id -u)" = 0 ] || die "make up runs the servers as the postgres and rabbitmq users and must be run as root (try: sudo make up)"
-    if [ -L "$VAR" ]; then
-        mkdir -p "$(readlink "$VAR")"
+    if [ -L "$ROOT/var" ]; then
+        mkdir -p "$(readlink "$ROOT/var")"
     else
-        mkdir -p "$VAR"
+        mkdir -p "$ROOT/var"
     fi
+    set_var
     chmod 755 "$VAR"
-    if ! reachable_by_services "$VAR/"; then
-        if [ -L "$VAR" ]; then
-            die "$VAR points to $(readlink "$VAR"), which the postgres/rabbitmq users cannot reach"
+    if ! reachable_by_services "$VAR"; then
+        if [ -L "$ROOT/var" ]; then
+            die "$ROOT/var points to $VAR, which the postgres/rabbitmq users cannot reach"
         fi
         local alt
         alt="/var/tmp/ordersuite-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
@@ -61,8 +70,9 @@ ensure_var() {
         rmdir "$VAR" 2>/dev/null || die "$VAR is not empty and not reachable by the service users; move it away"
         mkdir -p "$alt"
         chmod 755 "$alt"
-        ln -s "$alt" "$VAR"
-        reachable_by_services "$VAR/" || die "neither $ROOT/var nor $alt is reachable by the postgres/rabbitmq users"
+        ln -s "$alt" "$ROOT/var"
+        set_var
+        reachable_by_services "$VAR" || die "neither $ROOT/var nor $alt is reachable by the postgres/rabbitmq users"
     fi
     mkdir -p "$VAR/log"
 }
