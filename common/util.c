@@ -90,3 +90,9 @@ void util_redact_url(const char *url, char *out, size_t outlen)
     }
     snprintf(out, outlen, "%.*s:***%s", (int)(colon - url), url, at);
 }
+
+char *util_i64(char *buf, int64_t v)
+{
+    snprintf(buf, 24, "%lld", (long long)v);
+    return buf;
+}

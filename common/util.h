@@ -34,4 +34,8 @@ void backoff_reset(backoff *b);
  * ("amqp://user:***@host/"), for logs. out is always NUL-terminated. */
 void util_redact_url(const char *url, char *out, size_t outlen);
 
+/* Writes v in decimal into buf (at least 24 bytes) and returns buf: for SQL
+ * text parameters. */
+char *util_i64(char *buf, int64_t v);
+
 #endif
