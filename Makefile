@@ -93,7 +93,7 @@ down:
 status:
 	@bash scripts/status.sh
 
-migrate: $(BUILD)/bin/migrate
+migrate: all
 	@bash scripts/migrate.sh $(BUILD)/bin/migrate
 
 # Everything CI runs. Suites run one after another; the run fails if any did.

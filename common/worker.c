@@ -186,7 +186,43 @@ db_fail:
     return worker_db_result(rc);
 }
 
-int worker_main(const worker_def *def)
+void worker_topology(const worker_def *def, const char **keys, const int *tiers, int limit,
+                     mq_topology *topo)
+{
+    size_t nk = 0;
+    memset(topo, 0, sizeof(*topo));
+    for (size_t i = 0; i < def->nroutes && nk < EV__COUNT; i++)
+        keys[nk++] = ev_routing_key(def->routes[i].type);
+    keys[nk] = NULL;
+    topo->queue = def->service;
+    topo->keys = keys;
+    memcpy(topo->retry_ms, tiers, sizeof(topo->retry_ms));
+    topo->delivery_limit = limit;
+}
+
+int worker_declare_topology(const worker_def *def, const char *amqp_url, const int *tiers,
+                            int limit, char *err, size_t errlen)
+{
+    const char *keys[EV__COUNT + 1];
+    mq_topology topo;
+    mq_opts o = {.url = amqp_url, .app_id = def->service};
+    mq_conn *c;
+    int rc;
+
+    worker_topology(def, keys, tiers, limit, &topo);
+    c = mq_new(&o);
+    if (!c) {
+        snprintf(err, errlen, "AMQP_URL is not an AMQP URL, or out of memory");
+        return -1;
+    }
+    rc = mq_connect_retry(c, 0, 30000, NULL, err, errlen);
+    if (rc == MQ_OK)
+        rc = mq_declare_topology(c, &topo, err, errlen);
+    mq_free(c);
+    return rc == MQ_OK ? 0 : -1;
+}
+
+int worker_main(const worker_def *def, int argc, char **argv)
 {
     char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL;
     long prefetch = 32, limit = 20, heartbeat = 30;
@@ -209,11 +245,18 @@ int worker_main(const worker_def *def)
     log_level lvl;
     struct sigaction sa;
     int rc = 1;
-    size_t nk = 0;
+    int tier_ms[MQ_MAX_TIERS];
+    int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
 
     log_init(def->service, LOG_INFO);
     memset(&w, 0, sizeof(w));
     w.def = def;
+    if (argc > 1 && !declare_only) {
+        fprintf(stderr, "usage: %s [--declare-topology]\n(configuration comes from the environment)\n", argv[0]);
+        return 2;
+    }
+    if (declare_only && !getenv("DATABASE_URL") && !getenv("DATABASE_URL_FILE"))
+        setenv("DATABASE_URL", "unused", 1); /* not needed to declare queues */
     if (cfg_load(specs, nspecs, err, sizeof(err)) < 0)
         goto config_error;
     if (log_parse_level(level, &lvl) < 0) {
@@ -221,7 +264,7 @@ int worker_main(const worker_def *def)
         goto config_error;
     }
     log_init(def->service, lvl);
-    if (worker_parse_tiers(tiers, w.topo.retry_ms, err, sizeof(err)) < 0)
+    if (worker_parse_tiers(tiers, tier_ms, err, sizeof(err)) < 0)
         goto config_error;
     if (mq_check_url(amqp_url, err, sizeof(err)) < 0) {
         memmove(err + 10, err, strlen(err) + 1);
@@ -229,12 +272,17 @@ int worker_main(const worker_def *def)
         goto config_error;
     }
     w.crash_after_commit = crash_flag;
-    for (size_t i = 0; i < def->nroutes; i++)
-        w.keys[nk++] = ev_routing_key(def->routes[i].type);
-    w.keys[nk] = NULL;
-    w.topo.queue = def->service;
-    w.topo.keys = w.keys;
-    w.topo.delivery_limit = (int)limit;
+    worker_topology(def, w.keys, tier_ms, (int)limit, &w.topo);
+    if (declare_only) {
+        rc = worker_declare_topology(def, amqp_url, tier_ms, (int)limit, err,
+                                     sizeof(err));
+        if (rc < 0)
+            log_error("declaring the topology: %s", err);
+        else
+            log_info("topology of %s declared", def->service);
+        cfg_free(specs, nspecs);
+        return rc < 0 ? 1 : 0;
+    }
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;

@@ -44,8 +44,23 @@ typedef struct {
 } worker_def;
 
 /* Runs the worker until SIGTERM/SIGINT. Returns the process exit code: 0
- * after a clean stop, 1 on bad configuration or a permanent error. */
-int worker_main(const worker_def *def);
+ * after a clean stop, 1 on bad configuration or a permanent error.
+ *
+ * With the argument --declare-topology it only declares the service's
+ * exchanges and queues (needs AMQP_URL alone) and exits: `make migrate`
+ * runs this for every service so that no event is published before the
+ * queues that must receive it exist. */
+int worker_main(const worker_def *def, int argc, char **argv);
+
+/* Fills topo (and keys, at least EV__COUNT + 1 entries) for def's routes,
+ * with the retry tiers and delivery limit given. */
+void worker_topology(const worker_def *def, const char **keys, const int *tiers, int limit,
+                     mq_topology *topo);
+
+/* Declares def's topology on the broker at amqp_url and returns 0, or -1 with
+ * err. */
+int worker_declare_topology(const worker_def *def, const char *amqp_url, const int *tiers,
+                            int limit, char *err, size_t errlen);
 
 /* The app state of worker_def. */
 void *worker_app(worker *w);

@@ -576,7 +576,7 @@ oom:
 
 /* Deepest nesting of [ and { outside strings, without parsing. Lets a
  * hostile body ("[[[[[[...") be refused before cJSON recurses into it. */
-static int nesting_depth(const char *s, size_t len)
+int ev_json_depth(const char *s, size_t len)
 {
     int depth = 0, max = 0, in_str = 0;
     for (size_t i = 0; i < len; i++) {
@@ -599,7 +599,7 @@ static int nesting_depth(const char *s, size_t len)
 }
 
 /* cJSON keeps both members of {"a":1,"a":2}; a strict reader refuses it. */
-static const char *duplicate_key(const cJSON *obj)
+const char *ev_json_duplicate_key(const cJSON *obj)
 {
     for (const cJSON *a = obj->child; a; a = a->next) {
         for (const cJSON *b = a->next; b; b = b->next) {
@@ -611,7 +611,7 @@ static const char *duplicate_key(const cJSON *obj)
 }
 
 /* A JSON number that is an integer exactly representable in a double. */
-static int get_int(const cJSON *it, int64_t *out)
+int ev_json_int(const cJSON *it, int64_t *out)
 {
     double d;
     if (!cJSON_IsNumber(it))
@@ -666,7 +666,7 @@ static int read_lines(const cJSON *arr, const char *name, ev_lines *l, char *err
             snprintf(err, errlen, "%s[%d]: must be an object", name, i);
             return -1;
         }
-        if ((dup = duplicate_key(o)) != NULL) {
+        if ((dup = ev_json_duplicate_key(o)) != NULL) {
             snprintf(err, errlen, "%s[%d].%s: duplicate key", name, i, dup);
             return -1;
         }
@@ -680,12 +680,12 @@ static int read_lines(const cJSON *arr, const char *name, ev_lines *l, char *err
             return -1;
         q = cJSON_GetObjectItemCaseSensitive(o, "quantity");
         p = cJSON_GetObjectItemCaseSensitive(o, "unit_price_minor");
-        if (!q || get_int(q, &x->quantity) < 0) {
+        if (!q || ev_json_int(q, &x->quantity) < 0) {
             snprintf(err, errlen, "%s[%d].quantity: %s", name, i,
                      q ? "must be an integer" : "missing");
             return -1;
         }
-        if (!p || get_int(p, &x->unit_price) < 0) {
+        if (!p || ev_json_int(p, &x->unit_price) < 0) {
             snprintf(err, errlen, "%s[%d].unit_price_minor: %s", name, i,
                      p ? "must be an integer" : "missing");
             return -1;
@@ -734,7 +734,7 @@ static int read_field(const cJSON *root, const field *f, char *p, char *err, siz
     }
     switch (f->kind) {
     case K_INT:
-        if (get_int(it, (int64_t *)p) < 0) {
+        if (ev_json_int(it, (int64_t *)p) < 0) {
             snprintf(err, errlen, "%s: must be an integer (at most 2^53)", f->json);
             return -1;
         }
@@ -751,14 +751,42 @@ static int read_field(const cJSON *root, const field *f, char *p, char *err, siz
     }
 }
 
+cJSON *ev_json_parse(const char *body, size_t len, int max_depth, char *err, size_t errlen)
+{
+    const char *end = NULL;
+    char *buf;
+    cJSON *root;
+
+    if (!ev_utf8_valid(body, len) || memchr(body, '\0', len)) {
+        snprintf(err, errlen, "body: not valid UTF-8 text");
+        return NULL;
+    }
+    if (ev_json_depth(body, len) > max_depth) {
+        snprintf(err, errlen, "body: nested deeper than %d levels", max_depth);
+        return NULL;
+    }
+    /* cJSON 1.7.15 may read past a buffer that is not NUL-terminated. */
+    buf = malloc(len + 1);
+    if (!buf) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    memcpy(buf, body, len);
+    buf[len] = '\0';
+    root = cJSON_ParseWithLengthOpts(buf, len + 1, &end, 1);
+    if (!root)
+        snprintf(err, errlen, "body: malformed JSON near byte %ld", end ? (long)(end - buf) : -1L);
+    free(buf);
+    return root;
+}
+
 int ev_from_json(ev_type t, const char *body, size_t len, ev_event *out,
                  char causation_id[UUID_STR_LEN], char *err, size_t errlen)
 {
     const event_desc *d;
-    const char *end = NULL, *dup;
+    const char *dup;
     const cJSON *cause;
     cJSON *root = NULL;
-    char *buf = NULL;
     int rc = -1;
 
     ev_init(out, t);
@@ -773,32 +801,14 @@ int ev_from_json(ev_type t, const char *body, size_t len, ev_event *out,
         snprintf(err, errlen, "body: larger than %d bytes", EV_BODY_MAX);
         return -1;
     }
-    if (!ev_utf8_valid(body, len) || memchr(body, '\0', len)) {
-        snprintf(err, errlen, "body: not valid UTF-8 text");
-        return -1;
-    }
-    if (nesting_depth(body, len) > MAX_DEPTH) {
-        snprintf(err, errlen, "body: nested deeper than %d levels", MAX_DEPTH);
-        return -1;
-    }
-    /* cJSON 1.7.15 may read past a buffer that is not NUL-terminated. */
-    buf = malloc(len + 1);
-    if (!buf) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    memcpy(buf, body, len);
-    buf[len] = '\0';
-    root = cJSON_ParseWithLengthOpts(buf, len + 1, &end, 1);
-    if (!root) {
-        snprintf(err, errlen, "body: malformed JSON near byte %ld", end ? (long)(end - buf) : -1L);
+    root = ev_json_parse(body, len, MAX_DEPTH, err, errlen);
+    if (!root)
         goto out;
-    }
     if (!cJSON_IsObject(root)) {
         snprintf(err, errlen, "body: must be a JSON object");
         goto out;
     }
-    if ((dup = duplicate_key(root)) != NULL) {
+    if ((dup = ev_json_duplicate_key(root)) != NULL) {
         snprintf(err, errlen, "%s: duplicate key", dup);
         goto out;
     }
@@ -818,7 +828,6 @@ int ev_from_json(ev_type t, const char *body, size_t len, ev_event *out,
     rc = ev_validate(out, err, errlen);
 out:
     cJSON_Delete(root);
-    free(buf);
     if (rc < 0) {
         ev_free(out);
         if (causation_id)

@@ -196,6 +196,20 @@ int ev_validate(const ev_event *ev, char *err, size_t errlen);
 /* 1 when s is a valid UTF-8 byte string of len bytes, else 0. */
 int ev_utf8_valid(const char *s, size_t len);
 
+/* Helpers for other strict JSON readers (the HTTP API):
+ * ev_json_parse checks UTF-8 and nesting depth (without recursing), then
+ * parses a NUL-terminated copy with cJSON_ParseWithLengthOpts; NULL with
+ * "body: ..." in err on failure; the caller cJSON_Delete()s the result.
+ * ev_json_depth is the deepest [ / { nesting outside strings.
+ * ev_json_duplicate_key returns a key that appears twice in obj, or NULL.
+ * ev_json_int reads an integral JSON number within +-2^53: 0, or -1. */
+struct cJSON;
+struct cJSON *ev_json_parse(const char *body, size_t len, int max_depth, char *err,
+                            size_t errlen);
+int ev_json_depth(const char *s, size_t len);
+const char *ev_json_duplicate_key(const struct cJSON *obj);
+int ev_json_int(const struct cJSON *it, int64_t *out);
+
 /* Writes the current UTC time as RFC 3339 with milliseconds into out. */
 void ev_now_rfc3339(char out[EV_TIME_MAX + 1]);
 

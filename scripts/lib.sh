@@ -5,7 +5,7 @@
 # helpers every script needs. All state lives under var/; nothing is written
 # to the system's own /var/lib/postgresql or /var/lib/rabbitmq.
 
-set -eu
+set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # var/ may be a link to a folder the service users can reach (see ensure_var);

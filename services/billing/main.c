@@ -152,7 +152,7 @@ static mq_result on_sale(worker *w, db_conn *db, const ev_envelope *env, const e
                    s->total, err, errlen);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
         {EV_INVENTORY_RESERVED, on_reserved},
@@ -171,5 +171,5 @@ int main(void)
         log_error("configuration: %s", err);
         return 1;
     }
-    return worker_main(&def);
+    return worker_main(&def, argc, argv);
 }

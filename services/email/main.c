@@ -212,7 +212,7 @@ static mq_result on_low_stock(worker *w, db_conn *db, const ev_envelope *env, co
     return deliver(w, db, env, "low_stock", cfg->ops, subject, body, err, errlen);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
         {EV_BILLING_INVOICED, on_invoiced},
@@ -248,7 +248,7 @@ int main(void)
     }
     if (!cfg.smtp_url)
         log_info("SMTP_URL not set: mail is recorded in email.messages, not sent");
-    rc = worker_main(&def);
+    rc = worker_main(&def, argc, argv);
     curl_global_cleanup();
     cfg_free(specs, 2);
     free(smtp);

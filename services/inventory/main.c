@@ -246,7 +246,7 @@ static mq_result on_sale(worker *w, db_conn *db, const ev_envelope *env, const e
     return MQ_DONE;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
         {EV_ORDER_PLACED, on_order_placed},
@@ -254,5 +254,5 @@ int main(void)
         {EV_SALE_COMPLETED, on_sale},
     };
     worker_def def = {"inventory", routes, sizeof(routes) / sizeof(routes[0]), NULL};
-    return worker_main(&def);
+    return worker_main(&def, argc, argv);
 }

@@ -61,10 +61,10 @@ static mq_result on_sale(worker *w, db_conn *db, const ev_envelope *env, const e
     return MQ_DONE;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     static const worker_route routes[] = {{EV_SALE_COMPLETED, on_sale}};
     const char *svc = getenv("SPINE_SERVICE");
     worker_def def = {svc ? svc : "spine_test", routes, 1, NULL};
-    return worker_main(&def);
+    return worker_main(&def, argc, argv);
 }

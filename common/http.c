@@ -1,0 +1,315 @@
+/*
+ * http.c — the HTTP server on libmicrohttpd (see http.h).
+ */
+#include "http.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <cJSON.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+struct http_server {
+    http_opts o;
+    struct MHD_Daemon *d;
+    pthread_key_t tls;
+};
+
+struct http_req {
+    http_server *srv;
+    struct MHD_Connection *conn;
+    char method[16];
+    char *path;
+    const char *rest;
+    char *body;
+    size_t len, cap;
+    int too_large; /* answered 413 */
+    int answered;
+};
+
+const char *http_method(const http_req *r)
+{
+    return r->method;
+}
+
+const char *http_path(const http_req *r)
+{
+    return r->path;
+}
+
+const char *http_path_rest(const http_req *r)
+{
+    return r->rest ? r->rest : "";
+}
+
+const char *http_query(const http_req *r, const char *key)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+const char *http_header(const http_req *r, const char *key)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, key);
+}
+
+const char *http_body(const http_req *r, size_t *len)
+{
+    *len = r->len;
+    return r->body ? r->body : "";
+}
+
+http_server *http_server_of(const http_req *r)
+{
+    return r->srv;
+}
+
+void *http_thread_local(http_server *s)
+{
+    return pthread_getspecific(s->tls);
+}
+
+void http_set_thread_local(http_server *s, void *v)
+{
+    pthread_setspecific(s->tls, v);
+}
+
+void http_respond(http_resp *out, int status, const char *content_type, char *body)
+{
+    free(out->body);
+    out->status = status;
+    out->content_type = content_type;
+    out->body = body;
+}
+
+void http_json(http_resp *out, int status, char *json)
+{
+    http_respond(out, status, "application/json", json);
+}
+
+void http_problem(http_resp *out, int status, const char *title, const char *detail,
+                  const char *field)
+{
+    cJSON *p = cJSON_CreateObject();
+    char *s = NULL;
+    if (p && cJSON_AddStringToObject(p, "type", "about:blank") &&
+        cJSON_AddStringToObject(p, "title", title) && cJSON_AddNumberToObject(p, "status", status) &&
+        (!detail || cJSON_AddStringToObject(p, "detail", detail)) &&
+        (!field || cJSON_AddStringToObject(p, "field", field)))
+        s = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    http_respond(out, status, "application/problem+json", s ? s : strdup("{}"));
+}
+
+static enum MHD_Result queue_resp(struct MHD_Connection *c, http_resp *out)
+{
+    struct MHD_Response *resp;
+    enum MHD_Result ok;
+    char *body = out->body ? out->body : strdup("");
+    size_t len = body ? strlen(body) : 0;
+
+    out->body = NULL;
+    resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    if (out->content_type)
+        MHD_add_response_header(resp, "Content-Type", out->content_type);
+    if (out->location[0])
+        MHD_add_response_header(resp, "Location", out->location);
+    if (out->extra_name[0])
+        MHD_add_response_header(resp, out->extra_name, out->extra_value);
+    ok = MHD_queue_response(c, (unsigned)out->status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+/* Finds the route; on a known path with another method, fills allow. */
+static const http_route *route(const http_server *s, http_req *r, char *allow, size_t allowlen)
+{
+    allow[0] = '\0';
+    for (size_t i = 0; i < s->o.nroutes; i++) {
+        const http_route *rt = &s->o.routes[i];
+        size_t n = strlen(rt->path);
+        int match = rt->prefix ? strncmp(r->path, rt->path, n) == 0 && r->path[n] != '\0'
+                               : strcmp(r->path, rt->path) == 0;
+        if (!match)
+            continue;
+        if (strcmp(rt->method, r->method) == 0) {
+            r->rest = rt->prefix ? r->path + n : "";
+            return rt;
+        }
+        if (!strstr(allow, rt->method)) {
+            size_t k = strlen(allow);
+            snprintf(allow + k, allowlen - k, "%s%s", k ? ", " : "", rt->method);
+        }
+    }
+    return NULL;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **req_cls)
+{
+    http_server *s = cls;
+    http_req *r = *req_cls;
+    http_resp out;
+    const http_route *rt;
+    char allow[128];
+
+    (void)version;
+    memset(&out, 0, sizeof(out));
+    if (!r) {
+        const char *cl;
+        r = calloc(1, sizeof(*r));
+        if (!r)
+            return MHD_NO;
+        r->srv = s;
+        r->conn = c;
+        snprintf(r->method, sizeof(r->method), "%s", method);
+        r->path = strdup(url);
+        if (!r->path) {
+            free(r);
+            return MHD_NO;
+        }
+        *req_cls = r;
+        cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > s->o.max_body)
+            r->too_large = 1; /* answered on the next call, before any body is read */
+        return MHD_YES;
+    }
+    if (r->answered) {
+        *upload_data_size = 0; /* the rest of a refused body is dropped */
+        return MHD_YES;
+    }
+    if (!r->too_large && *upload_data_size > 0) {
+        if (r->len + *upload_data_size > s->o.max_body) {
+            r->too_large = 1;
+        } else {
+            if (r->len + *upload_data_size + 1 > r->cap) {
+                size_t cap = r->cap ? r->cap * 2 : 4096;
+                char *b;
+                while (cap < r->len + *upload_data_size + 1)
+                    cap *= 2;
+                b = realloc(r->body, cap);
+                if (!b)
+                    return MHD_NO;
+                r->body = b;
+                r->cap = cap;
+            }
+            memcpy(r->body + r->len, upload_data, *upload_data_size);
+            r->len += *upload_data_size;
+            r->body[r->len] = '\0';
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
+    }
+    if (r->too_large) {
+        char detail[96];
+        snprintf(detail, sizeof(detail), "the request body is larger than %zu bytes",
+                 s->o.max_body);
+        http_problem(&out, 413, "Payload Too Large", detail, NULL);
+        r->answered = 1;
+        *upload_data_size = 0;
+        return queue_resp(c, &out);
+    }
+    rt = route(s, r, allow, sizeof(allow));
+    if (rt) {
+        rt->fn(r, s->o.cls, &out);
+    } else if (allow[0]) {
+        http_problem(&out, 405, "Method Not Allowed", "see the Allow header", NULL);
+        snprintf(out.extra_name, sizeof(out.extra_name), "Allow");
+        snprintf(out.extra_value, sizeof(out.extra_value), "%s", allow);
+    } else {
+        http_problem(&out, 404, "Not Found", "no such resource", NULL);
+    }
+    if (!out.status)
+        http_problem(&out, 500, "Internal Server Error", "the handler gave no answer", NULL);
+    r->answered = 1;
+    return queue_resp(c, &out);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    http_req *r = *req_cls;
+    (void)cls;
+    (void)c;
+    (void)toe;
+    if (!r)
+        return;
+    free(r->path);
+    free(r->body);
+    free(r);
+    *req_cls = NULL;
+}
+
+static void log_mhd(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    log_warn("http: %s", msg);
+}
+
+http_server *http_start(const http_opts *o, char *err, size_t errlen)
+{
+    http_server *s = calloc(1, sizeof(*s));
+    struct sockaddr_in addr;
+
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->o = *o;
+    s->o.threads = o->threads > 0 ? o->threads : 4;
+    s->o.max_body = o->max_body > 0 ? o->max_body : 64 * 1024;
+    s->o.conn_timeout_s = o->conn_timeout_s > 0 ? o->conn_timeout_s : 10;
+    s->o.conn_limit = o->conn_limit > 0 ? o->conn_limit : 1000;
+    s->o.per_ip_limit = o->per_ip_limit > 0 ? o->per_ip_limit : 200;
+    memset(&addr, 0, sizeof(addr));
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)o->port);
+    if (inet_pton(AF_INET, o->bind ? o->bind : "0.0.0.0", &addr.sin_addr) != 1) {
+        snprintf(err, errlen, "not an IPv4 address: %s", o->bind);
+        free(s);
+        return NULL;
+    }
+    if (pthread_key_create(&s->tls, o->thread_exit) != 0) {
+        snprintf(err, errlen, "pthread_key_create failed");
+        free(s);
+        return NULL;
+    }
+    s->d = MHD_start_daemon(
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, (uint16_t)o->port, NULL, NULL,
+        on_request, s, MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)s->o.threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->o.conn_timeout_s,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->o.conn_limit,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)s->o.per_ip_limit,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_SOCK_ADDR, &addr,
+        MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL, MHD_OPTION_END);
+    if (!s->d) {
+        snprintf(err, errlen, "cannot listen on %s:%d (in use, or not allowed)",
+                 o->bind ? o->bind : "0.0.0.0", o->port);
+        pthread_key_delete(s->tls);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void http_stop(http_server *s)
+{
+    if (!s)
+        return;
+    MHD_stop_daemon(s->d);
+    pthread_key_delete(s->tls);
+    free(s);
+}

@@ -1,0 +1,86 @@
+/*
+ * http.h — a small HTTP server on libmicrohttpd, for order-api and for the
+ * health and metrics endpoints.
+ *
+ * Routes are a table of {method, path, prefix?, handler}. The server reads
+ * request bodies up to a limit (a larger Content-Length is answered 413
+ * before the body is read; a chunked body that grows past the limit is cut
+ * off with 413), answers unknown paths 404 and known paths with another
+ * method 405 with Allow, and errors as application/problem+json (RFC 9457).
+ * It runs epoll with a thread pool, a connection timeout, and total and
+ * per-IP connection limits. Responses are queued on the last callback of a
+ * request, never the first, so keep-alive works with MHD 0.9.75.
+ */
+#ifndef ORDERSUITE_HTTP_H
+#define ORDERSUITE_HTTP_H
+
+#include <stddef.h>
+
+typedef struct http_req http_req;
+typedef struct http_server http_server;
+
+typedef struct {
+    int status;
+    char *body;              /* malloc'd; freed by the server */
+    const char *content_type;
+    char location[256];      /* Location header, when not empty */
+    char extra_name[64];     /* one more header, when not empty */
+    char extra_value[256];
+} http_resp;
+
+typedef void (*http_fn)(http_req *r, void *cls, http_resp *out);
+
+typedef struct {
+    const char *method;
+    const char *path; /* exact path, or a prefix when prefix = 1 */
+    int prefix;
+    http_fn fn;
+} http_route;
+
+typedef struct {
+    int port;
+    const char *bind;   /* IPv4 address; NULL = 0.0.0.0 */
+    int threads;        /* thread pool size; 0 = 4 */
+    size_t max_body;    /* bytes; 0 = 64 KiB */
+    int conn_timeout_s; /* 0 = 10 */
+    int conn_limit;     /* 0 = 1000 */
+    int per_ip_limit;   /* 0 = 200 */
+    const http_route *routes;
+    size_t nroutes;
+    void *cls;
+    void (*thread_exit)(void *tls); /* destructor for http_thread_local values, or NULL */
+} http_opts;
+
+/* Starts listening. Returns NULL with err when the port cannot be bound or
+ * an option is invalid. */
+http_server *http_start(const http_opts *o, char *err, size_t errlen);
+
+/* Stops accepting, finishes the requests in flight, frees s. NULL: no-op. */
+void http_stop(http_server *s);
+
+const char *http_method(const http_req *r);
+const char *http_path(const http_req *r);
+/* The part of the path after the route's prefix ("" for exact routes). */
+const char *http_path_rest(const http_req *r);
+/* A query argument or a header, NULL when absent. */
+const char *http_query(const http_req *r, const char *key);
+const char *http_header(const http_req *r, const char *key);
+/* The body (NUL-terminated copy; len excludes the NUL). */
+const char *http_body(const http_req *r, size_t *len);
+
+/* A per-thread value for the server's pool threads (e.g. a database
+ * connection): NULL the first time on a thread; set it with
+ * http_set_thread_local. opts.thread_exit frees it when the thread ends. */
+void *http_thread_local(http_server *s);
+void http_set_thread_local(http_server *s, void *v);
+http_server *http_server_of(const http_req *r);
+
+/* Responses. body is taken over (freed by the server). */
+void http_respond(http_resp *out, int status, const char *content_type, char *body);
+void http_json(http_resp *out, int status, char *json);
+/* A problem+json response; field (may be NULL) is the JSON path of the
+ * offending input. */
+void http_problem(http_resp *out, int status, const char *title, const char *detail,
+                  const char *field);
+
+#endif

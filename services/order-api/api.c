@@ -1,0 +1,606 @@
+/*
+ * api.c — order-api's HTTP handlers.
+ *
+ *   POST /orders        place an order (prices from the catalog), 201 + Location
+ *   GET  /orders/{id}   the order, its lines, invoice and status timeline
+ *   GET  /orders        a page: ?status=&limit=&after=<id>
+ *   GET  /products      the catalog
+ *   GET  /healthz       alive;  GET /readyz  the database answers
+ *
+ * Each pool thread has its own database connection. The order, its lines,
+ * its first timeline entry and the order.placed outbox row are written in one
+ * transaction. Documents are built by PostgreSQL (json_build_object), so the
+ * shape of GET /orders/{id} lives in one query.
+ */
+#include "api.h"
+#include "cfg.h"
+#include "db.h"
+#include "events.h"
+#include "log.h"
+#include "outbox.h"
+#include "util.h"
+
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define IDEM_KEY_MAX 200
+
+static const char order_doc_sql[] =
+    "SELECT json_build_object("
+    " 'id', o.id, 'status', o.status, 'customer_id', o.customer_id,"
+    " 'customer_email', o.customer_email, 'currency', o.currency,"
+    " 'total_minor', o.total_minor, 'reason', o.reason, 'invoice_id', o.invoice_id,"
+    " 'invoice_number', o.invoice_number, 'created_at', o.created_at,"
+    " 'updated_at', o.updated_at,"
+    " 'items', (SELECT coalesce(json_agg(json_build_object('sku', l.sku, 'quantity', l.quantity,"
+    "   'unit_price_minor', l.unit_price_minor) ORDER BY l.sku), '[]')"
+    "   FROM order_lines l WHERE l.order_id = o.id),"
+    " 'timeline', (SELECT coalesce(json_agg(json_build_object('status', t.status, 'at', t.at)"
+    "   ORDER BY t.at), '[]') FROM order_timeline t WHERE t.order_id = o.id)"
+    ")::text AS doc FROM orders o WHERE o.id = $1";
+
+void api_thread_exit(void *db)
+{
+    db_free(db);
+}
+
+/* The pool thread's connection, connected; NULL (and a 503 in out) when the
+ * database is unreachable. */
+static db_conn *thread_db(http_req *r, const api_ctx *ctx, http_resp *out)
+{
+    http_server *s = http_server_of(r);
+    db_conn *db = http_thread_local(s);
+    char err[DB_ERR_LEN];
+
+    if (!db) {
+        db = db_new(ctx->database_url, ORDER_SERVICE);
+        if (!db) {
+            http_problem(out, 503, "Service Unavailable", "out of memory", NULL);
+            return NULL;
+        }
+        http_set_thread_local(s, db);
+    }
+    if (db_ensure(db, err, sizeof(err)) != DB_OK) {
+        log_warn("database unavailable: %s", err);
+        http_problem(out, 503, "Service Unavailable", "the database is unavailable; retry later",
+                     NULL);
+        snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
+        snprintf(out->extra_value, sizeof(out->extra_value), "2");
+        return NULL;
+    }
+    return db;
+}
+
+static void db_failure(http_resp *out, int rc, const char *err)
+{
+    log_error("database: %s", err);
+    if (rc == DB_ERR_TRANSIENT) {
+        http_problem(out, 503, "Service Unavailable", "the database is unavailable; retry later",
+                     NULL);
+        snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
+        snprintf(out->extra_value, sizeof(out->extra_value), "2");
+    } else {
+        http_problem(out, 500, "Internal Server Error", "the request could not be stored", NULL);
+    }
+}
+
+/* Runs a query returning one text column `doc`; 200 with it, 404 when no row. */
+static void respond_doc(http_req *r, const api_ctx *ctx, http_resp *out, const char *name,
+                        const char *sql, int n, const char *const *p, int status)
+{
+    db_conn *db = thread_db(r, ctx, out);
+    PGresult *res;
+    char err[DB_ERR_LEN];
+    int rc;
+
+    if (!db)
+        return;
+    rc = db_execp(db, name, sql, n, p, &res, err, sizeof(err));
+    if (rc != DB_OK) {
+        db_failure(out, rc, err);
+        return;
+    }
+    if (PQntuples(res) == 0 || !db_get(res, 0, "doc"))
+        http_problem(out, 404, "Not Found", "no such order", NULL);
+    else
+        http_json(out, status, strdup(db_get(res, 0, "doc")));
+    PQclear(res);
+}
+
+/* ---------------------------------------------------------- POST /orders */
+
+typedef struct {
+    int status;
+    char field[64];
+    char detail[EV_ERR_LEN];
+} problem;
+
+static int fail(problem *p, int status, const char *field, const char *fmt, const char *arg)
+{
+    p->status = status;
+    snprintf(p->field, sizeof(p->field), "%s", field ? field : "");
+    snprintf(p->detail, sizeof(p->detail), fmt, arg);
+    return -1;
+}
+
+static int take_string(const cJSON *root, const char *name, char *dst, size_t size, problem *p)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!it || cJSON_IsNull(it))
+        return fail(p, 422, name, "%s is required", name);
+    if (!cJSON_IsString(it))
+        return fail(p, 422, name, "%s must be a string", name);
+    if (strlen(it->valuestring) >= size)
+        return fail(p, 422, name, "%s is too long", name);
+    memcpy(dst, it->valuestring, strlen(it->valuestring) + 1);
+    return 0;
+}
+
+static int only_fields(const cJSON *obj, const char *const *allowed, const char *where,
+                       problem *p)
+{
+    const char *dup = ev_json_duplicate_key(obj);
+    char path[64];
+    if (dup) {
+        snprintf(path, sizeof(path), "%s%s", where, dup);
+        return fail(p, 400, path, "duplicate key %s", dup);
+    }
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        int ok = 0;
+        for (const char *const *a = allowed; *a; a++)
+            ok |= strcmp(it->string, *a) == 0;
+        if (!ok) {
+            snprintf(path, sizeof(path), "%s%.40s", where, it->string);
+            return fail(p, 422, path, "unknown field %s (prices come from the catalog)",
+                        it->string);
+        }
+    }
+    return 0;
+}
+
+/* Reads the request into o (lines without prices). */
+static int parse_request(const char *body, size_t len, order_placed *o, problem *p)
+{
+    static const char *const top[] = {"customer_id", "customer_email", "currency", "items", NULL};
+    static const char *const item[] = {"sku", "quantity", NULL};
+    char err[EV_ERR_LEN];
+    const cJSON *items;
+    cJSON *root = ev_json_parse(body, len, 4, err, sizeof(err));
+    int n, rc = -1;
+
+    if (!root)
+        return fail(p, 400, NULL, "%s", err);
+    if (!cJSON_IsObject(root)) {
+        fail(p, 400, NULL, "%s", "the body must be a JSON object");
+        goto out;
+    }
+    if (only_fields(root, top, "", p) < 0 ||
+        take_string(root, "customer_id", o->customer_id, sizeof(o->customer_id), p) < 0 ||
+        take_string(root, "customer_email", o->customer_email, sizeof(o->customer_email), p) <
+            0 ||
+        take_string(root, "currency", o->currency, sizeof(o->currency), p) < 0)
+        goto out;
+    items = cJSON_GetObjectItemCaseSensitive(root, "items");
+    if (!cJSON_IsArray(items)) {
+        fail(p, 422, "items", "%s", "items must be an array of {sku, quantity}");
+        goto out;
+    }
+    n = cJSON_GetArraySize(items);
+    if (n < 1 || n > EV_LINES_MAX) {
+        char d[64];
+        snprintf(d, sizeof(d), "items must have 1 to %d entries", EV_LINES_MAX);
+        fail(p, 422, "items", "%s", d);
+        goto out;
+    }
+    if (ev_lines_alloc(&o->lines, (size_t)n) < 0) {
+        fail(p, 503, NULL, "%s", "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        const cJSON *it = cJSON_GetArrayItem(items, i);
+        char where[32], path[64];
+        snprintf(where, sizeof(where), "items[%d].", i);
+        if (!cJSON_IsObject(it)) {
+            snprintf(path, sizeof(path), "items[%d]", i);
+            fail(p, 422, path, "%s", "each item must be an object {sku, quantity}");
+            goto out;
+        }
+        if (only_fields(it, item, where, p) < 0)
+            goto out;
+        snprintf(path, sizeof(path), "items[%d].sku", i);
+        if (take_string(it, "sku", o->lines.items[i].sku, sizeof(o->lines.items[i].sku), p) < 0) {
+            snprintf(p->field, sizeof(p->field), "%s", path);
+            goto out;
+        }
+        snprintf(path, sizeof(path), "items[%d].quantity", i);
+        if (ev_json_int(cJSON_GetObjectItemCaseSensitive(it, "quantity"),
+                        &o->lines.items[i].quantity) < 0) {
+            fail(p, 422, path, "%s", "quantity must be an integer");
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* Runs the contract's validation on the order and reports errors in terms of
+ * the request ("lines[2]..." is "items[2]..." here). */
+static int validate(const ev_event *ev, problem *p)
+{
+    char err[EV_ERR_LEN];
+    char *colon;
+    if (ev_validate(ev, err, sizeof(err)) == 0)
+        return 0;
+    colon = strchr(err, ':');
+    if (colon)
+        *colon = '\0';
+    p->status = 422;
+    if (strncmp(err, "lines", 5) == 0)
+        snprintf(p->field, sizeof(p->field), "items%s", err + 5);
+    else
+        snprintf(p->field, sizeof(p->field), "%s", err);
+    snprintf(p->detail, sizeof(p->detail), "%s:%s", p->field, colon ? colon + 1 : "");
+    return -1;
+}
+
+/* Fills in the catalog prices and the total. */
+static int price(db_conn *db, order_placed *o, problem *p, int *dbrc, char *err, size_t errlen)
+{
+    char skus[EV_LINES_MAX * (EV_SKU_MAX + 3) + 3];
+    size_t n = 0;
+    PGresult *res;
+    const char *params[1];
+
+    skus[n++] = '{';
+    for (size_t i = 0; i < o->lines.n; i++)
+        n += (size_t)snprintf(skus + n, sizeof(skus) - n, "%s\"%s\"", i ? "," : "",
+                              o->lines.items[i].sku);
+    skus[n++] = '}';
+    skus[n] = '\0';
+    params[0] = skus;
+    *dbrc = db_execp(db, "api_prices",
+                     "SELECT sku, price_minor, currency FROM products WHERE sku = ANY($1::text[])",
+                     1, params, &res, err, errlen);
+    if (*dbrc != DB_OK)
+        return -1;
+    o->total = 0;
+    for (size_t i = 0; i < o->lines.n; i++) {
+        int found = -1;
+        for (int row = 0; row < PQntuples(res); row++) {
+            if (strcmp(db_get(res, row, "sku"), o->lines.items[i].sku) == 0)
+                found = row;
+        }
+        if (found < 0) {
+            char path[32];
+            snprintf(path, sizeof(path), "items[%zu].sku", i);
+            PQclear(res);
+            return fail(p, 422, path, "unknown SKU %s (see GET /products)",
+                        o->lines.items[i].sku);
+        }
+        if (strcmp(db_get(res, found, "currency"), o->currency) != 0) {
+            char d[80];
+            snprintf(d, sizeof(d), "the catalog sells in %s", db_get(res, found, "currency"));
+            PQclear(res);
+            return fail(p, 422, "currency", "%s", d);
+        }
+        o->lines.items[i].unit_price = strtoll(db_get(res, found, "price_minor"), NULL, 10);
+        o->total += o->lines.items[i].unit_price * o->lines.items[i].quantity;
+    }
+    PQclear(res);
+    return 0;
+}
+
+static int json_content_type(const char *ct)
+{
+    size_t n = strlen("application/json");
+    return ct && strncasecmp(ct, "application/json", n) == 0 &&
+           (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+static int valid_idem_key(const char *k)
+{
+    size_t n = strlen(k);
+    if (n < 1 || n > IDEM_KEY_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (k[i] < 0x21 || k[i] > 0x7e)
+            return 0;
+    }
+    return 1;
+}
+
+/* Looks up an earlier order with the same Idempotency-Key: 1 and its id when
+ * found (same = the body was the same), 0 when none, -1 on database error. */
+static int find_idem(db_conn *db, const char *key, const char *body, char id[UUID_STR_LEN],
+                     int *same, int *dbrc, char *err, size_t errlen)
+{
+    const char *p[] = {key, body};
+    PGresult *res;
+    int found;
+    *dbrc = db_execp(db, "api_idem",
+                     "SELECT id, request_hash = encode(sha256(convert_to($2, 'UTF8')), 'hex')"
+                     " AS same FROM orders WHERE idempotency_key = $1",
+                     2, p, &res, err, errlen);
+    if (*dbrc != DB_OK)
+        return -1;
+    found = PQntuples(res) == 1;
+    if (found) {
+        snprintf(id, UUID_STR_LEN, "%s", db_get(res, 0, "id"));
+        *same = strcmp(db_get(res, 0, "same"), "t") == 0;
+    }
+    PQclear(res);
+    return found;
+}
+
+/* The write: order, lines, timeline, outbox, in the open transaction. */
+static int store(db_conn *db, const ev_event *ev, const char *key, const char *body, char *err,
+                 size_t errlen)
+{
+    const order_placed *o = &ev->u.order_placed;
+    char total[24], *skus, *qty, *prices;
+    size_t cap = o->lines.n * 40 + 8, a = 0, b = 0, c = 0;
+    int rc;
+
+    {
+        const char *p[] = {o->order_id, o->customer_id, o->customer_email, o->currency,
+                           util_i64(total, o->total), key, key ? body : NULL};
+        rc = db_execp(db, "api_order",
+                      "INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
+                      " idempotency_key, request_hash) VALUES ($1, $2, $3, $4, $5, $6,"
+                      " encode(sha256(convert_to($7, 'UTF8')), 'hex'))",
+                      7, p, NULL, err, errlen);
+        if (rc != DB_OK)
+            return rc;
+    }
+    skus = malloc(cap);
+    qty = malloc(cap);
+    prices = malloc(cap);
+    if (!skus || !qty || !prices) {
+        free(skus);
+        free(qty);
+        free(prices);
+        snprintf(err, errlen, "out of memory");
+        return DB_ERR_TRANSIENT;
+    }
+    skus[a++] = qty[b++] = prices[c++] = '{';
+    for (size_t i = 0; i < o->lines.n; i++) {
+        const ev_line *l = &o->lines.items[i];
+        a += (size_t)snprintf(skus + a, cap - a, "%s%s", i ? "," : "", l->sku);
+        b += (size_t)snprintf(qty + b, cap - b, "%s%lld", i ? "," : "", (long long)l->quantity);
+        c += (size_t)snprintf(prices + c, cap - c, "%s%lld", i ? "," : "",
+                              (long long)l->unit_price);
+    }
+    snprintf(skus + a, cap - a, "}");
+    snprintf(qty + b, cap - b, "}");
+    snprintf(prices + c, cap - c, "}");
+    {
+        const char *p[] = {o->order_id, skus, qty, prices};
+        rc = db_execp(db, "api_lines",
+                      "INSERT INTO order_lines (order_id, sku, quantity, unit_price_minor)"
+                      " SELECT $1, unnest($2::text[]), unnest($3::bigint[]),"
+                      " unnest($4::bigint[])",
+                      4, p, NULL, err, errlen);
+    }
+    free(skus);
+    free(qty);
+    free(prices);
+    if (rc != DB_OK)
+        return rc;
+    {
+        const char *p[] = {o->order_id};
+        rc = db_execp(db, "api_timeline",
+                      "INSERT INTO order_timeline (order_id, status) VALUES ($1, 'PENDING')", 1, p,
+                      NULL, err, errlen);
+        if (rc != DB_OK)
+            return rc;
+    }
+    return outbox_add(db, ORDER_SERVICE, ev, o->order_id, NULL, NULL, err, errlen);
+}
+
+static void replay(http_req *r, const api_ctx *ctx, http_resp *out, const char *id)
+{
+    const char *p[] = {id};
+    respond_doc(r, ctx, out, "api_doc", order_doc_sql, 1, p, 200);
+    snprintf(out->extra_name, sizeof(out->extra_name), "Idempotent-Replayed");
+    snprintf(out->extra_value, sizeof(out->extra_value), "true");
+    snprintf(out->location, sizeof(out->location), "/orders/%s", id);
+}
+
+static void post_order(http_req *r, void *cls, http_resp *out)
+{
+    const api_ctx *ctx = cls;
+    const char *key = http_header(r, "Idempotency-Key");
+    const char *body;
+    size_t len;
+    problem prob = {0};
+    ev_event ev;
+    order_placed *o = &ev.u.order_placed;
+    db_conn *db;
+    char err[DB_ERR_LEN], existing[UUID_STR_LEN];
+    int rc = DB_OK, same = 0;
+
+    ev_init(&ev, EV_ORDER_PLACED);
+    if (!json_content_type(http_header(r, "Content-Type"))) {
+        http_problem(out, 415, "Unsupported Media Type", "send Content-Type: application/json",
+                     NULL);
+        return;
+    }
+    if (key && !valid_idem_key(key)) {
+        http_problem(out, 400, "Bad Request",
+                     "Idempotency-Key must be 1-200 printable ASCII characters", NULL);
+        return;
+    }
+    if (uuid_v4(o->order_id) < 0) {
+        http_problem(out, 503, "Service Unavailable", "no randomness for an order id", NULL);
+        goto out;
+    }
+    body = http_body(r, &len);
+    if (parse_request(body, len, o, &prob) < 0 || validate(&ev, &prob) < 0)
+        goto problem;
+    if (!(db = thread_db(r, ctx, out)))
+        goto out;
+    if (key) {
+        int found = find_idem(db, key, body, existing, &same, &rc, err, sizeof(err));
+        if (found < 0)
+            goto db_error;
+        if (found && !same) {
+            http_problem(out, 409, "Conflict",
+                         "this Idempotency-Key was used with another request body", NULL);
+            goto out;
+        }
+        if (found) {
+            replay(r, ctx, out, existing);
+            goto out;
+        }
+    }
+    if (price(db, o, &prob, &rc, err, sizeof(err)) < 0) {
+        if (rc != DB_OK)
+            goto db_error;
+        goto problem;
+    }
+    if (validate(&ev, &prob) < 0)
+        goto problem; /* e.g. a total beyond the contract's range */
+    if ((rc = db_begin(db, err, sizeof(err))) != DB_OK)
+        goto db_error;
+    rc = store(db, &ev, key, body, err, sizeof(err));
+    if (rc == DB_OK)
+        rc = db_commit(db, err, sizeof(err));
+    if (rc != DB_OK) {
+        db_rollback(db);
+        /* Two requests with one key at once: the loser answers as a replay. */
+        if (key && strcmp(db_last_sqlstate(db), "23505") == 0 &&
+            find_idem(db, key, body, existing, &same, &rc, err, sizeof(err)) == 1) {
+            if (same)
+                replay(r, ctx, out, existing);
+            else
+                http_problem(out, 409, "Conflict",
+                             "this Idempotency-Key was used with another request body", NULL);
+            goto out;
+        }
+        goto db_error;
+    }
+    log_write(LOG_INFO, o->order_id, NULL, "order %s placed: %zu lines, total %lld %s",
+              o->order_id, o->lines.n, (long long)o->total, o->currency);
+    {
+        const char *p[] = {o->order_id};
+        respond_doc(r, ctx, out, "api_doc", order_doc_sql, 1, p, 201);
+        snprintf(out->location, sizeof(out->location), "/orders/%s", o->order_id);
+    }
+    goto out;
+problem:
+    http_problem(out, prob.status, prob.status == 400 ? "Bad Request" : "Unprocessable Content",
+                 prob.detail, prob.field[0] ? prob.field : NULL);
+    goto out;
+db_error:
+    db_failure(out, rc, err);
+out:
+    ev_free(&ev);
+}
+
+/* ------------------------------------------------------------ the GETs */
+
+static void get_order(http_req *r, void *cls, http_resp *out)
+{
+    const char *id = http_path_rest(r);
+    const char *p[] = {id};
+    if (!uuid_valid(id)) {
+        http_problem(out, 404, "Not Found", "not an order id", NULL);
+        return;
+    }
+    respond_doc(r, cls, out, "api_doc", order_doc_sql, 1, p, 200);
+}
+
+static void list_orders(http_req *r, void *cls, http_resp *out)
+{
+    static const char *const statuses[] = {"PENDING",        "RESERVED",  "CONFIRMED", "REJECTED",
+                                           "PAYMENT_FAILED", "CANCELLED", NULL};
+    const char *status = http_query(r, "status");
+    const char *limit = http_query(r, "limit");
+    const char *after = http_query(r, "after");
+    long n = 20;
+    char lim[24], err[128];
+    const char *p[3];
+    int ok = !status;
+
+    for (const char *const *s = statuses; status && *s; s++)
+        ok |= strcmp(*s, status) == 0;
+    if (!ok) {
+        http_problem(out, 422, "Unprocessable Content",
+                     "status must be one of PENDING, RESERVED, CONFIRMED, REJECTED, "
+                     "PAYMENT_FAILED, CANCELLED",
+                     "status");
+        return;
+    }
+    if (limit) {
+        if (cfg_parse_long("limit", limit, 1, 100, &n, err, sizeof(err)) < 0) {
+            http_problem(out, 422, "Unprocessable Content", err, "limit");
+            return;
+        }
+    }
+    if (after && !uuid_valid(after)) {
+        http_problem(out, 422, "Unprocessable Content", "after must be an order id", "after");
+        return;
+    }
+    p[0] = status;
+    p[1] = util_i64(lim, n);
+    p[2] = after;
+    respond_doc(r, cls, out, "api_list",
+                "SELECT json_build_object('orders', coalesce(json_agg(json_build_object("
+                " 'id', x.id, 'status', x.status, 'customer_id', x.customer_id,"
+                " 'total_minor', x.total_minor, 'currency', x.currency,"
+                " 'created_at', x.created_at) ORDER BY x.created_at, x.id), '[]'),"
+                " 'next', CASE WHEN count(*) = $2::int THEN"
+                " (array_agg(x.id ORDER BY x.created_at DESC, x.id DESC))[1] END)::text AS doc"
+                " FROM (SELECT id, status, customer_id, total_minor, currency, created_at"
+                " FROM orders WHERE ($1::text IS NULL OR status = $1)"
+                " AND ($3::uuid IS NULL OR (created_at, id) >"
+                " (SELECT created_at, id FROM orders WHERE id = $3::uuid))"
+                " ORDER BY created_at, id LIMIT $2::int) x",
+                3, p, 200);
+}
+
+static void get_products(http_req *r, void *cls, http_resp *out)
+{
+    respond_doc(r, cls, out, "api_products",
+                "SELECT coalesce(json_agg(json_build_object('sku', sku, 'name', name,"
+                " 'price_minor', price_minor, 'currency', currency) ORDER BY sku), '[]')::text"
+                " AS doc FROM products",
+                0, NULL, 200);
+}
+
+static void healthz(http_req *r, void *cls, http_resp *out)
+{
+    (void)r;
+    (void)cls;
+    http_json(out, 200, strdup("{\"status\":\"ok\"}"));
+}
+
+static void readyz(http_req *r, void *cls, http_resp *out)
+{
+    db_conn *db = thread_db(r, cls, out);
+    char err[DB_ERR_LEN];
+    if (!db)
+        return;
+    if (db_exec(db, "SELECT 1", 0, NULL, NULL, err, sizeof(err)) != DB_OK) {
+        http_problem(out, 503, "Service Unavailable", "the database does not answer", NULL);
+        return;
+    }
+    http_json(out, 200, strdup("{\"status\":\"ready\"}"));
+}
+
+static const http_route routes[] = {
+    {"POST", "/orders", 0, post_order},  {"GET", "/orders", 0, list_orders},
+    {"GET", "/orders/", 1, get_order},   {"GET", "/products", 0, get_products},
+    {"GET", "/healthz", 0, healthz},     {"GET", "/readyz", 0, readyz},
+};
+
+const http_route *api_routes(size_t *n)
+{
+    *n = sizeof(routes) / sizeof(routes[0]);
+    return routes;
+}

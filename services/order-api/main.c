@@ -1,0 +1,171 @@
+/*
+ * order-api — the order HTTP API, and the keeper of each order's status.
+ *
+ * The HTTP side (api.c) runs on a libmicrohttpd thread pool; the main thread
+ * runs the shared worker runtime, consuming inventory.* and billing.* events
+ * to move an order's status forward (never back):
+ *
+ *   inventory.reserved      PENDING                            → RESERVED
+ *   billing.invoiced        PENDING, RESERVED                  → CONFIRMED
+ *   inventory.rejected      PENDING                            → REJECTED
+ *   billing.payment_failed  PENDING, RESERVED                  → PAYMENT_FAILED
+ *   inventory.released      PENDING, RESERVED, PAYMENT_FAILED  → CANCELLED
+ *
+ * A late or repeated event finds the order past its "from" states and
+ * changes nothing. Each change adds a row to the order's timeline.
+ *
+ * Environment (besides the worker's): HTTP_PORT (8080), HTTP_BIND
+ * (127.0.0.1), HTTP_THREADS (4), MAX_BODY_BYTES (65536), HTTP_TIMEOUT_S (10),
+ * HTTP_CONN_LIMIT (1000), HTTP_PER_IP_LIMIT (200).
+ */
+#include "api.h"
+#include "cfg.h"
+#include "log.h"
+#include "worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Moves order_id to `to` if it is in one of `from` ("{PENDING,RESERVED}"). */
+static mq_result advance(db_conn *db, const ev_envelope *env, const char *order_id,
+                         const char *to, const char *from, const char *reason,
+                         const char *invoice_id, const char *invoice_number, char *err,
+                         size_t errlen)
+{
+    const char *p[] = {order_id, to, from, reason, invoice_id, invoice_number};
+    const char *t[] = {order_id, to, env->message_id};
+    PGresult *r;
+    int rc, n;
+
+    rc = db_execp(db, "st_advance",
+                  "UPDATE orders SET status = $2, updated_at = now(),"
+                  " reason = coalesce($4, reason), invoice_id = coalesce($5::uuid, invoice_id),"
+                  " invoice_number = coalesce($6::bigint, invoice_number)"
+                  " WHERE id = $1 AND status = ANY($3::text[]) RETURNING id",
+                  6, p, &r, err, errlen);
+    if (rc != DB_OK)
+        return worker_db_result(rc);
+    n = PQntuples(r);
+    PQclear(r);
+    if (n == 0) {
+        log_write(LOG_INFO, env->correlation_id, env->message_id,
+                  "%s: order %s is unknown or already past %s; status unchanged", env->type,
+                  order_id, from);
+        return MQ_DONE;
+    }
+    rc = db_execp(db, "st_timeline",
+                  "INSERT INTO order_timeline (order_id, status, message_id) VALUES ($1, $2, $3)"
+                  " ON CONFLICT DO NOTHING",
+                  3, t, NULL, err, errlen);
+    if (rc != DB_OK)
+        return worker_db_result(rc);
+    log_write(LOG_INFO, env->correlation_id, env->message_id, "order %s is %s", order_id, to);
+    return MQ_DONE;
+}
+
+static mq_result on_reserved(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                             char *err, size_t errlen)
+{
+    (void)w;
+    return advance(db, env, ev->u.inventory_reserved.order_id, "RESERVED", "{PENDING}", NULL,
+                   NULL, NULL, err, errlen);
+}
+
+static mq_result on_invoiced(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                             char *err, size_t errlen)
+{
+    const billing_invoiced *b = &ev->u.billing_invoiced;
+    char num[24];
+    (void)w;
+    if (!b->order_id[0])
+        return MQ_DONE; /* a POS sale's invoice */
+    snprintf(num, sizeof(num), "%lld", (long long)b->invoice_number);
+    return advance(db, env, b->order_id, "CONFIRMED", "{PENDING,RESERVED}", NULL, b->invoice_id,
+                   num, err, errlen);
+}
+
+static mq_result on_rejected(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                             char *err, size_t errlen)
+{
+    (void)w;
+    return advance(db, env, ev->u.inventory_rejected.order_id, "REJECTED", "{PENDING}",
+                   ev->u.inventory_rejected.reason, NULL, NULL, err, errlen);
+}
+
+static mq_result on_payment_failed(worker *w, db_conn *db, const ev_envelope *env,
+                                   const ev_event *ev, char *err, size_t errlen)
+{
+    (void)w;
+    return advance(db, env, ev->u.billing_payment_failed.order_id, "PAYMENT_FAILED",
+                   "{PENDING,RESERVED}", ev->u.billing_payment_failed.reason, NULL, NULL, err,
+                   errlen);
+}
+
+static mq_result on_released(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                             char *err, size_t errlen)
+{
+    (void)w;
+    return advance(db, env, ev->u.inventory_released.order_id, "CANCELLED",
+                   "{PENDING,RESERVED,PAYMENT_FAILED}", NULL, NULL, NULL, err, errlen);
+}
+
+int main(int argc, char **argv)
+{
+    static const worker_route routes[] = {
+        {EV_INVENTORY_RESERVED, on_reserved},   {EV_BILLING_INVOICED, on_invoiced},
+        {EV_INVENTORY_REJECTED, on_rejected},   {EV_BILLING_PAYMENT_FAILED, on_payment_failed},
+        {EV_INVENTORY_RELEASED, on_released},
+    };
+    worker_def def = {ORDER_SERVICE, routes, sizeof(routes) / sizeof(routes[0]), NULL};
+    long port, threads, max_body, timeout, conn_limit, per_ip;
+    char *db_url = NULL, *bind = NULL;
+    char err[CFG_ERR_LEN];
+    const cfg_spec specs[] = {
+        {"HTTP_PORT", CFG_LONG, "8080", 1, 65535, &port},
+        {"HTTP_BIND", CFG_STR, "127.0.0.1", 0, 0, &bind},
+        {"HTTP_THREADS", CFG_LONG, "4", 1, 256, &threads},
+        {"MAX_BODY_BYTES", CFG_LONG, "65536", 1024, 16777216, &max_body},
+        {"HTTP_TIMEOUT_S", CFG_LONG, "10", 1, 3600, &timeout},
+        {"HTTP_CONN_LIMIT", CFG_LONG, "1000", 1, 100000, &conn_limit},
+        {"HTTP_PER_IP_LIMIT", CFG_LONG, "200", 1, 100000, &per_ip},
+        {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
+    };
+    const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
+    http_server *srv;
+    api_ctx ctx;
+    http_opts ho;
+    int rc;
+
+    if (argc > 1)
+        return worker_main(&def, argc, argv); /* --declare-topology, or usage */
+    log_init(ORDER_SERVICE, LOG_INFO);
+    if (cfg_load(specs, nspecs, err, sizeof(err)) < 0) {
+        log_error("configuration: %s", err);
+        cfg_free(specs, nspecs);
+        return 1;
+    }
+    ctx.database_url = db_url;
+    memset(&ho, 0, sizeof(ho));
+    ho.port = (int)port;
+    ho.bind = bind;
+    ho.threads = (int)threads;
+    ho.max_body = (size_t)max_body;
+    ho.conn_timeout_s = (int)timeout;
+    ho.conn_limit = (int)conn_limit;
+    ho.per_ip_limit = (int)per_ip;
+    ho.routes = api_routes(&ho.nroutes);
+    ho.cls = &ctx;
+    ho.thread_exit = api_thread_exit;
+    srv = http_start(&ho, err, sizeof(err));
+    if (!srv) {
+        log_error("HTTP_PORT: %s", err);
+        cfg_free(specs, nspecs);
+        return 1;
+    }
+    log_info("listening on http://%s:%ld (%ld threads)", bind, port, threads);
+    rc = worker_main(&def, argc, argv);
+    http_stop(srv);
+    cfg_free(specs, nspecs);
+    return rc;
+}

@@ -1,0 +1,335 @@
+/*
+ * check_workers.c — the inventory, billing and email executables together,
+ * against the real RabbitMQ and PostgreSQL, each running as its own database
+ * role. The test plays order-api and the till: it publishes order.placed and
+ * sale.completed with confirms, then reads the services' tables.
+ */
+#include "events.h"
+#include "mq.h"
+#include "testutil.h"
+#include "util.h"
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+static const char *const services[] = {"inventory", "billing", "email"};
+static pid_t pids[3];
+
+static int consumers_on(const char *q)
+{
+    struct amqp_connection_info info;
+    char *url = strdup(tu_env("TEST_AMQP_URL"));
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    amqp_queue_declare_ok_t *ok;
+    int n = -1;
+    amqp_parse_url(url, &info);
+    if (amqp_socket_open(s, info.host, info.port) == AMQP_STATUS_OK &&
+        amqp_login(c, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password)
+                .reply_type == AMQP_RESPONSE_NORMAL &&
+        amqp_channel_open(c, 1)) {
+        ok = amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 1, 0, 0, 0, amqp_empty_table);
+        if (ok)
+            n = (int)ok->consumer_count;
+    }
+    amqp_destroy_connection(c);
+    free(url);
+    return n;
+}
+
+static int all_consuming(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 3; i++) {
+        if (consumers_on(services[i]) < 1)
+            return 0;
+    }
+    return 1;
+}
+
+static void setup(void)
+{
+    static char env[3][3][1200];
+    const char *envp[3][4];
+    char *argv[] = {"worker", NULL};
+    const char *urls[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL", "EMAIL_DATABASE_URL"};
+
+    /* Known stock for the SKUs these tests use, so they can run again. */
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "UPDATE inventory.stock SET on_hand = v.n FROM (VALUES ('TEA-SENCHA', 400),"
+                " ('MUG-WHITE', 600), ('TEA-MATCHA', 0), ('GRD-BURR', 10), ('POT-CAST-IRON', 3),"
+                " ('FLT-PAPER', 1000)) AS v(sku, n) WHERE stock.sku = v.sku",
+                0, NULL));
+    for (int i = 0; i < 3; i++) {
+        char path[512], log[512];
+        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
+        snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(urls[i]));
+        snprintf(env[i][2], sizeof(env[i][2]), "LOG_LEVEL=info");
+        envp[i][0] = env[i][0];
+        envp[i][1] = env[i][1];
+        envp[i][2] = env[i][2];
+        envp[i][3] = NULL;
+        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), services[i]);
+        snprintf(log, sizeof(log), "%s/log/tests/%s.log", tu_env("ORDERSUITE_VAR"), services[i]);
+        pids[i] = tu_spawn(path, argv, envp[i], log);
+    }
+    ck_assert_msg(tu_poll(30000, all_consuming, NULL), "the workers did not start consuming");
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < 3; i++) {
+        int st = tu_stop(pids[i], SIGTERM, 20000);
+        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                      "%s did not stop cleanly (status %d)", services[i], st);
+    }
+}
+
+static mq_conn *publisher(void)
+{
+    mq_opts o = {.url = tu_env("TEST_AMQP_URL"), .app_id = "check_workers"};
+    mq_conn *c = mq_new(&o);
+    char err[MQ_ERR_LEN];
+    ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s", err);
+    return c;
+}
+
+static void publish(mq_conn *c, const ev_event *ev, const char *corr)
+{
+    char err[MQ_ERR_LEN], id[UUID_STR_LEN];
+    char *body = ev_to_json(ev, NULL, err, sizeof(err));
+    mq_msg m = {0};
+    ck_assert_msg(body != NULL, "%s", err);
+    uuid_v4(id);
+    m.routing_key = ev_routing_key(ev->type);
+    m.message_id = id;
+    m.correlation_id = corr;
+    m.body = body;
+    m.len = strlen(body);
+    ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "%s", err);
+    free(body);
+}
+
+/* An order.placed as order-api would publish it: (sku, quantity, unit price)*. */
+static void order(ev_event *ev, char id[UUID_STR_LEN], size_t n, const char *const *skus,
+                  const int64_t *qty, const int64_t *price)
+{
+    order_placed *o = &ev->u.order_placed;
+    ev_init(ev, EV_ORDER_PLACED);
+    uuid_v4(o->order_id);
+    memcpy(id, o->order_id, UUID_STR_LEN);
+    strcpy(o->customer_id, "cust-1");
+    strcpy(o->customer_email, "ada@example.com");
+    strcpy(o->currency, "EUR");
+    ck_assert_int_eq(ev_lines_alloc(&o->lines, n), 0);
+    for (size_t i = 0; i < n; i++) {
+        strcpy(o->lines.items[i].sku, skus[i]);
+        o->lines.items[i].quantity = qty[i];
+        o->lines.items[i].unit_price = price[i];
+        o->total += qty[i] * price[i];
+    }
+}
+
+typedef struct {
+    const char *sql;
+    const char *param;
+    long want;
+} count_arg;
+
+static long count(const char *sql, const char *param)
+{
+    const char *p[] = {param};
+    return tu_sql_int(tu_env("OWNER_DATABASE_URL"), sql, param ? 1 : 0, p);
+}
+
+static int count_is(void *arg)
+{
+    count_arg *a = arg;
+    return count(a->sql, a->param) == a->want;
+}
+
+static void await(const char *sql, const char *param, long want)
+{
+    count_arg a = {sql, param, want};
+    ck_assert_msg(tu_poll(20000, count_is, &a), "%s [%s]: %ld, want %ld", sql,
+                  param ? param : "", count(sql, param), want);
+}
+
+static long stock(const char *sku)
+{
+    return count("SELECT on_hand FROM inventory.stock WHERE sku = $1", sku);
+}
+
+START_TEST(a_placed_order_is_reserved_invoiced_and_confirmed_by_mail)
+{
+    mq_conn *c = publisher();
+    const char *skus[] = {"TEA-SENCHA", "MUG-WHITE"};
+    const int64_t qty[] = {2, 1}, price[] = {890, 800};
+    char id[UUID_STR_LEN];
+    ev_event ev;
+
+    order(&ev, id, 2, skus, qty, price);
+    publish(c, &ev, id);
+    await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind ="
+          " 'order_confirmed'",
+          id, 1);
+    ck_assert_int_eq(count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1"
+                           " AND status = 'RESERVED'",
+                           id),
+                     1);
+    ck_assert_int_eq(count("SELECT amount_minor FROM billing.invoices WHERE order_id = $1", id),
+                     2580);
+    ck_assert_int_eq(count("SELECT tax_minor FROM billing.invoices WHERE order_id = $1", id), 430);
+    ck_assert_int_eq(count("SELECT count(*) FROM billing.invoice_lines l JOIN billing.invoices i"
+                           " ON i.id = l.invoice_id WHERE i.order_id = $1",
+                           id),
+                     2);
+    ck_assert_int_eq(stock("TEA-SENCHA"), 398);
+    ck_assert_int_eq(stock("MUG-WHITE"), 599);
+    ev_free(&ev);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(an_order_for_missing_stock_is_rejected_and_stock_is_unchanged)
+{
+    mq_conn *c = publisher();
+    const char *skus[] = {"TEA-SENCHA", "TEA-MATCHA"};
+    const int64_t qty[] = {1, 5}, price[] = {890, 2600};
+    char id[UUID_STR_LEN];
+    ev_event ev;
+
+    order(&ev, id, 2, skus, qty, price);
+    publish(c, &ev, id);
+    await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind ="
+          " 'order_rejected'",
+          id, 1);
+    ck_assert_int_eq(count("SELECT count(*) FROM inventory.rejections WHERE order_id = $1", id),
+                     1);
+    ck_assert_int_eq(count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", id),
+                     0);
+    ck_assert_int_eq(count("SELECT count(*) FROM billing.invoices WHERE order_id = $1", id), 0);
+    ck_assert_int_eq(count("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND"
+                           " body LIKE '%TEA-MATCHA%'",
+                           id),
+                     1);
+    ck_assert_int_eq(stock("TEA-SENCHA"), 400); /* the partial take was undone */
+    ck_assert_int_eq(stock("TEA-MATCHA"), 0);
+    ev_free(&ev);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(a_failed_payment_releases_the_stock)
+{
+    mq_conn *c = publisher();
+    const char *skus[] = {"GRD-BURR"};
+    const int64_t qty[] = {4}, price[] = {14900}; /* 596.00 > the 500.00 credit limit */
+    char id[UUID_STR_LEN];
+    ev_event ev;
+
+    order(&ev, id, 1, skus, qty, price);
+    publish(c, &ev, id);
+    await("SELECT count(*) FROM inventory.reservations WHERE order_id = $1 AND status ="
+          " 'RELEASED'",
+          id, 1);
+    await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind ="
+          " 'payment_failed'",
+          id, 1);
+    ck_assert_int_eq(count("SELECT count(*) FROM billing.payment_failures WHERE order_id = $1",
+                           id),
+                     1);
+    ck_assert_int_eq(count("SELECT count(*) FROM billing.invoices WHERE order_id = $1", id), 0);
+    ck_assert_int_eq(stock("GRD-BURR"), 10);
+    ev_free(&ev);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(a_pos_sale_takes_stock_and_is_invoiced_with_a_receipt)
+{
+    mq_conn *c = publisher();
+    ev_event ev;
+    sale_completed *s = &ev.u.sale_completed;
+    char id[UUID_STR_LEN];
+
+    ev_init(&ev, EV_SALE_COMPLETED);
+    uuid_v4(s->sale_id);
+    memcpy(id, s->sale_id, UUID_STR_LEN);
+    strcpy(s->store_id, "NEPAL-01");
+    strcpy(s->currency, "EUR");
+    ck_assert_int_eq(ev_lines_alloc(&s->lines, 1), 0);
+    strcpy(s->lines.items[0].sku, "FLT-PAPER");
+    s->lines.items[0].quantity = 3;
+    s->lines.items[0].unit_price = 350;
+    s->total = 1050;
+    ev_now_rfc3339(s->paid_at);
+    strcpy(s->customer_email, "walk-in@example.com");
+    publish(c, &ev, id);
+    await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind = 'receipt'",
+          id, 1);
+    await("SELECT count(*) FROM billing.invoices WHERE sale_id = $1 AND amount_minor = 1050", id,
+          1);
+    await("SELECT count(*) FROM inventory.sale_lines WHERE sale_id = $1 AND applied = 3", id, 1);
+    ck_assert_int_eq(stock("FLT-PAPER"), 997);
+    ev_free(&ev);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(concurrent_orders_for_the_last_units_never_oversell)
+{
+    enum { N = 12 };
+    mq_conn *c = publisher();
+    const char *skus[] = {"POT-CAST-IRON"};
+    const int64_t qty[] = {1}, price[] = {6900};
+    char ids[N][UUID_STR_LEN];
+    char list[N * 40 + 8], before[24];
+    size_t n = 0;
+
+    util_i64(before, count("SELECT coalesce(max(id), 0) FROM email.messages", NULL));
+    list[n++] = '{';
+    for (int i = 0; i < N; i++) {
+        ev_event ev;
+        order(&ev, ids[i], 1, skus, qty, price);
+        publish(c, &ev, ids[i]);
+        ev_free(&ev);
+        n += (size_t)sprintf(list + n, "%s%s", i ? "," : "", ids[i]);
+    }
+    list[n++] = '}';
+    list[n] = '\0';
+    await("SELECT (SELECT count(*) FROM inventory.reservations WHERE order_id = ANY($1::uuid[]))"
+          " + (SELECT count(*) FROM inventory.rejections WHERE order_id = ANY($1::uuid[]))",
+          list, N);
+    ck_assert_int_eq(count("SELECT count(*) FROM inventory.reservations WHERE order_id ="
+                           " ANY($1::uuid[])",
+                           list),
+                     3);
+    ck_assert_int_eq(stock("POT-CAST-IRON"), 0);
+    /* The crossing of the threshold (2) was reported once, to operations. */
+    await("SELECT count(*) FROM email.messages WHERE kind = 'low_stock' AND subject LIKE"
+          " 'Low stock: POT-CAST-IRON%' AND id > $1::bigint",
+          before, 1);
+    mq_free(c);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("workers");
+    TCase *t = tcase_create("flow");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 90);
+    tcase_add_test(t, a_placed_order_is_reserved_invoiced_and_confirmed_by_mail);
+    tcase_add_test(t, an_order_for_missing_stock_is_rejected_and_stock_is_unchanged);
+    tcase_add_test(t, a_failed_payment_releases_the_stock);
+    tcase_add_test(t, a_pos_sale_takes_stock_and_is_invoiced_with_a_receipt);
+    tcase_add_test(t, concurrent_orders_for_the_last_units_never_oversell);
+    suite_add_tcase(s, t);
+    return tu_run(s);
+}
