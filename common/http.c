@@ -28,7 +28,8 @@ struct http_req {
     const char *rest;
     char *body;
     size_t len, cap;
-    int too_large; /* answered 413 */
+    int too_large;  /* the body passed max_body */
+    size_t dropped; /* bytes of a too-large body thrown away */
     int answered;
 };
 
@@ -129,6 +130,13 @@ static enum MHD_Result queue_resp(struct MHD_Connection *c, http_resp *out)
     return ok;
 }
 
+static void too_large(const http_server *s, http_resp *out)
+{
+    char detail[96];
+    snprintf(detail, sizeof(detail), "the request body is larger than %zu bytes", s->o.max_body);
+    http_problem(out, 413, "Content Too Large", detail, NULL);
+}
+
 /* Finds the route; on a known path with another method, fills allow. */
 static const http_route *route(const http_server *s, http_req *r, char *allow, size_t allowlen)
 {
@@ -180,43 +188,49 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         *req_cls = r;
         cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > s->o.max_body)
-            r->too_large = 1; /* answered on the next call, before any body is read */
+        if (cl && strtoull(cl, NULL, 10) > s->o.max_body) {
+            /* Refused before a byte of the body is read. MHD 0.9.75 accepts a
+             * response on the first call (then closes the connection), or
+             * after the whole upload, but not in between. */
+            r->answered = 1;
+            too_large(s, &out);
+            return queue_resp(c, &out);
+        }
         return MHD_YES;
     }
     if (r->answered) {
-        *upload_data_size = 0; /* the rest of a refused body is dropped */
+        *upload_data_size = 0;
         return MHD_YES;
     }
-    if (!r->too_large && *upload_data_size > 0) {
-        if (r->len + *upload_data_size > s->o.max_body) {
+    if (*upload_data_size > 0) {
+        if (r->too_large || r->len + *upload_data_size > s->o.max_body) {
+            /* A chunked body past the limit: drop it, answer 413 at its end;
+             * one that keeps coming is cut off. */
             r->too_large = 1;
-        } else {
-            if (r->len + *upload_data_size + 1 > r->cap) {
-                size_t cap = r->cap ? r->cap * 2 : 4096;
-                char *b;
-                while (cap < r->len + *upload_data_size + 1)
-                    cap *= 2;
-                b = realloc(r->body, cap);
-                if (!b)
-                    return MHD_NO;
-                r->body = b;
-                r->cap = cap;
-            }
-            memcpy(r->body + r->len, upload_data, *upload_data_size);
-            r->len += *upload_data_size;
-            r->body[r->len] = '\0';
+            r->dropped += *upload_data_size;
             *upload_data_size = 0;
-            return MHD_YES;
+            return r->dropped > 4 * s->o.max_body ? MHD_NO : MHD_YES;
         }
+        if (r->len + *upload_data_size + 1 > r->cap) {
+            size_t cap = r->cap ? r->cap * 2 : 4096;
+            char *b;
+            while (cap < r->len + *upload_data_size + 1)
+                cap *= 2;
+            b = realloc(r->body, cap);
+            if (!b)
+                return MHD_NO;
+            r->body = b;
+            r->cap = cap;
+        }
+        memcpy(r->body + r->len, upload_data, *upload_data_size);
+        r->len += *upload_data_size;
+        r->body[r->len] = '\0';
+        *upload_data_size = 0;
+        return MHD_YES;
     }
     if (r->too_large) {
-        char detail[96];
-        snprintf(detail, sizeof(detail), "the request body is larger than %zu bytes",
-                 s->o.max_body);
-        http_problem(&out, 413, "Payload Too Large", detail, NULL);
         r->answered = 1;
-        *upload_data_size = 0;
+        too_large(s, &out);
         return queue_resp(c, &out);
     }
     rt = route(s, r, allow, sizeof(allow));
