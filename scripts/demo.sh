@@ -1,16 +1,75 @@
 #!/usr/bin/env bash
-# scripts/demo.sh BUILD — start the suite (infrastructure is up and migrated
-# by the Makefile first) and show where to look.
+# scripts/demo.sh BUILD — start the suite (the Makefile has built, started
+# RabbitMQ + PostgreSQL and migrated), send a POS burst and three orders with
+# three different outcomes, and show how they ended and where to look.
 source "$(dirname "$0")/lib.sh"
 load_env
 BUILD=${1:-build}
-say "starting the services"
+BIN="$ROOT/$BUILD/bin"
+API="http://127.0.0.1:${HTTP_PORT:-8080}"
+AMQP="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
+OWNER_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/ordersuite"
+sql() { psql -X -q -t -A "$OWNER_URL" -c "$1"; }
+
+say "starting the services (logs in var/log/)"
 "$ROOT/scripts/services.sh" start "$BUILD"
+wait_for 30 "order-api" curl -sf "$API/readyz" || die "order-api is not ready; see var/log/order-api.log"
+
+pos_before=$(sql "SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL")
+say "a POS burst: 20 sales from NEPAL-01, one with a receipt by mail"
+AMQP_URL=$AMQP CATALOG_URL="$API/products" POS_SPOOL_DIR="$VAR" "$BIN/pos" --count 20 --rate 40 --store NEPAL-01 ||
+    die "the till could not send its sales"
+AMQP_URL=$AMQP CATALOG_URL="$API/products" POS_SPOOL_DIR="$VAR" "$BIN/pos" --count 1 --store NEPAL-01 --email walk-in@example.com ||
+    die "the till could not send its sale"
+
+place() { # NAME BODY: POST an order, print its id
+    curl -sf -X POST "$API/orders" -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: demo-$1-$(date +%s%N)" -d "$2" |
+        sed -n 's/^{"id" : "\([0-9a-f-]*\)".*/\1/p'
+}
+say "three orders"
+ok=$(place confirmed '{"customer_id":"ada","customer_email":"ada@example.com","currency":"EUR","items":[{"sku":"TEA-SENCHA","quantity":2},{"sku":"MUG-WHITE","quantity":1}]}')
+rejected=$(place rejected '{"customer_id":"bob","customer_email":"bob@example.com","currency":"EUR","items":[{"sku":"TEA-MATCHA","quantity":1}]}')
+# 70 mugs at 8.00 = 560.00: over billing's 500.00 credit limit, plenty in stock.
+failed=$(place payment '{"customer_id":"cyd","customer_email":"cyd@example.com","currency":"EUR","items":[{"sku":"MUG-WHITE","quantity":70}]}')
+[ -n "$ok" ] && [ -n "$rejected" ] && [ -n "$failed" ] || die "order-api refused an order; see var/log/order-api.log"
+
+final() { # ID: the order's status once it stops moving
+    sql "SELECT status FROM orders.orders WHERE id = '$1' AND status IN ('CONFIRMED','REJECTED','CANCELLED')"
+}
+settled() { [ -n "$(final "$ok")" ] && [ -n "$(final "$rejected")" ] && [ -n "$(final "$failed")" ]; }
+wait_for 30 "the orders" settled || die "the orders did not settle in 30 s; see var/log/*.log"
+pos_done() { [ "$(sql "SELECT count(*) - $pos_before >= 21 FROM billing.invoices WHERE sale_id IS NOT NULL")" = t ]; }
+wait_for 15 "the POS invoices" pos_done || die "the POS sales were not all invoiced in 15 s; see var/log/billing.log"
+
+echo
+printf '%-38s %-22s %-10s %s\n' ORDER EXPECTED STATUS DETAIL
+for pair in "$ok:confirmed" "$rejected:rejected (no stock)" "$failed:payment failure"; do
+    id=${pair%%:*}
+    printf '%-38s %-22s %-10s %s\n' "$id" "${pair#*:}" "$(final "$id")" \
+        "$(sql "SELECT coalesce('invoice ' || invoice_number, reason, '') FROM orders.orders WHERE id = '$id'")"
+done
+echo
+echo "timeline of $ok:"
+sql "SELECT '  ' || status || '  ' || to_char(at, 'HH24:MI:SS.MS') FROM orders.order_timeline WHERE order_id = '$ok' ORDER BY at"
+echo
+echo "invoices: $(sql "SELECT count(*) FILTER (WHERE order_id IS NOT NULL) || ' for orders, ' || count(*) FILTER (WHERE sale_id IS NOT NULL) || ' for POS sales' FROM billing.invoices")"
+echo "emails:   $(sql "SELECT string_agg(kind || ' ' || n, ', ' ORDER BY kind) FROM (SELECT kind, count(*) n FROM email.messages GROUP BY kind) k")"
+echo "outboxes pending: $(sql "SELECT (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox) + (SELECT count(*) FROM billing.outbox) + (SELECT count(*) FROM email.outbox)")"
 cat <<EOT
 
-ordersuite is up.
-  RabbitMQ management UI  http://localhost:$MGMT_PORT  (user $RABBITMQ_ADMIN_USER, password: grep RABBITMQ_ADMIN_PASSWORD var/ordersuite.env)
-  PostgreSQL              127.0.0.1:$PG_PORT, database ordersuite (passwords in var/ordersuite.env)
-  Logs                    var/log/
-Stop with: make down
+Where to look
+  RabbitMQ management UI  http://localhost:$MGMT_PORT  user $RABBITMQ_ADMIN_USER, password: grep RABBITMQ_ADMIN_PASSWORD var/ordersuite.env
+  Order API               $API   (OpenAPI: docs/openapi.yaml)
+  Logs                    var/log/{order-api,inventory,billing,email}.log   (one order: grep $ok var/log/*.log)
+
+Try
+  curl -s $API/products
+  curl -s -X POST $API/orders -H 'Content-Type: application/json' -H 'Idempotency-Key: my-key-1' \\
+       -d '{"customer_id":"me","customer_email":"me@example.com","currency":"EUR","items":[{"sku":"MUG-WHITE","quantity":2}]}'
+  curl -s $API/orders/$ok
+  curl -s '$API/orders?status=CONFIRMED&limit=5'
+  AMQP_URL=... $BUILD/bin/pos --store NEPAL-01        (a till; see README)
+
+Stop everything with: make down
 EOT
