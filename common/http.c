@@ -98,7 +98,8 @@ void http_problem(http_resp *out, int status, const char *title, const char *det
     cJSON *p = cJSON_CreateObject();
     char *s = NULL;
     if (p && cJSON_AddStringToObject(p, "type", "about:blank") &&
-        cJSON_AddStringToObject(p, "title", title) && cJSON_AddNumberToObject(p, "status", status) &&
+        cJSON_AddStringToObject(p, "title", title) &&
+        cJSON_AddNumberToObject(p, "status", status) &&
         (!detail || cJSON_AddStringToObject(p, "detail", detail)) &&
         (!field || cJSON_AddStringToObject(p, "field", field)))
         s = cJSON_PrintUnformatted(p);
@@ -161,9 +162,8 @@ static const http_route *route(const http_server *s, http_req *r, char *allow, s
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **req_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls)
 {
     http_server *s = cls;
     http_req *r = *req_cls;
@@ -301,14 +301,14 @@ http_server *http_start(const http_opts *o, char *err, size_t errlen)
         free(s);
         return NULL;
     }
-    s->d = MHD_start_daemon(
-        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, (uint16_t)o->port, NULL, NULL,
-        on_request, s, MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)s->o.threads,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->o.conn_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->o.conn_limit,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)s->o.per_ip_limit,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_SOCK_ADDR, &addr,
-        MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL, MHD_OPTION_END);
+    s->d = MHD_start_daemon(MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, (uint16_t)o->port,
+                            NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
+                            (unsigned int)s->o.threads, MHD_OPTION_CONNECTION_TIMEOUT,
+                            (unsigned int)s->o.conn_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned int)s->o.conn_limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                            (unsigned int)s->o.per_ip_limit, MHD_OPTION_NOTIFY_COMPLETED,
+                            on_completed, NULL, MHD_OPTION_SOCK_ADDR, &addr,
+                            MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (in use, or not allowed)",
                  o->bind ? o->bind : "0.0.0.0", o->port);

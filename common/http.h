@@ -21,10 +21,10 @@ typedef struct http_server http_server;
 
 typedef struct {
     int status;
-    char *body;              /* malloc'd; freed by the server */
+    char *body; /* malloc'd; freed by the server */
     const char *content_type;
-    char location[256];      /* Location header, when not empty */
-    char extra_name[64];     /* one more header, when not empty */
+    char location[256];  /* Location header, when not empty */
+    char extra_name[64]; /* one more header, when not empty */
     char extra_value[256];
 } http_resp;
 

@@ -252,7 +252,9 @@ int worker_main(const worker_def *def, int argc, char **argv)
     memset(&w, 0, sizeof(w));
     w.def = def;
     if (argc > 1 && !declare_only) {
-        fprintf(stderr, "usage: %s [--declare-topology]\n(configuration comes from the environment)\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s [--declare-topology]\n(configuration comes from the environment)\n",
+                argv[0]);
         return 2;
     }
     if (declare_only && !getenv("DATABASE_URL") && !getenv("DATABASE_URL_FILE"))
@@ -274,8 +276,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
     w.crash_after_commit = crash_flag;
     worker_topology(def, w.keys, tier_ms, (int)limit, &w.topo);
     if (declare_only) {
-        rc = worker_declare_topology(def, amqp_url, tier_ms, (int)limit, err,
-                                     sizeof(err));
+        rc = worker_declare_topology(def, amqp_url, tier_ms, (int)limit, err, sizeof(err));
         if (rc < 0)
             log_error("declaring the topology: %s", err);
         else

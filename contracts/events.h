@@ -204,8 +204,7 @@ int ev_utf8_valid(const char *s, size_t len);
  * ev_json_duplicate_key returns a key that appears twice in obj, or NULL.
  * ev_json_int reads an integral JSON number within +-2^53: 0, or -1. */
 struct cJSON;
-struct cJSON *ev_json_parse(const char *body, size_t len, int max_depth, char *err,
-                            size_t errlen);
+struct cJSON *ev_json_parse(const char *body, size_t len, int max_depth, char *err, size_t errlen);
 int ev_json_depth(const char *s, size_t len);
 const char *ev_json_duplicate_key(const struct cJSON *obj);
 int ev_json_int(const struct cJSON *it, int64_t *out);

@@ -156,8 +156,8 @@ static int count_is(void *arg)
 static void await(const char *sql, const char *param, long want)
 {
     count_arg a = {sql, param, want};
-    ck_assert_msg(tu_poll(20000, count_is, &a), "%s [%s]: %ld, want %ld", sql,
-                  param ? param : "", count(sql, param), want);
+    ck_assert_msg(tu_poll(20000, count_is, &a), "%s [%s]: %ld, want %ld", sql, param ? param : "",
+                  count(sql, param), want);
 }
 
 static long stock(const char *sku)
@@ -209,8 +209,7 @@ START_TEST(an_order_for_missing_stock_is_rejected_and_stock_is_unchanged)
     await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind ="
           " 'order_rejected'",
           id, 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM inventory.rejections WHERE order_id = $1", id),
-                     1);
+    ck_assert_int_eq(count("SELECT count(*) FROM inventory.rejections WHERE order_id = $1", id), 1);
     ck_assert_int_eq(count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", id),
                      0);
     ck_assert_int_eq(count("SELECT count(*) FROM billing.invoices WHERE order_id = $1", id), 0);
@@ -241,8 +240,7 @@ START_TEST(a_failed_payment_releases_the_stock)
     await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind ="
           " 'payment_failed'",
           id, 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM billing.payment_failures WHERE order_id = $1",
-                           id),
+    ck_assert_int_eq(count("SELECT count(*) FROM billing.payment_failures WHERE order_id = $1", id),
                      1);
     ck_assert_int_eq(count("SELECT count(*) FROM billing.invoices WHERE order_id = $1", id), 0);
     ck_assert_int_eq(stock("GRD-BURR"), 10);
@@ -271,8 +269,8 @@ START_TEST(a_pos_sale_takes_stock_and_is_invoiced_with_a_receipt)
     ev_now_rfc3339(s->paid_at);
     strcpy(s->customer_email, "walk-in@example.com");
     publish(c, &ev, id);
-    await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind = 'receipt'",
-          id, 1);
+    await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind = 'receipt'", id,
+          1);
     await("SELECT count(*) FROM billing.invoices WHERE sale_id = $1 AND amount_minor = 1050", id,
           1);
     await("SELECT count(*) FROM inventory.sale_lines WHERE sale_id = $1 AND applied = 3", id, 1);

@@ -4,6 +4,7 @@
 #include "testutil.h"
 #include "util.h"
 
+#include <curl/curl.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
 #include <signal.h>
@@ -135,4 +136,67 @@ int tu_run(Suite *s)
     failed = srunner_ntests_failed(r);
     srunner_free(r);
     return failed ? 1 : 0;
+}
+
+typedef struct {
+    char *buf;
+    size_t len;
+} tu_buf;
+
+static size_t tu_collect(char *data, size_t size, size_t n, void *arg)
+{
+    tu_buf *b = arg;
+    char *nb = realloc(b->buf, b->len + size * n + 1);
+    if (!nb)
+        return 0;
+    b->buf = nb;
+    memcpy(b->buf + b->len, data, size * n);
+    b->len += size * n;
+    b->buf[b->len] = '\0';
+    return size * n;
+}
+
+long tu_http(const char *method, const char *url, const char *const *headers, const char *body,
+             size_t len, char **body_out)
+{
+    return tu_http_h(method, url, headers, body, len, body_out, NULL);
+}
+
+long tu_http_h(const char *method, const char *url, const char *const *headers, const char *body,
+               size_t len, char **body_out, char **headers_out)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = NULL;
+    tu_buf b = {NULL, 0}, hb = {NULL, 0};
+    long code = 0;
+
+    ck_assert_ptr_nonnull(c);
+    for (const char *const *x = headers; x && *x; x++)
+        h = curl_slist_append(h, *x);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, tu_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, tu_collect);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &hb);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
+    }
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    if (body_out)
+        *body_out = b.buf ? b.buf : strdup("");
+    else
+        free(b.buf);
+    if (headers_out)
+        *headers_out = hb.buf ? hb.buf : strdup("");
+    else
+        free(hb.buf);
+    return code;
 }

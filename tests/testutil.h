@@ -38,6 +38,16 @@ pid_t tu_spawn(const char *path, char *const argv[], const char *const *env, con
  * wait status, or -1 if it did not exit (it is then SIGKILLed). */
 int tu_stop(pid_t pid, int sig, int timeout_ms);
 
+/* An HTTP request with libcurl. headers: NULL-terminated "Name: value"
+ * lines (may be NULL). Returns the status code (0 when no response came) and,
+ * when body_out is not NULL, the response body (malloc'd, caller frees). */
+long tu_http(const char *method, const char *url, const char *const *headers, const char *body,
+             size_t len, char **body_out);
+
+/* The same, also returning the response headers (raw, malloc'd). */
+long tu_http_h(const char *method, const char *url, const char *const *headers, const char *body,
+               size_t len, char **body_out, char **headers_out);
+
 /* Runs every test of s (forking, as Check does by default), prints Check's
  * summary, and returns the process exit code: 0 when all passed. */
 int tu_run(Suite *s);

@@ -139,8 +139,7 @@ static int take_string(const cJSON *root, const char *name, char *dst, size_t si
     return 0;
 }
 
-static int only_fields(const cJSON *obj, const char *const *allowed, const char *where,
-                       problem *p)
+static int only_fields(const cJSON *obj, const char *const *allowed, const char *where, problem *p)
 {
     const char *dup = ev_json_duplicate_key(obj);
     char path[64];
@@ -179,8 +178,7 @@ static int parse_request(const char *body, size_t len, order_placed *o, problem 
     }
     if (only_fields(root, top, "", p) < 0 ||
         take_string(root, "customer_id", o->customer_id, sizeof(o->customer_id), p) < 0 ||
-        take_string(root, "customer_email", o->customer_email, sizeof(o->customer_email), p) <
-            0 ||
+        take_string(root, "customer_email", o->customer_email, sizeof(o->customer_email), p) < 0 ||
         take_string(root, "currency", o->currency, sizeof(o->currency), p) < 0)
         goto out;
     items = cJSON_GetObjectItemCaseSensitive(root, "items");
@@ -279,8 +277,7 @@ static int price(db_conn *db, order_placed *o, problem *p, int *dbrc, char *err,
             char path[32];
             snprintf(path, sizeof(path), "items[%zu].sku", i);
             PQclear(res);
-            return fail(p, 422, path, "unknown SKU %s (see GET /products)",
-                        o->lines.items[i].sku);
+            return fail(p, 422, path, "unknown SKU %s (see GET /products)", o->lines.items[i].sku);
         }
         if (strcmp(db_get(res, found, "currency"), o->currency) != 0) {
             char d[80];
@@ -347,8 +344,13 @@ static int store(db_conn *db, const ev_event *ev, const char *key, const char *b
     int rc;
 
     {
-        const char *p[] = {o->order_id, o->customer_id, o->customer_email, o->currency,
-                           util_i64(total, o->total), key, key ? body : NULL};
+        const char *p[] = {o->order_id,
+                           o->customer_id,
+                           o->customer_email,
+                           o->currency,
+                           util_i64(total, o->total),
+                           key,
+                           key ? body : NULL};
         rc = db_execp(db, "api_order",
                       "INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
                       " idempotency_key, request_hash) VALUES ($1, $2, $3, $4, $5, $6,"
@@ -372,8 +374,8 @@ static int store(db_conn *db, const ev_event *ev, const char *key, const char *b
         const ev_line *l = &o->lines.items[i];
         a += (size_t)snprintf(skus + a, cap - a, "%s%s", i ? "," : "", l->sku);
         b += (size_t)snprintf(qty + b, cap - b, "%s%lld", i ? "," : "", (long long)l->quantity);
-        c += (size_t)snprintf(prices + c, cap - c, "%s%lld", i ? "," : "",
-                              (long long)l->unit_price);
+        c +=
+            (size_t)snprintf(prices + c, cap - c, "%s%lld", i ? "," : "", (long long)l->unit_price);
     }
     snprintf(skus + a, cap - a, "}");
     snprintf(qty + b, cap - b, "}");
@@ -484,8 +486,8 @@ static void post_order(http_req *r, void *cls, http_resp *out)
         }
         goto db_error;
     }
-    log_write(LOG_INFO, o->order_id, NULL, "order %s placed: %zu lines, total %lld %s",
-              o->order_id, o->lines.n, (long long)o->total, o->currency);
+    log_write(LOG_INFO, o->order_id, NULL, "order %s placed: %zu lines, total %lld %s", o->order_id,
+              o->lines.n, (long long)o->total, o->currency);
     {
         const char *p[] = {o->order_id};
         respond_doc(r, ctx, out, "api_doc", order_doc_sql, 1, p, 201);
@@ -594,9 +596,9 @@ static void readyz(http_req *r, void *cls, http_resp *out)
 }
 
 static const http_route routes[] = {
-    {"POST", "/orders", 0, post_order},  {"GET", "/orders", 0, list_orders},
-    {"GET", "/orders/", 1, get_order},   {"GET", "/products", 0, get_products},
-    {"GET", "/healthz", 0, healthz},     {"GET", "/readyz", 0, readyz},
+    {"POST", "/orders", 0, post_order}, {"GET", "/orders", 0, list_orders},
+    {"GET", "/orders/", 1, get_order},  {"GET", "/products", 0, get_products},
+    {"GET", "/healthz", 0, healthz},    {"GET", "/readyz", 0, readyz},
 };
 
 const http_route *api_routes(size_t *n)

@@ -28,10 +28,9 @@
 #include <string.h>
 
 /* Moves order_id to `to` if it is in one of `from` ("{PENDING,RESERVED}"). */
-static mq_result advance(db_conn *db, const ev_envelope *env, const char *order_id,
-                         const char *to, const char *from, const char *reason,
-                         const char *invoice_id, const char *invoice_number, char *err,
-                         size_t errlen)
+static mq_result advance(db_conn *db, const ev_envelope *env, const char *order_id, const char *to,
+                         const char *from, const char *reason, const char *invoice_id,
+                         const char *invoice_number, char *err, size_t errlen)
 {
     const char *p[] = {order_id, to, from, reason, invoice_id, invoice_number};
     const char *t[] = {order_id, to, env->message_id};
@@ -68,8 +67,8 @@ static mq_result on_reserved(worker *w, db_conn *db, const ev_envelope *env, con
                              char *err, size_t errlen)
 {
     (void)w;
-    return advance(db, env, ev->u.inventory_reserved.order_id, "RESERVED", "{PENDING}", NULL,
-                   NULL, NULL, err, errlen);
+    return advance(db, env, ev->u.inventory_reserved.order_id, "RESERVED", "{PENDING}", NULL, NULL,
+                   NULL, err, errlen);
 }
 
 static mq_result on_invoiced(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
@@ -113,8 +112,8 @@ static mq_result on_released(worker *w, db_conn *db, const ev_envelope *env, con
 int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
-        {EV_INVENTORY_RESERVED, on_reserved},   {EV_BILLING_INVOICED, on_invoiced},
-        {EV_INVENTORY_REJECTED, on_rejected},   {EV_BILLING_PAYMENT_FAILED, on_payment_failed},
+        {EV_INVENTORY_RESERVED, on_reserved}, {EV_BILLING_INVOICED, on_invoiced},
+        {EV_INVENTORY_REJECTED, on_rejected}, {EV_BILLING_PAYMENT_FAILED, on_payment_failed},
         {EV_INVENTORY_RELEASED, on_released},
     };
     worker_def def = {ORDER_SERVICE, routes, sizeof(routes) / sizeof(routes[0]), NULL};

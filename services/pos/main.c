@@ -93,8 +93,7 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
     return k;
 }
 
-static int load_catalog(catalog *cat, const char *url, const char *file, char *err,
-                        size_t errlen)
+static int load_catalog(catalog *cat, const char *url, const char *file, char *err, size_t errlen)
 {
     growbuf g = {NULL, 0};
     cJSON *root, *it;
@@ -130,9 +129,8 @@ static int load_catalog(catalog *cat, const char *url, const char *file, char *e
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
         curl_easy_cleanup(c);
         if (cc != CURLE_OK || code != 200) {
-            snprintf(err, errlen,
-                     "CATALOG_URL %s: %s (is order-api running? or set CATALOG_FILE)", url,
-                     cc != CURLE_OK ? curl_easy_strerror(cc) : "not 200");
+            snprintf(err, errlen, "CATALOG_URL %s: %s (is order-api running? or set CATALOG_FILE)",
+                     url, cc != CURLE_OK ? curl_easy_strerror(cc) : "not 200");
             free(g.buf);
             return -1;
         }
@@ -229,8 +227,8 @@ static long spool_flush(till *t)
     {
         mq_msg *m = calloc(n, sizeof(*m));
         int *st = calloc(n, sizeof(*st));
-        char (*ids)[UUID_STR_LEN] = calloc(n, UUID_STR_LEN);
-        char (*corr)[UUID_STR_LEN] = calloc(n, UUID_STR_LEN);
+        char(*ids)[UUID_STR_LEN] = calloc(n, UUID_STR_LEN);
+        char(*corr)[UUID_STR_LEN] = calloc(n, UUID_STR_LEN);
         if (!m || !st || !ids || !corr) {
             free(m);
             free(st);
@@ -339,8 +337,8 @@ static int ring_up(till *t, char *summary, size_t sumlen, char *err, size_t errl
         return -1;
     }
     rc = spool_add(t, id, body, err, errlen);
-    snprintf(summary, sumlen, "sale %.8s at %s: %zu line(s), %lld.%02lld %s", s->sale_id,
-             t->store, n, (long long)(s->total / 100), (long long)(s->total % 100), s->currency);
+    snprintf(summary, sumlen, "sale %.8s at %s: %zu line(s), %lld.%02lld %s", s->sale_id, t->store,
+             n, (long long)(s->total / 100), (long long)(s->total % 100), s->currency);
     free(body);
     ev_free(&ev);
     return rc;

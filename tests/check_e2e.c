@@ -1,0 +1,435 @@
+/*
+ * check_e2e.c — the whole suite through its front doors: the real order-api,
+ * inventory, billing and email executables (each as its own database role)
+ * and the real pos, against the real RabbitMQ and PostgreSQL. Orders go in
+ * over HTTP; the assertions read the API and the services' tables.
+ *
+ * The services start once for the suite (an unchecked fixture) on HTTP port
+ * 18080, so a running `make demo` on 8080 is not in the way.
+ */
+#include "events.h"
+#include "testutil.h"
+#include "util.h"
+
+#include <cJSON.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#define API "http://127.0.0.1:18080"
+
+static const char *const names[] = {"inventory", "billing", "email", "order-api"};
+static const char *const urls[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL",
+                                   "EMAIL_DATABASE_URL", "ORDERS_DATABASE_URL"};
+static pid_t pids[4];
+
+static const char *const json_hdr[] = {"Content-Type: application/json", NULL};
+
+static int ready(void *arg)
+{
+    (void)arg;
+    return tu_http("GET", API "/readyz", NULL, NULL, 0, NULL) == 200;
+}
+
+static void start_all(void)
+{
+    static char env[4][4][1200];
+    static const char *envp[4][5];
+    char *argv[] = {"svc", NULL};
+
+    for (int i = 0; i < 4; i++) {
+        char path[512], log[512];
+        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
+        snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(urls[i]));
+        snprintf(env[i][2], sizeof(env[i][2]), "HTTP_PORT=18080");
+        snprintf(env[i][3], sizeof(env[i][3]), "LOG_LEVEL=info");
+        for (int k = 0; k < 4; k++)
+            envp[i][k] = env[i][k];
+        envp[i][4] = NULL;
+        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
+        snprintf(log, sizeof(log), "%s/log/tests/e2e-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
+        pids[i] = tu_spawn(path, argv, envp[i], log);
+    }
+    ck_assert_msg(tu_poll(30000, ready, NULL), "order-api did not become ready");
+}
+
+static void stop_all(void)
+{
+    for (int i = 3; i >= 0; i--) {
+        int st = tu_stop(pids[i], SIGTERM, 20000);
+        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                      "%s did not stop cleanly (status %d)", names[i], st);
+    }
+}
+
+/* --------------------------------------------------------------- helpers */
+
+static long owner_int(const char *sql, const char *param)
+{
+    const char *p[] = {param};
+    return tu_sql_int(tu_env("OWNER_DATABASE_URL"), sql, param ? 1 : 0, p);
+}
+
+static void set_stock(const char *sku, long n)
+{
+    char v[24];
+    const char *p[] = {sku, util_i64(v, n)};
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "UPDATE inventory.stock SET on_hand = $2::bigint WHERE sku = $1", 2, p));
+}
+
+static long stock(const char *sku)
+{
+    return owner_int("SELECT on_hand FROM inventory.stock WHERE sku = $1", sku);
+}
+
+/* POSTs an order; returns the status and writes the order id. */
+static long place(const char *items, const char *key, char id[UUID_STR_LEN])
+{
+    char body[2048], *resp, keyhdr[300];
+    const char *hdrs[] = {"Content-Type: application/json", key ? keyhdr : NULL, NULL};
+    cJSON *j;
+    long code;
+
+    snprintf(keyhdr, sizeof(keyhdr), "Idempotency-Key: %s", key ? key : "");
+    snprintf(body, sizeof(body),
+             "{\"customer_id\":\"e2e\",\"customer_email\":\"e2e@example.com\","
+             "\"currency\":\"EUR\",\"items\":%s}",
+             items);
+    code = tu_http("POST", API "/orders", hdrs, body, strlen(body), &resp);
+    id[0] = '\0';
+    j = cJSON_Parse(resp);
+    if (j && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "id")))
+        snprintf(id, UUID_STR_LEN, "%s", cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
+    cJSON_Delete(j);
+    free(resp);
+    return code;
+}
+
+/* GET /orders/{id}; returns the parsed document (caller deletes). */
+static cJSON *get_order(const char *id)
+{
+    char url[256], *resp;
+    cJSON *j;
+    snprintf(url, sizeof(url), API "/orders/%s", id);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, 0, &resp), 200);
+    j = cJSON_Parse(resp);
+    free(resp);
+    ck_assert_ptr_nonnull(j);
+    return j;
+}
+
+typedef struct {
+    const char *id;
+    const char *want;
+} status_arg;
+
+static int has_status(void *arg)
+{
+    status_arg *a = arg;
+    cJSON *j = get_order(a->id);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "status");
+    int ok = cJSON_IsString(s) && strcmp(s->valuestring, a->want) == 0;
+    cJSON_Delete(j);
+    return ok;
+}
+
+static void await_status(const char *id, const char *want)
+{
+    status_arg a = {id, want};
+    ck_assert_msg(tu_poll(20000, has_status, &a), "order %s never reached %s", id, want);
+}
+
+/* ----------------------------------------------------------------- tests */
+
+START_TEST(a_placed_order_is_confirmed_with_one_invoice_reservation_and_mail)
+{
+    char id[UUID_STR_LEN], *resp, *hdrs;
+    const char body[] = "{\"customer_id\":\"e2e\",\"customer_email\":\"e2e@example.com\","
+                        "\"currency\":\"EUR\",\"items\":[{\"sku\":\"TEA-SENCHA\",\"quantity\":2},"
+                        "{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}";
+    cJSON *j;
+    const cJSON *tl;
+
+    ck_assert_int_eq(tu_http_h("POST", API "/orders", json_hdr, body, strlen(body), &resp, &hdrs),
+                     201);
+    j = cJSON_Parse(resp);
+    snprintf(id, sizeof(id), "%s", cJSON_GetObjectItemCaseSensitive(j, "id")->valuestring);
+    ck_assert_int_eq(cJSON_GetObjectItemCaseSensitive(j, "total_minor")->valueint, 2580);
+    cJSON_Delete(j);
+    {
+        char loc[128];
+        snprintf(loc, sizeof(loc), "Location: /orders/%s", id);
+        ck_assert_msg(strstr(hdrs, loc), "no %s in:\n%s", loc, hdrs);
+    }
+    free(resp);
+    free(hdrs);
+    await_status(id, "CONFIRMED");
+    j = get_order(id);
+    ck_assert(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "invoice_number")));
+    tl = cJSON_GetObjectItemCaseSensitive(j, "timeline");
+    ck_assert_int_eq(cJSON_GetArraySize(tl), 3);
+    ck_assert_str_eq(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(tl, 0), "status")->valuestring,
+        "PENDING");
+    ck_assert_str_eq(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(tl, 2), "status")->valuestring,
+        "CONFIRMED");
+    cJSON_Delete(j);
+    ck_assert_int_eq(owner_int("SELECT count(*) FROM billing.invoices WHERE order_id = $1", id), 1);
+    ck_assert_int_eq(
+        owner_int("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", id), 1);
+    /* The mail may trail the status by a moment: billing's event reaches
+     * order-api and email independently. */
+    {
+        char sql[] = "SELECT count(*) FROM email.messages WHERE correlation_id = $1"
+                     " AND kind = 'order_confirmed'";
+        int64_t end = util_now_ms() + 10000;
+        while (owner_int(sql, id) < 1 && util_now_ms() < end)
+            util_sleep_ms(50, NULL);
+        ck_assert_int_eq(owner_int(sql, id), 1);
+    }
+}
+END_TEST
+
+START_TEST(an_order_for_too_much_stock_is_rejected_and_stock_is_unchanged)
+{
+    char id[UUID_STR_LEN];
+    set_stock("COF-DECAF", 8);
+    ck_assert_int_eq(place("[{\"sku\":\"COF-FILTER\",\"quantity\":1},"
+                           "{\"sku\":\"COF-DECAF\",\"quantity\":9}]",
+                           NULL, id),
+                     201);
+    {
+        long before = stock("COF-FILTER");
+        await_status(id, "REJECTED");
+        ck_assert_int_eq(stock("COF-DECAF"), 8);
+        ck_assert_int_eq(stock("COF-FILTER"), before);
+    }
+    ck_assert_int_eq(
+        owner_int("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", id), 0);
+}
+END_TEST
+
+START_TEST(a_payment_failure_releases_the_stock)
+{
+    char id[UUID_STR_LEN];
+    long before = stock("MUG-WHITE");
+    ck_assert_int_ge(before, 70);
+    ck_assert_int_eq(place("[{\"sku\":\"MUG-WHITE\",\"quantity\":70}]", NULL, id), 201);
+    await_status(id, "CANCELLED");
+    ck_assert_int_eq(stock("MUG-WHITE"), before);
+    ck_assert_int_eq(
+        owner_int("SELECT count(*) FROM billing.payment_failures WHERE order_id = $1", id), 1);
+    ck_assert_int_eq(owner_int("SELECT count(*) FROM inventory.reservations WHERE order_id = $1"
+                               " AND status = 'RELEASED'",
+                               id),
+                     1);
+}
+END_TEST
+
+static int sales_invoiced(void *arg)
+{
+    return owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL) >=
+           *(long *)arg;
+}
+
+START_TEST(pos_sales_take_stock_and_are_invoiced)
+{
+    char path[512], cmd[2048];
+    long before =
+        owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL);
+    long lines_before = owner_int("SELECT count(DISTINCT sale_id) FROM inventory.sale_lines", NULL);
+    long want = before + 7;
+
+    snprintf(path, sizeof(path), "%s/pos", tu_env("ORDERSUITE_BIN"));
+    snprintf(cmd, sizeof(cmd),
+             "AMQP_URL='%s' CATALOG_URL=" API "/products POS_SPOOL_DIR=%s/log/tests "
+             "%s --count 7 --rate 100 --store E2E-01 >/dev/null",
+             tu_env("TEST_AMQP_URL"), tu_env("ORDERSUITE_VAR"), path);
+    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_msg(tu_poll(20000, sales_invoiced, &want), "POS sales were not invoiced");
+    ck_assert_int_eq(
+        owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL),
+        before + 7);
+    {
+        int64_t end = util_now_ms() + 10000;
+        while (owner_int("SELECT count(DISTINCT sale_id) FROM inventory.sale_lines", NULL) <
+                   lines_before + 7 &&
+               util_now_ms() < end)
+            util_sleep_ms(50, NULL);
+    }
+    ck_assert_int_eq(owner_int("SELECT count(DISTINCT sale_id) FROM inventory.sale_lines", NULL),
+                     lines_before + 7);
+}
+END_TEST
+
+typedef struct {
+    char id[UUID_STR_LEN];
+    long code;
+} racer;
+
+static void *race(void *arg)
+{
+    racer *r = arg;
+    r->code = place("[{\"sku\":\"POT-CAST-IRON\",\"quantity\":1}]", NULL, r->id);
+    return NULL;
+}
+
+START_TEST(concurrent_orders_for_the_last_units_never_oversell)
+{
+    enum { N = 12 };
+    racer r[N];
+    pthread_t t[N];
+    int confirmed = 0, rejected = 0;
+
+    set_stock("POT-CAST-IRON", 3);
+    for (int i = 0; i < N; i++)
+        pthread_create(&t[i], NULL, race, &r[i]);
+    for (int i = 0; i < N; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(r[i].code, 201);
+        for (int64_t end = util_now_ms() + 20000; util_now_ms() < end;) {
+            cJSON *j = get_order(r[i].id);
+            const char *s = cJSON_GetObjectItemCaseSensitive(j, "status")->valuestring;
+            int c = strcmp(s, "CONFIRMED") == 0, x = strcmp(s, "REJECTED") == 0;
+            cJSON_Delete(j);
+            confirmed += c;
+            rejected += x;
+            if (c || x)
+                break;
+            util_sleep_ms(50, NULL);
+        }
+    }
+    ck_assert_int_eq(confirmed, 3);
+    ck_assert_int_eq(rejected, N - 3);
+    ck_assert_int_eq(stock("POT-CAST-IRON"), 0);
+}
+END_TEST
+
+START_TEST(the_same_idempotency_key_gives_the_same_order_once)
+{
+    char a[UUID_STR_LEN], b[UUID_STR_LEN], c[UUID_STR_LEN], key[64];
+    snprintf(key, sizeof(key), "e2e-%lld", (long long)util_wall_us());
+    ck_assert_int_eq(place("[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]", key, a), 201);
+    ck_assert_int_eq(place("[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]", key, b), 200);
+    ck_assert_str_eq(a, b);
+    ck_assert_int_eq(place("[{\"sku\":\"FLT-PAPER\",\"quantity\":2}]", key, c), 409);
+    await_status(a, "CONFIRMED");
+    ck_assert_int_eq(
+        owner_int("SELECT count(*) FROM orders.orders WHERE idempotency_key = $1", key), 1);
+    ck_assert_int_eq(owner_int("SELECT count(*) FROM billing.invoices WHERE order_id = $1", a), 1);
+}
+END_TEST
+
+/* Every kind of bad request gets its documented status, never a 5xx. */
+static const struct {
+    const char *method, *path, *ctype, *body;
+    long want;
+} bad[] = {
+    {"POST", "/orders", "application/json", "{\"customer_id\":", 400},
+    {"POST", "/orders", "application/json", "{\"customer_id\":\"a\",\"customer_id\":\"b\"}", 400},
+    {"POST", "/orders", "application/json", "[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]", 400},
+    {"POST", "/orders", "application/json", "\"just a string\"", 400},
+    {"POST", "/orders", "application/json", "{\"x\":\"\xff\xfe\"}", 400},
+    {"POST", "/orders", "text/plain", "{}", 415},
+    {"POST", "/orders", NULL, "{}", 415},
+    {"POST", "/orders", "application/json", "{}", 422},
+    {"POST", "/orders", "application/json",
+     "{\"customer_id\":\"c\",\"customer_email\":\"a@b.io\",\"currency\":\"EUR\",\"items\":[]}",
+     422},
+    {"POST", "/orders", "application/json",
+     "{\"customer_id\":\"c\",\"customer_email\":\"a@b.io\",\"currency\":\"EUR\",\"items\":"
+     "[{\"sku\":\"NOPE\",\"quantity\":1}]}",
+     422},
+    {"POST", "/orders", "application/json",
+     "{\"customer_id\":\"c\",\"customer_email\":\"a@b.io\",\"currency\":\"EUR\",\"items\":"
+     "[{\"sku\":\"MUG-WHITE\",\"quantity\":0}]}",
+     422},
+    {"POST", "/orders", "application/json",
+     "{\"customer_id\":\"c\",\"customer_email\":\"a@b.io\",\"currency\":\"EUR\",\"items\":"
+     "[{\"sku\":\"MUG-WHITE\",\"quantity\":-4}]}",
+     422},
+    {"POST", "/orders", "application/json",
+     "{\"customer_id\":\"c\",\"customer_email\":\"a@b.io\",\"currency\":\"EUR\",\"items\":"
+     "[{\"sku\":\"MUG-WHITE\",\"quantity\":1e300}]}",
+     422},
+    {"POST", "/orders", "application/json",
+     "{\"customer_id\":\"c\",\"customer_email\":\"a@b.io\",\"currency\":\"EUR\",\"items\":"
+     "[{\"sku\":\"MUG-WHITE\",\"quantity\":1,\"unit_price_minor\":1}]}",
+     422},
+    {"POST", "/orders", "application/json",
+     "{\"customer_id\":\"c'; DROP TABLE orders.orders; --\",\"customer_email\":\"a@b.io\","
+     "\"currency\":\"EUR\",\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}",
+     422},
+    {"POST", "/orders", "application/json",
+     "{\"customer_id\":\"c\",\"customer_email\":\"a@b.io\",\"currency\":\"USD\",\"items\":"
+     "[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}",
+     422},
+    {"GET", "/orders/not-a-uuid", NULL, NULL, 404},
+    {"GET", "/orders/00000000-0000-4000-8000-000000000000", NULL, NULL, 404},
+    {"GET", "/orders?limit=0", NULL, NULL, 422},
+    {"GET", "/orders?status=LOST", NULL, NULL, 422},
+    {"GET", "/orders?after=zzz", NULL, NULL, 422},
+    {"GET", "/nowhere", NULL, NULL, 404},
+    {"DELETE", "/orders", NULL, NULL, 405},
+    {"PUT", "/products", NULL, NULL, 405},
+};
+
+START_TEST(bad_requests_get_their_status_and_the_server_keeps_serving)
+{
+    char url[256], ct[128], *resp;
+    const char *hdrs[] = {ct, NULL};
+    long code;
+    snprintf(url, sizeof(url), API "%s", bad[_i].path);
+    snprintf(ct, sizeof(ct), "Content-Type: %s", bad[_i].ctype ? bad[_i].ctype : "");
+    code = tu_http(bad[_i].method, url, bad[_i].ctype ? hdrs : NULL, bad[_i].body,
+                   bad[_i].body ? strlen(bad[_i].body) : 0, &resp);
+    ck_assert_msg(code == bad[_i].want, "case %d (%s %s): %ld, want %ld: %s", _i, bad[_i].method,
+                  bad[_i].path, code, bad[_i].want, resp);
+    if (code >= 400)
+        ck_assert_msg(strstr(resp, "\"status\":"), "no problem+json: %s", resp);
+    free(resp);
+    ck_assert_int_eq(tu_http("GET", API "/healthz", NULL, NULL, 0, NULL), 200);
+}
+END_TEST
+
+START_TEST(oversized_bodies_are_refused_with_413)
+{
+    size_t n = 200 * 1024;
+    char *big = malloc(n);
+    const char *chunked[] = {"Content-Type: application/json", "Transfer-Encoding: chunked", NULL};
+    memset(big, 'a', n);
+    ck_assert_int_eq(tu_http("POST", API "/orders", json_hdr, big, n, NULL), 413);
+    ck_assert_int_eq(tu_http("POST", API "/orders", chunked, big, n, NULL), 413);
+    free(big);
+    ck_assert_int_eq(tu_http("GET", API "/products", NULL, NULL, 0, NULL), 200);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("e2e");
+    TCase *f = tcase_create("flow");
+    TCase *b = tcase_create("bad_input");
+
+    tcase_add_unchecked_fixture(f, start_all, stop_all);
+    tcase_set_timeout(f, 90);
+    tcase_add_test(f, a_placed_order_is_confirmed_with_one_invoice_reservation_and_mail);
+    tcase_add_test(f, an_order_for_too_much_stock_is_rejected_and_stock_is_unchanged);
+    tcase_add_test(f, a_payment_failure_releases_the_stock);
+    tcase_add_test(f, pos_sales_take_stock_and_are_invoiced);
+    tcase_add_test(f, concurrent_orders_for_the_last_units_never_oversell);
+    tcase_add_test(f, the_same_idempotency_key_gives_the_same_order_once);
+    tcase_add_unchecked_fixture(b, start_all, stop_all);
+    tcase_add_loop_test(b, bad_requests_get_their_status_and_the_server_keeps_serving, 0,
+                        (int)(sizeof(bad) / sizeof(bad[0])));
+    tcase_add_test(b, oversized_bodies_are_refused_with_413);
+    suite_add_tcase(s, f);
+    suite_add_tcase(s, b);
+    return tu_run(s);
+}
