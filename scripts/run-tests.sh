@@ -18,6 +18,9 @@ BILLING_DATABASE_URL=$(db_url billing "$PG_BILLING_PASSWORD")
 EMAIL_DATABASE_URL=$(db_url email "$PG_EMAIL_PASSWORD")
 # No path: rabbitmq-c reads "/" as the empty vhost; none means the default "/".
 export TEST_AMQP_URL="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
+# The spine suite's own vhost (made by make up): its test events stay out of
+# the services' queues.
+export SPINE_AMQP_URL="$TEST_AMQP_URL/ordersuite-test"
 export ORDERSUITE_ROOT="$ROOT" ORDERSUITE_BIN="$ROOT/$BUILD/bin" ORDERSUITE_TEST_BIN="$ROOT/$BUILD/test"
 export ORDERSUITE_VAR="$VAR" PG_PORT AMQP_PORT MGMT_PORT
 # Check forks each test; a hung test is killed after CK_DEFAULT_TIMEOUT seconds.

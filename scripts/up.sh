@@ -139,6 +139,10 @@ bootstrap_rabbitmq() {
     fi
     rmqctl -q set_user_tags "$u" administrator >/dev/null
     rmqctl -q set_permissions -p / "$u" '.*' '.*' '.*' >/dev/null
+    # A vhost of its own for the messaging spine's tests, so that their test
+    # events never reach the services' queues in "/".
+    rmqctl -q add_vhost ordersuite-test >/dev/null 2>&1 || true
+    rmqctl -q set_permissions -p ordersuite-test "$u" '.*' '.*' '.*' >/dev/null
     # Nothing runs as guest.
     rmqctl -q delete_user guest >/dev/null 2>&1 || true
     wait_for 30 "management UI" bash -c "exec 3<>/dev/tcp/127.0.0.1/$MGMT_PORT" ||

@@ -4,8 +4,9 @@
  * RabbitMQ and PostgreSQL from `make up`, with the real spine_worker
  * executable (tests/helpers/spine_worker.c) as the consumer.
  *
- * Each test gets a fresh schema spine_test (inbox, outbox, effects) and fresh
- * queues, starts the worker, and stops it with SIGTERM at the end (which must
+ * It runs in the broker vhost "ordersuite-test", so its test events never
+ * reach the services' queues. Each test gets a fresh schema spine_test
+ * (inbox, outbox, effects) and fresh queues, starts the worker, and stops it with SIGTERM at the end (which must
  * exit 0).
  */
 #include "events.h"
@@ -32,7 +33,7 @@ static char db_url[1024];
 static amqp_connection_state_t amqp_open(void)
 {
     struct amqp_connection_info info;
-    char *url = strdup(tu_env("TEST_AMQP_URL"));
+    char *url = strdup(tu_env("SPINE_AMQP_URL"));
     amqp_connection_state_t c = amqp_new_connection();
     amqp_socket_t *s = amqp_tcp_socket_new(c);
     amqp_rpc_reply_t r;
@@ -157,7 +158,7 @@ static void start_worker(void)
     char *argv[] = {"spine_worker", NULL};
     char path[512];
 
-    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
+    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("SPINE_AMQP_URL"));
     snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", db_url);
     snprintf(env[2], sizeof(env[2]), "SPINE_SERVICE=%s", SVC);
     snprintf(env[3], sizeof(env[3]), "RETRY_DELAYS_MS=200,400,800");
@@ -229,7 +230,7 @@ static char *sale_body(const char *store, char sale_id[UUID_STR_LEN])
 
 static mq_conn *publisher(void)
 {
-    mq_opts o = {.url = tu_env("TEST_AMQP_URL"), .app_id = "check_spine"};
+    mq_opts o = {.url = tu_env("SPINE_AMQP_URL"), .app_id = "check_spine"};
     mq_conn *c = mq_new(&o);
     char err[MQ_ERR_LEN];
     ck_assert_ptr_nonnull(c);
