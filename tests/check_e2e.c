@@ -12,6 +12,7 @@
 #include "util.h"
 
 #include <cJSON.h>
+#include <curl/curl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -411,6 +412,23 @@ START_TEST(oversized_bodies_are_refused_with_413)
 }
 END_TEST
 
+/* Two requests on one libcurl handle: the second reuses the connection. */
+START_TEST(keep_alive_connections_are_reused)
+{
+    CURL *c = curl_easy_init();
+    long connects = -1;
+    FILE *devnull = fopen("/dev/null", "w");
+    curl_easy_setopt(c, CURLOPT_URL, API "/products");
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, devnull);
+    ck_assert_int_eq(curl_easy_perform(c), CURLE_OK);
+    ck_assert_int_eq(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &connects);
+    ck_assert_int_eq(connects, 0);
+    curl_easy_cleanup(c);
+    fclose(devnull);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("e2e");
@@ -429,6 +447,7 @@ int main(void)
     tcase_add_loop_test(b, bad_requests_get_their_status_and_the_server_keeps_serving, 0,
                         (int)(sizeof(bad) / sizeof(bad[0])));
     tcase_add_test(b, oversized_bodies_are_refused_with_413);
+    tcase_add_test(b, keep_alive_connections_are_reused);
     suite_add_tcase(s, f);
     suite_add_tcase(s, b);
     return tu_run(s);

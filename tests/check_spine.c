@@ -6,8 +6,8 @@
  *
  * It runs in the broker vhost "ordersuite-test", so its test events never
  * reach the services' queues. Each test gets a fresh schema spine_test
- * (inbox, outbox, effects) and fresh queues, starts the worker, and stops it with SIGTERM at the end (which must
- * exit 0).
+ * (inbox, outbox, effects) and fresh queues, starts the worker, and stops it with SIGTERM at the
+ * end (which must exit 0).
  */
 #include "events.h"
 #include "mq.h"
