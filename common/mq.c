@@ -648,6 +648,33 @@ static int header_str(const amqp_table_t *t, const char *key, char *out, size_t 
     return -1;
 }
 
+/* A message the broker dead-lettered itself (x-delivery-limit) carries its
+ * original routing key in x-death[0]["routing-keys"][0]; use it when the
+ * helper's own header is absent. Leaves out untouched otherwise. */
+static void death_key(const amqp_table_t *h, char *out, size_t size)
+{
+    for (int i = 0; i < h->num_entries; i++) {
+        const amqp_table_entry_t *e = &h->entries[i];
+        const amqp_array_t *deaths;
+        const amqp_table_t *first;
+        if (e->key.len != 7 || memcmp(e->key.bytes, "x-death", 7) != 0 ||
+            e->value.kind != AMQP_FIELD_KIND_ARRAY)
+            continue;
+        deaths = &e->value.value.array;
+        if (deaths->num_entries < 1 || deaths->entries[0].kind != AMQP_FIELD_KIND_TABLE)
+            return;
+        first = &deaths->entries[0].value.table;
+        for (int k = 0; k < first->num_entries; k++) {
+            const amqp_table_entry_t *f = &first->entries[k];
+            if (f->key.len == 12 && memcmp(f->key.bytes, "routing-keys", 12) == 0 &&
+                f->value.kind == AMQP_FIELD_KIND_ARRAY && f->value.value.array.num_entries > 0 &&
+                f->value.value.array.entries[0].kind == AMQP_FIELD_KIND_UTF8)
+                copy_bytes(out, size, f->value.value.array.entries[0].value.bytes);
+        }
+        return;
+    }
+}
+
 static void to_delivery(const amqp_envelope_t *env, mq_delivery *d)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
@@ -656,8 +683,10 @@ static void to_delivery(const amqp_envelope_t *env, mq_delivery *d)
     int64_t v;
 
     memset(d, 0, sizeof(*d));
-    if (header_str(h, MQ_H_ORIGINAL_KEY, d->routing_key, sizeof(d->routing_key)) < 0)
+    if (header_str(h, MQ_H_ORIGINAL_KEY, d->routing_key, sizeof(d->routing_key)) < 0) {
         copy_bytes(d->routing_key, sizeof(d->routing_key), env->routing_key);
+        death_key(h, d->routing_key, sizeof(d->routing_key));
+    }
     if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
         copy_bytes(d->message_id, sizeof(d->message_id), p->message_id);
     if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
@@ -671,17 +700,20 @@ static void to_delivery(const amqp_envelope_t *env, mq_delivery *d)
     d->schema_version =
         header_int(h, MQ_H_SCHEMA_VERSION, &v) == 0 && v >= 0 && v < 1000000 ? (int)v : -1;
     d->attempt = header_int(h, MQ_H_ATTEMPT, &v) == 0 && v >= 0 && v < 1000 ? (int)v : 0;
+    header_str(h, MQ_H_REASON, d->reason, sizeof(d->reason));
+    header_str(h, MQ_H_ERROR, d->error, sizeof(d->error));
+    header_str(h, MQ_H_SERVICE, d->failed_service, sizeof(d->failed_service));
+    if (header_int(h, MQ_H_FAILED_AT, &v) == 0)
+        d->failed_at = v;
     d->redelivered = env->redelivered;
     d->body = env->message.body.bytes;
     d->len = env->message.body.len;
     d->delivery_tag = env->delivery_tag;
 }
 
-/* Sends a copy of d on: to a retry tier, or to the DLQ. Keeps the original
- * properties and body so that a replay is the original message. */
-static int forward(mq_conn *pub, const mq_conn *cons, const mq_delivery *d, int attempt,
-                   const char *exchange, const char *rk, const char *reason, const char *error,
-                   char *err, size_t errlen)
+int mq_forward(mq_conn *pub, const char *service, const mq_delivery *d, int attempt,
+               const char *exchange, const char *rk, const char *reason, const char *error,
+               char *err, size_t errlen)
 {
     mq_header h[6];
     mq_msg m;
@@ -689,8 +721,9 @@ static int forward(mq_conn *pub, const mq_conn *cons, const mq_delivery *d, int 
 
     h[nh++] = (mq_header){MQ_H_ATTEMPT, NULL, attempt};
     h[nh++] = (mq_header){MQ_H_ORIGINAL_KEY, d->routing_key, 0};
-    h[nh++] = (mq_header){MQ_H_ERROR, error, 0};
-    h[nh++] = (mq_header){MQ_H_SERVICE, cons->topo->queue, 0};
+    if (error)
+        h[nh++] = (mq_header){MQ_H_ERROR, error, 0};
+    h[nh++] = (mq_header){MQ_H_SERVICE, service, 0};
     h[nh++] = (mq_header){MQ_H_FAILED_AT, NULL, util_wall_us() / 1000000};
     if (reason)
         h[nh++] = (mq_header){MQ_H_REASON, reason, 0};
@@ -706,9 +739,9 @@ static int forward(mq_conn *pub, const mq_conn *cons, const mq_delivery *d, int 
     m.len = d->len;
     m.headers = h;
     m.nheaders = nh;
-    m.schema_version = d->schema_version >= 0 ? d->schema_version : -1;
-    if (m.schema_version == 0)
-        m.schema_version = -1; /* 0 would mean "current"; keep it absent instead */
+    /* Keep the original schema_version (also an unsupported one); 0 would
+     * mean "current", so a missing or zero version stays absent. */
+    m.schema_version = d->schema_version > 0 ? d->schema_version : -1;
     return mq_publish(pub, &m, err, errlen);
 }
 
@@ -737,7 +770,8 @@ static int handle(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_ha
         if (attempt <= ntiers(cons->topo)) {
             mq_retry_queue_name(cons->topo->queue, cons->topo->retry_ms[attempt - 1], dest,
                                 sizeof(dest));
-            rc = forward(pub, cons, &d, attempt, "", dest, NULL, herr, perr, sizeof(perr));
+            rc = mq_forward(pub, cons->topo->queue, &d, attempt, "", dest, NULL, herr, perr,
+                            sizeof(perr));
             if (rc == MQ_OK) {
                 STAT_ADD(cons, retried, 1);
                 log_write(LOG_WARN, d.correlation_id, d.message_id,
@@ -745,8 +779,8 @@ static int handle(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_ha
                           herr, dest);
             }
         } else {
-            rc = forward(pub, cons, &d, attempt, MQ_DLX, cons->topo->queue, "retries-exhausted",
-                         herr, perr, sizeof(perr));
+            rc = mq_forward(pub, cons->topo->queue, &d, attempt, MQ_DLX, cons->topo->queue,
+                            "retries-exhausted", herr, perr, sizeof(perr));
             if (rc == MQ_OK) {
                 STAT_ADD(cons, dead_lettered, 1);
                 log_write(LOG_ERROR, d.correlation_id, d.message_id,
@@ -755,8 +789,8 @@ static int handle(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_ha
             }
         }
     } else if (r == MQ_REJECT) {
-        rc = forward(pub, cons, &d, d.attempt, MQ_DLX, cons->topo->queue, "rejected", herr, perr,
-                     sizeof(perr));
+        rc = mq_forward(pub, cons->topo->queue, &d, d.attempt, MQ_DLX, cons->topo->queue,
+                        "rejected", herr, perr, sizeof(perr));
         if (rc == MQ_OK) {
             STAT_ADD(cons, dead_lettered, 1);
             log_write(LOG_ERROR, d.correlation_id, d.message_id,
@@ -878,4 +912,114 @@ int mq_consume_loop(mq_conn *cons, mq_conn *pub, mq_handler h, void *ctx,
     mq_disconnect(cons);
     mq_disconnect(pub);
     return 0;
+}
+
+/* ----------------------------------------------------------- queue tools */
+
+struct mq_got {
+    amqp_envelope_t env; /* message and delivery tag of a basic.get */
+    mq_delivery d;
+};
+
+int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen)
+{
+    amqp_rpc_reply_t r;
+    mq_got *g;
+    int rc;
+
+    *out = NULL;
+    if (!c->connected) {
+        snprintf(err, errlen, "not connected");
+        return MQ_ERR;
+    }
+    r = amqp_basic_get(c->conn, CHANNEL, amqp_cstring_bytes(queue), 0);
+    if ((rc = rpc_check(r, "basic.get", err, errlen)) != MQ_OK) {
+        c->connected = 0;
+        mq_disconnect(c);
+        return rc;
+    }
+    if (r.reply.id != AMQP_BASIC_GET_OK_METHOD)
+        return 0; /* basic.get-empty */
+    g = calloc(1, sizeof(*g));
+    if (!g) {
+        snprintf(err, errlen, "out of memory");
+        return MQ_ERR;
+    }
+    {
+        amqp_basic_get_ok_t *ok = r.reply.decoded;
+        g->env.delivery_tag = ok->delivery_tag;
+        g->env.redelivered = ok->redelivered;
+        g->env.routing_key = amqp_bytes_malloc_dup(ok->routing_key);
+    }
+    r = amqp_read_message(c->conn, CHANNEL, &g->env.message, 0);
+    if ((rc = rpc_check(r, "reading a message", err, errlen)) != MQ_OK) {
+        amqp_bytes_free(g->env.routing_key);
+        free(g);
+        c->connected = 0;
+        mq_disconnect(c);
+        return rc;
+    }
+    to_delivery(&g->env, &g->d);
+    *out = g;
+    return 1;
+}
+
+const mq_delivery *mq_got_delivery(const mq_got *g)
+{
+    return &g->d;
+}
+
+int mq_settle(mq_conn *c, const mq_got *g, int ack, char *err, size_t errlen)
+{
+    int st = ack ? amqp_basic_ack(c->conn, CHANNEL, g->env.delivery_tag, 0)
+                 : amqp_basic_nack(c->conn, CHANNEL, g->env.delivery_tag, 0, 1);
+    if (st != AMQP_STATUS_OK) {
+        snprintf(err, errlen, "%s: %s", ack ? "basic.ack" : "basic.nack", amqp_error_string2(st));
+        return MQ_ERR;
+    }
+    return MQ_OK;
+}
+
+void mq_got_free(mq_got *g)
+{
+    if (!g)
+        return;
+    amqp_destroy_message(&g->env.message);
+    amqp_bytes_free(g->env.routing_key);
+    free(g);
+}
+
+long mq_queue_depth(mq_conn *c, const char *queue, char *err, size_t errlen)
+{
+    amqp_queue_declare_ok_t *ok;
+    int rc;
+    if (!c->connected) {
+        snprintf(err, errlen, "not connected");
+        return MQ_ERR;
+    }
+    ok = amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(queue), 1, 0, 0, 0,
+                            amqp_empty_table);
+    if (ok)
+        return (long)ok->message_count;
+    rc = rpc_check(amqp_get_rpc_reply(c->conn), queue, err, errlen);
+    /* A failed passive declare closes the channel: start afresh. */
+    c->connected = 0;
+    mq_disconnect(c);
+    return strstr(err, "404") ? MQ_ERR_CONFIG : (rc == MQ_OK ? MQ_ERR : rc);
+}
+
+long mq_purge(mq_conn *c, const char *queue, char *err, size_t errlen)
+{
+    amqp_queue_purge_ok_t *ok;
+    if (!c->connected) {
+        snprintf(err, errlen, "not connected");
+        return MQ_ERR;
+    }
+    ok = amqp_queue_purge(c->conn, CHANNEL, amqp_cstring_bytes(queue));
+    if (ok)
+        return (long)ok->message_count;
+    rpc_check(amqp_get_rpc_reply(c->conn), "queue.purge", err, errlen);
+    c->connected = 0;
+    mq_disconnect(c);
+    return MQ_ERR;
 }

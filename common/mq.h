@@ -111,6 +111,11 @@ typedef struct {
     const char *body; /* len bytes, NOT NUL-terminated */
     size_t len;
     uint64_t delivery_tag;
+    /* Set on dead-lettered copies (see the MQ_H_* headers), "" otherwise. */
+    char reason[64];
+    char error[512];
+    char failed_service[64];
+    int64_t failed_at;
 } mq_delivery;
 
 typedef enum {
@@ -183,6 +188,40 @@ int mq_tick(mq_conn *c);
 int mq_consume_loop(mq_conn *consumer, mq_conn *publisher, mq_handler h, void *ctx,
                     void (*on_idle)(void *ctx), volatile sig_atomic_t *stop, char *err,
                     size_t errlen);
+
+/* ------------------------------------------------ queue tools (tools/dlq) */
+
+typedef struct mq_got mq_got;
+
+/* Takes the next message of queue without acking it (basic.get) on c, a
+ * connection made with mq_connect_publisher or mq_connect_consumer. Returns 1
+ * and *out (free with mq_got_free) when there was one, 0 when the queue is
+ * empty, or an mq_status < 0 with err. The message stays unacked until
+ * mq_settle, or until the connection closes (then the broker requeues it). */
+int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen);
+
+/* The delivery of a message taken with mq_get. */
+const mq_delivery *mq_got_delivery(const mq_got *g);
+
+/* ack = 1 acks the message (it leaves the queue); 0 returns it (requeue). */
+int mq_settle(mq_conn *c, const mq_got *g, int ack, char *err, size_t errlen);
+
+void mq_got_free(mq_got *g);
+
+/* Messages ready in queue (passive declare): >= 0, or an mq_status < 0 (a
+ * queue that does not exist is MQ_ERR_CONFIG; the connection is then reset). */
+long mq_queue_depth(mq_conn *c, const char *queue, char *err, size_t errlen);
+
+/* Removes every ready message of queue; returns how many, or < 0. */
+long mq_purge(mq_conn *c, const char *queue, char *err, size_t errlen);
+
+/* Publishes a copy of d, with its original properties and body, to exchange
+ * / routing_key, with the helper's headers: attempt, the original routing key,
+ * the error, `service` as the failed service, and reason when not NULL. Waits
+ * for the confirm. Used for retries, dead-lettering and DLQ replays. */
+int mq_forward(mq_conn *pub, const char *service, const mq_delivery *d, int attempt,
+               const char *exchange, const char *routing_key, const char *reason, const char *error,
+               char *err, size_t errlen);
 
 /* Counters since start, for /metrics and tests. */
 typedef struct {

@@ -36,9 +36,10 @@ load_env() {
 }
 
 # Runs a command as a service user with a clean, predictable environment.
+# From /: the clone's own folder may not be reachable by that user.
 as_user() {
     local user=$1; shift
-    runuser -u "$user" -- "$@"
+    (cd / && runuser -u "$user" -- "$@")
 }
 
 # True when both service users can walk into and list $1.

@@ -1,0 +1,260 @@
+/*
+ * check_dlq.c — the DLQ tool (build/bin/dlq) against the real broker, with
+ * the real inventory worker producing the dead letters and consuming the
+ * replays.
+ *
+ * The worker dead-letters an undecodable order.placed and one with an
+ * unknown schema version. The tool lists and shows them (leaving them in
+ * place), a dry run changes nothing, a replay by id sends one back (and the
+ * worker, still refusing it, dead-letters it again), purge needs --yes.
+ * Finally a good order.placed is dead-lettered by hand, replayed, and reserved.
+ */
+#include "events.h"
+#include "mq.h"
+#include "testutil.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+static pid_t worker;
+
+/* Runs the dlq tool; returns its exit status and its stdout (caller frees). */
+static int dlq(const char *args, char **out)
+{
+    char cmd[1024], buf[4096];
+    size_t n = 0, cap = 0;
+    FILE *p;
+    int st;
+    *out = NULL;
+    snprintf(cmd, sizeof(cmd), "AMQP_URL='%s' %s/dlq %s 2>&1", tu_env("TEST_AMQP_URL"),
+             tu_env("ORDERSUITE_BIN"), args);
+    p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    while (fgets(buf, sizeof(buf), p)) {
+        size_t k = strlen(buf);
+        if (n + k + 1 > cap) {
+            cap = (n + k + 1) * 2;
+            *out = realloc(*out, cap);
+        }
+        memcpy(*out + n, buf, k + 1);
+        n += k;
+    }
+    if (!*out)
+        *out = strdup("");
+    st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static mq_conn *publisher(void)
+{
+    mq_opts o = {.url = tu_env("TEST_AMQP_URL"), .app_id = "check_dlq"};
+    mq_conn *c = mq_new(&o);
+    char err[MQ_ERR_LEN];
+    ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s", err);
+    return c;
+}
+
+static long depth(const char *q)
+{
+    mq_conn *c = publisher();
+    char err[MQ_ERR_LEN];
+    long n = mq_queue_depth(c, q, err, sizeof(err));
+    mq_free(c);
+    return n;
+}
+
+static int dlq_has(void *arg)
+{
+    return depth("inventory.dlq") == *(long *)arg;
+}
+
+static void publish(mq_conn *c, const char *exchange, const char *key, const char *id,
+                    const char *corr, const char *body, int version)
+{
+    char err[MQ_ERR_LEN];
+    mq_msg m = {0};
+    m.exchange = exchange;
+    m.routing_key = key;
+    m.message_id = id;
+    m.correlation_id = corr;
+    m.type = RK_ORDER_PLACED;
+    m.body = body;
+    m.len = strlen(body);
+    m.schema_version = version;
+    ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "%s", err);
+}
+
+static void setup(void)
+{
+    static char env[2][1200];
+    static const char *envp[3];
+    char *argv[] = {"inventory", NULL}, path[512], log[512], *out;
+    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
+    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("INVENTORY_DATABASE_URL"));
+    envp[0] = env[0];
+    envp[1] = env[1];
+    envp[2] = NULL;
+    ck_assert_int_eq(dlq("purge inventory --yes", &out), 0);
+    free(out);
+    snprintf(path, sizeof(path), "%s/inventory", tu_env("ORDERSUITE_BIN"));
+    snprintf(log, sizeof(log), "%s/log/tests/dlq-inventory.log", tu_env("ORDERSUITE_VAR"));
+    worker = tu_spawn(path, argv, envp, log);
+}
+
+static void teardown(void)
+{
+    int st = tu_stop(worker, SIGTERM, 20000);
+    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "inventory: status %d", st);
+}
+
+/* The worker's log shows message id arg rejected twice. */
+static int rejected_twice(void *arg)
+{
+    char path[512], line[4096];
+    int n = 0;
+    FILE *f;
+    snprintf(path, sizeof(path), "%s/log/tests/dlq-inventory.log", tu_env("ORDERSUITE_VAR"));
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        n += strstr(line, (const char *)arg) && strstr(line, "rejected") ? 1 : 0;
+    fclose(f);
+    return n >= 2;
+}
+
+START_TEST(list_show_replay_and_purge)
+{
+    mq_conn *c = publisher();
+    char bad1[UUID_STR_LEN], bad2[UUID_STR_LEN], corr[UUID_STR_LEN], *out;
+    long two = 2;
+
+    uuid_v4(bad1);
+    uuid_v4(bad2);
+    uuid_v4(corr);
+    publish(c, NULL, RK_ORDER_PLACED, bad1, corr, "{\"order_id\": tru", 0);
+    publish(c, NULL, RK_ORDER_PLACED, bad2, corr, "{}", 7);
+    ck_assert_msg(tu_poll(20000, dlq_has, &two), "dead letters did not arrive: %ld",
+                  depth("inventory.dlq"));
+
+    ck_assert_int_eq(dlq("list", &out), 0);
+    ck_assert_msg(strstr(out, "inventory.dlq") && strstr(out, " 2\n"), "%s", out);
+    free(out);
+
+    ck_assert_int_eq(dlq("show inventory", &out), 0);
+    ck_assert_msg(strstr(out, bad1) && strstr(out, bad2), "%s", out);
+    ck_assert_msg(strstr(out, "reason         rejected"), "%s", out);
+    ck_assert_msg(strstr(out, "routing_key    order.placed"), "%s", out);
+    ck_assert_msg(strstr(out, corr), "%s", out);
+    ck_assert_msg(strstr(out, "undecodable: body: malformed JSON"), "%s", out);
+    ck_assert_msg(strstr(out, "schema_version 7 is not supported"), "%s", out);
+    free(out);
+    ck_assert_int_eq(depth("inventory.dlq"), 2); /* show leaves them */
+
+    ck_assert_int_eq(dlq("replay inventory --all --dry-run", &out), 0);
+    ck_assert_msg(strstr(out, "would replay 2"), "%s", out);
+    free(out);
+    ck_assert_int_eq(depth("inventory.dlq"), 2);
+
+    /* Replayed by id: back through the worker, which still refuses it. */
+    {
+        char args[128];
+        snprintf(args, sizeof(args), "replay inventory --id %s", bad2);
+        ck_assert_int_eq(dlq(args, &out), 0);
+        ck_assert_msg(strstr(out, "replayed 1 message"), "%s", out);
+        free(out);
+    }
+    /* The worker saw it a second time and dead-lettered it again. */
+    ck_assert_msg(tu_poll(20000, rejected_twice, bad2), "the replay did not reach the worker");
+    ck_assert(tu_poll(20000, dlq_has, &two));
+
+    ck_assert_int_eq(dlq("replay inventory --id 00000000-0000-4000-8000-000000000000", &out), 1);
+    free(out);
+    ck_assert_int_eq(dlq("purge inventory", &out), 2);
+    free(out);
+    ck_assert_int_eq(depth("inventory.dlq"), 2);
+    ck_assert_int_eq(dlq("purge inventory --yes", &out), 0);
+    ck_assert_msg(strstr(out, "purged 2"), "%s", out);
+    free(out);
+    ck_assert_int_eq(depth("inventory.dlq"), 0);
+    ck_assert_int_eq(dlq("frobnicate", &out), 2);
+    free(out);
+    mq_free(c);
+}
+END_TEST
+
+static int reserved(void *arg)
+{
+    const char *p[] = {arg};
+    return tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                      "SELECT count(*) FROM inventory.reservations WHERE order_id = $1", 1, p) == 1;
+}
+
+/* A good message in the DLQ (as after an outage that outlasted the retry
+ * tiers) is completed by a replay. */
+START_TEST(a_replayed_message_is_processed)
+{
+    mq_conn *c = publisher();
+    ev_event ev;
+    order_placed *o = &ev.u.order_placed;
+    char id[UUID_STR_LEN], err[EV_ERR_LEN], *body, *out;
+    long one = 1;
+
+    ev_init(&ev, EV_ORDER_PLACED);
+    uuid_v4(o->order_id);
+    strcpy(o->customer_id, "dlq");
+    strcpy(o->customer_email, "dlq@example.com");
+    strcpy(o->currency, "EUR");
+    ck_assert_int_eq(ev_lines_alloc(&o->lines, 1), 0);
+    strcpy(o->lines.items[0].sku, "FLT-PAPER");
+    o->lines.items[0].quantity = 1;
+    o->lines.items[0].unit_price = 350;
+    o->total = 350;
+    body = ev_to_json(&ev, NULL, err, sizeof(err));
+    ck_assert_ptr_nonnull(body);
+    uuid_v4(id);
+    /* Straight into the DLQ, as a dead letter after the last retry tier. */
+    {
+        mq_header h[] = {{MQ_H_ORIGINAL_KEY, RK_ORDER_PLACED, 0},
+                         {MQ_H_REASON, "retries-exhausted", 0},
+                         {MQ_H_ATTEMPT, NULL, 4}};
+        mq_msg m = {0};
+        char merr[MQ_ERR_LEN];
+        m.exchange = MQ_DLX;
+        m.routing_key = "inventory";
+        m.message_id = id;
+        m.correlation_id = o->order_id;
+        m.type = RK_ORDER_PLACED;
+        m.body = body;
+        m.len = strlen(body);
+        m.headers = h;
+        m.nheaders = 3;
+        ck_assert_msg(mq_publish(c, &m, merr, sizeof(merr)) == MQ_OK, "%s", merr);
+    }
+    ck_assert(tu_poll(10000, dlq_has, &one));
+    ck_assert_int_eq(reserved(o->order_id), 0);
+    ck_assert_int_eq(dlq("replay inventory --all", &out), 0);
+    free(out);
+    ck_assert_msg(tu_poll(20000, reserved, o->order_id), "the replayed order was not reserved");
+    ck_assert_int_eq(depth("inventory.dlq"), 0);
+    free(body);
+    ev_free(&ev);
+    mq_free(c);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("dlq");
+    TCase *t = tcase_create("tool");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 90);
+    tcase_add_test(t, list_show_replay_and_purge);
+    tcase_add_test(t, a_replayed_message_is_processed);
+    suite_add_tcase(s, t);
+    return tu_run(s);
+}
