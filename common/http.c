@@ -235,7 +235,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     rt = route(s, r, allow, sizeof(allow));
     if (rt) {
-        rt->fn(r, s->o.cls, &out);
+        rt->fn(r, rt->cls ? rt->cls : s->o.cls, &out);
     } else if (allow[0]) {
         http_problem(&out, 405, "Method Not Allowed", "see the Allow header", NULL);
         snprintf(out.extra_name, sizeof(out.extra_name), "Allow");

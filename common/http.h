@@ -35,6 +35,7 @@ typedef struct {
     const char *path; /* exact path, or a prefix when prefix = 1 */
     int prefix;
     http_fn fn;
+    void *cls; /* handed to fn; NULL = the server's http_opts.cls */
 } http_route;
 
 typedef struct {

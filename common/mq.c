@@ -25,11 +25,14 @@ struct mq_conn {
     int prefetch, heartbeat;
     amqp_connection_state_t conn;
     int connected;
+    metrics *metrics;
     uint64_t next_seq; /* publisher: delivery tag of the next publish */
     mq_stats stats;
 };
 
 #define STAT_ADD(c, f, n) __atomic_fetch_add(&(c)->stats.f, (n), __ATOMIC_RELAXED)
+/* `connected` is read by health checks on other threads. */
+#define SET_CONNECTED(c, v) __atomic_store_n(&(c)->connected, (v), __ATOMIC_RELAXED)
 
 void mq_retry_queue_name(const char *service, int ms, char *out, size_t outlen)
 {
@@ -75,6 +78,7 @@ mq_conn *mq_new(const mq_opts *o)
         return NULL;
     }
     c->topo = o->topo;
+    c->metrics = o->metrics;
     c->prefetch = o->prefetch > 0 ? o->prefetch : 32;
     c->heartbeat = o->heartbeat_s > 0 ? o->heartbeat_s : 30;
     return c;
@@ -91,7 +95,7 @@ void mq_disconnect(mq_conn *c)
     }
     amqp_destroy_connection(c->conn);
     c->conn = NULL;
-    c->connected = 0;
+    SET_CONNECTED(c, 0);
 }
 
 void mq_free(mq_conn *c)
@@ -106,7 +110,7 @@ void mq_free(mq_conn *c)
 
 int mq_is_connected(const mq_conn *c)
 {
-    return c->connected;
+    return __atomic_load_n(&c->connected, __ATOMIC_RELAXED);
 }
 
 void mq_get_stats(const mq_conn *c, mq_stats *out)
@@ -281,7 +285,7 @@ static int open_connection(mq_conn *c, char *err, size_t errlen)
         c->conn = NULL;
         return rc;
     }
-    c->connected = 1;
+    SET_CONNECTED(c, 1);
     amqp_channel_open(c->conn, CHANNEL);
     rc = rpc_check(amqp_get_rpc_reply(c->conn), "channel.open", err, errlen);
     if (rc != MQ_OK) {
@@ -537,7 +541,7 @@ int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out, 
             if (status[i] == 1)
                 status[i] = rc;
         }
-        c->connected = 0; /* the channel state is unknown: start afresh */
+        SET_CONNECTED(c, 0); /* the channel state is unknown: start afresh */
         mq_disconnect(c);
     } else {
         for (size_t i = 0; i < n; i++) {
@@ -550,8 +554,10 @@ int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out, 
         }
     }
     for (size_t i = 0; i < n; i++) {
-        if (status[i] == MQ_OK)
+        if (status[i] == MQ_OK) {
             STAT_ADD(c, published, 1);
+            metrics_count(c->metrics, M_PUBLISHED, msgs[i].routing_key, 1);
+        }
     }
     if (status_out)
         memcpy(status_out, status, n * sizeof(int));
@@ -582,7 +588,7 @@ int mq_tick(mq_conn *c)
         f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD &&
         f.payload.method.id != AMQP_CHANNEL_CLOSE_METHOD)
         return MQ_OK;
-    c->connected = 0;
+    SET_CONNECTED(c, 0);
     mq_disconnect(c);
     return MQ_ERR;
 }
@@ -774,6 +780,7 @@ static int handle(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_ha
                             sizeof(perr));
             if (rc == MQ_OK) {
                 STAT_ADD(cons, retried, 1);
+                metrics_count(cons->metrics, M_RETRIED, d.routing_key, 1);
                 log_write(LOG_WARN, d.correlation_id, d.message_id,
                           "%s failed (attempt %d): %s; retrying via %s", d.routing_key, attempt,
                           herr, dest);
@@ -783,6 +790,7 @@ static int handle(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_ha
                             "retries-exhausted", herr, perr, sizeof(perr));
             if (rc == MQ_OK) {
                 STAT_ADD(cons, dead_lettered, 1);
+                metrics_count(cons->metrics, M_DEAD_LETTERED, d.routing_key, 1);
                 log_write(LOG_ERROR, d.correlation_id, d.message_id,
                           "%s failed %d times, last: %s; sent to the dead-letter queue",
                           d.routing_key, attempt, herr);
@@ -793,6 +801,7 @@ static int handle(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_ha
                         "rejected", herr, perr, sizeof(perr));
         if (rc == MQ_OK) {
             STAT_ADD(cons, dead_lettered, 1);
+            metrics_count(cons->metrics, M_DEAD_LETTERED, d.routing_key, 1);
             log_write(LOG_ERROR, d.correlation_id, d.message_id,
                       "%s rejected: %s; sent to the dead-letter queue", d.routing_key, herr);
         }
@@ -902,7 +911,7 @@ int mq_consume_loop(mq_conn *cons, mq_conn *pub, mq_handler h, void *ctx,
             rc = MQ_ERR;
         }
         if (rc != MQ_OK) {
-            cons->connected = 0;
+            SET_CONNECTED(cons, 0);
             mq_disconnect(cons);
             if (!pub->connected)
                 mq_disconnect(pub);
@@ -934,7 +943,7 @@ int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen
     }
     r = amqp_basic_get(c->conn, CHANNEL, amqp_cstring_bytes(queue), 0);
     if ((rc = rpc_check(r, "basic.get", err, errlen)) != MQ_OK) {
-        c->connected = 0;
+        SET_CONNECTED(c, 0);
         mq_disconnect(c);
         return rc;
     }
@@ -955,7 +964,7 @@ int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen
     if ((rc = rpc_check(r, "reading a message", err, errlen)) != MQ_OK) {
         amqp_bytes_free(g->env.routing_key);
         free(g);
-        c->connected = 0;
+        SET_CONNECTED(c, 0);
         mq_disconnect(c);
         return rc;
     }
@@ -1003,7 +1012,7 @@ long mq_queue_depth(mq_conn *c, const char *queue, char *err, size_t errlen)
         return (long)ok->message_count;
     rc = rpc_check(amqp_get_rpc_reply(c->conn), queue, err, errlen);
     /* A failed passive declare closes the channel: start afresh. */
-    c->connected = 0;
+    SET_CONNECTED(c, 0);
     mq_disconnect(c);
     return strstr(err, "404") ? MQ_ERR_CONFIG : (rc == MQ_OK ? MQ_ERR : rc);
 }
@@ -1019,7 +1028,7 @@ long mq_purge(mq_conn *c, const char *queue, char *err, size_t errlen)
     if (ok)
         return (long)ok->message_count;
     rpc_check(amqp_get_rpc_reply(c->conn), "queue.purge", err, errlen);
-    c->connected = 0;
+    SET_CONNECTED(c, 0);
     mq_disconnect(c);
     return MQ_ERR;
 }

@@ -27,6 +27,8 @@
 #ifndef ORDERSUITE_MQ_H
 #define ORDERSUITE_MQ_H
 
+#include "metrics.h"
+
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -71,6 +73,7 @@ typedef struct {
     const mq_topology *topo; /* consumers: their queue; NULL for publishers */
     int prefetch;            /* consumers: basic.qos prefetch count; 0 = 32 */
     int heartbeat_s;         /* 0 = 30 */
+    metrics *metrics;        /* counts retried / dead-lettered / published; may be NULL */
 } mq_opts;
 
 typedef struct {
@@ -154,6 +157,7 @@ int mq_declare_topology(mq_conn *c, const mq_topology *topo, char *err, size_t e
 int mq_connect_retry(mq_conn *c, int consumer, int timeout_ms, volatile sig_atomic_t *stop,
                      char *err, size_t errlen);
 
+/* Safe to call from any thread (health checks). */
 int mq_is_connected(const mq_conn *c);
 
 /* Drops the connection (after an error); the next connect starts afresh. */

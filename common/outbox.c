@@ -218,7 +218,7 @@ static int relay_connect(outbox_relay *r, db_conn *db, char *err, size_t errlen)
 static void *relay_main(void *arg)
 {
     outbox_relay *r = arg;
-    mq_opts mo = {.url = r->amqp_url, .app_id = r->service};
+    mq_opts mo = {.url = r->amqp_url, .app_id = r->service, .metrics = r->o.metrics};
     db_conn *db = db_new(r->db_url, "outbox-relay");
     mq_conn *mq = mq_new(&mo);
     backoff b;

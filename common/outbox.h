@@ -34,9 +34,10 @@ typedef struct outbox_relay outbox_relay;
 typedef struct {
     const char *database_url;
     const char *amqp_url;
-    const char *service; /* app_id, and the NOTIFY channel "<service>_outbox" */
-    int batch;           /* rows per claim; 0 = 200 */
-    int sweep_ms;        /* timer sweep; 0 = 1000 */
+    const char *service;     /* app_id, and the NOTIFY channel "<service>_outbox" */
+    int batch;               /* rows per claim; 0 = 200 */
+    int sweep_ms;            /* timer sweep; 0 = 1000 */
+    struct metrics *metrics; /* counts published messages; may be NULL */
 } outbox_relay_opts;
 
 /* Starts the relay thread. Returns NULL with err when out of memory or the

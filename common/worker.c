@@ -4,6 +4,7 @@
 #include "worker.h"
 #include "cfg.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "util.h"
 
@@ -24,9 +25,18 @@ static void on_signal(int sig)
     stop_flag = 1;
 }
 
+#ifndef ORDERSUITE_VERSION
+#define ORDERSUITE_VERSION "dev"
+#endif
+
 struct worker {
     const worker_def *def;
     db_conn *db;
+    metrics *metrics;
+    mq_conn *cons;
+    outbox_relay *relay;
+    int db_ok; /* read by /readyz on other threads: atomic */
+    long ready_max_outbox;
     const char *keys[EV__COUNT + 1];
     mq_topology topo;
     int crash_after_commit; /* test-only: exit between COMMIT and ack */
@@ -87,7 +97,26 @@ static int wait_for_db(worker *w, char *err, size_t errlen)
     return 0;
 }
 
+static void set_db_ok(worker *w, int ok)
+{
+    __atomic_store_n(&w->db_ok, ok, __ATOMIC_RELAXED);
+}
+
+static mq_result dispatch_one(const mq_delivery *d, void *ctx, char *err, size_t errlen);
+
+/* Counts and times every delivery around the real work. */
 static mq_result dispatch(const mq_delivery *d, void *ctx, char *err, size_t errlen)
+{
+    worker *w = ctx;
+    int64_t t0 = util_wall_us();
+    mq_result r;
+    metrics_count(w->metrics, M_CONSUMED, d->routing_key, 1);
+    r = dispatch_one(d, ctx, err, errlen);
+    metrics_observe(w->metrics, (double)(util_wall_us() - t0) / 1e6);
+    return r;
+}
+
+static mq_result dispatch_one(const mq_delivery *d, void *ctx, char *err, size_t errlen)
 {
     worker *w = ctx;
     ev_envelope env;
@@ -141,9 +170,11 @@ static mq_result dispatch(const mq_delivery *d, void *ctx, char *err, size_t err
     }
 
     if (wait_for_db(w, err, errlen) < 0) {
+        set_db_ok(w, 0);
         ev_free(&ev);
         return MQ_RETRY;
     }
+    set_db_ok(w, 1);
     if ((rc = db_begin(w->db, err, errlen)) != DB_OK)
         goto db_fail;
     p[0] = d->message_id;
@@ -158,6 +189,7 @@ static mq_result dispatch(const mq_delivery *d, void *ctx, char *err, size_t err
         PQclear(res);
         db_rollback(w->db);
         ev_free(&ev);
+        metrics_count(w->metrics, M_DUPLICATE, d->routing_key, 1);
         log_write(LOG_INFO, env.correlation_id, env.message_id,
                   "%s already processed; acking the duplicate", d->routing_key);
         return MQ_DONE;
@@ -184,6 +216,64 @@ db_fail:
     db_rollback(w->db);
     ev_free(&ev);
     return worker_db_result(rc);
+}
+
+/* ---------------------------------------------------- health and metrics */
+
+static void gauges(worker *w, metrics_gauges *g)
+{
+    outbox_relay_stats rs;
+    outbox_relay_get_stats(w->relay, &rs);
+    g->outbox_pending = rs.pending;
+    g->outbox_oldest_age_s = rs.oldest_age_s;
+    g->broker_connected = mq_is_connected(w->cons);
+    g->database_connected = __atomic_load_n(&w->db_ok, __ATOMIC_RELAXED);
+}
+
+static void healthz(http_req *r, void *cls, http_resp *out)
+{
+    (void)r;
+    (void)cls;
+    http_json(out, 200, strdup("{\"status\":\"ok\"}"));
+}
+
+static void readyz(http_req *r, void *cls, http_resp *out)
+{
+    worker *w = cls;
+    metrics_gauges g;
+    char detail[160];
+    (void)r;
+    gauges(w, &g);
+    if (!g.broker_connected || !g.database_connected || g.outbox_pending > w->ready_max_outbox) {
+        snprintf(detail, sizeof(detail), "broker %s, database %s, outbox backlog %lld (limit %ld)",
+                 g.broker_connected ? "up" : "down", g.database_connected ? "up" : "down",
+                 (long long)g.outbox_pending, w->ready_max_outbox);
+        http_problem(out, 503, "Service Unavailable", detail, NULL);
+        return;
+    }
+    http_json(out, 200, strdup("{\"status\":\"ready\"}"));
+}
+
+static void metrics_page(http_req *r, void *cls, http_resp *out)
+{
+    worker *w = cls;
+    metrics_gauges g;
+    char *text;
+    (void)r;
+    gauges(w, &g);
+    text = metrics_render(w->metrics, &g);
+    if (!text) {
+        http_problem(out, 503, "Service Unavailable", "out of memory", NULL);
+        return;
+    }
+    http_respond(out, 200, "text/plain; version=0.0.4", text);
+}
+
+/* Runs about once a second on the consuming thread. */
+static void on_idle(void *ctx)
+{
+    worker *w = ctx;
+    set_db_ok(w, db_pg(w->db) && PQstatus(db_pg(w->db)) == CONNECTION_OK);
 }
 
 void worker_topology(const worker_def *def, const char **keys, const int *tiers, int limit,
@@ -245,9 +335,28 @@ int worker_main(const worker_def *def, int argc, char **argv)
     log_level lvl;
     struct sigaction sa;
     int rc = 1;
+    long port = 0, http_threads = 4, max_body = 65536, http_timeout = 10, conn_limit = 1000,
+         per_ip = 200, ready_max = 10000;
+    char *bind = NULL;
+    http_server *srv = NULL;
+    http_route *routes = NULL;
     int tier_ms[MQ_MAX_TIERS];
     int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
 
+    char default_port[16];
+    const cfg_spec hspecs[] = {
+        {def->port_var ? def->port_var : "METRICS_PORT", CFG_LONG, default_port, 0, 65535, &port},
+        {"HTTP_BIND", CFG_STR, "127.0.0.1", 0, 0, &bind},
+        {"HTTP_THREADS", CFG_LONG, "4", 1, 256, &http_threads},
+        {"MAX_BODY_BYTES", CFG_LONG, "65536", 1024, 16777216, &max_body},
+        {"HTTP_TIMEOUT_S", CFG_LONG, "10", 1, 3600, &http_timeout},
+        {"HTTP_CONN_LIMIT", CFG_LONG, "1000", 1, 100000, &conn_limit},
+        {"HTTP_PER_IP_LIMIT", CFG_LONG, "200", 1, 100000, &per_ip},
+        {"READY_MAX_OUTBOX", CFG_LONG, "10000", 1, 1000000000, &ready_max},
+    };
+    const size_t nh = sizeof(hspecs) / sizeof(hspecs[0]);
+
+    snprintf(default_port, sizeof(default_port), "%d", def->default_port);
     log_init(def->service, LOG_INFO);
     memset(&w, 0, sizeof(w));
     w.def = def;
@@ -259,8 +368,10 @@ int worker_main(const worker_def *def, int argc, char **argv)
     }
     if (declare_only && !getenv("DATABASE_URL") && !getenv("DATABASE_URL_FILE"))
         setenv("DATABASE_URL", "unused", 1); /* not needed to declare queues */
-    if (cfg_load(specs, nspecs, err, sizeof(err)) < 0)
+    if (cfg_load(specs, nspecs, err, sizeof(err)) < 0 ||
+        (!declare_only && cfg_load(hspecs, nh, err, sizeof(err)) < 0))
         goto config_error;
+    w.ready_max_outbox = ready_max;
     if (log_parse_level(level, &lvl) < 0) {
         snprintf(err, sizeof(err), "LOG_LEVEL=\"%.32s\" must be debug, info, warn or error", level);
         goto config_error;
@@ -300,42 +411,92 @@ int worker_main(const worker_def *def, int argc, char **argv)
         mq_opts po = {.url = amqp_url, .app_id = def->service, .heartbeat_s = (int)heartbeat};
         outbox_relay_opts ro = {
             .database_url = db_url, .amqp_url = amqp_url, .service = def->service};
+        w.metrics = metrics_new(def->service, ORDERSUITE_VERSION);
+        co.metrics = po.metrics = ro.metrics = w.metrics;
         cons = mq_new(&co);
         pub = mq_new(&po);
+        w.cons = cons;
         w.db = db_new(db_url, def->service);
-        if (!cons || !pub || !w.db) {
-            snprintf(err, sizeof(err), "out of memory");
+        if (!cons || !pub || !w.db || !w.metrics) {
+            log_error("out of memory, or AMQP_URL is not an AMQP URL");
             goto out;
         }
         if (db_connect_retry(w.db, -1, &stop_flag, err, sizeof(err)) == DB_ERR) {
             log_error("DATABASE_URL: %s", err);
             goto out;
         }
+        set_db_ok(&w, 1);
         relay = outbox_relay_start(&ro, err, sizeof(err));
         if (!relay) {
             log_error("%s", err);
             goto out;
         }
+        w.relay = relay;
+    }
+    if (port > 0) {
+        static const http_route own[] = {{"GET", "/healthz", 0, healthz, NULL},
+                                         {"GET", "/readyz", 0, readyz, NULL},
+                                         {"GET", "/metrics", 0, metrics_page, NULL}};
+        size_t n = 3 + def->n_http_routes;
+        http_opts ho;
+        routes = calloc(n, sizeof(*routes));
+        if (!routes) {
+            log_error("out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < 3; i++) {
+            routes[i] = own[i];
+            routes[i].cls = &w;
+        }
+        for (size_t i = 0; i < def->n_http_routes; i++) {
+            routes[3 + i] = def->http_routes[i];
+            routes[3 + i].cls = def->http_cls;
+        }
+        memset(&ho, 0, sizeof(ho));
+        ho.port = (int)port;
+        ho.bind = bind;
+        ho.threads = (int)http_threads;
+        ho.max_body = (size_t)max_body;
+        ho.conn_timeout_s = (int)http_timeout;
+        ho.conn_limit = (int)conn_limit;
+        ho.per_ip_limit = (int)per_ip;
+        ho.routes = routes;
+        ho.nroutes = n;
+        ho.cls = &w;
+        ho.thread_exit = def->http_thread_exit;
+        srv = http_start(&ho, err, sizeof(err));
+        if (!srv) {
+            log_error("%s: %s", hspecs[0].name, err);
+            goto out;
+        }
+        log_info("http on %s:%ld (/healthz /readyz /metrics%s)", bind, port,
+                 def->n_http_routes ? " and the API" : "");
     }
     log_info("%s started: queue %s, %zu routes, prefetch %ld", def->service, def->service,
              def->nroutes, prefetch);
-    if (mq_consume_loop(cons, pub, dispatch, &w, NULL, &stop_flag, err, sizeof(err)) < 0) {
+    if (mq_consume_loop(cons, pub, dispatch, &w, on_idle, &stop_flag, err, sizeof(err)) < 0) {
         log_error("stopping: %s", err);
         goto out;
     }
     log_info("stopping: flushing the outbox");
     rc = 0;
 out:
+    /* HTTP first: its handlers read the relay and the consumer. */
+    http_stop(srv);
+    free(routes);
     outbox_relay_stop(relay, 10000);
     mq_free(cons);
     mq_free(pub);
     db_free(w.db);
+    metrics_free(w.metrics);
     cfg_free(specs, nspecs);
+    cfg_free(hspecs, nh);
     if (rc == 0)
         log_info("stopped");
     return rc;
 config_error:
     log_error("configuration: %s", err);
     cfg_free(specs, nspecs);
+    cfg_free(hspecs, nh);
     return 1;
 }

@@ -16,14 +16,18 @@
  *
  * Environment: AMQP_URL, DATABASE_URL (or their _FILE forms), LOG_LEVEL,
  * PREFETCH, RETRY_DELAYS_MS ("1000,10000,60000"), DELIVERY_LIMIT,
- * HEARTBEAT_S. SIGTERM/SIGINT stop consuming, finish the message in hand,
- * flush the outbox, and exit 0.
+ * HEARTBEAT_S, READY_MAX_OUTBOX (10000), and for the HTTP server the port
+ * variable (METRICS_PORT, or HTTP_PORT for order-api), HTTP_BIND
+ * (127.0.0.1), HTTP_THREADS (4), MAX_BODY_BYTES (65536), HTTP_TIMEOUT_S (10),
+ * HTTP_CONN_LIMIT (1000), HTTP_PER_IP_LIMIT (200). SIGTERM/SIGINT stop consuming, finish the
+ * message in hand, flush the outbox, and exit 0.
  */
 #ifndef ORDERSUITE_WORKER_H
 #define ORDERSUITE_WORKER_H
 
 #include "db.h"
 #include "events.h"
+#include "http.h"
 #include "mq.h"
 
 typedef struct worker worker;
@@ -41,6 +45,15 @@ typedef struct {
     const worker_route *routes;
     size_t nroutes;
     void *app; /* handed back by worker_app() */
+    /* The HTTP server every service runs: /healthz, /readyz, /metrics, plus
+     * these routes (order-api's API). port_var names the variable with the
+     * port (default "METRICS_PORT"); 0 turns the server off. */
+    const http_route *http_routes;
+    size_t n_http_routes;
+    void *http_cls;                   /* the routes' cls */
+    void (*http_thread_exit)(void *); /* frees http_thread_local values */
+    const char *port_var;
+    int default_port;
 } worker_def;
 
 /* Runs the worker until SIGTERM/SIGINT. Returns the process exit code: 0

@@ -90,16 +90,25 @@ static void publish(mq_conn *c, const char *exchange, const char *key, const cha
 
 static void setup(void)
 {
-    static char env[2][1200];
-    static const char *envp[3];
+    static char env[3][1200];
+    static const char *envp[4];
     char *argv[] = {"inventory", NULL}, path[512], log[512], *out;
     snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
     snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("INVENTORY_DATABASE_URL"));
+    snprintf(env[2], sizeof(env[2]), "METRICS_PORT=0");
     envp[0] = env[0];
     envp[1] = env[1];
-    envp[2] = NULL;
+    envp[2] = env[2];
+    envp[3] = NULL;
     ck_assert_int_eq(dlq("purge inventory --yes", &out), 0);
     free(out);
+    {
+        /* This suite owns the inventory queue while it runs: start empty. */
+        mq_conn *c = publisher();
+        char err[MQ_ERR_LEN];
+        ck_assert_int_ge(mq_purge(c, "inventory", err, sizeof(err)), 0);
+        mq_free(c);
+    }
     snprintf(path, sizeof(path), "%s/inventory", tu_env("ORDERSUITE_BIN"));
     snprintf(log, sizeof(log), "%s/log/tests/dlq-inventory.log", tu_env("ORDERSUITE_VAR"));
     worker = tu_spawn(path, argv, envp, log);

@@ -37,8 +37,8 @@ static int ready(void *arg)
 
 static void start_all(void)
 {
-    static char env[4][4][1200];
-    static const char *envp[4][5];
+    static char env[4][5][1200];
+    static const char *envp[4][6];
     char *argv[] = {"svc", NULL};
 
     for (int i = 0; i < 4; i++) {
@@ -47,9 +47,10 @@ static void start_all(void)
         snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(urls[i]));
         snprintf(env[i][2], sizeof(env[i][2]), "HTTP_PORT=18080");
         snprintf(env[i][3], sizeof(env[i][3]), "LOG_LEVEL=info");
-        for (int k = 0; k < 4; k++)
+        snprintf(env[i][4], sizeof(env[i][4]), "METRICS_PORT=%d", 19101 + i);
+        for (int k = 0; k < 5; k++)
             envp[i][k] = env[i][k];
-        envp[i][4] = NULL;
+        envp[i][5] = NULL;
         snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
         snprintf(log, sizeof(log), "%s/log/tests/e2e-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
         pids[i] = tu_spawn(path, argv, envp[i], log);
@@ -412,6 +413,90 @@ START_TEST(oversized_bodies_are_refused_with_413)
 }
 END_TEST
 
+/* The value of the first sample line starting with `series` in a metrics page. */
+static double sample(const char *page, const char *series)
+{
+    const char *p = page;
+    while ((p = strstr(p, series)) != NULL) {
+        if (p == page || p[-1] == '\n') {
+            const char *eol = strchr(p, '\n'), *sp = NULL;
+            for (const char *q = p; *q && q != eol; q++)
+                sp = *q == ' ' ? q : sp;
+            return sp ? strtod(sp + 1, NULL) : -1;
+        }
+        p++;
+    }
+    return -1;
+}
+
+START_TEST(every_service_reports_health_readiness_and_metrics)
+{
+    static const char *const bases[] = {"http://127.0.0.1:19101", "http://127.0.0.1:19102",
+                                        "http://127.0.0.1:19103", API};
+    char url[128], *page;
+    char id[UUID_STR_LEN];
+
+    /* Something for every service to count. */
+    ck_assert_int_eq(place("[{\"sku\":\"TEA-ASSAM\",\"quantity\":1}]", NULL, id), 201);
+    await_status(id, "CONFIRMED");
+    for (int i = 0; i < 4; i++) {
+        snprintf(url, sizeof(url), "%s/healthz", bases[i]);
+        ck_assert_int_eq(tu_http("GET", url, NULL, NULL, 0, NULL), 200);
+        snprintf(url, sizeof(url), "%s/readyz", bases[i]);
+        ck_assert_msg(tu_http("GET", url, NULL, NULL, 0, NULL) == 200, "%s not ready", url);
+        snprintf(url, sizeof(url), "%s/metrics", bases[i]);
+        ck_assert_int_eq(tu_http("GET", url, NULL, NULL, 0, &page), 200);
+        /* Short messages: Check cannot carry a whole page. */
+        ck_assert_msg(strstr(page, "# TYPE ordersuite_handler_duration_seconds histogram"),
+                      "%s: no histogram", url);
+        ck_assert_msg(sample(page, "ordersuite_broker_connected{") == 1, "%s: broker", url);
+        ck_assert_msg(sample(page, "ordersuite_database_connected{") == 1, "%s: database", url);
+        ck_assert_msg(strstr(page, "ordersuite_build_info{"), "%s: no build info", url);
+        if (i == 0) {
+            ck_assert(sample(page, "ordersuite_messages_consumed_total{service=\"inventory\","
+                                   "routing_key=\"order.placed\"}") >= 1);
+            ck_assert(sample(page, "ordersuite_messages_published_total{service=\"inventory\","
+                                   "routing_key=\"inventory.reserved\"}") >= 1);
+        }
+        if (i == 3) {
+            ck_assert(sample(page, "ordersuite_messages_published_total{service=\"order-api\","
+                                   "routing_key=\"order.placed\"}") >= 1);
+            ck_assert(sample(page, "ordersuite_messages_consumed_total{service=\"order-api\","
+                                   "routing_key=\"billing.invoiced\"}") >= 1);
+            ck_assert(sample(page, "ordersuite_outbox_pending_rows{service=\"order-api\"}") >= 0);
+        }
+        free(page);
+    }
+}
+END_TEST
+
+/* One grep follows an order: every service logs its correlation id. */
+START_TEST(one_grep_follows_an_order_through_every_service)
+{
+    char id[UUID_STR_LEN];
+    ck_assert_int_eq(place("[{\"sku\":\"HNY-ACACIA\",\"quantity\":1}]", NULL, id), 201);
+    await_status(id, "CONFIRMED");
+    for (int i = 0; i < 4; i++) {
+        char path[512], line[4096];
+        int found = 0;
+        FILE *f;
+        /* The mail may be the last to be written. */
+        for (int64_t end = util_now_ms() + 10000; !found && util_now_ms() < end;) {
+            snprintf(path, sizeof(path), "%s/log/tests/e2e-%s.log", tu_env("ORDERSUITE_VAR"),
+                     names[i]);
+            f = fopen(path, "r");
+            ck_assert_ptr_nonnull(f);
+            while (fgets(line, sizeof(line), f))
+                found |= strstr(line, id) && strstr(line, "\"correlation_id\"") != NULL;
+            fclose(f);
+            if (!found)
+                util_sleep_ms(50, NULL);
+        }
+        ck_assert_msg(found, "%s logged nothing with correlation_id %s", names[i], id);
+    }
+}
+END_TEST
+
 /* Two requests on one libcurl handle: the second reuses the connection. */
 START_TEST(keep_alive_connections_are_reused)
 {
@@ -443,6 +528,8 @@ int main(void)
     tcase_add_test(f, pos_sales_take_stock_and_are_invoiced);
     tcase_add_test(f, concurrent_orders_for_the_last_units_never_oversell);
     tcase_add_test(f, the_same_idempotency_key_gives_the_same_order_once);
+    tcase_add_test(f, every_service_reports_health_readiness_and_metrics);
+    tcase_add_test(f, one_grep_follows_an_order_through_every_service);
     tcase_add_unchecked_fixture(b, start_all, stop_all);
     tcase_add_loop_test(b, bad_requests_get_their_status_and_the_server_keeps_serving, 0,
                         (int)(sizeof(bad) / sizeof(bad[0])));

@@ -54,8 +54,8 @@ static int all_consuming(void *arg)
 
 static void setup(void)
 {
-    static char env[3][3][1200];
-    const char *envp[3][4];
+    static char env[3][4][1200];
+    const char *envp[3][5];
     char *argv[] = {"worker", NULL};
     const char *urls[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL", "EMAIL_DATABASE_URL"};
 
@@ -70,10 +70,10 @@ static void setup(void)
         snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
         snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(urls[i]));
         snprintf(env[i][2], sizeof(env[i][2]), "LOG_LEVEL=info");
-        envp[i][0] = env[i][0];
-        envp[i][1] = env[i][1];
-        envp[i][2] = env[i][2];
-        envp[i][3] = NULL;
+        snprintf(env[i][3], sizeof(env[i][3]), "METRICS_PORT=0");
+        for (int k = 0; k < 4; k++)
+            envp[i][k] = env[i][k];
+        envp[i][4] = NULL;
         snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), services[i]);
         snprintf(log, sizeof(log), "%s/log/tests/%s.log", tu_env("ORDERSUITE_VAR"), services[i]);
         pids[i] = tu_spawn(path, argv, envp[i], log);

@@ -164,7 +164,11 @@ int main(int argc, char **argv)
         {"CREDIT_LIMIT_MINOR", CFG_LONG, "50000", 0, 1000000000000L, &cfg.credit_limit},
         {"TAX_RATE_BP", CFG_LONG, "2000", 0, 10000, &cfg.tax_bp},
     };
-    worker_def def = {"billing", routes, sizeof(routes) / sizeof(routes[0]), &cfg};
+    worker_def def = {.service = "billing",
+                      .routes = routes,
+                      .nroutes = sizeof(routes) / sizeof(routes[0]),
+                      .app = &cfg,
+                      .default_port = 9102};
 
     log_init("billing", LOG_INFO);
     if (cfg_load(specs, 2, err, sizeof(err)) < 0) {

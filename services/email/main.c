@@ -228,7 +228,11 @@ int main(int argc, char **argv)
         {"MAIL_FROM", CFG_STR, "orders@ordersuite.local", 0, 0, &cfg.from},
         {"OPS_EMAIL", CFG_STR, "ops@ordersuite.local", 0, 0, &cfg.ops},
     };
-    worker_def def = {"email", routes, sizeof(routes) / sizeof(routes[0]), &cfg};
+    worker_def def = {.service = "email",
+                      .routes = routes,
+                      .nroutes = sizeof(routes) / sizeof(routes[0]),
+                      .app = &cfg,
+                      .default_port = 9103};
     int rc;
 
     log_init("email", LOG_INFO);

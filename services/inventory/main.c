@@ -253,6 +253,9 @@ int main(int argc, char **argv)
         {EV_BILLING_PAYMENT_FAILED, on_payment_failed},
         {EV_SALE_COMPLETED, on_sale},
     };
-    worker_def def = {"inventory", routes, sizeof(routes) / sizeof(routes[0]), NULL};
+    worker_def def = {.service = "inventory",
+                      .routes = routes,
+                      .nroutes = sizeof(routes) / sizeof(routes[0]),
+                      .default_port = 9101};
     return worker_main(&def, argc, argv);
 }

@@ -5,7 +5,7 @@
  *   GET  /orders/{id}   the order, its lines, invoice and status timeline
  *   GET  /orders        a page: ?status=&limit=&after=<id>
  *   GET  /products      the catalog
- *   GET  /healthz       alive;  GET /readyz  the database answers
+ * (/healthz, /readyz and /metrics come from the worker runtime.)
  *
  * Each pool thread has its own database connection. The order, its lines,
  * its first timeline entry and the order.placed outbox row are written in one
@@ -575,30 +575,11 @@ static void get_products(http_req *r, void *cls, http_resp *out)
                 0, NULL, 200);
 }
 
-static void healthz(http_req *r, void *cls, http_resp *out)
-{
-    (void)r;
-    (void)cls;
-    http_json(out, 200, strdup("{\"status\":\"ok\"}"));
-}
-
-static void readyz(http_req *r, void *cls, http_resp *out)
-{
-    db_conn *db = thread_db(r, cls, out);
-    char err[DB_ERR_LEN];
-    if (!db)
-        return;
-    if (db_exec(db, "SELECT 1", 0, NULL, NULL, err, sizeof(err)) != DB_OK) {
-        http_problem(out, 503, "Service Unavailable", "the database does not answer", NULL);
-        return;
-    }
-    http_json(out, 200, strdup("{\"status\":\"ready\"}"));
-}
-
 static const http_route routes[] = {
-    {"POST", "/orders", 0, post_order}, {"GET", "/orders", 0, list_orders},
-    {"GET", "/orders/", 1, get_order},  {"GET", "/products", 0, get_products},
-    {"GET", "/healthz", 0, healthz},    {"GET", "/readyz", 0, readyz},
+    {"POST", "/orders", 0, post_order, NULL},
+    {"GET", "/orders", 0, list_orders, NULL},
+    {"GET", "/orders/", 1, get_order, NULL},
+    {"GET", "/products", 0, get_products, NULL},
 };
 
 const http_route *api_routes(size_t *n)

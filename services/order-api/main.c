@@ -14,9 +14,8 @@
  * A late or repeated event finds the order past its "from" states and
  * changes nothing. Each change adds a row to the order's timeline.
  *
- * Environment (besides the worker's): HTTP_PORT (8080), HTTP_BIND
- * (127.0.0.1), HTTP_THREADS (4), MAX_BODY_BYTES (65536), HTTP_TIMEOUT_S (10),
- * HTTP_CONN_LIMIT (1000), HTTP_PER_IP_LIMIT (200).
+ * The API shares the worker runtime's HTTP server (HTTP_PORT, default 8080;
+ * see worker.h for the other HTTP settings) with /healthz, /readyz, /metrics.
  */
 #include "api.h"
 #include "cfg.h"
@@ -116,55 +115,31 @@ int main(int argc, char **argv)
         {EV_INVENTORY_REJECTED, on_rejected}, {EV_BILLING_PAYMENT_FAILED, on_payment_failed},
         {EV_INVENTORY_RELEASED, on_released},
     };
-    worker_def def = {ORDER_SERVICE, routes, sizeof(routes) / sizeof(routes[0]), NULL};
-    long port, threads, max_body, timeout, conn_limit, per_ip;
-    char *db_url = NULL, *bind = NULL;
+    char *db_url = NULL;
     char err[CFG_ERR_LEN];
-    const cfg_spec specs[] = {
-        {"HTTP_PORT", CFG_LONG, "8080", 1, 65535, &port},
-        {"HTTP_BIND", CFG_STR, "127.0.0.1", 0, 0, &bind},
-        {"HTTP_THREADS", CFG_LONG, "4", 1, 256, &threads},
-        {"MAX_BODY_BYTES", CFG_LONG, "65536", 1024, 16777216, &max_body},
-        {"HTTP_TIMEOUT_S", CFG_LONG, "10", 1, 3600, &timeout},
-        {"HTTP_CONN_LIMIT", CFG_LONG, "1000", 1, 100000, &conn_limit},
-        {"HTTP_PER_IP_LIMIT", CFG_LONG, "200", 1, 100000, &per_ip},
-        {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
-    };
-    const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
-    http_server *srv;
-    api_ctx ctx;
-    http_opts ho;
+    const cfg_spec specs[] = {{"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url}};
+    api_ctx ctx = {NULL};
+    worker_def def = {.service = ORDER_SERVICE,
+                      .routes = routes,
+                      .nroutes = sizeof(routes) / sizeof(routes[0]),
+                      .http_cls = &ctx,
+                      .http_thread_exit = api_thread_exit,
+                      .port_var = "HTTP_PORT",
+                      .default_port = 8080};
     int rc;
 
-    if (argc > 1)
-        return worker_main(&def, argc, argv); /* --declare-topology, or usage */
-    log_init(ORDER_SERVICE, LOG_INFO);
-    if (cfg_load(specs, nspecs, err, sizeof(err)) < 0) {
-        log_error("configuration: %s", err);
-        cfg_free(specs, nspecs);
-        return 1;
+    def.http_routes = api_routes(&def.n_http_routes);
+    if (argc == 1) {
+        /* The API's own connections (one per HTTP thread) use DATABASE_URL
+         * too; the worker runtime reads and checks the rest. */
+        log_init(ORDER_SERVICE, LOG_INFO);
+        if (cfg_load(specs, 1, err, sizeof(err)) < 0) {
+            log_error("configuration: %s", err);
+            return 1;
+        }
+        ctx.database_url = db_url;
     }
-    ctx.database_url = db_url;
-    memset(&ho, 0, sizeof(ho));
-    ho.port = (int)port;
-    ho.bind = bind;
-    ho.threads = (int)threads;
-    ho.max_body = (size_t)max_body;
-    ho.conn_timeout_s = (int)timeout;
-    ho.conn_limit = (int)conn_limit;
-    ho.per_ip_limit = (int)per_ip;
-    ho.routes = api_routes(&ho.nroutes);
-    ho.cls = &ctx;
-    ho.thread_exit = api_thread_exit;
-    srv = http_start(&ho, err, sizeof(err));
-    if (!srv) {
-        log_error("HTTP_PORT: %s", err);
-        cfg_free(specs, nspecs);
-        return 1;
-    }
-    log_info("listening on http://%s:%ld (%ld threads)", bind, port, threads);
     rc = worker_main(&def, argc, argv);
-    http_stop(srv);
-    cfg_free(specs, nspecs);
+    cfg_free(specs, 1);
     return rc;
 }

@@ -65,6 +65,6 @@ int main(int argc, char **argv)
 {
     static const worker_route routes[] = {{EV_SALE_COMPLETED, on_sale}};
     const char *svc = getenv("SPINE_SERVICE");
-    worker_def def = {svc ? svc : "spine_test", routes, 1, NULL};
+    worker_def def = {.service = svc ? svc : "spine_test", .routes = routes, .nroutes = 1};
     return worker_main(&def, argc, argv);
 }

@@ -1,0 +1,208 @@
+/*
+ * metrics.c — see metrics.h.
+ */
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_KEYS 64
+
+static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                0.1,    0.25,  0.5,    1.0,   2.5,  5.0,   10.0};
+#define NB (sizeof(bounds) / sizeof(bounds[0]))
+
+static const char *const kind_names[M__KINDS] = {
+    "ordersuite_messages_consumed_total", "ordersuite_messages_duplicate_total",
+    "ordersuite_messages_retried_total", "ordersuite_messages_dead_lettered_total",
+    "ordersuite_messages_published_total"};
+static const char *const kind_help[M__KINDS] = {
+    "Messages handed to a handler, by routing key.",
+    "Redelivered messages acked without a second effect (inbox hit).",
+    "Messages sent to a retry tier after a transient failure.",
+    "Messages sent to the dead-letter queue.", "Messages published and confirmed by the broker."};
+
+struct metrics {
+    pthread_mutex_t lock;
+    char service[64], version[64];
+    char keys[MAX_KEYS][128];
+    size_t nkeys;
+    uint64_t counts[M__KINDS][MAX_KEYS];
+    uint64_t buckets[NB + 1]; /* the last is +Inf */
+    uint64_t observed;
+    double sum;
+};
+
+metrics *metrics_new(const char *service, const char *version)
+{
+    metrics *m = calloc(1, sizeof(*m));
+    if (!m)
+        return NULL;
+    pthread_mutex_init(&m->lock, NULL);
+    snprintf(m->service, sizeof(m->service), "%s", service);
+    snprintf(m->version, sizeof(m->version), "%s", version);
+    return m;
+}
+
+void metrics_free(metrics *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+/* The index of key, added when new; the last slot collects the overflow. */
+static size_t key_index(metrics *m, const char *key)
+{
+    for (size_t i = 0; i < m->nkeys; i++) {
+        if (strcmp(m->keys[i], key) == 0)
+            return i;
+    }
+    if (m->nkeys < MAX_KEYS - 1) {
+        snprintf(m->keys[m->nkeys], sizeof(m->keys[0]), "%s", key);
+        return m->nkeys++;
+    }
+    snprintf(m->keys[MAX_KEYS - 1], sizeof(m->keys[0]), "other");
+    m->nkeys = MAX_KEYS;
+    return MAX_KEYS - 1;
+}
+
+void metrics_count(metrics *m, metric_kind kind, const char *routing_key, uint64_t n)
+{
+    if (!m || kind >= M__KINDS)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->counts[kind][key_index(m, routing_key && *routing_key ? routing_key : "none")] += n;
+    pthread_mutex_unlock(&m->lock);
+}
+
+uint64_t metrics_get(metrics *m, metric_kind kind, const char *routing_key)
+{
+    uint64_t v = 0;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->nkeys; i++) {
+        if (strcmp(m->keys[i], routing_key) == 0)
+            v = m->counts[kind][i];
+    }
+    pthread_mutex_unlock(&m->lock);
+    return v;
+}
+
+void metrics_observe(metrics *m, double seconds)
+{
+    size_t b = 0;
+    if (!m)
+        return;
+    while (b < NB && seconds > bounds[b])
+        b++;
+    pthread_mutex_lock(&m->lock);
+    m->buckets[b]++;
+    m->observed++;
+    m->sum += seconds;
+    pthread_mutex_unlock(&m->lock);
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    int failed;
+} out_buf;
+
+static void put(out_buf *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(out_buf *o, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (o->failed)
+        return;
+    for (;;) {
+        va_start(ap, fmt);
+        n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            o->failed = 1;
+            return;
+        }
+        if ((size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        {
+            size_t cap = (o->cap + (size_t)n + 1) * 2;
+            char *b = realloc(o->buf, cap);
+            if (!b) {
+                o->failed = 1;
+                return;
+            }
+            o->buf = b;
+            o->cap = cap;
+        }
+    }
+}
+
+char *metrics_render(metrics *m, const metrics_gauges *g)
+{
+    out_buf o = {malloc(4096), 0, 4096, 0};
+    uint64_t cum = 0;
+    if (!o.buf)
+        return NULL;
+    o.buf[0] = '\0';
+    pthread_mutex_lock(&m->lock);
+    for (int k = 0; k < M__KINDS; k++) {
+        put(&o, "# HELP %s %s\n# TYPE %s counter\n", kind_names[k], kind_help[k], kind_names[k]);
+        for (size_t i = 0; i < m->nkeys; i++)
+            put(&o, "%s{service=\"%s\",routing_key=\"%s\"} %llu\n", kind_names[k], m->service,
+                m->keys[i], (unsigned long long)m->counts[k][i]);
+    }
+    put(&o, "# HELP ordersuite_handler_duration_seconds Time from delivery to commit.\n"
+            "# TYPE ordersuite_handler_duration_seconds histogram\n");
+    for (size_t b = 0; b <= NB; b++) {
+        cum += m->buckets[b];
+        if (b < NB)
+            put(&o, "ordersuite_handler_duration_seconds_bucket{service=\"%s\",le=\"%g\"} %llu\n",
+                m->service, bounds[b], (unsigned long long)cum);
+        else
+            put(&o, "ordersuite_handler_duration_seconds_bucket{service=\"%s\",le=\"+Inf\"} %llu\n",
+                m->service, (unsigned long long)cum);
+    }
+    put(&o, "ordersuite_handler_duration_seconds_sum{service=\"%s\"} %.6f\n", m->service, m->sum);
+    put(&o, "ordersuite_handler_duration_seconds_count{service=\"%s\"} %llu\n", m->service,
+        (unsigned long long)m->observed);
+    pthread_mutex_unlock(&m->lock);
+    if (g) {
+        put(&o,
+            "# HELP ordersuite_outbox_pending_rows Outbox rows not yet confirmed by the broker.\n"
+            "# TYPE ordersuite_outbox_pending_rows gauge\n"
+            "ordersuite_outbox_pending_rows{service=\"%s\"} %lld\n",
+            m->service, (long long)g->outbox_pending);
+        put(&o,
+            "# HELP ordersuite_outbox_oldest_age_seconds Age of the oldest pending outbox row.\n"
+            "# TYPE ordersuite_outbox_oldest_age_seconds gauge\n"
+            "ordersuite_outbox_oldest_age_seconds{service=\"%s\"} %lld\n",
+            m->service, (long long)g->outbox_oldest_age_s);
+        put(&o,
+            "# HELP ordersuite_broker_connected 1 while the consumer is connected.\n"
+            "# TYPE ordersuite_broker_connected gauge\n"
+            "ordersuite_broker_connected{service=\"%s\"} %d\n",
+            m->service, g->broker_connected);
+        put(&o,
+            "# HELP ordersuite_database_connected 1 while the database answers.\n"
+            "# TYPE ordersuite_database_connected gauge\n"
+            "ordersuite_database_connected{service=\"%s\"} %d\n",
+            m->service, g->database_connected);
+    }
+    put(&o,
+        "# HELP ordersuite_build_info The build.\n# TYPE ordersuite_build_info gauge\n"
+        "ordersuite_build_info{service=\"%s\",version=\"%s\"} 1\n",
+        m->service, m->version);
+    if (o.failed) {
+        free(o.buf);
+        return NULL;
+    }
+    return o.buf;
+}
