@@ -7,7 +7,7 @@ load_env
 BUILD=${1:-build}
 BIN="$ROOT/$BUILD/bin"
 API="http://127.0.0.1:${HTTP_PORT:-8080}"
-AMQP="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
+AMQP=$(amqp_url pos)
 OWNER_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/ordersuite"
 sql() { psql -X -q -t -A "$OWNER_URL" -c "$1"; }
 

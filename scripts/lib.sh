@@ -88,6 +88,19 @@ who_listens() {
     ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*users:((\("[^"]*"\).*/\1/p' | head -1
 }
 
+# amqp_url USER: the AMQP URL of a service's broker user (admin: "admin").
+amqp_url() {
+    local user=$1 pw
+    if [ "$user" = admin ]; then
+        user=$RABBITMQ_ADMIN_USER
+        pw=$RABBITMQ_ADMIN_PASSWORD
+    else
+        local v="RMQ_$(echo "$user" | tr 'a-z-' 'A-Z_')_PASSWORD"
+        pw=${!v}
+    fi
+    echo "amqp://$user:$pw@127.0.0.1:$AMQP_PORT"
+}
+
 # Random hex secret for the local passwords; generated once by up.
 gen_secret() {
     head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'

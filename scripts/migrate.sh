@@ -25,9 +25,8 @@ MIGRATE_DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1
 # The broker side: every service declares its queues now, so that nothing is
 # published before the queues that must receive it exist.
 bin=$(dirname "$1")
-amqp="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
 for s in inventory billing email order-api; do
     if [ -x "$bin/$s" ]; then
-        AMQP_URL=$amqp "$bin/$s" --declare-topology 2>&1 | sed 's/^/    /' || die "$s --declare-topology failed"
+        AMQP_URL=$(amqp_url "$s") "$bin/$s" --declare-topology 2>&1 | sed 's/^/    /' || die "$s --declare-topology failed"
     fi
 done

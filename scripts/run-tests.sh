@@ -18,6 +18,13 @@ BILLING_DATABASE_URL=$(db_url billing "$PG_BILLING_PASSWORD")
 EMAIL_DATABASE_URL=$(db_url email "$PG_EMAIL_PASSWORD")
 # No path: rabbitmq-c reads "/" as the empty vhost; none means the default "/".
 export TEST_AMQP_URL="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
+# Each service's own broker user (least privilege, made by make up).
+export ORDER_API_AMQP_URL INVENTORY_AMQP_URL BILLING_AMQP_URL EMAIL_AMQP_URL POS_AMQP_URL
+ORDER_API_AMQP_URL=$(amqp_url order-api)
+INVENTORY_AMQP_URL=$(amqp_url inventory)
+BILLING_AMQP_URL=$(amqp_url billing)
+EMAIL_AMQP_URL=$(amqp_url email)
+POS_AMQP_URL=$(amqp_url pos)
 # The spine suite's own vhost (made by make up): its test events stay out of
 # the services' queues.
 export SPINE_AMQP_URL="$TEST_AMQP_URL/ordersuite-test"

@@ -13,14 +13,13 @@ SERVICES=(inventory billing email order-api)
 db_url() { echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/ordersuite"; }
 
 svc_env() { # NAME: the environment of one service
-    local amqp="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
     case "$1" in
     order-api) echo "DATABASE_URL=$(db_url orders "$PG_ORDERS_PASSWORD") HTTP_PORT=${HTTP_PORT:-8080}" ;;
     inventory) echo "DATABASE_URL=$(db_url inventory "$PG_INVENTORY_PASSWORD") METRICS_PORT=9101" ;;
     billing) echo "DATABASE_URL=$(db_url billing "$PG_BILLING_PASSWORD") METRICS_PORT=9102" ;;
     email) echo "DATABASE_URL=$(db_url email "$PG_EMAIL_PASSWORD") METRICS_PORT=9103" ;;
     esac
-    echo "AMQP_URL=$amqp"
+    echo "AMQP_URL=$(amqp_url "$1")"
 }
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }

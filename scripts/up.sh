@@ -28,6 +28,14 @@ EOF
     umask 022
     load_env
 fi
+# One broker user per service (added to older env files too).
+for svc in ORDER_API INVENTORY BILLING EMAIL POS; do
+    var="RMQ_${svc}_PASSWORD"
+    if [ -z "${!var:-}" ]; then
+        echo "$var=$(gen_secret)" >>"$ENV_FILE"
+    fi
+done
+load_env
 
 check_port() { # PORT NAME
     if port_in_use "$1"; then
@@ -139,6 +147,28 @@ bootstrap_rabbitmq() {
     fi
     rmqctl -q set_user_tags "$u" administrator >/dev/null
     rmqctl -q set_permissions -p / "$u" '.*' '.*' '.*' >/dev/null
+    # Least privilege: each service's user may configure, write and read its
+    # own queues (S, S.retry.*, S.dlq) and the exchanges it declares, and may
+    # publish on sales.events only its own routing keys (topic permissions).
+    local svc user pw q topic
+    for svc in order-api:order inventory:inventory billing:billing email:'' pos:sale; do
+        user=${svc%%:*}
+        topic=${svc#*:}
+        pw_var="RMQ_$(echo "$user" | tr 'a-z-' 'A-Z_')_PASSWORD"
+        pw=${!pw_var}
+        if ! rmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -qx "$user"; then
+            rmqctl -q add_user "$user" "$pw" >/dev/null
+        else
+            rmqctl -q change_password "$user" "$pw" >/dev/null
+        fi
+        q=$user # service names have no regex metacharacters but '-', literal here
+        rmqctl -q set_permissions -p / "$user" \
+            "^($q|$q\\.retry\\..*|$q\\.dlq|sales\\.(events|dlx|retry))\$" \
+            "^($q|$q\\.retry\\..*|$q\\.dlq|sales\\.(events|dlx|retry)|amq\\.default)\$" \
+            "^($q|$q\\.retry\\..*|$q\\.dlq|sales\\.(events|dlx|retry))\$" >/dev/null
+        rmqctl -q set_topic_permissions -p / "$user" sales.events \
+            "^${topic:+$topic\\..*}\$" '.*' >/dev/null
+    done
     # A vhost of its own for the messaging spine's tests, so that their test
     # events never reach the services' queues in "/".
     rmqctl -q add_vhost ordersuite-test >/dev/null 2>&1 || true

@@ -93,7 +93,7 @@ static void setup(void)
     static char env[3][1200];
     static const char *envp[4];
     char *argv[] = {"inventory", NULL}, path[512], log[512], *out;
-    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
+    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("INVENTORY_AMQP_URL"));
     snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("INVENTORY_DATABASE_URL"));
     snprintf(env[2], sizeof(env[2]), "METRICS_PORT=0");
     envp[0] = env[0];

@@ -25,6 +25,8 @@
 static const char *const names[] = {"inventory", "billing", "email", "order-api"};
 static const char *const urls[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL",
                                    "EMAIL_DATABASE_URL", "ORDERS_DATABASE_URL"};
+static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EMAIL_AMQP_URL",
+                                   "ORDER_API_AMQP_URL"};
 static pid_t pids[4];
 
 static const char *const json_hdr[] = {"Content-Type: application/json", NULL};
@@ -43,7 +45,8 @@ static void start_all(void)
 
     for (int i = 0; i < 4; i++) {
         char path[512], log[512];
-        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
+        /* Each service as its own broker user and database role. */
+        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env(amqp[i]));
         snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(urls[i]));
         snprintf(env[i][2], sizeof(env[i][2]), "HTTP_PORT=18080");
         snprintf(env[i][3], sizeof(env[i][3]), "LOG_LEVEL=info");
@@ -251,7 +254,7 @@ START_TEST(pos_sales_take_stock_and_are_invoiced)
     snprintf(cmd, sizeof(cmd),
              "AMQP_URL='%s' CATALOG_URL=" API "/products POS_SPOOL_DIR=%s/log/tests "
              "%s --count 7 --rate 100 --store E2E-01 >/dev/null",
-             tu_env("TEST_AMQP_URL"), tu_env("ORDERSUITE_VAR"), path);
+             tu_env("POS_AMQP_URL"), tu_env("ORDERSUITE_VAR"), path);
     ck_assert_int_eq(system(cmd), 0);
     ck_assert_msg(tu_poll(20000, sales_invoiced, &want), "POS sales were not invoiced");
     ck_assert_int_eq(

@@ -58,6 +58,7 @@ static void setup(void)
     const char *envp[3][5];
     char *argv[] = {"worker", NULL};
     const char *urls[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL", "EMAIL_DATABASE_URL"};
+    const char *amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EMAIL_AMQP_URL"};
 
     /* Known stock for the SKUs these tests use, so they can run again. */
     free(tu_sql(tu_env("OWNER_DATABASE_URL"),
@@ -67,7 +68,7 @@ static void setup(void)
                 0, NULL));
     for (int i = 0; i < 3; i++) {
         char path[512], log[512];
-        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env("TEST_AMQP_URL"));
+        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env(amqp[i]));
         snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(urls[i]));
         snprintf(env[i][2], sizeof(env[i][2]), "LOG_LEVEL=info");
         snprintf(env[i][3], sizeof(env[i][3]), "METRICS_PORT=0");

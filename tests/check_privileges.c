@@ -1,0 +1,112 @@
+/*
+ * check_privileges.c — least privilege on the broker: each service's own
+ * RabbitMQ user (made by `make up`) may use its own queues and publish only
+ * its own routing keys. (The database side is in check_db.c.)
+ */
+#include "events.h"
+#include "mq.h"
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static mq_conn *publisher_as(const char *env)
+{
+    mq_opts o = {.url = tu_env(env), .app_id = "check_privileges"};
+    mq_conn *c = mq_new(&o);
+    char err[MQ_ERR_LEN];
+    ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s: %s", env, err);
+    return c;
+}
+
+static int publish(mq_conn *c, const char *key, char *err, size_t errlen)
+{
+    char id[UUID_STR_LEN];
+    mq_msg m = {0};
+    uuid_v4(id);
+    m.routing_key = key;
+    m.message_id = id;
+    m.body = "{}";
+    m.len = 2;
+    return mq_publish(c, &m, err, errlen);
+}
+
+START_TEST(billing_cannot_publish_order_placed)
+{
+    mq_conn *c = publisher_as("BILLING_AMQP_URL");
+    char err[MQ_ERR_LEN];
+    ck_assert_int_eq(publish(c, RK_ORDER_PLACED, err, sizeof(err)), MQ_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "403") && strstr(err, "ACCESS_REFUSED"), "%s", err);
+    /* Its own keys are allowed (unbound here, so returned, not refused). */
+    ck_assert_int_eq(publish(c, "billing.nobody-listens", err, sizeof(err)), MQ_ERR_RETURNED);
+    mq_free(c);
+}
+END_TEST
+
+START_TEST(billing_cannot_consume_inventorys_queue)
+{
+    static const char *const keys[] = {RK_ORDER_PLACED, NULL};
+    mq_topology topo = {.queue = "inventory", .keys = keys, .retry_ms = {1000, 10000, 60000}};
+    mq_opts o = {.url = tu_env("BILLING_AMQP_URL"), .app_id = "billing", .topo = &topo};
+    mq_conn *c = mq_new(&o), *p;
+    mq_got *g = NULL;
+    char err[MQ_ERR_LEN];
+
+    ck_assert_int_eq(mq_connect_consumer(c, err, sizeof(err)), MQ_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "ACCESS_REFUSED"), "%s", err);
+    mq_free(c);
+    p = publisher_as("BILLING_AMQP_URL");
+    ck_assert_int_lt(mq_get(p, "inventory", &g, err, sizeof(err)), 0);
+    ck_assert_msg(strstr(err, "ACCESS_REFUSED"), "%s", err);
+    ck_assert_ptr_null(g);
+    mq_free(p);
+}
+END_TEST
+
+START_TEST(each_service_publishes_only_its_own_keys)
+{
+    static const struct {
+        const char *env, *allowed, *refused;
+    } cases[] = {
+        {"ORDER_API_AMQP_URL", "order.nobody-listens", RK_INVENTORY_RESERVED},
+        {"INVENTORY_AMQP_URL", "inventory.nobody-listens", RK_BILLING_INVOICED},
+        {"POS_AMQP_URL", "sale.nobody-listens", RK_ORDER_PLACED},
+        {"EMAIL_AMQP_URL", NULL, RK_SALE_COMPLETED},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        mq_conn *c = publisher_as(cases[i].env);
+        char err[MQ_ERR_LEN];
+        if (cases[i].allowed)
+            ck_assert_msg(publish(c, cases[i].allowed, err, sizeof(err)) == MQ_ERR_RETURNED,
+                          "%s: %s", cases[i].env, err);
+        ck_assert_msg(publish(c, cases[i].refused, err, sizeof(err)) == MQ_ERR_CONFIG, "%s: %s",
+                      cases[i].env, err);
+        mq_free(c);
+    }
+}
+END_TEST
+
+START_TEST(guest_cannot_log_in)
+{
+    char url[256], err[MQ_ERR_LEN];
+    mq_opts o = {.url = url, .app_id = "check_privileges"};
+    mq_conn *c;
+    snprintf(url, sizeof(url), "amqp://guest:guest@127.0.0.1:%s", tu_env("AMQP_PORT"));
+    c = mq_new(&o);
+    ck_assert_int_ne(mq_connect_publisher(c, err, sizeof(err)), MQ_OK);
+    mq_free(c);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("privileges");
+    TCase *t = tcase_create("broker");
+    tcase_add_test(t, billing_cannot_publish_order_placed);
+    tcase_add_test(t, billing_cannot_consume_inventorys_queue);
+    tcase_add_test(t, each_service_publishes_only_its_own_keys);
+    tcase_add_test(t, guest_cannot_log_in);
+    suite_add_tcase(s, t);
+    return tu_run(s);
+}
