@@ -23,7 +23,9 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
 WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow -Wvla -Wno-format-truncation  # error buffers truncate by design
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -MMD -MP -Icommon -Icontracts $(PKG_CFLAGS)
+ORDERSUITE_VERSION ?= dev
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -MMD -MP -Icommon -Icontracts $(PKG_CFLAGS) \
+           -DORDERSUITE_VERSION='"$(ORDERSUITE_VERSION)"'
 LDLIBS  := $(PKG_LIBS) -lcurl -lpthread -lm
 ifeq ($(SAN),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

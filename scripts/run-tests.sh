@@ -37,9 +37,11 @@ export CK_VERBOSITY=${CK_VERBOSITY:-normal}
 mkdir -p "$VAR/log/tests"
 passed=0 failed=0 bad_suites=()
 # SUITES="check_db check_spine" runs only those.
-for t in "$ROOT/$BUILD"/test/check_*; do
+# The Check suites, then the scripted checks (tests/*_check.py), which print
+# the same summary line.
+for t in "$ROOT/$BUILD"/test/check_* "$ROOT"/tests/*_check.py; do
     [ -x "$t" ] || continue
-    name=$(basename "$t")
+    name=$(basename "$t" .py)
     if [ -n "${SUITES:-}" ] && ! [[ " $SUITES " == *" $name "* ]]; then
         continue
     fi

@@ -5,6 +5,7 @@
 # var/. Waits (bounded) until both servers answer, and fails fast, naming the
 # port or the log to read, instead of hanging.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/broker-perms.sh"
 
 ensure_var
 load_env
@@ -29,8 +30,8 @@ EOF
     load_env
 fi
 # One broker user per service (added to older env files too).
-for svc in ORDER_API INVENTORY BILLING EMAIL POS; do
-    var="RMQ_${svc}_PASSWORD"
+for entry in $BROKER_USERS; do
+    var="RMQ_$(echo "${entry%%:*}" | tr 'a-z-' 'A-Z_')_PASSWORD"
     if [ -z "${!var:-}" ]; then
         echo "$var=$(gen_secret)" >>"$ENV_FILE"
     fi
@@ -150,24 +151,19 @@ bootstrap_rabbitmq() {
     # Least privilege: each service's user may configure, write and read its
     # own queues (S, S.retry.*, S.dlq) and the exchanges it declares, and may
     # publish on sales.events only its own routing keys (topic permissions).
-    local svc user pw q topic
-    for svc in order-api:order inventory:inventory billing:billing email:'' pos:sale; do
-        user=${svc%%:*}
-        topic=${svc#*:}
+    local entry user topic pw_var conf write read twrite
+    for entry in $BROKER_USERS; do
+        user=${entry%%:*}
+        topic=${entry#*:}
         pw_var="RMQ_$(echo "$user" | tr 'a-z-' 'A-Z_')_PASSWORD"
-        pw=${!pw_var}
         if ! rmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -qx "$user"; then
-            rmqctl -q add_user "$user" "$pw" >/dev/null
+            rmqctl -q add_user "$user" "${!pw_var}" >/dev/null
         else
-            rmqctl -q change_password "$user" "$pw" >/dev/null
+            rmqctl -q change_password "$user" "${!pw_var}" >/dev/null
         fi
-        q=$user # service names have no regex metacharacters but '-', literal here
-        rmqctl -q set_permissions -p / "$user" \
-            "^($q|$q\\.retry\\..*|$q\\.dlq|sales\\.(events|dlx|retry))\$" \
-            "^($q|$q\\.retry\\..*|$q\\.dlq|sales\\.(events|dlx|retry)|amq\\.default)\$" \
-            "^($q|$q\\.retry\\..*|$q\\.dlq|sales\\.(events|dlx|retry))\$" >/dev/null
-        rmqctl -q set_topic_permissions -p / "$user" sales.events \
-            "^${topic:+$topic\\..*}\$" '.*' >/dev/null
+        { read -r conf; read -r write; read -r read; read -r twrite; } < <(broker_perms "$user" "$topic")
+        rmqctl -q set_permissions -p / "$user" "$conf" "$write" "$read" >/dev/null
+        rmqctl -q set_topic_permissions -p / "$user" sales.events "$twrite" '.*' >/dev/null
     done
     # A vhost of its own for the messaging spine's tests, so that their test
     # events never reach the services' queues in "/".

@@ -1,0 +1,44 @@
+#!/bin/bash
+# docker/broker-definitions.sh — runs in the RabbitMQ image before the
+# broker starts (the `broker-init` job) and writes the definitions file the
+# broker loads: the admin user, one user per service with the permissions of
+# scripts/broker-perms.sh, the vhost. Passwords come from .env and are
+# stored hashed (rabbitmqctl hash_password).
+set -euo pipefail
+source /ordersuite/broker-perms.sh
+out=${1:-/definitions/definitions.json}
+hash() { rabbitmqctl hash_password "$1" | tail -1; }
+json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
+{
+    echo '{"vhosts": [{"name": "/"}],'
+    echo ' "users": ['
+    printf '  {"name": "%s", "password_hash": "%s", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["administrator"]}' \
+        "$RABBITMQ_ADMIN_USER" "$(hash "$RABBITMQ_ADMIN_PASSWORD")"
+    for entry in $BROKER_USERS; do
+        user=${entry%%:*}
+        var="RMQ_$(echo "$user" | tr 'a-z-' 'A-Z_')_PASSWORD"
+        printf ',\n  {"name": "%s", "password_hash": "%s", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}' \
+            "$user" "$(hash "${!var}")"
+    done
+    echo '],'
+    echo ' "permissions": ['
+    printf '  {"user": "%s", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}' "$RABBITMQ_ADMIN_USER"
+    for entry in $BROKER_USERS; do
+        user=${entry%%:*}
+        { read -r conf; read -r write; read -r read; read -r twrite; } < <(broker_perms "$user" "${entry#*:}")
+        printf ',\n  {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' \
+            "$user" "$(json "$conf")" "$(json "$write")" "$(json "$read")"
+    done
+    echo '],'
+    echo ' "topic_permissions": ['
+    sep=''
+    for entry in $BROKER_USERS; do
+        user=${entry%%:*}
+        twrite=$(broker_perms "$user" "${entry#*:}" | tail -1)
+        printf '%s  {"user": "%s", "vhost": "/", "exchange": "sales.events", "write": "%s", "read": ".*"}' \
+            "$sep" "$user" "$(json "$twrite")"
+        sep=$',\n'
+    done
+    echo ']}'
+} >"$out"
+echo "broker-init: wrote $out"

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""compose_check.py — keeps docker-compose.yml and the Dockerfile honest.
+
+No Docker engine runs in CI, so the compose path cannot be run there. This
+checks it against the project instead: every executable in services/ has a
+compose service; every environment variable compose sets for a service is one
+that service's code reads, and the required ones are set; published ports
+match the ports the services are told to use; the Dockerfile's build stage
+installs the -dev libraries `make deps` installs; health checks and
+depends_on conditions are there; workers can scale (no fixed names or host
+ports); no guest credentials.
+
+Prints one line per failed check and a Check-style summary line.
+"""
+import os
+import re
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+checks = []
+
+
+def check(name, ok, detail=""):
+    checks.append((name, ok))
+    if not ok:
+        print(f"tests/compose_check.py:F:{name}: {detail}")
+
+
+def read(path):
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        return f.read()
+
+
+def sources_of(service):
+    """The C text a service's executable is built from."""
+    text = []
+    for d in ("common", "contracts", os.path.join("services", service)):
+        for f in sorted(os.listdir(os.path.join(ROOT, d))):
+            if f.endswith(".c"):
+                text.append(read(os.path.join(d, f)))
+    return "\n".join(text)
+
+
+compose = yaml.safe_load(read("docker-compose.yml"))
+svcs = compose["services"]
+executables = sorted(
+    d for d in os.listdir(os.path.join(ROOT, "services"))
+    if os.path.exists(os.path.join(ROOT, "services", d, "main.c")))
+
+# 1. every executable has a service running it
+for exe in executables:
+    check(f"service_for_{exe}", exe in svcs, f"no compose service for services/{exe}")
+
+# 2. environment names are read by the code; required ones are set
+required = {"AMQP_URL"}
+for exe in executables:
+    if exe not in svcs:
+        continue
+    env = svcs[exe].get("environment", {}) or {}
+    code = sources_of(exe)
+    for var in env:
+        check(f"{exe}_reads_{var}", f'"{var}"' in code,
+              f"{exe} sets {var} in compose but its code never reads it")
+    for var in required | ({"DATABASE_URL"} if exe != "pos" else set()):
+        check(f"{exe}_has_{var}", var in env, f"{exe} needs {var}")
+
+# 3. ports: order-api publishes the port it listens on; workers publish none
+api = svcs.get("order-api", {})
+port = str(api.get("environment", {}).get("HTTP_PORT", ""))
+check("order_api_port_published", f"{port}:{port}" in [str(p) for p in api.get("ports", [])],
+      f"order-api listens on {port} but publishes {api.get('ports')}")
+check("order_api_binds_all", api.get("environment", {}).get("HTTP_BIND") == "0.0.0.0",
+      "order-api must bind 0.0.0.0 in a container")
+for w in ("inventory", "billing", "email"):
+    s = svcs.get(w, {})
+    check(f"{w}_scalable", "ports" not in s and "container_name" not in s,
+          f"{w} has fixed ports or a container name, so it cannot --scale")
+    mp = str(s.get("environment", {}).get("METRICS_PORT", ""))
+    hc = " ".join(s.get("healthcheck", {}).get("test", []))
+    check(f"{w}_healthcheck_port", mp and f":{mp}/" in hc,
+          f"{w}'s health check does not use its METRICS_PORT {mp}")
+
+# 4. the Dockerfile installs what make deps installs to build
+deps = read("scripts/deps.sh")
+dockerfile = read("Dockerfile")
+libs = re.findall(r"\b(lib[a-z0-9-]+-dev|check)\b", deps.split("# servers")[0])
+for lib in sorted(set(libs)):
+    if lib.startswith("libclang"):
+        continue  # the fuzzers' runtime, not needed to build
+    check(f"dockerfile_installs_{lib}", re.search(rf"\b{re.escape(lib)}\b", dockerfile) is not None,
+          f"make deps installs {lib} but the Dockerfile does not")
+check("dockerfile_non_root", re.search(r"^USER (?!root)\S+", dockerfile, re.M) is not None,
+      "the runtime stage must not run as root")
+
+# 5. health checks and start order
+for infra in ("rabbitmq", "postgres"):
+    check(f"{infra}_healthcheck", "healthcheck" in svcs.get(infra, {}), f"{infra} has no health check")
+mig = svcs.get("migrate", {}).get("depends_on", {})
+check("migrate_waits_for_healthy_infra",
+      mig.get("postgres", {}).get("condition") == "service_healthy"
+      and mig.get("rabbitmq", {}).get("condition") == "service_healthy",
+      "migrate must wait for healthy postgres and rabbitmq")
+for exe in ("order-api", "inventory", "billing", "email"):
+    dep = svcs.get(exe, {}).get("depends_on", {})
+    check(f"{exe}_after_migrate",
+          dep.get("migrate", {}).get("condition") == "service_completed_successfully",
+          f"{exe} must start after migrate completed")
+
+# 6. credentials: from .env, never guest, every ${VAR} documented in .env.example
+text = read("docker-compose.yml")
+check("no_guest", "guest" not in text.lower(), "guest credentials in docker-compose.yml")
+example = read(".env.example")
+for var in sorted(set(re.findall(r"\$\{([A-Z_]+)(?::-[^}]*)?\}", text))):
+    check(f"env_example_has_{var}", re.search(rf"^{var}=", example, re.M) is not None,
+          f"{var} is used by docker-compose.yml but not in .env.example")
+
+# 7. the migrate job declares every consuming service's queues
+migrate_sh = read("docker/migrate.sh")
+for exe in ("order-api", "inventory", "billing", "email"):
+    check(f"migrate_declares_{exe}", f" {exe} --declare-topology" in migrate_sh,
+          f"docker/migrate.sh does not declare {exe}'s topology")
+
+failed = sum(1 for _, ok in checks if not ok)
+total = len(checks)
+pct = 100 * (total - failed) // total if total else 0
+print(f"{pct}%: Checks: {total}, Failures: {failed}, Errors: 0")
+sys.exit(1 if failed else 0)
