@@ -27,6 +27,7 @@ WORKDIR /app
 COPY --from=build /src/build/bin/ /usr/local/bin/
 COPY migrations migrations
 COPY docker/migrate.sh docker/migrate.sh
+COPY scripts/suite.sh scripts/suite.sh
 USER ordersuite
 # Each service in docker-compose.yml names its executable as the command.
 CMD ["order-api"]

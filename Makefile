@@ -47,7 +47,7 @@ LIBS         := $(LIBCOMMON) $(LIBCONTRACTS)
 BINS := $(addprefix $(BUILD)/bin/,$(SERVICES) $(TOOLS))
 TEST_BINS := $(addprefix $(BUILD)/test/,$(TESTS) $(TEST_HELPERS))
 
-.PHONY: all deps up down status migrate test test-run asan fuzz fmt lint demo demo-stop clean
+.PHONY: all deps up down status migrate test test-run asan fuzz fmt lint demo demo-stop clean new-service
 .DEFAULT_GOAL := all
 
 all: $(BINS)
@@ -141,3 +141,7 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# make new-service NAME=shipping KEYS="billing.invoiced inventory.reserved"
+new-service:
+	@python3 scripts/new-service.py "$(NAME)" $(KEYS)

@@ -5,7 +5,8 @@
 # BROKER_USERS lists "user:topic": the user is the service (and its queue
 # name); topic is the prefix of the routing keys it may publish on
 # sales.events ("" = none).
-BROKER_USERS="order-api:order inventory:inventory billing:billing email: pos:sale"
+source "$(dirname "${BASH_SOURCE[0]}")/suite.sh"
+BROKER_USERS="$(echo "$SUITE_SERVICES" | awk 'NF { printf "%s:%s ", $1, ($3 == "-" ? "" : $3) }')pos:sale"
 
 # broker_perms USER TOPIC: prints four lines, the configure, write and read
 # regexes of USER's queues and exchanges, and its topic-write regex.

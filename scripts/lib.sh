@@ -95,7 +95,7 @@ amqp_url() {
         user=$RABBITMQ_ADMIN_USER
         pw=$RABBITMQ_ADMIN_PASSWORD
     else
-        local v="RMQ_$(echo "$user" | tr 'a-z-' 'A-Z_')_PASSWORD"
+        local v="RMQ_$(echo "$user" | tr 'a-z-' 'A-Z_')_PASSWORD"  # as up_name in suite.sh
         pw=${!v}
     fi
     echo "amqp://$user:$pw@127.0.0.1:$AMQP_PORT"

@@ -10,21 +10,20 @@ load_env
 set +e
 
 db_url() { echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/ordersuite"; }
-export OWNER_DATABASE_URL ORDERS_DATABASE_URL INVENTORY_DATABASE_URL BILLING_DATABASE_URL EMAIL_DATABASE_URL
+source "$ROOT/scripts/suite.sh"
+export OWNER_DATABASE_URL
 OWNER_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD")
-ORDERS_DATABASE_URL=$(db_url orders "$PG_ORDERS_PASSWORD")
-INVENTORY_DATABASE_URL=$(db_url inventory "$PG_INVENTORY_PASSWORD")
-BILLING_DATABASE_URL=$(db_url billing "$PG_BILLING_PASSWORD")
-EMAIL_DATABASE_URL=$(db_url email "$PG_EMAIL_PASSWORD")
+# <ROLE>_DATABASE_URL and <NAME>_AMQP_URL for every service (its own role and
+# broker user), e.g. BILLING_DATABASE_URL, ORDER_API_AMQP_URL.
+for name in $(suite_names) pos; do
+    export "$(up_name "$name")_AMQP_URL=$(amqp_url "$name")"
+    [ "$name" = pos ] && continue
+    role=$(suite_field "$name" 2)
+    pw="PG_$(up_name "$role")_PASSWORD"
+    export "$(up_name "$role")_DATABASE_URL=$(db_url "$role" "${!pw}")"
+done
 # No path: rabbitmq-c reads "/" as the empty vhost; none means the default "/".
 export TEST_AMQP_URL="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
-# Each service's own broker user (least privilege, made by make up).
-export ORDER_API_AMQP_URL INVENTORY_AMQP_URL BILLING_AMQP_URL EMAIL_AMQP_URL POS_AMQP_URL
-ORDER_API_AMQP_URL=$(amqp_url order-api)
-INVENTORY_AMQP_URL=$(amqp_url inventory)
-BILLING_AMQP_URL=$(amqp_url billing)
-EMAIL_AMQP_URL=$(amqp_url email)
-POS_AMQP_URL=$(amqp_url pos)
 # The spine suite's own vhost (made by make up): its test events stay out of
 # the services' queues.
 export SPINE_AMQP_URL="$TEST_AMQP_URL/ordersuite-test"

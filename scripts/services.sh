@@ -6,19 +6,15 @@ load_env
 cmd=${1:-status}
 BUILD=${2:-build}
 RUN="$VAR/run"
-# The long-running services, in start order (consumers before producers, so
-# their queues exist before anything is published).
-SERVICES=(inventory billing email order-api)
-
-db_url() { echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/ordersuite"; }
+source "$ROOT/scripts/suite.sh"
+mapfile -t SERVICES < <(suite_names)
 
 svc_env() { # NAME: the environment of one service
-    case "$1" in
-    order-api) echo "DATABASE_URL=$(db_url orders "$PG_ORDERS_PASSWORD") HTTP_PORT=${HTTP_PORT:-8080}" ;;
-    inventory) echo "DATABASE_URL=$(db_url inventory "$PG_INVENTORY_PASSWORD") METRICS_PORT=9101" ;;
-    billing) echo "DATABASE_URL=$(db_url billing "$PG_BILLING_PASSWORD") METRICS_PORT=9102" ;;
-    email) echo "DATABASE_URL=$(db_url email "$PG_EMAIL_PASSWORD") METRICS_PORT=9103" ;;
-    esac
+    local role pw
+    role=$(suite_field "$1" 2)
+    pw="PG_$(up_name "$role")_PASSWORD"
+    echo "DATABASE_URL=postgresql://$role:${!pw}@127.0.0.1:$PG_PORT/ordersuite"
+    echo "$(suite_field "$1" 4)=$(suite_field "$1" 5)"
     echo "AMQP_URL=$(amqp_url "$1")"
 }
 

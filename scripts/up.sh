@@ -21,17 +21,20 @@ MGMT_PORT=$MGMT_PORT
 RABBITMQ_ADMIN_USER=ordersuite
 RABBITMQ_ADMIN_PASSWORD=$(gen_secret)
 PG_OWNER_PASSWORD=$(gen_secret)
-PG_ORDERS_PASSWORD=$(gen_secret)
-PG_INVENTORY_PASSWORD=$(gen_secret)
-PG_BILLING_PASSWORD=$(gen_secret)
-PG_EMAIL_PASSWORD=$(gen_secret)
 EOF
     umask 022
     load_env
 fi
-# One broker user per service (added to older env files too).
+# A database role and a broker user per service (added to older env files
+# too, and for services made later by `make new-service`).
 for entry in $BROKER_USERS; do
-    var="RMQ_$(echo "${entry%%:*}" | tr 'a-z-' 'A-Z_')_PASSWORD"
+    var="RMQ_$(up_name "${entry%%:*}")_PASSWORD"
+    if [ -z "${!var:-}" ]; then
+        echo "$var=$(gen_secret)" >>"$ENV_FILE"
+    fi
+done
+for name in $(suite_names); do
+    var="PG_$(up_name "$(suite_field "$name" 2)")_PASSWORD"
     if [ -z "${!var:-}" ]; then
         echo "$var=$(gen_secret)" >>"$ENV_FILE"
     fi
@@ -155,7 +158,7 @@ bootstrap_rabbitmq() {
     for entry in $BROKER_USERS; do
         user=${entry%%:*}
         topic=${entry#*:}
-        pw_var="RMQ_$(echo "$user" | tr 'a-z-' 'A-Z_')_PASSWORD"
+        pw_var="RMQ_$(up_name "$user")_PASSWORD"
         if ! rmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -qx "$user"; then
             rmqctl -q add_user "$user" "${!pw_var}" >/dev/null
         else

@@ -16,88 +16,6 @@
 #define IID "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a"
 #define CID "11111111-2222-4333-8444-555555555555"
 
-static void set_lines(ev_lines *l)
-{
-    ck_assert_int_eq(ev_lines_alloc(l, 2), 0);
-    strcpy(l->items[0].sku, "TEA-SENCHA");
-    l->items[0].quantity = 2;
-    l->items[0].unit_price = 890;
-    strcpy(l->items[1].sku, "MUG-WHITE");
-    l->items[1].quantity = 1;
-    l->items[1].unit_price = 800;
-}
-
-/* A valid sample of every event type. */
-static void sample(ev_type t, ev_event *ev)
-{
-    ev_init(ev, t);
-    switch (t) {
-    case EV_ORDER_PLACED:
-    case EV_INVENTORY_RESERVED: {
-        order_placed *o = &ev->u.order_placed;
-        strcpy(o->order_id, OID);
-        strcpy(o->customer_id, "cust-42");
-        strcpy(o->customer_email, "ada@example.com");
-        strcpy(o->currency, "EUR");
-        set_lines(&o->lines);
-        o->total = 2 * 890 + 800;
-        break;
-    }
-    case EV_INVENTORY_REJECTED: {
-        inventory_rejected *r = &ev->u.inventory_rejected;
-        strcpy(r->order_id, OID);
-        strcpy(r->customer_email, "ada@example.com");
-        strcpy(r->reason, "not enough stock");
-        r->skus_short.items = calloc(1, sizeof(*r->skus_short.items));
-        r->skus_short.n = 1;
-        strcpy(r->skus_short.items[0], "TEA-MATCHA");
-        break;
-    }
-    case EV_INVENTORY_RELEASED:
-        strcpy(ev->u.inventory_released.order_id, OID);
-        strcpy(ev->u.inventory_released.reason, "payment failed");
-        break;
-    case EV_INVENTORY_LOW_STOCK:
-        strcpy(ev->u.inventory_low_stock.sku, "POT-CAST-IRON");
-        ev->u.inventory_low_stock.on_hand = 2;
-        ev->u.inventory_low_stock.threshold = 2;
-        break;
-    case EV_BILLING_INVOICED: {
-        billing_invoiced *b = &ev->u.billing_invoiced;
-        strcpy(b->invoice_id, IID);
-        b->invoice_number = 1001;
-        strcpy(b->order_id, OID);
-        strcpy(b->customer_id, "cust-42");
-        strcpy(b->customer_email, "ada@example.com");
-        strcpy(b->currency, "EUR");
-        b->amount = 2580;
-        b->tax = 412;
-        break;
-    }
-    case EV_BILLING_PAYMENT_FAILED: {
-        billing_payment_failed *p = &ev->u.billing_payment_failed;
-        strcpy(p->order_id, OID);
-        strcpy(p->customer_email, "ada@example.com");
-        strcpy(p->currency, "EUR");
-        p->amount = 250000;
-        strcpy(p->reason, "over the credit limit");
-        break;
-    }
-    case EV_SALE_COMPLETED: {
-        sale_completed *s = &ev->u.sale_completed;
-        strcpy(s->sale_id, SID);
-        strcpy(s->store_id, "NEPAL-01");
-        strcpy(s->currency, "EUR");
-        set_lines(&s->lines);
-        s->total = 2580;
-        strcpy(s->paid_at, "2026-11-23T19:42:26.123Z");
-        break;
-    }
-    default:
-        ck_abort_msg("no sample for %d", t);
-    }
-}
-
 START_TEST(every_event_round_trips)
 {
     ev_type t = (ev_type)_i;
@@ -106,7 +24,7 @@ START_TEST(every_event_round_trips)
     char *j1, *j2;
     ev_type back;
 
-    sample(t, &a);
+    tu_sample_event(t, &a);
     j1 = ev_to_json(&a, CID, err, sizeof(err));
     ck_assert_msg(j1 != NULL, "%s: %s", ev_routing_key(t), err);
     ck_assert_msg(ev_from_json(t, j1, strlen(j1), &b, cause, err, sizeof(err)) == 0, "%s: %s",
@@ -135,7 +53,7 @@ START_TEST(optional_fields_may_be_left_out)
     ev_event a, b;
     char err[EV_ERR_LEN];
     char *j;
-    sample(EV_SALE_COMPLETED, &a);
+    tu_sample_event(EV_SALE_COMPLETED, &a);
     j = ev_to_json(&a, NULL, err, sizeof(err));
     ck_assert_ptr_nonnull(j);
     ck_assert_ptr_null(strstr(j, "customer_email"));
@@ -152,7 +70,7 @@ START_TEST(encoder_refuses_an_invalid_event)
 {
     ev_event a;
     char err[EV_ERR_LEN];
-    sample(EV_ORDER_PLACED, &a);
+    tu_sample_event(EV_ORDER_PLACED, &a);
     a.u.order_placed.lines.items[0].quantity = 0;
     ck_assert_ptr_null(ev_to_json(&a, NULL, err, sizeof(err)));
     ck_assert_str_eq(err, "lines[0].quantity: must be between 1 and 10000");

@@ -116,11 +116,27 @@ for var in sorted(set(re.findall(r"\$\{([A-Z_]+)(?::-[^}]*)?\}", text))):
     check(f"env_example_has_{var}", re.search(rf"^{var}=", example, re.M) is not None,
           f"{var} is used by docker-compose.yml but not in .env.example")
 
-# 7. the migrate job declares every consuming service's queues
-migrate_sh = read("docker/migrate.sh")
-for exe in ("order-api", "inventory", "billing", "email"):
-    check(f"migrate_declares_{exe}", f" {exe} --declare-topology" in migrate_sh,
-          f"docker/migrate.sh does not declare {exe}'s topology")
+# 7. the registry scripts/suite.sh: each service is in compose with its port;
+# the migrate job and the image use the registry
+suite = [l.split() for l in read("scripts/suite.sh").split('SUITE_SERVICES="')[1].split('"')[0]
+         .splitlines() if l.strip()]
+for name, role, topic, port_var, port in suite:
+    s = svcs.get(name, {})
+    env = s.get("environment", {}) or {}
+    check(f"suite_{name}_in_compose", name in svcs, f"{name} is in scripts/suite.sh, not in compose")
+    check(f"suite_{name}_port", str(env.get(port_var, "")) == port,
+          f"{name}: compose sets {port_var}={env.get(port_var)}, scripts/suite.sh says {port}")
+    check(f"suite_{name}_role", f"postgresql://{role}:" in str(env.get("DATABASE_URL", "")),
+          f"{name} must connect as the database role {role}")
+    check(f"suite_{name}_broker_user", f"amqp://{name}:" in str(env.get("AMQP_URL", "")),
+          f"{name} must connect as its own broker user")
+    for var in (f"RMQ_{name.upper().replace('-', '_')}_PASSWORD",
+                f"PG_{role.upper()}_PASSWORD"):
+        check(f"migrate_gets_{var}", var in (svcs.get("migrate", {}).get("environment") or {}),
+              f"the migrate job needs {var}")
+check("migrate_uses_suite", ". /app/scripts/suite.sh" in read("docker/migrate.sh"),
+      "docker/migrate.sh must read scripts/suite.sh")
+check("image_has_suite", "COPY scripts/suite.sh" in dockerfile, "the image must contain scripts/suite.sh")
 
 failed = sum(1 for _, ok in checks if not ok)
 total = len(checks)

@@ -6,6 +6,8 @@
 #ifndef ORDERSUITE_TESTUTIL_H
 #define ORDERSUITE_TESTUTIL_H
 
+#include "events.h"
+
 #include <check.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -47,6 +49,9 @@ long tu_http(const char *method, const char *url, const char *const *headers, co
 /* The same, also returning the response headers (raw, malloc'd). */
 long tu_http_h(const char *method, const char *url, const char *const *headers, const char *body,
                size_t len, char **body_out, char **headers_out);
+
+/* A valid event of type t with fixed ids (free with ev_free). */
+void tu_sample_event(ev_type t, ev_event *ev);
 
 /* Runs every test of s (forking, as Check does by default), prints Check's
  * summary, and returns the process exit code: 0 when all passed. */

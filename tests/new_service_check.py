@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""new_service_check.py — `make new-service` makes a service that builds,
+starts, consumes its keys and passes its own test, with no edits.
+
+Runs the generator in a temporary copy of the tree (service "gentest"),
+checks it refuses a duplicate name and an unknown key, builds the copy, runs
+the copy's compose check, applies the copy's migrations to the real database
+(as `make migrate` would), and runs the generated Check suite against the
+real broker and database. Cleans up the schema, the migration record and the
+queues afterwards. Prints a Check-style summary line.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = "gentest"
+checks = []
+
+
+def check(name, ok, detail=""):
+    checks.append(ok)
+    if not ok:
+        print(f"tests/new_service_check.py:F:{name}: {detail}")
+    return ok
+
+
+def run(cmd, cwd, env=None, timeout=300):
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr
+
+
+def psql(sql):
+    return run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
+                os.environ["OWNER_DATABASE_URL"], "-c", sql], ROOT)
+
+
+def cleanup():
+    psql(f"DROP SCHEMA IF EXISTS {NAME} CASCADE;"
+         f" DELETE FROM public.schema_migrations WHERE name LIKE '%\\_{NAME}.sql'")
+    for q in (NAME, f"{NAME}.dlq", f"{NAME}.retry.1000ms", f"{NAME}.retry.10000ms",
+              f"{NAME}.retry.60000ms"):
+        run(["bash", "scripts/rmqctl.sh", "-q", "delete_queue", q], ROOT)
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="ordersuite-gen-")
+    try:
+        cleanup()
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.split()
+        for f in files:
+            if f.startswith(("var/", "build/")) or not os.path.isfile(os.path.join(ROOT, f)):
+                continue
+            os.makedirs(os.path.dirname(os.path.join(tmp, f)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, f), os.path.join(tmp, f))
+
+        rc, out = run(["make", "-s", "new-service", f"NAME={NAME}",
+                       "KEYS=billing.invoiced inventory.reserved"], tmp)
+        if not check("generates", rc == 0, out):
+            return
+        for f in (f"services/{NAME}/main.c", f"tests/check_{NAME}.c"):
+            check(f"writes_{f}", os.path.exists(os.path.join(tmp, f)), f"{f} missing")
+        rc, out = run(["make", "-s", "new-service", f"NAME={NAME}", "KEYS=billing.invoiced"], tmp)
+        check("refuses_a_duplicate", rc != 0 and "exists already" in out, out)
+        rc, out = run(["make", "-s", "new-service", "NAME=other", "KEYS=no.such"], tmp)
+        check("refuses_an_unknown_key", rc != 0 and "not an event" in out, out)
+
+        rc, out = run(["make", "-s", "-j2", "all", "tests"], tmp, timeout=600)
+        if not check("builds", rc == 0, out[-3000:]):
+            return
+        rc, out = run(["python3", "tests/compose_check.py"], tmp)
+        check("compose_check_passes", rc == 0, out[-2000:])
+
+        # What `make migrate` does: the copy's migrations, the role's password.
+        pw = os.urandom(12).hex()
+        pwfile = os.path.join(tmp, "pw")
+        with open(pwfile, "w") as f:
+            f.write(f"{NAME} {pw}\n")
+        env = dict(os.environ, MIGRATE_DATABASE_URL=os.environ["OWNER_DATABASE_URL"],
+                   DB_ROLE_PASSWORDS_FILE=pwfile)
+        rc, out = run(["build/bin/migrate", "--dir", "migrations"], tmp, env)
+        if not check("migrates", rc == 0, out):
+            return
+        db_url = os.environ["OWNER_DATABASE_URL"].replace("ordersuite_owner:", f"{NAME}:", 1)
+        db_url = db_url[:db_url.index(":", len("postgresql://") + len(NAME)) + 1] + pw + \
+            db_url[db_url.index("@"):]
+        env = dict(os.environ, GENTEST_AMQP_URL=os.environ["TEST_AMQP_URL"],
+                   GENTEST_DATABASE_URL=db_url, ORDERSUITE_BIN=os.path.join(tmp, "build/bin"))
+        rc, out = run([f"build/test/check_{NAME}"], tmp, env, timeout=180)
+        check("generated_test_passes", rc == 0 and "100%" in out, out[-3000:])
+    finally:
+        cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+main()
+failed = checks.count(False)
+total = len(checks)
+print(f"{100 * (total - failed) // max(total, 1)}%: Checks: {total}, Failures: {failed}, Errors: 0")
+sys.exit(1 if failed or total == 0 else 0)
