@@ -49,18 +49,9 @@ static int dlq(const char *args, char **out)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static mq_conn *publisher(void)
-{
-    mq_opts o = {.url = tu_env("TEST_AMQP_URL"), .app_id = "check_dlq"};
-    mq_conn *c = mq_new(&o);
-    char err[MQ_ERR_LEN];
-    ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s", err);
-    return c;
-}
-
 static long depth(const char *q)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_dlq");
     char err[MQ_ERR_LEN];
     long n = mq_queue_depth(c, q, err, sizeof(err));
     mq_free(c);
@@ -104,7 +95,7 @@ static void setup(void)
     free(out);
     {
         /* This suite owns the inventory queue while it runs: start empty. */
-        mq_conn *c = publisher();
+        mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_dlq");
         char err[MQ_ERR_LEN];
         ck_assert_int_ge(mq_purge(c, "inventory", err, sizeof(err)), 0);
         mq_free(c);
@@ -138,7 +129,7 @@ static int rejected_twice(void *arg)
 
 START_TEST(list_show_replay_and_purge)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_dlq");
     char bad1[UUID_STR_LEN], bad2[UUID_STR_LEN], corr[UUID_STR_LEN], *out;
     long two = 2;
 
@@ -207,7 +198,7 @@ static int reserved(void *arg)
  * tiers) is completed by a replay. */
 START_TEST(a_replayed_message_is_processed)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_dlq");
     ev_event ev;
     order_placed *o = &ev.u.order_placed;
     char id[UUID_STR_LEN], err[EV_ERR_LEN], *body, *out;

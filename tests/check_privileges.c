@@ -11,15 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static mq_conn *publisher_as(const char *env)
-{
-    mq_opts o = {.url = tu_env(env), .app_id = "check_privileges"};
-    mq_conn *c = mq_new(&o);
-    char err[MQ_ERR_LEN];
-    ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s: %s", env, err);
-    return c;
-}
-
 static int publish(mq_conn *c, const char *key, char *err, size_t errlen)
 {
     char id[UUID_STR_LEN];
@@ -34,7 +25,7 @@ static int publish(mq_conn *c, const char *key, char *err, size_t errlen)
 
 START_TEST(billing_cannot_publish_order_placed)
 {
-    mq_conn *c = publisher_as("BILLING_AMQP_URL");
+    mq_conn *c = tu_publisher("BILLING_AMQP_URL", "check_privileges");
     char err[MQ_ERR_LEN];
     ck_assert_int_eq(publish(c, RK_ORDER_PLACED, err, sizeof(err)), MQ_ERR_CONFIG);
     ck_assert_msg(strstr(err, "403") && strstr(err, "ACCESS_REFUSED"), "%s", err);
@@ -56,7 +47,7 @@ START_TEST(billing_cannot_consume_inventorys_queue)
     ck_assert_int_eq(mq_connect_consumer(c, err, sizeof(err)), MQ_ERR_CONFIG);
     ck_assert_msg(strstr(err, "ACCESS_REFUSED"), "%s", err);
     mq_free(c);
-    p = publisher_as("BILLING_AMQP_URL");
+    p = tu_publisher("BILLING_AMQP_URL", "check_privileges");
     ck_assert_int_lt(mq_get(p, "inventory", &g, err, sizeof(err)), 0);
     ck_assert_msg(strstr(err, "ACCESS_REFUSED"), "%s", err);
     ck_assert_ptr_null(g);
@@ -75,7 +66,7 @@ START_TEST(each_service_publishes_only_its_own_keys)
         {"EMAIL_AMQP_URL", NULL, RK_SALE_COMPLETED},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        mq_conn *c = publisher_as(cases[i].env);
+        mq_conn *c = tu_publisher(cases[i].env, "check_privileges");
         char err[MQ_ERR_LEN];
         if (cases[i].allowed)
             ck_assert_msg(publish(c, cases[i].allowed, err, sizeof(err)) == MQ_ERR_RETURNED,

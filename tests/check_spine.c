@@ -228,16 +228,6 @@ static char *sale_body(const char *store, char sale_id[UUID_STR_LEN])
     return json;
 }
 
-static mq_conn *publisher(void)
-{
-    mq_opts o = {.url = tu_env("SPINE_AMQP_URL"), .app_id = "check_spine"};
-    mq_conn *c = mq_new(&o);
-    char err[MQ_ERR_LEN];
-    ck_assert_ptr_nonnull(c);
-    ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s", err);
-    return c;
-}
-
 /* Publishes body as sale.completed with message id mid (generated when
  * NULL) and correlation id corr. */
 static int publish(mq_conn *c, const char *body, const char *mid, const char *corr,
@@ -298,7 +288,7 @@ static int dlq_has(void *arg)
 
 START_TEST(a_confirmed_publish_is_consumed_once_with_its_properties)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     char sale[UUID_STR_LEN], mid[UUID_STR_LEN];
     char *body = sale_body("OK", sale);
     effects_arg a = {sale, 1};
@@ -330,7 +320,7 @@ END_TEST
 
 START_TEST(a_transient_failure_is_retried_through_the_tiers_then_processed_once)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     char sale[UUID_STR_LEN];
     char *body = sale_body("TRANSIENT-3", sale);
     effects_arg a = {sale, 1};
@@ -354,7 +344,7 @@ END_TEST
 
 START_TEST(a_message_failing_past_the_last_tier_is_dead_lettered)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     char sale[UUID_STR_LEN];
     char *body = sale_body("TRANSIENT-9", sale);
     int one = 1;
@@ -376,7 +366,7 @@ END_TEST
 
 START_TEST(a_permanent_failure_goes_to_the_dlq_with_its_reason)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     char sale[UUID_STR_LEN], mid[UUID_STR_LEN];
     char *body = sale_body("PERMANENT", sale);
     int one = 1;
@@ -401,7 +391,7 @@ END_TEST
 
 START_TEST(undecodable_bodies_and_unknown_schema_versions_are_dead_lettered_at_once)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     char sale[UUID_STR_LEN], corr[UUID_STR_LEN];
     char *body = sale_body("OK", sale);
     int two = 2;
@@ -426,7 +416,7 @@ END_TEST
 
 START_TEST(a_message_delivered_twice_has_one_effect)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     char sale[UUID_STR_LEN], mid[UUID_STR_LEN], sentinel[UUID_STR_LEN];
     char *body = sale_body("OK", sale);
     char *after = sale_body("OK", sentinel);
@@ -450,7 +440,7 @@ END_TEST
 
 START_TEST(an_unroutable_publish_is_reported)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     char err[MQ_ERR_LEN], id[UUID_STR_LEN];
     mq_msg m = {0};
     uuid_v4(id);
@@ -511,7 +501,7 @@ END_TEST
 START_TEST(the_consumer_survives_a_broker_restart)
 {
     enum { N = 30 };
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     char sale[UUID_STR_LEN];
     long want = 2 * N;
     char err[MQ_ERR_LEN];

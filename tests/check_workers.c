@@ -91,15 +91,6 @@ static void teardown(void)
     }
 }
 
-static mq_conn *publisher(void)
-{
-    mq_opts o = {.url = tu_env("TEST_AMQP_URL"), .app_id = "check_workers"};
-    mq_conn *c = mq_new(&o);
-    char err[MQ_ERR_LEN];
-    ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s", err);
-    return c;
-}
-
 static void publish(mq_conn *c, const ev_event *ev, const char *corr)
 {
     char err[MQ_ERR_LEN], id[UUID_STR_LEN];
@@ -168,7 +159,7 @@ static long stock(const char *sku)
 
 START_TEST(a_placed_order_is_reserved_invoiced_and_confirmed_by_mail)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
     const char *skus[] = {"TEA-SENCHA", "MUG-WHITE"};
     const int64_t qty[] = {2, 1}, price[] = {890, 800};
     char id[UUID_STR_LEN];
@@ -199,7 +190,7 @@ END_TEST
 
 START_TEST(an_order_for_missing_stock_is_rejected_and_stock_is_unchanged)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
     const char *skus[] = {"TEA-SENCHA", "TEA-MATCHA"};
     const int64_t qty[] = {1, 5}, price[] = {890, 2600};
     char id[UUID_STR_LEN];
@@ -227,7 +218,7 @@ END_TEST
 
 START_TEST(a_failed_payment_releases_the_stock)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
     const char *skus[] = {"GRD-BURR"};
     const int64_t qty[] = {4}, price[] = {14900}; /* 596.00 > the 500.00 credit limit */
     char id[UUID_STR_LEN];
@@ -252,7 +243,7 @@ END_TEST
 
 START_TEST(a_pos_sale_takes_stock_and_is_invoiced_with_a_receipt)
 {
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
     ev_event ev;
     sale_completed *s = &ev.u.sale_completed;
     char id[UUID_STR_LEN];
@@ -284,7 +275,7 @@ END_TEST
 START_TEST(concurrent_orders_for_the_last_units_never_oversell)
 {
     enum { N = 12 };
-    mq_conn *c = publisher();
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
     const char *skus[] = {"POT-CAST-IRON"};
     const int64_t qty[] = {1}, price[] = {6900};
     char ids[N][UUID_STR_LEN];

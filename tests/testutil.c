@@ -286,3 +286,13 @@ void tu_sample_event(ev_type t, ev_event *ev)
         ck_abort_msg("no sample for %d", t);
     }
 }
+
+mq_conn *tu_publisher(const char *url_env, const char *app_id)
+{
+    mq_opts o = {.url = tu_env(url_env), .app_id = app_id};
+    mq_conn *c = mq_new(&o);
+    char err[MQ_ERR_LEN];
+    ck_assert_msg(c != NULL, "%s is not an AMQP URL", url_env);
+    ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s: %s", url_env, err);
+    return c;
+}

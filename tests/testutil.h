@@ -7,6 +7,7 @@
 #define ORDERSUITE_TESTUTIL_H
 
 #include "events.h"
+#include "mq.h"
 
 #include <check.h>
 #include <stdint.h>
@@ -49,6 +50,11 @@ long tu_http(const char *method, const char *url, const char *const *headers, co
 /* The same, also returning the response headers (raw, malloc'd). */
 long tu_http_h(const char *method, const char *url, const char *const *headers, const char *body,
                size_t len, char **body_out, char **headers_out);
+
+/* A publisher (confirm mode) connected to the broker at the URL in the
+ * environment variable url_env, publishing as app_id; fails the test when it
+ * cannot connect. Free with mq_free. */
+mq_conn *tu_publisher(const char *url_env, const char *app_id);
 
 /* A valid event of type t with fixed ids (free with ev_free). */
 void tu_sample_event(ev_type t, ev_event *ev);

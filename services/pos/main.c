@@ -230,14 +230,8 @@ static long spool_flush(till *t)
         char(*ids)[UUID_STR_LEN] = calloc(n, UUID_STR_LEN);
         char(*corr)[UUID_STR_LEN] = calloc(n, UUID_STR_LEN);
         if (!m || !st || !ids || !corr) {
-            free(m);
-            free(st);
-            free(ids);
-            free(corr);
-            for (size_t i = 0; i < n; i++)
-                free(lines[i]);
-            free(lines);
-            return -1;
+            left = -1;
+            goto done;
         }
         for (size_t i = 0; i < n; i++) {
             const char *body = lines[i] + UUID_STR_LEN;
@@ -277,6 +271,7 @@ static long spool_flush(till *t)
             else if (left == 0)
                 unlink(t->spool);
         }
+    done:
         free(m);
         free(st);
         free(ids);
