@@ -27,8 +27,14 @@ def check(name, ok, detail=""):
     return ok
 
 
+# The copy is built as a user would: not with the flags of a make that runs
+# this test (e.g. `make asan`'s BUILD=build/asan).
+CLEAN = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "BUILD", "SAN")}
+
+
 def run(cmd, cwd, env=None, timeout=300):
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=cwd, env=env or CLEAN, capture_output=True, text=True,
+                       timeout=timeout)
     return p.returncode, p.stdout + p.stderr
 
 
@@ -79,7 +85,7 @@ def main():
         pwfile = os.path.join(tmp, "pw")
         with open(pwfile, "w") as f:
             f.write(f"{NAME} {pw}\n")
-        env = dict(os.environ, MIGRATE_DATABASE_URL=os.environ["OWNER_DATABASE_URL"],
+        env = dict(CLEAN, MIGRATE_DATABASE_URL=os.environ["OWNER_DATABASE_URL"],
                    DB_ROLE_PASSWORDS_FILE=pwfile)
         rc, out = run(["build/bin/migrate", "--dir", "migrations"], tmp, env)
         if not check("migrates", rc == 0, out):
@@ -87,7 +93,7 @@ def main():
         db_url = os.environ["OWNER_DATABASE_URL"].replace("ordersuite_owner:", f"{NAME}:", 1)
         db_url = db_url[:db_url.index(":", len("postgresql://") + len(NAME)) + 1] + pw + \
             db_url[db_url.index("@"):]
-        env = dict(os.environ, GENTEST_AMQP_URL=os.environ["TEST_AMQP_URL"],
+        env = dict(CLEAN, GENTEST_AMQP_URL=os.environ["TEST_AMQP_URL"],
                    GENTEST_DATABASE_URL=db_url, ORDERSUITE_BIN=os.path.join(tmp, "build/bin"))
         rc, out = run([f"build/test/check_{NAME}"], tmp, env, timeout=180)
         check("generated_test_passes", rc == 0 and "100%" in out, out[-3000:])
