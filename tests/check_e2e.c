@@ -272,6 +272,61 @@ START_TEST(pos_sales_take_stock_and_are_invoiced)
 }
 END_TEST
 
+static int run_pos(const char *args)
+{
+    char cmd[2048];
+    int st;
+    snprintf(cmd, sizeof(cmd),
+             "AMQP_URL='%s' CATALOG_URL=" API "/products POS_SPOOL_DIR=%s/log/tests "
+             "POS_FLUSH_TIMEOUT_S=1 %s/pos %s >/dev/null 2>&1",
+             tu_env("POS_AMQP_URL"), tu_env("ORDERSUITE_VAR"), tu_env("ORDERSUITE_BIN"), args);
+    st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void broker(const char *verb)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "bash %s/scripts/rmqctl.sh -q %s >/dev/null 2>&1",
+             tu_env("ORDERSUITE_ROOT"), verb);
+    ck_assert_msg(system(cmd) == 0, "rabbitmqctl %s failed", verb);
+}
+
+static int spool_lines(const char *store)
+{
+    char path[512], line[8192];
+    int n = 0;
+    FILE *f;
+    snprintf(path, sizeof(path), "%s/log/tests/pos-%s.spool", tu_env("ORDERSUITE_VAR"), store);
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        n++;
+    fclose(f);
+    return n;
+}
+
+/* The till keeps selling with the broker down and sends the spool later. */
+START_TEST(pos_spools_sales_while_the_broker_is_down_and_sends_them_after)
+{
+    long before =
+        owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL);
+    long want = before + 4;
+    broker("stop_app");
+    ck_assert_int_eq(run_pos("--count 3 --store SPOOL-E2E"), 2); /* 2: sales left spooled */
+    ck_assert_int_eq(spool_lines("SPOOL-E2E"), 3);
+    broker("start_app");
+    ck_assert_msg(tu_poll(60000, ready, NULL), "order-api did not recover");
+    ck_assert_int_eq(run_pos("--count 1 --store SPOOL-E2E"), 0);
+    ck_assert_int_eq(spool_lines("SPOOL-E2E"), 0);
+    ck_assert_msg(tu_poll(30000, sales_invoiced, &want), "spooled sales were not invoiced");
+    ck_assert_int_eq(
+        owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL),
+        before + 4);
+}
+END_TEST
+
 typedef struct {
     char id[UUID_STR_LEN];
     long code;
@@ -531,6 +586,7 @@ int main(void)
     tcase_add_test(f, pos_sales_take_stock_and_are_invoiced);
     tcase_add_test(f, concurrent_orders_for_the_last_units_never_oversell);
     tcase_add_test(f, the_same_idempotency_key_gives_the_same_order_once);
+    tcase_add_test(f, pos_spools_sales_while_the_broker_is_down_and_sends_them_after);
     tcase_add_test(f, every_service_reports_health_readiness_and_metrics);
     tcase_add_test(f, one_grep_follows_an_order_through_every_service);
     tcase_add_unchecked_fixture(b, start_all, stop_all);
