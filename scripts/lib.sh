@@ -18,6 +18,7 @@ set_var() {
     ENV_FILE="$VAR/ordersuite.env"
 }
 set_var
+source "$ROOT/scripts/suite.sh"
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 RMQ_BIN=${RMQ_BIN:-/usr/lib/rabbitmq/bin}
 
@@ -95,7 +96,8 @@ amqp_url() {
         user=$RABBITMQ_ADMIN_USER
         pw=$RABBITMQ_ADMIN_PASSWORD
     else
-        local v="RMQ_$(echo "$user" | tr 'a-z-' 'A-Z_')_PASSWORD"  # as up_name in suite.sh
+        local v
+        v="RMQ_$(up_name "$user")_PASSWORD"
         pw=${!v}
     fi
     echo "amqp://$user:$pw@127.0.0.1:$AMQP_PORT"

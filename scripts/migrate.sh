@@ -25,7 +25,6 @@ MIGRATE_DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1
 # The broker side: every service declares its queues now, so that nothing is
 # published before the queues that must receive it exist.
 bin=$(dirname "$1")
-source "$ROOT/scripts/suite.sh"
 for s in $(suite_names); do
     if [ -x "$bin/$s" ]; then
         AMQP_URL=$(amqp_url "$s") "$bin/$s" --declare-topology 2>&1 | sed 's/^/    /' || die "$s --declare-topology failed"

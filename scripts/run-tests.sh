@@ -10,7 +10,6 @@ load_env
 set +e
 
 db_url() { echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/ordersuite"; }
-source "$ROOT/scripts/suite.sh"
 export OWNER_DATABASE_URL
 OWNER_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD")
 # <ROLE>_DATABASE_URL and <NAME>_AMQP_URL for every service (its own role and

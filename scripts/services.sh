@@ -6,7 +6,6 @@ load_env
 cmd=${1:-status}
 BUILD=${2:-build}
 RUN="$VAR/run"
-source "$ROOT/scripts/suite.sh"
 mapfile -t SERVICES < <(suite_names)
 
 svc_env() { # NAME: the environment of one service

@@ -284,14 +284,6 @@ static int run_pos(const char *args)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static void broker(const char *verb)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "bash %s/scripts/rmqctl.sh -q %s >/dev/null 2>&1",
-             tu_env("ORDERSUITE_ROOT"), verb);
-    ck_assert_msg(system(cmd) == 0, "rabbitmqctl %s failed", verb);
-}
-
 static int spool_lines(const char *store)
 {
     char path[512], line[8192];
@@ -313,10 +305,10 @@ START_TEST(pos_spools_sales_while_the_broker_is_down_and_sends_them_after)
     long before =
         owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL);
     long want = before + 4;
-    broker("stop_app");
+    tu_broker("stop_app");
     ck_assert_int_eq(run_pos("--count 3 --store SPOOL-E2E"), 2); /* 2: sales left spooled */
     ck_assert_int_eq(spool_lines("SPOOL-E2E"), 3);
-    broker("start_app");
+    tu_broker("start_app");
     ck_assert_msg(tu_poll(60000, ready, NULL), "order-api did not recover");
     ck_assert_int_eq(run_pos("--count 1 --store SPOOL-E2E"), 0);
     ck_assert_int_eq(spool_lines("SPOOL-E2E"), 0);

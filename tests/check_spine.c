@@ -53,24 +53,6 @@ static void amqp_done(amqp_connection_state_t c)
     amqp_destroy_connection(c);
 }
 
-/* Messages ready in q and its consumers; -1 when q does not exist. */
-static int queue_counts(const char *q, int *consumers)
-{
-    amqp_connection_state_t c = amqp_open();
-    amqp_queue_declare_ok_t *ok =
-        amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 1, 0, 0, 0, amqp_empty_table);
-    int n = -1;
-    if (ok) {
-        n = (int)ok->message_count;
-        if (consumers)
-            *consumers = (int)ok->consumer_count;
-        amqp_done(c);
-    } else {
-        amqp_destroy_connection(c);
-    }
-    return n;
-}
-
 static void queue_delete(const char *q)
 {
     amqp_connection_state_t c = amqp_open();
@@ -133,21 +115,13 @@ static int queue_get(const char *q, dlq_msg *out)
     return rc;
 }
 
-static void broker(const char *verb)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "bash %s/scripts/rmqctl.sh -q %s >/dev/null 2>&1",
-             tu_env("ORDERSUITE_ROOT"), verb);
-    ck_assert_msg(system(cmd) == 0, "rabbitmqctl %s failed", verb);
-}
-
 /* --------------------------------------------------------------- fixture */
 
 static int worker_consuming(void *arg)
 {
     int consumers = 0;
     (void)arg;
-    return queue_counts(SVC, &consumers) >= 0 && consumers > 0;
+    return tu_queue_counts("SPINE_AMQP_URL", SVC, &consumers) >= 0 && consumers > 0;
 }
 
 static void start_worker(void)
@@ -281,7 +255,7 @@ static int total_reached(void *arg)
 
 static int dlq_has(void *arg)
 {
-    return queue_counts(SVC ".dlq", NULL) >= *(int *)arg;
+    return tu_queue_counts("SPINE_AMQP_URL", SVC ".dlq", NULL) >= *(int *)arg;
 }
 
 /* ----------------------------------------------------------------- tests */
@@ -310,8 +284,8 @@ START_TEST(a_confirmed_publish_is_consumed_once_with_its_properties)
     }
     free(row);
     /* It was acked: nothing is left in the queue or the DLQ. */
-    ck_assert_int_eq(queue_counts(SVC, NULL), 0);
-    ck_assert_int_eq(queue_counts(SVC ".dlq", NULL), 0);
+    ck_assert_int_eq(tu_queue_counts("SPINE_AMQP_URL", SVC, NULL), 0);
+    ck_assert_int_eq(tu_queue_counts("SPINE_AMQP_URL", SVC ".dlq", NULL), 0);
     ck_assert_int_eq(effects_for(sale), 1);
     free(body);
     mq_free(c);
@@ -336,7 +310,7 @@ START_TEST(a_transient_failure_is_retried_through_the_tiers_then_processed_once)
                                 "SELECT attempt FROM " SVC ".effects WHERE sale_id = $1", 1, p),
                      3);
     ck_assert_int_eq(effects_for(sale), 1);
-    ck_assert_int_eq(queue_counts(SVC ".dlq", NULL), 0);
+    ck_assert_int_eq(tu_queue_counts("SPINE_AMQP_URL", SVC ".dlq", NULL), 0);
     free(body);
     mq_free(c);
 }
@@ -431,7 +405,7 @@ START_TEST(a_message_delivered_twice_has_one_effect)
     ck_assert_int_eq(publish(c, after, NULL, sentinel, 0), MQ_OK);
     ck_assert(tu_poll(10000, effects_reached, &a));
     ck_assert_int_eq(effects_for(sale), 1);
-    ck_assert_int_eq(queue_counts(SVC, NULL), 0);
+    ck_assert_int_eq(tu_queue_counts("SPINE_AMQP_URL", SVC, NULL), 0);
     free(body);
     free(after);
     mq_free(c);
@@ -467,7 +441,7 @@ START_TEST(outbox_rows_written_while_the_broker_is_down_are_published_after)
     long want = N;
 
     ck_assert_msg(db_connect_retry(db, 10000, NULL, err, sizeof(err)) == DB_OK, "%s", err);
-    broker("stop_app");
+    tu_broker("stop_app");
     ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
     for (int i = 0; i < N; i++) {
         char sale[UUID_STR_LEN];
@@ -481,7 +455,7 @@ START_TEST(outbox_rows_written_while_the_broker_is_down_are_published_after)
         free(body);
     }
     ck_assert_int_eq(db_commit(db, err, sizeof(err)), DB_OK);
-    broker("start_app");
+    tu_broker("start_app");
     ck_assert_msg(tu_poll(60000, total_reached, &want), "only %ld of %d effects", total_effects(),
                   N);
     ck_assert_int_eq(total_effects(), N);
@@ -511,8 +485,8 @@ START_TEST(the_consumer_survives_a_broker_restart)
         ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
         free(body);
     }
-    broker("stop_app");
-    broker("start_app");
+    tu_broker("stop_app");
+    tu_broker("start_app");
     ck_assert_msg(tu_poll(60000, worker_consuming, NULL), "the worker did not come back");
     ck_assert_msg(mq_connect_retry(c, 0, 20000, NULL, err, sizeof(err)) == MQ_OK, "%s", err);
     for (int i = N / 2; i < N; i++) {

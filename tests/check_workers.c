@@ -9,8 +9,6 @@
 #include "testutil.h"
 #include "util.h"
 
-#include <amqp.h>
-#include <amqp_tcp_socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,33 +18,12 @@
 static const char *const services[] = {"inventory", "billing", "email"};
 static pid_t pids[3];
 
-static int consumers_on(const char *q)
-{
-    struct amqp_connection_info info;
-    char *url = strdup(tu_env("TEST_AMQP_URL"));
-    amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
-    amqp_queue_declare_ok_t *ok;
-    int n = -1;
-    amqp_parse_url(url, &info);
-    if (amqp_socket_open(s, info.host, info.port) == AMQP_STATUS_OK &&
-        amqp_login(c, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password)
-                .reply_type == AMQP_RESPONSE_NORMAL &&
-        amqp_channel_open(c, 1)) {
-        ok = amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 1, 0, 0, 0, amqp_empty_table);
-        if (ok)
-            n = (int)ok->consumer_count;
-    }
-    amqp_destroy_connection(c);
-    free(url);
-    return n;
-}
-
 static int all_consuming(void *arg)
 {
     (void)arg;
     for (int i = 0; i < 3; i++) {
-        if (consumers_on(services[i]) < 1)
+        int consumers = 0;
+        if (tu_queue_counts("TEST_AMQP_URL", services[i], &consumers) < 0 || consumers < 1)
             return 0;
     }
     return 1;

@@ -5,6 +5,8 @@
 #include "events.h"
 #include "util.h"
 
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
@@ -295,4 +297,40 @@ mq_conn *tu_publisher(const char *url_env, const char *app_id)
     ck_assert_msg(c != NULL, "%s is not an AMQP URL", url_env);
     ck_assert_msg(mq_connect_publisher(c, err, sizeof(err)) == MQ_OK, "%s: %s", url_env, err);
     return c;
+}
+
+long tu_queue_counts(const char *url_env, const char *queue, int *consumers)
+{
+    struct amqp_connection_info info;
+    char *url = strdup(tu_env(url_env));
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    amqp_queue_declare_ok_t *ok = NULL;
+    long n = -1;
+
+    if (amqp_parse_url(url, &info) == AMQP_STATUS_OK &&
+        amqp_socket_open(s, info.host, info.port) == AMQP_STATUS_OK &&
+        amqp_login(c, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password)
+                .reply_type == AMQP_RESPONSE_NORMAL &&
+        amqp_channel_open(c, 1)) {
+        /* Passive: only asks; a missing queue closes the channel (-1). */
+        ok = amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
+        if (ok) {
+            n = (long)ok->message_count;
+            if (consumers)
+                *consumers = (int)ok->consumer_count;
+            amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+        }
+    }
+    amqp_destroy_connection(c);
+    free(url);
+    return n;
+}
+
+void tu_broker(const char *verb)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "bash %s/scripts/rmqctl.sh -q %s >/dev/null 2>&1",
+             tu_env("ORDERSUITE_ROOT"), verb);
+    ck_assert_msg(system(cmd) == 0, "rabbitmqctl %s failed", verb);
 }

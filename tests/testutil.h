@@ -56,6 +56,15 @@ long tu_http_h(const char *method, const char *url, const char *const *headers, 
  * cannot connect. Free with mq_free. */
 mq_conn *tu_publisher(const char *url_env, const char *app_id);
 
+/* Messages ready in queue and (when consumers is not NULL) its consumer
+ * count, on the broker at the URL in url_env; -1 when the queue does not
+ * exist or the broker does not answer. */
+long tu_queue_counts(const char *url_env, const char *queue, int *consumers);
+
+/* Runs `rabbitmqctl VERB` against the project's node (stop_app, start_app);
+ * fails the test when it fails. */
+void tu_broker(const char *verb);
+
 /* A valid event of type t with fixed ids (free with ev_free). */
 void tu_sample_event(ev_type t, ev_event *ev);
 

@@ -47,6 +47,14 @@ void api_thread_exit(void *db)
     db_free(db);
 }
 
+/* 503 with Retry-After: the database is down; the client should come back. */
+static void db_unavailable(http_resp *out)
+{
+    http_problem(out, 503, "Service Unavailable", "the database is unavailable; retry later", NULL);
+    snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
+    snprintf(out->extra_value, sizeof(out->extra_value), "2");
+}
+
 /* The pool thread's connection, connected; NULL (and a 503 in out) when the
  * database is unreachable. */
 static db_conn *thread_db(http_req *r, const api_ctx *ctx, http_resp *out)
@@ -65,10 +73,7 @@ static db_conn *thread_db(http_req *r, const api_ctx *ctx, http_resp *out)
     }
     if (db_ensure(db, err, sizeof(err)) != DB_OK) {
         log_warn("database unavailable: %s", err);
-        http_problem(out, 503, "Service Unavailable", "the database is unavailable; retry later",
-                     NULL);
-        snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
-        snprintf(out->extra_value, sizeof(out->extra_value), "2");
+        db_unavailable(out);
         return NULL;
     }
     return db;
@@ -78,10 +83,7 @@ static void db_failure(http_resp *out, int rc, const char *err)
 {
     log_error("database: %s", err);
     if (rc == DB_ERR_TRANSIENT) {
-        http_problem(out, 503, "Service Unavailable", "the database is unavailable; retry later",
-                     NULL);
-        snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
-        snprintf(out->extra_value, sizeof(out->extra_value), "2");
+        db_unavailable(out);
     } else {
         http_problem(out, 500, "Internal Server Error", "the request could not be stored", NULL);
     }
