@@ -160,3 +160,27 @@ wait_for() {
 AMQP_PORT=${AMQP_PORT:-5672}
 PG_PORT=${PG_PORT:-5432}
 MGMT_PORT=${MGMT_PORT:-15672}
+
+# Exports the URLs the tests, tools and load scripts use: OWNER_DATABASE_URL,
+# <ROLE>_DATABASE_URL and <NAME>_AMQP_URL per service, TEST_AMQP_URL (the
+# administrator) and SPINE_AMQP_URL. Needs load_env first.
+export_suite_urls() {
+    local name role pw
+    db_url() { echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/ordersuite"; }
+    export OWNER_DATABASE_URL
+    OWNER_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD")
+    # <ROLE>_DATABASE_URL and <NAME>_AMQP_URL for every service (its own role and
+    # broker user), e.g. BILLING_DATABASE_URL, ORDER_API_AMQP_URL.
+    for name in $(suite_names) pos; do
+        export "$(up_name "$name")_AMQP_URL=$(amqp_url "$name")"
+        [ "$name" = pos ] && continue
+        role=$(suite_field "$name" 2)
+        pw="PG_$(up_name "$role")_PASSWORD"
+        export "$(up_name "$role")_DATABASE_URL=$(db_url "$role" "${!pw}")"
+    done
+    # No path: rabbitmq-c reads "/" as the empty vhost; none means the default "/".
+    export TEST_AMQP_URL="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
+    # The spine suite's own vhost (made by make up): its test events stay out of
+    # the services' queues.
+    export SPINE_AMQP_URL="$TEST_AMQP_URL/ordersuite-test"
+}

@@ -83,7 +83,9 @@ static void set_stock(const char *sku, long n)
     char v[24];
     const char *p[] = {sku, util_i64(v, n)};
     free(tu_sql(tu_env("OWNER_DATABASE_URL"),
-                "UPDATE inventory.stock SET on_hand = $2::bigint WHERE sku = $1", 2, p));
+                "SELECT inventory.adjust_stock(sku, $2::bigint - on_hand, 'test: set stock')"
+                " FROM inventory.stock WHERE sku = $1",
+                2, p));
 }
 
 static long stock(const char *sku)
