@@ -47,7 +47,7 @@ LIBS         := $(LIBCOMMON) $(LIBCONTRACTS)
 BINS := $(addprefix $(BUILD)/bin/,$(SERVICES) $(TOOLS))
 TEST_BINS := $(addprefix $(BUILD)/test/,$(TESTS) $(TEST_HELPERS))
 
-.PHONY: all deps up down status migrate test test-run asan fuzz fmt lint demo demo-stop clean new-service
+.PHONY: all deps up down status migrate test test-run asan fuzz fmt lint demo demo-stop clean new-service bench chaos soak
 .DEFAULT_GOAL := all
 
 all: $(BINS)
@@ -136,6 +136,13 @@ demo: deps
 
 demo-stop:
 	@bash scripts/services.sh stop
+
+# The suite against the machine's limits (docs/PERFORMANCE.md), < 10 minutes.
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory up
+	@$(MAKE) --no-print-directory migrate
+	@bash scripts/bench.sh
 
 clean:
 	rm -rf build

@@ -17,6 +17,7 @@ struct db_conn {
     char sqlstate[6];
     const char *prepared[DB_MAX_PREPARED]; /* statement names prepared on pg */
     int nprepared;
+    void (*after_commit)(void); /* run once after the open transaction commits */
 };
 
 db_conn *db_new(const char *conninfo, const char *application_name)
@@ -208,7 +209,13 @@ int db_execp(db_conn *db, const char *name, const char *sql, int nparams, const 
 
 int db_begin(db_conn *db, char *err, size_t errlen)
 {
+    db->after_commit = NULL;
     return db_exec(db, "BEGIN", 0, NULL, NULL, err, errlen);
+}
+
+void db_after_commit(db_conn *db, void (*fn)(void))
+{
+    db->after_commit = fn;
 }
 
 int db_commit(db_conn *db, char *err, size_t errlen)
@@ -221,12 +228,16 @@ int db_commit(db_conn *db, char *err, size_t errlen)
         rc = DB_ERR;
     }
     PQclear(r);
+    if (rc == DB_OK && db->after_commit)
+        db->after_commit();
+    db->after_commit = NULL;
     return rc;
 }
 
 void db_rollback(db_conn *db)
 {
     char err[DB_ERR_LEN];
+    db->after_commit = NULL;
     if (db->pg && PQstatus(db->pg) == CONNECTION_OK && PQtransactionStatus(db->pg) != PQTRANS_IDLE)
         (void)db_exec(db, "ROLLBACK", 0, NULL, NULL, err, sizeof(err));
 }

@@ -67,6 +67,9 @@ int db_execp(db_conn *db, const char *name, const char *sql, int nparams, const 
  * lost connection has rolled back already. */
 int db_begin(db_conn *db, char *err, size_t errlen);
 int db_commit(db_conn *db, char *err, size_t errlen);
+/* Runs fn once right after the open transaction commits (not after a
+ * rollback or a failed COMMIT): how the outbox wakes its relay. */
+void db_after_commit(db_conn *db, void (*fn)(void));
 void db_rollback(db_conn *db);
 
 /* SQLSTATE of the last failed statement ("" if none). */

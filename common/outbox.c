@@ -11,13 +11,49 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/select.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+/* The relays of this process, woken after a commit that added outbox rows.
+ * (NOTIFY would do it too, but PostgreSQL serializes the commits of all
+ * notifying transactions on one lock: at a few hundred commits a second
+ * that lock, not the disk, sets the pace.) Writers in other processes are
+ * found by the timer sweep, or wake the relay with NOTIFY <service>_outbox. */
+#define MAX_RELAYS 8
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static int wake_fds[MAX_RELAYS];
+static int nwake;
+
+static void wake_relays(void)
+{
+    uint64_t one = 1;
+    pthread_mutex_lock(&wake_lock);
+    for (int i = 0; i < nwake; i++)
+        (void)!write(wake_fds[i], &one, sizeof(one)); /* full counter: already awake */
+    pthread_mutex_unlock(&wake_lock);
+}
+
+static void wake_register(int fd, int add)
+{
+    pthread_mutex_lock(&wake_lock);
+    if (add && nwake < MAX_RELAYS) {
+        wake_fds[nwake++] = fd;
+    } else if (!add) {
+        for (int i = 0; i < nwake; i++) {
+            if (wake_fds[i] == fd)
+                wake_fds[i] = wake_fds[--nwake];
+        }
+    }
+    pthread_mutex_unlock(&wake_lock);
+}
 
 struct outbox_relay {
     outbox_relay_opts o;
     char *db_url, *amqp_url, *service;
     char channel[96];
     pthread_t thread;
+    int wake_fd; /* eventfd: a local commit added rows */
     volatile sig_atomic_t stop;
     int flush_ms;
     pthread_mutex_t lock;
@@ -28,9 +64,9 @@ int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char 
                const char *causation_id, char message_id_out[UUID_STR_LEN], char *err,
                size_t errlen)
 {
-    char id[UUID_STR_LEN], channel[96];
+    char id[UUID_STR_LEN];
     char *body;
-    const char *p[6];
+    const char *p[5];
     int rc;
 
     if (!correlation_id || !uuid_valid(correlation_id)) {
@@ -45,21 +81,19 @@ int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char 
         snprintf(err, errlen, "outbox: no randomness for a message id");
         return DB_ERR_TRANSIENT;
     }
-    snprintf(channel, sizeof(channel), "%s_outbox", service);
+    (void)service;
     p[0] = id;
     p[1] = ev_routing_key(ev->type);
     p[2] = correlation_id;
     p[3] = causation_id && *causation_id ? causation_id : NULL;
     p[4] = body;
-    p[5] = channel;
-    /* One round trip: the row and the wake-up. The notification is delivered
-     * at COMMIT, and not at all after a ROLLBACK. */
     rc = db_execp(db, "outbox_add",
-                  "WITH ins AS (INSERT INTO outbox (message_id, routing_key, correlation_id,"
-                  " causation_id, body) VALUES ($1, $2, $3, $4, $5))"
-                  " SELECT pg_notify($6, '')",
-                  6, p, NULL, err, errlen);
+                  "INSERT INTO outbox (message_id, routing_key, correlation_id, causation_id, body)"
+                  " VALUES ($1, $2, $3, $4, $5)",
+                  5, p, NULL, err, errlen);
     free(body);
+    if (rc == DB_OK)
+        db_after_commit(db, wake_relays); /* not on a rollback */
     if (rc == DB_OK && message_id_out)
         memcpy(message_id_out, id, UUID_STR_LEN);
     return rc;
@@ -176,21 +210,24 @@ out:
     return rc;
 }
 
-/* Waits up to ms for a NOTIFY on db. Returns -1 when the connection broke. */
-static int wait_notify(db_conn *db, int ms)
+/* Waits up to ms for a local commit (the eventfd) or a NOTIFY on db.
+ * Returns -1 when the connection broke. */
+static int wait_wake(outbox_relay *r, db_conn *db, int ms)
 {
     PGconn *pg = db_pg(db);
     PGnotify *n;
-    fd_set rf;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    uint64_t v;
+    struct pollfd fds[2];
     int sock = pg ? PQsocket(pg) : -1;
 
     if (sock < 0)
         return -1;
-    FD_ZERO(&rf);
-    FD_SET(sock, &rf);
-    if (select(sock + 1, &rf, NULL, NULL, &tv) < 0 && errno != EINTR)
+    fds[0] = (struct pollfd){.fd = sock, .events = POLLIN};
+    fds[1] = (struct pollfd){.fd = r->wake_fd, .events = POLLIN};
+    if (poll(fds, 2, ms) < 0 && errno != EINTR)
         return -1;
+    if (fds[1].revents & POLLIN)
+        (void)!read(r->wake_fd, &v, sizeof(v));
     if (!PQconsumeInput(pg))
         return -1;
     while ((n = PQnotifies(pg)) != NULL)
@@ -261,7 +298,7 @@ static void *relay_main(void *arg)
         if (flush_deadline >= 0)
             break; /* stopping, and nothing is left */
         mq_tick(mq);
-        if (wait_notify(db, r->o.sweep_ms) < 0)
+        if (wait_wake(r, db, r->o.sweep_ms) < 0)
             continue; /* reconnects at the top */
     }
 out:
@@ -284,9 +321,21 @@ outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t e
     if (!r->db_url || !r->amqp_url || !r->service)
         goto oom;
     snprintf(r->channel, sizeof(r->channel), "%s_outbox", o->service);
+    r->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->wake_fd < 0) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        free(r->db_url);
+        free(r->amqp_url);
+        free(r->service);
+        free(r);
+        return NULL;
+    }
+    wake_register(r->wake_fd, 1);
     pthread_mutex_init(&r->lock, NULL);
     if (pthread_create(&r->thread, NULL, relay_main, r) != 0) {
         snprintf(err, errlen, "cannot start the outbox relay thread");
+        wake_register(r->wake_fd, 0);
+        close(r->wake_fd);
         pthread_mutex_destroy(&r->lock);
         free(r->db_url);
         free(r->amqp_url);
@@ -312,7 +361,10 @@ void outbox_relay_stop(outbox_relay *r, int timeout_ms)
         return;
     r->flush_ms = timeout_ms;
     r->stop = 1;
+    wake_relays();
     pthread_join(r->thread, NULL);
+    wake_register(r->wake_fd, 0);
+    close(r->wake_fd);
     pthread_mutex_destroy(&r->lock);
     free(r->db_url);
     free(r->amqp_url);

@@ -4,12 +4,15 @@
  * A service that changes its tables and emits an event writes both in one
  * PostgreSQL transaction: outbox_add inserts the event into the service's
  * outbox table (its own schema, via search_path) inside the caller's
- * transaction, and notifies the relay. The relay, a thread in the same
+ * transaction, and the relay is woken when that transaction commits. The
+ * relay, a thread in the same
  * process with its own database and broker connections, claims pending rows
  * in id order (FOR UPDATE SKIP LOCKED, so two instances can run), publishes
  * them with confirms, and deletes the rows the broker acked, all in one
- * transaction. It wakes on LISTEN/NOTIFY and also sweeps on a timer, so
- * nothing waits for the next event and nothing is stranded after a crash.
+ * transaction. It wakes on a commit in its process (an eventfd; NOTIFY
+ * <service>_outbox works too, for writers elsewhere) and also sweeps on a
+ * timer, so nothing waits for the next event and nothing is stranded after a
+ * crash.
  * Rows the broker did not take stay pending and are tried again with backoff.
  */
 #ifndef ORDERSUITE_OUTBOX_H

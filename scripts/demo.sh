@@ -12,7 +12,7 @@ OWNER_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/o
 sql() { psql -X -q -t -A "$OWNER_URL" -c "$1"; }
 
 say "starting the services (logs in var/log/)"
-"$ROOT/scripts/services.sh" start "$BUILD"
+BUILD=$BUILD "$ROOT/scripts/services.sh" start
 wait_for 30 "order-api" curl -sf "$API/readyz" || die "order-api is not ready; see var/log/order-api.log"
 
 pos_before=$(sql "SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL")

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# scripts/services.sh start|stop|status [BUILD] — the suite's long-running
-# services in the background, pid files in var/run/, logs in var/log/.
+# scripts/services.sh start|stop|kill|status [NAME...] — the suite's
+# long-running services in the background, pid files in var/run/, logs in
+# var/log/. No names: all of them. kill is kill -9 (for the chaos runs).
+# BUILD (environment, default build) picks the binaries; the caller's
+# environment reaches the services (e.g. HTTP_THREADS=16).
 source "$(dirname "$0")/lib.sh"
 load_env
 cmd=${1:-status}
-BUILD=${2:-build}
+shift || true
+BUILD=${BUILD:-build}
 RUN="$VAR/run"
-mapfile -t SERVICES < <(suite_names)
+if [ $# -gt 0 ]; then
+    SERVICES=("$@")
+    for s in "${SERVICES[@]}"; do
+        [[ " $(suite_names | tr '\n' ' ') " == *" $s "* ]] || die "no service named $s"
+    done
+else
+    mapfile -t SERVICES < <(suite_names)
+fi
 
 svc_env() { # NAME: the environment of one service
     local role pw
@@ -50,10 +61,20 @@ stop)
         echo "    $s: stopped"
     done
     ;;
+kill)
+    for s in "${SERVICES[@]}"; do
+        running "$s" || continue
+        pid=$(cat "$RUN/$s.pid")
+        kill -KILL "$pid"
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        rm -f "$RUN/$s.pid"
+        echo "    $s: killed (-9)"
+    done
+    ;;
 status)
     for s in "${SERVICES[@]}"; do
         if running "$s"; then echo "$(printf '%-11s' "$s") up    pid $(cat "$RUN/$s.pid")"; fi
     done
     ;;
-*) die "usage: services.sh start|stop|status [BUILD]" ;;
+*) die "usage: services.sh start|stop|kill|status [NAME...]" ;;
 esac

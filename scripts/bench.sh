@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# scripts/bench.sh — make bench: the suite against the machine's own limits,
+# in one run (docs/PERFORMANCE.md explains the method).
+#
+# Needs make up + make migrate. Restarts the services with the bench's
+# settings, restocks the SKUs it orders (through inventory.adjust_stock, so the
+# ledger stays true), then measures, in this order:
+#   1. PostgreSQL: bench/order_tx.sql with pgbench at 1, 16, 64 clients
+#   2. RabbitMQ:   tools/mqbench, confirms to and acks from a quorum queue
+#   3. HTTP:       wrk on order-api's /healthz (same server, same threads)
+#   4. the suite:  loadgen POST /orders at 1, 16, 64 connections, each run
+#                  drained and checked by the ledger before the next
+#   5. end to end: a capacity probe, 60 s sustained at 90 % of it, and a
+#                  latency run at half of it
+# and writes bench/results/<date>.{json,md,png} and bench/results/latest.*.
+#
+# Knobs (environment): BENCH_SECONDS (each accepted-rate run, default 10),
+# BENCH_SUSTAIN_SECONDS (default 60), HTTP_THREADS (order-api, default 16),
+# BENCH_CONNS (default "1 16 64").
+source "$(dirname "$0")/lib.sh"
+load_env
+export_suite_urls
+set -o pipefail
+
+BIN="$ROOT/${BUILD:-build}/bin"
+SECS=${BENCH_SECONDS:-10}
+SUSTAIN=${BENCH_SUSTAIN_SECONDS:-60}
+CONNS=${BENCH_CONNS:-1 16 64}
+export HTTP_THREADS=${HTTP_THREADS:-16}
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
+OUT="$ROOT/bench/results"
+WORK="$VAR/bench/$STAMP"
+API="http://127.0.0.1:8080"
+SKUS="MUG-WHITE,FLT-PAPER,TEA-EARLGREY,COF-FILTER"
+mkdir -p "$OUT" "$WORK"
+t_start=$(date +%s)
+
+for b in loadgen ledger mqbench order-api; do
+    [ -x "$BIN/$b" ] || die "no $BIN/$b: run make first"
+done
+for t in pgbench wrk gnuplot python3; do
+    command -v "$t" >/dev/null || die "$t is not installed: run make deps"
+done
+
+ledger_wait() { # TAG: wait for the run to drain, check it; the RESULT line
+    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$TEST_AMQP_URL \
+        "$BIN/ledger" --tag "$1" --ids "$WORK/$1.ids" --wait 600 >"$WORK/$1.ledger" 2>&1
+    local rc=$?
+    tail -1 "$WORK/$1.ledger"
+    [ $rc -eq 0 ] || die "the ledger of $1 is not clean; see $WORK/$1.ledger"
+}
+
+loadgen() { # TAG ARGS...: one loadgen run, JSON in $WORK/TAG.json
+    local tag=$1
+    shift
+    DATABASE_URL=$OWNER_DATABASE_URL "$BIN/loadgen" -u "$API" -t "$tag" --skus "$SKUS" \
+        -o "$WORK/$tag.ids" --json "$WORK/$tag.json" "$@" >"$WORK/$tag.out" 2>&1 ||
+        die "loadgen $tag failed; see $WORK/$tag.out"
+    sed 's/^/    /' "$WORK/$tag.out"
+}
+
+say "bench $STAMP: services restart with HTTP_THREADS=$HTTP_THREADS"
+"$ROOT/scripts/services.sh" stop >/dev/null
+"$ROOT/scripts/services.sh" start >/dev/null
+wait_for 30 "order-api" curl -fsS "$API/readyz" >/dev/null || die "order-api is not ready"
+psql -qAt "$OWNER_DATABASE_URL" -c \
+    "SELECT count(inventory.adjust_stock(sku, 2000000 - on_hand, 'make bench: restock'))
+       FROM inventory.stock WHERE sku = ANY(string_to_array('$SKUS', ','))
+        AND on_hand < 2000000" >/dev/null || die "restocking failed"
+
+# ----------------------------------------------------------------- limits
+say "PostgreSQL limit: bench/order_tx.sql (pgbench -M prepared, ${SECS}s per client count)"
+psql -q "$OWNER_DATABASE_URL" -f "$ROOT/bench/setup.sql" || die "bench/setup.sql failed"
+for c in $CONNS; do
+    pgbench -n -M prepared -c "$c" -j 2 -T "$SECS" -f "$ROOT/bench/order_tx.sql" \
+        "$OWNER_DATABASE_URL" >"$WORK/pgbench-$c.out" 2>&1 || die "pgbench failed; see $WORK/pgbench-$c.out"
+    echo "    $c clients: $(grep -E '^tps' "$WORK/pgbench-$c.out")"
+done
+psql -q "$OWNER_DATABASE_URL" -c "TRUNCATE bench.orders, bench.order_lines, bench.order_timeline, bench.outbox"
+
+# The size of the suite's own messages: one order.placed of loadgen's order,
+# read (and requeued) from inventory's queue while inventory is stopped.
+"$ROOT/scripts/services.sh" stop inventory >/dev/null
+"$BIN/loadgen" -u "$API" -t "size-$STAMP" --skus "$SKUS" -c 1 -n 1 >/dev/null || die "loadgen failed"
+MSG_BYTES=
+for _ in $(seq 1 50); do
+    MSG_BYTES=$(curl -fsS -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" \
+        -H 'content-type: application/json' -X POST \
+        -d '{"count":1,"ackmode":"reject_requeue_true","encoding":"auto"}' \
+        "http://127.0.0.1:$MGMT_PORT/api/queues/%2F/inventory/get" |
+        python3 -c 'import json,sys; m=json.load(sys.stdin); print(m[0]["payload_bytes"] if m else "")')
+    [ -n "$MSG_BYTES" ] && break
+    sleep 0.1
+done
+"$ROOT/scripts/services.sh" start inventory >/dev/null
+[ -n "$MSG_BYTES" ] || die "could not read an order.placed from the inventory queue"
+say "RabbitMQ limit: 20000 persistent $MSG_BYTES-byte messages, confirms, quorum queue"
+AMQP_URL=$SPINE_AMQP_URL "$BIN/mqbench" -n 20000 -s "$MSG_BYTES" >"$WORK/mqbench.json" ||
+    die "mqbench failed"
+echo "    $(cat "$WORK/mqbench.json")"
+
+say "HTTP limit: wrk on $API/healthz, 5 s per connection count"
+for c in $CONNS; do
+    th=2
+    [ "$c" -lt 2 ] && th=1
+    wrk -t "$th" -c "$c" -d 5 "$API/healthz" >"$WORK/wrk-$c.out" 2>&1 || die "wrk failed"
+    echo "    $c connections: $(grep Requests/sec "$WORK/wrk-$c.out")"
+done
+
+# -------------------------------------------------------------- the suite
+say "warm-up: 5 s at 16 connections"
+loadgen "warm-$STAMP" -c 16 -d 5
+ledger_wait "warm-$STAMP" | sed 's/^/    /'
+
+say "orders accepted: POST /orders for ${SECS}s at $CONNS connections"
+for c in $CONNS; do
+    loadgen "acc$c-$STAMP" -c "$c" -d "$SECS"
+    echo "    drained: $(ledger_wait "acc$c-$STAMP")"
+done
+
+say "end to end: capacity probe (3000 orders, 16 connections, as fast as answered)"
+loadgen "cap-$STAMP" -c 16 -n 3000 --e2e 300
+ledger_wait "cap-$STAMP" | sed 's/^/    /'
+cap=$(python3 -c "import json;print(max(1,int(json.load(open('$WORK/cap-$STAMP.json'))['e2e']['completed_per_s'])))")
+rate=$((cap * 9 / 10))
+half=$((rate / 2))
+say "end to end: ${SUSTAIN}s sustained at $rate orders/s (90 % of $cap/s)"
+loadgen "sus-$STAMP" -c 16 -d "$SUSTAIN" -r "$rate" --e2e 300
+ledger_wait "sus-$STAMP" | sed 's/^/    /'
+say "end to end: 20 s at $half orders/s (half) for the latency"
+loadgen "half-$STAMP" -c 16 -d 20 -r "$half" --e2e 300
+ledger_wait "half-$STAMP" | sed 's/^/    /'
+
+t_end=$(date +%s)
+python3 "$ROOT/bench/report.py" "$WORK" "$STAMP" "$OUT" "$((t_end - t_start))" "$HTTP_THREADS" "$MSG_BYTES" \
+    "$(nproc)" "$CONNS" || die "writing the report failed"
+cp "$OUT/$STAMP.json" "$OUT/latest.json"
+cp "$OUT/$STAMP.md" "$OUT/latest.md"
+cp "$OUT/$STAMP.png" "$OUT/latest.png"
+say "bench done in $((t_end - t_start)) s: bench/results/$STAMP.{json,md,png} (and latest.*)"
+cat "$OUT/$STAMP.md"
