@@ -137,6 +137,14 @@ demo: deps
 demo-stop:
 	@bash scripts/services.sh stop
 
+# Faults under load, the ledger after each (docs/RELIABILITY.md), a few minutes.
+chaos: all up migrate
+	@bash scripts/chaos.sh
+
+# Steady load for SOAK_SECONDS (600): RSS and fds per service, then the ledger.
+soak: all up migrate
+	@bash scripts/soak.sh
+
 # The suite against the machine's limits (docs/PERFORMANCE.md), < 10 minutes.
 bench: deps
 	@$(MAKE) --no-print-directory all

@@ -18,6 +18,7 @@ typedef enum {
     M_RETRIED,       /* sent to a retry tier */
     M_DEAD_LETTERED, /* sent to the DLQ */
     M_PUBLISHED,     /* confirmed by the broker (outbox relay, pos) */
+    M_REDELIVERED,   /* delivered again by the broker (redelivered flag) */
     M__KINDS
 } metric_kind;
 

@@ -111,6 +111,8 @@ static mq_result dispatch(const mq_delivery *d, void *ctx, char *err, size_t err
     int64_t t0 = util_wall_us();
     mq_result r;
     metrics_count(w->metrics, M_CONSUMED, d->routing_key, 1);
+    if (d->redelivered)
+        metrics_count(w->metrics, M_REDELIVERED, d->routing_key, 1);
     r = dispatch_one(d, ctx, err, errlen);
     metrics_observe(w->metrics, (double)(util_wall_us() - t0) / 1e6);
     return r;

@@ -21,9 +21,9 @@ passed=0 failed=0 bad_suites=()
 # SUITES="check_db check_spine" runs only those.
 # The Check suites, then the scripted checks (tests/*_check.py), which print
 # the same summary line.
-for t in "$ROOT/$BUILD"/test/check_* "$ROOT"/tests/*_check.py; do
+for t in "$ROOT/$BUILD"/test/check_* "$ROOT"/tests/*_check.py "$ROOT"/tests/*_check.sh; do
     [ -x "$t" ] || continue
-    name=$(basename "$t" .py)
+    name=$(basename "${t%.sh}" .py)
     if [ -n "${SUITES:-}" ] && ! [[ " $SUITES " == *" $name "* ]]; then
         continue
     fi

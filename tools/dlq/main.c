@@ -167,15 +167,23 @@ static int cmd_replay(mq_conn *c, const char *url, const char *service, const ch
     mq_conn *pub = dry ? NULL : open_conn(url, err, sizeof(err));
     mq_got **held = NULL;
     size_t nheld = 0, cap = 0;
-    long replayed = 0, kept = 0;
+    long replayed = 0, kept = 0, limit;
     int rc = 0;
 
     if (!dry && !pub) {
         fprintf(stderr, "dlq: %s\n", err);
         return 1;
     }
+    /* Only what is there now: a replayed message the service still refuses
+     * comes back to the DLQ and must not be taken again in this run. */
+    limit = mq_queue_depth(c, q, err, sizeof(err));
+    if (limit < 0) {
+        fprintf(stderr, "dlq: %s: %s\n", q, err);
+        mq_free(pub);
+        return 1;
+    }
     snprintf(note, sizeof(note), "replayed from %s", q);
-    for (;;) {
+    while (replayed + kept < limit) {
         mq_got *g;
         const mq_delivery *d;
         int got = mq_get(c, q, &g, err, sizeof(err));

@@ -239,6 +239,8 @@ static long take_order(void)
     if (opt.rate > 0) {
         int64_t due = start_mono + (int64_t)((double)n * 1000.0 / opt.rate);
         int64_t now = util_now_ms();
+        if (opt.duration > 0 && due - start_mono >= (int64_t)(opt.duration * 1000))
+            return -1; /* due after the end of the run */
         if (due > now)
             util_sleep_ms(due - now, &stopping);
     }
@@ -337,6 +339,24 @@ typedef struct {
     char err[MQ_ERR_LEN];
 } sales_state;
 
+/* Publishes m until the broker confirms it; with --retry, through broker
+ * restarts (reconnecting) for up to that long, as the till's spool would. */
+static int publish_retrying(mq_conn *c, const mq_msg *m, char *err, size_t errlen)
+{
+    int64_t deadline = util_now_ms() + (int64_t)(opt.retry_s * 1000);
+    backoff b;
+    backoff_init(&b, 100, 2000);
+    for (;;) {
+        if ((mq_is_connected(c) || mq_connect_publisher(c, err, errlen) == MQ_OK) &&
+            mq_publish(c, m, err, errlen) == MQ_OK)
+            return MQ_OK;
+        if (util_now_ms() >= deadline || stopping)
+            return MQ_ERR;
+        mq_disconnect(c);
+        util_sleep_ms(backoff_next(&b), &stopping);
+    }
+}
+
 static void *sales_thread(void *arg)
 {
     sales_state *ss = arg;
@@ -381,7 +401,7 @@ static void *sales_thread(void *arg)
         m.correlation_id = s->sale_id;
         m.body = json;
         m.len = json ? strlen(json) : 0;
-        if (json && mq_publish(c, &m, ss->err, sizeof(ss->err)) == MQ_OK) {
+        if (json && publish_retrying(c, &m, ss->err, sizeof(ss->err)) == MQ_OK) {
             memcpy(ss->ids[ss->sent++], s->sale_id, UUID_STR_LEN);
         } else {
             ss->failed++;

@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# scripts/chaos.sh [--short] [SCENARIO...] — make chaos: faults under load,
+# the ledger checked after each (docs/RELIABILITY.md).
+#
+#   1 kill -9 each worker in turn (stopped first, so it holds deliveries)
+#   2 a crash between a handler's COMMIT and its ack (CRASH_AFTER_COMMIT)
+#   3 kill -9 order-api mid-load; clients retry with the same Idempotency-Key
+#   4 kill -9 the RabbitMQ node and start it again
+#   5 PostgreSQL stopped with -m immediate: the API answers 503, then recovers
+#   6 a poison message and an unknown schema version; a fixed message replayed
+#   7 a worker stalled past the heartbeat
+#
+# Needs make up + make migrate; starts the services if they are not running
+# (and stops them again at the end if it started them). --short runs shorter
+# loads and one round of scenario 1 (make test runs --short 1 4 6). Prints a
+# table and a Check-style summary line; exits non-zero if a scenario failed.
+source "$(dirname "$0")/lib.sh"
+load_env
+export_suite_urls
+set -o pipefail
+
+SHORT=0
+if [ "${1:-}" = --short ]; then
+    SHORT=1
+    shift
+fi
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(1 2 3 4 5 6 7)
+export BUILD=${BUILD:-build}
+BIN="$ROOT/$BUILD/bin"
+RUNID=$(date -u +%H%M%S)-$$
+WORK="$VAR/chaos/$RUNID"
+mkdir -p "$WORK"
+WORKERS=(inventory billing email)
+ROWS=()
+passed=0 failed=0
+
+port_of() { suite_field "$1" 5; }
+ready() { curl -fsS -m 2 "http://127.0.0.1:$(port_of "$1")/readyz" >/dev/null 2>&1; }
+pid_of() { cat "$VAR/run/$1.pid" 2>/dev/null; }
+svc() { "$ROOT/scripts/services.sh" "$@" >>"$WORK/services.log" 2>&1; }
+restart() { # NAME [ENV=V...]: start it (with extra environment) and wait until ready
+    local name=$1
+    shift
+    env "$@" "$ROOT/scripts/services.sh" start "$name" >>"$WORK/services.log" 2>&1
+    wait_for 60 "$name ready" ready "$name"
+}
+metric() { # NAME METRIC: the sum of that counter on the service's /metrics (0 if down)
+    curl -fsS -m 2 "http://127.0.0.1:$(port_of "$1")/metrics" 2>/dev/null |
+        awk -v m="$2" 'index($0, m "{") == 1 { s += $NF } END { printf "%d\n", s }'
+}
+now_ms() { date +%s%3N; }
+elapsed_s() { awk -v a="$(now_ms)" -v b="$1" 'BEGIN { printf "%.1f\n", (a - b) / 1000 }'; }
+
+load_start() { # TAG RATE SECONDS [loadgen args]: orders (and sales) in the background
+    local tag=$1 rate=$2 secs=$3
+    shift 3
+    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -t "$tag" -c 8 \
+        -r "$rate" -d "$secs" --retry 90 -o "$WORK/$tag.ids" "$@" >"$WORK/$tag.load" 2>&1 &
+    LOAD_PID=$!
+}
+load_wait() {
+    wait "$LOAD_PID"
+    local rc=$?
+    sed 's/^/      /' "$WORK/$TAG.load"
+    return $rc
+}
+
+# check TAG NAME RECOVERY OK [ledger args]: runs the ledger, adds a table row.
+check() {
+    local tag=$1 name=$2 recovery=$3 ok=$4
+    shift 4
+    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$TEST_AMQP_URL \
+        "$BIN/ledger" --tag "$tag" --ids "$WORK/$tag.ids" --wait 240 "$@" >"$WORK/$tag.ledger" 2>&1
+    local lrc=$? res sent done lost dup bad
+    sed 's/^/      /' "$WORK/$tag.ledger"
+    res=$(grep '^RESULT' "$WORK/$tag.ledger")
+    sent=$(grep -c '^O ' "$WORK/$tag.ids" 2>/dev/null)
+    done=$(grep -oE '[0-9]+ with exactly their effects' "$WORK/$tag.ledger" | grep -oE '^[0-9]+')
+    lost=$(echo "$res" | sed -nE 's/.*lost=([0-9]+).*/\1/p')
+    dup=$(echo "$res" | sed -nE 's/.*duplicated=([0-9]+).*/\1/p')
+    bad=$(echo "$res" | sed -nE 's/.*inconsistent=([0-9]+).*/\1/p')
+    if [ $lrc -ne 0 ] || [ "$ok" != 1 ]; then
+        failed=$((failed + 1))
+        ok=FAIL
+    else
+        passed=$((passed + 1))
+        ok=ok
+    fi
+    ROWS+=("$(printf '%-34s %6s %9s %5s %10s %12s  %s' "$name" "${sent:-0}" "${done:-0}" \
+        "${lost:-?}" "${dup:-?}" "$recovery" "$ok$([ "${bad:-0}" != 0 ] && echo " (inconsistent $bad)")")")
+}
+
+dlq_depth() { # SERVICE
+    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$TEST_AMQP_URL "$BIN/dlq" list 2>/dev/null |
+        awk -v q="$1.dlq" '$1 == q { print $2 }'
+}
+
+# ------------------------------------------------------------- scenarios
+scenario_1() {
+    local rounds=3 secs=40 red=0 t0 worst=0 ok=1
+    [ $SHORT = 1 ] && rounds=1 secs=15
+    TAG=c1-$RUNID
+    say "1: kill -9 each worker in turn, $rounds round(s), under load"
+    load_start "$TAG" 60 "$secs" --sales 200
+    sleep 2
+    for _ in $(seq 1 "$rounds"); do
+        for w in "${WORKERS[@]}"; do
+            # Stopped first, it holds up to PREFETCH deliveries unacked: the
+            # kill then always leaves some for the broker to deliver again.
+            red=$((red + $(metric "$w" ordersuite_messages_redelivered_total)))
+            kill -STOP "$(pid_of "$w")"
+            sleep 1
+            svc kill "$w"
+            t0=$(now_ms)
+            restart "$w" || ok=0
+            local r
+            r=$(elapsed_s "$t0")
+            echo "    $w killed and back in ${r}s"
+            worst=$(awk -v a="$r" -v b="$worst" 'BEGIN { print (a > b ? a : b) }')
+        done
+    done
+    load_wait || ok=0
+    check "$TAG" "1 kill -9 workers x$rounds" "${worst}s" "$ok"
+    for w in "${WORKERS[@]}"; do
+        red=$((red + $(metric "$w" ordersuite_messages_redelivered_total)))
+    done
+    echo "    redeliveries observed: $red"
+    if [ "$red" -lt 1 ]; then
+        echo "    FAIL: no redelivery observed"
+        ROWS[-1]="${ROWS[-1]/ ok/ FAIL (no redelivery)}"
+        passed=$((passed - 1)) failed=$((failed + 1))
+    fi
+}
+
+scenario_2() {
+    local ok=1 dup before
+    TAG=c2-$RUNID
+    say "2: billing exits between COMMIT and ack (CRASH_AFTER_COMMIT=1)"
+    svc stop billing
+    restart billing CRASH_AFTER_COMMIT=1 || ok=0
+    load_start "$TAG" 5 1
+    load_wait || ok=0
+    wait_for 30 "billing to crash after its first commit" \
+        bash -c "! kill -0 $(pid_of billing) 2>/dev/null" || ok=0
+    before=$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM billing.invoices i
+        JOIN orders.orders o ON o.id = i.order_id WHERE o.customer_id = '$TAG'")
+    echo "    invoices committed before the ack: $before"
+    rm -f "$VAR/run/billing.pid"
+    restart billing || ok=0
+    check "$TAG" "2 crash between commit and ack" "-" "$ok"
+    dup=$(metric billing ordersuite_messages_duplicate_total)
+    echo "    redelivered and absorbed by the inbox: $dup"
+    if [ "$dup" -lt 1 ] || [ "$before" -lt 1 ]; then
+        echo "    FAIL: expected a committed invoice and an inbox hit on redelivery"
+        ROWS[-1]="${ROWS[-1]/ ok/ FAIL (no inbox hit)}"
+        passed=$((passed - 1)) failed=$((failed + 1))
+    fi
+}
+
+scenario_3() {
+    local ok=1 t0 r secs=20
+    [ $SHORT = 1 ] && secs=10
+    TAG=c3-$RUNID
+    say "3: kill -9 order-api mid-load; clients retry with the same key"
+    load_start "$TAG" 80 "$secs"
+    sleep 3
+    svc kill order-api
+    t0=$(now_ms)
+    sleep 1
+    restart order-api || ok=0
+    r=$(elapsed_s "$t0")
+    load_wait || ok=0
+    check "$TAG" "3 kill -9 order-api" "${r}s" "$ok"
+}
+
+scenario_4() {
+    local ok=1 t0 r secs=40 all
+    [ $SHORT = 1 ] && secs=25
+    TAG=c4-$RUNID
+    say "4: kill -9 the RabbitMQ node, start it again"
+    load_start "$TAG" 40 "$secs" --sales 100
+    sleep 3
+    pkill -KILL -u rabbitmq -f beam.smp || ok=0
+    t0=$(now_ms)
+    wait_for 30 "RabbitMQ to be down" bash -c '! pgrep -u rabbitmq -f beam.smp >/dev/null'
+    # The services notice: order-api stops reporting ready (orders are still taken).
+    wait_for 15 "order-api to see the broker gone" bash -c "! curl -fsS -m 2 http://127.0.0.1:8080/readyz" ||
+        { echo "    FAIL: order-api still ready with the broker down"; ok=0; }
+    "$ROOT/scripts/up.sh" >"$WORK/up.log" 2>&1 || { ok=0; cat "$WORK/up.log"; }
+    echo "    broker back $(elapsed_s "$t0")s after the kill"
+    t0=$(now_ms)
+    all() { for s in $(suite_names); do ready "$s" || return 1; done; }
+    if wait_for 30 "every service to reconnect" all; then
+        r="$(elapsed_s "$t0")s"
+    else
+        r=">30s"
+        ok=0
+    fi
+    echo "    services ready ${r} after the broker was back"
+    load_wait || ok=0
+    check "$TAG" "4 kill -9 RabbitMQ" "$r" "$ok"
+}
+
+scenario_5() {
+    local ok=1 t0 r code start end
+    TAG=c5-$RUNID
+    say "5: PostgreSQL stopped with -m immediate, then started"
+    load_start "$TAG" 40 20
+    sleep 3
+    pgctl stop -m immediate >/dev/null || ok=0
+    start=$(now_ms)
+    code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        -d '{"customer_id":"c5","customer_email":"c5@example.com","currency":"EUR","items":[{"sku":"FLT-PAPER","quantity":1}]}' \
+        http://127.0.0.1:8080/orders)
+    end=$(now_ms)
+    echo "    POST during the outage: $code in $((end - start)) ms"
+    [ "$code" = 503 ] || ok=0
+    pgctl start -w -t 60 -l "$VAR/log/postgresql/startup.log" -o "-p $PG_PORT" >/dev/null || ok=0
+    t0=$(now_ms)
+    post_ok() {
+        [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/orders?limit=1)" = 200 ]
+    }
+    if wait_for 10 "the API to answer again" post_ok; then r="$(elapsed_s "$t0")s"; else r=">10s" ok=0; fi
+    echo "    API answering ${r} after PostgreSQL was back"
+    load_wait || ok=0
+    check "$TAG" "5 PostgreSQL -m immediate" "$r" "$ok"
+}
+
+publish() { # ROUTING_KEY SCHEMA_VERSION BODY: through the management API, as the administrator
+    local mid
+    mid=$(cat /proc/sys/kernel/random/uuid)
+    curl -fsS -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" -H 'content-type: application/json' \
+        -X POST "http://127.0.0.1:$MGMT_PORT/api/exchanges/%2F/sales.events/publish" \
+        -d "$(python3 -c 'import json,sys; print(json.dumps({"routing_key": sys.argv[1],
+            "properties": {"message_id": sys.argv[4], "correlation_id": sys.argv[4],
+                "delivery_mode": 2, "headers": {"schema_version": int(sys.argv[2])}},
+            "payload": sys.argv[3], "payload_encoding": "string"}))' "$1" "$2" "$3" "$mid")" |
+        grep -q '"routed":true'
+}
+
+scenario_6() {
+    local ok=1 base t0 r
+    TAG=c6-$RUNID
+    say "6: a poison message, an unknown schema version, and a fixed message replayed"
+    base=$(dlq_depth inventory)
+    t0=$(now_ms)
+    publish order.placed 1 '{"order_id": "not json' || ok=0
+    publish order.placed 99 '{"order_id":"00000000-0000-4000-8000-000000000000"}' || ok=0
+    dl() { [ "$(dlq_depth inventory)" -ge $((base + 2)) ]; }
+    if wait_for 10 "both in inventory's DLQ" dl; then r="$(elapsed_s "$t0")s"; else r=">10s" ok=0; fi
+    echo "    in the DLQ after $r:"
+    AMQP_URL=$TEST_AMQP_URL "$BIN/dlq" show inventory --limit 50 | grep -E 'error' | tail -2 | sed 's/^/    /'
+    AMQP_URL=$TEST_AMQP_URL "$BIN/dlq" show inventory --limit 50 | grep -q 'schema_version 99' || ok=0
+    ready inventory || { echo "    FAIL: inventory is not ready"; ok=0; }
+    # A good message that fails for a reason an operator can fix: a bad grant.
+    psql -qAt "$OWNER_DATABASE_URL" -c "REVOKE INSERT ON inventory.reservations FROM inventory" || ok=0
+    load_start "$TAG" 5 0.2
+    load_wait || ok=0
+    dl3() { [ "$(dlq_depth inventory)" -ge $((base + 3)) ]; }
+    wait_for 15 "the order in inventory's DLQ" dl3 || ok=0
+    psql -qAt "$OWNER_DATABASE_URL" -c "GRANT INSERT ON inventory.reservations TO inventory" || ok=0
+    # Replays all three: the order completes; the two bad ones come back to the DLQ.
+    AMQP_URL=$TEST_AMQP_URL "$BIN/dlq" replay inventory --all | tail -1 | sed 's/^/    /'
+    check "$TAG" "6 poison + version + replay" "$r" "$ok" --dlq "inventory=$((base + 2))"
+}
+
+scenario_7() {
+    local ok=1 red
+    TAG=c7-$RUNID
+    say "7: billing stalls (SIGSTOP) past a 5 s heartbeat"
+    svc stop billing
+    restart billing HEARTBEAT_S=5 || ok=0
+    load_start "$TAG" 40 25
+    sleep 3
+    kill -STOP "$(pid_of billing)"
+    sleep 16 # the stall itself: > 2 heartbeats, so the broker closes the connection
+    kill -CONT "$(pid_of billing)"
+    wait_for 30 "billing to reconnect" ready billing || ok=0
+    load_wait || ok=0
+    check "$TAG" "7 worker stalled past heartbeat" "-" "$ok"
+    red=$(metric billing ordersuite_messages_redelivered_total)
+    echo "    redeliveries after the stall: $red"
+    svc stop billing
+    restart billing || true
+    if [ "$red" -lt 1 ]; then
+        ROWS[-1]="${ROWS[-1]/ ok/ FAIL (no redelivery)}"
+        passed=$((passed - 1)) failed=$((failed + 1))
+    fi
+}
+
+# ------------------------------------------------------------------ main
+started=0
+for s in $(suite_names); do
+    ready "$s" && continue
+    svc start "$s"
+    started=1
+done
+for s in $(suite_names); do
+    wait_for 60 "$s ready" ready "$s" || die "$s did not become ready; see $VAR/log/$s.log"
+done
+psql -qAt "$OWNER_DATABASE_URL" -c \
+    "SELECT count(inventory.adjust_stock(sku, 100000 - on_hand, 'make chaos: restock'))
+       FROM inventory.stock WHERE sku IN ('MUG-WHITE','FLT-PAPER','TEA-EARLGREY','COF-FILTER')
+        AND on_hand < 100000" >/dev/null || die "restocking failed"
+
+t_all=$(now_ms)
+for n in "${SCENARIOS[@]}"; do
+    declare -F "scenario_$n" >/dev/null || die "no scenario $n (1-7)"
+    "scenario_$n"
+done
+
+echo
+printf '%-34s %6s %9s %5s %10s %12s  %s\n' scenario orders completed lost duplicated recovery result
+for r in "${ROWS[@]}"; do echo "$r"; done
+echo "chaos: ${#ROWS[@]} scenario(s) in $(elapsed_s "$t_all") s; work files in $WORK"
+[ $started = 1 ] && svc stop
+# The summary line run-tests.sh reads.
+echo "100%: Checks: $((passed + failed)), Failures: $failed, Errors: 0"
+[ $failed -eq 0 ]
