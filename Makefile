@@ -47,7 +47,7 @@ LIBS         := $(LIBCOMMON) $(LIBCONTRACTS)
 BINS := $(addprefix $(BUILD)/bin/,$(SERVICES) $(TOOLS))
 TEST_BINS := $(addprefix $(BUILD)/test/,$(TESTS) $(TEST_HELPERS))
 
-.PHONY: all deps up down status migrate test test-run asan fuzz fmt lint demo demo-stop clean new-service bench chaos soak
+.PHONY: all deps up down status migrate test test-run asan fuzz fuzz-long fmt lint demo demo-stop clean new-service bench chaos soak
 .DEFAULT_GOAL := all
 
 all: $(BINS)
@@ -113,9 +113,15 @@ FUZZ_RUNS ?= 200000
 fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 	@bash scripts/fuzz.sh build/fuzz $(FUZZ_RUNS) $(FUZZ_TARGETS)
 
-build/fuzz/%: tests/fuzz/%.c $(CONTRACTS_SRC) $(COMMON_SRC)
+# The long mode: a million executions of each target.
+fuzz-long:
+	@$(MAKE) --no-print-directory fuzz FUZZ_RUNS=1000000
+
+# fuzz_http decodes order-api's request bodies: it links api.c too.
+build/fuzz/%: tests/fuzz/%.c $(CONTRACTS_SRC) $(COMMON_SRC) services/order-api/api.c
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Icommon -Icontracts \
+		-Iservices/order-api \
 		$(PKG_CFLAGS) -o $@ $^ $(LDLIBS)
 
 SOURCES := $(shell find common contracts services tools tests -name '*.[ch]' 2>/dev/null)

@@ -95,15 +95,20 @@ uint64_t metrics_get(metrics *m, metric_kind kind, const char *routing_key)
 
 void metrics_observe(metrics *m, double seconds)
 {
+    metrics_observe_n(m, seconds, 1);
+}
+
+void metrics_observe_n(metrics *m, double seconds, size_t n)
+{
     size_t b = 0;
     if (!m)
         return;
     while (b < NB && seconds > bounds[b])
         b++;
     pthread_mutex_lock(&m->lock);
-    m->buckets[b]++;
-    m->observed++;
-    m->sum += seconds;
+    m->buckets[b] += n;
+    m->observed += n;
+    m->sum += seconds * (double)n;
     pthread_mutex_unlock(&m->lock);
 }
 

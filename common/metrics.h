@@ -40,6 +40,8 @@ void metrics_count(metrics *m, metric_kind kind, const char *routing_key, uint64
 
 /* Records one handler run of `seconds`. m may be NULL. */
 void metrics_observe(metrics *m, double seconds);
+/* n observations of the same duration (a batch: its time divided by n). */
+void metrics_observe_n(metrics *m, double seconds, size_t n);
 
 /* The Prometheus text exposition (malloc'd; caller frees), or NULL. */
 char *metrics_render(metrics *m, const metrics_gauges *g);

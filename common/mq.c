@@ -440,6 +440,10 @@ int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out, 
             status_out[i] = rc;
         return rc;
     }
+    /* The confirms of the last batch were decoded into the connection's
+     * pools; nothing refers to them now. Without this the pools only grow
+     * (seen in make soak: ~2 MB per 60 000 messages). */
+    amqp_maybe_release_buffers(c->conn);
     status = calloc(n, sizeof(int));
     returned = calloc(n, sizeof(int));
     if (!status || !returned) {
@@ -761,16 +765,15 @@ static int ntiers(const mq_topology *t)
 
 /* Runs the handler on one delivery and settles it. Returns MQ_OK, or MQ_ERR
  * when a connection failed (the caller reconnects). */
-static int handle(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_handler h, void *ctx)
+/* Acks, forwards or requeues one delivery after its handler said r. MQ_ERR
+ * when the connection failed. */
+static int settle_delivery(mq_conn *cons, mq_conn *pub, const mq_delivery *dd, mq_result r,
+                  const char *herr)
 {
-    mq_delivery d;
-    char herr[MQ_ERR_LEN] = "", perr[MQ_ERR_LEN], dest[160];
-    mq_result r;
+    mq_delivery d = *dd;
+    char perr[MQ_ERR_LEN], dest[160];
     int rc = MQ_OK, attempt;
 
-    to_delivery(env, &d);
-    STAT_ADD(cons, consumed, 1);
-    r = h(&d, ctx, herr, sizeof(herr));
     if (r == MQ_RETRY) {
         attempt = d.attempt + 1;
         if (attempt <= ntiers(cons->topo)) {
@@ -821,6 +824,30 @@ static int handle(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_ha
     return MQ_OK;
 }
 
+#define BATCH_MAX 256
+
+typedef struct {
+    mq_handler h;
+    void (*on_idle)(void *ctx);
+    void *ctx;
+} single_ctx;
+
+static void idle_one(void *ctx)
+{
+    const single_ctx *sc = ctx;
+    if (sc->on_idle)
+        sc->on_idle(sc->ctx);
+}
+
+/* mq_consume_loop's handler behind the batch interface. */
+static void one_by_one(const mq_delivery *d, size_t n, mq_result *res, char (*errs)[MQ_ERR_LEN],
+                       void *ctx)
+{
+    const single_ctx *sc = ctx;
+    for (size_t i = 0; i < n; i++)
+        res[i] = sc->h(&d[i], sc->ctx, errs[i], MQ_ERR_LEN);
+}
+
 /* A frame that is not a delivery arrived: see what it was. Returns MQ_OK
  * to carry on, MQ_ERR to reconnect. */
 static int other_frame(mq_conn *c)
@@ -860,29 +887,74 @@ int mq_consume_loop(mq_conn *cons, mq_conn *pub, mq_handler h, void *ctx,
                     void (*on_idle)(void *ctx), volatile sig_atomic_t *stop, char *err,
                     size_t errlen)
 {
-    int64_t last_idle = util_now_ms();
-    int first = 1;
+    single_ctx sc = {h, on_idle, ctx};
+    return mq_consume_batches(cons, pub, one_by_one, 1, &sc, idle_one, stop, err, errlen);
+}
 
+/* Handles and settles the n envelopes in env; MQ_ERR when the connection failed. */
+static int handle_batch(mq_conn *cons, mq_conn *pub, amqp_envelope_t *env, size_t n,
+                        mq_batch_handler bh, void *ctx, mq_delivery *d, mq_result *res,
+                        char (*errs)[MQ_ERR_LEN])
+{
+    int rc = MQ_OK;
+    for (size_t i = 0; i < n; i++) {
+        to_delivery(&env[i], &d[i]);
+        res[i] = MQ_RETRY;
+        errs[i][0] = '\0';
+    }
+    STAT_ADD(cons, consumed, n);
+    bh(d, n, res, errs, ctx);
+    for (size_t i = 0; i < n && rc == MQ_OK; i++)
+        rc = settle_delivery(cons, pub, &d[i], res[i], errs[i]);
+    /* On MQ_ERR the rest stay unacked: the broker delivers them again. */
+    return rc;
+}
+
+int mq_consume_batches(mq_conn *cons, mq_conn *pub, mq_batch_handler bh, size_t max, void *ctx,
+                       void (*on_idle)(void *ctx), volatile sig_atomic_t *stop, char *err,
+                       size_t errlen)
+{
+    int64_t last_idle = util_now_ms();
+    int first = 1, rc = 0;
+    amqp_envelope_t *env;
+    mq_delivery *d;
+    mq_result *res;
+    char(*errs)[MQ_ERR_LEN];
+
+    max = max < 1 ? 1 : max > BATCH_MAX ? BATCH_MAX : max;
+    env = calloc(max, sizeof(*env));
+    d = calloc(max, sizeof(*d));
+    res = calloc(max, sizeof(*res));
+    errs = calloc(max, MQ_ERR_LEN);
+    if (!env || !d || !res || !errs) {
+        snprintf(err, errlen, "out of memory");
+        rc = -1;
+        goto out;
+    }
     while (!*stop) {
-        amqp_envelope_t env;
         amqp_rpc_reply_t r;
         struct timeval tv = {0, 250000};
-        int rc = MQ_OK;
+        size_t n = 0;
+        int st = MQ_OK;
 
         if (!cons->connected || !pub->connected) {
             if (!first)
                 STAT_ADD(cons, reconnects, 1);
             first = 0;
             if (!pub->connected) {
-                rc = mq_connect_retry(pub, 0, -1, stop, err, errlen);
-                if (rc == MQ_ERR_CONFIG)
-                    return -1;
+                st = mq_connect_retry(pub, 0, -1, stop, err, errlen);
+                if (st == MQ_ERR_CONFIG) {
+                    rc = -1;
+                    goto out;
+                }
             }
-            if (rc == MQ_OK && !cons->connected) {
-                rc = mq_connect_retry(cons, 1, -1, stop, err, errlen);
-                if (rc == MQ_ERR_CONFIG)
-                    return -1;
-                if (rc == MQ_OK)
+            if (st == MQ_OK && !cons->connected) {
+                st = mq_connect_retry(cons, 1, -1, stop, err, errlen);
+                if (st == MQ_ERR_CONFIG) {
+                    rc = -1;
+                    goto out;
+                }
+                if (st == MQ_OK)
                     log_info("consuming from %s", cons->topo->queue);
             }
             continue;
@@ -895,32 +967,50 @@ int mq_consume_loop(mq_conn *cons, mq_conn *pub, mq_handler h, void *ctx,
                 on_idle(ctx);
         }
         amqp_maybe_release_buffers(cons->conn);
-        r = amqp_consume_message(cons->conn, &env, &tv, 0);
-        if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-            rc = handle(cons, pub, &env, h, ctx);
-            amqp_destroy_envelope(&env);
+        /* The first delivery waits up to 250 ms; the rest of the batch is
+         * only what has already arrived. */
+        for (;;) {
+            r = amqp_consume_message(cons->conn, &env[n], &tv, 0);
+            if (r.reply_type != AMQP_RESPONSE_NORMAL)
+                break;
+            if (++n == max)
+                break;
+            tv.tv_sec = tv.tv_usec = 0;
+        }
+        if (n > 0) {
+            st = handle_batch(cons, pub, env, n, bh, ctx, d, res, errs);
+            for (size_t i = 0; i < n; i++)
+                amqp_destroy_envelope(&env[i]);
+        }
+        if (st != MQ_OK || r.reply_type == AMQP_RESPONSE_NORMAL) {
+            /* settling failed (reconnect below), or the batch was full */
         } else if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
                    r.library_error == AMQP_STATUS_TIMEOUT) {
             continue;
         } else if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
                    r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
-            rc = other_frame(cons);
+            st = other_frame(cons);
         } else {
             rpc_check(r, "consume", err, errlen);
             log_warn("lost the broker connection: %s; reconnecting", err);
-            rc = MQ_ERR;
+            st = MQ_ERR;
         }
-        if (rc != MQ_OK) {
+        if (st != MQ_OK) {
             SET_CONNECTED(cons, 0);
             mq_disconnect(cons);
             if (!pub->connected)
                 mq_disconnect(pub);
         }
     }
+out:
     /* Unacked deliveries, if any, go back to the queue when we close. */
     mq_disconnect(cons);
     mq_disconnect(pub);
-    return 0;
+    free(env);
+    free(d);
+    free(res);
+    free(errs);
+    return rc;
 }
 
 /* ----------------------------------------------------------- queue tools */

@@ -193,6 +193,19 @@ int mq_consume_loop(mq_conn *consumer, mq_conn *publisher, mq_handler h, void *c
                     void (*on_idle)(void *ctx), volatile sig_atomic_t *stop, char *err,
                     size_t errlen);
 
+/* Handles n deliveries together (e.g. in one database transaction) and sets
+ * res[i] and errs[i] for each, as an mq_handler would. */
+typedef void (*mq_batch_handler)(const mq_delivery *d, size_t n, mq_result *res,
+                                 char (*errs)[MQ_ERR_LEN], void *ctx);
+
+/* mq_consume_loop with batches: deliveries that have already arrived (up to
+ * max, never waiting for more) go to bh together, so a busy consumer commits
+ * once per batch; an idle one still handles each message as it comes. Each
+ * delivery is then settled on its own, exactly as mq_consume_loop does. */
+int mq_consume_batches(mq_conn *consumer, mq_conn *publisher, mq_batch_handler bh, size_t max,
+                       void *ctx, void (*on_idle)(void *ctx), volatile sig_atomic_t *stop,
+                       char *err, size_t errlen);
+
 /* ------------------------------------------------ queue tools (tools/dlq) */
 
 typedef struct mq_got mq_got;

@@ -60,6 +60,26 @@ struct outbox_relay {
     outbox_relay_stats stats;
 };
 
+int outbox_row(const ev_event *ev, const char *causation_id, char message_id[UUID_STR_LEN],
+               char **body, char *err, size_t errlen)
+{
+    *body = ev_to_json(ev, causation_id, err, errlen);
+    if (!*body)
+        return DB_ERR;
+    if (uuid_v4(message_id) < 0) {
+        free(*body);
+        *body = NULL;
+        snprintf(err, errlen, "outbox: no randomness for a message id");
+        return DB_ERR_TRANSIENT;
+    }
+    return DB_OK;
+}
+
+void outbox_wake(void)
+{
+    wake_relays();
+}
+
 int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char *correlation_id,
                const char *causation_id, char message_id_out[UUID_STR_LEN], char *err,
                size_t errlen)
@@ -69,19 +89,13 @@ int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char 
     const char *p[5];
     int rc;
 
+    (void)service;
     if (!correlation_id || !uuid_valid(correlation_id)) {
         snprintf(err, errlen, "outbox: correlation_id must be a UUID");
         return DB_ERR;
     }
-    body = ev_to_json(ev, causation_id, err, errlen);
-    if (!body)
-        return DB_ERR;
-    if (uuid_v4(id) < 0) {
-        free(body);
-        snprintf(err, errlen, "outbox: no randomness for a message id");
-        return DB_ERR_TRANSIENT;
-    }
-    (void)service;
+    if ((rc = outbox_row(ev, causation_id, id, &body, err, errlen)) != DB_OK)
+        return rc;
     p[0] = id;
     p[1] = ev_routing_key(ev->type);
     p[2] = correlation_id;

@@ -32,6 +32,16 @@ int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char 
                const char *causation_id, char message_id_out[UUID_STR_LEN], char *err,
                size_t errlen);
 
+/* For a writer that inserts the outbox row in its own statement (order-api
+ * writes an order and its event in one): a new message id and the event's
+ * JSON (malloc'd). Returns DB_OK, or DB_ERR / DB_ERR_TRANSIENT with err. */
+int outbox_row(const ev_event *ev, const char *causation_id, char message_id[UUID_STR_LEN],
+               char **body, char *err, size_t errlen);
+
+/* Wakes this process's relays; for rows written without outbox_add, after
+ * their commit (outbox_add arranges it through db_after_commit). */
+void outbox_wake(void);
+
 typedef struct outbox_relay outbox_relay;
 
 typedef struct {

@@ -102,34 +102,21 @@ static void set_db_ok(worker *w, int ok)
     __atomic_store_n(&w->db_ok, ok, __ATOMIC_RELAXED);
 }
 
-static mq_result dispatch_one(const mq_delivery *d, void *ctx, char *err, size_t errlen);
-
-/* Counts and times every delivery around the real work. */
-static mq_result dispatch(const mq_delivery *d, void *ctx, char *err, size_t errlen)
-{
-    worker *w = ctx;
-    int64_t t0 = util_wall_us();
-    mq_result r;
-    metrics_count(w->metrics, M_CONSUMED, d->routing_key, 1);
-    if (d->redelivered)
-        metrics_count(w->metrics, M_REDELIVERED, d->routing_key, 1);
-    r = dispatch_one(d, ctx, err, errlen);
-    metrics_observe(w->metrics, (double)(util_wall_us() - t0) / 1e6);
-    return r;
-}
-
-static mq_result dispatch_one(const mq_delivery *d, void *ctx, char *err, size_t errlen)
-{
-    worker *w = ctx;
+/* A delivery decoded and matched to its handler. */
+typedef struct {
     ev_envelope env;
     ev_event ev;
-    ev_type t;
-    worker_fn fn = NULL;
-    PGresult *res = NULL;
-    const char *p[2];
-    mq_result r;
-    int rc;
+    worker_fn fn;
+} prepared;
 
+/* Checks and decodes d without the database. MQ_DONE when it can be applied
+ * (p->ev must then be freed), MQ_REJECT with err when it never can. */
+static mq_result prepare(worker *w, const mq_delivery *d, prepared *p, char *err, size_t errlen)
+{
+    ev_type t;
+    char derr[EV_ERR_LEN];
+
+    p->fn = NULL;
     if (!uuid_valid(d->message_id)) {
         snprintf(err, errlen, "undecodable: message_id is missing or not a UUID");
         return MQ_REJECT;
@@ -145,60 +132,90 @@ static mq_result dispatch_one(const mq_delivery *d, void *ctx, char *err, size_t
     }
     for (size_t i = 0; i < w->def->nroutes; i++) {
         if (w->def->routes[i].type == t)
-            fn = w->def->routes[i].fn;
+            p->fn = w->def->routes[i].fn;
     }
-    if (!fn) {
+    if (!p->fn) {
         snprintf(err, errlen, "no handler for %s in %s", d->routing_key, w->def->service);
         return MQ_REJECT;
     }
-    memset(&env, 0, sizeof(env));
-    snprintf(env.message_id, sizeof(env.message_id), "%s", d->message_id);
-    snprintf(env.correlation_id, sizeof(env.correlation_id), "%s", d->correlation_id);
-    snprintf(env.type, sizeof(env.type), "%s", d->routing_key);
-    snprintf(env.app_id, sizeof(env.app_id), "%s", d->app_id);
-    env.timestamp = d->timestamp;
-    env.schema_version = d->schema_version;
-    env.attempt = d->attempt;
-    if (!uuid_valid(env.correlation_id)) {
+    memset(&p->env, 0, sizeof(p->env));
+    snprintf(p->env.message_id, sizeof(p->env.message_id), "%s", d->message_id);
+    snprintf(p->env.correlation_id, sizeof(p->env.correlation_id), "%s", d->correlation_id);
+    snprintf(p->env.type, sizeof(p->env.type), "%s", d->routing_key);
+    snprintf(p->env.app_id, sizeof(p->env.app_id), "%s", d->app_id);
+    p->env.timestamp = d->timestamp;
+    p->env.schema_version = d->schema_version;
+    p->env.attempt = d->attempt;
+    if (!uuid_valid(p->env.correlation_id)) {
         snprintf(err, errlen, "undecodable: correlation_id is missing or not a UUID");
         return MQ_REJECT;
     }
-    {
-        char derr[EV_ERR_LEN];
-        if (ev_from_json(t, d->body, d->len, &ev, env.causation_id, derr, sizeof(derr)) < 0) {
-            snprintf(err, errlen, "undecodable: %s", derr);
-            return MQ_REJECT;
-        }
+    if (ev_from_json(t, d->body, d->len, &p->ev, p->env.causation_id, derr, sizeof(derr)) < 0) {
+        snprintf(err, errlen, "undecodable: %s", derr);
+        return MQ_REJECT;
     }
+    return MQ_DONE;
+}
 
-    if (wait_for_db(w, err, errlen) < 0) {
-        set_db_ok(w, 0);
-        ev_free(&ev);
-        return MQ_RETRY;
+/* In the open transaction: the inbox row, then the handler (skipped for a
+ * message already processed). Frees p->ev. */
+static mq_result apply(worker *w, const mq_delivery *d, prepared *p, char *err, size_t errlen)
+{
+    const char *params[] = {d->message_id, d->routing_key};
+    PGresult *res = NULL;
+    mq_result r;
+    int rc = db_execp(w->db, "inbox_add",
+                      "INSERT INTO inbox (message_id, routing_key) VALUES ($1, $2)"
+                      " ON CONFLICT (message_id) DO NOTHING",
+                      2, params, &res, err, errlen);
+    if (rc != DB_OK) {
+        ev_free(&p->ev);
+        return worker_db_result(rc);
     }
-    set_db_ok(w, 1);
-    if ((rc = db_begin(w->db, err, errlen)) != DB_OK)
-        goto db_fail;
-    p[0] = d->message_id;
-    p[1] = d->routing_key;
-    rc = db_execp(w->db, "inbox_add",
-                  "INSERT INTO inbox (message_id, routing_key) VALUES ($1, $2)"
-                  " ON CONFLICT (message_id) DO NOTHING",
-                  2, p, &res, err, errlen);
-    if (rc != DB_OK)
-        goto db_fail;
     if (strcmp(PQcmdTuples(res), "0") == 0) {
         PQclear(res);
-        db_rollback(w->db);
-        ev_free(&ev);
+        ev_free(&p->ev);
         metrics_count(w->metrics, M_DUPLICATE, d->routing_key, 1);
-        log_write(LOG_INFO, env.correlation_id, env.message_id,
+        log_write(LOG_INFO, p->env.correlation_id, p->env.message_id,
                   "%s already processed; acking the duplicate", d->routing_key);
         return MQ_DONE;
     }
     PQclear(res);
-    r = fn(w, w->db, &env, &ev, err, errlen);
-    ev_free(&ev);
+    r = p->fn(w, w->db, &p->env, &p->ev, err, errlen);
+    ev_free(&p->ev);
+    return r;
+}
+
+static void crash_point(worker *w, const char *correlation_id, const char *message_id)
+{
+    if (w->crash_after_commit) {
+        log_write(LOG_WARN, correlation_id, message_id,
+                  "CRASH_AFTER_COMMIT: exiting between COMMIT and ack");
+        _exit(3);
+    }
+}
+
+/* One delivery in its own transaction. */
+static mq_result dispatch_one(worker *w, const mq_delivery *d, char *err, size_t errlen)
+{
+    prepared p;
+    mq_result r = prepare(w, d, &p, err, errlen);
+    int rc;
+
+    if (r != MQ_DONE)
+        return r;
+    if (wait_for_db(w, err, errlen) < 0) {
+        set_db_ok(w, 0);
+        ev_free(&p.ev);
+        return MQ_RETRY;
+    }
+    set_db_ok(w, 1);
+    if ((rc = db_begin(w->db, err, errlen)) != DB_OK) {
+        db_rollback(w->db);
+        ev_free(&p.ev);
+        return worker_db_result(rc);
+    }
+    r = apply(w, d, &p, err, errlen);
     if (r != MQ_DONE) {
         db_rollback(w->db);
         return r;
@@ -207,17 +224,88 @@ static mq_result dispatch_one(const mq_delivery *d, void *ctx, char *err, size_t
         db_rollback(w->db);
         return worker_db_result(rc);
     }
-    if (w->crash_after_commit) {
-        log_write(LOG_WARN, env.correlation_id, env.message_id,
-                  "CRASH_AFTER_COMMIT: exiting between COMMIT and ack");
-        _exit(3);
-    }
-    log_write(LOG_DEBUG, env.correlation_id, env.message_id, "%s processed", d->routing_key);
+    crash_point(w, p.env.correlation_id, p.env.message_id);
+    log_write(LOG_DEBUG, p.env.correlation_id, p.env.message_id, "%s processed", d->routing_key);
     return MQ_DONE;
-db_fail:
-    db_rollback(w->db);
-    ev_free(&ev);
-    return worker_db_result(rc);
+}
+
+/* Several deliveries in one transaction: one COMMIT (one WAL flush) for all.
+ * If any of them fails, the transaction is rolled back and each is handled
+ * again in its own, so one bad message never holds back the others and
+ * nothing is acked that was not committed. */
+static void dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
+                           char (*errs)[MQ_ERR_LEN], void *ctx)
+{
+    worker *w = ctx;
+    prepared *p = NULL;
+    int64_t t0 = util_wall_us();
+    size_t ok = 0, i, last = 0;
+    char err[MQ_ERR_LEN];
+    int fallback = 0;
+
+    for (i = 0; i < n; i++) {
+        metrics_count(w->metrics, M_CONSUMED, d[i].routing_key, 1);
+        if (d[i].redelivered)
+            metrics_count(w->metrics, M_REDELIVERED, d[i].routing_key, 1);
+    }
+    if (n > 1)
+        p = calloc(n, sizeof(*p));
+    if (!p) {
+        for (i = 0; i < n; i++)
+            res[i] = dispatch_one(w, &d[i], errs[i], MQ_ERR_LEN);
+        goto out;
+    }
+    for (i = 0; i < n; i++) {
+        res[i] = prepare(w, &d[i], &p[i], errs[i], MQ_ERR_LEN);
+        ok += res[i] == MQ_DONE;
+    }
+    if (ok == 0)
+        goto out;
+    if (wait_for_db(w, err, sizeof(err)) < 0) {
+        /* As for one message: the database is away; retry each later. */
+        set_db_ok(w, 0);
+        for (i = 0; i < n; i++) {
+            if (res[i] != MQ_DONE)
+                continue;
+            ev_free(&p[i].ev);
+            res[i] = MQ_RETRY;
+            snprintf(errs[i], MQ_ERR_LEN, "%s", err);
+        }
+        goto out;
+    }
+    set_db_ok(w, 1);
+    if (db_begin(w->db, err, sizeof(err)) != DB_OK)
+        fallback = 1;
+    for (i = 0; i < n; i++) {
+        if (res[i] != MQ_DONE)
+            continue;
+        if (fallback) {
+            ev_free(&p[i].ev); /* not applied: handled again on its own below */
+            continue;
+        }
+        if (apply(w, &d[i], &p[i], errs[i], MQ_ERR_LEN) != MQ_DONE) {
+            fallback = 1;
+            log_write(LOG_INFO, p[i].env.correlation_id, p[i].env.message_id,
+                      "%s failed in a batch of %zu (%s); applying them one by one",
+                      d[i].routing_key, n, errs[i]);
+        }
+        last = i;
+    }
+    if (!fallback && db_commit(w->db, err, sizeof(err)) != DB_OK)
+        fallback = 1;
+    if (fallback) {
+        db_rollback(w->db);
+        for (i = 0; i < n; i++) {
+            if (res[i] == MQ_DONE)
+                res[i] = dispatch_one(w, &d[i], errs[i], MQ_ERR_LEN);
+        }
+        goto out;
+    }
+    crash_point(w, p[last].env.correlation_id, p[last].env.message_id);
+    log_write(LOG_DEBUG, NULL, NULL, "%zu messages processed in one transaction", ok);
+out:
+    free(p);
+    metrics_observe_n(w->metrics, (double)(util_wall_us() - t0) / 1e6 / (double)n, n);
 }
 
 /* ---------------------------------------------------- health and metrics */
@@ -317,18 +405,19 @@ int worker_declare_topology(const worker_def *def, const char *amqp_url, const i
 int worker_main(const worker_def *def, int argc, char **argv)
 {
     char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL;
-    long prefetch = 32, limit = 20, heartbeat = 30;
+    long prefetch = 64, limit = 20, heartbeat = 30, batch = 64;
     int crash_flag = 0;
     char err[CFG_ERR_LEN + MQ_ERR_LEN];
     const cfg_spec specs[] = {
         {"AMQP_URL", CFG_STR, NULL, 0, 0, &amqp_url},
         {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
         {"LOG_LEVEL", CFG_STR, "info", 0, 0, &level},
-        {"PREFETCH", CFG_LONG, "32", 1, 10000, &prefetch},
+        {"PREFETCH", CFG_LONG, "64", 1, 10000, &prefetch},
         {"RETRY_DELAYS_MS", CFG_STR, "1000,10000,60000", 0, 0, &tiers},
         {"DELIVERY_LIMIT", CFG_LONG, "20", 1, 1000, &limit},
         {"HEARTBEAT_S", CFG_LONG, "30", 1, 600, &heartbeat},
         {"CRASH_AFTER_COMMIT", CFG_BOOL, "false", 0, 0, &crash_flag},
+        {"BATCH_MAX", CFG_LONG, "64", 1, 256, &batch},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     worker w;
@@ -476,7 +565,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
     }
     log_info("%s started: queue %s, %zu routes, prefetch %ld", def->service, def->service,
              def->nroutes, prefetch);
-    if (mq_consume_loop(cons, pub, dispatch, &w, on_idle, &stop_flag, err, sizeof(err)) < 0) {
+    if (mq_consume_batches(cons, pub, dispatch_batch, (size_t)batch, &w, on_idle, &stop_flag, err,
+                           sizeof(err)) < 0) {
         log_error("stopping: %s", err);
         goto out;
     }

@@ -363,6 +363,42 @@ START_TEST(a_permanent_failure_goes_to_the_dlq_with_its_reason)
 }
 END_TEST
 
+/* Deliveries that arrive together are applied in one transaction; one that
+ * fails there must not cost the others their effect, nor give any of them a
+ * second one. The worker is paused while they are published so they reach it
+ * as one batch. */
+START_TEST(a_failing_message_in_a_batch_holds_back_nothing)
+{
+    enum { N = 60 };
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    char sale[UUID_STR_LEN];
+    long want = N;
+    int one = 1;
+
+    ck_assert_int_eq(kill(worker_pid, SIGSTOP), 0);
+    for (int i = 0; i < N; i++) {
+        char *body = sale_body(i == N / 2 ? "PERMANENT" : "OK", sale);
+        ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+        free(body);
+        if (i == N / 2) { /* and one more good one, so N good ones in all */
+            body = sale_body("OK", sale);
+            ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+            free(body);
+        }
+    }
+    ck_assert_int_eq(kill(worker_pid, SIGCONT), 0);
+    ck_assert_msg(tu_poll(30000, total_reached, &want), "only %ld of %d effects", total_effects(),
+                  N);
+    ck_assert_msg(tu_poll(10000, dlq_has, &one), "the failing one never reached the DLQ");
+    ck_assert_int_eq(total_effects(), N);
+    ck_assert_int_eq(tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                                "SELECT count(DISTINCT message_id) FROM " SVC ".effects", 0, NULL),
+                     N);
+    ck_assert_int_eq(tu_queue_counts("SPINE_AMQP_URL", SVC ".dlq", NULL), 1);
+    mq_free(c);
+}
+END_TEST
+
 START_TEST(undecodable_bodies_and_unknown_schema_versions_are_dead_lettered_at_once)
 {
     mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
@@ -522,6 +558,7 @@ int main(void)
     tcase_add_test(t, a_message_failing_past_the_last_tier_is_dead_lettered);
     tcase_add_test(t, a_permanent_failure_goes_to_the_dlq_with_its_reason);
     tcase_add_test(t, undecodable_bodies_and_unknown_schema_versions_are_dead_lettered_at_once);
+    tcase_add_test(t, a_failing_message_in_a_batch_holds_back_nothing);
     tcase_add_test(t, a_message_delivered_twice_has_one_effect);
     tcase_add_test(t, an_unroutable_publish_is_reported);
     tcase_add_test(t, outbox_rows_written_while_the_broker_is_down_are_published_after);

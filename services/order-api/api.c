@@ -114,11 +114,7 @@ static void respond_doc(http_req *r, const api_ctx *ctx, http_resp *out, const c
 
 /* ---------------------------------------------------------- POST /orders */
 
-typedef struct {
-    int status;
-    char field[64];
-    char detail[EV_ERR_LEN];
-} problem;
+typedef api_problem problem;
 
 static int fail(problem *p, int status, const char *field, const char *fmt, const char *arg)
 {
@@ -336,40 +332,52 @@ static int find_idem(db_conn *db, const char *key, const char *body, char id[UUI
     return found;
 }
 
-/* The write: order, lines, timeline, outbox, in the open transaction. */
-static int store(db_conn *db, const ev_event *ev, const char *key, const char *body, char *err,
-                 size_t errlen)
+/* The write, in one statement (so one round trip and one commit): the order,
+ * its lines, the first timeline entry and the order.placed outbox row. It
+ * answers with the order's document, built like order_doc_sql's from what was
+ * written, so a 201 shows exactly what GET /orders/{id} would. */
+static const char store_sql[] =
+    "WITH o AS (INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
+    "   idempotency_key, request_hash) VALUES ($1::uuid, $2, $3, $4, $5, $6,"
+    "   encode(sha256(convert_to($7, 'UTF8')), 'hex')) RETURNING *),"
+    " l AS (INSERT INTO order_lines (order_id, sku, quantity, unit_price_minor)"
+    "   SELECT $1::uuid, s, q, p FROM unnest($8::text[], $9::bigint[], $10::bigint[]) AS x(s, q, p)),"
+    " t AS (INSERT INTO order_timeline (order_id, status) VALUES ($1::uuid, 'PENDING')"
+    "   RETURNING status, at),"
+    " b AS (INSERT INTO outbox (message_id, routing_key, correlation_id, body)"
+    "   VALUES ($11::uuid, $12, $1::uuid, $13))"
+    " SELECT json_build_object("
+    " 'id', o.id, 'status', o.status, 'customer_id', o.customer_id,"
+    " 'customer_email', o.customer_email, 'currency', o.currency,"
+    " 'total_minor', o.total_minor, 'reason', o.reason, 'invoice_id', o.invoice_id,"
+    " 'invoice_number', o.invoice_number, 'created_at', o.created_at,"
+    " 'updated_at', o.updated_at,"
+    " 'items', (SELECT json_agg(json_build_object('sku', s, 'quantity', q,"
+    "   'unit_price_minor', p) ORDER BY s)"
+    "   FROM unnest($8::text[], $9::bigint[], $10::bigint[]) AS x(s, q, p)),"
+    " 'timeline', json_build_array(json_build_object('status', t.status, 'at', t.at))"
+    ")::text AS doc FROM o, t";
+
+/* Writes the order; *doc (malloc'd) is its document. */
+static int store(db_conn *db, const ev_event *ev, const char *key, const char *body, char **doc,
+                 char *err, size_t errlen)
 {
     const order_placed *o = &ev->u.order_placed;
-    char total[24], *skus, *qty, *prices;
+    char total[24], mid[UUID_STR_LEN], *skus, *qty, *prices, *event = NULL;
     size_t cap = o->lines.n * 40 + 8, a = 0, b = 0, c = 0;
+    PGresult *res = NULL;
     int rc;
 
-    {
-        const char *p[] = {o->order_id,
-                           o->customer_id,
-                           o->customer_email,
-                           o->currency,
-                           util_i64(total, o->total),
-                           key,
-                           key ? body : NULL};
-        rc = db_execp(db, "api_order",
-                      "INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
-                      " idempotency_key, request_hash) VALUES ($1, $2, $3, $4, $5, $6,"
-                      " encode(sha256(convert_to($7, 'UTF8')), 'hex'))",
-                      7, p, NULL, err, errlen);
-        if (rc != DB_OK)
-            return rc;
-    }
+    *doc = NULL;
+    if ((rc = outbox_row(ev, NULL, mid, &event, err, errlen)) != DB_OK)
+        return rc;
     skus = malloc(cap);
     qty = malloc(cap);
     prices = malloc(cap);
     if (!skus || !qty || !prices) {
-        free(skus);
-        free(qty);
-        free(prices);
         snprintf(err, errlen, "out of memory");
-        return DB_ERR_TRANSIENT;
+        rc = DB_ERR_TRANSIENT;
+        goto out;
     }
     skus[a++] = qty[b++] = prices[c++] = '{';
     for (size_t i = 0; i < o->lines.n; i++) {
@@ -383,27 +391,44 @@ static int store(db_conn *db, const ev_event *ev, const char *key, const char *b
     snprintf(qty + b, cap - b, "}");
     snprintf(prices + c, cap - c, "}");
     {
-        const char *p[] = {o->order_id, skus, qty, prices};
-        rc = db_execp(db, "api_lines",
-                      "INSERT INTO order_lines (order_id, sku, quantity, unit_price_minor)"
-                      " SELECT $1, unnest($2::text[]), unnest($3::bigint[]),"
-                      " unnest($4::bigint[])",
-                      4, p, NULL, err, errlen);
+        const char *p[] = {o->order_id,
+                           o->customer_id,
+                           o->customer_email,
+                           o->currency,
+                           util_i64(total, o->total),
+                           key,
+                           key ? body : NULL,
+                           skus,
+                           qty,
+                           prices,
+                           mid,
+                           ev_routing_key(ev->type),
+                           event};
+        rc = db_execp(db, "api_store", store_sql, 13, p, &res, err, errlen);
     }
+    if (rc == DB_OK) {
+        outbox_wake(); /* committed: one statement outside a transaction block */
+        if (PQntuples(res) != 1 || !(*doc = strdup(db_get(res, 0, "doc")))) {
+            snprintf(err, errlen, "the order was stored but its document could not be read");
+            rc = DB_ERR;
+        }
+    }
+out:
+    PQclear(res);
     free(skus);
     free(qty);
     free(prices);
-    if (rc != DB_OK)
-        return rc;
-    {
-        const char *p[] = {o->order_id};
-        rc = db_execp(db, "api_timeline",
-                      "INSERT INTO order_timeline (order_id, status) VALUES ($1, 'PENDING')", 1, p,
-                      NULL, err, errlen);
-        if (rc != DB_OK)
-            return rc;
-    }
-    return outbox_add(db, ORDER_SERVICE, ev, o->order_id, NULL, NULL, err, errlen);
+    free(event);
+    return rc;
+}
+
+int api_decode_order(const char *body, size_t len, ev_event *ev, api_problem *p)
+{
+    ev_init(ev, EV_ORDER_PLACED);
+    memset(p, 0, sizeof(*p));
+    /* The contract wants an order id; the real one is made after decoding. */
+    snprintf(ev->u.order_placed.order_id, UUID_STR_LEN, "00000000-0000-4000-8000-000000000000");
+    return parse_request(body, len, &ev->u.order_placed, p) < 0 || validate(ev, p) < 0 ? -1 : 0;
 }
 
 static void replay(http_req *r, const api_ctx *ctx, http_resp *out, const char *id)
@@ -425,7 +450,7 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     ev_event ev;
     order_placed *o = &ev.u.order_placed;
     db_conn *db;
-    char err[DB_ERR_LEN], existing[UUID_STR_LEN];
+    char err[DB_ERR_LEN], existing[UUID_STR_LEN], *doc = NULL;
     int rc = DB_OK, same = 0;
 
     ev_init(&ev, EV_ORDER_PLACED);
@@ -469,13 +494,8 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     }
     if (validate(&ev, &prob) < 0)
         goto problem; /* e.g. a total beyond the contract's range */
-    if ((rc = db_begin(db, err, sizeof(err))) != DB_OK)
-        goto db_error;
-    rc = store(db, &ev, key, body, err, sizeof(err));
-    if (rc == DB_OK)
-        rc = db_commit(db, err, sizeof(err));
+    rc = store(db, &ev, key, body, &doc, err, sizeof(err));
     if (rc != DB_OK) {
-        db_rollback(db);
         /* Two requests with one key at once: the loser answers as a replay. */
         if (key && strcmp(db_last_sqlstate(db), "23505") == 0 &&
             find_idem(db, key, body, existing, &same, &rc, err, sizeof(err)) == 1) {
@@ -490,11 +510,8 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     }
     log_write(LOG_INFO, o->order_id, NULL, "order %s placed: %zu lines, total %lld %s", o->order_id,
               o->lines.n, (long long)o->total, o->currency);
-    {
-        const char *p[] = {o->order_id};
-        respond_doc(r, ctx, out, "api_doc", order_doc_sql, 1, p, 201);
-        snprintf(out->location, sizeof(out->location), "/orders/%s", o->order_id);
-    }
+    http_json(out, 201, doc);
+    snprintf(out->location, sizeof(out->location), "/orders/%s", o->order_id);
     goto out;
 problem:
     http_problem(out, prob.status, prob.status == 400 ? "Bad Request" : "Unprocessable Content",
