@@ -39,9 +39,10 @@ static void setup(void)
 
     /* Known stock for the SKUs these tests use, so they can run again. */
     free(tu_sql(tu_env("OWNER_DATABASE_URL"),
-                "UPDATE inventory.stock SET on_hand = v.n FROM (VALUES ('TEA-SENCHA', 400),"
-                " ('MUG-WHITE', 600), ('TEA-MATCHA', 0), ('GRD-BURR', 10), ('POT-CAST-IRON', 3),"
-                " ('FLT-PAPER', 1000)) AS v(sku, n) WHERE stock.sku = v.sku",
+                "SELECT inventory.adjust_stock(v.sku, v.n - s.on_hand, 'test: known stock')"
+                " FROM (VALUES ('TEA-SENCHA', 400), ('MUG-WHITE', 600), ('TEA-MATCHA', 0),"
+                " ('GRD-BURR', 10), ('POT-CAST-IRON', 3), ('FLT-PAPER', 1000)) AS v(sku, n)"
+                " JOIN inventory.stock s ON s.sku = v.sku",
                 0, NULL));
     for (int i = 0; i < 3; i++) {
         char path[512], log[512];
