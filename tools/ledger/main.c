@@ -515,7 +515,7 @@ int main(int argc, char **argv)
         }
         if (quiet(&fg) || util_now_ms() >= deadline)
             break;
-        util_sleep_ms(250, NULL);
+        util_sleep_ms(1000, NULL); /* each look costs the database a scan */
     }
     fg.quiet = quiet(&fg);
     /* Once more, printing. */
