@@ -331,6 +331,9 @@ for s in $(suite_names); do
     svc start "$s"
     started=1
 done
+# Whatever happens, leave the services as they were found.
+cleanup() { [ $started = 1 ] && "$ROOT/scripts/services.sh" stop >/dev/null 2>&1; return 0; }
+trap cleanup EXIT
 for s in $(suite_names); do
     wait_for 60 "$s ready" ready "$s" || die "$s did not become ready; see $VAR/log/$s.log"
 done
@@ -349,7 +352,6 @@ echo
 printf '%-34s %6s %9s %5s %10s %12s  %s\n' scenario orders completed lost duplicated recovery result
 for r in "${ROWS[@]}"; do echo "$r"; done
 echo "chaos: ${#ROWS[@]} scenario(s) in $(elapsed_s "$t_all") s; work files in $WORK"
-[ $started = 1 ] && svc stop
-# The summary line run-tests.sh reads.
+# The summary line run-tests.sh reads (the EXIT trap stops what we started).
 echo "100%: Checks: $((passed + failed)), Failures: $failed, Errors: 0"
 [ $failed -eq 0 ]

@@ -10,6 +10,12 @@ load_env
 set +e
 
 export_suite_urls
+# The suites start their own services on the same queues: a running demo
+# would take their messages.
+running=$("$ROOT/scripts/services.sh" status)
+[ -z "$running" ] || die "the suite's services are running (make demo?); the tests consume from
+the same queues. Stop them first: make demo-stop
+$running"
 export ORDERSUITE_ROOT="$ROOT" ORDERSUITE_BIN="$ROOT/$BUILD/bin" ORDERSUITE_TEST_BIN="$ROOT/$BUILD/test"
 export ORDERSUITE_VAR="$VAR" PG_PORT AMQP_PORT MGMT_PORT
 # Check forks each test; a hung test is killed after CK_DEFAULT_TIMEOUT seconds.
