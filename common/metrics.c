@@ -16,14 +16,15 @@ static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 #define NB (sizeof(bounds) / sizeof(bounds[0]))
 
 static const char *const kind_names[M__KINDS] = {
-    "ordersuite_messages_consumed_total", "ordersuite_messages_duplicate_total",
-    "ordersuite_messages_retried_total", "ordersuite_messages_dead_lettered_total",
+    "ordersuite_messages_consumed_total",  "ordersuite_messages_duplicate_total",
+    "ordersuite_messages_retried_total",   "ordersuite_messages_dead_lettered_total",
     "ordersuite_messages_published_total", "ordersuite_messages_redelivered_total"};
 static const char *const kind_help[M__KINDS] = {
     "Messages handed to a handler, by routing key.",
     "Redelivered messages acked without a second effect (inbox hit).",
     "Messages sent to a retry tier after a transient failure.",
-    "Messages sent to the dead-letter queue.", "Messages published and confirmed by the broker.",
+    "Messages sent to the dead-letter queue.",
+    "Messages published and confirmed by the broker.",
     "Messages the broker delivered again (after a crash or a lost connection)."};
 
 struct metrics {

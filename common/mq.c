@@ -768,7 +768,7 @@ static int ntiers(const mq_topology *t)
 /* Acks, forwards or requeues one delivery after its handler said r. MQ_ERR
  * when the connection failed. */
 static int settle_delivery(mq_conn *cons, mq_conn *pub, const mq_delivery *dd, mq_result r,
-                  const char *herr)
+                           const char *herr)
 {
     mq_delivery d = *dd;
     char perr[MQ_ERR_LEN], dest[160];

@@ -233,8 +233,8 @@ static mq_result dispatch_one(worker *w, const mq_delivery *d, char *err, size_t
  * If any of them fails, the transaction is rolled back and each is handled
  * again in its own, so one bad message never holds back the others and
  * nothing is acked that was not committed. */
-static void dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
-                           char (*errs)[MQ_ERR_LEN], void *ctx)
+static void dispatch_batch(const mq_delivery *d, size_t n, mq_result *res, char (*errs)[MQ_ERR_LEN],
+                           void *ctx)
 {
     worker *w = ctx;
     prepared *p = NULL;

@@ -241,8 +241,8 @@ static int check_db(PGconn *db, const sent *s, figures *fg, int verbose)
     if (s->orders) {
         const char *pp[] = {s->order_ids};
         fg->accepted = s->orders;
-        fg->found = q_long(db, "SELECT count(*) FROM orders.orders WHERE id = ANY($1::uuid[])", 1,
-                           pp);
+        fg->found =
+            q_long(db, "SELECT count(*) FROM orders.orders WHERE id = ANY($1::uuid[])", 1, pp);
         if (fg->found < 0)
             return -1;
     }
@@ -415,12 +415,10 @@ static int expect_dlq(const char *arg)
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {{"ids", required_argument, 0, 'i'},
-                                       {"tag", required_argument, 0, 't'},
-                                       {"wait", required_argument, 0, 'w'},
-                                       {"dlq", required_argument, 0, 'q'},
-                                       {"help", no_argument, 0, 'h'},
-                                       {0, 0, 0, 0}};
+    static const struct option lo[] = {
+        {"ids", required_argument, 0, 'i'},  {"tag", required_argument, 0, 't'},
+        {"wait", required_argument, 0, 'w'}, {"dlq", required_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},       {0, 0, 0, 0}};
     const char *dburl = getenv("DATABASE_URL"), *amqp = getenv("AMQP_URL");
     const char *services = getenv("LEDGER_SERVICES"), *tiers = getenv("RETRY_DELAYS_MS");
     char *dlq_args[MAX_SERVICES];

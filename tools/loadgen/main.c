@@ -51,8 +51,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CONNS 1024
-#define RESP_MAX (256 * 1024)
+#define MAX_CONNS           1024
+#define RESP_MAX            (256 * 1024)
 #define MAX_BACKLOG_SAMPLES 4096
 
 typedef struct {
@@ -74,9 +74,9 @@ static struct {
     char host[64];
     int port;
     int conns;
-    long orders;      /* -n */
-    double duration;  /* -d */
-    double rate;      /* -r */
+    long orders;     /* -n */
+    double duration; /* -d */
+    double rate;     /* -r */
     const char *tag;
     long sales;
     double retry_s;
@@ -88,9 +88,9 @@ static struct {
     int lines;
 } opt = {.host = "127.0.0.1", .port = 8080, .conns = 16, .lines = 2};
 
-static long next_order;     /* atomic */
-static int64_t start_mono;  /* ms */
-static int64_t start_wall;  /* us */
+static long next_order;    /* atomic */
+static int64_t start_mono; /* ms */
+static int64_t start_wall; /* us */
 static volatile sig_atomic_t stopping;
 static long accepted_total; /* atomic, for the backlog sampler */
 
@@ -151,8 +151,7 @@ static int send_all(int fd, const char *p, size_t n)
 /* Reads one response into buf; returns the status code, -1 on a broken
  * connection. *body points into buf; *close_after is set when the server
  * said Connection: close. */
-static int read_response(int fd, char *buf, size_t cap, char **body, size_t *blen,
-                         int *close_after)
+static int read_response(int fd, char *buf, size_t cap, char **body, size_t *blen, int *close_after)
 {
     size_t have = 0, head = 0, need = 0;
     int status;
@@ -363,7 +362,8 @@ static void *sales_thread(void *arg)
     const char *url = getenv("AMQP_URL");
     mq_opts mo = {.url = url, .app_id = "pos"};
     mq_conn *c = mq_new(&mo);
-    double span = opt.duration > 0 ? opt.duration : (opt.rate > 0 ? (double)opt.orders / opt.rate : 0);
+    double span =
+        opt.duration > 0 ? opt.duration : (opt.rate > 0 ? (double)opt.orders / opt.rate : 0);
 
     if (!c || mq_connect_retry(c, 0, 30000, &stopping, ss->err, sizeof(ss->err)) != MQ_OK) {
         ss->failed = ss->n;
@@ -456,10 +456,9 @@ static long final_count(PGconn *db)
 {
     char since[24];
     const char *p[] = {opt.tag, util_i64(since, start_wall)};
-    PGresult *r = PQexecParams(db,
-                               "SELECT count(*)" RUN_ORDERS
-                               " AND o.status IN ('CONFIRMED', 'REJECTED', 'CANCELLED')",
-                               2, NULL, p, NULL, NULL, 0);
+    PGresult *r = PQexecParams(
+        db, "SELECT count(*)" RUN_ORDERS " AND o.status IN ('CONFIRMED', 'REJECTED', 'CANCELLED')",
+        2, NULL, p, NULL, NULL, 0);
     long n = -1;
     if (PQresultStatus(r) == PGRES_TUPLES_OK)
         n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
@@ -528,7 +527,7 @@ static int e2e(PGconn *db, accepted *acc, size_t nacc, e2e_result *er)
     er->e2e_us = calloc((size_t)PQntuples(r) + 1, sizeof(int64_t));
     for (int i = 0; i < PQntuples(r); i++) {
         const char *st = PQgetvalue(r, i, 1);
-        accepted k, *a;
+        accepted k = {0}, *a;
         int64_t conf, mail, done;
         snprintf(k.id, sizeof(k.id), "%s", PQgetvalue(r, i, 0));
         a = bsearch(&k, acc, nacc, sizeof(*acc), cmp_acc);
@@ -736,7 +735,8 @@ int main(int argc, char **argv)
     if (opt.e2e_s > 0) {
         const char *u = getenv("DATABASE_URL");
         if (!u) {
-            fprintf(stderr, "loadgen: --e2e needs DATABASE_URL (a role that reads orders, email)\n");
+            fprintf(stderr,
+                    "loadgen: --e2e needs DATABASE_URL (a role that reads orders, email)\n");
             return 2;
         }
         db = PQconnectdb(u);
@@ -829,8 +829,8 @@ int main(int argc, char **argv)
     printf("orders: %zu accepted (%.0f/s), %ld 4xx, %ld 5xx, %ld no answer, %ld retries, "
            "%ld lost\n",
            nacc, (double)nacc / elapsed, by_class[4], by_class[5], by_class[0], retries, lost);
-    printf("POST /orders latency ms: p50 %.2f  p95 %.2f  p99 %.2f  max %.2f\n",
-           pct(lat, nlat, 50), pct(lat, nlat, 95), pct(lat, nlat, 99), pct(lat, nlat, 100));
+    printf("POST /orders latency ms: p50 %.2f  p95 %.2f  p99 %.2f  max %.2f\n", pct(lat, nlat, 50),
+           pct(lat, nlat, 95), pct(lat, nlat, 99), pct(lat, nlat, 100));
     if (opt.sales > 0)
         printf("sales: %ld published with confirms, %ld failed%s%s\n", ss.sent, ss.failed,
                ss.failed ? ": " : "", ss.failed ? ss.err : "");
