@@ -796,9 +796,12 @@ int main(int argc, char **argv)
         return 1;
     nlat = nacc = 0;
     for (int i = 0; i < opt.conns; i++) {
-        memcpy(lat + nlat, st[i].lat_us, st[i].nlat * sizeof(*lat));
+        /* A connection that got no order has no arrays (NULL): nothing to copy. */
+        if (st[i].nlat)
+            memcpy(lat + nlat, st[i].lat_us, st[i].nlat * sizeof(*lat));
         nlat += st[i].nlat;
-        memcpy(all + nacc, st[i].acc, st[i].nacc * sizeof(*all));
+        if (st[i].nacc)
+            memcpy(all + nacc, st[i].acc, st[i].nacc * sizeof(*all));
         nacc += st[i].nacc;
         for (int k = 0; k < 6; k++)
             by_class[k] += st[i].by_class[k];
