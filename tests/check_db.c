@@ -196,6 +196,32 @@ START_TEST(billing_role_cannot_touch_the_orders_schema)
 }
 END_TEST
 
+START_TEST(each_role_is_refused_on_every_other_schema)
+{
+    static const struct {
+        const char *env, *schema;
+    } roles[] = {{"ORDERS_DATABASE_URL", "orders"},
+                 {"INVENTORY_DATABASE_URL", "inventory"},
+                 {"BILLING_DATABASE_URL", "billing"},
+                 {"EMAIL_DATABASE_URL", "email"}};
+    char err[512], sql[128];
+    for (size_t i = 0; i < 4; i++) {
+        for (size_t j = 0; j < 4; j++) {
+            snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.inbox", roles[j].schema);
+            if (i == j) {
+                ck_assert_msg(tu_sql_try(tu_env(roles[i].env), sql, err, sizeof(err)) == 0,
+                              "%s on its own schema: %s", roles[i].env, err);
+                continue;
+            }
+            ck_assert_msg(tu_sql_try(tu_env(roles[i].env), sql, err, sizeof(err)) == -1,
+                          "%s could read %s", roles[i].env, roles[j].schema);
+            ck_assert_msg(strncmp(err, "42501", 5) == 0, "%s on %s: %s", roles[i].env,
+                          roles[j].schema, err);
+        }
+    }
+}
+END_TEST
+
 START_TEST(service_roles_cannot_run_ddl)
 {
     static const char *const roles[] = {"ORDERS_DATABASE_URL", "INVENTORY_DATABASE_URL",
@@ -254,6 +280,7 @@ int main(void)
     tcase_add_test(h, connect_retry_gives_up_at_its_deadline);
     tcase_add_test(h, a_wrong_password_is_permanent);
     tcase_add_test(l, billing_role_cannot_touch_the_orders_schema);
+    tcase_add_test(l, each_role_is_refused_on_every_other_schema);
     tcase_add_test(l, service_roles_cannot_run_ddl);
     tcase_add_test(l, seed_catalog_has_something_to_sell_and_to_reject);
     suite_add_tcase(s, h);

@@ -55,6 +55,36 @@ START_TEST(billing_cannot_consume_inventorys_queue)
 }
 END_TEST
 
+START_TEST(each_service_user_is_refused_on_the_other_queues)
+{
+    static const char *const users[] = {"ORDER_API_AMQP_URL", "INVENTORY_AMQP_URL",
+                                        "BILLING_AMQP_URL", "EMAIL_AMQP_URL", "POS_AMQP_URL"};
+    static const char *const queues[] = {"order-api", "inventory", "billing", "email", NULL};
+    for (size_t i = 0; i < 5; i++) {
+        for (size_t j = 0; j < 4; j++) {
+            mq_conn *p;
+            mq_got *g = NULL;
+            char err[MQ_ERR_LEN], dlq[64];
+            if (i == j)
+                continue; /* its own queue (pos has none) */
+            p = tu_publisher(users[i], "check_privileges");
+            ck_assert_msg(mq_get(p, queues[j], &g, err, sizeof(err)) < 0, "%s could read %s",
+                          users[i], queues[j]);
+            ck_assert_msg(strstr(err, "ACCESS_REFUSED"), "%s on %s: %s", users[i], queues[j], err);
+            ck_assert_ptr_null(g);
+            mq_free(p);
+            /* nor its dead letters */
+            p = tu_publisher(users[i], "check_privileges");
+            mq_dlq_name(queues[j], dlq, sizeof(dlq));
+            ck_assert_msg(mq_get(p, dlq, &g, err, sizeof(err)) < 0, "%s could read %s", users[i],
+                          dlq);
+            ck_assert_msg(strstr(err, "ACCESS_REFUSED"), "%s on %s: %s", users[i], dlq, err);
+            mq_free(p);
+        }
+    }
+}
+END_TEST
+
 START_TEST(each_service_publishes_only_its_own_keys)
 {
     static const struct {
@@ -97,6 +127,7 @@ int main(void)
     tcase_add_test(t, billing_cannot_publish_order_placed);
     tcase_add_test(t, billing_cannot_consume_inventorys_queue);
     tcase_add_test(t, each_service_publishes_only_its_own_keys);
+    tcase_add_test(t, each_service_user_is_refused_on_the_other_queues);
     tcase_add_test(t, guest_cannot_log_in);
     suite_add_tcase(s, t);
     return tu_run(s);
