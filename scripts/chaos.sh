@@ -216,9 +216,11 @@ scenario_4() {
     say "4: kill -9 the RabbitMQ node, start it again"
     load_start "$TAG" 40 "$secs" --sales 100
     sleep 3
-    pkill -KILL -u rabbitmq -f beam.smp || ok=0
+    # Our node only (its home is under var/), not any other RabbitMQ on the machine.
+    local node="beam.smp.* -home $VAR/rabbitmq/home"
+    pkill -KILL -u rabbitmq -f "$node" || ok=0
     t0=$(now_ms)
-    wait_for 30 "RabbitMQ to be down" bash -c '! pgrep -u rabbitmq -f beam.smp >/dev/null'
+    wait_for 30 "RabbitMQ to be down" bash -c "! pgrep -u rabbitmq -f '$node' >/dev/null"
     # The services notice: order-api stops reporting ready (orders are still taken).
     wait_for 15 "order-api to see the broker gone" bash -c "! curl -fsS -m 2 http://127.0.0.1:8080/readyz" ||
         { echo "    FAIL: order-api still ready with the broker down"; ok=0; }
