@@ -321,6 +321,17 @@ out:
     return NULL;
 }
 
+/* Frees what outbox_relay_start allocated (r may be half built, or NULL). */
+static void relay_free(outbox_relay *r)
+{
+    if (!r)
+        return;
+    free(r->db_url);
+    free(r->amqp_url);
+    free(r->service);
+    free(r);
+}
+
 outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t errlen)
 {
     outbox_relay *r = calloc(1, sizeof(*r));
@@ -338,10 +349,7 @@ outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t e
     r->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (r->wake_fd < 0) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
-        free(r->db_url);
-        free(r->amqp_url);
-        free(r->service);
-        free(r);
+        relay_free(r);
         return NULL;
     }
     wake_register(r->wake_fd, 1);
@@ -351,20 +359,12 @@ outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t e
         wake_register(r->wake_fd, 0);
         close(r->wake_fd);
         pthread_mutex_destroy(&r->lock);
-        free(r->db_url);
-        free(r->amqp_url);
-        free(r->service);
-        free(r);
+        relay_free(r);
         return NULL;
     }
     return r;
 oom:
-    if (r) {
-        free(r->db_url);
-        free(r->amqp_url);
-        free(r->service);
-        free(r);
-    }
+    relay_free(r);
     snprintf(err, errlen, "out of memory");
     return NULL;
 }
@@ -380,8 +380,5 @@ void outbox_relay_stop(outbox_relay *r, int timeout_ms)
     wake_register(r->wake_fd, 0);
     close(r->wake_fd);
     pthread_mutex_destroy(&r->lock);
-    free(r->db_url);
-    free(r->amqp_url);
-    free(r->service);
-    free(r);
+    relay_free(r);
 }
