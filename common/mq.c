@@ -826,28 +826,6 @@ static int settle_delivery(mq_conn *cons, mq_conn *pub, const mq_delivery *dd, m
 
 #define BATCH_MAX 256
 
-typedef struct {
-    mq_handler h;
-    void (*on_idle)(void *ctx);
-    void *ctx;
-} single_ctx;
-
-static void idle_one(void *ctx)
-{
-    const single_ctx *sc = ctx;
-    if (sc->on_idle)
-        sc->on_idle(sc->ctx);
-}
-
-/* mq_consume_loop's handler behind the batch interface. */
-static void one_by_one(const mq_delivery *d, size_t n, mq_result *res, char (*errs)[MQ_ERR_LEN],
-                       void *ctx)
-{
-    const single_ctx *sc = ctx;
-    for (size_t i = 0; i < n; i++)
-        res[i] = sc->h(&d[i], sc->ctx, errs[i], MQ_ERR_LEN);
-}
-
 /* A frame that is not a delivery arrived: see what it was. Returns MQ_OK
  * to carry on, MQ_ERR to reconnect. */
 static int other_frame(mq_conn *c)
@@ -881,14 +859,6 @@ static int other_frame(mq_conn *c)
     default:
         return MQ_OK;
     }
-}
-
-int mq_consume_loop(mq_conn *cons, mq_conn *pub, mq_handler h, void *ctx,
-                    void (*on_idle)(void *ctx), volatile sig_atomic_t *stop, char *err,
-                    size_t errlen)
-{
-    single_ctx sc = {h, on_idle, ctx};
-    return mq_consume_batches(cons, pub, one_by_one, 1, &sc, idle_one, stop, err, errlen);
 }
 
 /* Handles and settles the n envelopes in env; MQ_ERR when the connection failed. */

@@ -8,7 +8,7 @@
  *     nack or an unroutable message (basic.return) is an error the caller sees;
  *   - a consumer: declares its service's topology, sets QoS, consumes with
  *     manual acks (never auto-ack), and hands each delivery to a handler
- *     through mq_consume_loop, which acks only after the handler said "done".
+ *     through mq_consume_batches, which acks only after the handler said "done".
  * Roles are kept on separate connections so that waiting for a confirm never
  * has to step over a delivery (0.11 has no per-channel wait in its API).
  *
@@ -127,9 +127,6 @@ typedef enum {
     MQ_REJECT = 2, /* permanent failure: straight to the DLQ with the reason */
 } mq_result;
 
-/* A handler fills err (a short reason) for MQ_RETRY and MQ_REJECT. */
-typedef mq_result (*mq_handler)(const mq_delivery *d, void *ctx, char *err, size_t errlen);
-
 /* Makes a handle; copies what it needs from opts. Does not connect. Returns
  * NULL when out of memory. */
 mq_conn *mq_new(const mq_opts *opts);
@@ -179,29 +176,25 @@ int mq_publish(mq_conn *c, const mq_msg *m, char *err, size_t errlen);
  * otherwise read from c. Returns MQ_OK, or MQ_ERR when the connection died. */
 int mq_tick(mq_conn *c);
 
-/* Consumes until *stop: each delivery goes to h; MQ_DONE acks it, MQ_RETRY
- * republishes it (with confirm, then acks) to the next retry tier or, after
- * the last, to the DLQ; MQ_REJECT sends it to the DLQ with the reason. Lost
- * connections are made again with backoff and the topology re-declared.
- * Unacked messages in hand when the connection drops are redelivered by the
- * broker. Returns 0 after a clean stop, -1 on a permanent error (bad
- * credentials or permissions) with the reason in err.
- *
- * consumer and publisher are two handles for the same service (consumer made
- * with opts.topo set). on_idle, when not NULL, runs about once a second. */
-int mq_consume_loop(mq_conn *consumer, mq_conn *publisher, mq_handler h, void *ctx,
-                    void (*on_idle)(void *ctx), volatile sig_atomic_t *stop, char *err,
-                    size_t errlen);
-
 /* Handles n deliveries together (e.g. in one database transaction) and sets
- * res[i] and errs[i] for each, as an mq_handler would. */
+ * res[i] (MQ_DONE, MQ_RETRY or MQ_REJECT) and, for the last two, a short
+ * reason in errs[i], for each. */
 typedef void (*mq_batch_handler)(const mq_delivery *d, size_t n, mq_result *res,
                                  char (*errs)[MQ_ERR_LEN], void *ctx);
 
-/* mq_consume_loop with batches: deliveries that have already arrived (up to
- * max, never waiting for more) go to bh together, so a busy consumer commits
- * once per batch; an idle one still handles each message as it comes. Each
- * delivery is then settled on its own, exactly as mq_consume_loop does. */
+/* Consumes until *stop. Deliveries that have already arrived (up to max,
+ * never waiting for more) go to bh together, so a busy consumer commits once
+ * per batch and an idle one still handles each message as it comes. Then
+ * each delivery is settled on its own: MQ_DONE acks it, MQ_RETRY republishes
+ * it (with confirm, then acks) to the next retry tier or, after the last, to
+ * the DLQ; MQ_REJECT sends it to the DLQ with the reason. Lost connections
+ * are made again with backoff and the topology re-declared. Unacked messages
+ * in hand when the connection drops are redelivered by the broker. Returns 0
+ * after a clean stop, -1 on a permanent error (bad credentials or
+ * permissions) with the reason in err.
+ *
+ * consumer and publisher are two handles for the same service (consumer made
+ * with opts.topo set). on_idle, when not NULL, runs about once a second. */
 int mq_consume_batches(mq_conn *consumer, mq_conn *publisher, mq_batch_handler bh, size_t max,
                        void *ctx, void (*on_idle)(void *ctx), volatile sig_atomic_t *stop,
                        char *err, size_t errlen);
