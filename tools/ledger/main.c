@@ -34,6 +34,7 @@
 #include "mq.h"
 #include "util.h"
 #include "uuid.h"
+#include "worker.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -473,18 +474,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    {
-        /* The tiers' parser lives in the worker runtime; the format is simple. */
-        const char *t = tiers ? tiers : "1000,10000,60000";
-        int n = 0;
-        char *end;
-        while (*t && n < MQ_MAX_TIERS) {
-            long v = strtol(t, &end, 10);
-            if (end == t || v < 1)
-                break;
-            opt.tiers[n++] = (int)v;
-            t = *end == ',' ? end + 1 : end;
-        }
+    if (worker_parse_tiers(tiers ? tiers : "1000,10000,60000", opt.tiers, err, sizeof(err)) < 0) {
+        fprintf(stderr, "ledger: %s\n", err);
+        return 2;
     }
     if (opt.ids_path && read_ids(opt.ids_path, &s) < 0)
         return 1;
