@@ -31,7 +31,6 @@ STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
 OUT="$ROOT/bench/results"
 WORK="$VAR/bench/$STAMP"
 API="http://127.0.0.1:8080"
-SKUS="MUG-WHITE,FLT-PAPER,TEA-EARLGREY,COF-FILTER"
 mkdir -p "$OUT" "$WORK"
 t_start=$(date +%s)
 
@@ -53,7 +52,7 @@ ledger_wait() { # TAG: wait for the run to drain, check it; the RESULT line
 loadgen() { # TAG ARGS...: one loadgen run, JSON in $WORK/TAG.json
     local tag=$1
     shift
-    DATABASE_URL=$OWNER_DATABASE_URL "$BIN/loadgen" -u "$API" -t "$tag" --skus "$SKUS" \
+    DATABASE_URL=$OWNER_DATABASE_URL "$BIN/loadgen" -u "$API" -t "$tag" --skus "$LOAD_SKUS" \
         -o "$WORK/$tag.ids" --json "$WORK/$tag.json" "$@" >"$WORK/$tag.out" 2>&1 ||
         die "loadgen $tag failed; see $WORK/$tag.out"
     sed 's/^/    /' "$WORK/$tag.out"
@@ -62,11 +61,8 @@ loadgen() { # TAG ARGS...: one loadgen run, JSON in $WORK/TAG.json
 say "bench $STAMP: services restart with HTTP_THREADS=$HTTP_THREADS"
 "$ROOT/scripts/services.sh" stop >/dev/null
 "$ROOT/scripts/services.sh" start >/dev/null
-wait_for 30 "order-api" curl -fsS "$API/readyz" >/dev/null || die "order-api is not ready"
-psql -qAt "$OWNER_DATABASE_URL" -c \
-    "SELECT count(inventory.adjust_stock(sku, 2000000 - on_hand, 'make bench: restock'))
-       FROM inventory.stock WHERE sku = ANY(string_to_array('$SKUS', ','))
-        AND on_hand < 2000000" >/dev/null || die "restocking failed"
+wait_for 30 "order-api" svc_ready order-api || die "order-api is not ready"
+restock 2000000 "make bench: restock"
 
 # ----------------------------------------------------------------- limits
 say "PostgreSQL limit: bench/order_tx.sql (pgbench -M prepared, ${SECS}s per client count)"
@@ -81,7 +77,7 @@ psql -q "$OWNER_DATABASE_URL" -c "TRUNCATE bench.orders, bench.order_lines, benc
 # The size of the suite's own messages: one order.placed of loadgen's order,
 # read (and requeued) from inventory's queue while inventory is stopped.
 "$ROOT/scripts/services.sh" stop inventory >/dev/null
-"$BIN/loadgen" -u "$API" -t "size-$STAMP" --skus "$SKUS" -c 1 -n 1 >/dev/null || die "loadgen failed"
+"$BIN/loadgen" -u "$API" -t "size-$STAMP" --skus "$LOAD_SKUS" -c 1 -n 1 >/dev/null || die "loadgen failed"
 MSG_BYTES=
 for _ in $(seq 1 50); do
     MSG_BYTES=$(curl -fsS -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" \

@@ -37,14 +37,13 @@ ROWS=()
 passed=0 failed=0
 
 port_of() { suite_field "$1" 5; }
-ready() { curl -fsS -m 2 "http://127.0.0.1:$(port_of "$1")/readyz" >/dev/null 2>&1; }
 pid_of() { cat "$VAR/run/$1.pid" 2>/dev/null; }
 svc() { "$ROOT/scripts/services.sh" "$@" >>"$WORK/services.log" 2>&1; }
 restart() { # NAME [ENV=V...]: start it (with extra environment) and wait until ready
     local name=$1
     shift
     env "$@" "$ROOT/scripts/services.sh" start "$name" >>"$WORK/services.log" 2>&1
-    wait_for 60 "$name ready" ready "$name"
+    wait_for 60 "$name ready" svc_ready "$name"
 }
 metric() { # NAME METRIC: the sum of that counter on the service's /metrics (0 if down)
     curl -fsS -m 2 "http://127.0.0.1:$(port_of "$1")/metrics" 2>/dev/null |
@@ -56,7 +55,7 @@ elapsed_s() { awk -v a="$(now_ms)" -v b="$1" 'BEGIN { printf "%.1f\n", (a - b) /
 load_start() { # TAG RATE SECONDS [loadgen args]: orders (and sales) in the background
     local tag=$1 rate=$2 secs=$3
     shift 3
-    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -t "$tag" -c 8 \
+    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -t "$tag" -c 8 --skus "$LOAD_SKUS" \
         -r "$rate" -d "$secs" --retry 90 -o "$WORK/$tag.ids" "$@" >"$WORK/$tag.load" 2>&1 &
     LOAD_PID=$!
 }
@@ -227,7 +226,7 @@ scenario_4() {
     "$ROOT/scripts/up.sh" >"$WORK/up.log" 2>&1 || { ok=0; cat "$WORK/up.log"; }
     echo "    broker back $(elapsed_s "$t0")s after the kill"
     t0=$(now_ms)
-    all() { for s in $(suite_names); do ready "$s" || return 1; done; }
+    all() { for s in $(suite_names); do svc_ready "$s" || return 1; done; }
     if wait_for 30 "every service to reconnect" all; then
         r="$(elapsed_s "$t0")s"
     else
@@ -289,7 +288,7 @@ scenario_6() {
     echo "    in the DLQ after $r:"
     AMQP_URL=$TEST_AMQP_URL "$BIN/dlq" show inventory --limit 50 | grep -E 'error' | tail -2 | sed 's/^/    /'
     AMQP_URL=$TEST_AMQP_URL "$BIN/dlq" show inventory --limit 50 | grep -q 'schema_version 99' || ok=0
-    ready inventory || { echo "    FAIL: inventory is not ready"; ok=0; }
+    svc_ready inventory || { echo "    FAIL: inventory is not ready"; ok=0; }
     # A good message that fails for a reason an operator can fix: a bad grant.
     psql -qAt "$OWNER_DATABASE_URL" -c "REVOKE INSERT ON inventory.reservations FROM inventory" || ok=0
     load_start "$TAG" 5 0.2
@@ -313,7 +312,7 @@ scenario_7() {
     kill -STOP "$(pid_of billing)"
     sleep 16 # the stall itself: > 2 heartbeats, so the broker closes the connection
     kill -CONT "$(pid_of billing)"
-    wait_for 30 "billing to reconnect" ready billing || ok=0
+    wait_for 30 "billing to reconnect" svc_ready billing || ok=0
     load_wait || ok=0
     check "$TAG" "7 worker stalled past heartbeat" "-" "$ok"
     red=$(metric billing ordersuite_messages_redelivered_total)
@@ -329,7 +328,7 @@ scenario_7() {
 # ------------------------------------------------------------------ main
 started=0
 for s in $(suite_names); do
-    ready "$s" && continue
+    svc_ready "$s" && continue
     svc start "$s"
     started=1
 done
@@ -337,12 +336,9 @@ done
 cleanup() { [ $started = 1 ] && "$ROOT/scripts/services.sh" stop >/dev/null 2>&1; return 0; }
 trap cleanup EXIT
 for s in $(suite_names); do
-    wait_for 60 "$s ready" ready "$s" || die "$s did not become ready; see $VAR/log/$s.log"
+    wait_for 60 "$s ready" svc_ready "$s" || die "$s did not become ready; see $VAR/log/$s.log"
 done
-psql -qAt "$OWNER_DATABASE_URL" -c \
-    "SELECT count(inventory.adjust_stock(sku, 100000 - on_hand, 'make chaos: restock'))
-       FROM inventory.stock WHERE sku IN ('MUG-WHITE','FLT-PAPER','TEA-EARLGREY','COF-FILTER')
-        AND on_hand < 100000" >/dev/null || die "restocking failed"
+restock 100000 "make chaos: restock"
 
 t_all=$(now_ms)
 for n in "${SCENARIOS[@]}"; do

@@ -184,3 +184,22 @@ export_suite_urls() {
     # the services' queues.
     export SPINE_AMQP_URL="$TEST_AMQP_URL/ordersuite-test"
 }
+
+# ---------------------------------------------- load runs (bench, chaos, soak)
+# The SKUs the load runs order (loadgen --skus); restock keeps them in stock.
+LOAD_SKUS="MUG-WHITE,FLT-PAPER,TEA-EARLGREY,COF-FILTER"
+
+# svc_ready NAME: the service's /readyz answers 200 (on its registry port).
+svc_ready() { curl -fsS -m 2 "http://127.0.0.1:$(suite_field "$1" 5)/readyz" >/dev/null 2>&1; }
+
+# restock LEVEL REASON: brings each of LOAD_SKUS up to at least LEVEL through
+# inventory.adjust_stock, so the stock ledger stays true. Needs
+# export_suite_urls (OWNER_DATABASE_URL).
+restock() {
+    psql -qAt "$OWNER_DATABASE_URL" -v ON_ERROR_STOP=1 -v level="$1" -v reason="$2" -v skus="$LOAD_SKUS" >/dev/null <<'SQL' ||
+SELECT count(inventory.adjust_stock(sku, :level - on_hand, :'reason'))
+  FROM inventory.stock
+ WHERE sku = ANY(string_to_array(:'skus', ',')) AND on_hand < :level;
+SQL
+        die "restocking $LOAD_SKUS failed"
+}

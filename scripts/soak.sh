@@ -16,7 +16,6 @@ TAG=soak-$(date -u +%Y%m%dT%H%M%S)
 WORK="$VAR/soak/$TAG"
 mkdir -p "$WORK"
 
-ready() { curl -fsS -m 2 "http://127.0.0.1:$(suite_field "$1" 5)/readyz" >/dev/null 2>&1; }
 sample() { # LABEL: one line per service: name rss_kb fds
     for s in $(suite_names); do
         pid=$(cat "$VAR/run/$s.pid" 2>/dev/null) || die "$s is not running"
@@ -27,14 +26,11 @@ sample() { # LABEL: one line per service: name rss_kb fds
 }
 
 "$ROOT/scripts/services.sh" start >/dev/null
-for s in $(suite_names); do wait_for 60 "$s" ready "$s" || die "$s is not ready"; done
-psql -qAt "$OWNER_DATABASE_URL" -c \
-    "SELECT count(inventory.adjust_stock(sku, 1000000 - on_hand, 'make soak: restock'))
-       FROM inventory.stock WHERE sku IN ('MUG-WHITE','FLT-PAPER','TEA-EARLGREY','COF-FILTER')
-        AND on_hand < 1000000" >/dev/null || die "restocking failed"
+for s in $(suite_names); do wait_for 60 "$s" svc_ready "$s" || die "$s is not ready"; done
+restock 1000000 "make soak: restock"
 
 say "soak $TAG: $RATE orders/s and $((RATE / 10)) sales/s for $SECS s"
-DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -t "$TAG" -c 8 -r "$RATE" \
+DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -t "$TAG" -c 8 --skus "$LOAD_SKUS" -r "$RATE" \
     -d "$SECS" --sales $((RATE * SECS / 10)) --retry 60 -o "$WORK/ids" >"$WORK/load" 2>&1 &
 load=$!
 # Warm-up: the first minute (or a tenth of a short run) fills pools and caches.
