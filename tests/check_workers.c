@@ -69,7 +69,8 @@ static void teardown(void)
     }
 }
 
-static void publish(mq_conn *c, const ev_event *ev, const char *corr)
+/* Publishes ev under a new message id, written to id_out when not NULL. */
+static void publish_id(mq_conn *c, const ev_event *ev, const char *corr, char id_out[UUID_STR_LEN])
 {
     char err[MQ_ERR_LEN], id[UUID_STR_LEN];
     char *body = ev_to_json(ev, NULL, err, sizeof(err));
@@ -83,6 +84,13 @@ static void publish(mq_conn *c, const ev_event *ev, const char *corr)
     m.len = strlen(body);
     ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "%s", err);
     free(body);
+    if (id_out)
+        memcpy(id_out, id, UUID_STR_LEN);
+}
+
+static void publish(mq_conn *c, const ev_event *ev, const char *corr)
+{
+    publish_id(c, ev, corr, NULL);
 }
 
 /* An order.placed as order-api would publish it: (sku, quantity, unit price)*. */
@@ -250,6 +258,47 @@ START_TEST(a_pos_sale_takes_stock_and_is_invoiced_with_a_receipt)
 }
 END_TEST
 
+/* A till that re-sends a sale (its spool was not rewritten before a crash)
+ * publishes it under a new message id: the inbox cannot see it, the sale id
+ * must. Stock moves once, for the sale. */
+START_TEST(a_sale_resent_under_a_new_message_id_takes_stock_once)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
+    ev_event ev;
+    sale_completed *s = &ev.u.sale_completed;
+    char id[UUID_STR_LEN], m1[UUID_STR_LEN], m2[UUID_STR_LEN], ids[2 * UUID_STR_LEN + 4];
+
+    ev_init(&ev, EV_SALE_COMPLETED);
+    uuid_v4(s->sale_id);
+    memcpy(id, s->sale_id, UUID_STR_LEN);
+    strcpy(s->store_id, "NEPAL-01");
+    strcpy(s->currency, "EUR");
+    ck_assert_int_eq(ev_lines_alloc(&s->lines, 2), 0);
+    strcpy(s->lines.items[0].sku, "FLT-PAPER");
+    s->lines.items[0].quantity = 5;
+    s->lines.items[0].unit_price = 350;
+    strcpy(s->lines.items[1].sku, "MUG-WHITE");
+    s->lines.items[1].quantity = 2;
+    s->lines.items[1].unit_price = 800;
+    s->total = 3350;
+    ev_now_rfc3339(s->paid_at);
+    publish_id(c, &ev, id, m1);
+    publish_id(c, &ev, id, m2);
+    ck_assert_str_ne(m1, m2);
+    snprintf(ids, sizeof(ids), "{%s,%s}", m1, m2);
+    /* Both deliveries were handled (each is in inventory's inbox)... */
+    await("SELECT count(*) FROM inventory.inbox WHERE message_id = ANY($1::uuid[])", ids, 2);
+    /* ...and the sale took its units once. */
+    ck_assert_int_eq(stock("FLT-PAPER"), 995);
+    ck_assert_int_eq(stock("MUG-WHITE"), 598);
+    ck_assert_int_eq(count("SELECT sum(applied) FROM inventory.sale_lines WHERE sale_id = $1", id),
+                     7);
+    await("SELECT count(*) FROM billing.invoices WHERE sale_id = $1", id, 1);
+    ev_free(&ev);
+    mq_free(c);
+}
+END_TEST
+
 START_TEST(concurrent_orders_for_the_last_units_never_oversell)
 {
     enum { N = 12 };
@@ -297,6 +346,7 @@ int main(void)
     tcase_add_test(t, an_order_for_missing_stock_is_rejected_and_stock_is_unchanged);
     tcase_add_test(t, a_failed_payment_releases_the_stock);
     tcase_add_test(t, a_pos_sale_takes_stock_and_is_invoiced_with_a_receipt);
+    tcase_add_test(t, a_sale_resent_under_a_new_message_id_takes_stock_once);
     tcase_add_test(t, concurrent_orders_for_the_last_units_never_oversell);
     suite_add_tcase(s, t);
     return tu_run(s);
