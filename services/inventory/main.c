@@ -4,7 +4,8 @@
  *   order.placed            reserve every line or none → inventory.reserved
  *                           or inventory.rejected (with the SKUs short)
  *   billing.payment_failed  release the order's reservation → inventory.released
- *   sale.completed          take the sold units off the shelf (never below zero)
+ *   sale.completed          take the sold units off the shelf (never below zero),
+ *                           once per sale id, whatever message id carries it
  * and inventory.low_stock when a SKU's stock crosses its threshold.
  *
  * Stock never goes below zero under concurrency: each line is one
@@ -198,17 +199,60 @@ static mq_result on_payment_failed(worker *w, db_conn *db, const ev_envelope *en
     return MQ_DONE;
 }
 
+/* Sorts lines by SKU and merges lines of the same SKU (a till may ring an
+ * item up twice), so each SKU of a sale is one sale_lines row. Returns the
+ * new count. */
+static size_t merge_lines(ev_line *lines, size_t n)
+{
+    size_t k = 0;
+    qsort(lines, n, sizeof(ev_line), cmp_line);
+    for (size_t i = 0; i < n; i++) {
+        if (k > 0 && strcmp(lines[k - 1].sku, lines[i].sku) == 0)
+            lines[k - 1].quantity += lines[i].quantity;
+        else
+            lines[k++] = lines[i];
+    }
+    return k;
+}
+
+/* A sale is applied once per sale id, whatever message carries it: a till
+ * that re-sends a sale under a new message id gets past the inbox. So the
+ * sale's lines are claimed first (INSERT ... ON CONFLICT DO NOTHING, as
+ * billing does with its invoice): a second delivery finds them and changes
+ * nothing, and a concurrent one waits on the first's unique key and then
+ * finds them. Only then is stock taken. */
 static mq_result on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                          char *err, size_t errlen)
 {
     const sale_completed *s = &ev->u.sale_completed;
     ev_line lines[EV_LINES_MAX];
+    size_t n;
     char q[24], a[24];
     int rc;
 
     memcpy(lines, s->lines.items, s->lines.n * sizeof(ev_line));
-    qsort(lines, s->lines.n, sizeof(ev_line), cmp_line);
-    for (size_t i = 0; i < s->lines.n; i++) {
+    n = merge_lines(lines, s->lines.n);
+    for (size_t i = 0; i < n; i++) {
+        PGresult *r;
+        const char *p[] = {s->sale_id, lines[i].sku, util_i64(q, lines[i].quantity)};
+        int claimed;
+        rc = db_execp(db, "inv_sale_claim",
+                      "INSERT INTO sale_lines (sale_id, sku, quantity, applied)"
+                      " VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING RETURNING sku",
+                      3, p, &r, err, errlen);
+        if (rc != DB_OK)
+            return worker_db_result(rc);
+        claimed = PQntuples(r) == 1;
+        PQclear(r);
+        if (!claimed) {
+            /* Lines are unique per SKU, so only the first can conflict: the
+             * sale was applied before. */
+            log_write(LOG_INFO, env->correlation_id, env->message_id,
+                      "sale %s was applied before; nothing to do", s->sale_id);
+            return MQ_DONE;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
         PGresult *r;
         const char *p[] = {lines[i].sku, util_i64(q, lines[i].quantity)};
         int64_t before = 0, after = 0, thr = 0;
@@ -232,11 +276,10 @@ static mq_result on_sale(worker *w, db_conn *db, const ev_envelope *env, const e
                       "sale %s sold %lld of %s but only %lld were on the books", s->sale_id,
                       (long long)lines[i].quantity, lines[i].sku, (long long)(before - after));
         {
-            const char *p2[] = {s->sale_id, lines[i].sku, q, util_i64(a, before - after)};
-            rc = db_execp(db, "inv_sale_line",
-                          "INSERT INTO sale_lines (sale_id, sku, quantity, applied)"
-                          " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                          4, p2, NULL, err, errlen);
+            const char *p2[] = {s->sale_id, lines[i].sku, util_i64(a, before - after)};
+            rc = db_execp(db, "inv_sale_applied",
+                          "UPDATE sale_lines SET applied = $3 WHERE sale_id = $1 AND sku = $2", 3,
+                          p2, NULL, err, errlen);
         }
         if (rc == DB_OK)
             rc = maybe_low_stock(w, db, env, lines[i].sku, before, after, thr, err, errlen);
