@@ -8,15 +8,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DB_MAX_PREPARED 64
+/* A statement name and the SQL it stands for. The binding lasts as long as
+ * the handle, so a name cannot change its SQL even across a reconnect;
+ * `prepared` says whether the current connection has it yet. */
+typedef struct {
+    char *name;
+    char *sql;
+    int prepared;
+} db_stmt;
 
 struct db_conn {
     char *conninfo;
     char *appname;
     PGconn *pg;
     char sqlstate[6];
-    const char *prepared[DB_MAX_PREPARED]; /* statement names prepared on pg */
-    int nprepared;
+    db_stmt *stmts; /* grows as needed: no cap on the number of names */
+    size_t nstmts, capstmts;
     void (*after_commit)(void); /* run once after the open transaction commits */
 };
 
@@ -39,7 +46,8 @@ static void db_close(db_conn *db)
     if (db->pg)
         PQfinish(db->pg);
     db->pg = NULL;
-    db->nprepared = 0;
+    for (size_t i = 0; i < db->nstmts; i++)
+        db->stmts[i].prepared = 0;
 }
 
 void db_free(db_conn *db)
@@ -47,6 +55,11 @@ void db_free(db_conn *db)
     if (!db)
         return;
     db_close(db);
+    for (size_t i = 0; i < db->nstmts; i++) {
+        free(db->stmts[i].name);
+        free(db->stmts[i].sql);
+    }
+    free(db->stmts);
     free(db->conninfo);
     free(db->appname);
     free(db);
@@ -181,27 +194,67 @@ int db_exec(db_conn *db, const char *sql, int nparams, const char *const *params
                         err, errlen);
 }
 
+/* The binding of name, made on first use. NULL with err when name is bound
+ * to other SQL already, or when out of memory. */
+static db_stmt *stmt_for(db_conn *db, const char *name, const char *sql, char *err, size_t errlen)
+{
+    db_stmt *st;
+
+    for (size_t i = 0; i < db->nstmts; i++) {
+        st = &db->stmts[i];
+        if (strcmp(st->name, name) != 0)
+            continue;
+        if (strcmp(st->sql, sql) != 0) {
+            snprintf(err, errlen, "prepared statement \"%.64s\" is already bound to other SQL",
+                     name);
+            return NULL;
+        }
+        return st;
+    }
+    if (db->nstmts == db->capstmts) {
+        size_t cap = db->capstmts ? db->capstmts * 2 : 32;
+        db_stmt *grown = realloc(db->stmts, cap * sizeof(*grown));
+        if (!grown)
+            goto oom;
+        db->stmts = grown;
+        db->capstmts = cap;
+    }
+    st = &db->stmts[db->nstmts];
+    st->name = strdup(name);
+    st->sql = strdup(sql);
+    st->prepared = 0;
+    if (!st->name || !st->sql) {
+        free(st->name);
+        free(st->sql);
+        goto oom;
+    }
+    db->nstmts++;
+    return st;
+oom:
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+}
+
 int db_execp(db_conn *db, const char *name, const char *sql, int nparams, const char *const *params,
              PGresult **res, char *err, size_t errlen)
 {
-    int i, rc;
+    db_stmt *st;
+    int rc;
 
     if (res)
         *res = NULL;
+    db->sqlstate[0] = '\0';
+    if (!(st = stmt_for(db, name, sql, err, errlen)))
+        return DB_ERR;
     if (!db->pg) {
         snprintf(err, errlen, "not connected");
         return DB_ERR_TRANSIENT;
     }
-    for (i = 0; i < db->nprepared; i++) {
-        if (db->prepared[i] == name || strcmp(db->prepared[i], name) == 0)
-            break;
-    }
-    if (i == db->nprepared) {
+    if (!st->prepared) {
         rc = check_result(db, PQprepare(db->pg, name, sql, nparams, NULL), NULL, err, errlen);
         if (rc != DB_OK)
             return rc;
-        if (db->nprepared < DB_MAX_PREPARED)
-            db->prepared[db->nprepared++] = name;
+        st->prepared = 1;
     }
     return check_result(db, PQexecPrepared(db->pg, name, nparams, params, NULL, NULL, 0), res, err,
                         errlen);

@@ -57,8 +57,10 @@ int db_exec(db_conn *db, const char *sql, int nparams, const char *const *params
             char *err, size_t errlen);
 
 /* Like db_exec, through a named prepared statement that is prepared on first
- * use on this connection (and again after a reconnect). name must be a
- * string literal or otherwise outlive db. */
+ * use on this connection (and again after a reconnect). The handle binds
+ * name to sql on first use (it keeps copies) and there is no limit on the
+ * number of names; calling it again with the same name and other SQL is
+ * DB_ERR at once, on this connection and any later one. */
 int db_execp(db_conn *db, const char *name, const char *sql, int nparams, const char *const *params,
              PGresult **res, char *err, size_t errlen);
 

@@ -106,6 +106,57 @@ START_TEST(prepared_statements_survive_a_reconnect)
 }
 END_TEST
 
+/* The cache of prepared statements has no fixed size: every name past the
+ * 64th used to be prepared again on each call, which PostgreSQL refuses
+ * with 42P05 (the statement exists). Names need not be literals. */
+START_TEST(many_prepared_statements_all_run_twice)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN], names[100][16], want[16];
+    PGresult *r;
+
+    for (int i = 0; i < 100; i++)
+        snprintf(names[i], sizeof(names[i]), "stmt_%d", i);
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 100; i++) {
+            const char *p[1];
+            snprintf(want, sizeof(want), "%d", i);
+            p[0] = want;
+            ck_assert_msg(
+                db_execp(db, names[i], "SELECT $1::int AS v", 1, p, &r, err, sizeof(err)) == DB_OK,
+                "round %d, %s: %s", round, names[i], err);
+            ck_assert_str_eq(db_get(r, 0, "v"), want);
+            PQclear(r);
+        }
+    }
+    db_free(db);
+}
+END_TEST
+
+/* One name, two texts: the second call is an error at once, and never runs
+ * the first text in its place. */
+START_TEST(a_name_bound_to_other_sql_is_an_error)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN];
+    PGresult *r = NULL;
+
+    ck_assert_int_eq(db_execp(db, "same", "SELECT 1 AS v", 0, NULL, &r, err, sizeof(err)), DB_OK);
+    PQclear(r);
+    r = NULL;
+    ck_assert_int_eq(db_execp(db, "same", "SELECT 2 AS v", 0, NULL, &r, err, sizeof(err)), DB_ERR);
+    ck_assert_ptr_null(r);
+    ck_assert_msg(strstr(err, "same"), "%s", err);
+    /* The first binding still works, also after a reconnect. */
+    ck_assert_int_eq(db_execp(db, "same", "SELECT 1 AS v", 0, NULL, &r, err, sizeof(err)), DB_OK);
+    ck_assert_str_eq(db_get(r, 0, "v"), "1");
+    PQclear(r);
+    ck_assert_int_eq(db_connect(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_execp(db, "same", "SELECT 2 AS v", 0, NULL, &r, err, sizeof(err)), DB_ERR);
+    db_free(db);
+}
+END_TEST
+
 /* The server ends our backend (as on a restart or failover): the statement
  * fails as transient, and the next db_ensure reconnects. */
 START_TEST(a_killed_backend_is_transient_and_reconnects)
@@ -275,6 +326,8 @@ int main(void)
     tcase_add_test(h, errors_carry_sqlstate_and_are_classified);
     tcase_add_test(h, rollback_discards_and_commit_keeps);
     tcase_add_test(h, prepared_statements_survive_a_reconnect);
+    tcase_add_test(h, many_prepared_statements_all_run_twice);
+    tcase_add_test(h, a_name_bound_to_other_sql_is_an_error);
     tcase_add_test(h, a_killed_backend_is_transient_and_reconnects);
     tcase_add_test(h, reconnects_after_the_server_restarts);
     tcase_add_test(h, connect_retry_gives_up_at_its_deadline);
