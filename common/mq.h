@@ -68,7 +68,7 @@ typedef struct {
 } mq_topology;
 
 typedef struct {
-    const char *url;         /* amqp://user:pass@host:port/vhost */
+    const char *url;         /* amqp[s]://user:pass@host:port/vhost[?tls options] (mq_check_url) */
     const char *app_id;      /* the service name, set on every publish */
     const mq_topology *topo; /* consumers: their queue; NULL for publishers */
     int prefetch;            /* consumers: basic.qos prefetch count; 0 = 32 */
@@ -134,7 +134,17 @@ mq_conn *mq_new(const mq_opts *opts);
 /* Closes and frees. mq_free(NULL) is a no-op. */
 void mq_free(mq_conn *c);
 
-/* Checks an AMQP URL without connecting: 0, or -1 with the reason. */
+/* Checks an AMQP URL without connecting: 0, or -1 with the reason.
+ *
+ * amqp://user:password@host:port/vhost is plain TCP. amqps://... is TLS 1.2
+ * or later and needs ?cacertfile=PATH, the PEM CA file the broker's
+ * certificate must be signed by; the certificate must also name the URL's
+ * host (a DNS subjectAltName: rabbitmq-c 0.11 ignores IP entries), or the
+ * connection is refused (MQ_ERR_CONFIG). &certfile=PATH&keyfile=PATH add a
+ * client certificate (the key unencrypted PEM). Parameter names follow
+ * RabbitMQ's URI query parameters; values are taken literally (no %-escapes,
+ * no '&'). TLS parameters on amqp:// and unknown parameters are errors, and
+ * every named file must be readable. */
 int mq_check_url(const char *url, char *err, size_t errlen);
 
 /* One connection attempt as a publisher (confirm mode, exchanges declared).

@@ -13,7 +13,7 @@ PACKAGES=(
     # servers and their clients
     rabbitmq-server postgresql postgresql-client
     # used by the scripts and tests
-    curl procps iproute2 util-linux python3 python3-yaml
+    curl procps iproute2 util-linux python3 python3-yaml openssl
     # make bench
     gnuplot-nox wrk
 )
