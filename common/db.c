@@ -4,6 +4,8 @@
 #include "db.h"
 #include "util.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +77,81 @@ static void set_err(char *err, size_t errlen, const char *prefix, const char *ms
         err[--n] = '\0';
 }
 
+/* The SQLSTATE a server sent while refusing a connection. libpq keeps no
+ * PGresult for a failed connection, so the connection is made with
+ * PQERRORS_VERBOSE, in which libpq lays an error out as "SEVERITY:  SQLSTATE:
+ * message"; the code is taken from that layout (the last one, when libpq
+ * tried more than once), never from the words, which the server translates.
+ * Writes "" when the server sent no error (unreachable, timeout). */
+static void connect_sqlstate(const char *msg, char out[6])
+{
+    out[0] = '\0';
+    for (const char *p = strstr(msg, ":  "); p; p = strstr(p + 1, ":  ")) {
+        const char *c = p + 3;
+        size_t n = strspn(c, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+        if (n == 5 && c[5] == ':') {
+            memcpy(out, c, 5);
+            out[5] = '\0';
+        }
+    }
+}
+
+/* connect_timeout of pg's options in ms (libpq's rules: at least 2 s; 0 or
+ * unset means none, -1). */
+static int connect_timeout_ms(PGconn *pg)
+{
+    PQconninfoOption *opts = PQconninfo(pg);
+    long s = 0;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val)
+            s = strtol(o->val, NULL, 10);
+    }
+    PQconninfoFree(opts);
+    if (s <= 0)
+        return -1;
+    return (int)(s < 2 ? 2 : s > 3600 ? 3600 : s) * 1000;
+}
+
+/* Drives PQconnectPoll until pg is connected (0), failed (-1) or the
+ * connect_timeout passed (-2). */
+static int connect_poll(PGconn *pg)
+{
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    int timeout = connect_timeout_ms(pg);
+    int64_t end = timeout < 0 ? -1 : util_now_ms() + timeout;
+
+    for (;;) {
+        struct pollfd fd;
+        int n;
+        int64_t left = end < 0 ? -1 : end - util_now_ms();
+        if (st == PGRES_POLLING_OK)
+            return 0;
+        if (st == PGRES_POLLING_FAILED || PQstatus(pg) == CONNECTION_BAD)
+            return -1;
+        if (end >= 0 && left <= 0)
+            return -2;
+        fd.fd = PQsocket(pg);
+        fd.events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+        fd.revents = 0;
+        if (fd.fd < 0)
+            return -1;
+        n = poll(&fd, 1, left < 0 || left > 1000 ? 1000 : (int)left);
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (n > 0)
+            st = PQconnectPoll(pg);
+    }
+}
+
+/* Whether a refusal with this SQLSTATE will happen again on retry: bad
+ * credentials or no pg_hba entry (class 28), an unknown database (3D000), no
+ * CONNECT privilege (42501). Anything else the server says (too many
+ * connections 53300, starting up 57P03, ...) may pass. */
+static int connect_permanent(const char *st)
+{
+    return strncmp(st, "28", 2) == 0 || strcmp(st, "3D000") == 0 || strcmp(st, "42501") == 0;
+}
+
 int db_connect(db_conn *db, char *err, size_t errlen)
 {
     /* Defaults first; the caller's URL (expanded from "dbname") comes last
@@ -88,24 +165,46 @@ int db_connect(db_conn *db, char *err, size_t errlen)
                           "dbname",
                           NULL};
     const char *vals[] = {"5", "10", "5", "3", "15000", db->appname, db->conninfo, NULL};
-    const char *msg;
-    int permanent;
+    PQconninfoOption *parsed;
+    char *perr = NULL;
+    int rc;
 
     db_close(db);
-    db->pg = PQconnectdbParams(keys, vals, 1);
+    db->sqlstate[0] = '\0';
+    /* A URL or key=value string that does not parse never will. */
+    parsed = PQconninfoParse(db->conninfo, &perr);
+    if (!parsed) {
+        set_err(err, errlen, "connect: ", perr ? perr : "out of memory");
+        rc = perr ? DB_ERR : DB_ERR_TRANSIENT;
+        PQfreemem(perr);
+        return rc;
+    }
+    PQconninfoFree(parsed);
+    db->pg = PQconnectStartParams(keys, vals, 1);
     if (!db->pg) {
         snprintf(err, errlen, "out of memory");
         return DB_ERR_TRANSIENT;
     }
-    if (PQstatus(db->pg) == CONNECTION_OK)
+    PQsetErrorVerbosity(db->pg, PQERRORS_VERBOSE);
+    rc = connect_poll(db->pg);
+    if (rc == 0) {
+        PQsetErrorVerbosity(db->pg, PQERRORS_DEFAULT);
         return DB_OK;
-    msg = PQerrorMessage(db->pg);
-    set_err(err, errlen, "connect: ", msg);
-    /* Wrong password, unknown role or database, bad URL: retrying won't help. */
-    permanent = strstr(msg, "authentication failed") || strstr(msg, "does not exist") ||
-                strstr(msg, "invalid") || strstr(msg, "no pg_hba.conf entry");
-    db_close(db); /* frees msg */
-    return permanent ? DB_ERR : DB_ERR_TRANSIENT;
+    }
+    if (rc == -2) {
+        snprintf(err, errlen, "connect: no answer within connect_timeout");
+        db_close(db);
+        return DB_ERR_TRANSIENT;
+    }
+    set_err(err, errlen, "connect: ", PQerrorMessage(db->pg));
+    connect_sqlstate(PQerrorMessage(db->pg), db->sqlstate);
+    db_close(db);
+    if (db->sqlstate[0])
+        return connect_permanent(db->sqlstate) ? DB_ERR : DB_ERR_TRANSIENT;
+    /* No word from a server: unreachable (transient), or parameters that
+     * libpq refused before trying (a bad sslmode, ...), which it reports as
+     * PQPING_NO_ATTEMPT. */
+    return PQpingParams(keys, vals, 1) == PQPING_NO_ATTEMPT ? DB_ERR : DB_ERR_TRANSIENT;
 }
 
 int db_connect_retry(db_conn *db, int timeout_ms, volatile sig_atomic_t *stop, char *err,

@@ -35,8 +35,14 @@ db_conn *db_new(const char *conninfo, const char *application_name);
 void db_free(db_conn *db);
 
 /* One connection attempt (connect_timeout 5 s). Returns DB_OK, or
- * DB_ERR_TRANSIENT (server unreachable) / DB_ERR (bad credentials, unknown
- * database) with the reason in err. */
+ * DB_ERR_TRANSIENT / DB_ERR with the reason in err and the server's SQLSTATE
+ * in db_last_sqlstate ("" when no server answered). Classified by code, not
+ * by message text: DB_ERR for a conninfo that does not parse or that libpq
+ * refuses before trying (PQpingParams says PQPING_NO_ATTEMPT), and for a
+ * server refusal of class 28 (bad password, no pg_hba.conf entry), 3D000
+ * (no such database) or 42501 (no CONNECT privilege); every other refusal
+ * (53300 too many connections, 57P03 starting up, ...), no answer, and a
+ * timeout are DB_ERR_TRANSIENT. */
 int db_connect(db_conn *db, char *err, size_t errlen);
 
 /* Connects, retrying transient failures with capped exponential backoff
@@ -74,7 +80,8 @@ int db_commit(db_conn *db, char *err, size_t errlen);
 void db_after_commit(db_conn *db, void (*fn)(void));
 void db_rollback(db_conn *db);
 
-/* SQLSTATE of the last failed statement ("" if none). */
+/* SQLSTATE of the last failed statement or connection attempt ("" if
+ * none, or when no server answered). */
 const char *db_last_sqlstate(const db_conn *db);
 
 /* The libpq connection, for LISTEN/NOTIFY and socket waits. NULL when not

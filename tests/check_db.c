@@ -220,7 +220,44 @@ START_TEST(a_wrong_password_is_permanent)
              tu_env("PG_PORT"));
     db = db_new(url, "check_db");
     ck_assert_msg(db_connect_retry(db, 20000, NULL, err, sizeof(err)) == DB_ERR, "%s", err);
+    /* Classified by the server's SQLSTATE (invalid_password), which is the
+     * same in every server locale; the message is kept for the log. */
+    ck_assert_str_eq(db_last_sqlstate(db), "28P01");
     ck_assert_msg(strstr(err, "password authentication failed"), "%s", err);
+    db_free(db);
+}
+END_TEST
+
+START_TEST(a_missing_database_is_permanent_3D000)
+{
+    char err[DB_ERR_LEN], url[512];
+    const char *owner = tu_env("OWNER_DATABASE_URL");
+    const char *slash = strrchr(owner, '/');
+    db_conn *db;
+
+    ck_assert_ptr_nonnull(slash);
+    snprintf(url, sizeof(url), "%.*s/no_such_database_here", (int)(slash - owner), owner);
+    db = db_new(url, "check_db");
+    ck_assert_msg(db_connect_retry(db, 20000, NULL, err, sizeof(err)) == DB_ERR, "%s", err);
+    ck_assert_str_eq(db_last_sqlstate(db), "3D000");
+    db_free(db);
+}
+END_TEST
+
+/* Parameters libpq itself refuses (no server involved) are permanent too;
+ * a server that cannot be reached is transient, with no SQLSTATE. */
+START_TEST(bad_parameters_are_permanent_and_no_server_is_transient)
+{
+    char err[DB_ERR_LEN];
+    db_conn *db = db_new("postgresql://nobody:x@127.0.0.1:1/none?sslmode=sometimes", "check_db");
+    ck_assert_msg(db_connect(db, err, sizeof(err)) == DB_ERR, "%s", err);
+    db_free(db);
+    db = db_new("not a url = = =", "check_db");
+    ck_assert_msg(db_connect(db, err, sizeof(err)) == DB_ERR, "%s", err);
+    db_free(db);
+    db = db_new("postgresql://nobody:x@127.0.0.1:1/none", "check_db");
+    ck_assert_msg(db_connect(db, err, sizeof(err)) == DB_ERR_TRANSIENT, "%s", err);
+    ck_assert_str_eq(db_last_sqlstate(db), "");
     db_free(db);
 }
 END_TEST
@@ -332,6 +369,8 @@ int main(void)
     tcase_add_test(h, reconnects_after_the_server_restarts);
     tcase_add_test(h, connect_retry_gives_up_at_its_deadline);
     tcase_add_test(h, a_wrong_password_is_permanent);
+    tcase_add_test(h, a_missing_database_is_permanent_3D000);
+    tcase_add_test(h, bad_parameters_are_permanent_and_no_server_is_transient);
     tcase_add_test(l, billing_role_cannot_touch_the_orders_schema);
     tcase_add_test(l, each_role_is_refused_on_every_other_schema);
     tcase_add_test(l, service_roles_cannot_run_ddl);

@@ -308,7 +308,8 @@ int main(int argc, char **argv)
         goto out_files;
     }
     if (db_connect_retry(db, 30000, NULL, err, sizeof(err)) != DB_OK) {
-        if (!strstr(err, "does not exist") || create_database(url, err, sizeof(err)) < 0 ||
+        if (strcmp(db_last_sqlstate(db), "3D000") != 0 ||
+            create_database(url, err, sizeof(err)) < 0 ||
             db_connect_retry(db, 10000, NULL, err, sizeof(err)) != DB_OK) {
             rc = die("%s%s", err, "");
             goto out_files;
