@@ -34,10 +34,11 @@ WORK="$VAR/chaos/$RUNID"
 mkdir -p "$WORK"
 WORKERS=(inventory billing email)
 ROWS=()
+API="http://127.0.0.1:$(svc_port order-api)"
 passed=0 failed=0
 
-port_of() { suite_field "$1" 5; }
-pid_of() { cat "$VAR/run/$1.pid" 2>/dev/null; }
+port_of() { svc_port "$1"; }
+pid_of() { cat "$(run_dir)/$1.pid" 2>/dev/null; }
 svc() { "$ROOT/scripts/services.sh" "$@" >>"$WORK/services.log" 2>&1; }
 restart() { # NAME [ENV=V...]: start it (with extra environment) and wait until ready
     local name=$1
@@ -55,7 +56,7 @@ elapsed_s() { awk -v a="$(now_ms)" -v b="$1" 'BEGIN { printf "%.1f\n", (a - b) /
 load_start() { # TAG RATE SECONDS [loadgen args]: orders (and sales) in the background
     local tag=$1 rate=$2 secs=$3
     shift 3
-    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -t "$tag" -c 8 --skus "$LOAD_SKUS" \
+    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -u "$API" -t "$tag" -c 8 --skus "$LOAD_SKUS" \
         -r "$rate" -d "$secs" --retry 90 -o "$WORK/$tag.ids" "$@" >"$WORK/$tag.load" 2>&1 &
     LOAD_PID=$!
 }
@@ -180,7 +181,7 @@ scenario_2() {
     before=$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM billing.invoices i
         JOIN orders.orders o ON o.id = i.order_id WHERE o.customer_id = '$TAG'")
     echo "    invoices committed before the ack: $before"
-    rm -f "$VAR/run/billing.pid"
+    rm -f "$(run_dir)/billing.pid"
     restart billing || ok=0
     check "$TAG" "2 crash between commit and ack" "-" "$ok"
     dup=$(metric billing ordersuite_messages_duplicate_total)
@@ -221,7 +222,7 @@ scenario_4() {
     t0=$(now_ms)
     wait_for 30 "RabbitMQ to be down" bash -c "! pgrep -u rabbitmq -f '$node' >/dev/null"
     # The services notice: order-api stops reporting ready (orders are still taken).
-    wait_for 15 "order-api to see the broker gone" bash -c "! curl -fsS -m 2 http://127.0.0.1:8080/readyz" ||
+    wait_for 15 "order-api to see the broker gone" bash -c "! curl -fsS -m 2 $API/readyz" ||
         { echo "    FAIL: order-api still ready with the broker down"; ok=0; }
     "$ROOT/scripts/up.sh" >"$WORK/up.log" 2>&1 || { ok=0; cat "$WORK/up.log"; }
     echo "    broker back $(elapsed_s "$t0")s after the kill"
@@ -248,14 +249,14 @@ scenario_5() {
     start=$(now_ms)
     code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
         -d '{"customer_id":"c5","customer_email":"c5@example.com","currency":"EUR","items":[{"sku":"FLT-PAPER","quantity":1}]}' \
-        http://127.0.0.1:8080/orders)
+        "$API/orders")
     end=$(now_ms)
     echo "    POST during the outage: $code in $((end - start)) ms"
     [ "$code" = 503 ] || ok=0
     pgctl start -w -t 60 -l "$VAR/log/postgresql/startup.log" -o "-p $PG_PORT" >/dev/null || ok=0
     t0=$(now_ms)
     post_ok() {
-        [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/orders?limit=1)" = 200 ]
+        [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$API/orders?limit=1")" = 200 ]
     }
     if wait_for 10 "the API to answer again" post_ok; then r="$(elapsed_s "$t0")s"; else r=">10s" ok=0; fi
     echo "    API answering ${r} after PostgreSQL was back"
@@ -267,7 +268,7 @@ publish() { # ROUTING_KEY SCHEMA_VERSION BODY: through the management API, as th
     local mid
     mid=$(cat /proc/sys/kernel/random/uuid)
     curl -fsS -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" -H 'content-type: application/json' \
-        -X POST "http://127.0.0.1:$MGMT_PORT/api/exchanges/%2F/sales.events/publish" \
+        -X POST "http://127.0.0.1:$MGMT_PORT/api/exchanges/$(vhost_api)/sales.events/publish" \
         -d "$(python3 -c 'import json,sys; print(json.dumps({"routing_key": sys.argv[1],
             "properties": {"message_id": sys.argv[4], "correlation_id": sys.argv[4],
                 "delivery_mode": 2, "headers": {"schema_version": int(sys.argv[2])}},
@@ -336,7 +337,7 @@ done
 cleanup() { [ $started = 1 ] && "$ROOT/scripts/services.sh" stop >/dev/null 2>&1; return 0; }
 trap cleanup EXIT
 for s in $(suite_names); do
-    wait_for 60 "$s ready" svc_ready "$s" || die "$s did not become ready; see $VAR/log/$s.log"
+    wait_for 60 "$s ready" svc_ready "$s" || die "$s did not become ready; see $(svc_log_dir)/$s.log"
 done
 restock 100000 "make chaos: restock"
 

@@ -100,7 +100,37 @@ amqp_url() {
         v="RMQ_$(up_name "$user")_PASSWORD"
         pw=${!v}
     fi
-    echo "amqp://$user:$pw@127.0.0.1:$AMQP_PORT"
+    echo "amqp://$user:$pw@127.0.0.1:$AMQP_PORT$(vhost_path)"
+}
+
+# ------------------------------------------- which environment: dev or tests
+# The development environment (make demo, make chaos, make bench) lives in
+# the database "ordersuite" and the broker's vhost "/". make test runs in a
+# database and a vhost of its own (use_test_env), made and migrated by the
+# run itself, with its services on other ports and their pid files and logs
+# elsewhere, so that a test run beside a demo takes nothing of the demo's.
+ORDERSUITE_DB=${ORDERSUITE_DB:-ordersuite}
+ORDERSUITE_VHOST=${ORDERSUITE_VHOST:-/}
+ORDERSUITE_PORT_OFFSET=${ORDERSUITE_PORT_OFFSET:-0}
+TEST_DB=ordersuite_test
+TEST_VHOST=ordersuite-tests
+
+# vhost_path: the URL path of ORDERSUITE_VHOST ("" for "/": rabbitmq-c reads
+# "/" as the empty vhost, and no path means the default "/").
+vhost_path() { [ "$ORDERSUITE_VHOST" = / ] || echo "/$ORDERSUITE_VHOST"; }
+# vhost_api: ORDERSUITE_VHOST as a management API path part.
+vhost_api() { [ "$ORDERSUITE_VHOST" = / ] && echo %2F || echo "$ORDERSUITE_VHOST"; }
+# svc_port NAME: the port the service listens on in this environment.
+svc_port() { echo $(($(suite_field "$1" 5) + ORDERSUITE_PORT_OFFSET)); }
+# run_dir / svc_log_dir: where services.sh keeps pid files and logs.
+run_dir() { echo "${ORDERSUITE_RUN_DIR:-$VAR/run}"; }
+svc_log_dir() { echo "${ORDERSUITE_LOG_DIR:-$VAR/log}"; }
+
+# use_test_env: switch this shell (and its children) to the tests' database,
+# vhost, ports (+20000: 28080, 29101...) and run folder.
+use_test_env() {
+    export ORDERSUITE_DB=$TEST_DB ORDERSUITE_VHOST=$TEST_VHOST ORDERSUITE_PORT_OFFSET=20000
+    export ORDERSUITE_RUN_DIR="$VAR/tests/run" ORDERSUITE_LOG_DIR="$VAR/log/tests"
 }
 
 # Random hex secret for the local passwords; generated once by up.
@@ -166,7 +196,7 @@ MGMT_PORT=${MGMT_PORT:-15672}
 # administrator) and SPINE_AMQP_URL. Needs load_env first.
 export_suite_urls() {
     local name role pw
-    db_url() { echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/ordersuite"; }
+    db_url() { echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/$ORDERSUITE_DB"; }
     export OWNER_DATABASE_URL
     OWNER_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD")
     # <ROLE>_DATABASE_URL and <NAME>_AMQP_URL for every service (its own role and
@@ -178,11 +208,12 @@ export_suite_urls() {
         pw="PG_$(up_name "$role")_PASSWORD"
         export "$(up_name "$role")_DATABASE_URL=$(db_url "$role" "${!pw}")"
     done
-    # No path: rabbitmq-c reads "/" as the empty vhost; none means the default "/".
-    export TEST_AMQP_URL="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
+    # The administrator, in this environment's vhost.
+    local admin="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
+    export TEST_AMQP_URL="$admin$(vhost_path)"
     # The spine suite's own vhost (made by make up): its test events stay out of
     # the services' queues.
-    export SPINE_AMQP_URL="$TEST_AMQP_URL/ordersuite-test"
+    export SPINE_AMQP_URL="$admin/ordersuite-test"
 }
 
 # ---------------------------------------------- load runs (bench, chaos, soak)
@@ -190,7 +221,7 @@ export_suite_urls() {
 LOAD_SKUS="MUG-WHITE,FLT-PAPER,TEA-EARLGREY,COF-FILTER"
 
 # svc_ready NAME: the service's /readyz answers 200 (on its registry port).
-svc_ready() { curl -fsS -m 2 "http://127.0.0.1:$(suite_field "$1" 5)/readyz" >/dev/null 2>&1; }
+svc_ready() { curl -fsS -m 2 "http://127.0.0.1:$(svc_port "$1")/readyz" >/dev/null 2>&1; }
 
 # restock LEVEL REASON: brings each of LOAD_SKUS up to at least LEVEL through
 # inventory.adjust_stock, so the stock ledger stays true. Needs

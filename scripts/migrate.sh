@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # scripts/migrate.sh MIGRATE_BIN — apply the migrations to the project's own
 # cluster as the owner role, then set the service roles' passwords from
-# var/ordersuite.env (PG_<SERVICE>_PASSWORD).
+# var/ordersuite.env (PG_<SERVICE>_PASSWORD). The database (ORDERSUITE_DB,
+# created when missing) and the vhost (ORDERSUITE_VHOST) are the
+# environment's: the dev one unless the caller ran use_test_env (lib.sh).
 source "$(dirname "$0")/lib.sh"
 [ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
 load_env
@@ -19,7 +21,7 @@ while IFS='=' read -r k v; do
     esac
 done <"$ENV_FILE"
 umask 022
-MIGRATE_DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/ordersuite" \
+MIGRATE_DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/$ORDERSUITE_DB" \
     DB_ROLE_PASSWORDS_FILE="$pwfile" "$1" --dir "$ROOT/migrations" || exit 1
 
 # The broker side: every service declares its queues now, so that nothing is

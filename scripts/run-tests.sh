@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
 # scripts/run-tests.sh BUILD — run every Check suite in BUILD/test against the
-# project's own servers (make up + make migrate have run), one after another.
+# project's own servers (make up has run), one after another.
 # Prints each suite's Check summary, then a total line; exits non-zero if any
-# suite failed. SUITES="check_x ..." limits the run to those suites.
+# suite failed. SUITES="check_x ..." limits the run to those suites; a name
+# that is no suite is an error.
+#
+# The tests run in their own database and vhost (lib.sh use_test_env), which
+# this script creates and migrates first: a demo running beside them keeps
+# its queues, messages and rows (tests/isolation_check.sh checks it).
 source "$(dirname "$0")/lib.sh"
 BUILD=${1:-build}
 [ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
 load_env
-set +e
 
+# Every suite there is, and the ones asked for.
+ALL=()
+for t in "$ROOT/$BUILD"/test/check_* "$ROOT"/tests/*_check.py "$ROOT"/tests/*_check.sh; do
+    [ -x "$t" ] && ALL+=("$t")
+done
+for want in ${SUITES:-}; do
+    found=0
+    for t in "${ALL[@]}"; do
+        [ "$(basename "${t%.sh}" .py)" = "$want" ] && found=1
+    done
+    [ $found = 1 ] || die "SUITES: no suite named '$want' (the suites: $(for t in "${ALL[@]}"; do basename "${t%.sh}" .py; done | tr '\n' ' '))"
+done
+
+use_test_env
+say "the tests' database $ORDERSUITE_DB and vhost $ORDERSUITE_VHOST"
+bash "$ROOT/scripts/migrate.sh" "$ROOT/$BUILD/bin/migrate" >"$VAR/log/tests-migrate.log" 2>&1 ||
+    die "migrating the tests' database failed; see $VAR/log/tests-migrate.log"
+set +e
 export_suite_urls
-# The suites start their own services on the same queues: a running demo
-# would take their messages.
-running=$("$ROOT/scripts/services.sh" status)
-[ -z "$running" ] || die "the suite's services are running (make demo?); the tests consume from
-the same queues. Stop them first: make demo-stop
-$running"
 export ORDERSUITE_ROOT="$ROOT" ORDERSUITE_BIN="$ROOT/$BUILD/bin" ORDERSUITE_TEST_BIN="$ROOT/$BUILD/test"
 export ORDERSUITE_VAR="$VAR" PG_PORT AMQP_PORT MGMT_PORT
 # Check forks each test; a hung test is killed after CK_DEFAULT_TIMEOUT seconds.
@@ -27,8 +43,7 @@ passed=0 failed=0 bad_suites=()
 # SUITES="check_db check_spine" runs only those.
 # The Check suites, then the scripted checks (tests/*_check.py), which print
 # the same summary line.
-for t in "$ROOT/$BUILD"/test/check_* "$ROOT"/tests/*_check.py "$ROOT"/tests/*_check.sh; do
-    [ -x "$t" ] || continue
+for t in "${ALL[@]}"; do
     name=$(basename "${t%.sh}" .py)
     if [ -n "${SUITES:-}" ] && ! [[ " $SUITES " == *" $name "* ]]; then
         continue

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # scripts/services.sh start|stop|kill|status [NAME...] — the suite's
 # long-running services in the background, pid files in var/run/, logs in
-# var/log/. No names: all of them. kill is kill -9 (for the chaos runs).
+# var/log/ (or, after use_test_env in lib.sh, the tests' own folders, ports,
+# database and vhost). No names: all of them. kill is kill -9 (for the chaos
+# runs).
 # BUILD (environment, default build) picks the binaries; the caller's
 # environment reaches the services (e.g. HTTP_THREADS=16).
 source "$(dirname "$0")/lib.sh"
@@ -9,7 +11,8 @@ load_env
 cmd=${1:-status}
 shift || true
 BUILD=${BUILD:-build}
-RUN="$VAR/run"
+RUN=$(run_dir)
+LOG=$(svc_log_dir)
 if [ $# -gt 0 ]; then
     SERVICES=("$@")
     for s in "${SERVICES[@]}"; do
@@ -23,8 +26,8 @@ svc_env() { # NAME: the environment of one service
     local role pw
     role=$(suite_field "$1" 2)
     pw="PG_$(up_name "$role")_PASSWORD"
-    echo "DATABASE_URL=postgresql://$role:${!pw}@127.0.0.1:$PG_PORT/ordersuite"
-    echo "$(suite_field "$1" 4)=$(suite_field "$1" 5)"
+    echo "DATABASE_URL=postgresql://$role:${!pw}@127.0.0.1:$PG_PORT/$ORDERSUITE_DB"
+    echo "$(suite_field "$1" 4)=$(svc_port "$1")"
     echo "AMQP_URL=$(amqp_url "$1")"
 }
 
@@ -32,7 +35,7 @@ running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; 
 
 case "$cmd" in
 start)
-    mkdir -p "$RUN" "$VAR/log"
+    mkdir -p "$RUN" "$LOG"
     for s in "${SERVICES[@]}"; do
         bin="$ROOT/$BUILD/bin/$s"
         [ -x "$bin" ] || { echo "    $s: not built yet (no $bin), skipped"; continue; }
@@ -42,9 +45,9 @@ start)
         fi
         # Secrets go through the environment, never the command line.
         # shellcheck disable=SC2046
-        env $(svc_env "$s") setsid "$bin" >>"$VAR/log/$s.log" 2>&1 </dev/null &
+        env $(svc_env "$s") setsid "$bin" >>"$LOG/$s.log" 2>&1 </dev/null &
         echo $! >"$RUN/$s.pid"
-        echo "    $s: started (pid $!, log var/log/$s.log)"
+        echo "    $s: started (pid $!, log $LOG/$s.log)"
     done
     ;;
 stop)

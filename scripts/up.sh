@@ -150,32 +150,48 @@ bootstrap_rabbitmq() {
         rmqctl -q add_user "$u" "$RABBITMQ_ADMIN_PASSWORD" >/dev/null
     fi
     rmqctl -q set_user_tags "$u" administrator >/dev/null
-    rmqctl -q set_permissions -p / "$u" '.*' '.*' '.*' >/dev/null
-    # Least privilege: each service's user may configure, write and read its
-    # own queues (S, S.retry.*, S.dlq) and the exchanges it declares, and may
-    # publish on sales.events only its own routing keys (topic permissions).
-    local entry user topic pw_var conf write read twrite
+    local entry user pw_var
     for entry in $BROKER_USERS; do
         user=${entry%%:*}
-        topic=${entry#*:}
         pw_var="RMQ_$(up_name "$user")_PASSWORD"
         if ! rmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -qx "$user"; then
             rmqctl -q add_user "$user" "${!pw_var}" >/dev/null
         else
             rmqctl -q change_password "$user" "${!pw_var}" >/dev/null
         fi
-        { read -r conf; read -r write; read -r read; read -r twrite; } < <(broker_perms "$user" "$topic")
-        rmqctl -q set_permissions -p / "$user" "$conf" "$write" "$read" >/dev/null
-        rmqctl -q set_topic_permissions -p / "$user" sales.events "$twrite" '.*' >/dev/null
+    done
+    # The services' vhosts: "/" for the development environment, TEST_VHOST
+    # for make test (lib.sh), each with the same users and permissions.
+    local vhost
+    for vhost in / "$TEST_VHOST"; do
+        rmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
+        grant_vhost "$vhost"
     done
     # A vhost of its own for the messaging spine's tests, so that their test
-    # events never reach the services' queues in "/".
+    # events never reach the services' queues.
     rmqctl -q add_vhost ordersuite-test >/dev/null 2>&1 || true
     rmqctl -q set_permissions -p ordersuite-test "$u" '.*' '.*' '.*' >/dev/null
     # Nothing runs as guest.
     rmqctl -q delete_user guest >/dev/null 2>&1 || true
     wait_for 30 "management UI" bash -c "exec 3<>/dev/tcp/127.0.0.1/$MGMT_PORT" ||
         die "the management UI does not answer on port $MGMT_PORT; see $VAR/log/rabbitmq/"
+}
+
+# grant_vhost VHOST: the administrator and every service's user on VHOST.
+grant_vhost() {
+    local vhost=$1 u=$RABBITMQ_ADMIN_USER
+    rmqctl -q set_permissions -p "$vhost" "$u" '.*' '.*' '.*' >/dev/null
+    # Least privilege: each service's user may configure, write and read its
+    # own queues (S, S.retry.*, S.dlq) and the exchanges it declares, and may
+    # publish on sales.events only its own routing keys (topic permissions).
+    local entry user topic conf write read twrite
+    for entry in $BROKER_USERS; do
+        user=${entry%%:*}
+        topic=${entry#*:}
+        { read -r conf; read -r write; read -r read; read -r twrite; } < <(broker_perms "$user" "$topic")
+        rmqctl -q set_permissions -p "$vhost" "$user" "$conf" "$write" "$read" >/dev/null
+        rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.events "$twrite" '.*' >/dev/null
+    done
 }
 
 start_postgres
