@@ -291,7 +291,7 @@ http_server *http_start(const http_opts *o, char *err, size_t errlen)
     memset(&addr, 0, sizeof(addr));
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)o->port);
-    if (inet_pton(AF_INET, o->bind ? o->bind : "0.0.0.0", &addr.sin_addr) != 1) {
+    if (inet_pton(AF_INET, o->bind ? o->bind : "127.0.0.1", &addr.sin_addr) != 1) {
         snprintf(err, errlen, "not an IPv4 address: %s", o->bind);
         free(s);
         return NULL;
@@ -311,7 +311,7 @@ http_server *http_start(const http_opts *o, char *err, size_t errlen)
                             MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (in use, or not allowed)",
-                 o->bind ? o->bind : "0.0.0.0", o->port);
+                 o->bind ? o->bind : "127.0.0.1", o->port);
         pthread_key_delete(s->tls);
         free(s);
         return NULL;

@@ -40,7 +40,7 @@ typedef struct {
 
 typedef struct {
     int port;
-    const char *bind;   /* IPv4 address; NULL = 0.0.0.0 */
+    const char *bind;   /* IPv4 address; NULL = 127.0.0.1 (loopback) */
     int threads;        /* thread pool size; 0 = 4 */
     size_t max_body;    /* bytes; 0 = 64 KiB */
     int conn_timeout_s; /* 0 = 10 */

@@ -138,7 +138,10 @@ gen_secret() {
     head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'
 }
 
-# RabbitMQ environment of the project's own node. rabbitmq-server and
+# RabbitMQ environment of the project's own node. Everything it listens on is
+# loopback: AMQP and management (rabbitmq.conf), epmd (ERL_EPMD_ADDRESS, when
+# the node starts it) and Erlang distribution (rabbitmq-env.conf, written by
+# up.sh: its value has spaces, which this word-split list cannot carry). rabbitmq-server and
 # rabbitmqctl are run directly as the rabbitmq user (not through Debian's
 # wrapper, which would drop output in /var/log/rabbitmq).
 rmq_env() {
@@ -146,6 +149,8 @@ rmq_env() {
     echo HOME="$r/home" \
         RABBITMQ_NODENAME="ordersuite@localhost" \
         RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        ERL_EPMD_ADDRESS=127.0.0.1 \
+        RABBITMQ_CONF_ENV_FILE="$r/rabbitmq-env.conf" \
         RABBITMQ_NODE_PORT="$AMQP_PORT" \
         RABBITMQ_DIST_PORT="$((AMQP_PORT + 20000))" \
         RABBITMQ_MNESIA_BASE="$r/mnesia" \

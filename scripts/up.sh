@@ -121,6 +121,12 @@ log.console = false
 vm_memory_high_watermark.relative = 0.4
 EOF
     echo '[rabbitmq_management].' >"$r/enabled_plugins"
+    # Erlang distribution (the node's and rabbitmqctl's) on loopback only; by
+    # default it listens on every address.
+    cat >"$r/rabbitmq-env.conf" <<'EOF'
+SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+EOF
     chown -R rabbitmq:rabbitmq "$r" "$VAR/log/rabbitmq"
     if rmq_running; then
         say "RabbitMQ already running on 127.0.0.1:$AMQP_PORT"
