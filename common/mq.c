@@ -38,6 +38,7 @@ struct mq_conn {
     int connected;
     metrics *metrics;
     uint64_t next_seq; /* publisher: delivery tag of the next publish */
+    int reply_code;    /* of the broker's last channel.close / connection.close; 0 = none */
     mq_stats stats;
 };
 
@@ -201,8 +202,9 @@ void mq_get_stats(const mq_conn *c, mq_stats *out)
 
 /* Turns an RPC reply into a status and a message. Access refused, a missing
  * vhost and mismatched queue arguments will not get better by retrying. */
-static int rpc_check(amqp_rpc_reply_t r, const char *what, char *err, size_t errlen)
+static int rpc_check(mq_conn *c, amqp_rpc_reply_t r, const char *what, char *err, size_t errlen)
 {
+    c->reply_code = 0;
     switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL:
         return MQ_OK;
@@ -215,15 +217,21 @@ static int rpc_check(amqp_rpc_reply_t r, const char *what, char *err, size_t err
     case AMQP_RESPONSE_SERVER_EXCEPTION:
         if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
             amqp_connection_close_t *m = r.reply.decoded;
+            c->reply_code = m->reply_code;
             snprintf(err, errlen, "%s: connection closed by broker: %u %.*s", what, m->reply_code,
                      (int)m->reply_text.len, (char *)m->reply_text.bytes);
-            return m->reply_code == 403 || m->reply_code == 530 ? MQ_ERR_CONFIG : MQ_ERR;
+            return m->reply_code == AMQP_ACCESS_REFUSED || m->reply_code == AMQP_NOT_ALLOWED
+                       ? MQ_ERR_CONFIG
+                       : MQ_ERR;
         }
         if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
             amqp_channel_close_t *m = r.reply.decoded;
+            c->reply_code = m->reply_code;
             snprintf(err, errlen, "%s: channel closed by broker: %u %.*s", what, m->reply_code,
                      (int)m->reply_text.len, (char *)m->reply_text.bytes);
-            return m->reply_code == 403 || m->reply_code == 406 ? MQ_ERR_CONFIG : MQ_ERR;
+            return m->reply_code == AMQP_ACCESS_REFUSED || m->reply_code == AMQP_PRECONDITION_FAILED
+                       ? MQ_ERR_CONFIG
+                       : MQ_ERR;
         }
         snprintf(err, errlen, "%s: unexpected method 0x%08x from broker", what, r.reply.id);
         return MQ_ERR;
@@ -232,15 +240,34 @@ static int rpc_check(amqp_rpc_reply_t r, const char *what, char *err, size_t err
     return MQ_ERR;
 }
 
-static int declare_exchanges(mq_conn *c, char *err, size_t errlen)
+static int open_connection(mq_conn *c, char *err, size_t errlen);
+
+int mq_declare_exchanges(mq_conn *c, char *err, size_t errlen)
 {
-    static const struct {
-        const char *name, *type;
-    } ex[] = {{MQ_EXCHANGE, "topic"}, {MQ_DLX, "direct"}, {MQ_RETRY_EXCHANGE, "direct"}};
+    static const char *const ex[] = {MQ_EXCHANGE, MQ_RETRY_EXCHANGE, MQ_DLX};
     for (size_t i = 0; i < sizeof(ex) / sizeof(ex[0]); i++) {
-        amqp_exchange_declare(c->conn, CHANNEL, amqp_cstring_bytes(ex[i].name),
-                              amqp_cstring_bytes(ex[i].type), 0, 1, 0, 0, amqp_empty_table);
-        int rc = rpc_check(amqp_get_rpc_reply(c->conn), "exchange.declare", err, errlen);
+        char what[100];
+        int rc;
+        snprintf(what, sizeof(what), "exchange.declare %s", ex[i]);
+        amqp_exchange_declare(c->conn, CHANNEL, amqp_cstring_bytes(ex[i]),
+                              amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
+        rc = rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen);
+        if (rc != MQ_OK && c->reply_code == AMQP_PRECONDITION_FAILED && i > 0) {
+            /* sales.retry and sales.dlx were direct exchanges before their
+             * routing keys were checked (topic permissions apply to topic
+             * exchanges only): replace them. Their bindings go with them;
+             * each service's --declare-topology binds its queues again. */
+            log_warn("%s has another type; replacing it with a topic exchange", ex[i]);
+            if ((rc = open_connection(c, err, errlen)) != MQ_OK)
+                return rc;
+            amqp_exchange_delete(c->conn, CHANNEL, amqp_cstring_bytes(ex[i]), 0);
+            if ((rc = rpc_check(c, amqp_get_rpc_reply(c->conn), "exchange.delete", err, errlen)) !=
+                MQ_OK)
+                return rc;
+            amqp_exchange_declare(c->conn, CHANNEL, amqp_cstring_bytes(ex[i]),
+                                  amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
+            rc = rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen);
+        }
         if (rc != MQ_OK)
             return rc;
     }
@@ -268,7 +295,7 @@ static int declare_queue(mq_conn *c, const char *name, amqp_table_entry_t *args,
     char what[200];
     amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(name), 0, 1, 0, 0, t);
     snprintf(what, sizeof(what), "queue.declare %s", name);
-    return rpc_check(amqp_get_rpc_reply(c->conn), what, err, errlen);
+    return rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen);
 }
 
 static int bind_queue(mq_conn *c, const char *queue, const char *exchange, const char *key,
@@ -278,7 +305,7 @@ static int bind_queue(mq_conn *c, const char *queue, const char *exchange, const
     amqp_queue_bind(c->conn, CHANNEL, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
                     amqp_cstring_bytes(key), amqp_empty_table);
     snprintf(what, sizeof(what), "queue.bind %s to %s/%s", queue, exchange, key);
-    return rpc_check(amqp_get_rpc_reply(c->conn), what, err, errlen);
+    return rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen);
 }
 
 int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errlen)
@@ -287,8 +314,6 @@ int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errl
     char name[160];
     int rc, limit = t->delivery_limit > 0 ? t->delivery_limit : 20;
 
-    if ((rc = declare_exchanges(c, err, errlen)) != MQ_OK)
-        return rc;
     /* The work queue. */
     arg_str(&a[0], "x-queue-type", "quorum");
     arg_str(&a[1], "x-dead-letter-exchange", MQ_DLX);
@@ -314,6 +339,8 @@ int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errl
         arg_str(&a[4], "x-overflow", "reject-publish");
         arg_int(&a[5], "x-message-ttl", t->retry_ms[i]);
         if ((rc = declare_queue(c, name, a, 6, err, errlen)) != MQ_OK)
+            return rc;
+        if ((rc = bind_queue(c, name, MQ_RETRY_EXCHANGE, name, err, errlen)) != MQ_OK)
             return rc;
     }
     /* The dead-letter queue. */
@@ -370,6 +397,34 @@ static int new_socket(mq_conn *c, amqp_socket_t **out, char *err, size_t errlen)
     return MQ_OK;
 }
 
+/* Logs in, telling the broker what we understand: basic.cancel when our
+ * queue goes away (consumer_cancel_notify; without it the broker cancels a
+ * consumer silently), and connection.close with a reply code when the login
+ * is refused (authentication_failure_close). */
+static int login(mq_conn *c, char *err, size_t errlen)
+{
+    amqp_table_entry_t caps[3], props[2];
+    amqp_table_t cap_table = {3, caps}, prop_table = {2, props};
+    static const char *const names[] = {"consumer_cancel_notify", "authentication_failure_close",
+                                        "publisher_confirms"};
+    for (int i = 0; i < 3; i++) {
+        caps[i].key = amqp_cstring_bytes(names[i]);
+        caps[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+        caps[i].value.value.boolean = 1;
+    }
+    props[0].key = amqp_cstring_bytes("capabilities");
+    props[0].value.kind = AMQP_FIELD_KIND_TABLE;
+    props[0].value.value.table = cap_table;
+    props[1].key = amqp_cstring_bytes("product");
+    props[1].value.kind = AMQP_FIELD_KIND_UTF8;
+    props[1].value.value.bytes = amqp_cstring_bytes("ordersuite");
+    return rpc_check(c,
+                     amqp_login_with_properties(c->conn, c->info.vhost, 0, FRAME_MAX, c->heartbeat,
+                                                &prop_table, AMQP_SASL_METHOD_PLAIN, c->info.user,
+                                                c->info.password),
+                     "login", err, errlen);
+}
+
 static int open_connection(mq_conn *c, char *err, size_t errlen)
 {
     amqp_socket_t *sock;
@@ -403,21 +458,15 @@ static int open_connection(mq_conn *c, char *err, size_t errlen)
     }
     /* Without an RPC timeout a broker that stops answering hangs us forever. */
     amqp_set_rpc_timeout(c->conn, &rpc);
-    rc = rpc_check(amqp_login(c->conn, c->info.vhost, 0, FRAME_MAX, c->heartbeat,
-                              AMQP_SASL_METHOD_PLAIN, c->info.user, c->info.password),
-                   "login", err, errlen);
+    rc = login(c, err, errlen);
     if (rc != MQ_OK) {
-        /* RabbitMQ ends a failed login with 403 ACCESS_REFUSED; rabbitmq-c
-         * sometimes only sees the socket close. Either way, bad credentials. */
-        if (strstr(err, "403") || strstr(err, "ACCESS_REFUSED"))
-            rc = MQ_ERR_CONFIG;
         amqp_destroy_connection(c->conn);
         c->conn = NULL;
         return rc;
     }
     SET_CONNECTED(c, 1);
     amqp_channel_open(c->conn, CHANNEL);
-    rc = rpc_check(amqp_get_rpc_reply(c->conn), "channel.open", err, errlen);
+    rc = rpc_check(c, amqp_get_rpc_reply(c->conn), "channel.open", err, errlen);
     if (rc != MQ_OK) {
         mq_disconnect(c);
         return rc;
@@ -434,10 +483,8 @@ int mq_connect_publisher(mq_conn *c, char *err, size_t errlen)
     int rc = open_connection(c, err, errlen);
     if (rc != MQ_OK)
         return rc;
-    if ((rc = declare_exchanges(c, err, errlen)) != MQ_OK)
-        goto fail;
     amqp_confirm_select(c->conn, CHANNEL);
-    if ((rc = rpc_check(amqp_get_rpc_reply(c->conn), "confirm.select", err, errlen)) != MQ_OK)
+    if ((rc = rpc_check(c, amqp_get_rpc_reply(c->conn), "confirm.select", err, errlen)) != MQ_OK)
         goto fail;
     c->next_seq = 1;
     return MQ_OK;
@@ -458,11 +505,11 @@ int mq_connect_consumer(mq_conn *c, char *err, size_t errlen)
     if ((rc = mq_declare_topology(c, c->topo, err, errlen)) != MQ_OK)
         goto fail;
     amqp_basic_qos(c->conn, CHANNEL, 0, (uint16_t)c->prefetch, 0);
-    if ((rc = rpc_check(amqp_get_rpc_reply(c->conn), "basic.qos", err, errlen)) != MQ_OK)
+    if ((rc = rpc_check(c, amqp_get_rpc_reply(c->conn), "basic.qos", err, errlen)) != MQ_OK)
         goto fail;
     amqp_basic_consume(c->conn, CHANNEL, amqp_cstring_bytes(c->topo->queue), amqp_empty_bytes, 0,
                        0 /* manual ack */, 0, amqp_empty_table);
-    if ((rc = rpc_check(amqp_get_rpc_reply(c->conn), "basic.consume", err, errlen)) != MQ_OK)
+    if ((rc = rpc_check(c, amqp_get_rpc_reply(c->conn), "basic.consume", err, errlen)) != MQ_OK)
         goto fail;
     return MQ_OK;
 fail:
@@ -636,7 +683,7 @@ int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out, 
             amqp_message_t rm;
             amqp_rpc_reply_t r = amqp_read_message(c->conn, f.channel, &rm, 0);
             if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-                rpc_check(r, "reading a returned message", err, errlen);
+                rpc_check(c, r, "reading a returned message", err, errlen);
                 rc = MQ_ERR;
                 break;
             }
@@ -652,9 +699,10 @@ int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out, 
         }
         case AMQP_CHANNEL_CLOSE_METHOD: {
             amqp_channel_close_t *m = f.payload.method.decoded;
+            c->reply_code = m->reply_code;
             snprintf(err, errlen, "channel closed by broker: %u %.*s", m->reply_code,
                      (int)m->reply_text.len, (char *)m->reply_text.bytes);
-            rc = m->reply_code == 403 ? MQ_ERR_CONFIG : MQ_ERR;
+            rc = m->reply_code == AMQP_ACCESS_REFUSED ? MQ_ERR_CONFIG : MQ_ERR;
             break;
         }
         case AMQP_CONNECTION_CLOSE_METHOD: {
@@ -815,7 +863,19 @@ static void death_key(const amqp_table_t *h, char *out, size_t size)
     }
 }
 
-static void to_delivery(const amqp_envelope_t *env, mq_delivery *d)
+static int bytes_eq(amqp_bytes_t b, const char *s)
+{
+    return b.len == strlen(s) && memcmp(b.bytes, s, b.len) == 0;
+}
+
+/* Fills d from env. The event type is the routing key the broker checked
+ * against the publisher's topic permissions. Only a delivery that came
+ * through the retry or dead-letter exchange (where each service may publish
+ * only under its own name, so only this service's own retries and dead
+ * letters, and the broker's, arrive) carries its original key in a header.
+ * Returns 0, or -1 with the reason in why when the delivery's own `type`
+ * contradicts that key (a forged event: not to be handled). */
+static int to_delivery(const amqp_envelope_t *env, mq_delivery *d, char *why, size_t whylen)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
     static const amqp_table_t empty = {0, NULL};
@@ -823,10 +883,10 @@ static void to_delivery(const amqp_envelope_t *env, mq_delivery *d)
     int64_t v;
 
     memset(d, 0, sizeof(*d));
-    if (header_str(h, MQ_H_ORIGINAL_KEY, d->routing_key, sizeof(d->routing_key)) < 0) {
-        copy_bytes(d->routing_key, sizeof(d->routing_key), env->routing_key);
+    copy_bytes(d->routing_key, sizeof(d->routing_key), env->routing_key);
+    if ((bytes_eq(env->exchange, MQ_RETRY_EXCHANGE) || bytes_eq(env->exchange, MQ_DLX)) &&
+        header_str(h, MQ_H_ORIGINAL_KEY, d->routing_key, sizeof(d->routing_key)) < 0)
         death_key(h, d->routing_key, sizeof(d->routing_key));
-    }
     if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
         copy_bytes(d->message_id, sizeof(d->message_id), p->message_id);
     if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
@@ -849,6 +909,11 @@ static void to_delivery(const amqp_envelope_t *env, mq_delivery *d)
     d->body = env->message.body.bytes;
     d->len = env->message.body.len;
     d->delivery_tag = env->delivery_tag;
+    if (d->type[0] && strcmp(d->type, d->routing_key) != 0) {
+        snprintf(why, whylen, "forged: type %s on a message routed as %s", d->type, d->routing_key);
+        return -1;
+    }
+    return 0;
 }
 
 int mq_forward(mq_conn *pub, const char *service, const mq_delivery *d, int attempt,
@@ -909,8 +974,8 @@ static int settle_delivery(mq_conn *cons, mq_conn *pub, const mq_delivery *dd, m
         if (attempt <= ntiers(cons->topo)) {
             mq_retry_queue_name(cons->topo->queue, cons->topo->retry_ms[attempt - 1], dest,
                                 sizeof(dest));
-            rc = mq_forward(pub, cons->topo->queue, &d, attempt, "", dest, NULL, herr, perr,
-                            sizeof(perr));
+            rc = mq_forward(pub, cons->topo->queue, &d, attempt, MQ_RETRY_EXCHANGE, dest, NULL,
+                            herr, perr, sizeof(perr));
             if (rc == MQ_OK) {
                 STAT_ADD(cons, retried, 1);
                 metrics_count(cons->metrics, M_RETRIED, d.routing_key, 1);
@@ -997,14 +1062,22 @@ static int handle_batch(mq_conn *cons, mq_conn *pub, amqp_envelope_t *env, size_
                         char (*errs)[MQ_ERR_LEN])
 {
     int rc = MQ_OK;
-    for (size_t i = 0; i < n; i++) {
-        to_delivery(&env[i], &d[i]);
-        res[i] = MQ_RETRY;
-        errs[i][0] = '\0';
-    }
+    size_t k = 0;
     STAT_ADD(cons, consumed, n);
-    bh(d, n, res, errs, ctx);
-    for (size_t i = 0; i < n && rc == MQ_OK; i++)
+    for (size_t i = 0; i < n && rc == MQ_OK; i++) {
+        if (to_delivery(&env[i], &d[k], errs[k], MQ_ERR_LEN) < 0) {
+            rc = settle_delivery(cons, pub, &d[k], MQ_REJECT, errs[k]);
+            continue;
+        }
+        res[k] = MQ_RETRY;
+        errs[k][0] = '\0';
+        k++;
+    }
+    if (rc != MQ_OK)
+        return rc;
+    if (k > 0)
+        bh(d, k, res, errs, ctx);
+    for (size_t i = 0; i < k && rc == MQ_OK; i++)
         rc = settle_delivery(cons, pub, &d[i], res[i], errs[i]);
     /* On MQ_ERR the rest stay unacked: the broker delivers them again. */
     return rc;
@@ -1091,7 +1164,7 @@ int mq_consume_batches(mq_conn *cons, mq_conn *pub, mq_batch_handler bh, size_t 
                    r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
             st = other_frame(cons);
         } else {
-            rpc_check(r, "consume", err, errlen);
+            rpc_check(cons, r, "consume", err, errlen);
             log_warn("lost the broker connection: %s; reconnecting", err);
             st = MQ_ERR;
         }
@@ -1132,7 +1205,7 @@ int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen
         return MQ_ERR;
     }
     r = amqp_basic_get(c->conn, CHANNEL, amqp_cstring_bytes(queue), 0);
-    if ((rc = rpc_check(r, "basic.get", err, errlen)) != MQ_OK) {
+    if ((rc = rpc_check(c, r, "basic.get", err, errlen)) != MQ_OK) {
         SET_CONNECTED(c, 0);
         mq_disconnect(c);
         return rc;
@@ -1149,16 +1222,22 @@ int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen
         g->env.delivery_tag = ok->delivery_tag;
         g->env.redelivered = ok->redelivered;
         g->env.routing_key = amqp_bytes_malloc_dup(ok->routing_key);
+        g->env.exchange = amqp_bytes_malloc_dup(ok->exchange);
     }
     r = amqp_read_message(c->conn, CHANNEL, &g->env.message, 0);
-    if ((rc = rpc_check(r, "reading a message", err, errlen)) != MQ_OK) {
+    if ((rc = rpc_check(c, r, "reading a message", err, errlen)) != MQ_OK) {
         amqp_bytes_free(g->env.routing_key);
+        amqp_bytes_free(g->env.exchange);
         free(g);
         SET_CONNECTED(c, 0);
         mq_disconnect(c);
         return rc;
     }
-    to_delivery(&g->env, &g->d);
+    {
+        /* A DLQ's copy is shown and replayed as it is, forged or not. */
+        char why[MQ_ERR_LEN];
+        to_delivery(&g->env, &g->d, why, sizeof(why));
+    }
     *out = g;
     return 1;
 }
@@ -1185,6 +1264,7 @@ void mq_got_free(mq_got *g)
         return;
     amqp_destroy_message(&g->env.message);
     amqp_bytes_free(g->env.routing_key);
+    amqp_bytes_free(g->env.exchange);
     free(g);
 }
 
@@ -1200,11 +1280,11 @@ long mq_queue_depth(mq_conn *c, const char *queue, char *err, size_t errlen)
                             amqp_empty_table);
     if (ok)
         return (long)ok->message_count;
-    rc = rpc_check(amqp_get_rpc_reply(c->conn), queue, err, errlen);
+    rc = rpc_check(c, amqp_get_rpc_reply(c->conn), queue, err, errlen);
     /* A failed passive declare closes the channel: start afresh. */
     SET_CONNECTED(c, 0);
     mq_disconnect(c);
-    return strstr(err, "404") ? MQ_ERR_CONFIG : (rc == MQ_OK ? MQ_ERR : rc);
+    return c->reply_code == AMQP_NOT_FOUND ? MQ_ERR_CONFIG : (rc == MQ_OK ? MQ_ERR : rc);
 }
 
 long mq_purge(mq_conn *c, const char *queue, char *err, size_t errlen)
@@ -1217,7 +1297,7 @@ long mq_purge(mq_conn *c, const char *queue, char *err, size_t errlen)
     ok = amqp_queue_purge(c->conn, CHANNEL, amqp_cstring_bytes(queue));
     if (ok)
         return (long)ok->message_count;
-    rpc_check(amqp_get_rpc_reply(c->conn), "queue.purge", err, errlen);
+    rpc_check(c, amqp_get_rpc_reply(c->conn), "queue.purge", err, errlen);
     SET_CONNECTED(c, 0);
     mq_disconnect(c);
     return MQ_ERR;

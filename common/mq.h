@@ -12,14 +12,25 @@
  * Roles are kept on separate connections so that waiting for a confirm never
  * has to step over a delivery (0.11 has no per-channel wait in its API).
  *
- * Every (re)connect declares the topology, idempotently:
- *   exchanges   sales.events (topic), sales.dlx (direct), sales.retry (direct)
+ * The exchanges are shared and declared only by the administrator
+ * (`make migrate` runs each service's --declare-topology with the admin's
+ * URL, which calls mq_declare_exchanges): sales.events, sales.retry and
+ * sales.dlx, all topic exchanges, so that the broker checks every routing
+ * key against the publisher's topic permissions. Every consumer (re)connect
+ * declares the service's own queues, idempotently:
  *   S           quorum work queue bound to sales.events with S's keys and to
  *               sales.retry with key S; dead-letters to sales.dlx/S,
  *               at-least-once, reject-publish, x-delivery-limit
- *   S.retry.Nms quorum queues with x-message-ttl N, dead-lettering to
- *               sales.retry/S (back to the work queue)
+ *   S.retry.Nms quorum queues with x-message-ttl N, bound to sales.retry with
+ *               their own name, dead-lettering to sales.retry/S (back to the
+ *               work queue)
  *   S.dlq       quorum queue bound to sales.dlx with key S
+ * A service's broker user may publish on sales.retry and sales.dlx only keys
+ * named after itself (S, S.*), so its retries and dead letters reach only its
+ * own queues (scripts/broker-perms.sh). A delivery's event type is its
+ * routing key; the x-original-routing-key header is believed only on
+ * deliveries that came through sales.retry or sales.dlx, and a delivery whose
+ * `type` contradicts its key goes to the DLQ unhandled.
  *
  * rabbitmq-c does not recover by itself: connections that fail are torn
  * down and made again with capped exponential backoff by the callers here.
@@ -147,15 +158,19 @@ void mq_free(mq_conn *c);
  * every named file must be readable. */
 int mq_check_url(const char *url, char *err, size_t errlen);
 
-/* One connection attempt as a publisher (confirm mode, exchanges declared).
+/* One connection attempt as a publisher (confirm mode).
  * Returns MQ_OK, MQ_ERR (unreachable: try later) or MQ_ERR_CONFIG. */
 int mq_connect_publisher(mq_conn *c, char *err, size_t errlen);
 
 /* One attempt as a consumer: declares the topology, QoS, basic.consume. */
 int mq_connect_consumer(mq_conn *c, char *err, size_t errlen);
 
-/* Declares topo on c's channel (idempotent). Used by consumers on connect and
- * by tools that set up the whole suite's topology up front. */
+/* Declares the shared exchanges (topic), replacing one of another type.
+ * Needs the administrator's configure rights. */
+int mq_declare_exchanges(mq_conn *c, char *err, size_t errlen);
+
+/* Declares topo's queues and bindings on c's channel (idempotent; not the
+ * exchanges). Used by consumers on connect and by --declare-topology. */
 int mq_declare_topology(mq_conn *c, const mq_topology *topo, char *err, size_t errlen);
 
 /* Connects (publisher or consumer per `consumer`) with capped exponential

@@ -396,6 +396,9 @@ int worker_declare_topology(const worker_def *def, const char *amqp_url, const i
         return -1;
     }
     rc = mq_connect_retry(c, 0, 30000, NULL, err, errlen);
+    /* Run by `make migrate` as the administrator: the shared exchanges too. */
+    if (rc == MQ_OK)
+        rc = mq_declare_exchanges(c, err, errlen);
     if (rc == MQ_OK)
         rc = mq_declare_topology(c, &topo, err, errlen);
     mq_free(c);

@@ -70,8 +70,8 @@ int worker_main(const worker_def *def, int argc, char **argv);
 void worker_topology(const worker_def *def, const char **keys, const int *tiers, int limit,
                      mq_topology *topo);
 
-/* Declares def's topology on the broker at amqp_url and returns 0, or -1 with
- * err. */
+/* Declares the shared exchanges and def's queues on the broker at amqp_url
+ * (the administrator's: `make migrate`) and returns 0, or -1 with err. */
 int worker_declare_topology(const worker_def *def, const char *amqp_url, const int *tiers,
                             int limit, char *err, size_t errlen);
 

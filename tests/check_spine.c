@@ -150,7 +150,8 @@ static void start_worker(void)
 static void setup(void)
 {
     const char *owner = tu_env("OWNER_DATABASE_URL");
-    char q[160];
+    char q[160], err[MQ_ERR_LEN];
+    mq_conn *admin;
     snprintf(db_url, sizeof(db_url), "%s?options=-csearch_path%%3D" SVC, owner);
     free(tu_sql(owner,
                 "DROP SCHEMA IF EXISTS " SVC " CASCADE;"
@@ -160,6 +161,10 @@ static void setup(void)
                 " causation_id uuid, type text, app_id text, ts bigint, attempt int,"
                 " sale_id uuid, at timestamptz DEFAULT clock_timestamp())",
                 0, NULL));
+    /* The shared exchanges, as `make migrate` declares them in "/". */
+    admin = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    ck_assert_msg(mq_declare_exchanges(admin, err, sizeof(err)) == MQ_OK, "%s", err);
+    mq_free(admin);
     queue_delete(SVC);
     queue_delete(SVC ".dlq");
     for (int ms = 200; ms <= 800; ms *= 2) {
