@@ -2,7 +2,7 @@
 # docker/broker-definitions.sh — runs in the RabbitMQ image before the
 # broker starts (the `broker-init` job) and writes the definitions file the
 # broker loads: the admin user, one user per service with the permissions of
-# scripts/broker-perms.sh, the vhost. Passwords come from .env and are
+# scripts/broker-perms.sh, the vhost and the shared exchanges. Passwords come from .env and are
 # stored hashed (rabbitmqctl hash_password).
 set -euo pipefail
 source /ordersuite/broker-perms.sh
@@ -25,7 +25,7 @@ json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
     printf '  {"user": "%s", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}' "$RABBITMQ_ADMIN_USER"
     for entry in $BROKER_USERS; do
         user=${entry%%:*}
-        { read -r conf; read -r write; read -r read; read -r twrite; } < <(broker_perms "$user" "${entry#*:}")
+        { read -r conf; read -r write; read -r read; } < <(broker_perms "$user" "${entry#*:}")
         printf ',\n  {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' \
             "$user" "$(json "$conf")" "$(json "$write")" "$(json "$read")"
     done
@@ -34,9 +34,22 @@ json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
     sep=''
     for entry in $BROKER_USERS; do
         user=${entry%%:*}
-        twrite=$(broker_perms "$user" "${entry#*:}" | tail -1)
+        { read -r _; read -r _; read -r _; read -r twrite; read -r own; } < <(broker_perms "$user" "${entry#*:}")
         printf '%s  {"user": "%s", "vhost": "/", "exchange": "sales.events", "write": "%s", "read": ".*"}' \
             "$sep" "$user" "$(json "$twrite")"
+        sep=$',\n'
+        for ex in sales.retry sales.dlx; do
+            printf '%s  {"user": "%s", "vhost": "/", "exchange": "%s", "write": "%s", "read": "%s"}' \
+                "$sep" "$user" "$ex" "$(json "$own")" "$(json "$own")"
+        done
+    done
+    echo '],'
+    # The shared exchanges are the administrator's: no service may declare them.
+    echo ' "exchanges": ['
+    sep=''
+    for ex in sales.events sales.retry sales.dlx; do
+        printf '%s  {"name": "%s", "vhost": "/", "type": "topic", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}' \
+            "$sep" "$ex"
         sep=$',\n'
     done
     echo ']}'

@@ -1,8 +1,9 @@
 #!/bin/sh
 # docker/migrate.sh — the one-shot `migrate` job of docker-compose.yml:
 # migrations as the owner, the service roles' passwords (PG_<ROLE>_PASSWORD),
-# then every service's queues declared as that service's own broker user
-# (RMQ_<NAME>_PASSWORD). The services come from scripts/suite.sh.
+# then every service's queues declared by the broker's administrator
+# (RABBITMQ_ADMIN_USER / _PASSWORD; the services may not declare what is
+# shared). The services come from scripts/suite.sh.
 set -eu
 . /app/scripts/suite.sh
 pwfile=$(mktemp)
@@ -15,7 +16,6 @@ done
 MIGRATE_DATABASE_URL="postgresql://ordersuite_owner:${PG_OWNER_PASSWORD}@postgres:5432/ordersuite" \
     DB_ROLE_PASSWORDS_FILE="$pwfile" migrate --dir /app/migrations
 for name in $(suite_names); do
-    eval "pw=\${RMQ_$(up_name "$name")_PASSWORD}"
-    AMQP_URL="amqp://$name:$pw@rabbitmq:5672" "$name" --declare-topology
+    AMQP_URL="amqp://${RABBITMQ_ADMIN_USER}:${RABBITMQ_ADMIN_PASSWORD}@rabbitmq:5672" "$name" --declare-topology
 done
 echo "migrate: done"

@@ -1,20 +1,56 @@
 # scripts/broker-perms.sh — the broker permissions of each service, in one
-# place for `make up` (scripts/up.sh) and docker compose
-# (docker/broker-definitions.sh). Sourced.
+# place for `make up` (scripts/up.sh), the tests (tests/new_service_check.py)
+# and docker compose (docker/broker-definitions.sh). Sourced.
 #
 # BROKER_USERS lists "user:topic": the user is the service (and its queue
 # name); topic is the prefix of the routing keys it may publish on
 # sales.events ("" = none).
+#
+# What a service's user S may do, and why that is enough against a service
+# whose credentials an attacker holds:
+#   - configure only its own queues (S, S.retry.*, S.dlq): it declares them
+#     and binds them at start; the exchanges are the administrator's
+#     (`make migrate`), so no service can declare, change or delete them;
+#   - write (publish, be bound) only on its own queues and the three shared
+#     exchanges, never on amq.default (""), so nothing reaches a queue by
+#     name; read (consume, bind from) only its own queues and those exchanges;
+#   - topic permissions (the broker checks them on every publish to, and
+#     every binding from, a topic exchange): on sales.events it publishes only
+#     TOPIC.*; on sales.retry and sales.dlx it publishes and binds only keys
+#     named after itself (S or S.*), so its retries and dead letters reach its
+#     own queues only and it cannot bind its queue to another's.
+# pos publishes sale.* on sales.events and has no queue.
 source "$(dirname "${BASH_SOURCE[0]}")/suite.sh"
 BROKER_USERS="$(echo "$SUITE_SERVICES" | awk 'NF { printf "%s:%s ", $1, ($3 == "-" ? "" : $3) }')pos:sale"
 
-# broker_perms USER TOPIC: prints four lines, the configure, write and read
-# regexes of USER's queues and exchanges, and its topic-write regex.
+# broker_perms USER TOPIC [HAS_QUEUES]: prints five lines: the configure,
+# write and read regexes of USER, its topic-write regex on sales.events, and
+# its topic regex (write and read) on sales.retry and sales.dlx. HAS_QUEUES
+# is 1 (default) for a consuming service, 0 for a publisher only (pos).
 broker_perms() {
-    local q=$1 topic=$2
+    local q=$1 topic=$2 queues=${3:-}
+    [ -n "$queues" ] || { [ "$q" = pos ] && queues=0 || queues=1; }
     local own="$q|$q\\.retry\\..*|$q\\.dlq"
-    echo "^($own|sales\\.(events|dlx|retry))\$"
-    echo "^($own|sales\\.(events|dlx|retry)|amq\\.default)\$"
-    echo "^($own|sales\\.(events|dlx|retry))\$"
+    if [ "$queues" = 1 ]; then
+        echo "^($own)\$"
+        echo "^($own|sales\\.(events|retry|dlx))\$"
+        echo "^($own|sales\\.(events|retry|dlx))\$"
+    else
+        echo '^$'
+        echo '^sales\.events$'
+        echo '^$'
+    fi
     echo "^${topic:+$topic\\..*}\$"
+    if [ "$queues" = 1 ]; then echo "^$q(\\..*)?\$"; else echo '^$'; fi
+}
+
+# broker_grant VHOST USER TOPIC: sets USER's permissions on VHOST with
+# rabbitmqctl (the caller defines rmqctl, as scripts/lib.sh does).
+broker_grant() {
+    local vhost=$1 user=$2 topic=$3 conf write read twrite own
+    { read -r conf; read -r write; read -r read; read -r twrite; read -r own; } < <(broker_perms "$user" "$topic")
+    rmqctl -q set_permissions -p "$vhost" "$user" "$conf" "$write" "$read" >/dev/null
+    rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.events "$twrite" '.*' >/dev/null
+    rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.retry "$own" "$own" >/dev/null
+    rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.dlx "$own" "$own" >/dev/null
 }

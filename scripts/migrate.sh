@@ -24,11 +24,12 @@ umask 022
 MIGRATE_DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/$ORDERSUITE_DB" \
     DB_ROLE_PASSWORDS_FILE="$pwfile" "$1" --dir "$ROOT/migrations" || exit 1
 
-# The broker side: every service declares its queues now, so that nothing is
-# published before the queues that must receive it exist.
+# The broker side, as the administrator: the shared exchanges (no service may
+# declare them) and every service's queues, so that nothing is published
+# before the queues that must receive it exist.
 bin=$(dirname "$1")
 for s in $(suite_names); do
     if [ -x "$bin/$s" ]; then
-        AMQP_URL=$(amqp_url "$s") "$bin/$s" --declare-topology 2>&1 | sed 's/^/    /' || die "$s --declare-topology failed"
+        AMQP_URL=$(amqp_url admin) "$bin/$s" --declare-topology 2>&1 | sed 's/^/    /' || die "$s --declare-topology failed"
     fi
 done

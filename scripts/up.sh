@@ -187,16 +187,10 @@ bootstrap_rabbitmq() {
 grant_vhost() {
     local vhost=$1 u=$RABBITMQ_ADMIN_USER
     rmqctl -q set_permissions -p "$vhost" "$u" '.*' '.*' '.*' >/dev/null
-    # Least privilege: each service's user may configure, write and read its
-    # own queues (S, S.retry.*, S.dlq) and the exchanges it declares, and may
-    # publish on sales.events only its own routing keys (topic permissions).
-    local entry user topic conf write read twrite
+    # Least privilege (scripts/broker-perms.sh says what each user may do).
+    local entry
     for entry in $BROKER_USERS; do
-        user=${entry%%:*}
-        topic=${entry#*:}
-        { read -r conf; read -r write; read -r read; read -r twrite; } < <(broker_perms "$user" "$topic")
-        rmqctl -q set_permissions -p "$vhost" "$user" "$conf" "$write" "$read" >/dev/null
-        rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.events "$twrite" '.*' >/dev/null
+        broker_grant "$vhost" "${entry%%:*}" "${entry#*:}"
     done
 }
 
