@@ -6,7 +6,8 @@
 Writes services/NAME/main.c (a handler table on the worker runtime),
 migrations/NNNN_NAME.sql (its role, schema, outbox, inbox and table) and
 tests/check_NAME.c (starts it, hands it each key, checks each was handled),
-and registers it: a line in scripts/suite.sh (start order, role, port), a
+and registers it: a line in scripts/suite.sh (start order, role, the prefix
+of the events it may publish: NAME.*, port), a
 service in docker-compose.yml (and its passwords for the migrate job), the
 passwords in .env.example. `make up && make migrate && make test` then
 builds, starts and tests it with no edits. Refuses names that exist and keys
@@ -49,9 +50,10 @@ def main():
     suite = read("scripts/suite.sh")
     block = suite.split('SUITE_SERVICES="')[1].split('"')[0]
     rows = [l.split() for l in block.splitlines() if l.strip()]
-    if name in [r[0] for r in rows] + [r[1] for r in rows] + ["pos", "public", "ordersuite_owner"] \
+    if name in [r[0] for r in rows] + [r[1] for r in rows] + [r[2] for r in rows] \
+            + ["pos", "sale", "sales", "public", "ordersuite_owner"] \
             or os.path.exists(os.path.join(ROOT, "services", name)):
-        die(f"a service, role or schema called {name} exists already")
+        die(f"a service, role, schema or event prefix called {name} exists already")
     known = dict(re.findall(r'#define (RK_[A-Z_]+)\s+"([a-z_.]+)"', read("contracts/events.h")))
     events = {v: "EV_" + k[3:] for k, v in known.items()}
     if not keys:
@@ -88,7 +90,8 @@ def main():
 
     # the registry: consumers start before order-api (the last line)
     lines = block.strip("\n").split("\n")
-    lines.insert(len(lines) - 1, f"{name} {name} - METRICS_PORT {port}")
+    # it may publish (worker_emit) events named NAME.* on sales.events
+    lines.insert(len(lines) - 1, f"{name} {name} {name} METRICS_PORT {port}")
     write("scripts/suite.sh", suite.replace(block, "\n" + "\n".join(lines) + "\n"), new=False)
 
     # docker compose: the service, and its passwords for the migrate job

@@ -5,8 +5,10 @@ starts, consumes its keys and passes its own test, with no edits.
 Runs the generator in a temporary copy of the tree (service "gentest"),
 checks it refuses a duplicate name and an unknown key, builds the copy, runs
 the copy's compose check, applies the copy's migrations to the real database
-(as `make migrate` would), and runs the generated Check suite against the
-real broker and database. Cleans up the schema, the migration record and the
+(as `make migrate` would), gives it a broker user with the rights
+scripts/broker-perms.sh gives every service, and runs the generated Check
+suite as that user against the real broker and database. Cleans up the
+schema, the migration record, the broker user and the
 queues afterwards. Prints a Check-style summary line.
 """
 import os
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "gentest"
@@ -43,7 +46,20 @@ def psql(sql):
                 os.environ["OWNER_DATABASE_URL"], "-c", sql], ROOT)
 
 
+def broker_user(cmd, pw=""):
+    """Adds (cmd "add") or deletes the generated service's broker user, with
+    the permissions scripts/broker-perms.sh gives every service, in the
+    tests' vhost."""
+    url = urllib.parse.urlsplit(os.environ["TEST_AMQP_URL"])
+    vhost = urllib.parse.unquote(url.path[1:]) if len(url.path) > 1 else "/"
+    script = ('source scripts/lib.sh; load_env; source scripts/broker-perms.sh; '
+              + ('rmqctl -q delete_user "$U" >/dev/null 2>&1; true' if cmd == "delete" else
+                 'rmqctl -q add_user "$U" "$PW" >/dev/null && broker_grant "$VH" "$U" "$U"'))
+    return run(["bash", "-c", script], ROOT, dict(CLEAN, U=NAME, PW=pw, VH=vhost))
+
+
 def cleanup():
+    broker_user("delete")
     psql(f"DROP SCHEMA IF EXISTS {NAME} CASCADE;"
          f" DELETE FROM public.schema_migrations WHERE name LIKE '%\\_{NAME}.sql'")
     for q in (NAME, f"{NAME}.dlq", f"{NAME}.retry.1000ms", f"{NAME}.retry.10000ms",
@@ -93,7 +109,14 @@ def main():
         db_url = os.environ["OWNER_DATABASE_URL"].replace("ordersuite_owner:", f"{NAME}:", 1)
         db_url = db_url[:db_url.index(":", len("postgresql://") + len(NAME)) + 1] + pw + \
             db_url[db_url.index("@"):]
-        env = dict(CLEAN, GENTEST_AMQP_URL=os.environ["TEST_AMQP_URL"],
+        # Its own broker user, with the rights every service gets.
+        rc, out = broker_user("add", pw)
+        if not check("broker_user", rc == 0, out):
+            return
+        url = urllib.parse.urlsplit(os.environ["TEST_AMQP_URL"])
+        amqp_url = urllib.parse.urlunsplit(
+            (url.scheme, f"{NAME}:{pw}@{url.hostname}:{url.port}", url.path, "", ""))
+        env = dict(CLEAN, GENTEST_AMQP_URL=amqp_url,
                    GENTEST_DATABASE_URL=db_url, ORDERSUITE_BIN=os.path.join(tmp, "build/bin"))
         rc, out = run([f"build/test/check_{NAME}"], tmp, env, timeout=180)
         check("generated_test_passes", rc == 0 and "100%" in out, out[-3000:])
