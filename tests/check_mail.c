@@ -1,0 +1,369 @@
+/*
+ * check_mail.c — the email worker against a real SMTP server: the project's
+ * mail catcher (tools/mailcatcher, Debian's python3-aiosmtpd), started by the
+ * test on ports the system picks. Mail is counted where it lands, at the
+ * server, through the catcher's /api/messages.
+ *
+ * The tests play the till: they publish sale.completed with a customer email
+ * (a receipt each) with confirms, then read email.messages, the catcher and
+ * email.dlq.
+ */
+#include "events.h"
+#include "mq.h"
+#include "testutil.h"
+#include "util.h"
+
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { NGOOD = 20 };
+
+typedef struct {
+    pid_t pid;
+    int smtp, http;
+} catcher;
+
+static char run[9]; /* this test's tag, in every recipient */
+
+static int file_exists(void *arg)
+{
+    struct stat st;
+    return stat(arg, &st) == 0;
+}
+
+/* Starts the mail catcher (smtp_port 0: any free port) with the extra
+ * arguments given, and waits until both of its servers listen. */
+static catcher catcher_start(int smtp_port, const char *refuse)
+{
+    char ready[512], log[512], path[512], port[16];
+    char *argv[8];
+    int n = 0;
+    catcher c;
+    char *text;
+    cJSON *j;
+
+    snprintf(ready, sizeof(ready), "%s/log/tests/mailcatcher.%d.ready", tu_env("ORDERSUITE_VAR"),
+             (int)getpid());
+    snprintf(log, sizeof(log), "%s/log/tests/mailcatcher.log", tu_env("ORDERSUITE_VAR"));
+    snprintf(path, sizeof(path), "%s/tools/mailcatcher/mailcatcher.py", tu_env("ORDERSUITE_ROOT"));
+    snprintf(port, sizeof(port), "%d", smtp_port);
+    unlink(ready);
+    argv[n++] = path;
+    argv[n++] = "--smtp-port";
+    argv[n++] = port;
+    argv[n++] = "--http-port=0";
+    argv[n++] = "--ready-file";
+    argv[n++] = ready;
+    if (refuse) {
+        argv[n++] = "--refuse";
+        argv[n++] = (char *)refuse;
+    }
+    argv[n] = NULL;
+    c.pid = tu_spawn(path, argv, NULL, log);
+    ck_assert_msg(tu_poll(15000, file_exists, ready), "the mail catcher did not start (see %s)",
+                  log);
+    {
+        FILE *f = fopen(ready, "r");
+        char buf[256];
+        size_t k;
+        ck_assert_ptr_nonnull(f);
+        k = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[k] = '\0';
+        text = strdup(buf);
+    }
+    j = cJSON_Parse(text);
+    ck_assert_msg(j && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "smtp")) &&
+                      cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "http")),
+                  "bad ready file: %s", text);
+    c.smtp = cJSON_GetObjectItemCaseSensitive(j, "smtp")->valueint;
+    c.http = cJSON_GetObjectItemCaseSensitive(j, "http")->valueint;
+    cJSON_Delete(j);
+    free(text);
+    unlink(ready);
+    return c;
+}
+
+static void catcher_stop(catcher *c)
+{
+    int st = tu_stop(c->pid, SIGTERM, 10000);
+    ck_assert_msg(st >= 0, "the mail catcher did not stop");
+    c->pid = 0;
+}
+
+/* How many mails the catcher holds for rcpt (NULL: all of them). */
+static long at_server(const catcher *c, const char *rcpt)
+{
+    char url[128], *body = NULL;
+    long n = 0;
+    cJSON *a, *m;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/api/messages", c->http);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, 0, &body), 200);
+    a = cJSON_Parse(body);
+    ck_assert_msg(cJSON_IsArray(a), "not a JSON array: %.200s", body);
+    cJSON_ArrayForEach(m, a)
+    {
+        cJSON *to, *r;
+        to = cJSON_GetObjectItemCaseSensitive(m, "rcpt_tos");
+        cJSON_ArrayForEach(r, to)
+        {
+            if (!rcpt || (cJSON_IsString(r) && strcmp(r->valuestring, rcpt) == 0))
+                n++;
+        }
+    }
+    cJSON_Delete(a);
+    free(body);
+    return n;
+}
+
+static pid_t email_start(int smtp_port)
+{
+    static char env[6][1200];
+    const char *envp[7];
+    char *argv[] = {"email", NULL};
+    char path[512], log[512];
+    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("EMAIL_AMQP_URL"));
+    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("EMAIL_DATABASE_URL"));
+    snprintf(env[2], sizeof(env[2]), "SMTP_URL=smtp://127.0.0.1:%d", smtp_port);
+    snprintf(env[3], sizeof(env[3]), "METRICS_PORT=0");
+    /* Quick tiers and mail retries, so a test does not wait a minute. */
+    snprintf(env[4], sizeof(env[4]), "RETRY_DELAYS_MS=200,400");
+    snprintf(env[5], sizeof(env[5]), "MAIL_RETRY_MAX_MS=500");
+    for (int k = 0; k < 6; k++)
+        envp[k] = env[k];
+    envp[6] = NULL;
+    snprintf(path, sizeof(path), "%s/email", tu_env("ORDERSUITE_BIN"));
+    snprintf(log, sizeof(log), "%s/log/tests/email-mail.log", tu_env("ORDERSUITE_VAR"));
+    return tu_spawn(path, argv, envp, log);
+}
+
+static int consuming(void *arg)
+{
+    int consumers = 0;
+    (void)arg;
+    return tu_queue_counts("TEST_AMQP_URL", "email", &consumers) >= 0 && consumers >= 1;
+}
+
+static void email_stop(pid_t pid)
+{
+    int st = tu_stop(pid, SIGTERM, 20000);
+    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "email did not stop cleanly (status %d)", st);
+}
+
+/* Publishes a sale with a receipt to rcpt; its message id goes to msg_id. */
+static void sale(mq_conn *c, const char *rcpt, char sale_id[UUID_STR_LEN],
+                 char msg_id[UUID_STR_LEN])
+{
+    ev_event ev;
+    sale_completed *s = &ev.u.sale_completed;
+    char err[MQ_ERR_LEN], *body;
+    mq_msg m = {0};
+
+    ev_init(&ev, EV_SALE_COMPLETED);
+    uuid_v4(s->sale_id);
+    memcpy(sale_id, s->sale_id, UUID_STR_LEN);
+    strcpy(s->store_id, "MAIL-01");
+    strcpy(s->currency, "EUR");
+    ck_assert_int_eq(ev_lines_alloc(&s->lines, 1), 0);
+    strcpy(s->lines.items[0].sku, "FLT-PAPER");
+    s->lines.items[0].quantity = 1;
+    s->lines.items[0].unit_price = 350;
+    s->total = 350;
+    ev_now_rfc3339(s->paid_at);
+    snprintf(s->customer_email, sizeof(s->customer_email), "%s", rcpt);
+    body = ev_to_json(&ev, NULL, err, sizeof(err));
+    ck_assert_msg(body != NULL, "%s", err);
+    uuid_v4(msg_id);
+    m.routing_key = "sale.completed";
+    m.message_id = msg_id;
+    m.correlation_id = sale_id;
+    m.body = body;
+    m.len = strlen(body);
+    ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "%s", err);
+    free(body);
+    ev_free(&ev);
+}
+
+typedef struct {
+    const char *sql;
+    const char *param;
+    long want;
+} count_arg;
+
+static long count(const char *sql, const char *param)
+{
+    const char *p[] = {param};
+    return tu_sql_int(tu_env("OWNER_DATABASE_URL"), sql, param ? 1 : 0, p);
+}
+
+static int count_is(void *arg)
+{
+    count_arg *a = arg;
+    return count(a->sql, a->param) == a->want;
+}
+
+static void await(int ms, const char *sql, const char *param, long want)
+{
+    count_arg a = {sql, param, want};
+    ck_assert_msg(tu_poll(ms, count_is, &a), "%s [%s]: %ld, want %ld", sql, param ? param : "",
+                  count(sql, param), want);
+}
+
+static int dlq_has(void *arg)
+{
+    (void)arg;
+    return tu_queue_counts("TEST_AMQP_URL", "email.dlq", NULL) > 0;
+}
+
+/* Takes the copy of message msg_id out of email.dlq and checks its reason
+ * and error; other messages in the DLQ are left where they were. */
+
+static void take_from_dlq(const char *msg_id, const char *want_error)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    char err[MQ_ERR_LEN];
+    long depth;
+    int found = 0;
+
+    depth = mq_queue_depth(c, "email.dlq", err, sizeof(err));
+    ck_assert_msg(depth >= 0, "%s", err);
+    for (long i = 0; i < depth && !found; i++) {
+        mq_got *g = NULL;
+        const mq_delivery *d;
+        int rc = mq_get(c, "email.dlq", &g, err, sizeof(err));
+        ck_assert_msg(rc >= 0, "%s", err);
+        if (rc == 0)
+            break;
+        d = mq_got_delivery(g);
+        if (strcmp(d->message_id, msg_id) == 0) {
+            found = 1;
+            ck_assert_str_eq(d->reason, "rejected");
+            ck_assert_msg(strstr(d->error, want_error) != NULL,
+                          "the DLQ copy's error \"%s\" lacks \"%s\"", d->error, want_error);
+            ck_assert_int_eq(mq_settle(c, g, 1, err, sizeof(err)), MQ_OK);
+        }
+        /* Others stay unacked until the connection closes: then the
+         * broker puts them back. */
+        mq_got_free(g);
+    }
+    ck_assert_msg(found, "message %s is not in email.dlq", msg_id);
+    mq_free(c);
+}
+
+static void setup(void)
+{
+    char id[UUID_STR_LEN];
+    uuid_v4(id);
+    memcpy(run, id, 8);
+    run[8] = '\0';
+}
+
+/* 20 receipts and one to a recipient the server refuses for good, all in
+ * the queue before the worker starts, so they are handled as one batch: the
+ * refusal must not re-send the batch's other mails, must not be retried,
+ * and must land in email.dlq with the server's reply. */
+START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    char rcpt[NGOOD + 1][96], sales[NGOOD + 1][UUID_STR_LEN], msgs[NGOOD + 1][UUID_STR_LEN];
+    char list[(NGOOD + 1) * 40 + 4];
+    size_t n = 0;
+    catcher mc;
+    pid_t email;
+    const int bad = NGOOD / 2;
+
+    for (int i = 0; i <= NGOOD; i++)
+        snprintf(rcpt[i], sizeof(rcpt[i]), "%s-%s-%d@example.com", i == bad ? "refused" : "good",
+                 run, i);
+    mc = catcher_start(0, rcpt[bad]);
+    list[n++] = '{';
+    for (int i = 0; i <= NGOOD; i++) {
+        sale(c, rcpt[i], sales[i], msgs[i]);
+        n += (size_t)sprintf(list + n, "%s%s", i ? "," : "", sales[i]);
+    }
+    list[n++] = '}';
+    list[n] = '\0';
+    email = email_start(mc.smtp);
+    ck_assert_msg(tu_poll(30000, consuming, NULL), "email did not start consuming");
+
+    await(30000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
+          " AND status = 'sent'",
+          list, NGOOD);
+    ck_assert_msg(tu_poll(20000, dlq_has, msgs[bad]), "email.dlq stayed empty");
+    /* Each good mail reached the server exactly once, the refused one never. */
+    for (int i = 0; i <= NGOOD; i++)
+        ck_assert_msg(at_server(&mc, rcpt[i]) == (i == bad ? 0 : 1), "%s: %ld mail(s) at the server",
+                      rcpt[i], at_server(&mc, rcpt[i]));
+    take_from_dlq(msgs[bad], "550 5.1.1");
+    ck_assert_int_eq(count("SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
+                           " AND status = 'refused' AND last_error LIKE '550 5.1.1%'",
+                           sales[bad]),
+                     1);
+    email_stop(email);
+    catcher_stop(&mc);
+    mq_free(c);
+}
+END_TEST
+
+/* The mail server is down when the receipts come: the mails wait in the
+ * outbox and are tried again; once the server is back each arrives once. */
+START_TEST(a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back)
+{
+    enum { N = 3 };
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    char rcpt[N][96], sales[N][UUID_STR_LEN], msgs[N][UUID_STR_LEN], list[N * 40 + 4];
+    size_t n = 0;
+    catcher mc = catcher_start(0, NULL);
+    int port = mc.smtp;
+    pid_t email;
+
+    catcher_stop(&mc); /* nothing listens on port now */
+    email = email_start(port);
+    ck_assert_msg(tu_poll(30000, consuming, NULL), "email did not start consuming");
+    list[n++] = '{';
+    for (int i = 0; i < N; i++) {
+        snprintf(rcpt[i], sizeof(rcpt[i]), "down-%s-%d@example.com", run, i);
+        sale(c, rcpt[i], sales[i], msgs[i]);
+        n += (size_t)sprintf(list + n, "%s%s", i ? "," : "", sales[i]);
+    }
+    list[n++] = '}';
+    list[n] = '\0';
+    /* Each mail was tried at least twice and is still waiting. */
+    await(30000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
+          " AND status = 'pending' AND attempts >= 2",
+          list, N);
+    mc = catcher_start(port, NULL);
+    await(30000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
+          " AND status = 'sent'",
+          list, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(at_server(&mc, rcpt[i]) == 1, "%s: %ld mail(s) at the server", rcpt[i],
+                      at_server(&mc, rcpt[i]));
+    ck_assert_int_eq(tu_queue_counts("TEST_AMQP_URL", "email", NULL), 0);
+    email_stop(email);
+    catcher_stop(&mc);
+    mq_free(c);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("mail");
+    TCase *t = tcase_create("smtp");
+    tcase_add_checked_fixture(t, setup, NULL);
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once);
+    tcase_add_test(t, a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back);
+    suite_add_tcase(s, t);
+    return tu_run(s);
+}
