@@ -11,6 +11,15 @@ AMQP=$(amqp_url pos)
 OWNER_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/ordersuite"
 sql() { psql -X -q -t -A "$OWNER_URL" -c "$1"; }
 
+# The mail catcher (tools/mailcatcher): email delivers to it over SMTP and
+# its web page shows what arrived. services.sh stop (make demo-stop) ends it.
+MAIL_SMTP_PORT=${MAIL_SMTP_PORT:-1025}
+MAIL_WEB_PORT=${MAIL_WEB_PORT:-1080}
+say "starting the mail catcher (SMTP 127.0.0.1:$MAIL_SMTP_PORT, web http://127.0.0.1:$MAIL_WEB_PORT/)"
+"$ROOT/scripts/services.sh" mailcatcher "$MAIL_SMTP_PORT" "$MAIL_WEB_PORT" ||
+    die "the mail catcher did not start; see var/log/mailcatcher.log"
+export SMTP_URL="smtp://127.0.0.1:$MAIL_SMTP_PORT"
+
 say "starting the services (logs in var/log/)"
 BUILD=$BUILD "$ROOT/scripts/services.sh" start
 wait_for 30 "order-api" curl -sf "$API/readyz" || die "order-api is not ready; see var/log/order-api.log"
@@ -54,13 +63,17 @@ echo "timeline of $ok:"
 sql "SELECT '  ' || status || '  ' || to_char(at, 'HH24:MI:SS.MS') FROM orders.order_timeline WHERE order_id = '$ok' ORDER BY at"
 echo
 echo "invoices: $(sql "SELECT count(*) FILTER (WHERE order_id IS NOT NULL) || ' for orders, ' || count(*) FILTER (WHERE sale_id IS NOT NULL) || ' for POS sales' FROM billing.invoices")"
+mails_sent() { [ "$(sql "SELECT count(*) FROM email.messages WHERE status = 'pending'")" = 0 ]; }
+wait_for 15 "the mails" mails_sent || echo "    (some mail is still pending; see var/log/email.log)"
 echo "emails:   $(sql "SELECT string_agg(kind || ' ' || n, ', ' ORDER BY kind) FROM (SELECT kind, count(*) n FROM email.messages GROUP BY kind) k")"
+echo "          $(curl -sf "http://127.0.0.1:$MAIL_WEB_PORT/api/messages" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') in the mail catcher"
 echo "outboxes pending: $(sql "SELECT (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox) + (SELECT count(*) FROM billing.outbox) + (SELECT count(*) FROM email.outbox)")"
 cat <<EOT
 
 Where to look
   RabbitMQ management UI  http://localhost:$MGMT_PORT  user $RABBITMQ_ADMIN_USER, password: grep RABBITMQ_ADMIN_PASSWORD var/ordersuite.env
   Order API               $API   (OpenAPI: docs/openapi.yaml)
+  Mail catcher (the mails) http://127.0.0.1:$MAIL_WEB_PORT/   (JSON: /api/messages; SMTP on 127.0.0.1:$MAIL_SMTP_PORT)
   Logs                    var/log/{order-api,inventory,billing,email}.log   (one order: grep $ok var/log/*.log)
 
 Try

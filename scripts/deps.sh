@@ -14,6 +14,8 @@ PACKAGES=(
     rabbitmq-server postgresql postgresql-client
     # used by the scripts and tests
     curl procps iproute2 util-linux python3 python3-yaml openssl
+    # the mail catcher (tools/mailcatcher): make demo, check_mail, make chaos
+    python3-aiosmtpd
     # make bench
     gnuplot-nox wrk
 )

@@ -4,15 +4,36 @@
 # var/log/ (or, after use_test_env in lib.sh, the tests' own folders, ports,
 # database and vhost). No names: all of them. kill is kill -9 (for the chaos
 # runs).
+# services.sh mailcatcher SMTP_PORT WEB_PORT starts the mail catcher
+# (tools/mailcatcher) the same way; stop without names stops it too.
 # BUILD (environment, default build) picks the binaries; the caller's
 # environment reaches the services (e.g. HTTP_THREADS=16).
 source "$(dirname "$0")/lib.sh"
 load_env
 cmd=${1:-status}
 shift || true
+all=$([ $# = 0 ] && echo 1)
 BUILD=${BUILD:-build}
 RUN=$(run_dir)
 LOG=$(svc_log_dir)
+if [ "$cmd" = mailcatcher ]; then
+    [ $# = 2 ] || die "usage: services.sh mailcatcher SMTP_PORT WEB_PORT"
+    mkdir -p "$RUN" "$LOG"
+    pidf="$RUN/mailcatcher.pid"
+    if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+        echo "    mailcatcher: already running (pid $(cat "$pidf"))"
+        exit 0
+    fi
+    rm -f "$RUN/mailcatcher.ready"
+    setsid "$ROOT/tools/mailcatcher/mailcatcher.py" --smtp-port "$1" --http-port "$2" \
+        --store "$VAR/mailcatcher.jsonl" --ready-file "$RUN/mailcatcher.ready" \
+        >>"$LOG/mailcatcher.log" 2>&1 </dev/null &
+    echo $! >"$pidf"
+    for _ in $(seq 1 100); do [ -f "$RUN/mailcatcher.ready" ] && break; sleep 0.1; done
+    [ -f "$RUN/mailcatcher.ready" ] || die "mailcatcher did not start; see $LOG/mailcatcher.log"
+    echo "    mailcatcher: started (pid $!, web http://127.0.0.1:$2/, log $LOG/mailcatcher.log)"
+    exit 0
+fi
 if [ $# -gt 0 ]; then
     SERVICES=("$@")
     for s in "${SERVICES[@]}"; do
@@ -63,6 +84,10 @@ stop)
         rm -f "$RUN/$s.pid"
         echo "    $s: stopped"
     done
+    if [ -n "$all" ] && [ -f "$RUN/mailcatcher.pid" ]; then
+        kill -TERM "$(cat "$RUN/mailcatcher.pid")" 2>/dev/null && echo "    mailcatcher: stopped"
+        rm -f "$RUN/mailcatcher.pid"
+    fi
     ;;
 kill)
     for s in "${SERVICES[@]}"; do

@@ -7,15 +7,21 @@
  *   sale.completed            POS receipt, when the sale has an email
  *   inventory.low_stock       alert to OPS_EMAIL
  *
- * Every mail is recorded in email.messages (one per cause and kind). When
- * SMTP_URL is set (smtp://host:port) it is also sent, with libcurl; a mail
- * server that is down makes the handler ask for a retry, so the message goes
- * through the retry tiers and nothing is recorded as sent that was not. A
- * mail can be sent twice if the database fails right after the SMTP
- * server took it (at-least-once delivery of mail).
+ * Every mail is recorded in email.messages (one per cause and kind), in the
+ * message's transaction; nothing leaves the process there. When SMTP_URL is
+ * set (smtp://host:port) the row is 'pending' and the mailer (mailer.h)
+ * delivers it after COMMIT and marks it 'sent'; a server that is down or
+ * answers 4xx is tried again with backoff, a 5xx refusal sends the cause to
+ * email.dlq with the server's reply. A mail can be sent twice when the
+ * process or the database dies between the server's 250 and the row's
+ * update (at-least-once delivery of mail).
+ *
+ * Environment (besides the worker's): SMTP_URL, MAIL_FROM, OPS_EMAIL,
+ * MAIL_MAX_ATTEMPTS (50), MAIL_RETRY_MAX_MS (60000, the cap of the backoff).
  */
 #include "cfg.h"
 #include "log.h"
+#include "mailer.h"
 #include "util.h"
 #include "worker.h"
 
@@ -30,102 +36,64 @@ typedef struct {
     char *ops;
 } email_cfg;
 
-typedef struct {
-    const char *data;
-    size_t len, pos;
-} payload;
-
-static size_t read_payload(char *buf, size_t size, size_t n, void *arg)
-{
-    payload *p = arg;
-    size_t room = size * n, left = p->len - p->pos;
-    size_t k = left < room ? left : room;
-    memcpy(buf, p->data + p->pos, k);
-    p->pos += k;
-    return k;
-}
-
-static int smtp_send(const email_cfg *cfg, const char *to, const char *subject, const char *body,
-                     char *err, size_t errlen)
-{
-    CURL *c = curl_easy_init();
-    struct curl_slist *rcpt = NULL;
-    char *msg;
-    payload p;
-    CURLcode rc;
-    int n;
-
-    if (!c) {
-        snprintf(err, errlen, "curl: out of memory");
-        return -1;
-    }
-    n = asprintf(&msg,
-                 "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n"
-                 "Content-Type: text/plain; charset=utf-8\r\n\r\n%s\r\n",
-                 cfg->from, to, subject, body);
-    if (n < 0) {
-        curl_easy_cleanup(c);
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    p = (payload){msg, (size_t)n, 0};
-    rcpt = curl_slist_append(NULL, to);
-    curl_easy_setopt(c, CURLOPT_URL, cfg->smtp_url);
-    curl_easy_setopt(c, CURLOPT_MAIL_FROM, cfg->from);
-    curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt);
-    curl_easy_setopt(c, CURLOPT_READFUNCTION, read_payload);
-    curl_easy_setopt(c, CURLOPT_READDATA, &p);
-    curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 5L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    rc = curl_easy_perform(c);
-    if (rc != CURLE_OK)
-        snprintf(err, errlen, "smtp: %s", curl_easy_strerror(rc));
-    curl_slist_free_all(rcpt);
-    curl_easy_cleanup(c);
-    free(msg);
-    return rc == CURLE_OK ? 0 : -1;
-}
-
 static void money(char *out, size_t n, int64_t minor, const char *currency)
 {
     snprintf(out, n, "%lld.%02lld %s", (long long)(minor / 100), (long long)(minor % 100),
              currency);
 }
 
-/* Records (and sends, with SMTP_URL) one mail caused by env. */
-static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const char *kind,
-                         const char *to, const char *subject, const char *body, char *err,
-                         size_t errlen)
+/* Records one mail caused by env (and ev) in the handler's transaction:
+ * 'pending' for the mailer with SMTP_URL, 'recorded' without. The cause is
+ * kept with it, re-encoded, for email.dlq if the server refuses the mail. A
+ * mail refused before is recorded again (a DLQ replay); any other existing
+ * mail of this cause and kind is left alone. */
+static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                         const char *kind, const char *to, const char *subject, const char *body,
+                         char *err, size_t errlen)
 {
     const email_cfg *cfg = worker_app(w);
-    const char *p[7];
+    const char *p[11];
+    char ts[24];
+    char *cause;
     PGresult *r;
     int rc, fresh;
 
+    cause = ev_to_json(ev, env->causation_id, err, errlen);
+    if (!cause)
+        return MQ_REJECT;
     p[0] = env->message_id;
     p[1] = kind;
     p[2] = env->correlation_id;
     p[3] = to;
     p[4] = subject;
     p[5] = body;
-    p[6] = cfg->smtp_url ? "sent" : "recorded";
+    p[6] = cfg->smtp_url ? "pending" : "recorded";
+    p[7] = ev_routing_key(ev->type);
+    p[8] = cause;
+    p[9] = env->app_id;
+    p[10] = util_i64(ts, env->timestamp);
     rc = db_execp(db, "mail_add",
-                  "INSERT INTO messages (cause_id, kind, correlation_id, recipient, subject, body,"
-                  " status) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                  " ON CONFLICT (cause_id, kind) DO NOTHING RETURNING id",
-                  7, p, &r, err, errlen);
+                  "INSERT INTO messages AS m (cause_id, kind, correlation_id, recipient, subject,"
+                  " body, status, cause_key, cause_body, cause_app, cause_ts)"
+                  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                  " ON CONFLICT (cause_id, kind) DO UPDATE SET recipient = EXCLUDED.recipient,"
+                  " subject = EXCLUDED.subject, body = EXCLUDED.body, status = EXCLUDED.status,"
+                  " attempts = 0, next_attempt_at = now(), last_error = NULL,"
+                  " cause_key = EXCLUDED.cause_key, cause_body = EXCLUDED.cause_body,"
+                  " cause_app = EXCLUDED.cause_app, cause_ts = EXCLUDED.cause_ts"
+                  " WHERE m.status = 'refused' RETURNING id",
+                  11, p, &r, err, errlen);
+    free(cause);
     if (rc != DB_OK)
         return worker_db_result(rc);
     fresh = PQntuples(r) == 1;
     PQclear(r);
     if (!fresh)
         return MQ_DONE;
-    if (cfg->smtp_url && smtp_send(cfg, to, subject, body, err, errlen) < 0)
-        return MQ_RETRY; /* the row rolls back with the transaction */
-    log_write(LOG_INFO, env->correlation_id, env->message_id, "%s mail %s to %s", kind,
-              cfg->smtp_url ? "sent" : "recorded", to);
+    if (cfg->smtp_url)
+        db_after_commit(db, mailer_wake);
+    log_write(LOG_INFO, env->correlation_id, env->message_id, "%s mail %s for %s", kind,
+              cfg->smtp_url ? "queued" : "recorded", to);
     return MQ_DONE;
 }
 
@@ -144,7 +112,8 @@ static mq_result on_invoiced(worker *w, db_conn *db, const ev_envelope *env, con
              "Thank you for your order %s.\n\nInvoice %lld\nTotal: %s (of which tax %s)\n\n"
              "Your items are reserved and on their way.\n",
              b->order_id, (long long)b->invoice_number, amt, tax);
-    return deliver(w, db, env, "order_confirmed", b->customer_email, subject, body, err, errlen);
+    return deliver(w, db, env, ev, "order_confirmed", b->customer_email, subject, body, err,
+                   errlen);
 }
 
 static mq_result on_rejected(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
@@ -161,7 +130,7 @@ static mq_result on_rejected(worker *w, db_conn *db, const ev_envelope *env, con
     for (size_t i = 0; i < r->skus_short.n && n < sizeof(body) - 64; i++)
         n += (size_t)snprintf(body + n, sizeof(body) - n, " %s", r->skus_short.items[i]);
     snprintf(body + n, sizeof(body) - n, "\nYou have not been charged.\n");
-    return deliver(w, db, env, "order_rejected", r->customer_email, subject, body, err, errlen);
+    return deliver(w, db, env, ev, "order_rejected", r->customer_email, subject, body, err, errlen);
 }
 
 static mq_result on_payment_failed(worker *w, db_conn *db, const ev_envelope *env,
@@ -175,7 +144,7 @@ static mq_result on_payment_failed(worker *w, db_conn *db, const ev_envelope *en
              "The payment of %s for your order %s failed: %s.\n"
              "The order is cancelled and nothing was charged.\n",
              amt, f->order_id, f->reason);
-    return deliver(w, db, env, "payment_failed", f->customer_email, subject, body, err, errlen);
+    return deliver(w, db, env, ev, "payment_failed", f->customer_email, subject, body, err, errlen);
 }
 
 static mq_result on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
@@ -197,7 +166,7 @@ static mq_result on_sale(worker *w, db_conn *db, const ev_envelope *env, const e
                               (long long)s->lines.items[i].quantity, s->lines.items[i].sku, price);
     }
     snprintf(body + n, sizeof(body) - n, "\nTotal: %s\n", amt);
-    return deliver(w, db, env, "receipt", s->customer_email, subject, body, err, errlen);
+    return deliver(w, db, env, ev, "receipt", s->customer_email, subject, body, err, errlen);
 }
 
 static mq_result on_low_stock(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
@@ -209,7 +178,7 @@ static mq_result on_low_stock(worker *w, db_conn *db, const ev_envelope *env, co
     snprintf(subject, sizeof(subject), "Low stock: %s (%lld left)", l->sku, (long long)l->on_hand);
     snprintf(body, sizeof(body), "%s is down to %lld units (threshold %lld). Time to reorder.\n",
              l->sku, (long long)l->on_hand, (long long)l->threshold);
-    return deliver(w, db, env, "low_stock", cfg->ops, subject, body, err, errlen);
+    return deliver(w, db, env, ev, "low_stock", cfg->ops, subject, body, err, errlen);
 }
 
 int main(int argc, char **argv)
@@ -223,11 +192,17 @@ int main(int argc, char **argv)
     };
     email_cfg cfg = {0};
     char err[CFG_ERR_LEN];
-    char *smtp = NULL;
+    char *smtp = NULL, *amqp = NULL, *dburl = NULL;
+    long max_attempts = 50, retry_max_ms = 60000;
     const cfg_spec specs[] = {
         {"MAIL_FROM", CFG_STR, "orders@ordersuite.local", 0, 0, &cfg.from},
         {"OPS_EMAIL", CFG_STR, "ops@ordersuite.local", 0, 0, &cfg.ops},
+        {"MAIL_MAX_ATTEMPTS", CFG_LONG, "50", 1, 100000, &max_attempts},
+        {"MAIL_RETRY_MAX_MS", CFG_LONG, "60000", 100, 86400000, &retry_max_ms},
     };
+    const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
+    int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
+    mailer *ml = NULL;
     worker_def def = {.service = "email",
                       .routes = routes,
                       .nroutes = sizeof(routes) / sizeof(routes[0]),
@@ -236,7 +211,7 @@ int main(int argc, char **argv)
     int rc;
 
     log_init("email", LOG_INFO);
-    if (cfg_load(specs, 2, err, sizeof(err)) < 0 ||
+    if (cfg_load(specs, nspecs, err, sizeof(err)) < 0 ||
         cfg_raw("SMTP_URL", &smtp, err, sizeof(err)) < 0) {
         log_error("configuration: %s", err);
         return 1;
@@ -250,11 +225,33 @@ int main(int argc, char **argv)
         log_error("curl_global_init failed");
         return 1;
     }
-    if (!cfg.smtp_url)
+    if (!cfg.smtp_url && !declare_only)
         log_info("SMTP_URL not set: mail is recorded in email.messages, not sent");
+    if (cfg.smtp_url && !declare_only) {
+        /* worker_main checks these two and says what is wrong with them. */
+        if (cfg_raw("AMQP_URL", &amqp, err, sizeof(err)) > 0 &&
+            cfg_raw("DATABASE_URL", &dburl, err, sizeof(err)) > 0) {
+            mailer_opts mo = {.database_url = dburl,
+                              .amqp_url = amqp,
+                              .smtp_url = cfg.smtp_url,
+                              .from = cfg.from,
+                              .max_attempts = (int)max_attempts,
+                              .retry_max_ms = (int)retry_max_ms};
+            ml = mailer_start(&mo, err, sizeof(err));
+            if (!ml) {
+                log_error("%s", err);
+                rc = 1;
+                goto out;
+            }
+        }
+    }
     rc = worker_main(&def, argc, argv);
+    mailer_stop(ml);
+out:
     curl_global_cleanup();
-    cfg_free(specs, 2);
+    cfg_free(specs, nspecs);
     free(smtp);
+    free(amqp);
+    free(dburl);
     return rc;
 }

@@ -1,0 +1,469 @@
+/*
+ * mailer.c — email's mail outbox relay (see mailer.h for the contract).
+ */
+#include "mailer.h"
+
+#include "db.h"
+#include "events.h"
+#include "log.h"
+#include "mq.h"
+#include "util.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The process has one mailer; handlers wake it after a commit through this
+ * eventfd (set in mailer_start before any handler runs, closed in
+ * mailer_stop after they are done). The only mutable file-level state. */
+static int wake_fd = -1;
+
+struct mailer {
+    char *db_url, *amqp_url, *smtp_url, *from;
+    int max_attempts, retry_max_ms, batch;
+    pthread_t thread;
+    volatile sig_atomic_t stop;
+    CURL *curl; /* kept across sends: libcurl reuses the SMTP connection */
+};
+
+/* One claimed row; the strings belong to the claim's PGresult. */
+typedef struct {
+    const char *id, *cause_id, *kind, *correlation_id, *recipient, *subject, *body;
+    const char *cause_key, *cause_body, *cause_app, *cause_ts;
+    int attempts;
+} mail;
+
+typedef enum {
+    SEND_OK,   /* the server took it */
+    SEND_TEMP, /* a 4xx (or any other non-5xx) reply: try again later */
+    SEND_DOWN, /* no reply at all (connect, timeout): the server is away */
+    SEND_PERM, /* a 5xx reply, or a recipient that cannot be written: never */
+} send_result;
+
+void mailer_wake(void)
+{
+    uint64_t one = 1;
+    if (wake_fd >= 0)
+        (void)!write(wake_fd, &one, sizeof(one)); /* full counter: already awake */
+}
+
+/* ------------------------------------------------------------------ SMTP */
+
+typedef struct {
+    const char *data;
+    size_t len, pos;
+} payload;
+
+static size_t read_payload(char *buf, size_t size, size_t n, void *arg)
+{
+    payload *p = arg;
+    size_t room = size * n, left = p->len - p->pos;
+    size_t k = left < room ? left : room;
+    memcpy(buf, p->data + p->pos, k);
+    p->pos += k;
+    return k;
+}
+
+/* Keeps the server's first refusal (a reply line from libcurl's HEADER_IN
+ * that starts with 4 or 5): the QUIT that follows it is not the reason. */
+static int on_debug(CURL *c, curl_infotype t, char *data, size_t n, void *arg)
+{
+    char *last = arg;
+    (void)c;
+    if (t == CURLINFO_HEADER_IN && n > 0 && !last[0] && (data[0] == '4' || data[0] == '5')) {
+        size_t k = n < 255 ? n : 255;
+        memcpy(last, data, k);
+        while (k > 0 && (last[k - 1] == '\n' || last[k - 1] == '\r'))
+            k--;
+        last[k] = '\0';
+    }
+    return 0;
+}
+
+/* An address goes into RCPT TO and a header: no controls, no brackets. */
+static int plain_address(const char *s)
+{
+    if (!s || !*s || !strchr(s, '@'))
+        return 0;
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x21 || *s == '<' || *s == '>' || *s == 0x7f)
+            return 0;
+    return 1;
+}
+
+/* The message: headers, then the body with bare LFs made CRLF (libcurl
+ * dot-stuffs it). A subject's control characters become spaces. */
+static char *compose(const mailer *m, const mail *ml, size_t *len)
+{
+    char date[64], subject[256];
+    size_t n = 0, cap;
+    char *out;
+    time_t now = time(NULL);
+    struct tm tm;
+    int k;
+
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    snprintf(subject, sizeof(subject), "%s", ml->subject);
+    for (char *s = subject; *s; s++)
+        if ((unsigned char)*s < 0x20)
+            *s = ' ';
+    cap = strlen(ml->body) * 2 + 1024;
+    out = malloc(cap);
+    if (!out)
+        return NULL;
+    k = snprintf(out, cap,
+                 "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nDate: %s\r\n"
+                 "Message-ID: <%s.%s@ordersuite>\r\nMIME-Version: 1.0\r\n"
+                 "Content-Type: text/plain; charset=utf-8\r\n\r\n",
+                 m->from, ml->recipient, subject, date, ml->cause_id, ml->kind);
+    if (k < 0 || (size_t)k >= cap) {
+        free(out);
+        return NULL;
+    }
+    n = (size_t)k;
+    for (const char *b = ml->body; *b; b++) {
+        if (*b == '\n' && (b == ml->body || b[-1] != '\r'))
+            out[n++] = '\r';
+        out[n++] = *b;
+    }
+    out[n++] = '\r';
+    out[n++] = '\n';
+    out[n] = '\0';
+    *len = n;
+    return out;
+}
+
+/* Sends one mail. why gets the server's reply (or libcurl's error) when it
+ * was not accepted. Classified by the SMTP reply code, never by its text. */
+static send_result smtp_send(mailer *m, const mail *ml, char *why, size_t whylen)
+{
+    struct curl_slist *rcpt = NULL;
+    char refusal[256] = "", cerr[CURL_ERROR_SIZE] = "";
+    long code = 0;
+    size_t len = 0;
+    char *msg;
+    payload p;
+    CURLcode rc;
+
+    if (!plain_address(ml->recipient)) {
+        snprintf(why, whylen, "not a plain address: \"%.64s\"", ml->recipient);
+        return SEND_PERM;
+    }
+    msg = compose(m, ml, &len);
+    if (!msg || !(rcpt = curl_slist_append(NULL, ml->recipient))) {
+        free(msg);
+        snprintf(why, whylen, "out of memory");
+        return SEND_TEMP;
+    }
+    p = (payload){msg, len, 0};
+    curl_easy_reset(m->curl);
+    curl_easy_setopt(m->curl, CURLOPT_URL, m->smtp_url);
+    curl_easy_setopt(m->curl, CURLOPT_MAIL_FROM, m->from);
+    curl_easy_setopt(m->curl, CURLOPT_MAIL_RCPT, rcpt);
+    curl_easy_setopt(m->curl, CURLOPT_READFUNCTION, read_payload);
+    curl_easy_setopt(m->curl, CURLOPT_READDATA, &p);
+    curl_easy_setopt(m->curl, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(m->curl, CURLOPT_CONNECTTIMEOUT, 5L);
+    curl_easy_setopt(m->curl, CURLOPT_TIMEOUT, 15L);
+    curl_easy_setopt(m->curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(m->curl, CURLOPT_ERRORBUFFER, cerr);
+    curl_easy_setopt(m->curl, CURLOPT_DEBUGFUNCTION, on_debug);
+    curl_easy_setopt(m->curl, CURLOPT_DEBUGDATA, (void *)refusal);
+    curl_easy_setopt(m->curl, CURLOPT_VERBOSE, 1L);
+    rc = curl_easy_perform(m->curl);
+    if (curl_easy_getinfo(m->curl, CURLINFO_RESPONSE_CODE, &code) != CURLE_OK)
+        code = 0;
+    curl_easy_setopt(m->curl, CURLOPT_ERRORBUFFER, NULL);
+    curl_slist_free_all(rcpt);
+    free(msg);
+    if (rc == CURLE_OK)
+        return SEND_OK;
+    if (code >= 500 && code <= 599) {
+        snprintf(why, whylen, "%s", refusal[0] ? refusal : cerr);
+        return SEND_PERM;
+    }
+    if (code > 0) {
+        snprintf(why, whylen, "%s", refusal[0] ? refusal : cerr);
+        return SEND_TEMP;
+    }
+    snprintf(why, whylen, "smtp: %s", cerr[0] ? cerr : curl_easy_strerror(rc));
+    return SEND_DOWN;
+}
+
+/* -------------------------------------------------------------- outcomes */
+
+static int mark_sent(db_conn *db, const mail *ml, char *err, size_t errlen)
+{
+    const char *p[] = {ml->id};
+    return db_execp(db, "mailer_sent",
+                    "UPDATE messages SET status = 'sent', sent_at = now(), last_error = NULL"
+                    " WHERE id = $1 AND status = 'pending'",
+                    1, p, NULL, err, errlen);
+}
+
+/* Due again in delay_ms; attempts_back = 1 gives back the claim's attempt
+ * (a mail not tried at all). */
+static int mark_later(db_conn *db, const mail *ml, int64_t delay_ms, int attempts_back,
+                      const char *why, char *err, size_t errlen)
+{
+    char ms[24], back[24];
+    const char *p[] = {ml->id, util_i64(ms, delay_ms), why, util_i64(back, attempts_back)};
+    return db_execp(db, "mailer_later",
+                    "UPDATE messages SET next_attempt_at = now() + $2::bigint * interval '1 ms',"
+                    " last_error = coalesce($3, last_error), attempts = attempts - $4::int"
+                    " WHERE id = $1 AND status = 'pending'",
+                    4, p, NULL, err, errlen);
+}
+
+#define DL_BROKER 1 /* dead_letter: the broker did not take the copy */
+
+/* The cause message to email.dlq (confirmed), then the row 'refused' and the
+ * cause out of the inbox, in one transaction: a replay runs the handler
+ * again. A crash between the two leaves the row pending: it is tried again
+ * and dead-lettered again (a second DLQ copy, never a lost one). Returns
+ * DB_OK, DL_BROKER, or a db status, with err. */
+static int dead_letter(db_conn *db, mq_conn *mq, const mail *ml, const char *reason,
+                       const char *why, char *err, size_t errlen)
+{
+    int rc;
+    if (ml->cause_key && ml->cause_body) {
+        mq_delivery d;
+        memset(&d, 0, sizeof(d));
+        snprintf(d.routing_key, sizeof(d.routing_key), "%s", ml->cause_key);
+        snprintf(d.type, sizeof(d.type), "%s", ml->cause_key);
+        snprintf(d.message_id, sizeof(d.message_id), "%s", ml->cause_id);
+        snprintf(d.correlation_id, sizeof(d.correlation_id), "%s",
+                 ml->correlation_id ? ml->correlation_id : "");
+        snprintf(d.app_id, sizeof(d.app_id), "%s", ml->cause_app ? ml->cause_app : "");
+        d.timestamp = ml->cause_ts ? strtoll(ml->cause_ts, NULL, 10) : 0;
+        d.schema_version = EV_SCHEMA_VERSION;
+        d.attempt = ml->attempts;
+        d.body = ml->cause_body;
+        d.len = strlen(ml->cause_body);
+        if (!mq_is_connected(mq) && mq_connect_publisher(mq, err, errlen) != MQ_OK)
+            return DL_BROKER;
+        if (mq_forward(mq, "email", &d, ml->attempts, MQ_DLX, "email", reason, why, err, errlen) !=
+            MQ_OK)
+            return DL_BROKER;
+    }
+    if ((rc = db_begin(db, err, errlen)) != DB_OK)
+        return rc;
+    {
+        const char *p[] = {ml->id, why};
+        rc = db_execp(db, "mailer_refused",
+                      "UPDATE messages SET status = 'refused', last_error = $2"
+                      " WHERE id = $1 AND status = 'pending'",
+                      2, p, NULL, err, errlen);
+    }
+    if (rc == DB_OK) {
+        const char *p[] = {ml->cause_id};
+        rc = db_execp(db, "mailer_uninbox", "DELETE FROM inbox WHERE message_id = $1::uuid", 1, p,
+                      NULL, err, errlen);
+    }
+    if (rc == DB_OK)
+        rc = db_commit(db, err, errlen);
+    else
+        db_rollback(db);
+    return rc;
+}
+
+static int64_t retry_delay(const mailer *m, int attempts)
+{
+    int64_t d = 1000;
+    for (int i = 1; i < attempts && d < m->retry_max_ms; i++)
+        d *= 2;
+    return d < m->retry_max_ms ? d : m->retry_max_ms;
+}
+
+/* ----------------------------------------------------------------- sweep */
+
+/* Claims the due rows and delivers them. Returns the number claimed, or -1
+ * when the database failed (the caller backs off). */
+static int sweep(mailer *m, db_conn *db, mq_conn *mq)
+{
+    char err[DB_ERR_LEN], lim[24], lease[24];
+    const char *p[] = {util_i64(lim, m->batch), util_i64(lease, MAILER_LEASE_S)};
+    PGresult *r;
+    int n, rc = DB_OK;
+    char down[300] = ""; /* set when the server did not answer: skip the rest */
+
+    rc = db_execp(db, "mailer_claim",
+                  "UPDATE messages SET attempts = attempts + 1,"
+                  " next_attempt_at = now() + $2::int * interval '1 s'"
+                  " WHERE id IN (SELECT id FROM messages WHERE status = 'pending'"
+                  " AND next_attempt_at <= now() ORDER BY next_attempt_at, id LIMIT $1::int"
+                  " FOR UPDATE SKIP LOCKED)"
+                  " RETURNING id, cause_id, kind, correlation_id, recipient, subject, body,"
+                  " attempts, cause_key, cause_body, cause_app, cause_ts",
+                  2, p, &r, err, sizeof(err));
+    if (rc != DB_OK) {
+        log_warn("mailer: claiming mail: %s", err);
+        return -1;
+    }
+    n = PQntuples(r);
+    for (int i = 0; i < n && rc == DB_OK; i++) {
+        mail ml = {db_get(r, i, "id"),         db_get(r, i, "cause_id"),
+                   db_get(r, i, "kind"),       db_get(r, i, "correlation_id"),
+                   db_get(r, i, "recipient"),  db_get(r, i, "subject"),
+                   db_get(r, i, "body"),       db_get(r, i, "cause_key"),
+                   db_get(r, i, "cause_body"), db_get(r, i, "cause_app"),
+                   db_get(r, i, "cause_ts"),   (int)strtol(db_get(r, i, "attempts"), NULL, 10)};
+        char why[300];
+        send_result s;
+
+        if (m->stop || down[0]) {
+            /* Not tried: due again at once (stopping) or with the others. */
+            rc = mark_later(db, &ml, m->stop ? 0 : retry_delay(m, ml.attempts), 1,
+                            m->stop ? NULL : down, err, sizeof(err));
+            continue;
+        }
+        s = smtp_send(m, &ml, why, sizeof(why));
+        if (s == SEND_OK) {
+            rc = mark_sent(db, &ml, err, sizeof(err));
+            if (rc == DB_OK)
+                log_write(LOG_INFO, ml.correlation_id, ml.cause_id, "%s mail sent to %s", ml.kind,
+                          ml.recipient);
+        } else if (s == SEND_PERM || ml.attempts >= m->max_attempts) {
+            const char *reason = s == SEND_PERM ? "rejected" : "retries-exhausted";
+            rc = dead_letter(db, mq, &ml, reason, why, err, sizeof(err));
+            if (rc == DB_OK) {
+                log_write(LOG_ERROR, ml.correlation_id, ml.cause_id,
+                          "%s mail to %s not delivered (%s): %s; its cause is in email.dlq",
+                          ml.kind, ml.recipient, reason, why);
+            } else if (rc == DL_BROKER) {
+                log_warn("mailer: dead-lettering %s: %s; trying again", ml.cause_id, err);
+                rc = mark_later(db, &ml, 1000, 0, why, err, sizeof(err));
+            }
+        } else {
+            int64_t d = retry_delay(m, ml.attempts);
+            if (s == SEND_DOWN)
+                snprintf(down, sizeof(down), "%s", why);
+            rc = mark_later(db, &ml, d, 0, why, err, sizeof(err));
+            if (rc == DB_OK)
+                log_write(LOG_WARN, ml.correlation_id, ml.cause_id,
+                          "%s mail to %s: attempt %d failed: %s; next in %lld ms", ml.kind,
+                          ml.recipient, ml.attempts, why, (long long)d);
+        }
+    }
+    PQclear(r);
+    if (rc != DB_OK) {
+        /* The rows not written stay claimed until their lease ends. */
+        log_warn("mailer: %s", err);
+        return -1;
+    }
+    return n;
+}
+
+/* Waits up to ms for mailer_wake (or mailer_stop). */
+static void wait_wake(int ms)
+{
+    struct pollfd fd = {.fd = wake_fd, .events = POLLIN};
+    uint64_t v;
+    if (poll(&fd, 1, ms) > 0 && (fd.revents & POLLIN))
+        (void)!read(wake_fd, &v, sizeof(v));
+}
+
+static void *mailer_main(void *arg)
+{
+    mailer *m = arg;
+    mq_opts mo = {.url = m->amqp_url, .app_id = "email"};
+    db_conn *db = db_new(m->db_url, "email-mailer");
+    mq_conn *mq = mq_new(&mo);
+    char err[DB_ERR_LEN];
+    backoff b;
+
+    backoff_init(&b, 200, 10000);
+    if (!db || !mq) {
+        log_error("mailer: out of memory");
+        goto out;
+    }
+    while (!m->stop) {
+        int n;
+        if (db_ensure(db, err, sizeof(err)) != DB_OK) {
+            log_warn("mailer: database: %s", err);
+            util_sleep_ms(backoff_next(&b), &m->stop);
+            continue;
+        }
+        n = sweep(m, db, mq);
+        if (n < 0) {
+            util_sleep_ms(backoff_next(&b), &m->stop);
+            continue;
+        }
+        backoff_reset(&b);
+        if (n >= m->batch)
+            continue; /* more may be due: no pause */
+        if (mq_is_connected(mq))
+            mq_tick(mq);
+        wait_wake(1000); /* a retry's due time is checked once a second */
+    }
+out:
+    mq_free(mq);
+    db_free(db);
+    return NULL;
+}
+
+static void mailer_free(mailer *m)
+{
+    if (!m)
+        return;
+    if (m->curl)
+        curl_easy_cleanup(m->curl);
+    free(m->db_url);
+    free(m->amqp_url);
+    free(m->smtp_url);
+    free(m->from);
+    free(m);
+}
+
+mailer *mailer_start(const mailer_opts *o, char *err, size_t errlen)
+{
+    mailer *m = calloc(1, sizeof(*m));
+    int rc;
+
+    if (!m || !(m->db_url = strdup(o->database_url)) || !(m->amqp_url = strdup(o->amqp_url)) ||
+        !(m->smtp_url = strdup(o->smtp_url)) || !(m->from = strdup(o->from)) ||
+        !(m->curl = curl_easy_init())) {
+        mailer_free(m);
+        snprintf(err, errlen, "mailer: out of memory");
+        return NULL;
+    }
+    m->max_attempts = o->max_attempts > 0 ? o->max_attempts : 50;
+    m->retry_max_ms = o->retry_max_ms > 0 ? o->retry_max_ms : 60000;
+    m->batch = o->batch > 0 ? o->batch : 16;
+    wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd < 0) {
+        snprintf(err, errlen, "mailer: eventfd: %s", strerror(errno));
+        mailer_free(m);
+        return NULL;
+    }
+    if ((rc = pthread_create(&m->thread, NULL, mailer_main, m)) != 0) {
+        snprintf(err, errlen, "mailer: pthread_create: %s", strerror(rc));
+        close(wake_fd);
+        wake_fd = -1;
+        mailer_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void mailer_stop(mailer *m)
+{
+    if (!m)
+        return;
+    m->stop = 1;
+    mailer_wake();
+    pthread_join(m->thread, NULL);
+    close(wake_fd);
+    wake_fd = -1;
+    mailer_free(m);
+}
