@@ -24,7 +24,8 @@ struct db_conn {
     char *appname;
     PGconn *pg;
     char sqlstate[6];
-    db_stmt *stmts; /* grows as needed: no cap on the number of names */
+    db_stmt *stmts;    /* grows as needed: no cap on the number of names */
+    char options[192]; /* "-c statement_timeout=..." for every connection; "" for none */
     size_t nstmts, capstmts;
     void (*after_commit)(void); /* run once after the open transaction commits */
 };
@@ -41,6 +42,22 @@ db_conn *db_new(const char *conninfo, const char *application_name)
         return NULL;
     }
     return db;
+}
+
+void db_set_timeouts(db_conn *db, const db_timeouts *t)
+{
+    const char *names[] = {"statement_timeout", "lock_timeout",
+                           "idle_in_transaction_session_timeout"};
+    const long vals[] = {t->statement_ms, t->lock_ms, t->idle_tx_ms};
+    size_t n = 0;
+
+    db->options[0] = '\0';
+    for (int i = 0; i < 3; i++) {
+        if (vals[i] < 0)
+            continue;
+        n += (size_t)snprintf(db->options + n, sizeof(db->options) - n, "%s-c %s=%ld", n ? " " : "",
+                              names[i], vals[i]);
+    }
 }
 
 static void db_close(db_conn *db)
@@ -156,15 +173,11 @@ int db_connect(db_conn *db, char *err, size_t errlen)
 {
     /* Defaults first; the caller's URL (expanded from "dbname") comes last
      * and overrides any of them. */
-    const char *keys[] = {"connect_timeout",
-                          "keepalives_idle",
-                          "keepalives_interval",
-                          "keepalives_count",
-                          "tcp_user_timeout",
-                          "application_name",
-                          "dbname",
-                          NULL};
-    const char *vals[] = {"5", "10", "5", "3", "15000", db->appname, db->conninfo, NULL};
+    const char *keys[] = {"connect_timeout",  "keepalives_idle",  "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout", "application_name",
+                          "options",          "dbname",           NULL};
+    const char *vals[] = {"5",         "10",        "5",          "3", "15000",
+                          db->appname, db->options, db->conninfo, NULL};
     PQconninfoOption *parsed;
     char *perr = NULL;
     int rc;

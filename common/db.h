@@ -31,6 +31,23 @@ typedef struct db_conn db_conn;
  * Returns NULL when out of memory. Free with db_free. */
 db_conn *db_new(const char *conninfo, const char *application_name);
 
+/* Server-side limits set on every connection the handle makes (as
+ * `options=-c ...`; a URL that sets `options` itself replaces them). A
+ * statement that runs longer than statement_ms fails with 57014, a lock
+ * wait longer than lock_ms with 55P03 (both transient: the caller retries),
+ * and a session idle in a transaction longer than idle_tx_ms is ended by the
+ * server (25P03), so an open transaction can neither hang this process nor,
+ * left open by it, block others. 0 turns a limit off; -1 leaves the
+ * server's setting. */
+typedef struct {
+    long statement_ms;
+    long lock_ms;
+    long idle_tx_ms;
+} db_timeouts;
+
+/* Sets t for the next connections of db (call before db_connect). */
+void db_set_timeouts(db_conn *db, const db_timeouts *t);
+
 /* Closes the connection and frees the handle. db_free(NULL) is a no-op. */
 void db_free(db_conn *db);
 

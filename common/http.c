@@ -13,11 +13,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 struct http_server {
     http_opts o;
     struct MHD_Daemon *d;
     pthread_key_t tls;
+    /* The job threads that run the routes which may block (everything but
+     * http_route.quick), so that MHD's own threads never wait on a database
+     * and /healthz is answered whatever the API is waiting for. */
+    pthread_t *jobs;
+    int njobs;
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    http_req *qhead, *qtail; /* requests waiting for a job thread */
+    int qstop;
 };
 
 struct http_req {
@@ -31,6 +41,10 @@ struct http_req {
     int too_large;  /* the body passed max_body */
     size_t dropped; /* bytes of a too-large body thrown away */
     int answered;
+    const http_route *rt; /* the route a job thread runs */
+    http_resp out;        /* its answer */
+    volatile int done;    /* the job thread has filled out (then resumes the connection) */
+    http_req *next;       /* in the job queue */
 };
 
 const char *http_method(const http_req *r)
@@ -233,7 +247,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         too_large(s, &out);
         return queue_resp(c, &out);
     }
+    if (r->done) {
+        /* Back from a job thread (the connection was resumed). */
+        r->answered = 1;
+        return queue_resp(c, &r->out);
+    }
     rt = route(s, r, allow, sizeof(allow));
+    if (rt && !rt->quick && s->njobs > 0) {
+        r->rt = rt;
+        MHD_suspend_connection(c);
+        pthread_mutex_lock(&s->qlock);
+        if (s->qtail)
+            s->qtail->next = r;
+        else
+            s->qhead = r;
+        s->qtail = r;
+        pthread_cond_signal(&s->qcond);
+        pthread_mutex_unlock(&s->qlock);
+        return MHD_YES;
+    }
     if (rt) {
         rt->fn(r, rt->cls ? rt->cls : s->o.cls, &out);
     } else if (allow[0]) {
@@ -264,6 +296,45 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     *req_cls = NULL;
 }
 
+/* A job thread: runs queued requests' handlers, then hands each connection
+ * back to MHD, which calls on_request again to send the answer. */
+static void *job_main(void *arg)
+{
+    http_server *s = arg;
+    for (;;) {
+        http_req *r;
+        pthread_mutex_lock(&s->qlock);
+        while (!s->qhead && !s->qstop)
+            pthread_cond_wait(&s->qcond, &s->qlock);
+        r = s->qhead;
+        if (r) {
+            s->qhead = r->next;
+            if (!s->qhead)
+                s->qtail = NULL;
+        }
+        pthread_mutex_unlock(&s->qlock);
+        if (!r)
+            return NULL; /* stopping, and the queue is empty */
+        r->rt->fn(r, r->rt->cls ? r->rt->cls : s->o.cls, &r->out);
+        if (!r->out.status)
+            http_problem(&r->out, 500, "Internal Server Error", "the handler gave no answer", NULL);
+        __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
+        MHD_resume_connection(r->conn);
+    }
+}
+
+/* Stops the job threads after they have run what is queued. */
+static void jobs_stop(http_server *s)
+{
+    pthread_mutex_lock(&s->qlock);
+    s->qstop = 1;
+    pthread_cond_broadcast(&s->qcond);
+    pthread_mutex_unlock(&s->qlock);
+    for (int i = 0; i < s->njobs; i++)
+        pthread_join(s->jobs[i], NULL);
+    s->njobs = 0;
+}
+
 static void log_mhd(void *cls, const char *fmt, va_list ap)
 {
     char msg[512];
@@ -277,6 +348,7 @@ http_server *http_start(const http_opts *o, char *err, size_t errlen)
 {
     http_server *s = calloc(1, sizeof(*s));
     struct sockaddr_in addr;
+    int needs_jobs = 0;
 
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -301,29 +373,61 @@ http_server *http_start(const http_opts *o, char *err, size_t errlen)
         free(s);
         return NULL;
     }
-    s->d = MHD_start_daemon(MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, (uint16_t)o->port,
-                            NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
-                            (unsigned int)s->o.threads, MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned int)s->o.conn_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned int)s->o.conn_limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-                            (unsigned int)s->o.per_ip_limit, MHD_OPTION_NOTIFY_COMPLETED,
-                            on_completed, NULL, MHD_OPTION_SOCK_ADDR, &addr,
-                            MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL, MHD_OPTION_END);
+    pthread_mutex_init(&s->qlock, NULL);
+    pthread_cond_init(&s->qcond, NULL);
+    for (size_t i = 0; i < s->o.nroutes; i++)
+        needs_jobs |= !s->o.routes[i].quick;
+    if (needs_jobs) {
+        s->jobs = calloc((size_t)s->o.threads, sizeof(*s->jobs));
+        if (!s->jobs) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        for (; s->njobs < s->o.threads; s->njobs++) {
+            if (pthread_create(&s->jobs[s->njobs], NULL, job_main, s) != 0) {
+                snprintf(err, errlen, "cannot start the HTTP job threads");
+                goto fail;
+            }
+        }
+    }
+    s->d = MHD_start_daemon(
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME,
+        (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned int)s->o.threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)s->o.conn_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)s->o.conn_limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned int)s->o.per_ip_limit, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL, MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "cannot listen on %s:%d (in use, or not allowed)",
                  o->bind ? o->bind : "127.0.0.1", o->port);
-        pthread_key_delete(s->tls);
-        free(s);
-        return NULL;
+        goto fail;
     }
     return s;
+fail:
+    jobs_stop(s);
+    free(s->jobs);
+    pthread_cond_destroy(&s->qcond);
+    pthread_mutex_destroy(&s->qlock);
+    pthread_key_delete(s->tls);
+    free(s);
+    return NULL;
 }
 
 void http_stop(http_server *s)
 {
     if (!s)
         return;
+    /* No new connections; the job threads finish what is queued and resume
+     * those connections before MHD closes them. */
+    MHD_socket lfd = MHD_quiesce_daemon(s->d);
+    jobs_stop(s);
     MHD_stop_daemon(s->d);
+    if (lfd != MHD_INVALID_SOCKET)
+        close(lfd); /* quiesce hands the listening socket to us */
+    free(s->jobs);
+    pthread_cond_destroy(&s->qcond);
+    pthread_mutex_destroy(&s->qlock);
     pthread_key_delete(s->tls);
     free(s);
 }

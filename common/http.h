@@ -8,7 +8,10 @@
  * off with 413), answers unknown paths 404 and known paths with another
  * method 405 with Allow, and errors as application/problem+json (RFC 9457).
  * It runs epoll with a thread pool, a connection timeout, and total and
- * per-IP connection limits. Responses are queued on the last callback of a
+ * per-IP connection limits. Routes that may block (a database query) run on
+ * a pool of job threads (`threads` of them) while MHD's threads, never
+ * blocked, keep serving the quick routes (/healthz, /readyz, /metrics): a
+ * slow database cannot stall a health check. Responses are queued on the last callback of a
  * request, never the first, so keep-alive works with MHD 0.9.75.
  */
 #ifndef ORDERSUITE_HTTP_H
@@ -36,12 +39,13 @@ typedef struct {
     int prefix;
     http_fn fn;
     void *cls; /* handed to fn; NULL = the server's http_opts.cls */
+    int quick; /* 1: never blocks (no database): run on MHD's own threads */
 } http_route;
 
 typedef struct {
     int port;
     const char *bind;   /* IPv4 address; NULL = 127.0.0.1 (loopback) */
-    int threads;        /* thread pool size; 0 = 4 */
+    int threads;        /* MHD threads, and as many job threads; 0 = 4 */
     size_t max_body;    /* bytes; 0 = 64 KiB */
     int conn_timeout_s; /* 0 = 10 */
     int conn_limit;     /* 0 = 1000 */
@@ -69,7 +73,7 @@ const char *http_header(const http_req *r, const char *key);
 /* The body (NUL-terminated copy; len excludes the NUL). */
 const char *http_body(const http_req *r, size_t *len);
 
-/* A per-thread value for the server's pool threads (e.g. a database
+/* A per-thread value for the server's job threads (e.g. a database
  * connection): NULL the first time on a thread; set it with
  * http_set_thread_local. opts.thread_exit frees it when the thread ends. */
 void *http_thread_local(http_server *s);

@@ -58,6 +58,8 @@ struct outbox_relay {
     int flush_ms;
     pthread_mutex_t lock;
     outbox_relay_stats stats;
+    db_timeouts timeouts;
+    int has_timeouts;
 };
 
 int outbox_row(const ev_event *ev, const char *causation_id, char message_id[UUID_STR_LEN],
@@ -281,6 +283,8 @@ static void *relay_main(void *arg)
         log_error("outbox relay: out of memory");
         goto out;
     }
+    if (r->has_timeouts)
+        db_set_timeouts(db, &r->timeouts);
     for (;;) {
         int n;
         if (r->stop && flush_deadline < 0)
@@ -338,6 +342,11 @@ outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t e
     if (!r)
         goto oom;
     r->o = *o;
+    if (o->timeouts) {
+        r->timeouts = *o->timeouts;
+        r->has_timeouts = 1;
+    }
+    r->o.timeouts = NULL; /* copied: the caller's may go */
     r->o.batch = o->batch > 0 ? o->batch : 200;
     r->o.sweep_ms = o->sweep_ms > 0 ? o->sweep_ms : 1000;
     r->db_url = strdup(o->database_url);

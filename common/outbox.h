@@ -47,10 +47,11 @@ typedef struct outbox_relay outbox_relay;
 typedef struct {
     const char *database_url;
     const char *amqp_url;
-    const char *service;     /* app_id, and the NOTIFY channel "<service>_outbox" */
-    int batch;               /* rows per claim; 0 = 200 */
-    int sweep_ms;            /* timer sweep; 0 = 1000 */
-    struct metrics *metrics; /* counts published messages; may be NULL */
+    const char *service;         /* app_id, and the NOTIFY channel "<service>_outbox" */
+    int batch;                   /* rows per claim; 0 = 200 */
+    int sweep_ms;                /* timer sweep; 0 = 1000 */
+    struct metrics *metrics;     /* counts published messages; may be NULL */
+    const db_timeouts *timeouts; /* for the relay's connection; NULL: the server's */
 } outbox_relay_opts;
 
 /* Starts the relay thread. Returns NULL with err when out of memory or the

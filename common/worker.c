@@ -83,6 +83,16 @@ int worker_parse_tiers(const char *s, int ms[MQ_MAX_TIERS], char *err, size_t er
     return 0;
 }
 
+int worker_db_timeouts(db_timeouts *t, char *err, size_t errlen)
+{
+    const cfg_spec specs[] = {
+        {"DB_STATEMENT_TIMEOUT_MS", CFG_LONG, "15000", 0, 3600000, &t->statement_ms},
+        {"DB_LOCK_TIMEOUT_MS", CFG_LONG, "5000", 0, 3600000, &t->lock_ms},
+        {"DB_IDLE_TX_TIMEOUT_MS", CFG_LONG, "60000", 0, 3600000, &t->idle_tx_ms},
+    };
+    return cfg_load(specs, sizeof(specs) / sizeof(specs[0]), err, errlen);
+}
+
 /* Waits (bounded) for the database to come back; 0 when it is up. */
 static int wait_for_db(worker *w, char *err, size_t errlen)
 {
@@ -436,6 +446,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
     http_route *routes = NULL;
     int tier_ms[MQ_MAX_TIERS];
     int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
+    db_timeouts dbt;
 
     char default_port[16];
     const cfg_spec hspecs[] = {
@@ -466,6 +477,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
         (!declare_only && cfg_load(hspecs, nh, err, sizeof(err)) < 0))
         goto config_error;
     w.ready_max_outbox = ready_max;
+    if (!declare_only && worker_db_timeouts(&dbt, err, sizeof(err)) < 0)
+        goto config_error;
     if (log_parse_level(level, &lvl) < 0) {
         snprintf(err, sizeof(err), "LOG_LEVEL=\"%.32s\" must be debug, info, warn or error", level);
         goto config_error;
@@ -503,8 +516,10 @@ int worker_main(const worker_def *def, int argc, char **argv)
                       .prefetch = (int)prefetch,
                       .heartbeat_s = (int)heartbeat};
         mq_opts po = {.url = amqp_url, .app_id = def->service, .heartbeat_s = (int)heartbeat};
-        outbox_relay_opts ro = {
-            .database_url = db_url, .amqp_url = amqp_url, .service = def->service};
+        outbox_relay_opts ro = {.database_url = db_url,
+                                .amqp_url = amqp_url,
+                                .service = def->service,
+                                .timeouts = &dbt};
         w.metrics = metrics_new(def->service, ORDERSUITE_VERSION);
         co.metrics = po.metrics = ro.metrics = w.metrics;
         cons = mq_new(&co);
@@ -515,6 +530,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
             log_error("out of memory, or AMQP_URL is not an AMQP URL");
             goto out;
         }
+        db_set_timeouts(w.db, &dbt);
         if (db_connect_retry(w.db, -1, &stop_flag, err, sizeof(err)) == DB_ERR) {
             log_error("DATABASE_URL: %s", err);
             goto out;
@@ -528,9 +544,11 @@ int worker_main(const worker_def *def, int argc, char **argv)
         w.relay = relay;
     }
     if (port > 0) {
-        static const http_route own[] = {{"GET", "/healthz", 0, healthz, NULL},
-                                         {"GET", "/readyz", 0, readyz, NULL},
-                                         {"GET", "/metrics", 0, metrics_page, NULL}};
+        /* Quick: answered from memory, on MHD's threads, whatever the
+         * database does. */
+        static const http_route own[] = {{"GET", "/healthz", 0, healthz, NULL, 1},
+                                         {"GET", "/readyz", 0, readyz, NULL, 1},
+                                         {"GET", "/metrics", 0, metrics_page, NULL, 1}};
         size_t n = 3 + def->n_http_routes;
         http_opts ho;
         routes = calloc(n, sizeof(*routes));

@@ -16,7 +16,9 @@
  *
  * Environment: AMQP_URL, DATABASE_URL (or their _FILE forms), LOG_LEVEL,
  * PREFETCH, RETRY_DELAYS_MS ("1000,10000,60000"), DELIVERY_LIMIT,
- * HEARTBEAT_S, READY_MAX_OUTBOX (10000), and for the HTTP server the port
+ * HEARTBEAT_S, READY_MAX_OUTBOX (10000), the database limits of every
+ * connection DB_STATEMENT_TIMEOUT_MS (15000), DB_LOCK_TIMEOUT_MS (5000) and
+ * DB_IDLE_TX_TIMEOUT_MS (60000) (see db_timeouts; 0 = off), and for the HTTP server the port
  * variable (METRICS_PORT, or HTTP_PORT for order-api), HTTP_BIND
  * (127.0.0.1), HTTP_THREADS (4), MAX_BODY_BYTES (65536), HTTP_TIMEOUT_S (10),
  * HTTP_CONN_LIMIT (1000), HTTP_PER_IP_LIMIT (200). SIGTERM/SIGINT stop consuming, finish the
@@ -83,6 +85,10 @@ void *worker_app(worker *w);
  * message_id. Returns DB_OK / DB_ERR / DB_ERR_TRANSIENT with err. */
 int worker_emit(worker *w, db_conn *db, const ev_envelope *cause, const ev_event *ev, char *err,
                 size_t errlen);
+
+/* Reads DB_STATEMENT_TIMEOUT_MS, DB_LOCK_TIMEOUT_MS and DB_IDLE_TX_TIMEOUT_MS
+ * (defaults 15000, 5000, 60000; 0 = off) into t. 0, or -1 with err. */
+int worker_db_timeouts(db_timeouts *t, char *err, size_t errlen);
 
 /* Maps a db status to a handler result: transient → retry, else reject. */
 mq_result worker_db_result(int status);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <libpq-fe.h>
 #include <sys/wait.h>
 
 static const char *const services[] = {"inventory", "billing", "email"};
@@ -336,10 +337,144 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
 }
 END_TEST
 
+/* ------------------------------------------------ database time limits */
+
+#define LIM_INV_PORT "18931"
+#define LIM_API_PORT "18932"
+
+static pid_t spawn_limited(const char *name, const char *db_env, const char *amqp_env,
+                           const char *const *extra)
+{
+    static char env[8][1200];
+    const char *envp[9];
+    char *argv[] = {"worker", NULL};
+    char path[512], log[512];
+    int n = 0;
+
+    snprintf(env[n++], sizeof(env[0]), "AMQP_URL=%s", tu_env(amqp_env));
+    snprintf(env[n++], sizeof(env[0]), "DATABASE_URL=%s", tu_env(db_env));
+    snprintf(env[n++], sizeof(env[0]), "LOG_LEVEL=info");
+    for (; *extra && n < 8; extra++)
+        snprintf(env[n++], sizeof(env[0]), "%s", *extra);
+    for (int i = 0; i < n; i++)
+        envp[i] = env[i];
+    envp[n] = NULL;
+    snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), name);
+    snprintf(log, sizeof(log), "%s/log/tests/%s-limits.log", tu_env("ORDERSUITE_VAR"), name);
+    return tu_spawn(path, argv, envp, log);
+}
+
+static int answers(void *arg)
+{
+    char url[96];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%s/readyz", (const char *)arg);
+    return tu_http("GET", url, NULL, NULL, 0, NULL) == 200;
+}
+
+/* The longest /healthz answer of port, over `rounds` requests. */
+static int64_t slowest_healthz(const char *port, int rounds)
+{
+    char url[96];
+    int64_t worst = 0;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%s/healthz", port);
+    for (int i = 0; i < rounds; i++) {
+        int64_t t0 = util_now_ms(), dt;
+        ck_assert_int_eq(tu_http("GET", url, NULL, NULL, 0, NULL), 200);
+        dt = util_now_ms() - t0;
+        worst = dt > worst ? dt : worst;
+    }
+    return worst;
+}
+
+/* An operator holds a stock row (and the orders table) in an open
+ * transaction. Inventory's wait for that row ends at DB_LOCK_TIMEOUT_MS and
+ * the message is retried, so it neither hangs nor holds back an order for
+ * other stock; order-api's requests that wait on the table tie up no thread
+ * that /healthz needs; once the lock goes, the held order goes through. */
+START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
+{
+    const char *inv_env[] = {"METRICS_PORT=" LIM_INV_PORT, "DB_LOCK_TIMEOUT_MS=500", NULL};
+    const char *api_env[] = {"HTTP_PORT=" LIM_API_PORT, "HTTP_THREADS=2", "DB_LOCK_TIMEOUT_MS=3000",
+                             NULL};
+    const char *locked[] = {"GRD-BURR"}, *free_sku[] = {"TEA-SENCHA"};
+    const int64_t qty[] = {1}, price[] = {100};
+    const char body[] = "{\"customer_id\":\"lim\",\"customer_email\":\"lim@example.com\","
+                        "\"currency\":\"EUR\",\"items\":[{\"sku\":\"TEA-SENCHA\",\"quantity\":1}]}";
+    const char *hdrs[] = {"Content-Type: application/json", NULL};
+    char a[UUID_STR_LEN], b[UUID_STR_LEN];
+    pid_t inv, api, posts[4];
+    mq_conn *c;
+    PGconn *op;
+    PGresult *res;
+    ev_event ev;
+    int64_t worst = 0, t_end;
+
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "SELECT inventory.adjust_stock(v.sku, v.n - s.on_hand, 'test: known stock')"
+                " FROM (VALUES ('TEA-SENCHA', 400), ('GRD-BURR', 10)) AS v(sku, n)"
+                " JOIN inventory.stock s ON s.sku = v.sku",
+                0, NULL));
+    inv = spawn_limited("inventory", "INVENTORY_DATABASE_URL", "INVENTORY_AMQP_URL", inv_env);
+    api = spawn_limited("order-api", "ORDERS_DATABASE_URL", "ORDER_API_AMQP_URL", api_env);
+    ck_assert_msg(tu_poll(30000, answers, (void *)LIM_INV_PORT), "inventory is not ready");
+    ck_assert_msg(tu_poll(30000, answers, (void *)LIM_API_PORT), "order-api is not ready");
+
+    /* The operator's open transaction. */
+    op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_int_eq(PQstatus(op), CONNECTION_OK);
+    res = PQexec(op, "BEGIN; SELECT on_hand FROM inventory.stock WHERE sku = 'GRD-BURR' FOR UPDATE;"
+                     " LOCK TABLE orders.orders IN ACCESS EXCLUSIVE MODE");
+    ck_assert_int_eq(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+
+    c = tu_publisher("TEST_AMQP_URL", "check_workers");
+    order(&ev, a, 1, locked, qty, price);
+    publish(c, &ev, a);
+    ev_free(&ev);
+    order(&ev, b, 1, free_sku, qty, price);
+    publish(c, &ev, b);
+    ev_free(&ev);
+    /* Four API requests that wait on the locked table (twice HTTP_THREADS). */
+    for (int i = 0; i < 4; i++) {
+        posts[i] = fork();
+        ck_assert_int_ge(posts[i], 0);
+        if (posts[i] == 0) {
+            long st = tu_http("POST", "http://127.0.0.1:" LIM_API_PORT "/orders", hdrs, body,
+                              strlen(body), NULL);
+            _exit(st == 503 ? 0 : 1);
+        }
+    }
+    /* While they wait: both services answer /healthz at once. */
+    t_end = util_now_ms() + 2500;
+    while (util_now_ms() < t_end) {
+        int64_t w1 = slowest_healthz(LIM_API_PORT, 1), w2 = slowest_healthz(LIM_INV_PORT, 1);
+        worst = w1 > worst ? w1 : worst;
+        worst = w2 > worst ? w2 : worst;
+    }
+    ck_assert_msg(worst < 100, "/healthz took %lld ms while the database was blocked",
+                  (long long)worst);
+    /* The order for other stock went through while the row was held... */
+    await("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", b, 1);
+    ck_assert_int_eq(
+        count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", a), 0);
+    /* ...and the API requests that waited were answered 503 (retry later). */
+    for (int i = 0; i < 4; i++) {
+        int st = 0;
+        ck_assert_int_eq(waitpid(posts[i], &st, 0), posts[i]);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a blocked POST was not a 503");
+    }
+    PQfinish(op); /* the operator gives up: the lock goes */
+    await("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", a, 1);
+    ck_assert_int_eq(tu_stop(api, SIGTERM, 20000) >= 0, 1);
+    ck_assert_int_eq(tu_stop(inv, SIGTERM, 20000) >= 0, 1);
+    mq_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("workers");
-    TCase *t = tcase_create("flow");
+    TCase *t = tcase_create("flow"), *l;
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_set_timeout(t, 90);
     tcase_add_test(t, a_placed_order_is_reserved_invoiced_and_confirmed_by_mail);
@@ -349,5 +484,9 @@ int main(void)
     tcase_add_test(t, a_sale_resent_under_a_new_message_id_takes_stock_once);
     tcase_add_test(t, concurrent_orders_for_the_last_units_never_oversell);
     suite_add_tcase(s, t);
+    l = tcase_create("limits");
+    tcase_set_timeout(l, 90);
+    tcase_add_test(l, a_held_row_lock_times_out_and_retries_and_health_stays_fast);
+    suite_add_tcase(s, l);
     return tu_run(s);
 }

@@ -55,7 +55,7 @@ static void db_unavailable(http_resp *out)
     snprintf(out->extra_value, sizeof(out->extra_value), "2");
 }
 
-/* The pool thread's connection, connected; NULL (and a 503 in out) when the
+/* The job thread's connection, connected; NULL (and a 503 in out) when the
  * database is unreachable. */
 static db_conn *thread_db(http_req *r, const api_ctx *ctx, http_resp *out)
 {
@@ -69,6 +69,7 @@ static db_conn *thread_db(http_req *r, const api_ctx *ctx, http_resp *out)
             http_problem(out, 503, "Service Unavailable", "out of memory", NULL);
             return NULL;
         }
+        db_set_timeouts(db, &ctx->timeouts);
         http_set_thread_local(s, db);
     }
     if (db_ensure(db, err, sizeof(err)) != DB_OK) {
@@ -595,11 +596,12 @@ static void get_products(http_req *r, void *cls, http_resp *out)
                 0, NULL, 200);
 }
 
+/* Not quick: they query the database, so they run on the HTTP job threads. */
 static const http_route routes[] = {
-    {"POST", "/orders", 0, post_order, NULL},
-    {"GET", "/orders", 0, list_orders, NULL},
-    {"GET", "/orders/", 1, get_order, NULL},
-    {"GET", "/products", 0, get_products, NULL},
+    {"POST", "/orders", 0, post_order, NULL, 0},
+    {"GET", "/orders", 0, list_orders, NULL, 0},
+    {"GET", "/orders/", 1, get_order, NULL, 0},
+    {"GET", "/products", 0, get_products, NULL, 0},
 };
 
 const http_route *api_routes(size_t *n)

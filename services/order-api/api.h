@@ -4,6 +4,7 @@
 #ifndef ORDER_API_H
 #define ORDER_API_H
 
+#include "db.h"
 #include "events.h"
 #include "http.h"
 
@@ -13,6 +14,7 @@
 
 typedef struct {
     const char *database_url;
+    db_timeouts timeouts; /* for the job threads' connections */
 } api_ctx;
 
 /* The route table of the API. */

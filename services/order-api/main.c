@@ -118,7 +118,7 @@ int main(int argc, char **argv)
     char *db_url = NULL;
     char err[CFG_ERR_LEN];
     const cfg_spec specs[] = {{"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url}};
-    api_ctx ctx = {NULL};
+    api_ctx ctx = {0};
     worker_def def = {.service = ORDER_SERVICE,
                       .routes = routes,
                       .nroutes = sizeof(routes) / sizeof(routes[0]),
@@ -138,6 +138,11 @@ int main(int argc, char **argv)
             return 1;
         }
         ctx.database_url = db_url;
+        if (worker_db_timeouts(&ctx.timeouts, err, sizeof(err)) < 0) {
+            log_error("configuration: %s", err);
+            cfg_free(specs, 1);
+            return 1;
+        }
     }
     rc = worker_main(&def, argc, argv);
     cfg_free(specs, 1);
