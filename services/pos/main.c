@@ -460,6 +460,7 @@ int main(int argc, char **argv)
                 spool_flush(&t);
             }
         }
+        log_info("%ld sale(s) rung up; sending what is spooled", count);
     }
     /* Try for a while to send what is left before giving up for this run. */
     {
