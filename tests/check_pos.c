@@ -47,8 +47,8 @@ static pid_t till_start(const char *store, const char *email, const char *log)
 {
     static char env[4][1200];
     const char *envp[5];
-    char *argv[] = {"pos", "--count", "100", "--rate", "100", "--store", (char *)store,
-                    "--email", (char *)email, NULL};
+    char *argv[] = {"pos",     "--count",     "100",     "--rate",      "100",
+                    "--store", (char *)store, "--email", (char *)email, NULL};
     char path[512];
     snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("POS_AMQP_URL"));
     snprintf(env[1], sizeof(env[1]), "CATALOG_FILE=%s/log/tests/pos-catalog.json",

@@ -9,11 +9,14 @@
  *
  * Store and forward: every sale is appended (and fsynced) to a spool file
  * before it is published, and removed from it only after the broker's
- * publisher confirm. When the broker is unreachable the till keeps selling
- * into the spool and sends everything when the broker is back, at the next
- * sale or at the next start. A sale confirmed but still in the spool (a crash
- * in between) is sent again with the same message_id, and the consumers'
- * inboxes drop the copy. So a till never loses a sale.
+ * publisher confirm. Several tills of one store may share a spool: every
+ * change to it (an append, a flush that rewrites it) holds an exclusive
+ * flock on pos-<store>.spool.lock beside it, the rewrite goes through a
+ * temporary file of its own (mkstemp) and rename, and the directory is
+ * fsynced after the spool is created, replaced or removed. When the broker is unreachable the till
+ * keeps selling into the spool and sends everything when the broker is back, at the next sale or at
+ * the next start. A sale confirmed but still in the spool (a crash in between) is sent again with
+ * the same message_id, and the consumers' inboxes drop the copy. So a till never loses a sale.
  *
  * Environment: AMQP_URL (required), CATALOG_URL (default
  * http://127.0.0.1:8080/products: order-api's public catalog) or CATALOG_FILE
@@ -36,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -63,7 +67,8 @@ typedef struct {
 
 typedef struct {
     const char *store, *email;
-    char spool[4096];
+    char dir[4096];   /* the spool's directory */
+    char spool[4096]; /* <dir>/pos-<store>.spool */
     mq_conn *mq;
     catalog cat;
     long sent, spooled_now;
@@ -169,60 +174,179 @@ static int load_catalog(catalog *cat, const char *url, const char *file, char *e
 
 /* ---------------------------------------------------------------- spool */
 
-/* Appends "message_id body\n" and fsyncs: the sale is safe on disk. */
-static int spool_add(const till *t, const char *id, const char *body, char *err, size_t errlen)
+/* Takes the spool's lock: an exclusive flock on <spool>.lock, a file that is
+ * never replaced (the spool itself is, by rename, so a lock on it would be
+ * on the old file). Returns the locked fd, or -1 with err. */
+static int spool_lock(const till *t, char *err, size_t errlen)
 {
-    int fd = open(t->spool, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    char *line;
-    int n, ok;
+    char path[4200];
+    int fd;
+    snprintf(path, sizeof(path), "%s.lock", t->spool);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) {
-        snprintf(err, errlen, "spool %s: %s", t->spool, strerror(errno));
+        snprintf(err, errlen, "spool lock %s: %s", path, strerror(errno));
         return -1;
     }
+    while (flock(fd, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+            snprintf(err, errlen, "spool lock %s: %s", path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+    }
+    return fd;
+}
+
+static void spool_unlock(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* releases the flock */
+}
+
+/* Makes a create, rename or unlink in the spool's directory durable. */
+static int sync_dir(const till *t)
+{
+    int fd = open(t->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc;
+    if (fd < 0)
+        return -1;
+    rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* Appends "message_id body\n" and fsyncs (and the directory when the spool
+ * was created): the sale is safe on disk. */
+static int spool_add(const till *t, const char *id, const char *body, char *err, size_t errlen)
+{
+    int lock = spool_lock(t, err, errlen), created = 1;
+    int fd = -1, n = -1, ok = 0;
+    char *line = NULL;
+
+    if (lock < 0)
+        return -1;
+    fd = open(t->spool, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        created = 0;
+        fd = open(t->spool, O_WRONLY | O_APPEND | O_CLOEXEC);
+    }
+    if (fd < 0) {
+        snprintf(err, errlen, "spool %s: %s", t->spool, strerror(errno));
+        goto out;
+    }
     n = asprintf(&line, "%s %s\n", id, body);
-    ok = n > 0 && write(fd, line, (size_t)n) == n && fsync(fd) == 0;
+    ok = n > 0 && write(fd, line, (size_t)n) == n && fsync(fd) == 0 &&
+         (!created || sync_dir(t) == 0);
     if (!ok)
         snprintf(err, errlen, "spool %s: %s", t->spool, strerror(errno));
+out:
     if (n > 0)
         free(line);
-    close(fd);
+    if (fd >= 0)
+        close(fd);
+    spool_unlock(lock);
     return ok ? 0 : -1;
+}
+
+/* Writes lines[i] for every i not confirmed (st[i] != MQ_OK) to a temporary
+ * file of this process's own and renames it over the spool; no line left
+ * removes the spool. Called with the lock held. Returns 0 or -1. */
+static int spool_rewrite(const till *t, char **lines, const int *st, size_t n, long left)
+{
+    char tmp[4200];
+    FILE *out;
+    int fd;
+
+    if (left == 0)
+        return unlink(t->spool) == 0 && sync_dir(t) == 0 ? 0 : -1;
+    snprintf(tmp, sizeof(tmp), "%s.XXXXXX", t->spool);
+    fd = mkstemp(tmp);
+    if (fd < 0)
+        return -1;
+    out = fdopen(fd, "w");
+    if (!out) {
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (st[i] != MQ_OK)
+            fprintf(out, "%s\n", lines[i]);
+    if (fflush(out) != 0 || fsync(fileno(out)) != 0) {
+        fclose(out);
+        unlink(tmp);
+        return -1;
+    }
+    fclose(out);
+    if (rename(tmp, t->spool) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return sync_dir(t);
 }
 
 /* Publishes everything in the spool; what the broker confirmed leaves it.
  * Returns the number of sales still spooled, or -1 on a spool I/O error. */
 static long spool_flush(till *t)
 {
-    FILE *f = fopen(t->spool, "r");
-    char *line = malloc(SPOOL_LINE), tmp[4200], err[MQ_ERR_LEN];
+    char err[MQ_ERR_LEN];
+    int lock = spool_lock(t, err, sizeof(err));
+    FILE *f;
+    char *line;
     char **lines = NULL;
     size_t n = 0, cap = 0;
     long left = 0;
-    FILE *out;
+    int short_read = 0;
 
-    if (!f) {
-        free(line);
-        return errno == ENOENT ? 0 : -1;
+    /* The lock is held from the read to the rename: a sale another till
+     * appends meanwhile waits, and is in the spool that is read next. */
+    if (lock < 0) {
+        log_warn("%s", err);
+        return -1;
     }
+    f = fopen(t->spool, "r");
+    if (!f) {
+        left = errno == ENOENT ? 0 : -1;
+        spool_unlock(lock);
+        return left;
+    }
+    line = malloc(SPOOL_LINE);
     while (line && fgets(line, SPOOL_LINE, f)) {
         char **l2;
         if (n == cap) {
             cap = cap ? cap * 2 : 64;
             l2 = realloc(lines, cap * sizeof(*lines));
-            if (!l2)
+            if (!l2) {
+                short_read = 1;
                 break;
+            }
             lines = l2;
         }
         line[strcspn(line, "\n")] = '\0';
-        if (strlen(line) > UUID_STR_LEN && line[UUID_STR_LEN - 1] == ' ')
-            lines[n++] = strdup(line);
+        if (strlen(line) > UUID_STR_LEN && line[UUID_STR_LEN - 1] == ' ') {
+            if (!(lines[n] = strdup(line))) {
+                short_read = 1;
+                break;
+            }
+            n++;
+        }
     }
     fclose(f);
+    short_read |= !line;
     free(line);
+    if (short_read) {
+        /* Out of memory: rewriting now would drop what was not read. */
+        for (size_t i = 0; i < n; i++)
+            free(lines[i]);
+        free(lines);
+        spool_unlock(lock);
+        return -1;
+    }
     if (n == 0) {
         free(lines);
-        unlink(t->spool);
-        return 0;
+        left = unlink(t->spool) == 0 && sync_dir(t) == 0 ? 0 : -1;
+        spool_unlock(lock);
+        return left;
     }
     {
         mq_msg *m = calloc(n, sizeof(*m));
@@ -248,28 +372,18 @@ static long spool_flush(till *t)
         }
         if (mq_publish_batch(t->mq, m, n, st, err, sizeof(err)) != MQ_OK)
             log_warn("broker: %s; sales stay in the spool", err);
-        snprintf(tmp, sizeof(tmp), "%s.tmp", t->spool);
-        out = fopen(tmp, "w");
         for (size_t i = 0; i < n; i++) {
-            if (st[i] == MQ_OK) {
+            if (st[i] == MQ_OK)
                 t->sent++;
-            } else {
+            else
                 left++;
-                if (out)
-                    fprintf(out, "%s\n", lines[i]);
-            }
         }
-        /* Replace the spool atomically with what is left. */
-        if (!out || fflush(out) != 0 || fsync(fileno(out)) != 0) {
-            if (out)
-                fclose(out);
+        /* Replace the spool atomically with what is left. A failure here
+         * keeps the old spool: confirmed sales in it are sent again with
+         * their message ids, and the consumers' inboxes drop the copies. */
+        if (spool_rewrite(t, lines, st, n, left) < 0) {
+            log_warn("spool %s: %s", t->spool, strerror(errno));
             left = -1;
-        } else {
-            fclose(out);
-            if (rename(tmp, t->spool) != 0)
-                left = -1;
-            else if (left == 0)
-                unlink(t->spool);
         }
     done:
         free(m);
@@ -280,6 +394,7 @@ static long spool_flush(till *t)
     for (size_t i = 0; i < n; i++)
         free(lines[i]);
     free(lines);
+    spool_unlock(lock);
     return left;
 }
 
@@ -406,6 +521,7 @@ int main(int argc, char **argv)
                 EV_EMAIL_MAX);
         goto out;
     }
+    snprintf(t.dir, sizeof(t.dir), "%s", spool_dir);
     snprintf(t.spool, sizeof(t.spool), "%s/pos-%s.spool", spool_dir, t.store);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (load_catalog(&t.cat, curl_url, cat_file, err, sizeof(err)) < 0) {
