@@ -1,9 +1,9 @@
 # ordersuite — one image with every executable, the migrations and the
-# container scripts. Build stage: Debian bookworm with the packages that
+# container scripts. Build stage: Debian bookworm-slim with the packages that
 # `make deps` installs for building; runtime: bookworm-slim with only the
 # shared libraries, as a non-root user.
 
-FROM debian:bookworm AS build
+FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       gcc make pkg-config \

@@ -4,7 +4,8 @@
 #   make deps       install the Debian packages (root; prints the sudo line otherwise)
 #   make up|down|status   the project's own RabbitMQ node and PostgreSQL cluster (var/)
 #   make migrate    apply migrations/NNNN_*.sql
-#   make test       build, up, migrate, then every Check suite
+#   make test       build, up, migrate, then every Check suite, then make compose-test
+#   make compose-test  the docker compose path for real (tests/compose_test.sh)
 #   make asan       the same tests built with -fsanitize=address,undefined
 #   make fuzz       libFuzzer over the decoders, bounded
 #   make demo | demo-stop, make fmt | lint
@@ -47,7 +48,7 @@ LIBS         := $(LIBCOMMON) $(LIBCONTRACTS)
 BINS := $(addprefix $(BUILD)/bin/,$(SERVICES) $(TOOLS))
 TEST_BINS := $(addprefix $(BUILD)/test/,$(TESTS) $(TEST_HELPERS))
 
-.PHONY: all deps up down status migrate test test-run asan fuzz fuzz-long fmt lint demo demo-stop clean new-service bench chaos soak
+.PHONY: all deps up down status migrate test test-run compose-test asan fuzz fuzz-long fmt lint demo demo-stop clean new-service bench chaos soak
 .DEFAULT_GOAL := all
 
 all: $(BINS)
@@ -104,9 +105,19 @@ test: deps
 	@$(MAKE) --no-print-directory up
 	@$(MAKE) --no-print-directory migrate
 	@bash scripts/run-tests.sh $(BUILD)
+	@case " $(SUITES) " in "  "|*" compose_test "*) [ "$(COMPOSE_TEST)" = 0 ] || \
+		$(MAKE) --no-print-directory compose-test;; esac
 
+# docker compose up, the checks of tests/compose_test.sh, down -v; a Docker
+# engine and debian:bookworm-slim are made here when missing. COMPOSE_TEST=0
+# leaves it out of make test; SUITES="compose_test" runs only it.
+COMPOSE_TEST ?= 1
+compose-test: deps
+	@bash tests/compose_test.sh
+
+# The compose images are the same with sanitizers or without: not run twice.
 asan:
-	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 CC=gcc test
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 CC=gcc COMPOSE_TEST=0 test
 
 FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
 FUZZ_RUNS ?= 200000

@@ -3,11 +3,19 @@
 # broker starts (the `broker-init` job) and writes the definitions file the
 # broker loads: the admin user, one user per service with the permissions of
 # scripts/broker-perms.sh, the vhost and the shared exchanges. Passwords come from .env and are
-# stored hashed (rabbitmqctl hash_password).
+# stored hashed as RabbitMQ's rabbit_password_hashing_sha256 does: base64 of
+# a 4-byte random salt followed by SHA-256(salt + password). (RabbitMQ 3.10's
+# rabbitmqctl has no hash_password; coreutils suffice.)
 set -euo pipefail
 source /ordersuite/broker-perms.sh
 out=${1:-/definitions/definitions.json}
-hash() { rabbitmqctl hash_password "$1" | tail -1; }
+hash() {
+    local salt pw digest
+    salt=$(head -c 4 /dev/urandom | basenc --base16 -w0)
+    pw=$(printf '%s' "$1" | basenc --base16 -w0)
+    digest=$(printf '%s%s' "$salt" "$pw" | basenc --base16 -d | sha256sum | cut -c1-64 | tr 'a-f' 'A-F')
+    printf '%s%s' "$salt" "$digest" | basenc --base16 -d | base64 -w0
+}
 json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
 {
     echo '{"vhosts": [{"name": "/"}],'

@@ -18,6 +18,8 @@ PACKAGES=(
     python3-aiosmtpd
     # make bench
     gnuplot-nox wrk
+    # make compose-test: a Docker engine, Compose, and debootstrap for the base image
+    docker.io docker-compose debootstrap
 )
 
 missing=()

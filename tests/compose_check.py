@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""compose_check.py — keeps docker-compose.yml and the Dockerfile honest.
+"""compose_check.py — what the real compose run cannot see.
 
-No Docker engine runs in CI, so the compose path cannot be run there. This
-checks it against the project instead: every executable in services/ has a
-compose service; every environment variable compose sets for a service is one
-that service's code reads, and the required ones are set; published ports
-match the ports the services are told to use; the Dockerfile's build stage
-installs the -dev libraries `make deps` installs; health checks and
-depends_on conditions are there; workers can scale (no fixed names or host
-ports); no guest credentials.
+tests/compose_test.sh (make compose-test) builds and runs docker-compose.yml
+for real: images, health checks, orders, scaling, restarts. This keeps only
+the properties a passing run would not notice: every service of
+scripts/suite.sh is in the compose file with its role, broker user, port and
+passwords (a service missing from compose would just not run); every
+environment variable compose sets is one the code reads (a misspelt optional
+setting is silently ignored); workers other than billing can scale (the run
+scales only billing); ports are published on 127.0.0.1 only; the suite's image
+runs as a non-root user; start order uses depends_on conditions (the run may
+win a race without them); no password has a default, none is in
+.env.example, and every ${VAR} is documented there.
 
 Prints one line per failed check and a Check-style summary line.
 """
@@ -69,28 +72,22 @@ for exe in executables:
 # 3. ports: order-api publishes the port it listens on; workers publish none
 api = svcs.get("order-api", {})
 port = str(api.get("environment", {}).get("HTTP_PORT", ""))
-check("order_api_port_published", f"{port}:{port}" in [str(p) for p in api.get("ports", [])],
+check("order_api_port_published",
+      any(str(p).endswith(f":{port}") for p in api.get("ports", [])),
       f"order-api listens on {port} but publishes {api.get('ports')}")
+for name, s in sorted(svcs.items()):
+    for p in s.get("ports", []) or []:
+        check(f"{name}_publishes_on_loopback", str(p).startswith("127.0.0.1:"),
+              f"{name} publishes {p} beyond 127.0.0.1")
 check("order_api_binds_all", api.get("environment", {}).get("HTTP_BIND") == "0.0.0.0",
       "order-api must bind 0.0.0.0 in a container")
 for w in ("inventory", "billing", "email"):
     s = svcs.get(w, {})
     check(f"{w}_scalable", "ports" not in s and "container_name" not in s,
           f"{w} has fixed ports or a container name, so it cannot --scale")
-    mp = str(s.get("environment", {}).get("METRICS_PORT", ""))
-    hc = " ".join(s.get("healthcheck", {}).get("test", []))
-    check(f"{w}_healthcheck_port", mp and f":{mp}/" in hc,
-          f"{w}'s health check does not use its METRICS_PORT {mp}")
 
-# 4. the Dockerfile installs what make deps installs to build
-deps = read("scripts/deps.sh")
+# 4. the suite's image runs as a non-root user
 dockerfile = read("Dockerfile")
-libs = re.findall(r"\b(lib[a-z0-9-]+-dev|check)\b", deps.split("# servers")[0])
-for lib in sorted(set(libs)):
-    if lib.startswith("libclang"):
-        continue  # the fuzzers' runtime, not needed to build
-    check(f"dockerfile_installs_{lib}", re.search(rf"\b{re.escape(lib)}\b", dockerfile) is not None,
-          f"make deps installs {lib} but the Dockerfile does not")
 check("dockerfile_non_root", re.search(r"^USER (?!root)\S+", dockerfile, re.M) is not None,
       "the runtime stage must not run as root")
 
@@ -112,9 +109,18 @@ for exe in ("order-api", "inventory", "billing", "email"):
 text = read("docker-compose.yml")
 check("no_guest", "guest" not in text.lower(), "guest credentials in docker-compose.yml")
 example = read(".env.example")
-for var in sorted(set(re.findall(r"\$\{([A-Z_]+)(?::-[^}]*)?\}", text))):
+for var in sorted(set(re.findall(r"\$\{([A-Z_]+)(?::?[-?][^}]*)?\}", text))):
     check(f"env_example_has_{var}", re.search(rf"^{var}=", example, re.M) is not None,
           f"{var} is used by docker-compose.yml but not in .env.example")
+# No password has a default: a missing one stops compose (${VAR:?...}) where
+# it is first set, and .env.example carries none (docker/make-env.sh makes them).
+for var in sorted(set(re.findall(r"\$\{([A-Z_]*PASSWORD)\b", text))):
+    check(f"{var}_required", re.search(rf"\$\{{{var}:\?", text) is not None,
+          f"{var} is never required with ${{{var}:?...}} in docker-compose.yml")
+    check(f"{var}_no_default", re.search(rf"\$\{{{var}:?-", text) is None,
+          f"{var} has a default in docker-compose.yml")
+    check(f"{var}_empty_in_example", re.search(rf"^{var}=\s*$", example, re.M) is not None,
+          f"{var} has a value in .env.example; leave it empty")
 
 # 7. the registry scripts/suite.sh: each service is in compose with its port;
 # the migrate job and the image use the registry
@@ -130,10 +136,13 @@ for name, role, topic, port_var, port in suite:
           f"{name} must connect as the database role {role}")
     check(f"suite_{name}_broker_user", f"amqp://{name}:" in str(env.get("AMQP_URL", "")),
           f"{name} must connect as its own broker user")
-    for var in (f"RMQ_{name.upper().replace('-', '_')}_PASSWORD",
-                f"PG_{role.upper()}_PASSWORD"):
-        check(f"migrate_gets_{var}", var in (svcs.get("migrate", {}).get("environment") or {}),
-              f"the migrate job needs {var}")
+    # migrate sets each role's password; it declares the queues as the administrator.
+    var = f"PG_{role.upper()}_PASSWORD"
+    check(f"migrate_gets_{var}", var in (svcs.get("migrate", {}).get("environment") or {}),
+          f"the migrate job needs {var}")
+    var = f"RMQ_{name.upper().replace('-', '_')}_PASSWORD"
+    check(f"broker_init_gets_{var}", var in (svcs.get("broker-init", {}).get("environment") or {}),
+          f"the broker-init job needs {var}")
 check("migrate_uses_suite", ". /app/scripts/suite.sh" in read("docker/migrate.sh"),
       "docker/migrate.sh must read scripts/suite.sh")
 check("image_has_suite", "COPY scripts/suite.sh" in dockerfile, "the image must contain scripts/suite.sh")

@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# tests/compose_test.sh — `make compose-test`: the docker compose path, for real.
+#
+# Starts a Docker engine if none answers (docker/engine.sh), makes
+# debian:bookworm-slim if it is missing (docker/base-image.sh), builds every
+# image of docker-compose.yml, then runs the project's own compose file, as
+# the README's "With Docker" section tells a user to, under the project name
+# ordersuite-test and with a fresh .env from docker/make-env.sh:
+#   up -d, every health check green; three orders by curl through the published
+#   port (CONFIRMED, REJECTED, CANCELLED after a failed payment); a POS burst
+#   with `run --rm pos`; the management API shows the exchange, each quorum
+#   queue with its DLQ and a consumer; the mail catcher shows the confirmation;
+#   --scale billing=3: three consumers, a burst of orders each CONFIRMED with
+#   one invoice; `restart rabbitmq` under a trickle of orders, then the ledger
+#   against the compose database: nothing lost or doubled; down -v leaves no
+#   container, network or volume of the project.
+# Ports are published on 127.0.0.1 only, on free ports chosen here (never the
+# usual 8080/15672/8025, which the local servers may hold). The whole run is
+# bounded by COMPOSE_TEST_TIMEOUT seconds (1500); past it, it fails saying
+# which step ran out. It cleans up what it started; images stay (warm cache
+# in var/docker/data), an engine it started is stopped.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+VAR="$ROOT/var"
+[ -L "$VAR" ] && VAR=$(readlink -f "$VAR")
+WORK="$VAR/compose-test"
+PROJECT=${COMPOSE_TEST_PROJECT:-ordersuite-test}
+BOUND=${COMPOSE_TEST_TIMEOUT:-1500}
+DEADLINE=$((SECONDS + BOUND))
+mkdir -p "$WORK" "$VAR/log"
+
+say() { echo "==> compose-test: $*"; }
+fail() {
+    echo "compose-test: FAIL: $*" >&2
+    echo "tests/compose_test.sh:F:$step: $*"
+    exit 1
+}
+left() { echo $((DEADLINE - SECONDS)); }
+# bounded SECONDS CMD...: CMD with at most SECONDS, and never past the deadline.
+bounded() {
+    local s=$1
+    shift
+    [ "$(left)" -gt 0 ] || fail "out of time (COMPOSE_TEST_TIMEOUT=${BOUND}s) before: $*"
+    [ "$s" -le "$(left)" ] || s=$(left)
+    timeout --kill-after=10 "$s" "$@"
+}
+# poll SECONDS WHAT CMD...: CMD until it succeeds, at most SECONDS.
+poll() {
+    local s=$1 what=$2 end
+    shift 2
+    [ "$s" -le "$(left)" ] || s=$(left)
+    end=$((SECONDS + s))
+    until "$@"; do
+        [ $SECONDS -lt $end ] || fail "$what: not within ${s}s"
+        sleep 1
+    done
+}
+# Step timings, printed at the end.
+step=setup
+t0=$SECONDS
+times=()
+begin() {
+    times+=("$(printf '%-28s %4ss' "$step" $((SECONDS - t0)))")
+    step=$1
+    t0=$SECONDS
+    say "$step"
+}
+
+# ------------------------------------------------------------------ engine
+started_project=0
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ $started_project = 1 ]; then
+        if [ $rc -ne 0 ]; then
+            say "logs of the failed run: var/log/compose-test.log"
+            dc logs --no-color --tail=200 >"$VAR/log/compose-test.log" 2>&1 || true
+        fi
+        timeout 120 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+    fi
+    rm -f "$WORK/test.env"
+    bash docker/engine.sh stop || true
+    exit $rc
+}
+trap cleanup EXIT
+trap 'fail "interrupted"' INT TERM
+
+begin engine
+bounded 120 bash docker/engine.sh start
+eval "$(bash docker/engine.sh env)"
+export DOCKER_HOST
+command -v docker-compose >/dev/null || fail "docker-compose not found: make deps installs it"
+
+begin base-image
+bounded 600 bash docker/base-image.sh
+
+# ------------------------------------------------------------------ project
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+rm -f "$WORK/test.env"
+bash docker/make-env.sh "$WORK/test.env" >/dev/null
+API_PORT=$(free_port)
+MGMT_PORT=$(free_port)
+MAIL_PORT=$(free_port)
+sed -i -e "s/^ORDERSUITE_API_PORT=.*/ORDERSUITE_API_PORT=$API_PORT/" \
+    -e "s/^ORDERSUITE_MGMT_PORT=.*/ORDERSUITE_MGMT_PORT=$MGMT_PORT/" \
+    -e "s/^ORDERSUITE_MAIL_PORT=.*/ORDERSUITE_MAIL_PORT=$MAIL_PORT/" "$WORK/test.env"
+set -a
+# shellcheck disable=SC1091
+. "$WORK/test.env"
+set +a
+DC=(docker-compose --ansi never -f "$ROOT/docker-compose.yml" --project-directory "$ROOT"
+    --env-file "$WORK/test.env" -p "$PROJECT")
+dc() { "${DC[@]}" "$@"; }
+API="http://127.0.0.1:$API_PORT"
+MGMT="http://127.0.0.1:$MGMT_PORT"
+MAIL="http://127.0.0.1:$MAIL_PORT"
+
+begin build
+bounded 1200 "${DC[@]}" build -q >"$VAR/log/compose-build.log" 2>&1 ||
+    fail "image build failed; see var/log/compose-build.log"
+
+begin up
+# A project left by an interrupted run goes first.
+bounded 120 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+started_project=1
+bounded 300 "${DC[@]}" up -d >"$VAR/log/compose-up.log" 2>&1 ||
+    fail "docker-compose up failed; see var/log/compose-up.log"
+# up -d waits for the conditions of depends_on; the services' own health
+# checks are waited for here.
+all_healthy() {
+    local c bad=0
+    for svc in rabbitmq postgres order-api inventory billing email; do
+        c=$(dc ps -q "$svc")
+        [ -n "$c" ] || return 1
+        for id in $c; do
+            [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ] || bad=1
+        done
+    done
+    [ $bad = 0 ]
+}
+poll 180 "every health check green" all_healthy
+hello_said() { dc logs --no-color hello | grep -q "ordersuite is up"; }
+poll 30 "the hello job printing where to look" hello_said
+
+# ------------------------------------------------------------------ checks
+sql() { dc exec -T postgres psql -qAt -d ordersuite -c "$1"; }
+# place BODY: POST an order through the published port, print its id.
+place() {
+    curl -sf --max-time 10 -X POST "$API/orders" -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: ct-$RANDOM-$RANDOM-$SECONDS" -d "$1" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+}
+status_of() {
+    curl -sf --max-time 10 "$API/orders/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'
+}
+is_status() { [ "$(status_of "$1")" = "$2" ]; }
+
+begin orders
+ok=$(place '{"customer_id":"ada","customer_email":"ada@example.com","currency":"EUR","items":[{"sku":"TEA-SENCHA","quantity":2},{"sku":"MUG-WHITE","quantity":1}]}') ||
+    fail "POST /orders on $API refused the order"
+rejected=$(place '{"customer_id":"bob","customer_email":"bob@example.com","currency":"EUR","items":[{"sku":"TEA-MATCHA","quantity":1}]}') ||
+    fail "POST /orders refused the out-of-stock order"
+# 70 mugs at 8.00 = 560.00: over billing's 500.00 credit limit.
+failed=$(place '{"customer_id":"cyd","customer_email":"cyd@example.com","currency":"EUR","items":[{"sku":"MUG-WHITE","quantity":70}]}') ||
+    fail "POST /orders refused the over-limit order"
+poll 60 "order $ok CONFIRMED" is_status "$ok" CONFIRMED
+poll 60 "order $rejected REJECTED" is_status "$rejected" REJECTED
+poll 60 "order $failed CANCELLED (payment failed, stock released)" is_status "$failed" CANCELLED
+
+begin pos
+sales_before=$(sql "SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL")
+bounded 120 "${DC[@]}" run --rm pos --count 10 --rate 20 --store DOCKER-01 >"$VAR/log/compose-pos.log" 2>&1 ||
+    fail "docker-compose run --rm pos failed; see var/log/compose-pos.log"
+pos_done() { [ "$(sql "SELECT count(*) - $sales_before >= 10 FROM billing.invoices WHERE sale_id IS NOT NULL")" = t ]; }
+poll 60 "the 10 POS sales invoiced" pos_done
+
+begin management-api
+# queues_ok EXPECTED_BILLING_CONSUMERS: the exchange, every service's quorum
+# queue with a consumer (billing: exactly N), every DLQ.
+queues_ok() {
+    curl -sf --max-time 10 -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" "$MGMT/api/queues/%2F" >"$WORK/queues.json" || return 1
+    curl -sf --max-time 10 -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" "$MGMT/api/exchanges/%2F/sales.events" >"$WORK/exchange.json" || return 1
+    python3 - "$1" "$WORK" <<'PY' >"$WORK/queues.why"
+import json, sys
+want, work = int(sys.argv[1]), sys.argv[2]
+ex = json.load(open(work + "/exchange.json"))
+qs = {q["name"]: q for q in json.load(open(work + "/queues.json"))}
+bad = []
+if ex.get("type") != "topic" or not ex.get("durable"):
+    bad.append("sales.events is not a durable topic exchange")
+for s in ("order-api", "inventory", "billing", "email"):
+    q = qs.get(s)
+    if q is None:
+        bad.append(f"no queue {s}"); continue
+    if q.get("type") != "quorum":
+        bad.append(f"{s} is {q.get('type')}, not quorum")
+    n = q.get("consumers", 0)
+    if (s == "billing" and n != want) or n < 1:
+        bad.append(f"{s} has {n} consumers")
+    if s + ".dlq" not in qs:
+        bad.append(f"no DLQ {s}.dlq")
+print("; ".join(bad))
+sys.exit(1 if bad else 0)
+PY
+}
+poll 30 "the management API on $MGMT: $(cat "$WORK/queues.why" 2>/dev/null)" queues_ok 1
+curl -sf --max-time 10 -o /dev/null "$MGMT/" || fail "the management UI does not answer on $MGMT"
+
+begin mail
+confirmation_seen() {
+    curl -sf --max-time 10 "$MAIL/api/messages" | python3 -c '
+import json, sys
+ms = json.load(sys.stdin)
+sys.exit(0 if any("ada@example.com" in m["to"] for m in ms) else 1)'
+}
+poll 60 "the confirmation mail to ada@example.com in the mail catcher ($MAIL/api/messages)" confirmation_seen
+curl -sf --max-time 10 "$MAIL/" | grep -q "ordersuite mail" || fail "the mail catcher's page does not answer on $MAIL"
+
+begin scale-billing
+bounded 180 "${DC[@]}" up -d --scale billing=3 >>"$VAR/log/compose-up.log" 2>&1 ||
+    fail "up --scale billing=3 failed; see var/log/compose-up.log"
+poll 120 "three billing containers healthy" all_healthy
+poll 60 "three consumers on billing: $(cat "$WORK/queues.why" 2>/dev/null)" queues_ok 3
+burst=()
+for i in $(seq 1 30); do
+    id=$(place "{\"customer_id\":\"burst-$i\",\"customer_email\":\"burst$i@example.com\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]}") ||
+        fail "POST /orders refused burst order $i"
+    burst+=("$id")
+done
+in_list=$(printf "'%s'," "${burst[@]}")
+in_list=${in_list%,}
+burst_done() { [ "$(sql "SELECT count(*) FROM orders.orders WHERE id IN ($in_list) AND status = 'CONFIRMED'")" = 30 ]; }
+poll 90 "30 burst orders CONFIRMED" burst_done
+got=$(sql "SELECT count(*) || ' ' || count(DISTINCT order_id) FROM billing.invoices WHERE order_id IN ($in_list)")
+[ "$got" = "30 30" ] || fail "30 burst orders have invoices (count, distinct orders) = $got, not one each"
+
+begin restart-rabbitmq
+: >"$WORK/trickle.ids"
+# A trickle of orders, one every 0.2 s, while the broker restarts: order-api
+# takes them into its outbox even while the broker is away.
+(
+    i=0
+    while [ ! -e "$WORK/trickle.stop" ]; do
+        i=$((i + 1))
+        key="trickle-$$-$i"
+        id=$(curl -sf --max-time 5 -X POST "$API/orders" -H 'Content-Type: application/json' \
+            -H "Idempotency-Key: $key" \
+            -d "{\"customer_id\":\"trickle\",\"customer_email\":\"trickle@example.com\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]}" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' 2>/dev/null) && echo "O $key $id" >>"$WORK/trickle.ids"
+        sleep 0.2
+    done
+) &
+trickle=$!
+rm -f "$WORK/trickle.stop"
+sleep 3
+bounded 120 "${DC[@]}" restart rabbitmq >>"$VAR/log/compose-up.log" 2>&1 || fail "docker-compose restart rabbitmq failed"
+poll 120 "every health check green after the broker restart" all_healthy
+sleep 3
+touch "$WORK/trickle.stop"
+wait "$trickle" || true
+rm -f "$WORK/trickle.stop"
+n=$(wc -l <"$WORK/trickle.ids")
+[ "$n" -ge 10 ] || fail "only $n trickle orders were accepted around the restart"
+say "$n orders accepted around the broker restart; the ledger checks every order of the run"
+# The ledger, in a one-off container of the suite's image on the compose
+# network, against the compose database (as the owner) and broker (admin).
+bounded 300 "${DC[@]}" run --rm --no-deps -T -v "$WORK/trickle.ids:/tmp/trickle.ids:ro" \
+    -e DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@postgres:5432/ordersuite" \
+    -e AMQP_URL="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@rabbitmq:5672" \
+    --entrypoint ledger migrate --ids /tmp/trickle.ids --wait 120 >"$WORK/ledger.out" 2>"$VAR/log/compose-ledger.log" || {
+    cat "$WORK/ledger.out"
+    fail "the ledger after the broker restart: $(grep RESULT "$WORK/ledger.out" || echo 'no RESULT; see var/log/compose-ledger.log')"
+}
+grep RESULT "$WORK/ledger.out"
+
+begin down
+bounded 180 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v failed"
+started_project=0
+label="label=com.docker.compose.project=$PROJECT"
+left_behind="$(docker ps -aq --filter "$label") $(docker network ls -q --filter "$label") $(docker volume ls -q --filter "$label")"
+[ -z "${left_behind// /}" ] || fail "down -v left behind: $left_behind"
+
+begin done
+say "passed; step times:"
+printf '    %s\n' "${times[@]:1}"
+echo "100%: Checks: 10, Failures: 0, Errors: 0"
