@@ -551,6 +551,29 @@ START_TEST(the_consumer_survives_a_broker_restart)
 }
 END_TEST
 
+/* The worker's queue deleted under it: the broker cancels the consumer
+ * (basic.cancel, sent only to a client that logged in with the
+ * consumer_cancel_notify capability); the worker declares its queues again,
+ * consumes, and the next event is handled. */
+START_TEST(a_deleted_queue_is_declared_again_and_consumed)
+{
+    mq_conn *c;
+    char sale[UUID_STR_LEN];
+    char *body = sale_body("OK", sale);
+    effects_arg a = {sale, 1};
+
+    queue_delete(SVC);
+    ck_assert_msg(tu_poll(15000, worker_consuming, NULL),
+                  "the worker did not declare its queue again and consume");
+    c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+    ck_assert_msg(tu_poll(10000, effects_reached, &a),
+                  "the event after the deletion was not handled");
+    free(body);
+    mq_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("spine");
@@ -568,6 +591,7 @@ int main(void)
     tcase_add_test(t, an_unroutable_publish_is_reported);
     tcase_add_test(t, outbox_rows_written_while_the_broker_is_down_are_published_after);
     tcase_add_test(t, the_consumer_survives_a_broker_restart);
+    tcase_add_test(t, a_deleted_queue_is_declared_again_and_consumed);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
