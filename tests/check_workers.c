@@ -19,6 +19,12 @@
 static const char *const services[] = {"inventory", "billing", "email"};
 static pid_t pids[3];
 
+/* The inventory instances that take part in the race: the fixture's, and two
+ * more with metrics ports so the test can see that each handled orders. */
+enum { RACERS = 2 };
+static const int racer_port[RACERS] = {19121, 19122};
+static pid_t racer[RACERS]; /* stopped by teardown when a test fails first */
+
 static int all_consuming(void *arg)
 {
     (void)arg;
@@ -63,6 +69,11 @@ static void setup(void)
 
 static void teardown(void)
 {
+    for (int i = 0; i < RACERS; i++) {
+        if (racer[i] > 0)
+            tu_stop(racer[i], SIGTERM, 20000);
+        racer[i] = 0;
+    }
     for (int i = 0; i < 3; i++) {
         int st = tu_stop(pids[i], SIGTERM, 20000);
         ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
@@ -300,15 +311,72 @@ START_TEST(a_sale_resent_under_a_new_message_id_takes_stock_once)
 }
 END_TEST
 
+static int inventory_consumers_are(void *arg)
+{
+    int consumers = 0;
+    return tu_queue_counts("TEST_AMQP_URL", "inventory", &consumers) >= 0 &&
+           consumers == *(int *)arg;
+}
+
+/* The order.placed deliveries one instance has consumed (-1: no answer). */
+static long consumed_orders(int port)
+{
+    char url[64], *body = NULL;
+    const char *m = "ordersuite_messages_consumed_total{service=\"inventory\","
+                    "routing_key=\"order.placed\"} ";
+    long n = 0;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
+    if (tu_http("GET", url, NULL, NULL, 0, &body) != 200)
+        n = -1;
+    else if (strstr(body, m))
+        n = strtol(strstr(body, m) + strlen(m), NULL, 10);
+    free(body);
+    return n;
+}
+
+/* Three inventory instances take orders for the same SKU at once, so the
+ * on_hand >= quantity guard is contended across transactions: 24 orders for
+ * 6 units, each instance holding several deliveries in flight (PREFETCH 4). */
 START_TEST(concurrent_orders_for_the_last_units_never_oversell)
 {
-    enum { N = 12 };
+    enum { N = 24, UNITS = 6 };
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
     const char *skus[] = {"POT-CAST-IRON"};
     const int64_t qty[] = {1}, price[] = {6900};
     char ids[N][UUID_STR_LEN];
-    char list[N * 40 + 8], before[24];
+    char list[N * 40 + 8], before[24], units[8];
+    const char *up[] = {units};
+    static char env[RACERS][5][1200];
+    const char *envp[RACERS][6];
+    char *argv[] = {"inventory", NULL};
+    long got[RACERS];
+    int want = RACERS + 1;
     size_t n = 0;
+
+    snprintf(units, sizeof(units), "%d", UNITS);
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "SELECT inventory.adjust_stock(sku, $1::bigint - on_hand, 'test: known stock')"
+                " FROM inventory.stock WHERE sku = 'POT-CAST-IRON'",
+                1, up));
+    for (int i = 0; i < RACERS; i++) {
+        char path[512], log[512];
+        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env("INVENTORY_AMQP_URL"));
+        snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env("INVENTORY_DATABASE_URL"));
+        snprintf(env[i][2], sizeof(env[i][2]), "LOG_LEVEL=info");
+        snprintf(env[i][3], sizeof(env[i][3]), "METRICS_PORT=%d", racer_port[i]);
+        snprintf(env[i][4], sizeof(env[i][4]), "PREFETCH=4");
+        for (int k = 0; k < 5; k++)
+            envp[i][k] = env[i][k];
+        envp[i][5] = NULL;
+        snprintf(path, sizeof(path), "%s/inventory", tu_env("ORDERSUITE_BIN"));
+        snprintf(log, sizeof(log), "%s/log/tests/inventory-racer%d.log", tu_env("ORDERSUITE_VAR"),
+                 i + 1);
+        racer[i] = tu_spawn(path, argv, envp[i], log);
+    }
+    ck_assert_msg(tu_poll(30000, inventory_consumers_are, &want),
+                  "not %d inventory consumers on the queue", want);
+    for (int i = 0; i < RACERS; i++)
+        got[i] = consumed_orders(racer_port[i]);
 
     util_i64(before, count("SELECT coalesce(max(id), 0) FROM email.messages", NULL));
     list[n++] = '{';
@@ -324,15 +392,27 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
     await("SELECT (SELECT count(*) FROM inventory.reservations WHERE order_id = ANY($1::uuid[]))"
           " + (SELECT count(*) FROM inventory.rejections WHERE order_id = ANY($1::uuid[]))",
           list, N);
+    /* The race really ran between instances: each extra one took orders. */
+    for (int i = 0; i < RACERS; i++) {
+        long after = consumed_orders(racer_port[i]);
+        ck_assert_msg(after > got[i], "inventory on port %d consumed no order (%ld, then %ld)",
+                      racer_port[i], got[i], after);
+    }
     ck_assert_int_eq(count("SELECT count(*) FROM inventory.reservations WHERE order_id ="
                            " ANY($1::uuid[])",
                            list),
-                     3);
+                     UNITS);
     ck_assert_int_eq(stock("POT-CAST-IRON"), 0);
     /* The crossing of the threshold (2) was reported once, to operations. */
     await("SELECT count(*) FROM email.messages WHERE kind = 'low_stock' AND subject LIKE"
           " 'Low stock: POT-CAST-IRON%' AND id > $1::bigint",
           before, 1);
+    for (int i = 0; i < RACERS; i++) {
+        int st = tu_stop(racer[i], SIGTERM, 20000);
+        racer[i] = 0;
+        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                      "inventory racer %d did not stop cleanly (status %d)", i + 1, st);
+    }
     mq_free(c);
 }
 END_TEST
