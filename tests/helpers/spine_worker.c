@@ -7,12 +7,39 @@
  *   PERMANENT    reject: the message can never succeed
  *   EMIT         record the effect and emit a follow-up sale (store OK) via the outbox
  * The schema named by SPINE_SERVICE must have inbox, outbox and effects.
+ * With SPINE_CALLS_FILE set, every call of the handler appends the message id
+ * to that file, outside the transaction: a test counts how often the handler
+ * ran (a batch rolled back and applied again runs it twice), not only what
+ * was committed.
  */
 #include "worker.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* Appends "message_id\n" to SPINE_CALLS_FILE (when set) in one write. */
+static int record_call(const ev_envelope *env, char *err, size_t errlen)
+{
+    const char *path = getenv("SPINE_CALLS_FILE");
+    char line[UUID_STR_LEN + 2];
+    int fd, n, ok;
+    if (!path || !*path)
+        return 0;
+    n = snprintf(line, sizeof(line), "%s\n", env->message_id);
+    fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "open %s failed", path);
+        return -1;
+    }
+    ok = write(fd, line, (size_t)n) == n;
+    close(fd);
+    if (!ok)
+        snprintf(err, errlen, "write %s failed", path);
+    return ok ? 0 : -1;
+}
 
 static mq_result on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                          char *err, size_t errlen)
@@ -22,6 +49,8 @@ static mq_result on_sale(worker *w, db_conn *db, const ev_envelope *env, const e
     const char *p[8];
     int rc;
 
+    if (record_call(env, err, errlen) < 0)
+        return MQ_RETRY;
     if (strcmp(s->store_id, "PERMANENT") == 0) {
         snprintf(err, errlen, "store PERMANENT never succeeds");
         return MQ_REJECT;
