@@ -12,7 +12,8 @@ source "$(dirname "$0")/lib.sh"
 load_env
 cmd=${1:-status}
 shift || true
-all=$([ $# = 0 ] && echo 1)
+all=0
+[ $# -gt 0 ] || all=1 # no names: the mail catcher stops with the rest
 BUILD=${BUILD:-build}
 RUN=$(run_dir)
 LOG=$(svc_log_dir)
@@ -84,7 +85,7 @@ stop)
         rm -f "$RUN/$s.pid"
         echo "    $s: stopped"
     done
-    if [ -n "$all" ] && [ -f "$RUN/mailcatcher.pid" ]; then
+    if [ "$all" = 1 ] && [ -f "$RUN/mailcatcher.pid" ]; then
         kill -TERM "$(cat "$RUN/mailcatcher.pid")" 2>/dev/null && echo "    mailcatcher: stopped"
         rm -f "$RUN/mailcatcher.pid"
     fi
