@@ -493,6 +493,29 @@ START_TEST(guest_cannot_log_in)
 }
 END_TEST
 
+/* A refused login is told apart by the broker's reply code (403 in
+ * connection.close, which RabbitMQ sends to a client that advertises
+ * authentication_failure_close), not by the text of an error: permanent,
+ * so a service with a wrong password stops instead of retrying forever. */
+START_TEST(a_wrong_password_is_a_permanent_error)
+{
+    char url[512], err[MQ_ERR_LEN];
+    const char *good = tu_env("BILLING_AMQP_URL"), *at = strrchr(good, '@');
+    mq_opts o = {.url = url, .app_id = "check_privileges"};
+    mq_conn *c;
+    ck_assert_ptr_nonnull(at);
+    snprintf(url, sizeof(url), "amqp://billing:not-the-password%s", at);
+    c = mq_new(&o);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(mq_connect_publisher(c, err, sizeof(err)), MQ_ERR_CONFIG);
+    mq_free(c);
+    /* and a queue that does not exist is 404, also permanent */
+    c = tu_publisher("TEST_AMQP_URL", "check_privileges");
+    ck_assert_int_eq(mq_queue_depth(c, "no-such-queue", err, sizeof(err)), MQ_ERR_CONFIG);
+    mq_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("privileges");
@@ -504,6 +527,7 @@ int main(void)
     tcase_add_test(t, own_key_with_a_forged_type_is_not_applied);
     tcase_add_test(t, no_user_can_configure_or_read_what_is_not_its_own);
     tcase_add_test(t, guest_cannot_log_in);
+    tcase_add_test(t, a_wrong_password_is_a_permanent_error);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
