@@ -2,7 +2,7 @@
 # scripts/chaos.sh [--short] [SCENARIO...] — make chaos: faults under load,
 # the ledger checked after each (docs/RELIABILITY.md).
 #
-#   0 the ledger catches a loss, a duplicate and stock drift made by hand
+#   0 the ledger catches a loss, a duplicate, stock drift and a stuck mail made by hand
 #   1 kill -9 each worker in turn (stopped first, so it holds deliveries)
 #   2 a crash between a handler's COMMIT and its ack (CRASH_AFTER_COMMIT)
 #   3 kill -9 order-api mid-load; clients retry with the same Idempotency-Key
@@ -12,6 +12,9 @@
 #   7 a worker stalled past the heartbeat
 #   rowlock  an operator holds a stock row in an open transaction: inventory's
 #      lock wait times out (DB_LOCK_TIMEOUT_MS) and the message is retried
+#   mail  the SMTP server (tools/mailcatcher) down 10 s under load, then back;
+#      then a permanent refusal (550): each mail at the server once, the
+#      refused one in email.dlq with the reply
 #
 # Needs make up + make migrate; starts the services if they are not running
 # (and stops them again at the end if it started them). --short runs shorter
@@ -28,7 +31,7 @@ if [ "${1:-}" = --short ]; then
     shift
 fi
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(0 1 2 3 4 5 6 7 rowlock)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(0 1 2 3 4 5 6 7 rowlock mail)
 export BUILD=${BUILD:-build}
 BIN="$ROOT/$BUILD/bin"
 RUNID=$(date -u +%H%M%S)-$$
@@ -75,13 +78,14 @@ check() {
     shift 4
     DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$TEST_AMQP_URL \
         "$BIN/ledger" --tag "$tag" --ids "$WORK/$tag.ids" --wait 240 "$@" >"$WORK/$tag.ledger" 2>&1
-    local lrc=$? res sent done lost dup bad
+    local lrc=$? res sent done lost dup stuck bad
     sed 's/^/      /' "$WORK/$tag.ledger"
     res=$(grep '^RESULT' "$WORK/$tag.ledger")
     sent=$(grep -c '^O ' "$WORK/$tag.ids" 2>/dev/null)
     done=$(grep -oE '[0-9]+ with exactly their effects' "$WORK/$tag.ledger" | grep -oE '^[0-9]+')
     lost=$(echo "$res" | sed -nE 's/.*lost=([0-9]+).*/\1/p')
     dup=$(echo "$res" | sed -nE 's/.*duplicated=([0-9]+).*/\1/p')
+    stuck=$(echo "$res" | sed -nE 's/.*stuck=([0-9]+).*/\1/p')
     bad=$(echo "$res" | sed -nE 's/.*inconsistent=([0-9]+).*/\1/p')
     if [ $lrc -ne 0 ] || [ "$ok" != 1 ]; then
         failed=$((failed + 1))
@@ -90,8 +94,9 @@ check() {
         passed=$((passed + 1))
         ok=ok
     fi
-    ROWS+=("$(printf '%-34s %6s %9s %5s %10s %12s  %s' "$name" "${sent:-0}" "${done:-0}" \
-        "${lost:-?}" "${dup:-?}" "$recovery" "$ok$([ "${bad:-0}" != 0 ] && echo " (inconsistent $bad)")")")
+    ROWS+=("$(printf '%-34s %6s %9s %5s %10s %5s %12s  %s' "$name" "${sent:-0}" "${done:-0}" \
+        "${lost:-?}" "${dup:-?}" "${stuck:-?}" "$recovery" \
+        "$ok$([ "${bad:-0}" != 0 ] && echo " (inconsistent $bad)")")")
 }
 
 dlq_depth() { # SERVICE
@@ -105,7 +110,7 @@ dlq_depth() { # SERVICE
 scenario_0() {
     local ok=1 id out
     TAG=c0-$RUNID
-    say "0: the ledger sees a lost order, a duplicated mail and stock off its ledger"
+    say "0: the ledger sees a lost order, a duplicated mail, stock off its ledger, a stuck mail"
     load_start "$TAG" 5 0.2
     load_wait || ok=0
     led() { DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$TEST_AMQP_URL "$BIN/ledger" --tag "$TAG" "$@"; }
@@ -131,6 +136,15 @@ scenario_0() {
     [[ "$out" == *"inconsistent=1 "*"ok=0"* ]] || ok=0
     psql -qAt "$OWNER_DATABASE_URL" -c "UPDATE inventory.stock SET on_hand = on_hand - 1
         WHERE sku = 'FLT-PAPER'" || ok=0
+    # A mail the mailer will not try for an hour: undelivered after the drain.
+    psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO email.messages (cause_id, kind, correlation_id,
+        recipient, subject, body, status, next_attempt_at) VALUES (gen_random_uuid(), 'stuck',
+        '$id', 'x@example.com', 'stuck', 'stuck', 'pending', now() + interval '1 hour')" || ok=0
+    out=$(led --ids "$WORK/$TAG.ids" | tail -1) || true
+    echo "    a mail left undelivered:           $out"
+    [[ "$out" == *"stuck=1 "*"ok=0"* ]] || ok=0
+    psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE kind = 'stuck'
+        AND correlation_id = '$id'" || ok=0
     check "$TAG" "0 the ledger catches faults" "-" "$ok"
 }
 
@@ -369,6 +383,91 @@ SQL
     check "$TAG" "rowlock: stock row held 12 s" "-" "$ok"
 }
 
+# mail: the mail server (tools/mailcatcher) goes away for 10 s under load and
+# comes back, then refuses one recipient for good. Every other mail of the run
+# reaches the server exactly once (counted there, by Message-ID), nothing is
+# left pending, and the refused one is in email.dlq with the server's reply.
+MAIL_PID=
+mail_up() { # SMTP_PORT WEB_PORT: the catcher, keeping its mails in $WORK/mail.jsonl
+    rm -f "$WORK/mail.ready"
+    "$ROOT/tools/mailcatcher/mailcatcher.py" --smtp-port "$1" --http-port "$2" \
+        --store "$WORK/mail.jsonl" --ready-file "$WORK/mail.ready" >>"$WORK/mail.log" 2>&1 &
+    MAIL_PID=$!
+    wait_for 15 "the mail catcher" test -f "$WORK/mail.ready"
+}
+mail_down() {
+    [ -n "$MAIL_PID" ] || return 0
+    kill -TERM "$MAIL_PID" 2>/dev/null
+    wait "$MAIL_PID" 2>/dev/null
+    MAIL_PID=
+}
+mail_pending() { psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM email.messages WHERE status = 'pending'"; }
+
+scenario_mail() {
+    local ok=1 base t0 r secs=30 code rcpt report
+    local smtp=$((2525 + ORDERSUITE_PORT_OFFSET)) web=$((2580 + ORDERSUITE_PORT_OFFSET))
+    [ $SHORT = 1 ] && secs=20
+    TAG=cm-$RUNID
+    rcpt="refused-$TAG@example.com"
+    say "mail: the mail server down 10 s under load, then back; then a recipient refused (5xx)"
+    base=$(dlq_depth email)
+    mail_up "$smtp" "$web" || ok=0
+    svc stop email
+    restart email SMTP_URL="smtp://127.0.0.1:$smtp" MAIL_RETRY_MAX_MS=2000 || ok=0
+    load_start "$TAG" 20 "$secs"
+    sleep 5
+    mail_down
+    echo "    mail server stopped; $(mail_pending) mail(s) pending after 0 s"
+    sleep 10 # the outage itself
+    echo "    $(mail_pending) mail(s) pending after 10 s; starting it again"
+    mail_up "$smtp" "$web" || ok=0
+    t0=$(now_ms)
+    drained() { [ "$(mail_pending)" = 0 ]; }
+    if wait_for 30 "the pending mail to go out" drained; then r="$(elapsed_s "$t0")s"; else r=">30s" ok=0; fi
+    echo "    pending mail delivered ${r} after the server was back"
+    curl -fsS -X POST "http://127.0.0.1:$web/api/refuse" -d "{\"address\": \"$rcpt\"}" >/dev/null || ok=0
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$API/orders" -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: $TAG-refused" -d "{\"customer_id\":\"$TAG\",\"customer_email\":\"$rcpt\",
+        \"currency\":\"EUR\",\"items\":[{\"sku\":\"${LOAD_SKUS%%,*}\",\"quantity\":1}]}")
+    [ "$code" = 201 ] || { echo "    FAIL: the order to $rcpt was answered $code"; ok=0; }
+    load_wait || ok=0
+    check "$TAG" "mail: SMTP down+back, a 5xx" "$r" "$ok" --dlq "email=$((base + 1))"
+    # At the server: every mail the run marked sent exactly once, the refused
+    # one never; in email.dlq: the refused one, with the 5xx reply.
+    psql -qAt "$OWNER_DATABASE_URL" -c "SELECT '<' || m.cause_id || '.' || m.kind || '@ordersuite>', m.status,
+        coalesce(m.last_error, '') FROM email.messages m JOIN orders.orders o ON o.id = m.correlation_id
+        WHERE o.customer_id = '$TAG'" >"$WORK/$TAG.mails" || ok=0
+    report=$(curl -fsS "http://127.0.0.1:$web/api/messages" | python3 -c '
+import json, sys
+at = {}
+for m in json.load(sys.stdin):
+    at[m["message_id"]] = at.get(m["message_id"], 0) + 1
+rows = [l.rstrip("\n").split("|", 2) for l in open(sys.argv[1]) if l.strip()]
+sent = [r for r in rows if r[1] == "sent"]
+refused = [r for r in rows if r[1] == "refused"]
+missing = sum(1 for r in sent if at.get(r[0], 0) == 0)
+extra = sum(max(at.get(r[0], 0) - 1, 0) for r in sent)
+leaked = sum(at.get(r[0], 0) for r in refused)
+other = len(rows) - len(sent) - len(refused)
+print("mails %d: %d sent, at the server missing %d, extra copies %d; refused %d (%s), at the server %d; other %d"
+      % (len(rows), len(sent), missing, extra, len(refused), refused[0][2][:60] if refused else "-", leaked, other))
+sys.exit(0 if missing == 0 and extra == 0 and len(refused) == 1 and refused[0][2].startswith("550")
+         and leaked == 0 and other == 0 else 1)' "$WORK/$TAG.mails")
+    code=$?
+    echo "    $report"
+    AMQP_URL=$TEST_AMQP_URL "$BIN/dlq" show email --limit 100 | grep -q '550 5.1.1' || {
+        echo "    FAIL: no 550 reply in email.dlq"
+        code=1
+    }
+    if [ "$code" != 0 ]; then
+        ROWS[-1]="${ROWS[-1]/ ok/ FAIL (mail at the server)}"
+        passed=$((passed - 1)) failed=$((failed + 1))
+    fi
+    mail_down
+    svc stop email
+    restart email || true
+}
+
 # ------------------------------------------------------------------ main
 started=0
 for s in $(suite_names); do
@@ -378,7 +477,7 @@ for s in $(suite_names); do
 done
 # Whatever happens, leave the services as they were found.
 cleanup() { [ $started = 1 ] && "$ROOT/scripts/services.sh" stop >/dev/null 2>&1; return 0; }
-trap cleanup EXIT
+trap 'mail_down; cleanup' EXIT
 for s in $(suite_names); do
     wait_for 60 "$s ready" svc_ready "$s" || die "$s did not become ready; see $(svc_log_dir)/$s.log"
 done
@@ -386,12 +485,12 @@ restock 100000 "make chaos: restock"
 
 t_all=$(now_ms)
 for n in "${SCENARIOS[@]}"; do
-    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock)"
+    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail)"
     "scenario_$n"
 done
 
 echo
-printf '%-34s %6s %9s %5s %10s %12s  %s\n' scenario orders completed lost duplicated recovery result
+printf '%-34s %6s %9s %5s %10s %5s %12s  %s\n' scenario orders completed lost duplicated stuck recovery result
 for r in "${ROWS[@]}"; do echo "$r"; done
 echo "chaos: ${#ROWS[@]} scenario(s) in $(elapsed_s "$t_all") s; work files in $WORK"
 # The summary line run-tests.sh reads (the EXIT trap stops what we started).

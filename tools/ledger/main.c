@@ -20,11 +20,15 @@
  *            (anything more is counted as duplicated, anything less as lost)
  *   sales    every confirmed sale has its stock lines, one invoice, one receipt
  *   stock    per SKU: on_hand >= 0 and on_hand = adjustments - held - sold
- *   outboxes every schema's outbox is empty
- *   queues   work and retry queues are empty; each DLQ holds what --dlq says
- *            (DLQs not named are reported, not checked)
+ *   queues   work queues are empty; each DLQ holds what --dlq says (DLQs not
+ *            named are reported, not checked)
+ *   stuck    work neither lost nor done after the wait: a row left in any
+ *            schema's outbox (unpublished), a mail left pending in email's
+ *            mail outbox (email.messages, not yet delivered), a message left
+ *            in a retry tier
  *
- * Prints the counts, then "RESULT lost=L duplicated=D inconsistent=I ok=0|1".
+ * Prints the counts, then
+ * "RESULT lost=L duplicated=D stuck=S inconsistent=I ok=0|1".
  * Environment: DATABASE_URL (the owner role: it reads every schema),
  * AMQP_URL (the administrator: it looks at every queue), LEDGER_SERVICES
  * (default order-api,inventory,billing,email), RETRY_DELAYS_MS (default
@@ -65,7 +69,7 @@ typedef struct {
     long by_status[3]; /* CONFIRMED, REJECTED, CANCELLED */
     long sales, sales_done, sales_missing, sales_dup;
     long skus, negative, off_ledger;
-    long outbox_pending;
+    long outbox_pending, mail_pending;
     long queue_ready, retry_ready;
     long dlq_mismatch;
     int quiet;
@@ -319,7 +323,11 @@ static int check_db(PGconn *db, const sent *s, figures *fg, int verbose)
     if (verbose)
         printf("\n");
     PQclear(r);
-    return 0;
+    /* The mail outbox: mail recorded but not yet delivered. 'refused' mail
+     * is not counted here: its cause is in email.dlq. */
+    fg->mail_pending =
+        q_long(db, "SELECT count(*) FROM email.messages WHERE status = 'pending'", 0, NULL);
+    return fg->mail_pending < 0 ? -1 : 0;
 }
 
 static int check_queues(mq_conn *mq, figures *fg, int verbose)
@@ -376,7 +384,8 @@ static int check_queues(mq_conn *mq, figures *fg, int verbose)
 static int quiet(const figures *fg)
 {
     return fg->not_final == 0 && fg->found == fg->accepted && fg->sales_missing == 0 &&
-           fg->outbox_pending == 0 && fg->queue_ready == 0 && fg->retry_ready == 0;
+           fg->outbox_pending == 0 && fg->mail_pending == 0 && fg->queue_ready == 0 &&
+           fg->retry_ready == 0;
 }
 
 static int set_services(const char *list)
@@ -431,7 +440,7 @@ int main(int argc, char **argv)
     mq_opts mo = {0};
     char err[256];
     int64_t deadline;
-    long lost, dup, bad;
+    long lost, dup, bad, stuck;
 
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         char *end;
@@ -516,8 +525,10 @@ int main(int argc, char **argv)
     lost = (fg.accepted - fg.found) + fg.sales_missing;
     dup = fg.duplicated + fg.sales_dup;
     /* An order that is final but lacks an effect: lost effects, counted as inconsistent. */
-    bad = fg.incomplete + fg.not_final + fg.negative + fg.off_ledger + fg.outbox_pending +
-          fg.queue_ready + fg.retry_ready + fg.dlq_mismatch;
+    bad = fg.incomplete + fg.not_final + fg.negative + fg.off_ledger + fg.queue_ready +
+          fg.dlq_mismatch;
+    /* Neither lost nor done: still waiting in an outbox or a retry tier. */
+    stuck = fg.outbox_pending + fg.mail_pending + fg.retry_ready;
     printf("orders     %s%s: %ld stored", opt.tag ? "tag " : "all", opt.tag ? opt.tag : "",
            fg.stored);
     if (s.orders)
@@ -532,9 +543,13 @@ int main(int argc, char **argv)
                s.sales, fg.sales_done, fg.sales_missing, fg.sales_dup);
     printf("stock      %ld SKUs: %ld negative, %ld off the ledger\n", fg.skus, fg.negative,
            fg.off_ledger);
+    printf("stuck      %ld outbox row(s) unpublished, %ld mail(s) undelivered, %ld message(s) "
+           "in retry tiers\n",
+           fg.outbox_pending, fg.mail_pending, fg.retry_ready);
     printf("quiet      %s\n", fg.quiet ? "yes" : "no (timed out waiting)");
-    ok = lost == 0 && dup == 0 && bad == 0;
-    printf("RESULT lost=%ld duplicated=%ld inconsistent=%ld ok=%d\n", lost, dup, bad, ok);
+    ok = lost == 0 && dup == 0 && stuck == 0 && bad == 0;
+    printf("RESULT lost=%ld duplicated=%ld stuck=%ld inconsistent=%ld ok=%d\n", lost, dup, stuck,
+           bad, ok);
 out:
     free(s.order_ids);
     free(s.sale_ids);
