@@ -8,7 +8,7 @@ BUILD=${1:-build}
 BIN="$ROOT/$BUILD/bin"
 API="http://127.0.0.1:${HTTP_PORT:-8080}"
 AMQP=$(amqp_url pos)
-OWNER_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/ordersuite"
+OWNER_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD")
 sql() { psql -X -q -t -A "$OWNER_URL" -c "$1"; }
 
 # The mail catcher (tools/mailcatcher): email delivers to it over SMTP and

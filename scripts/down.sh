@@ -15,4 +15,12 @@ if [ -d "$VAR/rabbitmq" ] && rmq_running; then
     say "stopping RabbitMQ"
     rmqctl -q shutdown >/dev/null 2>&1 || rmqctl -q stop >/dev/null 2>&1 || die "RabbitMQ did not stop"
 fi
-say "down"
+# Second pairs of servers under var/NAME/ (check_tls's TLS pair, when a run
+# of it ended before it could stop them).
+if [ -z "${ORDERSUITE_INSTANCE:-}" ]; then
+    for f in "$VAR"/*/ordersuite.env; do
+        [ -f "$f" ] || continue
+        ORDERSUITE_INSTANCE=$(basename "$(dirname "$f")") bash "$0"
+    done
+fi
+say "down${ORDERSUITE_INSTANCE:+ ($ORDERSUITE_INSTANCE)}"

@@ -10,10 +10,15 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # var/ may be a link to a folder the service users can reach (see ensure_var);
 # every path handed to them must be the real one, not one through the link.
+# ORDERSUITE_INSTANCE=NAME puts a second pair of servers (own ports, own data)
+# under var/NAME/: check_tls brings up its TLS pair that way.
 set_var() {
     VAR="$ROOT/var"
     if [ -L "$VAR" ]; then
         VAR=$(readlink -f "$VAR")
+    fi
+    if [ -n "${ORDERSUITE_INSTANCE:-}" ]; then
+        VAR="$VAR/$ORDERSUITE_INSTANCE"
     fi
     ENV_FILE="$VAR/ordersuite.env"
 }
@@ -54,6 +59,15 @@ reachable_by_services() {
 # path they cannot traverse (e.g. /root/src/ordersuite) gets var/ as a link to
 # a folder under /var/tmp that they can reach, named after the clone's path.
 ensure_var() {
+    local inst=${ORDERSUITE_INSTANCE:-}
+    ORDERSUITE_INSTANCE= ensure_base_var
+    set_var
+    if [ -n "$inst" ]; then
+        mkdir -p "$VAR/log"
+        chmod 755 "$VAR"
+    fi
+}
+ensure_base_var() {
     [ "$(id -u)" = 0 ] || die "make up runs the servers as the postgres and rabbitmq users and must be run as root (try: sudo make up)"
     if [ -L "$ROOT/var" ]; then
         mkdir -p "$(readlink "$ROOT/var")"
@@ -89,9 +103,13 @@ who_listens() {
     ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*users:((\("[^"]*"\).*/\1/p' | head -1
 }
 
-# amqp_url USER: the AMQP URL of a service's broker user (admin: "admin").
+# amqp_url USER [VHOST]: the AMQP URL of a service's broker user (admin:
+# "admin") in VHOST (default: this environment's, ORDERSUITE_VHOST); with TLS
+# (make up TLS=1) amqps:// to AMQPS_PORT, verifying the broker against the
+# project's CA (common/mq.h).
 amqp_url() {
-    local user=$1 pw
+    local user=$1 path pw
+    if [ $# -ge 2 ]; then path="/$2"; else path=$(vhost_path); fi
     if [ "$user" = admin ]; then
         user=$RABBITMQ_ADMIN_USER
         pw=$RABBITMQ_ADMIN_PASSWORD
@@ -100,7 +118,11 @@ amqp_url() {
         v="RMQ_$(up_name "$user")_PASSWORD"
         pw=${!v}
     fi
-    echo "amqp://$user:$pw@127.0.0.1:$AMQP_PORT$(vhost_path)"
+    if tls_on; then
+        echo "amqps://$user:$pw@127.0.0.1:$AMQPS_PORT$path?cacertfile=$(tls_ca)"
+    else
+        echo "amqp://$user:$pw@127.0.0.1:$AMQP_PORT$path"
+    fi
 }
 
 # ------------------------------------------- which environment: dev or tests
@@ -133,6 +155,29 @@ use_test_env() {
     export ORDERSUITE_RUN_DIR="$VAR/tests/run" ORDERSUITE_LOG_DIR="$VAR/log/tests"
 }
 
+# db_url ROLE PASSWORD: the PostgreSQL URL of a role; with TLS, sslmode
+# verify-full against the project's CA (libpq checks the chain and the name).
+db_url() {
+    if tls_on; then
+        echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/$ORDERSUITE_DB?sslmode=verify-full&sslrootcert=$(tls_ca)"
+    else
+        echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/$ORDERSUITE_DB"
+    fi
+}
+
+# TLS (make up TLS=1, recorded as ORDERSUITE_TLS in the env file): the
+# certificates scripts/tls-certs.sh made under var/tls/.
+tls_on() { [ "${ORDERSUITE_TLS:-0}" = 1 ]; }
+tls_dir() { echo "$VAR/tls"; }
+tls_ca() { echo "$VAR/tls/ca.crt"; }
+# rmq_listener_env: the plain listener's variables for rmq_env; none with TLS
+# (they would open a plain-text listener beside the TLS one).
+rmq_listener_env() {
+    tls_on || echo RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$AMQP_PORT"
+}
+# rmq_port: the port the node's AMQP listener is on (AMQPS_PORT with TLS).
+rmq_port() { if tls_on; then echo "$AMQPS_PORT"; else echo "$AMQP_PORT"; fi; }
+
 # Random hex secret for the local passwords; generated once by up.
 gen_secret() {
     head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'
@@ -147,11 +192,10 @@ gen_secret() {
 rmq_env() {
     local r="$VAR/rabbitmq"
     echo HOME="$r/home" \
-        RABBITMQ_NODENAME="ordersuite@localhost" \
-        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODENAME="ordersuite${ORDERSUITE_INSTANCE:+-$ORDERSUITE_INSTANCE}@localhost" \
         ERL_EPMD_ADDRESS=127.0.0.1 \
         RABBITMQ_CONF_ENV_FILE="$r/rabbitmq-env.conf" \
-        RABBITMQ_NODE_PORT="$AMQP_PORT" \
+        $(rmq_listener_env) \
         RABBITMQ_DIST_PORT="$((AMQP_PORT + 20000))" \
         RABBITMQ_MNESIA_BASE="$r/mnesia" \
         RABBITMQ_LOG_BASE="$VAR/log/rabbitmq" \
@@ -195,13 +239,13 @@ wait_for() {
 AMQP_PORT=${AMQP_PORT:-5672}
 PG_PORT=${PG_PORT:-5432}
 MGMT_PORT=${MGMT_PORT:-15672}
+AMQPS_PORT=${AMQPS_PORT:-5671}
 
 # Exports the URLs the tests, tools and load scripts use: OWNER_DATABASE_URL,
 # <ROLE>_DATABASE_URL and <NAME>_AMQP_URL per service, TEST_AMQP_URL (the
 # administrator) and SPINE_AMQP_URL. Needs load_env first.
 export_suite_urls() {
     local name role pw
-    db_url() { echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/$ORDERSUITE_DB"; }
     export OWNER_DATABASE_URL
     OWNER_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD")
     # <ROLE>_DATABASE_URL and <NAME>_AMQP_URL for every service (its own role and
@@ -214,11 +258,11 @@ export_suite_urls() {
         export "$(up_name "$role")_DATABASE_URL=$(db_url "$role" "${!pw}")"
     done
     # The administrator, in this environment's vhost.
-    local admin="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
-    export TEST_AMQP_URL="$admin$(vhost_path)"
+    TEST_AMQP_URL=$(amqp_url admin)
     # The spine suite's own vhost (made by make up): its test events stay out of
     # the services' queues.
-    export SPINE_AMQP_URL="$admin/ordersuite-test"
+    SPINE_AMQP_URL=$(amqp_url admin ordersuite-test)
+    export TEST_AMQP_URL SPINE_AMQP_URL
 }
 
 # ---------------------------------------------- load runs (bench, chaos, soak)

@@ -21,7 +21,7 @@ while IFS='=' read -r k v; do
     esac
 done <"$ENV_FILE"
 umask 022
-MIGRATE_DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/$ORDERSUITE_DB" \
+MIGRATE_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD") \
     DB_ROLE_PASSWORDS_FILE="$pwfile" "$1" --dir "$ROOT/migrations" || exit 1
 
 # The broker side, as the administrator: the shared exchanges (no service may

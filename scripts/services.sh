@@ -48,7 +48,7 @@ svc_env() { # NAME: the environment of one service
     local role pw
     role=$(suite_field "$1" 2)
     pw="PG_$(up_name "$role")_PASSWORD"
-    echo "DATABASE_URL=postgresql://$role:${!pw}@127.0.0.1:$PG_PORT/$ORDERSUITE_DB"
+    echo "DATABASE_URL=$(db_url "$role" "${!pw}")"
     echo "$(suite_field "$1" 4)=$(svc_port "$1")"
     echo "AMQP_URL=$(amqp_url "$1")"
 }

@@ -10,7 +10,7 @@ else
     rc=1
 fi
 if [ -d "$VAR/rabbitmq" ] && rmq_running; then
-    echo "rabbitmq    up    127.0.0.1:$AMQP_PORT  management http://localhost:$MGMT_PORT"
+    echo "rabbitmq    up    127.0.0.1:$(rmq_port)$(tls_on && echo " (amqps)")  management http://localhost:$MGMT_PORT"
 else
     echo "rabbitmq    down"
     rc=1

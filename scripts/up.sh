@@ -7,6 +7,13 @@
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/broker-perms.sh"
 
+# TLS=1 / TLS=0 (make up TLS=1) chooses the mode; without it the mode the
+# env file recorded stays.
+want_tls=${TLS:-}
+case "$want_tls" in
+'' | 0 | 1) ;;
+*) die "TLS=$want_tls: use TLS=1 (TLS on) or TLS=0 (off)" ;;
+esac
 ensure_var
 load_env
 
@@ -18,6 +25,8 @@ if [ ! -f "$ENV_FILE" ]; then
 AMQP_PORT=$AMQP_PORT
 PG_PORT=$PG_PORT
 MGMT_PORT=$MGMT_PORT
+AMQPS_PORT=$AMQPS_PORT
+ORDERSUITE_TLS=${want_tls:-0}
 RABBITMQ_ADMIN_USER=ordersuite
 RABBITMQ_ADMIN_PASSWORD=$(gen_secret)
 PG_OWNER_PASSWORD=$(gen_secret)
@@ -40,6 +49,23 @@ for name in $(suite_names); do
     fi
 done
 load_env
+
+# Env files from before TLS existed get the two lines; a mode change needs
+# the servers stopped, since both read their TLS settings only at start.
+grep -q '^AMQPS_PORT=' "$ENV_FILE" || echo "AMQPS_PORT=$AMQPS_PORT" >>"$ENV_FILE"
+grep -q '^ORDERSUITE_TLS=' "$ENV_FILE" || echo "ORDERSUITE_TLS=0" >>"$ENV_FILE"
+load_env
+if [ -n "$want_tls" ] && [ "$want_tls" != "$ORDERSUITE_TLS" ]; then
+    if pg_running || rmq_running; then
+        die "the servers run with TLS=$ORDERSUITE_TLS; stop them first (make down), then make up TLS=$want_tls"
+    fi
+    sed -i "s/^ORDERSUITE_TLS=.*/ORDERSUITE_TLS=$want_tls/" "$ENV_FILE"
+    load_env
+fi
+if tls_on; then
+    bash "$ROOT/scripts/tls-certs.sh" "$(tls_dir)" || die "making the TLS certificates in $(tls_dir) failed"
+    chmod 755 "$(tls_dir)"
+fi
 
 check_port() { # PORT NAME
     if port_in_use "$1"; then
@@ -85,10 +111,42 @@ log_min_messages = warning
 log_min_error_statement = error
 EOF
     fi
-    say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    pg_tls_config "$data"
+    say "starting PostgreSQL on 127.0.0.1:$PG_PORT$(tls_on && echo " (TLS only)")"
     if ! pgctl start -w -t 60 -l "$VAR/log/postgresql/startup.log" -o "-p $PG_PORT" >/dev/null; then
         die "PostgreSQL did not start; see $VAR/log/postgresql/startup.log and $VAR/log/postgresql/postgresql.log"
     fi
+}
+
+# TLS on or off, at every start: ssl and its files in ordersuite-tls.conf
+# (included by postgresql.conf), and pg_hba.conf: TCP connections by password,
+# with TLS only "hostssl" lines, so a plain-text client finds no entry and is
+# refused. The Unix socket (peer, the superuser of the scripts) stays.
+pg_tls_config() {
+    local data=$1 host=host
+    grep -q "^include_if_exists = 'ordersuite-tls.conf'" "$data/postgresql.conf" ||
+        echo "include_if_exists = 'ordersuite-tls.conf'" | as_user postgres tee -a "$data/postgresql.conf" >/dev/null
+    if tls_on; then
+        host=hostssl
+        install -o postgres -g postgres -m 600 "$(tls_dir)/server.key" "$data/server.key"
+        install -o postgres -g postgres -m 644 "$(tls_dir)/server.crt" "$data/server.crt"
+        as_user postgres tee "$data/ordersuite-tls.conf" >/dev/null <<EOF
+# Written by scripts/up.sh (make up TLS=1).
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+EOF
+    else
+        echo "# Written by scripts/up.sh: TLS off (make up TLS=1 turns it on)." |
+            as_user postgres tee "$data/ordersuite-tls.conf" >/dev/null
+    fi
+    as_user postgres tee "$data/pg_hba.conf" >/dev/null <<EOF
+# Written by scripts/up.sh at every start (TLS=${ORDERSUITE_TLS}).
+# TYPE   DATABASE USER ADDRESS      METHOD
+local    all      all                peer
+$host    all      all  127.0.0.1/32 scram-sha-256
+EOF
 }
 
 # The migration owner role; the database itself and everything in it are made
@@ -109,9 +167,29 @@ EOF
 start_rabbitmq() {
     local r="$VAR/rabbitmq"
     mkdir -p "$r/home" "$r/mnesia" "$VAR/log/rabbitmq"
-    cat >"$r/rabbitmq.conf" <<EOF
-# Written by scripts/up.sh. The project's own node: loopback only.
-listeners.tcp.1 = 127.0.0.1:$AMQP_PORT
+    {
+        echo "# Written by scripts/up.sh. The project's own node: loopback only."
+        if tls_on; then
+            # TLS only: no plain-text AMQP listener at all. A client
+            # certificate is optional, and checked against the CA when sent.
+            mkdir -p "$r/tls"
+            cp "$(tls_dir)/ca.crt" "$(tls_dir)/server.crt" "$(tls_dir)/server.key" "$r/tls/"
+            cat <<EOF
+listeners.tcp = none
+listeners.ssl.1 = 127.0.0.1:$AMQPS_PORT
+ssl_options.cacertfile = $r/tls/ca.crt
+ssl_options.certfile = $r/tls/server.crt
+ssl_options.keyfile = $r/tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
+EOF
+        else
+            echo "listeners.tcp.1 = 127.0.0.1:$AMQP_PORT"
+        fi
+    } >"$r/rabbitmq.conf"
+    cat >>"$r/rabbitmq.conf" <<EOF
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $MGMT_PORT
 loopback_users = none
@@ -128,14 +206,15 @@ SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 EOF
     chown -R rabbitmq:rabbitmq "$r" "$VAR/log/rabbitmq"
+    [ ! -f "$r/tls/server.key" ] || chmod 600 "$r/tls/server.key"
     if rmq_running; then
-        say "RabbitMQ already running on 127.0.0.1:$AMQP_PORT"
+        say "RabbitMQ already running on 127.0.0.1:$(rmq_port)"
         return
     fi
-    check_port "$AMQP_PORT" AMQP_PORT
+    check_port "$(rmq_port)" "$(tls_on && echo AMQPS_PORT || echo AMQP_PORT)"
     check_port "$MGMT_PORT" MGMT_PORT
     check_port "$((AMQP_PORT + 20000))" "AMQP_PORT+20000 (Erlang distribution)"
-    say "starting RabbitMQ on 127.0.0.1:$AMQP_PORT (management UI on http://localhost:$MGMT_PORT)"
+    say "starting RabbitMQ on 127.0.0.1:$(rmq_port)$(tls_on && echo " (amqps only)") (management UI on http://localhost:$MGMT_PORT)"
     # shellcheck disable=SC2046
     setsid runuser -u rabbitmq -- env $(rmq_env) "$RMQ_BIN/rabbitmq-server" \
         >"$VAR/log/rabbitmq/startup.log" 2>&1 </dev/null &
@@ -198,4 +277,7 @@ start_postgres
 bootstrap_postgres
 start_rabbitmq
 bootstrap_rabbitmq
-say "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ 127.0.0.1:$AMQP_PORT, management http://localhost:$MGMT_PORT (user $RABBITMQ_ADMIN_USER, password in var/ordersuite.env)"
+if tls_on; then
+    say "TLS: amqps:// and sslmode=verify-full, verified against $(tls_ca) (bash scripts/env.sh prints the URLs)"
+fi
+say "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ 127.0.0.1:$(rmq_port), management http://localhost:$MGMT_PORT (user $RABBITMQ_ADMIN_USER, password in var/ordersuite.env)"

@@ -1,32 +1,60 @@
 /*
- * check_tls.c — AMQP over TLS (amqps://, common/mq.c).
+ * check_tls.c — TLS to both servers: AMQP over TLS (amqps://, common/mq.c)
+ * and PostgreSQL with sslmode=verify-full (libpq).
  *
  *   url        which AMQP URLs mq_check_url takes (unit, nothing running)
  *   handshake  mq's TLS socket against `openssl s_server` with certificates
  *              made by scripts/tls-certs.sh: a server whose certificate a
  *              wrong CA signed, or that names another host, is refused
  *              before anything is sent; the right one is not
+ *   servers    a RabbitMQ node and a PostgreSQL cluster of the suite's own,
+ *              started by `make up TLS=1`'s own script (tests/tls-instance.sh:
+ *              var/tls-check/, other ports): the order flow runs over TLS to
+ *              both, and a plain-text client and a client trusting another
+ *              CA are refused by each
  *
  * The certificates are made once per run under $ORDERSUITE_VAR/tls-check/:
  *   good/       CA A and a server certificate for 127.0.0.1 and localhost
  *   other/      CA B (a CA that signed none of good/'s certificates)
  *   wronghost/  CA A and a server certificate for elsewhere.invalid
  */
+#include "events.h"
 #include "mq.h"
 #include "testutil.h"
 #include "util.h"
 
+#include <cJSON.h>
+#include <libpq-fe.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define S_SERVER_PORT 18671
 
 static char certs[512]; /* $ORDERSUITE_VAR/tls-check */
+
+/* The TLS pair's URLs (tests/tls-instance.sh up), read by main(). */
+#define MAX_URLS 32
+static struct {
+    char name[64];
+    char value[1024];
+} urls[MAX_URLS];
+static int nurls;
+
+/* The instance's URL called name; fails the test when there is none. */
+static const char *inst(const char *name)
+{
+    for (int i = 0; i < nurls; i++)
+        if (strcmp(urls[i].name, name) == 0)
+            return urls[i].value;
+    ck_abort_msg("tls-instance.sh gave no %s", name);
+    return NULL;
+}
 
 /* ------------------------------------------------------------------ url */
 
@@ -149,6 +177,222 @@ START_TEST(server_with_the_right_ca_and_name_is_accepted)
 }
 END_TEST
 
+/* -------------------------------------------------------------- servers */
+
+#define API "http://127.0.0.1:18180"
+
+static int ready(void *arg)
+{
+    char url[128];
+    snprintf(url, sizeof(url), "%s/readyz", (const char *)arg);
+    return tu_http("GET", url, NULL, NULL, 0, NULL) == 200;
+}
+
+typedef struct {
+    const char *id;
+    const char *want;
+} status_arg;
+
+static int has_status(void *arg)
+{
+    status_arg *a = arg;
+    char url[256], *resp = NULL;
+    const cJSON *st;
+    cJSON *j;
+    int ok;
+    snprintf(url, sizeof(url), API "/orders/%s", a->id);
+    if (tu_http("GET", url, NULL, NULL, 0, &resp) != 200) {
+        free(resp);
+        return 0;
+    }
+    j = cJSON_Parse(resp);
+    free(resp);
+    st = cJSON_GetObjectItemCaseSensitive(j, "status");
+    ok = cJSON_IsString(st) && strcmp(st->valuestring, a->want) == 0;
+    cJSON_Delete(j);
+    return ok;
+}
+
+/* inventory, billing and order-api, each as its own broker user and role,
+ * with nothing but the instance's amqps:// and verify-full URLs: an order
+ * placed over HTTP is reserved, invoiced and CONFIRMED. */
+START_TEST(order_flow_over_tls_reaches_confirmed)
+{
+    static const char *const names[] = {"inventory", "billing", "order-api"};
+    static const char *const dbs[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL",
+                                      "ORDERS_DATABASE_URL"};
+    static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL",
+                                       "ORDER_API_AMQP_URL"};
+    static const char *const bases[] = {"http://127.0.0.1:19201", "http://127.0.0.1:19202", API};
+    static char env[3][5][1200];
+    const char *envp[3][6];
+    const char *hdrs[] = {"Content-Type: application/json", "Idempotency-Key: check-tls", NULL};
+    const char *body = "{\"customer_id\":\"tls\",\"customer_email\":\"tls@example.com\","
+                       "\"currency\":\"EUR\",\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}";
+    char *argv[] = {"svc", NULL}, *resp = NULL, id[UUID_STR_LEN] = "";
+    pid_t pids[3];
+    int all_ready = 1, confirmed = 0;
+    long code;
+
+    for (int i = 0; i < 3; i++) {
+        char path[512], log[512];
+        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", inst(amqp[i]));
+        snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", inst(dbs[i]));
+        snprintf(env[i][2], sizeof(env[i][2]), "HTTP_PORT=18180");
+        snprintf(env[i][3], sizeof(env[i][3]), "METRICS_PORT=%d", 19201 + i);
+        snprintf(env[i][4], sizeof(env[i][4]), "LOG_LEVEL=info");
+        for (int k = 0; k < 5; k++)
+            envp[i][k] = env[i][k];
+        envp[i][5] = NULL;
+        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
+        snprintf(log, sizeof(log), "%s/log/tests/tls-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
+        pids[i] = tu_spawn(path, argv, envp[i], log);
+    }
+    for (int i = 0; i < 3 && all_ready; i++)
+        all_ready = tu_poll(30000, ready, (void *)bases[i]);
+    if (all_ready) {
+        code = tu_http("POST", API "/orders", hdrs, body, strlen(body), &resp);
+        cJSON *j = cJSON_Parse(resp);
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "id");
+        if ((code == 201 || code == 200) && cJSON_IsString(v))
+            snprintf(id, sizeof(id), "%s", v->valuestring);
+        cJSON_Delete(j);
+        free(resp);
+        if (id[0]) {
+            status_arg a = {id, "CONFIRMED"};
+            confirmed = tu_poll(30000, has_status, &a);
+        }
+    }
+    for (int i = 2; i >= 0; i--) {
+        int st = tu_stop(pids[i], SIGTERM, 20000);
+        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                      "%s did not stop cleanly (status %d)", names[i], st);
+    }
+    ck_assert_msg(all_ready, "a service did not become ready over TLS (var/log/tests/tls-*.log)");
+    ck_assert_msg(id[0], "POST /orders over the TLS pair gave no order");
+    ck_assert_msg(confirmed, "order %s never reached CONFIRMED", id);
+}
+END_TEST
+
+/* One publisher connect as the instance's administrator to url. */
+static int amqp_try(const char *url, char *err, size_t errlen)
+{
+    mq_opts o = {.url = url, .app_id = "check_tls"};
+    mq_conn *c = mq_new(&o);
+    int rc;
+    ck_assert_msg(c != NULL, "mq_new refused %s", url);
+    rc = mq_connect_publisher(c, err, errlen);
+    mq_free(c);
+    return rc;
+}
+
+START_TEST(amqp_plain_text_client_is_refused)
+{
+    char err[MQ_ERR_LEN] = "";
+    int rc;
+    /* The control: the same user over TLS gets in. */
+    rc = amqp_try(inst("TEST_AMQP_URL"), err, sizeof(err));
+    ck_assert_msg(rc == MQ_OK, "amqps://: rc %d (%s)", rc, err);
+    /* No plain-text listener on the plain port ... */
+    rc = amqp_try(inst("TLS_PLAIN_AMQP_URL"), err, sizeof(err));
+    ck_assert_msg(rc != MQ_OK, "plain AMQP on the plain port was accepted");
+    /* ... and the TLS listener does not speak plain AMQP. */
+    rc = amqp_try(inst("TLS_PLAIN_TO_TLS_AMQP_URL"), err, sizeof(err));
+    ck_assert_msg(rc != MQ_OK, "plain AMQP on the TLS port was accepted");
+}
+END_TEST
+
+START_TEST(amqp_client_trusting_another_ca_is_refused)
+{
+    char url[1200], err[MQ_ERR_LEN] = "";
+    const char *good = inst("TEST_AMQP_URL");
+    const char *q = strstr(good, "?cacertfile=");
+    int rc;
+    ck_assert_ptr_nonnull(q);
+    snprintf(url, sizeof(url), "%.*s?cacertfile=%s/other/ca.crt", (int)(q - good), good, certs);
+    rc = amqp_try(url, err, sizeof(err));
+    ck_assert_msg(rc == MQ_ERR_CONFIG, "rc %d (%s)", rc, err);
+}
+END_TEST
+
+/* Connects with the owner's URL, its sslmode and sslrootcert replaced when
+ * given; returns 1 when the connection is made, and whether it is TLS. */
+static int pg_try(const char *sslmode, const char *rootcert, int *ssl_in_use)
+{
+    const char *keys[4] = {"dbname", NULL, NULL, NULL}, *vals[4] = {NULL, NULL, NULL, NULL};
+    int n = 1, ok;
+    PGconn *pg;
+    vals[0] = inst("OWNER_DATABASE_URL");
+    if (sslmode) {
+        keys[n] = "sslmode";
+        vals[n++] = sslmode;
+    }
+    if (rootcert) {
+        keys[n] = "sslrootcert";
+        vals[n++] = rootcert;
+    }
+    pg = PQconnectdbParams(keys, vals, 1);
+    ok = pg && PQstatus(pg) == CONNECTION_OK;
+    if (ssl_in_use)
+        *ssl_in_use = ok && PQsslInUse(pg);
+    PQfinish(pg);
+    return ok;
+}
+
+START_TEST(pg_plain_text_client_is_refused)
+{
+    int ssl = 0;
+    ck_assert_msg(pg_try(NULL, NULL, &ssl), "the owner's verify-full URL was refused");
+    ck_assert_msg(ssl, "the owner's verify-full connection is not TLS");
+    ck_assert_msg(!pg_try("disable", NULL, NULL), "a plain-text connection was accepted");
+}
+END_TEST
+
+START_TEST(pg_client_trusting_another_ca_is_refused)
+{
+    char ca[600];
+    snprintf(ca, sizeof(ca), "%s/other/ca.crt", certs);
+    ck_assert_msg(!pg_try("verify-full", ca, NULL), "a server signed by another CA was trusted");
+}
+END_TEST
+
+/* Runs tests/tls-instance.sh VERB [ARG], output to var/log/tests/. */
+static int instance(const char *verb, const char *arg)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd),
+             "bash %s/tests/tls-instance.sh %s %s >>%s/log/tests/tls-instance.log 2>&1",
+             getenv("ORDERSUITE_ROOT"), verb, arg ? arg : "", getenv("ORDERSUITE_VAR"));
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Reads the export lines tls-instance.sh wrote (bash's printf %q: a
+ * backslash quotes the next character). */
+static int read_urls(const char *path)
+{
+    char line[2048];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    while (nurls < MAX_URLS && fgets(line, sizeof(line), f)) {
+        char *eq, *p, *o;
+        if (strncmp(line, "export ", 7) != 0 || !(eq = strchr(line, '=')))
+            continue;
+        *eq = '\0';
+        snprintf(urls[nurls].name, sizeof(urls[nurls].name), "%s", line + 7);
+        for (p = eq + 1, o = urls[nurls].value;
+             *p && *p != '\n' && o < urls[nurls].value + sizeof(urls[nurls].value) - 1; p++) {
+            if (*p == '\\' && p[1])
+                p++;
+            *o++ = *p;
+        }
+        *o = '\0';
+        nurls++;
+    }
+    fclose(f);
+    return nurls > 0 ? 0 : -1;
+}
+
 /* Makes the three certificate folders (kept from an earlier run). */
 static int make_certs(void)
 {
@@ -175,9 +419,18 @@ int main(void)
 {
     Suite *s = suite_create("tls");
     TCase *tc;
+    char out[600];
+    int rc;
 
     if (make_certs() < 0)
         return 1;
+    snprintf(out, sizeof(out), "%s/urls.sh", certs);
+    if (instance("up", out) < 0 || read_urls(out) < 0) {
+        fprintf(stderr, "the TLS pair did not come up; see %s/log/tests/tls-instance.log\n",
+                getenv("ORDERSUITE_VAR"));
+        instance("down", NULL);
+        return 1;
+    }
     tc = tcase_create("url");
     tcase_add_loop_test(tc, check_url_takes_tls_only_with_a_readable_ca, 0,
                         (int)(sizeof(url_cases) / sizeof(url_cases[0])));
@@ -189,5 +442,20 @@ int main(void)
     tcase_add_test(tc, server_naming_another_host_is_refused);
     tcase_add_test(tc, server_with_the_right_ca_and_name_is_accepted);
     suite_add_tcase(s, tc);
-    return tu_run(s);
+
+    tc = tcase_create("servers");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, order_flow_over_tls_reaches_confirmed);
+    tcase_add_test(tc, amqp_plain_text_client_is_refused);
+    tcase_add_test(tc, amqp_client_trusting_another_ca_is_refused);
+    tcase_add_test(tc, pg_plain_text_client_is_refused);
+    tcase_add_test(tc, pg_client_trusting_another_ca_is_refused);
+    suite_add_tcase(s, tc);
+    rc = tu_run(s);
+    if (instance("down", NULL) < 0) {
+        fprintf(stderr, "stopping the TLS pair failed; see %s/log/tests/tls-instance.log\n",
+                getenv("ORDERSUITE_VAR"));
+        rc = 1;
+    }
+    return rc;
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# tests/tls-instance.sh up OUT | down — check_tls's own pair of servers, made
+# by `make up TLS=1` itself (scripts/up.sh) under var/tls-check/ on ports of
+# their own (PostgreSQL 5532, amqps 5771, management 15772; plain AMQP 5772
+# is configured off), so a plain `make test` tests TLS without touching the
+# servers the other suites use.
+#
+# up: starts and migrates them (ORDERSUITE_BIN has the binaries), then writes
+# to OUT the instance's URLs as export lines (scripts/env.sh), and
+# TLS_PLAIN_AMQP_URL / TLS_PLAIN_TO_TLS_AMQP_URL: the administrator without
+# TLS, to the plain port and to the TLS port.
+set -euo pipefail
+# A clean environment: run-tests.sh exports the main pair's env file (its
+# passwords and ports), which up.sh would take for this pair's.
+if [ -z "${TLS_INSTANCE_CLEAN:-}" ]; then
+    exec env -i TLS_INSTANCE_CLEAN=1 PATH="$PATH" ORDERSUITE_BIN="${ORDERSUITE_BIN:-}" bash "$0" "$@"
+fi
+export ORDERSUITE_INSTANCE=tls-check TLS=1
+export PG_PORT=5532 AMQP_PORT=5772 AMQPS_PORT=5771 MGMT_PORT=15772
+scripts=$(cd "$(dirname "$0")/../scripts" && pwd)
+case "${1:-}" in
+up)
+    out=${2:?usage: tls-instance.sh up OUT}
+    bash "$scripts/up.sh"
+    bash "$scripts/migrate.sh" "${ORDERSUITE_BIN:?}/migrate"
+    bash "$scripts/env.sh" >"$out"
+    # shellcheck source=/dev/null
+    source "$scripts/lib.sh"
+    load_env
+    {
+        printf 'export TLS_PLAIN_AMQP_URL=%q\n' "amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQP_PORT"
+        printf 'export TLS_PLAIN_TO_TLS_AMQP_URL=%q\n' "amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQPS_PORT"
+    } >>"$out"
+    ;;
+down)
+    bash "$scripts/down.sh"
+    ;;
+*)
+    echo "usage: tls-instance.sh up OUT | down" >&2
+    exit 2
+    ;;
+esac
