@@ -126,10 +126,14 @@ static int worker_consuming(void *arg)
     return tu_queue_counts("SPINE_AMQP_URL", SVC, &consumers) >= 0 && consumers > 0;
 }
 
+/* An extra "K=V" for the next start_worker, or NULL. */
+static const char *worker_extra_env;
+
 static void start_worker(void)
 {
-    static char env[7][1200];
-    const char *envp[8];
+    static char env[8][1200];
+    const char *envp[9];
+    int n = 7;
     char log[512];
     char *argv[] = {"spine_worker", NULL};
     char path[512];
@@ -141,9 +145,11 @@ static void start_worker(void)
     snprintf(env[4], sizeof(env[4]), "LOG_LEVEL=debug");
     snprintf(env[5], sizeof(env[5]), "HEARTBEAT_S=5");
     snprintf(env[6], sizeof(env[6]), "SPINE_CALLS_FILE=%s", calls_path);
-    for (int i = 0; i < 7; i++)
+    if (worker_extra_env)
+        snprintf(env[n++], sizeof(env[0]), "%s", worker_extra_env);
+    for (int i = 0; i < n; i++)
         envp[i] = env[i];
-    envp[7] = NULL;
+    envp[n] = NULL;
     snprintf(path, sizeof(path), "%s/spine_worker", tu_env("ORDERSUITE_TEST_BIN"));
     snprintf(log, sizeof(log), "%s/log/tests/spine_worker.log", tu_env("ORDERSUITE_VAR"));
     worker_pid = tu_spawn(path, argv, envp, log);
@@ -625,6 +631,104 @@ START_TEST(a_deleted_queue_is_declared_again_and_consumed)
 }
 END_TEST
 
+static void stop_worker(void)
+{
+    int status = tu_stop(worker_pid, SIGTERM, 20000);
+    ck_assert_msg(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "the worker did not stop cleanly (status %d)", status);
+}
+
+/* Sets SVC's delivery limit the way `make migrate` does. */
+static void set_delivery_limit(int limit)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && bash -c 'source scripts/lib.sh && load_env && source scripts/broker-perms.sh"
+             " && broker_policy ordersuite-test " SVC " %d' >/dev/null 2>&1",
+             tu_env("ORDERSUITE_ROOT"), limit);
+    ck_assert_msg(system(cmd) == 0, "broker_policy failed");
+}
+
+/* With no consumer, takes the next message of SVC and hands it back
+ * (requeue) until it leaves the queue; returns how many times it was
+ * delivered. */
+static int deliveries_until_gone(void)
+{
+    amqp_connection_state_t c = amqp_open();
+    int n = 0;
+    for (; n < 100; n++) {
+        amqp_rpc_reply_t r = amqp_basic_get(c, 1, amqp_cstring_bytes(SVC), 0);
+        amqp_message_t m;
+        ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+        if (r.reply.id != AMQP_BASIC_GET_OK_METHOD)
+            break;
+        ck_assert_int_eq(amqp_read_message(c, 1, &m, 0).reply_type, AMQP_RESPONSE_NORMAL);
+        amqp_destroy_message(&m);
+        ck_assert_int_eq(
+            amqp_basic_reject(c, 1, ((amqp_basic_get_ok_t *)r.reply.decoded)->delivery_tag, 1), 0);
+    }
+    amqp_done(c);
+    return n;
+}
+
+/* DELIVERY_LIMIT is a policy (`make migrate`), not a queue argument: a
+ * worker restarted with another value starts, and the new limit is in
+ * force on the queue it already had. */
+START_TEST(a_changed_delivery_limit_does_not_stop_the_worker_and_is_in_force)
+{
+    mq_conn *c;
+    char sale[UUID_STR_LEN];
+    char *body = sale_body("OK", sale);
+    int n, one = 1;
+
+    stop_worker();
+    set_delivery_limit(3);
+    worker_extra_env = "DELIVERY_LIMIT=3";
+    start_worker(); /* fails the test if it never consumes */
+    stop_worker();
+    worker_extra_env = NULL;
+    /* No consumer now: a message handed back again and again leaves for the
+     * DLQ after the limit. */
+    c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+    mq_free(c);
+    n = deliveries_until_gone();
+    ck_assert_msg(n >= 3 && n <= 4, "delivered %d times with a limit of 3", n);
+    ck_assert_msg(tu_poll(5000, dlq_has, &one), "not dead-lettered after the limit");
+    set_delivery_limit(20);
+    start_worker();
+    free(body);
+}
+END_TEST
+
+/* A key the worker no longer handles is unbound when it starts. */
+START_TEST(a_route_no_longer_handled_is_unbound)
+{
+    amqp_connection_state_t a = amqp_open();
+    mq_conn *c;
+    char err[MQ_ERR_LEN], id[UUID_STR_LEN];
+    mq_msg m = {0};
+
+    /* As if an older version had consumed order.placed. */
+    amqp_queue_bind(a, 1, amqp_cstring_bytes(SVC), amqp_cstring_bytes(MQ_EXCHANGE),
+                    amqp_cstring_bytes(RK_ORDER_PLACED), amqp_empty_table);
+    ck_assert_int_eq(amqp_get_rpc_reply(a).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_done(a);
+    stop_worker();
+    start_worker();
+    /* Nothing else in this vhost is bound to order.placed. */
+    c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    uuid_v4(id);
+    m.routing_key = RK_ORDER_PLACED;
+    m.message_id = id;
+    m.body = "{}";
+    m.len = 2;
+    ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_ERR_RETURNED,
+                  "order.placed still reaches " SVC " (%s)", err);
+    mq_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("spine");
@@ -643,6 +747,8 @@ int main(void)
     tcase_add_test(t, outbox_rows_written_while_the_broker_is_down_are_published_after);
     tcase_add_test(t, the_consumer_survives_a_broker_restart);
     tcase_add_test(t, a_deleted_queue_is_declared_again_and_consumed);
+    tcase_add_test(t, a_changed_delivery_limit_does_not_stop_the_worker_and_is_in_force);
+    tcase_add_test(t, a_route_no_longer_handled_is_unbound);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
