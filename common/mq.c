@@ -288,13 +288,30 @@ static void arg_int(amqp_table_entry_t *e, const char *k, int64_t v)
     e->value.value.i64 = v;
 }
 
+/* Declares a queue with the arguments it must have from the start. One
+ * that exists with other arguments (406: declared by an older version, e.g.
+ * with x-delivery-limit, which is now a policy) is used as it is: the
+ * channel the refusal closed is opened again and the queue looked up. */
 static int declare_queue(mq_conn *c, const char *name, amqp_table_entry_t *args, int nargs,
                          char *err, size_t errlen)
 {
     amqp_table_t t = {nargs, args};
+    amqp_channel_close_ok_t ok;
     char what[200];
+    int rc;
     amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(name), 0, 1, 0, 0, t);
     snprintf(what, sizeof(what), "queue.declare %s", name);
+    rc = rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen);
+    if (rc == MQ_OK || c->reply_code != AMQP_PRECONDITION_FAILED)
+        return rc;
+    log_warn("%s; keeping the queue as it is (delete it when empty to take the new arguments)",
+             err);
+    if (amqp_send_method(c->conn, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
+        return MQ_ERR;
+    amqp_channel_open(c->conn, CHANNEL);
+    if ((rc = rpc_check(c, amqp_get_rpc_reply(c->conn), "channel.open", err, errlen)) != MQ_OK)
+        return rc;
+    amqp_queue_declare(c->conn, CHANNEL, amqp_cstring_bytes(name), 1, 0, 0, 0, amqp_empty_table);
     return rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen);
 }
 
@@ -308,23 +325,46 @@ static int bind_queue(mq_conn *c, const char *queue, const char *exchange, const
     return rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen);
 }
 
+static int handles(const mq_topology *t, const char *key)
+{
+    for (const char *const *k = t->keys; k && *k; k++) {
+        if (strcmp(*k, key) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errlen)
 {
     amqp_table_entry_t a[7];
     char name[160];
-    int rc, limit = t->delivery_limit > 0 ? t->delivery_limit : 20;
+    int rc;
 
-    /* The work queue. */
+    /* The work queue. Only what cannot change goes into its arguments; the
+     * delivery limit is a policy (`make migrate`, scripts/broker-perms.sh). */
     arg_str(&a[0], "x-queue-type", "quorum");
     arg_str(&a[1], "x-dead-letter-exchange", MQ_DLX);
     arg_str(&a[2], "x-dead-letter-routing-key", t->queue);
     arg_str(&a[3], "x-dead-letter-strategy", "at-least-once");
     arg_str(&a[4], "x-overflow", "reject-publish");
-    arg_int(&a[5], "x-delivery-limit", limit);
-    if ((rc = declare_queue(c, t->queue, a, 6, err, errlen)) != MQ_OK)
+    if ((rc = declare_queue(c, t->queue, a, 5, err, errlen)) != MQ_OK)
         return rc;
     for (const char *const *k = t->keys; k && *k; k++) {
         if ((rc = bind_queue(c, t->queue, MQ_EXCHANGE, *k, err, errlen)) != MQ_OK)
+            return rc;
+    }
+    /* The bindings follow the routes: every event key of the contract that
+     * the service no longer handles is unbound (a no-op when it never was). */
+    for (int e = 0; e < EV__COUNT; e++) {
+        const char *key = ev_routing_key((ev_type)e);
+        char what[300];
+        if (handles(t, key))
+            continue;
+        amqp_queue_unbind(c->conn, CHANNEL, amqp_cstring_bytes(t->queue),
+                          amqp_cstring_bytes(MQ_EXCHANGE), amqp_cstring_bytes(key),
+                          amqp_empty_table);
+        snprintf(what, sizeof(what), "queue.unbind %s from %s/%s", t->queue, MQ_EXCHANGE, key);
+        if ((rc = rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen)) != MQ_OK)
             return rc;
     }
     if ((rc = bind_queue(c, t->queue, MQ_RETRY_EXCHANGE, t->queue, err, errlen)) != MQ_OK)

@@ -18,9 +18,13 @@
  * sales.dlx, all topic exchanges, so that the broker checks every routing
  * key against the publisher's topic permissions. Every consumer (re)connect
  * declares the service's own queues, idempotently:
- *   S           quorum work queue bound to sales.events with S's keys and to
- *               sales.retry with key S; dead-letters to sales.dlx/S,
- *               at-least-once, reject-publish, x-delivery-limit
+ *   S           quorum work queue bound to sales.events with S's keys (and
+ *               unbound from every other event key) and to sales.retry with
+ *               key S; dead-letters to sales.dlx/S, at-least-once,
+ *               reject-publish. Its delivery limit is a policy set by
+ *               `make migrate`: only arguments that never change are given
+ *               on declare, and a queue that exists with other arguments
+ *               (an older version's) is used as it is.
  *   S.retry.Nms quorum queues with x-message-ttl N, bound to sales.retry with
  *               their own name, dead-lettering to sales.retry/S (back to the
  *               work queue)
@@ -75,7 +79,6 @@ typedef struct {
     const char *queue;          /* the service name: work queue S */
     const char *const *keys;    /* routing keys on sales.events, NULL-terminated */
     int retry_ms[MQ_MAX_TIERS]; /* delay tiers in ms, ascending; 0 ends the list */
-    int delivery_limit;         /* x-delivery-limit; 0 = 20 */
 } mq_topology;
 
 typedef struct {

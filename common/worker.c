@@ -376,8 +376,7 @@ static void on_idle(void *ctx)
     set_db_ok(w, db_pg(w->db) && PQstatus(db_pg(w->db)) == CONNECTION_OK);
 }
 
-void worker_topology(const worker_def *def, const char **keys, const int *tiers, int limit,
-                     mq_topology *topo)
+void worker_topology(const worker_def *def, const char **keys, const int *tiers, mq_topology *topo)
 {
     size_t nk = 0;
     memset(topo, 0, sizeof(*topo));
@@ -387,11 +386,10 @@ void worker_topology(const worker_def *def, const char **keys, const int *tiers,
     topo->queue = def->service;
     topo->keys = keys;
     memcpy(topo->retry_ms, tiers, sizeof(topo->retry_ms));
-    topo->delivery_limit = limit;
 }
 
 int worker_declare_topology(const worker_def *def, const char *amqp_url, const int *tiers,
-                            int limit, char *err, size_t errlen)
+                            char *err, size_t errlen)
 {
     const char *keys[EV__COUNT + 1];
     mq_topology topo;
@@ -399,7 +397,7 @@ int worker_declare_topology(const worker_def *def, const char *amqp_url, const i
     mq_conn *c;
     int rc;
 
-    worker_topology(def, keys, tiers, limit, &topo);
+    worker_topology(def, keys, tiers, &topo);
     c = mq_new(&o);
     if (!c) {
         snprintf(err, errlen, "AMQP_URL is not an AMQP URL, or out of memory");
@@ -418,7 +416,7 @@ int worker_declare_topology(const worker_def *def, const char *amqp_url, const i
 int worker_main(const worker_def *def, int argc, char **argv)
 {
     char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL;
-    long prefetch = 64, limit = 20, heartbeat = 30, batch = 64;
+    long prefetch = 64, heartbeat = 30, batch = 64;
     int crash_flag = 0;
     char err[CFG_ERR_LEN + MQ_ERR_LEN];
     const cfg_spec specs[] = {
@@ -427,7 +425,6 @@ int worker_main(const worker_def *def, int argc, char **argv)
         {"LOG_LEVEL", CFG_STR, "info", 0, 0, &level},
         {"PREFETCH", CFG_LONG, "64", 1, 10000, &prefetch},
         {"RETRY_DELAYS_MS", CFG_STR, "1000,10000,60000", 0, 0, &tiers},
-        {"DELIVERY_LIMIT", CFG_LONG, "20", 1, 1000, &limit},
         {"HEARTBEAT_S", CFG_LONG, "30", 1, 600, &heartbeat},
         {"CRASH_AFTER_COMMIT", CFG_BOOL, "false", 0, 0, &crash_flag},
         {"BATCH_MAX", CFG_LONG, "64", 1, 256, &batch},
@@ -492,9 +489,9 @@ int worker_main(const worker_def *def, int argc, char **argv)
         goto config_error;
     }
     w.crash_after_commit = crash_flag;
-    worker_topology(def, w.keys, tier_ms, (int)limit, &w.topo);
+    worker_topology(def, w.keys, tier_ms, &w.topo);
     if (declare_only) {
-        rc = worker_declare_topology(def, amqp_url, tier_ms, (int)limit, err, sizeof(err));
+        rc = worker_declare_topology(def, amqp_url, tier_ms, err, sizeof(err));
         if (rc < 0)
             log_error("declaring the topology: %s", err);
         else

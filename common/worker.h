@@ -15,7 +15,7 @@
  * message goes to the service's DLQ at once.
  *
  * Environment: AMQP_URL, DATABASE_URL (or their _FILE forms), LOG_LEVEL,
- * PREFETCH, RETRY_DELAYS_MS ("1000,10000,60000"), DELIVERY_LIMIT,
+ * PREFETCH, RETRY_DELAYS_MS ("1000,10000,60000"),
  * HEARTBEAT_S, READY_MAX_OUTBOX (10000), the database limits of every
  * connection DB_STATEMENT_TIMEOUT_MS (15000), DB_LOCK_TIMEOUT_MS (5000) and
  * DB_IDLE_TX_TIMEOUT_MS (60000) (see db_timeouts; 0 = off), and for the HTTP server the port
@@ -68,14 +68,14 @@ typedef struct {
 int worker_main(const worker_def *def, int argc, char **argv);
 
 /* Fills topo (and keys, at least EV__COUNT + 1 entries) for def's routes,
- * with the retry tiers and delivery limit given. */
-void worker_topology(const worker_def *def, const char **keys, const int *tiers, int limit,
-                     mq_topology *topo);
+ * with the retry tiers given. (The delivery limit is a broker policy that
+ * `make migrate` sets: DELIVERY_LIMIT in scripts/broker-perms.sh.) */
+void worker_topology(const worker_def *def, const char **keys, const int *tiers, mq_topology *topo);
 
 /* Declares the shared exchanges and def's queues on the broker at amqp_url
  * (the administrator's: `make migrate`) and returns 0, or -1 with err. */
 int worker_declare_topology(const worker_def *def, const char *amqp_url, const int *tiers,
-                            int limit, char *err, size_t errlen);
+                            char *err, size_t errlen);
 
 /* The app state of worker_def. */
 void *worker_app(worker *w);

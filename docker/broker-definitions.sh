@@ -52,6 +52,21 @@ json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
         done
     done
     echo '],'
+    # Each work queue's delivery limit, as a policy (DELIVERY_LIMIT, default 20;
+    # see broker_policy in scripts/broker-perms.sh).
+    echo ' "policies": ['
+    sep=''
+    for entry in $BROKER_USERS; do
+        user=${entry%%:*}
+        [ "$user" = pos ] && continue
+        var="$(echo "$user" | tr 'a-z-' 'A-Z_')_DELIVERY_LIMIT"
+        limit=${!var:-${DELIVERY_LIMIT:-20}}
+        case "$limit" in '' | *[!0-9]*) echo "broker-init: $var must be a number" >&2; exit 1 ;; esac
+        printf '%s  {"vhost": "/", "name": "ordersuite-%s", "pattern": "^%s$", "apply-to": "queues", "priority": 0, "definition": {"delivery-limit": %s}}' \
+            "$sep" "$user" "$user" "$limit"
+        sep=$',\n'
+    done
+    echo '],'
     # The shared exchanges are the administrator's: no service may declare them.
     echo ' "exchanges": ['
     sep=''

@@ -54,3 +54,17 @@ broker_grant() {
     rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.retry "$own" "$own" >/dev/null
     rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.dlx "$own" "$own" >/dev/null
 }
+
+# broker_policy VHOST SERVICE DELIVERY_LIMIT: the operator-tunable settings
+# of SERVICE's work queue, as a policy. Queue arguments are fixed when a
+# queue is declared (declaring it again with other values fails with 406 and
+# would stop the worker); a policy changes in place, on the queue as it is.
+# Only the administrator sets policies: a service user that could would
+# reach every other queue through a pattern.
+broker_policy() {
+    local vhost=$1 svc=$2 limit=$3
+    [[ "$limit" =~ ^[0-9]+$ ]] && [ "$limit" -ge 1 ] && [ "$limit" -le 1000 ] ||
+        { echo "DELIVERY_LIMIT for $svc must be 1..1000, not '$limit'" >&2; return 1; }
+    rmqctl -q set_policy -p "$vhost" --apply-to queues --priority 0 "ordersuite-$svc" "^$svc\$" \
+        "{\"delivery-limit\": $limit}" >/dev/null
+}

@@ -24,9 +24,18 @@ umask 022
 MIGRATE_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD") \
     DB_ROLE_PASSWORDS_FILE="$pwfile" "$1" --dir "$ROOT/migrations" || exit 1
 
-# The broker side, as the administrator: the shared exchanges (no service may
-# declare them) and every service's queues, so that nothing is published
-# before the queues that must receive it exist.
+# The broker side, as the administrator. First the operator's settings of
+# each work queue, as policies (a policy changes in place; a queue argument
+# cannot): DELIVERY_LIMIT (default 20), or <NAME>_DELIVERY_LIMIT for one
+# service, from the environment or var/ordersuite.env.
+source "$ROOT/scripts/broker-perms.sh"
+for s in $(suite_names); do
+    var="$(up_name "$s")_DELIVERY_LIMIT"
+    broker_policy "$ORDERSUITE_VHOST" "$s" "${!var:-${DELIVERY_LIMIT:-20}}" || die "the policy of $s failed"
+done
+# Then the shared exchanges (no service may declare them) and every service's
+# queues, so that nothing is published before the queues that must receive
+# it exist.
 bin=$(dirname "$1")
 for s in $(suite_names); do
     if [ -x "$bin/$s" ]; then
