@@ -120,7 +120,7 @@ def main():
         cases = [
             ("malformed_json", post('{"customer_id": '), {400}),
             ("truncated_json", post(order()[:40]), {400}),
-            ("deeply_nested", post("[" * 100000 + "]" * 100000), {400, 413}),
+            ("huge_nested_body", post("[" * 100000 + "]" * 100000), {413}),
             ("duplicate_keys", post('{"currency":"EUR","currency":"USD","customer_id":"a",'
                                     '"customer_email":"a@b.c","items":[]}'), {400}),
             ("huge_number", post(order(items=[{"sku": "FLT-PAPER", "quantity": 10 ** 30}])), {422}),
@@ -151,6 +151,15 @@ def main():
         ]
         for name, (status, body), want in cases:
             check(name, status in want, f"status {status}, want {sorted(want)}: {body[:200]!r}")
+
+        # Nesting is refused for its depth, not its size: a small order (well
+        # under the body limit) whose only fault is a field nested 40 deep is
+        # the documented 400 (docs/openapi.yaml), not 413 and not the 422 a
+        # parser without the depth check would give for a non-string field.
+        deep = order(customer_id=json.loads("[" * 40 + '"a"' + "]" * 40))
+        status, body = post(deep)
+        check("deeply_nested", status == 400 and b"nested deeper" in body and len(deep) < 1024,
+              f"status {status} for {len(deep)} bytes: {body[:200]!r}")
 
         # A chunked body without a length: past MAX_BODY_BYTES (64 KiB) it is
         # read to its end and answered 413; one that keeps coming (past 4x)
