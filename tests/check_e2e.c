@@ -390,6 +390,64 @@ START_TEST(the_same_idempotency_key_gives_the_same_order_once)
 }
 END_TEST
 
+/* Racers on one Idempotency-Key: each waits at the barrier, then POSTs the
+ * same body with the same key at once. */
+typedef struct {
+    pthread_barrier_t *go;
+    const char *key;
+    racer r;
+} key_racer;
+
+static void *race_key(void *arg)
+{
+    key_racer *k = arg;
+    pthread_barrier_wait(k->go);
+    k->r.code = place("[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]", k->key, k->r.id);
+    return NULL;
+}
+
+/* Requests with one key that arrive together all pass the lookup before any
+ * has stored its order: the unique key lets one INSERT win, and every other
+ * one must answer as a replay of that order (not a 5xx, not a second order).
+ * Several rounds of 12, so that the lookup-then-insert race surely happens. */
+START_TEST(requests_racing_on_one_idempotency_key_get_one_order)
+{
+    enum { ROUNDS = 5, N = 12 };
+    for (int round = 0; round < ROUNDS; round++) {
+        pthread_barrier_t go;
+        pthread_t t[N];
+        key_racer k[N];
+        char key[64];
+        int created = 0;
+
+        snprintf(key, sizeof(key), "e2e-race-%lld-%d", (long long)util_wall_us(), round);
+        pthread_barrier_init(&go, NULL, N);
+        for (int i = 0; i < N; i++) {
+            k[i].go = &go;
+            k[i].key = key;
+            ck_assert_int_eq(pthread_create(&t[i], NULL, race_key, &k[i]), 0);
+        }
+        for (int i = 0; i < N; i++)
+            pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&go);
+        for (int i = 0; i < N; i++) {
+            ck_assert_msg(k[i].r.code == 201 || k[i].r.code == 200,
+                          "round %d, request %d: status %ld, want 201 or a 200 replay", round, i,
+                          k[i].r.code);
+            created += k[i].r.code == 201;
+            ck_assert_str_eq(k[i].r.id, k[0].r.id);
+        }
+        ck_assert_int_eq(created, 1);
+        ck_assert_int_eq(
+            owner_int("SELECT count(*) FROM orders.orders WHERE idempotency_key = $1", key), 1);
+        /* ...and that one order goes its way once: one invoice. */
+        await_status(k[0].r.id, "CONFIRMED");
+        ck_assert_int_eq(
+            owner_int("SELECT count(*) FROM billing.invoices WHERE order_id = $1", k[0].r.id), 1);
+    }
+}
+END_TEST
+
 /* Every kind of bad request gets its documented status, never a 5xx. */
 static const struct {
     const char *method, *path, *ctype, *body;
@@ -588,6 +646,7 @@ int main(void)
     tcase_add_test(f, pos_sales_take_stock_and_are_invoiced);
     tcase_add_test(f, concurrent_orders_for_the_last_units_never_oversell);
     tcase_add_test(f, the_same_idempotency_key_gives_the_same_order_once);
+    tcase_add_test(f, requests_racing_on_one_idempotency_key_get_one_order);
     tcase_add_test(f, pos_spools_sales_while_the_broker_is_down_and_sends_them_after);
     tcase_add_test(f, every_service_reports_health_readiness_and_metrics);
     tcase_add_test(f, one_grep_follows_an_order_through_every_service);
