@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""api_auth_check.py — order-api's bearer tokens and per-client scoping.
+
+Makes a tokens file with scripts/api-token.sh (two clients, alice and bob),
+starts build/bin/order-api on its own port with API_TOKENS_FILE pointing at
+it, and checks against the real database:
+  - the file holds SHA-256 hashes, never the tokens;
+  - no token, an unknown token, another scheme: 401 problem+json with
+    WWW-Authenticate: Bearer, on every API route, and no order is written;
+  - /healthz, /readyz and /metrics stay open;
+  - alice and bob using one Idempotency-Key get two different orders, and
+    alice's retry replays hers;
+  - bob cannot read alice's order (404) nor see it in his list.
+Run by scripts/run-tests.sh (which exports the URLs); prints a Check-style line.
+"""
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
+VAR = os.environ.get("ORDERSUITE_VAR", os.path.join(ROOT, "var"))
+PORT = 18380
+checks = []
+
+
+def check(name, ok, detail=""):
+    checks.append(bool(ok))
+    print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
+
+
+def call(method, path, token=None, body=None, headers=None):
+    """(status, headers as a dict with lower-case names, body bytes); (0, {}, why) on no answer."""
+    h = dict(headers or {})
+    if token is not None:
+        h["Authorization"] = token if " " in token else f"Bearer {token}"
+    if body is not None:
+        h["Content-Type"] = "application/json"
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+    try:
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    except OSError as e:
+        return 0, {}, str(e).encode()
+    finally:
+        c.close()
+
+
+def order(customer):
+    return json.dumps({"customer_id": customer, "customer_email": f"{customer}@example.com",
+                       "currency": "EUR", "items": [{"sku": "FLT-PAPER", "quantity": 1}]})
+
+
+def count_orders(customer):
+    out = subprocess.run(["psql", "-qAtX", os.environ["OWNER_DATABASE_URL"], "-c",
+                          f"SELECT count(*) FROM orders.orders WHERE customer_id = '{customer}'"],
+                         capture_output=True, text=True)
+    return int(out.stdout.strip()) if out.returncode == 0 else -1
+
+
+def unauthorized(name, status, hdrs, body):
+    ok = (status == 401 and hdrs.get("www-authenticate", "").startswith("Bearer")
+          and hdrs.get("content-type", "").startswith("application/problem+json"))
+    check(name, ok, f"got {status} {hdrs.get('www-authenticate')!r} {body[:120]!r}")
+
+
+def new_token(client, path):
+    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "api-token.sh"), client, path],
+                         capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def main():
+    tag = f"auth-{os.getpid()}"
+    tmp = tempfile.mkdtemp(prefix="ordersuite-auth-")
+    tokens = os.path.join(tmp, "api-tokens")
+    alice, bob = new_token("alice", tokens), new_token("bob", tokens)
+    check("tokens_made", alice and bob and alice != bob, "scripts/api-token.sh gave no token")
+    stored = open(tokens).read() if os.path.exists(tokens) else ""
+    check("tokens_stored_hashed",
+          alice and bob and alice not in stored and bob not in stored
+          and hashlib.sha256(alice.encode()).hexdigest() in stored
+          and hashlib.sha256(bob.encode()).hexdigest() in stored, stored)
+
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": os.environ["ORDERS_DATABASE_URL"],
+        "AMQP_URL": os.environ["ORDER_API_AMQP_URL"],
+        "HTTP_PORT": str(PORT), "API_TOKENS_FILE": tokens,
+    })
+    os.makedirs(os.path.join(VAR, "log", "tests"), exist_ok=True)
+    log = open(os.path.join(VAR, "log", "tests", "api_auth.order-api.log"), "w")
+    proc = subprocess.Popen([os.path.join(BIN, "order-api")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and call("GET", "/readyz")[0] != 200:
+            time.sleep(0.1)
+        for path in ("/healthz", "/readyz", "/metrics"):
+            check(f"open_{path[1:]}", call("GET", path)[0] == 200, f"{path} needs no token")
+
+        # No, unknown or malformed credentials: 401 everywhere, nothing written.
+        unauthorized("post_without_token_401", *call("POST", "/orders", body=order(tag)))
+        unauthorized("post_unknown_token_401",
+                     *call("POST", "/orders", token="x" * 43, body=order(tag)))
+        unauthorized("post_basic_scheme_401",
+                     *call("POST", "/orders", token="Basic YWxpY2U6eA==", body=order(tag)))
+        unauthorized("post_hash_as_token_401",
+                     *call("POST", "/orders", token=hashlib.sha256(alice.encode()).hexdigest(),
+                           body=order(tag)))
+        unauthorized("list_without_token_401", *call("GET", "/orders"))
+        unauthorized("get_without_token_401",
+                     *call("GET", "/orders/00000000-0000-4000-8000-000000000000"))
+        unauthorized("products_without_token_401", *call("GET", "/products"))
+        check("refused_requests_wrote_nothing", count_orders(tag) == 0,
+              f"{count_orders(tag)} orders for {tag}")
+
+        # One Idempotency-Key, two clients: two orders.
+        key = {"Idempotency-Key": f"{tag}-k1"}
+        sa, _, ba = call("POST", "/orders", token=alice, body=order(tag), headers=key)
+        sb, _, bb = call("POST", "/orders", token=bob, body=order(tag), headers=key)
+        check("alice_posts_201", sa == 201, f"{sa} {ba[:200]!r}")
+        check("bob_posts_201", sb == 201, f"{sb} {bb[:200]!r}")
+        ida = json.loads(ba).get("id") if sa in (200, 201) else None
+        idb = json.loads(bb).get("id") if sb in (200, 201) else None
+        check("same_key_two_clients_two_orders", ida and idb and ida != idb, f"{ida} {idb}")
+        sr, hr, br = call("POST", "/orders", token=alice, body=order(tag), headers=key)
+        check("alice_retry_replays_hers",
+              sr == 200 and hr.get("idempotent-replayed") == "true" and json.loads(br).get("id") == ida,
+              f"{sr} {br[:200]!r}")
+        check("two_orders_stored", count_orders(tag) == 2, f"{count_orders(tag)} orders for {tag}")
+
+        # Each sees only its own.
+        s, _, b = call("GET", f"/orders/{ida}", token=alice)
+        check("alice_reads_hers", s == 200 and json.loads(b).get("id") == ida, f"{s} {b[:200]!r}")
+        s, _, b = call("GET", f"/orders/{ida}", token=bob)
+        check("bob_cannot_read_alices_404", s == 404, f"{s} {b[:200]!r}")
+        s, _, b = call("GET", "/orders?limit=100", token=bob)
+        ids = [o["id"] for o in json.loads(b)["orders"]] if s == 200 else []
+        check("bob_lists_only_his", s == 200 and idb in ids and ida not in ids, f"{s} {ids}")
+        s, _, b = call("GET", f"/orders?limit=100&after={idb}", token=alice)
+        check("list_after_other_clients_order_ok", s in (200, 422), f"{s} {b[:200]!r}")
+        s, _, b = call("GET", "/products", token=bob)
+        check("products_with_token", s == 200, f"{s}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # an error is a failed check, not a crash of the runner
+        checks.append(False)
+        print(f"ERROR {type(e).__name__}: {e}")
+    failed = checks.count(False)
+    print(f"{100 * (len(checks) - failed) // max(1, len(checks))}%: Checks: {len(checks)}, "
+          f"Failures: {failed}, Errors: 0")
+    sys.exit(1 if failed else 0)
