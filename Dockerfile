@@ -7,7 +7,7 @@ FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       gcc make pkg-config \
-      librabbitmq-dev libpq-dev libmicrohttpd-dev libcjson-dev check libcurl4-openssl-dev \
+      librabbitmq-dev libpq-dev libmicrohttpd-dev libcjson-dev check libcurl4-openssl-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -20,7 +20,7 @@ RUN make -j"$(nproc)" all ORDERSUITE_VERSION=docker
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      librabbitmq4 libpq5 libmicrohttpd12 libcjson1 libcurl4 ca-certificates curl \
+      librabbitmq4 libpq5 libmicrohttpd12 libcjson1 libcurl4 libssl3 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin ordersuite
 WORKDIR /app

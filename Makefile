@@ -16,7 +16,7 @@ BUILD   ?= build
 SAN     ?=
 CC      ?= cc
 
-PKGS     := librabbitmq libpq libmicrohttpd libcjson
+PKGS     := librabbitmq libpq libmicrohttpd libcjson libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)

@@ -52,7 +52,7 @@ ledger_wait() { # TAG: wait for the run to drain, check it; the RESULT line
 loadgen() { # TAG ARGS...: one loadgen run, JSON in $WORK/TAG.json
     local tag=$1
     shift
-    DATABASE_URL=$OWNER_DATABASE_URL "$BIN/loadgen" -u "$API" -t "$tag" --skus "$LOAD_SKUS" \
+    API_TOKEN=$API_DEMO_TOKEN DATABASE_URL=$OWNER_DATABASE_URL "$BIN/loadgen" -u "$API" -t "$tag" --skus "$LOAD_SKUS" \
         -o "$WORK/$tag.ids" --json "$WORK/$tag.json" "$@" >"$WORK/$tag.out" 2>&1 ||
         die "loadgen $tag failed; see $WORK/$tag.out"
     sed 's/^/    /' "$WORK/$tag.out"
@@ -77,7 +77,7 @@ psql -q "$OWNER_DATABASE_URL" -c "TRUNCATE bench.orders, bench.order_lines, benc
 # The size of the suite's own messages: one order.placed of loadgen's order,
 # read (and requeued) from inventory's queue while inventory is stopped.
 "$ROOT/scripts/services.sh" stop inventory >/dev/null
-"$BIN/loadgen" -u "$API" -t "size-$STAMP" --skus "$LOAD_SKUS" -c 1 -n 1 >/dev/null || die "loadgen failed"
+API_TOKEN=$API_DEMO_TOKEN "$BIN/loadgen" -u "$API" -t "size-$STAMP" --skus "$LOAD_SKUS" -c 1 -n 1 >/dev/null || die "loadgen failed"
 MSG_BYTES=
 for _ in $(seq 1 50); do
     MSG_BYTES=$(curl -fsS -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" \

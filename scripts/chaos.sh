@@ -61,7 +61,7 @@ elapsed_s() { awk -v a="$(now_ms)" -v b="$1" 'BEGIN { printf "%.1f\n", (a - b) /
 load_start() { # TAG RATE SECONDS [loadgen args]: orders (and sales) in the background
     local tag=$1 rate=$2 secs=$3
     shift 3
-    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -u "$API" -t "$tag" -c 8 --skus "$LOAD_SKUS" \
+    API_TOKEN=$API_DEMO_TOKEN DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -u "$API" -t "$tag" -c 8 --skus "$LOAD_SKUS" \
         -r "$rate" -d "$secs" --retry 90 -o "$WORK/$tag.ids" "$@" >"$WORK/$tag.load" 2>&1 &
     LOAD_PID=$!
 }
@@ -264,6 +264,7 @@ scenario_5() {
     pgctl stop -m immediate >/dev/null || ok=0
     start=$(now_ms)
     code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        -H "Authorization: Bearer $API_DEMO_TOKEN" \
         -d '{"customer_id":"c5","customer_email":"c5@example.com","currency":"EUR","items":[{"sku":"FLT-PAPER","quantity":1}]}' \
         "$API/orders")
     end=$(now_ms)
@@ -272,7 +273,8 @@ scenario_5() {
     pgctl start -w -t 60 -l "$VAR/log/postgresql/startup.log" -o "-p $PG_PORT" >/dev/null || ok=0
     t0=$(now_ms)
     post_ok() {
-        [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$API/orders?limit=1")" = 200 ]
+        [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $API_DEMO_TOKEN" \
+            "$API/orders?limit=1")" = 200 ]
     }
     if wait_for 10 "the API to answer again" post_ok; then r="$(elapsed_s "$t0")s"; else r=">10s" ok=0; fi
     echo "    API answering ${r} after PostgreSQL was back"

@@ -9,7 +9,7 @@ PACKAGES=(
     # build
     gcc make pkg-config clang libclang-rt-14-dev clang-format cppcheck
     # libraries
-    librabbitmq-dev libpq-dev libmicrohttpd-dev libcjson-dev check libcurl4-openssl-dev
+    librabbitmq-dev libpq-dev libmicrohttpd-dev libcjson-dev check libcurl4-openssl-dev libssl-dev
     # servers and their clients
     rabbitmq-server postgresql postgresql-client
     # used by the scripts and tests

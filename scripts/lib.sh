@@ -178,6 +178,10 @@ rmq_listener_env() {
 # rmq_port: the port the node's AMQP listener is on (AMQPS_PORT with TLS).
 rmq_port() { if tls_on; then echo "$AMQPS_PORT"; else echo "$AMQP_PORT"; fi; }
 
+# api_tokens_file: order-api's API_TOKENS_FILE (client ids and token hashes,
+# scripts/api-token.sh adds to it; make up adds the demo client's).
+api_tokens_file() { echo "$VAR/api-tokens"; }
+
 # Random hex secret for the local passwords; generated once by up.
 gen_secret() {
     head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'

@@ -51,6 +51,7 @@ svc_env() { # NAME: the environment of one service
     echo "DATABASE_URL=$(db_url "$role" "${!pw}")"
     echo "$(suite_field "$1" 4)=$(svc_port "$1")"
     echo "AMQP_URL=$(amqp_url "$1")"
+    [ "$1" != order-api ] || echo "API_TOKENS_FILE=$(api_tokens_file)"
 }
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }

@@ -30,7 +30,7 @@ for s in $(suite_names); do wait_for 60 "$s" svc_ready "$s" || die "$s is not re
 restock 1000000 "make soak: restock"
 
 say "soak $TAG: $RATE orders/s and $((RATE / 10)) sales/s for $SECS s"
-DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -t "$TAG" -c 8 --skus "$LOAD_SKUS" -r "$RATE" \
+API_TOKEN=$API_DEMO_TOKEN DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -t "$TAG" -c 8 --skus "$LOAD_SKUS" -r "$RATE" \
     -d "$SECS" --sales $((RATE * SECS / 10)) --retry 60 -o "$WORK/ids" >"$WORK/load" 2>&1 &
 load=$!
 # Warm-up: the first minute (or a tenth of a short run) fills pools and caches.

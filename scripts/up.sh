@@ -48,7 +48,17 @@ for name in $(suite_names); do
         echo "$var=$(gen_secret)" >>"$ENV_FILE"
     fi
 done
+# order-api's demo client: a bearer token for client "demo". order-api keeps
+# only its hash (var/api-tokens, API_TOKENS_FILE); the token itself is kept
+# here with the other local secrets for make demo and the README's curl lines.
+if [ -z "${API_DEMO_TOKEN:-}" ]; then
+    echo "API_DEMO_TOKEN=$(bash "$ROOT/scripts/api-token.sh" demo "$(api_tokens_file)")" >>"$ENV_FILE"
+fi
 load_env
+demo_hash=$(printf '%s' "$API_DEMO_TOKEN" | sha256sum | cut -d' ' -f1)
+if ! grep -qx "demo $demo_hash" "$(api_tokens_file)" 2>/dev/null; then
+    (umask 077 && echo "demo $demo_hash" >>"$(api_tokens_file)")
+fi
 
 # Env files from before TLS existed get the two lines; a mode change needs
 # the servers stopped, since both read their TLS settings only at start.

@@ -13,6 +13,7 @@
 
 #include <cJSON.h>
 #include <curl/curl.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +22,9 @@
 #include <sys/wait.h>
 
 #define API "http://127.0.0.1:18080"
+/* The suite's API client: order-api gets its hash in a tokens file. */
+#define E2E_TOKEN "e2e-suite-token-Zx8Qm2Lp5Rt7Vw9Ya1Cb3Dn6Fg"
+#define AUTH      "Authorization: Bearer " E2E_TOKEN
 
 static const char *const names[] = {"inventory", "billing", "email", "order-api"};
 static const char *const urls[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL",
@@ -29,7 +33,8 @@ static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EM
                                    "ORDER_API_AMQP_URL"};
 static pid_t pids[4];
 
-static const char *const json_hdr[] = {"Content-Type: application/json", NULL};
+static const char *const json_hdr[] = {"Content-Type: application/json", AUTH, NULL};
+static const char *const auth_hdr[] = {AUTH, NULL};
 
 /* The HTTP side of each service started by start_all: inventory, billing and
  * email's metrics ports, then the API. */
@@ -44,11 +49,30 @@ static int ready(void *arg)
     return tu_http("GET", url, NULL, NULL, 0, NULL) == 200;
 }
 
+/* Writes a tokens file for E2E_TOKEN (client "e2e") into path. */
+static void write_tokens(const char *path)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    FILE *f = fopen(path, "w");
+    ck_assert_msg(f != NULL, "cannot write %s", path);
+    ck_assert(EVP_Digest(E2E_TOKEN, strlen(E2E_TOKEN), md, &n, EVP_sha256(), NULL) == 1);
+    fprintf(f, "e2e ");
+    for (unsigned int i = 0; i < n; i++)
+        fprintf(f, "%02x", md[i]);
+    fprintf(f, "\n");
+    ck_assert_int_eq(fclose(f), 0);
+}
+
 static void start_all(void)
 {
-    static char env[4][5][1200];
-    static const char *envp[4][6];
+    static char env[4][6][1200];
+    static const char *envp[4][7];
     char *argv[] = {"svc", NULL};
+    char tokens[512];
+
+    snprintf(tokens, sizeof(tokens), "%s/log/tests/e2e-api-tokens", tu_env("ORDERSUITE_VAR"));
+    write_tokens(tokens);
 
     for (int i = 0; i < 4; i++) {
         char path[512], log[512];
@@ -58,9 +82,10 @@ static void start_all(void)
         snprintf(env[i][2], sizeof(env[i][2]), "HTTP_PORT=18080");
         snprintf(env[i][3], sizeof(env[i][3]), "LOG_LEVEL=info");
         snprintf(env[i][4], sizeof(env[i][4]), "METRICS_PORT=%d", 19101 + i);
-        for (int k = 0; k < 5; k++)
+        snprintf(env[i][5], sizeof(env[i][5]), "API_TOKENS_FILE=%s", tokens);
+        for (int k = 0; k < 6; k++)
             envp[i][k] = env[i][k];
-        envp[i][5] = NULL;
+        envp[i][6] = NULL;
         snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
         snprintf(log, sizeof(log), "%s/log/tests/e2e-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
         pids[i] = tu_spawn(path, argv, envp[i], log);
@@ -107,7 +132,7 @@ static long stock(const char *sku)
 static long place(const char *items, const char *key, char id[UUID_STR_LEN])
 {
     char body[2048], *resp, keyhdr[300];
-    const char *hdrs[] = {"Content-Type: application/json", key ? keyhdr : NULL, NULL};
+    const char *hdrs[] = {"Content-Type: application/json", AUTH, key ? keyhdr : NULL, NULL};
     cJSON *j;
     long code;
 
@@ -132,7 +157,7 @@ static cJSON *get_order(const char *id)
     char url[256], *resp;
     cJSON *j;
     snprintf(url, sizeof(url), API "/orders/%s", id);
-    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, 0, &resp), 200);
+    ck_assert_int_eq(tu_http("GET", url, auth_hdr, NULL, 0, &resp), 200);
     j = cJSON_Parse(resp);
     free(resp);
     ck_assert_ptr_nonnull(j);
@@ -505,11 +530,11 @@ static const struct {
 START_TEST(bad_requests_get_their_status_and_the_server_keeps_serving)
 {
     char url[256], ct[128], *resp;
-    const char *hdrs[] = {ct, NULL};
+    const char *hdrs[] = {ct, AUTH, NULL};
     long code;
     snprintf(url, sizeof(url), API "%s", bad[_i].path);
     snprintf(ct, sizeof(ct), "Content-Type: %s", bad[_i].ctype ? bad[_i].ctype : "");
-    code = tu_http(bad[_i].method, url, bad[_i].ctype ? hdrs : NULL, bad[_i].body,
+    code = tu_http(bad[_i].method, url, bad[_i].ctype ? hdrs : auth_hdr, bad[_i].body,
                    bad[_i].body ? strlen(bad[_i].body) : 0, &resp);
     ck_assert_msg(code == bad[_i].want, "case %d (%s %s): %ld, want %ld: %s", _i, bad[_i].method,
                   bad[_i].path, code, bad[_i].want, resp);
@@ -524,7 +549,8 @@ START_TEST(oversized_bodies_are_refused_with_413)
 {
     size_t n = 200 * 1024;
     char *big = malloc(n);
-    const char *chunked[] = {"Content-Type: application/json", "Transfer-Encoding: chunked", NULL};
+    const char *chunked[] = {"Content-Type: application/json", "Transfer-Encoding: chunked", AUTH,
+                             NULL};
     memset(big, 'a', n);
     ck_assert_int_eq(tu_http("POST", API "/orders", json_hdr, big, n, NULL), 413);
     ck_assert_int_eq(tu_http("POST", API "/orders", chunked, big, n, NULL), 413);

@@ -26,6 +26,7 @@ VAR = os.environ.get("ORDERSUITE_VAR", os.path.join(ROOT, "var"))
 PORT = 18280
 TIMEOUT_S = 2
 PER_IP = 50
+TOKEN = b""  # the API client's bearer token (scripts/api-token.sh, in main)
 checks = []
 
 
@@ -35,7 +36,9 @@ def check(name, ok, detail=""):
 
 
 def request(raw, src="127.0.0.1", timeout=10):
-    """Sends raw bytes, returns (status, body) of the answer; (0, why) on no answer."""
+    """Sends raw bytes (with the client's token after the Host line), returns
+    (status, body) of the answer; (0, why) on no answer."""
+    raw = raw.replace(b"\r\nHost: x\r\n", b"\r\nHost: x\r\nAuthorization: Bearer " + TOKEN + b"\r\n", 1)
     s = socket.socket()
     s.settimeout(timeout)
     try:
@@ -98,8 +101,16 @@ def alive():
 
 
 def main():
+    global TOKEN
+    tokens = os.path.join(VAR, "log", "tests", "http_input.api-tokens")
+    if os.path.exists(tokens):
+        os.unlink(tokens)
+    os.makedirs(os.path.dirname(tokens), exist_ok=True)
+    TOKEN = subprocess.run(["bash", os.path.join(ROOT, "scripts", "api-token.sh"), "input", tokens],
+                           capture_output=True, check=True).stdout.strip()
     env = dict(os.environ)
     env.update({
+        "API_TOKENS_FILE": tokens,
         "DATABASE_URL": os.environ["ORDERS_DATABASE_URL"],
         "AMQP_URL": os.environ["ORDER_API_AMQP_URL"],
         "HTTP_PORT": str(PORT), "HTTP_TIMEOUT_S": str(TIMEOUT_S),

@@ -5,7 +5,14 @@
  *   GET  /orders/{id}   the order, its lines, invoice and status timeline
  *   GET  /orders        a page: ?status=&limit=&after=<id>
  *   GET  /products      the catalog
- * (/healthz, /readyz and /metrics come from the worker runtime.)
+ * (/healthz, /readyz and /metrics come from the worker runtime and need
+ * no token.)
+ *
+ * Every route here but the public catalog (GET /products) needs
+ * "Authorization: Bearer <token>"; the token's client
+ * (API_TOKENS_FILE, hashes only) owns the orders it places, and a client reads,
+ * lists and replays (Idempotency-Key) only its own. Anything else is a 401
+ * with WWW-Authenticate: Bearer, or a 404 for another client's order.
  *
  * Each pool thread has its own database connection. The order, its lines,
  * its first timeline entry and the order.placed outbox row are written in one
@@ -21,6 +28,10 @@
 #include "util.h"
 
 #include <cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +51,7 @@ static const char order_doc_sql[] =
     "   FROM order_lines l WHERE l.order_id = o.id),"
     " 'timeline', (SELECT coalesce(json_agg(json_build_object('status', t.status, 'at', t.at)"
     "   ORDER BY t.at), '[]') FROM order_timeline t WHERE t.order_id = o.id)"
-    ")::text AS doc FROM orders o WHERE o.id = $1";
+    ")::text AS doc FROM orders o WHERE o.id = $1 AND o.client_id = $2";
 
 void api_thread_exit(void *db)
 {
@@ -88,6 +99,157 @@ static void db_failure(http_resp *out, int rc, const char *err)
     } else {
         http_problem(out, 500, "Internal Server Error", "the request could not be stored", NULL);
     }
+}
+
+/* ------------------------------------------------------- authentication */
+
+static int client_char(int c)
+{
+    return isalnum(c) || c == '.' || c == '_' || c == '-';
+}
+
+static int hex_val(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* One line "CLIENT HEX" into t; -1 when malformed. line is NUL-terminated. */
+static int parse_token_line(const char *line, api_token *t)
+{
+    size_t n = 0;
+    while (client_char((unsigned char)line[n]))
+        n++;
+    if (n < 1 || n > API_CLIENT_MAX || (line[n] != ' ' && line[n] != '\t'))
+        return -1;
+    memcpy(t->client, line, n);
+    t->client[n] = '\0';
+    line += n;
+    while (*line == ' ' || *line == '\t')
+        line++;
+    for (int i = 0; i < 32; i++) {
+        int hi = hex_val((unsigned char)line[2 * i]), lo;
+        if (hi < 0 || (lo = hex_val((unsigned char)line[2 * i + 1])) < 0)
+            return -1;
+        t->hash[i] = (unsigned char)(hi << 4 | lo);
+    }
+    line += 64;
+    while (*line == ' ' || *line == '\t' || *line == '\r')
+        line++;
+    return *line == '\0' ? 0 : -1;
+}
+
+int api_tokens_load(const char *path, api_token **out, size_t *n, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    char line[512];
+    api_token *v = NULL;
+    size_t cap = 0, len = 0;
+    int lineno = 0, rc = -1;
+
+    *out = NULL;
+    *n = 0;
+    if (!f) {
+        snprintf(err, errlen, "API_TOKENS_FILE %s: %s", path, strerror(errno));
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        char *p = line;
+        lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            snprintf(err, errlen, "API_TOKENS_FILE %s:%d: line too long", path, lineno);
+            goto out;
+        }
+        line[strcspn(line, "\n")] = '\0';
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\0' || *p == '#' || *p == '\r')
+            continue;
+        if (len == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            api_token *nv = realloc(v, ncap * sizeof(*nv));
+            if (!nv) {
+                snprintf(err, errlen, "API_TOKENS_FILE %s: out of memory", path);
+                goto out;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        if (parse_token_line(p, &v[len]) < 0) {
+            snprintf(err, errlen,
+                     "API_TOKENS_FILE %s:%d: want \"CLIENT SHA256-HEX\" (scripts/api-token.sh)",
+                     path, lineno);
+            goto out;
+        }
+        len++;
+    }
+    if (ferror(f)) {
+        snprintf(err, errlen, "API_TOKENS_FILE %s: read error", path);
+        goto out;
+    }
+    if (len == 0) {
+        snprintf(err, errlen,
+                 "API_TOKENS_FILE %s has no tokens; make one with scripts/api-token.sh", path);
+        goto out;
+    }
+    *out = v;
+    *n = len;
+    v = NULL;
+    rc = 0;
+out:
+    fclose(f);
+    free(v);
+    return rc;
+}
+
+const char *api_authenticate(const api_ctx *ctx, const char *authorization)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    const char *tok, *found = NULL;
+    size_t n = 0;
+
+    if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0)
+        return NULL;
+    tok = authorization + 7;
+    while (*tok == ' ')
+        tok++;
+    /* RFC 6750 b64token: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/", then "="s. */
+    while (tok[n] && (isalnum((unsigned char)tok[n]) || strchr("-._~+/", tok[n])))
+        n++;
+    while (tok[n] == '=')
+        n++;
+    if (n == 0 || n > API_TOKEN_MAX || tok[n] != '\0')
+        return NULL;
+    if (EVP_Digest(tok, n, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
+        return NULL;
+    /* Every entry is compared, so the time taken does not tell which matched. */
+    for (size_t i = 0; i < ctx->ntokens; i++) {
+        if (CRYPTO_memcmp(md, ctx->tokens[i].hash, 32) == 0)
+            found = ctx->tokens[i].client;
+    }
+    return found;
+}
+
+/* The request's client, or NULL with a 401 in out. */
+static const char *client_of(http_req *r, const api_ctx *ctx, http_resp *out)
+{
+    const char *auth = http_header(r, "Authorization");
+    const char *client = api_authenticate(ctx, auth);
+    if (client)
+        return client;
+    http_problem(out, 401, "Unauthorized",
+                 auth ? "the bearer token is not valid" : "send Authorization: Bearer <token>",
+                 NULL);
+    snprintf(out->extra_name, sizeof(out->extra_name), "WWW-Authenticate");
+    snprintf(out->extra_value, sizeof(out->extra_value), "Bearer realm=\"ordersuite\"%s",
+             auth ? ", error=\"invalid_token\"" : "");
+    return NULL;
 }
 
 /* Runs a query returning one text column `doc`; 200 with it, 404 when no row. */
@@ -310,18 +472,18 @@ static int valid_idem_key(const char *k)
     return 1;
 }
 
-/* Looks up an earlier order with the same Idempotency-Key: 1 and its id when
+/* Looks up the client's earlier order with the same Idempotency-Key: 1 and its id when
  * found (same = the body was the same), 0 when none, -1 on database error. */
-static int find_idem(db_conn *db, const char *key, const char *body, char id[UUID_STR_LEN],
-                     int *same, int *dbrc, char *err, size_t errlen)
+static int find_idem(db_conn *db, const char *client, const char *key, const char *body,
+                     char id[UUID_STR_LEN], int *same, int *dbrc, char *err, size_t errlen)
 {
-    const char *p[] = {key, body};
+    const char *p[] = {key, body, client};
     PGresult *res;
     int found;
     *dbrc = db_execp(db, "api_idem",
                      "SELECT id, request_hash = encode(sha256(convert_to($2, 'UTF8')), 'hex')"
-                     " AS same FROM orders WHERE idempotency_key = $1",
-                     2, p, &res, err, errlen);
+                     " AS same FROM orders WHERE client_id = $3 AND idempotency_key = $1",
+                     3, p, &res, err, errlen);
     if (*dbrc != DB_OK)
         return -1;
     found = PQntuples(res) == 1;
@@ -339,8 +501,8 @@ static int find_idem(db_conn *db, const char *key, const char *body, char id[UUI
  * written, so a 201 shows exactly what GET /orders/{id} would. */
 static const char store_sql[] =
     "WITH o AS (INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
-    "   idempotency_key, request_hash) VALUES ($1::uuid, $2, $3, $4, $5, $6,"
-    "   encode(sha256(convert_to($7, 'UTF8')), 'hex')) RETURNING *),"
+    "   idempotency_key, request_hash, client_id) VALUES ($1::uuid, $2, $3, $4, $5, $6,"
+    "   encode(sha256(convert_to($7, 'UTF8')), 'hex'), $14) RETURNING *),"
     " l AS (INSERT INTO order_lines (order_id, sku, quantity, unit_price_minor)"
     "   SELECT $1::uuid, s, q, p FROM unnest($8::text[], $9::bigint[], $10::bigint[]) AS x(s, q, "
     "p)),"
@@ -361,8 +523,8 @@ static const char store_sql[] =
     ")::text AS doc FROM o, t";
 
 /* Writes the order; *doc (malloc'd) is its document. */
-static int store(db_conn *db, const ev_event *ev, const char *key, const char *body, char **doc,
-                 char *err, size_t errlen)
+static int store(db_conn *db, const ev_event *ev, const char *client, const char *key,
+                 const char *body, char **doc, char *err, size_t errlen)
 {
     const order_placed *o = &ev->u.order_placed;
     char total[24], mid[UUID_STR_LEN], *skus, *qty, *prices, *event = NULL;
@@ -405,8 +567,9 @@ static int store(db_conn *db, const ev_event *ev, const char *key, const char *b
                            prices,
                            mid,
                            ev_routing_key(ev->type),
-                           event};
-        rc = db_execp(db, "api_store", store_sql, 13, p, &res, err, errlen);
+                           event,
+                           client};
+        rc = db_execp(db, "api_store", store_sql, 14, p, &res, err, errlen);
     }
     if (rc == DB_OK) {
         outbox_wake(); /* committed: one statement outside a transaction block */
@@ -433,10 +596,11 @@ int api_decode_order(const char *body, size_t len, ev_event *ev, api_problem *p)
     return parse_request(body, len, &ev->u.order_placed, p) < 0 || validate(ev, p) < 0 ? -1 : 0;
 }
 
-static void replay(http_req *r, const api_ctx *ctx, http_resp *out, const char *id)
+static void replay(http_req *r, const api_ctx *ctx, http_resp *out, const char *client,
+                   const char *id)
 {
-    const char *p[] = {id};
-    respond_doc(r, ctx, out, "api_doc", order_doc_sql, 1, p, 200);
+    const char *p[] = {id, client};
+    respond_doc(r, ctx, out, "api_doc", order_doc_sql, 2, p, 200);
     snprintf(out->extra_name, sizeof(out->extra_name), "Idempotent-Replayed");
     snprintf(out->extra_value, sizeof(out->extra_value), "true");
     snprintf(out->location, sizeof(out->location), "/orders/%s", id);
@@ -446,7 +610,7 @@ static void post_order(http_req *r, void *cls, http_resp *out)
 {
     const api_ctx *ctx = cls;
     const char *key = http_header(r, "Idempotency-Key");
-    const char *body;
+    const char *body, *client;
     size_t len;
     problem prob = {0};
     ev_event ev;
@@ -456,6 +620,8 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     int rc = DB_OK, same = 0;
 
     ev_init(&ev, EV_ORDER_PLACED);
+    if (!(client = client_of(r, ctx, out)))
+        return;
     if (!json_content_type(http_header(r, "Content-Type"))) {
         http_problem(out, 415, "Unsupported Media Type", "send Content-Type: application/json",
                      NULL);
@@ -476,7 +642,7 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     if (!(db = thread_db(r, ctx, out)))
         goto out;
     if (key) {
-        int found = find_idem(db, key, body, existing, &same, &rc, err, sizeof(err));
+        int found = find_idem(db, client, key, body, existing, &same, &rc, err, sizeof(err));
         if (found < 0)
             goto db_error;
         if (found && !same) {
@@ -485,7 +651,7 @@ static void post_order(http_req *r, void *cls, http_resp *out)
             goto out;
         }
         if (found) {
-            replay(r, ctx, out, existing);
+            replay(r, ctx, out, client, existing);
             goto out;
         }
     }
@@ -496,13 +662,13 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     }
     if (validate(&ev, &prob) < 0)
         goto problem; /* e.g. a total beyond the contract's range */
-    rc = store(db, &ev, key, body, &doc, err, sizeof(err));
+    rc = store(db, &ev, client, key, body, &doc, err, sizeof(err));
     if (rc != DB_OK) {
         /* Two requests with one key at once: the loser answers as a replay. */
         if (key && strcmp(db_last_sqlstate(db), "23505") == 0 &&
-            find_idem(db, key, body, existing, &same, &rc, err, sizeof(err)) == 1) {
+            find_idem(db, client, key, body, existing, &same, &rc, err, sizeof(err)) == 1) {
             if (same)
-                replay(r, ctx, out, existing);
+                replay(r, ctx, out, client, existing);
             else
                 http_problem(out, 409, "Conflict",
                              "this Idempotency-Key was used with another request body", NULL);
@@ -530,12 +696,16 @@ out:
 static void get_order(http_req *r, void *cls, http_resp *out)
 {
     const char *id = http_path_rest(r);
-    const char *p[] = {id};
+    const char *client = client_of(r, cls, out);
+    const char *p[] = {id, client};
+    if (!client)
+        return;
     if (!uuid_valid(id)) {
         http_problem(out, 404, "Not Found", "not an order id", NULL);
         return;
     }
-    respond_doc(r, cls, out, "api_doc", order_doc_sql, 1, p, 200);
+    /* Another client's order is "no such order", like one that does not exist. */
+    respond_doc(r, cls, out, "api_doc", order_doc_sql, 2, p, 200);
 }
 
 static void list_orders(http_req *r, void *cls, http_resp *out)
@@ -545,11 +715,14 @@ static void list_orders(http_req *r, void *cls, http_resp *out)
     const char *status = http_query(r, "status");
     const char *limit = http_query(r, "limit");
     const char *after = http_query(r, "after");
+    const char *client = client_of(r, cls, out);
     long n = 20;
     char lim[24], err[128];
-    const char *p[3];
+    const char *p[4];
     int ok = !status;
 
+    if (!client)
+        return;
     for (const char *const *s = statuses; status && *s; s++)
         ok |= strcmp(*s, status) == 0;
     if (!ok) {
@@ -572,6 +745,7 @@ static void list_orders(http_req *r, void *cls, http_resp *out)
     p[0] = status;
     p[1] = util_i64(lim, n);
     p[2] = after;
+    p[3] = client;
     respond_doc(r, cls, out, "api_list",
                 "SELECT json_build_object('orders', coalesce(json_agg(json_build_object("
                 " 'id', x.id, 'status', x.status, 'customer_id', x.customer_id,"
@@ -580,13 +754,14 @@ static void list_orders(http_req *r, void *cls, http_resp *out)
                 " 'next', CASE WHEN count(*) = $2::int THEN"
                 " (array_agg(x.id ORDER BY x.created_at DESC, x.id DESC))[1] END)::text AS doc"
                 " FROM (SELECT id, status, customer_id, total_minor, currency, created_at"
-                " FROM orders WHERE ($1::text IS NULL OR status = $1)"
+                " FROM orders WHERE client_id = $4 AND ($1::text IS NULL OR status = $1)"
                 " AND ($3::uuid IS NULL OR (created_at, id) >"
-                " (SELECT created_at, id FROM orders WHERE id = $3::uuid))"
+                " (SELECT created_at, id FROM orders WHERE id = $3::uuid AND client_id = $4))"
                 " ORDER BY created_at, id LIMIT $2::int) x",
-                3, p, 200);
+                4, p, 200);
 }
 
+/* The public catalog: no token needed (the tills read it, see pos). */
 static void get_products(http_req *r, void *cls, http_resp *out)
 {
     respond_doc(r, cls, out, "api_products",

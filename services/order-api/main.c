@@ -14,6 +14,9 @@
  * A late or repeated event finds the order past its "from" states and
  * changes nothing. Each change adds a row to the order's timeline.
  *
+ * API_TOKENS_FILE (required) holds the SHA-256 of each client's bearer
+ * tokens (scripts/api-token.sh); it is read once, at start.
+ *
  * The API shares the worker runtime's HTTP server (HTTP_PORT, default 8080;
  * see worker.h for the other HTTP settings) with /healthz, /readyz, /metrics.
  */
@@ -115,9 +118,11 @@ int main(int argc, char **argv)
         {EV_INVENTORY_REJECTED, on_rejected}, {EV_BILLING_PAYMENT_FAILED, on_payment_failed},
         {EV_INVENTORY_RELEASED, on_released},
     };
-    char *db_url = NULL;
+    char *db_url = NULL, *tokens_file = NULL;
     char err[CFG_ERR_LEN];
-    const cfg_spec specs[] = {{"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url}};
+    const cfg_spec specs[] = {{"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
+                              {"API_TOKENS_FILE", CFG_STR, NULL, 0, 0, &tokens_file}};
+    const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     api_ctx ctx = {0};
     worker_def def = {.service = ORDER_SERVICE,
                       .routes = routes,
@@ -133,18 +138,23 @@ int main(int argc, char **argv)
         /* The API's own connections (one per HTTP thread) use DATABASE_URL
          * too; the worker runtime reads and checks the rest. */
         log_init(ORDER_SERVICE, LOG_INFO);
-        if (cfg_load(specs, 1, err, sizeof(err)) < 0) {
+        if (cfg_load(specs, nspecs, err, sizeof(err)) < 0 ||
+            api_tokens_load(tokens_file, &ctx.tokens, &ctx.ntokens, err, sizeof(err)) < 0) {
             log_error("configuration: %s", err);
+            cfg_free(specs, nspecs);
             return 1;
         }
+        log_info("%zu API tokens from %s", ctx.ntokens, tokens_file);
         ctx.database_url = db_url;
         if (worker_db_timeouts(&ctx.timeouts, err, sizeof(err)) < 0) {
             log_error("configuration: %s", err);
-            cfg_free(specs, 1);
+            free(ctx.tokens);
+            cfg_free(specs, nspecs);
             return 1;
         }
     }
     rc = worker_main(&def, argc, argv);
-    cfg_free(specs, 1);
+    free(ctx.tokens);
+    cfg_free(specs, nspecs);
     return rc;
 }

@@ -26,6 +26,10 @@
  *
  * -o writes "O <key> <order id>" per accepted order and "S <sale id>" per
  * confirmed sale, for the ledger checker. --json writes the figures.
+ * API_TOKEN (environment, required) is the bearer token every request
+ * carries (make up writes one for the demo: API_DEMO_TOKEN in
+ * var/ordersuite.env); the orders belong to its client.
+ *
  * Exit: 0, 1 when an order was lost to an error (or e2e timed out), 2 usage.
  */
 #include "cfg.h"
@@ -83,6 +87,7 @@ static struct {
     double e2e_s;
     const char *ids_path;
     const char *json_path;
+    const char *token; /* API_TOKEN */
     const char *skus[8];
     int nskus;
     int lines;
@@ -106,7 +111,8 @@ static int usage(void)
             "usage: loadgen [-u http://127.0.0.1:8080] [-c CONNS] (-n ORDERS | -d SECONDS)\n"
             "               [-r RATE] [-t TAG] [--sales N] [--retry SECONDS] [--e2e SECONDS]\n"
             "               [--skus A,B] [--lines K] [-o IDS_FILE] [--json FILE]\n"
-            "env: AMQP_URL (for --sales), DATABASE_URL (for --e2e)\n");
+            "env: API_TOKEN (bearer token, required), AMQP_URL (for --sales), DATABASE_URL (for "
+            "--e2e)\n");
     return 2;
 }
 
@@ -263,7 +269,7 @@ static void *order_thread(void *arg)
 {
     tstats *s = arg;
     char *resp = malloc(RESP_MAX);
-    char req[2048], body[1024], key[64];
+    char req[2560], body[1024], key[64];
     int fd = -1;
     long n;
 
@@ -278,9 +284,10 @@ static void *order_thread(void *arg)
         snprintf(key, sizeof(key), "%s-%ld", opt.tag, n);
         reqlen = snprintf(req, sizeof(req),
                           "POST /orders HTTP/1.1\r\nHost: %s:%d\r\n"
+                          "Authorization: Bearer %s\r\n"
                           "Content-Type: application/json\r\nIdempotency-Key: %s\r\n"
                           "Content-Length: %zu\r\n\r\n%s",
-                          opt.host, opt.port, key, blen, body);
+                          opt.host, opt.port, opt.token, key, blen, body);
         backoff_init(&b, 50, 1000);
         for (int attempt = 0;; attempt++) {
             int64_t t0;
@@ -727,6 +734,15 @@ int main(int argc, char **argv)
             fprintf(stderr, "loadgen: -t wants up to 40 letters, digits, - or _\n");
             return 2;
         }
+    }
+    opt.token = getenv("API_TOKEN");
+    if (!opt.token || !opt.token[0] || strlen(opt.token) > 512 ||
+        strspn(opt.token,
+               "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=") !=
+            strlen(opt.token)) {
+        fprintf(stderr, "loadgen: API_TOKEN must be order-api's bearer token (e.g. API_DEMO_TOKEN "
+                        "from var/ordersuite.env)\n");
+        return 2;
     }
     if (opt.sales > 0 && !getenv("AMQP_URL")) {
         fprintf(stderr, "loadgen: --sales needs AMQP_URL (the pos user's URL)\n");
