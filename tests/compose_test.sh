@@ -150,11 +150,11 @@ sql() { dc exec -T postgres psql -qAt -d ordersuite -c "$1"; }
 # place BODY: POST an order through the published port, print its id.
 place() {
     curl -sf --max-time 10 -X POST "$API/orders" -H 'Content-Type: application/json' \
-        -H "Idempotency-Key: ct-$RANDOM-$RANDOM-$SECONDS" -d "$1" |
+        -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: ct-$RANDOM-$RANDOM-$SECONDS" -d "$1" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
 }
 status_of() {
-    curl -sf --max-time 10 "$API/orders/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'
+    curl -sf --max-time 10 -H "Authorization: Bearer $API_DEMO_TOKEN" "$API/orders/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'
 }
 is_status() { [ "$(status_of "$1")" = "$2" ]; }
 
@@ -247,7 +247,7 @@ begin restart-rabbitmq
         i=$((i + 1))
         key="trickle-$$-$i"
         id=$(curl -sf --max-time 5 -X POST "$API/orders" -H 'Content-Type: application/json' \
-            -H "Idempotency-Key: $key" \
+            -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: $key" \
             -d "{\"customer_id\":\"trickle\",\"customer_email\":\"trickle@example.com\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]}" |
             python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' 2>/dev/null) && echo "O $key $id" >>"$WORK/trickle.ids"
         sleep 0.2

@@ -10,7 +10,7 @@
  *
  * Every route here but the public catalog (GET /products) needs
  * "Authorization: Bearer <token>"; the token's client
- * (API_TOKENS_FILE, hashes only) owns the orders it places, and a client reads,
+ * (API_TOKENS or API_TOKENS_FILE, hashes only) owns the orders it places, and a client reads,
  * lists and replays (Idempotency-Key) only its own. Anything else is a 401
  * with WWW-Authenticate: Bearer, or a 404 for another client's order.
  *
@@ -29,7 +29,6 @@
 
 #include <cJSON.h>
 #include <ctype.h>
-#include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -144,28 +143,27 @@ static int parse_token_line(const char *line, api_token *t)
     return *line == '\0' ? 0 : -1;
 }
 
-int api_tokens_load(const char *path, api_token **out, size_t *n, char *err, size_t errlen)
+int api_tokens_parse(const char *text, api_token **out, size_t *n, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    char line[512];
     api_token *v = NULL;
     size_t cap = 0, len = 0;
-    int lineno = 0, rc = -1;
+    int lineno = 0;
 
     *out = NULL;
     *n = 0;
-    if (!f) {
-        snprintf(err, errlen, "API_TOKENS_FILE %s: %s", path, strerror(errno));
-        return -1;
-    }
-    while (fgets(line, sizeof(line), f)) {
-        char *p = line;
+    while (*text) {
+        size_t ll = strcspn(text, "\n");
+        char line[256];
+        const char *p = line;
+
         lineno++;
-        if (!strchr(line, '\n') && !feof(f)) {
-            snprintf(err, errlen, "API_TOKENS_FILE %s:%d: line too long", path, lineno);
-            goto out;
+        if (ll >= sizeof(line)) {
+            snprintf(err, errlen, "API_TOKENS line %d: too long", lineno);
+            goto fail;
         }
-        line[strcspn(line, "\n")] = '\0';
+        memcpy(line, text, ll);
+        line[ll] = '\0';
+        text += ll + (text[ll] == '\n');
         while (*p == ' ' || *p == '\t')
             p++;
         if (*p == '\0' || *p == '#' || *p == '\r')
@@ -174,37 +172,30 @@ int api_tokens_load(const char *path, api_token **out, size_t *n, char *err, siz
             size_t ncap = cap ? cap * 2 : 16;
             api_token *nv = realloc(v, ncap * sizeof(*nv));
             if (!nv) {
-                snprintf(err, errlen, "API_TOKENS_FILE %s: out of memory", path);
-                goto out;
+                snprintf(err, errlen, "API_TOKENS: out of memory");
+                goto fail;
             }
             v = nv;
             cap = ncap;
         }
         if (parse_token_line(p, &v[len]) < 0) {
             snprintf(err, errlen,
-                     "API_TOKENS_FILE %s:%d: want \"CLIENT SHA256-HEX\" (scripts/api-token.sh)",
-                     path, lineno);
-            goto out;
+                     "API_TOKENS line %d: want \"CLIENT SHA256-HEX\" (scripts/api-token.sh)",
+                     lineno);
+            goto fail;
         }
         len++;
     }
-    if (ferror(f)) {
-        snprintf(err, errlen, "API_TOKENS_FILE %s: read error", path);
-        goto out;
-    }
     if (len == 0) {
-        snprintf(err, errlen,
-                 "API_TOKENS_FILE %s has no tokens; make one with scripts/api-token.sh", path);
-        goto out;
+        snprintf(err, errlen, "API_TOKENS has no tokens; make one with scripts/api-token.sh");
+        goto fail;
     }
     *out = v;
     *n = len;
-    v = NULL;
-    rc = 0;
-out:
-    fclose(f);
+    return 0;
+fail:
     free(v);
-    return rc;
+    return -1;
 }
 
 const char *api_authenticate(const api_ctx *ctx, const char *authorization)

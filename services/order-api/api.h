@@ -15,7 +15,7 @@
 #define API_CLIENT_MAX 64  /* a client id: 1-64 of A-Z a-z 0-9 . _ - */
 #define API_TOKEN_MAX  512 /* a bearer token's length, at most */
 
-/* One line of API_TOKENS_FILE: a client and the SHA-256 of one of its tokens. */
+/* One line of API_TOKENS: a client and the SHA-256 of one of its tokens. */
 typedef struct {
     char client[API_CLIENT_MAX + 1];
     unsigned char hash[32];
@@ -24,15 +24,16 @@ typedef struct {
 typedef struct {
     const char *database_url;
     db_timeouts timeouts; /* for the job threads' connections */
-    api_token *tokens; /* from api_tokens_load */
+    api_token *tokens;    /* from api_tokens_load */
     size_t ntokens;
 } api_ctx;
 
-/* Reads a tokens file: lines "CLIENT SHA256-HEX" (scripts/api-token.sh
- * writes them), blank lines and #-comments skipped. 0 with *out (malloc'd,
- * the caller frees it) and *n >= 1; -1 with err naming the file and line on
- * a malformed line, an unreadable file or one without tokens. */
-int api_tokens_load(const char *path, api_token **out, size_t *n, char *err, size_t errlen);
+/* Parses API_TOKENS (the value, or the content of API_TOKENS_FILE): lines
+ * "CLIENT SHA256-HEX" (scripts/api-token.sh writes them), blank lines and
+ * #-comments skipped. 0 with *out (malloc'd, the caller frees it) and
+ * *n >= 1; -1 with err naming the line when one is malformed or there is no
+ * token at all. */
+int api_tokens_parse(const char *text, api_token **out, size_t *n, char *err, size_t errlen);
 
 /* The client an Authorization header value ("Bearer <token>") belongs to,
  * or NULL for a missing, malformed or unknown token. Compares the token's

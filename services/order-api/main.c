@@ -14,8 +14,9 @@
  * A late or repeated event finds the order past its "from" states and
  * changes nothing. Each change adds a row to the order's timeline.
  *
- * API_TOKENS_FILE (required) holds the SHA-256 of each client's bearer
- * tokens (scripts/api-token.sh); it is read once, at start.
+ * API_TOKENS (required; usually API_TOKENS_FILE, a file holding the value)
+ * lists each client's bearer tokens as SHA-256 hashes (scripts/api-token.sh);
+ * it is read once, at start.
  *
  * The API shares the worker runtime's HTTP server (HTTP_PORT, default 8080;
  * see worker.h for the other HTTP settings) with /healthz, /readyz, /metrics.
@@ -118,10 +119,10 @@ int main(int argc, char **argv)
         {EV_INVENTORY_REJECTED, on_rejected}, {EV_BILLING_PAYMENT_FAILED, on_payment_failed},
         {EV_INVENTORY_RELEASED, on_released},
     };
-    char *db_url = NULL, *tokens_file = NULL;
+    char *db_url = NULL, *tokens = NULL;
     char err[CFG_ERR_LEN];
     const cfg_spec specs[] = {{"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
-                              {"API_TOKENS_FILE", CFG_STR, NULL, 0, 0, &tokens_file}};
+                              {"API_TOKENS", CFG_STR, NULL, 0, 0, &tokens}};
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     api_ctx ctx = {0};
     worker_def def = {.service = ORDER_SERVICE,
@@ -139,12 +140,12 @@ int main(int argc, char **argv)
          * too; the worker runtime reads and checks the rest. */
         log_init(ORDER_SERVICE, LOG_INFO);
         if (cfg_load(specs, nspecs, err, sizeof(err)) < 0 ||
-            api_tokens_load(tokens_file, &ctx.tokens, &ctx.ntokens, err, sizeof(err)) < 0) {
+            api_tokens_parse(tokens, &ctx.tokens, &ctx.ntokens, err, sizeof(err)) < 0) {
             log_error("configuration: %s", err);
             cfg_free(specs, nspecs);
             return 1;
         }
-        log_info("%zu API tokens from %s", ctx.ntokens, tokens_file);
+        log_info("%zu API tokens", ctx.ntokens);
         ctx.database_url = db_url;
         if (worker_db_timeouts(&ctx.timeouts, err, sizeof(err)) < 0) {
             log_error("configuration: %s", err);
