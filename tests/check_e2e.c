@@ -368,14 +368,61 @@ static void *race(void *arg)
     return NULL;
 }
 
+/* order.placed deliveries consumed by the inventory whose metrics are at
+ * base (-1: no answer). */
+static long consumed_orders(const char *base)
+{
+    char url[128], *body = NULL;
+    const char *m = "ordersuite_messages_consumed_total{service=\"inventory\","
+                    "routing_key=\"order.placed\"} ";
+    long n = 0;
+    snprintf(url, sizeof(url), "%s/metrics", base);
+    if (tu_http("GET", url, NULL, NULL, 0, &body) != 200)
+        n = -1;
+    else if (strstr(body, m))
+        n = strtol(strstr(body, m) + strlen(m), NULL, 10);
+    free(body);
+    return n;
+}
+
+static int two_inventory_consumers(void *arg)
+{
+    int consumers = 0;
+    (void)arg;
+    return tu_queue_counts("TEST_AMQP_URL", "inventory", &consumers) >= 0 && consumers == 2;
+}
+
+/* The suite's inventory and a second instance (PREFETCH 2 each) take the
+ * orders, so the on_hand guard is contended across transactions. */
 START_TEST(concurrent_orders_for_the_last_units_never_oversell)
 {
     enum { N = 12 };
+    static const char second[] = "http://127.0.0.1:19131";
+    static char env[4][1200];
+    const char *envp[5];
+    char *argv[] = {"inventory", NULL}, path[512], log[512];
     racer r[N];
     pthread_t t[N];
-    int confirmed = 0, rejected = 0;
+    int confirmed = 0, rejected = 0, st;
+    long before[2];
+    pid_t other;
 
     set_stock("POT-CAST-IRON", 3);
+    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("INVENTORY_AMQP_URL"));
+    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("INVENTORY_DATABASE_URL"));
+    snprintf(env[2], sizeof(env[2]), "METRICS_PORT=19131");
+    snprintf(env[3], sizeof(env[3]), "PREFETCH=2");
+    for (int i = 0; i < 4; i++)
+        envp[i] = env[i];
+    envp[4] = NULL;
+    snprintf(path, sizeof(path), "%s/inventory", tu_env("ORDERSUITE_BIN"));
+    snprintf(log, sizeof(log), "%s/log/tests/e2e-inventory-2.log", tu_env("ORDERSUITE_VAR"));
+    other = tu_spawn(path, argv, envp, log);
+    ck_assert_msg(tu_poll(30000, ready, (void *)second), "the second inventory is not ready");
+    ck_assert_msg(tu_poll(30000, two_inventory_consumers, NULL),
+                  "the second inventory is not consuming");
+    before[0] = consumed_orders(bases[0]);
+    before[1] = consumed_orders(second);
     for (int i = 0; i < N; i++)
         pthread_create(&t[i], NULL, race, &r[i]);
     for (int i = 0; i < N; i++)
@@ -394,6 +441,13 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
             util_sleep_ms(50, NULL);
         }
     }
+    /* Both instances took part. */
+    ck_assert_msg(consumed_orders(bases[0]) > before[0] && consumed_orders(second) > before[1],
+                  "the orders did not reach both inventory instances (%ld -> %ld, %ld -> %ld)",
+                  before[0], consumed_orders(bases[0]), before[1], consumed_orders(second));
+    st = tu_stop(other, SIGTERM, 20000);
+    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "the second inventory did not stop cleanly (status %d)", st);
     ck_assert_int_eq(confirmed, 3);
     ck_assert_int_eq(rejected, N - 3);
     ck_assert_int_eq(stock("POT-CAST-IRON"), 0);
