@@ -18,7 +18,9 @@ the shebang).
 --store FILE keeps the mails in FILE (one JSON object a line) across
 restarts; --ready-file FILE writes {"smtp": port, "http": port} there once
 both servers listen (ports 0 = chosen by the system, for tests).
-Nothing here is meant to face a network: both servers bind 127.0.0.1 only.
+Nothing here is meant to face a network: both servers bind 127.0.0.1 unless
+--bind says otherwise (docker compose: 0.0.0.0 inside the container, whose
+port is published on 127.0.0.1 only).
 """
 
 import argparse
@@ -205,6 +207,8 @@ class Catcher(Controller):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                    help="the address both servers listen on (0.0.0.0 in a container)")
     ap.add_argument("--smtp-port", type=int, default=1025)
     ap.add_argument("--http-port", type=int, default=1080)
     ap.add_argument("--refuse", action="append", default=[], metavar="ADDRESS")
@@ -219,16 +223,16 @@ def main():
     store = Store(a.store)
     store.refused.update(x.lower() for x in a.refuse)
     store.tempfail = a.tempfail
-    smtp = Catcher(Handler(store), hostname="127.0.0.1", port=a.smtp_port)
+    smtp = Catcher(Handler(store), hostname=a.bind, port=a.smtp_port)
     smtp.start()
-    web = ThreadingHTTPServer(("127.0.0.1", a.http_port), make_http_handler(store))
+    web = ThreadingHTTPServer((a.bind, a.http_port), make_http_handler(store))
     ports = {"smtp": smtp.port, "http": web.server_address[1]}
     if a.ready_file:
         tmp = a.ready_file + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(ports, f)
         os.rename(tmp, a.ready_file)
-    print("mailcatcher: smtp 127.0.0.1:%d, web http://127.0.0.1:%d/" % (ports["smtp"], ports["http"]),
+    print("mailcatcher: smtp %s:%d, web http://%s:%d/" % (a.bind, ports["smtp"], a.bind, ports["http"]),
           file=sys.stderr, flush=True)
     try:
         web.serve_forever()
