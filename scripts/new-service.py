@@ -8,8 +8,8 @@ migrations/NNNN_NAME.sql (its role, schema, outbox, inbox and table) and
 tests/check_NAME.c (starts it, hands it each key, checks each was handled),
 and registers it: a line in scripts/suite.sh (start order, role, the prefix
 of the events it may publish: NAME.*, port), a
-service in docker-compose.yml (and its passwords for the migrate job), the
-passwords in .env.example. `make up && make migrate && make test` then
+service in docker-compose.yml (and its passwords for the migrate and
+broker-init jobs), the passwords (empty) in .env.example. `make up && make migrate && make test` then
 builds, starts and tests it with no edits. Refuses names that exist and keys
 that are not events.
 """
@@ -94,7 +94,9 @@ def main():
     lines.insert(len(lines) - 1, f"{name} {name} {name} METRICS_PORT {port}")
     write("scripts/suite.sh", suite.replace(block, "\n" + "\n".join(lines) + "\n"), new=False)
 
-    # docker compose: the service, and its passwords for the migrate job
+    # docker compose: the service, its database password for the migrate job
+    # and its broker password for broker-init (which makes its broker user);
+    # passwords are required (${VAR:?...}) and empty in .env.example.
     compose = read("docker-compose.yml")
     service = f"""  {name}:
     <<: *app
@@ -107,23 +109,28 @@ def main():
       LOG_LEVEL: info
     healthcheck:
       test: ["CMD", "curl", "-sf", "http://127.0.0.1:{port}/readyz"]
-      interval: 5s
+      interval: 3s
       timeout: 3s
-      retries: 20
+      retries: 40
 
 """
-    if "\n  pos:\n" not in compose or "\n  migrate:\n" not in compose:
-        die("docker-compose.yml does not have the pos and migrate services it expects")
+    for svc in ("pos", "migrate", "broker-init"):
+        if f"\n  {svc}:\n" not in compose:
+            die(f"docker-compose.yml does not have the {svc} service it expects")
     compose = compose.replace("\n  pos:\n", "\n" + service + "  pos:\n", 1)
-    head, rest = compose.split("\n  migrate:\n", 1)
-    env_at = rest.index("    environment:\n") + len("    environment:\n")
-    rest = (rest[:env_at] + f"      PG_{up}_PASSWORD: ${{PG_{up}_PASSWORD}}\n"
-            f"      RMQ_{up}_PASSWORD: ${{RMQ_{up}_PASSWORD}}\n" + rest[env_at:])
-    write("docker-compose.yml", head + "\n  migrate:\n" + rest, new=False)
+
+    def add_env(text, svc, var):
+        head, rest = text.split(f"\n  {svc}:\n", 1)
+        at = rest.index("    environment:\n") + len("    environment:\n")
+        line = f"      {var}: ${{{var}:?set {var} in .env}}\n"
+        return head + f"\n  {svc}:\n" + rest[:at] + line + rest[at:]
+
+    compose = add_env(compose, "migrate", f"PG_{up}_PASSWORD")
+    compose = add_env(compose, "broker-init", f"RMQ_{up}_PASSWORD")
+    write("docker-compose.yml", compose, new=False)
 
     env = read(".env.example").rstrip("\n")
-    write(".env.example", env + f"\nRMQ_{up}_PASSWORD=change-me-{name}\n"
-          f"PG_{up}_PASSWORD=change-me-{name}-db\n", new=False)
+    write(".env.example", env + f"\nRMQ_{up}_PASSWORD=\nPG_{up}_PASSWORD=\n", new=False)
 
     print(f"""new-service: made {name}, consuming {', '.join(keys)}
   services/{name}/main.c          the handlers (edit handle())
