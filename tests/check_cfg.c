@@ -4,6 +4,7 @@
  */
 #include "cfg.h"
 #include "log.h"
+#include "metrics.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -197,6 +198,26 @@ START_TEST(log_levels_parse)
 }
 END_TEST
 
+/* A routing key comes from a message: whatever it holds must stay inside its
+ * label value (Prometheus text format escapes \\, " and newline). */
+START_TEST(metrics_escape_label_values_from_messages)
+{
+    metrics *m = metrics_new("svc\"x", "v\\1");
+    char *page;
+    ck_assert_ptr_nonnull(m);
+    metrics_count(m, M_CONSUMED, "a\"b\\c\nevil_injected_total 99\n", 1);
+    page = metrics_render(m, NULL);
+    ck_assert_ptr_nonnull(page);
+    ck_assert_msg(strstr(page, "\nevil_injected_total") == NULL, "a message added a series");
+    ck_assert_msg(strstr(page, "ordersuite_messages_consumed_total{service=\"svc\\\"x\","
+                               "routing_key=\"a\\\"b\\\\c\\nevil_injected_total 99\\n\"} 1\n"),
+                  "label values not escaped");
+    ck_assert_msg(strstr(page, "version=\"v\\\\1\"} 1\n"), "version not escaped");
+    free(page);
+    metrics_free(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cfg_log_util");
@@ -213,6 +234,7 @@ int main(void)
     tcase_add_test(l, log_levels_parse);
     tcase_add_test(u, redact_hides_passwords_in_urls);
     tcase_add_test(u, backoff_doubles_up_to_the_cap_with_bounded_jitter);
+    tcase_add_test(u, metrics_escape_label_values_from_messages);
     suite_add_tcase(s, c);
     suite_add_tcase(s, l);
     suite_add_tcase(s, u);
