@@ -27,10 +27,14 @@ static const char *const kind_help[M__KINDS] = {
     "Messages published and confirmed by the broker.",
     "Messages the broker delivered again (after a crash or a lost connection)."};
 
+/* A label value escaped for the text format: every byte may double. */
+#define LABEL_MAX 128
+#define ESC_MAX   (2 * LABEL_MAX)
+
 struct metrics {
     pthread_mutex_t lock;
-    char service[64], version[64];
-    char keys[MAX_KEYS][128];
+    char service[ESC_MAX], version[ESC_MAX]; /* escaped once, at creation */
+    char keys[MAX_KEYS][LABEL_MAX];          /* as received; escaped when rendered */
     size_t nkeys;
     uint64_t counts[M__KINDS][MAX_KEYS];
     uint64_t buckets[NB + 1]; /* the last is +Inf */
@@ -38,14 +42,36 @@ struct metrics {
     double sum;
 };
 
+/* src as a Prometheus label value: \ " and newline escaped (the text
+ * format's rules), other control bytes shown as '?', cut to fit dst whole
+ * (never in the middle of an escape). A routing key comes from a message,
+ * so without this a publisher could end a label or add series of its own. */
+static void escape_label(char *dst, size_t size, const char *src)
+{
+    size_t n = 0;
+    for (; *src && n + 3 <= size; src++) {
+        unsigned char c = (unsigned char)*src;
+        if (c == '\\' || c == '"') {
+            dst[n++] = '\\';
+            dst[n++] = (char)c;
+        } else if (c == '\n') {
+            dst[n++] = '\\';
+            dst[n++] = 'n';
+        } else {
+            dst[n++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+        }
+    }
+    dst[n] = '\0';
+}
+
 metrics *metrics_new(const char *service, const char *version)
 {
     metrics *m = calloc(1, sizeof(*m));
     if (!m)
         return NULL;
     pthread_mutex_init(&m->lock, NULL);
-    snprintf(m->service, sizeof(m->service), "%s", service);
-    snprintf(m->version, sizeof(m->version), "%s", version);
+    escape_label(m->service, sizeof(m->service), service);
+    escape_label(m->version, sizeof(m->version), version);
     return m;
 }
 
@@ -162,9 +188,12 @@ char *metrics_render(metrics *m, const metrics_gauges *g)
     pthread_mutex_lock(&m->lock);
     for (int k = 0; k < M__KINDS; k++) {
         put(&o, "# HELP %s %s\n# TYPE %s counter\n", kind_names[k], kind_help[k], kind_names[k]);
-        for (size_t i = 0; i < m->nkeys; i++)
+        for (size_t i = 0; i < m->nkeys; i++) {
+            char key[ESC_MAX];
+            escape_label(key, sizeof(key), m->keys[i]);
             put(&o, "%s{service=\"%s\",routing_key=\"%s\"} %llu\n", kind_names[k], m->service,
-                m->keys[i], (unsigned long long)m->counts[k][i]);
+                key, (unsigned long long)m->counts[k][i]);
+        }
     }
     put(&o, "# HELP ordersuite_handler_duration_seconds Time from delivery to commit.\n"
             "# TYPE ordersuite_handler_duration_seconds histogram\n");
