@@ -429,7 +429,7 @@ scenario_mail() {
     echo "    pending mail delivered ${r} after the server was back"
     curl -fsS -X POST "http://127.0.0.1:$web/api/refuse" -d "{\"address\": \"$rcpt\"}" >/dev/null || ok=0
     code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$API/orders" -H 'Content-Type: application/json' \
-        -H "Idempotency-Key: $TAG-refused" -d "{\"customer_id\":\"$TAG\",\"customer_email\":\"$rcpt\",
+        -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: $TAG-refused" -d "{\"customer_id\":\"$TAG\",\"customer_email\":\"$rcpt\",
         \"currency\":\"EUR\",\"items\":[{\"sku\":\"${LOAD_SKUS%%,*}\",\"quantity\":1}]}")
     [ "$code" = 201 ] || { echo "    FAIL: the order to $rcpt was answered $code"; ok=0; }
     load_wait || ok=0

@@ -193,6 +193,8 @@ typedef struct {
     const char *want;
 } status_arg;
 
+static const char *const auth_hdr[] = {TU_API_AUTH, NULL};
+
 static int has_status(void *arg)
 {
     status_arg *a = arg;
@@ -201,7 +203,7 @@ static int has_status(void *arg)
     cJSON *j;
     int ok;
     snprintf(url, sizeof(url), API "/orders/%s", a->id);
-    if (tu_http("GET", url, NULL, NULL, 0, &resp) != 200) {
+    if (tu_http("GET", url, auth_hdr, NULL, 0, &resp) != 200) {
         free(resp);
         return 0;
     }
@@ -224,9 +226,10 @@ START_TEST(order_flow_over_tls_reaches_confirmed)
     static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL",
                                        "ORDER_API_AMQP_URL"};
     static const char *const bases[] = {"http://127.0.0.1:19201", "http://127.0.0.1:19202", API};
-    static char env[3][5][1200];
-    const char *envp[3][6];
-    const char *hdrs[] = {"Content-Type: application/json", "Idempotency-Key: check-tls", NULL};
+    static char env[3][6][1200];
+    const char *envp[3][7];
+    const char *hdrs[] = {"Content-Type: application/json", "Idempotency-Key: check-tls",
+                          TU_API_AUTH, NULL};
     const char *body = "{\"customer_id\":\"tls\",\"customer_email\":\"tls@example.com\","
                        "\"currency\":\"EUR\",\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}";
     char *argv[] = {"svc", NULL}, *resp = NULL, id[UUID_STR_LEN] = "";
@@ -241,9 +244,10 @@ START_TEST(order_flow_over_tls_reaches_confirmed)
         snprintf(env[i][2], sizeof(env[i][2]), "HTTP_PORT=18180");
         snprintf(env[i][3], sizeof(env[i][3]), "METRICS_PORT=%d", 19201 + i);
         snprintf(env[i][4], sizeof(env[i][4]), "LOG_LEVEL=info");
-        for (int k = 0; k < 5; k++)
+        snprintf(env[i][5], sizeof(env[i][5]), "%s", TU_API_TOKENS);
+        for (int k = 0; k < 6; k++)
             envp[i][k] = env[i][k];
-        envp[i][5] = NULL;
+        envp[i][6] = NULL;
         snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
         snprintf(log, sizeof(log), "%s/log/tests/tls-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
         pids[i] = tu_spawn(path, argv, envp[i], log);

@@ -475,12 +475,12 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
 {
     const char *inv_env[] = {"METRICS_PORT=" LIM_INV_PORT, "DB_LOCK_TIMEOUT_MS=500", NULL};
     const char *api_env[] = {"HTTP_PORT=" LIM_API_PORT, "HTTP_THREADS=2", "DB_LOCK_TIMEOUT_MS=3000",
-                             NULL};
+                             TU_API_TOKENS, NULL};
     const char *locked[] = {"GRD-BURR"}, *free_sku[] = {"TEA-SENCHA"};
     const int64_t qty[] = {1}, price[] = {100};
     const char body[] = "{\"customer_id\":\"lim\",\"customer_email\":\"lim@example.com\","
                         "\"currency\":\"EUR\",\"items\":[{\"sku\":\"TEA-SENCHA\",\"quantity\":1}]}";
-    const char *hdrs[] = {"Content-Type: application/json", NULL};
+    const char *hdrs[] = {"Content-Type: application/json", TU_API_AUTH, NULL};
     char a[UUID_STR_LEN], b[UUID_STR_LEN];
     pid_t inv, api, posts[4];
     mq_conn *c;

@@ -15,6 +15,14 @@
 
 /* The value of an environment variable the suite needs (set by
  * scripts/run-tests.sh); fails the test when it is missing. */
+/* An order-api client for suites that start order-api themselves: give it
+ * TU_API_TOKENS in its environment and send TU_API_AUTH with each request
+ * (the hash is the SHA-256 of the token, as scripts/api-token.sh writes it). */
+#define TU_API_TOKEN "tests-suite-token-Qw3Er5Ty7Ui9"
+#define TU_API_AUTH  "Authorization: Bearer " TU_API_TOKEN
+#define TU_API_TOKENS                                                                              \
+    "API_TOKENS=tests c767501eacd1b4c5f67e0b32970a4922e4ebdd33a6c64810f77bf9f017dab212"
+
 const char *tu_env(const char *name);
 
 /* Polls cond(arg) every 20 ms until it returns non-zero or timeout_ms passes.
