@@ -191,8 +191,8 @@ char *metrics_render(metrics *m, const metrics_gauges *g)
         for (size_t i = 0; i < m->nkeys; i++) {
             char key[ESC_MAX];
             escape_label(key, sizeof(key), m->keys[i]);
-            put(&o, "%s{service=\"%s\",routing_key=\"%s\"} %llu\n", kind_names[k], m->service,
-                key, (unsigned long long)m->counts[k][i]);
+            put(&o, "%s{service=\"%s\",routing_key=\"%s\"} %llu\n", kind_names[k], m->service, key,
+                (unsigned long long)m->counts[k][i]);
         }
     }
     put(&o, "# HELP ordersuite_handler_duration_seconds Time from delivery to commit.\n"
