@@ -419,8 +419,9 @@ END_TEST
 
 /* ------------------------------------------------ database time limits */
 
-#define LIM_INV_PORT "18931"
-#define LIM_API_PORT "18932"
+#define LIM_INV_PORT  "18931"
+#define LIM_API_PORT  "18932"
+#define LIM_BILL_PORT "18933"
 
 static pid_t spawn_limited(const char *name, const char *db_env, const char *amqp_env,
                            const char *const *extra)
@@ -551,6 +552,50 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
 }
 END_TEST
 
+/* A till's sale at the contract's maxima (100 lines of 10 000 units at
+ * 10 M each: total 10^15 minor units) with the tax rate at its maximum
+ * (TAX_RATE_BP=10000, 100 %): the tax part is exactly half, 5 * 10^14, where
+ * gross * rate alone (10^19) does not fit in 64 bits. The SKUs are in no
+ * stock, so inventory, when it sees the sale later, moves nothing. */
+START_TEST(billing_taxes_a_sale_at_the_contract_maxima_exactly)
+{
+    const char *env[] = {"METRICS_PORT=" LIM_BILL_PORT, "TAX_RATE_BP=10000", NULL};
+    mq_conn *c;
+    ev_event ev;
+    sale_completed *s = &ev.u.sale_completed;
+    char id[UUID_STR_LEN];
+    pid_t bill = spawn_limited("billing", "BILLING_DATABASE_URL", "BILLING_AMQP_URL", env);
+
+    ck_assert_msg(tu_poll(30000, answers, (void *)LIM_BILL_PORT), "billing is not ready");
+    c = tu_publisher("TEST_AMQP_URL", "check_workers");
+    ev_init(&ev, EV_SALE_COMPLETED);
+    uuid_v4(s->sale_id);
+    memcpy(id, s->sale_id, UUID_STR_LEN);
+    strcpy(s->store_id, "MAX-01");
+    strcpy(s->currency, "EUR");
+    ck_assert_int_eq(ev_lines_alloc(&s->lines, EV_LINES_MAX), 0);
+    for (int i = 0; i < EV_LINES_MAX; i++) {
+        snprintf(s->lines.items[i].sku, sizeof(s->lines.items[i].sku), "MAXTEST-%03d", i);
+        s->lines.items[i].quantity = EV_QTY_MAX;
+        s->lines.items[i].unit_price = EV_PRICE_MAX;
+    }
+    s->total = EV_TOTAL_MAX;
+    ev_now_rfc3339(s->paid_at);
+    publish(c, &ev, id);
+    await("SELECT count(*) FROM billing.invoices WHERE sale_id = $1"
+          " AND amount_minor = 1000000000000000 AND tax_minor = 500000000000000"
+          " AND net_minor = 500000000000000",
+          id, 1);
+    ev_free(&ev);
+    mq_free(c);
+    {
+        int st = tu_stop(bill, SIGTERM, 20000);
+        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                      "billing did not stop cleanly (status %d)", st);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("workers");
@@ -567,6 +612,7 @@ int main(void)
     l = tcase_create("limits");
     tcase_set_timeout(l, 90);
     tcase_add_test(l, a_held_row_lock_times_out_and_retries_and_health_stays_fast);
+    tcase_add_test(l, billing_taxes_a_sale_at_the_contract_maxima_exactly);
     suite_add_tcase(s, l);
     return tu_run(s);
 }
