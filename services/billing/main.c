@@ -25,10 +25,18 @@ typedef struct {
     long tax_bp;       /* tax rate in basis points */
 } billing_cfg;
 
+/* The tax inside a gross amount, rounded half up:
+ *   gross = net * (1 + bp/10000)  →  tax = gross * bp / (10000 + bp).
+ * gross * bp alone overflows 64 bits at the contract's maxima (10^15 * 10^4),
+ * so the division goes first: with gross = q * d + r (d = 10000 + bp),
+ * gross * bp / d = q * bp + r * bp / d, where q * bp <= gross and
+ * r * bp < d * bp <= 2 * 10^8. gross is in [0, EV_TOTAL_MAX] (the decoder
+ * checked it), bp in [0, 10000] (cfg). */
 static int64_t tax_part(int64_t gross, long bp)
 {
-    /* gross = net * (1 + bp/10000)  →  tax = gross * bp / (10000 + bp) */
-    return (gross * bp + (10000 + bp) / 2) / (10000 + bp);
+    const int64_t d = 10000 + (int64_t)bp;
+    const int64_t q = gross / d, r = gross % d;
+    return q * (int64_t)bp + (r * (int64_t)bp + d / 2) / d;
 }
 
 /* Writes the invoice and its lines, and emits billing.invoiced. */
