@@ -65,6 +65,11 @@ def count_orders(customer):
     return int(out.stdout.strip()) if out.returncode == 0 else -1
 
 
+def owner_sql(sql):
+    subprocess.run(["psql", "-qAtX", "-v", "ON_ERROR_STOP=1", os.environ["OWNER_DATABASE_URL"], "-c", sql],
+                   capture_output=True, check=True)
+
+
 def unauthorized(name, status, hdrs, body):
     ok = (status == 401 and hdrs.get("www-authenticate", "").startswith("Bearer")
           and hdrs.get("content-type", "").startswith("application/problem+json"))
@@ -168,6 +173,28 @@ def main():
         s, _, b = call("GET", f"/orders?limit=100&after={idb}", token=alice)
         check("list_after_other_clients_order_ok", s in (200, 422), f"{s} {b[:200]!r}")
         check("products_open", call("GET", "/products")[0] == 200, "the catalog needs no token")
+
+        # Money at the contract's maxima (EV_PRICE_MAX 10^9 per unit,
+        # EV_QTY_MAX 10^4 units, EV_LINES_MAX 100 lines: 10^15 in all) is
+        # priced exactly; a catalog price beyond the contract is the server's
+        # fault (500), never multiplied (10^18 * 10^4 does not fit in 64 bits).
+        try:
+            owner_sql("INSERT INTO orders.products (sku, name, price_minor, currency)"
+                      " SELECT 'MAXTEST-' || lpad(i::text, 3, '0'), 'max', 1000000000, 'EUR'"
+                      " FROM generate_series(0, 99) i UNION ALL"
+                      " SELECT 'MAXTEST-BEYOND', 'beyond', 1000000000000000000, 'EUR'"
+                      " ON CONFLICT (sku) DO NOTHING")
+            big = json.dumps({"customer_id": tag, "customer_email": "max@example.com", "currency": "EUR",
+                              "items": [{"sku": f"MAXTEST-{i:03d}", "quantity": 10000} for i in range(100)]})
+            s, _, b = call("POST", "/orders", token=alice, body=big)
+            check("order_at_contract_maxima_201", s == 201 and json.loads(b).get("total_minor") == 10 ** 15,
+                  f"{s} {b[:200]!r}")
+            beyond = json.dumps({"customer_id": tag, "customer_email": "max@example.com", "currency": "EUR",
+                                 "items": [{"sku": "MAXTEST-BEYOND", "quantity": 10000}]})
+            s, _, b = call("POST", "/orders", token=alice, body=beyond)
+            check("catalog_price_beyond_contract_500", s == 500, f"{s} {b[:200]!r}")
+        finally:
+            owner_sql("DELETE FROM orders.products WHERE sku LIKE 'MAXTEST-%'")
     finally:
         proc.terminate()
         try:
