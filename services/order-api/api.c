@@ -437,8 +437,20 @@ static int price(db_conn *db, order_placed *o, problem *p, int *dbrc, char *err,
             PQclear(res);
             return fail(p, 422, "currency", "%s", d);
         }
-        o->lines.items[i].unit_price = strtoll(db_get(res, found, "price_minor"), NULL, 10);
-        o->total += o->lines.items[i].unit_price * o->lines.items[i].quantity;
+        ev_line *l = &o->lines.items[i];
+        int64_t line_total;
+        l->unit_price = strtoll(db_get(res, found, "price_minor"), NULL, 10);
+        /* The quantity was checked against the contract (validate); the
+         * catalog's price is checked here, before multiplying: a price
+         * beyond the contract is the server's data, not the client's input. */
+        if (l->unit_price < 0 || l->unit_price > EV_PRICE_MAX ||
+            __builtin_mul_overflow(l->unit_price, l->quantity, &line_total) ||
+            __builtin_add_overflow(o->total, line_total, &o->total)) {
+            log_error("catalog price of %s (%s) is outside the contract's 0..%lld", l->sku,
+                      db_get(res, found, "price_minor"), (long long)EV_PRICE_MAX);
+            PQclear(res);
+            return fail(p, 500, NULL, "the catalog price of %s is out of range", l->sku);
+        }
     }
     PQclear(res);
     return 0;
@@ -649,6 +661,10 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     if (price(db, o, &prob, &rc, err, sizeof(err)) < 0) {
         if (rc != DB_OK)
             goto db_error;
+        if (prob.status == 500) {
+            http_problem(out, 500, "Internal Server Error", prob.detail, NULL);
+            goto out;
+        }
         goto problem;
     }
     if (validate(&ev, &prob) < 0)
