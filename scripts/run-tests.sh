@@ -12,6 +12,11 @@ source "$(dirname "$0")/lib.sh"
 BUILD=${1:-build}
 [ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
 load_env
+# The suites' own helpers (tests/testutil.c, URL edits in the suites) speak
+# plain AMQP and build plain database URLs; TLS has a suite of its own
+# (check_tls, with its own TLS pair), so the servers here must be plain.
+tls_on && die "the servers run with TLS (make up TLS=1); the suites need them plain and test TLS
+with a pair of their own (check_tls). Run: make down && make up TLS=0 && make test"
 
 # Every suite there is, and the ones asked for.
 ALL=()
@@ -33,7 +38,7 @@ bash "$ROOT/scripts/migrate.sh" "$ROOT/$BUILD/bin/migrate" >"$VAR/log/tests-migr
 set +e
 export_suite_urls
 export ORDERSUITE_ROOT="$ROOT" ORDERSUITE_BIN="$ROOT/$BUILD/bin" ORDERSUITE_TEST_BIN="$ROOT/$BUILD/test"
-export ORDERSUITE_VAR="$VAR" PG_PORT AMQP_PORT MGMT_PORT
+export ORDERSUITE_VAR="$VAR" PG_PORT AMQP_PORT AMQPS_PORT MGMT_PORT
 # Check forks each test; a hung test is killed after CK_DEFAULT_TIMEOUT seconds.
 export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-120}
 export CK_VERBOSITY=${CK_VERBOSITY:-normal}

@@ -5,7 +5,7 @@ After `make up` (run-tests.sh runs after it) and again after the suite's
 services have started, reads the kernel's table of listening TCP sockets
 (/proc/net/tcp and /proc/net/tcp6) and checks that none of the project's
 listeners is on a wildcard address (0.0.0.0 or ::) or any other non-loopback
-address: AMQP, the management UI, Erlang distribution (AMQP_PORT + 20000),
+address: AMQP (and AMQPS under `make up TLS=1`), the management UI, Erlang distribution (AMQP_PORT + 20000),
 epmd (4369), PostgreSQL and every service's HTTP/metrics port from
 scripts/suite.sh.
 
@@ -77,6 +77,8 @@ def server_ports():
     amqp = int(os.environ.get("AMQP_PORT", "5672"))
     return {
         "AMQP": amqp,
+        # make up TLS=1: the amqps listener instead of the plain one.
+        "AMQPS": int(os.environ.get("AMQPS_PORT", "5671")),
         "management": int(os.environ.get("MGMT_PORT", "15672")),
         "Erlang distribution": amqp + 20000,
         "epmd": int(os.environ.get("ERL_EPMD_PORT", "4369")),
