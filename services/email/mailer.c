@@ -117,7 +117,7 @@ static char *compose(const mailer *m, const mail *ml, size_t *len)
     for (char *s = subject; *s; s++)
         if ((unsigned char)*s < 0x20)
             *s = ' ';
-    cap = strlen(ml->body) * 2 + 1024;
+    cap = strlen(ml->body) * 2 + strlen(m->from) + strlen(ml->recipient) + strlen(subject) + 512;
     out = malloc(cap);
     if (!out)
         return NULL;

@@ -13,6 +13,7 @@ the shebang).
                                rcpt_tos, subject, message_id, body}], oldest first
         DELETE /api/messages   forgets every mail
         POST   /api/refuse     body {"address": "a@b"}: refuse that recipient
+        POST   /api/accept     body {"address": "a@b"}: accept it again
         POST   /api/tempfail   body {"on": true|false}
 
 --store FILE keeps the mails in FILE (one JSON object a line) across
@@ -179,10 +180,13 @@ def make_http_handler(store):
             if self.path == "/api/refuse" and v and isinstance(v.get("address"), str):
                 store.refused.add(v["address"].lower())
                 self.reply(200, "application/json", json.dumps(sorted(store.refused)))
+            elif self.path == "/api/accept" and v and isinstance(v.get("address"), str):
+                store.refused.discard(v["address"].lower())
+                self.reply(200, "application/json", json.dumps(sorted(store.refused)))
             elif self.path == "/api/tempfail" and v and isinstance(v.get("on"), bool):
                 store.tempfail = v["on"]
                 self.reply(200, "application/json", json.dumps({"tempfail": store.tempfail}))
-            elif self.path in ("/api/refuse", "/api/tempfail"):
+            elif self.path in ("/api/refuse", "/api/accept", "/api/tempfail"):
                 self.reply(400, "text/plain", "bad body\n")
             else:
                 self.reply(404, "text/plain", "not found\n")
