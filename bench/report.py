@@ -25,6 +25,18 @@ def grep_float(path, pattern):
     return float(m.group(1))
 
 
+def ledger(work, tag):
+    """The ledger's RESULT line of one run (scripts/bench.sh ledger_wait) as a
+    dict: lost, duplicated, stuck, inconsistent, ok."""
+    path = os.path.join(work, f"{tag}.ledger")
+    with open(path) as f:
+        lines = [l for l in f.read().splitlines() if l.startswith("RESULT ")]
+    if not lines:
+        raise SystemExit(f"report: no RESULT line in {path}")
+    res = dict(kv.split("=", 1) for kv in lines[-1].split()[1:])
+    return {k: int(res.get(k, -1)) for k in ("lost", "duplicated", "stuck", "inconsistent", "ok")}
+
+
 def main():
     work, stamp, out, seconds, threads, msg_bytes, cpus, conns = sys.argv[1:9]
     conns = [int(c) for c in conns.split()]
@@ -56,6 +68,8 @@ def main():
         "half_rate": half,
         "ratio_rabbitmq_consume": sus["e2e"]["completed_per_s"] / (mq["consume_per_s"] / 5.0),
     }
+    tags = (["warm"] + [f"acc{c}" for c in conns] + ["cap", "sus", "half"])
+    ledgers = {t: ledger(work, f"{t}-{stamp}") for t in tags}
     last = runs[-1]
     targets = {
         "accepted_3000_at_64": last["accepted_per_s"] >= 3000,
@@ -74,6 +88,7 @@ def main():
         "accepted": runs,
         "limits": limits,
         "end_to_end": e2e,
+        "ledger": ledgers,
         "targets_met": targets,
     }
     base = os.path.join(out, stamp)
@@ -110,6 +125,9 @@ def main():
                   f"{e['backlog_trend_per_s']:+.1f} |")
     md += ["", "Completed/s ÷ (RabbitMQ consumes/s ÷ 5 deliveries per order): "
            f"{e2e['ratio_rabbitmq_consume']:.2f}", "",
+           "Ledger after each run (lost / duplicated / stuck / inconsistent): "
+           + ", ".join(f"{t} {l['lost']}/{l['duplicated']}/{l['stuck']}/{l['inconsistent']}"
+                       for t, l in ledgers.items()), "",
            "Targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}"
                                    for k, v in targets.items()), ""]
     with open(base + ".md", "w") as f:
