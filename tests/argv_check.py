@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""argv_check.py — no secret reaches any process's command line.
+
+Every user of the machine can read every process's argv (ps, /proc/PID/cmdline),
+so passwords and tokens must travel in the environment, stdin or a file. This
+puts recording stand-ins for env, setsid, psql and curl first on PATH (each
+writes its argv to a log, then runs the real program) and runs the project's
+own paths that handle secrets: `make up` (scripts/up.sh: broker users and
+their passwords, again, as it is idempotent), scripts/services.sh start/stop
+(order-api, as make demo starts it), lib.sh's restock (psql as the owner,
+used by bench, chaos and soak) and scripts/psql.sh (the README's way to run
+SQL as the owner). Then no password of var/ordersuite.env, and not the demo
+API token, may be in any recorded argv.
+Prints one line per check and a Check-style summary line.
+"""
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
+VAR = os.environ.get("ORDERSUITE_VAR", os.path.join(ROOT, "var"))
+checks = []
+
+
+def check(name, ok, detail=""):
+    checks.append(bool(ok))
+    print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
+
+
+def secrets():
+    out = {}
+    with open(os.path.join(VAR, "ordersuite.env")) as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            if v and (k.endswith("_PASSWORD") or k == "API_DEMO_TOKEN"):
+                out[k] = v
+    return out
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="ordersuite-argv-")
+    os.chmod(tmp, 0o755)  # the shims also run as the rabbitmq and postgres users
+    log = os.path.join(tmp, "argv.log")
+    open(log, "w").close()
+    os.chmod(log, 0o666)
+    for prog in ("env", "setsid", "psql", "curl"):
+        real = shutil.which(prog)
+        check(f"{prog}_found", real is not None)
+        path = os.path.join(tmp, prog)
+        with open(path, "w") as f:
+            f.write(f'#!/bin/sh\nprintf "%s " "$0" "$@" >>"{log}"\necho >>"{log}"\nexec {real} "$@"\n')
+        os.chmod(path, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    env = dict(os.environ, PATH=tmp + ":" + os.environ["PATH"],
+               BUILD=os.path.relpath(os.path.dirname(BIN), ROOT))
+
+    def run(name, argv):
+        r = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        check(f"{name}_runs", r.returncode == 0, (r.stderr or r.stdout)[-300:])
+
+    run("make_up", ["bash", "scripts/up.sh"])
+    run("services_start", ["bash", "scripts/services.sh", "start", "order-api"])
+    run("services_stop", ["bash", "scripts/services.sh", "stop", "order-api"])
+    run("restock", ["bash", "-c", 'source scripts/lib.sh; load_env; export_suite_urls; '
+                    'restock 0 "tests/argv_check: nothing to add"'])
+    run("psql_script", ["bash", "scripts/psql.sh", "-qAtX", "-c", "SELECT 1"])
+
+    with open(log) as f:
+        lines = f.read().splitlines()
+    check("commands_recorded", any("/setsid " in line for line in lines)
+          and any("/psql " in line for line in lines), f"{len(lines)} lines recorded")
+    for k, v in sorted(secrets().items()):
+        leaks = [line.split(" ")[0].rsplit("/", 1)[-1] for line in lines if v in line]
+        check(f"{k}_not_in_argv", not leaks, f"on the command line of {', '.join(sorted(set(leaks)))}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # an error is a failed check, not a crash of the runner
+        checks.append(False)
+        print(f"ERROR {type(e).__name__}: {e}")
+    failed = checks.count(False)
+    print(f"{100 * (len(checks) - failed) // max(1, len(checks))}%: Checks: {len(checks)}, "
+          f"Failures: {failed}, Errors: 0")
+    sys.exit(1 if failed else 0)
