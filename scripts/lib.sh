@@ -213,6 +213,25 @@ rmqctl() {
     as_user rabbitmq env $(rmq_env) "$RMQ_BIN/rabbitmqctl" "$@"
 }
 
+# psql, with the password of a postgresql:// URL argument moved into
+# PGPASSWORD: every user can read every process's argv, so no secret may be
+# on psql's. (The suite's passwords are hex or base64 without %-escapes.)
+psql() {
+    local a pw= args=()
+    for a in "$@"; do
+        if [[ "$a" =~ ^(postgres(ql)?://[^:@/]+):([^@/]*)@(.*)$ ]]; then
+            pw=${BASH_REMATCH[3]}
+            a="${BASH_REMATCH[1]}@${BASH_REMATCH[4]}"
+        fi
+        args+=("$a")
+    done
+    if [ -n "$pw" ]; then
+        PGPASSWORD=$pw command psql "${args[@]}"
+    else
+        command psql "$@"
+    fi
+}
+
 pg_data() { echo "$VAR/postgres/data"; }
 pg_sock() { echo "$VAR/postgres/run"; }
 

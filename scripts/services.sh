@@ -66,9 +66,12 @@ start)
             echo "    $s: already running (pid $(cat "$RUN/$s.pid"))"
             continue
         fi
-        # Secrets go through the environment, never the command line.
-        # shellcheck disable=SC2046
-        env $(svc_env "$s") setsid "$bin" >>"$LOG/$s.log" 2>&1 </dev/null &
+        # Secrets go through the environment, never a command line (not even
+        # env's: every user can read every process's argv).
+        (
+            while IFS= read -r kv; do export "${kv?}"; done < <(svc_env "$s")
+            exec setsid "$bin" >>"$LOG/$s.log" 2>&1 </dev/null
+        ) &
         echo $! >"$RUN/$s.pid"
         echo "    $s: started (pid $!, log $LOG/$s.log)"
     done

@@ -242,7 +242,7 @@ EOF
 bootstrap_rabbitmq() {
     local u=$RABBITMQ_ADMIN_USER
     if ! rmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -qx "$u"; then
-        rmqctl -q add_user "$u" "$RABBITMQ_ADMIN_PASSWORD" >/dev/null
+        rmqctl -q add_user "$u" <<<"$RABBITMQ_ADMIN_PASSWORD" >/dev/null
     fi
     rmqctl -q set_user_tags "$u" administrator >/dev/null
     local entry user pw_var
@@ -250,9 +250,9 @@ bootstrap_rabbitmq() {
         user=${entry%%:*}
         pw_var="RMQ_$(up_name "$user")_PASSWORD"
         if ! rmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -qx "$user"; then
-            rmqctl -q add_user "$user" "${!pw_var}" >/dev/null
+            rmqctl -q add_user "$user" <<<"${!pw_var}" >/dev/null
         else
-            rmqctl -q change_password "$user" "${!pw_var}" >/dev/null
+            rmqctl -q change_password "$user" <<<"${!pw_var}" >/dev/null
         fi
     done
     # The services' vhosts: "/" for the development environment, TEST_VHOST

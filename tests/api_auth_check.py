@@ -22,12 +22,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
 VAR = os.environ.get("ORDERSUITE_VAR", os.path.join(ROOT, "var"))
 PORT = 18380
 checks = []
+# The owner's URL without its password, which psql gets in PGPASSWORD (never argv).
+_owner = urllib.parse.urlsplit(os.environ["OWNER_DATABASE_URL"])
+OWNER_URL = _owner._replace(netloc=f"{_owner.username}@{_owner.hostname}:{_owner.port}").geturl()
+OWNER_ENV = dict(os.environ, PGPASSWORD=urllib.parse.unquote(_owner.password or ""))
 
 
 def check(name, ok, detail=""):
@@ -59,15 +64,15 @@ def order(customer):
 
 
 def count_orders(customer):
-    out = subprocess.run(["psql", "-qAtX", os.environ["OWNER_DATABASE_URL"], "-c",
+    out = subprocess.run(["psql", "-qAtX", OWNER_URL, "-c",
                           f"SELECT count(*) FROM orders.orders WHERE customer_id = '{customer}'"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=OWNER_ENV)
     return int(out.stdout.strip()) if out.returncode == 0 else -1
 
 
 def owner_sql(sql):
-    subprocess.run(["psql", "-qAtX", "-v", "ON_ERROR_STOP=1", os.environ["OWNER_DATABASE_URL"], "-c", sql],
-                   capture_output=True, check=True)
+    subprocess.run(["psql", "-qAtX", "-v", "ON_ERROR_STOP=1", OWNER_URL, "-c", sql],
+                   capture_output=True, check=True, env=OWNER_ENV)
 
 
 def unauthorized(name, status, hdrs, body):
