@@ -69,8 +69,8 @@ static int consuming(void *arg)
 
 static void start_all(void)
 {
-    static char env[NSVC][4][1200];
-    static const char *envp[NSVC][5];
+    static char env[NSVC][5][1200];
+    static const char *envp[NSVC][6];
     char *argv[] = {"svc", NULL};
     for (int i = 0; i < NSVC; i++) {
         char path[512], log[512];
@@ -78,9 +78,10 @@ static void start_all(void)
         snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(svc_db[i]));
         snprintf(env[i][2], sizeof(env[i][2]), "METRICS_PORT=0");
         snprintf(env[i][3], sizeof(env[i][3]), "HTTP_PORT=0");
-        for (int k = 0; k < 4; k++)
+        snprintf(env[i][4], sizeof(env[i][4]), "%s", TU_API_TOKENS); /* order-api needs one */
+        for (int k = 0; k < 5; k++)
             envp[i][k] = env[i][k];
-        envp[i][4] = NULL;
+        envp[i][5] = NULL;
         snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), svc[i]);
         snprintf(log, sizeof(log), "%s/log/tests/privileges-%s.log", tu_env("ORDERSUITE_VAR"),
                  svc[i]);
@@ -239,9 +240,9 @@ static void reserved_order(char id[UUID_STR_LEN])
     const char *p[] = {id};
     uuid_v4(id);
     free(tu_sql(tu_env("OWNER_DATABASE_URL"),
-                "INSERT INTO orders.orders (id, customer_id, customer_email, currency,"
-                " total_minor, status) VALUES ($1, 'privileges', 'p@example.com', 'EUR', 100,"
-                " 'RESERVED')",
+                "INSERT INTO orders.orders (id, client_id, customer_id, customer_email, currency,"
+                " total_minor, status) VALUES ($1, 'tests', 'privileges', 'p@example.com', 'EUR',"
+                " 100, 'RESERVED')",
                 1, p));
 }
 
