@@ -9,6 +9,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,8 +36,18 @@ struct worker {
     metrics *metrics;
     mq_conn *cons;
     outbox_relay *relay;
-    int db_ok; /* read by /readyz on other threads: atomic */
     long ready_max_outbox;
+    long ready_max_outbox_age_s;
+    /* The readiness probe: a thread with its own connection that reads the
+     * outbox backlog once a second. The HTTP threads read its results
+     * (atomics) and never wait on the database themselves. */
+    pthread_t probe;
+    int probe_running;
+    volatile sig_atomic_t probe_stop;
+    db_conn *probe_db;
+    int64_t probe_ok_ms;  /* when the database last answered the probe */
+    int64_t outbox_rows;  /* unpublished outbox rows at that time */
+    int64_t outbox_age_s; /* age of the oldest of them */
     const char *keys[EV__COUNT + 1];
     mq_topology topo;
     int crash_after_commit; /* test-only: exit between COMMIT and ack */
@@ -105,11 +116,6 @@ static int wait_for_db(worker *w, char *err, size_t errlen)
         util_sleep_ms(backoff_next(&b), &stop_flag);
     }
     return 0;
-}
-
-static void set_db_ok(worker *w, int ok)
-{
-    __atomic_store_n(&w->db_ok, ok, __ATOMIC_RELAXED);
 }
 
 /* A delivery decoded and matched to its handler. */
@@ -215,11 +221,9 @@ static mq_result dispatch_one(worker *w, const mq_delivery *d, char *err, size_t
     if (r != MQ_DONE)
         return r;
     if (wait_for_db(w, err, errlen) < 0) {
-        set_db_ok(w, 0);
         ev_free(&p.ev);
         return MQ_RETRY;
     }
-    set_db_ok(w, 1);
     if ((rc = db_begin(w->db, err, errlen)) != DB_OK) {
         db_rollback(w->db);
         ev_free(&p.ev);
@@ -273,7 +277,6 @@ static void dispatch_batch(const mq_delivery *d, size_t n, mq_result *res, char 
         goto out;
     if (wait_for_db(w, err, sizeof(err)) < 0) {
         /* As for one message: the database is away; retry each later. */
-        set_db_ok(w, 0);
         for (i = 0; i < n; i++) {
             if (res[i] != MQ_DONE)
                 continue;
@@ -283,7 +286,6 @@ static void dispatch_batch(const mq_delivery *d, size_t n, mq_result *res, char 
         }
         goto out;
     }
-    set_db_ok(w, 1);
     if (db_begin(w->db, err, sizeof(err)) != DB_OK)
         fallback = 1;
     for (i = 0; i < n; i++) {
@@ -320,14 +322,81 @@ out:
 
 /* ---------------------------------------------------- health and metrics */
 
-static void gauges(worker *w, metrics_gauges *g)
+#define PROBE_EVERY_MS 1000
+#define PROBE_FRESH_MS 3000 /* readiness needs an answer to the probe this recent */
+
+/* Once a second: does the database answer (statement_timeout 1 s), and how
+ * big and how old is the outbox backlog? count(*) reads the outbox, which
+ * the relay keeps near empty; at a 100 000-row backlog it is a few ms. */
+static void *probe_main(void *arg)
+{
+    worker *w = arg;
+    char err[DB_ERR_LEN];
+    PGresult *res;
+
+    while (!w->probe_stop) {
+        if (db_ensure(w->probe_db, err, sizeof(err)) == DB_OK &&
+            db_execp(w->probe_db, "ready_probe",
+                     "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)),"
+                     " 0)::bigint AS age FROM outbox",
+                     0, NULL, &res, err, sizeof(err)) == DB_OK) {
+            __atomic_store_n(&w->outbox_rows, strtoll(db_get(res, 0, "n"), NULL, 10),
+                             __ATOMIC_RELAXED);
+            __atomic_store_n(&w->outbox_age_s, strtoll(db_get(res, 0, "age"), NULL, 10),
+                             __ATOMIC_RELAXED);
+            __atomic_store_n(&w->probe_ok_ms, util_now_ms(), __ATOMIC_RELEASE);
+            PQclear(res);
+        } else {
+            log_debug("readiness probe: %s", err);
+        }
+        util_sleep_ms(PROBE_EVERY_MS, &w->probe_stop);
+    }
+    return NULL;
+}
+
+static int probe_start(worker *w, const char *db_url, char *err, size_t errlen)
+{
+    /* Short limits: a probe that waits is an answer ("not ready"). */
+    const db_timeouts t = {.statement_ms = 1000, .lock_ms = 1000, .idle_tx_ms = 10000};
+    char app[96];
+
+    snprintf(app, sizeof(app), "%s-probe", w->def->service);
+    w->probe_db = db_new(db_url, app);
+    if (!w->probe_db) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    db_set_timeouts(w->probe_db, &t);
+    if (pthread_create(&w->probe, NULL, probe_main, w) != 0) {
+        snprintf(err, errlen, "cannot start the readiness probe thread");
+        return -1;
+    }
+    w->probe_running = 1;
+    return 0;
+}
+
+static void probe_stop(worker *w)
+{
+    if (w->probe_running) {
+        w->probe_stop = 1;
+        pthread_join(w->probe, NULL);
+        w->probe_running = 0;
+    }
+    db_free(w->probe_db);
+    w->probe_db = NULL;
+}
+
+static void gauges(worker *w, metrics_gauges *g, int *relay_connected)
 {
     outbox_relay_stats rs;
+    int64_t ok_ms = __atomic_load_n(&w->probe_ok_ms, __ATOMIC_ACQUIRE);
     outbox_relay_get_stats(w->relay, &rs);
-    g->outbox_pending = rs.pending;
-    g->outbox_oldest_age_s = rs.oldest_age_s;
+    g->outbox_pending = __atomic_load_n(&w->outbox_rows, __ATOMIC_RELAXED);
+    g->outbox_oldest_age_s = __atomic_load_n(&w->outbox_age_s, __ATOMIC_RELAXED);
     g->broker_connected = mq_is_connected(w->cons);
-    g->database_connected = __atomic_load_n(&w->db_ok, __ATOMIC_RELAXED);
+    g->database_connected = ok_ms > 0 && util_now_ms() - ok_ms <= PROBE_FRESH_MS;
+    if (relay_connected)
+        *relay_connected = rs.connected;
 }
 
 static void healthz(http_req *r, void *cls, http_resp *out)
@@ -337,17 +406,26 @@ static void healthz(http_req *r, void *cls, http_resp *out)
     http_json(out, 200, strdup("{\"status\":\"ok\"}"));
 }
 
+/* 200 only when the consumer and the relay are connected, the database
+ * answered the probe in the last PROBE_FRESH_MS, and the outbox backlog is
+ * under READY_MAX_OUTBOX rows and READY_MAX_OUTBOX_AGE_S seconds. */
 static void readyz(http_req *r, void *cls, http_resp *out)
 {
     worker *w = cls;
     metrics_gauges g;
-    char detail[160];
+    int relay = 0;
+    char detail[256];
     (void)r;
-    gauges(w, &g);
-    if (!g.broker_connected || !g.database_connected || g.outbox_pending > w->ready_max_outbox) {
-        snprintf(detail, sizeof(detail), "broker %s, database %s, outbox backlog %lld (limit %ld)",
-                 g.broker_connected ? "up" : "down", g.database_connected ? "up" : "down",
-                 (long long)g.outbox_pending, w->ready_max_outbox);
+    gauges(w, &g, &relay);
+    if (!g.broker_connected || !relay || !g.database_connected ||
+        g.outbox_pending > w->ready_max_outbox ||
+        g.outbox_oldest_age_s > w->ready_max_outbox_age_s) {
+        snprintf(detail, sizeof(detail),
+                 "consumer %s, relay %s, database %s, outbox backlog %lld rows (limit %ld), "
+                 "oldest %lld s (limit %ld)",
+                 g.broker_connected ? "up" : "down", relay ? "up" : "down",
+                 g.database_connected ? "answering" : "not answering", (long long)g.outbox_pending,
+                 w->ready_max_outbox, (long long)g.outbox_oldest_age_s, w->ready_max_outbox_age_s);
         http_problem(out, 503, "Service Unavailable", detail, NULL);
         return;
     }
@@ -360,20 +438,13 @@ static void metrics_page(http_req *r, void *cls, http_resp *out)
     metrics_gauges g;
     char *text;
     (void)r;
-    gauges(w, &g);
+    gauges(w, &g, NULL);
     text = metrics_render(w->metrics, &g);
     if (!text) {
         http_problem(out, 503, "Service Unavailable", "out of memory", NULL);
         return;
     }
     http_respond(out, 200, "text/plain; version=0.0.4", text);
-}
-
-/* Runs about once a second on the consuming thread. */
-static void on_idle(void *ctx)
-{
-    worker *w = ctx;
-    set_db_ok(w, db_pg(w->db) && PQstatus(db_pg(w->db)) == CONNECTION_OK);
 }
 
 void worker_topology(const worker_def *def, const char **keys, const int *tiers, mq_topology *topo)
@@ -437,7 +508,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
     struct sigaction sa;
     int rc = 1;
     long port = 0, http_threads = 4, max_body = 65536, http_timeout = 10, conn_limit = 1000,
-         per_ip = 200, ready_max = 10000;
+         per_ip = 200, ready_max = 10000, ready_max_age = 60;
     char *bind = NULL;
     http_server *srv = NULL;
     http_route *routes = NULL;
@@ -455,6 +526,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
         {"HTTP_CONN_LIMIT", CFG_LONG, "1000", 1, 100000, &conn_limit},
         {"HTTP_PER_IP_LIMIT", CFG_LONG, "200", 1, 100000, &per_ip},
         {"READY_MAX_OUTBOX", CFG_LONG, "10000", 1, 1000000000, &ready_max},
+        {"READY_MAX_OUTBOX_AGE_S", CFG_LONG, "60", 1, 86400, &ready_max_age},
     };
     const size_t nh = sizeof(hspecs) / sizeof(hspecs[0]);
 
@@ -474,6 +546,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
         (!declare_only && cfg_load(hspecs, nh, err, sizeof(err)) < 0))
         goto config_error;
     w.ready_max_outbox = ready_max;
+    w.ready_max_outbox_age_s = ready_max_age;
     if (!declare_only && worker_db_timeouts(&dbt, err, sizeof(err)) < 0)
         goto config_error;
     if (log_parse_level(level, &lvl) < 0) {
@@ -532,7 +605,10 @@ int worker_main(const worker_def *def, int argc, char **argv)
             log_error("DATABASE_URL: %s", err);
             goto out;
         }
-        set_db_ok(&w, 1);
+        if (probe_start(&w, db_url, err, sizeof(err)) < 0) {
+            log_error("%s", err);
+            goto out;
+        }
         relay = outbox_relay_start(&ro, err, sizeof(err));
         if (!relay) {
             log_error("%s", err);
@@ -583,7 +659,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
     }
     log_info("%s started: queue %s, %zu routes, prefetch %ld", def->service, def->service,
              def->nroutes, prefetch);
-    if (mq_consume_batches(cons, pub, dispatch_batch, (size_t)batch, &w, on_idle, &stop_flag, err,
+    if (mq_consume_batches(cons, pub, dispatch_batch, (size_t)batch, &w, NULL, &stop_flag, err,
                            sizeof(err)) < 0) {
         log_error("stopping: %s", err);
         goto out;
@@ -594,6 +670,7 @@ out:
     /* HTTP first: its handlers read the relay and the consumer. */
     http_stop(srv);
     free(routes);
+    probe_stop(&w);
     outbox_relay_stop(relay, 10000);
     mq_free(cons);
     mq_free(pub);

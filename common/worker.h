@@ -16,7 +16,8 @@
  *
  * Environment: AMQP_URL, DATABASE_URL (or their _FILE forms), LOG_LEVEL,
  * PREFETCH, RETRY_DELAYS_MS ("1000,10000,60000"),
- * HEARTBEAT_S, READY_MAX_OUTBOX (10000), the database limits of every
+ * HEARTBEAT_S, READY_MAX_OUTBOX (10000 rows), READY_MAX_OUTBOX_AGE_S (60),
+ * the database limits of every
  * connection DB_STATEMENT_TIMEOUT_MS (15000), DB_LOCK_TIMEOUT_MS (5000) and
  * DB_IDLE_TX_TIMEOUT_MS (60000) (see db_timeouts; 0 = off), and for the HTTP server the port
  * variable (METRICS_PORT, or HTTP_PORT for order-api), HTTP_BIND

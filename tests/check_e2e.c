@@ -668,6 +668,115 @@ START_TEST(every_service_reports_health_readiness_and_metrics)
 }
 END_TEST
 
+/* The value of series on base's /metrics (-1 when absent or unreachable). */
+static double metric_of(const char *base, const char *series)
+{
+    char url[128], *page = NULL;
+    double v = -1;
+    snprintf(url, sizeof(url), "%s/metrics", base);
+    if (tu_http("GET", url, NULL, NULL, 0, &page) == 200)
+        v = sample(page, series);
+    free(page);
+    return v;
+}
+
+typedef struct {
+    const char *series;
+    double at_least; /* the metric must reach this; or, when < 0, fall to 0 */
+} metric_goal;
+
+static int api_metric_reaches(void *arg)
+{
+    const metric_goal *g = arg;
+    double v = metric_of(API, g->series);
+    return g->at_least < 0 ? v == 0 : v >= g->at_least;
+}
+
+static int api_not_ready(void *arg)
+{
+    (void)arg;
+    return !ready(NULL);
+}
+
+/* With the broker away, POST /orders still accepts orders (into the outbox):
+ * the backlog metric counts them and the age of the oldest grows, readiness
+ * says 503; with the broker back, the backlog drains to 0 and it is 200. */
+START_TEST(the_outbox_backlog_is_counted_while_the_broker_is_away)
+{
+    char id[UUID_STR_LEN];
+    metric_goal rows = {"ordersuite_outbox_pending_rows{service=\"order-api\"}", 15};
+    metric_goal age = {"ordersuite_outbox_oldest_age_seconds{service=\"order-api\"}", 2};
+    metric_goal drained = {"ordersuite_outbox_pending_rows{service=\"order-api\"}", -1};
+
+    double seen_rows, seen_age;
+    int rows_ok, age_ok, unready;
+
+    tu_broker("stop_app");
+    for (int i = 0; i < 15; i++) {
+        if (place("[{\"sku\":\"TEA-ASSAM\",\"quantity\":1}]", NULL, id) != 201) {
+            tu_broker("start_app");
+            ck_abort_msg("POST /orders refused while the broker was away");
+        }
+    }
+    rows_ok = tu_poll(10000, api_metric_reaches, &rows);
+    seen_rows = metric_of(API, rows.series);
+    age_ok = tu_poll(10000, api_metric_reaches, &age);
+    seen_age = metric_of(API, age.series);
+    unready = tu_poll(10000, api_not_ready, NULL);
+    tu_broker("start_app"); /* before any assertion: the next tests need it */
+    ck_assert_msg(rows_ok, "backlog metric %g, want >= 15", seen_rows);
+    ck_assert_msg(age_ok, "oldest age %g s, want >= 2", seen_age);
+    ck_assert_msg(unready, "order-api ready without a broker");
+    ck_assert_msg(tu_poll(60000, api_metric_reaches, &drained),
+                  "backlog %g after the broker came back", metric_of(API, drained.series));
+    for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++)
+        ck_assert_msg(tu_poll(60000, ready, (void *)bases[i]), "%s not ready again", bases[i]);
+    await_status(id, "CONFIRMED");
+}
+END_TEST
+
+static int pg_ctl(const char *verb)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D %s/postgres/data %s -w "
+             "-t 60 -o '-p %s' -l %s/log/postgresql/startup.log >/dev/null",
+             tu_env("ORDERSUITE_VAR"), verb, tu_env("PG_PORT"), tu_env("ORDERSUITE_VAR"));
+    return system(cmd);
+}
+
+/* PostgreSQL stops: every service's /readyz turns 503 within 5 s (a probe
+ * that must answer, not the cached state of an idle connection), and 200
+ * again once it is back. */
+START_TEST(every_service_is_unready_within_5_s_of_losing_postgresql)
+{
+    enum { N = sizeof(bases) / sizeof(bases[0]) };
+    int64_t t0, took[N];
+    int started;
+
+    ck_assert_int_eq(pg_ctl("stop -m fast"), 0);
+    t0 = util_now_ms();
+    for (size_t i = 0; i < N; i++)
+        took[i] = -1;
+    for (int left = N; left > 0 && util_now_ms() - t0 < 8000;) {
+        for (size_t i = 0; i < N; i++) {
+            if (took[i] < 0 && !ready((void *)bases[i])) {
+                took[i] = util_now_ms() - t0;
+                left--;
+            }
+        }
+        util_sleep_ms(50, NULL);
+    }
+    started = pg_ctl("start");
+    ck_assert_int_eq(started, 0);
+    for (size_t i = 0; i < N; i++)
+        ck_assert_msg(took[i] >= 0 && took[i] <= 5000, "%s: /readyz 503 after %lld ms (-1: never)",
+                      bases[i], (long long)took[i]);
+    for (size_t i = 0; i < N; i++)
+        ck_assert_msg(tu_poll(30000, ready, (void *)bases[i]), "%s not ready again", bases[i]);
+}
+END_TEST
+
 /* One grep follows an order: every service logs its correlation id. */
 START_TEST(one_grep_follows_an_order_through_every_service)
 {
@@ -730,6 +839,8 @@ int main(void)
     tcase_add_test(f, pos_spools_sales_while_the_broker_is_down_and_sends_them_after);
     tcase_add_test(f, every_service_reports_health_readiness_and_metrics);
     tcase_add_test(f, one_grep_follows_an_order_through_every_service);
+    tcase_add_test(f, the_outbox_backlog_is_counted_while_the_broker_is_away);
+    tcase_add_test(f, every_service_is_unready_within_5_s_of_losing_postgresql);
     tcase_add_unchecked_fixture(b, start_all, stop_all);
     tcase_add_loop_test(b, bad_requests_get_their_status_and_the_server_keeps_serving, 0,
                         (int)(sizeof(bad) / sizeof(bad[0])));
