@@ -225,6 +225,7 @@ begin scale-billing
 bounded 180 "${DC[@]}" up -d --no-deps --scale billing=3 billing >>"$VAR/log/compose-up.log" 2>&1 ||
     fail "up --scale billing=3 failed; see var/log/compose-up.log"
 poll 120 "three billing containers healthy" all_healthy
+say "three billing containers healthy ($(date -u +%T))"
 poll 60 "three consumers on billing: $(cat "$WORK/queues.why" 2>/dev/null)" queues_ok 3
 burst=()
 for i in $(seq 1 30); do
@@ -258,8 +259,10 @@ begin restart-rabbitmq
 trickle=$!
 rm -f "$WORK/trickle.stop"
 sleep 3
+say "restart rabbitmq ($(date -u +%T))"
 bounded 120 "${DC[@]}" restart rabbitmq >>"$VAR/log/compose-up.log" 2>&1 || fail "docker-compose restart rabbitmq failed"
 poll 120 "every health check green after the broker restart" all_healthy
+say "all healthy again ($(date -u +%T))"
 sleep 3
 touch "$WORK/trickle.stop"
 wait "$trickle" || true
@@ -277,6 +280,7 @@ bounded 300 "${DC[@]}" run --rm --no-deps -T -v "$WORK/trickle.ids:/tmp/trickle.
     fail "the ledger after the broker restart: $(grep RESULT "$WORK/ledger.out" || echo 'no RESULT; see var/log/compose-ledger.log')"
 }
 grep RESULT "$WORK/ledger.out"
+say "ledger done ($(date -u +%T))"
 
 begin down
 bounded 180 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v failed"
