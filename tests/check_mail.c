@@ -255,6 +255,20 @@ static void check_in_dlq(const char *msg_id, const char *want_error)
     mq_free(c);
 }
 
+/* The sales this suite publishes also reach the queues of services it does
+ * not run (inventory, billing): empty them, so the next suite's workers do not
+ * take this suite's sales off their stock. */
+static void purge_others(void)
+{
+    static const char *const queues[] = {"inventory", "billing"};
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    char err[MQ_ERR_LEN];
+    for (size_t i = 0; i < sizeof(queues) / sizeof(queues[0]); i++)
+        ck_assert_msg(mq_purge(c, queues[i], err, sizeof(err)) >= 0, "purge %s: %s", queues[i],
+                      err);
+    mq_free(c);
+}
+
 static void setup(void)
 {
     char id[UUID_STR_LEN];
@@ -320,11 +334,13 @@ START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once
           "SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
           " AND status = 'sent'",
           sales[bad], 1);
-    ck_assert_int_eq(at_server(&mc, rcpt[bad]), 1);
-    ck_assert_int_eq(at_server(&mc, NULL), NGOOD + 1);
+    for (int i = 0; i <= NGOOD; i++)
+        ck_assert_msg(at_server(&mc, rcpt[i]) == 1, "%s: %ld mail(s) at the server", rcpt[i],
+                      at_server(&mc, rcpt[i]));
     email_stop(email);
     catcher_stop(&mc);
     mq_free(c);
+    purge_others();
 }
 END_TEST
 
@@ -374,6 +390,7 @@ START_TEST(a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back)
     email_stop(email);
     catcher_stop(&mc);
     mq_free(c);
+    purge_others();
 }
 END_TEST
 
