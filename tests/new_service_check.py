@@ -54,7 +54,7 @@ def broker_user(cmd, pw=""):
     vhost = urllib.parse.unquote(url.path[1:]) if len(url.path) > 1 else "/"
     script = ('source scripts/lib.sh; load_env; source scripts/broker-perms.sh; '
               + ('rmqctl -q delete_user "$U" >/dev/null 2>&1; true' if cmd == "delete" else
-                 'rmqctl -q add_user "$U" "$PW" >/dev/null && broker_grant "$VH" "$U" "$U"'))
+                 'rmqctl -q add_user "$U" <<<"$PW" >/dev/null && broker_grant "$VH" "$U" "$U"'))
     return run(["bash", "-c", script], ROOT, dict(CLEAN, U=NAME, PW=pw, VH=vhost))
 
 
