@@ -227,10 +227,17 @@ bounded 180 "${DC[@]}" up -d --no-deps --scale billing=3 billing >>"$VAR/log/com
 poll 120 "three billing containers healthy" all_healthy
 say "three billing containers healthy ($(date -u +%T))"
 poll 60 "three consumers on billing: $(cat "$WORK/queues.why" 2>/dev/null)" queues_ok 3
+# 30 orders, six at a time, so that the three consumers compete.
 burst=()
+rm -f "$WORK"/burst.*
 for i in $(seq 1 30); do
-    id=$(place "{\"customer_id\":\"burst-$i\",\"customer_email\":\"burst$i@example.com\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]}") ||
-        fail "POST /orders refused burst order $i"
+    place "{\"customer_id\":\"burst-$i\",\"customer_email\":\"burst$i@example.com\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]}" >"$WORK/burst.$i" &
+    [ $((i % 6)) != 0 ] || wait
+done
+wait
+for i in $(seq 1 30); do
+    id=$(cat "$WORK/burst.$i")
+    [ -n "$id" ] || fail "POST /orders refused burst order $i"
     burst+=("$id")
 done
 in_list=$(printf "'%s'," "${burst[@]}")
