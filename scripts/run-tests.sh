@@ -6,8 +6,10 @@
 # that is no suite is an error.
 #
 # The tests run in their own database and vhost (lib.sh use_test_env), which
-# this script creates and migrates first: a demo running beside them keeps
-# its queues, messages and rows (tests/isolation_check.sh checks it).
+# this script empties, creates and migrates first, so every run starts from
+# the same state (nothing left by an earlier run, a killed test or an older
+# topology): a demo running beside them keeps its queues, messages and rows
+# (tests/isolation_check.sh checks it).
 source "$(dirname "$0")/lib.sh"
 BUILD=${1:-build}
 [ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
@@ -32,7 +34,25 @@ for want in ${SUITES:-}; do
 done
 
 use_test_env
-say "the tests' database $ORDERSUITE_DB and vhost $ORDERSUITE_VHOST"
+say "the tests' database $ORDERSUITE_DB and vhost $ORDERSUITE_VHOST, made afresh"
+# A fresh database: dropped (ending what still holds it) and made again by
+# migrate. Only ever TEST_DB and TEST_VHOST, never the dev ones.
+psql -X -q -v ON_ERROR_STOP=1 "postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/postgres" \
+    -c "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" >"$VAR/log/tests-reset.log" 2>&1 ||
+    die "dropping the tests' database failed; see $VAR/log/tests-reset.log"
+# An empty vhost: its queues and exchanges deleted through the management API
+# (the vhost itself and its users' permissions, made by make up, stay).
+mgmt() { curl -fsS -m 10 -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" "$@"; }
+for kind in queues exchanges; do
+    names=$(mgmt "http://127.0.0.1:$MGMT_PORT/api/$kind/$TEST_VHOST?columns=name" |
+        python3 -c 'import json, sys; print("\n".join(x["name"] for x in json.load(sys.stdin)))') ||
+        die "listing the $kind of vhost $TEST_VHOST failed (make up?)"
+    for n in $names; do
+        case "$n" in amq.*) continue ;; esac
+        mgmt -X DELETE "http://127.0.0.1:$MGMT_PORT/api/$kind/$TEST_VHOST/$n" >/dev/null ||
+            die "deleting $n in vhost $TEST_VHOST failed"
+    done
+done
 bash "$ROOT/scripts/migrate.sh" "$ROOT/$BUILD/bin/migrate" >"$VAR/log/tests-migrate.log" 2>&1 ||
     die "migrating the tests' database failed; see $VAR/log/tests-migrate.log"
 set +e
