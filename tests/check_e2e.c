@@ -389,7 +389,7 @@ static int two_inventory_consumers(void *arg)
 {
     int consumers = 0;
     (void)arg;
-    return tu_queue_counts("TEST_AMQP_URL", "inventory", &consumers) >= 0 && consumers == 2;
+    return tu_queue_counts("TEST_AMQP_URL", "inventory", &consumers) >= 0 && consumers >= 2;
 }
 
 /* The suite's inventory and a second instance (PREFETCH 2 each) take the

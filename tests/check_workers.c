@@ -315,7 +315,7 @@ static int inventory_consumers_are(void *arg)
 {
     int consumers = 0;
     return tu_queue_counts("TEST_AMQP_URL", "inventory", &consumers) >= 0 &&
-           consumers == *(int *)arg;
+           consumers >= *(int *)arg;
 }
 
 /* The order.placed deliveries one instance has consumed (-1: no answer). */
@@ -374,7 +374,7 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
         racer[i] = tu_spawn(path, argv, envp[i], log);
     }
     ck_assert_msg(tu_poll(30000, inventory_consumers_are, &want),
-                  "not %d inventory consumers on the queue", want);
+                  "fewer than %d inventory consumers on the queue", want);
     for (int i = 0; i < RACERS; i++)
         got[i] = consumed_orders(racer_port[i]);
 
