@@ -42,7 +42,8 @@ psql -X -q -v ON_ERROR_STOP=1 "postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@
     die "dropping the tests' database failed; see $VAR/log/tests-reset.log"
 # An empty vhost: its queues and exchanges deleted through the management API
 # (the vhost itself and its users' permissions, made by make up, stay).
-mgmt() { curl -fsS -m 10 -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" "$@"; }
+# (The password goes to curl on stdin, never on its command line.)
+mgmt() { curl -fsS -m 10 -K - "$@" <<<"user = \"$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD\""; }
 for kind in queues exchanges; do
     names=$(mgmt "http://127.0.0.1:$MGMT_PORT/api/$kind/$TEST_VHOST?columns=name" |
         python3 -c 'import json, sys; print("\n".join(x["name"] for x in json.load(sys.stdin)))') ||

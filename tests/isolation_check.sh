@@ -38,7 +38,11 @@ check suites_typo_fails "$([ $rc -ne 0 ] && echo 1)" "SUITES=check_nonesuch exit
 # -------------------------------------------------------- dev_env_untouched
 DEV_DB="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/ordersuite"
 MGMT="http://127.0.0.1:$MGMT_PORT/api"
-mgmt() { curl -fsS -m 10 -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" -H 'content-type: application/json' "$@"; }
+# The password goes to curl on stdin, never on its command line.
+mgmt() {
+    curl -fsS -m 10 -K - -H 'content-type: application/json' "$@" \
+        <<<"user = \"$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD\""
+}
 # Every queue of "/" with its message count (rabbitmqctl: live counts, not
 # the management API's sampled ones).
 dev_queues() { rmqctl -q list_queues -p / name messages 2>/dev/null | sort; }
