@@ -319,6 +319,27 @@ START_TEST(amqp_client_trusting_another_ca_is_refused)
 }
 END_TEST
 
+/* A client certificate is optional (the broker: verify_peer without
+ * fail_if_no_peer_cert), but one that is sent must chain to the CA. */
+START_TEST(amqp_client_certificate_is_checked_when_sent)
+{
+    char url[2048], err[MQ_ERR_LEN] = "";
+    const char *base = inst("TEST_AMQP_URL");
+    int rc;
+    /* The pair's own certificate (clientAuth too), signed by its CA. */
+    snprintf(url, sizeof(url),
+             "%s&certfile=%s/tls-check/tls/server.crt&keyfile=%s/tls-check/tls/server.key", base,
+             tu_env("ORDERSUITE_VAR"), tu_env("ORDERSUITE_VAR"));
+    rc = amqp_try(url, err, sizeof(err));
+    ck_assert_msg(rc == MQ_OK, "a client certificate from the CA: rc %d (%s)", rc, err);
+    /* One signed by another CA. */
+    snprintf(url, sizeof(url), "%s&certfile=%s/other/server.crt&keyfile=%s/other/server.key", base,
+             certs, certs);
+    rc = amqp_try(url, err, sizeof(err));
+    ck_assert_msg(rc != MQ_OK, "a client certificate from another CA was accepted");
+}
+END_TEST
+
 /* Connects with the owner's URL, its sslmode and sslrootcert replaced when
  * given; returns 1 when the connection is made, and whether it is TLS. */
 static int pg_try(const char *sslmode, const char *rootcert, int *ssl_in_use)
@@ -452,6 +473,7 @@ int main(void)
     tcase_add_test(tc, order_flow_over_tls_reaches_confirmed);
     tcase_add_test(tc, amqp_plain_text_client_is_refused);
     tcase_add_test(tc, amqp_client_trusting_another_ca_is_refused);
+    tcase_add_test(tc, amqp_client_certificate_is_checked_when_sent);
     tcase_add_test(tc, pg_plain_text_client_is_refused);
     tcase_add_test(tc, pg_client_trusting_another_ca_is_refused);
     suite_add_tcase(s, tc);
