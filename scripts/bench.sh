@@ -80,7 +80,7 @@ psql -q "$OWNER_DATABASE_URL" -c "TRUNCATE bench.orders, bench.order_lines, benc
 API_TOKEN=$API_DEMO_TOKEN "$BIN/loadgen" -u "$API" -t "size-$STAMP" --skus "$LOAD_SKUS" -c 1 -n 1 >/dev/null || die "loadgen failed"
 MSG_BYTES=
 for _ in $(seq 1 50); do
-    MSG_BYTES=$(curl -fsS -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" \
+    MSG_BYTES=$(mgmt_curl -fsS \
         -H 'content-type: application/json' -X POST \
         -d '{"count":1,"ackmode":"reject_requeue_true","encoding":"auto"}' \
         "http://127.0.0.1:$MGMT_PORT/api/queues/%2F/inventory/get" |

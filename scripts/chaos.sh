@@ -285,7 +285,7 @@ scenario_5() {
 publish() { # ROUTING_KEY SCHEMA_VERSION BODY: through the management API, as the administrator
     local mid
     mid=$(cat /proc/sys/kernel/random/uuid)
-    curl -fsS -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" -H 'content-type: application/json' \
+    mgmt_curl -fsS -H 'content-type: application/json' \
         -X POST "http://127.0.0.1:$MGMT_PORT/api/exchanges/$(vhost_api)/sales.events/publish" \
         -d "$(python3 -c 'import json,sys; print(json.dumps({"routing_key": sys.argv[1],
             "properties": {"message_id": sys.argv[4], "correlation_id": sys.argv[4],

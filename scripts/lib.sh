@@ -232,6 +232,13 @@ psql() {
     fi
 }
 
+# mgmt_curl ARGS...: curl as the broker administrator, the credentials in a
+# netrc read from a pipe (curl -u would put them on its command line).
+mgmt_curl() {
+    curl --netrc-file <(printf 'machine 127.0.0.1\nlogin %s\npassword %s\n' \
+        "$RABBITMQ_ADMIN_USER" "$RABBITMQ_ADMIN_PASSWORD") "$@"
+}
+
 pg_data() { echo "$VAR/postgres/data"; }
 pg_sock() { echo "$VAR/postgres/run"; }
 

@@ -8,8 +8,8 @@ writes its argv to a log, then runs the real program) and runs the project's
 own paths that handle secrets: `make up` (scripts/up.sh: broker users and
 their passwords, again, as it is idempotent), scripts/services.sh start/stop
 (order-api, as make demo starts it), lib.sh's restock (psql as the owner,
-used by bench, chaos and soak) and scripts/psql.sh (the README's way to run
-SQL as the owner). Then no password of var/ordersuite.env, and not the demo
+used by bench, chaos and soak), scripts/psql.sh (the README's way to run
+SQL as the owner) and lib.sh's mgmt_curl (the management API as the admin). Then no password of var/ordersuite.env, and not the demo
 API token, may be in any recorded argv.
 Prints one line per check and a Check-style summary line.
 """
@@ -67,6 +67,8 @@ def main():
     run("restock", ["bash", "-c", 'source scripts/lib.sh; load_env; export_suite_urls; '
                     'restock 0 "tests/argv_check: nothing to add"'])
     run("psql_script", ["bash", "scripts/psql.sh", "-qAtX", "-c", "SELECT 1"])
+    run("mgmt_curl", ["bash", "-c", 'source scripts/lib.sh; load_env; '
+                      'mgmt_curl -fsS -m 10 -o /dev/null "http://127.0.0.1:$MGMT_PORT/api/whoami"'])
 
     with open(log) as f:
         lines = f.read().splitlines()
