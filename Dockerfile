@@ -22,7 +22,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       librabbitmq4 libpq5 libmicrohttpd12 libcjson1 libcurl4 libssl3 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin ordersuite
+ && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin ordersuite \
+ && install -d -o ordersuite -g ordersuite -m 0750 /var/lib/ordersuite/pos
 WORKDIR /app
 COPY --from=build /src/build/bin/ /usr/local/bin/
 COPY migrations migrations

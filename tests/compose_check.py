@@ -86,6 +86,17 @@ for w in ("inventory", "billing", "email"):
     check(f"{w}_scalable", "ports" not in s and "container_name" not in s,
           f"{w} has fixed ports or a container name, so it cannot --scale")
 
+# 3b. the till's spool outlives its container: `run --rm pos` removes the
+# container, so a sale spooled while the broker is away must sit on a named
+# volume, not in the container's /tmp (issue #11 item 7)
+pos = svcs.get("pos", {})
+spool = str((pos.get("environment", {}) or {}).get("POS_SPOOL_DIR", ""))
+named = {str(v).split(":")[0]: str(v).split(":")[1] for v in pos.get("volumes", []) or []
+         if ":" in str(v) and not str(v).startswith((".", "/"))}
+check("pos_spool_on_named_volume",
+      spool != "" and spool in named.values() and all(n in (compose.get("volumes") or {}) for n in named),
+      f"pos spools to {spool or '(unset)'}, which is not a named volume of the compose file ({named})")
+
 # 4. the suite's image runs as a non-root user
 dockerfile = read("Dockerfile")
 check("dockerfile_non_root", re.search(r"^USER (?!root)\S+", dockerfile, re.M) is not None,
