@@ -222,6 +222,12 @@ char *metrics_render(metrics *m, const metrics_gauges *g)
             "ordersuite_outbox_oldest_age_seconds{service=\"%s\"} %lld\n",
             m->service, (long long)g->outbox_oldest_age_s);
         put(&o,
+            "# HELP ordersuite_outbox_parked_rows Outbox rows parked after the broker refused"
+            " them (dlq outbox list).\n"
+            "# TYPE ordersuite_outbox_parked_rows gauge\n"
+            "ordersuite_outbox_parked_rows{service=\"%s\"} %lld\n",
+            m->service, (long long)g->outbox_parked);
+        put(&o,
             "# HELP ordersuite_broker_connected 1 while the consumer is connected.\n"
             "# TYPE ordersuite_broker_connected gauge\n"
             "ordersuite_broker_connected{service=\"%s\"} %d\n",

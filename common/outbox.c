@@ -138,6 +138,14 @@ void outbox_relay_get_stats(outbox_relay *r, outbox_relay_stats *out)
     pthread_mutex_unlock(&r->lock);
 }
 
+static int done_ok(const int *status, int n)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        k += status[i] == MQ_OK;
+    return k;
+}
+
 /* Claims up to `batch` pending rows, publishes them, deletes the acked ones.
  * Returns the number of rows claimed, or -1 when the broker or the database
  * failed (what was claimed stays pending). */
@@ -160,7 +168,8 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
                  "SELECT id, message_id, routing_key, correlation_id, body,"
                  " extract(epoch from created_at)::bigint AS ts,"
                  " extract(epoch from now() - created_at)::bigint AS age"
-                 " FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                 " FROM outbox WHERE parked_at IS NULL ORDER BY id LIMIT $1"
+                 " FOR UPDATE SKIP LOCKED",
                  1, p, &res, err, sizeof(err)) != DB_OK)
         goto fail;
     n = PQntuples(res);
@@ -188,6 +197,41 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
     mrc = mq_publish_batch(mq, msgs, (size_t)n, status, err, sizeof(err));
     if (mrc != MQ_OK)
         log_error("outbox relay: publishing failed: %s", err);
+    /* Rows the broker refused one by one (returned: no queue bound; nacked)
+     * while the connection stayed up are this row's problem, not the
+     * broker's: count the attempt, park the row after park_after, and do not
+     * back off for the others. */
+    if (mrc != MQ_OK && mq_is_connected(mq)) {
+        int refused_only = 1;
+        for (int i = 0; i < n; i++) {
+            if (status[i] != MQ_OK && status[i] != MQ_ERR_RETURNED && status[i] != MQ_ERR_NACKED)
+                refused_only = 0;
+        }
+        for (int i = 0; refused_only && i < n; i++) {
+            const char *q[3];
+            char limit[16];
+            if (status[i] == MQ_OK)
+                continue;
+            snprintf(limit, sizeof(limit), "%d", r->o.park_after);
+            q[0] = db_get(res, i, "id");
+            q[1] = status[i] == MQ_ERR_RETURNED ? "basic.return 312 NO_ROUTE: no queue is bound"
+                                                  " for this routing key"
+                                                : "basic.nack: the broker refused the message";
+            q[2] = limit;
+            if (db_execp(db, "outbox_refused",
+                         "UPDATE outbox SET attempts = attempts + 1, last_error = $2,"
+                         " parked_at = CASE WHEN attempts + 1 >= $3::int THEN now() END"
+                         " WHERE id = $1::bigint RETURNING parked_at IS NOT NULL AS parked",
+                         3, q, NULL, err, sizeof(err)) != DB_OK)
+                goto fail;
+        }
+        if (refused_only) {
+            log_warn("outbox relay: the broker refused %d of %d row(s) (%s); a row is parked "
+                     "after %d refusals",
+                     n - (int)done_ok(status, n), n, err, r->o.park_after);
+            mrc = MQ_OK; /* the broker is fine: no backoff */
+        }
+    }
     /* Delete what the broker has; the rest stays pending. */
     ids[idlen++] = '{';
     for (int i = 0; i < n; i++) {
@@ -349,6 +393,7 @@ outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t e
     r->o.timeouts = NULL; /* copied: the caller's may go */
     r->o.batch = o->batch > 0 ? o->batch : 200;
     r->o.sweep_ms = o->sweep_ms > 0 ? o->sweep_ms : 1000;
+    r->o.park_after = o->park_after > 0 ? o->park_after : 5;
     r->db_url = strdup(o->database_url);
     r->amqp_url = strdup(o->amqp_url);
     r->service = strdup(o->service);

@@ -13,7 +13,12 @@
  * <service>_outbox works too, for writers elsewhere) and also sweeps on a
  * timer, so nothing waits for the next event and nothing is stranded after a
  * crash.
- * Rows the broker did not take stay pending and are tried again with backoff.
+ * Rows the broker did not take stay pending and are tried again with backoff
+ * when the broker is away. A row the broker itself refuses (returned as
+ * unroutable, or nacked) while the connection is fine counts an attempt
+ * without backoff and, after park_after attempts, is parked: kept with the
+ * broker's reply (parked_at, last_error), skipped by the relay, listed and
+ * put back by `dlq outbox`.
  */
 #ifndef ORDERSUITE_OUTBOX_H
 #define ORDERSUITE_OUTBOX_H
@@ -52,6 +57,7 @@ typedef struct {
     int sweep_ms;                /* timer sweep; 0 = 1000 */
     struct metrics *metrics;     /* counts published messages; may be NULL */
     const db_timeouts *timeouts; /* for the relay's connection; NULL: the server's */
+    int park_after;              /* refusals (returned / nacked) before a row is parked; 0 = 5 */
 } outbox_relay_opts;
 
 /* Starts the relay thread. Returns NULL with err when out of memory or the

@@ -45,9 +45,10 @@ struct worker {
     int probe_running;
     volatile sig_atomic_t probe_stop;
     db_conn *probe_db;
-    int64_t probe_ok_ms;  /* when the database last answered the probe */
-    int64_t outbox_rows;  /* unpublished outbox rows at that time */
-    int64_t outbox_age_s; /* age of the oldest of them */
+    int64_t probe_ok_ms;   /* when the database last answered the probe */
+    int64_t outbox_rows;   /* unpublished outbox rows at that time */
+    int64_t outbox_age_s;  /* age of the oldest of them */
+    int64_t outbox_parked; /* parked rows (not in the backlog) */
     const char *keys[EV__COUNT + 1];
     mq_topology topo;
     int crash_after_commit; /* test-only: exit between COMMIT and ack */
@@ -337,10 +338,14 @@ static void *probe_main(void *arg)
     while (!w->probe_stop) {
         if (db_ensure(w->probe_db, err, sizeof(err)) == DB_OK &&
             db_execp(w->probe_db, "ready_probe",
-                     "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)),"
-                     " 0)::bigint AS age FROM outbox",
+                     "SELECT count(*) FILTER (WHERE parked_at IS NULL) AS n,"
+                     " count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,"
+                     " coalesce(extract(epoch FROM now() - min(created_at)"
+                     " FILTER (WHERE parked_at IS NULL)), 0)::bigint AS age FROM outbox",
                      0, NULL, &res, err, sizeof(err)) == DB_OK) {
             __atomic_store_n(&w->outbox_rows, strtoll(db_get(res, 0, "n"), NULL, 10),
+                             __ATOMIC_RELAXED);
+            __atomic_store_n(&w->outbox_parked, strtoll(db_get(res, 0, "parked"), NULL, 10),
                              __ATOMIC_RELAXED);
             __atomic_store_n(&w->outbox_age_s, strtoll(db_get(res, 0, "age"), NULL, 10),
                              __ATOMIC_RELAXED);
@@ -393,6 +398,7 @@ static void gauges(worker *w, metrics_gauges *g, int *relay_connected)
     outbox_relay_get_stats(w->relay, &rs);
     g->outbox_pending = __atomic_load_n(&w->outbox_rows, __ATOMIC_RELAXED);
     g->outbox_oldest_age_s = __atomic_load_n(&w->outbox_age_s, __ATOMIC_RELAXED);
+    g->outbox_parked = __atomic_load_n(&w->outbox_parked, __ATOMIC_RELAXED);
     g->broker_connected = mq_is_connected(w->cons);
     g->database_connected = ok_ms > 0 && util_now_ms() - ok_ms <= PROBE_FRESH_MS;
     if (relay_connected)

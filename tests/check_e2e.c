@@ -777,6 +777,89 @@ START_TEST(every_service_is_unready_within_5_s_of_losing_postgresql)
 }
 END_TEST
 
+static int one_parked(void *arg)
+{
+    (void)arg;
+    return owner_int("SELECT count(*) FROM orders.outbox WHERE routing_key LIKE 'order.unbound%'"
+                     " AND parked_at IS NOT NULL AND last_error LIKE 'basic.return 312%'",
+                     NULL) == 1 &&
+           metric_of(API, "ordersuite_outbox_parked_rows{service=\"order-api\"}") == 1;
+}
+
+static int test_queue_has_one(void *arg)
+{
+    return tu_queue_counts("TEST_AMQP_URL", (const char *)arg, NULL) == 1;
+}
+
+static int run_dlq_outbox(const char *args)
+{
+    char cmd[1536];
+    snprintf(
+        cmd, sizeof(cmd), "DATABASE_URL='%s' %s/dlq outbox %s >>%s/log/tests/dlq-outbox.log 2>&1",
+        tu_env("OWNER_DATABASE_URL"), tu_env("ORDERSUITE_BIN"), args, tu_env("ORDERSUITE_VAR"));
+    return system(cmd);
+}
+
+/* An event nobody is bound for: the broker returns it on every publish. It
+ * must not slow the rows behind it (the relay backs off only when the broker
+ * is away), is parked after a few refusals with the broker's reply, and,
+ * replayed once a queue is bound, arrives once. */
+START_TEST(an_unroutable_outbox_row_is_parked_and_holds_back_nothing)
+{
+    char key[64], u[UUID_STR_LEN], id[UUID_STR_LEN], err[MQ_ERR_LEN];
+    const char *keys[] = {key, NULL};
+    const char *kp[] = {key};
+    mq_topology topo = {.queue = "parking_test", .keys = keys, .retry_ms = {1000}};
+    int64_t worst = 0;
+    mq_conn *admin;
+
+    /* A key of its own: a queue bound by an earlier run cannot route it. */
+    uuid_v4(u);
+    snprintf(key, sizeof(key), "order.unbound_%.8s", u);
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "DELETE FROM orders.outbox WHERE routing_key LIKE 'order.unbound%'", 0, NULL));
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "INSERT INTO orders.outbox (message_id, routing_key, correlation_id, body)"
+                " VALUES (gen_random_uuid(), $1, gen_random_uuid(), '{}')",
+                1, kp));
+    /* While the relay meets it again and again: orders go through at once. */
+    for (int i = 0; i < 6; i++) {
+        int64_t t0 = util_now_ms(), dt;
+        long st = 0;
+        /* A 503 asks the client to retry (a connection PostgreSQL dropped
+         * earlier in this suite is found broken by its next query). */
+        for (int k = 0;
+             k < 10 && (st = place("[{\"sku\":\"TEA-ASSAM\",\"quantity\":1}]", NULL, id)) == 503;
+             k++)
+            util_sleep_ms(100, NULL);
+        ck_assert_int_eq(st, 201);
+        await_status(id, "CONFIRMED");
+        dt = util_now_ms() - t0;
+        worst = dt > worst ? dt : worst;
+        util_sleep_ms(1000, NULL);
+    }
+    ck_assert_msg(worst < 2000, "an order took %lld ms to confirm behind an unroutable row",
+                  (long long)worst);
+    ck_assert_msg(tu_poll(20000, one_parked, NULL), "the unroutable row was not parked");
+    ck_assert_int_eq(run_dlq_outbox("list order-api"), 0);
+    /* Bind a queue for it, replay: delivered once, gone from the outbox. */
+    admin = tu_publisher("TEST_AMQP_URL", "check_e2e");
+    ck_assert_msg(mq_declare_topology(admin, &topo, err, sizeof(err)) == MQ_OK, "%s", err);
+    ck_assert_int_ge(mq_purge(admin, "parking_test", err, sizeof(err)), 0);
+    ck_assert_int_eq(run_dlq_outbox("replay order-api --all"), 0);
+    ck_assert_msg(tu_poll(20000, test_queue_has_one, (void *)"parking_test"),
+                  "the replayed row did not arrive");
+    ck_assert_int_eq(
+        owner_int("SELECT count(*) FROM orders.outbox WHERE routing_key LIKE 'order.unbound%'",
+                  NULL),
+        0);
+    util_sleep_ms(1500, NULL); /* a second copy would be here by now */
+    ck_assert_int_eq(tu_queue_counts("TEST_AMQP_URL", "parking_test", NULL), 1);
+    ck_assert_int_ge(mq_purge(admin, "parking_test", err, sizeof(err)), 0);
+    mq_free(admin);
+}
+END_TEST
+
 /* One grep follows an order: every service logs its correlation id. */
 START_TEST(one_grep_follows_an_order_through_every_service)
 {
@@ -839,6 +922,7 @@ int main(void)
     tcase_add_test(f, pos_spools_sales_while_the_broker_is_down_and_sends_them_after);
     tcase_add_test(f, every_service_reports_health_readiness_and_metrics);
     tcase_add_test(f, one_grep_follows_an_order_through_every_service);
+    tcase_add_test(f, an_unroutable_outbox_row_is_parked_and_holds_back_nothing);
     tcase_add_test(f, the_outbox_backlog_is_counted_while_the_broker_is_away);
     tcase_add_test(f, every_service_is_unready_within_5_s_of_losing_postgresql);
     tcase_add_unchecked_fixture(b, start_all, stop_all);

@@ -6,6 +6,13 @@
  *   dlq replay <service> (--id ID | --all) [--dry-run] [--rate N]
  *                                               back to the service's work queue
  *   dlq purge <service> --yes                   drop them all
+ *   dlq outbox list <service>                   the service's parked outbox rows
+ *   dlq outbox replay <service> (--id ID | --all)
+ *                                               un-park them: the relay sends them again
+ *
+ * Parked outbox rows are events the broker refused (unroutable, nacked) too
+ * many times; they wait in the service's outbox table (needs DATABASE_URL,
+ * the owner's) until the route is fixed and they are replayed.
  *
  * Replay publishes a copy of each chosen message, with its original
  * properties and body and a fresh attempt count, to the service's work queue
@@ -20,9 +27,11 @@
  * 2 on bad usage.
  */
 #include "cfg.h"
+#include "db.h"
 #include "log.h"
 #include "mq.h"
 #include "util.h"
+#include "uuid.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +46,8 @@ static int usage(void)
                     "       dlq show <service> [--limit N]\n"
                     "       dlq replay <service> (--id MESSAGE_ID | --all) [--dry-run] [--rate N]\n"
                     "       dlq purge <service> --yes\n"
+                    "       dlq outbox list <service>\n"
+                    "       dlq outbox replay <service> (--id MESSAGE_ID | --all)\n"
                     "env: AMQP_URL, DLQ_SERVICES (default order-api,inventory,billing,email)\n");
     return 2;
 }
@@ -248,6 +259,90 @@ static int cmd_replay(mq_conn *c, const char *url, const char *service, const ch
     return rc;
 }
 
+/* dlq outbox list|replay <service> [--id ID | --all], on the database. */
+static int cmd_outbox(int argc, char **argv)
+{
+    const char *verb = argc > 2 ? argv[2] : "", *service = argc > 3 ? argv[3] : NULL;
+    const char *id = NULL, *schema;
+    char *url = NULL, *ident = NULL, sql[512], err[DB_ERR_LEN], channel[96];
+    const cfg_spec specs[] = {{"DATABASE_URL", CFG_STR, NULL, 0, 0, &url}};
+    int all = 0, rc = 1;
+    db_conn *db = NULL;
+    PGresult *res = NULL;
+
+    if (!service || !valid_service(service))
+        return usage();
+    for (int i = 4; i < argc; i++) {
+        if (strcmp(argv[i], "--id") == 0 && i + 1 < argc && uuid_valid(argv[i + 1]))
+            id = argv[++i];
+        else if (strcmp(argv[i], "--all") == 0)
+            all = 1;
+        else
+            return usage();
+    }
+    if (strcmp(verb, "list") == 0 ? (id || all) : strcmp(verb, "replay") != 0 || !!id == all)
+        return usage();
+    if (cfg_load(specs, 1, err, sizeof(err)) < 0) {
+        fprintf(stderr, "dlq: configuration: %s\n", err);
+        return 1;
+    }
+    /* order-api's tables are in schema orders; every other service's in its own. */
+    schema = strcmp(service, "order-api") == 0 ? "orders" : service;
+    db = db_new(url, "dlq");
+    if (!db || db_connect(db, err, sizeof(err)) != DB_OK) {
+        fprintf(stderr, "dlq: %s\n", db ? err : "out of memory");
+        goto out;
+    }
+    ident = PQescapeIdentifier(db_pg(db), schema, strlen(schema));
+    if (!ident) {
+        fprintf(stderr, "dlq: %s\n", PQerrorMessage(db_pg(db)));
+        goto out;
+    }
+    /* The schema is an identifier (escaped by libpq); the values are parameters. */
+    if (strcmp(verb, "list") == 0) {
+        snprintf(sql, sizeof(sql),
+                 "SELECT message_id, routing_key, attempts, parked_at, last_error"
+                 " FROM %s.outbox WHERE parked_at IS NOT NULL ORDER BY id",
+                 ident);
+        if (db_exec(db, sql, 0, NULL, &res, err, sizeof(err)) != DB_OK) {
+            fprintf(stderr, "dlq: %s\n", err);
+            goto out;
+        }
+        for (int i = 0; i < PQntuples(res); i++)
+            printf("%s %s attempts=%s parked_at=%s reason=%s\n", db_get(res, i, "message_id"),
+                   db_get(res, i, "routing_key"), db_get(res, i, "attempts"),
+                   db_get(res, i, "parked_at"), db_get(res, i, "last_error"));
+        printf("%d parked row(s) in %s.outbox\n", PQntuples(res), schema);
+        rc = 0;
+        goto out;
+    }
+    snprintf(sql, sizeof(sql),
+             "UPDATE %s.outbox SET parked_at = NULL, attempts = 0 WHERE parked_at IS NOT NULL"
+             " AND ($1::uuid IS NULL OR message_id = $1::uuid) RETURNING id",
+             ident);
+    {
+        const char *p[] = {id};
+        const char *n[] = {channel};
+        snprintf(channel, sizeof(channel), "%s_outbox", service);
+        if (db_exec(db, sql, 1, p, &res, err, sizeof(err)) != DB_OK ||
+            db_exec(db, "SELECT pg_notify($1, '')", 1, n, NULL, err, sizeof(err)) != DB_OK) {
+            fprintf(stderr, "dlq: %s\n", err);
+            goto out;
+        }
+    }
+    printf("replayed %d parked row(s) of %s.outbox\n", PQntuples(res), schema);
+    rc = id && PQntuples(res) == 0 ? 1 : 0;
+    if (rc)
+        fprintf(stderr, "dlq: no parked row %s in %s.outbox\n", id, schema);
+out:
+    PQclear(res);
+    if (ident)
+        PQfreemem(ident);
+    db_free(db);
+    cfg_free(specs, 1);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     char *url = NULL, *services = NULL;
@@ -263,6 +358,8 @@ int main(int argc, char **argv)
     mq_conn *c = NULL;
 
     log_init("dlq", LOG_WARN);
+    if (strcmp(verb, "outbox") == 0)
+        return cmd_outbox(argc, argv);
     if (strcmp(verb, "list") != 0) {
         if (!service || !valid_service(service))
             return usage();
