@@ -9,6 +9,9 @@ it, and checks against the real database:
   - no token, an unknown token, another scheme: 401 problem+json with
     WWW-Authenticate: Bearer, on every /orders route, and no order is written;
   - /healthz, /readyz, /metrics and the catalog (GET /products) stay open;
+  - the operations listener (OPS_PORT, on OPS_BIND, default 127.0.0.1)
+    answers /healthz, /readyz and /metrics without a token and serves
+    neither /orders nor /products (404);
   - alice and bob using one Idempotency-Key get two different orders, and
     alice's retry replays hers;
   - bob cannot read alice's order (404) nor see it in his list.
@@ -28,6 +31,7 @@ ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path
 BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
 VAR = os.environ.get("ORDERSUITE_VAR", os.path.join(ROOT, "var"))
 PORT = 18380
+OPS_PORT = 18381
 checks = []
 # The owner's URL without its password, which psql gets in PGPASSWORD (never argv).
 _owner = urllib.parse.urlsplit(os.environ["OWNER_DATABASE_URL"])
@@ -40,14 +44,14 @@ def check(name, ok, detail=""):
     print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
 
 
-def call(method, path, token=None, body=None, headers=None):
+def call(method, path, token=None, body=None, headers=None, port=PORT):
     """(status, headers as a dict with lower-case names, body bytes); (0, {}, why) on no answer."""
     h = dict(headers or {})
     if token is not None:
         h["Authorization"] = token if " " in token else f"Bearer {token}"
     if body is not None:
         h["Content-Type"] = "application/json"
-    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         c.request(method, path, body=body, headers=h)
         r = c.getresponse()
@@ -56,6 +60,20 @@ def call(method, path, token=None, body=None, headers=None):
         return 0, {}, str(e).encode()
     finally:
         c.close()
+
+
+def listen_addrs(port):
+    """The addresses a TCP socket listens on at port (/proc/net/tcp, IPv4)."""
+    out = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != "0A":  # 0A: TCP_LISTEN
+                continue
+            addr_hex, port_hex = fields[1].split(":")
+            if int(port_hex, 16) == port:
+                out.add(".".join(str(b) for b in bytes.fromhex(addr_hex)[::-1]))
+    return out
 
 
 def order(customer):
@@ -103,8 +121,9 @@ def main():
     env.update({
         "DATABASE_URL": os.environ["ORDERS_DATABASE_URL"],
         "AMQP_URL": os.environ["ORDER_API_AMQP_URL"],
-        "HTTP_PORT": str(PORT), "API_TOKENS_FILE": tokens,
+        "HTTP_PORT": str(PORT), "API_TOKENS_FILE": tokens, "OPS_PORT": str(OPS_PORT),
     })
+    env.pop("OPS_BIND", None)  # the default, loopback
 
     # Fail closed: no tokens file, or a malformed one, and order-api does not start.
     bad = os.path.join(tmp, "bad-tokens")
@@ -136,6 +155,20 @@ def main():
             time.sleep(0.1)
         for path in ("/healthz", "/readyz", "/metrics"):
             check(f"open_{path[1:]}", call("GET", path)[0] == 200, f"{path} needs no token")
+
+        # The operations listener: its own port, loopback by default, the
+        # probes and metrics without a token, and nothing of the API.
+        for path in ("/healthz", "/readyz", "/metrics"):
+            s, _, b = call("GET", path, port=OPS_PORT)
+            check(f"ops_port_{path[1:]}_open", s == 200, f"{path} on OPS_PORT: {s} {b[:120]!r}")
+        for method, path in (("GET", "/orders"), ("POST", "/orders"), ("GET", "/products")):
+            s, _, b = call(method, path, token=alice, body=order(tag) if method == "POST" else None,
+                           port=OPS_PORT)
+            check(f"ops_port_no_{method.lower()}_{path[1:]}_404", s == 404,
+                  f"{method} {path} on OPS_PORT: {s} {b[:120]!r}")
+        addrs = listen_addrs(OPS_PORT)
+        check("ops_port_binds_OPS_BIND_loopback", addrs == {"127.0.0.1"},
+              f"OPS_PORT {OPS_PORT} listens on {sorted(addrs) or 'nothing'}")
 
         # No, unknown or malformed credentials: 401 everywhere, nothing written.
         unauthorized("post_without_token_401", *call("POST", "/orders", body=order(tag)))
