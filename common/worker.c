@@ -515,8 +515,10 @@ int worker_main(const worker_def *def, int argc, char **argv)
     int rc = 1;
     long port = 0, http_threads = 4, max_body = 65536, http_timeout = 10, conn_limit = 1000,
          per_ip = 200, ready_max = 10000, ready_max_age = 60;
-    char *bind = NULL;
-    http_server *srv = NULL;
+    char *bind = NULL, *ops_bind = NULL;
+    long ops_port = 0;
+    http_server *srv = NULL, *ops_srv = NULL;
+    http_route ops_routes[3]; /* the operations listener's, alive as long as it */
     http_route *routes = NULL;
     int tier_ms[MQ_MAX_TIERS];
     int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
@@ -535,8 +537,16 @@ int worker_main(const worker_def *def, int argc, char **argv)
         {"READY_MAX_OUTBOX_AGE_S", CFG_LONG, "60", 1, 86400, &ready_max_age},
     };
     const size_t nh = sizeof(hspecs) / sizeof(hspecs[0]);
+    char ops_default[16];
+    const cfg_spec ospecs[] = {
+        {def->ops_port_var ? def->ops_port_var : "OPS_PORT", CFG_LONG, ops_default, 0, 65535,
+         &ops_port},
+        {"OPS_BIND", CFG_STR, "127.0.0.1", 0, 0, &ops_bind},
+    };
+    const size_t no = def->ops_port_var ? sizeof(ospecs) / sizeof(ospecs[0]) : 0;
 
     snprintf(default_port, sizeof(default_port), "%d", def->default_port);
+    snprintf(ops_default, sizeof(ops_default), "%d", def->ops_default_port);
     log_init(def->service, LOG_INFO);
     memset(&w, 0, sizeof(w));
     w.def = def;
@@ -549,7 +559,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
     if (declare_only && !getenv("DATABASE_URL") && !getenv("DATABASE_URL_FILE"))
         setenv("DATABASE_URL", "unused", 1); /* not needed to declare queues */
     if (cfg_load(specs, nspecs, err, sizeof(err)) < 0 ||
-        (!declare_only && cfg_load(hspecs, nh, err, sizeof(err)) < 0))
+        (!declare_only && cfg_load(hspecs, nh, err, sizeof(err)) < 0) ||
+        (!declare_only && no && cfg_load(ospecs, no, err, sizeof(err)) < 0))
         goto config_error;
     w.ready_max_outbox = ready_max;
     w.ready_max_outbox_age_s = ready_max_age;
@@ -663,6 +674,35 @@ int worker_main(const worker_def *def, int argc, char **argv)
         log_info("http on %s:%ld (/healthz /readyz /metrics%s)", bind, port,
                  def->n_http_routes ? " and the API" : "");
     }
+    if (ops_port > 0) {
+        /* The operations listener: the quick routes alone (routes[0..2],
+         * set above only when the main server runs, so made here again). */
+        static const http_route own[] = {{"GET", "/healthz", 0, healthz, NULL, 1},
+                                         {"GET", "/readyz", 0, readyz, NULL, 1},
+                                         {"GET", "/metrics", 0, metrics_page, NULL, 1}};
+        http_opts ho;
+        for (size_t i = 0; i < 3; i++) {
+            ops_routes[i] = own[i];
+            ops_routes[i].cls = &w;
+        }
+        memset(&ho, 0, sizeof(ho));
+        ho.port = (int)ops_port;
+        ho.bind = ops_bind;
+        ho.threads = 2;
+        ho.max_body = 1024;
+        ho.conn_timeout_s = (int)http_timeout;
+        ho.conn_limit = (int)conn_limit;
+        ho.per_ip_limit = (int)per_ip;
+        ho.routes = ops_routes;
+        ho.nroutes = 3;
+        ho.cls = &w;
+        ops_srv = http_start(&ho, err, sizeof(err));
+        if (!ops_srv) {
+            log_error("%s: %s", ospecs[0].name, err);
+            goto out;
+        }
+        log_info("operations http on %s:%ld (/healthz /readyz /metrics)", ops_bind, ops_port);
+    }
     log_info("%s started: queue %s, %zu routes, prefetch %ld", def->service, def->service,
              def->nroutes, prefetch);
     if (mq_consume_batches(cons, pub, dispatch_batch, (size_t)batch, &w, NULL, &stop_flag, err,
@@ -674,6 +714,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
     rc = 0;
 out:
     /* HTTP first: its handlers read the relay and the consumer. */
+    http_stop(ops_srv);
     http_stop(srv);
     free(routes);
     probe_stop(&w);
@@ -684,6 +725,7 @@ out:
     metrics_free(w.metrics);
     cfg_free(specs, nspecs);
     cfg_free(hspecs, nh);
+    cfg_free(ospecs, no);
     if (rc == 0)
         log_info("stopped");
     return rc;
@@ -691,5 +733,6 @@ config_error:
     log_error("configuration: %s", err);
     cfg_free(specs, nspecs);
     cfg_free(hspecs, nh);
+    cfg_free(ospecs, no);
     return 1;
 }

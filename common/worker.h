@@ -57,6 +57,13 @@ typedef struct {
     void (*http_thread_exit)(void *); /* frees http_thread_local values */
     const char *port_var;
     int default_port;
+    /* A second, operations-only listener with just /healthz, /readyz and
+     * /metrics (never http_routes), for a service whose main port carries an
+     * API behind a token: its port is in the variable ops_port_var (NULL: no
+     * such listener; default ops_default_port, 0 turns it off), its address
+     * in OPS_BIND (127.0.0.1). */
+    const char *ops_port_var;
+    int ops_default_port;
 } worker_def;
 
 /* Runs the worker until SIGTERM/SIGINT. Returns the process exit code: 0

@@ -144,6 +144,12 @@ vhost_path() { [ "$ORDERSUITE_VHOST" = / ] || echo "/$ORDERSUITE_VHOST"; }
 vhost_api() { [ "$ORDERSUITE_VHOST" = / ] && echo %2F || echo "$ORDERSUITE_VHOST"; }
 # svc_port NAME: the port the service listens on in this environment.
 svc_port() { echo $(($(suite_field "$1" 5) + ORDERSUITE_PORT_OFFSET)); }
+# svc_ops_port NAME: its operations port in this environment (empty: none).
+svc_ops_port() {
+    local p
+    p=$(suite_field "$1" 7)
+    [ -z "$p" ] || echo $((p + ORDERSUITE_PORT_OFFSET))
+}
 # run_dir / svc_log_dir: where services.sh keeps pid files and logs.
 run_dir() { echo "${ORDERSUITE_RUN_DIR:-$VAR/run}"; }
 svc_log_dir() { echo "${ORDERSUITE_LOG_DIR:-$VAR/log}"; }

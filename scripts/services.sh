@@ -50,6 +50,7 @@ svc_env() { # NAME: the environment of one service
     pw="PG_$(up_name "$role")_PASSWORD"
     echo "DATABASE_URL=$(db_url "$role" "${!pw}")"
     echo "$(suite_field "$1" 4)=$(svc_port "$1")"
+    [ -z "$(svc_ops_port "$1")" ] || echo "$(suite_field "$1" 6)=$(svc_ops_port "$1")"
     echo "AMQP_URL=$(amqp_url "$1")"
     [ "$1" != order-api ] || echo "API_TOKENS_FILE=$(api_tokens_file)"
 }

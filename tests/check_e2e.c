@@ -66,8 +66,8 @@ static void write_tokens(const char *path)
 
 static void start_all(void)
 {
-    static char env[4][6][1200];
-    static const char *envp[4][7];
+    static char env[4][7][1200];
+    static const char *envp[4][8];
     char *argv[] = {"svc", NULL};
     char tokens[512];
 
@@ -83,9 +83,10 @@ static void start_all(void)
         snprintf(env[i][3], sizeof(env[i][3]), "LOG_LEVEL=info");
         snprintf(env[i][4], sizeof(env[i][4]), "METRICS_PORT=%d", 19101 + i);
         snprintf(env[i][5], sizeof(env[i][5]), "API_TOKENS_FILE=%s", tokens);
-        for (int k = 0; k < 6; k++)
+        snprintf(env[i][6], sizeof(env[i][6]), "OPS_PORT=19100"); /* order-api's, beside a demo */
+        for (int k = 0; k < 7; k++)
             envp[i][k] = env[i][k];
-        envp[i][6] = NULL;
+        envp[i][7] = NULL;
         snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
         snprintf(log, sizeof(log), "%s/log/tests/e2e-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
         pids[i] = tu_spawn(path, argv, envp[i], log);

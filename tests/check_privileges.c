@@ -69,8 +69,8 @@ static int consuming(void *arg)
 
 static void start_all(void)
 {
-    static char env[NSVC][5][1200];
-    static const char *envp[NSVC][6];
+    static char env[NSVC][6][1200];
+    static const char *envp[NSVC][7];
     char *argv[] = {"svc", NULL};
     for (int i = 0; i < NSVC; i++) {
         char path[512], log[512];
@@ -79,9 +79,10 @@ static void start_all(void)
         snprintf(env[i][2], sizeof(env[i][2]), "METRICS_PORT=0");
         snprintf(env[i][3], sizeof(env[i][3]), "HTTP_PORT=0");
         snprintf(env[i][4], sizeof(env[i][4]), "%s", TU_API_TOKENS); /* order-api needs one */
-        for (int k = 0; k < 5; k++)
+        snprintf(env[i][5], sizeof(env[i][5]), "OPS_PORT=0");
+        for (int k = 0; k < 6; k++)
             envp[i][k] = env[i][k];
-        envp[i][5] = NULL;
+        envp[i][6] = NULL;
         snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), svc[i]);
         snprintf(log, sizeof(log), "%s/log/tests/privileges-%s.log", tu_env("ORDERSUITE_VAR"),
                  svc[i]);

@@ -226,8 +226,8 @@ START_TEST(order_flow_over_tls_reaches_confirmed)
     static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL",
                                        "ORDER_API_AMQP_URL"};
     static const char *const bases[] = {"http://127.0.0.1:19201", "http://127.0.0.1:19202", API};
-    static char env[3][6][1200];
-    const char *envp[3][7];
+    static char env[3][7][1200];
+    const char *envp[3][8];
     const char *hdrs[] = {"Content-Type: application/json", "Idempotency-Key: check-tls",
                           TU_API_AUTH, NULL};
     const char *body = "{\"customer_id\":\"tls\",\"customer_email\":\"tls@example.com\","
@@ -245,9 +245,10 @@ START_TEST(order_flow_over_tls_reaches_confirmed)
         snprintf(env[i][3], sizeof(env[i][3]), "METRICS_PORT=%d", 19201 + i);
         snprintf(env[i][4], sizeof(env[i][4]), "LOG_LEVEL=info");
         snprintf(env[i][5], sizeof(env[i][5]), "%s", TU_API_TOKENS);
-        for (int k = 0; k < 6; k++)
+        snprintf(env[i][6], sizeof(env[i][6]), "OPS_PORT=0");
+        for (int k = 0; k < 7; k++)
             envp[i][k] = env[i][k];
-        envp[i][6] = NULL;
+        envp[i][7] = NULL;
         snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
         snprintf(log, sizeof(log), "%s/log/tests/tls-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
         pids[i] = tu_spawn(path, argv, envp[i], log);

@@ -475,8 +475,12 @@ static int64_t slowest_healthz(const char *port, int rounds)
 START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
 {
     const char *inv_env[] = {"METRICS_PORT=" LIM_INV_PORT, "DB_LOCK_TIMEOUT_MS=500", NULL};
-    const char *api_env[] = {"HTTP_PORT=" LIM_API_PORT, "HTTP_THREADS=2", "DB_LOCK_TIMEOUT_MS=3000",
-                             TU_API_TOKENS, NULL};
+    const char *api_env[] = {"HTTP_PORT=" LIM_API_PORT,
+                             "HTTP_THREADS=2",
+                             "DB_LOCK_TIMEOUT_MS=3000",
+                             "OPS_PORT=0",
+                             TU_API_TOKENS,
+                             NULL};
     const char *locked[] = {"GRD-BURR"}, *free_sku[] = {"TEA-SENCHA"};
     const int64_t qty[] = {1}, price[] = {100};
     const char body[] = "{\"customer_id\":\"lim\",\"customer_email\":\"lim@example.com\","

@@ -137,12 +137,15 @@ for var in sorted(set(re.findall(r"\$\{([A-Z_]*PASSWORD)\b", text))):
 # the migrate job and the image use the registry
 suite = [l.split() for l in read("scripts/suite.sh").split('SUITE_SERVICES="')[1].split('"')[0]
          .splitlines() if l.strip()]
-for name, role, topic, port_var, port in suite:
+for name, role, topic, port_var, port, *ops in suite:
     s = svcs.get(name, {})
     env = s.get("environment", {}) or {}
     check(f"suite_{name}_in_compose", name in svcs, f"{name} is in scripts/suite.sh, not in compose")
     check(f"suite_{name}_port", str(env.get(port_var, "")) == port,
           f"{name}: compose sets {port_var}={env.get(port_var)}, scripts/suite.sh says {port}")
+    if ops:  # the operations port (var, port), as the registry says
+        check(f"suite_{name}_ops_port", len(ops) == 2 and str(env.get(ops[0], "")) == ops[1],
+              f"{name}: compose sets {ops[0]}={env.get(ops[0])}, scripts/suite.sh says {ops[1:]}")
     check(f"suite_{name}_role", f"postgresql://{role}:" in str(env.get("DATABASE_URL", "")),
           f"{name} must connect as the database role {role}")
     check(f"suite_{name}_broker_user", f"amqp://{name}:" in str(env.get("AMQP_URL", "")),

@@ -114,7 +114,7 @@ def main():
         "DATABASE_URL": os.environ["ORDERS_DATABASE_URL"],
         "AMQP_URL": os.environ["ORDER_API_AMQP_URL"],
         "HTTP_PORT": str(PORT), "HTTP_TIMEOUT_S": str(TIMEOUT_S),
-        "HTTP_PER_IP_LIMIT": str(PER_IP), "LOG_LEVEL": "debug",
+        "HTTP_PER_IP_LIMIT": str(PER_IP), "LOG_LEVEL": "debug", "OPS_PORT": "0",
     })
     os.makedirs(os.path.join(VAR, "log", "tests"), exist_ok=True)
     log_path = os.path.join(VAR, "log", "tests", "http_input.order-api.log")

@@ -6,8 +6,8 @@ services have started, reads the kernel's table of listening TCP sockets
 (/proc/net/tcp and /proc/net/tcp6) and checks that none of the project's
 listeners is on a wildcard address (0.0.0.0 or ::) or any other non-loopback
 address: AMQP (and AMQPS under `make up TLS=1`), the management UI, Erlang distribution (AMQP_PORT + 20000),
-epmd (4369), PostgreSQL and every service's HTTP/metrics port from
-scripts/suite.sh.
+epmd (4369), PostgreSQL and every service's HTTP/metrics port, and
+order-api's operations port (OPS_PORT), from scripts/suite.sh.
 
 Starts the services with scripts/services.sh (the same path `make demo` uses;
 in the tests' environment when run by run-tests.sh),
@@ -64,13 +64,15 @@ def is_loopback(addr):
 
 
 def services():
-    """(name, port) of every service in scripts/suite.sh, in this environment
-    (run-tests.sh moves the tests' services by ORDERSUITE_PORT_OFFSET)."""
+    """(name, port, operations port or None) of every service in
+    scripts/suite.sh, in this environment (run-tests.sh moves the tests'
+    services by ORDERSUITE_PORT_OFFSET)."""
     offset = int(os.environ.get("ORDERSUITE_PORT_OFFSET", "0"))
     out = subprocess.run(["bash", "-c", f'source "{ROOT}/scripts/suite.sh"; '
-                          'for n in $(suite_names); do echo "$n $(suite_field "$n" 5)"; done'],
+                          'for n in $(suite_names); do echo "$n $(suite_field "$n" 5) $(suite_field "$n" 7)"; done'],
                          capture_output=True, text=True, check=True).stdout
-    return [(n, int(p) + offset) for n, p in (line.split() for line in out.splitlines() if line.strip())]
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    return [(r[0], int(r[1]) + offset, int(r[2]) + offset if len(r) > 2 else None) for r in rows]
 
 
 def server_ports():
@@ -123,13 +125,19 @@ def main():
     subprocess.run(["bash", svc_sh, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        pending = dict(svcs)
+        pending = {n: p for n, p, _ in svcs}
+        pending.update({f"{n} (operations)": o for n, _, o in svcs if o})
         while pending and time.monotonic() < deadline:
             pending = {n: p for n, p in pending.items() if not ready(p)}
             if pending:
                 time.sleep(0.2)
         check("services_ready", not pending, f"not ready within 60 s: {', '.join(pending)}")
-        ports.update({f"service {n}": p for n, p in svcs})
+        ports.update({f"service {n}": p for n, p, _ in svcs})
+        ports.update({f"operations {n}": o for n, _, o in svcs if o})
+        for n, _, o in svcs:
+            if o:  # it must listen there (and on loopback, checked below)
+                check(f"services_{n}_operations_port_{o}_listens",
+                      any(p == o for _, p in listeners()), f"nothing listens on {o}")
         check_ports("services", ports)
     finally:
         subprocess.run(["bash", svc_sh, "stop"], env=env, stdout=subprocess.DEVNULL)

@@ -19,7 +19,10 @@
  * it is read once, at start.
  *
  * The API shares the worker runtime's HTTP server (HTTP_PORT, default 8080;
- * see worker.h for the other HTTP settings) with /healthz, /readyz, /metrics.
+ * see worker.h for the other HTTP settings) with /healthz, /readyz, /metrics,
+ * which also answer, without a token and without the API, on the operations
+ * listener OPS_PORT (default 9100; 0 turns it off) on OPS_BIND (127.0.0.1),
+ * so probes and scrapers can stay off the API's address.
  */
 #include "api.h"
 #include "cfg.h"
@@ -131,7 +134,9 @@ int main(int argc, char **argv)
                       .http_cls = &ctx,
                       .http_thread_exit = api_thread_exit,
                       .port_var = "HTTP_PORT",
-                      .default_port = 8080};
+                      .default_port = 8080,
+                      .ops_port_var = "OPS_PORT",
+                      .ops_default_port = 9100};
     int rc;
 
     def.http_routes = api_routes(&def.n_http_routes);
