@@ -32,6 +32,18 @@ die() { echo "error: engine: $*" >&2; exit 1; }
 
 answers() { DOCKER_HOST=$1 timeout 10 docker info >/dev/null 2>&1; }
 
+# ours PID: PID is the dockerd this script starts for this checkout: its
+# name is dockerd, dockerd's own pidfile names it, and it runs with this
+# checkout's --pidfile. A pid reused by another process is never signalled.
+ours() {
+    local pid=$1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] || return 1
+    [ "$(cat "$RUN/dockerd.pid" 2>/dev/null)" = "$pid" ] || return 1
+    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF "$RUN/dockerd.pid"
+}
+recorded() { cat "$PIDFILE" 2>/dev/null || true; }
+
 start() {
     mkdir -p "$STATE"
     local sys=${DOCKER_HOST:-unix:///var/run/docker.sock}
@@ -40,10 +52,15 @@ start() {
         echo "$sys" >"$HOSTFILE"
         return 0
     fi
-    if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null && answers "$OWN_HOST"; then
-        say "using the engine this project started (pid $(cat "$PIDFILE"))"
-        echo "$OWN_HOST" >"$HOSTFILE"
-        return 0
+    if [ -f "$PIDFILE" ]; then
+        if ours "$(recorded)" && answers "$OWN_HOST"; then
+            say "using the engine this project started (pid $(recorded))"
+            echo "$OWN_HOST" >"$HOSTFILE"
+            return 0
+        fi
+        ours "$(recorded)" && die "dockerd (pid $(recorded)) runs but does not answer; stop it first"
+        say "dropping a stale pidfile (pid $(recorded) is not this project's dockerd)"
+        rm -f "$PIDFILE"
     fi
     [ "$(id -u)" = 0 ] || die "no Docker engine answers and starting one needs root"
     command -v dockerd >/dev/null || die "dockerd not found: make deps installs docker.io"
@@ -53,7 +70,7 @@ start() {
     setsid dockerd --data-root "$STATE/data" --exec-root "$RUN/exec" \
         --pidfile "$RUN/dockerd.pid" --host "$OWN_HOST" \
         --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
-        >>"$VAR/log/dockerd.log" 2>&1 </dev/null &
+        >>"$VAR/log/dockerd.log" 2>&1 </dev/null 9>&- &
     echo $! >"$PIDFILE"
     local i
     for ((i = 0; i < ENGINE_TIMEOUT * 2; i++)); do
@@ -62,7 +79,7 @@ start() {
             say "dockerd ready (pid $(cat "$PIDFILE"))"
             return 0
         fi
-        kill -0 "$(cat "$PIDFILE")" 2>/dev/null || {
+        kill -0 "$(recorded)" 2>/dev/null || {
             rm -f "$PIDFILE"
             tail -20 "$VAR/log/dockerd.log" >&2
             die "dockerd exited; see var/log/dockerd.log"
@@ -75,22 +92,33 @@ start() {
 stop() {
     [ -f "$PIDFILE" ] || { say "not started by this project; left running"; return 0; }
     local pid i
-    pid=$(cat "$PIDFILE")
-    if kill -0 "$pid" 2>/dev/null; then
+    pid=$(recorded)
+    if ! ours "$pid"; then
+        say "pid $pid is not this project's dockerd (gone or reused): nothing to stop"
+    else
         say "stopping dockerd (pid $pid)"
         kill -TERM "$pid"
         for ((i = 0; i < 60; i++)); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.5
         done
-        kill -0 "$pid" 2>/dev/null && die "dockerd (pid $pid) still running after 30s"
+        ! kill -0 "$pid" 2>/dev/null || die "dockerd (pid $pid) still running after 30s"
     fi
     rm -f "$PIDFILE" "$HOSTFILE"
 }
 
+# start and stop of one checkout's engine never overlap (the lock is closed
+# for dockerd itself: 9>&- above).
+locked() {
+    mkdir -p "$STATE"
+    exec 9>"$STATE/engine.lock"
+    flock -w "$((ENGINE_TIMEOUT + 40))" 9 || die "another start/stop holds $STATE/engine.lock"
+    "$@"
+}
+
 case "${1:-}" in
-start) start ;;
-stop) stop ;;
+start) locked start ;;
+stop) locked stop ;;
 env)
     [ -f "$HOSTFILE" ] || die "no engine chosen: run $0 start"
     echo "export DOCKER_HOST=$(cat "$HOSTFILE")"

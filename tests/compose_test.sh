@@ -5,7 +5,8 @@
 # debian:bookworm-slim if it is missing (docker/base-image.sh), builds every
 # image of docker-compose.yml, then runs the project's own compose file, as
 # the README's "With Docker" section tells a user to, under the project name
-# ordersuite-test and with a fresh .env from docker/make-env.sh:
+# ordersuite-test-<checksum of the checkout's path> and with a fresh .env
+# from docker/make-env.sh:
 #   up -d, every health check green; three orders by curl through the published
 #   port (CONFIRMED, REJECTED, CANCELLED after a failed payment); a POS burst
 #   with `run --rm pos`; the management API shows the exchange, each quorum
@@ -25,7 +26,9 @@ cd "$ROOT"
 VAR="$ROOT/var"
 [ -L "$VAR" ] && VAR=$(readlink -f "$VAR")
 WORK="$VAR/compose-test"
-PROJECT=${COMPOSE_TEST_PROJECT:-ordersuite-test}
+# One project per checkout: its cleanup (down -v --remove-orphans) can only
+# reach what this checkout's run made, never another checkout's project.
+PROJECT=${COMPOSE_TEST_PROJECT:-ordersuite-test-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)}
 BOUND=${COMPOSE_TEST_TIMEOUT:-1500}
 DEADLINE=$((SECONDS + BOUND))
 mkdir -p "$WORK" "$VAR/log"
