@@ -83,7 +83,12 @@ cleanup() {
         timeout 120 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
     fi
     rm -f "$WORK/test.env"
-    bash docker/engine.sh stop || true
+    # An engine this run started and cannot stop is a failure, not a footnote.
+    if ! bash docker/engine.sh stop; then
+        echo "compose-test: FAIL: the Docker engine this run started could not be stopped (var/docker/started.pid)" >&2
+        echo "tests/compose_test.sh:F:engine-stop: the engine this run started is still running"
+        [ $rc -ne 0 ] || rc=1
+    fi
     exit $rc
 }
 trap cleanup EXIT
