@@ -40,14 +40,21 @@ fail() {
     exit 1
 }
 left() { echo $((DEADLINE - SECONDS)); }
-# bounded SECONDS CMD...: CMD with at most SECONDS, and never past the deadline.
+# bounded SECONDS CMD...: CMD with at most SECONDS, and never past the
+# deadline; a CMD killed by the bound fails the test naming the step.
 bounded() {
-    local s=$1
+    local s=$1 rc=0
     shift
     [ "$(left)" -gt 0 ] || fail "out of time (COMPOSE_TEST_TIMEOUT=${BOUND}s) before: $*"
     [ "$s" -le "$(left)" ] || s=$(left)
-    timeout --kill-after=10 "$s" "$@"
+    timeout --kill-after=10 "$s" "$@" || rc=$?
+    case $rc in
+    124 | 137) fail "$step exceeded ${s}s (in: $*)" ;;
+    esac
+    return $rc
 }
+# Every docker and docker-compose call of the checks: bounded by the time left.
+d() { bounded "$(left)" docker "$@"; }
 # poll SECONDS WHAT CMD...: CMD until it succeeds, at most SECONDS.
 poll() {
     local s=$1 what=$2 end
@@ -78,7 +85,7 @@ cleanup() {
     if [ $started_project = 1 ]; then
         if [ $rc -ne 0 ]; then
             say "logs of the failed run: var/log/compose-test.log"
-            dc logs --no-color --tail=200 >"$VAR/log/compose-test.log" 2>&1 || true
+            timeout --kill-after=5 60 "${DC[@]}" logs --no-color --tail=200 >"$VAR/log/compose-test.log" 2>&1 || true
         fi
         timeout 120 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
     fi
@@ -121,7 +128,7 @@ set -a
 set +a
 DC=(docker-compose --ansi never -f "$ROOT/docker-compose.yml" --project-directory "$ROOT"
     --env-file "$WORK/test.env" -p "$PROJECT")
-dc() { "${DC[@]}" "$@"; }
+dc() { bounded "$(left)" "${DC[@]}" "$@"; }
 API="http://127.0.0.1:$API_PORT"
 MGMT="http://127.0.0.1:$MGMT_PORT"
 MAIL="http://127.0.0.1:$MAIL_PORT"
@@ -144,7 +151,7 @@ all_healthy() {
         c=$(dc ps -q "$svc")
         [ -n "$c" ] || return 1
         for id in $c; do
-            [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ] || bad=1
+            [ "$(d inspect -f '{{.State.Health.Status}}' "$id")" = healthy ] || bad=1
         done
     done
     [ $bad = 0 ]
@@ -301,7 +308,8 @@ begin down
 bounded 180 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v failed"
 started_project=0
 label="label=com.docker.compose.project=$PROJECT"
-left_behind="$(docker ps -aq --filter "$label") $(docker network ls -q --filter "$label") $(docker volume ls -q --filter "$label")"
+left_behind="$(d ps -aq --filter "$label") $(d network ls -q --filter "$label") $(d volume ls -q --filter "$label")" ||
+    fail "docker ps/network ls/volume ls failed after down -v"
 [ -z "${left_behind// /}" ] || fail "down -v left behind: $left_behind"
 
 begin done
