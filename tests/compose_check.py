@@ -105,6 +105,9 @@ check("dockerfile_non_root", re.search(r"^USER (?!root)\S+", dockerfile, re.M) i
 # 5. health checks and start order
 for infra in ("rabbitmq", "postgres"):
     check(f"{infra}_healthcheck", "healthcheck" in svcs.get(infra, {}), f"{infra} has no health check")
+check("email_waits_for_healthy_mailcatcher",
+      svcs.get("email", {}).get("depends_on", {}).get("mailcatcher", {}).get("condition") == "service_healthy",
+      "email must wait for a healthy mailcatcher (its first mails would meet a closed SMTP port)")
 mig = svcs.get("migrate", {}).get("depends_on", {})
 check("migrate_waits_for_healthy_infra",
       mig.get("postgres", {}).get("condition") == "service_healthy"
