@@ -79,6 +79,7 @@ begin() {
 
 # ------------------------------------------------------------------ engine
 started_project=0
+trickle=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -89,6 +90,7 @@ cleanup() {
         fi
         timeout 120 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
     fi
+    [ -z "${trickle:-}" ] || kill "$trickle" 2>/dev/null || true
     rm -f "$WORK/test.env"
     # An engine this run started and cannot stop is a failure, not a footnote.
     if ! bash docker/engine.sh stop; then
@@ -271,30 +273,55 @@ got=$(sql "SELECT count(*) || ' ' || count(DISTINCT order_id) FROM billing.invoi
 
 begin restart-rabbitmq
 : >"$WORK/trickle.ids"
+: >"$WORK/trickle.times"
+rm -f "$WORK/trickle.stop"
 # A trickle of orders, one every 0.2 s, while the broker restarts: order-api
-# takes them into its outbox even while the broker is away.
+# takes them into its outbox even while the broker is away. trickle.times
+# has the time each accepted order was sent ("SECONDS.NANOS ID").
 (
     i=0
     while [ ! -e "$WORK/trickle.stop" ]; do
         i=$((i + 1))
         key="trickle-$$-$i"
+        sent=$(date +%s.%N)
         id=$(curl -sf --max-time 5 -X POST "$API/orders" -H 'Content-Type: application/json' \
             -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: $key" \
             -d "{\"customer_id\":\"trickle\",\"customer_email\":\"trickle@example.com\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]}" |
-            python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' 2>/dev/null) && echo "O $key $id" >>"$WORK/trickle.ids"
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' 2>/dev/null) &&
+            echo "O $key $id" >>"$WORK/trickle.ids" && echo "$sent $id" >>"$WORK/trickle.times"
         sleep 0.2
     done
 ) &
 trickle=$!
-rm -f "$WORK/trickle.stop"
-sleep 3
+# sent_between A B: orders of the trickle sent at A or later and B or earlier.
+sent_between() { awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b' "$WORK/trickle.times" | wc -l; }
+trickle_flows() { [ -s "$WORK/trickle.times" ]; }
+poll 30 "the trickle's first order accepted" trickle_flows
+restart_at=$(date +%s.%N)
 say "restart rabbitmq ($(date -u +%T))"
 bounded 120 "${DC[@]}" restart rabbitmq >>"$VAR/log/compose-up.log" 2>&1 || fail "docker-compose restart rabbitmq failed"
+broker_healthy() {
+    local id
+    id=$(dc ps -q rabbitmq)
+    [ -n "$id" ] && [ "$(d inspect -f '{{.State.Health.Status}}' "$id")" = healthy ]
+}
+poll 120 "rabbitmq healthy again after its restart" broker_healthy
+healthy_at=$(date +%s.%N)
+during=$(sent_between "$restart_at" "$healthy_at")
+say "rabbitmq healthy again ($(date -u +%T)); $during orders sent while it restarted"
+[ "$during" -ge 1 ] || fail "no order was accepted between the restart and the broker healthy again: the restart was not under load"
+api_ready() { curl -sf --max-time 5 -o /dev/null "$API/readyz"; }
+poll 60 "order-api /readyz after the broker restart" api_ready
+poll 90 "every queue with its consumer again after the broker restart: $(cat "$WORK/queues.why" 2>/dev/null)" queues_ok 3
 poll 120 "every health check green after the broker restart" all_healthy
-say "all healthy again ($(date -u +%T))"
-sleep 3
+recovered_at=$(date +%s.%N)
+say "order-api ready and every consumer back ($(date -u +%T))"
+# The trickle goes on until an order sent after the recovery was accepted.
+sent_after() { [ "$(sent_between "$recovered_at" 9999999999)" -ge 1 ]; }
+poll 30 "an order accepted after the broker's recovery" sent_after
 touch "$WORK/trickle.stop"
 wait "$trickle" || true
+trickle=
 rm -f "$WORK/trickle.stop"
 n=$(wc -l <"$WORK/trickle.ids")
 [ "$n" -ge 10 ] || fail "only $n trickle orders were accepted around the restart"
