@@ -8,14 +8,17 @@
 #   env    prints `export DOCKER_HOST=...` for the engine start chose.
 #   stop   stops the engine only if start started it (by its recorded pid).
 #
-# The engine started here leaves the host's firewall and routing alone:
-# --iptables=false --ip-forward=false --ip-masq=false and --bridge=none (no
-# docker0). Compose's own bridge network still joins the containers, and a
-# port published on 127.0.0.1 is served by docker-proxy; image builds use
-# the host's network (network: host in docker-compose.yml), so apt reaches
-# the mirror without NAT.
+# The engine started here changes the host's routing and firewall as little
+# as it can: --ip-forward=false (ip_forward and the FORWARD policy stay as
+# they are), --ip-masq=false and --bridge=none (no docker0, no MASQUERADE
+# for it). Its iptables rules stay on: on a host whose FORWARD policy is
+# DROP (as any earlier default dockerd leaves it) the containers of
+# compose's bridge network reach each other only through the ACCEPT rules
+# dockerd adds for that network, and removes with it at `down`. What stays
+# on a host that never ran Docker: dockerd's empty DOCKER* chains and their
+# jumps. Image builds use the host's network (network: host in
+# docker-compose.yml), so apt reaches the mirror without NAT.
 #
-# Images stay in var/docker/data between runs, so a second run is warm.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VAR="$ROOT/var"
@@ -69,7 +72,7 @@ start() {
     # setsid: the engine outlives this script and is not in make's process group.
     setsid dockerd --data-root "$STATE/data" --exec-root "$RUN/exec" \
         --pidfile "$RUN/dockerd.pid" --host "$OWN_HOST" \
-        --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
+        --ip-forward=false --ip-masq=false --bridge=none \
         >>"$VAR/log/dockerd.log" 2>&1 </dev/null 9>&- &
     echo $! >"$PIDFILE"
     local i
