@@ -34,9 +34,11 @@ DEADLINE=$((SECONDS + BOUND))
 mkdir -p "$WORK" "$VAR/log"
 
 say() { echo "==> compose-test: $*"; }
+# fd 3 is the test's stdout: a failure inside $(...) is reported, not captured.
+exec 3>&1
 fail() {
     echo "compose-test: FAIL: $*" >&2
-    echo "tests/compose_test.sh:F:$step: $*"
+    echo "tests/compose_test.sh:F:$step: $*" >&3
     exit 1
 }
 left() { echo $((DEADLINE - SECONDS)); }
@@ -57,12 +59,12 @@ bounded() {
 d() { bounded "$(left)" docker "$@"; }
 # poll SECONDS WHAT CMD...: CMD until it succeeds, at most SECONDS.
 poll() {
-    local s=$1 what=$2 end
+    local s=$1 what=$2 end why=
     shift 2
-    [ "$s" -le "$(left)" ] || s=$(left)
+    [ "$s" -le "$(left)" ] || { s=$(left) && why=" (COMPOSE_TEST_TIMEOUT=${BOUND}s reached)"; }
     end=$((SECONDS + s))
     until "$@"; do
-        [ $SECONDS -lt $end ] || fail "$what: not within ${s}s"
+        [ $SECONDS -lt $end ] || fail "$what: not within ${s}s$why"
         sleep 1
     done
 }
@@ -150,7 +152,7 @@ bounded 300 "${DC[@]}" up -d >"$VAR/log/compose-up.log" 2>&1 ||
 all_healthy() {
     local c bad=0
     for svc in rabbitmq postgres mailcatcher order-api inventory billing email; do
-        c=$(dc ps -q "$svc")
+        c=$(dc ps -q "$svc") || return 1
         [ -n "$c" ] || return 1
         for id in $c; do
             [ "$(d inspect -f '{{.State.Health.Status}}' "$id")" = healthy ] || bad=1
@@ -193,7 +195,7 @@ begin pos
 # stock for (billing keeps no store id; pos confirms its own count).
 sales_before=$(sql "SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL")
 [ "$sales_before" = 0 ] || fail "a fresh project already has $sales_before sale invoices"
-bounded 120 "${DC[@]}" run --rm pos --count 10 --rate 20 --store DOCKER-01 >"$VAR/log/compose-pos.log" 2>&1 ||
+bounded 120 "${DC[@]}" run --rm pos --count 10 --rate 20 --store DOCKER-01 </dev/null >"$VAR/log/compose-pos.log" 2>&1 ||
     fail "docker-compose run --rm pos failed; see var/log/compose-pos.log"
 grep -q "^pos DOCKER-01: 10 sale(s) sent and confirmed" "$VAR/log/compose-pos.log" ||
     fail "pos DOCKER-01 did not confirm 10 sales: $(grep '^pos ' "$VAR/log/compose-pos.log" | tail -1)"
@@ -302,7 +304,7 @@ say "restart rabbitmq ($(date -u +%T))"
 bounded 120 "${DC[@]}" restart rabbitmq >>"$VAR/log/compose-up.log" 2>&1 || fail "docker-compose restart rabbitmq failed"
 broker_healthy() {
     local id
-    id=$(dc ps -q rabbitmq)
+    id=$(dc ps -q rabbitmq) || return 1
     [ -n "$id" ] && [ "$(d inspect -f '{{.State.Health.Status}}' "$id")" = healthy ]
 }
 poll 120 "rabbitmq healthy again after its restart" broker_healthy
@@ -348,7 +350,7 @@ left_behind="$(d ps -aq --filter "$label") $(d network ls -q --filter "$label") 
     fail "docker ps/network ls/volume ls failed after down -v"
 [ -z "${left_behind// /}" ] || fail "down -v left behind: $left_behind"
 
-begin done
+begin "done"
 say "passed; step times:"
 printf '    %s\n' "${times[@]:1}"
 echo "100%: Checks: 10, Failures: 0, Errors: 0"
