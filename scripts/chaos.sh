@@ -263,8 +263,7 @@ scenario_5() {
     sleep 3
     pgctl stop -m immediate >/dev/null || ok=0
     start=$(now_ms)
-    code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-        -H "Authorization: Bearer $API_DEMO_TOKEN" \
+    code=$(api_curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
         -d '{"customer_id":"c5","customer_email":"c5@example.com","currency":"EUR","items":[{"sku":"FLT-PAPER","quantity":1}]}' \
         "$API/orders")
     end=$(now_ms)
@@ -273,8 +272,7 @@ scenario_5() {
     pgctl start -w -t 60 -l "$VAR/log/postgresql/startup.log" -o "-p $PG_PORT" >/dev/null || ok=0
     t0=$(now_ms)
     post_ok() {
-        [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $API_DEMO_TOKEN" \
-            "$API/orders?limit=1")" = 200 ]
+        [ "$(api_curl -s -m 5 -o /dev/null -w '%{http_code}' "$API/orders?limit=1")" = 200 ]
     }
     if wait_for 10 "the API to answer again" post_ok; then r="$(elapsed_s "$t0")s"; else r=">10s" ok=0; fi
     echo "    API answering ${r} after PostgreSQL was back"
@@ -428,8 +426,8 @@ scenario_mail() {
     if wait_for 30 "the pending mail to go out" drained; then r="$(elapsed_s "$t0")s"; else r=">30s" ok=0; fi
     echo "    pending mail delivered ${r} after the server was back"
     curl -fsS -X POST "http://127.0.0.1:$web/api/refuse" -d "{\"address\": \"$rcpt\"}" >/dev/null || ok=0
-    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$API/orders" -H 'Content-Type: application/json' \
-        -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: $TAG-refused" -d "{\"customer_id\":\"$TAG\",\"customer_email\":\"$rcpt\",
+    code=$(api_curl -s -o /dev/null -w '%{http_code}' -X POST "$API/orders" -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: $TAG-refused" -d "{\"customer_id\":\"$TAG\",\"customer_email\":\"$rcpt\",
         \"currency\":\"EUR\",\"items\":[{\"sku\":\"${LOAD_SKUS%%,*}\",\"quantity\":1}]}")
     [ "$code" = 201 ] || { echo "    FAIL: the order to $rcpt was answered $code"; ok=0; }
     load_wait || ok=0

@@ -32,8 +32,8 @@ AMQP_URL=$AMQP CATALOG_URL="$API/products" POS_SPOOL_DIR="$VAR" "$BIN/pos" --cou
     die "the till could not send its sale"
 
 place() { # NAME BODY: POST an order, print its id
-    curl -sf -X POST "$API/orders" -H 'Content-Type: application/json' \
-        -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: demo-$1-$(date +%s%N)" -d "$2" |
+    api_curl -sf -X POST "$API/orders" -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: demo-$1-$(date +%s%N)" -d "$2" |
         sed -n 's/^{"id" : "\([0-9a-f-]*\)".*/\1/p'
 }
 say "three orders"
@@ -76,14 +76,13 @@ Where to look
   Mail catcher (the mails) http://127.0.0.1:$MAIL_WEB_PORT/   (JSON: /api/messages; SMTP on 127.0.0.1:$MAIL_SMTP_PORT)
   Logs                    var/log/{order-api,inventory,billing,email}.log   (one order: grep $ok var/log/*.log)
 
-Try (the API wants the demo client's bearer token; the catalog is public)
-  TOKEN=\$(grep ^API_DEMO_TOKEN= var/ordersuite.env | cut -d= -f2)
+Try (the API wants the demo client's bearer token, as a curl header file in var/api-auth.header; the catalog is public)
   curl -s $API/products
-  curl -s -X POST $API/orders -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+  curl -s -X POST $API/orders -H @var/api-auth.header -H 'Content-Type: application/json' \\
        -H 'Idempotency-Key: my-key-1' \\
        -d '{"customer_id":"me","customer_email":"me@example.com","currency":"EUR","items":[{"sku":"MUG-WHITE","quantity":2}]}'
-  curl -s -H "Authorization: Bearer \$TOKEN" $API/orders/$ok
-  curl -s -H "Authorization: Bearer \$TOKEN" '$API/orders?status=CONFIRMED&limit=5'
+  curl -s -H @var/api-auth.header $API/orders/$ok
+  curl -s -H @var/api-auth.header '$API/orders?status=CONFIRMED&limit=5'
   More clients: scripts/api-token.sh NAME prints a new token (restart order-api to use it)
   AMQP_URL=... $BUILD/bin/pos --store NEPAL-01        (a till; see README)
 

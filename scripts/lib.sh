@@ -245,6 +245,13 @@ mgmt_curl() {
         "$RABBITMQ_ADMIN_USER" "$RABBITMQ_ADMIN_PASSWORD") "$@"
 }
 
+# api_curl ARGS...: curl to order-api as the demo client, the bearer token in
+# a header file read from a pipe (-H "Authorization: Bearer ..." would put it
+# on curl's command line).
+api_curl() {
+    curl -H @<(printf 'Authorization: Bearer %s\n' "$API_DEMO_TOKEN") "$@"
+}
+
 pg_data() { echo "$VAR/postgres/data"; }
 pg_sock() { echo "$VAR/postgres/run"; }
 

@@ -59,6 +59,10 @@ demo_hash=$(printf '%s' "$API_DEMO_TOKEN" | sha256sum | cut -d' ' -f1)
 if ! grep -qx "demo $demo_hash" "$(api_tokens_file)" 2>/dev/null; then
     (umask 077 && echo "demo $demo_hash" >>"$(api_tokens_file)")
 fi
+# The token as a curl header file (mode 600) for the README's curl -H @FILE
+# lines: a header given on the command line would show in every ps listing.
+(umask 077 && printf 'Authorization: Bearer %s\n' "$API_DEMO_TOKEN" >"$VAR/api-auth.header")
+chmod 600 "$VAR/api-auth.header"
 
 # Env files from before TLS existed get the two lines; a mode change needs
 # the servers stopped, since both read their TLS settings only at start.

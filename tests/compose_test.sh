@@ -166,14 +166,21 @@ poll 30 "the hello job printing where to look" hello_said
 
 # ------------------------------------------------------------------ checks
 sql() { dc exec -T postgres psql -qAt -d ordersuite -c "$1"; }
+# api_curl / mgmt_curl ARGS...: curl with the bearer token or the broker
+# admin's credentials read from a pipe, never on curl's command line.
+api_curl() { curl -H @<(printf 'Authorization: Bearer %s\n' "$API_DEMO_TOKEN") "$@"; }
+mgmt_curl() {
+    curl --netrc-file <(printf 'machine 127.0.0.1\nlogin %s\npassword %s\n' \
+        "$RABBITMQ_ADMIN_USER" "$RABBITMQ_ADMIN_PASSWORD") "$@"
+}
 # place BODY: POST an order through the published port, print its id.
 place() {
-    curl -sf --max-time 10 -X POST "$API/orders" -H 'Content-Type: application/json' \
-        -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: ct-$RANDOM-$RANDOM-$SECONDS" -d "$1" |
+    api_curl -sf --max-time 10 -X POST "$API/orders" -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: ct-$RANDOM-$RANDOM-$SECONDS" -d "$1" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
 }
 status_of() {
-    curl -sf --max-time 10 -H "Authorization: Bearer $API_DEMO_TOKEN" "$API/orders/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'
+    api_curl -sf --max-time 10 "$API/orders/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'
 }
 is_status() { [ "$(status_of "$1")" = "$2" ]; }
 
@@ -207,8 +214,8 @@ begin management-api
 # queues_ok EXPECTED_BILLING_CONSUMERS: the exchange, every service's quorum
 # queue with a consumer (billing: exactly N), every DLQ.
 queues_ok() {
-    curl -sf --max-time 10 -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" "$MGMT/api/queues/%2F" >"$WORK/queues.json" || return 1
-    curl -sf --max-time 10 -u "$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD" "$MGMT/api/exchanges/%2F/sales.events" >"$WORK/exchange.json" || return 1
+    mgmt_curl -sf --max-time 10 "$MGMT/api/queues/%2F" >"$WORK/queues.json" || return 1
+    mgmt_curl -sf --max-time 10 "$MGMT/api/exchanges/%2F/sales.events" >"$WORK/exchange.json" || return 1
     python3 - "$1" "$WORK" <<'PY' >"$WORK/queues.why"
 import json, sys
 want, work = int(sys.argv[1]), sys.argv[2]
@@ -286,8 +293,8 @@ rm -f "$WORK/trickle.stop"
         i=$((i + 1))
         key="trickle-$$-$i"
         sent=$(date +%s.%N)
-        id=$(curl -sf --max-time 5 -X POST "$API/orders" -H 'Content-Type: application/json' \
-            -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: $key" \
+        id=$(api_curl -sf --max-time 5 -X POST "$API/orders" -H 'Content-Type: application/json' \
+            -H "Idempotency-Key: $key" \
             -d "{\"customer_id\":\"trickle\",\"customer_email\":\"trickle@example.com\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"FLT-PAPER\",\"quantity\":1}]}" |
             python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' 2>/dev/null) &&
             echo "O $key $id" >>"$WORK/trickle.ids" && echo "$sent $id" >>"$WORK/trickle.times"
@@ -330,9 +337,11 @@ n=$(wc -l <"$WORK/trickle.ids")
 say "$n orders accepted around the broker restart; the ledger checks every order of the run"
 # The ledger, in a one-off container of the suite's image on the compose
 # network, against the compose database (as the owner) and broker (admin).
+# The URLs hold passwords: exported, passed by name (-e NAME), not on the argv.
+export DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@postgres:5432/ordersuite"
+export AMQP_URL="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@rabbitmq:5672"
 bounded 300 "${DC[@]}" run --rm --no-deps -T -v "$WORK/trickle.ids:/tmp/trickle.ids:ro" \
-    -e DATABASE_URL="postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@postgres:5432/ordersuite" \
-    -e AMQP_URL="amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@rabbitmq:5672" \
+    -e DATABASE_URL -e AMQP_URL \
     --entrypoint ledger migrate --ids /tmp/trickle.ids --wait 120 >"$WORK/ledger.out" 2>"$VAR/log/compose-ledger.log" || {
     cat "$WORK/ledger.out"
     fail "the ledger after the broker restart: $(grep RESULT "$WORK/ledger.out" || echo 'no RESULT; see var/log/compose-ledger.log')"
