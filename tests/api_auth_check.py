@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import uuid
 
 ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
@@ -208,8 +209,20 @@ def main():
         s, _, b = call("GET", "/orders?limit=100", token=bob)
         ids = [o["id"] for o in json.loads(b)["orders"]] if s == 200 else []
         check("bob_lists_only_his", s == 200 and idb in ids and ida not in ids, f"{s} {ids}")
+        # Another client's order id as the cursor finds nothing, as an
+        # unknown id does: not alice's later orders (the cursor's row is
+        # looked up among hers only), not bob's, and no hint that it exists.
+        late = uuid.uuid4().hex
+        s, _, b = call("POST", "/orders", token=alice, body=order(tag + "-late"),
+                       headers={"Idempotency-Key": f"late-{late}"})
+        idl = json.loads(b).get("id") if s == 201 else None
+        check("alice_posts_after_bob_201", idl is not None, f"{s} {b[:200]!r}")
         s, _, b = call("GET", f"/orders?limit=100&after={idb}", token=alice)
-        check("list_after_other_clients_order_ok", s in (200, 422), f"{s} {b[:200]!r}")
+        page = json.loads(b) if s == 200 else {}
+        s2, _, b2 = call("GET", f"/orders?limit=100&after={uuid.uuid4()}", token=alice)
+        check("list_after_other_clients_order_empty",
+              s == 200 and page.get("orders") == [] and page.get("next") is None and s2 == 200 and b == b2,
+              f"{s} {b[:300]!r} (unknown id: {s2} {b2[:100]!r})")
         check("products_open", call("GET", "/products")[0] == 200, "the catalog needs no token")
 
         # Money at the contract's maxima (EV_PRICE_MAX 10^9 per unit,
