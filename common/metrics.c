@@ -42,24 +42,71 @@ struct metrics {
     double sum;
 };
 
+/* The length of the valid UTF-8 character at s (1 to 4), or 0 if s starts
+ * a broken sequence: a stray continuation byte, a truncated, overlong or
+ * surrogate sequence, or one beyond U+10FFFF (RFC 3629's table). */
+static size_t utf8_len(const unsigned char *s)
+{
+    unsigned char lo = 0x80, hi = 0xbf;
+    size_t len;
+
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        len = 2;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef)
+        len = 3;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        len = 4;
+    else
+        return 0;
+    if (s[0] == 0xe0)
+        lo = 0xa0; /* overlong */
+    else if (s[0] == 0xed)
+        hi = 0x9f; /* surrogates */
+    else if (s[0] == 0xf0)
+        lo = 0x90; /* overlong */
+    else if (s[0] == 0xf4)
+        hi = 0x8f; /* beyond U+10FFFF */
+    if (s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++) {
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    }
+    return len;
+}
+
 /* src as a Prometheus label value: \ " and newline escaped (the text
- * format's rules), other control bytes shown as '?', cut to fit dst whole
- * (never in the middle of an escape). A routing key comes from a message,
- * so without this a publisher could end a label or add series of its own. */
+ * format's rules), other control bytes and every byte of a broken UTF-8
+ * sequence shown as '?' (the page must be UTF-8; valid characters are
+ * kept whole), cut to fit dst whole (never in the middle of an escape or a
+ * character). A routing key comes from a message, so without this a
+ * publisher could end a label, add series of its own or break the scrape. */
 static void escape_label(char *dst, size_t size, const char *src)
 {
+    const unsigned char *s = (const unsigned char *)src;
     size_t n = 0;
-    for (; *src && n + 3 <= size; src++) {
-        unsigned char c = (unsigned char)*src;
-        if (c == '\\' || c == '"') {
+
+    while (*s && n + 3 <= size) {
+        size_t len = utf8_len(s);
+        if (*s == '\\' || *s == '"') {
             dst[n++] = '\\';
-            dst[n++] = (char)c;
-        } else if (c == '\n') {
+            dst[n++] = (char)*s;
+        } else if (*s == '\n') {
             dst[n++] = '\\';
             dst[n++] = 'n';
+        } else if (len > 1) {
+            if (n + len + 1 > size)
+                break;
+            memcpy(dst + n, s, len);
+            n += len;
+            s += len;
+            continue;
         } else {
-            dst[n++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+            dst[n++] = len == 0 || *s < 0x20 || *s == 0x7f ? '?' : (char)*s;
         }
+        s++;
     }
     dst[n] = '\0';
 }

@@ -218,6 +218,36 @@ START_TEST(metrics_escape_label_values_from_messages)
 }
 END_TEST
 
+/* A label value is UTF-8 on the page whatever bytes the routing key had:
+ * valid multi-byte characters kept, every byte of a broken sequence (stray
+ * continuation, truncated, overlong, surrogate, beyond U+10FFFF) a '?'. */
+START_TEST(metrics_labels_stay_valid_utf8)
+{
+    metrics *m = metrics_new("svc", "v1");
+    char *page;
+    ck_assert_ptr_nonnull(m);
+    metrics_count(m, M_CONSUMED, "caf\xc3\xa9.\xe2\x82\xac.\xf0\x9f\x8d\xb5", 1);
+    metrics_count(m, M_CONSUMED,
+                  "a\x80"
+                  "b\xc3(\xe2\x82\xc0\xf5\x80\x80\x80\xc0\xaf\xed\xa0\x80\xff",
+                  1);
+    metrics_count(m, M_CONSUMED, "end\xe2\x82", 1);
+    page = metrics_render(m, NULL);
+    ck_assert_ptr_nonnull(page);
+    ck_assert_msg(strstr(page, "routing_key=\"caf\xc3\xa9.\xe2\x82\xac.\xf0\x9f\x8d\xb5\"} 1\n"),
+                  "valid UTF-8 not kept");
+    ck_assert_msg(strstr(page, "routing_key=\"a?b?(?????????????\"} 1\n"),
+                  "invalid UTF-8 not replaced:\n%s", page);
+    ck_assert_msg(strstr(page, "routing_key=\"end??\"} 1\n"), "a truncated sequence not replaced");
+    for (const unsigned char *p = (const unsigned char *)page; *p; p++)
+        ck_assert_msg(*p < 0x80 || *p == 0xc3 || *p == 0xa9 || *p == 0xe2 || *p == 0x82 ||
+                          *p == 0xac || *p == 0xf0 || *p == 0x9f || *p == 0x8d || *p == 0xb5,
+                      "a byte 0x%02x of a broken sequence reached the page", *p);
+    free(page);
+    metrics_free(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cfg_log_util");
@@ -235,6 +265,7 @@ int main(void)
     tcase_add_test(u, redact_hides_passwords_in_urls);
     tcase_add_test(u, backoff_doubles_up_to_the_cap_with_bounded_jitter);
     tcase_add_test(u, metrics_escape_label_values_from_messages);
+    tcase_add_test(u, metrics_labels_stay_valid_utf8);
     suite_add_tcase(s, c);
     suite_add_tcase(s, l);
     suite_add_tcase(s, u);
