@@ -416,6 +416,163 @@ START_TEST(own_key_with_a_forged_type_is_not_applied)
 }
 END_TEST
 
+/* A raw publish as the user of url_env: a body of type `as` for order_id, with
+ * type and x-original-routing-key `as` (and the current schema_version, so
+ * that only the type can stop it), and the routing keys in cc under the
+ * header hdr ("CC" or "BCC"; NULL: none). The channel is closed before it
+ * returns, so the broker has routed the message. Returns raw_done's code. */
+static int raw_forge(amqp_connection_state_t c, const char *exchange, const char *key,
+                     ev_type as, const char *order_id, const char *hdr, const char *cc)
+{
+    char *body = event_body(as, order_id), corr[UUID_STR_LEN];
+    amqp_field_value_t ccv = {.kind = AMQP_FIELD_KIND_UTF8,
+                              .value.bytes = amqp_cstring_bytes(cc ? cc : "")};
+    amqp_table_entry_t h[3];
+    amqp_basic_properties_t p = {0};
+    int nh = 0, st;
+
+    ck_assert_uint_lt(nforged, sizeof(forged) / sizeof(forged[0]));
+    uuid_v4(forged[nforged]);
+    uuid_v4(corr);
+    h[nh].key = amqp_cstring_bytes(MQ_H_ORIGINAL_KEY);
+    h[nh].value.kind = AMQP_FIELD_KIND_UTF8;
+    h[nh++].value.value.bytes = amqp_cstring_bytes(ev_routing_key(as));
+    h[nh].key = amqp_cstring_bytes(MQ_H_SCHEMA_VERSION);
+    h[nh].value.kind = AMQP_FIELD_KIND_I32;
+    h[nh++].value.value.i32 = EV_SCHEMA_VERSION;
+    if (hdr) {
+        h[nh].key = amqp_cstring_bytes(hdr);
+        h[nh].value.kind = AMQP_FIELD_KIND_ARRAY;
+        h[nh].value.value.array.num_entries = 1;
+        h[nh++].value.value.array.entries = &ccv;
+    }
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_TYPE_FLAG |
+               AMQP_BASIC_HEADERS_FLAG;
+    p.content_type = amqp_cstring_bytes("application/json");
+    p.delivery_mode = 2;
+    p.message_id = amqp_cstring_bytes(forged[nforged++]);
+    p.correlation_id = amqp_cstring_bytes(corr);
+    p.type = amqp_cstring_bytes(ev_routing_key(as));
+    p.headers.num_entries = nh;
+    p.headers.entries = h;
+    st = amqp_basic_publish(c, 1, amqp_cstring_bytes(exchange), amqp_cstring_bytes(key), 0, 0, &p,
+                            amqp_cstring_bytes(body));
+    free(body);
+    ck_assert_int_eq(st, AMQP_STATUS_OK);
+    amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
+    return raw_done(c);
+}
+
+/* Door (A): a service's own key on the retry or dead-letter exchange with
+ * another's queue in CC or BCC (the broker checks the topic permission on
+ * the publish key only, then routes to the CC/BCC keys too): the copy that
+ * reaches order-api's queue through sales.retry must not be taken for
+ * order-api's own retry. */
+START_TEST(cc_and_bcc_to_another_services_queue_are_not_applied)
+{
+    static const char *const hdrs[] = {"CC", "BCC"};
+    static const char *const exs[] = {MQ_RETRY_EXCHANGE, MQ_DLX};
+    char order[UUID_STR_LEN], *st;
+    reserved_order(order);
+    for (size_t x = 0; x < 2; x++) {
+        for (size_t k = 0; k < 2; k++) {
+            /* accepted (its own key) or refused: either way, not applied */
+            int code = raw_forge(raw_open("EMAIL_AMQP_URL"), exs[x], "email",
+                                 EV_INVENTORY_RELEASED, order, hdrs[k], "order-api");
+            ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "%s %s: %d", exs[x], hdrs[k],
+                          code);
+        }
+    }
+    assert_no_effect();
+    st = order_status(order);
+    ck_assert_msg(strcmp(st, "RESERVED") == 0, "CC/BCC: the order is %s", st);
+    free(st);
+}
+END_TEST
+
+/* Door (B): billing binds sales.retry to sales.events under its own keys
+ * and publishes its event, with a forged original key, on sales.retry:
+ * what arrives through sales.retry under a key that is not the consumer's
+ * own is not a retry of its own. */
+START_TEST(exchange_to_exchange_binding_is_not_applied)
+{
+    char order[UUID_STR_LEN], *st;
+    amqp_connection_state_t c;
+    int code;
+    reserved_order(order);
+    c = raw_open("BILLING_AMQP_URL");
+    amqp_exchange_bind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE), amqp_cstring_bytes(MQ_RETRY_EXCHANGE),
+                       amqp_cstring_bytes("billing.#"), amqp_empty_table);
+    code = raw_done(c);
+    ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "exchange.bind: %d", code);
+    code = raw_forge(raw_open("BILLING_AMQP_URL"), MQ_RETRY_EXCHANGE, RK_BILLING_INVOICED,
+                     EV_INVENTORY_RELEASED, order, NULL, NULL);
+    ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "publish: %d", code);
+    assert_no_effect();
+    /* the administrator removes what billing may have bound */
+    c = raw_open("TEST_AMQP_URL");
+    amqp_exchange_unbind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE),
+                         amqp_cstring_bytes(MQ_RETRY_EXCHANGE), amqp_cstring_bytes("billing.#"),
+                         amqp_empty_table);
+    ck_assert_int_eq(raw_done(c), 0);
+    st = order_status(order);
+    ck_assert_msg(strcmp(st, "RESERVED") == 0, "exchange binding: the order is %s", st);
+    free(st);
+}
+END_TEST
+
+/* Door (C): email declares a queue of its own name that dead-letters to
+ * sales.events under inventory.released (the broker checks write on the
+ * dead-letter exchange, not the key), puts a message in and rejects it: the
+ * broker republishes it on sales.events, with an x-death header. */
+START_TEST(dead_letter_arguments_do_not_forge_an_event)
+{
+    const char *q = "email.retry.7ms";
+    char order[UUID_STR_LEN], *st;
+    amqp_connection_state_t c;
+    amqp_table_entry_t a[2];
+    amqp_table_t args = {2, a};
+    amqp_rpc_reply_t r;
+    int code;
+    reserved_order(order);
+    a[0].key = amqp_cstring_bytes("x-dead-letter-exchange");
+    a[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    a[0].value.value.bytes = amqp_cstring_bytes(MQ_EXCHANGE);
+    a[1].key = amqp_cstring_bytes("x-dead-letter-routing-key");
+    a[1].value.kind = AMQP_FIELD_KIND_UTF8;
+    a[1].value.value.bytes = amqp_cstring_bytes(RK_INVENTORY_RELEASED);
+    c = raw_open("EMAIL_AMQP_URL");
+    amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 0, 0, 0, 0, args);
+    if (amqp_get_rpc_reply(c).reply_type == AMQP_RESPONSE_NORMAL) {
+        amqp_queue_bind(c, 1, amqp_cstring_bytes(q), amqp_cstring_bytes(MQ_RETRY_EXCHANGE),
+                        amqp_cstring_bytes(q), amqp_empty_table);
+        ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+        ck_assert_int_eq(raw_done(c), 0);
+        code = raw_forge(raw_open("EMAIL_AMQP_URL"), MQ_RETRY_EXCHANGE, q, EV_INVENTORY_RELEASED,
+                         order, NULL, NULL);
+        ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "publish: %d", code);
+        c = raw_open("EMAIL_AMQP_URL");
+        r = amqp_basic_get(c, 1, amqp_cstring_bytes(q), 0);
+        ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+        if (r.reply.id == AMQP_BASIC_GET_OK_METHOD) {
+            uint64_t tag = ((amqp_basic_get_ok_t *)r.reply.decoded)->delivery_tag;
+            amqp_message_t msg;
+            ck_assert_int_eq(amqp_read_message(c, 1, &msg, 0).reply_type, AMQP_RESPONSE_NORMAL);
+            amqp_destroy_message(&msg);
+            ck_assert_int_eq(amqp_basic_reject(c, 1, tag, 0), AMQP_STATUS_OK);
+        }
+        amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
+    }
+    code = raw_done(c);
+    ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "dead-letter queue: %d", code);
+    assert_no_effect();
+    st = order_status(order);
+    ck_assert_msg(strcmp(st, "RESERVED") == 0, "dead-letter arguments: the order is %s", st);
+    free(st);
+}
+END_TEST
+
 /* Configuring what is shared or another's: declare, delete, bind, purge,
  * consume. Each must be refused with 403 (the if-unused / if-empty and
  * differing-type variants make a missed refusal harmless: 406, not a
@@ -534,6 +691,9 @@ int main(void)
     tcase_add_test(t, no_user_can_publish_into_another_services_queues);
     tcase_add_test(t, own_key_with_a_forged_type_is_not_applied);
     tcase_add_test(t, no_user_can_configure_or_read_what_is_not_its_own);
+    tcase_add_test(t, cc_and_bcc_to_another_services_queue_are_not_applied);
+    tcase_add_test(t, exchange_to_exchange_binding_is_not_applied);
+    tcase_add_test(t, dead_letter_arguments_do_not_forge_an_event);
     tcase_add_test(t, guest_cannot_log_in);
     tcase_add_test(t, a_wrong_password_is_a_permanent_error);
     suite_add_tcase(s, t);
