@@ -609,6 +609,10 @@ static int publish_one(mq_conn *c, const mq_msg *m, char *err, size_t errlen)
     p.type = amqp_cstring_bytes(m->type ? m->type : m->routing_key);
     p.timestamp = (uint64_t)(m->timestamp ? m->timestamp : util_wall_us() / 1000000);
     p.app_id = amqp_cstring_bytes(m->app_id ? m->app_id : c->app_id);
+    /* The broker refuses a user-id that is not the connection's user: a
+     * consumer knows its own retry copies by it (mq_event_type). */
+    p._flags |= AMQP_BASIC_USER_ID_FLAG;
+    p.user_id = amqp_cstring_bytes(c->info.user);
     if (m->schema_version >= 0)
         arg_int(&hdr[nh++], MQ_H_SCHEMA_VERSION,
                 m->schema_version ? m->schema_version : EV_SCHEMA_VERSION);
@@ -876,57 +880,139 @@ static int header_str(const amqp_table_t *t, const char *key, char *out, size_t 
     return -1;
 }
 
-/* A message the broker dead-lettered itself (x-delivery-limit) carries its
- * original routing key in x-death[0]["routing-keys"][0]; use it when the
- * helper's own header is absent. Leaves out untouched otherwise. */
-static void death_key(const amqp_table_t *h, char *out, size_t size)
+/* The x-death header's first entry (the last death): its queue, exchange
+ * and first routing key into r (pointing into buf). */
+static void death_of(const amqp_table_t *h, mq_route *r, char buf[3][160])
 {
     for (int i = 0; i < h->num_entries; i++) {
         const amqp_table_entry_t *e = &h->entries[i];
         const amqp_array_t *deaths;
         const amqp_table_t *first;
-        if (e->key.len != 7 || memcmp(e->key.bytes, "x-death", 7) != 0 ||
-            e->value.kind != AMQP_FIELD_KIND_ARRAY)
+        if (e->key.len != 7 || memcmp(e->key.bytes, "x-death", 7) != 0)
             continue;
+        r->has_death = 1;
+        if (e->value.kind != AMQP_FIELD_KIND_ARRAY)
+            return;
         deaths = &e->value.value.array;
         if (deaths->num_entries < 1 || deaths->entries[0].kind != AMQP_FIELD_KIND_TABLE)
             return;
         first = &deaths->entries[0].value.table;
+        if (header_str(first, "queue", buf[0], sizeof(buf[0])) == 0)
+            r->death_queue = buf[0];
+        if (header_str(first, "exchange", buf[1], sizeof(buf[1])) == 0)
+            r->death_exchange = buf[1];
         for (int k = 0; k < first->num_entries; k++) {
             const amqp_table_entry_t *f = &first->entries[k];
             if (f->key.len == 12 && memcmp(f->key.bytes, "routing-keys", 12) == 0 &&
                 f->value.kind == AMQP_FIELD_KIND_ARRAY && f->value.value.array.num_entries > 0 &&
-                f->value.value.array.entries[0].kind == AMQP_FIELD_KIND_UTF8)
-                copy_bytes(out, size, f->value.value.array.entries[0].value.bytes);
+                (f->value.value.array.entries[0].kind == AMQP_FIELD_KIND_UTF8 ||
+                 f->value.value.array.entries[0].kind == AMQP_FIELD_KIND_BYTES)) {
+                copy_bytes(buf[2], sizeof(buf[2]), f->value.value.array.entries[0].value.bytes);
+                r->death_key = buf[2];
+            }
         }
         return;
     }
 }
 
-static int bytes_eq(amqp_bytes_t b, const char *s)
+static int str_is(const char *a, const char *b)
 {
-    return b.len == strlen(s) && memcmp(b.bytes, s, b.len) == 0;
+    return a && b && strcmp(a, b) == 0;
 }
 
-/* Fills d from env. The event type is the routing key the broker checked
- * against the publisher's topic permissions. Only a delivery that came
- * through the retry or dead-letter exchange (where each service may publish
- * only under its own name, so only this service's own retries and dead
- * letters, and the broker's, arrive) carries its original key in a header.
- * Returns 0, or -1 with the reason in why when the delivery's own `type`
- * contradicts that key (a forged event: not to be handled). */
-static int to_delivery(const amqp_envelope_t *env, mq_delivery *d, char *why, size_t whylen)
+/* The one rule for a delivery's event type. The broker checks the publisher's
+ * topic permission on the key it publishes with, and nothing else: not the
+ * CC/BCC keys it also routes to, not the key a queue's dead-letter arguments
+ * name, not what an exchange-to-exchange binding forwards. So:
+ *   - through sales.events, the type is the routing key; a copy with x-death
+ *     was dead-lettered into sales.events by someone's queue (ours never
+ *     do), under a key nobody checked: forged;
+ *   - through sales.retry or sales.dlx, only a delivery under our own key
+ *     (own: our retry tiers dead-letter to it, our DLQ is bound to it, and
+ *     only we and the administrator may publish it) is ours; under any other
+ *     key it came by CC/BCC or a binding: forged. Its type is then, without
+ *     x-death, the x-original-routing-key we (or the administrator's replay)
+ *     wrote: mq_forward always overwrites it with the type we trusted. With
+ *     x-death it was dead-lettered into the exchange under our key, which any
+ *     queue's arguments can do; it is ours when the broker dead-lettered it
+ *     from our own work queue right after it arrived on sales.events (the
+ *     type is then the key it was published with there, x-death[0]'s
+ *     routing key; an x-original-routing-key on it is its publisher's, never
+ *     believed), or when it carries our broker user as user-id (the broker
+ *     refuses a user-id that is not the publisher's own, and every publish of
+ *     mq.c sets it, so only our own retry copies do): x-original-routing-key.
+ *     Anything else: forged.
+ * Weak spot: x-death can be pre-set by a publisher and the broker only counts
+ * up a matching entry; a forged one matching (own, delivery_limit) survives
+ * only if our work queue gives up on the message, i.e. into the DLQ. */
+int mq_event_type(const mq_route *r, const char *own, const char *own_user, char *out,
+                  size_t outlen, char *why, size_t whylen)
+{
+    const char *type = r->routing_key ? r->routing_key : "";
+    int retry = str_is(r->exchange, MQ_RETRY_EXCHANGE) || str_is(r->exchange, MQ_DLX);
+
+    if (outlen)
+        out[0] = '\0';
+    if (!retry) {
+        if (r->has_death && str_is(r->exchange, MQ_EXCHANGE)) {
+            snprintf(why, whylen, "forged: %s dead-lettered into %s by a queue", type,
+                     MQ_EXCHANGE);
+            return -1;
+        }
+    } else if (!str_is(r->routing_key, own)) {
+        snprintf(why, whylen, "forged: %s through %s, not under %s's own key", type, r->exchange,
+                 own);
+        return -1;
+    } else if (r->has_death && str_is(r->death_queue, own) &&
+               str_is(r->death_exchange, MQ_EXCHANGE)) {
+        if (!r->death_key) {
+            snprintf(why, whylen, "forged: x-death without a routing key");
+            return -1;
+        }
+        type = r->death_key;
+    } else if (r->has_death && !str_is(r->user_id, own_user) && !str_is(r->user_id, own)) {
+        snprintf(why, whylen, "forged: dead-lettered into %s under %s by another's queue",
+                 r->exchange, own);
+        return -1;
+    } else if (!r->original_key || !r->original_key[0]) {
+        snprintf(why, whylen, "forged: no %s through %s", MQ_H_ORIGINAL_KEY, r->exchange);
+        return -1;
+    } else {
+        type = r->original_key;
+    }
+    snprintf(out, outlen, "%s", type);
+    return 0;
+}
+
+/* Fills d from env, delivered to the queues of service own (own_user its
+ * broker user); the event type is mq_event_type's. Returns 0, or -1 with
+ * the reason in why when the delivery is forged (not to be handled). */
+static int to_delivery(const amqp_envelope_t *env, const char *own, const char *own_user,
+                       mq_delivery *d, char *why, size_t whylen)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
     static const amqp_table_t empty = {0, NULL};
     const amqp_table_t *h = (p->_flags & AMQP_BASIC_HEADERS_FLAG) ? &p->headers : &empty;
+    char ex[128], rk[128], orig[128], user[128], dbuf[3][160];
+    mq_route r = {0};
     int64_t v;
+    int forged;
 
     memset(d, 0, sizeof(*d));
-    copy_bytes(d->routing_key, sizeof(d->routing_key), env->routing_key);
-    if ((bytes_eq(env->exchange, MQ_RETRY_EXCHANGE) || bytes_eq(env->exchange, MQ_DLX)) &&
-        header_str(h, MQ_H_ORIGINAL_KEY, d->routing_key, sizeof(d->routing_key)) < 0)
-        death_key(h, d->routing_key, sizeof(d->routing_key));
+    copy_bytes(ex, sizeof(ex), env->exchange);
+    copy_bytes(rk, sizeof(rk), env->routing_key);
+    r.exchange = ex;
+    r.routing_key = rk;
+    if (header_str(h, MQ_H_ORIGINAL_KEY, orig, sizeof(orig)) == 0)
+        r.original_key = orig;
+    if (p->_flags & AMQP_BASIC_USER_ID_FLAG) {
+        copy_bytes(user, sizeof(user), p->user_id);
+        r.user_id = user;
+    }
+    death_of(h, &r, dbuf);
+    forged = mq_event_type(&r, own, own_user, d->routing_key, sizeof(d->routing_key), why, whylen);
+    if (forged)
+        copy_bytes(d->routing_key, sizeof(d->routing_key), env->routing_key);
     if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
         copy_bytes(d->message_id, sizeof(d->message_id), p->message_id);
     if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
@@ -949,6 +1035,8 @@ static int to_delivery(const amqp_envelope_t *env, mq_delivery *d, char *why, si
     d->body = env->message.body.bytes;
     d->len = env->message.body.len;
     d->delivery_tag = env->delivery_tag;
+    if (forged)
+        return -1;
     if (d->type[0] && strcmp(d->type, d->routing_key) != 0) {
         snprintf(why, whylen, "forged: type %s on a message routed as %s", d->type, d->routing_key);
         return -1;
@@ -1105,7 +1193,8 @@ static int handle_batch(mq_conn *cons, mq_conn *pub, amqp_envelope_t *env, size_
     size_t k = 0;
     STAT_ADD(cons, consumed, n);
     for (size_t i = 0; i < n && rc == MQ_OK; i++) {
-        if (to_delivery(&env[i], &d[k], errs[k], MQ_ERR_LEN) < 0) {
+        if (to_delivery(&env[i], cons->topo->queue, cons->info.user, &d[k], errs[k], MQ_ERR_LEN) <
+            0) {
             rc = settle_delivery(cons, pub, &d[k], MQ_REJECT, errs[k]);
             continue;
         }
@@ -1274,9 +1363,15 @@ int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen
         return rc;
     }
     {
-        /* A DLQ's copy is shown and replayed as it is, forged or not. */
-        char why[MQ_ERR_LEN];
-        to_delivery(&g->env, &g->d, why, sizeof(why));
+        /* A DLQ's copy is shown and replayed, forged or not; a forged one
+         * keeps the key it was delivered under (S), which no handler takes.
+         * The service is the queue's name without ".dlq". */
+        char why[MQ_ERR_LEN], own[128];
+        size_t n = strlen(queue);
+        if (n > 4 && strcmp(queue + n - 4, ".dlq") == 0)
+            n -= 4;
+        snprintf(own, sizeof(own), "%.*s", (int)n, queue);
+        to_delivery(&g->env, own, c->info.user, &g->d, why, sizeof(why));
     }
     *out = g;
     return 1;

@@ -135,6 +135,25 @@ typedef struct {
     int64_t failed_at;
 } mq_delivery;
 
+/* What decides a delivery's event type (mq_event_type); every string may be
+ * NULL when the delivery does not have it. */
+typedef struct {
+    const char *exchange;     /* it was published to (or dead-lettered into) */
+    const char *routing_key;  /* it was delivered with */
+    const char *original_key; /* header x-original-routing-key */
+    const char *user_id;      /* property user-id (the broker checked it) */
+    int has_death;            /* it carries an x-death header */
+    const char *death_queue;  /* x-death[0]: the queue it last died in, */
+    const char *death_exchange; /* the exchange it was published to before, */
+    const char *death_key;      /* and the first key it was published with */
+} mq_route;
+
+/* The event type of a delivery to the queues of service `own`, whose broker
+ * user is own_user, into out. Returns 0, or -1 with the reason in why when
+ * the delivery is forged (not to be handled). Pure. */
+int mq_event_type(const mq_route *r, const char *own, const char *own_user, char *out,
+                  size_t outlen, char *why, size_t whylen);
+
 typedef enum {
     MQ_DONE = 0,   /* effect committed: ack */
     MQ_RETRY = 1,  /* transient failure: through the next retry tier, or the DLQ after the last */

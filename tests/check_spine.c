@@ -729,6 +729,68 @@ START_TEST(a_route_no_longer_handled_is_unbound)
 }
 END_TEST
 
+/* mq_event_type, the one rule for a delivery's event type (pure: no
+ * broker). Each forged shape is one the broker lets through (see
+ * check_privileges for the doors themselves). */
+static int type_of(const mq_route *r, char *out)
+{
+    char why[MQ_ERR_LEN];
+    return mq_event_type(r, "order-api", "order-api", out, 128, why, sizeof(why));
+}
+
+START_TEST(the_event_type_comes_only_from_what_the_publisher_could_not_forge)
+{
+    char t[128];
+    mq_route r;
+    /* sales.events: the routing key; with x-death, a queue dead-lettered it there */
+    r = (mq_route){.exchange = MQ_EXCHANGE, .routing_key = RK_INVENTORY_RELEASED,
+                   .original_key = RK_ORDER_PLACED};
+    ck_assert_int_eq(type_of(&r, t), 0);
+    ck_assert_str_eq(t, RK_INVENTORY_RELEASED);
+    r.has_death = 1;
+    ck_assert_int_eq(type_of(&r, t), -1);
+    /* our retry or the administrator's replay, under our key: the header */
+    r = (mq_route){.exchange = MQ_RETRY_EXCHANGE, .routing_key = "order-api",
+                   .original_key = RK_INVENTORY_RELEASED};
+    ck_assert_int_eq(type_of(&r, t), 0);
+    ck_assert_str_eq(t, RK_INVENTORY_RELEASED);
+    r.original_key = NULL;
+    ck_assert_int_eq(type_of(&r, t), -1);
+    /* CC/BCC or an exchange binding: another key through sales.retry / sales.dlx */
+    r = (mq_route){.exchange = MQ_RETRY_EXCHANGE, .routing_key = "email",
+                   .original_key = RK_INVENTORY_RELEASED};
+    ck_assert_int_eq(type_of(&r, t), -1);
+    r.exchange = MQ_DLX;
+    ck_assert_int_eq(type_of(&r, t), -1);
+    r.routing_key = RK_BILLING_INVOICED;
+    ck_assert_int_eq(type_of(&r, t), -1);
+    /* back from our retry tier: x-death, our user-id */
+    r = (mq_route){.exchange = MQ_RETRY_EXCHANGE, .routing_key = "order-api",
+                   .original_key = RK_INVENTORY_RELEASED, .user_id = "order-api", .has_death = 1,
+                   .death_queue = "order-api.retry.1000ms", .death_exchange = MQ_RETRY_EXCHANGE,
+                   .death_key = "order-api.retry.1000ms"};
+    ck_assert_int_eq(type_of(&r, t), 0);
+    ck_assert_str_eq(t, RK_INVENTORY_RELEASED);
+    /* the same shape without our user-id: BCC into the tier, or another's
+     * queue dead-lettering under our key */
+    r.user_id = "email";
+    ck_assert_int_eq(type_of(&r, t), -1);
+    r.user_id = NULL;
+    ck_assert_int_eq(type_of(&r, t), -1);
+    /* dead-lettered by the broker from our work queue (delivery limit) after
+     * it arrived on sales.events: x-death's key, never the publisher's header */
+    r = (mq_route){.exchange = MQ_DLX, .routing_key = "order-api",
+                   .original_key = RK_INVENTORY_RELEASED, .user_id = "billing", .has_death = 1,
+                   .death_queue = "order-api", .death_exchange = MQ_EXCHANGE,
+                   .death_key = RK_BILLING_INVOICED};
+    ck_assert_int_eq(type_of(&r, t), 0);
+    ck_assert_str_eq(t, RK_BILLING_INVOICED);
+    /* ... but another's queue (its name is its own) gets no such trust */
+    r.death_queue = "email.retry.7ms";
+    ck_assert_int_eq(type_of(&r, t), -1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("spine");
@@ -749,6 +811,9 @@ int main(void)
     tcase_add_test(t, a_deleted_queue_is_declared_again_and_consumed);
     tcase_add_test(t, a_changed_delivery_limit_does_not_stop_the_worker_and_is_in_force);
     tcase_add_test(t, a_route_no_longer_handled_is_unbound);
+    suite_add_tcase(s, t);
+    t = tcase_create("event type");
+    tcase_add_test(t, the_event_type_comes_only_from_what_the_publisher_could_not_forge);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
