@@ -955,8 +955,7 @@ int mq_event_type(const mq_route *r, const char *own, const char *own_user, char
         out[0] = '\0';
     if (!retry) {
         if (r->has_death && str_is(r->exchange, MQ_EXCHANGE)) {
-            snprintf(why, whylen, "forged: %s dead-lettered into %s by a queue", type,
-                     MQ_EXCHANGE);
+            snprintf(why, whylen, "forged: %s dead-lettered into %s by a queue", type, MQ_EXCHANGE);
             return -1;
         }
     } else if (!str_is(r->routing_key, own)) {

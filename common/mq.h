@@ -138,12 +138,12 @@ typedef struct {
 /* What decides a delivery's event type (mq_event_type); every string may be
  * NULL when the delivery does not have it. */
 typedef struct {
-    const char *exchange;     /* it was published to (or dead-lettered into) */
-    const char *routing_key;  /* it was delivered with */
-    const char *original_key; /* header x-original-routing-key */
-    const char *user_id;      /* property user-id (the broker checked it) */
-    int has_death;            /* it carries an x-death header */
-    const char *death_queue;  /* x-death[0]: the queue it last died in, */
+    const char *exchange;       /* it was published to (or dead-lettered into) */
+    const char *routing_key;    /* it was delivered with */
+    const char *original_key;   /* header x-original-routing-key */
+    const char *user_id;        /* property user-id (the broker checked it) */
+    int has_death;              /* it carries an x-death header */
+    const char *death_queue;    /* x-death[0]: the queue it last died in, */
     const char *death_exchange; /* the exchange it was published to before, */
     const char *death_key;      /* and the first key it was published with */
 } mq_route;

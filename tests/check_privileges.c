@@ -421,8 +421,8 @@ END_TEST
  * that only the type can stop it), and the routing keys in cc under the
  * header hdr ("CC" or "BCC"; NULL: none). The channel is closed before it
  * returns, so the broker has routed the message. Returns raw_done's code. */
-static int raw_forge(amqp_connection_state_t c, const char *exchange, const char *key,
-                     ev_type as, const char *order_id, const char *hdr, const char *cc)
+static int raw_forge(amqp_connection_state_t c, const char *exchange, const char *key, ev_type as,
+                     const char *order_id, const char *hdr, const char *cc)
 {
     char *body = event_body(as, order_id), corr[UUID_STR_LEN];
     amqp_field_value_t ccv = {.kind = AMQP_FIELD_KIND_UTF8,

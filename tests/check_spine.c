@@ -743,21 +743,24 @@ START_TEST(the_event_type_comes_only_from_what_the_publisher_could_not_forge)
     char t[128];
     mq_route r;
     /* sales.events: the routing key; with x-death, a queue dead-lettered it there */
-    r = (mq_route){.exchange = MQ_EXCHANGE, .routing_key = RK_INVENTORY_RELEASED,
+    r = (mq_route){.exchange = MQ_EXCHANGE,
+                   .routing_key = RK_INVENTORY_RELEASED,
                    .original_key = RK_ORDER_PLACED};
     ck_assert_int_eq(type_of(&r, t), 0);
     ck_assert_str_eq(t, RK_INVENTORY_RELEASED);
     r.has_death = 1;
     ck_assert_int_eq(type_of(&r, t), -1);
     /* our retry or the administrator's replay, under our key: the header */
-    r = (mq_route){.exchange = MQ_RETRY_EXCHANGE, .routing_key = "order-api",
+    r = (mq_route){.exchange = MQ_RETRY_EXCHANGE,
+                   .routing_key = "order-api",
                    .original_key = RK_INVENTORY_RELEASED};
     ck_assert_int_eq(type_of(&r, t), 0);
     ck_assert_str_eq(t, RK_INVENTORY_RELEASED);
     r.original_key = NULL;
     ck_assert_int_eq(type_of(&r, t), -1);
     /* CC/BCC or an exchange binding: another key through sales.retry / sales.dlx */
-    r = (mq_route){.exchange = MQ_RETRY_EXCHANGE, .routing_key = "email",
+    r = (mq_route){.exchange = MQ_RETRY_EXCHANGE,
+                   .routing_key = "email",
                    .original_key = RK_INVENTORY_RELEASED};
     ck_assert_int_eq(type_of(&r, t), -1);
     r.exchange = MQ_DLX;
@@ -765,9 +768,13 @@ START_TEST(the_event_type_comes_only_from_what_the_publisher_could_not_forge)
     r.routing_key = RK_BILLING_INVOICED;
     ck_assert_int_eq(type_of(&r, t), -1);
     /* back from our retry tier: x-death, our user-id */
-    r = (mq_route){.exchange = MQ_RETRY_EXCHANGE, .routing_key = "order-api",
-                   .original_key = RK_INVENTORY_RELEASED, .user_id = "order-api", .has_death = 1,
-                   .death_queue = "order-api.retry.1000ms", .death_exchange = MQ_RETRY_EXCHANGE,
+    r = (mq_route){.exchange = MQ_RETRY_EXCHANGE,
+                   .routing_key = "order-api",
+                   .original_key = RK_INVENTORY_RELEASED,
+                   .user_id = "order-api",
+                   .has_death = 1,
+                   .death_queue = "order-api.retry.1000ms",
+                   .death_exchange = MQ_RETRY_EXCHANGE,
                    .death_key = "order-api.retry.1000ms"};
     ck_assert_int_eq(type_of(&r, t), 0);
     ck_assert_str_eq(t, RK_INVENTORY_RELEASED);
@@ -779,9 +786,13 @@ START_TEST(the_event_type_comes_only_from_what_the_publisher_could_not_forge)
     ck_assert_int_eq(type_of(&r, t), -1);
     /* dead-lettered by the broker from our work queue (delivery limit) after
      * it arrived on sales.events: x-death's key, never the publisher's header */
-    r = (mq_route){.exchange = MQ_DLX, .routing_key = "order-api",
-                   .original_key = RK_INVENTORY_RELEASED, .user_id = "billing", .has_death = 1,
-                   .death_queue = "order-api", .death_exchange = MQ_EXCHANGE,
+    r = (mq_route){.exchange = MQ_DLX,
+                   .routing_key = "order-api",
+                   .original_key = RK_INVENTORY_RELEASED,
+                   .user_id = "billing",
+                   .has_death = 1,
+                   .death_queue = "order-api",
+                   .death_exchange = MQ_EXCHANGE,
                    .death_key = RK_BILLING_INVOICED};
     ck_assert_int_eq(type_of(&r, t), 0);
     ck_assert_str_eq(t, RK_BILLING_INVOICED);
