@@ -14,6 +14,7 @@
 #include "util.h"
 
 #include <cjson/cJSON.h>
+#include <libpq-fe.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,10 +123,12 @@ static long at_server(const catcher *c, const char *rcpt)
     return n;
 }
 
-static pid_t email_start(int smtp_port)
+/* extra: one more NAME=VALUE for the worker's environment, or NULL. */
+static pid_t email_start_with(int smtp_port, const char *extra)
 {
-    static char env[6][1200];
-    const char *envp[7];
+    static char env[7][1200];
+    const char *envp[8];
+    int n = 6;
     char *argv[] = {"email", NULL};
     char path[512], log[512];
     snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("EMAIL_AMQP_URL"));
@@ -135,12 +138,19 @@ static pid_t email_start(int smtp_port)
     /* Quick tiers and mail retries, so a test does not wait a minute. */
     snprintf(env[4], sizeof(env[4]), "RETRY_DELAYS_MS=200,400");
     snprintf(env[5], sizeof(env[5]), "MAIL_RETRY_MAX_MS=500");
-    for (int k = 0; k < 6; k++)
+    if (extra)
+        snprintf(env[n++], sizeof(env[0]), "%s", extra);
+    for (int k = 0; k < n; k++)
         envp[k] = env[k];
-    envp[6] = NULL;
+    envp[n] = NULL;
     snprintf(path, sizeof(path), "%s/email", tu_env("ORDERSUITE_BIN"));
     snprintf(log, sizeof(log), "%s/log/tests/email-mail.log", tu_env("ORDERSUITE_VAR"));
     return tu_spawn(path, argv, envp, log);
+}
+
+static pid_t email_start(int smtp_port)
+{
+    return email_start_with(smtp_port, NULL);
 }
 
 static int consuming(void *arg)
@@ -394,6 +404,52 @@ START_TEST(a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back)
 }
 END_TEST
 
+/* The mailer's own connection has the same time limits as the worker's
+ * (DB_LOCK_TIMEOUT_MS): while an operator holds a lock on the mail outbox,
+ * the mailer's claim gives up after the limit and tries again, rather than
+ * waiting as long as the lock is held. */
+static int mailer_waits_long(void *arg)
+{
+    (void)arg;
+    /* pg_locks, not pg_stat_activity: the owner may not read another
+     * role's sessions. Only the mailer touches the table here. */
+    return count("SELECT count(*) FROM pg_locks WHERE relation = 'email.messages'::regclass"
+                 " AND NOT granted AND waitstart < clock_timestamp() - interval '2 s'",
+                 NULL) > 0;
+}
+
+static int mailer_connected(void *arg)
+{
+    (void)arg;
+    return count("SELECT count(*) FROM pg_stat_activity WHERE usename = 'email'", NULL) >= 2;
+}
+
+START_TEST(the_mailer_gives_up_on_a_held_lock_within_its_limit)
+{
+    catcher mc = catcher_start(0, NULL);
+    pid_t email = email_start_with(mc.smtp, "DB_LOCK_TIMEOUT_MS=300");
+    PGconn *op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    PGresult *r;
+    int waited;
+
+    ck_assert_msg(PQstatus(op) == CONNECTION_OK, "owner connection: %s", PQerrorMessage(op));
+    ck_assert_msg(tu_poll(30000, mailer_connected, NULL), "the mailer never connected");
+    r = PQexec(op, "BEGIN; LOCK TABLE email.messages IN ACCESS EXCLUSIVE MODE");
+    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "lock: %s", PQerrorMessage(op));
+    PQclear(r);
+    /* The mailer polls once a second: within 5 s it has tried at least
+     * twice; with a 300 ms limit none of its waits reaches 2 s. */
+    waited = tu_poll(5000, mailer_waits_long, NULL);
+    r = PQexec(op, "ROLLBACK");
+    PQclear(r);
+    PQfinish(op);
+    ck_assert_msg(!waited, "the mailer waited on the lock for more than 2 s"
+                           " (DB_LOCK_TIMEOUT_MS=300 not applied to its connection)");
+    email_stop(email);
+    catcher_stop(&mc);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("mail");
@@ -402,6 +458,7 @@ int main(void)
     tcase_set_timeout(t, 120);
     tcase_add_test(t, a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once);
     tcase_add_test(t, a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back);
+    tcase_add_test(t, the_mailer_gives_up_on_a_held_lock_within_its_limit);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
