@@ -30,6 +30,7 @@ static int wake_fd = -1;
 struct mailer {
     char *db_url, *amqp_url, *smtp_url, *from;
     int max_attempts, retry_max_ms, batch;
+    db_timeouts timeouts;
     pthread_t thread;
     volatile sig_atomic_t stop;
     CURL *curl; /* kept across sends: libcurl reuses the SMTP connection */
@@ -387,6 +388,7 @@ static void *mailer_main(void *arg)
         log_error("mailer: out of memory");
         goto out;
     }
+    db_set_timeouts(db, &m->timeouts); /* a held lock delays mail, never stalls it */
     while (!m->stop) {
         int n;
         if (db_ensure(db, err, sizeof(err)) != DB_OK) {
@@ -440,6 +442,7 @@ mailer *mailer_start(const mailer_opts *o, char *err, size_t errlen)
     m->max_attempts = o->max_attempts > 0 ? o->max_attempts : 50;
     m->retry_max_ms = o->retry_max_ms > 0 ? o->retry_max_ms : 60000;
     m->batch = o->batch > 0 ? o->batch : 16;
+    m->timeouts = o->timeouts;
     wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd < 0) {
         snprintf(err, errlen, "mailer: eventfd: %s", strerror(errno));

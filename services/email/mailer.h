@@ -24,6 +24,8 @@
 #ifndef ORDERSUITE_MAILER_H
 #define ORDERSUITE_MAILER_H
 
+#include "db.h"
+
 #include <stddef.h>
 
 #define MAILER_LEASE_S 120
@@ -38,6 +40,7 @@ typedef struct {
     int max_attempts;     /* tries before a mail is dead-lettered */
     int retry_max_ms;     /* cap of the backoff between tries */
     int batch;            /* rows per claim; 0 = 16 */
+    db_timeouts timeouts; /* the worker's DB_*_TIMEOUT_MS, for the mailer's own connection */
 } mailer_opts;
 
 /* Starts the thread; copies what it needs from o. Returns NULL with err when

@@ -237,6 +237,12 @@ int main(int argc, char **argv)
                               .from = cfg.from,
                               .max_attempts = (int)max_attempts,
                               .retry_max_ms = (int)retry_max_ms};
+            /* worker_main checks these too and says what is wrong. */
+            if (worker_db_timeouts(&mo.timeouts, err, sizeof(err)) < 0) {
+                log_error("%s", err);
+                rc = 1;
+                goto out;
+            }
             ml = mailer_start(&mo, err, sizeof(err));
             if (!ml) {
                 log_error("%s", err);
