@@ -2,7 +2,8 @@
 # scripts/chaos.sh [--short] [SCENARIO...] — make chaos: faults under load,
 # the ledger checked after each (docs/RELIABILITY.md).
 #
-#   0 the ledger catches a loss, a duplicate, stock drift and a stuck mail made by hand
+#   0 the ledger catches a loss, a duplicate, stock drift, a stuck mail and a
+#     parked outbox row made by hand
 #   1 kill -9 each worker in turn (stopped first, so it holds deliveries)
 #   2 a crash between a handler's COMMIT and its ack (CRASH_AFTER_COMMIT)
 #   3 kill -9 order-api mid-load; clients retry with the same Idempotency-Key
@@ -15,6 +16,9 @@
 #   mail  the SMTP server (tools/mailcatcher) down 10 s under load, then back;
 #      then a permanent refusal (550): each mail at the server once, the
 #      refused one in email.dlq with the reply
+#   unroutable  inventory.released (one binding: order-api's queue) unbound
+#      under load: the releases are parked, the other orders keep their
+#      end-to-end latency; re-bound and `dlq outbox replay`, each arrives once
 #
 # Needs make up + make migrate; starts the services if they are not running
 # (and stops them again at the end if it started them). --short runs shorter
@@ -31,7 +35,7 @@ if [ "${1:-}" = --short ]; then
     shift
 fi
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(0 1 2 3 4 5 6 7 rowlock mail)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(0 1 2 3 4 5 6 7 rowlock mail unroutable)
 export BUILD=${BUILD:-build}
 BIN="$ROOT/$BUILD/bin"
 RUNID=$(date -u +%H%M%S)-$$
@@ -108,9 +112,9 @@ dlq_depth() { # SERVICE
 # 0: the ledger itself must see a loss, a duplicate and a stock drift (each
 # made by hand and undone), or its "ok" after the other scenarios means nothing.
 scenario_0() {
-    local ok=1 id out
+    local ok=1 id out t0
     TAG=c0-$RUNID
-    say "0: the ledger sees a lost order, a duplicated mail, stock off its ledger, a stuck mail"
+    say "0: the ledger sees a lost order, a duplicated mail, stock off its ledger, a stuck mail, a parked row"
     load_start "$TAG" 5 0.2
     load_wait || ok=0
     led() { DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$TEST_AMQP_URL "$BIN/ledger" --tag "$TAG" "$@"; }
@@ -144,6 +148,21 @@ scenario_0() {
     echo "    a mail left undelivered:           $out"
     [[ "$out" == *"stuck=1 "*"ok=0"* ]] || ok=0
     psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE kind = 'stuck'
+        AND correlation_id = '$id'" || ok=0
+    # An outbox row the relay parked (the broker refused it): it never moves
+    # again by itself, so the ledger counts it stuck, whatever its age.
+    psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO orders.outbox (message_id, routing_key,
+        correlation_id, body, attempts, parked_at, last_error) VALUES (gen_random_uuid(),
+        'order.chaos_parked', '$id', '{}', 5, now(), 'chaos scenario 0: parked by hand')" || ok=0
+    # --wait must not wait for it (it will not move): it answers at once.
+    t0=$(now_ms)
+    led --ids "$WORK/$TAG.ids" --wait 30 >"$WORK/$TAG.parked" || true
+    out=$(tail -1 "$WORK/$TAG.parked")
+    echo "    a parked outbox row:               $out ($(elapsed_s "$t0") s, --wait 30)"
+    [[ "$out" == *"stuck=1 "*"ok=0"* ]] || ok=0
+    grep -q ', 1 parked,' "$WORK/$TAG.parked" || { echo "    FAIL: not counted as parked"; ok=0; }
+    [ "$(($(now_ms) - t0))" -lt 10000 ] || { echo "    FAIL: the ledger waited for a parked row"; ok=0; }
+    psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM orders.outbox WHERE routing_key = 'order.chaos_parked'
         AND correlation_id = '$id'" || ok=0
     check "$TAG" "0 the ledger catches faults" "-" "$ok"
 }
@@ -470,6 +489,79 @@ sys.exit(0 if missing == 0 and extra == 0 and len(refused) == 1 and refused[0][2
     restart email || true
 }
 
+# unroutable: inventory.released has exactly one binding (order-api's queue).
+# With it unbound, the broker returns every release inventory publishes
+# (mandatory publishing) while the connection stays fine: the relay parks
+# each after 5 refusals and goes on with the rest. Orders of
+# the load keep flowing, their POST -> CONFIRMED p95 within 3x (at least
+# +1 s) that of a baseline load just before; the parked rows are listed by
+# `dlq outbox list`; re-bound and replayed, each arrives once (the cancelled
+# orders end CANCELLED) and the ledger finds nothing lost, doubled or stuck.
+released_binding() { # POST|DELETE
+    local url="http://127.0.0.1:$MGMT_PORT/api/bindings/$(vhost_api)/e/sales.events/q/order-api"
+    if [ "$1" = DELETE ]; then
+        mgmt_curl -fsS -X DELETE "$url/inventory.released"
+    else
+        mgmt_curl -fsS -H 'content-type: application/json' -X POST "$url" \
+            -d '{"routing_key": "inventory.released"}'
+    fi
+}
+parked_released() {
+    psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM inventory.outbox
+        WHERE routing_key = 'inventory.released' AND parked_at IS NOT NULL"
+}
+UNROUTABLE_N=5
+e2e_p95() { sed -nE 's/^POST -> CONFIRMED ms: .*p95 ([0-9.]+).*/\1/p' "$WORK/$1.load"; }
+
+scenario_unroutable() {
+    local ok=1 secs=20 base p95 bound code parked t0 r i body oid
+    [ $SHORT = 1 ] && secs=10
+    TAG=cub-$RUNID
+    say "unroutable: inventory.released unbound under 20 orders/s; $UNROUTABLE_N releases parked, replayed"
+    load_start "$TAG" 20 10 --e2e 60
+    load_wait || ok=0
+    base=$(e2e_p95 "$TAG")
+    TAG=cur-$RUNID
+    released_binding DELETE || { echo "    FAIL: could not unbind inventory.released"; ok=0; }
+    load_start "$TAG" 20 "$secs" --e2e 60
+    sleep 2
+    # Over the credit limit: billing refuses the payment, inventory releases
+    # the stock and publishes inventory.released, which nothing can route.
+    # A customer of their own (loadgen's latency is for its own orders); the
+    # ledger checks them through the ids file.
+    : >"$WORK/$TAG.over"
+    for i in $(seq 1 "$UNROUTABLE_N"); do
+        body=$(curl -s -w '\n%{http_code}' -X POST "$API/orders" -H 'Content-Type: application/json' \
+            -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: $TAG-over-$i" \
+            -d "{\"customer_id\":\"$TAG-over\",\"customer_email\":\"$TAG@example.com\",
+            \"currency\":\"EUR\",\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":70}]}")
+        code=${body##*$'\n'}
+        oid=$(echo "$body" | grep -oE '"id" *: *"[0-9a-f-]{36}"' | head -1 | grep -oE '[0-9a-f-]{36}')
+        [ "$code" = 201 ] && [ -n "$oid" ] ||
+            { echo "    FAIL: an order over the credit limit was answered $code"; ok=0; }
+        echo "O $TAG-over-$i $oid" >>"$WORK/$TAG.over"
+    done
+    t0=$(now_ms)
+    all_parked() { [ "$(parked_released)" -ge "$UNROUTABLE_N" ]; }
+    if wait_for 60 "the releases parked" all_parked; then r="$(elapsed_s "$t0")s"; else r=">60s" ok=0; fi
+    load_wait || ok=0
+    cat "$WORK/$TAG.over" >>"$WORK/$TAG.ids"
+    p95=$(e2e_p95 "$TAG")
+    bound=$(awk -v b="${base:-0}" 'BEGIN { x = 3 * b; if (x < b + 1000) x = b + 1000; printf "%.0f\n", x }')
+    echo "    POST -> CONFIRMED p95: baseline ${base:-?} ms, with the key unbound ${p95:-?} ms (bound $bound ms)"
+    awk -v p="${p95:-1e9}" -v b="$bound" 'BEGIN { exit !(p <= b) }' ||
+        { echo "    FAIL: orders slowed behind the unroutable rows"; ok=0; }
+    parked=$(parked_released)
+    echo "    all parked ${r} after the orders; ordersuite_outbox_parked_rows of inventory: $(metric inventory ordersuite_outbox_parked_rows)"
+    DATABASE_URL=$OWNER_DATABASE_URL "$BIN/dlq" outbox list inventory >"$WORK/$TAG.parked" 2>&1 || ok=0
+    { head -1 "$WORK/$TAG.parked"; tail -1 "$WORK/$TAG.parked"; } | sed 's/^/    /'
+    grep -q "^$parked parked row" "$WORK/$TAG.parked" ||
+        { echo "    FAIL: dlq outbox list does not show the $parked parked row(s)"; ok=0; }
+    released_binding POST || { echo "    FAIL: could not bind inventory.released again"; ok=0; }
+    DATABASE_URL=$OWNER_DATABASE_URL "$BIN/dlq" outbox replay inventory --all 2>&1 | tail -1 | sed 's/^/    /'
+    check "$TAG" "unroutable: released unbound" "$r" "$ok"
+}
+
 # ------------------------------------------------------------------ main
 started=0
 for s in $(suite_names); do
@@ -487,7 +579,7 @@ restock 100000 "make chaos: restock"
 
 t_all=$(now_ms)
 for n in "${SCENARIOS[@]}"; do
-    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail)"
+    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable)"
     "scenario_$n"
 done
 

@@ -9,7 +9,8 @@
  * sale checks to one run (loadgen's customer_id / store_id); without it every
  * order in the database is checked. --wait first waits, up to SECONDS, for the
  * suite to go quiet: every order of the run final, every sale applied,
- * outboxes empty, work and retry queues empty.
+ * outboxes empty (parked rows aside: nothing moves them but an operator),
+ * work and retry queues empty.
  *
  * Checked:
  *   orders   every accepted id exists (else lost); none is left in a
@@ -23,9 +24,11 @@
  *   queues   work queues are empty; each DLQ holds what --dlq says (DLQs not
  *            named are reported, not checked)
  *   stuck    work neither lost nor done after the wait: a row left in any
- *            schema's outbox (unpublished), a mail left pending in email's
- *            mail outbox (email.messages, not yet delivered), a message left
- *            in a retry tier
+ *            schema's outbox (unpublished), every parked outbox row (one the
+ *            broker refused park_after times; any age: the relay never
+ *            retries it, only `dlq outbox replay` does), a mail
+ *            left pending in email's mail outbox (email.messages, not yet
+ *            delivered), a message left in a retry tier
  *
  * Prints the counts, then
  * "RESULT lost=L duplicated=D stuck=S inconsistent=I ok=0|1".
@@ -69,7 +72,7 @@ typedef struct {
     long by_status[3]; /* CONFIRMED, REJECTED, CANCELLED */
     long sales, sales_done, sales_missing, sales_dup;
     long skus, negative, off_ledger;
-    long outbox_pending, mail_pending;
+    long outbox_pending, outbox_parked, mail_pending;
     long queue_ready, retry_ready;
     long dlq_mismatch;
     int quiet;
@@ -296,29 +299,47 @@ static int check_db(PGconn *db, const sent *s, figures *fg, int verbose)
     fg->off_ledger = strtol(PQgetvalue(r, 0, 2), NULL, 10);
     PQclear(r);
 
+    /* Parked rows (migration 0008's parked_at) apart from the rest: the wait
+     * is for rows the relay still tries; a parked row will not move. */
     if (!(r = q(db,
-                "SELECT table_schema FROM information_schema.tables"
-                " WHERE table_name = 'outbox' ORDER BY 1",
+                "SELECT t.table_schema, EXISTS (SELECT 1 FROM information_schema.columns c"
+                "  WHERE c.table_schema = t.table_schema AND c.table_name = 'outbox'"
+                "  AND c.column_name = 'parked_at')"
+                " FROM information_schema.tables t"
+                " WHERE t.table_name = 'outbox' AND t.table_type = 'BASE TABLE' ORDER BY 1",
                 0, NULL)))
         return -1;
-    fg->outbox_pending = 0;
+    fg->outbox_pending = fg->outbox_parked = 0;
     if (verbose)
         printf("outboxes  ");
     for (int i = 0; i < PQntuples(r); i++) {
         char *ident = PQescapeIdentifier(db, PQgetvalue(r, i, 0), strlen(PQgetvalue(r, i, 0)));
-        long n;
-        if (!ident)
+        int has_parking = strcmp(PQgetvalue(r, i, 1), "t") == 0;
+        long n, parked = 0;
+        if (!ident) {
+            PQclear(r);
             return -1;
-        snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.outbox", ident);
-        PQfreemem(ident);
+        }
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.outbox%s", ident,
+                 has_parking ? " WHERE parked_at IS NULL" : "");
         n = q_long(db, sql, 0, NULL);
-        if (n < 0) {
+        if (n >= 0 && has_parking) {
+            snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.outbox WHERE parked_at IS NOT NULL",
+                     ident);
+            parked = q_long(db, sql, 0, NULL);
+        }
+        PQfreemem(ident);
+        if (n < 0 || parked < 0) {
             PQclear(r);
             return -1;
         }
         fg->outbox_pending += n;
-        if (verbose)
+        fg->outbox_parked += parked;
+        if (verbose) {
             printf(" %s %ld", PQgetvalue(r, i, 0), n);
+            if (parked)
+                printf(" (parked %ld)", parked);
+        }
     }
     if (verbose)
         printf("\n");
@@ -527,8 +548,9 @@ int main(int argc, char **argv)
     /* An order that is final but lacks an effect: lost effects, counted as inconsistent. */
     bad = fg.incomplete + fg.not_final + fg.negative + fg.off_ledger + fg.queue_ready +
           fg.dlq_mismatch;
-    /* Neither lost nor done: still waiting in an outbox or a retry tier. */
-    stuck = fg.outbox_pending + fg.mail_pending + fg.retry_ready;
+    /* Neither lost nor done: still waiting in an outbox or a retry tier, or
+     * parked (any parked row: it waits for an operator, not for time). */
+    stuck = fg.outbox_pending + fg.outbox_parked + fg.mail_pending + fg.retry_ready;
     printf("orders     %s%s: %ld stored", opt.tag ? "tag " : "all", opt.tag ? opt.tag : "",
            fg.stored);
     if (s.orders)
@@ -543,9 +565,9 @@ int main(int argc, char **argv)
                s.sales, fg.sales_done, fg.sales_missing, fg.sales_dup);
     printf("stock      %ld SKUs: %ld negative, %ld off the ledger\n", fg.skus, fg.negative,
            fg.off_ledger);
-    printf("stuck      %ld outbox row(s) unpublished, %ld mail(s) undelivered, %ld message(s) "
-           "in retry tiers\n",
-           fg.outbox_pending, fg.mail_pending, fg.retry_ready);
+    printf("stuck      %ld outbox row(s) unpublished, %ld parked, %ld mail(s) undelivered, "
+           "%ld message(s) in retry tiers\n",
+           fg.outbox_pending, fg.outbox_parked, fg.mail_pending, fg.retry_ready);
     printf("quiet      %s\n", fg.quiet ? "yes" : "no (timed out waiting)");
     ok = lost == 0 && dup == 0 && stuck == 0 && bad == 0;
     printf("RESULT lost=%ld duplicated=%ld stuck=%ld inconsistent=%ld ok=%d\n", lost, dup, stuck,
