@@ -32,6 +32,7 @@ PROJECT=${COMPOSE_TEST_PROJECT:-ordersuite-test-$(printf '%s' "$ROOT" | cksum | 
 BOUND=${COMPOSE_TEST_TIMEOUT:-1500}
 DEADLINE=$((SECONDS + BOUND))
 mkdir -p "$WORK" "$VAR/log"
+: >"$WORK/orders.ids" # this run's orders only (the ledger reads them)
 
 say() { echo "==> compose-test: $*"; }
 # fd 3 is the test's stdout: a failure inside $(...) is reported, not captured.
@@ -174,10 +175,15 @@ mgmt_curl() {
         "$RABBITMQ_ADMIN_USER" "$RABBITMQ_ADMIN_PASSWORD") "$@"
 }
 # place BODY: POST an order through the published port, print its id.
+# place BODY: POSTs an order, prints its id and notes it for the ledger
+# ("O <key> <id>", loadgen's format), which checks each order's effects at the end.
 place() {
-    api_curl -sf --max-time 10 -X POST "$API/orders" -H 'Content-Type: application/json' \
-        -H "Idempotency-Key: ct-$RANDOM-$RANDOM-$SECONDS" -d "$1" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+    local key="ct-$RANDOM-$RANDOM-$SECONDS" id
+    id=$(api_curl -sf --max-time 10 -X POST "$API/orders" -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: $key" -d "$1" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') || return 1
+    echo "O $key $id" >>"$WORK/orders.ids"
+    echo "$id"
 }
 status_of() {
     api_curl -sf --max-time 10 "$API/orders/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'
@@ -247,9 +253,10 @@ confirmation_seen() {
     curl -sf --max-time 10 "$MAIL/api/messages" | python3 -c '
 import json, sys
 ms = json.load(sys.stdin)
-sys.exit(0 if any("ada@example.com" in m["rcpt_tos"] for m in ms) else 1)'
+want = "Order %s confirmed" % sys.argv[1][:8]
+sys.exit(0 if any("ada@example.com" in m["rcpt_tos"] and m["subject"].startswith(want) for m in ms) else 1)' "$ok"
 }
-poll 60 "the confirmation mail to ada@example.com in the mail catcher ($MAIL/api/messages)" confirmation_seen
+poll 60 "the confirmation mail of order $ok to ada@example.com in the mail catcher ($MAIL/api/messages)" confirmation_seen
 curl -sf --max-time 10 "$MAIL/" | grep -q "mailcatcher:" || fail "the mail catcher's page does not answer on $MAIL"
 
 begin scale-billing
@@ -306,9 +313,11 @@ trickle=$!
 sent_between() { awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b' "$WORK/trickle.times" | wc -l; }
 trickle_flows() { [ -s "$WORK/trickle.times" ]; }
 poll 30 "the trickle's first order accepted" trickle_flows
-restart_at=$(date +%s.%N)
 say "restart rabbitmq ($(date -u +%T))"
 bounded 120 "${DC[@]}" restart rabbitmq >>"$VAR/log/compose-up.log" 2>&1 || fail "docker-compose restart rabbitmq failed"
+# From here the broker has been stopped and is starting: an order accepted
+# before it is healthy again was accepted without it.
+restart_at=$(date +%s.%N)
 broker_healthy() {
     local id
     id=$(dc ps -q rabbitmq) || return 1
@@ -335,6 +344,9 @@ rm -f "$WORK/trickle.stop"
 n=$(wc -l <"$WORK/trickle.ids")
 [ "$n" -ge 10 ] || fail "only $n trickle orders were accepted around the restart"
 say "$n orders accepted around the broker restart; the ledger checks every order of the run"
+# and the orders placed before (CONFIRMED, REJECTED, CANCELLED with its stock
+# released, the scaled burst): each with exactly its effects
+cat "$WORK/orders.ids" >>"$WORK/trickle.ids"
 # The ledger, in a one-off container of the suite's image on the compose
 # network, against the compose database (as the owner) and broker (admin).
 # The URLs hold passwords: exported, passed by name (-e NAME), not on the argv.
@@ -355,8 +367,10 @@ begin down
 bounded 180 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v failed"
 started_project=0
 label="label=com.docker.compose.project=$PROJECT"
-left_behind="$(d ps -aq --filter "$label") $(d network ls -q --filter "$label") $(d volume ls -q --filter "$label")" ||
-    fail "docker ps/network ls/volume ls failed after down -v"
+containers=$(d ps -aq --filter "$label") || fail "docker ps failed after down -v"
+networks=$(d network ls -q --filter "$label") || fail "docker network ls failed after down -v"
+volumes=$(d volume ls -q --filter "$label") || fail "docker volume ls failed after down -v"
+left_behind="$containers $networks $volumes"
 [ -z "${left_behind// /}" ] || fail "down -v left behind: $left_behind"
 
 begin "done"
