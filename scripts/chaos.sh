@@ -531,8 +531,8 @@ scenario_unroutable() {
     # ledger checks them through the ids file.
     : >"$WORK/$TAG.over"
     for i in $(seq 1 "$UNROUTABLE_N"); do
-        body=$(curl -s -w '\n%{http_code}' -X POST "$API/orders" -H 'Content-Type: application/json' \
-            -H "Authorization: Bearer $API_DEMO_TOKEN" -H "Idempotency-Key: $TAG-over-$i" \
+        body=$(api_curl -s -w '\n%{http_code}' -X POST "$API/orders" -H 'Content-Type: application/json' \
+            -H "Idempotency-Key: $TAG-over-$i" \
             -d "{\"customer_id\":\"$TAG-over\",\"customer_email\":\"$TAG@example.com\",
             \"currency\":\"EUR\",\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":70}]}")
         code=${body##*$'\n'}
