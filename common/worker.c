@@ -413,25 +413,28 @@ static void healthz(http_req *r, void *cls, http_resp *out)
 }
 
 /* 200 only when the consumer and the relay are connected, the database
- * answered the probe in the last PROBE_FRESH_MS, and the outbox backlog is
- * under READY_MAX_OUTBOX rows and READY_MAX_OUTBOX_AGE_S seconds. */
+ * answered the probe in the last PROBE_FRESH_MS, the outbox backlog is
+ * under READY_MAX_OUTBOX rows and READY_MAX_OUTBOX_AGE_S seconds, and the
+ * service's own check (worker_def.ready), if any, says ready. */
 static void readyz(http_req *r, void *cls, http_resp *out)
 {
     worker *w = cls;
     metrics_gauges g;
-    int relay = 0;
-    char detail[256];
+    int relay = 0, app_ok;
+    char detail[448], why[192] = "";
     (void)r;
     gauges(w, &g, &relay);
+    app_ok = !w->def->ready || w->def->ready(w->def->app, why, sizeof(why));
     if (!g.broker_connected || !relay || !g.database_connected ||
         g.outbox_pending > w->ready_max_outbox ||
-        g.outbox_oldest_age_s > w->ready_max_outbox_age_s) {
+        g.outbox_oldest_age_s > w->ready_max_outbox_age_s || !app_ok) {
         snprintf(detail, sizeof(detail),
                  "consumer %s, relay %s, database %s, outbox backlog %lld rows (limit %ld), "
-                 "oldest %lld s (limit %ld)",
+                 "oldest %lld s (limit %ld)%s%s",
                  g.broker_connected ? "up" : "down", relay ? "up" : "down",
                  g.database_connected ? "answering" : "not answering", (long long)g.outbox_pending,
-                 w->ready_max_outbox, (long long)g.outbox_oldest_age_s, w->ready_max_outbox_age_s);
+                 w->ready_max_outbox, (long long)g.outbox_oldest_age_s, w->ready_max_outbox_age_s,
+                 app_ok ? "" : "; ", app_ok ? "" : why);
         http_problem(out, 503, "Service Unavailable", detail, NULL);
         return;
     }

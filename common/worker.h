@@ -64,6 +64,10 @@ typedef struct {
      * in OPS_BIND (127.0.0.1). */
     const char *ops_port_var;
     int ops_default_port;
+    /* More to readiness than the worker knows (email's mailer): asked on
+     * every /readyz, on an HTTP thread, so it must answer from memory.
+     * Returns 1 when ready, else 0 with why filled. NULL: nothing more. */
+    int (*ready)(void *app, char *why, size_t whylen);
 } worker_def;
 
 /* Runs the worker until SIGTERM/SIGINT. Returns the process exit code: 0
