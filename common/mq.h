@@ -38,6 +38,13 @@
  *
  * rabbitmq-c does not recover by itself: connections that fail are torn
  * down and made again with capped exponential backoff by the callers here.
+ *
+ * The helper is one file per role, and this header has a section for each:
+ * mq_conn.c (the handle, connecting), mq_topology.c, mq_publish.c (with
+ * confirms), mq_consume.c (batches and settling), mq_tool.c (tools/dlq's
+ * one-off get/settle/purge) and mq_msg.c, the pure decisions (header
+ * tables, a delivery's event type, the retry-tier choice), which opens no
+ * socket. mq_int.h holds what they share; services never include it.
  */
 #ifndef ORDERSUITE_MQ_H
 #define ORDERSUITE_MQ_H
@@ -54,6 +61,7 @@
 #define MQ_ERR_LEN        512
 #define MQ_MAX_TIERS      8
 #define MQ_MAX_HEADERS    12
+#define MQ_NAME_LEN       256 /* a queue name or routing key: an AMQP shortstr, <= 255 bytes */
 
 /* Headers the helper writes on retried and dead-lettered messages. */
 #define MQ_H_SCHEMA_VERSION "schema_version"
@@ -135,30 +143,13 @@ typedef struct {
     int64_t failed_at;
 } mq_delivery;
 
-/* What decides a delivery's event type (mq_event_type); every string may be
- * NULL when the delivery does not have it. */
-typedef struct {
-    const char *exchange;       /* it was published to (or dead-lettered into) */
-    const char *routing_key;    /* it was delivered with */
-    const char *original_key;   /* header x-original-routing-key */
-    const char *user_id;        /* property user-id (the broker checked it) */
-    int has_death;              /* it carries an x-death header */
-    const char *death_queue;    /* x-death[0]: the queue it last died in, */
-    const char *death_exchange; /* the exchange it was published to before, */
-    const char *death_key;      /* and the first key it was published with */
-} mq_route;
-
-/* The event type of a delivery to the queues of service `own`, whose broker
- * user is own_user, into out. Returns 0, or -1 with the reason in why when
- * the delivery is forged (not to be handled). Pure. */
-int mq_event_type(const mq_route *r, const char *own, const char *own_user, char *out,
-                  size_t outlen, char *why, size_t whylen);
-
 typedef enum {
     MQ_DONE = 0,   /* effect committed: ack */
     MQ_RETRY = 1,  /* transient failure: through the next retry tier, or the DLQ after the last */
     MQ_REJECT = 2, /* permanent failure: straight to the DLQ with the reason */
 } mq_result;
+
+/* ------------------------------------ the handle, connecting (mq_conn.c) */
 
 /* Makes a handle; copies what it needs from opts. Does not connect. Returns
  * NULL when out of memory. */
@@ -187,14 +178,6 @@ int mq_connect_publisher(mq_conn *c, char *err, size_t errlen);
 /* One attempt as a consumer: declares the topology, QoS, basic.consume. */
 int mq_connect_consumer(mq_conn *c, char *err, size_t errlen);
 
-/* Declares the shared exchanges (topic), replacing one of another type.
- * Needs the administrator's configure rights. */
-int mq_declare_exchanges(mq_conn *c, char *err, size_t errlen);
-
-/* Declares topo's queues and bindings on c's channel (idempotent; not the
- * exchanges). Used by consumers on connect and by --declare-topology. */
-int mq_declare_topology(mq_conn *c, const mq_topology *topo, char *err, size_t errlen);
-
 /* Connects (publisher or consumer per `consumer`) with capped exponential
  * backoff (200 ms doubling to 10 s) until it works, a permanent error, a
  * timeout (timeout_ms; -1 = none) or *stop. Returns MQ_OK or the last error. */
@@ -206,6 +189,24 @@ int mq_is_connected(const mq_conn *c);
 
 /* Drops the connection (after an error); the next connect starts afresh. */
 void mq_disconnect(mq_conn *c);
+
+/* Counters since start, for /metrics and tests. */
+typedef struct {
+    uint64_t consumed, acked, retried, dead_lettered, published, reconnects;
+} mq_stats;
+void mq_get_stats(const mq_conn *c, mq_stats *out);
+
+/* -------------------------------------------- topology (mq_topology.c) */
+
+/* Declares the shared exchanges (topic), replacing one of another type.
+ * Needs the administrator's configure rights. */
+int mq_declare_exchanges(mq_conn *c, char *err, size_t errlen);
+
+/* Declares topo's queues and bindings on c's channel (idempotent; not the
+ * exchanges). Used by consumers on connect and by --declare-topology. */
+int mq_declare_topology(mq_conn *c, const mq_topology *topo, char *err, size_t errlen);
+
+/* ------------------------------- publishing with confirms (mq_publish.c) */
 
 /* Publishes n messages pipelined and waits (up to 30 s) for every confirm.
  * status[i] (may be NULL) receives MQ_OK or the message's error. Returns
@@ -222,6 +223,16 @@ int mq_publish(mq_conn *c, const mq_msg *m, char *err, size_t errlen);
  * now and then (at most every heartbeat/2) from a thread that does not
  * otherwise read from c. Returns MQ_OK, or MQ_ERR when the connection died. */
 int mq_tick(mq_conn *c);
+
+/* Publishes a copy of d, with its original properties and body, to exchange
+ * / routing_key, with the helper's headers: attempt, the original routing key,
+ * the error, `service` as the failed service, and reason when not NULL. Waits
+ * for the confirm. Used for retries, dead-lettering and DLQ replays. */
+int mq_forward(mq_conn *pub, const char *service, const mq_delivery *d, int attempt,
+               const char *exchange, const char *routing_key, const char *reason, const char *error,
+               char *err, size_t errlen);
+
+/* -------------------------------- consuming and settling (mq_consume.c) */
 
 /* Handles n deliveries together (e.g. in one database transaction) and sets
  * res[i] (MQ_DONE, MQ_RETRY or MQ_REJECT) and, for the last two, a short
@@ -246,7 +257,7 @@ int mq_consume_batches(mq_conn *consumer, mq_conn *publisher, mq_batch_handler b
                        void *ctx, void (*on_idle)(void *ctx), volatile sig_atomic_t *stop,
                        char *err, size_t errlen);
 
-/* ------------------------------------------------ queue tools (tools/dlq) */
+/* ----------------------------- one-off queue tools for tools/dlq (mq_tool.c) */
 
 typedef struct mq_got mq_got;
 
@@ -272,19 +283,43 @@ long mq_queue_depth(mq_conn *c, const char *queue, char *err, size_t errlen);
 /* Removes every ready message of queue; returns how many, or < 0. */
 long mq_purge(mq_conn *c, const char *queue, char *err, size_t errlen);
 
-/* Publishes a copy of d, with its original properties and body, to exchange
- * / routing_key, with the helper's headers: attempt, the original routing key,
- * the error, `service` as the failed service, and reason when not NULL. Waits
- * for the confirm. Used for retries, dead-lettering and DLQ replays. */
-int mq_forward(mq_conn *pub, const char *service, const mq_delivery *d, int attempt,
-               const char *exchange, const char *routing_key, const char *reason, const char *error,
-               char *err, size_t errlen);
+/* ------------------------------------ pure decisions, no socket (mq_msg.c) */
 
-/* Counters since start, for /metrics and tests. */
+/* What decides a delivery's event type (mq_event_type); every string may be
+ * NULL when the delivery does not have it. */
 typedef struct {
-    uint64_t consumed, acked, retried, dead_lettered, published, reconnects;
-} mq_stats;
-void mq_get_stats(const mq_conn *c, mq_stats *out);
+    const char *exchange;       /* it was published to (or dead-lettered into) */
+    const char *routing_key;    /* it was delivered with */
+    const char *original_key;   /* header x-original-routing-key */
+    const char *user_id;        /* property user-id (the broker checked it) */
+    int has_death;              /* it carries an x-death header */
+    const char *death_queue;    /* x-death[0]: the queue it last died in, */
+    const char *death_exchange; /* the exchange it was published to before, */
+    const char *death_key;      /* and the first key it was published with */
+} mq_route;
+
+/* The event type of a delivery to the queues of service `own`, whose broker
+ * user is own_user, into out. Returns 0, or -1 with the reason in why when
+ * the delivery is forged (not to be handled). Pure. */
+int mq_event_type(const mq_route *r, const char *own, const char *own_user, char *out,
+                  size_t outlen, char *why, size_t whylen);
+
+/* Where a delivery goes once its handler said r (mq_consume_batches), for
+ * a delivery that failed `attempts` times before (its x-attempt). */
+typedef struct {
+    int forward;          /* 0: only acked (MQ_DONE); 1: a copy is published here, then acked */
+    int attempt;          /* the copy's x-attempt: failed attempts so far */
+    int tier;             /* the retry tier (0 .. MQ_MAX_TIERS - 1), or -1: not a retry */
+    const char *exchange; /* MQ_RETRY_EXCHANGE or MQ_DLX; NULL when not forwarded */
+    char routing_key[MQ_NAME_LEN]; /* S.retry.<ms>ms, or S (the DLQ's binding) */
+    const char *reason;            /* NULL, "retries-exhausted" or "rejected" */
+} mq_plan;
+
+/* The retry-tier choice. MQ_RETRY goes to the next tier of t (attempt
+ * attempts + 1 to tier attempts), or after the last tier to the DLQ as
+ * retries-exhausted; MQ_REJECT goes to the DLQ as rejected with attempt
+ * unchanged; MQ_DONE is acked. Pure. */
+void mq_settle_plan(const mq_topology *t, int attempts, mq_result r, mq_plan *out);
 
 /* Names: S.retry.<ms>ms and S.dlq, written into out. */
 void mq_retry_queue_name(const char *service, int ms, char *out, size_t outlen);
