@@ -57,12 +57,16 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# Made afresh each time: ar would keep the object of a source that is gone
+# (common/mq.c after its split) and the link would see it twice.
 $(LIBCOMMON): $(call OBJ,$(COMMON_SRC))
 	@mkdir -p $(dir $@)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(LIBCONTRACTS): $(call OBJ,$(CONTRACTS_SRC))
 	@mkdir -p $(dir $@)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 # A service or tool is every .c file in its folder.
