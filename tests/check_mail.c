@@ -13,12 +13,15 @@
 #include "testutil.h"
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <netinet/in.h>
 #include <libpq-fe.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -123,11 +126,12 @@ static long at_server(const catcher *c, const char *rcpt)
     return n;
 }
 
-/* extra: one more NAME=VALUE for the worker's environment, or NULL. */
-static pid_t email_start_with(int smtp_port, const char *extra)
+/* extra: more NAME=VALUE entries for the worker's environment (NULL-ended,
+ * at most 6), or NULL. */
+static pid_t email_start_env(int smtp_port, const char *const *extra)
 {
-    static char env[7][1200];
-    const char *envp[8];
+    static char env[12][1200];
+    const char *envp[13];
     int n = 6;
     char *argv[] = {"email", NULL};
     char path[512], log[512];
@@ -138,8 +142,8 @@ static pid_t email_start_with(int smtp_port, const char *extra)
     /* Quick tiers and mail retries, so a test does not wait a minute. */
     snprintf(env[4], sizeof(env[4]), "RETRY_DELAYS_MS=200,400");
     snprintf(env[5], sizeof(env[5]), "MAIL_RETRY_MAX_MS=500");
-    if (extra)
-        snprintf(env[n++], sizeof(env[0]), "%s", extra);
+    for (int k = 0; extra && extra[k] && n < 12; k++)
+        snprintf(env[n++], sizeof(env[0]), "%s", extra[k]);
     for (int k = 0; k < n; k++)
         envp[k] = env[k];
     envp[n] = NULL;
@@ -148,9 +152,15 @@ static pid_t email_start_with(int smtp_port, const char *extra)
     return tu_spawn(path, argv, envp, log);
 }
 
+static pid_t email_start_with(int smtp_port, const char *extra)
+{
+    const char *const one[] = {extra, NULL};
+    return email_start_env(smtp_port, one);
+}
+
 static pid_t email_start(int smtp_port)
 {
-    return email_start_with(smtp_port, NULL);
+    return email_start_env(smtp_port, NULL);
 }
 
 static int consuming(void *arg)
@@ -226,10 +236,28 @@ static void await(int ms, const char *sql, const char *param, long want)
                   count(sql, param), want);
 }
 
+/* Whether message arg (a message id) has a copy in email.dlq; every
+ * message stays there (unacked gets go back when the connection closes). */
 static int dlq_has(void *arg)
 {
-    (void)arg;
-    return tu_queue_counts("TEST_AMQP_URL", "email.dlq", NULL) > 0;
+    const char *msg_id = arg;
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    char err[MQ_ERR_LEN];
+    long depth = mq_queue_depth(c, "email.dlq", err, sizeof(err));
+    int found = 0;
+
+    ck_assert_msg(depth >= 0, "%s", err);
+    for (long i = 0; i < depth && !found; i++) {
+        mq_got *g = NULL;
+        int rc = mq_get(c, "email.dlq", &g, err, sizeof(err));
+        ck_assert_msg(rc >= 0, "%s", err);
+        if (rc == 0)
+            break;
+        found = strcmp(mq_got_delivery(g)->message_id, msg_id) == 0;
+        mq_got_free(g);
+    }
+    mq_free(c);
+    return found;
 }
 
 /* Finds the copy of message msg_id in email.dlq and checks its reason and
@@ -319,7 +347,8 @@ START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once
           "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
           " AND status = 'sent'",
           list, NGOOD);
-    ck_assert_msg(tu_poll(20000, dlq_has, msgs[bad]), "email.dlq stayed empty");
+    ck_assert_msg(tu_poll(20000, dlq_has, msgs[bad]), "message %s never reached email.dlq",
+                  msgs[bad]);
     /* Each good mail reached the server exactly once, the refused one never. */
     for (int i = 0; i <= NGOOD; i++)
         ck_assert_msg(at_server(&mc, rcpt[i]) == (i == bad ? 0 : 1),
@@ -450,6 +479,231 @@ START_TEST(the_mailer_gives_up_on_a_held_lock_within_its_limit)
 }
 END_TEST
 
+/* ---------------------------------------------------- more of the server */
+
+enum { NB = 12 }; /* mails per batch below */
+
+typedef struct {
+    char rcpt[NB][96], sales[NB][UUID_STR_LEN], msgs[NB][UUID_STR_LEN];
+    char list[NB * 40 + 4]; /* the sales as a uuid[] literal */
+} batch;
+
+/* Publishes n receipts (n <= NB) to "<prefix>-<run>-<i>@example.com". */
+static void publish(mq_conn *c, batch *b, const char *prefix, int n)
+{
+    size_t k = 0;
+    b->list[k++] = '{';
+    for (int i = 0; i < n; i++) {
+        snprintf(b->rcpt[i], sizeof(b->rcpt[i]), "%s-%s-%d@example.com", prefix, run, i);
+        sale(c, b->rcpt[i], b->sales[i], b->msgs[i]);
+        k += (size_t)sprintf(b->list + k, "%s%s", i ? "," : "", b->sales[i]);
+    }
+    b->list[k++] = '}';
+    b->list[k] = '\0';
+}
+
+static void catcher_post(const catcher *mc, const char *path, const char *body)
+{
+    char url[160];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", mc->http, path);
+    ck_assert_int_eq(tu_http("POST", url, NULL, body, strlen(body), NULL), 200);
+}
+
+static int consumers_are(void *arg)
+{
+    int consumers = 0;
+    return tu_queue_counts("TEST_AMQP_URL", "email", &consumers) >= 0 &&
+           consumers == *(int *)arg;
+}
+
+/* Two email processes share the mail outbox and the server takes 1 s to
+ * answer each DATA, with a lease (4 s) shorter than one process needs for
+ * its claim: a mail must still reach the server once, not once per process
+ * that claimed it. */
+START_TEST(two_mailers_and_a_slow_server_send_each_mail_once)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    const char *const env[] = {"MAIL_LEASE_S=4", "MAIL_SMTP_TIMEOUT_S=2", NULL};
+    catcher mc = catcher_start(0, NULL);
+    batch b;
+    pid_t e1, e2;
+    int two = 2;
+
+    catcher_post(&mc, "/api/delay", "{\"seconds\": 1}");
+    publish(c, &b, "twice", NB);
+    e1 = email_start_env(mc.smtp, env);
+    e2 = email_start_env(mc.smtp, env);
+    ck_assert_msg(tu_poll(30000, consumers_are, &two), "the two email processes did not start");
+    await(60000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
+          " AND status = 'sent'",
+          b.list, NB);
+    /* Stopped, each finishes the mail in hand: nothing more is on its way. */
+    email_stop(e1);
+    email_stop(e2);
+    for (int i = 0; i < NB; i++)
+        ck_assert_msg(at_server(&mc, b.rcpt[i]) == 1, "%s: %ld mail(s) at the server", b.rcpt[i],
+                      at_server(&mc, b.rcpt[i]));
+    catcher_stop(&mc);
+    mq_free(c);
+    purge_others();
+}
+END_TEST
+
+/* A 5xx to MAIL FROM refuses the session, not a mail: every mail stays
+ * pending and is tried again (none goes to email.dlq); once the server takes
+ * the sender again each arrives once. A 5xx after one mail's data refuses
+ * that mail alone: it goes to email.dlq with the reply. */
+START_TEST(a_refused_session_is_retried_and_a_refused_message_is_dead_lettered)
+{
+    enum { N = 4, BAD = 3 };
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    catcher mc = catcher_start(0, NULL);
+    char body[200];
+    batch b;
+    pid_t email;
+
+    catcher_post(&mc, "/api/refuse-sender", "{\"on\": true}");
+    snprintf(body, sizeof(body), "{\"address\": \"session-%s-%d@example.com\"}", run, BAD);
+    catcher_post(&mc, "/api/refuse-data", body);
+    email = email_start(mc.smtp);
+    ck_assert_msg(tu_poll(30000, consuming, NULL), "email did not start consuming");
+    publish(c, &b, "session", N);
+    await(30000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
+          " AND status = 'pending' AND attempts >= 2 AND last_error LIKE '550 5.7.1%'",
+          b.list, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(!dlq_has(b.msgs[i]), "%s went to email.dlq on a refused session",
+                      b.rcpt[i]);
+    catcher_post(&mc, "/api/refuse-sender", "{\"on\": false}");
+    await(30000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
+          " AND status = 'sent'",
+          b.list, N - 1);
+    await(30000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
+          " AND status = 'refused' AND last_error LIKE '554 5.6.0%'",
+          b.sales[BAD], 1);
+    ck_assert_msg(tu_poll(20000, dlq_has, b.msgs[BAD]), "message %s never reached email.dlq",
+                  b.msgs[BAD]);
+    check_in_dlq(b.msgs[BAD], "554 5.6.0");
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(at_server(&mc, b.rcpt[i]) == (i == BAD ? 0 : 1),
+                      "%s: %ld mail(s) at the server", b.rcpt[i], at_server(&mc, b.rcpt[i]));
+    email_stop(email);
+    catcher_stop(&mc);
+    mq_free(c);
+    purge_others();
+}
+END_TEST
+
+/* A 4xx to RCPT is "not now": tried again with backoff, then delivered once
+ * when the server takes it. */
+START_TEST(a_temporary_refusal_is_retried_then_delivered_once)
+{
+    enum { N = 3 };
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    catcher mc = catcher_start(0, NULL);
+    batch b;
+    pid_t email;
+
+    catcher_post(&mc, "/api/tempfail", "{\"on\": true}");
+    email = email_start(mc.smtp);
+    ck_assert_msg(tu_poll(30000, consuming, NULL), "email did not start consuming");
+    publish(c, &b, "tempfail", N);
+    await(30000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
+          " AND status = 'pending' AND attempts >= 2 AND last_error LIKE '451 4.3.0%'",
+          b.list, N);
+    catcher_post(&mc, "/api/tempfail", "{\"on\": false}");
+    await(30000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
+          " AND status = 'sent'",
+          b.list, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(at_server(&mc, b.rcpt[i]) == 1, "%s: %ld mail(s) at the server", b.rcpt[i],
+                      at_server(&mc, b.rcpt[i]));
+    email_stop(email);
+    catcher_stop(&mc);
+    mq_free(c);
+    purge_others();
+}
+END_TEST
+
+/* ------------------------------------------------------------ readiness */
+
+static int free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+typedef struct {
+    int port;
+    long want;
+} ready_arg;
+
+static int readyz_is(void *arg)
+{
+    const ready_arg *a = arg;
+    char url[96];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", a->port);
+    return tu_http("GET", url, NULL, NULL, 0, NULL) == a->want;
+}
+
+static void await_readyz(int port, long want, const char *why)
+{
+    ready_arg a = {port, want};
+    ck_assert_msg(tu_poll(20000, readyz_is, &a), "/readyz never answered %ld %s", want, why);
+}
+
+/* Readiness covers the mail outbox: with the server down, /readyz turns 503
+ * once more mails wait than MAIL_READY_MAX_PENDING, or once the oldest has
+ * waited longer than MAIL_READY_MAX_AGE_S; 200 again when they are out. */
+START_TEST(readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    catcher mc = catcher_start(0, NULL);
+    int smtp = mc.smtp, port = free_port();
+    char mport[32];
+    const char *const by_rows[] = {mport, "MAIL_READY_MAX_PENDING=2", NULL};
+    const char *const by_age[] = {mport, "MAIL_READY_MAX_AGE_S=2", NULL};
+    batch b;
+    pid_t email;
+
+    snprintf(mport, sizeof(mport), "METRICS_PORT=%d", port);
+    catcher_stop(&mc); /* the server is down */
+    email = email_start_env(smtp, by_rows);
+    await_readyz(port, 200, "with no mail waiting");
+    publish(c, &b, "ready-rows", 3);
+    await_readyz(port, 503, "with 3 mails waiting and a limit of 2");
+    mc = catcher_start(smtp, NULL);
+    await_readyz(port, 200, "after the mails went out");
+    email_stop(email);
+    catcher_stop(&mc);
+
+    email = email_start_env(smtp, by_age);
+    await_readyz(port, 200, "with no mail waiting");
+    publish(c, &b, "ready-age", 1);
+    await_readyz(port, 503, "with a mail waiting longer than 2 s");
+    mc = catcher_start(smtp, NULL);
+    await_readyz(port, 200, "after the mail went out");
+    ck_assert_int_eq(at_server(&mc, b.rcpt[0]), 1);
+    email_stop(email);
+    catcher_stop(&mc);
+    mq_free(c);
+    purge_others();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("mail");
@@ -459,6 +713,10 @@ int main(void)
     tcase_add_test(t, a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once);
     tcase_add_test(t, a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back);
     tcase_add_test(t, the_mailer_gives_up_on_a_held_lock_within_its_limit);
+    tcase_add_test(t, two_mailers_and_a_slow_server_send_each_mail_once);
+    tcase_add_test(t, a_refused_session_is_retried_and_a_refused_message_is_dead_lettered);
+    tcase_add_test(t, a_temporary_refusal_is_retried_then_delivered_once);
+    tcase_add_test(t, readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

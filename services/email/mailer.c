@@ -29,7 +29,7 @@ static int wake_fd = -1;
 
 struct mailer {
     char *db_url, *amqp_url, *smtp_url, *from;
-    int max_attempts, retry_max_ms, batch;
+    int max_attempts, retry_max_ms, batch, lease_s, smtp_timeout_s;
     db_timeouts timeouts;
     pthread_t thread;
     volatile sig_atomic_t stop;
@@ -175,7 +175,7 @@ static send_result smtp_send(mailer *m, const mail *ml, char *why, size_t whylen
     curl_easy_setopt(m->curl, CURLOPT_READDATA, &p);
     curl_easy_setopt(m->curl, CURLOPT_UPLOAD, 1L);
     curl_easy_setopt(m->curl, CURLOPT_CONNECTTIMEOUT, 5L);
-    curl_easy_setopt(m->curl, CURLOPT_TIMEOUT, 15L);
+    curl_easy_setopt(m->curl, CURLOPT_TIMEOUT, (long)m->smtp_timeout_s);
     curl_easy_setopt(m->curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(m->curl, CURLOPT_ERRORBUFFER, cerr);
     curl_easy_setopt(m->curl, CURLOPT_DEBUGFUNCTION, on_debug);
@@ -293,7 +293,7 @@ static int64_t retry_delay(const mailer *m, int attempts)
 static int sweep(mailer *m, db_conn *db, mq_conn *mq)
 {
     char err[DB_ERR_LEN], lim[24], lease[24];
-    const char *p[] = {util_i64(lim, m->batch), util_i64(lease, MAILER_LEASE_S)};
+    const char *p[] = {util_i64(lim, m->batch), util_i64(lease, m->lease_s)};
     PGresult *r;
     int n, rc = DB_OK;
     char down[300] = ""; /* set when the server did not answer: skip the rest */
@@ -442,6 +442,8 @@ mailer *mailer_start(const mailer_opts *o, char *err, size_t errlen)
     m->max_attempts = o->max_attempts > 0 ? o->max_attempts : 50;
     m->retry_max_ms = o->retry_max_ms > 0 ? o->retry_max_ms : 60000;
     m->batch = o->batch > 0 ? o->batch : 16;
+    m->lease_s = o->lease_s > 0 ? o->lease_s : 120;
+    m->smtp_timeout_s = o->smtp_timeout_s > 0 ? o->smtp_timeout_s : 15;
     m->timeouts = o->timeouts;
     wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd < 0) {

@@ -5,7 +5,7 @@
  * the message's transaction, so a transaction that is rolled back or run
  * again (a batch falling back) sends nothing. This thread, with its own
  * database and broker connections, claims due pending rows (a lease: a
- * claimed row is due again after MAILER_LEASE_S, so a crash mid-send does not
+ * claimed row is due again after its lease, so a crash mid-send does not
  * strand it), talks SMTP (libcurl), and writes the outcome:
  *
  *   accepted (2xx)          status 'sent', sent_at
@@ -28,8 +28,6 @@
 
 #include <stddef.h>
 
-#define MAILER_LEASE_S 120
-
 typedef struct mailer mailer;
 
 typedef struct {
@@ -40,6 +38,8 @@ typedef struct {
     int max_attempts;     /* tries before a mail is dead-lettered */
     int retry_max_ms;     /* cap of the backoff between tries */
     int batch;            /* rows per claim; 0 = 16 */
+    int lease_s;          /* a claimed row is due again after this; 0 = 120 */
+    int smtp_timeout_s;   /* bound of one SMTP exchange; 0 = 15 */
     db_timeouts timeouts; /* the worker's DB_*_TIMEOUT_MS, for the mailer's own connection */
 } mailer_opts;
 

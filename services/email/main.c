@@ -193,12 +193,14 @@ int main(int argc, char **argv)
     email_cfg cfg = {0};
     char err[CFG_ERR_LEN];
     char *smtp = NULL, *amqp = NULL, *dburl = NULL;
-    long max_attempts = 50, retry_max_ms = 60000;
+    long max_attempts = 50, retry_max_ms = 60000, lease_s = 120, smtp_timeout_s = 15;
     const cfg_spec specs[] = {
         {"MAIL_FROM", CFG_STR, "orders@ordersuite.local", 0, 0, &cfg.from},
         {"OPS_EMAIL", CFG_STR, "ops@ordersuite.local", 0, 0, &cfg.ops},
         {"MAIL_MAX_ATTEMPTS", CFG_LONG, "50", 1, 100000, &max_attempts},
         {"MAIL_RETRY_MAX_MS", CFG_LONG, "60000", 100, 86400000, &retry_max_ms},
+        {"MAIL_LEASE_S", CFG_LONG, "120", 2, 86400, &lease_s},
+        {"MAIL_SMTP_TIMEOUT_S", CFG_LONG, "15", 1, 600, &smtp_timeout_s},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
@@ -236,7 +238,9 @@ int main(int argc, char **argv)
                               .smtp_url = cfg.smtp_url,
                               .from = cfg.from,
                               .max_attempts = (int)max_attempts,
-                              .retry_max_ms = (int)retry_max_ms};
+                              .retry_max_ms = (int)retry_max_ms,
+                              .lease_s = (int)lease_s,
+                              .smtp_timeout_s = (int)smtp_timeout_s};
             /* worker_main checks these too and says what is wrong. */
             if (worker_db_timeouts(&mo.timeouts, err, sizeof(err)) < 0) {
                 log_error("%s", err);

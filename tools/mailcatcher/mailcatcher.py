@@ -6,7 +6,13 @@ the shebang).
   SMTP  on 127.0.0.1:--smtp-port (1025): accepts any sender and recipient,
         except that a recipient given with --refuse (or POST /api/refuse) is
         refused permanently (550 5.1.1) and, while tempfail is on (--tempfail
-        or POST /api/tempfail), every recipient is refused for now (451 4.3.0).
+        or POST /api/tempfail), every recipient is refused for now (451 4.3.0);
+        while refuse-sender is on (--refuse-sender or POST /api/refuse-sender),
+        MAIL FROM is refused (550 5.7.1: a refusal of the session, not of a
+        recipient); a mail to a recipient given with --refuse-data (or POST
+        /api/refuse-data) is refused after its data (554 5.6.0); and DATA
+        answers only after --data-delay seconds (or POST /api/delay), a slow
+        server (other sessions go on meanwhile).
   HTTP  on 127.0.0.1:--http-port (1080):
         GET    /               the mails, newest first (a page for a browser)
         GET    /api/messages   the mails as JSON: [{id, received_at, mail_from,
@@ -15,6 +21,9 @@ the shebang).
         POST   /api/refuse     body {"address": "a@b"}: refuse that recipient
         POST   /api/accept     body {"address": "a@b"}: accept it again
         POST   /api/tempfail   body {"on": true|false}
+        POST   /api/refuse-sender  body {"on": true|false}
+        POST   /api/refuse-data    body {"address": "a@b"}
+        POST   /api/delay      body {"seconds": 0..60}: DATA's delay
 
 --store FILE keeps the mails in FILE (one JSON object a line) across
 restarts; --ready-file FILE writes {"smtp": port, "http": port} there once
@@ -25,6 +34,7 @@ port is published on 127.0.0.1 only).
 """
 
 import argparse
+import asyncio
 import email
 import email.policy
 import html
@@ -50,6 +60,9 @@ class Store:
         self.path = path
         self.refused = set()
         self.tempfail = False
+        self.refuse_sender = False
+        self.refused_data = set()
+        self.data_delay = 0.0
         if path and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 for line in f:
@@ -84,6 +97,13 @@ class Handler:
     def __init__(self, store):
         self.store = store
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.store.refuse_sender:
+            return "550 5.7.1 mailcatcher: sender refused (refuse-sender is on)"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.store.tempfail:
             return "451 4.3.0 mailcatcher: try again later (tempfail is on)"
@@ -93,6 +113,10 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.store.data_delay > 0:
+            await asyncio.sleep(self.store.data_delay)
+        if any(r.lower() in self.store.refused_data for r in envelope.rcpt_tos):
+            return "554 5.6.0 mailcatcher: message refused (refuse-data)"
         raw = envelope.content
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", errors="replace")
@@ -186,7 +210,18 @@ def make_http_handler(store):
             elif self.path == "/api/tempfail" and v and isinstance(v.get("on"), bool):
                 store.tempfail = v["on"]
                 self.reply(200, "application/json", json.dumps({"tempfail": store.tempfail}))
-            elif self.path in ("/api/refuse", "/api/accept", "/api/tempfail"):
+            elif self.path == "/api/refuse-sender" and v and isinstance(v.get("on"), bool):
+                store.refuse_sender = v["on"]
+                self.reply(200, "application/json", json.dumps({"refuse_sender": store.refuse_sender}))
+            elif self.path == "/api/refuse-data" and v and isinstance(v.get("address"), str):
+                store.refused_data.add(v["address"].lower())
+                self.reply(200, "application/json", json.dumps(sorted(store.refused_data)))
+            elif (self.path == "/api/delay" and v and isinstance(v.get("seconds"), (int, float))
+                  and not isinstance(v.get("seconds"), bool) and 0 <= v["seconds"] <= 60):
+                store.data_delay = float(v["seconds"])
+                self.reply(200, "application/json", json.dumps({"seconds": store.data_delay}))
+            elif self.path in ("/api/refuse", "/api/accept", "/api/tempfail", "/api/refuse-sender",
+                               "/api/refuse-data", "/api/delay"):
                 self.reply(400, "text/plain", "bad body\n")
             else:
                 self.reply(404, "text/plain", "not found\n")
@@ -217,16 +252,24 @@ def main():
     ap.add_argument("--http-port", type=int, default=1080)
     ap.add_argument("--refuse", action="append", default=[], metavar="ADDRESS")
     ap.add_argument("--tempfail", action="store_true")
+    ap.add_argument("--refuse-sender", action="store_true")
+    ap.add_argument("--refuse-data", action="append", default=[], metavar="ADDRESS")
+    ap.add_argument("--data-delay", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--store", metavar="FILE")
     ap.add_argument("--ready-file", metavar="FILE")
     a = ap.parse_args()
     for p in (a.smtp_port, a.http_port):
         if not 0 <= p <= 65535:
             ap.error("a port is 0..65535")
+    if not 0 <= a.data_delay <= 60:
+        ap.error("--data-delay is 0..60 seconds")
 
     store = Store(a.store)
     store.refused.update(x.lower() for x in a.refuse)
     store.tempfail = a.tempfail
+    store.refuse_sender = a.refuse_sender
+    store.refused_data.update(x.lower() for x in a.refuse_data)
+    store.data_delay = a.data_delay
     smtp = Catcher(Handler(store), hostname=a.bind, port=a.smtp_port)
     smtp.start()
     web = ThreadingHTTPServer((a.bind, a.http_port), make_http_handler(store))
