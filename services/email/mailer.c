@@ -8,6 +8,7 @@
 #include "log.h"
 #include "mq.h"
 #include "util.h"
+#include "uuid.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -33,7 +34,13 @@ struct mailer {
     db_timeouts timeouts;
     pthread_t thread;
     volatile sig_atomic_t stop;
-    CURL *curl; /* kept across sends: libcurl reuses the SMTP connection */
+    CURL *curl;               /* kept across sends: libcurl reuses the SMTP connection */
+    char claim[UUID_STR_LEN]; /* the token of the rows in hand (sweep) */
+    /* For mailer_ready, written by the thread, read by the HTTP threads: */
+    int64_t pending, oldest_s; /* unsent mail and the oldest one's age */
+    int64_t stats_ms;          /* when they were read (0: never) */
+    int db_up;                 /* the mailer's connection answered last time */
+    int64_t stats_due_ms;      /* the thread's own: next read */
 };
 
 /* One claimed row; the strings belong to the claim's PGresult. */
@@ -45,10 +52,16 @@ typedef struct {
 
 typedef enum {
     SEND_OK,   /* the server took it */
-    SEND_TEMP, /* a 4xx (or any other non-5xx) reply: try again later */
-    SEND_DOWN, /* no reply at all (connect, timeout): the server is away */
-    SEND_PERM, /* a 5xx reply, or a recipient that cannot be written: never */
+    SEND_TEMP, /* a 4xx to this mail's RCPT or DATA: try it again later */
+    SEND_DOWN, /* no usable session: no reply at all (connect, timeout), or a
+                * refusal of the session (greeting, EHLO, AUTH, MAIL FROM;
+                * 4xx or 5xx): every mail waits, with backoff */
+    SEND_PERM, /* a 5xx to this mail's RCPT or DATA, or a recipient that
+                * cannot be written: never */
 } send_result;
+
+/* The SMTP command a reply answers (see on_debug). */
+enum { STAGE_SESSION, STAGE_RCPT, STAGE_DATA };
 
 void mailer_wake(void)
 {
@@ -74,20 +87,60 @@ static size_t read_payload(char *buf, size_t size, size_t n, void *arg)
     return k;
 }
 
-/* Keeps the server's first refusal (a reply line from libcurl's HEADER_IN
- * that starts with 4 or 5): the QUIT that follows it is not the reason. */
+/* What one SMTP exchange saw: the stage of the last command libcurl sent,
+ * and the server's first refusal (its reply line, code and stage). */
+typedef struct {
+    int stage;       /* of the last command sent; the greeting is SESSION */
+    int code;        /* the first 4xx/5xx reply's code; 0: none */
+    int code_stage;  /* the stage it answered */
+    char reply[256]; /* its line, for last_error and email.dlq */
+} smtp_trace;
+
+/* libcurl's protocol log: HEADER_OUT is a command libcurl wrote (its verb
+ * gives the stage: RCPT, DATA, or anything else of the session; AUTH's
+ * continuation lines match no verb and leave it), HEADER_IN a reply line.
+ * The first reply whose code is 4xx or 5xx is kept: the QUIT that follows it
+ * is not the reason. Codes are read as numbers, never from the text. */
 static int on_debug(CURL *c, curl_infotype t, char *data, size_t n, void *arg)
 {
-    char *last = arg;
+    smtp_trace *tr = arg;
     (void)c;
-    if (t == CURLINFO_HEADER_IN && n > 0 && !last[0] && (data[0] == '4' || data[0] == '5')) {
-        size_t k = n < 255 ? n : 255;
-        memcpy(last, data, k);
-        while (k > 0 && (last[k - 1] == '\n' || last[k - 1] == '\r'))
+    if (t == CURLINFO_HEADER_OUT && n >= 4) {
+        if (strncmp(data, "RCPT", 4) == 0)
+            tr->stage = STAGE_RCPT;
+        else if (strncmp(data, "DATA", 4) == 0)
+            tr->stage = STAGE_DATA;
+        else if (strncmp(data, "MAIL", 4) == 0 || strncmp(data, "EHLO", 4) == 0 ||
+                 strncmp(data, "HELO", 4) == 0 || strncmp(data, "AUTH", 4) == 0 ||
+                 strncmp(data, "STAR", 4) == 0 || strncmp(data, "RSET", 4) == 0)
+            tr->stage = STAGE_SESSION;
+    } else if (t == CURLINFO_HEADER_IN && n >= 3 && !tr->code &&
+               (data[0] == '4' || data[0] == '5') && data[1] >= '0' && data[1] <= '9' &&
+               data[2] >= '0' && data[2] <= '9') {
+        size_t k = n < sizeof(tr->reply) - 1 ? n : sizeof(tr->reply) - 1;
+        tr->code = (data[0] - '0') * 100 + (data[1] - '0') * 10 + (data[2] - '0');
+        tr->code_stage = tr->stage;
+        memcpy(tr->reply, data, k);
+        while (k > 0 && (tr->reply[k - 1] == '\n' || tr->reply[k - 1] == '\r'))
             k--;
-        last[k] = '\0';
+        tr->reply[k] = '\0';
     }
     return 0;
+}
+
+/* The outcome of one exchange: libcurl's result, and the first refusal. A
+ * 5xx is permanent only for the mail it was about (its RCPT or its DATA); a
+ * refusal of the session says nothing about the mail, so it waits. */
+static send_result classify(CURLcode rc, const smtp_trace *tr)
+{
+    int per_mail = tr->code_stage == STAGE_RCPT || tr->code_stage == STAGE_DATA;
+    if (rc == CURLE_OK)
+        return SEND_OK;
+    if (tr->code >= 500 && per_mail)
+        return SEND_PERM;
+    if (tr->code >= 400 && per_mail)
+        return SEND_TEMP;
+    return SEND_DOWN; /* a refused session, or no answer at all */
 }
 
 /* An address goes into RCPT TO and a header: no controls, no brackets. */
@@ -149,8 +202,9 @@ static char *compose(const mailer *m, const mail *ml, size_t *len)
 static send_result smtp_send(mailer *m, const mail *ml, char *why, size_t whylen)
 {
     struct curl_slist *rcpt = NULL;
-    char refusal[256] = "", cerr[CURL_ERROR_SIZE] = "";
-    long code = 0;
+    char cerr[CURL_ERROR_SIZE] = "";
+    smtp_trace tr = {.stage = STAGE_SESSION};
+    send_result res;
     size_t len = 0;
     char *msg;
     payload p;
@@ -179,51 +233,78 @@ static send_result smtp_send(mailer *m, const mail *ml, char *why, size_t whylen
     curl_easy_setopt(m->curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(m->curl, CURLOPT_ERRORBUFFER, cerr);
     curl_easy_setopt(m->curl, CURLOPT_DEBUGFUNCTION, on_debug);
-    curl_easy_setopt(m->curl, CURLOPT_DEBUGDATA, (void *)refusal);
+    curl_easy_setopt(m->curl, CURLOPT_DEBUGDATA, (void *)&tr);
     curl_easy_setopt(m->curl, CURLOPT_VERBOSE, 1L);
     rc = curl_easy_perform(m->curl);
-    if (curl_easy_getinfo(m->curl, CURLINFO_RESPONSE_CODE, &code) != CURLE_OK)
-        code = 0;
     curl_easy_setopt(m->curl, CURLOPT_ERRORBUFFER, NULL);
     curl_slist_free_all(rcpt);
     free(msg);
-    if (rc == CURLE_OK)
-        return SEND_OK;
-    if (code >= 500 && code <= 599) {
-        snprintf(why, whylen, "%s", refusal[0] ? refusal : cerr);
-        return SEND_PERM;
-    }
-    if (code > 0) {
-        snprintf(why, whylen, "%s", refusal[0] ? refusal : cerr);
-        return SEND_TEMP;
-    }
-    snprintf(why, whylen, "smtp: %s", cerr[0] ? cerr : curl_easy_strerror(rc));
-    return SEND_DOWN;
+    res = classify(rc, &tr);
+    if (res == SEND_OK)
+        return res;
+    if (tr.code)
+        snprintf(why, whylen, "%s", tr.reply);
+    else
+        snprintf(why, whylen, "smtp: %s", cerr[0] ? cerr : curl_easy_strerror(rc));
+    return res;
 }
 
 /* -------------------------------------------------------------- outcomes */
 
-static int mark_sent(db_conn *db, const mail *ml, char *err, size_t errlen)
+/* Every write below is WHERE claim = the sweep's token: a row that another
+ * mailer claimed since (its lease ran out) is that mailer's now. */
+
+/* Renews the lease of a row in hand just before it is sent, so that the
+ * send (at most smtp_timeout_s, well under the lease) ends inside it. Sets
+ * *mine to 0 when the row is no longer this sweep's. */
+static int renew(const mailer *m, db_conn *db, const mail *ml, int *mine, char *err, size_t errlen)
 {
-    const char *p[] = {ml->id};
-    return db_execp(db, "mailer_sent",
-                    "UPDATE messages SET status = 'sent', sent_at = now(), last_error = NULL"
-                    " WHERE id = $1 AND status = 'pending'",
-                    1, p, NULL, err, errlen);
+    char lease[24];
+    const char *p[] = {ml->id, m->claim, util_i64(lease, m->lease_s)};
+    PGresult *r;
+    int rc = db_execp(db, "mailer_renew",
+                      "UPDATE messages SET next_attempt_at = now() + $3::int * interval '1 s'"
+                      " WHERE id = $1 AND claim = $2::uuid AND status = 'pending' RETURNING id",
+                      3, p, &r, err, errlen);
+    if (rc == DB_OK) {
+        *mine = PQntuples(r) == 1;
+        PQclear(r);
+    }
+    return rc;
+}
+
+static int mark_sent(const mailer *m, db_conn *db, const mail *ml, char *err, size_t errlen)
+{
+    const char *p[] = {ml->id, m->claim};
+    PGresult *r;
+    int rc = db_execp(db, "mailer_sent",
+                      "UPDATE messages SET status = 'sent', sent_at = now(), last_error = NULL"
+                      " WHERE id = $1 AND claim = $2::uuid AND status = 'pending' RETURNING id",
+                      2, p, &r, err, errlen);
+    if (rc == DB_OK) {
+        if (PQntuples(r) != 1)
+            log_write(LOG_ERROR, ml->correlation_id, ml->cause_id,
+                      "%s mail to %s was sent after its claim ran out: another mailer may"
+                      " send it again (MAIL_LEASE_S too short for MAIL_SMTP_TIMEOUT_S?)",
+                      ml->kind, ml->recipient);
+        PQclear(r);
+    }
+    return rc;
 }
 
 /* Due again in delay_ms; attempts_back = 1 gives back the claim's attempt
  * (a mail not tried at all). */
-static int mark_later(db_conn *db, const mail *ml, int64_t delay_ms, int attempts_back,
-                      const char *why, char *err, size_t errlen)
+static int mark_later(const mailer *m, db_conn *db, const mail *ml, int64_t delay_ms,
+                      int attempts_back, const char *why, char *err, size_t errlen)
 {
     char ms[24], back[24];
-    const char *p[] = {ml->id, util_i64(ms, delay_ms), why, util_i64(back, attempts_back)};
+    const char *p[] = {ml->id, util_i64(ms, delay_ms), why, util_i64(back, attempts_back),
+                       m->claim};
     return db_execp(db, "mailer_later",
                     "UPDATE messages SET next_attempt_at = now() + $2::bigint * interval '1 ms',"
                     " last_error = coalesce($3, last_error), attempts = attempts - $4::int"
-                    " WHERE id = $1 AND status = 'pending'",
-                    4, p, NULL, err, errlen);
+                    " WHERE id = $1 AND claim = $5::uuid AND status = 'pending'",
+                    5, p, NULL, err, errlen);
 }
 
 #define DL_BROKER 1 /* dead_letter: the broker did not take the copy */
@@ -233,10 +314,10 @@ static int mark_later(db_conn *db, const mail *ml, int64_t delay_ms, int attempt
  * again. A crash between the two leaves the row pending: it is tried again
  * and dead-lettered again (a second DLQ copy, never a lost one). Returns
  * DB_OK, DL_BROKER, or a db status, with err. */
-static int dead_letter(db_conn *db, mq_conn *mq, const mail *ml, const char *reason,
-                       const char *why, char *err, size_t errlen)
+static int dead_letter(const mailer *m, db_conn *db, mq_conn *mq, const mail *ml,
+                       const char *reason, const char *why, char *err, size_t errlen)
 {
-    int rc;
+    int rc, mine = 0;
     if (ml->cause_key && ml->cause_body) {
         mq_delivery d;
         memset(&d, 0, sizeof(d));
@@ -260,13 +341,18 @@ static int dead_letter(db_conn *db, mq_conn *mq, const mail *ml, const char *rea
     if ((rc = db_begin(db, err, errlen)) != DB_OK)
         return rc;
     {
-        const char *p[] = {ml->id, why};
+        const char *p[] = {ml->id, why, m->claim};
+        PGresult *r;
         rc = db_execp(db, "mailer_refused",
                       "UPDATE messages SET status = 'refused', last_error = $2"
-                      " WHERE id = $1 AND status = 'pending'",
-                      2, p, NULL, err, errlen);
+                      " WHERE id = $1 AND claim = $3::uuid AND status = 'pending' RETURNING id",
+                      3, p, &r, err, errlen);
+        if (rc == DB_OK) {
+            mine = PQntuples(r) == 1;
+            PQclear(r);
+        }
     }
-    if (rc == DB_OK) {
+    if (rc == DB_OK && mine) { /* else it is another mailer's now: its inbox row too */
         const char *p[] = {ml->cause_id};
         rc = db_execp(db, "mailer_uninbox", "DELETE FROM inbox WHERE message_id = $1::uuid", 1, p,
                       NULL, err, errlen);
@@ -288,25 +374,56 @@ static int64_t retry_delay(const mailer *m, int attempts)
 
 /* ----------------------------------------------------------------- sweep */
 
-/* Claims the due rows and delivers them. Returns the number claimed, or -1
- * when the database failed (the caller backs off). */
+#define STATS_EVERY_MS 1000
+#define STATS_FRESH_MS 10000 /* beyond one SMTP exchange: see mailer_ready */
+
+/* Reads the backlog for mailer_ready, at most once every STATS_EVERY_MS.
+ * The partial index messages_pending keeps it cheap. */
+static void read_stats(mailer *m, db_conn *db)
+{
+    char err[DB_ERR_LEN];
+    PGresult *r;
+    int64_t now = util_now_ms();
+
+    if (now < m->stats_due_ms)
+        return;
+    m->stats_due_ms = now + STATS_EVERY_MS;
+    if (db_execp(db, "mailer_stats",
+                 "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)),"
+                 " 0)::bigint AS age FROM messages WHERE status = 'pending'",
+                 0, NULL, &r, err, sizeof(err)) != DB_OK) {
+        log_debug("mailer: reading the backlog: %s", err);
+        return;
+    }
+    __atomic_store_n(&m->pending, strtoll(db_get(r, 0, "n"), NULL, 10), __ATOMIC_RELAXED);
+    __atomic_store_n(&m->oldest_s, strtoll(db_get(r, 0, "age"), NULL, 10), __ATOMIC_RELAXED);
+    __atomic_store_n(&m->stats_ms, util_now_ms(), __ATOMIC_RELEASE);
+    PQclear(r);
+}
+
+/* Claims the due rows (under a fresh token) and delivers them. Returns the
+ * number claimed, or -1 when the database failed (the caller backs off). */
 static int sweep(mailer *m, db_conn *db, mq_conn *mq)
 {
     char err[DB_ERR_LEN], lim[24], lease[24];
-    const char *p[] = {util_i64(lim, m->batch), util_i64(lease, m->lease_s)};
+    const char *p[] = {util_i64(lim, m->batch), util_i64(lease, m->lease_s), m->claim};
     PGresult *r;
     int n, rc = DB_OK;
-    char down[300] = ""; /* set when the server did not answer: skip the rest */
+    char down[300] = ""; /* set when there was no session: skip the rest */
 
+    if (uuid_v4(m->claim) != 0) {
+        log_warn("mailer: no random bytes for a claim token");
+        return -1;
+    }
     rc = db_execp(db, "mailer_claim",
-                  "UPDATE messages SET attempts = attempts + 1,"
+                  "UPDATE messages SET attempts = attempts + 1, claim = $3::uuid,"
                   " next_attempt_at = now() + $2::int * interval '1 s'"
                   " WHERE id IN (SELECT id FROM messages WHERE status = 'pending'"
                   " AND next_attempt_at <= now() ORDER BY next_attempt_at, id LIMIT $1::int"
                   " FOR UPDATE SKIP LOCKED)"
                   " RETURNING id, cause_id, kind, correlation_id, recipient, subject, body,"
                   " attempts, cause_key, cause_body, cause_app, cause_ts",
-                  2, p, &r, err, sizeof(err));
+                  3, p, &r, err, sizeof(err));
     if (rc != DB_OK) {
         log_warn("mailer: claiming mail: %s", err);
         return -1;
@@ -321,35 +438,40 @@ static int sweep(mailer *m, db_conn *db, mq_conn *mq)
                    db_get(r, i, "cause_ts"),   (int)strtol(db_get(r, i, "attempts"), NULL, 10)};
         char why[300];
         send_result s;
+        int mine = 0;
 
         if (m->stop || down[0]) {
             /* Not tried: due again at once (stopping) or with the others. */
-            rc = mark_later(db, &ml, m->stop ? 0 : retry_delay(m, ml.attempts), 1,
+            rc = mark_later(m, db, &ml, m->stop ? 0 : retry_delay(m, ml.attempts), 1,
                             m->stop ? NULL : down, err, sizeof(err));
             continue;
         }
+        read_stats(m, db);
+        rc = renew(m, db, &ml, &mine, err, sizeof(err));
+        if (rc != DB_OK || !mine)
+            continue; /* claimed by another mailer since: its to send */
         s = smtp_send(m, &ml, why, sizeof(why));
         if (s == SEND_OK) {
-            rc = mark_sent(db, &ml, err, sizeof(err));
+            rc = mark_sent(m, db, &ml, err, sizeof(err));
             if (rc == DB_OK)
                 log_write(LOG_INFO, ml.correlation_id, ml.cause_id, "%s mail sent to %s", ml.kind,
                           ml.recipient);
         } else if (s == SEND_PERM || ml.attempts >= m->max_attempts) {
             const char *reason = s == SEND_PERM ? "rejected" : "retries-exhausted";
-            rc = dead_letter(db, mq, &ml, reason, why, err, sizeof(err));
+            rc = dead_letter(m, db, mq, &ml, reason, why, err, sizeof(err));
             if (rc == DB_OK) {
                 log_write(LOG_ERROR, ml.correlation_id, ml.cause_id,
                           "%s mail to %s not delivered (%s): %s; its cause is in email.dlq",
                           ml.kind, ml.recipient, reason, why);
             } else if (rc == DL_BROKER) {
                 log_warn("mailer: dead-lettering %s: %s; trying again", ml.cause_id, err);
-                rc = mark_later(db, &ml, 1000, 0, why, err, sizeof(err));
+                rc = mark_later(m, db, &ml, 1000, 0, why, err, sizeof(err));
             }
         } else {
             int64_t d = retry_delay(m, ml.attempts);
             if (s == SEND_DOWN)
                 snprintf(down, sizeof(down), "%s", why);
-            rc = mark_later(db, &ml, d, 0, why, err, sizeof(err));
+            rc = mark_later(m, db, &ml, d, 0, why, err, sizeof(err));
             if (rc == DB_OK)
                 log_write(LOG_WARN, ml.correlation_id, ml.cause_id,
                           "%s mail to %s: attempt %d failed: %s; next in %lld ms", ml.kind,
@@ -392,11 +514,14 @@ static void *mailer_main(void *arg)
     while (!m->stop) {
         int n;
         if (db_ensure(db, err, sizeof(err)) != DB_OK) {
+            __atomic_store_n(&m->db_up, 0, __ATOMIC_RELAXED);
             log_warn("mailer: database: %s", err);
             util_sleep_ms(backoff_next(&b), &m->stop);
             continue;
         }
+        __atomic_store_n(&m->db_up, 1, __ATOMIC_RELAXED);
         n = sweep(m, db, mq);
+        read_stats(m, db);
         if (n < 0) {
             util_sleep_ms(backoff_next(&b), &m->stop);
             continue;
@@ -459,6 +584,32 @@ mailer *mailer_start(const mailer_opts *o, char *err, size_t errlen)
         return NULL;
     }
     return m;
+}
+
+int mailer_ready(mailer *m, long max_pending, long max_age_s, char *why, size_t whylen)
+{
+    int64_t at = __atomic_load_n(&m->stats_ms, __ATOMIC_ACQUIRE);
+    int64_t pending = __atomic_load_n(&m->pending, __ATOMIC_RELAXED);
+    int64_t age = __atomic_load_n(&m->oldest_s, __ATOMIC_RELAXED);
+    /* A sweep reads the backlog between mails; one send takes at most the
+     * SMTP timeout, the reads the database's. */
+    int64_t fresh_ms = (int64_t)m->smtp_timeout_s * 1000 + STATS_FRESH_MS;
+
+    if (!__atomic_load_n(&m->db_up, __ATOMIC_RELAXED)) {
+        snprintf(why, whylen, "the mailer's database connection is down");
+        return 0;
+    }
+    if (at == 0 || util_now_ms() - at > fresh_ms) {
+        snprintf(why, whylen, "the mailer has not read its backlog for %lld ms",
+                 at ? (long long)(util_now_ms() - at) : -1LL);
+        return 0;
+    }
+    if (pending > max_pending || age > max_age_s) {
+        snprintf(why, whylen, "unsent mail %lld (limit %ld), the oldest %lld s (limit %ld)",
+                 (long long)pending, max_pending, (long long)age, max_age_s);
+        return 0;
+    }
+    return 1;
 }
 
 void mailer_stop(mailer *m)

@@ -10,14 +10,17 @@
  * Every mail is recorded in email.messages (one per cause and kind), in the
  * message's transaction; nothing leaves the process there. When SMTP_URL is
  * set (smtp://host:port) the row is 'pending' and the mailer (mailer.h)
- * delivers it after COMMIT and marks it 'sent'; a server that is down or
- * answers 4xx is tried again with backoff, a 5xx refusal sends the cause to
- * email.dlq with the server's reply. A mail can be sent twice when the
- * process or the database dies between the server's 250 and the row's
- * update (at-least-once delivery of mail).
+ * delivers it after COMMIT and marks it 'sent'; a server that is down,
+ * refuses the session or answers 4xx is tried again with backoff, a 5xx to
+ * the mail's RCPT or DATA sends the cause to email.dlq with the reply. A mail can be sent twice
+ * when the process or the database dies between the server's 250 and the row's update
+ * (at-least-once delivery of mail).
  *
  * Environment (besides the worker's): SMTP_URL, MAIL_FROM, OPS_EMAIL,
- * MAIL_MAX_ATTEMPTS (50), MAIL_RETRY_MAX_MS (60000, the cap of the backoff).
+ * MAIL_MAX_ATTEMPTS (50), MAIL_RETRY_MAX_MS (60000, the cap of the backoff),
+ * MAIL_LEASE_S (120) and MAIL_SMTP_TIMEOUT_S (15, at most half the lease),
+ * MAIL_READY_MAX_PENDING (1000) and MAIL_READY_MAX_AGE_S (300): /readyz is
+ * 503 past them (mailer_ready).
  */
 #include "cfg.h"
 #include "log.h"
@@ -34,7 +37,17 @@ typedef struct {
     char *smtp_url; /* NULL: record only */
     char *from;
     char *ops;
+    mailer *ml; /* NULL without SMTP_URL */
+    long ready_max_pending, ready_max_age_s;
 } email_cfg;
+
+/* worker_def.ready: the mailer's backlog and connection (mailer_ready). */
+static int email_ready(void *app, char *why, size_t whylen)
+{
+    const email_cfg *cfg = app;
+    return !cfg->ml ||
+           mailer_ready(cfg->ml, cfg->ready_max_pending, cfg->ready_max_age_s, why, whylen);
+}
 
 static void money(char *out, size_t n, int64_t minor, const char *currency)
 {
@@ -201,14 +214,16 @@ int main(int argc, char **argv)
         {"MAIL_RETRY_MAX_MS", CFG_LONG, "60000", 100, 86400000, &retry_max_ms},
         {"MAIL_LEASE_S", CFG_LONG, "120", 2, 86400, &lease_s},
         {"MAIL_SMTP_TIMEOUT_S", CFG_LONG, "15", 1, 600, &smtp_timeout_s},
+        {"MAIL_READY_MAX_PENDING", CFG_LONG, "1000", 1, 1000000000, &cfg.ready_max_pending},
+        {"MAIL_READY_MAX_AGE_S", CFG_LONG, "300", 1, 864000, &cfg.ready_max_age_s},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
-    mailer *ml = NULL;
     worker_def def = {.service = "email",
                       .routes = routes,
                       .nroutes = sizeof(routes) / sizeof(routes[0]),
                       .app = &cfg,
+                      .ready = email_ready,
                       .default_port = 9103};
     int rc;
 
@@ -220,6 +235,14 @@ int main(int argc, char **argv)
     }
     if (smtp && strncmp(smtp, "smtp://", 7) != 0 && strncmp(smtp, "smtps://", 8) != 0) {
         log_error("configuration: SMTP_URL must start with smtp:// or smtps://");
+        return 1;
+    }
+    if (lease_s < 2 * smtp_timeout_s) {
+        /* A send must end well inside its claim, or another mailer may
+         * claim the row again and send it too. */
+        log_error("configuration: MAIL_LEASE_S (%ld) must be at least twice"
+                  " MAIL_SMTP_TIMEOUT_S (%ld)",
+                  lease_s, smtp_timeout_s);
         return 1;
     }
     cfg.smtp_url = smtp && *smtp ? smtp : NULL;
@@ -247,8 +270,8 @@ int main(int argc, char **argv)
                 rc = 1;
                 goto out;
             }
-            ml = mailer_start(&mo, err, sizeof(err));
-            if (!ml) {
+            cfg.ml = mailer_start(&mo, err, sizeof(err));
+            if (!cfg.ml) {
                 log_error("%s", err);
                 rc = 1;
                 goto out;
@@ -256,7 +279,7 @@ int main(int argc, char **argv)
         }
     }
     rc = worker_main(&def, argc, argv);
-    mailer_stop(ml);
+    mailer_stop(cfg.ml);
 out:
     curl_global_cleanup();
     cfg_free(specs, nspecs);
