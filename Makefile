@@ -4,7 +4,7 @@
 #   make deps       install the Debian packages (root; prints the sudo line otherwise)
 #   make up|down|status   the project's own RabbitMQ node and PostgreSQL cluster (var/)
 #   make migrate    apply migrations/NNNN_*.sql
-#   make test       build, up, migrate, then every Check suite, then make compose-test
+#   make test       build, the unit suites, up, migrate, every other suite, make compose-test
 #   make compose-test  the docker compose path for real (tests/compose_test.sh)
 #   make asan       the same tests built with -fsanitize=address,undefined
 #   make fuzz       libFuzzer over the decoders, bounded
@@ -104,11 +104,14 @@ migrate: all
 	@bash scripts/migrate.sh $(BUILD)/bin/migrate
 
 # Everything CI runs. Suites run one after another; the run fails if any did.
+# The unit suites (tests/check_units_*.c, no server) run first, before make
+# up, so that a logic error fails in seconds.
 test: deps
 	@$(MAKE) --no-print-directory tests
+	@bash scripts/run-tests.sh --units $(BUILD)
 	@$(MAKE) --no-print-directory up
 	@$(MAKE) --no-print-directory migrate
-	@bash scripts/run-tests.sh $(BUILD)
+	@bash scripts/run-tests.sh --no-units $(BUILD)
 	@[ -n "$(SUITES)" ] || [ "$(COMPOSE_TEST)" = 0 ] || $(MAKE) --no-print-directory compose-test
 
 # docker compose up, the checks of tests/compose_test.sh, down -v; a Docker

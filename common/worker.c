@@ -244,10 +244,19 @@ static mq_result dispatch_one(worker *w, const mq_delivery *d, char *err, size_t
     return MQ_DONE;
 }
 
+worker_batch_fate worker_batch_fate_of(mq_result decoded, int db_up, int committed)
+{
+    if (decoded != MQ_DONE)
+        return WORKER_BATCH_KEEP;
+    if (!db_up)
+        return WORKER_BATCH_RETRY;
+    return committed ? WORKER_BATCH_ACK : WORKER_BATCH_ALONE;
+}
+
 /* Several deliveries in one transaction: one COMMIT (one WAL flush) for all.
  * If any of them fails, the transaction is rolled back and each is handled
  * again in its own, so one bad message never holds back the others and
- * nothing is acked that was not committed. */
+ * nothing is acked that was not committed (worker_batch_fate_of decides). */
 static void dispatch_batch(const mq_delivery *d, size_t n, mq_result *res, char (*errs)[MQ_ERR_LEN],
                            void *ctx)
 {
@@ -256,7 +265,7 @@ static void dispatch_batch(const mq_delivery *d, size_t n, mq_result *res, char 
     int64_t t0 = util_wall_us();
     size_t ok = 0, i, last = 0;
     char err[MQ_ERR_LEN];
-    int fallback = 0;
+    int fallback = 0, db_up, committed = 0;
 
     for (i = 0; i < n; i++) {
         metrics_count(w->metrics, M_CONSUMED, d[i].routing_key, 1);
@@ -276,24 +285,14 @@ static void dispatch_batch(const mq_delivery *d, size_t n, mq_result *res, char 
     }
     if (ok == 0)
         goto out;
-    if (wait_for_db(w, err, sizeof(err)) < 0) {
-        /* As for one message: the database is away; retry each later. */
-        for (i = 0; i < n; i++) {
-            if (res[i] != MQ_DONE)
-                continue;
-            ev_free(&p[i].ev);
-            res[i] = MQ_RETRY;
-            snprintf(errs[i], MQ_ERR_LEN, "%s", err);
-        }
-        goto out;
-    }
-    if (db_begin(w->db, err, sizeof(err)) != DB_OK)
+    db_up = wait_for_db(w, err, sizeof(err)) == 0;
+    if (db_up && db_begin(w->db, err, sizeof(err)) != DB_OK)
         fallback = 1;
     for (i = 0; i < n; i++) {
         if (res[i] != MQ_DONE)
             continue;
-        if (fallback) {
-            ev_free(&p[i].ev); /* not applied: handled again on its own below */
+        if (!db_up || fallback) {
+            ev_free(&p[i].ev); /* not applied: retried, or handled again on its own below */
             continue;
         }
         if (apply(w, &d[i], &p[i], errs[i], MQ_ERR_LEN) != MQ_DONE) {
@@ -304,18 +303,29 @@ static void dispatch_batch(const mq_delivery *d, size_t n, mq_result *res, char 
         }
         last = i;
     }
-    if (!fallback && db_commit(w->db, err, sizeof(err)) != DB_OK)
-        fallback = 1;
-    if (fallback) {
+    if (db_up && !fallback)
+        committed = db_commit(w->db, err, sizeof(err)) == DB_OK;
+    if (db_up && !committed)
         db_rollback(w->db);
-        for (i = 0; i < n; i++) {
-            if (res[i] == MQ_DONE)
-                res[i] = dispatch_one(w, &d[i], errs[i], MQ_ERR_LEN);
-        }
-        goto out;
+    if (committed) {
+        crash_point(w, p[last].env.correlation_id, p[last].env.message_id);
+        log_write(LOG_DEBUG, NULL, NULL, "%zu messages processed in one transaction", ok);
     }
-    crash_point(w, p[last].env.correlation_id, p[last].env.message_id);
-    log_write(LOG_DEBUG, NULL, NULL, "%zu messages processed in one transaction", ok);
+    for (i = 0; i < n; i++) {
+        switch (worker_batch_fate_of(res[i], db_up, committed)) {
+        case WORKER_BATCH_ACK:
+        case WORKER_BATCH_KEEP:
+            break;
+        case WORKER_BATCH_RETRY:
+            /* As for one message: the database is away; retry each later. */
+            res[i] = MQ_RETRY;
+            snprintf(errs[i], MQ_ERR_LEN, "%s", err);
+            break;
+        case WORKER_BATCH_ALONE:
+            res[i] = dispatch_one(w, &d[i], errs[i], MQ_ERR_LEN);
+            break;
+        }
+    }
 out:
     free(p);
     metrics_observe_n(w->metrics, (double)(util_wall_us() - t0) / 1e6 / (double)n, n);

@@ -105,6 +105,20 @@ int worker_db_timeouts(db_timeouts *t, char *err, size_t errlen);
 /* Maps a db status to a handler result: transient → retry, else reject. */
 mq_result worker_db_result(int status);
 
+/* The batch fallback: how delivery i of a batch ends, given what its
+ * decoding said (decoded: MQ_DONE when it can be applied, else the
+ * rejection that stands), whether the database answered (db_up), and
+ * whether the batch's one transaction committed. Nothing is acked that was
+ * not committed, and one failing delivery never holds back the others: a
+ * failed batch has each decodable delivery applied again on its own. Pure. */
+typedef enum {
+    WORKER_BATCH_ACK,   /* committed with the batch: acked (MQ_DONE) */
+    WORKER_BATCH_KEEP,  /* undecodable: its rejection stands, never applied */
+    WORKER_BATCH_RETRY, /* the database is away: MQ_RETRY, through a retry tier */
+    WORKER_BATCH_ALONE, /* the batch failed: applied again in its own transaction */
+} worker_batch_fate;
+worker_batch_fate worker_batch_fate_of(mq_result decoded, int db_up, int committed);
+
 /* Parses "1000,10000,60000" into ms (at most MQ_MAX_TIERS ascending values in
  * [1, 86400000]); the rest of ms is zeroed. Returns 0 or -1 with err. */
 int worker_parse_tiers(const char *s, int ms[MQ_MAX_TIERS], char *err, size_t errlen);

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# scripts/run-tests.sh BUILD — run every Check suite in BUILD/test against the
-# project's own servers (make up has run), one after another.
-# Prints each suite's Check summary, then a total line; exits non-zero if any
-# suite failed. SUITES="check_x ..." limits the run to those suites; a name
-# that is no suite is an error.
+# scripts/run-tests.sh [--units | --no-units] BUILD — run every Check suite in
+# BUILD/test against the project's own servers (make up has run), one after
+# another. Prints each suite's Check summary, then a total line; exits
+# non-zero if any suite failed. SUITES="check_x ..." limits the run to those
+# suites; a name that is no suite is an error.
+#
+# The unit suites (BUILD/test/check_units_*: pure logic, no server, under 2 s
+# together) run first. --units runs only them, without servers (make test
+# does so before make up, so that a logic error fails in seconds);
+# --no-units runs the rest (make test's second step).
 #
 # The tests run in their own database and vhost (lib.sh use_test_env), which
 # this script empties, creates and migrates first, so every run starts from
@@ -11,18 +16,20 @@
 # topology): a demo running beside them keeps its queues, messages and rows
 # (tests/isolation_check.sh checks it).
 source "$(dirname "$0")/lib.sh"
+UNITS=all
+case "${1:-}" in
+--units) UNITS=only && shift ;;
+--no-units) UNITS=none && shift ;;
+esac
 BUILD=${1:-build}
-[ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
-load_env
-# The suites' own helpers (tests/testutil.c, URL edits in the suites) speak
-# plain AMQP and build plain database URLs; TLS has a suite of its own
-# (check_tls, with its own TLS pair), so the servers here must be plain.
-tls_on && die "the servers run with TLS (make up TLS=1); the suites need them plain and test TLS
-with a pair of their own (check_tls). Run: make down && make up TLS=0 && make test"
 
-# Every suite there is, and the ones asked for.
+# Every suite there is (the unit suites first), and the ones asked for.
 ALL=()
+for t in "$ROOT/$BUILD"/test/check_units_*; do
+    [ -x "$t" ] && ALL+=("$t")
+done
 for t in "$ROOT/$BUILD"/test/check_* "$ROOT"/tests/*_check.py "$ROOT"/tests/*_check.sh; do
+    case "$(basename "$t")" in check_units_*) continue ;; esac
     [ -x "$t" ] && ALL+=("$t")
 done
 for want in ${SUITES:-}; do
@@ -33,6 +40,69 @@ for want in ${SUITES:-}; do
     [ $found = 1 ] || die "SUITES: no suite named '$want' (the suites: $(for t in "${ALL[@]}"; do basename "${t%.sh}" .py; done | tr '\n' ' '))"
 done
 
+is_unit() { [[ "$(basename "$1")" == check_units_* ]]; }
+wanted() { [ -z "${SUITES:-}" ] || [[ " $SUITES " == *" $(basename "${1%.sh}" .py) "* ]]; }
+
+passed=0 failed=0 bad_suites=()
+# Runs suite $1 and adds its Check summary to the totals.
+run_suite() {
+    local t=$1 name out rc line checks fails errs
+    name=$(basename "${t%.sh}" .py)
+    echo "--- $name"
+    out=$("$t" 2>"$LOGDIR/$name.stderr")
+    rc=$?
+    echo "$out"
+    line=$(echo "$out" | grep -E '^[0-9]+%: Checks: [0-9]+' | tail -1)
+    if [ -n "$line" ]; then
+        checks=$(echo "$line" | sed -E 's/.*Checks: ([0-9]+).*/\1/')
+        fails=$(echo "$line" | sed -E 's/.*Failures: ([0-9]+).*/\1/')
+        errs=$(echo "$line" | sed -E 's/.*Errors: ([0-9]+).*/\1/')
+        passed=$((passed + checks - fails - errs))
+        failed=$((failed + fails + errs))
+    fi
+    if [ $rc -ne 0 ] || [ -z "$line" ]; then
+        bad_suites+=("$name")
+        [ -n "$line" ] || failed=$((failed + 1))
+        echo "    (stderr of $name: $LOGDIR/$name.stderr)"
+    fi
+}
+summary() {
+    echo
+    if [ ${#bad_suites[@]} -gt 0 ]; then
+        echo "failing suites: ${bad_suites[*]}"
+    fi
+    echo "checks: $passed passed, $failed failed"
+    [ ${#bad_suites[@]} -eq 0 ]
+}
+
+# Check forks each test; a hung test is killed after CK_DEFAULT_TIMEOUT seconds.
+export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-120}
+export CK_VERBOSITY=${CK_VERBOSITY:-normal}
+
+# The unit suites need no server: they run before anything is checked or
+# reset, and alone with --units.
+if [ $UNITS != none ]; then
+    LOGDIR="$VAR/log/tests"
+    mkdir -p "$LOGDIR"
+    set +e
+    for t in "${ALL[@]}"; do
+        is_unit "$t" && wanted "$t" && run_suite "$t"
+    done
+    set -e
+    if [ $UNITS = only ]; then
+        [ $((passed + failed)) -eq 0 ] && exit 0 # none asked for
+        summary
+        exit
+    fi
+fi
+
+[ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
+load_env
+# The suites' own helpers (tests/testutil.c, URL edits in the suites) speak
+# plain AMQP and build plain database URLs; TLS has a suite of its own
+# (check_tls, with its own TLS pair), so the servers here must be plain.
+tls_on && die "the servers run with TLS (make up TLS=1); the suites need them plain and test TLS
+with a pair of their own (check_tls). Run: make down && make up TLS=0 && make test"
 use_test_env
 say "the tests' database $ORDERSUITE_DB and vhost $ORDERSUITE_VHOST, made afresh"
 # A fresh database: dropped (ending what still holds it) and made again by
@@ -60,41 +130,12 @@ set +e
 export_suite_urls
 export ORDERSUITE_ROOT="$ROOT" ORDERSUITE_BIN="$ROOT/$BUILD/bin" ORDERSUITE_TEST_BIN="$ROOT/$BUILD/test"
 export ORDERSUITE_VAR="$VAR" PG_PORT AMQP_PORT AMQPS_PORT MGMT_PORT
-# Check forks each test; a hung test is killed after CK_DEFAULT_TIMEOUT seconds.
-export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-120}
-export CK_VERBOSITY=${CK_VERBOSITY:-normal}
-
-mkdir -p "$VAR/log/tests"
-passed=0 failed=0 bad_suites=()
+LOGDIR="$VAR/log/tests"
+mkdir -p "$LOGDIR"
 # SUITES="check_db check_spine" runs only those.
 # The Check suites, then the scripted checks (tests/*_check.py), which print
 # the same summary line.
 for t in "${ALL[@]}"; do
-    name=$(basename "${t%.sh}" .py)
-    if [ -n "${SUITES:-}" ] && ! [[ " $SUITES " == *" $name "* ]]; then
-        continue
-    fi
-    echo "--- $name"
-    out=$("$t" 2>"$VAR/log/tests/$name.stderr")
-    rc=$?
-    echo "$out"
-    line=$(echo "$out" | grep -E '^[0-9]+%: Checks: [0-9]+' | tail -1)
-    if [ -n "$line" ]; then
-        checks=$(echo "$line" | sed -E 's/.*Checks: ([0-9]+).*/\1/')
-        fails=$(echo "$line" | sed -E 's/.*Failures: ([0-9]+).*/\1/')
-        errs=$(echo "$line" | sed -E 's/.*Errors: ([0-9]+).*/\1/')
-        passed=$((passed + checks - fails - errs))
-        failed=$((failed + fails + errs))
-    fi
-    if [ $rc -ne 0 ] || [ -z "$line" ]; then
-        bad_suites+=("$name")
-        [ -n "$line" ] || failed=$((failed + 1))
-        echo "    (stderr of $name: $VAR/log/tests/$name.stderr)"
-    fi
+    is_unit "$t" || ! wanted "$t" || run_suite "$t"
 done
-echo
-if [ ${#bad_suites[@]} -gt 0 ]; then
-    echo "failing suites: ${bad_suites[*]}"
-fi
-echo "checks: $passed passed, $failed failed"
-[ ${#bad_suites[@]} -eq 0 ]
+summary

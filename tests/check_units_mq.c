@@ -1,0 +1,700 @@
+/*
+ * check_units_mq.c — the pure decisions of the messaging helper and the
+ * worker, with no server: header tables as a foreign client may send them
+ * (every AMQP field kind), a delivery's event type (mq_event_type and the
+ * envelope around it), the retry-tier choice (mq_settle_plan) with its
+ * configuration (worker_parse_tiers), the batch fallback
+ * (worker_batch_fate_of) and AMQP URLs. Runs in well under a second, first
+ * in make test (scripts/run-tests.sh runs every check_units_* first).
+ */
+#include "mq_int.h"
+#include "testutil.h"
+#include "worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ------------------------------------------------------------ helpers */
+
+static amqp_table_entry_t entry(const char *key, char kind)
+{
+    amqp_table_entry_t e;
+    memset(&e, 0, sizeof(e));
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = (uint8_t)kind;
+    return e;
+}
+
+static amqp_table_entry_t str_entry(const char *key, char kind, const char *v)
+{
+    amqp_table_entry_t e = entry(key, kind);
+    e.value.value.bytes = amqp_cstring_bytes(v);
+    return e;
+}
+
+/* An envelope as rabbitmq-c hands it over, with the given headers. */
+static void envelope(amqp_envelope_t *env, const char *exchange, const char *key,
+                     amqp_table_entry_t *h, int nh)
+{
+    memset(env, 0, sizeof(*env));
+    env->exchange = amqp_cstring_bytes(exchange);
+    env->routing_key = amqp_cstring_bytes(key);
+    env->delivery_tag = 7;
+    env->message.body = amqp_cstring_bytes("{}");
+    env->message.properties._flags = AMQP_BASIC_MESSAGE_ID_FLAG;
+    env->message.properties.message_id = amqp_cstring_bytes("0b5c1f64-3c2d-4f4e-9a51-0c1b2d3e4f50");
+    if (h) {
+        env->message.properties._flags |= AMQP_BASIC_HEADERS_FLAG;
+        env->message.properties.headers.num_entries = nh;
+        env->message.properties.headers.entries = h;
+    }
+}
+
+/* ------------------------------------------------------ header tables */
+
+START_TEST(integer_headers_are_read_from_every_amqp_integer_kind)
+{
+    amqp_table_entry_t e[8];
+    amqp_table_t t = {8, e};
+    static const struct {
+        const char *key;
+        int64_t want;
+    } want[] = {{"i8", -100},  {"u8", 200},          {"i16", -30000},        {"u16", 60000},
+                {"i32", -2e9}, {"u32", 4000000000u}, {"i64", -9000000000LL}, {"u64", 9000000000LL}};
+    e[0] = entry("i8", AMQP_FIELD_KIND_I8);
+    e[0].value.value.i8 = -100;
+    e[1] = entry("u8", AMQP_FIELD_KIND_U8);
+    e[1].value.value.u8 = 200;
+    e[2] = entry("i16", AMQP_FIELD_KIND_I16);
+    e[2].value.value.i16 = -30000;
+    e[3] = entry("u16", AMQP_FIELD_KIND_U16);
+    e[3].value.value.u16 = 60000;
+    e[4] = entry("i32", AMQP_FIELD_KIND_I32);
+    e[4].value.value.i32 = -2000000000;
+    e[5] = entry("u32", AMQP_FIELD_KIND_U32);
+    e[5].value.value.u32 = 4000000000u;
+    e[6] = entry("i64", AMQP_FIELD_KIND_I64);
+    e[6].value.value.i64 = -9000000000LL;
+    e[7] = entry("u64", AMQP_FIELD_KIND_U64);
+    e[7].value.value.u64 = 9000000000ULL;
+    for (size_t i = 0; i < N(want); i++) {
+        int64_t v = 0;
+        ck_assert_msg(mq__header_int(&t, want[i].key, &v) == 0, "%s not read", want[i].key);
+        ck_assert_msg(v == want[i].want, "%s: %lld", want[i].key, (long long)v);
+    }
+}
+END_TEST
+
+START_TEST(integer_headers_of_other_kinds_or_absent_are_not_read)
+{
+    static const char kinds[] = {AMQP_FIELD_KIND_BOOLEAN, AMQP_FIELD_KIND_F32,
+                                 AMQP_FIELD_KIND_F64,     AMQP_FIELD_KIND_DECIMAL,
+                                 AMQP_FIELD_KIND_UTF8,    AMQP_FIELD_KIND_BYTES,
+                                 AMQP_FIELD_KIND_VOID,    AMQP_FIELD_KIND_TIMESTAMP,
+                                 AMQP_FIELD_KIND_ARRAY,   AMQP_FIELD_KIND_TABLE};
+    for (size_t i = 0; i < N(kinds); i++) {
+        amqp_table_entry_t e = entry("x-attempt", kinds[i]);
+        amqp_table_t t = {1, &e};
+        int64_t v = 42;
+        if (kinds[i] == AMQP_FIELD_KIND_UTF8 || kinds[i] == AMQP_FIELD_KIND_BYTES)
+            e.value.value.bytes = amqp_cstring_bytes("3");
+        ck_assert_msg(mq__header_int(&t, "x-attempt", &v) == -1, "kind '%c' read as an integer",
+                      kinds[i]);
+        ck_assert_int_eq(v, 42);
+    }
+    {
+        amqp_table_entry_t e = entry("x-attempts", AMQP_FIELD_KIND_I32);
+        amqp_table_t t = {1, &e}, empty = {0, NULL};
+        int64_t v;
+        ck_assert_int_eq(mq__header_int(&t, "x-attempt", &v), -1);   /* a longer key */
+        ck_assert_int_eq(mq__header_int(&t, "x-attempts2", &v), -1); /* a shorter one */
+        ck_assert_int_eq(mq__header_int(&empty, "x-attempt", &v), -1);
+    }
+}
+END_TEST
+
+START_TEST(string_headers_are_longstr_or_bytes_cut_to_the_buffer)
+{
+    amqp_table_entry_t e[4];
+    amqp_table_t t = {4, e};
+    char out[8];
+    e[0] = str_entry("s", AMQP_FIELD_KIND_UTF8, "text");
+    e[1] = str_entry("b", AMQP_FIELD_KIND_BYTES, "raw");
+    e[2] = str_entry("long", AMQP_FIELD_KIND_UTF8, "0123456789abcdef");
+    e[3] = entry("n", AMQP_FIELD_KIND_I32);
+    ck_assert_int_eq(mq__header_str(&t, "s", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "text");
+    ck_assert_int_eq(mq__header_str(&t, "b", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "raw");
+    ck_assert_int_eq(mq__header_str(&t, "long", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "0123456"); /* size - 1 bytes and the NUL */
+    strcpy(out, "keep");
+    ck_assert_int_eq(mq__header_str(&t, "n", out, sizeof(out)), -1);
+    ck_assert_int_eq(mq__header_str(&t, "absent", out, sizeof(out)), -1);
+    ck_assert_str_eq(out, "keep");
+}
+END_TEST
+
+START_TEST(published_headers_carry_the_schema_version_and_are_capped)
+{
+    mq_header h[MQ_MAX_HEADERS + 3];
+    amqp_table_entry_t hdr[MQ_MAX_HEADERS];
+    amqp_table_t t = {0, hdr};
+    mq_msg m;
+    int64_t v;
+    char s[32];
+
+    memset(&m, 0, sizeof(m));
+    h[0] = (mq_header){MQ_H_ORIGINAL_KEY, "order.placed", 0};
+    h[1] = (mq_header){MQ_H_ATTEMPT, NULL, 3};
+    m.headers = h;
+    m.nheaders = 2;
+    t.num_entries = mq__headers_encode(&m, hdr);
+    ck_assert_int_eq(t.num_entries, 3);
+    ck_assert_int_eq(mq__header_int(&t, MQ_H_SCHEMA_VERSION, &v), 0);
+    ck_assert_int_eq(v, EV_SCHEMA_VERSION); /* 0 = the current version */
+    ck_assert_int_eq(mq__header_str(&t, MQ_H_ORIGINAL_KEY, s, sizeof(s)), 0);
+    ck_assert_str_eq(s, "order.placed");
+    ck_assert_int_eq(mq__header_int(&t, MQ_H_ATTEMPT, &v), 0);
+    ck_assert_int_eq(v, 3);
+
+    m.schema_version = 7;
+    t.num_entries = mq__headers_encode(&m, hdr);
+    ck_assert_int_eq(mq__header_int(&t, MQ_H_SCHEMA_VERSION, &v), 0);
+    ck_assert_int_eq(v, 7);
+
+    m.schema_version = -1; /* a forwarded copy without one: none */
+    t.num_entries = mq__headers_encode(&m, hdr);
+    ck_assert_int_eq(t.num_entries, 2);
+    ck_assert_int_eq(mq__header_int(&t, MQ_H_SCHEMA_VERSION, &v), -1);
+
+    for (size_t i = 0; i < N(h); i++)
+        h[i] = (mq_header){"k", NULL, (int64_t)i};
+    m.schema_version = 0;
+    m.nheaders = N(h);
+    ck_assert_int_eq(mq__headers_encode(&m, hdr), MQ_MAX_HEADERS);
+}
+END_TEST
+
+START_TEST(a_delivery_reads_its_headers_whatever_integer_kind_they_come_in)
+{
+    static const char kinds[] = {AMQP_FIELD_KIND_I8,  AMQP_FIELD_KIND_U8,  AMQP_FIELD_KIND_I16,
+                                 AMQP_FIELD_KIND_U16, AMQP_FIELD_KIND_I32, AMQP_FIELD_KIND_U32,
+                                 AMQP_FIELD_KIND_I64, AMQP_FIELD_KIND_U64};
+    for (size_t i = 0; i < N(kinds); i++) {
+        amqp_table_entry_t h[3];
+        amqp_envelope_t env;
+        mq_delivery d;
+        char why[MQ_ERR_LEN] = "";
+        h[0] = entry(MQ_H_SCHEMA_VERSION, kinds[i]);
+        h[1] = entry(MQ_H_ATTEMPT, kinds[i]);
+        h[2] = str_entry(MQ_H_REASON, AMQP_FIELD_KIND_BYTES, "rejected");
+        /* 1 and 2 in whichever member the kind uses (little or big endian) */
+        switch (kinds[i]) {
+        case AMQP_FIELD_KIND_I8:
+            h[0].value.value.i8 = 1, h[1].value.value.i8 = 2;
+            break;
+        case AMQP_FIELD_KIND_U8:
+            h[0].value.value.u8 = 1, h[1].value.value.u8 = 2;
+            break;
+        case AMQP_FIELD_KIND_I16:
+            h[0].value.value.i16 = 1, h[1].value.value.i16 = 2;
+            break;
+        case AMQP_FIELD_KIND_U16:
+            h[0].value.value.u16 = 1, h[1].value.value.u16 = 2;
+            break;
+        case AMQP_FIELD_KIND_I32:
+            h[0].value.value.i32 = 1, h[1].value.value.i32 = 2;
+            break;
+        case AMQP_FIELD_KIND_U32:
+            h[0].value.value.u32 = 1, h[1].value.value.u32 = 2;
+            break;
+        case AMQP_FIELD_KIND_I64:
+            h[0].value.value.i64 = 1, h[1].value.value.i64 = 2;
+            break;
+        default:
+            h[0].value.value.u64 = 1, h[1].value.value.u64 = 2;
+            break;
+        }
+        envelope(&env, "sales.events", "order.placed", h, 3);
+        ck_assert_msg(mq__to_delivery(&env, "billing", "billing", &d, why, sizeof(why)) == 0,
+                      "kind '%c': %s", kinds[i], why);
+        ck_assert_msg(d.schema_version == 1 && d.attempt == 2, "kind '%c': version %d attempt %d",
+                      kinds[i], d.schema_version, d.attempt);
+        ck_assert_str_eq(d.reason, "rejected");
+        ck_assert_str_eq(d.routing_key, "order.placed");
+        ck_assert_int_eq(d.delivery_tag, 7);
+        ck_assert_int_eq(d.len, 2);
+    }
+}
+END_TEST
+
+START_TEST(a_delivery_with_headers_out_of_range_or_of_the_wrong_kind_gets_the_defaults)
+{
+    static const struct {
+        char kind;
+        int64_t v;
+        int version, attempt;
+    } cases[] = {
+        {AMQP_FIELD_KIND_I32, -1, -1, 0},         /* negative */
+        {AMQP_FIELD_KIND_I64, 1000000, -1, 0},    /* too large for either */
+        {AMQP_FIELD_KIND_U64, -5, -1, 0},         /* 2^64 - 5: negative as int64 */
+        {AMQP_FIELD_KIND_I32, 999, 999, 999},     /* the largest attempt kept */
+        {AMQP_FIELD_KIND_I32, 1000, 1000, 0},     /* an attempt past it is 0 */
+        {AMQP_FIELD_KIND_F64, 1, -1, 0},          /* a double is not an integer */
+        {AMQP_FIELD_KIND_BOOLEAN, 1, -1, 0},      /* nor a bool */
+        {AMQP_FIELD_KIND_UTF8, 0, -1, 0},         /* nor "1" */
+        {AMQP_FIELD_KIND_TIMESTAMP, 1, -1, 0},    /* nor a timestamp */
+        {AMQP_FIELD_KIND_I32, 999999, 999999, 0}, /* the largest version kept */
+        {AMQP_FIELD_KIND_I32, 1000000, -1, 0},    /* past it: unknown */
+    };
+    for (size_t i = 0; i < N(cases); i++) {
+        amqp_table_entry_t h[2];
+        amqp_envelope_t env;
+        mq_delivery d;
+        char why[MQ_ERR_LEN];
+        h[0] = entry(MQ_H_SCHEMA_VERSION, cases[i].kind);
+        h[1] = entry(MQ_H_ATTEMPT, cases[i].kind);
+        if (cases[i].kind == AMQP_FIELD_KIND_UTF8) {
+            h[0].value.value.bytes = h[1].value.value.bytes = amqp_cstring_bytes("1");
+        } else if (cases[i].kind == AMQP_FIELD_KIND_F64) {
+            h[0].value.value.f64 = h[1].value.value.f64 = 1.0;
+        } else if (cases[i].kind == AMQP_FIELD_KIND_BOOLEAN) {
+            h[0].value.value.boolean = h[1].value.value.boolean = 1;
+        } else if (cases[i].kind == AMQP_FIELD_KIND_I32) {
+            h[0].value.value.i32 = h[1].value.value.i32 = (int32_t)cases[i].v;
+        } else {
+            h[0].value.value.i64 = h[1].value.value.i64 = cases[i].v; /* u64 shares it */
+        }
+        envelope(&env, "sales.events", "order.placed", h, 2);
+        mq__to_delivery(&env, "billing", "billing", &d, why, sizeof(why));
+        ck_assert_msg(d.schema_version == cases[i].version && d.attempt == cases[i].attempt,
+                      "case %zu: version %d attempt %d", i, d.schema_version, d.attempt);
+    }
+}
+END_TEST
+
+START_TEST(a_delivery_without_headers_or_properties_is_empty_not_garbage)
+{
+    amqp_envelope_t env;
+    mq_delivery d;
+    char why[MQ_ERR_LEN];
+    envelope(&env, "sales.events", "order.placed", NULL, 0);
+    env.message.properties._flags = 0;
+    ck_assert_int_eq(mq__to_delivery(&env, "billing", "billing", &d, why, sizeof(why)), 0);
+    ck_assert_int_eq(d.schema_version, -1);
+    ck_assert_int_eq(d.attempt, 0);
+    ck_assert_str_eq(d.message_id, "");
+    ck_assert_str_eq(d.type, "");
+    ck_assert_str_eq(d.reason, "");
+    ck_assert_int_eq(d.failed_at, 0);
+}
+END_TEST
+
+START_TEST(long_properties_are_cut_to_the_delivery_fields)
+{
+    char big[600];
+    amqp_envelope_t env;
+    mq_delivery d;
+    char why[MQ_ERR_LEN];
+    amqp_table_entry_t h = str_entry(MQ_H_ERROR, AMQP_FIELD_KIND_UTF8, big);
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    h.value.value.bytes = amqp_cstring_bytes(big);
+    envelope(&env, "sales.events", "order.placed", &h, 1);
+    env.message.properties.message_id = amqp_cstring_bytes(big);
+    env.message.properties._flags |= AMQP_BASIC_APP_ID_FLAG;
+    env.message.properties.app_id = amqp_cstring_bytes(big);
+    mq__to_delivery(&env, "billing", "billing", &d, why, sizeof(why));
+    ck_assert_uint_eq(strlen(d.message_id), sizeof(d.message_id) - 1);
+    ck_assert_uint_eq(strlen(d.app_id), sizeof(d.app_id) - 1);
+    ck_assert_uint_eq(strlen(d.error), sizeof(d.error) - 1);
+}
+END_TEST
+
+/* ------------------------------------------------ a delivery's event type */
+
+START_TEST(event_type_follows_the_one_rule)
+{
+    static const struct {
+        const char *name;
+        mq_route r;
+        const char *want; /* NULL: forged */
+        const char *why_has;
+    } cases[] = {
+#define R(ex, rk, ...) {.exchange = ex, .routing_key = rk, __VA_ARGS__}
+        {.name = "the routing key through sales.events",
+         .r = R("sales.events", "order.placed"),
+         .want = "order.placed"},
+        {.name = "an x-original-routing-key through sales.events is not believed",
+         .r = R("sales.events", "order.placed", .original_key = "payment.failed"),
+         .want = "order.placed"},
+        {.name = "dead-lettered into sales.events by a queue",
+         .r = R("sales.events", "order.placed", .has_death = 1),
+         .why_has = "dead-lettered into sales.events"},
+        {.name = "the default exchange: the key (a queue name)",
+         .r = R("", "billing"),
+         .want = "billing"},
+        {.name = "no exchange at all", .r = R(NULL, "order.placed"), .want = "order.placed"},
+        {.name = "our retry copy under our key: its original key",
+         .r = R("sales.retry", "billing", .original_key = "order.placed"),
+         .want = "order.placed"},
+        {.name = "through sales.retry under another's key",
+         .r = R("sales.retry", "inventory", .original_key = "order.placed"),
+         .why_has = "not under billing's own key"},
+        {.name = "through sales.dlx under another's key",
+         .r = R("sales.dlx", "order.placed"),
+         .why_has = "not under billing's own key"},
+        {.name = "through sales.retry without an original key",
+         .r = R("sales.retry", "billing"),
+         .why_has = "no x-original-routing-key"},
+        {.name = "through sales.retry with an empty original key",
+         .r = R("sales.retry", "billing", .original_key = ""),
+         .why_has = "no x-original-routing-key"},
+        {.name = "a retry tier dead-lettering our copy back: our user, the original key",
+         .r = R("sales.retry", "billing", .original_key = "order.placed", .user_id = "billing-user",
+                .has_death = 1, .death_queue = "billing.retry.1000ms",
+                .death_exchange = "sales.retry", .death_key = "billing.retry.1000ms"),
+         .want = "order.placed"},
+        {.name = "the same with the service name as user (the administrator's replay)",
+         .r = R("sales.retry", "billing", .original_key = "order.placed", .user_id = "billing",
+                .has_death = 1),
+         .want = "order.placed"},
+        {.name = "dead-lettered from our work queue after sales.events: x-death's key",
+         .r = R("sales.dlx", "billing", .original_key = "payment.failed", .has_death = 1,
+                .death_queue = "billing", .death_exchange = "sales.events",
+                .death_key = "order.placed"),
+         .want = "order.placed"},
+        {.name = "the same without a key in x-death",
+         .r = R("sales.dlx", "billing", .original_key = "order.placed", .has_death = 1,
+                .death_queue = "billing", .death_exchange = "sales.events"),
+         .why_has = "x-death without a routing key"},
+        {.name = "dead-lettered under our key by another's queue",
+         .r = R("sales.dlx", "billing", .original_key = "order.placed", .user_id = "mallory",
+                .has_death = 1, .death_queue = "mallory", .death_exchange = "sales.events",
+                .death_key = "order.placed"),
+         .why_has = "by another's queue"},
+        {.name = "the same without a user-id",
+         .r = R("sales.retry", "billing", .original_key = "order.placed", .has_death = 1),
+         .why_has = "by another's queue"},
+#undef R
+    };
+    for (size_t i = 0; i < N(cases); i++) {
+        char out[64] = "stale", why[MQ_ERR_LEN] = "";
+        int rc = mq_event_type(&cases[i].r, "billing", "billing-user", out, sizeof(out), why,
+                               sizeof(why));
+        if (!cases[i].why_has) {
+            ck_assert_msg(rc == 0, "%s: %s", cases[i].name, why);
+            ck_assert_msg(strcmp(out, cases[i].want) == 0, "%s: %s", cases[i].name, out);
+        } else {
+            ck_assert_msg(rc == -1, "%s: taken as %s", cases[i].name, out);
+            ck_assert_msg(strstr(why, "forged") && strstr(why, cases[i].why_has), "%s: \"%s\"",
+                          cases[i].name, why);
+            ck_assert_msg(out[0] == '\0', "%s: type \"%s\" left", cases[i].name, out);
+        }
+    }
+}
+END_TEST
+
+START_TEST(a_delivery_reads_x_death_and_checks_its_type_property)
+{
+    amqp_table_entry_t death[3], h[2];
+    amqp_field_value_t keys[1], deaths[1];
+    amqp_envelope_t env;
+    mq_delivery d;
+    char why[MQ_ERR_LEN] = "";
+
+    /* RabbitMQ's x-death: an array of tables, the last death first. */
+    death[0] = str_entry("queue", AMQP_FIELD_KIND_UTF8, "billing");
+    death[1] = str_entry("exchange", AMQP_FIELD_KIND_UTF8, "sales.events");
+    death[2] = entry("routing-keys", AMQP_FIELD_KIND_ARRAY);
+    keys[0].kind = AMQP_FIELD_KIND_UTF8;
+    keys[0].value.bytes = amqp_cstring_bytes("order.placed");
+    death[2].value.value.array = (amqp_array_t){1, keys};
+    deaths[0].kind = AMQP_FIELD_KIND_TABLE;
+    deaths[0].value.table = (amqp_table_t){3, death};
+    h[0] = entry("x-death", AMQP_FIELD_KIND_ARRAY);
+    h[0].value.value.array = (amqp_array_t){1, deaths};
+    h[1] = str_entry(MQ_H_ORIGINAL_KEY, AMQP_FIELD_KIND_UTF8, "payment.failed");
+    envelope(&env, "sales.dlx", "billing", h, 2);
+    ck_assert_msg(mq__to_delivery(&env, "billing", "billing-user", &d, why, sizeof(why)) == 0, "%s",
+                  why);
+    ck_assert_str_eq(d.routing_key, "order.placed");
+
+    /* An x-death that is not an array still counts as a death. */
+    h[0] = entry("x-death", AMQP_FIELD_KIND_UTF8);
+    h[0].value.value.bytes = amqp_cstring_bytes("billing");
+    ck_assert_int_eq(mq__to_delivery(&env, "billing", "billing-user", &d, why, sizeof(why)), -1);
+    ck_assert_msg(strstr(why, "by another's queue"), "%s", why);
+    ck_assert_str_eq(d.routing_key, "billing"); /* forged: the key it came under */
+
+    /* A type property that contradicts the key: forged. */
+    envelope(&env, "sales.events", "order.placed", NULL, 0);
+    env.message.properties._flags |= AMQP_BASIC_TYPE_FLAG;
+    env.message.properties.type = amqp_cstring_bytes("payment.failed");
+    ck_assert_int_eq(mq__to_delivery(&env, "billing", "billing-user", &d, why, sizeof(why)), -1);
+    ck_assert_msg(strstr(why, "type payment.failed on a message routed as order.placed"), "%s",
+                  why);
+    env.message.properties.type = amqp_cstring_bytes("order.placed");
+    ck_assert_int_eq(mq__to_delivery(&env, "billing", "billing-user", &d, why, sizeof(why)), 0);
+}
+END_TEST
+
+/* ------------------------------------------------------ retry tiers */
+
+START_TEST(retries_walk_the_tiers_then_go_to_the_dlq)
+{
+    static const char *const keys[] = {"order.placed", NULL};
+    mq_topology t = {"billing", keys, {1000, 10000, 60000}};
+    mq_plan p;
+    static const char *const want[] = {"billing.retry.1000ms", "billing.retry.10000ms",
+                                       "billing.retry.60000ms"};
+    for (int a = 0; a < 3; a++) {
+        mq_settle_plan(&t, a, MQ_RETRY, &p);
+        ck_assert_int_eq(p.forward, 1);
+        ck_assert_int_eq(p.tier, a);
+        ck_assert_int_eq(p.attempt, a + 1);
+        ck_assert_str_eq(p.exchange, MQ_RETRY_EXCHANGE);
+        ck_assert_str_eq(p.routing_key, want[a]);
+        ck_assert_ptr_null(p.reason);
+    }
+    mq_settle_plan(&t, 3, MQ_RETRY, &p);
+    ck_assert_int_eq(p.forward, 1);
+    ck_assert_int_eq(p.tier, -1);
+    ck_assert_int_eq(p.attempt, 4);
+    ck_assert_str_eq(p.exchange, MQ_DLX);
+    ck_assert_str_eq(p.routing_key, "billing");
+    ck_assert_str_eq(p.reason, "retries-exhausted");
+}
+END_TEST
+
+START_TEST(the_last_of_eight_tiers_is_used_before_the_dlq)
+{
+    mq_topology t = {"email", NULL, {1, 2, 3, 4, 5, 6, 7, 86400000}};
+    mq_plan p;
+    mq_settle_plan(&t, 7, MQ_RETRY, &p);
+    ck_assert_int_eq(p.tier, MQ_MAX_TIERS - 1);
+    ck_assert_int_eq(p.attempt, 8);
+    ck_assert_str_eq(p.routing_key, "email.retry.86400000ms");
+    mq_settle_plan(&t, 8, MQ_RETRY, &p);
+    ck_assert_int_eq(p.tier, -1);
+    ck_assert_int_eq(p.attempt, 9);
+    ck_assert_str_eq(p.exchange, MQ_DLX);
+    ck_assert_str_eq(p.reason, "retries-exhausted");
+    /* A count from a foreign header far past the tiers. */
+    mq_settle_plan(&t, 999, MQ_RETRY, &p);
+    ck_assert_int_eq(p.tier, -1);
+    ck_assert_str_eq(p.exchange, MQ_DLX);
+}
+END_TEST
+
+START_TEST(no_tiers_rejects_and_done_are_settled_without_a_tier)
+{
+    mq_topology none = {"billing", NULL, {0}};
+    mq_topology t = {"billing", NULL, {1000}};
+    mq_plan p;
+    mq_settle_plan(&none, 0, MQ_RETRY, &p);
+    ck_assert_str_eq(p.exchange, MQ_DLX);
+    ck_assert_str_eq(p.reason, "retries-exhausted");
+    ck_assert_int_eq(p.attempt, 1);
+
+    mq_settle_plan(&t, 0, MQ_REJECT, &p);
+    ck_assert_int_eq(p.forward, 1);
+    ck_assert_int_eq(p.tier, -1);
+    ck_assert_int_eq(p.attempt, 0); /* a rejection is no failed attempt */
+    ck_assert_str_eq(p.exchange, MQ_DLX);
+    ck_assert_str_eq(p.routing_key, "billing");
+    ck_assert_str_eq(p.reason, "rejected");
+
+    mq_settle_plan(&t, 2, MQ_DONE, &p);
+    ck_assert_int_eq(p.forward, 0);
+    ck_assert_ptr_null(p.exchange);
+}
+END_TEST
+
+START_TEST(retry_delays_parse_up_to_eight_ascending_values)
+{
+    static const struct {
+        const char *s;
+        int n; /* -1: refused */
+    } cases[] = {
+        {"1000,10000,60000", 3},
+        {"1", 1},
+        {"86400000", 1},
+        {"1,2,3,4,5,6,7,8", 8},
+        {"", 0},
+        {"1,2,3,4,5,6,7,8,9", -1}, /* nine */
+        {"1000,1000", -1},         /* not ascending */
+        {"2000,1000", -1},
+        {"0", -1},
+        {"-5", -1},
+        {"86400001", -1},
+        {"99999999999999999999", -1},
+        {",1000", -1},
+        {"1000,,2000", -1},
+        {"1000;2000", -1},
+        {"1e3", -1},
+        {"abc", -1},
+    };
+    for (size_t i = 0; i < N(cases); i++) {
+        int ms[MQ_MAX_TIERS];
+        char err[MQ_ERR_LEN] = "";
+        int rc;
+        memset(ms, 0x55, sizeof(ms));
+        rc = worker_parse_tiers(cases[i].s, ms, err, sizeof(err));
+        if (cases[i].n < 0) {
+            ck_assert_msg(rc == -1, "\"%s\" accepted", cases[i].s);
+            ck_assert_msg(strstr(err, "RETRY_DELAYS_MS") && strstr(err, "up to 8 ascending"),
+                          "\"%s\": %s", cases[i].s, err);
+            continue;
+        }
+        ck_assert_msg(rc == 0, "\"%s\": %s", cases[i].s, err);
+        for (int k = 0; k < MQ_MAX_TIERS; k++)
+            ck_assert_msg((k < cases[i].n) == (ms[k] > 0), "\"%s\": ms[%d] = %d", cases[i].s, k,
+                          ms[k]);
+    }
+    {
+        int ms[MQ_MAX_TIERS];
+        char err[MQ_ERR_LEN];
+        ck_assert_int_eq(worker_parse_tiers("1000,10000,60000", ms, err, sizeof(err)), 0);
+        ck_assert_int_eq(ms[0], 1000);
+        ck_assert_int_eq(ms[1], 10000);
+        ck_assert_int_eq(ms[2], 60000);
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------- batch fallback */
+
+START_TEST(a_batch_acks_only_what_it_committed)
+{
+    static const mq_result decoded[] = {MQ_DONE, MQ_RETRY, MQ_REJECT};
+    for (size_t i = 0; i < N(decoded); i++) {
+        for (int up = 0; up <= 1; up++) {
+            for (int committed = 0; committed <= 1; committed++) {
+                worker_batch_fate f = worker_batch_fate_of(decoded[i], up, committed);
+                worker_batch_fate want = decoded[i] != MQ_DONE ? WORKER_BATCH_KEEP
+                                         : !up                 ? WORKER_BATCH_RETRY
+                                         : committed           ? WORKER_BATCH_ACK
+                                                               : WORKER_BATCH_ALONE;
+                ck_assert_msg(f == want, "decoded %d, db %d, committed %d: fate %d",
+                              (int)decoded[i], up, committed, (int)f);
+                /* the property: an ack needs a commit */
+                ck_assert(f != WORKER_BATCH_ACK || (up && committed));
+            }
+        }
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------------ AMQP URLs */
+
+START_TEST(amqp_urls_parse_into_host_port_vhost_and_tls_files)
+{
+    char buf[256];
+    struct amqp_connection_info info;
+    mq__tls_opts t;
+    char err[MQ_ERR_LEN];
+
+    snprintf(buf, sizeof(buf), "amqp://billing:s3cret@broker:5673/sales");
+    ck_assert_int_eq(mq__parse_url(buf, &info, &t, err, sizeof(err)), 0);
+    ck_assert_str_eq(info.user, "billing");
+    ck_assert_str_eq(info.password, "s3cret");
+    ck_assert_str_eq(info.host, "broker");
+    ck_assert_int_eq(info.port, 5673);
+    ck_assert_str_eq(info.vhost, "sales");
+    ck_assert_int_eq(info.ssl, 0);
+    ck_assert_ptr_null(t.cacertfile);
+
+    snprintf(buf, sizeof(buf),
+             "amqps://u:p@broker.test/v?cacertfile=/ca.pem&certfile=/c.pem&keyfile=/k.pem");
+    ck_assert_msg(mq__parse_url(buf, &info, &t, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(info.ssl, 1);
+    ck_assert_int_eq(info.port, 5671);
+    ck_assert_str_eq(t.cacertfile, "/ca.pem");
+    ck_assert_str_eq(t.certfile, "/c.pem");
+    ck_assert_str_eq(t.keyfile, "/k.pem");
+}
+END_TEST
+
+START_TEST(bad_amqp_urls_are_refused_with_the_reason)
+{
+    static const struct {
+        const char *url, *err_has;
+    } cases[] = {
+        {"http://u:p@h/v", "not an AMQP URL"},
+        {"amqp://u:p@h:notaport/v", "not an AMQP URL"},
+        {"", "not an AMQP URL"},
+        {"amqps://u:p@h/v", "needs ?cacertfile"},
+        {"amqp://u:p@h/v?cacertfile=/etc/hostname", "need an amqps:// URL"},
+        {"amqps://u:p@h/v?cacertfile=/etc/hostname&verify=none", "unknown parameter \"verify\""},
+        {"amqps://u:p@h/v?cacertfile", "is not name=value"},
+        {"amqps://u:p@h/v?cacertfile=", "is not name=value"},
+        {"amqps://u:p@h/v?=x", "is not name=value"},
+        {"amqps://u:p@h/v?cacertfile=/a%20b", "percent-escapes"},
+        {"amqps://u:p@h/v?cacertfile=/etc/hostname&certfile=/etc/hostname", "go together"},
+        {"amqps://u:p@h/v?cacertfile=/nonexistent/ca.pem", "cannot read /nonexistent/ca.pem"},
+    };
+    for (size_t i = 0; i < N(cases); i++) {
+        char err[MQ_ERR_LEN] = "";
+        ck_assert_msg(mq_check_url(cases[i].url, err, sizeof(err)) == -1, "\"%s\" accepted",
+                      cases[i].url);
+        ck_assert_msg(strstr(err, cases[i].err_has), "\"%s\": %s", cases[i].url, err);
+    }
+}
+END_TEST
+
+START_TEST(good_amqp_urls_pass_the_check)
+{
+    static const char *const ok[] = {
+        "amqp://u:p@127.0.0.1:5672/ordersuite",
+        "amqp://u:p@localhost/",
+        "amqps://u:p@broker.test:5671/v?cacertfile=/etc/hostname",
+        "amqps://u:p@broker.test/v?cacertfile=/etc/hostname&certfile=/etc/hostname&keyfile=/etc/"
+        "hostname",
+    };
+    for (size_t i = 0; i < N(ok); i++) {
+        char err[MQ_ERR_LEN] = "";
+        ck_assert_msg(mq_check_url(ok[i], err, sizeof(err)) == 0, "\"%s\": %s", ok[i], err);
+    }
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("units_mq");
+    TCase *h = tcase_create("headers");
+    TCase *e = tcase_create("event_type");
+    TCase *r = tcase_create("retry");
+    TCase *b = tcase_create("batch");
+    TCase *u = tcase_create("url");
+
+    tcase_add_test(h, integer_headers_are_read_from_every_amqp_integer_kind);
+    tcase_add_test(h, integer_headers_of_other_kinds_or_absent_are_not_read);
+    tcase_add_test(h, string_headers_are_longstr_or_bytes_cut_to_the_buffer);
+    tcase_add_test(h, published_headers_carry_the_schema_version_and_are_capped);
+    tcase_add_test(h, a_delivery_reads_its_headers_whatever_integer_kind_they_come_in);
+    tcase_add_test(h, a_delivery_with_headers_out_of_range_or_of_the_wrong_kind_gets_the_defaults);
+    tcase_add_test(h, a_delivery_without_headers_or_properties_is_empty_not_garbage);
+    tcase_add_test(h, long_properties_are_cut_to_the_delivery_fields);
+    tcase_add_test(e, event_type_follows_the_one_rule);
+    tcase_add_test(e, a_delivery_reads_x_death_and_checks_its_type_property);
+    tcase_add_test(r, retries_walk_the_tiers_then_go_to_the_dlq);
+    tcase_add_test(r, the_last_of_eight_tiers_is_used_before_the_dlq);
+    tcase_add_test(r, no_tiers_rejects_and_done_are_settled_without_a_tier);
+    tcase_add_test(r, retry_delays_parse_up_to_eight_ascending_values);
+    tcase_add_test(b, a_batch_acks_only_what_it_committed);
+    tcase_add_test(u, amqp_urls_parse_into_host_port_vhost_and_tls_files);
+    tcase_add_test(u, bad_amqp_urls_are_refused_with_the_reason);
+    tcase_add_test(u, good_amqp_urls_pass_the_check);
+    suite_add_tcase(s, h);
+    suite_add_tcase(s, e);
+    suite_add_tcase(s, r);
+    suite_add_tcase(s, b);
+    suite_add_tcase(s, u);
+    return tu_run(s);
+}
