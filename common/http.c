@@ -3,6 +3,7 @@
  */
 #include "http.h"
 #include "log.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <cJSON.h>
@@ -27,6 +28,7 @@ struct http_server {
     pthread_mutex_t qlock;
     pthread_cond_t qcond;
     http_req *qhead, *qtail; /* requests waiting for a job thread */
+    int qlen;                /* how many: at most o.queue_max */
     int qstop;
 };
 
@@ -44,6 +46,7 @@ struct http_req {
     const http_route *rt; /* the route a job thread runs */
     http_resp out;        /* its answer */
     volatile int done;    /* the job thread has filled out (then resumes the connection) */
+    int64_t queued_ms;    /* when it joined the job queue */
     http_req *next;       /* in the job queue */
 };
 
@@ -152,6 +155,15 @@ static void too_large(const http_server *s, http_resp *out)
     http_problem(out, 413, "Content Too Large", detail, NULL);
 }
 
+/* A 503 that asks the client to come back (the job queue is full, or the
+ * request waited past its deadline). */
+static void busy(http_resp *out, const char *detail)
+{
+    http_problem(out, 503, "Service Unavailable", detail, NULL);
+    snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
+    snprintf(out->extra_value, sizeof(out->extra_value), "1");
+}
+
 /* Finds the route; on a known path with another method, fills allow. */
 static const http_route *route(const http_server *s, http_req *r, char *allow, size_t allowlen)
 {
@@ -255,8 +267,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     rt = route(s, r, allow, sizeof(allow));
     if (rt && !rt->quick && s->njobs > 0) {
         r->rt = rt;
-        MHD_suspend_connection(c);
         pthread_mutex_lock(&s->qlock);
+        if (s->qlen >= s->o.queue_max) {
+            char detail[128];
+            pthread_mutex_unlock(&s->qlock);
+            snprintf(detail, sizeof(detail),
+                     "%d requests are already waiting for the database; try again shortly",
+                     s->o.queue_max);
+            busy(&out, detail);
+            r->answered = 1;
+            return queue_resp(c, &out);
+        }
+        r->queued_ms = util_now_ms();
+        s->qlen++;
+        MHD_suspend_connection(c);
         if (s->qtail)
             s->qtail->next = r;
         else
@@ -303,6 +327,7 @@ static void *job_main(void *arg)
     http_server *s = arg;
     for (;;) {
         http_req *r;
+        int64_t waited;
         pthread_mutex_lock(&s->qlock);
         while (!s->qhead && !s->qstop)
             pthread_cond_wait(&s->qcond, &s->qlock);
@@ -311,11 +336,23 @@ static void *job_main(void *arg)
             s->qhead = r->next;
             if (!s->qhead)
                 s->qtail = NULL;
+            s->qlen--;
         }
         pthread_mutex_unlock(&s->qlock);
         if (!r)
             return NULL; /* stopping, and the queue is empty */
-        r->rt->fn(r, r->rt->cls ? r->rt->cls : s->o.cls, &r->out);
+        waited = util_now_ms() - r->queued_ms;
+        if (waited > s->o.queue_deadline_ms) {
+            /* Its client has waited long enough: an answer now beats the
+             * work done late (and maybe twice, when the client retries). */
+            char detail[128];
+            snprintf(detail, sizeof(detail),
+                     "the request waited %lld ms for a worker (limit %d ms); try again shortly",
+                     (long long)waited, s->o.queue_deadline_ms);
+            busy(&r->out, detail);
+        } else {
+            r->rt->fn(r, r->rt->cls ? r->rt->cls : s->o.cls, &r->out);
+        }
         if (!r->out.status)
             http_problem(&r->out, 500, "Internal Server Error", "the handler gave no answer", NULL);
         __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
@@ -360,6 +397,8 @@ http_server *http_start(const http_opts *o, char *err, size_t errlen)
     s->o.conn_timeout_s = o->conn_timeout_s > 0 ? o->conn_timeout_s : 10;
     s->o.conn_limit = o->conn_limit > 0 ? o->conn_limit : 1000;
     s->o.per_ip_limit = o->per_ip_limit > 0 ? o->per_ip_limit : 200;
+    s->o.queue_max = o->queue_max > 0 ? o->queue_max : 256;
+    s->o.queue_deadline_ms = o->queue_deadline_ms > 0 ? o->queue_deadline_ms : 5000;
     memset(&addr, 0, sizeof(addr));
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)o->port);

@@ -11,8 +11,11 @@
  * per-IP connection limits. Routes that may block (a database query) run on
  * a pool of job threads (`threads` of them) while MHD's threads, never
  * blocked, keep serving the quick routes (/healthz, /readyz, /metrics): a
- * slow database cannot stall a health check. Responses are queued on the last callback of a
- * request, never the first, so keep-alive works with MHD 0.9.75.
+ * slow database cannot stall a health check. The queue in front of the job
+ * threads is bounded (queue_max: past it a request is answered 503 with
+ * Retry-After at once) and has a deadline (queue_deadline_ms: a request that
+ * waited longer is answered 503 without running, never late). Responses are queued on the last
+ * callback of a request, never the first, so keep-alive works with MHD 0.9.75.
  */
 #ifndef ORDERSUITE_HTTP_H
 #define ORDERSUITE_HTTP_H
@@ -44,12 +47,14 @@ typedef struct {
 
 typedef struct {
     int port;
-    const char *bind;   /* IPv4 address; NULL = 127.0.0.1 (loopback) */
-    int threads;        /* MHD threads, and as many job threads; 0 = 4 */
-    size_t max_body;    /* bytes; 0 = 64 KiB */
-    int conn_timeout_s; /* 0 = 10 */
-    int conn_limit;     /* 0 = 1000 */
-    int per_ip_limit;   /* 0 = 200 */
+    const char *bind;      /* IPv4 address; NULL = 127.0.0.1 (loopback) */
+    int threads;           /* MHD threads, and as many job threads; 0 = 4 */
+    size_t max_body;       /* bytes; 0 = 64 KiB */
+    int conn_timeout_s;    /* 0 = 10 */
+    int conn_limit;        /* 0 = 1000 */
+    int per_ip_limit;      /* 0 = 200 */
+    int queue_max;         /* requests waiting for a job thread; 0 = 256 */
+    int queue_deadline_ms; /* longest wait for a job thread; 0 = 5000 */
     const http_route *routes;
     size_t nroutes;
     void *cls;

@@ -197,38 +197,53 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
     mrc = mq_publish_batch(mq, msgs, (size_t)n, status, err, sizeof(err));
     if (mrc != MQ_OK)
         log_error("outbox relay: publishing failed: %s", err);
-    /* Rows the broker refused one by one (returned: no queue bound; nacked)
-     * while the connection stayed up are this row's problem, not the
-     * broker's: count the attempt, park the row after park_after, and do not
-     * back off for the others. */
+    /* Rows the broker refused one by one while the connection stayed up.
+     * Returned (no queue bound for the key): this row's problem; count the
+     * return and, after park_after returns and park_min_age_s since the
+     * first, park it; no backoff for the others. Nacked (the broker refuses
+     * for now, e.g. a full queue): note it, count nothing, and back off
+     * below like for a broker that is away. */
     if (mrc != MQ_OK && mq_is_connected(mq)) {
-        int refused_only = 1;
+        int refused_only = 1, nacked = 0;
         for (int i = 0; i < n; i++) {
             if (status[i] != MQ_OK && status[i] != MQ_ERR_RETURNED && status[i] != MQ_ERR_NACKED)
                 refused_only = 0;
+            nacked += status[i] == MQ_ERR_NACKED;
         }
         for (int i = 0; refused_only && i < n; i++) {
-            const char *q[3];
-            char limit[16];
+            const char *q[4];
+            char limit[16], age[16];
             if (status[i] == MQ_OK)
                 continue;
             snprintf(limit, sizeof(limit), "%d", r->o.park_after);
+            snprintf(age, sizeof(age), "%d", r->o.park_min_age_s);
             q[0] = db_get(res, i, "id");
-            q[1] = status[i] == MQ_ERR_RETURNED ? "basic.return 312 NO_ROUTE: no queue is bound"
-                                                  " for this routing key"
-                                                : "basic.nack: the broker refused the message";
+            if (status[i] == MQ_ERR_NACKED) {
+                q[1] = "basic.nack";
+                if (db_execp(db, "outbox_nacked",
+                             "UPDATE outbox SET last_error = $2"
+                             " WHERE id = $1::bigint",
+                             2, q, NULL, err, sizeof(err)) != DB_OK)
+                    goto fail;
+                continue;
+            }
+            q[1] = "basic.return 312 NO_ROUTE: no queue is bound for this routing key";
             q[2] = limit;
-            if (db_execp(db, "outbox_refused",
+            q[3] = age;
+            if (db_execp(db, "outbox_returned",
                          "UPDATE outbox SET attempts = attempts + 1, last_error = $2,"
-                         " parked_at = CASE WHEN attempts + 1 >= $3::int THEN now() END"
-                         " WHERE id = $1::bigint RETURNING parked_at IS NOT NULL AS parked",
-                         3, q, NULL, err, sizeof(err)) != DB_OK)
+                         " refused_since = coalesce(refused_since, now()),"
+                         " parked_at = CASE WHEN attempts + 1 >= $3::int AND now() -"
+                         " coalesce(refused_since, now()) >= make_interval(secs => $4::int)"
+                         " THEN now() END"
+                         " WHERE id = $1::bigint",
+                         4, q, NULL, err, sizeof(err)) != DB_OK)
                 goto fail;
         }
-        if (refused_only) {
-            log_warn("outbox relay: the broker refused %d of %d row(s) (%s); a row is parked "
-                     "after %d refusals",
-                     n - (int)done_ok(status, n), n, err, r->o.park_after);
+        if (refused_only && !nacked) {
+            log_warn("outbox relay: the broker returned %d of %d row(s) (%s); a row is parked "
+                     "after %d returns and %d s",
+                     n - (int)done_ok(status, n), n, err, r->o.park_after, r->o.park_min_age_s);
             mrc = MQ_OK; /* the broker is fine: no backoff */
         }
     }
@@ -254,7 +269,7 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
         goto fail;
     }
     set_stats(r, done, mrc != MQ_OK, n - (int64_t)done, strtoll(db_get(res, 0, "age"), NULL, 10),
-              mrc == MQ_OK);
+              mq_is_connected(mq));
     rc = mrc == MQ_OK ? n : -1;
     goto out;
 fail:
@@ -394,6 +409,7 @@ outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t e
     r->o.batch = o->batch > 0 ? o->batch : 200;
     r->o.sweep_ms = o->sweep_ms > 0 ? o->sweep_ms : 1000;
     r->o.park_after = o->park_after > 0 ? o->park_after : 5;
+    r->o.park_min_age_s = o->park_min_age_s > 0 ? o->park_min_age_s : 0;
     r->db_url = strdup(o->database_url);
     r->amqp_url = strdup(o->amqp_url);
     r->service = strdup(o->service);

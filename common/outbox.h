@@ -14,11 +14,16 @@
  * timer, so nothing waits for the next event and nothing is stranded after a
  * crash.
  * Rows the broker did not take stay pending and are tried again with backoff
- * when the broker is away. A row the broker itself refuses (returned as
- * unroutable, or nacked) while the connection is fine counts an attempt
- * without backoff and, after park_after attempts, is parked: kept with the
- * broker's reply (parked_at, last_error), skipped by the relay, listed and
- * put back by `dlq outbox`.
+ * when the broker is away. A row the broker returns as unroutable
+ * (basic.return: no queue is bound for its key) while the connection is fine
+ * is this row's problem: it counts a return without backoff for the others,
+ * and is parked only after park_after returns AND park_min_age_s since its
+ * first return (refused_since), so a short routing gap (a queue declared
+ * again) parks nothing however busy the relay is. A parked row is kept with
+ * the broker's reply (parked_at, last_error), skipped by the relay, listed
+ * and put back by `dlq outbox`. A nack (the broker refused it for now, e.g.
+ * a full queue with reject-publish) is the broker's state, not the row's:
+ * the relay backs off and tries again; a nack never parks a row.
  */
 #ifndef ORDERSUITE_OUTBOX_H
 #define ORDERSUITE_OUTBOX_H
@@ -57,7 +62,8 @@ typedef struct {
     int sweep_ms;                /* timer sweep; 0 = 1000 */
     struct metrics *metrics;     /* counts published messages; may be NULL */
     const db_timeouts *timeouts; /* for the relay's connection; NULL: the server's */
-    int park_after;              /* refusals (returned / nacked) before a row is parked; 0 = 5 */
+    int park_after;              /* returns (unroutable) before a row is parked; 0 = 5 */
+    int park_min_age_s;          /* and seconds since its first return; 0 = none */
 } outbox_relay_opts;
 
 /* Starts the relay thread. Returns NULL with err when out of memory or the

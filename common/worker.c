@@ -506,7 +506,7 @@ int worker_declare_topology(const worker_def *def, const char *amqp_url, const i
 int worker_main(const worker_def *def, int argc, char **argv)
 {
     char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL;
-    long prefetch = 64, heartbeat = 30, batch = 64;
+    long prefetch = 64, heartbeat = 30, batch = 64, park_after = 5, park_min_age = 30;
     int crash_flag = 0;
     char err[CFG_ERR_LEN + MQ_ERR_LEN];
     const cfg_spec specs[] = {
@@ -518,6 +518,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
         {"HEARTBEAT_S", CFG_LONG, "30", 1, 600, &heartbeat},
         {"CRASH_AFTER_COMMIT", CFG_BOOL, "false", 0, 0, &crash_flag},
         {"BATCH_MAX", CFG_LONG, "64", 1, 256, &batch},
+        {"OUTBOX_PARK_AFTER", CFG_LONG, "5", 1, 1000000, &park_after},
+        {"OUTBOX_PARK_MIN_AGE_S", CFG_LONG, "30", 0, 604800, &park_min_age},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     worker w;
@@ -527,7 +529,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
     struct sigaction sa;
     int rc = 1;
     long port = 0, http_threads = 4, max_body = 65536, http_timeout = 10, conn_limit = 1000,
-         per_ip = 200, ready_max = 10000, ready_max_age = 60;
+         per_ip = 200, ready_max = 10000, ready_max_age = 60, queue_max = 256,
+         queue_deadline = 5000;
     char *bind = NULL, *ops_bind = NULL;
     long ops_port = 0;
     http_server *srv = NULL, *ops_srv = NULL;
@@ -546,6 +549,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
         {"HTTP_TIMEOUT_S", CFG_LONG, "10", 1, 3600, &http_timeout},
         {"HTTP_CONN_LIMIT", CFG_LONG, "1000", 1, 100000, &conn_limit},
         {"HTTP_PER_IP_LIMIT", CFG_LONG, "200", 1, 100000, &per_ip},
+        {"HTTP_QUEUE_MAX", CFG_LONG, "256", 1, 100000, &queue_max},
+        {"HTTP_QUEUE_DEADLINE_MS", CFG_LONG, "5000", 1, 3600000, &queue_deadline},
         {"READY_MAX_OUTBOX", CFG_LONG, "10000", 1, 1000000000, &ready_max},
         {"READY_MAX_OUTBOX_AGE_S", CFG_LONG, "60", 1, 86400, &ready_max_age},
     };
@@ -619,7 +624,9 @@ int worker_main(const worker_def *def, int argc, char **argv)
         outbox_relay_opts ro = {.database_url = db_url,
                                 .amqp_url = amqp_url,
                                 .service = def->service,
-                                .timeouts = &dbt};
+                                .timeouts = &dbt,
+                                .park_after = (int)park_after,
+                                .park_min_age_s = (int)park_min_age};
         w.metrics = metrics_new(def->service, ORDERSUITE_VERSION);
         co.metrics = po.metrics = ro.metrics = w.metrics;
         cons = mq_new(&co);
@@ -675,6 +682,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
         ho.conn_timeout_s = (int)http_timeout;
         ho.conn_limit = (int)conn_limit;
         ho.per_ip_limit = (int)per_ip;
+        ho.queue_max = (int)queue_max;
+        ho.queue_deadline_ms = (int)queue_deadline;
         ho.routes = routes;
         ho.nroutes = n;
         ho.cls = &w;

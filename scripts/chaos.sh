@@ -492,7 +492,8 @@ sys.exit(0 if missing == 0 and extra == 0 and len(refused) == 1 and refused[0][2
 # unroutable: inventory.released has exactly one binding (order-api's queue).
 # With it unbound, the broker returns every release inventory publishes
 # (mandatory publishing) while the connection stays fine: the relay parks
-# each after 5 refusals and goes on with the rest. Orders of
+# each after 5 returns over OUTBOX_PARK_MIN_AGE_S (30 s) and goes on with
+# the rest meanwhile. Orders of
 # the load keep flowing, their POST -> CONFIRMED p95 within 3x (at least
 # +1 s) that of a baseline load just before; the parked rows are listed by
 # `dlq outbox list`; re-bound and replayed, each arrives once (the cancelled

@@ -729,6 +729,163 @@ START_TEST(a_route_no_longer_handled_is_unbound)
 }
 END_TEST
 
+/* ------------------------------------------------- outbox refusals (#11) */
+
+/* Inserts an outbox row of SVC under key; returns nothing, the key finds it. */
+static void outbox_insert(const char *key)
+{
+    const char *p[] = {key};
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "INSERT INTO " SVC ".outbox (message_id, routing_key, correlation_id, body)"
+                " VALUES (gen_random_uuid(), $1, gen_random_uuid(), '{}')",
+                1, p));
+}
+
+/* One column of the row under key, as text ("" when there is no row). */
+static char *outbox_col(const char *key, const char *expr)
+{
+    char sql[512];
+    const char *p[] = {key};
+    snprintf(sql, sizeof(sql), "SELECT (%s)::text FROM " SVC ".outbox WHERE routing_key = $1",
+             expr);
+    return tu_sql(tu_env("OWNER_DATABASE_URL"), sql, 1, p);
+}
+
+static long outbox_long(const char *key, const char *expr)
+{
+    char *s = outbox_col(key, expr);
+    long v = s && *s ? strtol(s, NULL, 10) : -1;
+    free(s);
+    return v;
+}
+
+/* Wakes the relay (it LISTENs on SVC_outbox), as a commit elsewhere would. */
+static void wake_relay(void)
+{
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"), "SELECT pg_notify('" SVC "_outbox', '')", 0, NULL));
+}
+
+typedef struct {
+    const char *key;
+    long attempts;
+} refusals_arg;
+
+/* The row has been refused `attempts` times, or is parked; wakes the relay
+ * each time it asks, so the refusals come as fast as under load. */
+static int refused_or_parked(void *arg)
+{
+    refusals_arg *a = arg;
+    wake_relay();
+    return outbox_long(a->key, "attempts") >= a->attempts ||
+           outbox_long(a->key, "(parked_at IS NOT NULL)::int") == 1;
+}
+
+static int parked(void *arg)
+{
+    return outbox_long((const char *)arg, "(parked_at IS NOT NULL)::int") == 1;
+}
+
+/* A routing gap (a queue being declared again) returns every publish of an
+ * event for a moment. Under load the relay meets the row many times a
+ * second: counting returns alone parked it within the gap. It is parked only
+ * after OUTBOX_PARK_AFTER returns (5) AND OUTBOX_PARK_MIN_AGE_S since the
+ * first. */
+START_TEST(an_unroutable_row_is_parked_only_after_its_returns_and_its_minimum_age)
+{
+    char key[64], u[UUID_STR_LEN];
+    refusals_arg ra = {key, 6};
+    long attempts, is_parked, age_ms;
+
+    stop_worker();
+    worker_extra_env = "OUTBOX_PARK_MIN_AGE_S=3";
+    start_worker();
+    worker_extra_env = NULL;
+    uuid_v4(u);
+    snprintf(key, sizeof(key), "sale.unbound_%.8s", u);
+    outbox_insert(key);
+    /* More returns than OUTBOX_PARK_AFTER, well within the minimum age. */
+    ck_assert_msg(tu_poll(2500, refused_or_parked, &ra), "the relay did not meet the row 6 times");
+    attempts = outbox_long(key, "attempts");
+    is_parked = outbox_long(key, "(parked_at IS NOT NULL)::int");
+    age_ms = outbox_long(key, "(extract(epoch FROM clock_timestamp() - created_at) * 1000)::int");
+    ck_assert_msg(!is_parked, "parked after %ld returns, %ld ms after it was written (minimum 3 s)",
+                  attempts, age_ms);
+    ck_assert_int_ge(attempts, 6);
+    /* Then, the minimum age past, it is parked with the broker's reply. */
+    ck_assert_msg(tu_poll(10000, parked, key), "not parked 10 s after the minimum age");
+    ck_assert_int_ge(
+        outbox_long(key, "(extract(epoch FROM parked_at - refused_since) * 1000)::int"), 3000);
+}
+END_TEST
+
+/* Declares queue q bound to key on sales.events, with max_len (< 0: no
+ * limit) and overflow reject-publish: the broker nacks a publish past it. */
+static void declare_limited(const char *q, const char *key, int max_len)
+{
+    amqp_connection_state_t c = amqp_open();
+    amqp_table_entry_t e[2];
+    amqp_table_t t = {0, e};
+    e[0].key = amqp_cstring_bytes("x-overflow");
+    e[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[0].value.value.bytes = amqp_cstring_bytes("reject-publish");
+    e[1].key = amqp_cstring_bytes("x-max-length");
+    e[1].value.kind = AMQP_FIELD_KIND_I64;
+    e[1].value.value.i64 = max_len;
+    t.num_entries = max_len >= 0 ? 2 : 0;
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 0, 0, 0, 0, t);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_queue_bind(c, 1, amqp_cstring_bytes(q), amqp_cstring_bytes(MQ_EXCHANGE),
+                    amqp_cstring_bytes(key), amqp_empty_table);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_done(c);
+}
+
+static int nack_queue_has_one(void *arg)
+{
+    (void)arg;
+    return tu_queue_counts("SPINE_AMQP_URL", "spine_nack_test", NULL) == 1;
+}
+
+/* A nack is the broker refusing for now (a full queue, reject-publish): the
+ * relay backs off and tries again; the row is never parked for it, however
+ * often it comes, and goes out once the queue takes it. */
+START_TEST(a_nacked_row_is_retried_with_backoff_and_never_parked)
+{
+    char key[64], u[UUID_STR_LEN], *err;
+    int64_t end;
+    long attempts, is_parked;
+
+    stop_worker();
+    worker_extra_env = "OUTBOX_PARK_MIN_AGE_S=0"; /* counted nacks would park at once */
+    start_worker();
+    worker_extra_env = NULL;
+    uuid_v4(u);
+    snprintf(key, sizeof(key), "sale.full_%.8s", u);
+    declare_limited("spine_nack_test", key, 0);
+    outbox_insert(key);
+    /* 4 s of wake-ups: counted, the nacks would park it many times over. */
+    for (end = util_now_ms() + 4000; util_now_ms() < end;) {
+        wake_relay();
+        util_sleep_ms(100, NULL);
+    }
+    attempts = outbox_long(key, "attempts");
+    is_parked = outbox_long(key, "(parked_at IS NOT NULL)::int");
+    err = outbox_col(key, "coalesce(last_error, '')");
+    if (is_parked)
+        queue_delete("spine_nack_test");
+    ck_assert_msg(!is_parked, "a nacked row was parked (attempts %ld, %s)", attempts, err);
+    ck_assert_msg(attempts == 0, "nacks counted as refusals: attempts %ld (%s)", attempts, err);
+    free(err);
+    /* The queue takes messages again: it goes out, once. */
+    declare_limited("spine_nack_test", key, -1);
+    ck_assert_msg(tu_poll(15000, nack_queue_has_one, NULL), "the nacked row never went out");
+    ck_assert_int_eq(outbox_long(key, "count(*)"), 0);
+    queue_delete("spine_nack_test");
+}
+END_TEST
+
 /* mq_event_type, the one rule for a delivery's event type (pure: no
  * broker). Each forged shape is one the broker lets through (see
  * check_privileges for the doors themselves). */
@@ -822,6 +979,8 @@ int main(void)
     tcase_add_test(t, a_deleted_queue_is_declared_again_and_consumed);
     tcase_add_test(t, a_changed_delivery_limit_does_not_stop_the_worker_and_is_in_force);
     tcase_add_test(t, a_route_no_longer_handled_is_unbound);
+    tcase_add_test(t, an_unroutable_row_is_parked_only_after_its_returns_and_its_minimum_age);
+    tcase_add_test(t, a_nacked_row_is_retried_with_backoff_and_never_parked);
     suite_add_tcase(s, t);
     t = tcase_create("event type");
     tcase_add_test(t, the_event_type_comes_only_from_what_the_publisher_could_not_forge);

@@ -422,6 +422,7 @@ END_TEST
 #define LIM_INV_PORT  "18931"
 #define LIM_API_PORT  "18932"
 #define LIM_BILL_PORT "18933"
+#define LIM_Q_PORT    "18934"
 
 static pid_t spawn_limited(const char *name, const char *db_env, const char *amqp_env,
                            const char *const *extra)
@@ -556,6 +557,126 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
 }
 END_TEST
 
+/* A POST /orders to port for customer `who` in a child process; its exit
+ * status says what came back: 10 = 201, 20 = 503 with Retry-After and a
+ * problem+json body, 30 = anything else. */
+static pid_t post_in_child(const char *port, const char *who)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        char url[96], body[256], *resp = NULL, *hdrs = NULL;
+        const char *h[] = {"Content-Type: application/json", TU_API_AUTH, NULL};
+        long st;
+        snprintf(url, sizeof(url), "http://127.0.0.1:%s/orders", port);
+        snprintf(body, sizeof(body),
+                 "{\"customer_id\":\"%s\",\"customer_email\":\"q@example.com\",\"currency\":"
+                 "\"EUR\",\"items\":[{\"sku\":\"TEA-SENCHA\",\"quantity\":1}]}",
+                 who);
+        st = tu_http_h("POST", url, h, body, strlen(body), &resp, &hdrs);
+        if (st == 201)
+            _exit(10);
+        if (st == 503 && hdrs && strcasestr(hdrs, "\nRetry-After: ") && resp &&
+            strstr(resp, "\"status\":503") && strcasestr(hdrs, "application/problem+json"))
+            _exit(20);
+        _exit(30);
+    }
+    return pid;
+}
+
+static int lock_waiters(void *arg)
+{
+    (void)arg;
+    return count("SELECT count(*) FROM pg_locks WHERE NOT granted"
+                 " AND relation = 'orders.orders'::regclass",
+                 NULL) >= 1;
+}
+
+/* The API's job queue is bounded and a request that waited past its
+ * deadline is dropped: with the one job thread stuck on a held table lock,
+ * HTTP_QUEUE_MAX (2) requests wait, the next ones are answered 503 with
+ * Retry-After at once; once the lock goes, the running one is done (201)
+ * and the two that waited past HTTP_QUEUE_DEADLINE_MS are answered 503
+ * without running (no order of theirs is stored). */
+START_TEST(the_api_job_queue_is_bounded_and_drops_requests_past_their_deadline)
+{
+    static char amqp_url[1200], db[1200];
+    const char *api_env[] = {amqp_url,
+                             db,
+                             "HTTP_PORT=" LIM_Q_PORT,
+                             "HTTP_THREADS=1",
+                             "HTTP_QUEUE_MAX=2",
+                             "HTTP_QUEUE_DEADLINE_MS=1000",
+                             "OPS_PORT=0",
+                             TU_API_TOKENS,
+                             NULL};
+    char *argv[] = {"order-api", NULL}, path[512], log[512];
+    char who[64];
+    pid_t api, first, rest[5];
+    int done[5] = {0}, refused = 0, st;
+    int64_t sent, end;
+    PGconn *op;
+    PGresult *res;
+
+    snprintf(who, sizeof(who), "qbound-%lld", (long long)util_wall_us());
+    snprintf(amqp_url, sizeof(amqp_url), "AMQP_URL=%s", tu_env("ORDER_API_AMQP_URL"));
+    snprintf(db, sizeof(db), "DATABASE_URL=%s", tu_env("ORDERS_DATABASE_URL"));
+    snprintf(path, sizeof(path), "%s/order-api", tu_env("ORDERSUITE_BIN"));
+    snprintf(log, sizeof(log), "%s/log/tests/order-api-queue.log", tu_env("ORDERSUITE_VAR"));
+    api = tu_spawn(path, argv, api_env, log);
+    ck_assert_msg(tu_poll(30000, answers, (void *)LIM_Q_PORT), "order-api is not ready");
+    op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_int_eq(PQstatus(op), CONNECTION_OK);
+    res = PQexec(op, "BEGIN; LOCK TABLE orders.orders IN ACCESS EXCLUSIVE MODE");
+    ck_assert_int_eq(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+    /* The one job thread takes the first request and waits on the lock. */
+    first = post_in_child(LIM_Q_PORT, who);
+    ck_assert_msg(tu_poll(10000, lock_waiters, NULL), "the first request never waited on the lock");
+    sent = util_now_ms();
+    for (int i = 0; i < 5; i++)
+        rest[i] = post_in_child(LIM_Q_PORT, who);
+    /* Two wait in the queue; three are refused while the lock is held. */
+    for (end = util_now_ms() + 5000; refused < 3 && util_now_ms() < end;) {
+        for (int i = 0; i < 5; i++) {
+            if (!done[i] && waitpid(rest[i], &st, WNOHANG) == rest[i]) {
+                done[i] = 1;
+                refused++;
+                ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 20,
+                              "a request past the queue's bound: exit %d, want a 503 with"
+                              " Retry-After (20)",
+                              WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+            }
+        }
+        util_sleep_ms(20, NULL);
+    }
+    if (refused < 3)
+        PQfinish(op); /* let the rest finish before failing */
+    ck_assert_msg(refused == 3, "%d of 5 requests refused at once with 2 queue places (want 3)",
+                  refused);
+    /* The queued two are past their deadline now; then the lock goes. */
+    while (util_now_ms() < sent + 1500)
+        util_sleep_ms(50, NULL);
+    PQfinish(op);
+    ck_assert_int_eq(waitpid(first, &st, 0), first);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 10, "the running request: exit %d, want 201",
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    for (int i = 0; i < 5; i++) {
+        if (done[i])
+            continue;
+        ck_assert_int_eq(waitpid(rest[i], &st, 0), rest[i]);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 20,
+                      "a request that waited past its deadline: exit %d, want 503 (20)",
+                      WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    }
+    /* The dropped ones never ran: one order of this customer. */
+    ck_assert_int_eq(count("SELECT count(*) FROM orders.orders WHERE customer_id = $1", who), 1);
+    st = tu_stop(api, SIGTERM, 20000);
+    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "order-api did not stop cleanly (status %d)", st);
+}
+END_TEST
+
 /* A till's sale at the contract's maxima (100 lines of 10 000 units at
  * 10 M each: total 10^15 minor units) with the tax rate at its maximum
  * (TAX_RATE_BP=10000, 100 %): the tax part is exactly half, 5 * 10^14, where
@@ -617,6 +738,7 @@ int main(void)
     tcase_set_timeout(l, 90);
     tcase_add_test(l, a_held_row_lock_times_out_and_retries_and_health_stays_fast);
     tcase_add_test(l, billing_taxes_a_sale_at_the_contract_maxima_exactly);
+    tcase_add_test(l, the_api_job_queue_is_bounded_and_drops_requests_past_their_deadline);
     suite_add_tcase(s, l);
     return tu_run(s);
 }

@@ -317,7 +317,8 @@ static int cmd_outbox(int argc, char **argv)
         goto out;
     }
     snprintf(sql, sizeof(sql),
-             "UPDATE %s.outbox SET parked_at = NULL, attempts = 0 WHERE parked_at IS NOT NULL"
+             "UPDATE %s.outbox SET parked_at = NULL, attempts = 0, refused_since = NULL"
+             " WHERE parked_at IS NOT NULL"
              " AND ($1::uuid IS NULL OR message_id = $1::uuid) RETURNING id",
              ident);
     {
