@@ -1,18 +1,25 @@
 /*
  * check_privileges.c — least privilege on the broker, tried as an attacker
- * holding one service's credentials would: every service user (and pos)
- * against every other consuming service. (The database side is in
+ * holding one service's credentials would: every broker user (every service
+ * and pos) against every other consuming service. (The database side is in
  * check_db.c.)
  *
- * The four workers run as their own broker users and database roles for the
- * whole suite (an unchecked fixture), so a door that lets a message through
- * shows as an effect in their tables. Each door must be refused by the
- * broker (403 ACCESS_REFUSED) or, for a service's own routing key with a
+ * Who they are comes from the registry, not from this file: BROKER_USERS of
+ * scripts/broker-perms.sh (every service of scripts/suite.sh, and pos), read
+ * from $ORDERSUITE_ROOT at start. A service made by `make new-service` is in
+ * it, so it is tried as an attacker and as a victim with no edit here
+ * (tests/new_service_check.py runs this suite in a tree with one).
+ *
+ * The consuming services run as their own broker users and database roles
+ * for the whole suite (an unchecked fixture), so a door that lets a message
+ * through shows as an effect in their tables. Each door must be refused by
+ * the broker (403 ACCESS_REFUSED) or, for a service's own routing key with a
  * forged x-original-routing-key / type, ignored by the consumer. Then a
  * barrier message per service (sent by the administrator through the
- * service's own retry path, after everything else) is awaited, and no inbox
- * in any schema may hold any of the attackers' message ids; inbox rows are
- * written in the handler's transaction, so no inbox row means no effect.
+ * service's own retry path, after everything else, of a type the service's
+ * queue is bound for) is awaited, and no inbox in any schema may hold any of
+ * the attackers' message ids; inbox rows are written in the handler's
+ * transaction, so no inbox row means no effect.
  */
 #include "events.h"
 #include "mq.h"
@@ -20,44 +27,92 @@
 
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
+#include <cJSON.h>
+#include <ctype.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 
-#define NSVC 4
+#define MAX_USERS 32
 
-/* The consuming services, their broker user's URL variable, their schema. */
-static const char *const svc[NSVC] = {"inventory", "billing", "email", "order-api"};
-static const char *const svc_url[NSVC] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL",
-                                          "EMAIL_AMQP_URL", "ORDER_API_AMQP_URL"};
-static const char *const svc_db[NSVC] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL",
-                                         "EMAIL_DATABASE_URL", "ORDERS_DATABASE_URL"};
-static const char *const schemas[NSVC] = {"inventory", "billing", "email", "orders"};
-/* A key each one handles (the barrier's). */
-static const ev_type svc_handles[NSVC] = {EV_ORDER_PLACED, EV_INVENTORY_RESERVED,
-                                          EV_INVENTORY_LOW_STOCK, EV_INVENTORY_RESERVED};
-
-/* The attackers: every service user, and pos; the prefix of the keys each
- * may publish on sales.events (NULL: none). */
-static const struct {
-    const char *name, *url, *topic;
-} users[] = {
-    {"inventory", "INVENTORY_AMQP_URL", "inventory"},
-    {"billing", "BILLING_AMQP_URL", "billing"},
-    {"email", "EMAIL_AMQP_URL", NULL},
-    {"order-api", "ORDER_API_AMQP_URL", "order"},
-    {"pos", "POS_AMQP_URL", "sale"},
-};
-#define NUSERS (sizeof(users) / sizeof(users[0]))
+/* Every broker user of the registry. A consuming service (one of
+ * scripts/suite.sh) has a queue of its name, a database role and schema
+ * (suite.sh's second field), and a key its queue is bound for on
+ * sales.events (the barrier's, read from the broker once it runs). */
+static struct {
+    char name[64];     /* broker user, and queue name */
+    char topic[64];    /* prefix of the keys it may publish on sales.events; "" none */
+    char url_env[100]; /* e.g. ORDER_API_AMQP_URL */
+    int consumer;
+    char schema[64];  /* e.g. orders */
+    char db_env[100]; /* e.g. ORDERS_DATABASE_URL */
+    ev_type handles;  /* a key its queue is bound for */
+    pid_t pid;
+} users[MAX_USERS];
+static size_t nusers;
 
 static const char *const all_keys[] = {
     RK_ORDER_PLACED,        RK_INVENTORY_RESERVED, RK_INVENTORY_REJECTED,     RK_INVENTORY_RELEASED,
     RK_INVENTORY_LOW_STOCK, RK_BILLING_INVOICED,   RK_BILLING_PAYMENT_FAILED, RK_SALE_COMPLETED,
 };
+#define NKEYS (sizeof(all_keys) / sizeof(all_keys[0]))
 
-static pid_t pids[NSVC];
+/* NAME as an environment variable part (order-api -> ORDER_API), as
+ * scripts/suite.sh's up_name. */
+static void up_name(const char *name, const char *suffix, char *out, size_t len)
+{
+    size_t i = 0;
+    for (; name[i] && i + 1 < len; i++)
+        out[i] = name[i] == '-' ? '_' : (char)toupper((unsigned char)name[i]);
+    snprintf(out + i, len - i, "%s", suffix);
+}
+
+/* Reads BROKER_USERS and suite.sh's roles: lines "user topic role" ("-" for
+ * none). Returns 0, or -1 with the reason on stderr. */
+static int load_registry(void)
+{
+    const char *cmd =
+        "bash -c 'source \"$ORDERSUITE_ROOT/scripts/broker-perms.sh\" || exit 1;"
+        " for e in $BROKER_USERS; do u=${e%%:*}; t=${e#*:}; r=$(suite_field \"$u\" 2);"
+        " echo \"$u ${t:--} ${r:--}\"; done'";
+    char line[256];
+    FILE *p;
+    if (!getenv("ORDERSUITE_ROOT")) {
+        fprintf(stderr, "ORDERSUITE_ROOT is not set (scripts/run-tests.sh sets it)\n");
+        return -1;
+    }
+    p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    while (fgets(line, sizeof(line), p)) {
+        char u[64], t[64], r[64];
+        if (sscanf(line, "%63s %63s %63s", u, t, r) != 3)
+            continue;
+        if (nusers == MAX_USERS) {
+            fprintf(stderr, "more than %d broker users\n", MAX_USERS);
+            pclose(p);
+            return -1;
+        }
+        snprintf(users[nusers].name, sizeof(users[nusers].name), "%s", u);
+        snprintf(users[nusers].topic, sizeof(users[nusers].topic), "%s", strcmp(t, "-") ? t : "");
+        up_name(u, "_AMQP_URL", users[nusers].url_env, sizeof(users[nusers].url_env));
+        users[nusers].consumer = strcmp(r, "-") != 0;
+        if (users[nusers].consumer) {
+            snprintf(users[nusers].schema, sizeof(users[nusers].schema), "%s", r);
+            up_name(r, "_DATABASE_URL", users[nusers].db_env, sizeof(users[nusers].db_env));
+        }
+        nusers++;
+    }
+    if (pclose(p) != 0 || nusers < 2) {
+        fprintf(stderr, "reading BROKER_USERS from %s/scripts/broker-perms.sh failed\n",
+                getenv("ORDERSUITE_ROOT"));
+        return -1;
+    }
+    return 0;
+}
 
 /* --------------------------------------------------------------- fixture */
 
@@ -67,15 +122,64 @@ static int consuming(void *arg)
     return tu_queue_counts("TEST_AMQP_URL", arg, &consumers) >= 0 && consumers > 0;
 }
 
+/* The first key queue q is bound for on sales.events (the management API, as
+ * the administrator of TEST_AMQP_URL); -1 when there is none. */
+static int bound_key(const char *q, ev_type *out)
+{
+    struct amqp_connection_info info;
+    char *url = strdup(tu_env("TEST_AMQP_URL")), cred[300], b64[420], auth[460], api[512];
+    char *page = NULL;
+    const char *hdrs[] = {auth, NULL};
+    const cJSON *b;
+    cJSON *j;
+    int rc = -1;
+    ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
+    snprintf(cred, sizeof(cred), "%s:%s", info.user, info.password);
+    EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)cred, (int)strlen(cred));
+    snprintf(auth, sizeof(auth), "Authorization: Basic %s", b64);
+    /* The vhost's names are plain ("/" is the only one with a character to
+     * escape). */
+    snprintf(api, sizeof(api), "http://127.0.0.1:%s/api/queues/%s/%s/bindings", tu_env("MGMT_PORT"),
+             strcmp(info.vhost, "/") == 0 ? "%2F" : info.vhost, q);
+    free(url);
+    if (tu_http("GET", api, hdrs, NULL, 0, &page) != 200) {
+        free(page);
+        return -1;
+    }
+    j = cJSON_Parse(page);
+    free(page);
+    cJSON_ArrayForEach(b, j)
+    {
+        const cJSON *src = cJSON_GetObjectItemCaseSensitive(b, "source");
+        const cJSON *key = cJSON_GetObjectItemCaseSensitive(b, "routing_key");
+        if (cJSON_IsString(src) && strcmp(src->valuestring, MQ_EXCHANGE) == 0 &&
+            cJSON_IsString(key) && ev_type_from_key(key->valuestring, out) == 0) {
+            rc = 0;
+            break;
+        }
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
+static void stop_started(void)
+{
+    for (size_t i = nusers; i-- > 0;)
+        if (users[i].pid > 0)
+            tu_stop(users[i].pid, SIGTERM, 20000);
+}
+
 static void start_all(void)
 {
-    static char env[NSVC][6][1200];
-    static const char *envp[NSVC][7];
+    static char env[MAX_USERS][6][1200];
+    static const char *envp[MAX_USERS][7];
     char *argv[] = {"svc", NULL};
-    for (int i = 0; i < NSVC; i++) {
+    for (size_t i = 0; i < nusers; i++) {
         char path[512], log[512];
-        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env(svc_url[i]));
-        snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(svc_db[i]));
+        if (!users[i].consumer)
+            continue;
+        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env(users[i].url_env));
+        snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(users[i].db_env));
         snprintf(env[i][2], sizeof(env[i][2]), "METRICS_PORT=0");
         snprintf(env[i][3], sizeof(env[i][3]), "HTTP_PORT=0");
         snprintf(env[i][4], sizeof(env[i][4]), "%s", TU_API_TOKENS); /* order-api needs one */
@@ -83,35 +187,77 @@ static void start_all(void)
         for (int k = 0; k < 6; k++)
             envp[i][k] = env[i][k];
         envp[i][6] = NULL;
-        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), svc[i]);
+        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), users[i].name);
         snprintf(log, sizeof(log), "%s/log/tests/privileges-%s.log", tu_env("ORDERSUITE_VAR"),
-                 svc[i]);
-        pids[i] = tu_spawn(path, argv, envp[i], log);
+                 users[i].name);
+        users[i].pid = tu_spawn(path, argv, envp[i], log);
     }
-    for (int i = 0; i < NSVC; i++) {
-        if (!tu_poll(30000, consuming, (void *)svc[i])) {
+    for (size_t i = 0; i < nusers; i++) {
+        if (!users[i].consumer)
+            continue;
+        if (!tu_poll(30000, consuming, users[i].name)) {
             /* Not left behind to take other suites' messages. */
-            for (int k = 0; k < NSVC; k++)
-                tu_stop(pids[k], SIGTERM, 20000);
-            ck_abort_msg("%s is not consuming", svc[i]);
+            stop_started();
+            ck_abort_msg("%s is not consuming", users[i].name);
+        }
+        if (bound_key(users[i].name, &users[i].handles) < 0) {
+            stop_started();
+            ck_abort_msg("%s's queue is bound for no event on %s", users[i].name, MQ_EXCHANGE);
         }
     }
 }
 
 static void stop_all(void)
 {
-    for (int i = NSVC - 1; i >= 0; i--) {
-        int st = tu_stop(pids[i], SIGTERM, 20000);
+    for (size_t i = nusers; i-- > 0;) {
+        int st;
+        if (!users[i].consumer)
+            continue;
+        st = tu_stop(users[i].pid, SIGTERM, 20000);
         ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                      "%s did not stop cleanly (status %d)", svc[i], st);
+                      "%s did not stop cleanly (status %d)", users[i].name, st);
     }
+}
+
+/* The user called name (fails the test when there is none). */
+static size_t user(const char *name)
+{
+    for (size_t i = 0; i < nusers; i++)
+        if (strcmp(users[i].name, name) == 0)
+            return i;
+    ck_abort_msg("no broker user %s in BROKER_USERS", name);
+    return 0;
+}
+
+/* Whether key is one of user a's own keys on sales.events. */
+static int owns(size_t a, const char *key)
+{
+    size_t tl = strlen(users[a].topic);
+    return tl && strncmp(key, users[a].topic, tl) == 0 && key[tl] == '.';
 }
 
 /* --------------------------------------------------------------- helpers */
 
-/* The attackers' message ids, checked against every inbox at the end. */
-static char forged[512][UUID_STR_LEN];
+/* The attackers' message ids, checked against every inbox at the end but
+ * the attacker's own (a service may send itself anything: its own retry
+ * path, its own keys). */
+#define MAX_FORGED 8192
+static char forged[MAX_FORGED][UUID_STR_LEN];
+static size_t forged_by[MAX_FORGED]; /* index in users[], or nusers: nobody's own */
 static size_t nforged;
+
+/* A new forged message id, sent as the user of url_env. */
+static const char *new_forged(const char *url_env)
+{
+    size_t by = nusers;
+    ck_assert_uint_lt(nforged, MAX_FORGED);
+    for (size_t i = 0; i < nusers; i++)
+        if (strcmp(users[i].url_env, url_env) == 0)
+            by = i;
+    uuid_v4(forged[nforged]);
+    forged_by[nforged] = by;
+    return forged[nforged++];
+}
 
 static char *event_body(ev_type t, const char *order_id)
 {
@@ -153,12 +299,12 @@ static int attempt(const char *url_env, const char *exchange, const char *key, e
     int rc;
 
     ck_assert_ptr_nonnull(c);
-    ck_assert_uint_lt(nforged, sizeof(forged) / sizeof(forged[0]));
-    uuid_v4(forged[nforged]);
+    if (errlen)
+        err[0] = '\0';
     uuid_v4(corr);
     m.exchange = exchange;
     m.routing_key = key;
-    m.message_id = forged[nforged++];
+    m.message_id = new_forged(url_env);
     m.correlation_id = corr;
     m.type = forge ? ev_routing_key(as) : NULL;
     m.body = body;
@@ -185,60 +331,77 @@ static int in_inbox(void *arg)
     return tu_sql_int(tu_env("OWNER_DATABASE_URL"), sql, 1, p) == 1;
 }
 
-/* The administrator sends each service one event it handles through the
- * service's own retry path; when each has recorded its barrier, everything
- * published before has been through its queue. */
+/* The administrator sends each service one event its queue is bound for
+ * through the service's own retry path; when each has recorded its barrier,
+ * everything published before has been through its queue. */
 static void barrier(void)
 {
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_privileges");
-    char ids[NSVC][UUID_STR_LEN], err[MQ_ERR_LEN], id2[UUID_STR_LEN];
-    for (int i = 0; i < NSVC; i++) {
-        mq_header h[] = {{MQ_H_ORIGINAL_KEY, ev_routing_key(svc_handles[i]), 0}};
+    char ids[MAX_USERS][UUID_STR_LEN], err[MQ_ERR_LEN], id2[UUID_STR_LEN];
+    for (size_t i = 0; i < nusers; i++) {
+        mq_header h[] = {{MQ_H_ORIGINAL_KEY, ev_routing_key(users[i].handles), 0}};
         char *body, corr[UUID_STR_LEN];
         mq_msg m = {0};
+        if (!users[i].consumer)
+            continue;
         uuid_v4(id2);
-        body = event_body(svc_handles[i], id2);
+        body = event_body(users[i].handles, id2);
         uuid_v4(ids[i]);
         uuid_v4(corr);
         m.exchange = MQ_RETRY_EXCHANGE;
-        m.routing_key = svc[i];
+        m.routing_key = users[i].name;
         m.message_id = ids[i];
         m.correlation_id = corr;
-        m.type = ev_routing_key(svc_handles[i]);
+        m.type = ev_routing_key(users[i].handles);
         m.body = body;
         m.len = strlen(body);
         m.headers = h;
         m.nheaders = 1;
-        ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "barrier to %s: %s", svc[i],
-                      err);
+        ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "barrier to %s: %s",
+                      users[i].name, err);
         free(body);
     }
     mq_free(c);
-    for (int i = 0; i < NSVC; i++) {
-        const char *arg[] = {schemas[i], ids[i]};
-        ck_assert_msg(tu_poll(30000, in_inbox, (void *)arg), "%s never handled the barrier",
-                      svc[i]);
+    for (size_t i = 0; i < nusers; i++) {
+        const char *arg[] = {users[i].schema, ids[i]};
+        if (!users[i].consumer)
+            continue;
+        ck_assert_msg(tu_poll(30000, in_inbox, (void *)arg), "%s never handled the barrier (%s)",
+                      users[i].name, ev_routing_key(users[i].handles));
     }
 }
 
-/* No inbox anywhere holds an attacker's message id. */
+/* No inbox holds a message id another service's attacker sent. */
 static void assert_no_effect(void)
 {
-    char list[sizeof(forged) + 2 * 512 + 4];
-    size_t n = 0;
-    n += (size_t)snprintf(list + n, sizeof(list) - n, "{");
-    for (size_t i = 0; i < nforged; i++)
-        n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s", i ? "," : "", forged[i]);
-    snprintf(list + n, sizeof(list) - n, "}");
+    size_t cap = nforged * (UUID_STR_LEN + 1) + 4;
+    char *list = malloc(cap);
+    ck_assert_ptr_nonnull(list);
     barrier();
-    for (int i = 0; i < NSVC; i++) {
-        char sql[200];
+    for (size_t i = 0; i < nusers; i++) {
+        char sql[240];
         const char *p[] = {list};
+        char *ids;
+        size_t n = 0;
+        if (!users[i].consumer)
+            continue;
+        n += (size_t)snprintf(list + n, cap - n, "{");
+        for (size_t k = 0; k < nforged; k++)
+            if (forged_by[k] != i)
+                n += (size_t)snprintf(list + n, cap - n, "%s%s", n > 1 ? "," : "", forged[k]);
+        snprintf(list + n, cap - n, "}");
         snprintf(sql, sizeof(sql),
-                 "SELECT count(*) FROM %s.inbox WHERE message_id = ANY($1::uuid[])", schemas[i]);
-        ck_assert_msg(tu_sql_int(tu_env("OWNER_DATABASE_URL"), sql, 1, p) == 0,
-                      "%s applied a message an attacker sent", svc[i]);
+                 "SELECT coalesce(string_agg(message_id::text, ' '), '') FROM %s.inbox"
+                 " WHERE message_id = ANY($1::uuid[])",
+                 users[i].schema);
+        ids = tu_sql(tu_env("OWNER_DATABASE_URL"), sql, 1, p);
+        if (ids[0])
+            free(list);
+        ck_assert_msg(ids[0] == '\0', "%s applied a message an attacker sent: %s", users[i].name,
+                      ids);
+        free(ids);
     }
+    free(list);
 }
 
 /* An order in RESERVED, written straight into orders.orders. */
@@ -323,95 +486,132 @@ START_TEST(forged_release_from_email_leaves_a_reserved_order_alone)
 }
 END_TEST
 
+/* The five queues of consuming service v: work, the retry tiers, DLQ. */
+static void queues_of(size_t v, char names[5][64])
+{
+    snprintf(names[0], 64, "%s", users[v].name);
+    mq_retry_queue_name(users[v].name, 1000, names[1], 64);
+    mq_retry_queue_name(users[v].name, 10000, names[2], 64);
+    mq_retry_queue_name(users[v].name, 60000, names[3], 64);
+    mq_dlq_name(users[v].name, names[4], 64);
+}
+
 /* The default exchange into each of the other's queues, the retry and
- * dead-letter exchanges with the other's keys, sales.events with keys the
- * attacker does not own: all refused by the broker. */
+ * dead-letter exchanges with the other's keys (its queues' names, and the
+ * events it is bound for), sales.events with keys the attacker does not
+ * own: all refused by the broker. */
 START_TEST(no_user_can_publish_into_another_services_queues)
 {
-    char err[MQ_ERR_LEN], q[64];
-    for (size_t a = 0; a < NUSERS; a++) {
-        for (int v = 0; v < NSVC; v++) {
-            const char *queues[5];
+    char err[MQ_ERR_LEN], q[128];
+    for (size_t a = 0; a < nusers; a++) {
+        for (size_t v = 0; v < nusers; v++) {
             char names[5][64];
-            if (strcmp(users[a].name, svc[v]) == 0)
+            int rc;
+            if (a == v || !users[v].consumer)
                 continue;
-            snprintf(names[0], sizeof(names[0]), "%s", svc[v]);
-            mq_retry_queue_name(svc[v], 1000, names[1], sizeof(names[1]));
-            mq_retry_queue_name(svc[v], 10000, names[2], sizeof(names[2]));
-            mq_retry_queue_name(svc[v], 60000, names[3], sizeof(names[3]));
-            mq_dlq_name(svc[v], names[4], sizeof(names[4]));
-            for (int k = 0; k < 5; k++)
-                queues[k] = names[k];
+            queues_of(v, names);
             for (int k = 0; k < 5; k++) {
-                int rc =
-                    attempt(users[a].url, "", queues[k], svc_handles[v], NULL, 1, err, sizeof(err));
+                rc = attempt(users[a].url_env, "", names[k], users[v].handles, NULL, 1, err,
+                             sizeof(err));
                 ck_assert_msg(rc == MQ_ERR_CONFIG, "%s published to %s through \"\" (%d: %s)",
-                              users[a].name, queues[k], rc, err);
-                /* the retry and dead-letter exchanges, with the queue's
-                 * name and the service's as keys */
-                rc = attempt(users[a].url, MQ_RETRY_EXCHANGE, queues[k], svc_handles[v], NULL, 1,
-                             err, sizeof(err));
+                              users[a].name, names[k], rc, err);
+                rc = attempt(users[a].url_env, MQ_RETRY_EXCHANGE, names[k], users[v].handles, NULL,
+                             1, err, sizeof(err));
                 ck_assert_msg(rc == MQ_ERR_CONFIG, "%s published to %s with key %s (%d: %s)",
-                              users[a].name, MQ_RETRY_EXCHANGE, queues[k], rc, err);
-                rc = attempt(users[a].url, MQ_DLX, queues[k], svc_handles[v], NULL, 1, err,
+                              users[a].name, MQ_RETRY_EXCHANGE, names[k], rc, err);
+                rc = attempt(users[a].url_env, MQ_DLX, names[k], users[v].handles, NULL, 1, err,
                              sizeof(err));
                 ck_assert_msg(rc == MQ_ERR_CONFIG, "%s published to %s with key %s (%d: %s)",
-                              users[a].name, MQ_DLX, queues[k], rc, err);
+                              users[a].name, MQ_DLX, names[k], rc, err);
             }
+            /* the victim's event key on the retry and dead-letter exchanges */
+            rc = attempt(users[a].url_env, MQ_RETRY_EXCHANGE, ev_routing_key(users[v].handles),
+                         users[v].handles, NULL, 1, err, sizeof(err));
+            ck_assert_msg(rc == MQ_ERR_CONFIG, "%s published %s on %s (%d: %s)", users[a].name,
+                          ev_routing_key(users[v].handles), MQ_RETRY_EXCHANGE, rc, err);
+            rc = attempt(users[a].url_env, MQ_DLX, ev_routing_key(users[v].handles),
+                         users[v].handles, NULL, 1, err, sizeof(err));
+            ck_assert_msg(rc == MQ_ERR_CONFIG, "%s published %s on %s (%d: %s)", users[a].name,
+                          ev_routing_key(users[v].handles), MQ_DLX, rc, err);
         }
-        /* sales.events: every key it does not own */
-        for (size_t k = 0; k < sizeof(all_keys) / sizeof(all_keys[0]); k++) {
+        /* sales.events: every event key it does not own, and another
+         * service's prefix */
+        for (size_t k = 0; k < NKEYS; k++) {
             ev_type t;
             int rc;
-            size_t tl = users[a].topic ? strlen(users[a].topic) : 0;
-            if (tl && strncmp(all_keys[k], users[a].topic, tl) == 0 && all_keys[k][tl] == '.')
+            if (owns(a, all_keys[k]))
                 continue;
             ck_assert_int_eq(ev_type_from_key(all_keys[k], &t), 0);
-            rc = attempt(users[a].url, MQ_EXCHANGE, all_keys[k], t, NULL, 0, err, sizeof(err));
+            rc = attempt(users[a].url_env, MQ_EXCHANGE, all_keys[k], t, NULL, 0, err, sizeof(err));
             ck_assert_msg(rc == MQ_ERR_CONFIG, "%s published %s on %s (%d: %s)", users[a].name,
                           all_keys[k], MQ_EXCHANGE, rc, err);
         }
-        /* its own prefix is allowed (unbound here, so returned, not refused) */
-        if (users[a].topic) {
+        for (size_t v = 0; v < nusers; v++) {
+            int rc;
+            if (a == v || !users[v].topic[0] || strcmp(users[a].topic, users[v].topic) == 0)
+                continue;
+            snprintf(q, sizeof(q), "%s.nobody-listens", users[v].topic);
+            rc = attempt(users[a].url_env, MQ_EXCHANGE, q, EV_ORDER_PLACED, NULL, 0, err,
+                         sizeof(err));
+            ck_assert_msg(rc == MQ_ERR_CONFIG, "%s published %s on %s (%d: %s)", users[a].name, q,
+                          MQ_EXCHANGE, rc, err);
+        }
+        /* its own prefix is allowed (unbound here, so returned, not refused):
+         * what worker_emit() publishes gets out */
+        if (users[a].topic[0]) {
             snprintf(q, sizeof(q), "%s.nobody-listens", users[a].topic);
-            ck_assert_msg(attempt(users[a].url, MQ_EXCHANGE, q, EV_ORDER_PLACED, NULL, 0, err,
+            ck_assert_msg(attempt(users[a].url_env, MQ_EXCHANGE, q, EV_ORDER_PLACED, NULL, 0, err,
                                   sizeof(err)) == MQ_ERR_RETURNED,
-                          "%s: %s", users[a].name, err);
+                          "%s: its own %s: %s", users[a].name, q, err);
         }
     }
     assert_no_effect();
 }
 END_TEST
 
-/* A service's own key, with the type and x-original-routing-key of an event
- * it does not own: the consumers must go by the routing key the broker
- * checked, and not apply it. */
+/* Every user with keys of its own: each own key (or, for a service whose
+ * keys no event names, one under its prefix), with the type and
+ * x-original-routing-key of every other event: the consumers must go by the
+ * routing key the broker checked, and not apply it. The order in the bodies
+ * is RESERVED, so a confirmation or cancellation would show. */
 START_TEST(own_key_with_a_forged_type_is_not_applied)
 {
-    static const struct {
-        const char *url, *key;
-        ev_type as;
-    } cases[] = {
-        /* to inventory: a sale that takes stock */
-        {"ORDER_API_AMQP_URL", RK_ORDER_PLACED, EV_SALE_COMPLETED},
-        /* to order-api (and billing): the victim confirmed */
-        {"INVENTORY_AMQP_URL", RK_INVENTORY_RESERVED, EV_BILLING_INVOICED},
-        /* to email and order-api: the victim cancelled */
-        {"BILLING_AMQP_URL", RK_BILLING_INVOICED, EV_INVENTORY_RELEASED},
-        /* to inventory, billing, email: an order placed */
-        {"POS_AMQP_URL", RK_SALE_COMPLETED, EV_ORDER_PLACED},
-    };
-    char order[UUID_STR_LEN], err[MQ_ERR_LEN], *st;
+    char order[UUID_STR_LEN], err[MQ_ERR_LEN], *st, own[128];
+    size_t tried = 0;
     reserved_order(order);
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        int rc = attempt(cases[i].url, MQ_EXCHANGE, cases[i].key, cases[i].as, order, 1, err,
-                         sizeof(err));
-        /* its own key, so the broker takes it: the consumer must be the one
-         * that refuses the forged type (a refusal here would leave the
-         * consumer's check untested) */
-        ck_assert_msg(rc == MQ_OK, "%s: its own key %s was refused: %d %s", cases[i].url,
-                      cases[i].key, rc, err);
+    for (size_t a = 0; a < nusers; a++) {
+        const char *keys[NKEYS + 1];
+        size_t nk = 0;
+        if (!users[a].topic[0])
+            continue;
+        for (size_t k = 0; k < NKEYS; k++)
+            if (owns(a, all_keys[k]))
+                keys[nk++] = all_keys[k];
+        if (nk == 0) {
+            snprintf(own, sizeof(own), "%s.forged", users[a].topic);
+            keys[nk++] = own;
+        }
+        for (size_t k = 0; k < nk; k++) {
+            for (size_t f = 0; f < NKEYS; f++) {
+                ev_type as;
+                int rc;
+                if (strcmp(all_keys[f], keys[k]) == 0)
+                    continue;
+                ck_assert_int_eq(ev_type_from_key(all_keys[f], &as), 0);
+                rc =
+                    attempt(users[a].url_env, MQ_EXCHANGE, keys[k], as, order, 1, err, sizeof(err));
+                /* its own key, so the broker takes it: the consumer must be
+                 * the one that refuses the forged type (a refusal here would
+                 * leave the consumer's check untested). A key nobody is
+                 * bound for comes back. */
+                ck_assert_msg(rc == MQ_OK || (keys[k] == own && rc == MQ_ERR_RETURNED),
+                              "%s: its own key %s was refused: %d %s", users[a].name, keys[k], rc,
+                              err);
+                tried += rc == MQ_OK;
+            }
+        }
     }
+    ck_assert_msg(tried > 0, "no forged type reached a consumer");
     assert_no_effect();
     st = order_status(order);
     ck_assert_str_eq(st, "RESERVED");
@@ -419,12 +619,12 @@ START_TEST(own_key_with_a_forged_type_is_not_applied)
 }
 END_TEST
 
-/* A raw publish as the user of url_env: a body of type `as` for order_id, with
- * type and x-original-routing-key `as` (and the current schema_version, so
- * that only the type can stop it), and the routing keys in cc under the
- * header hdr ("CC" or "BCC"; NULL: none). The channel is closed before it
- * returns, so the broker has routed the message. Returns raw_done's code. */
-static int raw_forge(amqp_connection_state_t c, const char *exchange, const char *key, ev_type as,
+/* A raw publish as the user of url_env (on a connection of its own): a body of type `as` for
+ * order_id, with type and x-original-routing-key `as` (and the current schema_version, so that only
+ * the type can stop it), and the routing keys in cc under the header hdr ("CC" or "BCC"; NULL:
+ * none). The channel is closed before it returns, so the broker has routed the message. Returns
+ * raw_done's code. */
+static int raw_forge(const char *url_env, const char *exchange, const char *key, ev_type as,
                      const char *order_id, const char *hdr, const char *cc)
 {
     char *body = event_body(as, order_id), corr[UUID_STR_LEN];
@@ -434,8 +634,7 @@ static int raw_forge(amqp_connection_state_t c, const char *exchange, const char
     amqp_basic_properties_t p = {0};
     int nh = 0, st;
 
-    ck_assert_uint_lt(nforged, sizeof(forged) / sizeof(forged[0]));
-    uuid_v4(forged[nforged]);
+    amqp_connection_state_t c = raw_open(url_env);
     uuid_v4(corr);
     h[nh].key = amqp_cstring_bytes(MQ_H_ORIGINAL_KEY);
     h[nh].value.kind = AMQP_FIELD_KIND_UTF8;
@@ -454,7 +653,7 @@ static int raw_forge(amqp_connection_state_t c, const char *exchange, const char
                AMQP_BASIC_HEADERS_FLAG;
     p.content_type = amqp_cstring_bytes("application/json");
     p.delivery_mode = 2;
-    p.message_id = amqp_cstring_bytes(forged[nforged++]);
+    p.message_id = amqp_cstring_bytes(new_forged(url_env));
     p.correlation_id = amqp_cstring_bytes(corr);
     p.type = amqp_cstring_bytes(ev_routing_key(as));
     p.headers.num_entries = nh;
@@ -476,29 +675,49 @@ static int queue_empty(void *arg)
 /* Door (A): a service's own key on the retry or dead-letter exchange with
  * another's queue in CC or BCC (the broker checks the topic permission on
  * the publish key only, then routes to the CC/BCC keys too): the copy that
- * reaches order-api's queue through sales.retry must not be taken for
- * order-api's own retry; nor the copy that waits out order-api's first retry
- * tier and reaches its queue under order-api's own key. */
+ * reaches the victim's queue through sales.retry must not be taken for the
+ * victim's own retry; nor the copy that waits out the victim's first retry
+ * tier and reaches its queue under the victim's own key. Every consuming
+ * service against every other, with an event the victim's queue is bound
+ * for. */
 START_TEST(cc_and_bcc_to_another_services_queue_are_not_applied)
 {
     static const char *const hdrs[] = {"CC", "BCC"};
     static const char *const exs[] = {MQ_RETRY_EXCHANGE, MQ_DLX};
-    static const char *const to[] = {"order-api", "order-api.retry.1000ms"};
     char order[UUID_STR_LEN], *st;
     reserved_order(order);
-    for (size_t x = 0; x < 2; x++) {
-        for (size_t k = 0; k < 2; k++) {
-            for (size_t q = 0; q < 2; q++) {
-                /* accepted (its own key) or refused: either way, not applied */
-                int code = raw_forge(raw_open("EMAIL_AMQP_URL"), exs[x], "email",
-                                     EV_INVENTORY_RELEASED, order, hdrs[k], to[q]);
-                ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "%s %s %s: %d", exs[x],
-                              hdrs[k], to[q], code);
+    for (size_t a = 0; a < nusers; a++) {
+        for (size_t v = 0; v < nusers; v++) {
+            char to[2][64];
+            /* order-api's own copy (its own retry key) may move its own
+             * order: that one names no order */
+            int self = strcmp(users[a].name, "order-api") == 0;
+            if (a == v || !users[a].consumer || !users[v].consumer)
+                continue;
+            snprintf(to[0], sizeof(to[0]), "%s", users[v].name);
+            mq_retry_queue_name(users[v].name, 1000, to[1], sizeof(to[1]));
+            for (size_t x = 0; x < 2; x++) {
+                for (size_t k = 0; k < 2; k++) {
+                    for (size_t q = 0; q < 2; q++) {
+                        /* accepted (its own key) or refused: either way, not
+                         * applied */
+                        int code = raw_forge(users[a].url_env, exs[x], users[a].name,
+                                             users[v].handles, self ? NULL : order, hdrs[k], to[q]);
+                        ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "%s: %s %s %s: %d",
+                                      users[a].name, exs[x], hdrs[k], to[q], code);
+                    }
+                }
             }
         }
     }
-    /* what reached the tier is back in order-api's queue before the barrier */
-    ck_assert_msg(tu_poll(30000, queue_empty, (void *)to[1]), "%s never emptied", to[1]);
+    /* what reached a tier is back in its service's queue before the barrier */
+    for (size_t v = 0; v < nusers; v++) {
+        char tier[64];
+        if (!users[v].consumer)
+            continue;
+        mq_retry_queue_name(users[v].name, 1000, tier, sizeof(tier));
+        ck_assert_msg(tu_poll(30000, queue_empty, tier), "%s never emptied", tier);
+    }
     assert_no_effect();
     st = order_status(order);
     ck_assert_msg(strcmp(st, "RESERVED") == 0, "CC/BCC: the order is %s", st);
@@ -506,67 +725,88 @@ START_TEST(cc_and_bcc_to_another_services_queue_are_not_applied)
 }
 END_TEST
 
-/* Door (B): billing binds sales.retry to sales.events under its own keys
- * and publishes its event, with a forged original key, on sales.retry:
- * what arrives through sales.retry under a key that is not the consumer's
- * own is not a retry of its own. */
+/* Door (B): each consuming service binds sales.retry to sales.events under
+ * its own keys (its prefix, or its name for one that publishes none) and
+ * publishes each of its own event keys on sales.retry, with a forged type
+ * and original key: what arrives through sales.retry under a key that is
+ * not the consumer's own is not a retry of its own. (Under its own name it
+ * would reach its own queue only: a service may retry to itself.) */
 START_TEST(exchange_to_exchange_binding_is_not_applied)
 {
-    char order[UUID_STR_LEN], *st;
+    char order[UUID_STR_LEN], *st, pattern[128];
     amqp_connection_state_t c;
     int code;
     reserved_order(order);
-    c = raw_open("BILLING_AMQP_URL");
-    amqp_exchange_bind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE), amqp_cstring_bytes(MQ_RETRY_EXCHANGE),
-                       amqp_cstring_bytes("billing.#"), amqp_empty_table);
-    code = raw_done(c);
-    ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "exchange.bind: %d", code);
-    code = raw_forge(raw_open("BILLING_AMQP_URL"), MQ_RETRY_EXCHANGE, RK_BILLING_INVOICED,
-                     EV_INVENTORY_RELEASED, order, NULL, NULL);
-    ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "publish: %d", code);
+    for (size_t a = 0; a < nusers; a++) {
+        if (!users[a].consumer)
+            continue;
+        snprintf(pattern, sizeof(pattern), "%s.#",
+                 users[a].topic[0] ? users[a].topic : users[a].name);
+        c = raw_open(users[a].url_env);
+        amqp_exchange_bind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE),
+                           amqp_cstring_bytes(MQ_RETRY_EXCHANGE), amqp_cstring_bytes(pattern),
+                           amqp_empty_table);
+        code = raw_done(c);
+        ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "%s: exchange.bind: %d",
+                      users[a].name, code);
+        for (size_t k = 0; k < NKEYS; k++) {
+            if (!owns(a, all_keys[k]))
+                continue;
+            code = raw_forge(users[a].url_env, MQ_RETRY_EXCHANGE, all_keys[k],
+                             EV_INVENTORY_RELEASED, order, NULL, NULL);
+            ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "%s: publish: %d",
+                          users[a].name, code);
+        }
+    }
     assert_no_effect();
-    /* the administrator removes what billing may have bound */
-    c = raw_open("TEST_AMQP_URL");
-    amqp_exchange_unbind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE),
-                         amqp_cstring_bytes(MQ_RETRY_EXCHANGE), amqp_cstring_bytes("billing.#"),
-                         amqp_empty_table);
-    ck_assert_int_eq(raw_done(c), 0);
+    /* the administrator removes what they may have bound */
+    for (size_t a = 0; a < nusers; a++) {
+        if (!users[a].consumer)
+            continue;
+        snprintf(pattern, sizeof(pattern), "%s.#",
+                 users[a].topic[0] ? users[a].topic : users[a].name);
+        c = raw_open("TEST_AMQP_URL");
+        amqp_exchange_unbind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE),
+                             amqp_cstring_bytes(MQ_RETRY_EXCHANGE), amqp_cstring_bytes(pattern),
+                             amqp_empty_table);
+        ck_assert_int_eq(raw_done(c), 0);
+    }
     st = order_status(order);
     ck_assert_msg(strcmp(st, "RESERVED") == 0, "exchange binding: the order is %s", st);
     free(st);
 }
 END_TEST
 
-/* Door (C): email declares a queue of its own name that dead-letters to
- * sales.events under inventory.released (the broker checks write on the
- * dead-letter exchange, not the key), puts a message in and rejects it: the
- * broker republishes it on sales.events, with an x-death header. The same
- * into sales.retry under order-api's own key, as its retry tiers do. */
-static void dead_letter_as(const char *order, const char *dlx, const char *dlkey)
+/* Door (C): attacker a declares a queue of its own name that dead-letters
+ * to dlx under dlkey (the broker checks write on the dead-letter exchange,
+ * not the key), puts a message of type `as` in and rejects it: the broker
+ * republishes it there, with an x-death header. */
+static void dead_letter_as(size_t a, const char *order, ev_type as, const char *dlx,
+                           const char *dlkey)
 {
-    const char *q = "email.retry.7ms";
+    char q[80];
     amqp_connection_state_t c;
-    amqp_table_entry_t a[2];
-    amqp_table_t args = {2, a};
+    amqp_table_entry_t e[2];
+    amqp_table_t args = {2, e};
     amqp_rpc_reply_t r;
     int code;
-    a[0].key = amqp_cstring_bytes("x-dead-letter-exchange");
-    a[0].value.kind = AMQP_FIELD_KIND_UTF8;
-    a[0].value.value.bytes = amqp_cstring_bytes(dlx);
-    a[1].key = amqp_cstring_bytes("x-dead-letter-routing-key");
-    a[1].value.kind = AMQP_FIELD_KIND_UTF8;
-    a[1].value.value.bytes = amqp_cstring_bytes(dlkey);
-    c = raw_open("EMAIL_AMQP_URL");
+    snprintf(q, sizeof(q), "%s.retry.7ms", users[a].name);
+    e[0].key = amqp_cstring_bytes("x-dead-letter-exchange");
+    e[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[0].value.value.bytes = amqp_cstring_bytes(dlx);
+    e[1].key = amqp_cstring_bytes("x-dead-letter-routing-key");
+    e[1].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[1].value.value.bytes = amqp_cstring_bytes(dlkey);
+    c = raw_open(users[a].url_env);
     amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 0, 0, 0, 0, args);
     if (amqp_get_rpc_reply(c).reply_type == AMQP_RESPONSE_NORMAL) {
         amqp_queue_bind(c, 1, amqp_cstring_bytes(q), amqp_cstring_bytes(MQ_RETRY_EXCHANGE),
                         amqp_cstring_bytes(q), amqp_empty_table);
         ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
         ck_assert_int_eq(raw_done(c), 0);
-        code = raw_forge(raw_open("EMAIL_AMQP_URL"), MQ_RETRY_EXCHANGE, q, EV_INVENTORY_RELEASED,
-                         order, NULL, NULL);
+        code = raw_forge(users[a].url_env, MQ_RETRY_EXCHANGE, q, as, order, NULL, NULL);
         ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "publish: %d", code);
-        c = raw_open("EMAIL_AMQP_URL");
+        c = raw_open(users[a].url_env);
         r = amqp_basic_get(c, 1, amqp_cstring_bytes(q), 0);
         ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
         if (r.reply.id == AMQP_BASIC_GET_OK_METHOD) {
@@ -579,16 +819,26 @@ static void dead_letter_as(const char *order, const char *dlx, const char *dlkey
         amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
     }
     code = raw_done(c);
-    ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "dead-letter queue to %s/%s: %d", dlx,
-                  dlkey, code);
+    ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "%s: dead-letter queue to %s/%s: %d",
+                  users[a].name, dlx, dlkey, code);
 }
 
+/* Every consuming service against every other: onto sales.events under an
+ * event key the victim is bound for, and into sales.retry under the
+ * victim's own key, as its retry tiers do. */
 START_TEST(dead_letter_arguments_do_not_forge_an_event)
 {
     char order[UUID_STR_LEN], *st;
     reserved_order(order);
-    dead_letter_as(order, MQ_EXCHANGE, RK_INVENTORY_RELEASED);
-    dead_letter_as(order, MQ_RETRY_EXCHANGE, "order-api");
+    for (size_t a = 0; a < nusers; a++) {
+        for (size_t v = 0; v < nusers; v++) {
+            ev_type as = users[v].handles;
+            if (a == v || !users[a].consumer || !users[v].consumer)
+                continue;
+            dead_letter_as(a, order, as, MQ_EXCHANGE, ev_routing_key(as));
+            dead_letter_as(a, order, as, MQ_RETRY_EXCHANGE, users[v].name);
+        }
+    }
     assert_no_effect();
     st = order_status(order);
     ck_assert_msg(strcmp(st, "RESERVED") == 0, "dead-letter arguments: the order is %s", st);
@@ -603,66 +853,73 @@ END_TEST
 START_TEST(no_user_can_configure_or_read_what_is_not_its_own)
 {
     static const char *const shared[] = {MQ_EXCHANGE, MQ_RETRY_EXCHANGE, MQ_DLX};
-    for (size_t a = 0; a < NUSERS; a++) {
+    for (size_t a = 0; a < nusers; a++) {
+        const char *url = users[a].url_env;
         for (size_t x = 0; x < 3; x++) {
-            amqp_connection_state_t c = raw_open(users[a].url);
+            amqp_connection_state_t c = raw_open(url);
             int code;
             amqp_exchange_declare(c, 1, amqp_cstring_bytes(shared[x]), amqp_cstring_bytes("fanout"),
                                   0, 1, 0, 0, amqp_empty_table);
             code = raw_done(c);
             ck_assert_msg(code == 403, "%s: exchange.declare %s: %d", users[a].name, shared[x],
                           code);
-            c = raw_open(users[a].url);
+            c = raw_open(url);
             amqp_exchange_delete(c, 1, amqp_cstring_bytes(shared[x]), 1);
             code = raw_done(c);
             ck_assert_msg(code == 403, "%s: exchange.delete %s: %d", users[a].name, shared[x],
                           code);
             /* its own queue bound to another's keys on the retry / DLX */
-            for (int v = 0; v < NSVC && strcmp(users[a].name, "pos") != 0; v++) {
-                if (x == 0 || strcmp(users[a].name, svc[v]) == 0)
+            for (size_t v = 0; v < nusers && users[a].consumer; v++) {
+                if (x == 0 || a == v || !users[v].consumer)
                     continue;
-                c = raw_open(users[a].url);
+                c = raw_open(url);
                 amqp_queue_bind(c, 1, amqp_cstring_bytes(users[a].name),
-                                amqp_cstring_bytes(shared[x]), amqp_cstring_bytes(svc[v]),
+                                amqp_cstring_bytes(shared[x]), amqp_cstring_bytes(users[v].name),
                                 amqp_empty_table);
                 code = raw_done(c);
                 ck_assert_msg(code == 403, "%s: bound its queue to %s/%s: %d", users[a].name,
-                              shared[x], svc[v], code);
+                              shared[x], users[v].name, code);
             }
         }
-        for (int v = 0; v < NSVC; v++) {
-            char dlq[64];
+        for (size_t v = 0; v < nusers; v++) {
+            char names[5][64];
             amqp_connection_state_t c;
             int code;
-            if (strcmp(users[a].name, svc[v]) == 0)
+            if (a == v || !users[v].consumer)
                 continue;
-            mq_dlq_name(svc[v], dlq, sizeof(dlq));
-            c = raw_open(users[a].url);
-            amqp_queue_declare(c, 1, amqp_cstring_bytes(svc[v]), 0, 0, 0, 0, amqp_empty_table);
-            code = raw_done(c);
-            ck_assert_msg(code == 403, "%s: queue.declare %s: %d", users[a].name, svc[v], code);
-            c = raw_open(users[a].url);
-            amqp_queue_delete(c, 1, amqp_cstring_bytes(svc[v]), 1, 1);
-            code = raw_done(c);
-            ck_assert_msg(code == 403, "%s: queue.delete %s: %d", users[a].name, svc[v], code);
-            c = raw_open(users[a].url);
-            amqp_queue_bind(c, 1, amqp_cstring_bytes(svc[v]), amqp_cstring_bytes(MQ_EXCHANGE),
-                            amqp_cstring_bytes("#"), amqp_empty_table);
-            code = raw_done(c);
-            ck_assert_msg(code == 403, "%s: queue.bind %s: %d", users[a].name, svc[v], code);
-            c = raw_open(users[a].url);
-            amqp_queue_purge(c, 1, amqp_cstring_bytes(dlq));
-            code = raw_done(c);
-            ck_assert_msg(code == 403, "%s: queue.purge %s: %d", users[a].name, dlq, code);
-            c = raw_open(users[a].url);
-            amqp_basic_consume(c, 1, amqp_cstring_bytes(svc[v]), amqp_empty_bytes, 0, 0, 0,
-                               amqp_empty_table);
-            code = raw_done(c);
-            ck_assert_msg(code == 403, "%s: basic.consume %s: %d", users[a].name, svc[v], code);
-            c = raw_open(users[a].url);
-            amqp_basic_get(c, 1, amqp_cstring_bytes(dlq), 0);
-            code = raw_done(c);
-            ck_assert_msg(code == 403, "%s: basic.get %s: %d", users[a].name, dlq, code);
+            queues_of(v, names);
+            for (int k = 0; k < 5; k++) {
+                c = raw_open(url);
+                amqp_queue_declare(c, 1, amqp_cstring_bytes(names[k]), 0, 0, 0, 0,
+                                   amqp_empty_table);
+                code = raw_done(c);
+                ck_assert_msg(code == 403, "%s: queue.declare %s: %d", users[a].name, names[k],
+                              code);
+                c = raw_open(url);
+                amqp_queue_delete(c, 1, amqp_cstring_bytes(names[k]), 1, 1);
+                code = raw_done(c);
+                ck_assert_msg(code == 403, "%s: queue.delete %s: %d", users[a].name, names[k],
+                              code);
+                c = raw_open(url);
+                amqp_queue_bind(c, 1, amqp_cstring_bytes(names[k]), amqp_cstring_bytes(MQ_EXCHANGE),
+                                amqp_cstring_bytes("#"), amqp_empty_table);
+                code = raw_done(c);
+                ck_assert_msg(code == 403, "%s: queue.bind %s: %d", users[a].name, names[k], code);
+                c = raw_open(url);
+                amqp_queue_purge(c, 1, amqp_cstring_bytes(names[k]));
+                code = raw_done(c);
+                ck_assert_msg(code == 403, "%s: queue.purge %s: %d", users[a].name, names[k], code);
+                c = raw_open(url);
+                amqp_basic_consume(c, 1, amqp_cstring_bytes(names[k]), amqp_empty_bytes, 0, 0, 0,
+                                   amqp_empty_table);
+                code = raw_done(c);
+                ck_assert_msg(code == 403, "%s: basic.consume %s: %d", users[a].name, names[k],
+                              code);
+                c = raw_open(url);
+                amqp_basic_get(c, 1, amqp_cstring_bytes(names[k]), 0);
+                code = raw_done(c);
+                ck_assert_msg(code == 403, "%s: basic.get %s: %d", users[a].name, names[k], code);
+            }
         }
     }
     assert_no_effect();
@@ -704,12 +961,41 @@ START_TEST(a_wrong_password_is_a_permanent_error)
 }
 END_TEST
 
+/* The registry is what this suite tries: every service of scripts/suite.sh
+ * is a consuming user here, and pos a publisher. (A suite that read
+ * nothing would pass every door.) */
+START_TEST(every_service_of_the_registry_is_tried)
+{
+    const char *cmd = "bash -c 'source \"$ORDERSUITE_ROOT/scripts/suite.sh\" && suite_names'";
+    char line[128];
+    size_t n = 0, consumers = 0;
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    while (fgets(line, sizeof(line), p)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (!line[0])
+            continue;
+        ck_assert_msg(users[user(line)].consumer, "%s is not tried as a consumer", line);
+        n++;
+    }
+    ck_assert_int_eq(pclose(p), 0);
+    for (size_t i = 0; i < nusers; i++)
+        consumers += users[i].consumer;
+    ck_assert_uint_ge(n, 4);
+    ck_assert_uint_eq(consumers, n);
+    ck_assert_msg(!users[user("pos")].consumer, "pos has no queue");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("privileges");
     TCase *t = tcase_create("broker");
+    if (load_registry() < 0)
+        return 1;
     tcase_add_unchecked_fixture(t, start_all, stop_all);
-    tcase_set_timeout(t, 120);
+    tcase_set_timeout(t, 240);
+    tcase_add_test(t, every_service_of_the_registry_is_tried);
     tcase_add_test(t, forged_release_from_email_leaves_a_reserved_order_alone);
     tcase_add_test(t, no_user_can_publish_into_another_services_queues);
     tcase_add_test(t, own_key_with_a_forged_type_is_not_applied);

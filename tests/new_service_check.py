@@ -7,7 +7,9 @@ checks it refuses a duplicate name and an unknown key, builds the copy, runs
 the copy's compose check, applies the copy's migrations to the real database
 (as `make migrate` would), gives it a broker user with the rights
 scripts/broker-perms.sh gives every service, and runs the generated Check
-suite as that user against the real broker and database. Cleans up the
+suite as that user against the real broker and database; then the copy's
+check_privileges, whose registry now holds the generated service, so every
+door is tried with it as attacker and as victim. Cleans up the
 schema, the migration record, the broker user and the
 queues afterwards. Prints a Check-style summary line.
 """
@@ -120,6 +122,18 @@ def main():
                    GENTEST_DATABASE_URL=db_url, ORDERSUITE_BIN=os.path.join(tmp, "build/bin"))
         rc, out = run([f"build/test/check_{NAME}"], tmp, env, timeout=180)
         check("generated_test_passes", rc == 0 and "100%" in out, out[-3000:])
+        # The privilege suite of the copy, whose registry (scripts/suite.sh,
+        # BROKER_USERS) has the generated service: it must be tried as an
+        # attacker and as a victim, with every door closed.
+        plog = os.path.join(os.environ["ORDERSUITE_VAR"], "log", "tests", f"privileges-{NAME}.log")
+        if os.path.exists(plog):
+            os.unlink(plog)
+        rc, out = run(["build/test/check_privileges"], tmp,
+                      dict(env, ORDERSUITE_ROOT=tmp), timeout=400)
+        check("privileges_pass_with_the_generated_service", rc == 0 and "100%" in out,
+              out[-3000:])
+        check("privileges_started_the_generated_service", os.path.exists(plog),
+              f"check_privileges did not start {NAME} (no {plog})")
     finally:
         cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
