@@ -382,6 +382,22 @@ START_TEST(pg_client_trusting_another_ca_is_refused)
 }
 END_TEST
 
+/* tests/listen_check.py on the pair: every socket its processes (the pid
+ * files under var/tls-check/, their children, epmd) listen on is loopback. */
+START_TEST(tls_pair_listens_on_loopback_only)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd),
+             "python3 %s/tests/listen_check.py --under %s/tls-check"
+             " >>%s/log/tests/tls-listen.log 2>&1",
+             tu_env("ORDERSUITE_ROOT"), tu_env("ORDERSUITE_VAR"), tu_env("ORDERSUITE_VAR"));
+    ck_assert_msg(system(cmd) == 0,
+                  "a listener of the TLS pair is not on loopback (see %s/log/"
+                  "tests/tls-listen.log)",
+                  tu_env("ORDERSUITE_VAR"));
+}
+END_TEST
+
 /* Runs tests/tls-instance.sh VERB [ARG], output to var/log/tests/. */
 static int instance(const char *verb, const char *arg)
 {
@@ -477,6 +493,7 @@ int main(void)
     tcase_add_test(tc, amqp_client_certificate_is_checked_when_sent);
     tcase_add_test(tc, pg_plain_text_client_is_refused);
     tcase_add_test(tc, pg_client_trusting_another_ca_is_refused);
+    tcase_add_test(tc, tls_pair_listens_on_loopback_only);
     suite_add_tcase(s, tc);
     rc = tu_run(s);
     if (instance("down", NULL) < 0) {

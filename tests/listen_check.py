@@ -1,27 +1,46 @@
 #!/usr/bin/env python3
-"""listen_check.py — loopback really means loopback.
+"""listen_check.py — loopback really means loopback, for every socket the
+project's processes listen on.
 
-After `make up` (run-tests.sh runs after it) and again after the suite's
-services have started, reads the kernel's table of listening TCP sockets
-(/proc/net/tcp and /proc/net/tcp6) and checks that none of the project's
-listeners is on a wildcard address (0.0.0.0 or ::) or any other non-loopback
-address: AMQP (and AMQPS under `make up TLS=1`), the management UI, Erlang distribution (AMQP_PORT + 20000),
-epmd (4369), PostgreSQL and every service's HTTP/metrics port, and
-order-api's operations port (OPS_PORT), from scripts/suite.sh.
+Which processes are the project's is read from what the project writes, not
+from a list of ports: every pid file under var/ (PostgreSQL's postmaster.pid,
+RabbitMQ's rabbitmq.pid, scripts/services.sh's var/run/*.pid and the tests'
+var/tests/run/*.pid, the mail catcher's, and the same under a second
+instance such as check_tls's var/tls-check/), every descendant of those
+processes, and epmd (the Erlang port mapper the node starts, which leaves
+its parent). Each process's sockets (/proc/PID/fd) are matched with the
+kernel's table of listening TCP sockets (/proc/net/tcp, /proc/net/tcp6), as
+`ss -ltnp` does; a listener of theirs on 0.0.0.0, :: or any other address
+that is not loopback fails.
 
-Starts the services with scripts/services.sh (the same path `make demo` uses;
-in the tests' environment when run by run-tests.sh),
-waits (bounded) until each answers /readyz, checks, then stops them.
+    listen_check.py               (run by run-tests.sh after make up)
+      1. after make up: PostgreSQL, RabbitMQ (AMQP, management, Erlang
+         distribution) and epmd must listen, on loopback only;
+      2. as `make demo` starts them: the mail catcher (scripts/services.sh
+         mailcatcher, SMTP and web UI) and every service of scripts/suite.sh
+         (scripts/services.sh start, SMTP_URL to the catcher), in the tests'
+         environment; each must listen on its own ports (HTTP or metrics,
+         and order-api's operations port), and every listener of every
+         project process on loopback only; then stops them;
+      3. a control: a process of a pid file under a folder of its own that
+         listens on 0.0.0.0 must be caught (the check can fail).
+    listen_check.py --under DIR   only: every listener of the processes of
+                                  the pid files under DIR (check_tls runs it
+                                  on its TLS pair), none on a wide address.
+
 Prints one line per check and a Check-style summary line.
 """
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
 ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
+VAR = os.environ.get("ORDERSUITE_VAR", os.path.realpath(os.path.join(ROOT, "var")))
 checks = []
 
 
@@ -30,9 +49,12 @@ def check(name, ok, detail=""):
     print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
 
 
-def listeners():
-    """(address, port) of every listening TCP socket in this network namespace."""
-    out = []
+# ------------------------------------------------------------ the kernel's view
+
+def listening_inodes():
+    """{socket inode: (address, port)} of every listening TCP socket in this
+    network namespace."""
+    out = {}
     for path, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
         try:
             with open(path) as f:
@@ -41,27 +63,132 @@ def listeners():
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 4 or fields[3] != "0A":  # 0A: TCP_LISTEN
+            if len(fields) < 10 or fields[3] != "0A":  # 0A: TCP_LISTEN
                 continue
             addr_hex, port_hex = fields[1].split(":")
             raw = bytes.fromhex(addr_hex)
             # The kernel prints the address as 32-bit words in host order.
-            words = [raw[i:i + 4][::-1] for i in range(0, len(raw), 4)]
-            b = b"".join(words)
+            b = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
             if v6:
                 if b[:12] == b"\0" * 10 + b"\xff\xff":  # ::ffff:a.b.c.d
                     addr = ".".join(str(x) for x in b[12:])
                 else:
-                    addr = ":".join(b[i:i + 2].hex() for i in range(0, 16, 2))
+                    addr = socket.inet_ntop(socket.AF_INET6, b)
             else:
                 addr = ".".join(str(x) for x in b)
-            out.append((addr, int(port_hex, 16)))
+            out[int(fields[9])] = (addr, int(port_hex, 16))
     return out
 
 
 def is_loopback(addr):
-    return addr.startswith("127.") or addr == "0000:0000:0000:0000:0000:0000:0000:0001"
+    return addr.startswith("127.") or addr == "::1"
 
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def children():
+    """{pid: [child pids]} of every process."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def pidfile_pids(under):
+    """{pid: pid file} of every live process named by a pid file under
+    `under` (*.pid; PostgreSQL's postmaster.pid has the pid on its first
+    line)."""
+    out = {}
+    for dirpath, _, files in os.walk(under):
+        for name in files:
+            if not name.endswith(".pid"):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                with open(path) as f:
+                    pid = int(f.readline().strip())
+            except (OSError, ValueError):
+                continue
+            if os.path.exists(f"/proc/{pid}"):
+                out[pid] = os.path.relpath(path, VAR)
+    return out
+
+
+def project_processes(under, with_epmd=True):
+    """{pid: what} of the processes of the pid files under `under`, their
+    descendants, and epmd."""
+    roots = pidfile_pids(under)
+    kids = children()
+    procs = {}
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            continue
+        procs[pid] = f"{comm(pid)} (pid {pid}, {roots.get(pid, 'a child')})"
+        todo.extend(kids.get(pid, []))
+    if with_epmd:
+        for d in os.listdir("/proc"):
+            if d.isdigit() and comm(d) == "epmd":
+                procs.setdefault(int(d), f"epmd (pid {d})")
+    return procs
+
+
+def sockets_of(procs):
+    """{pid: [(address, port)]}: the listening sockets each process holds."""
+    table = listening_inodes()
+    out = {}
+    for pid in procs:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in table:
+                    out.setdefault(pid, set()).add(table[inode])
+    return {p: sorted(s) for p, s in out.items()}
+
+
+def wide_listeners(procs, socks):
+    return [f"{procs[p]} on {a} port {port}" for p, s in socks.items() for a, port in s
+            if not is_loopback(a)]
+
+
+def check_all_loopback(phase, procs, socks):
+    n = sum(len(s) for s in socks.values())
+    wide = wide_listeners(procs, socks)
+    check(f"{phase}_every_listener_on_loopback ({n} sockets of {len(socks)} processes)",
+          n > 0 and not wide, "; ".join(wide) or "no listener found")
+    for p, s in sorted(socks.items()):
+        print(f"     {procs[p]}: {', '.join(f'{a}:{port}' for a, port in s)}")
+
+
+def ports_of(procs, socks, name):
+    """The ports the processes whose comm is `name` listen on."""
+    return {port for p, s in socks.items() if comm(p) == name for _, port in s}
+
+
+# ------------------------------------------------------------------ the phases
 
 def services():
     """(name, port, operations port or None) of every service in
@@ -75,32 +202,6 @@ def services():
     return [(r[0], int(r[1]) + offset, int(r[2]) + offset if len(r) > 2 else None) for r in rows]
 
 
-def server_ports():
-    amqp = int(os.environ.get("AMQP_PORT", "5672"))
-    return {
-        "AMQP": amqp,
-        # make up TLS=1: the amqps listener instead of the plain one.
-        "AMQPS": int(os.environ.get("AMQPS_PORT", "5671")),
-        "management": int(os.environ.get("MGMT_PORT", "15672")),
-        "Erlang distribution": amqp + 20000,
-        "epmd": int(os.environ.get("ERL_EPMD_PORT", "4369")),
-        "PostgreSQL": int(os.environ.get("PG_PORT", "5432")),
-    }
-
-
-def check_ports(phase, ports):
-    socks = listeners()
-    for what, port in ports.items():
-        on = sorted({a for a, p in socks if p == port})
-        if not on:
-            # Not every server need listen (epmd may be elsewhere); a port
-            # nobody listens on cannot be open to the world.
-            continue
-        wide = [a for a in on if not is_loopback(a)]
-        check(f"{phase}_{what.replace(' ', '_')}_{port}_on_loopback_only", not wide,
-              f"{what} listens on {', '.join(wide)} port {port}")
-
-
 def ready(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
@@ -109,21 +210,37 @@ def ready(port):
         return False
 
 
-def main():
-    ports = server_ports()
-    # Every server must be listening after make up, on loopback.
-    socks = listeners()
-    for what in ("AMQP", "management", "Erlang distribution", "PostgreSQL"):
-        check(f"up_{what.replace(' ', '_')}_listens", any(p == ports[what] for _, p in socks),
-              f"nothing listens on port {ports[what]}")
-    check_ports("up", ports)
+def after_up():
+    procs = project_processes(VAR)
+    socks = sockets_of(procs)
+    amqp = int(os.environ.get("AMQP_PORT", "5672"))
+    want = {
+        "PostgreSQL": ("postgres", int(os.environ.get("PG_PORT", "5432"))),
+        "AMQP": ("beam.smp", amqp),
+        "management": ("beam.smp", int(os.environ.get("MGMT_PORT", "15672"))),
+        "Erlang distribution": ("beam.smp", amqp + 20000),
+        "epmd": ("epmd", int(os.environ.get("ERL_EPMD_PORT", "4369"))),
+    }
+    for what, (name, port) in want.items():
+        check(f"up_{what.replace(' ', '_')}_listens_on_{port}", port in ports_of(procs, socks, name),
+              f"no {name} process of the project listens on {port}")
+    check_all_loopback("up", procs, socks)
 
+
+def after_demo():
+    """The services and the mail catcher, as scripts/demo.sh starts them."""
+    offset = int(os.environ.get("ORDERSUITE_PORT_OFFSET", "0"))
+    smtp, web = 1025 + offset, 1080 + offset
     svcs = services()
-    build = os.path.relpath(os.path.dirname(BIN), ROOT)
-    env = dict(os.environ, BUILD=build)
+    env = dict(os.environ, BUILD=os.path.relpath(os.path.dirname(BIN), ROOT),
+               SMTP_URL=f"smtp://127.0.0.1:{smtp}")
     svc_sh = os.path.join(ROOT, "scripts", "services.sh")
-    subprocess.run(["bash", svc_sh, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    run = os.environ.get("ORDERSUITE_RUN_DIR", os.path.join(VAR, "run"))
     try:
+        r = subprocess.run(["bash", svc_sh, "mailcatcher", str(smtp), str(web)], env=env,
+                           capture_output=True, text=True)
+        check("demo_mailcatcher_starts", r.returncode == 0, r.stdout + r.stderr)
+        subprocess.run(["bash", svc_sh, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         pending = {n: p for n, p, _ in svcs}
         pending.update({f"{n} (operations)": o for n, _, o in svcs if o})
@@ -131,16 +248,57 @@ def main():
             pending = {n: p for n, p in pending.items() if not ready(p)}
             if pending:
                 time.sleep(0.2)
-        check("services_ready", not pending, f"not ready within 60 s: {', '.join(pending)}")
-        ports.update({f"service {n}": p for n, p, _ in svcs})
-        ports.update({f"operations {n}": o for n, _, o in svcs if o})
-        for n, _, o in svcs:
-            if o:  # it must listen there (and on loopback, checked below)
-                check(f"services_{n}_operations_port_{o}_listens",
-                      any(p == o for _, p in listeners()), f"nothing listens on {o}")
-        check_ports("services", ports)
+        check("demo_services_ready", not pending, f"not ready within 60 s: {', '.join(pending)}")
+
+        procs = project_processes(VAR)
+        socks = sockets_of(procs)
+        # Each started process, found by its pid file, holds its own ports.
+        pids = pidfile_pids(run)
+        by_file = {os.path.basename(f)[:-4]: p for p, f in pids.items()}
+        want = {n: {p} | ({o} if o else set()) for n, p, o in svcs}
+        want["mailcatcher"] = {smtp, web}
+        for name, ports in want.items():
+            got = {port for _, port in socks.get(by_file.get(name, -1), [])}
+            check(f"demo_{name}_listens_on_{'_'.join(str(p) for p in sorted(ports))}",
+                  ports <= got, f"{name} (pid {by_file.get(name, 'none')}) listens on "
+                  f"{sorted(got) or 'nothing'}")
+        check_all_loopback("demo", procs, socks)
     finally:
         subprocess.run(["bash", svc_sh, "stop"], env=env, stdout=subprocess.DEVNULL)
+
+
+def control():
+    """A listener on 0.0.0.0 of a process named by a pid file is caught."""
+    with tempfile.TemporaryDirectory(prefix="listen-check-") as tmp:
+        p = subprocess.Popen([sys.executable, "-c",
+                              "import socket, sys, time\n"
+                              "s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen()\n"
+                              "print(s.getsockname()[1], flush=True); time.sleep(60)\n"],
+                             stdout=subprocess.PIPE, text=True)
+        try:
+            port = int(p.stdout.readline())
+            with open(os.path.join(tmp, "wide.pid"), "w") as f:
+                f.write(f"{p.pid}\n")
+            procs = project_processes(tmp, with_epmd=False)
+            wide = wide_listeners(procs, sockets_of(procs))
+            check("control_a_wildcard_listener_is_caught",
+                  any(f"0.0.0.0 port {port}" in w for w in wide), f"not caught: {wide}")
+        finally:
+            p.kill()
+            p.wait()
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--under":
+        procs = project_processes(sys.argv[2])
+        socks = sockets_of(procs)
+        check_all_loopback("instance", procs, socks)
+        check("instance_has_its_servers", len(socks) >= 3,
+              f"only {len(socks)} processes listen under {sys.argv[2]}")
+        return
+    after_up()
+    after_demo()
+    control()
 
 
 if __name__ == "__main__":
