@@ -80,7 +80,13 @@ $(BUILD)/obj/tests/%.o: CFLAGS += $(CHECK_CFLAGS)
 
 $(BUILD)/test/check_%: $(BUILD)/obj/tests/check_%.o $(TESTUTIL_OBJ) $(LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(TESTUTIL_OBJ) $(LIBS) $(LDLIBS) $(CHECK_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS) $(LDLIBS) $(CHECK_LIBS)
+
+# A unit suite of a service's own files links those files (and sees their
+# headers); it starts no server.
+UNITS_SPOOL := services/pos/spool.c
+$(BUILD)/test/check_units_spool: $(call OBJ,$(UNITS_SPOOL))
+$(BUILD)/obj/tests/check_units_spool.o: CFLAGS += -Iservices/pos
 
 $(BUILD)/test/%: $(BUILD)/obj/tests/helpers/%.o $(LIBS)
 	@mkdir -p $(dir $@)
