@@ -15,7 +15,8 @@
 #      lock wait times out (DB_LOCK_TIMEOUT_MS) and the message is retried
 #   mail  the SMTP server (tools/mailcatcher) down 10 s under load, then back;
 #      then a permanent refusal (550): each mail at the server once, the
-#      refused one in email.dlq with the reply
+#      refused one in email.dlq with the reply; email runs with the
+#      scenario's SMTP_URL, and is restarted after it with the one it had
 #   unroutable  inventory.released (one binding: order-api's queue) unbound
 #      under load: the releases are parked, the other orders keep their
 #      end-to-end latency; re-bound and `dlq outbox replay`, each arrives once
@@ -49,9 +50,20 @@ passed=0 failed=0
 port_of() { svc_port "$1"; }
 pid_of() { cat "$(run_dir)/$1.pid" 2>/dev/null; }
 svc() { "$ROOT/scripts/services.sh" "$@" >>"$WORK/services.log" 2>&1; }
+# The SMTP_URL the running email process has ("" when it only records mail),
+# from its environment: restarts keep it (a demo's email keeps its catcher).
+email_smtp_url() {
+    local pid
+    pid=$(pid_of email) && [ -n "$pid" ] || return 0
+    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | sed -n 's/^SMTP_URL=//p'
+}
+FOUND_SMTP_URL= # email's SMTP_URL when chaos started
 restart() { # NAME [ENV=V...]: start it (with extra environment) and wait until ready
     local name=$1
     shift
+    if [ "$name" = email ] && [ -n "$FOUND_SMTP_URL" ] && [[ " $* " != *" SMTP_URL="* ]]; then
+        set -- SMTP_URL="$FOUND_SMTP_URL" "$@"
+    fi
     env "$@" "$ROOT/scripts/services.sh" start "$name" >>"$WORK/services.log" 2>&1
     wait_for 60 "$name ready" svc_ready "$name"
 }
@@ -149,6 +161,15 @@ scenario_0() {
     [[ "$out" == *"stuck=1 "*"ok=0"* ]] || ok=0
     psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE kind = 'stuck'
         AND correlation_id = '$id'" || ok=0
+    # The same mail of another run (an order not of this tag): not this run's.
+    psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO email.messages (cause_id, kind, correlation_id,
+        recipient, subject, body, status, next_attempt_at) VALUES (gen_random_uuid(), 'stuck',
+        gen_random_uuid(), 'x@example.com', 'stuck-other', 'stuck', 'pending',
+        now() + interval '1 hour')" || ok=0
+    out=$(led --ids "$WORK/$TAG.ids" | tail -1) || true
+    echo "    another run's undelivered mail:    $out"
+    [[ "$out" == *"stuck=0 "*"ok=1"* ]] || ok=0
+    psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE subject = 'stuck-other'" || ok=0
     # An outbox row the relay parked (the broker refused it): it never moves
     # again by itself, so the ledger counts it stuck, whatever its age.
     psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO orders.outbox (message_id, routing_key,
@@ -433,6 +454,8 @@ scenario_mail() {
     mail_up "$smtp" "$web" || ok=0
     svc stop email
     restart email SMTP_URL="smtp://127.0.0.1:$smtp" MAIL_RETRY_MAX_MS=2000 || ok=0
+    [ "$(email_smtp_url)" = "smtp://127.0.0.1:$smtp" ] ||
+        { echo "    FAIL: email runs without this scenario's SMTP_URL (smtp://127.0.0.1:$smtp)"; ok=0; }
     load_start "$TAG" 20 "$secs"
     sleep 5
     mail_down
@@ -480,13 +503,18 @@ sys.exit(0 if missing == 0 and extra == 0 and len(refused) == 1 and refused[0][2
         echo "    FAIL: no 550 reply in email.dlq"
         code=1
     }
-    if [ "$code" != 0 ]; then
-        ROWS[-1]="${ROWS[-1]/ ok/ FAIL (mail at the server)}"
-        passed=$((passed - 1)) failed=$((failed + 1))
-    fi
+    # Email as it was found: with the SMTP_URL it had (a demo's catcher), or none.
     mail_down
     svc stop email
     restart email || true
+    if [ "$(email_smtp_url)" != "$FOUND_SMTP_URL" ]; then
+        echo "    FAIL: email restarted with SMTP_URL '$(email_smtp_url)', found with '$FOUND_SMTP_URL'"
+        code=1
+    fi
+    if [ "$code" != 0 ]; then
+        ROWS[-1]="${ROWS[-1]/ ok/ FAIL (mail at the server, or the SMTP_URL of email)}"
+        passed=$((passed - 1)) failed=$((failed + 1))
+    fi
 }
 
 # unroutable: inventory.released has exactly one binding (order-api's queue).
@@ -576,6 +604,7 @@ trap 'mail_down; cleanup' EXIT
 for s in $(suite_names); do
     wait_for 60 "$s ready" svc_ready "$s" || die "$s did not become ready; see $(svc_log_dir)/$s.log"
 done
+FOUND_SMTP_URL=$(email_smtp_url)
 restock 100000 "make chaos: restock"
 
 t_all=$(now_ms)

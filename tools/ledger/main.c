@@ -28,7 +28,8 @@
  *            broker refused park_after times; any age: the relay never
  *            retries it, only `dlq outbox replay` does), a mail
  *            left pending in email's mail outbox (email.messages, not yet
- *            delivered), a message left in a retry tier
+ *            delivered; with --tag or --ids only the mail of the run's
+ *            orders and sales), a message left in a retry tier
  *
  * Prints the counts, then
  * "RESULT lost=L duplicated=D stuck=S inconsistent=I ok=0|1".
@@ -345,9 +346,23 @@ static int check_db(PGconn *db, const sent *s, figures *fg, int verbose)
         printf("\n");
     PQclear(r);
     /* The mail outbox: mail recorded but not yet delivered. 'refused' mail
-     * is not counted here: its cause is in email.dlq. */
-    fg->mail_pending =
-        q_long(db, "SELECT count(*) FROM email.messages WHERE status = 'pending'", 0, NULL);
+     * is not counted here: its cause is in email.dlq. A mail belongs to the
+     * order or sale it is about (correlation_id): with --tag or --ids only
+     * the run's orders' and sales' mail counts (a low-stock alert has the
+     * correlation of the order that caused it); without, all of it. */
+    if (opt.tag || s->orders || s->sales) {
+        const char *mp[] = {opt.tag, s->orders ? s->order_ids : NULL,
+                            s->sales ? s->sale_ids : NULL};
+        fg->mail_pending = q_long(db,
+                                  "SELECT count(*) FROM email.messages WHERE status = 'pending'"
+                                  " AND (correlation_id IN (SELECT id FROM orders.orders"
+                                  "  WHERE customer_id = $1 OR id = ANY($2::uuid[]))"
+                                  "  OR correlation_id = ANY($3::uuid[]))",
+                                  3, mp);
+    } else {
+        fg->mail_pending =
+            q_long(db, "SELECT count(*) FROM email.messages WHERE status = 'pending'", 0, NULL);
+    }
     return fg->mail_pending < 0 ? -1 : 0;
 }
 
