@@ -87,6 +87,8 @@ $(BUILD)/test/check_%: $(BUILD)/obj/tests/check_%.o $(TESTUTIL_OBJ) $(LIBS)
 UNITS_SPOOL := services/pos/spool.c
 $(BUILD)/test/check_units_spool: $(call OBJ,$(UNITS_SPOOL))
 $(BUILD)/obj/tests/check_units_spool.o: CFLAGS += -Iservices/pos
+$(BUILD)/test/check_units_api: $(call OBJ,$(filter-out services/order-api/main.c,$(wildcard services/order-api/*.c)))
+$(BUILD)/obj/tests/check_units_api.o: CFLAGS += -Iservices/order-api
 
 $(BUILD)/test/%: $(BUILD)/obj/tests/helpers/%.o $(LIBS)
 	@mkdir -p $(dir $@)
@@ -140,8 +142,10 @@ fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 fuzz-long:
 	@$(MAKE) --no-print-directory fuzz FUZZ_RUNS=1000000
 
-# fuzz_http decodes order-api's request bodies: it links api.c too.
-build/fuzz/%: tests/fuzz/%.c $(CONTRACTS_SRC) $(COMMON_SRC) services/order-api/api.c
+# fuzz_http decodes order-api's request bodies: it links order-api's files
+# too (all but its main.c).
+API_SRC := $(filter-out services/order-api/main.c,$(wildcard services/order-api/*.c))
+build/fuzz/%: tests/fuzz/%.c $(CONTRACTS_SRC) $(COMMON_SRC) $(API_SRC)
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Icommon -Icontracts \
 		-Iservices/order-api \

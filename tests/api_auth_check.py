@@ -204,6 +204,11 @@ def main():
         # Each sees only its own.
         s, _, b = call("GET", f"/orders/{ida}", token=alice)
         check("alice_reads_hers", s == 200 and json.loads(b).get("id") == ida, f"{s} {b[:200]!r}")
+        # One builder of the order document (services/order-api/store.c): the
+        # 201 and the replay show what GET shows (no worker moves it here).
+        check("the_201_and_the_replay_are_the_get_document",
+              s == 200 and sa == 201 and sr == 200 and json.loads(b) == json.loads(ba) == json.loads(br),
+              f"GET {b[:300]!r} 201 {ba[:300]!r}")
         s, _, b = call("GET", f"/orders/{ida}", token=bob)
         check("bob_cannot_read_alices_404", s == 404, f"{s} {b[:200]!r}")
         s, _, b = call("GET", "/orders?limit=100", token=bob)

@@ -1,7 +1,7 @@
 /*
  * order-api — the order HTTP API, and the keeper of each order's status.
  *
- * The HTTP side (api.c) runs on a libmicrohttpd thread pool; the main thread
+ * The HTTP side (routes.c, its files in api.h) runs on a libmicrohttpd thread pool; the main thread
  * runs the shared worker runtime, consuming inventory.* and billing.* events
  * to move an order's status forward (never back):
  *

@@ -1,0 +1,357 @@
+/*
+ * check_units_api.c — order-api's decisions without servers: decoding a
+ * POST /orders body (the edges the contract suite does not reach: the
+ * request's own shape), pricing up to the contract's maxima and past them,
+ * Idempotency-Key, bearer tokens, and problem+json building (common/http.c).
+ */
+#include "api.h"
+#include "testutil.h"
+
+#include <cJSON.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ decoding */
+
+#define ORDER(items)                                                                               \
+    "{\"customer_id\":\"c-1\",\"customer_email\":\"a@example.com\",\"currency\":\"EUR\","          \
+    "\"items\":" items "}"
+
+typedef struct {
+    const char *body;
+    int status; /* 0 = accepted */
+    const char *field;
+} decode_case;
+
+static const decode_case decode_cases[] = {
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":2}]"), 0, ""},
+    {"[]", 400, ""},
+    {"{\"customer_id\":\"c\",\"customer_id\":\"d\"}", 400, "customer_id"},
+    {"{", 400, ""},
+    {"{\"customer_id\":\"\xff\"}", 400, ""},
+    {"{\"a\":[[[[[[1]]]]]]}", 400, ""},
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]") "x", 400, ""},
+    {"{\"customer_id\":\"c-1\",\"customer_email\":\"a@example.com\",\"currency\":\"EUR\","
+     "\"total_minor\":1,\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}",
+     422, "total_minor"},
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":1,\"unit_price_minor\":1}]"), 422,
+     "items[0].unit_price_minor"},
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":1,\"sku\":\"X\"}]"), 400, "items[0].sku"},
+    {ORDER("[]"), 422, "items"},
+    {ORDER("{}"), 422, "items"},
+    {ORDER("[1]"), 422, "items[0]"},
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":\"1\"}]"), 422, "items[0].quantity"},
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":1.5}]"), 422, "items[0].quantity"},
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":0}]"), 422, "items[0].quantity"},
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":10000}]"), 0, ""},
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":10001}]"), 422, "items[0].quantity"},
+    {ORDER("[{\"sku\":\"MUG-WHITE\",\"quantity\":1e300}]"), 422, "items[0].quantity"},
+    {ORDER("[{\"sku\":\"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456\",\"quantity\":1}]"), 422,
+     "items[0].sku"},
+    {ORDER("[{\"sku\":7,\"quantity\":1}]"), 422, "items[0].sku"},
+    {ORDER("[{\"quantity\":1}]"), 422, "items[0].sku"},
+    {"{\"customer_id\":\"c-1\",\"currency\":\"EUR\",\"items\":[]}", 422, "customer_email"},
+    {"{\"customer_id\":7,\"customer_email\":\"a@example.com\",\"currency\":\"EUR\","
+     "\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}",
+     422, "customer_id"},
+    {"{\"customer_id\":\"c-1\",\"customer_email\":\"a@example.com\",\"currency\":null,"
+     "\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}",
+     422, "currency"},
+};
+
+START_TEST(a_request_body_is_decoded_or_refused_naming_the_field)
+{
+    const decode_case *c = &decode_cases[_i];
+    ev_event ev;
+    api_problem p;
+    int rc = api_decode_order(c->body, strlen(c->body), &ev, &p);
+    if (c->status == 0) {
+        ck_assert_msg(rc == 0, "case %d refused: %d %s (%s)", _i, p.status, p.field, p.detail);
+    } else {
+        ck_assert_msg(rc == -1, "case %d accepted", _i);
+        ck_assert_msg(p.status == c->status, "case %d: status %d, want %d (%s)", _i, p.status,
+                      c->status, p.detail);
+        ck_assert_msg(strcmp(p.field, c->field) == 0, "case %d: field '%s', want '%s' (%s)", _i,
+                      p.field, c->field, p.detail);
+        ck_assert_msg(p.detail[0] != '\0', "case %d: no detail", _i);
+    }
+    ev_free(&ev);
+}
+END_TEST
+
+/* n lines "SKU-<i>" of quantity q, as a request body (malloc'd). */
+static char *order_of(int n, long q)
+{
+    size_t cap = 256 + (size_t)n * 64, len;
+    char *b = malloc(cap);
+    ck_assert_ptr_nonnull(b);
+    len = (size_t)snprintf(b, cap,
+                           "{\"customer_id\":\"c-1\",\"customer_email\":\"a@example.com\","
+                           "\"currency\":\"EUR\",\"items\":[");
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(b + len, cap - len, "%s{\"sku\":\"SKU-%03d\",\"quantity\":%ld}",
+                                i ? "," : "", i, q);
+    snprintf(b + len, cap - len, "]}");
+    return b;
+}
+
+START_TEST(the_line_count_limit_is_the_contracts)
+{
+    ev_event ev;
+    api_problem p;
+    char *at = order_of(EV_LINES_MAX, 1), *over = order_of(EV_LINES_MAX + 1, 1);
+    ck_assert_int_eq(api_decode_order(at, strlen(at), &ev, &p), 0);
+    ck_assert_uint_eq(ev.u.order_placed.lines.n, EV_LINES_MAX);
+    ev_free(&ev);
+    ck_assert_int_eq(api_decode_order(over, strlen(over), &ev, &p), -1);
+    ck_assert_int_eq(p.status, 422);
+    ck_assert_str_eq(p.field, "items");
+    ev_free(&ev);
+    free(at);
+    free(over);
+}
+END_TEST
+
+START_TEST(only_application_json_is_a_json_content_type)
+{
+    ck_assert(api_json_content_type("application/json"));
+    ck_assert(api_json_content_type("application/json; charset=utf-8"));
+    ck_assert(api_json_content_type("Application/JSON"));
+    ck_assert(!api_json_content_type("application/jsonx"));
+    ck_assert(!api_json_content_type("text/plain"));
+    ck_assert(!api_json_content_type(""));
+    ck_assert(!api_json_content_type(NULL));
+}
+END_TEST
+
+/* ------------------------------------------------------------- pricing */
+
+/* An order of n lines "SKU-<i>" of quantity q, decoded, in ev. */
+static void decoded(ev_event *ev, int n, long q)
+{
+    api_problem p;
+    char *b = order_of(n, q);
+    ck_assert_msg(api_decode_order(b, strlen(b), ev, &p) == 0, "%s", p.detail);
+    free(b);
+}
+
+/* A catalog of n products "SKU-<i>" at price, in EUR. */
+static api_price *catalog_of(int n, int64_t price)
+{
+    static char skus[EV_LINES_MAX + 1][16];
+    api_price *c = calloc((size_t)n, sizeof(*c));
+    ck_assert_ptr_nonnull(c);
+    for (int i = 0; i < n; i++) {
+        snprintf(skus[i], sizeof(skus[i]), "SKU-%03d", i);
+        c[i] = (api_price){skus[i], price, "EUR"};
+    }
+    return c;
+}
+
+START_TEST(an_order_at_every_maximum_of_the_contract_is_priced_exactly)
+{
+    ev_event ev;
+    api_problem p = {0};
+    api_price *cat = catalog_of(EV_LINES_MAX, EV_PRICE_MAX);
+    decoded(&ev, EV_LINES_MAX, EV_QTY_MAX);
+    ck_assert_int_eq(api_price_lines(&ev.u.order_placed, cat, EV_LINES_MAX, &p), 0);
+    ck_assert_int_eq(ev.u.order_placed.total, EV_TOTAL_MAX);
+    ck_assert_int_eq(ev.u.order_placed.lines.items[99].unit_price, EV_PRICE_MAX);
+    ck_assert_int_eq(api_validate(&ev, &p), 0);
+    ev_free(&ev);
+    free(cat);
+}
+END_TEST
+
+typedef struct {
+    int64_t price;
+    int64_t quantity; /* set after decoding: past the contract when it must be */
+    int lines;
+} price_case;
+
+/* A catalog price past the contract, or a product that would overflow
+ * int64, is the server's data: a 500, never a wrapped total. */
+static const price_case bad_prices[] = {
+    {EV_PRICE_MAX + 1, 1, 1}, {-1, 1, 1},
+    {INT64_MAX, 1, 1},        {INT64_MIN, 1, 1},
+    {3, INT64_MAX / 2, 1},    {EV_PRICE_MAX, INT64_MAX / EV_PRICE_MAX, 2},
+};
+
+START_TEST(a_price_past_the_contract_or_an_overflow_is_a_server_error)
+{
+    const price_case *c = &bad_prices[_i];
+    ev_event ev;
+    api_problem p = {0};
+    api_price *cat = catalog_of(c->lines, c->price);
+    decoded(&ev, c->lines, 1);
+    for (int i = 0; i < c->lines; i++)
+        ev.u.order_placed.lines.items[i].quantity = c->quantity;
+    ck_assert_int_eq(api_price_lines(&ev.u.order_placed, cat, (size_t)c->lines, &p), -1);
+    ck_assert_int_eq(p.status, 500);
+    ck_assert_ptr_nonnull(strstr(p.detail, "out of range"));
+    ev_free(&ev);
+    free(cat);
+}
+END_TEST
+
+START_TEST(an_unknown_sku_or_another_currency_is_the_clients_error)
+{
+    ev_event ev;
+    api_problem p = {0};
+    api_price *cat = catalog_of(2, 100);
+    decoded(&ev, 3, 1);
+    ck_assert_int_eq(api_price_lines(&ev.u.order_placed, cat, 2, &p), -1);
+    ck_assert_int_eq(p.status, 422);
+    ck_assert_str_eq(p.field, "items[2].sku");
+    ck_assert_ptr_nonnull(strstr(p.detail, "SKU-002"));
+    ev_free(&ev);
+    decoded(&ev, 2, 1);
+    cat[1].currency = "NPR";
+    ck_assert_int_eq(api_price_lines(&ev.u.order_placed, cat, 2, &p), -1);
+    ck_assert_int_eq(p.status, 422);
+    ck_assert_str_eq(p.field, "currency");
+    ck_assert_str_eq(p.detail, "the catalog sells in NPR");
+    ev_free(&ev);
+    free(cat);
+}
+END_TEST
+
+/* --------------------------------------------------------- idempotency */
+
+START_TEST(an_idempotency_key_is_1_to_200_printable_ascii_characters)
+{
+    char k[API_IDEM_KEY_MAX + 2];
+    memset(k, 'k', sizeof(k));
+    k[API_IDEM_KEY_MAX] = '\0';
+    ck_assert(api_idem_key_valid(k));
+    k[API_IDEM_KEY_MAX] = 'k';
+    k[API_IDEM_KEY_MAX + 1] = '\0';
+    ck_assert(!api_idem_key_valid(k));
+    ck_assert(!api_idem_key_valid(""));
+    ck_assert(api_idem_key_valid("!~"));
+    ck_assert(!api_idem_key_valid("a b"));
+    ck_assert(!api_idem_key_valid("a\x7f"));
+    ck_assert(!api_idem_key_valid("caf\xc3\xa9"));
+    ck_assert(!api_idem_key_valid("a\tb"));
+}
+END_TEST
+
+START_TEST(an_earlier_order_with_the_key_is_replayed_or_a_conflict)
+{
+    ck_assert_int_eq(api_idem_decide(0, 0), API_IDEM_NEW);
+    ck_assert_int_eq(api_idem_decide(0, 1), API_IDEM_NEW);
+    ck_assert_int_eq(api_idem_decide(1, 1), API_IDEM_REPLAY);
+    ck_assert_int_eq(api_idem_decide(1, 0), API_IDEM_CONFLICT);
+}
+END_TEST
+
+/* -------------------------------------------------------------- tokens */
+
+START_TEST(api_tokens_are_parsed_and_a_bearer_token_finds_its_client)
+{
+    char buf[512], err[256];
+    api_ctx ctx = {0};
+    snprintf(buf, sizeof(buf), "# clients\n\n  %s\r\nother %064d\n",
+             TU_API_TOKENS + strlen("API_TOKENS="), 0);
+    ck_assert_msg(api_tokens_parse(buf, &ctx.tokens, &ctx.ntokens, err, sizeof(err)) == 0, "%s",
+                  err);
+    ck_assert_uint_eq(ctx.ntokens, 2);
+    ck_assert_str_eq(ctx.tokens[0].client, "tests");
+    ck_assert_str_eq(ctx.tokens[1].client, "other");
+    ck_assert_str_eq(api_authenticate(&ctx, "Bearer " TU_API_TOKEN), "tests");
+    ck_assert_str_eq(api_authenticate(&ctx, "bearer  " TU_API_TOKEN), "tests");
+    ck_assert_ptr_null(api_authenticate(&ctx, "Bearer " TU_API_TOKEN "x"));
+    ck_assert_ptr_null(api_authenticate(&ctx, "Bearer " TU_API_TOKEN " "));
+    ck_assert_ptr_null(api_authenticate(&ctx, "Basic " TU_API_TOKEN));
+    ck_assert_ptr_null(api_authenticate(&ctx, "Bearer "));
+    ck_assert_ptr_null(api_authenticate(&ctx, NULL));
+    free(ctx.tokens);
+}
+END_TEST
+
+START_TEST(a_malformed_api_tokens_line_is_named)
+{
+    char err[256];
+    api_token *t = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(
+        api_tokens_parse("ok 0000000000000000000000000000000000000000000000000000000000000000\n"
+                         "bad line\n",
+                         &t, &n, err, sizeof(err)),
+        -1);
+    ck_assert_ptr_nonnull(strstr(err, "line 2"));
+    ck_assert_ptr_null(t);
+    ck_assert_int_eq(api_tokens_parse("# only a comment\n", &t, &n, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "no tokens"));
+    ck_assert_int_eq(
+        api_tokens_parse("a/b 0000000000000000000000000000000000000000000000000000000000000000\n",
+                         &t, &n, err, sizeof(err)),
+        -1);
+}
+END_TEST
+
+/* ------------------------------------------------------- problem+json */
+
+START_TEST(a_problem_is_rfc_9457_json_with_the_field)
+{
+    http_resp out = {0};
+    cJSON *j;
+    http_problem(&out, 422, "Unprocessable Content", "a \"quoted\" detail\n", "items[0].sku");
+    ck_assert_int_eq(out.status, 422);
+    ck_assert_str_eq(out.content_type, "application/problem+json");
+    j = cJSON_Parse(out.body);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "type")->valuestring, "about:blank");
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "title")->valuestring, "Unprocessable Content");
+    ck_assert_int_eq(cJSON_GetObjectItem(j, "status")->valueint, 422);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "detail")->valuestring, "a \"quoted\" detail\n");
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "field")->valuestring, "items[0].sku");
+    cJSON_Delete(j);
+    free(out.body);
+}
+END_TEST
+
+START_TEST(a_problem_without_detail_or_field_leaves_them_out)
+{
+    http_resp out = {0};
+    cJSON *j;
+    http_problem(&out, 503, "Service Unavailable", NULL, NULL);
+    j = cJSON_Parse(out.body);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(cJSON_GetArraySize(j), 3);
+    ck_assert_ptr_null(cJSON_GetObjectItem(j, "detail"));
+    ck_assert_ptr_null(cJSON_GetObjectItem(j, "field"));
+    cJSON_Delete(j);
+    free(out.body);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("units_api");
+    TCase *d = tcase_create("decode"), *pr = tcase_create("pricing");
+    TCase *i = tcase_create("idempotency"), *a = tcase_create("tokens");
+    TCase *h = tcase_create("problem+json");
+    tcase_add_loop_test(d, a_request_body_is_decoded_or_refused_naming_the_field, 0,
+                        (int)(sizeof(decode_cases) / sizeof(decode_cases[0])));
+    tcase_add_test(d, the_line_count_limit_is_the_contracts);
+    tcase_add_test(d, only_application_json_is_a_json_content_type);
+    tcase_add_test(pr, an_order_at_every_maximum_of_the_contract_is_priced_exactly);
+    tcase_add_loop_test(pr, a_price_past_the_contract_or_an_overflow_is_a_server_error, 0,
+                        (int)(sizeof(bad_prices) / sizeof(bad_prices[0])));
+    tcase_add_test(pr, an_unknown_sku_or_another_currency_is_the_clients_error);
+    tcase_add_test(i, an_idempotency_key_is_1_to_200_printable_ascii_characters);
+    tcase_add_test(i, an_earlier_order_with_the_key_is_replayed_or_a_conflict);
+    tcase_add_test(a, api_tokens_are_parsed_and_a_bearer_token_finds_its_client);
+    tcase_add_test(a, a_malformed_api_tokens_line_is_named);
+    tcase_add_test(h, a_problem_is_rfc_9457_json_with_the_field);
+    tcase_add_test(h, a_problem_without_detail_or_field_leaves_them_out);
+    suite_add_tcase(s, d);
+    suite_add_tcase(s, pr);
+    suite_add_tcase(s, i);
+    suite_add_tcase(s, a);
+    suite_add_tcase(s, h);
+    return tu_run(s);
+}
