@@ -20,7 +20,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-static pid_t worker;
+static tu_svc worker;
 
 /* Runs the dlq tool; returns its exit status and its stdout (caller frees). */
 static int dlq(const char *args, char **out)
@@ -81,16 +81,12 @@ static void publish(mq_conn *c, const char *exchange, const char *key, const cha
 
 static void setup(void)
 {
-    static char env[3][1200];
-    static const char *envp[4];
-    char *argv[] = {"inventory", NULL}, path[512], log[512], *out;
-    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("INVENTORY_AMQP_URL"));
-    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("INVENTORY_DATABASE_URL"));
-    snprintf(env[2], sizeof(env[2]), "METRICS_PORT=0");
-    envp[0] = env[0];
-    envp[1] = env[1];
-    envp[2] = env[2];
-    envp[3] = NULL;
+    const tu_svc_opts o = {.exe = "inventory",
+                           .amqp_env = "INVENTORY_AMQP_URL",
+                           .db_env = "INVENTORY_DATABASE_URL",
+                           .log = "dlq-inventory",
+                           .ready_queue = "inventory"};
+    char *out;
     ck_assert_int_eq(dlq("purge inventory --yes", &out), 0);
     free(out);
     {
@@ -100,25 +96,20 @@ static void setup(void)
         ck_assert_int_ge(mq_purge(c, "inventory", err, sizeof(err)), 0);
         mq_free(c);
     }
-    snprintf(path, sizeof(path), "%s/inventory", tu_env("ORDERSUITE_BIN"));
-    snprintf(log, sizeof(log), "%s/log/tests/dlq-inventory.log", tu_env("ORDERSUITE_VAR"));
-    worker = tu_spawn(path, argv, envp, log);
+    tu_svc_spawn(&worker, &o);
 }
 
 static void teardown(void)
 {
-    int st = tu_stop(worker, SIGTERM, 20000);
-    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "inventory: status %d", st);
+    tu_svc_stop_ok(&worker);
 }
 
 /* The worker's log shows message id arg rejected twice. */
 static int rejected_twice(void *arg)
 {
-    char path[512], line[4096];
+    char line[4096];
     int n = 0;
-    FILE *f;
-    snprintf(path, sizeof(path), "%s/log/tests/dlq-inventory.log", tu_env("ORDERSUITE_VAR"));
-    f = fopen(path, "r");
+    FILE *f = fopen(worker.log, "r");
     if (!f)
         return 0;
     while (fgets(line, sizeof(line), f))

@@ -31,7 +31,7 @@ static const char *const urls[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_U
                                    "EMAIL_DATABASE_URL", "ORDERS_DATABASE_URL"};
 static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EMAIL_AMQP_URL",
                                    "ORDER_API_AMQP_URL"};
-static pid_t pids[4];
+static tu_svc svcs[4];
 
 static const char *const json_hdr[] = {"Content-Type: application/json", AUTH, NULL};
 static const char *const auth_hdr[] = {AUTH, NULL};
@@ -66,52 +66,45 @@ static void write_tokens(const char *path)
 
 static void start_all(void)
 {
-    static char env[4][7][1200];
-    static const char *envp[4][8];
-    char *argv[] = {"svc", NULL};
-    char tokens[512];
+    char tokens[512], tokens_env[600];
 
     snprintf(tokens, sizeof(tokens), "%s/log/tests/e2e-api-tokens", tu_env("ORDERSUITE_VAR"));
     write_tokens(tokens);
 
+    snprintf(tokens_env, sizeof(tokens_env), "API_TOKENS_FILE=%s", tokens);
     for (int i = 0; i < 4; i++) {
-        char path[512], log[512];
-        /* Each service as its own broker user and database role. */
-        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env(amqp[i]));
-        snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(urls[i]));
-        snprintf(env[i][2], sizeof(env[i][2]), "HTTP_PORT=18080");
-        snprintf(env[i][3], sizeof(env[i][3]), "LOG_LEVEL=info");
-        snprintf(env[i][4], sizeof(env[i][4]), "METRICS_PORT=%d", 19101 + i);
-        snprintf(env[i][5], sizeof(env[i][5]), "API_TOKENS_FILE=%s", tokens);
-        snprintf(env[i][6], sizeof(env[i][6]), "OPS_PORT=19100"); /* order-api's, beside a demo */
-        for (int k = 0; k < 7; k++)
-            envp[i][k] = env[i][k];
-        envp[i][7] = NULL;
-        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
-        snprintf(log, sizeof(log), "%s/log/tests/e2e-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
-        pids[i] = tu_spawn(path, argv, envp[i], log);
+        char port[32], log[64], url[128];
+        /* OPS_PORT: order-api's, beside a demo. */
+        const char *env[] = {"HTTP_PORT=18080", port, tokens_env, "OPS_PORT=19100", NULL};
+        /* Each service as its own broker user and database role; every one
+         * of them ready: a test may ask any of them (and a worker still
+         * connecting to the broker is not ready yet). */
+        tu_svc_opts o = {.exe = names[i],
+                         .amqp_env = amqp[i],
+                         .db_env = urls[i],
+                         .env = env,
+                         .log = log,
+                         .ready_url = url};
+        snprintf(port, sizeof(port), "METRICS_PORT=%d", 19101 + i);
+        snprintf(log, sizeof(log), "e2e-%s", names[i]);
+        snprintf(url, sizeof(url), "%s/readyz", bases[i]);
+        tu_svc_spawn(&svcs[i], &o);
     }
-    /* Every one of them: a test may ask any of them (and a worker still
-     * connecting to the broker is not ready yet). */
-    for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++)
-        ck_assert_msg(tu_poll(30000, ready, (void *)bases[i]), "%s did not become ready", bases[i]);
+    for (int i = 0; i < 4; i++)
+        tu_svc_await(&svcs[i]);
 }
 
 static void stop_all(void)
 {
-    for (int i = 3; i >= 0; i--) {
-        int st = tu_stop(pids[i], SIGTERM, 20000);
-        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                      "%s did not stop cleanly (status %d)", names[i], st);
-    }
+    for (int i = 3; i >= 0; i--)
+        tu_svc_stop_ok(&svcs[i]);
 }
 
 /* --------------------------------------------------------------- helpers */
 
 static long owner_int(const char *sql, const char *param)
 {
-    const char *p[] = {param};
-    return tu_sql_int(tu_env("OWNER_DATABASE_URL"), sql, param ? 1 : 0, p);
+    return tu_count(sql, param);
 }
 
 static void set_stock(const char *sku, long n)
@@ -227,14 +220,10 @@ START_TEST(a_placed_order_is_confirmed_with_one_invoice_reservation_and_mail)
         owner_int("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", id), 1);
     /* The mail may trail the status by a moment: billing's event reaches
      * order-api and email independently. */
-    {
-        char sql[] = "SELECT count(*) FROM email.messages WHERE correlation_id = $1"
-                     " AND kind = 'order_confirmed'";
-        int64_t end = util_now_ms() + 10000;
-        while (owner_int(sql, id) < 1 && util_now_ms() < end)
-            util_sleep_ms(50, NULL);
-        ck_assert_int_eq(owner_int(sql, id), 1);
-    }
+    tu_await_count(10000,
+                   "SELECT count(*) FROM email.messages WHERE correlation_id = $1"
+                   " AND kind = 'order_confirmed'",
+                   id, 1);
 }
 END_TEST
 
@@ -298,15 +287,8 @@ START_TEST(pos_sales_take_stock_and_are_invoiced)
     ck_assert_int_eq(
         owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL),
         before + 7);
-    {
-        int64_t end = util_now_ms() + 10000;
-        while (owner_int("SELECT count(DISTINCT sale_id) FROM inventory.sale_lines", NULL) <
-                   lines_before + 7 &&
-               util_now_ms() < end)
-            util_sleep_ms(50, NULL);
-    }
-    ck_assert_int_eq(owner_int("SELECT count(DISTINCT sale_id) FROM inventory.sale_lines", NULL),
-                     lines_before + 7);
+    tu_await_count(10000, "SELECT count(DISTINCT sale_id) FROM inventory.sale_lines", NULL,
+                   lines_before + 7);
 }
 END_TEST
 
@@ -399,27 +381,21 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
 {
     enum { N = 12 };
     static const char second[] = "http://127.0.0.1:19131";
-    static char env[4][1200];
-    const char *envp[5];
-    char *argv[] = {"inventory", NULL}, path[512], log[512];
+    const char *env[] = {"METRICS_PORT=19131", "PREFETCH=2", NULL};
+    const tu_svc_opts o = {.exe = "inventory",
+                           .amqp_env = "INVENTORY_AMQP_URL",
+                           .db_env = "INVENTORY_DATABASE_URL",
+                           .env = env,
+                           .log = "e2e-inventory-2",
+                           .ready_url = "http://127.0.0.1:19131/readyz"};
     racer r[N];
     pthread_t t[N];
-    int confirmed = 0, rejected = 0, st;
+    int confirmed = 0, rejected = 0;
     long before[2];
-    pid_t other;
+    tu_svc other;
 
     set_stock("POT-CAST-IRON", 3);
-    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("INVENTORY_AMQP_URL"));
-    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("INVENTORY_DATABASE_URL"));
-    snprintf(env[2], sizeof(env[2]), "METRICS_PORT=19131");
-    snprintf(env[3], sizeof(env[3]), "PREFETCH=2");
-    for (int i = 0; i < 4; i++)
-        envp[i] = env[i];
-    envp[4] = NULL;
-    snprintf(path, sizeof(path), "%s/inventory", tu_env("ORDERSUITE_BIN"));
-    snprintf(log, sizeof(log), "%s/log/tests/e2e-inventory-2.log", tu_env("ORDERSUITE_VAR"));
-    other = tu_spawn(path, argv, envp, log);
-    ck_assert_msg(tu_poll(30000, ready, (void *)second), "the second inventory is not ready");
+    tu_svc_start(&other, &o);
     ck_assert_msg(tu_poll(30000, two_inventory_consumers, NULL),
                   "the second inventory is not consuming");
     before[0] = consumed_orders(bases[0]);
@@ -446,9 +422,7 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
     ck_assert_msg(consumed_orders(bases[0]) > before[0] && consumed_orders(second) > before[1],
                   "the orders did not reach both inventory instances (%ld -> %ld, %ld -> %ld)",
                   before[0], consumed_orders(bases[0]), before[1], consumed_orders(second));
-    st = tu_stop(other, SIGTERM, 20000);
-    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                  "the second inventory did not stop cleanly (status %d)", st);
+    tu_svc_stop_ok(&other);
     ck_assert_int_eq(confirmed, 3);
     ck_assert_int_eq(rejected, N - 3);
     ck_assert_int_eq(stock("POT-CAST-IRON"), 0);

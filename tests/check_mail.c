@@ -126,55 +126,35 @@ static long at_server(const catcher *c, const char *rcpt)
     return n;
 }
 
-/* extra: more NAME=VALUE entries for the worker's environment (NULL-ended,
- * at most 6), or NULL. */
-static pid_t email_start_env(int smtp_port, const char *const *extra)
+/* Starts the email worker and waits until it consumes (a second one: until
+ * the queue has any consumer). extra: more NAME=VALUE entries for its
+ * environment (NULL-ended, at most 6), or NULL. */
+static void email_start_env(tu_svc *s, int smtp_port, const char *const *extra)
 {
-    static char env[12][1200];
-    const char *envp[13];
-    int n = 6;
-    char *argv[] = {"email", NULL};
-    char path[512], log[512];
-    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("EMAIL_AMQP_URL"));
-    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("EMAIL_DATABASE_URL"));
-    snprintf(env[2], sizeof(env[2]), "SMTP_URL=smtp://127.0.0.1:%d", smtp_port);
-    snprintf(env[3], sizeof(env[3]), "METRICS_PORT=0");
+    char smtp[64];
     /* Quick tiers and mail retries, so a test does not wait a minute. */
-    snprintf(env[4], sizeof(env[4]), "RETRY_DELAYS_MS=200,400");
-    snprintf(env[5], sizeof(env[5]), "MAIL_RETRY_MAX_MS=500");
-    for (int k = 0; extra && extra[k] && n < 12; k++)
-        snprintf(env[n++], sizeof(env[0]), "%s", extra[k]);
-    for (int k = 0; k < n; k++)
-        envp[k] = env[k];
-    envp[n] = NULL;
-    snprintf(path, sizeof(path), "%s/email", tu_env("ORDERSUITE_BIN"));
-    snprintf(log, sizeof(log), "%s/log/tests/email-mail.log", tu_env("ORDERSUITE_VAR"));
-    return tu_spawn(path, argv, envp, log);
+    const char *env[10] = {smtp, "RETRY_DELAYS_MS=200,400", "MAIL_RETRY_MAX_MS=500"};
+    const tu_svc_opts o = {.exe = "email",
+                           .amqp_env = "EMAIL_AMQP_URL",
+                           .db_env = "EMAIL_DATABASE_URL",
+                           .env = env,
+                           .log = "email-mail",
+                           .ready_queue = "email"};
+    for (int k = 0, n = 3; extra && extra[k] && n < 9; k++)
+        env[n++] = extra[k];
+    snprintf(smtp, sizeof(smtp), "SMTP_URL=smtp://127.0.0.1:%d", smtp_port);
+    tu_svc_start(s, &o);
 }
 
-static pid_t email_start_with(int smtp_port, const char *extra)
+static void email_start_with(tu_svc *s, int smtp_port, const char *extra)
 {
     const char *const one[] = {extra, NULL};
-    return email_start_env(smtp_port, one);
+    email_start_env(s, smtp_port, one);
 }
 
-static pid_t email_start(int smtp_port)
+static void email_start(tu_svc *s, int smtp_port)
 {
-    return email_start_env(smtp_port, NULL);
-}
-
-static int consuming(void *arg)
-{
-    int consumers = 0;
-    (void)arg;
-    return tu_queue_counts("TEST_AMQP_URL", "email", &consumers) >= 0 && consumers >= 1;
-}
-
-static void email_stop(pid_t pid)
-{
-    int st = tu_stop(pid, SIGTERM, 20000);
-    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                  "email did not stop cleanly (status %d)", st);
+    email_start_env(s, smtp_port, NULL);
 }
 
 /* Publishes a sale with a receipt to rcpt; its message id goes to msg_id. */
@@ -211,29 +191,14 @@ static void sale(mq_conn *c, const char *rcpt, char sale_id[UUID_STR_LEN],
     ev_free(&ev);
 }
 
-typedef struct {
-    const char *sql;
-    const char *param;
-    long want;
-} count_arg;
-
 static long count(const char *sql, const char *param)
 {
-    const char *p[] = {param};
-    return tu_sql_int(tu_env("OWNER_DATABASE_URL"), sql, param ? 1 : 0, p);
-}
-
-static int count_is(void *arg)
-{
-    count_arg *a = arg;
-    return count(a->sql, a->param) == a->want;
+    return tu_count(sql, param);
 }
 
 static void await(int ms, const char *sql, const char *param, long want)
 {
-    count_arg a = {sql, param, want};
-    ck_assert_msg(tu_poll(ms, count_is, &a), "%s [%s]: %ld, want %ld", sql, param ? param : "",
-                  count(sql, param), want);
+    tu_await_count(ms, sql, param, want);
 }
 
 /* Whether message arg (a message id) has a copy in email.dlq; every
@@ -326,7 +291,7 @@ START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once
     char list[(NGOOD + 1) * 40 + 4];
     size_t n = 0;
     catcher mc;
-    pid_t email;
+    tu_svc email;
     const int bad = NGOOD / 2;
 
     for (int i = 0; i <= NGOOD; i++)
@@ -340,8 +305,7 @@ START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once
     }
     list[n++] = '}';
     list[n] = '\0';
-    email = email_start(mc.smtp);
-    ck_assert_msg(tu_poll(30000, consuming, NULL), "email did not start consuming");
+    email_start(&email, mc.smtp);
 
     await(30000,
           "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
@@ -376,7 +340,7 @@ START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once
     for (int i = 0; i <= NGOOD; i++)
         ck_assert_msg(at_server(&mc, rcpt[i]) == 1, "%s: %ld mail(s) at the server", rcpt[i],
                       at_server(&mc, rcpt[i]));
-    email_stop(email);
+    tu_svc_stop_ok(&email);
     catcher_stop(&mc);
     mq_free(c);
     purge_others();
@@ -393,11 +357,10 @@ START_TEST(a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back)
     size_t n = 0;
     catcher mc = catcher_start(0, NULL);
     int port = mc.smtp;
-    pid_t email;
+    tu_svc email;
 
     catcher_stop(&mc); /* nothing listens on port now */
-    email = email_start(port);
-    ck_assert_msg(tu_poll(30000, consuming, NULL), "email did not start consuming");
+    email_start(&email, port);
     list[n++] = '{';
     for (int i = 0; i < N; i++) {
         snprintf(rcpt[i], sizeof(rcpt[i]), "down-%s-%d@example.com", run, i);
@@ -426,7 +389,7 @@ START_TEST(a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back)
         ck_assert_msg(at_server(&mc, rcpt[i]) == 1, "%s: %ld mail(s) at the server", rcpt[i],
                       at_server(&mc, rcpt[i]));
     ck_assert_int_eq(tu_queue_counts("TEST_AMQP_URL", "email", NULL), 0);
-    email_stop(email);
+    tu_svc_stop_ok(&email);
     catcher_stop(&mc);
     mq_free(c);
     purge_others();
@@ -456,12 +419,13 @@ static int mailer_connected(void *arg)
 START_TEST(the_mailer_gives_up_on_a_held_lock_within_its_limit)
 {
     catcher mc = catcher_start(0, NULL);
-    pid_t email = email_start_with(mc.smtp, "DB_LOCK_TIMEOUT_MS=300");
+    tu_svc email;
     PGconn *op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
     PGresult *r;
     int waited;
 
     ck_assert_msg(PQstatus(op) == CONNECTION_OK, "owner connection: %s", PQerrorMessage(op));
+    email_start_with(&email, mc.smtp, "DB_LOCK_TIMEOUT_MS=300");
     ck_assert_msg(tu_poll(30000, mailer_connected, NULL), "the mailer never connected");
     r = PQexec(op, "BEGIN; LOCK TABLE email.messages IN ACCESS EXCLUSIVE MODE");
     ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "lock: %s", PQerrorMessage(op));
@@ -474,7 +438,7 @@ START_TEST(the_mailer_gives_up_on_a_held_lock_within_its_limit)
     PQfinish(op);
     ck_assert_msg(!waited, "the mailer waited on the lock for more than 2 s"
                            " (DB_LOCK_TIMEOUT_MS=300 not applied to its connection)");
-    email_stop(email);
+    tu_svc_stop_ok(&email);
     catcher_stop(&mc);
 }
 END_TEST
@@ -525,21 +489,21 @@ START_TEST(two_mailers_and_a_slow_server_send_each_mail_once)
     const char *const env[] = {"MAIL_LEASE_S=4", "MAIL_SMTP_TIMEOUT_S=2", NULL};
     catcher mc = catcher_start(0, NULL);
     batch b;
-    pid_t e1, e2;
+    tu_svc e1, e2;
     int two = 2;
 
     catcher_post(&mc, "/api/delay", "{\"seconds\": 1}");
     publish(c, &b, "twice", NB);
-    e1 = email_start_env(mc.smtp, env);
-    e2 = email_start_env(mc.smtp, env);
+    email_start_env(&e1, mc.smtp, env);
+    email_start_env(&e2, mc.smtp, env);
     ck_assert_msg(tu_poll(30000, consumers_are, &two), "the two email processes did not start");
     await(60000,
           "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
           " AND status = 'sent'",
           b.list, NB);
     /* Stopped, each finishes the mail in hand: nothing more is on its way. */
-    email_stop(e1);
-    email_stop(e2);
+    tu_svc_stop_ok(&e1);
+    tu_svc_stop_ok(&e2);
     for (int i = 0; i < NB; i++)
         ck_assert_msg(at_server(&mc, b.rcpt[i]) == 1, "%s: %ld mail(s) at the server", b.rcpt[i],
                       at_server(&mc, b.rcpt[i]));
@@ -560,13 +524,12 @@ START_TEST(a_refused_session_is_retried_and_a_refused_message_is_dead_lettered)
     catcher mc = catcher_start(0, NULL);
     char body[200];
     batch b;
-    pid_t email;
+    tu_svc email;
 
     catcher_post(&mc, "/api/refuse-sender", "{\"on\": true}");
     snprintf(body, sizeof(body), "{\"address\": \"session-%s-%d@example.com\"}", run, BAD);
     catcher_post(&mc, "/api/refuse-data", body);
-    email = email_start(mc.smtp);
-    ck_assert_msg(tu_poll(30000, consuming, NULL), "email did not start consuming");
+    email_start(&email, mc.smtp);
     publish(c, &b, "session", N);
     /* All waiting with the refusal noted, and the server tried again (one
      * mail a round probes it; the others are held back meanwhile). */
@@ -595,7 +558,7 @@ START_TEST(a_refused_session_is_retried_and_a_refused_message_is_dead_lettered)
     for (int i = 0; i < N; i++)
         ck_assert_msg(at_server(&mc, b.rcpt[i]) == (i == BAD ? 0 : 1),
                       "%s: %ld mail(s) at the server", b.rcpt[i], at_server(&mc, b.rcpt[i]));
-    email_stop(email);
+    tu_svc_stop_ok(&email);
     catcher_stop(&mc);
     mq_free(c);
     purge_others();
@@ -610,11 +573,10 @@ START_TEST(a_temporary_refusal_is_retried_then_delivered_once)
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
     catcher mc = catcher_start(0, NULL);
     batch b;
-    pid_t email;
+    tu_svc email;
 
     catcher_post(&mc, "/api/tempfail", "{\"on\": true}");
-    email = email_start(mc.smtp);
-    ck_assert_msg(tu_poll(30000, consuming, NULL), "email did not start consuming");
+    email_start(&email, mc.smtp);
     publish(c, &b, "tempfail", N);
     await(30000,
           "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
@@ -628,7 +590,7 @@ START_TEST(a_temporary_refusal_is_retried_then_delivered_once)
     for (int i = 0; i < N; i++)
         ck_assert_msg(at_server(&mc, b.rcpt[i]) == 1, "%s: %ld mail(s) at the server", b.rcpt[i],
                       at_server(&mc, b.rcpt[i]));
-    email_stop(email);
+    tu_svc_stop_ok(&email);
     catcher_stop(&mc);
     mq_free(c);
     purge_others();
@@ -681,27 +643,27 @@ START_TEST(readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains)
     const char *const by_rows[] = {mport, "MAIL_READY_MAX_PENDING=2", NULL};
     const char *const by_age[] = {mport, "MAIL_READY_MAX_AGE_S=2", NULL};
     batch b;
-    pid_t email;
+    tu_svc email;
 
     snprintf(mport, sizeof(mport), "METRICS_PORT=%d", port);
     catcher_stop(&mc); /* the server is down */
-    email = email_start_env(smtp, by_rows);
+    email_start_env(&email, smtp, by_rows);
     await_readyz(port, 200, "with no mail waiting");
     publish(c, &b, "ready-rows", 3);
     await_readyz(port, 503, "with 3 mails waiting and a limit of 2");
     mc = catcher_start(smtp, NULL);
     await_readyz(port, 200, "after the mails went out");
-    email_stop(email);
+    tu_svc_stop_ok(&email);
     catcher_stop(&mc);
 
-    email = email_start_env(smtp, by_age);
+    email_start_env(&email, smtp, by_age);
     await_readyz(port, 200, "with no mail waiting");
     publish(c, &b, "ready-age", 1);
     await_readyz(port, 503, "with a mail waiting longer than 2 s");
     mc = catcher_start(smtp, NULL);
     await_readyz(port, 200, "after the mail went out");
     ck_assert_int_eq(at_server(&mc, b.rcpt[0]), 1);
-    email_stop(email);
+    tu_svc_stop_ok(&email);
     catcher_stop(&mc);
     mq_free(c);
     purge_others();

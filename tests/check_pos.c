@@ -21,51 +21,35 @@ enum { PER_TILL = 100 };
 
 static char path_of[2][512];
 
-static int consuming(void *arg)
+/* Starts billing and waits until it consumes. */
+static void billing_start(tu_svc *s)
 {
-    int consumers = 0;
-    (void)arg;
-    return tu_queue_counts("TEST_AMQP_URL", "billing", &consumers) >= 0 && consumers >= 1;
-}
-
-static pid_t billing_start(void)
-{
-    static char env[3][1200];
-    const char *envp[4];
-    char *argv[] = {"billing", NULL};
-    char path[512], log[512];
-    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("BILLING_AMQP_URL"));
-    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("BILLING_DATABASE_URL"));
-    snprintf(env[2], sizeof(env[2]), "METRICS_PORT=0");
-    for (int k = 0; k < 3; k++)
-        envp[k] = env[k];
-    envp[3] = NULL;
-    snprintf(path, sizeof(path), "%s/billing", tu_env("ORDERSUITE_BIN"));
-    snprintf(log, sizeof(log), "%s/log/tests/pos-billing.log", tu_env("ORDERSUITE_VAR"));
-    return tu_spawn(path, argv, envp, log);
+    const tu_svc_opts o = {.exe = "billing",
+                           .amqp_env = "BILLING_AMQP_URL",
+                           .db_env = "BILLING_DATABASE_URL",
+                           .log = "pos-billing",
+                           .ready_queue = "billing"};
+    tu_svc_start(s, &o);
 }
 
 /* A till of store, selling count sales to email at 100 a second, with a
  * catalog from a file (order-api is not needed). Its log goes to log. */
 static pid_t till_start(const char *store, const char *email, int count, const char *log)
 {
-    static char env[4][1200], n[16];
-    const char *envp[5];
+    char n[16], catalog[600], spool[600];
     char *argv[] = {"pos",     "--count",     n,         "--rate",      "100",
                     "--store", (char *)store, "--email", (char *)email, NULL};
-    char path[512];
+    const char *env[] = {catalog, spool, "POS_FLUSH_TIMEOUT_S=120", NULL};
+    const tu_svc_opts o = {
+        .exe = "pos", .amqp_env = "POS_AMQP_URL", .env = env, .argv = argv, .log = log};
+    tu_svc s;
     snprintf(n, sizeof(n), "%d", count);
-    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("POS_AMQP_URL"));
-    snprintf(env[1], sizeof(env[1]), "CATALOG_FILE=%s/log/tests/pos-catalog.json",
+    snprintf(catalog, sizeof(catalog), "CATALOG_FILE=%s/log/tests/pos-catalog.json",
              tu_env("ORDERSUITE_VAR"));
-    snprintf(env[2], sizeof(env[2]), "POS_SPOOL_DIR=%s/log/tests", tu_env("ORDERSUITE_VAR"));
-    snprintf(env[3], sizeof(env[3]), "POS_FLUSH_TIMEOUT_S=120");
-    for (int k = 0; k < 4; k++)
-        envp[k] = env[k];
-    envp[4] = NULL;
-    snprintf(path, sizeof(path), "%s/pos", tu_env("ORDERSUITE_BIN"));
+    snprintf(spool, sizeof(spool), "POS_SPOOL_DIR=%s/log/tests", tu_env("ORDERSUITE_VAR"));
     unlink(log);
-    return tu_spawn(path, argv, envp, log);
+    tu_svc_spawn(&s, &o);
+    return s.pid;
 }
 
 static int file_has(const char *path, const char *needle)
@@ -236,7 +220,7 @@ START_TEST(two_tills_on_one_spool_lose_no_sale_and_send_each_once)
 {
     char id[UUID_STR_LEN], store[32], email[64], spool[512];
     child till[2];
-    pid_t billing;
+    tu_svc billing;
     inv_arg want;
 
     uuid_v4(id);
@@ -245,8 +229,7 @@ START_TEST(two_tills_on_one_spool_lose_no_sale_and_send_each_once)
     snprintf(spool, sizeof(spool), "%s/log/tests/pos-%s.spool", tu_env("ORDERSUITE_VAR"), store);
     write_catalog();
     published_open();
-    billing = billing_start();
-    ck_assert_msg(tu_poll(30000, consuming, NULL), "billing did not start consuming");
+    billing_start(&billing);
 
     tu_broker("stop_app");
     for (int i = 0; i < 2; i++) {
@@ -271,11 +254,7 @@ START_TEST(two_tills_on_one_spool_lose_no_sale_and_send_each_once)
                   2 * PER_TILL);
     ck_assert_int_eq(invoices(email), 2 * PER_TILL);
     published_once(store, 2 * PER_TILL);
-    {
-        int st = tu_stop(billing, SIGTERM, 20000);
-        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                      "billing did not stop cleanly (status %d)", st);
-    }
+    tu_svc_stop_ok(&billing);
     unlink(spool);
     purge_others();
 }

@@ -17,30 +17,16 @@
 #include <sys/wait.h>
 
 static const char *const services[] = {"inventory", "billing", "email"};
-static pid_t pids[3];
+static tu_svc svcs[3];
 
 /* The inventory instances that take part in the race: the fixture's, and two
  * more with metrics ports so the test can see that each handled orders. */
 enum { RACERS = 2 };
 static const int racer_port[RACERS] = {19121, 19122};
-static pid_t racer[RACERS]; /* stopped by teardown when a test fails first */
-
-static int all_consuming(void *arg)
-{
-    (void)arg;
-    for (int i = 0; i < 3; i++) {
-        int consumers = 0;
-        if (tu_queue_counts("TEST_AMQP_URL", services[i], &consumers) < 0 || consumers < 1)
-            return 0;
-    }
-    return 1;
-}
+static tu_svc racer[RACERS]; /* stopped by teardown when a test fails first */
 
 static void setup(void)
 {
-    static char env[3][4][1200];
-    const char *envp[3][5];
-    char *argv[] = {"worker", NULL};
     const char *urls[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL", "EMAIL_DATABASE_URL"};
     const char *amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EMAIL_AMQP_URL"};
 
@@ -52,33 +38,20 @@ static void setup(void)
                 " JOIN inventory.stock s ON s.sku = v.sku",
                 0, NULL));
     for (int i = 0; i < 3; i++) {
-        char path[512], log[512];
-        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env(amqp[i]));
-        snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env(urls[i]));
-        snprintf(env[i][2], sizeof(env[i][2]), "LOG_LEVEL=info");
-        snprintf(env[i][3], sizeof(env[i][3]), "METRICS_PORT=0");
-        for (int k = 0; k < 4; k++)
-            envp[i][k] = env[i][k];
-        envp[i][4] = NULL;
-        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), services[i]);
-        snprintf(log, sizeof(log), "%s/log/tests/%s.log", tu_env("ORDERSUITE_VAR"), services[i]);
-        pids[i] = tu_spawn(path, argv, envp[i], log);
+        tu_svc_opts o = {
+            .exe = services[i], .amqp_env = amqp[i], .db_env = urls[i], .ready_queue = services[i]};
+        tu_svc_spawn(&svcs[i], &o);
     }
-    ck_assert_msg(tu_poll(30000, all_consuming, NULL), "the workers did not start consuming");
+    for (int i = 0; i < 3; i++)
+        tu_svc_await(&svcs[i]);
 }
 
 static void teardown(void)
 {
-    for (int i = 0; i < RACERS; i++) {
-        if (racer[i] > 0)
-            tu_stop(racer[i], SIGTERM, 20000);
-        racer[i] = 0;
-    }
-    for (int i = 0; i < 3; i++) {
-        int st = tu_stop(pids[i], SIGTERM, 20000);
-        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                      "%s did not stop cleanly (status %d)", services[i], st);
-    }
+    for (int i = 0; i < RACERS; i++)
+        tu_svc_stop(&racer[i]);
+    for (int i = 0; i < 3; i++)
+        tu_svc_stop_ok(&svcs[i]);
 }
 
 /* Publishes ev under a new message id, written to id_out when not NULL. */
@@ -125,34 +98,15 @@ static void order(ev_event *ev, char id[UUID_STR_LEN], size_t n, const char *con
     }
 }
 
-typedef struct {
-    const char *sql;
-    const char *param;
-    long want;
-} count_arg;
-
-static long count(const char *sql, const char *param)
-{
-    const char *p[] = {param};
-    return tu_sql_int(tu_env("OWNER_DATABASE_URL"), sql, param ? 1 : 0, p);
-}
-
-static int count_is(void *arg)
-{
-    count_arg *a = arg;
-    return count(a->sql, a->param) == a->want;
-}
-
+/* Waits up to 20 s for a count to reach want. */
 static void await(const char *sql, const char *param, long want)
 {
-    count_arg a = {sql, param, want};
-    ck_assert_msg(tu_poll(20000, count_is, &a), "%s [%s]: %ld, want %ld", sql, param ? param : "",
-                  count(sql, param), want);
+    tu_await_count(20000, sql, param, want);
 }
 
 static long stock(const char *sku)
 {
-    return count("SELECT on_hand FROM inventory.stock WHERE sku = $1", sku);
+    return tu_count("SELECT on_hand FROM inventory.stock WHERE sku = $1", sku);
 }
 
 START_TEST(a_placed_order_is_reserved_invoiced_and_confirmed_by_mail)
@@ -168,16 +122,17 @@ START_TEST(a_placed_order_is_reserved_invoiced_and_confirmed_by_mail)
     await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind ="
           " 'order_confirmed'",
           id, 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1"
-                           " AND status = 'RESERVED'",
-                           id),
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1"
+                              " AND status = 'RESERVED'",
+                              id),
                      1);
-    ck_assert_int_eq(count("SELECT amount_minor FROM billing.invoices WHERE order_id = $1", id),
+    ck_assert_int_eq(tu_count("SELECT amount_minor FROM billing.invoices WHERE order_id = $1", id),
                      2580);
-    ck_assert_int_eq(count("SELECT tax_minor FROM billing.invoices WHERE order_id = $1", id), 430);
-    ck_assert_int_eq(count("SELECT count(*) FROM billing.invoice_lines l JOIN billing.invoices i"
-                           " ON i.id = l.invoice_id WHERE i.order_id = $1",
-                           id),
+    ck_assert_int_eq(tu_count("SELECT tax_minor FROM billing.invoices WHERE order_id = $1", id),
+                     430);
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM billing.invoice_lines l JOIN billing.invoices i"
+                              " ON i.id = l.invoice_id WHERE i.order_id = $1",
+                              id),
                      2);
     ck_assert_int_eq(stock("TEA-SENCHA"), 398);
     ck_assert_int_eq(stock("MUG-WHITE"), 599);
@@ -199,13 +154,14 @@ START_TEST(an_order_for_missing_stock_is_rejected_and_stock_is_unchanged)
     await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind ="
           " 'order_rejected'",
           id, 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM inventory.rejections WHERE order_id = $1", id), 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", id),
-                     0);
-    ck_assert_int_eq(count("SELECT count(*) FROM billing.invoices WHERE order_id = $1", id), 0);
-    ck_assert_int_eq(count("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND"
-                           " body LIKE '%TEA-MATCHA%'",
-                           id),
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM inventory.rejections WHERE order_id = $1", id),
+                     1);
+    ck_assert_int_eq(
+        tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", id), 0);
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM billing.invoices WHERE order_id = $1", id), 0);
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND"
+                              " body LIKE '%TEA-MATCHA%'",
+                              id),
                      1);
     ck_assert_int_eq(stock("TEA-SENCHA"), 400); /* the partial take was undone */
     ck_assert_int_eq(stock("TEA-MATCHA"), 0);
@@ -230,9 +186,9 @@ START_TEST(a_failed_payment_releases_the_stock)
     await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind ="
           " 'payment_failed'",
           id, 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM billing.payment_failures WHERE order_id = $1", id),
-                     1);
-    ck_assert_int_eq(count("SELECT count(*) FROM billing.invoices WHERE order_id = $1", id), 0);
+    ck_assert_int_eq(
+        tu_count("SELECT count(*) FROM billing.payment_failures WHERE order_id = $1", id), 1);
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM billing.invoices WHERE order_id = $1", id), 0);
     ck_assert_int_eq(stock("GRD-BURR"), 10);
     ev_free(&ev);
     mq_free(c);
@@ -303,8 +259,8 @@ START_TEST(a_sale_resent_under_a_new_message_id_takes_stock_once)
     /* ...and the sale took its units once. */
     ck_assert_int_eq(stock("FLT-PAPER"), 995);
     ck_assert_int_eq(stock("MUG-WHITE"), 598);
-    ck_assert_int_eq(count("SELECT sum(applied) FROM inventory.sale_lines WHERE sale_id = $1", id),
-                     7);
+    ck_assert_int_eq(
+        tu_count("SELECT sum(applied) FROM inventory.sale_lines WHERE sale_id = $1", id), 7);
     await("SELECT count(*) FROM billing.invoices WHERE sale_id = $1", id, 1);
     ev_free(&ev);
     mq_free(c);
@@ -346,9 +302,6 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
     char ids[N][UUID_STR_LEN];
     char list[N * 40 + 8], before[24], units[8];
     const char *up[] = {units};
-    static char env[RACERS][5][1200];
-    const char *envp[RACERS][6];
-    char *argv[] = {"inventory", NULL};
     long got[RACERS];
     int want = RACERS + 1;
     size_t n = 0;
@@ -359,26 +312,23 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
                 " FROM inventory.stock WHERE sku = 'POT-CAST-IRON'",
                 1, up));
     for (int i = 0; i < RACERS; i++) {
-        char path[512], log[512];
-        snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", tu_env("INVENTORY_AMQP_URL"));
-        snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", tu_env("INVENTORY_DATABASE_URL"));
-        snprintf(env[i][2], sizeof(env[i][2]), "LOG_LEVEL=info");
-        snprintf(env[i][3], sizeof(env[i][3]), "METRICS_PORT=%d", racer_port[i]);
-        snprintf(env[i][4], sizeof(env[i][4]), "PREFETCH=4");
-        for (int k = 0; k < 5; k++)
-            envp[i][k] = env[i][k];
-        envp[i][5] = NULL;
-        snprintf(path, sizeof(path), "%s/inventory", tu_env("ORDERSUITE_BIN"));
-        snprintf(log, sizeof(log), "%s/log/tests/inventory-racer%d.log", tu_env("ORDERSUITE_VAR"),
-                 i + 1);
-        racer[i] = tu_spawn(path, argv, envp[i], log);
+        char port[32], log[32];
+        const char *env[] = {port, "PREFETCH=4", NULL};
+        tu_svc_opts o = {.exe = "inventory",
+                         .amqp_env = "INVENTORY_AMQP_URL",
+                         .db_env = "INVENTORY_DATABASE_URL",
+                         .env = env,
+                         .log = log};
+        snprintf(port, sizeof(port), "METRICS_PORT=%d", racer_port[i]);
+        snprintf(log, sizeof(log), "inventory-racer%d", i + 1);
+        tu_svc_spawn(&racer[i], &o);
     }
     ck_assert_msg(tu_poll(30000, inventory_consumers_are, &want),
                   "fewer than %d inventory consumers on the queue", want);
     for (int i = 0; i < RACERS; i++)
         got[i] = consumed_orders(racer_port[i]);
 
-    util_i64(before, count("SELECT coalesce(max(id), 0) FROM email.messages", NULL));
+    util_i64(before, tu_count("SELECT coalesce(max(id), 0) FROM email.messages", NULL));
     list[n++] = '{';
     for (int i = 0; i < N; i++) {
         ev_event ev;
@@ -398,21 +348,17 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
         ck_assert_msg(after > got[i], "inventory on port %d consumed no order (%ld, then %ld)",
                       racer_port[i], got[i], after);
     }
-    ck_assert_int_eq(count("SELECT count(*) FROM inventory.reservations WHERE order_id ="
-                           " ANY($1::uuid[])",
-                           list),
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id ="
+                              " ANY($1::uuid[])",
+                              list),
                      UNITS);
     ck_assert_int_eq(stock("POT-CAST-IRON"), 0);
     /* The crossing of the threshold (2) was reported once, to operations. */
     await("SELECT count(*) FROM email.messages WHERE kind = 'low_stock' AND subject LIKE"
           " 'Low stock: POT-CAST-IRON%' AND id > $1::bigint",
           before, 1);
-    for (int i = 0; i < RACERS; i++) {
-        int st = tu_stop(racer[i], SIGTERM, 20000);
-        racer[i] = 0;
-        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                      "inventory racer %d did not stop cleanly (status %d)", i + 1, st);
-    }
+    for (int i = 0; i < RACERS; i++)
+        tu_svc_stop_ok(&racer[i]);
     mq_free(c);
 }
 END_TEST
@@ -424,33 +370,20 @@ END_TEST
 #define LIM_BILL_PORT "18933"
 #define LIM_Q_PORT    "18934"
 
-static pid_t spawn_limited(const char *name, const char *db_env, const char *amqp_env,
-                           const char *const *extra)
+/* Starts name with the extra environment and waits for its /readyz on port. */
+static void start_limited(tu_svc *s, const char *name, const char *db_env, const char *amqp_env,
+                          const char *port, const char *const *extra)
 {
-    static char env[8][1200];
-    const char *envp[9];
-    char *argv[] = {"worker", NULL};
-    char path[512], log[512];
-    int n = 0;
-
-    snprintf(env[n++], sizeof(env[0]), "AMQP_URL=%s", tu_env(amqp_env));
-    snprintf(env[n++], sizeof(env[0]), "DATABASE_URL=%s", tu_env(db_env));
-    snprintf(env[n++], sizeof(env[0]), "LOG_LEVEL=info");
-    for (; *extra && n < 8; extra++)
-        snprintf(env[n++], sizeof(env[0]), "%s", *extra);
-    for (int i = 0; i < n; i++)
-        envp[i] = env[i];
-    envp[n] = NULL;
-    snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), name);
-    snprintf(log, sizeof(log), "%s/log/tests/%s-limits.log", tu_env("ORDERSUITE_VAR"), name);
-    return tu_spawn(path, argv, envp, log);
-}
-
-static int answers(void *arg)
-{
-    char url[96];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%s/readyz", (const char *)arg);
-    return tu_http("GET", url, NULL, NULL, 0, NULL) == 200;
+    char url[96], log[64];
+    tu_svc_opts o = {.exe = name,
+                     .amqp_env = amqp_env,
+                     .db_env = db_env,
+                     .env = extra,
+                     .log = log,
+                     .ready_url = url};
+    snprintf(url, sizeof(url), "http://127.0.0.1:%s/readyz", port);
+    snprintf(log, sizeof(log), "%s-limits", name);
+    tu_svc_start(s, &o);
 }
 
 /* The longest /healthz answer of port, over `rounds` requests. */
@@ -488,7 +421,8 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
                         "\"currency\":\"EUR\",\"items\":[{\"sku\":\"TEA-SENCHA\",\"quantity\":1}]}";
     const char *hdrs[] = {"Content-Type: application/json", TU_API_AUTH, NULL};
     char a[UUID_STR_LEN], b[UUID_STR_LEN];
-    pid_t inv, api, posts[4];
+    pid_t posts[4];
+    tu_svc inv, api;
     mq_conn *c;
     PGconn *op;
     PGresult *res;
@@ -500,10 +434,10 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
                 " FROM (VALUES ('TEA-SENCHA', 400), ('GRD-BURR', 10)) AS v(sku, n)"
                 " JOIN inventory.stock s ON s.sku = v.sku",
                 0, NULL));
-    inv = spawn_limited("inventory", "INVENTORY_DATABASE_URL", "INVENTORY_AMQP_URL", inv_env);
-    api = spawn_limited("order-api", "ORDERS_DATABASE_URL", "ORDER_API_AMQP_URL", api_env);
-    ck_assert_msg(tu_poll(30000, answers, (void *)LIM_INV_PORT), "inventory is not ready");
-    ck_assert_msg(tu_poll(30000, answers, (void *)LIM_API_PORT), "order-api is not ready");
+    start_limited(&inv, "inventory", "INVENTORY_DATABASE_URL", "INVENTORY_AMQP_URL", LIM_INV_PORT,
+                  inv_env);
+    start_limited(&api, "order-api", "ORDERS_DATABASE_URL", "ORDER_API_AMQP_URL", LIM_API_PORT,
+                  api_env);
 
     /* The operator's open transaction. */
     op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
@@ -542,7 +476,7 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
     /* The order for other stock went through while the row was held... */
     await("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", b, 1);
     ck_assert_int_eq(
-        count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", a), 0);
+        tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", a), 0);
     /* ...and the API requests that waited were answered 503 (retry later). */
     for (int i = 0; i < 4; i++) {
         int st = 0;
@@ -551,8 +485,8 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
     }
     PQfinish(op); /* the operator gives up: the lock goes */
     await("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", a, 1);
-    ck_assert_int_eq(tu_stop(api, SIGTERM, 20000) >= 0, 1);
-    ck_assert_int_eq(tu_stop(inv, SIGTERM, 20000) >= 0, 1);
+    ck_assert_int_eq(tu_svc_stop(&api) >= 0, 1);
+    ck_assert_int_eq(tu_svc_stop(&inv) >= 0, 1);
     mq_free(c);
 }
 END_TEST
@@ -689,9 +623,9 @@ START_TEST(billing_taxes_a_sale_at_the_contract_maxima_exactly)
     ev_event ev;
     sale_completed *s = &ev.u.sale_completed;
     char id[UUID_STR_LEN];
-    pid_t bill = spawn_limited("billing", "BILLING_DATABASE_URL", "BILLING_AMQP_URL", env);
+    tu_svc bill;
 
-    ck_assert_msg(tu_poll(30000, answers, (void *)LIM_BILL_PORT), "billing is not ready");
+    start_limited(&bill, "billing", "BILLING_DATABASE_URL", "BILLING_AMQP_URL", LIM_BILL_PORT, env);
     c = tu_publisher("TEST_AMQP_URL", "check_workers");
     ev_init(&ev, EV_SALE_COMPLETED);
     uuid_v4(s->sale_id);
@@ -713,11 +647,7 @@ START_TEST(billing_taxes_a_sale_at_the_contract_maxima_exactly)
           id, 1);
     ev_free(&ev);
     mq_free(c);
-    {
-        int st = tu_stop(bill, SIGTERM, 20000);
-        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                      "billing did not stop cleanly (status %d)", st);
-    }
+    tu_svc_stop_ok(&bill);
 }
 END_TEST
 

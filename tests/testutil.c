@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -129,6 +130,182 @@ int tu_stop(pid_t pid, int sig, int timeout_ms)
         }
         util_sleep_ms(10, NULL);
     }
+}
+
+/* ------------------------------------------------ services under test */
+
+enum { TU_SVC_ENV_MAX = 24, TU_SVC_TAIL = 2000 };
+
+static long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : 0;
+}
+
+void tu_svc_spawn(tu_svc *s, const tu_svc_opts *o)
+{
+    /* The child's copies are what it puts into its environment. */
+    char urls[2][1200], path[512];
+    const char *env[TU_SVC_ENV_MAX + 1];
+    const char *base = strrchr(o->exe, '/');
+    char *argv0[] = {NULL, NULL};
+    int n = 0;
+
+    base = base ? base + 1 : o->exe;
+    memset(s, 0, sizeof(*s));
+    snprintf(s->name, sizeof(s->name), "%s", base);
+    if (o->log && strchr(o->log, '/'))
+        snprintf(s->log, sizeof(s->log), "%s", o->log);
+    else
+        snprintf(s->log, sizeof(s->log), "%s/log/tests/%s.log", tu_env("ORDERSUITE_VAR"),
+                 o->log ? o->log : base);
+    s->log_from = file_size(s->log);
+    snprintf(s->ready_queue, sizeof(s->ready_queue), "%s", o->ready_queue ? o->ready_queue : "");
+    snprintf(s->ready_url, sizeof(s->ready_url), "%s", o->ready_url ? o->ready_url : "");
+    s->ready_ms = o->ready_ms > 0 ? o->ready_ms : 30000;
+    if (strchr(o->exe, '/'))
+        snprintf(path, sizeof(path), "%s", o->exe);
+    else
+        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), o->exe);
+
+    env[n++] = "LOG_LEVEL=info";
+    env[n++] = "METRICS_PORT=0";
+    if (o->amqp_env) {
+        snprintf(urls[0], sizeof(urls[0]), "AMQP_URL=%s", tu_env(o->amqp_env));
+        env[n++] = urls[0];
+    }
+    if (o->db_env) {
+        snprintf(urls[1], sizeof(urls[1]), "DATABASE_URL=%s", tu_env(o->db_env));
+        env[n++] = urls[1];
+    }
+    for (const char *const *e = o->env; e && *e; e++) {
+        ck_assert_msg(n < TU_SVC_ENV_MAX, "%s: more than %d environment entries", s->name,
+                      TU_SVC_ENV_MAX);
+        env[n++] = *e;
+    }
+    env[n] = NULL;
+    argv0[0] = (char *)base;
+    s->pid = tu_spawn(path, o->argv ? o->argv : argv0, env, s->log);
+}
+
+/* The ready_url answers 200. */
+static int svc_answers(void *arg)
+{
+    return tu_http("GET", arg, NULL, NULL, 0, NULL) == 200;
+}
+
+/* The ready_queue has a consumer. */
+static int svc_consumes(void *arg)
+{
+    int consumers = 0;
+    return tu_queue_counts("TEST_AMQP_URL", arg, &consumers) >= 0 && consumers > 0;
+}
+
+/* One readiness check of s; -1 when it has exited (its status kept out:
+ * the caller fails). */
+static int svc_ready(tu_svc *s)
+{
+    int status;
+    if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
+        s->pid = 0;
+        return -1;
+    }
+    if (*s->ready_url && !svc_answers(s->ready_url))
+        return 0;
+    if (*s->ready_queue && !svc_consumes(s->ready_queue))
+        return 0;
+    return 1;
+}
+
+void tu_svc_await(tu_svc *s)
+{
+    int64_t end = util_now_ms() + s->ready_ms;
+    char msg[256];
+    int r;
+    while ((r = svc_ready(s)) == 0 && util_now_ms() < end)
+        util_sleep_ms(20, NULL);
+    if (r == 1)
+        return;
+    if (r < 0)
+        snprintf(msg, sizeof(msg), "%s exited before it was ready", s->name);
+    else
+        snprintf(msg, sizeof(msg), "%s was not ready within %d ms (%s %s)", s->name, s->ready_ms,
+                 s->ready_url, s->ready_queue);
+    if (s->pid > 0)
+        tu_svc_stop(s);
+    tu_svc_fail(s, msg);
+}
+
+void tu_svc_start(tu_svc *s, const tu_svc_opts *o)
+{
+    tu_svc_spawn(s, o);
+    tu_svc_await(s);
+}
+
+int tu_svc_stop(tu_svc *s)
+{
+    int st;
+    if (s->pid <= 0)
+        return 0;
+    st = tu_stop(s->pid, SIGTERM, 20000);
+    s->pid = 0;
+    return st;
+}
+
+void tu_svc_stop_ok(tu_svc *s)
+{
+    char msg[128];
+    int st = tu_svc_stop(s);
+    if (st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        return;
+    snprintf(msg, sizeof(msg), "%s did not stop cleanly (status %d)", s->name, st);
+    tu_svc_fail(s, msg);
+}
+
+void tu_svc_fail(const tu_svc *s, const char *msg)
+{
+    char tail[TU_SVC_TAIL + 1];
+    size_t n = 0;
+    long from = s->log_from, size = file_size(s->log);
+    FILE *f = fopen(s->log, "r");
+
+    if (size - from > TU_SVC_TAIL)
+        from = size - TU_SVC_TAIL;
+    if (f && fseek(f, from, SEEK_SET) == 0)
+        n = fread(tail, 1, TU_SVC_TAIL, f);
+    if (f)
+        fclose(f);
+    tail[n] = '\0';
+    /* The whole tail on stderr (the suite's .stderr file), a shorter one in
+     * Check's message. */
+    fprintf(stderr, "--- %s: %s; the end of %s:\n%s\n---\n", s->name, msg, s->log, tail);
+    ck_abort_msg("%s; %s ends: %s", msg, s->log, n > 600 ? tail + n - 600 : tail);
+}
+
+long tu_count(const char *sql, const char *param)
+{
+    const char *p[] = {param};
+    return (long)tu_sql_int(tu_env("OWNER_DATABASE_URL"), sql, param ? 1 : 0, p);
+}
+
+typedef struct {
+    const char *sql, *param;
+    long want;
+} tu_count_arg;
+
+static int count_is(void *arg)
+{
+    tu_count_arg *a = arg;
+    return tu_count(a->sql, a->param) == a->want;
+}
+
+void tu_await_count(int ms, const char *sql, const char *param, long want)
+{
+    tu_count_arg a = {sql, param, want};
+    if (tu_poll(ms, count_is, &a))
+        return;
+    ck_abort_msg("%s [%s]: %ld after %d ms, want %ld", sql, param ? param : "",
+                 tu_count(sql, param), ms, want);
 }
 
 int tu_run(Suite *s)

@@ -49,6 +49,67 @@ pid_t tu_spawn(const char *path, char *const argv[], const char *const *env, con
  * wait status, or -1 if it did not exit (it is then SIGKILLed). */
 int tu_stop(pid_t pid, int sig, int timeout_ms);
 
+/* ------------------------------------------------ services under test
+ * One way for a suite to run one of the project's executables: tu_svc_start
+ * with the settings it needs, tu_svc_stop_ok when done. Each failure (it
+ * exits before it is ready, it is not ready in time, it does not stop
+ * cleanly) fails the test with the tail of what this start wrote to its log.
+ */
+
+/* How to start a service. Only exe is required. */
+typedef struct {
+    const char *exe;         /* a name in ORDERSUITE_BIN, or a path with a '/' */
+    const char *amqp_env;    /* AMQP_URL=$amqp_env (e.g. "INVENTORY_AMQP_URL"); NULL: none */
+    const char *db_env;      /* DATABASE_URL=$db_env (e.g. "INVENTORY_DATABASE_URL"); NULL: none */
+    const char *const *env;  /* more "K=V" entries, NULL-ended; they override the defaults
+                                (LOG_LEVEL=info, METRICS_PORT=0) and the two URLs */
+    char *const *argv;       /* NULL: { exe's base name, NULL } */
+    const char *log;         /* ORDERSUITE_VAR/log/tests/<log>.log, or a path with a '/';
+                                NULL: the exe's name */
+    const char *ready_queue; /* ready once this queue has a consumer (TEST_AMQP_URL) */
+    const char *ready_url;   /* ready once GET of this URL answers 200 */
+    int ready_ms;            /* bound of the wait for both; 0: 30000 */
+} tu_svc_opts;
+
+/* A started service. */
+typedef struct {
+    pid_t pid;             /* 0 once stopped */
+    char name[64];         /* exe's base name, for messages */
+    char log[512];         /* its log file */
+    long log_from;         /* the log's size before the start: where its output begins */
+    char ready_queue[128]; /* copied from the options ("": not asked for) */
+    char ready_url[256];
+    int ready_ms;
+} tu_svc;
+
+/* Starts the service described by o (output appended to its log) without
+ * waiting; fails the test if it cannot be started. */
+void tu_svc_spawn(tu_svc *s, const tu_svc_opts *o);
+
+/* Waits (bounded by its ready_ms) until s is ready as its options say; fails
+ * the test, with its log, when it exits first or is not ready in time. */
+void tu_svc_await(tu_svc *s);
+
+/* tu_svc_spawn, then tu_svc_await. */
+void tu_svc_start(tu_svc *s, const tu_svc_opts *o);
+
+/* SIGTERM, up to 20 s for it to exit; returns its wait status, or -1 when it
+ * had to be killed. A stopped service (pid 0) returns 0. */
+int tu_svc_stop(tu_svc *s);
+
+/* tu_svc_stop, and fails the test, with its log, unless it exited with 0. */
+void tu_svc_stop_ok(tu_svc *s);
+
+/* Fails the test with msg and the tail of what s wrote to its log. */
+void tu_svc_fail(const tu_svc *s, const char *msg);
+
+/* A count query (one optional text parameter) on OWNER_DATABASE_URL. */
+long tu_count(const char *sql, const char *param);
+
+/* Polls tu_count(sql, param) until it equals want, for at most ms; fails the
+ * test with the last value seen when it does not. */
+void tu_await_count(int ms, const char *sql, const char *param, long want);
+
 /* An HTTP request with libcurl. headers: NULL-terminated "Name: value"
  * lines (may be NULL). Returns the status code (0 when no response came) and,
  * when body_out is not NULL, the response body (malloc'd, caller frees). */
