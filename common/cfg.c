@@ -171,3 +171,18 @@ void cfg_free(const cfg_spec *specs, size_t n)
         }
     }
 }
+
+int cfg_load_mode(const cfg_group *groups, size_t ngroups, unsigned mode, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < ngroups; i++) {
+        if ((groups[i].modes & mode) && cfg_load(groups[i].specs, groups[i].n, err, errlen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+void cfg_free_groups(const cfg_group *groups, size_t ngroups)
+{
+    for (size_t i = 0; i < ngroups; i++)
+        cfg_free(groups[i].specs, groups[i].n);
+}

@@ -46,4 +46,23 @@ int cfg_load(const cfg_spec *specs, size_t n, char *err, size_t errlen);
 /* Frees the CFG_STR outputs of specs and sets them to NULL. */
 void cfg_free(const cfg_spec *specs, size_t n);
 
+/* A program with several modes (a worker runs, or only declares its
+ * topology) keeps its settings in one table of groups; each group names the
+ * modes that read it, so the table says what each mode needs and a mode
+ * never asks for a setting it does not use. Modes are the program's own
+ * bits. */
+typedef struct {
+    const cfg_spec *specs;
+    size_t n;
+    unsigned modes; /* the modes (bits) that read these specs */
+} cfg_group;
+
+/* cfg_load on each group whose modes include mode, in order; the outputs of
+ * the other groups are not touched. Returns 0 or -1 with a message in err
+ * (free what was loaded with cfg_free_groups). */
+int cfg_load_mode(const cfg_group *groups, size_t ngroups, unsigned mode, char *err, size_t errlen);
+
+/* cfg_free on every group (loaded or not). */
+void cfg_free_groups(const cfg_group *groups, size_t ngroups);
+
 #endif

@@ -509,19 +509,22 @@ int worker_main(const worker_def *def, int argc, char **argv)
     long prefetch = 64, heartbeat = 30, batch = 64, park_after = 5, park_min_age = 30;
     int crash_flag = 0;
     char err[CFG_ERR_LEN + MQ_ERR_LEN];
+    /* What declaring the topology needs: the broker and the retry tiers. */
     const cfg_spec specs[] = {
         {"AMQP_URL", CFG_STR, NULL, 0, 0, &amqp_url},
-        {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
         {"LOG_LEVEL", CFG_STR, "info", 0, 0, &level},
-        {"PREFETCH", CFG_LONG, "64", 1, 10000, &prefetch},
         {"RETRY_DELAYS_MS", CFG_STR, "1000,10000,60000", 0, 0, &tiers},
+    };
+    /* What running needs besides: the database and the consumer's knobs. */
+    const cfg_spec rspecs[] = {
+        {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
+        {"PREFETCH", CFG_LONG, "64", 1, 10000, &prefetch},
         {"HEARTBEAT_S", CFG_LONG, "30", 1, 600, &heartbeat},
         {"CRASH_AFTER_COMMIT", CFG_BOOL, "false", 0, 0, &crash_flag},
         {"BATCH_MAX", CFG_LONG, "64", 1, 256, &batch},
         {"OUTBOX_PARK_AFTER", CFG_LONG, "5", 1, 1000000, &park_after},
         {"OUTBOX_PARK_MIN_AGE_S", CFG_LONG, "30", 0, 604800, &park_min_age},
     };
-    const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     worker w;
     mq_conn *cons = NULL, *pub = NULL;
     outbox_relay *relay = NULL;
@@ -562,6 +565,15 @@ int worker_main(const worker_def *def, int argc, char **argv)
         {"OPS_BIND", CFG_STR, "127.0.0.1", 0, 0, &ops_bind},
     };
     const size_t no = def->ops_port_var ? sizeof(ospecs) / sizeof(ospecs[0]) : 0;
+    /* The worker's settings and the modes that read them. */
+    enum { RUN = 1, DECLARE = 2 };
+    const cfg_group settings[] = {
+        {specs, sizeof(specs) / sizeof(specs[0]), RUN | DECLARE},
+        {rspecs, sizeof(rspecs) / sizeof(rspecs[0]), RUN},
+        {hspecs, nh, RUN},
+        {ospecs, no, RUN},
+    };
+    const size_t nsettings = sizeof(settings) / sizeof(settings[0]);
 
     snprintf(default_port, sizeof(default_port), "%d", def->default_port);
     snprintf(ops_default, sizeof(ops_default), "%d", def->ops_default_port);
@@ -574,11 +586,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
                 argv[0]);
         return 2;
     }
-    if (declare_only && !getenv("DATABASE_URL") && !getenv("DATABASE_URL_FILE"))
-        setenv("DATABASE_URL", "unused", 1); /* not needed to declare queues */
-    if (cfg_load(specs, nspecs, err, sizeof(err)) < 0 ||
-        (!declare_only && cfg_load(hspecs, nh, err, sizeof(err)) < 0) ||
-        (!declare_only && no && cfg_load(ospecs, no, err, sizeof(err)) < 0))
+    if (cfg_load_mode(settings, nsettings, declare_only ? DECLARE : RUN, err, sizeof(err)) < 0)
         goto config_error;
     w.ready_max_outbox = ready_max;
     w.ready_max_outbox_age_s = ready_max_age;
@@ -604,7 +612,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
             log_error("declaring the topology: %s", err);
         else
             log_info("topology of %s declared", def->service);
-        cfg_free(specs, nspecs);
+        cfg_free_groups(settings, nsettings);
         return rc < 0 ? 1 : 0;
     }
 
@@ -745,16 +753,12 @@ out:
     mq_free(pub);
     db_free(w.db);
     metrics_free(w.metrics);
-    cfg_free(specs, nspecs);
-    cfg_free(hspecs, nh);
-    cfg_free(ospecs, no);
+    cfg_free_groups(settings, nsettings);
     if (rc == 0)
         log_info("stopped");
     return rc;
 config_error:
     log_error("configuration: %s", err);
-    cfg_free(specs, nspecs);
-    cfg_free(hspecs, nh);
-    cfg_free(ospecs, no);
+    cfg_free_groups(settings, nsettings);
     return 1;
 }

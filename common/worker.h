@@ -76,7 +76,8 @@ typedef struct {
  * after a clean stop, 1 on bad configuration or a permanent error.
  *
  * With the argument --declare-topology it only declares the service's
- * exchanges and queues (needs AMQP_URL alone) and exits: `make migrate`
+ * exchanges and queues (reads AMQP_URL, LOG_LEVEL and RETRY_DELAYS_MS
+ * only: no DATABASE_URL, no listener settings) and exits: `make migrate`
  * runs this for every service so that no event is published before the
  * queues that must receive it exist. */
 int worker_main(const worker_def *def, int argc, char **argv);

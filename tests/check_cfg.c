@@ -248,6 +248,46 @@ START_TEST(metrics_labels_stay_valid_utf8)
 }
 END_TEST
 
+/* A setting only some modes need is not read in the others: neither its
+ * absence nor a broken NAME_FILE stops them, and the modes that read it
+ * still require it. */
+START_TEST(a_mode_reads_only_the_groups_it_needs)
+{
+    enum { RUN = 1, DECLARE = 2 };
+    char *url = NULL, *db = NULL, err[CFG_ERR_LEN];
+    const cfg_spec both[] = {{"T_URL", CFG_STR, NULL, 0, 0, &url}};
+    const cfg_spec run[] = {{"T_DB", CFG_STR, NULL, 0, 0, &db}};
+    const cfg_group g[] = {{both, 1, RUN | DECLARE}, {run, 1, RUN}};
+
+    clear_env();
+    unsetenv("T_DB");
+    setenv("T_URL", "amqp://x", 1);
+    ck_assert_msg(cfg_load_mode(g, 2, DECLARE, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(url, "amqp://x");
+    ck_assert_ptr_null(db);
+    cfg_free_groups(g, 2);
+
+    setenv("T_DB_FILE", "/nonexistent/db-url", 1);
+    ck_assert_msg(cfg_load_mode(g, 2, DECLARE, err, sizeof(err)) == 0, "%s", err);
+    cfg_free_groups(g, 2);
+    ck_assert_int_eq(cfg_load_mode(g, 2, RUN, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "T_DB_FILE"), "%s", err);
+    cfg_free_groups(g, 2);
+
+    unsetenv("T_DB_FILE");
+    ck_assert_int_eq(cfg_load_mode(g, 2, RUN, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "T_DB is required"), "%s", err);
+    cfg_free_groups(g, 2);
+    setenv("T_DB", "postgresql://y", 1);
+    ck_assert_msg(cfg_load_mode(g, 2, RUN, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(db, "postgresql://y");
+    cfg_free_groups(g, 2);
+    ck_assert_ptr_null(url);
+    unsetenv("T_DB");
+    clear_env();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cfg_log_util");
@@ -259,6 +299,7 @@ int main(void)
     tcase_add_test(c, defaults_apply_and_required_variables_are_reported);
     tcase_add_test(c, file_variant_reads_a_secret_and_strips_the_newline);
     tcase_add_test(c, booleans_accept_the_usual_spellings_only);
+    tcase_add_test(c, a_mode_reads_only_the_groups_it_needs);
     tcase_add_test(l, log_lines_are_json_with_escaping);
     tcase_add_test(l, log_lines_are_cut_to_the_buffer_and_stay_terminated);
     tcase_add_test(l, log_levels_parse);

@@ -651,10 +651,35 @@ START_TEST(billing_taxes_a_sale_at_the_contract_maxima_exactly)
 }
 END_TEST
 
+/* ------------------------------------------------ modes */
+
+/* --declare-topology reads only what declaring needs: a DATABASE_URL_FILE
+ * that points nowhere (and no DATABASE_URL) does not stop it, for every
+ * worker. */
+START_TEST(declaring_the_topology_needs_no_database_url)
+{
+    static const char *const names[] = {"inventory", "billing", "email", "order-api"};
+    const char *env[] = {"DATABASE_URL_FILE=/nonexistent/database-url", NULL};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        char *argv[] = {(char *)names[i], "--declare-topology", NULL};
+        char log[64];
+        const tu_svc_opts o = {
+            .exe = names[i], .amqp_env = "TEST_AMQP_URL", .env = env, .argv = argv, .log = log};
+        tu_svc s;
+        int st;
+        snprintf(log, sizeof(log), "%s-declare", names[i]);
+        tu_svc_spawn(&s, &o);
+        st = tu_svc_wait(&s, 30000);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            tu_svc_fail(&s, "--declare-topology failed without a database URL");
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("workers");
-    TCase *t = tcase_create("flow"), *l;
+    TCase *t = tcase_create("flow"), *l, *m;
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_set_timeout(t, 90);
     tcase_add_test(t, a_placed_order_is_reserved_invoiced_and_confirmed_by_mail);
@@ -670,5 +695,9 @@ int main(void)
     tcase_add_test(l, billing_taxes_a_sale_at_the_contract_maxima_exactly);
     tcase_add_test(l, the_api_job_queue_is_bounded_and_drops_requests_past_their_deadline);
     suite_add_tcase(s, l);
+    m = tcase_create("modes");
+    tcase_set_timeout(m, 90);
+    tcase_add_test(m, declaring_the_topology_needs_no_database_url);
+    suite_add_tcase(s, m);
     return tu_run(s);
 }

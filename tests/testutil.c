@@ -252,6 +252,23 @@ int tu_svc_stop(tu_svc *s)
     return st;
 }
 
+int tu_svc_wait(tu_svc *s, int timeout_ms)
+{
+    int64_t end = util_now_ms() + timeout_ms;
+    char msg[128];
+    int st;
+    while (waitpid(s->pid, &st, WNOHANG) == 0) {
+        if (util_now_ms() > end) {
+            snprintf(msg, sizeof(msg), "%s did not exit within %d ms", s->name, timeout_ms);
+            tu_svc_stop(s);
+            tu_svc_fail(s, msg);
+        }
+        util_sleep_ms(20, NULL);
+    }
+    s->pid = 0;
+    return st;
+}
+
 void tu_svc_stop_ok(tu_svc *s)
 {
     char msg[128];

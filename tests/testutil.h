@@ -97,6 +97,10 @@ void tu_svc_start(tu_svc *s, const tu_svc_opts *o);
  * had to be killed. A stopped service (pid 0) returns 0. */
 int tu_svc_stop(tu_svc *s);
 
+/* Waits up to timeout_ms for s to exit by itself and returns its wait
+ * status; fails the test, with its log, when it is still running then. */
+int tu_svc_wait(tu_svc *s, int timeout_ms);
+
 /* tu_svc_stop, and fails the test, with its log, unless it exited with 0. */
 void tu_svc_stop_ok(tu_svc *s);
 
