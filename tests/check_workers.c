@@ -521,9 +521,9 @@ static pid_t post_in_child(const char *port, const char *who)
 static int lock_waiters(void *arg)
 {
     (void)arg;
-    return count("SELECT count(*) FROM pg_locks WHERE NOT granted"
-                 " AND relation = 'orders.orders'::regclass",
-                 NULL) >= 1;
+    return tu_count("SELECT count(*) FROM pg_locks WHERE NOT granted"
+                    " AND relation = 'orders.orders'::regclass",
+                    NULL) >= 1;
 }
 
 /* The API's job queue is bounded and a request that waited past its
@@ -534,31 +534,24 @@ static int lock_waiters(void *arg)
  * without running (no order of theirs is stored). */
 START_TEST(the_api_job_queue_is_bounded_and_drops_requests_past_their_deadline)
 {
-    static char amqp_url[1200], db[1200];
-    const char *api_env[] = {amqp_url,
-                             db,
-                             "HTTP_PORT=" LIM_Q_PORT,
+    const char *api_env[] = {"HTTP_PORT=" LIM_Q_PORT,
                              "HTTP_THREADS=1",
                              "HTTP_QUEUE_MAX=2",
                              "HTTP_QUEUE_DEADLINE_MS=1000",
                              "OPS_PORT=0",
                              TU_API_TOKENS,
                              NULL};
-    char *argv[] = {"order-api", NULL}, path[512], log[512];
     char who[64];
-    pid_t api, first, rest[5];
+    tu_svc api;
+    pid_t first, rest[5];
     int done[5] = {0}, refused = 0, st;
     int64_t sent, end;
     PGconn *op;
     PGresult *res;
 
     snprintf(who, sizeof(who), "qbound-%lld", (long long)util_wall_us());
-    snprintf(amqp_url, sizeof(amqp_url), "AMQP_URL=%s", tu_env("ORDER_API_AMQP_URL"));
-    snprintf(db, sizeof(db), "DATABASE_URL=%s", tu_env("ORDERS_DATABASE_URL"));
-    snprintf(path, sizeof(path), "%s/order-api", tu_env("ORDERSUITE_BIN"));
-    snprintf(log, sizeof(log), "%s/log/tests/order-api-queue.log", tu_env("ORDERSUITE_VAR"));
-    api = tu_spawn(path, argv, api_env, log);
-    ck_assert_msg(tu_poll(30000, answers, (void *)LIM_Q_PORT), "order-api is not ready");
+    start_limited(&api, "order-api", "ORDERS_DATABASE_URL", "ORDER_API_AMQP_URL", LIM_Q_PORT,
+                  api_env);
     op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
     ck_assert_int_eq(PQstatus(op), CONNECTION_OK);
     res = PQexec(op, "BEGIN; LOCK TABLE orders.orders IN ACCESS EXCLUSIVE MODE");
@@ -604,10 +597,8 @@ START_TEST(the_api_job_queue_is_bounded_and_drops_requests_past_their_deadline)
                       WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     }
     /* The dropped ones never ran: one order of this customer. */
-    ck_assert_int_eq(count("SELECT count(*) FROM orders.orders WHERE customer_id = $1", who), 1);
-    st = tu_stop(api, SIGTERM, 20000);
-    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                  "order-api did not stop cleanly (status %d)", st);
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM orders.orders WHERE customer_id = $1", who), 1);
+    tu_svc_stop_ok(&api);
 }
 END_TEST
 
