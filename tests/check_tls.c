@@ -35,6 +35,8 @@
 #include <unistd.h>
 
 #define S_SERVER_PORT 18671
+#define STR_(x)       #x
+#define STR(x)        STR_(x)
 
 static char certs[512]; /* $ORDERSUITE_VAR/tls-check */
 
@@ -215,30 +217,142 @@ static int has_status(void *arg)
     return ok;
 }
 
-/* inventory, billing and order-api, each as its own broker user and role,
- * with nothing but the instance's amqps:// and verify-full URLs: an order
- * placed over HTTP is reserved, invoiced and CONFIRMED. */
-START_TEST(order_flow_over_tls_reaches_confirmed)
+#define MAIL_SMTP 18125
+#define MAIL_WEB  18126
+
+/* How many mails the pair's mail catcher holds for rcpt. */
+static int mails_for(const char *rcpt)
 {
-    static const char *const names[] = {"inventory", "billing", "order-api"};
+    char *body = NULL;
+    const cJSON *m, *r;
+    cJSON *a;
+    int n = 0;
+    if (tu_http("GET", "http://127.0.0.1:" STR(MAIL_WEB) "/api/messages", NULL, NULL, 0, &body) !=
+        200) {
+        free(body);
+        return 0;
+    }
+    a = cJSON_Parse(body);
+    free(body);
+    cJSON_ArrayForEach(m, a)
+    {
+        cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(m, "rcpt_tos"))
+        {
+            if (cJSON_IsString(r) && strcmp(r->valuestring, rcpt) == 0)
+                n++;
+        }
+    }
+    cJSON_Delete(a);
+    return n;
+}
+
+static int mail_arrived(void *arg)
+{
+    return mails_for(arg) > 0;
+}
+
+/* A POS invoice (a confirmed sale) for the customer email in the pair's
+ * database. */
+static int sale_invoiced(void *arg)
+{
+    const char *p[] = {arg};
+    return tu_sql_int(inst("OWNER_DATABASE_URL"),
+                      "SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL"
+                      " AND customer_email = $1",
+                      1, p) > 0;
+}
+
+static int exited(void *arg)
+{
+    int *st = arg;
+    return waitpid((pid_t)st[0], &st[1], WNOHANG) == (pid_t)st[0];
+}
+
+/* Runs tests/tls-instance.sh connections: who is connected to each server
+ * of the pair, and over TLS or not, as the servers see it (pg_stat_ssl,
+ * rabbitmqctl list_connections user ssl). Fails unless every one of want
+ * ("pg ROLE" / "amqp USER") has a connection and all of them are TLS. */
+static void assert_connections_are_tls(const char *const *want)
+{
+    char cmd[2048], out[600], line[256], *text = NULL;
+    size_t len = 0;
+    FILE *f;
+    snprintf(out, sizeof(out), "%s/connections.txt", certs);
+    snprintf(cmd, sizeof(cmd),
+             "bash %s/tests/tls-instance.sh connections %s >>%s/log/tests/tls-instance.log 2>&1",
+             tu_env("ORDERSUITE_ROOT"), out, tu_env("ORDERSUITE_VAR"));
+    ck_assert_msg(system(cmd) == 0, "tls-instance.sh connections failed");
+    f = fopen(out, "r");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f)) {
+        char kind[16], who[64], ssl[16];
+        if (sscanf(line, "%15s %63s %15s", kind, who, ssl) != 3)
+            continue;
+        ck_assert_msg(strcmp(ssl, "t") == 0 || strcmp(ssl, "true") == 0,
+                      "a plain-text connection: %s", line);
+        text = realloc(text, len + strlen(kind) + strlen(who) + 3);
+        ck_assert_ptr_nonnull(text);
+        len += (size_t)sprintf(text + len, "%s %s\n", kind, who);
+    }
+    fclose(f);
+    for (size_t i = 0; want[i]; i++) {
+        char w[96];
+        snprintf(w, sizeof(w), "%s\n", want[i]);
+        ck_assert_msg(text && strstr(text, w), "no TLS connection of %s (seen: %s)", want[i],
+                      text ? text : "none");
+    }
+    free(text);
+}
+
+/* The whole suite on the pair, each service as its own broker user and
+ * role, with nothing but the instance's amqps:// and verify-full URLs (and
+ * the mail catcher, as make demo starts it, for email): an order placed
+ * over HTTP is reserved, invoiced and CONFIRMED and its mail reaches the
+ * catcher; a till (pos) sells, the sale is invoiced and its receipt mailed;
+ * each server sees only TLS connections, from every service. */
+START_TEST(order_flow_over_tls_reaches_confirmed_mail_and_pos)
+{
+    static const char *const names[] = {"inventory", "billing", "email", "order-api"};
     static const char *const dbs[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL",
-                                      "ORDERS_DATABASE_URL"};
-    static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL",
+                                      "EMAIL_DATABASE_URL", "ORDERS_DATABASE_URL"};
+    static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EMAIL_AMQP_URL",
                                        "ORDER_API_AMQP_URL"};
-    static const char *const bases[] = {"http://127.0.0.1:19201", "http://127.0.0.1:19202", API};
-    static char env[3][7][1200];
-    const char *envp[3][8];
-    const char *hdrs[] = {"Content-Type: application/json", "Idempotency-Key: check-tls",
-                          TU_API_AUTH, NULL};
-    const char *body = "{\"customer_id\":\"tls\",\"customer_email\":\"tls@example.com\","
-                       "\"currency\":\"EUR\",\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}";
-    char *argv[] = {"svc", NULL}, *resp = NULL, id[UUID_STR_LEN] = "";
-    pid_t pids[3];
-    int all_ready = 1, confirmed = 0;
+    static const char *const bases[] = {"http://127.0.0.1:19201", "http://127.0.0.1:19202",
+                                        "http://127.0.0.1:19203", API};
+    static const char *const conns[] = {"pg inventory", "pg billing",     "pg email",
+                                        "pg orders",    "amqp inventory", "amqp billing",
+                                        "amqp email",   "amqp order-api", NULL};
+    static char env[4][8][1200], penv[3][1200];
+    const char *envp[4][9], *pos_envp[4];
+    /* The pair's database stays from run to run: this run's own key and
+     * addresses. */
+    char key[80], customer[80], walk_in[80], body[400];
+    const char *hdrs[] = {"Content-Type: application/json", key, TU_API_AUTH, NULL};
+    char *argv[] = {"svc", NULL}, *resp = NULL, id[UUID_STR_LEN] = "", path[512], log[512];
+    char smtp_port[16], web_port[16];
+    char *cargv[] = {path, "--smtp-port", smtp_port, "--http-port", web_port, NULL};
+    char *pargv[] = {"pos", "--count", "1", "--store", "TLS-01", "--email", walk_in, NULL};
+    pid_t pids[4], catcher;
+    int all_ready = 1, confirmed = 0, mailed = 0, pos_st[2] = {0, -1}, sold = 0, receipt = 0;
+    int port = MAIL_WEB;
     long code;
 
-    for (int i = 0; i < 3; i++) {
-        char path[512], log[512];
+    uuid_v4(id);
+    snprintf(key, sizeof(key), "Idempotency-Key: check-tls-%s", id);
+    snprintf(customer, sizeof(customer), "tls-%.8s@example.com", id);
+    snprintf(walk_in, sizeof(walk_in), "walk-in-%.8s@example.com", id);
+    snprintf(body, sizeof(body),
+             "{\"customer_id\":\"tls\",\"customer_email\":\"%s\",\"currency\":\"EUR\","
+             "\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}",
+             customer);
+    id[0] = '\0';
+    snprintf(smtp_port, sizeof(smtp_port), "%d", MAIL_SMTP);
+    snprintf(web_port, sizeof(web_port), "%d", MAIL_WEB);
+    snprintf(path, sizeof(path), "%s/tools/mailcatcher/mailcatcher.py", tu_env("ORDERSUITE_ROOT"));
+    snprintf(log, sizeof(log), "%s/log/tests/tls-mailcatcher.log", tu_env("ORDERSUITE_VAR"));
+    catcher = tu_spawn(path, cargv, NULL, log);
+    ck_assert_msg(tu_poll(15000, port_open, &port), "the mail catcher did not start (%s)", log);
+    for (int i = 0; i < 4; i++) {
         snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", inst(amqp[i]));
         snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", inst(dbs[i]));
         snprintf(env[i][2], sizeof(env[i][2]), "HTTP_PORT=18180");
@@ -246,14 +360,15 @@ START_TEST(order_flow_over_tls_reaches_confirmed)
         snprintf(env[i][4], sizeof(env[i][4]), "LOG_LEVEL=info");
         snprintf(env[i][5], sizeof(env[i][5]), "%s", TU_API_TOKENS);
         snprintf(env[i][6], sizeof(env[i][6]), "OPS_PORT=0");
-        for (int k = 0; k < 7; k++)
+        snprintf(env[i][7], sizeof(env[i][7]), "SMTP_URL=smtp://127.0.0.1:%d", MAIL_SMTP);
+        for (int k = 0; k < 8; k++)
             envp[i][k] = env[i][k];
-        envp[i][7] = NULL;
+        envp[i][8] = NULL;
         snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
         snprintf(log, sizeof(log), "%s/log/tests/tls-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
         pids[i] = tu_spawn(path, argv, envp[i], log);
     }
-    for (int i = 0; i < 3 && all_ready; i++)
+    for (int i = 0; i < 4 && all_ready; i++)
         all_ready = tu_poll(30000, ready, (void *)bases[i]);
     if (all_ready) {
         code = tu_http("POST", API "/orders", hdrs, body, strlen(body), &resp);
@@ -266,16 +381,40 @@ START_TEST(order_flow_over_tls_reaches_confirmed)
         if (id[0]) {
             status_arg a = {id, "CONFIRMED"};
             confirmed = tu_poll(30000, has_status, &a);
+            mailed = confirmed && tu_poll(30000, mail_arrived, customer);
         }
+        /* A till, over amqps:// as pos, its catalog from order-api. */
+        snprintf(penv[0], sizeof(penv[0]), "AMQP_URL=%s", inst("POS_AMQP_URL"));
+        snprintf(penv[1], sizeof(penv[1]), "CATALOG_URL=" API "/products");
+        snprintf(penv[2], sizeof(penv[2]), "POS_SPOOL_DIR=%s", certs);
+        for (int k = 0; k < 3; k++)
+            pos_envp[k] = penv[k];
+        pos_envp[3] = NULL;
+        snprintf(path, sizeof(path), "%s/pos", tu_env("ORDERSUITE_BIN"));
+        snprintf(log, sizeof(log), "%s/log/tests/tls-pos.log", tu_env("ORDERSUITE_VAR"));
+        pos_st[0] = (int)tu_spawn(path, pargv, pos_envp, log);
+        if (!tu_poll(30000, exited, pos_st))
+            tu_stop((pid_t)pos_st[0], SIGKILL, 5000);
+        sold = WIFEXITED(pos_st[1]) && WEXITSTATUS(pos_st[1]) == 0 &&
+               tu_poll(30000, sale_invoiced, walk_in);
+        receipt = sold && tu_poll(30000, mail_arrived, walk_in);
+        if (sold)
+            assert_connections_are_tls(conns);
     }
-    for (int i = 2; i >= 0; i--) {
+    for (int i = 3; i >= 0; i--) {
         int st = tu_stop(pids[i], SIGTERM, 20000);
         ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
                       "%s did not stop cleanly (status %d)", names[i], st);
     }
+    tu_stop(catcher, SIGTERM, 10000);
     ck_assert_msg(all_ready, "a service did not become ready over TLS (var/log/tests/tls-*.log)");
     ck_assert_msg(id[0], "POST /orders over the TLS pair gave no order");
     ck_assert_msg(confirmed, "order %s never reached CONFIRMED", id);
+    ck_assert_msg(mailed, "the confirmation of %s never reached the mail catcher", id);
+    ck_assert_msg(pos_st[1] == 0, "pos over amqps:// exited with status %d (tls-pos.log)",
+                  pos_st[1]);
+    ck_assert_msg(sold, "the till's sale was never invoiced");
+    ck_assert_msg(receipt, "the till's receipt never reached the mail catcher");
 }
 END_TEST
 
@@ -371,6 +510,29 @@ START_TEST(pg_plain_text_client_is_refused)
     ck_assert_msg(pg_try(NULL, NULL, &ssl), "the owner's verify-full URL was refused");
     ck_assert_msg(ssl, "the owner's verify-full connection is not TLS");
     ck_assert_msg(!pg_try("disable", NULL, NULL), "a plain-text connection was accepted");
+}
+END_TEST
+
+/* verify-full checks the server's name against the host the client asked
+ * for: the same server at the same address (hostaddr) is refused when the
+ * client names another host, and accepted under a name it holds. */
+START_TEST(pg_server_under_another_host_name_is_refused)
+{
+    static const char *const hosts[] = {"localhost", "elsewhere.invalid"};
+    for (size_t i = 0; i < 2; i++) {
+        const char *keys[] = {"dbname", "host", "hostaddr", "sslmode", NULL};
+        const char *vals[] = {inst("OWNER_DATABASE_URL"), hosts[i], "127.0.0.1", "verify-full",
+                              NULL};
+        PGconn *pg = PQconnectdbParams(keys, vals, 1);
+        int ok = pg && PQstatus(pg) == CONNECTION_OK;
+        char msg[300];
+        snprintf(msg, sizeof(msg), "%s", pg ? PQerrorMessage(pg) : "out of memory");
+        PQfinish(pg);
+        if (i == 0)
+            ck_assert_msg(ok, "verify-full as localhost was refused: %s", msg);
+        else
+            ck_assert_msg(!ok, "verify-full accepted a server for %s", hosts[i]);
+    }
 }
 END_TEST
 
@@ -487,12 +649,13 @@ int main(void)
 
     tc = tcase_create("servers");
     tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, order_flow_over_tls_reaches_confirmed);
+    tcase_add_test(tc, order_flow_over_tls_reaches_confirmed_mail_and_pos);
     tcase_add_test(tc, amqp_plain_text_client_is_refused);
     tcase_add_test(tc, amqp_client_trusting_another_ca_is_refused);
     tcase_add_test(tc, amqp_client_certificate_is_checked_when_sent);
     tcase_add_test(tc, pg_plain_text_client_is_refused);
     tcase_add_test(tc, pg_client_trusting_another_ca_is_refused);
+    tcase_add_test(tc, pg_server_under_another_host_name_is_refused);
     tcase_add_test(tc, tls_pair_listens_on_loopback_only);
     suite_add_tcase(s, tc);
     rc = tu_run(s);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/tls-instance.sh up OUT | down — check_tls's own pair of servers, made
+# tests/tls-instance.sh up OUT | connections OUT | down — check_tls's own pair of servers, made
 # by `make up TLS=1` itself (scripts/up.sh) under var/tls-check/ on ports of
 # their own (PostgreSQL 5532, amqps 5771, management 15772; plain AMQP 5772
 # is configured off), so a plain `make test` tests TLS without touching the
@@ -32,11 +32,26 @@ up)
         printf 'export TLS_PLAIN_TO_TLS_AMQP_URL=%q\n' "amqp://$RABBITMQ_ADMIN_USER:$RABBITMQ_ADMIN_PASSWORD@127.0.0.1:$AMQPS_PORT"
     } >>"$out"
     ;;
+connections)
+    # Who is connected to each server, and whether over TLS, as the servers
+    # see it: "pg ROLE t|f" (pg_stat_ssl) and "amqp USER true|false"
+    # (rabbitmqctl list_connections), one line each, into OUT.
+    out=${2:?usage: tls-instance.sh connections OUT}
+    # shellcheck source=/dev/null
+    source "$scripts/lib.sh"
+    load_env
+    {
+        pg_super -d postgres -At -F ' ' -c "SELECT 'pg', a.usename, s.ssl FROM pg_stat_ssl s
+            JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'client backend'
+            AND a.client_addr IS NOT NULL ORDER BY 2"
+        rmqctl -q list_connections user ssl | awk '$2 == "true" || $2 == "false" { print "amqp", $1, $2 }'
+    } >"$out"
+    ;;
 down)
     bash "$scripts/down.sh"
     ;;
 *)
-    echo "usage: tls-instance.sh up OUT | down" >&2
+    echo "usage: tls-instance.sh up OUT | connections OUT | down" >&2
     exit 2
     ;;
 esac
