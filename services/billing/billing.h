@@ -1,0 +1,32 @@
+/*
+ * billing.h — the billing worker's handlers (invoices.c), shared with
+ * main.c's route table and configuration.
+ */
+#ifndef ORDERSUITE_BILLING_H
+#define ORDERSUITE_BILLING_H
+
+#include "worker.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The worker's app data (worker_def.app), from the environment. */
+typedef struct {
+    long credit_limit; /* minor units */
+    long tax_bp;       /* tax rate in basis points */
+} billing_cfg;
+
+/* inventory.reserved: the payment rule, then an invoice or a payment
+ * failure. */
+mq_result bil_on_reserved(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                          char *err, size_t errlen);
+
+/* sale.completed: an invoice for the sale (paid at the till). */
+mq_result bil_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev, char *err,
+                      size_t errlen);
+
+/* The tax inside a gross amount at bp basis points, rounded half up, for
+ * gross in [0, EV_TOTAL_MAX] and bp in [0, 10000] without overflow. Pure. */
+int64_t bil_tax_part(int64_t gross, long bp);
+
+#endif

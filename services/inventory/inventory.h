@@ -1,0 +1,35 @@
+/*
+ * inventory.h — the inventory worker's handlers, shared with main.c's route
+ * table: reservations.c (orders: reserve, release), sales.c (till sales) and
+ * stock.c (what both do to a stock row).
+ */
+#ifndef ORDERSUITE_INVENTORY_H
+#define ORDERSUITE_INVENTORY_H
+
+#include "worker.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* order.placed: reserve every line or none (reservations.c). */
+mq_result inv_on_order_placed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                              char *err, size_t errlen);
+
+/* billing.payment_failed: release the order's reservation (reservations.c). */
+mq_result inv_on_payment_failed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                                char *err, size_t errlen);
+
+/* sale.completed: the sold units off the shelf, once per sale id (sales.c). */
+mq_result inv_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev, char *err,
+                      size_t errlen);
+
+/* qsort order of ev_lines by SKU: the order in which rows of stock are
+ * locked, so two transactions cannot deadlock on each other (stock.c). */
+int inv_cmp_line(const void *a, const void *b);
+
+/* Emits inventory.low_stock when a SKU's stock went from above threshold to
+ * at or below it; DB_OK when it did not (stock.c). */
+int inv_maybe_low_stock(worker *w, db_conn *db, const ev_envelope *env, const char *sku,
+                        int64_t before, int64_t after, int64_t threshold, char *err, size_t errlen);
+
+#endif
