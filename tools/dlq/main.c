@@ -174,7 +174,7 @@ static int hold(mq_got ***held, size_t *n, size_t *cap, mq_got *g)
 static int cmd_replay(mq_conn *c, const char *url, const char *service, const char *q,
                       const char *id, int dry, long rate)
 {
-    char err[MQ_ERR_LEN], note[128];
+    char err[MQ_ERR_LEN], note[sizeof("replayed from ") + 128]; /* q is at most 127 */
     mq_conn *pub = dry ? NULL : open_conn(url, err, sizeof(err));
     mq_got **held = NULL;
     size_t nheld = 0, cap = 0;

@@ -59,7 +59,8 @@ static char *read_file(const char *path, char *err, size_t errlen)
     size_t n;
 
     if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        /* The path is cut at 512 characters in the message. */
+        snprintf(err, errlen, "%.512s: %s", path, strerror(errno));
         return NULL;
     }
     buf = malloc(MAX_FILE_BYTES + 1);
@@ -70,7 +71,7 @@ static char *read_file(const char *path, char *err, size_t errlen)
     }
     n = fread(buf, 1, MAX_FILE_BYTES + 1, f);
     if (ferror(f) || n > MAX_FILE_BYTES || memchr(buf, '\0', n)) {
-        snprintf(err, errlen, "%s: unreadable, too large or binary", path);
+        snprintf(err, errlen, "%.512s: unreadable, too large or binary", path);
         fclose(f);
         free(buf);
         return NULL;

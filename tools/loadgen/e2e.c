@@ -1,0 +1,164 @@
+/*
+ * e2e.c — loadgen's end-to-end figures: the backlog (accepted orders not yet
+ * final) sampled every second, and after the run POST -> CONFIRMED latencies
+ * and completed orders per second from the timelines (DATABASE_URL).
+ */
+#include "loadgen.h"
+
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int lg_cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int cmp_acc(const void *a, const void *b)
+{
+    return strcmp(((const accepted *)a)->id, ((const accepted *)b)->id);
+}
+
+double lg_pct(const int64_t *v, size_t n, double p)
+{
+    size_t i;
+    if (n == 0)
+        return 0;
+    i = (size_t)(p / 100.0 * (double)(n - 1) + 0.5);
+    return (double)v[i < n ? i : n - 1] / 1000.0; /* ms */
+}
+
+/* The run's orders, found through the created_at index (a scan of every
+ * order by customer_id would cost the database more than the load itself). */
+#define RUN_ORDERS                                                                                 \
+    " FROM orders.orders o WHERE o.customer_id = $1"                                               \
+    " AND o.created_at >= to_timestamp($2::double precision / 1e6 - 5)"
+
+static long final_count(PGconn *db)
+{
+    char since[24];
+    const char *p[] = {lg_opt.tag, util_i64(since, lg_start_wall)};
+    PGresult *r = PQexecParams(
+        db, "SELECT count(*)" RUN_ORDERS " AND o.status IN ('CONFIRMED', 'REJECTED', 'CANCELLED')",
+        2, NULL, p, NULL, NULL, 0);
+    long n = -1;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK)
+        n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    else
+        fprintf(stderr, "loadgen: %s", PQerrorMessage(db));
+    PQclear(r);
+    return n;
+}
+
+void *lg_sampler_thread(void *arg)
+{
+    sampler *sm = arg;
+    while (!sm->done && sm->n < MAX_BACKLOG_SAMPLES) {
+        long acc = __atomic_load_n(&lg_accepted_total, __ATOMIC_RELAXED), fin = final_count(sm->db);
+        if (fin >= 0) {
+            sm->s[sm->n].t_ms = (long)(util_now_ms() - lg_start_mono);
+            sm->s[sm->n].backlog = acc - fin;
+            sm->n++;
+        }
+        for (int i = 0; i < 10 && !sm->done; i++)
+            util_sleep_ms(100, NULL);
+    }
+    return NULL;
+}
+
+int lg_e2e(PGconn *db, accepted *acc, size_t nacc, e2e_result *er)
+{
+    int64_t deadline = util_now_ms() + (int64_t)(lg_opt.e2e_s * 1000), last = 0, first = INT64_MAX;
+    char since[24];
+    const char *p[] = {lg_opt.tag, util_i64(since, lg_start_wall)};
+    PGresult *r;
+
+    while (final_count(db) < (long)nacc) {
+        if (util_now_ms() > deadline || lg_stopping) {
+            er->timed_out = 1;
+            break;
+        }
+        util_sleep_ms(200, &lg_stopping);
+    }
+    r = PQexecParams(db,
+                     "WITH o AS (SELECT o.id, o.status" RUN_ORDERS ")"
+                     " SELECT o.id::text, o.status,"
+                     " (extract(epoch FROM c.at) * 1e6)::bigint,"
+                     " (extract(epoch FROM m.created_at) * 1e6)::bigint"
+                     " FROM o"
+                     " LEFT JOIN orders.order_timeline c ON c.order_id = o.id"
+                     "  AND c.status = 'CONFIRMED'"
+                     " LEFT JOIN email.messages m ON m.correlation_id = o.id"
+                     "  AND m.kind = 'order_confirmed'"
+                     "  AND m.created_at >= to_timestamp($2::double precision / 1e6 - 5)",
+                     2, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "loadgen: reading the timelines: %s", PQerrorMessage(db));
+        PQclear(r);
+        return -1;
+    }
+    qsort(acc, nacc, sizeof(*acc), cmp_acc);
+    er->e2e_us = calloc((size_t)PQntuples(r) + 1, sizeof(int64_t));
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *st = PQgetvalue(r, i, 1);
+        accepted k = {0}, *a;
+        int64_t conf, mail, done;
+        snprintf(k.id, sizeof(k.id), "%s", PQgetvalue(r, i, 0));
+        a = bsearch(&k, acc, nacc, sizeof(*acc), cmp_acc);
+        if (strcmp(st, "CONFIRMED") == 0)
+            er->confirmed++;
+        else if (strcmp(st, "REJECTED") == 0)
+            er->rejected++;
+        else if (strcmp(st, "CANCELLED") == 0)
+            er->cancelled++;
+        else
+            er->other++;
+        if (!a || strcmp(st, "CONFIRMED") != 0 || PQgetisnull(r, i, 2))
+            continue;
+        conf = strtoll(PQgetvalue(r, i, 2), NULL, 10);
+        if (er->e2e_us)
+            er->e2e_us[er->ne2e++] = conf - a->sent_us;
+        if (PQgetisnull(r, i, 3))
+            continue; /* the mail is not recorded yet: not complete */
+        mail = strtoll(PQgetvalue(r, i, 3), NULL, 10);
+        done = conf > mail ? conf : mail;
+        er->completed++;
+        if (done > last)
+            last = done;
+        if (a->sent_us < first)
+            first = a->sent_us;
+    }
+    PQclear(r);
+    if (er->e2e_us)
+        qsort(er->e2e_us, er->ne2e, sizeof(int64_t), lg_cmp_i64);
+    if (er->completed > 0 && last > first) {
+        er->first_to_last_s = (double)(last - first) / 1e6;
+        er->completed_per_s = (double)er->completed / er->first_to_last_s;
+    }
+    return 0;
+}
+
+double lg_backlog_slope(const sampler *sm, double *max_backlog)
+{
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int n = 0;
+    *max_backlog = 0;
+    for (int i = 0; i < sm->n; i++) {
+        double x = (double)sm->s[i].t_ms / 1000.0, y = (double)sm->s[i].backlog;
+        if (y > *max_backlog)
+            *max_backlog = y;
+        if (x < 10)
+            continue;
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        sxy += x * y;
+        n++;
+    }
+    if (n < 3 || n * sxx - sx * sx == 0)
+        return 0;
+    return (n * sxy - sx * sy) / (n * sxx - sx * sx);
+}
