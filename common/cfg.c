@@ -50,11 +50,17 @@ static int read_secret_file(const char *var, const char *path, char **out, char 
 
 int cfg_raw(const char *name, char **out, char *err, size_t errlen)
 {
-    char filevar[128];
-    const char *v = getenv(name);
+    char filevar[CFG_NAME_MAX + sizeof("_FILE")];
+    const char *v;
     const char *f;
 
     *out = NULL;
+    if (strlen(name) > CFG_NAME_MAX) {
+        snprintf(err, errlen, "%.64s...: the name is too long (at most %d bytes)", name,
+                 CFG_NAME_MAX);
+        return -1;
+    }
+    v = getenv(name);
     snprintf(filevar, sizeof(filevar), "%s_FILE", name);
     f = getenv(filevar);
     if (v && f) {

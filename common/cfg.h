@@ -13,6 +13,7 @@
 
 #define CFG_ERR_LEN   256
 #define CFG_VALUE_MAX 4096 /* longest value accepted, from the environment or a file */
+#define CFG_NAME_MAX  120  /* longest variable name (an error past it) */
 
 typedef enum {
     CFG_STR,  /* out: char ** (malloc'd copy; caller frees) */

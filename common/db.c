@@ -4,6 +4,7 @@
 #include "db.h"
 #include "util.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -57,6 +58,9 @@ void db_set_timeouts(db_conn *db, const db_timeouts *t)
             continue;
         n += (size_t)snprintf(db->options + n, sizeof(db->options) - n, "%s-c %s=%ld", n ? " " : "",
                               names[i], vals[i]);
+        /* Three names and values of at most 7 digits (cfg's ranges) fit;
+         * past the end, the next size would wrap around. */
+        assert(n < sizeof(db->options));
     }
 }
 

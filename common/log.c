@@ -9,9 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LOG_LINE_MAX 4096
-
-static char log_service[64] = "ordersuite";
+static char log_service[LOG_SERVICE_MAX] = "ordersuite";
 static log_level log_min = LOG_INFO;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -108,7 +106,7 @@ size_t log_format(char *buf, size_t cap, log_level lvl, const char *corr, const 
 
 void log_write(log_level lvl, const char *corr, const char *msgid, const char *fmt, ...)
 {
-    char msg[LOG_LINE_MAX / 2];
+    char msg[LOG_MSG_MAX];
     char line[LOG_LINE_MAX];
     va_list ap;
     size_t n;

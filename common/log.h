@@ -10,6 +10,14 @@
 
 #include <stdio.h>
 
+/* Limits: a line is at most LOG_LINE_MAX bytes with its newline; the
+ * message is cut to LOG_MSG_MAX - 1 bytes before escaping, the service name
+ * to LOG_SERVICE_MAX - 1, and a line that escaping makes longer is cut to
+ * fit (it still ends in "}\n"). */
+#define LOG_LINE_MAX    4096
+#define LOG_MSG_MAX     (LOG_LINE_MAX / 2)
+#define LOG_SERVICE_MAX 64
+
 typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
 
 /* Sets the service name written in every line and the minimum level. Call

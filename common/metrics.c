@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_KEYS 64
+#define MAX_KEYS METRICS_MAX_KEYS
 
 static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                 0.1,    0.25,  0.5,    1.0,   2.5,  5.0,   10.0};
@@ -28,7 +28,7 @@ static const char *const kind_help[M__KINDS] = {
     "Messages the broker delivered again (after a crash or a lost connection)."};
 
 /* A label value escaped for the text format: every byte may double. */
-#define LABEL_MAX 128
+#define LABEL_MAX METRICS_LABEL_MAX
 #define ESC_MAX   (2 * LABEL_MAX)
 
 struct metrics {
@@ -130,15 +130,30 @@ void metrics_free(metrics *m)
     free(m);
 }
 
+/* key cut to a label (METRICS_LABEL_MAX - 1 bytes) into cut; its length. A
+ * key is always looked up cut: compared whole, a long one never found its
+ * slot again and took a new one each time (the same series twice). */
+static size_t cut_key(char cut[LABEL_MAX], const char *key)
+{
+    size_t n = strlen(key);
+    if (n >= LABEL_MAX)
+        n = LABEL_MAX - 1;
+    memcpy(cut, key, n);
+    cut[n] = '\0';
+    return n;
+}
+
 /* The index of key, added when new; the last slot collects the overflow. */
 static size_t key_index(metrics *m, const char *key)
 {
+    char cut[LABEL_MAX];
+    size_t n = cut_key(cut, key);
     for (size_t i = 0; i < m->nkeys; i++) {
-        if (strcmp(m->keys[i], key) == 0)
+        if (strcmp(m->keys[i], cut) == 0)
             return i;
     }
     if (m->nkeys < MAX_KEYS - 1) {
-        snprintf(m->keys[m->nkeys], sizeof(m->keys[0]), "%s", key);
+        memcpy(m->keys[m->nkeys], cut, n + 1);
         return m->nkeys++;
     }
     snprintf(m->keys[MAX_KEYS - 1], sizeof(m->keys[0]), "other");
@@ -158,9 +173,11 @@ void metrics_count(metrics *m, metric_kind kind, const char *routing_key, uint64
 uint64_t metrics_get(metrics *m, metric_kind kind, const char *routing_key)
 {
     uint64_t v = 0;
+    char cut[LABEL_MAX];
+    cut_key(cut, routing_key);
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < m->nkeys; i++) {
-        if (strcmp(m->keys[i], routing_key) == 0)
+        if (strcmp(m->keys[i], cut) == 0)
             v = m->counts[kind][i];
     }
     pthread_mutex_unlock(&m->lock);

@@ -24,6 +24,12 @@ typedef enum {
 
 typedef struct metrics metrics;
 
+/* Limits: counters for METRICS_MAX_KEYS - 1 routing keys, then one "other"
+ * for every key seen after them; a key is kept to METRICS_LABEL_MAX - 1
+ * bytes, and keys equal that far share a counter. */
+#define METRICS_MAX_KEYS  64
+#define METRICS_LABEL_MAX 128
+
 typedef struct {
     int64_t outbox_pending; /* -1 = unknown */
     int64_t outbox_oldest_age_s;

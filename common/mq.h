@@ -58,10 +58,13 @@
 #define MQ_EXCHANGE       "sales.events"
 #define MQ_DLX            "sales.dlx"
 #define MQ_RETRY_EXCHANGE "sales.retry"
-#define MQ_ERR_LEN        512
-#define MQ_MAX_TIERS      8
-#define MQ_MAX_HEADERS    12
-#define MQ_NAME_LEN       256 /* a queue name or routing key: an AMQP shortstr, <= 255 bytes */
+/* The limits. Error texts go into the caller's err of errlen bytes, cut to
+ * fit (MQ_ERR_LEN is what the callers here give). */
+#define MQ_ERR_LEN     512
+#define MQ_MAX_TIERS   8   /* retry tiers of a service */
+#define MQ_MAX_HEADERS 12  /* headers of a publish, schema_version included */
+#define MQ_NAME_LEN    256 /* a queue or exchange name, routing key or type: an AMQP shortstr */
+#define MQ_ID_LEN      64  /* a delivery's message_id, correlation_id, app_id, ... (cut to 63) */
 
 /* Headers the helper writes on retried and dead-lettered messages. */
 #define MQ_H_SCHEMA_VERSION "schema_version"
@@ -117,18 +120,18 @@ typedef struct {
     const void *body;
     size_t len;
     const mq_header *headers; /* extra headers, besides schema_version */
-    size_t nheaders;
-    int schema_version; /* 0 = EV_SCHEMA_VERSION */
+    size_t nheaders;          /* < MQ_MAX_HEADERS (asserted) */
+    int schema_version;       /* 0 = EV_SCHEMA_VERSION */
 } mq_msg;
 
 /* A delivery handed to a handler. Strings are NUL-terminated copies, "" when
  * the property was absent. */
 typedef struct {
-    char routing_key[128]; /* the original key, also after a trip through a retry tier */
-    char message_id[64];
-    char correlation_id[64];
-    char type[128];
-    char app_id[64];
+    char routing_key[MQ_NAME_LEN]; /* the original key, also after a trip through a retry tier */
+    char message_id[MQ_ID_LEN];    /* these three are cut to fit: a cut id is no UUID */
+    char correlation_id[MQ_ID_LEN];
+    char type[MQ_NAME_LEN];
+    char app_id[MQ_ID_LEN];
     int64_t timestamp;
     int schema_version; /* -1 when the header is missing or not an integer */
     int attempt;        /* failed attempts before this one (0 the first time) */
@@ -136,10 +139,11 @@ typedef struct {
     const char *body; /* len bytes, NOT NUL-terminated */
     size_t len;
     uint64_t delivery_tag;
-    /* Set on dead-lettered copies (see the MQ_H_* headers), "" otherwise. */
-    char reason[64];
-    char error[512];
-    char failed_service[64];
+    /* Set on dead-lettered copies (see the MQ_H_* headers), "" otherwise;
+     * cut to fit. */
+    char reason[MQ_ID_LEN];
+    char error[MQ_ERR_LEN];
+    char failed_service[MQ_ID_LEN];
     int64_t failed_at;
 } mq_delivery;
 
@@ -321,8 +325,11 @@ typedef struct {
  * unchanged; MQ_DONE is acked. Pure. */
 void mq_settle_plan(const mq_topology *t, int attempts, mq_result r, mq_plan *out);
 
-/* Names: S.retry.<ms>ms and S.dlq, written into out. */
-void mq_retry_queue_name(const char *service, int ms, char *out, size_t outlen);
-void mq_dlq_name(const char *service, char *out, size_t outlen);
+/* Names: S.retry.<ms>ms and S.dlq, written into out (MQ_NAME_LEN bytes
+ * hold every name of a service whose name is at most 200 bytes). Return 0,
+ * or -1 when the name does not fit in outlen (out is then cut: do not use
+ * it). */
+int mq_retry_queue_name(const char *service, int ms, char *out, size_t outlen);
+int mq_dlq_name(const char *service, char *out, size_t outlen);
 
 #endif

@@ -12,17 +12,20 @@
 #include "mq_int.h"
 #include "events.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 
-void mq_retry_queue_name(const char *service, int ms, char *out, size_t outlen)
+int mq_retry_queue_name(const char *service, int ms, char *out, size_t outlen)
 {
-    snprintf(out, outlen, "%s.retry.%dms", service, ms);
+    int n = snprintf(out, outlen, "%s.retry.%dms", service, ms);
+    return n >= 0 && (size_t)n < outlen ? 0 : -1;
 }
 
-void mq_dlq_name(const char *service, char *out, size_t outlen)
+int mq_dlq_name(const char *service, char *out, size_t outlen)
 {
-    snprintf(out, outlen, "%s.dlq", service);
+    int n = snprintf(out, outlen, "%s.dlq", service);
+    return n >= 0 && (size_t)n < outlen ? 0 : -1;
 }
 
 /* ----------------------------------------------------------------- URLs */
@@ -109,6 +112,9 @@ static void set_header(amqp_table_entry_t *e, const mq_header *h)
 int mq__headers_encode(const mq_msg *m, amqp_table_entry_t hdr[MQ_MAX_HEADERS])
 {
     int nh = 0;
+    /* Every caller sends a handful (mq_forward six): more is a bug, not a
+     * message to cut short. */
+    assert(m->nheaders < MQ_MAX_HEADERS);
     if (m->schema_version >= 0)
         mq__arg_int(&hdr[nh++], MQ_H_SCHEMA_VERSION,
                     m->schema_version ? m->schema_version : EV_SCHEMA_VERSION);
@@ -178,7 +184,7 @@ int mq__header_str(const amqp_table_t *t, const char *key, char *out, size_t siz
 
 /* The x-death header's first entry (the last death): its queue, exchange
  * and first routing key into r (pointing into buf). */
-static void death_of(const amqp_table_t *h, mq_route *r, char buf[3][160])
+static void death_of(const amqp_table_t *h, mq_route *r, char buf[3][MQ_NAME_LEN])
 {
     for (int i = 0; i < h->num_entries; i++) {
         const amqp_table_entry_t *e = &h->entries[i];
@@ -238,7 +244,8 @@ static int str_is(const char *a, const char *b)
  *     routing key; an x-original-routing-key on it is its publisher's, never
  *     believed), or when it carries our broker user as user-id (the broker
  *     refuses a user-id that is not the publisher's own, and every publish of
- *     mq.c sets it, so only our own retry copies do): x-original-routing-key.
+ *     mq_publish.c sets it, so only our own retry copies do):
+ *     x-original-routing-key.
  *     Anything else: forged.
  * Weak spot: x-death can be pre-set by a publisher and the broker only counts
  * up a matching entry; a forged one matching (own, delivery_limit) survives
@@ -288,7 +295,9 @@ int mq__to_delivery(const amqp_envelope_t *env, const char *own, const char *own
     const amqp_basic_properties_t *p = &env->message.properties;
     static const amqp_table_t empty = {0, NULL};
     const amqp_table_t *h = (p->_flags & AMQP_BASIC_HEADERS_FLAG) ? &p->headers : &empty;
-    char ex[128], rk[128], orig[128], user[128], dbuf[3][160];
+    /* AMQP shortstrs (at most 255 bytes) fit whole. */
+    char ex[MQ_NAME_LEN], rk[MQ_NAME_LEN], orig[MQ_NAME_LEN], user[MQ_NAME_LEN];
+    char dbuf[3][MQ_NAME_LEN];
     mq_route r = {0};
     int64_t v;
     int forged;
@@ -351,6 +360,7 @@ static int ntiers(const mq_topology *t)
 
 void mq_settle_plan(const mq_topology *t, int attempts, mq_result r, mq_plan *p)
 {
+    int fits;
     memset(p, 0, sizeof(*p));
     p->tier = -1;
     if (r == MQ_RETRY) {
@@ -358,9 +368,13 @@ void mq_settle_plan(const mq_topology *t, int attempts, mq_result r, mq_plan *p)
         p->attempt = attempts + 1;
         if (p->attempt <= ntiers(t)) {
             p->tier = p->attempt - 1;
+            assert(p->tier >= 0 && p->tier < MQ_MAX_TIERS);
             p->exchange = MQ_RETRY_EXCHANGE;
-            mq_retry_queue_name(t->queue, t->retry_ms[p->tier], p->routing_key,
-                                sizeof(p->routing_key));
+            /* It fits: mq_declare_topology declared the queue by this name. */
+            fits = mq_retry_queue_name(t->queue, t->retry_ms[p->tier], p->routing_key,
+                                       sizeof(p->routing_key)) == 0;
+            assert(fits);
+            (void)fits;
             return;
         }
         p->exchange = MQ_DLX;
@@ -371,7 +385,12 @@ void mq_settle_plan(const mq_topology *t, int attempts, mq_result r, mq_plan *p)
         p->exchange = MQ_DLX;
         p->reason = "rejected";
     } else {
-        return; /* MQ_DONE: ack */
+        assert(r == MQ_DONE); /* a handler answers one of the three */
+        return;               /* ack */
     }
-    snprintf(p->routing_key, sizeof(p->routing_key), "%s", t->queue);
+    /* The broker took the queue by this name: at most 255 bytes. */
+    fits = snprintf(p->routing_key, sizeof(p->routing_key), "%s", t->queue) <
+           (int)sizeof(p->routing_key);
+    assert(fits);
+    (void)fits;
 }

@@ -8,6 +8,7 @@
 #include "mq_int.h"
 #include "util.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,7 @@ static void settle(int *status, int *returned, uint64_t first_seq, size_t n, uin
         if (status[i] != 1 || seq > tag || (!multiple && seq != tag))
             continue;
         status[i] = returned[i] && r == MQ_OK ? MQ_ERR_RETURNED : r;
+        assert(*pending > 0); /* each message waits for one confirm */
         (*pending)--;
     }
 }
@@ -256,6 +258,7 @@ int mq_forward(mq_conn *pub, const char *service, const mq_delivery *d, int atte
     h[nh++] = (mq_header){MQ_H_FAILED_AT, NULL, util_wall_us() / 1000000};
     if (reason)
         h[nh++] = (mq_header){MQ_H_REASON, reason, 0};
+    assert(nh <= sizeof(h) / sizeof(h[0]));
     memset(&m, 0, sizeof(m));
     m.exchange = exchange;
     m.routing_key = rk;

@@ -25,6 +25,11 @@ int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen
         snprintf(err, errlen, "not connected");
         return MQ_ERR;
     }
+    if (strlen(queue) >= MQ_NAME_LEN) {
+        snprintf(err, errlen, "queue name %.64s... is longer than %d bytes", queue,
+                 MQ_NAME_LEN - 1);
+        return MQ_ERR_CONFIG;
+    }
     r = amqp_basic_get(c->conn, MQ_CHANNEL, amqp_cstring_bytes(queue), 0);
     if ((rc = mq__rpc_check(c, r, "basic.get", err, errlen)) != MQ_OK) {
         MQ_SET_CONNECTED(c, 0);
@@ -58,11 +63,12 @@ int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen
         /* A DLQ's copy is shown and replayed, forged or not; a forged one
          * keeps the key it was delivered under (S), which no handler takes.
          * The service is the queue's name without ".dlq". */
-        char why[MQ_ERR_LEN], own[128];
-        size_t n = strlen(queue);
+        char why[MQ_ERR_LEN], own[MQ_NAME_LEN];
+        size_t n = strlen(queue); /* < MQ_NAME_LEN, checked above */
         if (n > 4 && strcmp(queue + n - 4, ".dlq") == 0)
             n -= 4;
-        snprintf(own, sizeof(own), "%.*s", (int)n, queue);
+        memcpy(own, queue, n);
+        own[n] = '\0';
         mq__to_delivery(&g->env, own, c->info.user, &g->d, why, sizeof(why));
     }
     *out = g;

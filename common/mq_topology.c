@@ -91,7 +91,7 @@ static int handles(const mq_topology *t, const char *key)
 int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errlen)
 {
     amqp_table_entry_t a[7];
-    char name[160];
+    char name[MQ_NAME_LEN];
     int rc;
 
     /* The work queue. Only what cannot change goes into its arguments; the
@@ -125,7 +125,8 @@ int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errl
         return rc;
     /* Retry tiers: wait out the TTL, then dead-letter back to the work queue. */
     for (int i = 0; i < MQ_MAX_TIERS && t->retry_ms[i] > 0; i++) {
-        mq_retry_queue_name(t->queue, t->retry_ms[i], name, sizeof(name));
+        if (mq_retry_queue_name(t->queue, t->retry_ms[i], name, sizeof(name)) < 0)
+            goto too_long;
         mq__arg_str(&a[0], "x-queue-type", "quorum");
         mq__arg_str(&a[1], "x-dead-letter-exchange", MQ_RETRY_EXCHANGE);
         mq__arg_str(&a[2], "x-dead-letter-routing-key", t->queue);
@@ -138,9 +139,14 @@ int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errl
             return rc;
     }
     /* The dead-letter queue. */
-    mq_dlq_name(t->queue, name, sizeof(name));
+    if (mq_dlq_name(t->queue, name, sizeof(name)) < 0)
+        goto too_long;
     mq__arg_str(&a[0], "x-queue-type", "quorum");
     if ((rc = declare_queue(c, name, a, 1, err, errlen)) != MQ_OK)
         return rc;
     return bind_queue(c, name, MQ_DLX, t->queue, err, errlen);
+too_long:
+    snprintf(err, errlen, "queue names of %.64s... are longer than %d bytes", t->queue,
+             MQ_NAME_LEN - 1);
+    return MQ_ERR_CONFIG;
 }

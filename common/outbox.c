@@ -53,8 +53,8 @@ struct outbox_relay {
     char *db_url, *amqp_url, *service;
     char channel[96];
     pthread_t thread;
-    int wake_fd; /* eventfd: a local commit added rows */
-    volatile sig_atomic_t stop;
+    int wake_fd;     /* eventfd: a local commit added rows */
+    atomic_int stop; /* set by outbox_relay_stop on another thread, after flush_ms */
     int flush_ms;
     pthread_mutex_t lock;
     outbox_relay_stats stats;
@@ -346,7 +346,7 @@ static void *relay_main(void *arg)
         db_set_timeouts(db, &r->timeouts);
     for (;;) {
         int n;
-        if (r->stop && flush_deadline < 0)
+        if (atomic_load(&r->stop) && flush_deadline < 0)
             flush_deadline = util_now_ms() + r->flush_ms;
         if (flush_deadline >= 0 && util_now_ms() > flush_deadline)
             break;
@@ -354,19 +354,19 @@ static void *relay_main(void *arg)
             if (relay_connect(r, db, err, sizeof(err)) < 0) {
                 set_stats(r, 0, 1, -1, 0, 0);
                 log_warn("outbox relay: database: %s", err);
-                util_sleep_ms(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
+                util_sleep_ms_atomic(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
                 continue;
             }
         }
         if (!mq_is_connected(mq) && mq_connect_publisher(mq, err, sizeof(err)) != MQ_OK) {
             set_stats(r, 0, 1, -1, 0, 0);
             log_warn("outbox relay: broker: %s", err);
-            util_sleep_ms(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
+            util_sleep_ms_atomic(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
             continue;
         }
         n = sweep(r, db, mq);
         if (n < 0) {
-            util_sleep_ms(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
+            util_sleep_ms_atomic(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
             continue;
         }
         backoff_reset(&b);
@@ -444,7 +444,7 @@ void outbox_relay_stop(outbox_relay *r, int timeout_ms)
     if (!r)
         return;
     r->flush_ms = timeout_ms;
-    r->stop = 1;
+    atomic_store(&r->stop, 1);
     wake_relays();
     pthread_join(r->thread, NULL);
     wake_register(r->wake_fd, 0);

@@ -23,13 +23,14 @@ int64_t util_wall_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-int util_sleep_ms(int64_t ms, volatile sig_atomic_t *stop)
+/* util_sleep_ms and util_sleep_ms_atomic: at most one flag is given. */
+static int sleep_steps(int64_t ms, volatile sig_atomic_t *sig, atomic_int *flag)
 {
     int64_t end = util_now_ms() + ms;
     for (;;) {
         int64_t left = end - util_now_ms();
         struct timespec ts;
-        if (stop && *stop)
+        if ((sig && *sig) || (flag && atomic_load(flag)))
             return 1;
         if (left <= 0)
             return 0;
@@ -39,6 +40,16 @@ int util_sleep_ms(int64_t ms, volatile sig_atomic_t *stop)
         ts.tv_nsec = (long)left * 1000000L;
         nanosleep(&ts, NULL);
     }
+}
+
+int util_sleep_ms(int64_t ms, volatile sig_atomic_t *stop)
+{
+    return sleep_steps(ms, stop, NULL);
+}
+
+int util_sleep_ms_atomic(int64_t ms, atomic_int *stop)
+{
+    return sleep_steps(ms, NULL, stop);
 }
 
 void backoff_init(backoff *b, int64_t initial_ms, int64_t max_ms)

@@ -6,6 +6,7 @@
 #define ORDERSUITE_UTIL_H
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,6 +19,10 @@ int64_t util_wall_us(void);
 /* Sleeps ms milliseconds in short steps; returns early (1) when *stop becomes
  * non-zero. stop may be NULL. Returns 0 after the full sleep. */
 int util_sleep_ms(int64_t ms, volatile sig_atomic_t *stop);
+
+/* The same for a stop flag another thread sets: a C11 atomic (a volatile
+ * sig_atomic_t is only for a signal handler and the thread it interrupts). */
+int util_sleep_ms_atomic(int64_t ms, atomic_int *stop);
 
 /* Capped exponential backoff with jitter. */
 typedef struct {

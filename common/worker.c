@@ -8,6 +8,7 @@
 #include "outbox.h"
 #include "util.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -43,7 +44,7 @@ struct worker {
      * (atomics) and never wait on the database themselves. */
     pthread_t probe;
     int probe_running;
-    volatile sig_atomic_t probe_stop;
+    atomic_int probe_stop; /* set by the main thread, read by the probe's */
     db_conn *probe_db;
     int64_t probe_ok_ms;   /* when the database last answered the probe */
     int64_t outbox_rows;   /* unpublished outbox rows at that time */
@@ -119,6 +120,45 @@ static int wait_for_db(worker *w, char *err, size_t errlen)
     return 0;
 }
 
+/* Copies src into dst (size bytes), cut to fit; returns 1 when it was cut. */
+static int copy_cut(char *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    int cut = n >= size;
+    if (cut)
+        n = size - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return cut;
+}
+
+mq_result worker_envelope_of(const mq_delivery *d, ev_envelope *env, char *err, size_t errlen)
+{
+    memset(env, 0, sizeof(*env));
+    /* The ids are checked whole, before they are copied: a UUID with more
+     * after it must not pass as the UUID it starts with. */
+    if (!uuid_valid(d->message_id)) {
+        snprintf(err, errlen, "undecodable: message_id is missing or not a UUID");
+        return MQ_REJECT;
+    }
+    if (!uuid_valid(d->correlation_id)) {
+        snprintf(err, errlen, "undecodable: correlation_id is missing or not a UUID");
+        return MQ_REJECT;
+    }
+    if (copy_cut(env->type, sizeof(env->type), d->routing_key)) {
+        snprintf(err, errlen, "undecodable: routing key %.64s... is too long", d->routing_key);
+        return MQ_REJECT;
+    }
+    copy_cut(env->message_id, sizeof(env->message_id), d->message_id);
+    copy_cut(env->correlation_id, sizeof(env->correlation_id), d->correlation_id);
+    /* Only for logs and the records that name the sender: cut to fit. */
+    copy_cut(env->app_id, sizeof(env->app_id), d->app_id);
+    env->timestamp = d->timestamp;
+    env->schema_version = d->schema_version;
+    env->attempt = d->attempt;
+    return MQ_DONE;
+}
+
 /* A delivery decoded and matched to its handler. */
 typedef struct {
     ev_envelope env;
@@ -155,18 +195,8 @@ static mq_result prepare(worker *w, const mq_delivery *d, prepared *p, char *err
         snprintf(err, errlen, "no handler for %s in %s", d->routing_key, w->def->service);
         return MQ_REJECT;
     }
-    memset(&p->env, 0, sizeof(p->env));
-    snprintf(p->env.message_id, sizeof(p->env.message_id), "%s", d->message_id);
-    snprintf(p->env.correlation_id, sizeof(p->env.correlation_id), "%s", d->correlation_id);
-    snprintf(p->env.type, sizeof(p->env.type), "%s", d->routing_key);
-    snprintf(p->env.app_id, sizeof(p->env.app_id), "%s", d->app_id);
-    p->env.timestamp = d->timestamp;
-    p->env.schema_version = d->schema_version;
-    p->env.attempt = d->attempt;
-    if (!uuid_valid(p->env.correlation_id)) {
-        snprintf(err, errlen, "undecodable: correlation_id is missing or not a UUID");
+    if (worker_envelope_of(d, &p->env, err, errlen) != MQ_DONE)
         return MQ_REJECT;
-    }
     if (ev_from_json(t, d->body, d->len, &p->ev, p->env.causation_id, derr, sizeof(derr)) < 0) {
         snprintf(err, errlen, "undecodable: %s", derr);
         return MQ_REJECT;
@@ -345,7 +375,7 @@ static void *probe_main(void *arg)
     char err[DB_ERR_LEN];
     PGresult *res;
 
-    while (!w->probe_stop) {
+    while (!atomic_load(&w->probe_stop)) {
         if (db_ensure(w->probe_db, err, sizeof(err)) == DB_OK &&
             db_execp(w->probe_db, "ready_probe",
                      "SELECT count(*) FILTER (WHERE parked_at IS NULL) AS n,"
@@ -364,7 +394,7 @@ static void *probe_main(void *arg)
         } else {
             log_debug("readiness probe: %s", err);
         }
-        util_sleep_ms(PROBE_EVERY_MS, &w->probe_stop);
+        util_sleep_ms_atomic(PROBE_EVERY_MS, &w->probe_stop);
     }
     return NULL;
 }
@@ -393,7 +423,7 @@ static int probe_start(worker *w, const char *db_url, char *err, size_t errlen)
 static void probe_stop(worker *w)
 {
     if (w->probe_running) {
-        w->probe_stop = 1;
+        atomic_store(&w->probe_stop, 1);
         pthread_join(w->probe, NULL);
         w->probe_running = 0;
     }
@@ -469,6 +499,8 @@ static void metrics_page(http_req *r, void *cls, http_resp *out)
 void worker_topology(const worker_def *def, const char **keys, const int *tiers, mq_topology *topo)
 {
     size_t nk = 0;
+    /* One route per event type at most: keys holds EV__COUNT + 1. */
+    assert(def->nroutes <= EV__COUNT);
     memset(topo, 0, sizeof(*topo));
     for (size_t i = 0; i < def->nroutes && nk < EV__COUNT; i++)
         keys[nk++] = ev_routing_key(def->routes[i].type);

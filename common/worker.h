@@ -108,6 +108,14 @@ int worker_db_timeouts(db_timeouts *t, char *err, size_t errlen);
 /* Maps a db status to a handler result: transient → retry, else reject. */
 mq_result worker_db_result(int status);
 
+/* The envelope a handler sees, from delivery d (whose routing key is a
+ * known event type): ids, type, app_id, timestamp, versions. Returns
+ * MQ_DONE, or MQ_REJECT with the reason in err when the message_id or the
+ * correlation_id is not a UUID (checked whole, never cut to fit) or the key
+ * does not fit env->type. An app_id longer than env->app_id holds (47
+ * bytes) is cut: it only names the sender. Pure. */
+mq_result worker_envelope_of(const mq_delivery *d, ev_envelope *env, char *err, size_t errlen);
+
 /* The batch fallback: how delivery i of a batch ends, given what its
  * decoding said (decoded: MQ_DONE when it can be applied, else the
  * rejection that stands), whether the database answered (db_up), and

@@ -11,6 +11,7 @@
 #include "testutil.h"
 #include "worker.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,7 +140,7 @@ START_TEST(string_headers_are_longstr_or_bytes_cut_to_the_buffer)
 }
 END_TEST
 
-START_TEST(published_headers_carry_the_schema_version_and_are_capped)
+START_TEST(published_headers_carry_the_schema_version_and_fill_the_table)
 {
     mq_header h[MQ_MAX_HEADERS + 3];
     amqp_table_entry_t hdr[MQ_MAX_HEADERS];
@@ -175,8 +176,24 @@ START_TEST(published_headers_carry_the_schema_version_and_are_capped)
     for (size_t i = 0; i < N(h); i++)
         h[i] = (mq_header){"k", NULL, (int64_t)i};
     m.schema_version = 0;
-    m.nheaders = N(h);
+    m.nheaders = MQ_MAX_HEADERS - 1; /* the most there is room for */
     ck_assert_int_eq(mq__headers_encode(&m, hdr), MQ_MAX_HEADERS);
+}
+END_TEST
+
+/* More is a caller's bug: it stops there, rather than sending a message
+ * without some of its headers. */
+START_TEST(too_many_headers_abort)
+{
+    mq_header h[MQ_MAX_HEADERS];
+    amqp_table_entry_t hdr[MQ_MAX_HEADERS];
+    mq_msg m;
+    memset(&m, 0, sizeof(m));
+    for (size_t i = 0; i < N(h); i++)
+        h[i] = (mq_header){"k", NULL, (int64_t)i};
+    m.headers = h;
+    m.nheaders = N(h);
+    mq__headers_encode(&m, hdr);
 }
 END_TEST
 
@@ -591,6 +608,44 @@ START_TEST(a_batch_acks_only_what_it_committed)
 }
 END_TEST
 
+/* ------------------------------------------------------ the envelope */
+
+START_TEST(the_envelope_takes_only_whole_uuids)
+{
+    static const char *const bad[] = {"", "not-a-uuid", "0b5c1f64-3c2d-4f4e-9a51-0c1b2d3e4f5",
+                                      /* a UUID and more: it must not be cut down to the UUID */
+                                      "0b5c1f64-3c2d-4f4e-9a51-0c1b2d3e4f50-and-more",
+                                      "0b5c1f64-3c2d-4f4e-9a51-0c1b2d3e4f50 "};
+    mq_delivery d;
+    ev_envelope env;
+    char err[MQ_ERR_LEN];
+
+    memset(&d, 0, sizeof(d));
+    strcpy(d.message_id, "0b5c1f64-3c2d-4f4e-9a51-0c1b2d3e4f50");
+    strcpy(d.correlation_id, "1b5c1f64-3c2d-4f4e-9a51-0c1b2d3e4f51");
+    strcpy(d.routing_key, "order.placed");
+    strcpy(d.app_id, "order-api");
+    d.timestamp = 1700000000;
+    d.schema_version = EV_SCHEMA_VERSION;
+    d.attempt = 2;
+    ck_assert_msg(worker_envelope_of(&d, &env, err, sizeof(err)) == MQ_DONE, "%s", err);
+    ck_assert_str_eq(env.message_id, d.message_id);
+    ck_assert_str_eq(env.correlation_id, d.correlation_id);
+    ck_assert_str_eq(env.type, "order.placed");
+    ck_assert_str_eq(env.app_id, "order-api");
+    ck_assert_str_eq(env.causation_id, "");
+    ck_assert_int_eq(env.timestamp, 1700000000);
+    ck_assert_int_eq(env.attempt, 2);
+    for (size_t i = 0; i < N(bad); i++) {
+        snprintf(d.correlation_id, sizeof(d.correlation_id), "%s", bad[i]);
+        err[0] = '\0';
+        ck_assert_msg(worker_envelope_of(&d, &env, err, sizeof(err)) == MQ_REJECT,
+                      "correlation_id \"%s\" taken as %s", bad[i], env.correlation_id);
+        ck_assert_msg(strstr(err, "correlation_id"), "%s", err);
+    }
+}
+END_TEST
+
 /* ------------------------------------------------------------ AMQP URLs */
 
 START_TEST(amqp_urls_parse_into_host_port_vhost_and_tls_files)
@@ -676,7 +731,8 @@ int main(void)
     tcase_add_test(h, integer_headers_are_read_from_every_amqp_integer_kind);
     tcase_add_test(h, integer_headers_of_other_kinds_or_absent_are_not_read);
     tcase_add_test(h, string_headers_are_longstr_or_bytes_cut_to_the_buffer);
-    tcase_add_test(h, published_headers_carry_the_schema_version_and_are_capped);
+    tcase_add_test(h, published_headers_carry_the_schema_version_and_fill_the_table);
+    tcase_add_test_raise_signal(h, too_many_headers_abort, SIGABRT);
     tcase_add_test(h, a_delivery_reads_its_headers_whatever_integer_kind_they_come_in);
     tcase_add_test(h, a_delivery_with_headers_out_of_range_or_of_the_wrong_kind_gets_the_defaults);
     tcase_add_test(h, a_delivery_without_headers_or_properties_is_empty_not_garbage);
@@ -688,6 +744,7 @@ int main(void)
     tcase_add_test(r, no_tiers_rejects_and_done_are_settled_without_a_tier);
     tcase_add_test(r, retry_delays_parse_up_to_eight_ascending_values);
     tcase_add_test(b, a_batch_acks_only_what_it_committed);
+    tcase_add_test(b, the_envelope_takes_only_whole_uuids);
     tcase_add_test(u, amqp_urls_parse_into_host_port_vhost_and_tls_files);
     tcase_add_test(u, bad_amqp_urls_are_refused_with_the_reason);
     tcase_add_test(u, good_amqp_urls_pass_the_check);
