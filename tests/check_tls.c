@@ -580,7 +580,9 @@ static int read_urls(const char *path)
         if (strncmp(line, "export ", 7) != 0 || !(eq = strchr(line, '=')))
             continue;
         *eq = '\0';
-        snprintf(urls[nurls].name, sizeof(urls[nurls].name), "%s", line + 7);
+        if (snprintf(urls[nurls].name, sizeof(urls[nurls].name), "%s", line + 7) >=
+            (int)sizeof(urls[nurls].name))
+            continue; /* not one of the URL variables, which are all shorter */
         for (p = eq + 1, o = urls[nurls].value;
              *p && *p != '\n' && o < urls[nurls].value + sizeof(urls[nurls].value) - 1; p++) {
             if (*p == '\\' && p[1])
