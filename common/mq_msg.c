@@ -7,7 +7,7 @@
  * of the retry and dead-letter queues.
  *
  * Nothing here opens a socket or keeps state: every function depends only
- * on its arguments, so tests/check_units_mq.c links this file alone.
+ * on its arguments: tests/check_units_mq.c calls them with no broker.
  */
 #include "mq_int.h"
 #include "events.h"

@@ -17,12 +17,12 @@
 #   - topic permissions (the broker checks them on every publish to, and
 #     every binding from, a topic exchange): on sales.events it publishes only
 #     TOPIC.*; on sales.retry and sales.dlx it publishes and binds only the
-#     keys common/mq.c uses (S, and S.retry.<ms>ms for its tiers), so its
+#     keys common/mq_*.c use (S, and S.retry.<ms>ms for its tiers), so its
 #     retries and dead letters reach its own queues only and it cannot bind
 #     its queue to another's, nor sales.retry to sales.events under an event
 #     key. What topic permissions do not cover (CC/BCC keys, a queue's
 #     dead-letter key, exchange-to-exchange bindings) the consumer catches:
-#     mq_event_type in common/mq.c.
+#     mq_event_type in common/mq_msg.c.
 # pos publishes sale.* on sales.events and has no queue.
 source "$(dirname "${BASH_SOURCE[0]}")/suite.sh"
 BROKER_USERS="$(echo "$SUITE_SERVICES" | awk 'NF { printf "%s:%s ", $1, ($3 == "-" ? "" : $3) }')pos:sale"

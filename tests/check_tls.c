@@ -1,5 +1,5 @@
 /*
- * check_tls.c — TLS to both servers: AMQP over TLS (amqps://, common/mq.c)
+ * check_tls.c — TLS to both servers: AMQP over TLS (amqps://, common/mq_conn.c)
  * and PostgreSQL with sslmode=verify-full (libpq).
  *
  *   url        which AMQP URLs mq_check_url takes (unit, nothing running)
