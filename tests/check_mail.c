@@ -318,6 +318,8 @@ START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once
         ck_assert_msg(at_server(&mc, rcpt[i]) == (i == bad ? 0 : 1),
                       "%s: %ld mail(s) at the server", rcpt[i], at_server(&mc, rcpt[i]));
     check_in_dlq(msgs[bad], "550 5.1.1");
+    for (int i = 0; i <= NGOOD; i++)
+        ck_assert_msg(i == bad || !dlq_has(msgs[i]), "%s: its cause is in email.dlq", rcpt[i]);
     ck_assert_int_eq(count("SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
                            " AND status = 'refused' AND last_error LIKE '550 5.1.1%'",
                            sales[bad]),
