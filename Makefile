@@ -22,7 +22,9 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
-WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow -Wvla -Wno-format-truncation  # error buffers truncate by design
+# -Wformat-truncation (in -Wall) stays on: an snprintf that may cut its
+# output checks its return, or the cut is a limit its header states.
+WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow -Wvla
 CFLAGS  ?= -O2 -g
 ORDERSUITE_VERSION ?= dev
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -MMD -MP -Icommon -Icontracts $(PKG_CFLAGS) \

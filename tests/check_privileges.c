@@ -139,8 +139,10 @@ static int bound_key(const char *q, ev_type *out)
     snprintf(auth, sizeof(auth), "Authorization: Basic %s", b64);
     /* The vhost's names are plain ("/" is the only one with a character to
      * escape). */
-    snprintf(api, sizeof(api), "http://127.0.0.1:%s/api/queues/%s/%s/bindings", tu_env("MGMT_PORT"),
-             strcmp(info.vhost, "/") == 0 ? "%2F" : info.vhost, q);
+    ck_assert_int_lt(snprintf(api, sizeof(api), "http://127.0.0.1:%s/api/queues/%s/%s/bindings",
+                              tu_env("MGMT_PORT"),
+                              strcmp(info.vhost, "/") == 0 ? "%2F" : info.vhost, q),
+                     (int)sizeof(api));
     free(url);
     if (tu_http("GET", api, hdrs, NULL, 0, &page) != 200) {
         free(page);
@@ -187,9 +189,12 @@ static void start_all(void)
         for (int k = 0; k < 6; k++)
             envp[i][k] = env[i][k];
         envp[i][6] = NULL;
-        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), users[i].name);
-        snprintf(log, sizeof(log), "%s/log/tests/privileges-%s.log", tu_env("ORDERSUITE_VAR"),
-                 users[i].name);
+        ck_assert_int_lt(
+            snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), users[i].name),
+            (int)sizeof(path));
+        ck_assert_int_lt(snprintf(log, sizeof(log), "%s/log/tests/privileges-%s.log",
+                                  tu_env("ORDERSUITE_VAR"), users[i].name),
+                         (int)sizeof(log));
         users[i].pid = tu_spawn(path, argv, envp[i], log);
     }
     for (size_t i = 0; i < nusers; i++) {
@@ -694,8 +699,9 @@ START_TEST(cc_and_bcc_to_another_services_queue_are_not_applied)
             int self = strcmp(users[a].name, "order-api") == 0;
             if (a == v || !users[a].consumer || !users[v].consumer)
                 continue;
-            snprintf(to[0], sizeof(to[0]), "%s", users[v].name);
-            mq_retry_queue_name(users[v].name, 1000, to[1], sizeof(to[1]));
+            ck_assert_int_lt(snprintf(to[0], sizeof(to[0]), "%s", users[v].name),
+                             (int)sizeof(to[0]));
+            ck_assert_int_eq(mq_retry_queue_name(users[v].name, 1000, to[1], sizeof(to[1])), 0);
             for (size_t x = 0; x < 2; x++) {
                 for (size_t k = 0; k < 2; k++) {
                     for (size_t q = 0; q < 2; q++) {

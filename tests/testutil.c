@@ -220,7 +220,7 @@ static int svc_ready(tu_svc *s)
 void tu_svc_await(tu_svc *s)
 {
     int64_t end = util_now_ms() + s->ready_ms;
-    char msg[256];
+    char msg[512]; /* holds the name, the URL and the queue whole */
     int r;
     while ((r = svc_ready(s)) == 0 && util_now_ms() < end)
         util_sleep_ms(20, NULL);
