@@ -37,6 +37,39 @@ static amqp_table_entry_t str_entry(const char *key, char kind, const char *v)
     return e;
 }
 
+/* An integer entry of the given kind, v in the member that kind uses. */
+static amqp_table_entry_t int_entry(const char *key, char kind, int64_t v)
+{
+    amqp_table_entry_t e = entry(key, kind);
+    switch (kind) {
+    case AMQP_FIELD_KIND_I8:
+        e.value.value.i8 = (int8_t)v;
+        break;
+    case AMQP_FIELD_KIND_U8:
+        e.value.value.u8 = (uint8_t)v;
+        break;
+    case AMQP_FIELD_KIND_I16:
+        e.value.value.i16 = (int16_t)v;
+        break;
+    case AMQP_FIELD_KIND_U16:
+        e.value.value.u16 = (uint16_t)v;
+        break;
+    case AMQP_FIELD_KIND_I32:
+        e.value.value.i32 = (int32_t)v;
+        break;
+    case AMQP_FIELD_KIND_U32:
+        e.value.value.u32 = (uint32_t)v;
+        break;
+    case AMQP_FIELD_KIND_U64:
+        e.value.value.u64 = (uint64_t)v;
+        break;
+    default:
+        e.value.value.i64 = v;
+        break;
+    }
+    return e;
+}
+
 /* An envelope as rabbitmq-c hands it over, with the given headers. */
 static void envelope(amqp_envelope_t *env, const char *exchange, const char *key,
                      amqp_table_entry_t *h, int nh)
@@ -66,22 +99,11 @@ START_TEST(integer_headers_are_read_from_every_amqp_integer_kind)
         int64_t want;
     } want[] = {{"i8", -100},  {"u8", 200},          {"i16", -30000},        {"u16", 60000},
                 {"i32", -2e9}, {"u32", 4000000000u}, {"i64", -9000000000LL}, {"u64", 9000000000LL}};
-    e[0] = entry("i8", AMQP_FIELD_KIND_I8);
-    e[0].value.value.i8 = -100;
-    e[1] = entry("u8", AMQP_FIELD_KIND_U8);
-    e[1].value.value.u8 = 200;
-    e[2] = entry("i16", AMQP_FIELD_KIND_I16);
-    e[2].value.value.i16 = -30000;
-    e[3] = entry("u16", AMQP_FIELD_KIND_U16);
-    e[3].value.value.u16 = 60000;
-    e[4] = entry("i32", AMQP_FIELD_KIND_I32);
-    e[4].value.value.i32 = -2000000000;
-    e[5] = entry("u32", AMQP_FIELD_KIND_U32);
-    e[5].value.value.u32 = 4000000000u;
-    e[6] = entry("i64", AMQP_FIELD_KIND_I64);
-    e[6].value.value.i64 = -9000000000LL;
-    e[7] = entry("u64", AMQP_FIELD_KIND_U64);
-    e[7].value.value.u64 = 9000000000ULL;
+    static const char kinds[] = {AMQP_FIELD_KIND_I8,  AMQP_FIELD_KIND_U8,  AMQP_FIELD_KIND_I16,
+                                 AMQP_FIELD_KIND_U16, AMQP_FIELD_KIND_I32, AMQP_FIELD_KIND_U32,
+                                 AMQP_FIELD_KIND_I64, AMQP_FIELD_KIND_U64};
+    for (size_t i = 0; i < N(kinds); i++)
+        e[i] = int_entry(want[i].key, kinds[i], want[i].want);
     for (size_t i = 0; i < N(want); i++) {
         int64_t v = 0;
         ck_assert_msg(mq__header_int(&t, want[i].key, &v) == 0, "%s not read", want[i].key);
@@ -207,36 +229,9 @@ START_TEST(a_delivery_reads_its_headers_whatever_integer_kind_they_come_in)
         amqp_envelope_t env;
         mq_delivery d;
         char why[MQ_ERR_LEN] = "";
-        h[0] = entry(MQ_H_SCHEMA_VERSION, kinds[i]);
-        h[1] = entry(MQ_H_ATTEMPT, kinds[i]);
+        h[0] = int_entry(MQ_H_SCHEMA_VERSION, kinds[i], 1);
+        h[1] = int_entry(MQ_H_ATTEMPT, kinds[i], 2);
         h[2] = str_entry(MQ_H_REASON, AMQP_FIELD_KIND_BYTES, "rejected");
-        /* 1 and 2 in whichever member the kind uses (little or big endian) */
-        switch (kinds[i]) {
-        case AMQP_FIELD_KIND_I8:
-            h[0].value.value.i8 = 1, h[1].value.value.i8 = 2;
-            break;
-        case AMQP_FIELD_KIND_U8:
-            h[0].value.value.u8 = 1, h[1].value.value.u8 = 2;
-            break;
-        case AMQP_FIELD_KIND_I16:
-            h[0].value.value.i16 = 1, h[1].value.value.i16 = 2;
-            break;
-        case AMQP_FIELD_KIND_U16:
-            h[0].value.value.u16 = 1, h[1].value.value.u16 = 2;
-            break;
-        case AMQP_FIELD_KIND_I32:
-            h[0].value.value.i32 = 1, h[1].value.value.i32 = 2;
-            break;
-        case AMQP_FIELD_KIND_U32:
-            h[0].value.value.u32 = 1, h[1].value.value.u32 = 2;
-            break;
-        case AMQP_FIELD_KIND_I64:
-            h[0].value.value.i64 = 1, h[1].value.value.i64 = 2;
-            break;
-        default:
-            h[0].value.value.u64 = 1, h[1].value.value.u64 = 2;
-            break;
-        }
         envelope(&env, "sales.events", "order.placed", h, 3);
         ck_assert_msg(mq__to_delivery(&env, "billing", "billing", &d, why, sizeof(why)) == 0,
                       "kind '%c': %s", kinds[i], why);
@@ -274,18 +269,14 @@ START_TEST(a_delivery_with_headers_out_of_range_or_of_the_wrong_kind_gets_the_de
         amqp_envelope_t env;
         mq_delivery d;
         char why[MQ_ERR_LEN];
-        h[0] = entry(MQ_H_SCHEMA_VERSION, cases[i].kind);
-        h[1] = entry(MQ_H_ATTEMPT, cases[i].kind);
+        h[0] = int_entry(MQ_H_SCHEMA_VERSION, cases[i].kind, cases[i].v);
+        h[1] = int_entry(MQ_H_ATTEMPT, cases[i].kind, cases[i].v);
         if (cases[i].kind == AMQP_FIELD_KIND_UTF8) {
             h[0].value.value.bytes = h[1].value.value.bytes = amqp_cstring_bytes("1");
         } else if (cases[i].kind == AMQP_FIELD_KIND_F64) {
             h[0].value.value.f64 = h[1].value.value.f64 = 1.0;
         } else if (cases[i].kind == AMQP_FIELD_KIND_BOOLEAN) {
             h[0].value.value.boolean = h[1].value.value.boolean = 1;
-        } else if (cases[i].kind == AMQP_FIELD_KIND_I32) {
-            h[0].value.value.i32 = h[1].value.value.i32 = (int32_t)cases[i].v;
-        } else {
-            h[0].value.value.i64 = h[1].value.value.i64 = cases[i].v; /* u64 shares it */
         }
         envelope(&env, "sales.events", "order.placed", h, 2);
         mq__to_delivery(&env, "billing", "billing", &d, why, sizeof(why));
@@ -318,10 +309,10 @@ START_TEST(long_properties_are_cut_to_the_delivery_fields)
     amqp_envelope_t env;
     mq_delivery d;
     char why[MQ_ERR_LEN];
-    amqp_table_entry_t h = str_entry(MQ_H_ERROR, AMQP_FIELD_KIND_UTF8, big);
+    amqp_table_entry_t h;
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    h.value.value.bytes = amqp_cstring_bytes(big);
+    h = str_entry(MQ_H_ERROR, AMQP_FIELD_KIND_UTF8, big);
     envelope(&env, "sales.events", "order.placed", &h, 1);
     env.message.properties.message_id = amqp_cstring_bytes(big);
     env.message.properties._flags |= AMQP_BASIC_APP_ID_FLAG;
