@@ -210,6 +210,13 @@ int mq_declare_exchanges(mq_conn *c, char *err, size_t errlen);
  * exchanges). Used by consumers on connect and by --declare-topology. */
 int mq_declare_topology(mq_conn *c, const mq_topology *topo, char *err, size_t errlen);
 
+/* The same for `make migrate` (the administrator, services stopped): a queue
+ * an older version declared with other arguments (x-delivery-limit) is
+ * deleted and declared anew when it is empty and has no consumer; one that
+ * holds messages or has a consumer is MQ_ERR_CONFIG with the migration step
+ * in err. (mq_declare_topology, a worker's, uses such a queue as it is.) */
+int mq_migrate_topology(mq_conn *c, const mq_topology *topo, char *err, size_t errlen);
+
 /* ------------------------------- publishing with confirms (mq_publish.c) */
 
 /* Publishes n messages pipelined and waits (up to 30 s) for every confirm.
@@ -219,6 +226,15 @@ int mq_declare_topology(mq_conn *c, const mq_topology *topo, char *err, size_t e
  * Connects first if needed (one attempt). */
 int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status, char *err,
                      size_t errlen);
+
+/* The broker's own words for a message it returned: reply code and text of
+ * its basic.return, e.g. "312 NO_ROUTE". */
+#define MQ_REPLY_LEN 96
+
+/* As mq_publish_batch; replies[i] (may be NULL) receives the basic.return
+ * of message i when the broker returned it ("312 NO_ROUTE"), "" otherwise. */
+int mq_publish_batch_replies(mq_conn *c, const mq_msg *msgs, size_t n, int *status,
+                             char (*replies)[MQ_REPLY_LEN], char *err, size_t errlen);
 
 /* One message; returns after its confirm. */
 int mq_publish(mq_conn *c, const mq_msg *m, char *err, size_t errlen);

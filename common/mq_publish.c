@@ -71,12 +71,20 @@ static void settle(int *status, int *returned, uint64_t first_seq, size_t n, uin
 int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out, char *err,
                      size_t errlen)
 {
+    return mq_publish_batch_replies(c, msgs, n, status_out, NULL, err, errlen);
+}
+
+int mq_publish_batch_replies(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out,
+                             char (*replies)[MQ_REPLY_LEN], char *err, size_t errlen)
+{
     int *status, *returned;
     uint64_t first_seq;
     size_t pending = n, sent = 0;
     int64_t deadline;
     int rc = MQ_OK;
 
+    for (size_t i = 0; replies && i < n; i++)
+        replies[i][0] = '\0';
     if (n == 0)
         return MQ_OK;
     if (!c->connected && (rc = mq_connect_publisher(c, err, errlen)) != MQ_OK) {
@@ -147,8 +155,14 @@ int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out, 
         case AMQP_BASIC_RETURN_METHOD: {
             /* The returned message's content follows; its message_id says
              * which one it was. Its basic.ack comes after. */
+            amqp_basic_return_t *ret = f.payload.method.decoded;
+            char reply[MQ_REPLY_LEN];
             amqp_message_t rm;
-            amqp_rpc_reply_t r = amqp_read_message(c->conn, f.channel, &rm, 0);
+            amqp_rpc_reply_t r;
+            /* Copied before the content is read into the same pools. */
+            snprintf(reply, sizeof(reply), "%u %.*s", ret->reply_code, (int)ret->reply_text.len,
+                     (char *)ret->reply_text.bytes);
+            r = amqp_read_message(c->conn, f.channel, &rm, 0);
             if (r.reply_type != AMQP_RESPONSE_NORMAL) {
                 mq__rpc_check(c, r, "reading a returned message", err, errlen);
                 rc = MQ_ERR;
@@ -158,8 +172,11 @@ int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status_out, 
                 if ((rm.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
                     rm.properties.message_id.len == strlen(msgs[i].message_id) &&
                     memcmp(rm.properties.message_id.bytes, msgs[i].message_id,
-                           rm.properties.message_id.len) == 0)
+                           rm.properties.message_id.len) == 0) {
                     returned[i] = 1;
+                    if (replies)
+                        snprintf(replies[i], MQ_REPLY_LEN, "%s", reply);
+                }
             }
             amqp_destroy_message(&rm);
             break;

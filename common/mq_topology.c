@@ -42,30 +42,69 @@ int mq_declare_exchanges(mq_conn *c, char *err, size_t errlen)
     return MQ_OK;
 }
 
+/* After a refused declare: the channel the broker closed is opened again. */
+static int reopen_channel(mq_conn *c, char *err, size_t errlen)
+{
+    amqp_channel_close_ok_t ok;
+    if (amqp_send_method(c->conn, MQ_CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) !=
+        AMQP_STATUS_OK) {
+        snprintf(err, errlen, "channel.close-ok could not be sent");
+        return MQ_ERR;
+    }
+    amqp_channel_open(c->conn, MQ_CHANNEL);
+    return mq__rpc_check(c, amqp_get_rpc_reply(c->conn), "channel.open", err, errlen);
+}
+
 /* Declares a queue with the arguments it must have from the start. One
  * that exists with other arguments (406: declared by an older version, e.g.
- * with x-delivery-limit, which is now a policy) is used as it is: the
- * channel the refusal closed is opened again and the queue looked up. */
+ * with x-delivery-limit, which is now a policy; RabbitMQ 3.10 applies the
+ * lower of the argument and the policy, so a higher DELIVERY_LIMIT would
+ * never be in force):
+ *   - a worker (migrate = 0) uses it as it is, with a warning, so that it
+ *     starts and handles what the queue holds;
+ *   - `make migrate` (migrate = 1, the administrator, services stopped)
+ *     deletes it when it is empty and has no consumer and declares it with
+ *     today's arguments; one that holds messages or has a consumer is an
+ *     error naming the migration step (README: let it drain, run it again).
+ *     (Quorum queues refuse queue.delete if-empty, hence the look first.) */
 static int declare_queue(mq_conn *c, const char *name, amqp_table_entry_t *args, int nargs,
-                         char *err, size_t errlen)
+                         int migrate, char *err, size_t errlen)
 {
     amqp_table_t t = {nargs, args};
-    amqp_channel_close_ok_t ok;
-    char what[200];
+    amqp_queue_declare_ok_t *ok;
+    char what[200], why[MQ_ERR_LEN];
     int rc;
     amqp_queue_declare(c->conn, MQ_CHANNEL, amqp_cstring_bytes(name), 0, 1, 0, 0, t);
     snprintf(what, sizeof(what), "queue.declare %s", name);
     rc = mq__rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen);
     if (rc == MQ_OK || c->reply_code != AMQP_PRECONDITION_FAILED)
         return rc;
-    log_warn("%s; keeping the queue as it is (delete it when empty to take the new arguments)",
-             err);
-    if (amqp_send_method(c->conn, MQ_CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
-        return MQ_ERR;
-    amqp_channel_open(c->conn, MQ_CHANNEL);
-    if ((rc = mq__rpc_check(c, amqp_get_rpc_reply(c->conn), "channel.open", err, errlen)) != MQ_OK)
+    snprintf(why, sizeof(why), "%s", err);
+    if ((rc = reopen_channel(c, err, errlen)) != MQ_OK)
         return rc;
-    amqp_queue_declare(c->conn, MQ_CHANNEL, amqp_cstring_bytes(name), 1, 0, 0, 0, amqp_empty_table);
+    if (!migrate)
+        log_warn("%s; using the queue as it is: its own arguments stay in force (an "
+                 "x-delivery-limit: the lower of it and DELIVERY_LIMIT) until make migrate "
+                 "declares it anew",
+                 why);
+    ok = amqp_queue_declare(c->conn, MQ_CHANNEL, amqp_cstring_bytes(name), 1, 0, 0, 0,
+                            amqp_empty_table);
+    if ((rc = mq__rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen)) != MQ_OK ||
+        !migrate)
+        return rc;
+    if (!ok || ok->message_count > 0 || ok->consumer_count > 0) {
+        snprintf(err, errlen,
+                 "%s was declared by an older version with other arguments and holds %u "
+                 "message(s), %u consumer(s): stop the services, let it drain, run make "
+                 "migrate again (README: DELIVERY_LIMIT)",
+                 name, ok ? ok->message_count : 0, ok ? ok->consumer_count : 0);
+        return MQ_ERR_CONFIG;
+    }
+    amqp_queue_delete(c->conn, MQ_CHANNEL, amqp_cstring_bytes(name), 0, 0);
+    if ((rc = mq__rpc_check(c, amqp_get_rpc_reply(c->conn), "queue.delete", err, errlen)) != MQ_OK)
+        return rc;
+    log_info("%s: it was empty and unused, so it is declared anew with today's arguments", why);
+    amqp_queue_declare(c->conn, MQ_CHANNEL, amqp_cstring_bytes(name), 0, 1, 0, 0, t);
     return mq__rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen);
 }
 
@@ -88,7 +127,7 @@ static int handles(const mq_topology *t, const char *key)
     return 0;
 }
 
-int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errlen)
+static int declare_topology(mq_conn *c, const mq_topology *t, int migrate, char *err, size_t errlen)
 {
     amqp_table_entry_t a[7];
     char name[MQ_NAME_LEN];
@@ -101,7 +140,7 @@ int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errl
     mq__arg_str(&a[2], "x-dead-letter-routing-key", t->queue);
     mq__arg_str(&a[3], "x-dead-letter-strategy", "at-least-once");
     mq__arg_str(&a[4], "x-overflow", "reject-publish");
-    if ((rc = declare_queue(c, t->queue, a, 5, err, errlen)) != MQ_OK)
+    if ((rc = declare_queue(c, t->queue, a, 5, migrate, err, errlen)) != MQ_OK)
         return rc;
     for (const char *const *k = t->keys; k && *k; k++) {
         if ((rc = bind_queue(c, t->queue, MQ_EXCHANGE, *k, err, errlen)) != MQ_OK)
@@ -133,7 +172,7 @@ int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errl
         mq__arg_str(&a[3], "x-dead-letter-strategy", "at-least-once");
         mq__arg_str(&a[4], "x-overflow", "reject-publish");
         mq__arg_int(&a[5], "x-message-ttl", t->retry_ms[i]);
-        if ((rc = declare_queue(c, name, a, 6, err, errlen)) != MQ_OK)
+        if ((rc = declare_queue(c, name, a, 6, migrate, err, errlen)) != MQ_OK)
             return rc;
         if ((rc = bind_queue(c, name, MQ_RETRY_EXCHANGE, name, err, errlen)) != MQ_OK)
             return rc;
@@ -142,11 +181,21 @@ int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errl
     if (mq_dlq_name(t->queue, name, sizeof(name)) < 0)
         goto too_long;
     mq__arg_str(&a[0], "x-queue-type", "quorum");
-    if ((rc = declare_queue(c, name, a, 1, err, errlen)) != MQ_OK)
+    if ((rc = declare_queue(c, name, a, 1, migrate, err, errlen)) != MQ_OK)
         return rc;
     return bind_queue(c, name, MQ_DLX, t->queue, err, errlen);
 too_long:
     snprintf(err, errlen, "queue names of %.64s... are longer than %d bytes", t->queue,
              MQ_NAME_LEN - 1);
     return MQ_ERR_CONFIG;
+}
+
+int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errlen)
+{
+    return declare_topology(c, t, 0, err, errlen);
+}
+
+int mq_migrate_topology(mq_conn *c, const mq_topology *t, char *err, size_t errlen)
+{
+    return declare_topology(c, t, 1, err, errlen);
 }

@@ -156,6 +156,7 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
     const char *p[1];
     mq_msg *msgs = NULL;
     int *status = NULL, n, rc = -1, mrc;
+    char(*replies)[MQ_REPLY_LEN] = NULL;
     size_t idlen = 0;
     char *ids = NULL;
     uint64_t done = 0;
@@ -181,8 +182,9 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
     }
     msgs = calloc((size_t)n, sizeof(*msgs));
     status = calloc((size_t)n, sizeof(*status));
+    replies = calloc((size_t)n, sizeof(*replies));
     ids = malloc((size_t)n * 21 + 3);
-    if (!msgs || !status || !ids) {
+    if (!msgs || !status || !replies || !ids) {
         snprintf(err, sizeof(err), "out of memory");
         goto fail;
     }
@@ -194,7 +196,7 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
         msgs[i].len = strlen(msgs[i].body);
         msgs[i].timestamp = strtoll(db_get(res, i, "ts"), NULL, 10);
     }
-    mrc = mq_publish_batch(mq, msgs, (size_t)n, status, err, sizeof(err));
+    mrc = mq_publish_batch_replies(mq, msgs, (size_t)n, status, replies, err, sizeof(err));
     if (mrc != MQ_OK)
         log_error("outbox relay: publishing failed: %s", err);
     /* Rows the broker refused one by one while the connection stayed up.
@@ -212,7 +214,7 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
         }
         for (int i = 0; refused_only && i < n; i++) {
             const char *q[4];
-            char limit[16], age[16];
+            char limit[16], age[16], why[MQ_REPLY_LEN + 16];
             if (status[i] == MQ_OK)
                 continue;
             snprintf(limit, sizeof(limit), "%d", r->o.park_after);
@@ -227,7 +229,9 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
                     goto fail;
                 continue;
             }
-            q[1] = "basic.return 312 NO_ROUTE: no queue is bound for this routing key";
+            /* The broker's reply code and text, e.g. "312 NO_ROUTE". */
+            snprintf(why, sizeof(why), "basic.return%s%s", replies[i][0] ? " " : "", replies[i]);
+            q[1] = why;
             q[2] = limit;
             q[3] = age;
             if (db_execp(db, "outbox_returned",
@@ -281,6 +285,7 @@ out:
     PQclear(res);
     free(msgs);
     free(status);
+    free(replies);
     free(ids);
     return rc;
 }

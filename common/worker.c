@@ -530,7 +530,7 @@ int worker_declare_topology(const worker_def *def, const char *amqp_url, const i
     if (rc == MQ_OK)
         rc = mq_declare_exchanges(c, err, errlen);
     if (rc == MQ_OK)
-        rc = mq_declare_topology(c, &topo, err, errlen);
+        rc = mq_migrate_topology(c, &topo, err, errlen); /* an older version's queue anew */
     mq_free(c);
     return rc == MQ_OK ? 0 : -1;
 }

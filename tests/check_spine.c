@@ -701,6 +701,91 @@ START_TEST(a_changed_delivery_limit_does_not_stop_the_worker_and_is_in_force)
 }
 END_TEST
 
+/* SVC's work queue as an older version declared it: its delivery limit an
+ * x-delivery-limit argument, bound for sale.completed. */
+static void declare_old_work_queue(int limit)
+{
+    amqp_connection_state_t c = amqp_open();
+    amqp_table_entry_t e[6];
+    amqp_table_t t = {6, e};
+    const char *k[] = {"x-queue-type", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+                       "x-dead-letter-strategy", "x-overflow"};
+    const char *v[] = {"quorum", MQ_DLX, SVC, "at-least-once", "reject-publish"};
+    for (int i = 0; i < 5; i++) {
+        e[i].key = amqp_cstring_bytes(k[i]);
+        e[i].value.kind = AMQP_FIELD_KIND_UTF8;
+        e[i].value.value.bytes = amqp_cstring_bytes(v[i]);
+    }
+    e[5].key = amqp_cstring_bytes("x-delivery-limit");
+    e[5].value.kind = AMQP_FIELD_KIND_I64;
+    e[5].value.value.i64 = limit;
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(SVC), 0, 0);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_queue_declare(c, 1, amqp_cstring_bytes(SVC), 0, 1, 0, 0, t);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_queue_bind(c, 1, amqp_cstring_bytes(SVC), amqp_cstring_bytes(MQ_EXCHANGE),
+                    amqp_cstring_bytes(RK_SALE_COMPLETED), amqp_empty_table);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_done(c);
+}
+
+/* `make migrate` for SVC: the worker's --declare-topology, as the
+ * administrator; returns its exit status. */
+static int declare_topology(void)
+{
+    char cmd[2048];
+    int st;
+    snprintf(cmd, sizeof(cmd),
+             "AMQP_URL='%s' SPINE_SERVICE=" SVC " RETRY_DELAYS_MS=200,400,800 %s/spine_worker"
+             " --declare-topology >>%s/log/tests/spine_worker.log 2>&1",
+             tu_env("SPINE_AMQP_URL"), tu_env("ORDERSUITE_TEST_BIN"), tu_env("ORDERSUITE_VAR"));
+    st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A queue an older version declared with x-delivery-limit: RabbitMQ applies
+ * the lower of that argument and the policy, so a DELIVERY_LIMIT above it
+ * would never be in force. `make migrate` declares it anew when it is empty
+ * and unused, and the configured limit holds; one that holds messages is an
+ * error for `make migrate` (the migration step: let it drain), and a worker
+ * still starts on it and handles them. */
+START_TEST(a_queue_with_an_older_x_delivery_limit_takes_the_configured_limit)
+{
+    mq_conn *c;
+    char sale[UUID_STR_LEN], sale2[UUID_STR_LEN];
+    char *body = sale_body("OK", sale), *body2 = sale_body("OK", sale2);
+    effects_arg a = {sale2, 1};
+    int n, migrated;
+
+    stop_worker();
+    declare_old_work_queue(2);
+    set_delivery_limit(4);
+    migrated = declare_topology();
+    worker_extra_env = "DELIVERY_LIMIT=4";
+    start_worker();
+    stop_worker();
+    worker_extra_env = NULL;
+    c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+    n = deliveries_until_gone();
+    set_delivery_limit(20);
+    ck_assert_int_eq(migrated, 0);
+    ck_assert_msg(n >= 4 && n <= 5,
+                  "delivered %d times with DELIVERY_LIMIT 4 over an old x-delivery-limit of 2", n);
+    /* Holding a message: make migrate refuses (and says why), a worker
+     * starts on the queue as it is and handles it. */
+    declare_old_work_queue(2);
+    ck_assert_int_eq(publish(c, body2, NULL, sale2, 0), MQ_OK);
+    mq_free(c);
+    ck_assert_msg(declare_topology() != 0, "make migrate declared a queue holding a message anew");
+    start_worker();
+    ck_assert_msg(tu_poll(10000, effects_reached, &a),
+                  "the message in the old queue was not handled");
+    free(body);
+    free(body2);
+}
+END_TEST
+
 /* A key the worker no longer handles is unbound when it starts. */
 START_TEST(a_route_no_longer_handled_is_unbound)
 {
@@ -792,9 +877,11 @@ static int parked(void *arg)
  * first. */
 START_TEST(an_unroutable_row_is_parked_only_after_its_returns_and_its_minimum_age)
 {
-    char key[64], u[UUID_STR_LEN];
+    char key[64], u[UUID_STR_LEN], cmd[1536], line[1024], *err;
     refusals_arg ra = {key, 6};
     long attempts, is_parked, age_ms;
+    int listed = 0;
+    FILE *f;
 
     stop_worker();
     worker_extra_env = "OUTBOX_PARK_MIN_AGE_S=3";
@@ -815,6 +902,19 @@ START_TEST(an_unroutable_row_is_parked_only_after_its_returns_and_its_minimum_ag
     ck_assert_msg(tu_poll(10000, parked, key), "not parked 10 s after the minimum age");
     ck_assert_int_ge(
         outbox_long(key, "(extract(epoch FROM parked_at - refused_since) * 1000)::int"), 3000);
+    err = outbox_col(key, "last_error");
+    /* The broker's reply code and text, not a text of ours. */
+    ck_assert_msg(strcmp(err, "basic.return 312 NO_ROUTE") == 0, "last_error: %s", err);
+    free(err);
+    /* dlq outbox list shows it with that reason. */
+    snprintf(cmd, sizeof(cmd), "DATABASE_URL='%s' %s/dlq outbox list " SVC " 2>&1",
+             tu_env("OWNER_DATABASE_URL"), tu_env("ORDERSUITE_BIN"));
+    f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f))
+        listed |= strstr(line, key) && strstr(line, "reason=basic.return 312 NO_ROUTE\n");
+    ck_assert_int_eq(pclose(f), 0);
+    ck_assert_msg(listed, "dlq outbox list does not show %s with the broker's reply", key);
 }
 END_TEST
 
@@ -978,6 +1078,7 @@ int main(void)
     tcase_add_test(t, the_consumer_survives_a_broker_restart);
     tcase_add_test(t, a_deleted_queue_is_declared_again_and_consumed);
     tcase_add_test(t, a_changed_delivery_limit_does_not_stop_the_worker_and_is_in_force);
+    tcase_add_test(t, a_queue_with_an_older_x_delivery_limit_takes_the_configured_limit);
     tcase_add_test(t, a_route_no_longer_handled_is_unbound);
     tcase_add_test(t, an_unroutable_row_is_parked_only_after_its_returns_and_its_minimum_age);
     tcase_add_test(t, a_nacked_row_is_retried_with_backoff_and_never_parked);
