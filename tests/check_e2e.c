@@ -13,6 +13,7 @@
 
 #include <cJSON.h>
 #include <curl/curl.h>
+#include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -856,6 +857,140 @@ START_TEST(an_unroutable_outbox_row_is_parked_and_holds_back_nothing)
 }
 END_TEST
 
+/* ----------------------------------------- readiness through the backlog */
+
+#define BACKLOG_API "http://127.0.0.1:18085"
+
+static int backlog_api_ready(void *arg)
+{
+    (void)arg;
+    return tu_http("GET", BACKLOG_API "/readyz", NULL, NULL, 0, NULL) == 200;
+}
+
+/* /readyz of the backlog test's order-api is 503 for the reason `want` (a
+ * part of its detail) while consumer, relay and database are fine. */
+static int backlog_api_unready_for(void *arg)
+{
+    char *body = NULL;
+    long st = tu_http("GET", BACKLOG_API "/readyz", NULL, NULL, 0, &body);
+    int ok = st == 503 && body && strstr(body, "consumer up, relay up, database answering") &&
+             strstr(body, (const char *)arg);
+    free(body);
+    return ok;
+}
+
+static int outbox_lock_waiter(void *arg)
+{
+    (void)arg;
+    return owner_int("SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'ExclusiveLock'"
+                     " AND relation = 'orders.outbox'::regclass",
+                     NULL) >= 1;
+}
+
+static int readyz_queue_has_six(void *arg)
+{
+    (void)arg;
+    return tu_queue_counts("TEST_AMQP_URL", "readyz_test", NULL) == 6;
+}
+
+static PGresult *must(PGconn *c, PGresult *r, ExecStatusType want)
+{
+    ck_assert_msg(PQresultStatus(r) == want, "%s", PQerrorMessage(c));
+    return r;
+}
+
+/* A backlog the relay cannot publish while everything is connected: six
+ * rows committed while the outbox table is held (EXCLUSIVE: the relay's
+ * claim waits, the probe's count does not). An order-api with READY_MAX_OUTBOX
+ * (`max_rows`) or READY_MAX_OUTBOX_AGE_S (`max_age`) says 503 with `reason`,
+ * and 200 again once the rows are out. */
+static void backlog_makes_unready(const char *max_rows, const char *max_age, const char *reason)
+{
+    static char env[5][1200];
+    char key[64], u[UUID_STR_LEN], err[MQ_ERR_LEN], path[512], log[512];
+    const char *keys[] = {key, NULL};
+    const char *kp[] = {key};
+    mq_topology topo = {.queue = "readyz_test", .keys = keys, .retry_ms = {1000}};
+    const char *envp[] = {env[0],
+                          env[1],
+                          env[2],
+                          env[3],
+                          env[4],
+                          "HTTP_PORT=18085",
+                          "OPS_PORT=0",
+                          "DB_LOCK_TIMEOUT_MS=60000",
+                          "DB_STATEMENT_TIMEOUT_MS=60000",
+                          TU_API_TOKENS,
+                          NULL};
+    char *argv[] = {"order-api", NULL};
+    PGconn *ins, *hold;
+    mq_conn *admin;
+    pid_t api;
+    int unready, st;
+
+    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("ORDER_API_AMQP_URL"));
+    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("ORDERS_DATABASE_URL"));
+    snprintf(env[2], sizeof(env[2]), "LOG_LEVEL=info");
+    snprintf(env[3], sizeof(env[3]), "READY_MAX_OUTBOX=%s", max_rows);
+    snprintf(env[4], sizeof(env[4]), "READY_MAX_OUTBOX_AGE_S=%s", max_age);
+    snprintf(path, sizeof(path), "%s/order-api", tu_env("ORDERSUITE_BIN"));
+    snprintf(log, sizeof(log), "%s/log/tests/e2e-order-api-backlog.log", tu_env("ORDERSUITE_VAR"));
+    uuid_v4(u);
+    snprintf(key, sizeof(key), "order.backlog_%.8s", u);
+    admin = tu_publisher("TEST_AMQP_URL", "check_e2e");
+    ck_assert_msg(mq_declare_topology(admin, &topo, err, sizeof(err)) == MQ_OK, "%s", err);
+    ck_assert_int_ge(mq_purge(admin, "readyz_test", err, sizeof(err)), 0);
+    api = tu_spawn(path, argv, envp, log);
+    ck_assert_msg(tu_poll(30000, backlog_api_ready, NULL),
+                  "the backlog test's order-api is not ready");
+
+    /* Rows inserted (not committed), then the table lock asked for (it
+     * queues behind the insert), then the insert committed: the lock is
+     * granted before any claim of the relay can see the rows. */
+    ins = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    hold = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert(PQstatus(ins) == CONNECTION_OK && PQstatus(hold) == CONNECTION_OK);
+    PQclear(must(ins, PQexec(ins, "BEGIN"), PGRES_COMMAND_OK));
+    PQclear(must(ins,
+                 PQexecParams(ins,
+                              "INSERT INTO orders.outbox (message_id, routing_key, correlation_id,"
+                              " body) SELECT gen_random_uuid(), $1, gen_random_uuid(), '{}'"
+                              " FROM generate_series(1, 6)",
+                              1, NULL, kp, NULL, NULL, 0),
+                 PGRES_COMMAND_OK));
+    ck_assert_int_eq(
+        PQsendQuery(hold, "BEGIN; LOCK TABLE orders.outbox IN EXCLUSIVE MODE; SELECT 1"), 1);
+    ck_assert_msg(tu_poll(10000, outbox_lock_waiter, NULL), "the table lock never queued");
+    PQclear(must(ins, PQexec(ins, "COMMIT"), PGRES_COMMAND_OK));
+    for (PGresult *r; (r = PQgetResult(hold)) != NULL; PQclear(r))
+        ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
+                      "%s", PQerrorMessage(hold));
+    unready = tu_poll(15000, backlog_api_unready_for, (void *)reason);
+    PQclear(PQexec(hold, "COMMIT")); /* the relays go on */
+    PQfinish(hold);
+    PQfinish(ins);
+    ck_assert_msg(unready, "/readyz was not 503 for '%s' with everything connected", reason);
+    ck_assert_msg(tu_poll(20000, readyz_queue_has_six, NULL), "the backlog did not drain");
+    ck_assert_msg(tu_poll(15000, backlog_api_ready, NULL), "not ready again after the drain");
+    ck_assert_int_ge(mq_purge(admin, "readyz_test", err, sizeof(err)), 0);
+    mq_free(admin);
+    st = tu_stop(api, SIGTERM, 20000);
+    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "the backlog test's order-api did not stop cleanly (status %d)", st);
+}
+
+START_TEST(readiness_fails_when_the_backlog_passes_ready_max_outbox)
+{
+    backlog_makes_unready("5", "3600", "outbox backlog 6 rows (limit 5)");
+}
+END_TEST
+
+START_TEST(readiness_fails_when_the_oldest_row_passes_ready_max_outbox_age_s)
+{
+    backlog_makes_unready("1000", "2", "(limit 2)");
+}
+END_TEST
+
 /* One grep follows an order: every service logs its correlation id. */
 START_TEST(one_grep_follows_an_order_through_every_service)
 {
@@ -920,6 +1055,8 @@ int main(void)
     tcase_add_test(f, one_grep_follows_an_order_through_every_service);
     tcase_add_test(f, an_unroutable_outbox_row_is_parked_and_holds_back_nothing);
     tcase_add_test(f, the_outbox_backlog_is_counted_while_the_broker_is_away);
+    tcase_add_test(f, readiness_fails_when_the_backlog_passes_ready_max_outbox);
+    tcase_add_test(f, readiness_fails_when_the_oldest_row_passes_ready_max_outbox_age_s);
     tcase_add_test(f, every_service_is_unready_within_5_s_of_losing_postgresql);
     tcase_add_unchecked_fixture(b, start_all, stop_all);
     tcase_add_loop_test(b, bad_requests_get_their_status_and_the_server_keeps_serving, 0,

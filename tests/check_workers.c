@@ -9,6 +9,8 @@
 #include "testutil.h"
 #include "util.h"
 
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -427,7 +429,8 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
     PGconn *op;
     PGresult *res;
     ev_event ev;
-    int64_t worst = 0, t_end;
+    int64_t worst = 0, t_end, t_pub;
+    long consumed0;
 
     free(tu_sql(tu_env("OWNER_DATABASE_URL"),
                 "SELECT inventory.adjust_stock(v.sku, v.n - s.on_hand, 'test: known stock')"
@@ -438,6 +441,15 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
                   inv_env);
     start_limited(&api, "order-api", "ORDERS_DATABASE_URL", "ORDER_API_AMQP_URL", LIM_API_PORT,
                   api_env);
+    /* Only the instance under test consumes: another inventory would take
+     * the free order while this one hangs on the lock. */
+    {
+        int consumers = -1;
+        ck_assert_int_ge(tu_queue_counts("TEST_AMQP_URL", "inventory", &consumers), 0);
+        ck_assert_msg(consumers == 1,
+                      "%d consumers on inventory's queue, want only the one under test", consumers);
+    }
+    consumed0 = consumed_orders(atoi(LIM_INV_PORT));
 
     /* The operator's open transaction. */
     op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
@@ -454,6 +466,7 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
     order(&ev, b, 1, free_sku, qty, price);
     publish(c, &ev, b);
     ev_free(&ev);
+    t_pub = util_now_ms();
     /* Four API requests that wait on the locked table (twice HTTP_THREADS). */
     for (int i = 0; i < 4; i++) {
         posts[i] = fork();
@@ -473,10 +486,16 @@ START_TEST(a_held_row_lock_times_out_and_retries_and_health_stays_fast)
     }
     ck_assert_msg(worst < 100, "/healthz took %lld ms while the database was blocked",
                   (long long)worst);
-    /* The order for other stock went through while the row was held... */
-    await("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", b, 1);
+    /* The order for other stock went through while the row was held, soon
+     * after the lock wait gave up (DB_LOCK_TIMEOUT_MS 500), not after a
+     * statement limit (15 s), by the instance under test... */
+    tu_await_count((int)(t_pub + 6000 - util_now_ms()),
+                   "SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", b, 1);
     ck_assert_int_eq(
         tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", a), 0);
+    ck_assert_msg(consumed_orders(atoi(LIM_INV_PORT)) >= consumed0 + 2,
+                  "the instance under test did not consume both orders (%ld -> %ld)", consumed0,
+                  consumed_orders(atoi(LIM_INV_PORT)));
     /* ...and the API requests that waited were answered 503 (retry later). */
     for (int i = 0; i < 4; i++) {
         int st = 0;
@@ -667,6 +686,84 @@ START_TEST(declaring_the_topology_needs_no_database_url)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- ledger */
+
+/* The ledger's stuck count over billing's queues (-1: no RESULT line). */
+static long ledger_stuck(void)
+{
+    char cmd[2048], line[512];
+    long stuck = -1;
+    FILE *f;
+    snprintf(cmd, sizeof(cmd),
+             "DATABASE_URL='%s' AMQP_URL='%s' LEDGER_SERVICES=billing %s/ledger 2>>%s/log/tests/"
+             "ledger.stderr",
+             tu_env("OWNER_DATABASE_URL"), tu_env("TEST_AMQP_URL"), tu_env("ORDERSUITE_BIN"),
+             tu_env("ORDERSUITE_VAR"));
+    f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f)) {
+        const char *p = strstr(line, "stuck=");
+        if (strncmp(line, "RESULT ", 7) == 0 && p)
+            stuck = strtol(p + 6, NULL, 10);
+    }
+    pclose(f);
+    return stuck;
+}
+
+static int ledger_stuck_is(void *arg)
+{
+    return ledger_stuck() == *(long *)arg;
+}
+
+/* A message a consumer holds unacked is work in flight, not done: the ledger
+ * counts it as stuck (a passive queue.declare sees only ready messages). */
+START_TEST(the_ledger_counts_a_message_held_unacked_as_stuck)
+{
+    struct amqp_connection_info info;
+    char *url = strdup(tu_env("TEST_AMQP_URL")), err[MQ_ERR_LEN], id[UUID_STR_LEN];
+    amqp_connection_state_t a = amqp_new_connection();
+    amqp_socket_t *sock = amqp_tcp_socket_new(a);
+    amqp_envelope_t env;
+    struct timeval tv = {10, 0};
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
+    mq_msg m = {0};
+    long before = ledger_stuck(), want = before + 1;
+    int held;
+
+    ck_assert_int_ge(before, 0);
+    /* A consumer of billing's queue that takes one message and keeps it. */
+    ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
+    ck_assert_int_eq(amqp_socket_open(sock, info.host, info.port), AMQP_STATUS_OK);
+    ck_assert_int_eq(
+        amqp_login(a, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password)
+            .reply_type,
+        AMQP_RESPONSE_NORMAL);
+    amqp_channel_open(a, 1);
+    amqp_basic_qos(a, 1, 0, 1, 0);
+    amqp_basic_consume(a, 1, amqp_cstring_bytes("billing"), amqp_empty_bytes, 0, 0, 0,
+                       amqp_empty_table);
+    ck_assert_int_eq(amqp_get_rpc_reply(a).reply_type, AMQP_RESPONSE_NORMAL);
+    uuid_v4(id);
+    m.routing_key = RK_INVENTORY_RESERVED; /* billing's */
+    m.message_id = id;
+    m.body = "{}";
+    m.len = 2;
+    ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "%s", err);
+    amqp_maybe_release_buffers(a);
+    ck_assert_int_eq(amqp_consume_message(a, &env, &tv, 0).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_destroy_envelope(&env);
+    /* The management API's figures may trail by a few seconds. */
+    held = tu_poll(20000, ledger_stuck_is, &want);
+    amqp_connection_close(a, AMQP_REPLY_SUCCESS); /* back to the queue... */
+    amqp_destroy_connection(a);
+    ck_assert_int_ge(mq_purge(c, "billing", err, sizeof(err)), 0); /* ...and away */
+    mq_free(c);
+    free(url);
+    ck_assert_msg(held, "ledger stuck=%ld with a message held unacked (before: %ld)",
+                  ledger_stuck(), before);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("workers");
@@ -690,5 +787,9 @@ int main(void)
     tcase_set_timeout(m, 90);
     tcase_add_test(m, declaring_the_topology_needs_no_database_url);
     suite_add_tcase(s, m);
+    l = tcase_create("ledger");
+    tcase_set_timeout(l, 60);
+    tcase_add_test(l, the_ledger_counts_a_message_held_unacked_as_stuck);
+    suite_add_tcase(s, l);
     return tu_run(s);
 }
