@@ -23,18 +23,24 @@
  *   stock    per SKU: on_hand >= 0 and on_hand = adjustments - held - sold
  *   queues   work queues are empty; each DLQ holds what --dlq says (DLQs not
  *            named are reported, not checked)
+ *   in flight messages a consumer holds unacked in a work queue (from the
+ *            management API: a passive queue.declare counts only the ready
+ *            ones) are waited for and, left after the wait, count as stuck
  *   stuck    work neither lost nor done after the wait: a row left in any
  *            schema's outbox (unpublished), every parked outbox row (one the
- *            broker refused park_after times; any age: the relay never
+ *            broker returned OUTBOX_PARK_AFTER times; any age: the relay never
  *            retries it, only `dlq outbox replay` does), a mail
  *            left pending in email's mail outbox (email.messages, not yet
  *            delivered; with --tag or --ids only the mail of the run's
- *            orders and sales), a message left in a retry tier
+ *            orders and sales), a message left in a retry tier, a message left
+ *            unacked in a work queue
  *
  * Prints the counts, then
  * "RESULT lost=L duplicated=D stuck=S inconsistent=I ok=0|1".
  * Environment: DATABASE_URL (the owner role: it reads every schema),
- * AMQP_URL (the administrator: it looks at every queue), LEDGER_SERVICES
+ * AMQP_URL (the administrator: it looks at every queue; its user and password
+ * also log in to the management API at MGMT_URL, default
+ * http://<AMQP host>:MGMT_PORT, MGMT_PORT default 15672), LEDGER_SERVICES
  * (default order-api,inventory,billing,email), RETRY_DELAYS_MS (default
  * 1000,10000,60000). Exit: 0 when ok, 1 when not, 2 on bad usage.
  */
@@ -44,6 +50,9 @@
 #include "uuid.h"
 #include "worker.h"
 
+#include <amqp.h>
+#include <cJSON.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libpq-fe.h>
@@ -74,7 +83,7 @@ typedef struct {
     long sales, sales_done, sales_missing, sales_dup;
     long skus, negative, off_ledger;
     long outbox_pending, outbox_parked, mail_pending;
-    long queue_ready, retry_ready;
+    long queue_ready, retry_ready, in_flight;
     long dlq_mismatch;
     int quiet;
 } figures;
@@ -366,15 +375,121 @@ static int check_db(PGconn *db, const sent *s, figures *fg, int verbose)
     return fg->mail_pending < 0 ? -1 : 0;
 }
 
+/* ------------------------------------------------------ management API */
+
+static struct {
+    char base[512]; /* http://host:port */
+    char *url;      /* AMQP_URL, parsed in place */
+    struct amqp_connection_info info;
+} mgmt;
+
+/* The management API's address and login, from MGMT_URL / MGMT_PORT and
+ * AMQP_URL; -1 when AMQP_URL cannot be parsed. */
+static int mgmt_init(const char *amqp_url)
+{
+    const char *base = getenv("MGMT_URL"), *port = getenv("MGMT_PORT");
+    mgmt.url = strdup(amqp_url);
+    if (!mgmt.url || amqp_parse_url(mgmt.url, &mgmt.info) != AMQP_STATUS_OK)
+        return -1;
+    if (base && *base)
+        snprintf(mgmt.base, sizeof(mgmt.base), "%s", base);
+    else
+        snprintf(mgmt.base, sizeof(mgmt.base), "http://%s:%s", mgmt.info.host,
+                 port && *port ? port : "15672");
+    return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+}
+
+typedef struct {
+    char *p;
+    size_t n;
+} buf;
+
+static size_t collect(char *data, size_t size, size_t nmemb, void *ud)
+{
+    buf *b = ud;
+    size_t k = size * nmemb;
+    char *more = b->n + k > 1 << 20 ? NULL : realloc(b->p, b->n + k + 1);
+    if (!more)
+        return 0; /* no answer is that big: fail the transfer */
+    b->p = more;
+    memcpy(b->p + b->n, data, k);
+    b->n += k;
+    b->p[b->n] = '\0';
+    return k;
+}
+
+/* Messages of queue delivered to a consumer and not yet acked, from the
+ * management API (its figures are at most a few seconds old); -1 with err. */
+static long queue_unacked(const char *queue, char *err, size_t errlen)
+{
+    CURL *c = curl_easy_init();
+    char url[1024], *vh = NULL, *q = NULL;
+    buf b = {NULL, 0};
+    long code = 0, n = -1;
+    cJSON *j = NULL;
+    const cJSON *v;
+    CURLcode rc;
+
+    if (!c) {
+        snprintf(err, errlen, "curl_easy_init failed");
+        return -1;
+    }
+    vh = curl_easy_escape(c, mgmt.info.vhost, 0);
+    q = curl_easy_escape(c, queue, 0);
+    if (!vh || !q) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    snprintf(url, sizeof(url), "%s/api/queues/%s/%s?columns=messages_unacknowledged", mgmt.base, vh,
+             q);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_USERNAME, mgmt.info.user);
+    curl_easy_setopt(c, CURLOPT_PASSWORD, mgmt.info.password);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    if ((rc = curl_easy_perform(c)) != CURLE_OK) {
+        snprintf(err, errlen, "management API %.200s: %.200s", mgmt.base, curl_easy_strerror(rc));
+        goto out;
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    if (code != 200) {
+        snprintf(err, errlen, "management API %.200s: HTTP %ld for queue %.200s", mgmt.base, code,
+                 queue);
+        goto out;
+    }
+    j = b.p ? cJSON_Parse(b.p) : NULL;
+    if (!cJSON_IsObject(j)) {
+        snprintf(err, errlen, "management API %.200s: not a JSON object for queue %.200s",
+                 mgmt.base, queue);
+        goto out;
+    }
+    /* A queue the statistics have not reached yet has no figure: none held. */
+    v = cJSON_GetObjectItemCaseSensitive(j, "messages_unacknowledged");
+    if (v && (!cJSON_IsNumber(v) || v->valuedouble < 0)) {
+        snprintf(err, errlen, "management API: messages_unacknowledged of %s is not a count",
+                 queue);
+        goto out;
+    }
+    n = v ? (long)v->valuedouble : 0;
+out:
+    cJSON_Delete(j);
+    free(b.p);
+    curl_free(vh);
+    curl_free(q);
+    curl_easy_cleanup(c);
+    return n;
+}
+
 static int check_queues(mq_conn *mq, figures *fg, int verbose)
 {
     char err[MQ_ERR_LEN], name[160];
-    fg->queue_ready = fg->retry_ready = fg->dlq_mismatch = 0;
+    fg->queue_ready = fg->retry_ready = fg->in_flight = fg->dlq_mismatch = 0;
     if (verbose)
         printf("queues    ");
     for (int i = 0; i < opt.nservices; i++) {
         const char *svc = opt.services[i];
-        long work, dlq;
+        long work, dlq, unacked;
         if (!mq_is_connected(mq) && mq_connect_publisher(mq, err, sizeof(err)) != MQ_OK) {
             fprintf(stderr, "ledger: AMQP_URL: %s\n", err);
             return -1;
@@ -385,6 +500,12 @@ static int check_queues(mq_conn *mq, figures *fg, int verbose)
             return -1;
         }
         fg->queue_ready += work;
+        unacked = queue_unacked(svc, err, sizeof(err));
+        if (unacked < 0) {
+            fprintf(stderr, "ledger: %s\n", err);
+            return -1;
+        }
+        fg->in_flight += unacked;
         for (int t = 0; t < MQ_MAX_TIERS && opt.tiers[t]; t++) {
             long n;
             mq_retry_queue_name(svc, opt.tiers[t], name, sizeof(name));
@@ -406,6 +527,8 @@ static int check_queues(mq_conn *mq, figures *fg, int verbose)
             fg->dlq_mismatch += labs(dlq - opt.dlq_expect[i]);
         if (verbose) {
             printf(" %s %ld", svc, work);
+            if (unacked)
+                printf(" (+%ld unacked)", unacked);
             if (opt.dlq_expect[i] >= 0)
                 printf(" (dlq %ld, expected %ld)", dlq, opt.dlq_expect[i]);
             else
@@ -421,7 +544,7 @@ static int quiet(const figures *fg)
 {
     return fg->not_final == 0 && fg->found == fg->accepted && fg->sales_missing == 0 &&
            fg->outbox_pending == 0 && fg->mail_pending == 0 && fg->queue_ready == 0 &&
-           fg->retry_ready == 0;
+           fg->retry_ready == 0 && fg->in_flight == 0;
 }
 
 static int set_services(const char *list)
@@ -532,6 +655,11 @@ int main(int argc, char **argv)
         PQfinish(db);
         return 1;
     }
+    if (mgmt_init(amqp) < 0) {
+        fprintf(stderr, "ledger: AMQP_URL is not an AMQP URL (or curl cannot start)\n");
+        PQfinish(db);
+        return 1;
+    }
     mo.url = amqp;
     mo.app_id = "ledger";
     mq = mq_new(&mo);
@@ -565,7 +693,7 @@ int main(int argc, char **argv)
           fg.dlq_mismatch;
     /* Neither lost nor done: still waiting in an outbox or a retry tier, or
      * parked (any parked row: it waits for an operator, not for time). */
-    stuck = fg.outbox_pending + fg.outbox_parked + fg.mail_pending + fg.retry_ready;
+    stuck = fg.outbox_pending + fg.outbox_parked + fg.mail_pending + fg.retry_ready + fg.in_flight;
     printf("orders     %s%s: %ld stored", opt.tag ? "tag " : "all", opt.tag ? opt.tag : "",
            fg.stored);
     if (s.orders)
@@ -581,8 +709,8 @@ int main(int argc, char **argv)
     printf("stock      %ld SKUs: %ld negative, %ld off the ledger\n", fg.skus, fg.negative,
            fg.off_ledger);
     printf("stuck      %ld outbox row(s) unpublished, %ld parked, %ld mail(s) undelivered, "
-           "%ld message(s) in retry tiers\n",
-           fg.outbox_pending, fg.outbox_parked, fg.mail_pending, fg.retry_ready);
+           "%ld message(s) in retry tiers, %ld delivered and not acked\n",
+           fg.outbox_pending, fg.outbox_parked, fg.mail_pending, fg.retry_ready, fg.in_flight);
     printf("quiet      %s\n", fg.quiet ? "yes" : "no (timed out waiting)");
     ok = lost == 0 && dup == 0 && stuck == 0 && bad == 0;
     printf("RESULT lost=%ld duplicated=%ld stuck=%ld inconsistent=%ld ok=%d\n", lost, dup, stuck,
@@ -591,6 +719,8 @@ out:
     free(s.order_ids);
     free(s.sale_ids);
     free(opt.services[0]);
+    free(mgmt.url);
+    curl_global_cleanup();
     mq_free(mq);
     PQfinish(db);
     return ok ? 0 : 1;
