@@ -18,49 +18,27 @@ it, and checks against the real database:
 Run by scripts/run-tests.sh (which exports the URLs); prints a Check-style line.
 """
 import hashlib
-import http.client
 import json
 import os
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.parse
 import uuid
 
-ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
-VAR = os.environ.get("ORDERSUITE_VAR", os.path.join(ROOT, "var"))
+import checklib
+from checklib import BIN, check
 PORT = 18380
 OPS_PORT = 18381
-checks = []
-# The owner's URL without its password, which psql gets in PGPASSWORD (never argv).
-_owner = urllib.parse.urlsplit(os.environ["OWNER_DATABASE_URL"])
-OWNER_URL = _owner._replace(netloc=f"{_owner.username}@{_owner.hostname}:{_owner.port}").geturl()
-OWNER_ENV = dict(os.environ, PGPASSWORD=urllib.parse.unquote(_owner.password or ""))
-
-
-def check(name, ok, detail=""):
-    checks.append(bool(ok))
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
 
 
 def call(method, path, token=None, body=None, headers=None, port=PORT):
-    """(status, headers as a dict with lower-case names, body bytes); (0, {}, why) on no answer."""
+    """checklib.http with a bearer token (or a whole Authorization value) and
+    a JSON body."""
     h = dict(headers or {})
     if token is not None:
         h["Authorization"] = token if " " in token else f"Bearer {token}"
     if body is not None:
         h["Content-Type"] = "application/json"
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request(method, path, body=body, headers=h)
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    except OSError as e:
-        return 0, {}, str(e).encode()
-    finally:
-        c.close()
+    return checklib.http(method, port, path, body=body, headers=h)
 
 
 def listen_addrs(port):
@@ -83,15 +61,15 @@ def order(customer):
 
 
 def count_orders(customer):
-    out = subprocess.run(["psql", "-qAtX", OWNER_URL, "-c",
-                          f"SELECT count(*) FROM orders.orders WHERE customer_id = '{customer}'"],
-                         capture_output=True, text=True, env=OWNER_ENV)
-    return int(out.stdout.strip()) if out.returncode == 0 else -1
+    rc, out = checklib.psql("SELECT count(*) FROM orders.orders WHERE customer_id = :'c'",
+                            c=customer)
+    return int(out.strip()) if rc == 0 else -1
 
 
 def owner_sql(sql):
-    subprocess.run(["psql", "-qAtX", "-v", "ON_ERROR_STOP=1", OWNER_URL, "-c", sql],
-                   capture_output=True, check=True, env=OWNER_ENV)
+    rc, out = checklib.psql(sql)
+    if rc != 0:
+        raise RuntimeError(f"{sql}: {out}")
 
 
 def unauthorized(name, status, hdrs, body):
@@ -100,17 +78,11 @@ def unauthorized(name, status, hdrs, body):
     check(name, ok, f"got {status} {hdrs.get('www-authenticate')!r} {body[:120]!r}")
 
 
-def new_token(client, path):
-    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "api-token.sh"), client, path],
-                         capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
 def main():
     tag = f"auth-{os.getpid()}"
     tmp = tempfile.mkdtemp(prefix="ordersuite-auth-")
     tokens = os.path.join(tmp, "api-tokens")
-    alice, bob = new_token("alice", tokens), new_token("bob", tokens)
+    alice, bob = checklib.api_token("alice", tokens), checklib.api_token("bob", tokens)
     check("tokens_made", alice and bob and alice != bob, "scripts/api-token.sh gave no token")
     stored = open(tokens).read() if os.path.exists(tokens) else ""
     check("tokens_stored_hashed",
@@ -146,14 +118,9 @@ def main():
     benv = {k: v for k, v in env.items() if k != "API_TOKENS_FILE"}
     r = subprocess.run([os.path.join(BIN, "order-api")], env=benv, capture_output=True, timeout=20)
     check("refuses_to_start_without_API_TOKENS_FILE", r.returncode == 1, f"exit {r.returncode}")
-    os.makedirs(os.path.join(VAR, "log", "tests"), exist_ok=True)
-    log = open(os.path.join(VAR, "log", "tests", "api_auth.order-api.log"), "w")
-    proc = subprocess.Popen([os.path.join(BIN, "order-api")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = checklib.start("order-api", env, "api_auth.order-api.log")
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline and call("GET", "/readyz")[0] != 200:
-            time.sleep(0.1)
+        checklib.wait_until(lambda: checklib.ready(PORT), 30)
         for path in ("/healthz", "/readyz", "/metrics"):
             check(f"open_{path[1:]}", call("GET", path)[0] == 200, f"{path} needs no token")
 
@@ -252,21 +219,8 @@ def main():
         finally:
             owner_sql("DELETE FROM orders.products WHERE sku LIKE 'MAXTEST-%'")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        checklib.stop(proc)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:  # an error is a failed check, not a crash of the runner
-        checks.append(False)
-        print(f"ERROR {type(e).__name__}: {e}")
-    failed = checks.count(False)
-    print(f"{100 * (len(checks) - failed) // max(1, len(checks))}%: Checks: {len(checks)}, "
-          f"Failures: {failed}, Errors: 0")
-    sys.exit(1 if failed else 0)
+    checklib.run(main)

@@ -25,18 +25,10 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 
-ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
-VAR = os.environ.get("ORDERSUITE_VAR", os.path.join(ROOT, "var"))
-checks = []
-
-
-def check(name, ok, detail=""):
-    checks.append(bool(ok))
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
+import checklib
+from checklib import BIN, ROOT, VAR, check
 
 
 def secrets():
@@ -126,12 +118,4 @@ def scan_sources():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:  # an error is a failed check, not a crash of the runner
-        checks.append(False)
-        print(f"ERROR {type(e).__name__}: {e}")
-    failed = checks.count(False)
-    print(f"{100 * (len(checks) - failed) // max(1, len(checks))}%: Checks: {len(checks)}, "
-          f"Failures: {failed}, Errors: 0")
-    sys.exit(1 if failed else 0)
+    checklib.run(main)

@@ -107,15 +107,7 @@ static void teardown(void)
 /* The worker's log shows message id arg rejected twice. */
 static int rejected_twice(void *arg)
 {
-    char line[4096];
-    int n = 0;
-    FILE *f = fopen(worker.log, "r");
-    if (!f)
-        return 0;
-    while (fgets(line, sizeof(line), f))
-        n += strstr(line, (const char *)arg) && strstr(line, "rejected") ? 1 : 0;
-    fclose(f);
-    return n >= 2;
+    return tu_file_count(worker.log, arg, "rejected") >= 2;
 }
 
 START_TEST(list_show_replay_and_purge)

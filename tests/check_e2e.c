@@ -307,17 +307,9 @@ static int run_pos(const char *args)
 
 static int spool_lines(const char *store)
 {
-    char path[512], line[8192];
-    int n = 0;
-    FILE *f;
+    char path[512];
     snprintf(path, sizeof(path), "%s/log/tests/pos-%s.spool", tu_env("ORDERSUITE_VAR"), store);
-    f = fopen(path, "r");
-    if (!f)
-        return 0;
-    while (fgets(line, sizeof(line), f))
-        n++;
-    fclose(f);
-    return n;
+    return (int)tu_file_count(path, NULL, NULL);
 }
 
 /* The till keeps selling with the broker down and sends the spool later. */
@@ -356,17 +348,8 @@ static void *race(void *arg)
  * base (-1: no answer). */
 static long consumed_orders(const char *base)
 {
-    char url[128], *body = NULL;
-    const char *m = "ordersuite_messages_consumed_total{service=\"inventory\","
-                    "routing_key=\"order.placed\"} ";
-    long n = 0;
-    snprintf(url, sizeof(url), "%s/metrics", base);
-    if (tu_http("GET", url, NULL, NULL, 0, &body) != 200)
-        n = -1;
-    else if (strstr(body, m))
-        n = strtol(strstr(body, m) + strlen(m), NULL, 10);
-    free(body);
-    return n;
+    return (long)tu_metric(base, "ordersuite_messages_consumed_total{service=\"inventory\","
+                                 "routing_key=\"order.placed\"}");
 }
 
 static int two_inventory_consumers(void *arg)
@@ -590,21 +573,6 @@ START_TEST(oversized_bodies_are_refused_with_413)
 END_TEST
 
 /* The value of the first sample line starting with `series` in a metrics page. */
-static double sample(const char *page, const char *series)
-{
-    const char *p = page;
-    while ((p = strstr(p, series)) != NULL) {
-        if (p == page || p[-1] == '\n') {
-            const char *eol = strchr(p, '\n'), *sp = NULL;
-            for (const char *q = p; *q && q != eol; q++)
-                sp = *q == ' ' ? q : sp;
-            return sp ? strtod(sp + 1, NULL) : -1;
-        }
-        p++;
-    }
-    return -1;
-}
-
 START_TEST(every_service_reports_health_readiness_and_metrics)
 {
     char url[128], *page;
@@ -626,38 +594,33 @@ START_TEST(every_service_reports_health_readiness_and_metrics)
         /* Short messages: Check cannot carry a whole page. */
         ck_assert_msg(strstr(page, "# TYPE ordersuite_handler_duration_seconds histogram"),
                       "%s: no histogram", url);
-        ck_assert_msg(sample(page, "ordersuite_broker_connected{") == 1, "%s: broker", url);
-        ck_assert_msg(sample(page, "ordersuite_database_connected{") == 1, "%s: database", url);
+        ck_assert_msg(tu_metric_sample(page, "ordersuite_broker_connected{") == 1, "%s: broker",
+                      url);
+        ck_assert_msg(tu_metric_sample(page, "ordersuite_database_connected{") == 1, "%s: database",
+                      url);
         ck_assert_msg(strstr(page, "ordersuite_build_info{"), "%s: no build info", url);
         if (i == 0) {
-            ck_assert(sample(page, "ordersuite_messages_consumed_total{service=\"inventory\","
-                                   "routing_key=\"order.placed\"}") >= 1);
-            ck_assert(sample(page, "ordersuite_messages_published_total{service=\"inventory\","
-                                   "routing_key=\"inventory.reserved\"}") >= 1);
+            ck_assert(tu_metric_sample(page,
+                                       "ordersuite_messages_consumed_total{service=\"inventory\","
+                                       "routing_key=\"order.placed\"}") >= 1);
+            ck_assert(tu_metric_sample(page,
+                                       "ordersuite_messages_published_total{service=\"inventory\","
+                                       "routing_key=\"inventory.reserved\"}") >= 1);
         }
         if (i == 3) {
-            ck_assert(sample(page, "ordersuite_messages_published_total{service=\"order-api\","
-                                   "routing_key=\"order.placed\"}") >= 1);
-            ck_assert(sample(page, "ordersuite_messages_consumed_total{service=\"order-api\","
-                                   "routing_key=\"billing.invoiced\"}") >= 1);
-            ck_assert(sample(page, "ordersuite_outbox_pending_rows{service=\"order-api\"}") >= 0);
+            ck_assert(tu_metric_sample(page,
+                                       "ordersuite_messages_published_total{service=\"order-api\","
+                                       "routing_key=\"order.placed\"}") >= 1);
+            ck_assert(tu_metric_sample(page,
+                                       "ordersuite_messages_consumed_total{service=\"order-api\","
+                                       "routing_key=\"billing.invoiced\"}") >= 1);
+            ck_assert(tu_metric_sample(
+                          page, "ordersuite_outbox_pending_rows{service=\"order-api\"}") >= 0);
         }
         free(page);
     }
 }
 END_TEST
-
-/* The value of series on base's /metrics (-1 when absent or unreachable). */
-static double metric_of(const char *base, const char *series)
-{
-    char url[128], *page = NULL;
-    double v = -1;
-    snprintf(url, sizeof(url), "%s/metrics", base);
-    if (tu_http("GET", url, NULL, NULL, 0, &page) == 200)
-        v = sample(page, series);
-    free(page);
-    return v;
-}
 
 typedef struct {
     const char *series;
@@ -667,7 +630,7 @@ typedef struct {
 static int api_metric_reaches(void *arg)
 {
     const metric_goal *g = arg;
-    double v = metric_of(API, g->series);
+    double v = tu_metric(API, g->series);
     return g->at_least < 0 ? v == 0 : v >= g->at_least;
 }
 
@@ -698,16 +661,16 @@ START_TEST(the_outbox_backlog_is_counted_while_the_broker_is_away)
         }
     }
     rows_ok = tu_poll(10000, api_metric_reaches, &rows);
-    seen_rows = metric_of(API, rows.series);
+    seen_rows = tu_metric(API, rows.series);
     age_ok = tu_poll(10000, api_metric_reaches, &age);
-    seen_age = metric_of(API, age.series);
+    seen_age = tu_metric(API, age.series);
     unready = tu_poll(10000, api_not_ready, NULL);
     tu_broker("start_app"); /* before any assertion: the next tests need it */
     ck_assert_msg(rows_ok, "backlog metric %g, want >= 15", seen_rows);
     ck_assert_msg(age_ok, "oldest age %g s, want >= 2", seen_age);
     ck_assert_msg(unready, "order-api ready without a broker");
     ck_assert_msg(tu_poll(60000, api_metric_reaches, &drained),
-                  "backlog %g after the broker came back", metric_of(API, drained.series));
+                  "backlog %g after the broker came back", tu_metric(API, drained.series));
     for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++)
         ck_assert_msg(tu_poll(60000, ready, (void *)bases[i]), "%s not ready again", bases[i]);
     await_status(id, "CONFIRMED");
@@ -762,7 +725,7 @@ static int one_parked(void *arg)
     return owner_int("SELECT count(*) FROM orders.outbox WHERE routing_key LIKE 'order.unbound%'"
                      " AND parked_at IS NOT NULL AND last_error LIKE 'basic.return 312%'",
                      NULL) == 1 &&
-           metric_of(API, "ordersuite_outbox_parked_rows{service=\"order-api\"}") == 1;
+           tu_metric(API, "ordersuite_outbox_parked_rows{service=\"order-api\"}") == 1;
 }
 
 static int test_queue_has_one(void *arg)
@@ -998,18 +961,10 @@ START_TEST(one_grep_follows_an_order_through_every_service)
     ck_assert_int_eq(place("[{\"sku\":\"HNY-ACACIA\",\"quantity\":1}]", NULL, id), 201);
     await_status(id, "CONFIRMED");
     for (int i = 0; i < 4; i++) {
-        char path[512], line[4096];
         int found = 0;
-        FILE *f;
         /* The mail may be the last to be written. */
         for (int64_t end = util_now_ms() + 10000; !found && util_now_ms() < end;) {
-            snprintf(path, sizeof(path), "%s/log/tests/e2e-%s.log", tu_env("ORDERSUITE_VAR"),
-                     names[i]);
-            f = fopen(path, "r");
-            ck_assert_ptr_nonnull(f);
-            while (fgets(line, sizeof(line), f))
-                found |= strstr(line, id) && strstr(line, "\"correlation_id\"") != NULL;
-            fclose(f);
+            found = tu_file_count(svcs[i].log, id, "\"correlation_id\"") > 0;
             if (!found)
                 util_sleep_ms(50, NULL);
         }

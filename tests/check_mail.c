@@ -166,17 +166,8 @@ static void sale(mq_conn *c, const char *rcpt, char sale_id[UUID_STR_LEN],
     char err[MQ_ERR_LEN], *body;
     mq_msg m = {0};
 
-    ev_init(&ev, EV_SALE_COMPLETED);
-    uuid_v4(s->sale_id);
+    tu_sale(&ev, "MAIL-01", "FLT-PAPER", 1, 350);
     memcpy(sale_id, s->sale_id, UUID_STR_LEN);
-    strcpy(s->store_id, "MAIL-01");
-    strcpy(s->currency, "EUR");
-    ck_assert_int_eq(ev_lines_alloc(&s->lines, 1), 0);
-    strcpy(s->lines.items[0].sku, "FLT-PAPER");
-    s->lines.items[0].quantity = 1;
-    s->lines.items[0].unit_price = 350;
-    s->total = 350;
-    ev_now_rfc3339(s->paid_at);
     snprintf(s->customer_email, sizeof(s->customer_email), "%s", rcpt);
     body = ev_to_json(&ev, NULL, err, sizeof(err));
     ck_assert_msg(body != NULL, "%s", err);

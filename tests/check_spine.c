@@ -202,16 +202,7 @@ static char *sale_body(const char *store, char sale_id[UUID_STR_LEN])
     sale_completed *s = &ev.u.sale_completed;
     char err[EV_ERR_LEN];
     char *json;
-    ev_init(&ev, EV_SALE_COMPLETED);
-    ck_assert_int_eq(uuid_v4(s->sale_id), 0);
-    snprintf(s->store_id, sizeof(s->store_id), "%s", store);
-    strcpy(s->currency, "EUR");
-    ck_assert_int_eq(ev_lines_alloc(&s->lines, 1), 0);
-    strcpy(s->lines.items[0].sku, "TEA-SENCHA");
-    s->lines.items[0].quantity = 1;
-    s->lines.items[0].unit_price = 890;
-    s->total = 890;
-    ev_now_rfc3339(s->paid_at);
+    tu_sale(&ev, store, "TEA-SENCHA", 1, 890);
     json = ev_to_json(&ev, NULL, err, sizeof(err));
     ck_assert_msg(json != NULL, "%s", err);
     memcpy(sale_id, s->sale_id, UUID_STR_LEN);

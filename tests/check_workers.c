@@ -204,17 +204,8 @@ START_TEST(a_pos_sale_takes_stock_and_is_invoiced_with_a_receipt)
     sale_completed *s = &ev.u.sale_completed;
     char id[UUID_STR_LEN];
 
-    ev_init(&ev, EV_SALE_COMPLETED);
-    uuid_v4(s->sale_id);
+    tu_sale(&ev, "NEPAL-01", "FLT-PAPER", 3, 350);
     memcpy(id, s->sale_id, UUID_STR_LEN);
-    strcpy(s->store_id, "NEPAL-01");
-    strcpy(s->currency, "EUR");
-    ck_assert_int_eq(ev_lines_alloc(&s->lines, 1), 0);
-    strcpy(s->lines.items[0].sku, "FLT-PAPER");
-    s->lines.items[0].quantity = 3;
-    s->lines.items[0].unit_price = 350;
-    s->total = 1050;
-    ev_now_rfc3339(s->paid_at);
     strcpy(s->customer_email, "walk-in@example.com");
     publish(c, &ev, id);
     await("SELECT count(*) FROM email.messages WHERE correlation_id = $1 AND kind = 'receipt'", id,
@@ -279,17 +270,10 @@ static int inventory_consumers_are(void *arg)
 /* The order.placed deliveries one instance has consumed (-1: no answer). */
 static long consumed_orders(int port)
 {
-    char url[64], *body = NULL;
-    const char *m = "ordersuite_messages_consumed_total{service=\"inventory\","
-                    "routing_key=\"order.placed\"} ";
-    long n = 0;
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
-    if (tu_http("GET", url, NULL, NULL, 0, &body) != 200)
-        n = -1;
-    else if (strstr(body, m))
-        n = strtol(strstr(body, m) + strlen(m), NULL, 10);
-    free(body);
-    return n;
+    char base[64];
+    snprintf(base, sizeof(base), "http://127.0.0.1:%d", port);
+    return (long)tu_metric(base, "ordersuite_messages_consumed_total{service=\"inventory\","
+                                 "routing_key=\"order.placed\"}");
 }
 
 /* Three inventory instances take orders for the same SKU at once, so the

@@ -14,22 +14,15 @@ runs as a non-root user; start order uses depends_on conditions (the run may
 win a race without them); no password has a default, none is in
 .env.example, and every ${VAR} is documented there.
 
-Prints one line per failed check and a Check-style summary line.
+Prints one line per check and a Check-style summary line.
 """
 import os
 import re
-import sys
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-checks = []
-
-
-def check(name, ok, detail=""):
-    checks.append((name, ok))
-    if not ok:
-        print(f"tests/compose_check.py:F:{name}: {detail}")
+import checklib
+from checklib import ROOT, check
 
 
 def read(path):
@@ -168,8 +161,4 @@ check("migrate_uses_suite", ". /app/scripts/suite.sh" in read("docker/migrate.sh
       "docker/migrate.sh must read scripts/suite.sh")
 check("image_has_suite", "COPY scripts/suite.sh" in dockerfile, "the image must contain scripts/suite.sh")
 
-failed = sum(1 for _, ok in checks if not ok)
-total = len(checks)
-pct = 100 * (total - failed) // total if total else 0
-print(f"{pct}%: Checks: {total}, Failures: {failed}, Errors: 0")
-sys.exit(1 if failed else 0)
+checklib.summary()

@@ -15,25 +15,16 @@ Run by scripts/run-tests.sh (which exports the URLs); prints a Check-style line.
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 
-ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
-VAR = os.environ.get("ORDERSUITE_VAR", os.path.join(ROOT, "var"))
+import checklib
+from checklib import LOG_DIR, check
+
 PORT = 18280
 TIMEOUT_S = 2
 PER_IP = 50
 TOKEN = b""  # the API client's bearer token (scripts/api-token.sh, in main)
-checks = []
-
-
-def check(name, ok, detail=""):
-    checks.append(bool(ok))
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
-
 
 def request(raw, src="127.0.0.1", timeout=10):
     """Sends raw bytes (with the client's token after the Host line), returns
@@ -102,12 +93,13 @@ def alive():
 
 def main():
     global TOKEN
-    tokens = os.path.join(VAR, "log", "tests", "http_input.api-tokens")
+    tokens = os.path.join(LOG_DIR, "http_input.api-tokens")
     if os.path.exists(tokens):
         os.unlink(tokens)
     os.makedirs(os.path.dirname(tokens), exist_ok=True)
-    TOKEN = subprocess.run(["bash", os.path.join(ROOT, "scripts", "api-token.sh"), "input", tokens],
-                           capture_output=True, check=True).stdout.strip()
+    TOKEN = checklib.api_token("input", tokens).encode()
+    if not TOKEN:
+        raise RuntimeError("scripts/api-token.sh made no token")
     env = dict(os.environ)
     env.update({
         "API_TOKENS_FILE": tokens,
@@ -116,15 +108,10 @@ def main():
         "HTTP_PORT": str(PORT), "HTTP_TIMEOUT_S": str(TIMEOUT_S),
         "HTTP_PER_IP_LIMIT": str(PER_IP), "LOG_LEVEL": "debug", "OPS_PORT": "0",
     })
-    os.makedirs(os.path.join(VAR, "log", "tests"), exist_ok=True)
-    log_path = os.path.join(VAR, "log", "tests", "http_input.order-api.log")
-    log = open(log_path, "w")
-    proc = subprocess.Popen([os.path.join(BIN, "order-api")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    log_path = os.path.join(LOG_DIR, "http_input.order-api.log")
+    proc = checklib.start("order-api", env, "http_input.order-api.log")
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline and not alive():
-            time.sleep(0.1)
+        checklib.wait_until(alive, 30)
         check("order_api_starts", alive())
         rss0 = rss_kb(proc.pid)
 
@@ -256,12 +243,7 @@ def main():
         check("passwords_known", len(passwords) == 2)
         check("no_secret_in_cmdline", not any(p.encode() in cmdline for p in passwords))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        checklib.stop(proc)
     with open(log_path, "rb") as f:
         text = f.read()
     check("no_secret_in_log", text and not any(p.encode() in text for p in passwords))
@@ -269,12 +251,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:  # an error is a failed check, not a crash of the runner
-        checks.append(False)
-        print(f"ERROR {type(e).__name__}: {e}")
-    failed = checks.count(False)
-    print(f"{100 * (len(checks) - failed) // max(1, len(checks))}%: Checks: {len(checks)}, "
-          f"Failures: {failed}, Errors: 0")
-    sys.exit(1 if failed else 0)
+    checklib.run(main)

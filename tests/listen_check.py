@@ -35,18 +35,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
-ROOT = os.environ.get("ORDERSUITE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("ORDERSUITE_BIN", os.path.join(ROOT, "build", "bin"))
-VAR = os.environ.get("ORDERSUITE_VAR", os.path.realpath(os.path.join(ROOT, "var")))
-checks = []
-
-
-def check(name, ok, detail=""):
-    checks.append(bool(ok))
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
+import checklib
+from checklib import BIN, ROOT, VAR, check
 
 
 # ------------------------------------------------------------ the kernel's view
@@ -202,14 +193,6 @@ def services():
     return [(r[0], int(r[1]) + offset, int(r[2]) + offset if len(r) > 2 else None) for r in rows]
 
 
-def ready(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def after_up():
     procs = project_processes(VAR)
     socks = sockets_of(procs)
@@ -241,13 +224,15 @@ def after_demo():
                            capture_output=True, text=True)
         check("demo_mailcatcher_starts", r.returncode == 0, r.stdout + r.stderr)
         subprocess.run(["bash", svc_sh, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
         pending = {n: p for n, p, _ in svcs}
         pending.update({f"{n} (operations)": o for n, _, o in svcs if o})
-        while pending and time.monotonic() < deadline:
-            pending = {n: p for n, p in pending.items() if not ready(p)}
-            if pending:
-                time.sleep(0.2)
+
+        def all_ready():
+            for n in [n for n, p in pending.items() if checklib.ready(p)]:
+                del pending[n]
+            return not pending
+
+        checklib.wait_until(all_ready, 60, 0.2)
         check("demo_services_ready", not pending, f"not ready within 60 s: {', '.join(pending)}")
 
         procs = project_processes(VAR)
@@ -302,12 +287,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:  # an error is a failed check, not a crash of the runner
-        checks.append(False)
-        print(f"ERROR {type(e).__name__}: {e}")
-    failed = checks.count(False)
-    print(f"{100 * (len(checks) - failed) // max(1, len(checks))}%: Checks: {len(checks)}, "
-          f"Failures: {failed}, Errors: 0")
-    sys.exit(1 if failed else 0)
+    checklib.run(main)

@@ -8,50 +8,43 @@ files with one number are refused. Prints a Check-style summary line.
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-checks = []
-
-
-def check(name, ok, detail=""):
-    checks.append(ok)
-    if not ok:
-        print(f"tests/migrate_check.py:F:{name}: {detail}")
+import checklib
+from checklib import BIN, ROOT, check
 
 
 def migrate(folder):
     env = dict(os.environ, MIGRATE_DATABASE_URL=os.environ["OWNER_DATABASE_URL"])
     env.pop("DB_ROLE_PASSWORDS_FILE", None)
-    p = subprocess.run([os.path.join(os.environ["ORDERSUITE_BIN"], "migrate"), "--dir", folder],
+    p = subprocess.run([os.path.join(BIN, "migrate"), "--dir", folder],
                        env=env, capture_output=True, text=True, timeout=120)
     return p.returncode, p.stdout + p.stderr
 
 
-tmp = tempfile.mkdtemp(prefix="ordersuite-migrate-")
-try:
-    copy = os.path.join(tmp, "migrations")
-    shutil.copytree(os.path.join(ROOT, "migrations"), copy)
-    n = len([f for f in os.listdir(copy) if f.endswith(".sql")])
+def main():
+    tmp = tempfile.mkdtemp(prefix="ordersuite-migrate-")
+    try:
+        copy = os.path.join(tmp, "migrations")
+        shutil.copytree(os.path.join(ROOT, "migrations"), copy)
+        n = len([f for f in os.listdir(copy) if f.endswith(".sql")])
 
-    rc, out = migrate(copy)
-    check("applies_nothing_twice", rc == 0 and f"0 applied, {n} already up to date" in out, out)
+        rc, out = migrate(copy)
+        check("applies_nothing_twice", rc == 0 and f"0 applied, {n} already up to date" in out, out)
 
-    with open(os.path.join(copy, "0003_catalog_seed.sql"), "a") as f:
-        f.write("\n-- an edit after the fact\n")
-    rc, out = migrate(copy)
-    check("refuses_an_edited_migration",
-          rc != 0 and "0003_catalog_seed.sql was changed after it was applied" in out, out)
+        with open(os.path.join(copy, "0003_catalog_seed.sql"), "a") as f:
+            f.write("\n-- an edit after the fact\n")
+        rc, out = migrate(copy)
+        check("refuses_an_edited_migration",
+              rc != 0 and "0003_catalog_seed.sql was changed after it was applied" in out, out)
 
-    shutil.copy(os.path.join(ROOT, "migrations", "0003_catalog_seed.sql"), copy)
-    with open(os.path.join(copy, "0001_another.sql"), "w") as f:
-        f.write("SELECT 1;\n")
-    rc, out = migrate(copy)
-    check("refuses_two_files_with_one_number", rc != 0 and "share a number" in out, out)
-finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copy(os.path.join(ROOT, "migrations", "0003_catalog_seed.sql"), copy)
+        with open(os.path.join(copy, "0001_another.sql"), "w") as f:
+            f.write("SELECT 1;\n")
+        rc, out = migrate(copy)
+        check("refuses_two_files_with_one_number", rc != 0 and "share a number" in out, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
-failed = checks.count(False)
-print(f"{100 * (len(checks) - failed) // len(checks)}%: Checks: {len(checks)}, Failures: {failed}, Errors: 0")
-sys.exit(1 if failed else 0)
+
+checklib.run(main)

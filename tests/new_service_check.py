@@ -16,20 +16,13 @@ queues afterwards. Prints a Check-style summary line.
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import urllib.parse
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import checklib
+from checklib import ROOT, check
+
 NAME = "gentest"
-checks = []
-
-
-def check(name, ok, detail=""):
-    checks.append(ok)
-    if not ok:
-        print(f"tests/new_service_check.py:F:{name}: {detail}")
-    return ok
 
 
 # The copy is built as a user would: not with the flags of a make that runs
@@ -41,11 +34,6 @@ def run(cmd, cwd, env=None, timeout=300):
     p = subprocess.run(cmd, cwd=cwd, env=env or CLEAN, capture_output=True, text=True,
                        timeout=timeout)
     return p.returncode, p.stdout + p.stderr
-
-
-def psql(sql):
-    return run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
-                os.environ["OWNER_DATABASE_URL"], "-c", sql], ROOT)
 
 
 def broker_user(cmd, pw=""):
@@ -62,7 +50,7 @@ def broker_user(cmd, pw=""):
 
 def cleanup():
     broker_user("delete")
-    psql(f"DROP SCHEMA IF EXISTS {NAME} CASCADE;"
+    checklib.psql(f"DROP SCHEMA IF EXISTS {NAME} CASCADE;"
          f" DELETE FROM public.schema_migrations WHERE name LIKE '%\\_{NAME}.sql'")
     for q in (NAME, f"{NAME}.dlq", f"{NAME}.retry.1000ms", f"{NAME}.retry.10000ms",
               f"{NAME}.retry.60000ms"):
@@ -139,8 +127,4 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-main()
-failed = checks.count(False)
-total = len(checks)
-print(f"{100 * (total - failed) // max(total, 1)}%: Checks: {total}, Failures: {failed}, Errors: 0")
-sys.exit(1 if failed or total == 0 else 0)
+checklib.run(main)

@@ -299,6 +299,47 @@ void tu_svc_fail(const tu_svc *s, const char *msg)
     ck_abort_msg("%s; %s ends: %s", msg, s->log, n > 600 ? tail + n - 600 : tail);
 }
 
+double tu_metric_sample(const char *page, const char *series)
+{
+    const char *p = page;
+    while ((p = strstr(p, series)) != NULL) {
+        if (p == page || p[-1] == '\n') {
+            const char *eol = strchr(p, '\n'), *sp = NULL;
+            for (const char *q = p; *q && q != eol; q++)
+                sp = *q == ' ' ? q : sp;
+            return sp ? strtod(sp + 1, NULL) : -1;
+        }
+        p++;
+    }
+    return -1;
+}
+
+double tu_metric(const char *base, const char *series)
+{
+    char url[256], *page = NULL;
+    double v = -1;
+    snprintf(url, sizeof(url), "%s/metrics", base);
+    if (tu_http("GET", url, NULL, NULL, 0, &page) == 200)
+        v = tu_metric_sample(page, series);
+    free(page);
+    return v;
+}
+
+long tu_file_count(const char *path, const char *a, const char *b)
+{
+    FILE *f = fopen(path, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    long n = 0;
+    if (!f)
+        return 0;
+    while (getline(&line, &cap, f) >= 0)
+        n += (!a || strstr(line, a)) && (!b || strstr(line, b));
+    free(line);
+    fclose(f);
+    return n;
+}
+
 long tu_count(const char *sql, const char *param)
 {
     const char *p[] = {param};
@@ -411,6 +452,21 @@ static void set_lines(ev_lines *l)
     strcpy(l->items[1].sku, "MUG-WHITE");
     l->items[1].quantity = 1;
     l->items[1].unit_price = 800;
+}
+
+void tu_sale(ev_event *ev, const char *store, const char *sku, int64_t quantity, int64_t unit_price)
+{
+    sale_completed *s = &ev->u.sale_completed;
+    ev_init(ev, EV_SALE_COMPLETED);
+    ck_assert_int_eq(uuid_v4(s->sale_id), 0);
+    snprintf(s->store_id, sizeof(s->store_id), "%s", store);
+    strcpy(s->currency, "EUR");
+    ck_assert_int_eq(ev_lines_alloc(&s->lines, 1), 0);
+    snprintf(s->lines.items[0].sku, sizeof(s->lines.items[0].sku), "%s", sku);
+    s->lines.items[0].quantity = quantity;
+    s->lines.items[0].unit_price = unit_price;
+    s->total = quantity * unit_price;
+    ev_now_rfc3339(s->paid_at);
 }
 
 void tu_sample_event(ev_type t, ev_event *ev)

@@ -107,6 +107,19 @@ void tu_svc_stop_ok(tu_svc *s);
 /* Fails the test with msg and the tail of what s wrote to its log. */
 void tu_svc_fail(const tu_svc *s, const char *msg);
 
+/* The value of the first line of a Prometheus text page that starts with
+ * series (a metric's name, with its labels or the start of them); -1 when
+ * there is none. */
+double tu_metric_sample(const char *page, const char *series);
+
+/* The same on base's /metrics page (base: "http://127.0.0.1:PORT"); -1 also
+ * when no page came. */
+double tu_metric(const char *base, const char *series);
+
+/* How many lines of the file at path contain a and b (NULL: any line); 0
+ * when there is no such file. */
+long tu_file_count(const char *path, const char *a, const char *b);
+
 /* A count query (one optional text parameter) on OWNER_DATABASE_URL. */
 long tu_count(const char *sql, const char *param);
 
@@ -137,6 +150,11 @@ long tu_queue_counts(const char *url_env, const char *queue, int *consumers);
 /* Runs `rabbitmqctl VERB` against the project's node (stop_app, start_app);
  * fails the test when it fails. */
 void tu_broker(const char *verb);
+
+/* A sale.completed at store of one line (quantity of sku at unit_price, in
+ * EUR), paid now, with a new sale id (free with ev_free). */
+void tu_sale(ev_event *ev, const char *store, const char *sku, int64_t quantity,
+             int64_t unit_price);
 
 /* A valid event of type t with fixed ids (free with ev_free). */
 void tu_sample_event(ev_type t, ev_event *ev);
