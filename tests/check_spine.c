@@ -26,7 +26,7 @@
 
 #define SVC "spine_test"
 
-static pid_t worker_pid;
+static tu_svc worker;
 static char db_url[1024];
 static char calls_path[512]; /* the worker's SPINE_CALLS_FILE */
 
@@ -131,29 +131,26 @@ static const char *worker_extra_env;
 
 static void start_worker(void)
 {
-    static char env[8][1200];
-    const char *envp[9];
-    int n = 7;
-    char log[512];
-    char *argv[] = {"spine_worker", NULL};
-    char path[512];
-
-    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("SPINE_AMQP_URL"));
-    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", db_url);
-    snprintf(env[2], sizeof(env[2]), "SPINE_SERVICE=%s", SVC);
-    snprintf(env[3], sizeof(env[3]), "RETRY_DELAYS_MS=200,400,800");
-    snprintf(env[4], sizeof(env[4]), "LOG_LEVEL=debug");
-    snprintf(env[5], sizeof(env[5]), "HEARTBEAT_S=5");
-    snprintf(env[6], sizeof(env[6]), "SPINE_CALLS_FILE=%s", calls_path);
-    if (worker_extra_env)
-        snprintf(env[n++], sizeof(env[0]), "%s", worker_extra_env);
-    for (int i = 0; i < n; i++)
-        envp[i] = env[i];
-    envp[n] = NULL;
+    char path[512], db[1200], calls[600];
+    const char *env[] = {db,
+                         "SPINE_SERVICE=" SVC,
+                         "RETRY_DELAYS_MS=200,400,800",
+                         "LOG_LEVEL=debug",
+                         "HEARTBEAT_S=5",
+                         calls,
+                         worker_extra_env,
+                         NULL};
+    const tu_svc_opts o = {.exe = path,
+                           .amqp_env = "SPINE_AMQP_URL",
+                           .env = env,
+                           .log = "spine_worker",
+                           .ready_queue = SVC,
+                           .ready_amqp_env = "SPINE_AMQP_URL",
+                           .ready_ms = 20000};
     snprintf(path, sizeof(path), "%s/spine_worker", tu_env("ORDERSUITE_TEST_BIN"));
-    snprintf(log, sizeof(log), "%s/log/tests/spine_worker.log", tu_env("ORDERSUITE_VAR"));
-    worker_pid = tu_spawn(path, argv, envp, log);
-    ck_assert_msg(tu_poll(20000, worker_consuming, NULL), "the worker never started consuming");
+    snprintf(db, sizeof(db), "DATABASE_URL=%s", db_url);
+    snprintf(calls, sizeof(calls), "SPINE_CALLS_FILE=%s", calls_path);
+    tu_svc_start(&worker, &o);
 }
 
 static void setup(void)
@@ -188,9 +185,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    int status = tu_stop(worker_pid, SIGTERM, 20000);
-    ck_assert_msg(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "the worker did not stop cleanly on SIGTERM (status %d)", status);
+    tu_svc_stop_ok(&worker);
 }
 
 /* ---------------------------------------------------------------- events */
@@ -419,7 +414,7 @@ START_TEST(a_failing_message_in_a_batch_holds_back_nothing)
     long want = N, calls, twice;
     int one = 1;
 
-    ck_assert_int_eq(kill(worker_pid, SIGSTOP), 0);
+    ck_assert_int_eq(kill(worker.pid, SIGSTOP), 0);
     for (int i = 0; i < N; i++) {
         char *body = sale_body(i == N / 2 ? "PERMANENT" : "OK", sale);
         ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
@@ -430,7 +425,7 @@ START_TEST(a_failing_message_in_a_batch_holds_back_nothing)
             free(body);
         }
     }
-    ck_assert_int_eq(kill(worker_pid, SIGCONT), 0);
+    ck_assert_int_eq(kill(worker.pid, SIGCONT), 0);
     ck_assert_msg(tu_poll(30000, total_reached, &want), "only %ld of %d effects", total_effects(),
                   N);
     ck_assert_msg(tu_poll(10000, dlq_has, &one), "the failing one never reached the DLQ");
@@ -624,9 +619,7 @@ END_TEST
 
 static void stop_worker(void)
 {
-    int status = tu_stop(worker_pid, SIGTERM, 20000);
-    ck_assert_msg(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "the worker did not stop cleanly (status %d)", status);
+    tu_svc_stop_ok(&worker);
 }
 
 /* Sets SVC's delivery limit the way `make migrate` does. */

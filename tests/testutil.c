@@ -142,6 +142,12 @@ static long file_size(const char *path)
     return stat(path, &st) == 0 ? (long)st.st_size : 0;
 }
 
+/* Fails the test when snprintf's result k did not fit its buffer of cap. */
+static void fits(int k, size_t cap, const char *what)
+{
+    ck_assert_msg(k >= 0 && (size_t)k < cap, "%s: longer than the test's %zu bytes", what, cap);
+}
+
 void tu_svc_spawn(tu_svc *s, const tu_svc_opts *o)
 {
     /* The child's copies are what it puts into its environment. */
@@ -153,29 +159,39 @@ void tu_svc_spawn(tu_svc *s, const tu_svc_opts *o)
 
     base = base ? base + 1 : o->exe;
     memset(s, 0, sizeof(*s));
-    snprintf(s->name, sizeof(s->name), "%s", base);
+    fits(snprintf(s->name, sizeof(s->name), "%s", base), sizeof(s->name), "the name");
     if (o->log && strchr(o->log, '/'))
-        snprintf(s->log, sizeof(s->log), "%s", o->log);
+        fits(snprintf(s->log, sizeof(s->log), "%s", o->log), sizeof(s->log), "the log");
     else
-        snprintf(s->log, sizeof(s->log), "%s/log/tests/%s.log", tu_env("ORDERSUITE_VAR"),
-                 o->log ? o->log : base);
+        fits(snprintf(s->log, sizeof(s->log), "%s/log/tests/%s.log", tu_env("ORDERSUITE_VAR"),
+                      o->log ? o->log : base),
+             sizeof(s->log), "the log");
     s->log_from = file_size(s->log);
-    snprintf(s->ready_queue, sizeof(s->ready_queue), "%s", o->ready_queue ? o->ready_queue : "");
-    snprintf(s->ready_url, sizeof(s->ready_url), "%s", o->ready_url ? o->ready_url : "");
+    fits(snprintf(s->ready_queue, sizeof(s->ready_queue), "%s",
+                  o->ready_queue ? o->ready_queue : ""),
+         sizeof(s->ready_queue), "ready_queue");
+    fits(snprintf(s->ready_amqp_env, sizeof(s->ready_amqp_env), "%s",
+                  o->ready_amqp_env ? o->ready_amqp_env : "TEST_AMQP_URL"),
+         sizeof(s->ready_amqp_env), "ready_amqp_env");
+    fits(snprintf(s->ready_url, sizeof(s->ready_url), "%s", o->ready_url ? o->ready_url : ""),
+         sizeof(s->ready_url), "ready_url");
     s->ready_ms = o->ready_ms > 0 ? o->ready_ms : 30000;
     if (strchr(o->exe, '/'))
-        snprintf(path, sizeof(path), "%s", o->exe);
+        fits(snprintf(path, sizeof(path), "%s", o->exe), sizeof(path), "the path");
     else
-        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), o->exe);
+        fits(snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), o->exe), sizeof(path),
+             "the path");
 
     env[n++] = "LOG_LEVEL=info";
     env[n++] = "METRICS_PORT=0";
     if (o->amqp_env) {
-        snprintf(urls[0], sizeof(urls[0]), "AMQP_URL=%s", tu_env(o->amqp_env));
+        fits(snprintf(urls[0], sizeof(urls[0]), "AMQP_URL=%s", tu_env(o->amqp_env)),
+             sizeof(urls[0]), o->amqp_env);
         env[n++] = urls[0];
     }
     if (o->db_env) {
-        snprintf(urls[1], sizeof(urls[1]), "DATABASE_URL=%s", tu_env(o->db_env));
+        fits(snprintf(urls[1], sizeof(urls[1]), "DATABASE_URL=%s", tu_env(o->db_env)),
+             sizeof(urls[1]), o->db_env);
         env[n++] = urls[1];
     }
     for (const char *const *e = o->env; e && *e; e++) {
@@ -195,10 +211,10 @@ static int svc_answers(void *arg)
 }
 
 /* The ready_queue has a consumer. */
-static int svc_consumes(void *arg)
+static int svc_consumes(const tu_svc *s)
 {
     int consumers = 0;
-    return tu_queue_counts("TEST_AMQP_URL", arg, &consumers) >= 0 && consumers > 0;
+    return tu_queue_counts(s->ready_amqp_env, s->ready_queue, &consumers) >= 0 && consumers > 0;
 }
 
 /* One readiness check of s; -1 when it has exited (its status kept out:
@@ -212,7 +228,7 @@ static int svc_ready(tu_svc *s)
     }
     if (*s->ready_url && !svc_answers(s->ready_url))
         return 0;
-    if (*s->ready_queue && !svc_consumes(s->ready_queue))
+    if (*s->ready_queue && !svc_consumes(s))
         return 0;
     return 1;
 }

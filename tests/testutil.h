@@ -66,9 +66,11 @@ typedef struct {
     char *const *argv;       /* NULL: { exe's base name, NULL } */
     const char *log;         /* ORDERSUITE_VAR/log/tests/<log>.log, or a path with a '/';
                                 NULL: the exe's name */
-    const char *ready_queue; /* ready once this queue has a consumer (TEST_AMQP_URL) */
-    const char *ready_url;   /* ready once GET of this URL answers 200 */
-    int ready_ms;            /* bound of the wait for both; 0: 30000 */
+    const char *ready_queue; /* ready once this queue has a consumer, on the broker at
+                                ready_amqp_env (NULL: TEST_AMQP_URL) */
+    const char *ready_amqp_env;
+    const char *ready_url; /* ready once GET of this URL answers 200 */
+    int ready_ms;          /* bound of the wait for both; 0: 30000 */
 } tu_svc_opts;
 
 /* A started service. */
@@ -78,12 +80,15 @@ typedef struct {
     char log[512];         /* its log file */
     long log_from;         /* the log's size before the start: where its output begins */
     char ready_queue[128]; /* copied from the options ("": not asked for) */
+    char ready_amqp_env[64];
     char ready_url[256];
     int ready_ms;
 } tu_svc;
 
 /* Starts the service described by o (output appended to its log) without
- * waiting; fails the test if it cannot be started. */
+ * waiting; fails the test if it cannot be started, or when a value does not
+ * fit tu_svc's buffers (63 bytes of name, 511 of log path, 127 of queue,
+ * 255 of URL; 1187 of AMQP or database URL; 24 entries in env). */
 void tu_svc_spawn(tu_svc *s, const tu_svc_opts *o);
 
 /* Waits (bounded by its ready_ms) until s is ready as its options say; fails
