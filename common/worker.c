@@ -455,19 +455,24 @@ static void healthz(http_req *r, void *cls, http_resp *out)
 /* 200 only when the consumer and the relay are connected, the database
  * answered the probe in the last PROBE_FRESH_MS, the outbox backlog is
  * under READY_MAX_OUTBOX rows and READY_MAX_OUTBOX_AGE_S seconds, and the
- * service's own check (worker_def.ready), if any, says ready. */
-static void readyz(http_req *r, void *cls, http_resp *out)
+ * service's own check (worker_def.ready), if any, says ready. The 503 says
+ * which (detail set) on the operations listener and a worker's metrics
+ * port; on a port that carries an API (readyz_public) it says only "not
+ * ready": the backlog and connections are not the API clients' business. */
+static void ready_answer(worker *w, int detail_set, http_resp *out)
 {
-    worker *w = cls;
     metrics_gauges g;
     int relay = 0, app_ok;
     char detail[448], why[192] = "";
-    (void)r;
     gauges(w, &g, &relay);
     app_ok = !w->def->ready || w->def->ready(w->def->app, why, sizeof(why));
     if (!g.broker_connected || !relay || !g.database_connected ||
         g.outbox_pending > w->ready_max_outbox ||
         g.outbox_oldest_age_s > w->ready_max_outbox_age_s || !app_ok) {
+        if (!detail_set) {
+            http_problem(out, 503, "Service Unavailable", "not ready", NULL);
+            return;
+        }
         snprintf(detail, sizeof(detail),
                  "consumer %s, relay %s, database %s, outbox backlog %lld rows (limit %ld), "
                  "oldest %lld s (limit %ld)%s%s",
@@ -479,6 +484,18 @@ static void readyz(http_req *r, void *cls, http_resp *out)
         return;
     }
     http_json(out, 200, strdup("{\"status\":\"ready\"}"));
+}
+
+static void readyz(http_req *r, void *cls, http_resp *out)
+{
+    (void)r;
+    ready_answer(cls, 1, out);
+}
+
+static void readyz_public(http_req *r, void *cls, http_resp *out)
+{
+    (void)r;
+    ready_answer(cls, 0, out);
 }
 
 static void metrics_page(http_req *r, void *cls, http_resp *out)
@@ -699,20 +716,28 @@ int worker_main(const worker_def *def, int argc, char **argv)
         static const http_route own[] = {{"GET", "/healthz", 0, healthz, NULL, 1},
                                          {"GET", "/readyz", 0, readyz, NULL, 1},
                                          {"GET", "/metrics", 0, metrics_page, NULL, 1}};
-        size_t n = 3 + def->n_http_routes;
+        /* A port that carries an API: the probes for existing health
+         * checks, without readiness detail, and no metrics (the business's
+         * counts are not its clients'); those are on the operations
+         * listener. */
+        static const http_route api_own[] = {{"GET", "/healthz", 0, healthz, NULL, 1},
+                                             {"GET", "/readyz", 0, readyz_public, NULL, 1}};
+        const http_route *mine = def->n_http_routes ? api_own : own;
+        size_t nmine = def->n_http_routes ? 2 : 3;
+        size_t n = nmine + def->n_http_routes;
         http_opts ho;
         routes = calloc(n, sizeof(*routes));
         if (!routes) {
             log_error("out of memory");
             goto out;
         }
-        for (size_t i = 0; i < 3; i++) {
-            routes[i] = own[i];
+        for (size_t i = 0; i < nmine; i++) {
+            routes[i] = mine[i];
             routes[i].cls = &w;
         }
         for (size_t i = 0; i < def->n_http_routes; i++) {
-            routes[3 + i] = def->http_routes[i];
-            routes[3 + i].cls = def->http_cls;
+            routes[nmine + i] = def->http_routes[i];
+            routes[nmine + i].cls = def->http_cls;
         }
         memset(&ho, 0, sizeof(ho));
         ho.port = (int)port;
@@ -733,8 +758,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
             log_error("%s: %s", hspecs[0].name, err);
             goto out;
         }
-        log_info("http on %s:%ld (/healthz /readyz /metrics%s)", bind, port,
-                 def->n_http_routes ? " and the API" : "");
+        log_info("http on %s:%ld (%s)", bind, port,
+                 def->n_http_routes ? "/healthz /readyz and the API" : "/healthz /readyz /metrics");
     }
     if (ops_port > 0) {
         /* The operations listener: the quick routes alone (routes[0..2],

@@ -50,9 +50,11 @@ typedef struct {
     const worker_route *routes;
     size_t nroutes;
     void *app; /* handed back by worker_app() */
-    /* The HTTP server every service runs: /healthz, /readyz, /metrics, plus
-     * these routes (order-api's API). port_var names the variable with the
-     * port (default "METRICS_PORT"); 0 turns the server off. */
+    /* The HTTP server every service runs: /healthz, /readyz, /metrics, or,
+     * with these routes (order-api's API), /healthz and /readyz (its 503
+     * without detail) beside them and no /metrics (that is on the
+     * operations listener). port_var names the variable with the port
+     * (default "METRICS_PORT"); 0 turns the server off. */
     const http_route *http_routes;
     size_t n_http_routes;
     void *http_cls;                   /* the routes' cls */

@@ -8,7 +8,8 @@ it, and checks against the real database:
     malformed one, order-api does not start;
   - no token, an unknown token, another scheme: 401 problem+json with
     WWW-Authenticate: Bearer, on every /orders route, and no order is written;
-  - /healthz, /readyz, /metrics and the catalog (GET /products) stay open;
+  - /healthz, /readyz and the catalog (GET /products) stay open on the API
+    port, which has no /metrics (404, with a token too);
   - the operations listener (OPS_PORT, on OPS_BIND, default 127.0.0.1)
     answers /healthz, /readyz and /metrics without a token and serves
     neither /orders nor /products (404);
@@ -121,8 +122,14 @@ def main():
     proc = checklib.start("order-api", env, "api_auth.order-api.log")
     try:
         checklib.wait_until(lambda: checklib.ready(PORT), 30)
-        for path in ("/healthz", "/readyz", "/metrics"):
+        for path in ("/healthz", "/readyz"):
             check(f"open_{path[1:]}", call("GET", path)[0] == 200, f"{path} needs no token")
+        # The business's counts are not the API clients': /metrics is on the
+        # operations listener only, with a token or without.
+        for tok in (None, alice):
+            s, _, b = call("GET", "/metrics", token=tok)
+            check(f"api_port_has_no_metrics{'_with_a_token' if tok else ''}", s == 404,
+                  f"/metrics on the API port: {s} {b[:120]!r}")
 
         # The operations listener: its own port, loopback by default, the
         # probes and metrics without a token, and nothing of the API.

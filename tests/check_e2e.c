@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 
 #define API "http://127.0.0.1:18080"
+#define OPS "http://127.0.0.1:19100" /* order-api's operations listener */
 /* The suite's API client: order-api gets its hash in a tokens file. */
 #define E2E_TOKEN "e2e-suite-token-Zx8Qm2Lp5Rt7Vw9Ya1Cb3Dn6Fg"
 #define AUTH      "Authorization: Bearer " E2E_TOKEN
@@ -589,7 +590,8 @@ START_TEST(every_service_reports_health_readiness_and_metrics)
          * it. Bounded. */
         snprintf(url, sizeof(url), "%s/readyz", bases[i]);
         ck_assert_msg(tu_poll(15000, ready, (void *)bases[i]), "%s not ready within 15 s", url);
-        snprintf(url, sizeof(url), "%s/metrics", bases[i]);
+        /* order-api's metrics are on its operations listener only */
+        snprintf(url, sizeof(url), "%s/metrics", i == 3 ? OPS : bases[i]);
         ck_assert_int_eq(tu_http("GET", url, NULL, NULL, 0, &page), 200);
         /* Short messages: Check cannot carry a whole page. */
         ck_assert_msg(strstr(page, "# TYPE ordersuite_handler_duration_seconds histogram"),
@@ -630,7 +632,7 @@ typedef struct {
 static int api_metric_reaches(void *arg)
 {
     const metric_goal *g = arg;
-    double v = tu_metric(API, g->series);
+    double v = tu_metric(OPS, g->series);
     return g->at_least < 0 ? v == 0 : v >= g->at_least;
 }
 
@@ -652,6 +654,8 @@ START_TEST(the_outbox_backlog_is_counted_while_the_broker_is_away)
 
     double seen_rows, seen_age;
     int rows_ok, age_ok, unready;
+    char *pub = NULL, *ops = NULL;
+    long pub_st, ops_st;
 
     tu_broker("stop_app");
     for (int i = 0; i < 15; i++) {
@@ -661,16 +665,26 @@ START_TEST(the_outbox_backlog_is_counted_while_the_broker_is_away)
         }
     }
     rows_ok = tu_poll(10000, api_metric_reaches, &rows);
-    seen_rows = tu_metric(API, rows.series);
+    seen_rows = tu_metric(OPS, rows.series);
     age_ok = tu_poll(10000, api_metric_reaches, &age);
-    seen_age = tu_metric(API, age.series);
+    seen_age = tu_metric(OPS, age.series);
     unready = tu_poll(10000, api_not_ready, NULL);
+    /* Why it is not ready is the operator's (the operations listener), not
+     * the API clients' (the API port says only that it is not). */
+    pub_st = tu_http("GET", API "/readyz", NULL, NULL, 0, &pub);
+    ops_st = tu_http("GET", OPS "/readyz", NULL, NULL, 0, &ops);
     tu_broker("start_app"); /* before any assertion: the next tests need it */
+    ck_assert_msg(pub_st == 503 && pub && !strstr(pub, "outbox") && !strstr(pub, "consumer"),
+                  "the API port's /readyz: %ld %.200s", pub_st, pub ? pub : "");
+    ck_assert_msg(ops_st == 503 && ops && strstr(ops, "outbox backlog"),
+                  "the operations port's /readyz: %ld %.200s", ops_st, ops ? ops : "");
+    free(pub);
+    free(ops);
     ck_assert_msg(rows_ok, "backlog metric %g, want >= 15", seen_rows);
     ck_assert_msg(age_ok, "oldest age %g s, want >= 2", seen_age);
     ck_assert_msg(unready, "order-api ready without a broker");
     ck_assert_msg(tu_poll(60000, api_metric_reaches, &drained),
-                  "backlog %g after the broker came back", tu_metric(API, drained.series));
+                  "backlog %g after the broker came back", tu_metric(OPS, drained.series));
     for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++)
         ck_assert_msg(tu_poll(60000, ready, (void *)bases[i]), "%s not ready again", bases[i]);
     await_status(id, "CONFIRMED");
@@ -725,7 +739,7 @@ static int one_parked(void *arg)
     return owner_int("SELECT count(*) FROM orders.outbox WHERE routing_key LIKE 'order.unbound%'"
                      " AND parked_at IS NOT NULL AND last_error LIKE 'basic.return 312%'",
                      NULL) == 1 &&
-           tu_metric(API, "ordersuite_outbox_parked_rows{service=\"order-api\"}") == 1;
+           tu_metric(OPS, "ordersuite_outbox_parked_rows{service=\"order-api\"}") == 1;
 }
 
 static int test_queue_has_one(void *arg)
@@ -823,6 +837,7 @@ END_TEST
 /* ----------------------------------------- readiness through the backlog */
 
 #define BACKLOG_API "http://127.0.0.1:18085"
+#define BACKLOG_OPS "http://127.0.0.1:18086" /* its operations listener: the 503's detail */
 
 static int backlog_api_ready(void *arg)
 {
@@ -831,11 +846,12 @@ static int backlog_api_ready(void *arg)
 }
 
 /* /readyz of the backlog test's order-api is 503 for the reason `want` (a
- * part of its detail) while consumer, relay and database are fine. */
+ * part of its detail, on the operations listener) while consumer, relay and
+ * database are fine. */
 static int backlog_api_unready_for(void *arg)
 {
     char *body = NULL;
-    long st = tu_http("GET", BACKLOG_API "/readyz", NULL, NULL, 0, &body);
+    long st = tu_http("GET", BACKLOG_OPS "/readyz", NULL, NULL, 0, &body);
     int ok = st == 503 && body && strstr(body, "consumer up, relay up, database answering") &&
              strstr(body, (const char *)arg);
     free(body);
@@ -880,7 +896,7 @@ static void backlog_makes_unready(const char *max_rows, const char *max_age, con
                           env[3],
                           env[4],
                           "HTTP_PORT=18085",
-                          "OPS_PORT=0",
+                          "OPS_PORT=18086",
                           "DB_LOCK_TIMEOUT_MS=60000",
                           "DB_STATEMENT_TIMEOUT_MS=60000",
                           TU_API_TOKENS,

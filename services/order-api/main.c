@@ -19,10 +19,11 @@
  * it is read once, at start.
  *
  * The API shares the worker runtime's HTTP server (HTTP_PORT, default 8080;
- * see worker.h for the other HTTP settings) with /healthz, /readyz, /metrics,
- * which also answer, without a token and without the API, on the operations
- * listener OPS_PORT (default 9100; 0 turns it off) on OPS_BIND (127.0.0.1),
- * so probes and scrapers can stay off the API's address.
+ * see worker.h for the other HTTP settings) with /healthz and /readyz (a 503
+ * there says only "not ready"); those and /metrics answer, without a token
+ * and without the API, on the operations listener OPS_PORT (default 9100; 0
+ * turns it off) on OPS_BIND (127.0.0.1), so probes and scrapers can stay off
+ * the API's address.
  */
 #include "api.h"
 #include "cfg.h"

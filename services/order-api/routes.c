@@ -5,8 +5,8 @@
  *   GET  /orders/{id}   the order, its lines, invoice and status timeline
  *   GET  /orders        a page: ?status=&limit=&after=<id>
  *   GET  /products      the catalog
- * (/healthz, /readyz and /metrics come from the worker runtime and need
- * no token.)
+ * (/healthz and /readyz come from the worker runtime and need no token;
+ * /metrics is on the operations listener only.)
  *
  * Every route here but the public catalog (GET /products) needs
  * "Authorization: Bearer <token>"; the token's client
