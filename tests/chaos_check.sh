@@ -8,4 +8,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${ORDERSUITE_BIN:-$ROOT/build/bin}
 BUILD=${BUILD%/bin}
 export BUILD=${BUILD#"$ROOT"/}
-exec "$ROOT/scripts/chaos.sh" --short 0 1 4 6
+# The tests' vhost: scenario 6 may empty inventory.dlq of what earlier suites
+# left there (check_privileges' forged messages) before it replays --all.
+CHAOS_EMPTY_DLQ=1 exec "$ROOT/scripts/chaos.sh" --short 0 1 4 6
