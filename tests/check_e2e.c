@@ -885,43 +885,37 @@ static PGresult *must(PGconn *c, PGresult *r, ExecStatusType want)
  * and 200 again once the rows are out. */
 static void backlog_makes_unready(const char *max_rows, const char *max_age, const char *reason)
 {
-    static char env[5][1200];
-    char key[64], u[UUID_STR_LEN], err[MQ_ERR_LEN], path[512], log[512];
+    char key[64], u[UUID_STR_LEN], err[MQ_ERR_LEN], rows[64], age[64];
     const char *keys[] = {key, NULL};
     const char *kp[] = {key};
     mq_topology topo = {.queue = "readyz_test", .keys = keys, .retry_ms = {1000}};
-    const char *envp[] = {env[0],
-                          env[1],
-                          env[2],
-                          env[3],
-                          env[4],
-                          "HTTP_PORT=18085",
-                          "OPS_PORT=18086",
-                          "DB_LOCK_TIMEOUT_MS=60000",
-                          "DB_STATEMENT_TIMEOUT_MS=60000",
-                          TU_API_TOKENS,
-                          NULL};
-    char *argv[] = {"order-api", NULL};
+    const char *env[] = {rows,
+                         age,
+                         "HTTP_PORT=18085",
+                         "OPS_PORT=18086",
+                         "DB_LOCK_TIMEOUT_MS=60000",
+                         "DB_STATEMENT_TIMEOUT_MS=60000",
+                         TU_API_TOKENS,
+                         NULL};
+    const tu_svc_opts o = {.exe = "order-api",
+                           .amqp_env = "ORDER_API_AMQP_URL",
+                           .db_env = "ORDERS_DATABASE_URL",
+                           .env = env,
+                           .log = "e2e-order-api-backlog",
+                           .ready_url = BACKLOG_API "/readyz"};
     PGconn *ins, *hold;
     mq_conn *admin;
-    pid_t api;
-    int unready, st;
+    tu_svc api;
+    int unready;
 
-    snprintf(env[0], sizeof(env[0]), "AMQP_URL=%s", tu_env("ORDER_API_AMQP_URL"));
-    snprintf(env[1], sizeof(env[1]), "DATABASE_URL=%s", tu_env("ORDERS_DATABASE_URL"));
-    snprintf(env[2], sizeof(env[2]), "LOG_LEVEL=info");
-    snprintf(env[3], sizeof(env[3]), "READY_MAX_OUTBOX=%s", max_rows);
-    snprintf(env[4], sizeof(env[4]), "READY_MAX_OUTBOX_AGE_S=%s", max_age);
-    snprintf(path, sizeof(path), "%s/order-api", tu_env("ORDERSUITE_BIN"));
-    snprintf(log, sizeof(log), "%s/log/tests/e2e-order-api-backlog.log", tu_env("ORDERSUITE_VAR"));
+    snprintf(rows, sizeof(rows), "READY_MAX_OUTBOX=%s", max_rows);
+    snprintf(age, sizeof(age), "READY_MAX_OUTBOX_AGE_S=%s", max_age);
     uuid_v4(u);
     snprintf(key, sizeof(key), "order.backlog_%.8s", u);
     admin = tu_publisher("TEST_AMQP_URL", "check_e2e");
     ck_assert_msg(mq_declare_topology(admin, &topo, err, sizeof(err)) == MQ_OK, "%s", err);
     ck_assert_int_ge(mq_purge(admin, "readyz_test", err, sizeof(err)), 0);
-    api = tu_spawn(path, argv, envp, log);
-    ck_assert_msg(tu_poll(30000, backlog_api_ready, NULL),
-                  "the backlog test's order-api is not ready");
+    tu_svc_start(&api, &o);
 
     /* Rows inserted (not committed), then the table lock asked for (it
      * queues behind the insert), then the insert committed: the lock is
@@ -953,9 +947,7 @@ static void backlog_makes_unready(const char *max_rows, const char *max_age, con
     ck_assert_msg(tu_poll(15000, backlog_api_ready, NULL), "not ready again after the drain");
     ck_assert_int_ge(mq_purge(admin, "readyz_test", err, sizeof(err)), 0);
     mq_free(admin);
-    st = tu_stop(api, SIGTERM, 20000);
-    ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                  "the backlog test's order-api did not stop cleanly (status %d)", st);
+    tu_svc_stop_ok(&api);
 }
 
 START_TEST(readiness_fails_when_the_backlog_passes_ready_max_outbox)
