@@ -34,7 +34,6 @@
  *
  * The parts, one file each by role, are listed in loadgen.h.
  */
-#include "events.h"
 #include "loadgen.h"
 #include "util.h"
 
@@ -202,13 +201,6 @@ int main(int argc, char **argv)
         lg_opt.skus[lg_opt.nskus++] = t;
     if (lg_opt.nskus == 0)
         return usage();
-    /* The contract's SKU length bounds an order's body (orders.c). */
-    for (int i = 0; i < lg_opt.nskus; i++) {
-        if (strlen(lg_opt.skus[i]) > EV_SKU_MAX) {
-            fprintf(stderr, "loadgen: --skus: each SKU is at most %d characters\n", EV_SKU_MAX);
-            return 2;
-        }
-    }
     if (!lg_opt.tag) {
         snprintf(tagbuf, sizeof(tagbuf), "lg-%lld-%d", (long long)time(NULL), (int)getpid());
         lg_opt.tag = tagbuf;

@@ -69,8 +69,9 @@ static long take_order(void)
     return n;
 }
 
-/* The body of order n: a tag of at most 40 and up to 8 lines of SKUs of at
- * most EV_SKU_MAX (main checks both) take under 700 of body[1024]. */
+/* The body of order n: a tag of at most 40 characters and at most 8 lines
+ * whose SKUs come from the --skus list, at most 511 characters (main checks
+ * both), take under 900 of body[1024]. */
 static size_t order_body(long n, char *buf, size_t cap)
 {
     size_t len = (size_t)snprintf(buf, cap,
