@@ -427,25 +427,6 @@ static char *order_status(const char *id)
                   p);
 }
 
-/* A raw connection as the user of url_env, channel 1 open. */
-static amqp_connection_state_t raw_open(const char *url_env)
-{
-    struct amqp_connection_info info;
-    char *url = strdup(tu_env(url_env));
-    amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
-    ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
-    ck_assert_int_eq(amqp_socket_open(s, info.host, info.port), AMQP_STATUS_OK);
-    ck_assert_int_eq(
-        amqp_login(c, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password)
-            .reply_type,
-        AMQP_RESPONSE_NORMAL);
-    amqp_channel_open(c, 1);
-    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
-    free(url);
-    return c;
-}
-
 /* The reply code the broker closed the channel or connection with; 0 when
  * the last method succeeded. Ends the connection. */
 static int raw_done(amqp_connection_state_t c)
@@ -638,7 +619,7 @@ static int raw_forge(const char *url_env, const char *exchange, const char *key,
     amqp_basic_properties_t p = {0};
     int nh = 0, st;
 
-    amqp_connection_state_t c = raw_open(url_env);
+    amqp_connection_state_t c = tu_amqp_open(url_env);
     uuid_v4(corr);
     h[nh].key = amqp_cstring_bytes(MQ_H_ORIGINAL_KEY);
     h[nh].value.kind = AMQP_FIELD_KIND_UTF8;
@@ -747,7 +728,7 @@ START_TEST(exchange_to_exchange_binding_is_not_applied)
             continue;
         snprintf(pattern, sizeof(pattern), "%s.#",
                  users[a].topic[0] ? users[a].topic : users[a].name);
-        c = raw_open(users[a].url_env);
+        c = tu_amqp_open(users[a].url_env);
         amqp_exchange_bind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE),
                            amqp_cstring_bytes(MQ_RETRY_EXCHANGE), amqp_cstring_bytes(pattern),
                            amqp_empty_table);
@@ -770,7 +751,7 @@ START_TEST(exchange_to_exchange_binding_is_not_applied)
             continue;
         snprintf(pattern, sizeof(pattern), "%s.#",
                  users[a].topic[0] ? users[a].topic : users[a].name);
-        c = raw_open("TEST_AMQP_URL");
+        c = tu_amqp_open("TEST_AMQP_URL");
         amqp_exchange_unbind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE),
                              amqp_cstring_bytes(MQ_RETRY_EXCHANGE), amqp_cstring_bytes(pattern),
                              amqp_empty_table);
@@ -802,7 +783,7 @@ static void dead_letter_as(size_t a, const char *order, ev_type as, const char *
     e[1].key = amqp_cstring_bytes("x-dead-letter-routing-key");
     e[1].value.kind = AMQP_FIELD_KIND_UTF8;
     e[1].value.value.bytes = amqp_cstring_bytes(dlkey);
-    c = raw_open(users[a].url_env);
+    c = tu_amqp_open(users[a].url_env);
     amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 0, 0, 0, 0, args);
     if (amqp_get_rpc_reply(c).reply_type == AMQP_RESPONSE_NORMAL) {
         amqp_queue_bind(c, 1, amqp_cstring_bytes(q), amqp_cstring_bytes(MQ_RETRY_EXCHANGE),
@@ -811,7 +792,7 @@ static void dead_letter_as(size_t a, const char *order, ev_type as, const char *
         ck_assert_int_eq(raw_done(c), 0);
         code = raw_forge(users[a].url_env, MQ_RETRY_EXCHANGE, q, as, order, NULL, NULL);
         ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "publish: %d", code);
-        c = raw_open(users[a].url_env);
+        c = tu_amqp_open(users[a].url_env);
         r = amqp_basic_get(c, 1, amqp_cstring_bytes(q), 0);
         ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
         if (r.reply.id == AMQP_BASIC_GET_OK_METHOD) {
@@ -861,14 +842,14 @@ START_TEST(no_user_can_configure_or_read_what_is_not_its_own)
     for (size_t a = 0; a < nusers; a++) {
         const char *url = users[a].url_env;
         for (size_t x = 0; x < 3; x++) {
-            amqp_connection_state_t c = raw_open(url);
+            amqp_connection_state_t c = tu_amqp_open(url);
             int code;
             amqp_exchange_declare(c, 1, amqp_cstring_bytes(shared[x]), amqp_cstring_bytes("fanout"),
                                   0, 1, 0, 0, amqp_empty_table);
             code = raw_done(c);
             ck_assert_msg(code == 403, "%s: exchange.declare %s: %d", users[a].name, shared[x],
                           code);
-            c = raw_open(url);
+            c = tu_amqp_open(url);
             amqp_exchange_delete(c, 1, amqp_cstring_bytes(shared[x]), 1);
             code = raw_done(c);
             ck_assert_msg(code == 403, "%s: exchange.delete %s: %d", users[a].name, shared[x],
@@ -877,7 +858,7 @@ START_TEST(no_user_can_configure_or_read_what_is_not_its_own)
             for (size_t v = 0; v < nusers && users[a].consumer; v++) {
                 if (x == 0 || a == v || !users[v].consumer)
                     continue;
-                c = raw_open(url);
+                c = tu_amqp_open(url);
                 amqp_queue_bind(c, 1, amqp_cstring_bytes(users[a].name),
                                 amqp_cstring_bytes(shared[x]), amqp_cstring_bytes(users[v].name),
                                 amqp_empty_table);
@@ -894,33 +875,33 @@ START_TEST(no_user_can_configure_or_read_what_is_not_its_own)
                 continue;
             queues_of(v, names);
             for (int k = 0; k < 5; k++) {
-                c = raw_open(url);
+                c = tu_amqp_open(url);
                 amqp_queue_declare(c, 1, amqp_cstring_bytes(names[k]), 0, 0, 0, 0,
                                    amqp_empty_table);
                 code = raw_done(c);
                 ck_assert_msg(code == 403, "%s: queue.declare %s: %d", users[a].name, names[k],
                               code);
-                c = raw_open(url);
+                c = tu_amqp_open(url);
                 amqp_queue_delete(c, 1, amqp_cstring_bytes(names[k]), 1, 1);
                 code = raw_done(c);
                 ck_assert_msg(code == 403, "%s: queue.delete %s: %d", users[a].name, names[k],
                               code);
-                c = raw_open(url);
+                c = tu_amqp_open(url);
                 amqp_queue_bind(c, 1, amqp_cstring_bytes(names[k]), amqp_cstring_bytes(MQ_EXCHANGE),
                                 amqp_cstring_bytes("#"), amqp_empty_table);
                 code = raw_done(c);
                 ck_assert_msg(code == 403, "%s: queue.bind %s: %d", users[a].name, names[k], code);
-                c = raw_open(url);
+                c = tu_amqp_open(url);
                 amqp_queue_purge(c, 1, amqp_cstring_bytes(names[k]));
                 code = raw_done(c);
                 ck_assert_msg(code == 403, "%s: queue.purge %s: %d", users[a].name, names[k], code);
-                c = raw_open(url);
+                c = tu_amqp_open(url);
                 amqp_basic_consume(c, 1, amqp_cstring_bytes(names[k]), amqp_empty_bytes, 0, 0, 0,
                                    amqp_empty_table);
                 code = raw_done(c);
                 ck_assert_msg(code == 403, "%s: basic.consume %s: %d", users[a].name, names[k],
                               code);
-                c = raw_open(url);
+                c = tu_amqp_open(url);
                 amqp_basic_get(c, 1, amqp_cstring_bytes(names[k]), 0);
                 code = raw_done(c);
                 ck_assert_msg(code == 403, "%s: basic.get %s: %d", users[a].name, names[k], code);

@@ -34,19 +34,7 @@ static char calls_path[512]; /* the worker's SPINE_CALLS_FILE */
 
 static amqp_connection_state_t amqp_open(void)
 {
-    struct amqp_connection_info info;
-    char *url = strdup(tu_env("SPINE_AMQP_URL"));
-    amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
-    amqp_rpc_reply_t r;
-    ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
-    ck_assert_int_eq(amqp_socket_open(s, info.host, info.port), AMQP_STATUS_OK);
-    r = amqp_login(c, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password);
-    ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
-    amqp_channel_open(c, 1);
-    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
-    free(url);
-    return c;
+    return tu_amqp_open("SPINE_AMQP_URL");
 }
 
 static void amqp_done(amqp_connection_state_t c)

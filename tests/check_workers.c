@@ -703,10 +703,8 @@ static int ledger_stuck_is(void *arg)
  * counts it as stuck (a passive queue.declare sees only ready messages). */
 START_TEST(the_ledger_counts_a_message_held_unacked_as_stuck)
 {
-    struct amqp_connection_info info;
-    char *url = strdup(tu_env("TEST_AMQP_URL")), err[MQ_ERR_LEN], id[UUID_STR_LEN];
-    amqp_connection_state_t a = amqp_new_connection();
-    amqp_socket_t *sock = amqp_tcp_socket_new(a);
+    char err[MQ_ERR_LEN], id[UUID_STR_LEN];
+    amqp_connection_state_t a;
     amqp_envelope_t env;
     struct timeval tv = {10, 0};
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
@@ -716,13 +714,7 @@ START_TEST(the_ledger_counts_a_message_held_unacked_as_stuck)
 
     ck_assert_int_ge(before, 0);
     /* A consumer of billing's queue that takes one message and keeps it. */
-    ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
-    ck_assert_int_eq(amqp_socket_open(sock, info.host, info.port), AMQP_STATUS_OK);
-    ck_assert_int_eq(
-        amqp_login(a, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password)
-            .reply_type,
-        AMQP_RESPONSE_NORMAL);
-    amqp_channel_open(a, 1);
+    a = tu_amqp_open("TEST_AMQP_URL");
     amqp_basic_qos(a, 1, 0, 1, 0);
     amqp_basic_consume(a, 1, amqp_cstring_bytes("billing"), amqp_empty_bytes, 0, 0, 0,
                        amqp_empty_table);
@@ -742,7 +734,6 @@ START_TEST(the_ledger_counts_a_message_held_unacked_as_stuck)
     amqp_destroy_connection(a);
     ck_assert_int_ge(mq_purge(c, "billing", err, sizeof(err)), 0); /* ...and away */
     mq_free(c);
-    free(url);
     ck_assert_msg(held, "ledger stuck=%ld with a message held unacked (before: %ld)",
                   ledger_stuck(), before);
 }

@@ -565,6 +565,27 @@ mq_conn *tu_publisher(const char *url_env, const char *app_id)
     return c;
 }
 
+amqp_connection_state_t tu_amqp_open(const char *url_env)
+{
+    struct amqp_connection_info info;
+    char *url = strdup(tu_env(url_env));
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    ck_assert_ptr_nonnull(url);
+    ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
+    ck_assert_msg(amqp_socket_open(s, info.host, info.port) == AMQP_STATUS_OK,
+                  "%s: no broker at %s:%d", url_env, info.host, info.port);
+    ck_assert_msg(
+        amqp_login(c, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password)
+                .reply_type == AMQP_RESPONSE_NORMAL,
+        "%s: login refused", url_env);
+    amqp_channel_open(c, 1);
+    ck_assert_msg(amqp_get_rpc_reply(c).reply_type == AMQP_RESPONSE_NORMAL,
+                  "%s: channel.open refused", url_env);
+    free(url);
+    return c;
+}
+
 long tu_queue_counts(const char *url_env, const char *queue, int *consumers)
 {
     struct amqp_connection_info info;

@@ -9,6 +9,7 @@
 #include "events.h"
 #include "mq.h"
 
+#include <amqp.h>
 #include <check.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -146,6 +147,12 @@ long tu_http_h(const char *method, const char *url, const char *const *headers, 
  * environment variable url_env, publishing as app_id; fails the test when it
  * cannot connect. Free with mq_free. */
 mq_conn *tu_publisher(const char *url_env, const char *app_id);
+
+/* A raw rabbitmq-c connection (for what mq_conn does not do: a consumer
+ * that holds a message, a method the broker must refuse) as the user of
+ * the URL in url_env, logged in, channel 1 open; fails the test when it
+ * cannot. End it with amqp_connection_close and amqp_destroy_connection. */
+amqp_connection_state_t tu_amqp_open(const char *url_env);
 
 /* Messages ready in queue and (when consumers is not NULL) its consumer
  * count, on the broker at the URL in url_env; -1 when the queue does not
