@@ -3,6 +3,7 @@
  */
 #include "util.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@ int64_t util_wall_us(void)
 static int sleep_steps(int64_t ms, volatile sig_atomic_t *sig, atomic_int *flag)
 {
     int64_t end = util_now_ms() + ms;
+    assert(!sig || !flag);
     for (;;) {
         int64_t left = end - util_now_ms();
         struct timespec ts;
