@@ -1,0 +1,287 @@
+/*
+ * worker_dispatch.c — what the worker does with a batch of deliveries (see
+ * worker.h): each is checked and decoded without the database (prepare),
+ * then all go in ONE transaction, each recorded in the inbox (a message_id
+ * already there is a duplicate: acked, its handler not run) and handed to
+ * its handler; one COMMIT, then the acks. When anything in the batch fails,
+ * the transaction is rolled back and each delivery is handled again in its
+ * own (worker_batch_fate_of decides). Also the helpers handlers call
+ * (worker_emit, worker_db_result).
+ */
+#include "worker_int.h"
+#include "log.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DB_WAIT_MS 10000 /* how long a delivery waits for the database before a retry */
+
+mq_result worker_db_result(int status)
+{
+    return status == DB_ERR_TRANSIENT ? MQ_RETRY : MQ_REJECT;
+}
+
+int worker_emit(worker *w, db_conn *db, const ev_envelope *cause, const ev_event *ev, char *err,
+                size_t errlen)
+{
+    return outbox_add(db, w->def->service, ev, cause->correlation_id, cause->message_id, NULL, err,
+                      errlen);
+}
+
+/* Waits (bounded) for the database to come back; 0 when it is up. */
+static int wait_for_db(worker *w, char *err, size_t errlen)
+{
+    backoff b;
+    int64_t end = util_now_ms() + DB_WAIT_MS;
+    backoff_init(&b, 100, 2000);
+    while (db_ensure(w->db, err, errlen) != DB_OK) {
+        if (*w->stop || util_now_ms() > end)
+            return -1;
+        util_sleep_ms(backoff_next(&b), w->stop);
+    }
+    return 0;
+}
+
+/* Copies src into dst (size bytes), cut to fit; returns 1 when it was cut. */
+static int copy_cut(char *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    int cut = n >= size;
+    if (cut)
+        n = size - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return cut;
+}
+
+mq_result worker_envelope_of(const mq_delivery *d, ev_envelope *env, char *err, size_t errlen)
+{
+    memset(env, 0, sizeof(*env));
+    /* The ids are checked whole, before they are copied: a UUID with more
+     * after it must not pass as the UUID it starts with. */
+    if (!uuid_valid(d->message_id)) {
+        snprintf(err, errlen, "undecodable: message_id is missing or not a UUID");
+        return MQ_REJECT;
+    }
+    if (!uuid_valid(d->correlation_id)) {
+        snprintf(err, errlen, "undecodable: correlation_id is missing or not a UUID");
+        return MQ_REJECT;
+    }
+    if (copy_cut(env->type, sizeof(env->type), d->routing_key)) {
+        snprintf(err, errlen, "undecodable: routing key %.64s... is too long", d->routing_key);
+        return MQ_REJECT;
+    }
+    copy_cut(env->message_id, sizeof(env->message_id), d->message_id);
+    copy_cut(env->correlation_id, sizeof(env->correlation_id), d->correlation_id);
+    /* Only for logs and the records that name the sender: cut to fit. */
+    copy_cut(env->app_id, sizeof(env->app_id), d->app_id);
+    env->timestamp = d->timestamp;
+    env->schema_version = d->schema_version;
+    env->attempt = d->attempt;
+    return MQ_DONE;
+}
+
+/* A delivery decoded and matched to its handler. */
+typedef struct {
+    ev_envelope env;
+    ev_event ev;
+    worker_fn fn;
+} prepared;
+
+/* Checks and decodes d without the database. MQ_DONE when it can be applied
+ * (p->ev must then be freed), MQ_REJECT with err when it never can. */
+static mq_result prepare(worker *w, const mq_delivery *d, prepared *p, char *err, size_t errlen)
+{
+    ev_type t;
+    char derr[EV_ERR_LEN];
+
+    p->fn = NULL;
+    if (!uuid_valid(d->message_id)) {
+        snprintf(err, errlen, "undecodable: message_id is missing or not a UUID");
+        return MQ_REJECT;
+    }
+    if (d->schema_version != EV_SCHEMA_VERSION) {
+        snprintf(err, errlen, "undecodable: schema_version %d is not supported (want %d)",
+                 d->schema_version, EV_SCHEMA_VERSION);
+        return MQ_REJECT;
+    }
+    if (ev_type_from_key(d->routing_key, &t) < 0) {
+        snprintf(err, errlen, "undecodable: unknown routing key %s", d->routing_key);
+        return MQ_REJECT;
+    }
+    for (size_t i = 0; i < w->def->nroutes; i++) {
+        if (w->def->routes[i].type == t)
+            p->fn = w->def->routes[i].fn;
+    }
+    if (!p->fn) {
+        snprintf(err, errlen, "no handler for %s in %s", d->routing_key, w->def->service);
+        return MQ_REJECT;
+    }
+    if (worker_envelope_of(d, &p->env, err, errlen) != MQ_DONE)
+        return MQ_REJECT;
+    if (ev_from_json(t, d->body, d->len, &p->ev, p->env.causation_id, derr, sizeof(derr)) < 0) {
+        snprintf(err, errlen, "undecodable: %s", derr);
+        return MQ_REJECT;
+    }
+    return MQ_DONE;
+}
+
+/* In the open transaction: the inbox row, then the handler (skipped for a
+ * message already processed). Frees p->ev. */
+static mq_result apply(worker *w, const mq_delivery *d, prepared *p, char *err, size_t errlen)
+{
+    const char *params[] = {d->message_id, d->routing_key};
+    PGresult *res = NULL;
+    mq_result r;
+    int rc = db_execp(w->db, "inbox_add",
+                      "INSERT INTO inbox (message_id, routing_key) VALUES ($1, $2)"
+                      " ON CONFLICT (message_id) DO NOTHING",
+                      2, params, &res, err, errlen);
+    if (rc != DB_OK) {
+        ev_free(&p->ev);
+        return worker_db_result(rc);
+    }
+    if (strcmp(PQcmdTuples(res), "0") == 0) {
+        PQclear(res);
+        ev_free(&p->ev);
+        metrics_count(w->metrics, M_DUPLICATE, d->routing_key, 1);
+        log_write(LOG_INFO, p->env.correlation_id, p->env.message_id,
+                  "%s already processed; acking the duplicate", d->routing_key);
+        return MQ_DONE;
+    }
+    PQclear(res);
+    r = p->fn(w, w->db, &p->env, &p->ev, err, errlen);
+    ev_free(&p->ev);
+    return r;
+}
+
+static void crash_point(worker *w, const char *correlation_id, const char *message_id)
+{
+    if (w->crash_after_commit) {
+        log_write(LOG_WARN, correlation_id, message_id,
+                  "CRASH_AFTER_COMMIT: exiting between COMMIT and ack");
+        _exit(3);
+    }
+}
+
+/* One delivery in its own transaction. */
+static mq_result dispatch_one(worker *w, const mq_delivery *d, char *err, size_t errlen)
+{
+    prepared p;
+    mq_result r = prepare(w, d, &p, err, errlen);
+    int rc;
+
+    if (r != MQ_DONE)
+        return r;
+    if (wait_for_db(w, err, errlen) < 0) {
+        ev_free(&p.ev);
+        return MQ_RETRY;
+    }
+    if ((rc = db_begin(w->db, err, errlen)) != DB_OK) {
+        db_rollback(w->db);
+        ev_free(&p.ev);
+        return worker_db_result(rc);
+    }
+    r = apply(w, d, &p, err, errlen);
+    if (r != MQ_DONE) {
+        db_rollback(w->db);
+        return r;
+    }
+    if ((rc = db_commit(w->db, err, errlen)) != DB_OK) {
+        db_rollback(w->db);
+        return worker_db_result(rc);
+    }
+    crash_point(w, p.env.correlation_id, p.env.message_id);
+    log_write(LOG_DEBUG, p.env.correlation_id, p.env.message_id, "%s processed", d->routing_key);
+    return MQ_DONE;
+}
+
+worker_batch_fate worker_batch_fate_of(mq_result decoded, int db_up, int committed)
+{
+    if (decoded != MQ_DONE)
+        return WORKER_BATCH_KEEP;
+    if (!db_up)
+        return WORKER_BATCH_RETRY;
+    return committed ? WORKER_BATCH_ACK : WORKER_BATCH_ALONE;
+}
+
+/* Several deliveries in one transaction: one COMMIT (one WAL flush) for all.
+ * If any of them fails, the transaction is rolled back and each is handled
+ * again in its own, so one bad message never holds back the others and
+ * nothing is acked that was not committed (worker_batch_fate_of decides). */
+void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
+                            char (*errs)[MQ_ERR_LEN], void *ctx)
+{
+    worker *w = ctx;
+    prepared *p = NULL;
+    int64_t t0 = util_wall_us();
+    size_t ok = 0, i, last = 0;
+    char err[MQ_ERR_LEN];
+    int fallback = 0, db_up, committed = 0;
+
+    for (i = 0; i < n; i++) {
+        metrics_count(w->metrics, M_CONSUMED, d[i].routing_key, 1);
+        if (d[i].redelivered)
+            metrics_count(w->metrics, M_REDELIVERED, d[i].routing_key, 1);
+    }
+    if (n > 1)
+        p = calloc(n, sizeof(*p));
+    if (!p) {
+        for (i = 0; i < n; i++)
+            res[i] = dispatch_one(w, &d[i], errs[i], MQ_ERR_LEN);
+        goto out;
+    }
+    for (i = 0; i < n; i++) {
+        res[i] = prepare(w, &d[i], &p[i], errs[i], MQ_ERR_LEN);
+        ok += res[i] == MQ_DONE;
+    }
+    if (ok == 0)
+        goto out;
+    db_up = wait_for_db(w, err, sizeof(err)) == 0;
+    if (db_up && db_begin(w->db, err, sizeof(err)) != DB_OK)
+        fallback = 1;
+    for (i = 0; i < n; i++) {
+        if (res[i] != MQ_DONE)
+            continue;
+        if (!db_up || fallback) {
+            ev_free(&p[i].ev); /* not applied: retried, or handled again on its own below */
+            continue;
+        }
+        if (apply(w, &d[i], &p[i], errs[i], MQ_ERR_LEN) != MQ_DONE) {
+            fallback = 1;
+            log_write(LOG_INFO, p[i].env.correlation_id, p[i].env.message_id,
+                      "%s failed in a batch of %zu (%s); applying them one by one",
+                      d[i].routing_key, n, errs[i]);
+        }
+        last = i;
+    }
+    if (db_up && !fallback)
+        committed = db_commit(w->db, err, sizeof(err)) == DB_OK;
+    if (db_up && !committed)
+        db_rollback(w->db);
+    if (committed) {
+        crash_point(w, p[last].env.correlation_id, p[last].env.message_id);
+        log_write(LOG_DEBUG, NULL, NULL, "%zu messages processed in one transaction", ok);
+    }
+    for (i = 0; i < n; i++) {
+        switch (worker_batch_fate_of(res[i], db_up, committed)) {
+        case WORKER_BATCH_ACK:
+        case WORKER_BATCH_KEEP:
+            break;
+        case WORKER_BATCH_RETRY:
+            /* As for one message: the database is away; retry each later. */
+            res[i] = MQ_RETRY;
+            snprintf(errs[i], MQ_ERR_LEN, "%s", err);
+            break;
+        case WORKER_BATCH_ALONE:
+            res[i] = dispatch_one(w, &d[i], errs[i], MQ_ERR_LEN);
+            break;
+        }
+    }
+out:
+    free(p);
+    metrics_observe_n(w->metrics, (double)(util_wall_us() - t0) / 1e6 / (double)n, n);
+}
