@@ -648,12 +648,19 @@ END_TEST
 /* ------------------------------------------------ modes */
 
 /* --declare-topology reads only what declaring needs: a DATABASE_URL_FILE
- * that points nowhere (and no DATABASE_URL) does not stop it, for every
- * worker. */
+ * that points nowhere (and no DATABASE_URL) does not stop it, nor do
+ * settings only running reads, set to nonsense, for every worker. */
 START_TEST(declaring_the_topology_needs_no_database_url)
 {
     static const char *const names[] = {"inventory", "billing", "email", "order-api"};
-    const char *env[] = {"DATABASE_URL_FILE=/nonexistent/database-url", NULL};
+    const char *env[] = {"DATABASE_URL_FILE=/nonexistent/database-url",
+                         "PREFETCH=none",
+                         "BATCH_MAX=none",
+                         "METRICS_PORT=none",
+                         "HTTP_PORT=none",
+                         "HTTP_THREADS=none",
+                         "DB_LOCK_TIMEOUT_MS=none",
+                         NULL};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char *argv[] = {(char *)names[i], "--declare-topology", NULL};
         char log[64];
