@@ -134,9 +134,26 @@ def project_processes(under, with_epmd=True):
         todo.extend(kids.get(pid, []))
     if with_epmd:
         for d in os.listdir("/proc"):
-            if d.isdigit() and comm(d) == "epmd":
+            if d.isdigit() and comm(d) == "epmd" and epmd_is_ours(d):
                 procs.setdefault(int(d), f"epmd (pid {d})")
     return procs
+
+
+def epmd_is_ours(pid):
+    """True when epmd was started by one of the project's Erlang nodes or
+    tools: they all run with HOME under the project's var/ (scripts/up.sh,
+    scripts/rmqctl.sh). A system epmd (Debian's rabbitmq-server, HOME
+    /var/lib/rabbitmq) is not the project's listener and is not judged."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return False
+    for kv in env:
+        if kv.startswith(b"HOME="):
+            home = os.path.realpath(kv[5:].decode(errors="replace"))
+            return home == VAR or home.startswith(VAR + os.sep)
+    return False
 
 
 def sockets_of(procs):

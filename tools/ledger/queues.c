@@ -98,12 +98,19 @@ static long queue_unacked(const char *queue, char *err, size_t errlen)
         goto out;
     }
     j = b.p ? cJSON_Parse(b.p) : NULL;
+    /* A queue the statistics have not reached yet (just declared, or a node
+     * just started) has no columns, and the API answers an empty array for
+     * it: nothing is held unacked, as it has never delivered. */
+    if (cJSON_IsArray(j) && cJSON_GetArraySize(j) == 0) {
+        n = 0;
+        goto out;
+    }
     if (!cJSON_IsObject(j)) {
         snprintf(err, errlen, "management API %.200s: not a JSON object for queue %.200s",
                  mgmt.base, queue);
         goto out;
     }
-    /* A queue the statistics have not reached yet has no figure: none held. */
+    /* A queue with statistics but without this one: none held. */
     v = cJSON_GetObjectItemCaseSensitive(j, "messages_unacknowledged");
     if (v && (!cJSON_IsNumber(v) || v->valuedouble < 0)) {
         snprintf(err, errlen, "management API: messages_unacknowledged of %s is not a count",
