@@ -140,20 +140,17 @@ def project_processes(under, with_epmd=True):
 
 
 def epmd_is_ours(pid):
-    """True when epmd was started by one of the project's Erlang nodes or
-    tools: they all run with HOME under the project's var/ (scripts/up.sh,
-    scripts/rmqctl.sh). A system epmd (Debian's rabbitmq-server, HOME
-    /var/lib/rabbitmq) is not the project's listener and is not judged."""
+    """True when epmd was started by one of the project's RabbitMQ nodes or
+    their tools (scripts/lib.sh rmq_env: RABBITMQ_NODENAME ordersuite...,
+    inherited by the epmd the node forks; another checkout's node counts
+    too, as its epmd serves ours). A system epmd (Debian's rabbitmq-server
+    or rabbitmqctl run by hand) is not the project's listener."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             env = f.read().split(b"\0")
     except OSError:
         return False
-    for kv in env:
-        if kv.startswith(b"HOME="):
-            home = os.path.realpath(kv[5:].decode(errors="replace"))
-            return home == VAR or home.startswith(VAR + os.sep)
-    return False
+    return any(kv.startswith(b"RABBITMQ_NODENAME=ordersuite") for kv in env)
 
 
 def sockets_of(procs):
