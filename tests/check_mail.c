@@ -216,16 +216,24 @@ static int dlq_has(void *arg)
     return found;
 }
 
-/* Finds the copy of message msg_id in email.dlq and checks its reason and
- * error; every message stays in the DLQ. */
-static void check_in_dlq(const char *msg_id, const char *want_error)
+typedef struct {
+    const char *msg_id;
+    char reason[MQ_ID_LEN];
+    char error[MQ_ERR_LEN];
+} dlq_copy;
+
+/* Whether the copy of message a->msg_id is in email.dlq; if so, keeps its
+ * reason and error. Its gets stay unacked until the connection closes, and
+ * only then does the broker put them back: a scan right after another one
+ * may not see them yet, so callers poll this. */
+static int dlq_copy_found(void *arg)
 {
+    dlq_copy *a = arg;
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
     char err[MQ_ERR_LEN];
-    long depth;
+    long depth = mq_queue_depth(c, "email.dlq", err, sizeof(err));
     int found = 0;
 
-    depth = mq_queue_depth(c, "email.dlq", err, sizeof(err));
     ck_assert_msg(depth >= 0, "%s", err);
     for (long i = 0; i < depth && !found; i++) {
         mq_got *g = NULL;
@@ -235,18 +243,27 @@ static void check_in_dlq(const char *msg_id, const char *want_error)
         if (rc == 0)
             break;
         d = mq_got_delivery(g);
-        if (strcmp(d->message_id, msg_id) == 0) {
+        if (strcmp(d->message_id, a->msg_id) == 0) {
             found = 1;
-            ck_assert_str_eq(d->reason, "rejected");
-            ck_assert_msg(strstr(d->error, want_error) != NULL,
-                          "the DLQ copy's error \"%s\" lacks \"%s\"", d->error, want_error);
+            snprintf(a->reason, sizeof(a->reason), "%s", d->reason);
+            snprintf(a->error, sizeof(a->error), "%s", d->error);
         }
-        /* Unacked until the connection closes: then the broker puts them
-         * back. */
         mq_got_free(g);
     }
-    ck_assert_msg(found, "message %s is not in email.dlq", msg_id);
     mq_free(c);
+    return found;
+}
+
+/* Finds the copy of message msg_id in email.dlq and checks its reason and
+ * error; every message stays in the DLQ. */
+static void check_in_dlq(const char *msg_id, const char *want_error)
+{
+    dlq_copy cp = {msg_id, "", ""};
+
+    ck_assert_msg(tu_poll(10000, dlq_copy_found, &cp), "message %s is not in email.dlq", msg_id);
+    ck_assert_str_eq(cp.reason, "rejected");
+    ck_assert_msg(strstr(cp.error, want_error) != NULL, "the DLQ copy's error \"%s\" lacks \"%s\"",
+                  cp.error, want_error);
 }
 
 /* The sales this suite publishes also reach the queues of services it does
