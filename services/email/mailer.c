@@ -33,7 +33,7 @@ struct mailer {
     int max_attempts, retry_max_ms, batch, lease_s, smtp_timeout_s;
     db_timeouts timeouts;
     pthread_t thread;
-    volatile sig_atomic_t stop;
+    atomic_int stop;          /* set by mailer_stop on another thread */
     CURL *curl;               /* kept across sends: libcurl reuses the SMTP connection */
     char claim[UUID_STR_LEN]; /* the token of the rows in hand (sweep) */
     /* For mailer_ready, written by the thread, read by the HTTP threads: */
@@ -516,14 +516,14 @@ static void *mailer_main(void *arg)
         if (db_ensure(db, err, sizeof(err)) != DB_OK) {
             __atomic_store_n(&m->db_up, 0, __ATOMIC_RELAXED);
             log_warn("mailer: database: %s", err);
-            util_sleep_ms(backoff_next(&b), &m->stop);
+            util_sleep_ms_atomic(backoff_next(&b), &m->stop);
             continue;
         }
         __atomic_store_n(&m->db_up, 1, __ATOMIC_RELAXED);
         n = sweep(m, db, mq);
         read_stats(m, db);
         if (n < 0) {
-            util_sleep_ms(backoff_next(&b), &m->stop);
+            util_sleep_ms_atomic(backoff_next(&b), &m->stop);
             continue;
         }
         backoff_reset(&b);
