@@ -223,7 +223,7 @@ START_TEST(a_wrong_password_is_permanent)
     /* Classified by the server's SQLSTATE (invalid_password), which is the
      * same in every server locale; the message is kept for the log. */
     ck_assert_str_eq(db_last_sqlstate(db), "28P01");
-    ck_assert_msg(strstr(err, "password authentication failed"), "%s", err);
+    ck_assert_msg(err[0] != '\0', "no message for the log");
     db_free(db);
 }
 END_TEST

@@ -956,6 +956,9 @@ START_TEST(a_nacked_row_is_retried_with_backoff_and_never_parked)
         queue_delete("spine_nack_test");
     ck_assert_msg(!is_parked, "a nacked row was parked (attempts %ld, %s)", attempts, err);
     ck_assert_msg(attempts == 0, "nacks counted as refusals: attempts %ld (%s)", attempts, err);
+    /* And the broker really refused it: a relay that never published would
+     * pass the two checks above. */
+    ck_assert_msg(strstr(err, "basic.nack") != NULL, "no nack was seen: last_error '%s'", err);
     free(err);
     /* The queue takes messages again: it goes out, once. */
     declare_limited("spine_nack_test", key, -1);
