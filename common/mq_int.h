@@ -84,8 +84,10 @@ int mq__header_str(const amqp_table_t *t, const char *key, char *out, size_t siz
 /* Fills d from env, delivered to the queues of service own (own_user its
  * broker user); the event type is mq_event_type's. Returns 0, or -1 with
  * the reason in why when the delivery is forged (not to be handled; d is
- * filled all the same, with the key it was delivered under). d->body
- * points into env. */
+ * filled all the same, its routing key set to own, which no handler takes,
+ * so the dead-letter copy made from d names no event and a replay of it is
+ * refused again; the key it came under stays in why). d->body points into
+ * env. */
 int mq__to_delivery(const amqp_envelope_t *env, const char *own, const char *own_user,
                     mq_delivery *d, char *why, size_t whylen);
 

@@ -315,8 +315,12 @@ int mq__to_delivery(const amqp_envelope_t *env, const char *own, const char *own
     }
     death_of(h, &r, dbuf);
     forged = mq_event_type(&r, own, own_user, d->routing_key, sizeof(d->routing_key), why, whylen);
+    /* Not the key it came under: a forged event dead-lettered onto
+     * sales.events arrives under the event's own key, and the copy the
+     * worker sends to its DLQ (x-original-routing-key from d, user-id its
+     * own) would be believed when the DLQ is replayed. */
     if (forged)
-        copy_bytes(d->routing_key, sizeof(d->routing_key), env->routing_key);
+        snprintf(d->routing_key, sizeof(d->routing_key), "%s", own);
     if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
         copy_bytes(d->message_id, sizeof(d->message_id), p->message_id);
     if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)

@@ -61,7 +61,7 @@ int mq_get(mq_conn *c, const char *queue, mq_got **out, char *err, size_t errlen
     }
     {
         /* A DLQ's copy is shown and replayed, forged or not; a forged one
-         * keeps the key it was delivered under (S), which no handler takes.
+         * gets the key S (see mq__to_delivery), which no handler takes.
          * The service is the queue's name without ".dlq". */
         char why[MQ_ERR_LEN], own[MQ_NAME_LEN];
         size_t n = strlen(queue); /* < MQ_NAME_LEN, checked above */
