@@ -44,7 +44,10 @@ broker_perms() {
         echo '^sales\.events$'
         echo '^$'
     fi
-    echo "^${topic:+$topic\\..*}\$"
+    # No topic: no key at all. '^$' would still let the empty key through
+    # (check_privileges tries it); '(?!)', an empty lookahead that always
+    # fails, matches nothing.
+    if [ -n "$topic" ]; then echo "^$topic\\..*\$"; else echo '(?!)'; fi
     if [ "$queues" = 1 ]; then echo "^($q|$q\\.retry\\.[0-9]+ms)\$"; else echo '^$'; fi
 }
 

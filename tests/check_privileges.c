@@ -541,6 +541,14 @@ START_TEST(no_user_can_publish_into_another_services_queues)
             ck_assert_msg(rc == MQ_ERR_CONFIG, "%s published %s on %s (%d: %s)", users[a].name, q,
                           MQ_EXCHANGE, rc, err);
         }
+        /* the empty key, which is no one's (a service that publishes no
+         * event has no key at all, not the empty one) */
+        {
+            int rc = attempt(users[a].url_env, MQ_EXCHANGE, "", EV_ORDER_PLACED, NULL, 0, err,
+                             sizeof(err));
+            ck_assert_msg(rc == MQ_ERR_CONFIG, "%s published the empty key on %s (%d: %s)",
+                          users[a].name, MQ_EXCHANGE, rc, err);
+        }
         /* its own prefix is allowed (unbound here, so returned, not refused):
          * what worker_emit() publishes gets out */
         if (users[a].topic[0]) {
