@@ -3,7 +3,7 @@
 # the ledger checked after each (docs/RELIABILITY.md).
 #
 #   0 the ledger catches a loss, a duplicate, stock drift, a stuck mail and a
-#     parked outbox row made by hand
+#     parked outbox row made by hand, and ignores another run's mail and rows
 #   1 kill -9 each worker in turn (stopped first, so it holds deliveries)
 #   2 a crash between a handler's COMMIT and its ack (CRASH_AFTER_COMMIT)
 #   3 kill -9 order-api mid-load; clients retry with the same Idempotency-Key
@@ -185,6 +185,17 @@ scenario_0() {
     [ "$(($(now_ms) - t0))" -lt 10000 ] || { echo "    FAIL: the ledger waited for a parked row"; ok=0; }
     psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM orders.outbox WHERE routing_key = 'order.chaos_parked'
         AND correlation_id = '$id'" || ok=0
+    # Another run's outbox rows (an order not of this tag), one parked and one
+    # the relay still tries (a key nothing routes: it stays unpublished): not
+    # this run's work, so not this run's stuck.
+    psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO orders.outbox (message_id, routing_key,
+        correlation_id, body, attempts, parked_at, last_error) VALUES (gen_random_uuid(),
+        'order.chaos_other', gen_random_uuid(), '{}', 5, now(), 'chaos scenario 0: parked by hand'),
+        (gen_random_uuid(), 'order.chaos_other', gen_random_uuid(), '{}', 0, NULL, NULL)" || ok=0
+    out=$(led --ids "$WORK/$TAG.ids" | tail -1) || true
+    echo "    another run's outbox rows:         $out"
+    [[ "$out" == *"stuck=0 "*"ok=1"* ]] || ok=0
+    psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM orders.outbox WHERE routing_key = 'order.chaos_other'" || ok=0
     check "$TAG" "0 the ledger catches faults" "-" "$ok"
 }
 

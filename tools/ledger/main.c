@@ -27,13 +27,15 @@
  *            management API: a passive queue.declare counts only the ready
  *            ones) are waited for and, left after the wait, count as stuck
  *   stuck    work neither lost nor done after the wait: a row left in any
- *            schema's outbox (unpublished), every parked outbox row (one the
+ *            schema's outbox (unpublished), a parked outbox row (one the
  *            broker returned OUTBOX_PARK_AFTER times; any age: the relay never
  *            retries it, only `dlq outbox replay` does), a mail
  *            left pending in email's mail outbox (email.messages, not yet
- *            delivered; with --tag or --ids only the mail of the run's
- *            orders and sales), a message left in a retry tier, a message left
- *            unacked in a work queue
+ *            delivered), a message left in a retry tier, a message left
+ *            unacked in a work queue. Outbox rows and mail belong to the
+ *            order or sale they are about (correlation_id): with --tag or
+ *            --ids only the run's orders' and sales' count (another run's
+ *            parked row is not this run's stuck work); without, all of them
  *
  * Prints the counts, then
  * "RESULT lost=L duplicated=D stuck=S inconsistent=I ok=0|1".

@@ -104,8 +104,11 @@ static const char stock_sql[] =
 int ledger_check_db(PGconn *db, const sent *s, figures *fg, int verbose)
 {
     const char *p[2] = {ledger_opt.tag, s->orders ? s->order_ids : NULL};
+    /* The run, for the stuck work: scoped ("t") with --tag or --ids. */
+    const char *run[4] = {ledger_opt.tag || s->orders || s->sales ? "t" : "f", ledger_opt.tag,
+                          s->orders ? s->order_ids : NULL, s->sales ? s->sale_ids : NULL};
     PGresult *r;
-    char sql[256];
+    char sql[512];
 
     if (s->orders) {
         const char *pp[] = {s->order_ids};
@@ -161,7 +164,10 @@ int ledger_check_db(PGconn *db, const sent *s, figures *fg, int verbose)
     PQclear(r);
 
     /* Parked rows (migration 0008's parked_at) apart from the rest: the wait
-     * is for rows the relay still tries; a parked row will not move. */
+     * is for rows the relay still tries; a parked row will not move. A row
+     * belongs to the order or sale it is about (correlation_id): with --tag
+     * or --ids only the run's rows count, as for mail below (another run's
+     * parked row is not this run's stuck work); without, all of them. */
     if (!(r = q(db,
                 "SELECT t.table_schema, EXISTS (SELECT 1 FROM information_schema.columns c"
                 "  WHERE c.table_schema = t.table_schema AND c.table_name = 'outbox'"
@@ -176,20 +182,28 @@ int ledger_check_db(PGconn *db, const sent *s, figures *fg, int verbose)
     for (int i = 0; i < PQntuples(r); i++) {
         char *ident = PQescapeIdentifier(db, PQgetvalue(r, i, 0), strlen(PQgetvalue(r, i, 0)));
         int has_parking = strcmp(PQgetvalue(r, i, 1), "t") == 0;
-        long n, parked = 0;
+        long n = -1, parked = -1;
+        PGresult *c;
         if (!ident) {
             PQclear(r);
             return -1;
         }
-        snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.outbox%s", ident,
-                 has_parking ? " WHERE parked_at IS NULL" : "");
-        n = q_long(db, sql, 0, NULL);
-        if (n >= 0 && has_parking) {
-            snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.outbox WHERE parked_at IS NOT NULL",
-                     ident);
-            parked = q_long(db, sql, 0, NULL);
-        }
+        /* The schema is an identifier, escaped by libpq; the run's ids are
+         * parameters. */
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FILTER (WHERE %s),"
+                 " count(*) FILTER (WHERE %s) FROM %s.outbox"
+                 " WHERE NOT $1::bool OR correlation_id IN (SELECT id FROM orders.orders"
+                 "  WHERE customer_id = $2 OR id = ANY($3::uuid[]))"
+                 "  OR correlation_id = ANY($4::uuid[])",
+                 has_parking ? "parked_at IS NULL" : "true",
+                 has_parking ? "parked_at IS NOT NULL" : "false", ident);
         PQfreemem(ident);
+        if ((c = q(db, sql, 4, run)) && PQntuples(c) == 1) {
+            n = strtol(PQgetvalue(c, 0, 0), NULL, 10);
+            parked = strtol(PQgetvalue(c, 0, 1), NULL, 10);
+        }
+        PQclear(c);
         if (n < 0 || parked < 0) {
             PQclear(r);
             return -1;
@@ -210,18 +224,12 @@ int ledger_check_db(PGconn *db, const sent *s, figures *fg, int verbose)
      * order or sale it is about (correlation_id): with --tag or --ids only
      * the run's orders' and sales' mail counts (a low-stock alert has the
      * correlation of the order that caused it); without, all of it. */
-    if (ledger_opt.tag || s->orders || s->sales) {
-        const char *mp[] = {ledger_opt.tag, s->orders ? s->order_ids : NULL,
-                            s->sales ? s->sale_ids : NULL};
-        fg->mail_pending = q_long(db,
-                                  "SELECT count(*) FROM email.messages WHERE status = 'pending'"
-                                  " AND (correlation_id IN (SELECT id FROM orders.orders"
-                                  "  WHERE customer_id = $1 OR id = ANY($2::uuid[]))"
-                                  "  OR correlation_id = ANY($3::uuid[]))",
-                                  3, mp);
-    } else {
-        fg->mail_pending =
-            q_long(db, "SELECT count(*) FROM email.messages WHERE status = 'pending'", 0, NULL);
-    }
+    fg->mail_pending =
+        q_long(db,
+               "SELECT count(*) FROM email.messages WHERE status = 'pending'"
+               " AND (NOT $1::bool OR correlation_id IN (SELECT id FROM orders.orders"
+               "  WHERE customer_id = $2 OR id = ANY($3::uuid[]))"
+               "  OR correlation_id = ANY($4::uuid[]))",
+               4, run);
     return fg->mail_pending < 0 ? -1 : 0;
 }
