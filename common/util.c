@@ -1,5 +1,6 @@
 /*
- * util.c — clocks, sleeping, backoff, URL redaction (see util.h).
+ * util.c — clocks, sleeping, backoff, URL redaction, the capped buffer (see
+ * util.h).
  */
 #include "util.h"
 
@@ -108,4 +109,24 @@ char *util_i64(char *buf, int64_t v)
 {
     snprintf(buf, 24, "%lld", (long long)v);
     return buf;
+}
+
+size_t util_buf_collect(char *data, size_t size, size_t n, void *buf)
+{
+    util_buf *b = buf;
+    size_t k;
+    char *more;
+
+    if (n && size > SIZE_MAX / n)
+        return 0;
+    k = size * n;
+    if (k > b->cap || b->len > b->cap - k)
+        return 0;
+    if (!(more = realloc(b->p, b->len + k + 1)))
+        return 0;
+    b->p = more;
+    memcpy(b->p + b->len, data, k);
+    b->len += k;
+    b->p[b->len] = '\0';
+    return k;
 }

@@ -1,6 +1,7 @@
 /*
  * util.h — small helpers shared by the common modules: clocks, sleeping,
- * capped exponential backoff, and redacting secrets from URLs.
+ * capped exponential backoff, redacting secrets from URLs, and a capped
+ * growing buffer.
  */
 #ifndef ORDERSUITE_UTIL_H
 #define ORDERSUITE_UTIL_H
@@ -42,5 +43,21 @@ void util_redact_url(const char *url, char *out, size_t outlen);
 /* Writes v in decimal into buf (at least 24 bytes) and returns buf: for SQL
  * text parameters. */
 char *util_i64(char *buf, int64_t v);
+
+/* A growing byte buffer that takes at most cap bytes, filled by
+ * util_buf_collect. Start it as {NULL, 0, cap}; p is NULL until the first
+ * byte comes, then NUL-terminated (len not counting the NUL). The caller
+ * frees p. */
+typedef struct {
+    char *p;
+    size_t len;
+    size_t cap; /* the most bytes it takes; a chunk that would pass it is refused */
+} util_buf;
+
+/* Appends size * n bytes of data to the util_buf at buf (a void * so that
+ * it has the shape of libcurl's write callback, and can be one). Returns
+ * size * n, or 0 when they would take it past its cap, or memory runs out:
+ * then nothing of the chunk is kept, and the buffer holds what it held. */
+size_t util_buf_collect(char *data, size_t size, size_t n, void *buf);
 
 #endif

@@ -392,24 +392,6 @@ int tu_run(Suite *s)
     return failed ? 1 : 0;
 }
 
-typedef struct {
-    char *buf;
-    size_t len;
-} tu_buf;
-
-static size_t tu_collect(char *data, size_t size, size_t n, void *arg)
-{
-    tu_buf *b = arg;
-    char *nb = realloc(b->buf, b->len + size * n + 1);
-    if (!nb)
-        return 0;
-    b->buf = nb;
-    memcpy(b->buf + b->len, data, size * n);
-    b->len += size * n;
-    b->buf[b->len] = '\0';
-    return size * n;
-}
-
 long tu_http(const char *method, const char *url, const char *const *headers, const char *body,
              size_t len, char **body_out)
 {
@@ -421,7 +403,7 @@ long tu_http_h(const char *method, const char *url, const char *const *headers, 
 {
     CURL *c = curl_easy_init();
     struct curl_slist *h = NULL;
-    tu_buf b = {NULL, 0}, hb = {NULL, 0};
+    util_buf b = {NULL, 0, TU_HTTP_MAX}, hb = {NULL, 0, TU_HTTP_MAX};
     long code = 0;
 
     ck_assert_ptr_nonnull(c);
@@ -430,9 +412,9 @@ long tu_http_h(const char *method, const char *url, const char *const *headers, 
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, tu_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, util_buf_collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, tu_collect);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, util_buf_collect);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &hb);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -445,13 +427,13 @@ long tu_http_h(const char *method, const char *url, const char *const *headers, 
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
     if (body_out)
-        *body_out = b.buf ? b.buf : strdup("");
+        *body_out = b.p ? b.p : strdup("");
     else
-        free(b.buf);
+        free(b.p);
     if (headers_out)
-        *headers_out = hb.buf ? hb.buf : strdup("");
+        *headers_out = hb.p ? hb.p : strdup("");
     else
-        free(hb.buf);
+        free(hb.p);
     return code;
 }
 

@@ -134,8 +134,10 @@ long tu_count(const char *sql, const char *param);
 void tu_await_count(int ms, const char *sql, const char *param, long want);
 
 /* An HTTP request with libcurl. headers: NULL-terminated "Name: value"
- * lines (may be NULL). Returns the status code (0 when no response came) and,
- * when body_out is not NULL, the response body (malloc'd, caller frees). */
+ * lines (may be NULL). Returns the status code (0 when no response came, or
+ * its body or its headers were over TU_HTTP_MAX bytes) and, when body_out is
+ * not NULL, the response body (malloc'd, caller frees). */
+#define TU_HTTP_MAX (16 << 20)
 long tu_http(const char *method, const char *url, const char *const *headers, const char *body,
              size_t len, char **body_out);
 

@@ -14,30 +14,10 @@
 #include <string.h>
 #include <sys/random.h>
 
-typedef struct {
-    char *buf;
-    size_t len;
-} growbuf;
-
-static size_t collect(char *data, size_t size, size_t n, void *arg)
-{
-    growbuf *g = arg;
-    size_t k = size * n;
-    char *b;
-    if (g->len + k > CATALOG_BYTES_MAX)
-        return 0; /* a catalog this large is not one */
-    b = realloc(g->buf, g->len + k + 1);
-    if (!b)
-        return 0;
-    g->buf = b;
-    memcpy(g->buf + g->len, data, k);
-    g->len += k;
-    g->buf[g->len] = '\0';
-    return k;
-}
 int catalog_load(catalog *cat, const char *url, const char *file, char *err, size_t errlen)
 {
-    growbuf g = {NULL, 0};
+    /* A catalog larger than CATALOG_BYTES_MAX is not one. */
+    util_buf g = {NULL, 0, CATALOG_BYTES_MAX};
     cJSON *root, *it;
     int rc = -1;
 
@@ -50,7 +30,7 @@ int catalog_load(catalog *cat, const char *url, const char *file, char *err, siz
             return -1;
         }
         while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-            if (collect(chunk, 1, k, &g) != k)
+            if (util_buf_collect(chunk, 1, k, &g) != k)
                 break;
         }
         fclose(f);
@@ -63,7 +43,7 @@ int catalog_load(catalog *cat, const char *url, const char *file, char *err, siz
             return -1;
         }
         curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, util_buf_collect);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, &g);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -73,15 +53,15 @@ int catalog_load(catalog *cat, const char *url, const char *file, char *err, siz
         if (cc != CURLE_OK || code != 200) {
             snprintf(err, errlen, "CATALOG_URL %s: %s (is order-api running? or set CATALOG_FILE)",
                      url, cc != CURLE_OK ? curl_easy_strerror(cc) : "not 200");
-            free(g.buf);
+            free(g.p);
             return -1;
         }
     }
-    root = g.buf ? ev_json_parse(g.buf, g.len, 3, err, errlen) : NULL;
+    root = g.p ? ev_json_parse(g.p, g.len, 3, err, errlen) : NULL;
     if (!root) {
-        if (!g.buf)
+        if (!g.p)
             snprintf(err, errlen, "the catalog is empty");
-        free(g.buf);
+        free(g.p);
         return -1;
     }
     cat->n = 0;
@@ -105,7 +85,7 @@ int catalog_load(catalog *cat, const char *url, const char *file, char *err, siz
     else
         rc = 0;
     cJSON_Delete(root);
-    free(g.buf);
+    free(g.p);
     return rc;
 }
 

@@ -38,32 +38,13 @@ int ledger_mgmt_init(const char *amqp_url)
     return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
 
-typedef struct {
-    char *p;
-    size_t n;
-} buf;
-
-static size_t collect(char *data, size_t size, size_t nmemb, void *ud)
-{
-    buf *b = ud;
-    size_t k = size * nmemb;
-    char *more = b->n + k > 1 << 20 ? NULL : realloc(b->p, b->n + k + 1);
-    if (!more)
-        return 0; /* no answer is that big: fail the transfer */
-    b->p = more;
-    memcpy(b->p + b->n, data, k);
-    b->n += k;
-    b->p[b->n] = '\0';
-    return k;
-}
-
 /* Messages of queue delivered to a consumer and not yet acked, from the
  * management API (its figures are at most a few seconds old); -1 with err. */
 static long queue_unacked(const char *queue, char *err, size_t errlen)
 {
     CURL *c = curl_easy_init();
     char url[1024], *vh = NULL, *q = NULL;
-    buf b = {NULL, 0};
+    util_buf b = {NULL, 0, 1 << 20}; /* no answer is that big: fail the transfer */
     long code = 0, n = -1;
     cJSON *j = NULL;
     const cJSON *v;
@@ -85,7 +66,7 @@ static long queue_unacked(const char *queue, char *err, size_t errlen)
     curl_easy_setopt(c, CURLOPT_USERNAME, mgmt.info.user);
     curl_easy_setopt(c, CURLOPT_PASSWORD, mgmt.info.password);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, util_buf_collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     if ((rc = curl_easy_perform(c)) != CURLE_OK) {
         snprintf(err, errlen, "management API %.200s: %.200s", mgmt.base, curl_easy_strerror(rc));
