@@ -691,16 +691,6 @@ START_TEST(the_outbox_backlog_is_counted_while_the_broker_is_away)
 }
 END_TEST
 
-static int pg_ctl(const char *verb)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd),
-             "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D %s/postgres/data %s -w "
-             "-t 60 -o '-p %s' -l %s/log/postgresql/startup.log >/dev/null",
-             tu_env("ORDERSUITE_VAR"), verb, tu_env("PG_PORT"), tu_env("ORDERSUITE_VAR"));
-    return system(cmd);
-}
-
 /* PostgreSQL stops: every service's /readyz turns 503 within 5 s (a probe
  * that must answer, not the cached state of an idle connection), and 200
  * again once it is back. */
@@ -710,7 +700,7 @@ START_TEST(every_service_is_unready_within_5_s_of_losing_postgresql)
     int64_t t0, took[N];
     int started;
 
-    ck_assert_int_eq(pg_ctl("stop -m fast"), 0);
+    ck_assert_int_eq(tu_postgres("stop -m fast"), 0);
     t0 = util_now_ms();
     for (size_t i = 0; i < N; i++)
         took[i] = -1;
@@ -723,7 +713,7 @@ START_TEST(every_service_is_unready_within_5_s_of_losing_postgresql)
         }
         util_sleep_ms(50, NULL);
     }
-    started = pg_ctl("start");
+    started = tu_postgres("start");
     ck_assert_int_eq(started, 0);
     for (size_t i = 0; i < N; i++)
         ck_assert_msg(took[i] >= 0 && took[i] <= 5000, "%s: /readyz 503 after %lld ms (-1: never)",

@@ -680,10 +680,58 @@ START_TEST(readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains)
 }
 END_TEST
 
+/* What /readyz said last (readyz_names_mailer_db), for the failure message. */
+static char last_readyz[512];
+
+static int readyz_names_mailer_db(void *arg)
+{
+    char url[96], *body = NULL;
+    long st;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", *(const int *)arg);
+    st = tu_http("GET", url, NULL, NULL, 0, &body);
+    snprintf(last_readyz, sizeof(last_readyz), "%ld %s", st, body ? body : "");
+    free(body);
+    return st == 503 && strstr(last_readyz, "the mailer's database connection is down");
+}
+
+/* Readiness covers the mailer's own database connection: with PostgreSQL
+ * stopped, /readyz turns 503 within 5 s and says the mailer's connection is
+ * down (not only the worker's probe: without the mailer's check, its part
+ * would say nothing until its backlog figures went stale, after
+ * MAIL_SMTP_TIMEOUT_S + 10 s), and 200 again once PostgreSQL is back. */
+START_TEST(readiness_turns_503_within_5_s_when_the_mailer_loses_its_database)
+{
+    catcher mc = catcher_start(0, NULL);
+    int port = free_port();
+    char mport[32];
+    const char *const env[] = {mport, NULL};
+    tu_svc email;
+    int unready, started;
+    int64_t t0, took;
+
+    snprintf(mport, sizeof(mport), "METRICS_PORT=%d", port);
+    email_start_env(&email, mc.smtp, env);
+    await_readyz(port, 200, "before PostgreSQL stopped");
+    ck_assert_int_eq(tu_postgres("stop -m fast"), 0);
+    t0 = util_now_ms();
+    unready = tu_poll(5000, readyz_names_mailer_db, &port);
+    took = util_now_ms() - t0;
+    started = tu_postgres("start"); /* before any assertion: the next tests need it */
+    ck_assert_int_eq(started, 0);
+    ck_assert_msg(unready, "/readyz did not say the mailer's database is down within 5 s: %s",
+                  last_readyz);
+    ck_assert_int_le(took, 5000);
+    await_readyz(port, 200, "after PostgreSQL was back");
+    tu_svc_stop_ok(&email);
+    catcher_stop(&mc);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("mail");
     TCase *t = tcase_create("smtp");
+    TCase *d = tcase_create("database");
     tcase_add_checked_fixture(t, setup, NULL);
     tcase_set_timeout(t, 120);
     tcase_add_test(t, a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once);
@@ -694,5 +742,9 @@ int main(void)
     tcase_add_test(t, a_temporary_refusal_is_retried_then_delivered_once);
     tcase_add_test(t, readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains);
     suite_add_tcase(s, t);
+    /* Apart: it stops PostgreSQL (CK_RUN_CASE=database runs it alone). */
+    tcase_set_timeout(d, 60);
+    tcase_add_test(d, readiness_turns_503_within_5_s_when_the_mailer_loses_its_database);
+    suite_add_tcase(s, d);
     return tu_run(s);
 }

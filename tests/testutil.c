@@ -603,3 +603,13 @@ void tu_broker(const char *verb)
              tu_env("ORDERSUITE_ROOT"), verb);
     ck_assert_msg(system(cmd) == 0, "rabbitmqctl %s failed", verb);
 }
+
+int tu_postgres(const char *verb)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D %s/postgres/data %s -w "
+             "-t 60 -o '-p %s' -l %s/log/postgresql/startup.log >/dev/null",
+             tu_env("ORDERSUITE_VAR"), verb, tu_env("PG_PORT"), tu_env("ORDERSUITE_VAR"));
+    return system(cmd);
+}

@@ -165,6 +165,12 @@ long tu_queue_counts(const char *url_env, const char *queue, int *consumers);
  * fails the test when it fails. */
 void tu_broker(const char *verb);
 
+/* Runs `pg_ctl VERB` against the project's cluster and waits for it (e.g.
+ * "stop -m fast", "start"); returns system()'s status (0: done). It does
+ * not fail the test itself: a caller that stopped the server starts it
+ * again before it asserts anything. */
+int tu_postgres(const char *verb);
+
 /* A sale.completed at store of one line (quantity of sku at unit_price, in
  * EUR), paid now, with a new sale id (free with ev_free). */
 void tu_sale(ev_event *ev, const char *store, const char *sku, int64_t quantity,
