@@ -28,7 +28,8 @@ struct db_conn {
     db_stmt *stmts;    /* grows as needed: no cap on the number of names */
     char options[192]; /* "-c statement_timeout=..." for every connection; "" for none */
     size_t nstmts, capstmts;
-    void (*after_commit)(void); /* run once after the open transaction commits */
+    void (*after_commit[DB_AFTER_COMMIT_MAX])(void); /* run once each after COMMIT */
+    int nafter;                                      /* how many of them are set */
 };
 
 db_conn *db_new(const char *conninfo, const char *application_name)
@@ -378,13 +379,23 @@ int db_execp(db_conn *db, const char *name, const char *sql, int nparams, const 
 
 int db_begin(db_conn *db, char *err, size_t errlen)
 {
-    db->after_commit = NULL;
+    db->nafter = 0;
     return db_exec(db, "BEGIN", 0, NULL, NULL, err, errlen);
 }
 
-void db_after_commit(db_conn *db, void (*fn)(void))
+int db_after_commit(db_conn *db, void (*fn)(void), char *err, size_t errlen)
 {
-    db->after_commit = fn;
+    for (int i = 0; i < db->nafter; i++) {
+        if (db->after_commit[i] == fn)
+            return DB_OK; /* asked for by every outbox row: once is enough */
+    }
+    if (db->nafter == DB_AFTER_COMMIT_MAX) {
+        snprintf(err, errlen, "more than %d after-commit callbacks in one transaction",
+                 DB_AFTER_COMMIT_MAX);
+        return DB_ERR;
+    }
+    db->after_commit[db->nafter++] = fn;
+    return DB_OK;
 }
 
 int db_commit(db_conn *db, char *err, size_t errlen)
@@ -397,16 +408,16 @@ int db_commit(db_conn *db, char *err, size_t errlen)
         rc = DB_ERR;
     }
     PQclear(r);
-    if (rc == DB_OK && db->after_commit)
-        db->after_commit();
-    db->after_commit = NULL;
+    for (int i = 0; rc == DB_OK && i < db->nafter; i++)
+        db->after_commit[i]();
+    db->nafter = 0;
     return rc;
 }
 
 void db_rollback(db_conn *db)
 {
     char err[DB_ERR_LEN];
-    db->after_commit = NULL;
+    db->nafter = 0;
     if (db->pg && PQstatus(db->pg) == CONNECTION_OK && PQtransactionStatus(db->pg) != PQTRANS_IDLE)
         (void)db_exec(db, "ROLLBACK", 0, NULL, NULL, err, sizeof(err));
 }

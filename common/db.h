@@ -93,8 +93,13 @@ int db_execp(db_conn *db, const char *name, const char *sql, int nparams, const 
 int db_begin(db_conn *db, char *err, size_t errlen);
 int db_commit(db_conn *db, char *err, size_t errlen);
 /* Runs fn once right after the open transaction commits (not after a
- * rollback or a failed COMMIT): how the outbox wakes its relay. */
-void db_after_commit(db_conn *db, void (*fn)(void));
+ * rollback or a failed COMMIT): how the outbox wakes its relay and email its
+ * mailer. Up to DB_AFTER_COMMIT_MAX distinct callbacks per transaction run,
+ * in the order asked; the same fn asked for again is run once. Returns
+ * DB_OK, or DB_ERR with err when a callback past the cap is asked for (a
+ * wake-up is never dropped silently: the caller fails its transaction). */
+#define DB_AFTER_COMMIT_MAX 4
+int db_after_commit(db_conn *db, void (*fn)(void), char *err, size_t errlen);
 void db_rollback(db_conn *db);
 
 /* SQLSTATE of the last failed statement or connection attempt ("" if

@@ -109,7 +109,7 @@ int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char 
                   5, p, NULL, err, errlen);
     free(body);
     if (rc == DB_OK)
-        db_after_commit(db, wake_relays); /* not on a rollback */
+        rc = db_after_commit(db, wake_relays, err, errlen); /* not on a rollback */
     if (rc == DB_OK && message_id_out)
         memcpy(message_id_out, id, UUID_STR_LEN);
     return rc;

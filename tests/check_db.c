@@ -85,6 +85,81 @@ START_TEST(rollback_discards_and_commit_keeps)
 }
 END_TEST
 
+/* Callbacks for db_after_commit: each counts its runs. */
+static int ran_a, ran_b, ran_c;
+static void count_a(void)
+{
+    ran_a++;
+}
+static void count_b(void)
+{
+    ran_b++;
+}
+static void count_c(void)
+{
+    ran_c++;
+}
+
+/* A transaction that both adds outbox rows and records mail asks for two
+ * wake-ups: each callback runs once after COMMIT (the same one asked for
+ * twice runs once), none after a rollback, and one past the cap is an
+ * error, not silently dropped. */
+START_TEST(every_after_commit_callback_runs_once)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN];
+
+    ran_a = ran_b = ran_c = 0;
+    ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_after_commit(db, count_a, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_after_commit(db, count_b, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_after_commit(db, count_a, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_commit(db, err, sizeof(err)), DB_OK);
+    ck_assert_msg(ran_a == 1 && ran_b == 1, "after COMMIT: first callback ran %d, second %d", ran_a,
+                  ran_b);
+    /* Nothing is left over for the next transaction, and a rollback runs none. */
+    ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_commit(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_after_commit(db, count_c, err, sizeof(err)), DB_OK);
+    db_rollback(db);
+    ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(db_commit(db, err, sizeof(err)), DB_OK);
+    ck_assert_msg(ran_a == 1 && ran_b == 1 && ran_c == 0, "ran %d %d %d", ran_a, ran_b, ran_c);
+    db_free(db);
+}
+END_TEST
+
+static void count_d(void)
+{
+}
+static void count_e(void)
+{
+}
+
+/* One more distinct callback than DB_AFTER_COMMIT_MAX is an error (with a
+ * reason), not a wake-up silently lost; the ones before it still run. */
+START_TEST(after_commit_callbacks_past_the_cap_are_an_error)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN];
+    void (*fn[])(void) = {count_a, count_b, count_c, count_d, count_e};
+    int n = (int)(sizeof(fn) / sizeof(fn[0]));
+
+    ck_assert_int_lt(DB_AFTER_COMMIT_MAX, n);
+    ran_a = ran_b = ran_c = 0;
+    ck_assert_int_eq(db_begin(db, err, sizeof(err)), DB_OK);
+    for (int i = 0; i < DB_AFTER_COMMIT_MAX; i++)
+        ck_assert_int_eq(db_after_commit(db, fn[i], err, sizeof(err)), DB_OK);
+    err[0] = '\0';
+    ck_assert_int_eq(db_after_commit(db, fn[DB_AFTER_COMMIT_MAX], err, sizeof(err)), DB_ERR);
+    ck_assert_msg(err[0] != '\0', "no reason given");
+    ck_assert_int_eq(db_commit(db, err, sizeof(err)), DB_OK);
+    ck_assert_msg(ran_a == 1 && ran_b == 1, "ran %d %d", ran_a, ran_b);
+    db_free(db);
+}
+END_TEST
+
 START_TEST(prepared_statements_survive_a_reconnect)
 {
     db_conn *db = connect_as("OWNER_DATABASE_URL");
@@ -362,6 +437,8 @@ int main(void)
     tcase_add_test(h, exec_binds_parameters_and_returns_rows);
     tcase_add_test(h, errors_carry_sqlstate_and_are_classified);
     tcase_add_test(h, rollback_discards_and_commit_keeps);
+    tcase_add_test(h, every_after_commit_callback_runs_once);
+    tcase_add_test(h, after_commit_callbacks_past_the_cap_are_an_error);
     tcase_add_test(h, prepared_statements_survive_a_reconnect);
     tcase_add_test(h, many_prepared_statements_all_run_twice);
     tcase_add_test(h, a_name_bound_to_other_sql_is_an_error);

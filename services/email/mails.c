@@ -66,8 +66,8 @@ static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const e
     PQclear(r);
     if (!fresh)
         return MQ_DONE;
-    if (cfg->smtp_url)
-        db_after_commit(db, mailer_wake);
+    if (cfg->smtp_url && (rc = db_after_commit(db, mailer_wake, err, errlen)) != DB_OK)
+        return worker_db_result(rc);
     log_write(LOG_INFO, env->correlation_id, env->message_id, "%s mail %s for %s", kind,
               cfg->smtp_url ? "queued" : "recorded", to);
     return MQ_DONE;
