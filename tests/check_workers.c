@@ -260,6 +260,73 @@ START_TEST(a_sale_resent_under_a_new_message_id_takes_stock_once)
 }
 END_TEST
 
+/* A sale.completed of sale id `id` with n lines (sku, quantity) at 100 each. */
+static void sale_of(ev_event *ev, const char *id, size_t n, const char *const *skus,
+                    const int64_t *qty)
+{
+    sale_completed *s = &ev->u.sale_completed;
+    ev_init(ev, EV_SALE_COMPLETED);
+    memcpy(s->sale_id, id, UUID_STR_LEN);
+    strcpy(s->store_id, "NEPAL-01");
+    strcpy(s->currency, "EUR");
+    ck_assert_int_eq(ev_lines_alloc(&s->lines, n), 0);
+    for (size_t i = 0; i < n; i++) {
+        strcpy(s->lines.items[i].sku, skus[i]);
+        s->lines.items[i].quantity = qty[i];
+        s->lines.items[i].unit_price = 100;
+        s->total += qty[i] * 100;
+    }
+    ev_now_rfc3339(s->paid_at);
+}
+
+static int inventory_dlq_has_one(void *arg)
+{
+    (void)arg;
+    return tu_queue_counts("TEST_AMQP_URL", "inventory.dlq", NULL) >= 1;
+}
+
+/* A sale id that was applied comes again with other lines, the one already
+ * applied not first (lines are claimed in SKU order): FLT-PAPER is new,
+ * MUG-WHITE was taken. A sale never changes, so this copy is a conflict: it
+ * goes to inventory.dlq and nothing of it is kept, neither stock taken
+ * again nor a claim of FLT-PAPER that no stock went with. */
+START_TEST(a_sale_id_seen_before_with_other_lines_changes_nothing_and_is_dead_lettered)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
+    const char *first[] = {"MUG-WHITE"}, *again[] = {"FLT-PAPER", "MUG-WHITE"};
+    const int64_t q1[] = {2}, q2[] = {5, 2};
+    char id[UUID_STR_LEN], err[MQ_ERR_LEN];
+    ev_event ev;
+
+    ck_assert_int_ge(mq_purge(c, "inventory.dlq", err, sizeof(err)), 0);
+    uuid_v4(id);
+    sale_of(&ev, id, 1, first, q1);
+    publish(c, &ev, id);
+    ev_free(&ev);
+    await("SELECT count(*) FROM inventory.sale_lines WHERE sale_id = $1 AND applied = 2", id, 1);
+    sale_of(&ev, id, 2, again, q2);
+    publish(c, &ev, id);
+    ev_free(&ev);
+    /* Handled: dead-lettered, or (wrongly) taken as done. */
+    ck_assert_msg(
+        tu_poll(20000, inventory_dlq_has_one, NULL) ||
+            tu_count("SELECT count(*) FROM inventory.sale_lines WHERE sale_id = $1", id) != 1,
+        "the second copy was never handled");
+    ck_assert_int_eq(stock("MUG-WHITE"), 598);
+    ck_assert_int_eq(stock("FLT-PAPER"), 1000);
+    ck_assert_msg(tu_count("SELECT count(*) FROM inventory.sale_lines WHERE sale_id = $1"
+                           " AND sku = 'FLT-PAPER'",
+                           id) == 0,
+                  "a claim of FLT-PAPER (applied %ld) was kept for a sale applied before",
+                  tu_count("SELECT max(applied) FROM inventory.sale_lines WHERE sale_id = $1"
+                           " AND sku = 'FLT-PAPER'",
+                           id));
+    ck_assert_msg(inventory_dlq_has_one(NULL), "the conflicting copy is not in inventory.dlq");
+    ck_assert_int_ge(mq_purge(c, "inventory.dlq", err, sizeof(err)), 0);
+    mq_free(c);
+}
+END_TEST
+
 static int inventory_consumers_are(void *arg)
 {
     int consumers = 0;
@@ -757,6 +824,7 @@ int main(void)
     tcase_add_test(t, a_failed_payment_releases_the_stock);
     tcase_add_test(t, a_pos_sale_takes_stock_and_is_invoiced_with_a_receipt);
     tcase_add_test(t, a_sale_resent_under_a_new_message_id_takes_stock_once);
+    tcase_add_test(t, a_sale_id_seen_before_with_other_lines_changes_nothing_and_is_dead_lettered);
     tcase_add_test(t, concurrent_orders_for_the_last_units_never_oversell);
     suite_add_tcase(s, t);
     l = tcase_create("limits");

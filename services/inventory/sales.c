@@ -28,10 +28,18 @@ static size_t merge_lines(ev_line *lines, size_t n)
 
 /* A sale is applied once per sale id, whatever message carries it: a till
  * that re-sends a sale under a new message id gets past the inbox. So the
- * sale's lines are claimed first (INSERT ... ON CONFLICT DO NOTHING, as
- * billing does with its invoice): a second delivery finds them and changes
- * nothing, and a concurrent one waits on the first's unique key and then
- * finds them. Only then is stock taken. */
+ * sale's lines are claimed first, every one of them, in SKU order (INSERT
+ * ... ON CONFLICT DO NOTHING, as billing does with its invoice); a
+ * concurrent copy waits on the first's unique keys in the same order (no
+ * deadlock) and then finds them. Only then is stock taken:
+ *   - every line claimed: the sale is new; stock is taken;
+ *   - none claimed: the sale was applied before; nothing to do;
+ *   - some claimed, some not: the sale id was applied before with other
+ *     lines, and any of them may be the one that was (not only the first).
+ *     A sale never changes, so this copy is a conflict for an operator: it
+ *     is rejected (to inventory.dlq, with the SKUs), and its rollback drops
+ *     the claims made here, so neither stock nor a claim with no stock
+ *     behind it is kept (check_workers: a_sale_id_seen_before_with_...). */
 mq_result inv_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev, char *err,
                       size_t errlen)
 {
@@ -39,6 +47,8 @@ mq_result inv_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_e
     ev_line lines[EV_LINES_MAX];
     size_t n;
     char q[24], a[24];
+    size_t claimed = 0, seen = 0;
+    const char *seen_sku = "", *new_sku = "";
     int rc;
 
     memcpy(lines, s->lines.items, s->lines.n * sizeof(ev_line));
@@ -46,22 +56,32 @@ mq_result inv_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_e
     for (size_t i = 0; i < n; i++) {
         PGresult *r;
         const char *p[] = {s->sale_id, lines[i].sku, util_i64(q, lines[i].quantity)};
-        int claimed;
         rc = db_execp(db, "inv_sale_claim",
                       "INSERT INTO sale_lines (sale_id, sku, quantity, applied)"
                       " VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING RETURNING sku",
                       3, p, &r, err, errlen);
         if (rc != DB_OK)
             return worker_db_result(rc);
-        claimed = PQntuples(r) == 1;
-        PQclear(r);
-        if (!claimed) {
-            /* Lines are unique per SKU, so only the first can conflict: the
-             * sale was applied before. */
-            log_write(LOG_INFO, env->correlation_id, env->message_id,
-                      "sale %s was applied before; nothing to do", s->sale_id);
-            return MQ_DONE;
+        if (PQntuples(r) == 1) {
+            claimed++;
+            new_sku = lines[i].sku;
+        } else {
+            seen++;
+            seen_sku = lines[i].sku;
         }
+        PQclear(r);
+    }
+    if (claimed == 0) {
+        log_write(LOG_INFO, env->correlation_id, env->message_id,
+                  "sale %s was applied before; nothing to do", s->sale_id);
+        return MQ_DONE;
+    }
+    if (seen > 0) {
+        snprintf(err, errlen,
+                 "sale %s was applied before with other lines (%s was in it, %s was not): a "
+                 "sale never changes",
+                 s->sale_id, seen_sku, new_sku);
+        return MQ_REJECT;
     }
     for (size_t i = 0; i < n; i++) {
         PGresult *r;
