@@ -4,8 +4,8 @@
 -- bench/setup.sql. Run with -M prepared (one round trip per statement, as
 -- order-api does).
 BEGIN;
-INSERT INTO bench.orders (id, customer_id, customer_email, currency, total_minor, idempotency_key, request_hash)
-    VALUES (gen_random_uuid(), 'bench', 'bench@example.com', 'EUR', 1150,
+INSERT INTO bench.orders (id, client_id, customer_id, customer_email, currency, total_minor, idempotency_key, request_hash)
+    VALUES (gen_random_uuid(), 'bench', 'bench', 'bench@example.com', 'EUR', 1150,
             'pgb-' || :client_id || '-' || (random() * 1e15)::bigint,
             encode(sha256(convert_to(repeat('x', 200), 'UTF8')), 'hex'))
     RETURNING id \gset
