@@ -716,7 +716,8 @@ END_TEST
 
 /* --declare-topology reads only what declaring needs: a DATABASE_URL_FILE
  * that points nowhere (and no DATABASE_URL) does not stop it, nor do
- * settings only running reads, set to nonsense, for every worker. */
+ * settings only running reads, set to nonsense, for every worker (email's
+ * own MAIL_* and SMTP_URL among them: `make migrate` runs it so). */
 START_TEST(declaring_the_topology_needs_no_database_url)
 {
     static const char *const names[] = {"inventory", "billing", "email", "order-api"};
@@ -727,6 +728,13 @@ START_TEST(declaring_the_topology_needs_no_database_url)
                          "HTTP_PORT=none",
                          "HTTP_THREADS=none",
                          "DB_LOCK_TIMEOUT_MS=none",
+                         "SMTP_URL=ftp://nowhere",
+                         "MAIL_MAX_ATTEMPTS=none",
+                         "MAIL_RETRY_MAX_MS=none",
+                         "MAIL_LEASE_S=2",
+                         "MAIL_SMTP_TIMEOUT_S=600",
+                         "MAIL_READY_MAX_PENDING=none",
+                         "MAIL_READY_MAX_AGE_S=none",
                          NULL};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char *argv[] = {(char *)names[i], "--declare-topology", NULL};

@@ -21,7 +21,8 @@
  * MAIL_MAX_ATTEMPTS (50), MAIL_RETRY_MAX_MS (60000, the cap of the backoff),
  * MAIL_LEASE_S (120) and MAIL_SMTP_TIMEOUT_S (15, at most half the lease),
  * MAIL_READY_MAX_PENDING (1000) and MAIL_READY_MAX_AGE_S (300): /readyz is
- * 503 past them (mailer_ready).
+ * 503 past them (mailer_ready). Only running reads them: --declare-topology
+ * reads the worker's AMQP_URL and nothing of email's own.
  */
 #include "cfg.h"
 #include "log.h"
@@ -66,6 +67,12 @@ int main(int argc, char **argv)
         {"MAIL_READY_MAX_AGE_S", CFG_LONG, "300", 1, 864000, &cfg.ready_max_age_s},
     };
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
+    /* Only running reads them (and SMTP_URL): --declare-topology, which
+     * `make migrate` runs with AMQP_URL alone, reads none (worker_main reads
+     * what it needs). */
+    enum { RUN = 1, DECLARE = 2 };
+    const cfg_group settings[] = {{specs, nspecs, RUN}};
+    const size_t nsettings = sizeof(settings) / sizeof(settings[0]);
     int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
     worker_def def = {.service = "email",
                       .routes = routes,
@@ -76,27 +83,31 @@ int main(int argc, char **argv)
     int rc;
 
     log_init("email", LOG_INFO);
-    if (cfg_load(specs, nspecs, err, sizeof(err)) < 0 ||
-        cfg_raw("SMTP_URL", &smtp, err, sizeof(err)) < 0) {
+    if (cfg_load_mode(settings, nsettings, declare_only ? DECLARE : RUN, err, sizeof(err)) < 0 ||
+        (!declare_only && cfg_raw("SMTP_URL", &smtp, err, sizeof(err)) < 0)) {
         log_error("configuration: %s", err);
-        return 1;
+        rc = 1;
+        goto out_cfg;
     }
     if (smtp && strncmp(smtp, "smtp://", 7) != 0 && strncmp(smtp, "smtps://", 8) != 0) {
         log_error("configuration: SMTP_URL must start with smtp:// or smtps://");
-        return 1;
+        rc = 1;
+        goto out_cfg;
     }
-    if (lease_s < 2 * smtp_timeout_s) {
+    if (!declare_only && lease_s < 2 * smtp_timeout_s) {
         /* A send must end well inside its claim, or another mailer may
          * claim the row again and send it too. */
         log_error("configuration: MAIL_LEASE_S (%ld) must be at least twice"
                   " MAIL_SMTP_TIMEOUT_S (%ld)",
                   lease_s, smtp_timeout_s);
-        return 1;
+        rc = 1;
+        goto out_cfg;
     }
     cfg.smtp_url = smtp && *smtp ? smtp : NULL;
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         log_error("curl_global_init failed");
-        return 1;
+        rc = 1;
+        goto out_cfg;
     }
     if (!cfg.smtp_url && !declare_only)
         log_info("SMTP_URL not set: mail is recorded in email.messages, not sent");
@@ -130,7 +141,8 @@ int main(int argc, char **argv)
     mailer_stop(cfg.ml);
 out:
     curl_global_cleanup();
-    cfg_free(specs, nspecs);
+out_cfg:
+    cfg_free_groups(settings, nsettings);
     free(smtp);
     free(amqp);
     free(dburl);
