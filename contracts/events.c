@@ -599,6 +599,26 @@ int ev_json_depth(const char *s, size_t len)
     return max;
 }
 
+/* 1 when a string of the JSON text s holds the escape \u0000: cJSON
+ * decodes it to a NUL byte, where every C string stops, so "<uuid>\u0000x"
+ * would be read as the UUID. (An escaped backslash before u0000 is text.) */
+static int has_escaped_nul(const char *s, size_t len)
+{
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!in_str) {
+            in_str = s[i] == '"';
+        } else if (s[i] == '"') {
+            in_str = 0;
+        } else if (s[i] == '\\') {
+            if (len - i > 5 && memcmp(s + i + 1, "u0000", 5) == 0)
+                return 1;
+            i++;
+        }
+    }
+    return 0;
+}
+
 /* cJSON keeps both members of {"a":1,"a":2}; a strict reader refuses it. */
 const char *ev_json_duplicate_key(const cJSON *obj)
 {
@@ -760,6 +780,10 @@ cJSON *ev_json_parse(const char *body, size_t len, int max_depth, char *err, siz
 
     if (!ev_utf8_valid(body, len) || memchr(body, '\0', len)) {
         snprintf(err, errlen, "body: not valid UTF-8 text");
+        return NULL;
+    }
+    if (has_escaped_nul(body, len)) {
+        snprintf(err, errlen, "body: a string holds \\u0000 (NUL), which no field may");
         return NULL;
     }
     if (ev_json_depth(body, len) > max_depth) {

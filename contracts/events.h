@@ -6,11 +6,14 @@
  *
  * Money is always an integer count of minor units (cents) with an ISO 4217
  * currency code, never a double. Decoding is strict: a missing or mistyped
- * field, a value out of range, a duplicate key, invalid UTF-8, nesting deeper
- * than the shapes allow, or totals that do not add up are refused, and the
- * error names the field ("lines[2].quantity: must be between 1 and 10000").
- * Unknown fields are ignored (tolerant reader), so a producer may add an
- * optional field without a new schema version.
+ * field, a value out of range, a string longer than its buffer below (never
+ * cut to fit), a duplicate key, invalid UTF-8, a string holding \u0000,
+ * nesting deeper than the shapes allow, or totals that do not add up are
+ * refused, and the error names the field ("lines[2].quantity: must be
+ * between 1 and 10000"). An integer field takes any JSON number with an
+ * integral value within 2^53 (1.0 and 1e0 are 1). Unknown fields are ignored
+ * (tolerant reader), so a producer may add an optional field without a new
+ * schema version; they are still read as strictly (duplicates, depth).
  *
  * The envelope's AMQP properties (message_id, correlation_id, type,
  * timestamp, app_id, header schema_version) travel outside the body; the body

@@ -23,14 +23,17 @@ case "${1:-}" in
 esac
 BUILD=${1:-build}
 
-# Every suite there is (the unit suites first), and the ones asked for.
+# Every suite there is (the unit suites first), and the ones asked for. A
+# binary whose tests/check_*.c is gone (renamed or merged) is left over from
+# an older build, not a suite.
 ALL=()
+suite() { [ -x "$1" ] && { [[ "$1" != "$ROOT/$BUILD"/test/* ]] || [ -f "$ROOT/tests/$(basename "$1").c" ]; }; }
 for t in "$ROOT/$BUILD"/test/check_units_*; do
-    [ -x "$t" ] && ALL+=("$t")
+    suite "$t" && ALL+=("$t")
 done
 for t in "$ROOT/$BUILD"/test/check_* "$ROOT"/tests/*_check.py "$ROOT"/tests/*_check.sh; do
     case "$(basename "$t")" in check_units_*) continue ;; esac
-    [ -x "$t" ] && ALL+=("$t")
+    suite "$t" && ALL+=("$t")
 done
 for want in ${SUITES:-}; do
     found=0
