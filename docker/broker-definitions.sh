@@ -7,6 +7,9 @@
 # a 4-byte random salt followed by SHA-256(salt + password). (RabbitMQ 3.10's
 # rabbitmqctl has no hash_password; coreutils suffice.)
 set -euo pipefail
+# The services' sources (their routes[] tables and the contract's keys) for
+# service_keys: copied into the image beside the scripts.
+export ORDERSUITE_SRC=/ordersuite
 source /ordersuite/broker-perms.sh
 out=${1:-/definitions/definitions.json}
 hash() {
@@ -33,7 +36,8 @@ json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
     printf '  {"user": "%s", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}' "$RABBITMQ_ADMIN_USER"
     for entry in $BROKER_USERS; do
         user=${entry%%:*}
-        { read -r conf; read -r write; read -r read; } < <(broker_perms "$user" "${entry#*:}")
+        perms=$(broker_perms "$user" "${entry#*:}")
+        { read -r conf; read -r write; read -r read; } <<<"$perms"
         printf ',\n  {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' \
             "$user" "$(json "$conf")" "$(json "$write")" "$(json "$read")"
     done
@@ -42,9 +46,10 @@ json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
     sep=''
     for entry in $BROKER_USERS; do
         user=${entry%%:*}
-        { read -r _; read -r _; read -r _; read -r twrite; read -r own; } < <(broker_perms "$user" "${entry#*:}")
-        printf '%s  {"user": "%s", "vhost": "/", "exchange": "sales.events", "write": "%s", "read": ".*"}' \
-            "$sep" "$user" "$(json "$twrite")"
+        perms=$(broker_perms "$user" "${entry#*:}")
+        { read -r _; read -r _; read -r _; read -r twrite; read -r own; read -r tread; } <<<"$perms"
+        printf '%s  {"user": "%s", "vhost": "/", "exchange": "sales.events", "write": "%s", "read": "%s"}' \
+            "$sep" "$user" "$(json "$twrite")" "$(json "$tread")"
         sep=$',\n'
         for ex in sales.retry sales.dlx; do
             printf '%s  {"user": "%s", "vhost": "/", "exchange": "%s", "write": "%s", "read": "%s"}' \

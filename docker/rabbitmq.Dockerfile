@@ -13,6 +13,10 @@ RUN printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin
  && echo '[rabbitmq_management].' >/etc/rabbitmq/enabled_plugins
 COPY docker/rabbitmq.conf /etc/rabbitmq/rabbitmq.conf
 COPY scripts/suite.sh scripts/broker-perms.sh docker/broker-definitions.sh /ordersuite/
+# What each service may read on sales.events comes from its routes[] table
+# (service_keys in broker-perms.sh).
+COPY contracts/events.h /ordersuite/contracts/
+COPY services /ordersuite/services
 ENV HOME=/var/lib/rabbitmq PATH=/usr/lib/rabbitmq/bin:$PATH
 USER rabbitmq
 EXPOSE 5672 15672

@@ -16,7 +16,10 @@
 #     name; read (consume, bind from) only its own queues and those exchanges;
 #   - topic permissions (the broker checks them on every publish to, and
 #     every binding from, a topic exchange): on sales.events it publishes only
-#     TOPIC.*; on sales.retry and sales.dlx it publishes and binds only the
+#     TOPIC.* and binds (reads) only the event keys it handles, exactly
+#     (service_keys: the routes of its main.c), so no queue of its own, nor
+#     sales.retry, is bound for `#` or for another service's events; on
+#     sales.retry and sales.dlx it publishes and binds only the
 #     keys common/mq_*.c use (S, and S.retry.<ms>ms for its tiers), so its
 #     retries and dead letters reach its own queues only and it cannot bind
 #     its queue to another's, nor sales.retry to sales.events under an event
@@ -27,14 +30,53 @@
 source "$(dirname "${BASH_SOURCE[0]}")/suite.sh"
 BROKER_USERS="$(echo "$SUITE_SERVICES" | awk 'NF { printf "%s:%s ", $1, ($3 == "-" ? "" : $3) }')pos:sale"
 
-# broker_perms USER TOPIC [HAS_QUEUES]: prints five lines: the configure,
-# write and read regexes of USER, its topic-write regex on sales.events, and
-# its topic regex (write and read) on sales.retry and sales.dlx. HAS_QUEUES
+# service_keys NAME: the event keys service NAME handles, one a line: the
+# routes[] table of services/NAME/main.c (its EV_ names, which is what binds
+# its queue), through the RK_ defines of contracts/events.h. The sources are
+# under ORDERSUITE_SRC (default: this script's tree; the broker image has a
+# copy). Fails, printing nothing, when the table names no event or one that
+# is not in the contract.
+service_keys() {
+    local src=${ORDERSUITE_SRC:-$(dirname "${BASH_SOURCE[0]}")/..}
+    [ -r "$src/services/$1/main.c" ] && [ -r "$src/contracts/events.h" ] || {
+        echo "service_keys: no $src/services/$1/main.c or $src/contracts/events.h" >&2
+        return 1
+    }
+    awk -v name="$1" '
+        FNR == NR {
+            if ($1 == "#define" && $2 ~ /^RK_/) { k = $3; gsub(/"/, "", k); rk["EV_" substr($2, 4)] = k }
+            next
+        }
+        /worker_route routes\[\] = \{/ { inr = 1; next }
+        inr && /^[ \t]*\};/ { inr = 0 }
+        inr {
+            while (match($0, /\{EV_[A-Z_]+,/)) {
+                ev = substr($0, RSTART + 1, RLENGTH - 2)
+                if (!(ev in rk)) { print "service_keys: " name ": " ev " is not an event" >"/dev/stderr"; bad = 1 }
+                out = out rk[ev] "\n"
+                $0 = substr($0, RSTART + RLENGTH)
+            }
+        }
+        END {
+            if (bad || out == "") { if (!bad) print "service_keys: " name ": no routes[] table" >"/dev/stderr"; exit 1 }
+            printf "%s", out
+        }' "$src/contracts/events.h" "$src/services/$1/main.c"
+}
+
+# broker_perms USER TOPIC [HAS_QUEUES]: prints six lines: the configure,
+# write and read regexes of USER, its topic-write regex on sales.events, its
+# topic regex (write and read) on sales.retry and sales.dlx, and its
+# topic-read regex on sales.events (the keys of service_keys). HAS_QUEUES
 # is 1 (default) for a consuming service, 0 for a publisher only (pos).
+# Fails when a consuming service's keys cannot be read.
 broker_perms() {
     local q=$1 topic=$2 queues=${3:-}
     [ -n "$queues" ] || { [ "$q" = pos ] && queues=0 || queues=1; }
-    local own="$q|$q\\.retry\\..*|$q\\.dlq"
+    local own="$q|$q\\.retry\\..*|$q\\.dlq" keys=''
+    if [ "$queues" = 1 ]; then
+        keys=$(service_keys "$q") || return 1
+        keys=$(echo "$keys" | sed 's/\./\\./g' | paste -sd '|')
+    fi
     if [ "$queues" = 1 ]; then
         echo "^($own)\$"
         echo "^($own|sales\\.(events|retry|dlx))\$"
@@ -49,15 +91,17 @@ broker_perms() {
     # fails, matches nothing.
     if [ -n "$topic" ]; then echo "^$topic\\..*\$"; else echo '(?!)'; fi
     if [ "$queues" = 1 ]; then echo "^($q|$q\\.retry\\.[0-9]+ms)\$"; else echo '^$'; fi
+    if [ "$queues" = 1 ]; then echo "^($keys)\$"; else echo '(?!)'; fi
 }
 
 # broker_grant VHOST USER TOPIC: sets USER's permissions on VHOST with
 # rabbitmqctl (the caller defines rmqctl, as scripts/lib.sh does).
 broker_grant() {
-    local vhost=$1 user=$2 topic=$3 conf write read twrite own
-    { read -r conf; read -r write; read -r read; read -r twrite; read -r own; } < <(broker_perms "$user" "$topic")
+    local vhost=$1 user=$2 topic=$3 perms conf write read twrite own tread
+    perms=$(broker_perms "$user" "$topic") || return 1
+    { read -r conf; read -r write; read -r read; read -r twrite; read -r own; read -r tread; } <<<"$perms"
     rmqctl -q set_permissions -p "$vhost" "$user" "$conf" "$write" "$read" >/dev/null
-    rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.events "$twrite" '.*' >/dev/null
+    rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.events "$twrite" "$tread" >/dev/null
     rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.retry "$own" "$own" >/dev/null
     rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.dlx "$own" "$own" >/dev/null
 }

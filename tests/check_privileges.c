@@ -50,6 +50,7 @@ static struct {
     char schema[64];  /* e.g. orders */
     char db_env[100]; /* e.g. ORDERS_DATABASE_URL */
     ev_type handles;  /* a key its queue is bound for */
+    char keys[256];   /* a consumer's keys, "k1,k2,": service_keys of broker-perms.sh */
     tu_svc svc;       /* a consumer's, started by start_all */
 } users[MAX_USERS];
 static size_t nusers;
@@ -70,15 +71,18 @@ static void up_name(const char *name, const char *suffix, char *out, size_t len)
     snprintf(out + i, len - i, "%s", suffix);
 }
 
-/* Reads BROKER_USERS and suite.sh's roles: lines "user topic role" ("-" for
- * none). Returns 0, or -1 with the reason on stderr. */
+/* Reads BROKER_USERS, suite.sh's roles and each consumer's keys (what
+ * broker-perms.sh lets it read on sales.events): lines "user topic role
+ * keys" ("-" for none; keys "k1,k2,"). Returns 0, or -1 with the reason on
+ * stderr. */
 static int load_registry(void)
 {
     const char *cmd =
         "bash -c 'source \"$ORDERSUITE_ROOT/scripts/broker-perms.sh\" || exit 1;"
-        " for e in $BROKER_USERS; do u=${e%%:*}; t=${e#*:}; r=$(suite_field \"$u\" 2);"
-        " echo \"$u ${t:--} ${r:--}\"; done'";
-    char line[256];
+        " for e in $BROKER_USERS; do u=${e%%:*}; t=${e#*:}; r=$(suite_field \"$u\" 2); k=-;"
+        " if [ -n \"$r\" ]; then k=$(service_keys \"$u\" | tr \"\\n\" ,) || exit 1; fi;"
+        " echo \"$u ${t:--} ${r:--} $k\"; done'";
+    char line[512];
     FILE *p;
     if (!getenv("ORDERSUITE_ROOT")) {
         fprintf(stderr, "ORDERSUITE_ROOT is not set (scripts/run-tests.sh sets it)\n");
@@ -88,8 +92,8 @@ static int load_registry(void)
     if (!p)
         return -1;
     while (fgets(line, sizeof(line), p)) {
-        char u[64], t[64], r[64];
-        if (sscanf(line, "%63s %63s %63s", u, t, r) != 3)
+        char u[64], t[64], r[64], k[256];
+        if (sscanf(line, "%63s %63s %63s %255s", u, t, r, k) != 4)
             continue;
         if (nusers == MAX_USERS) {
             fprintf(stderr, "more than %d broker users\n", MAX_USERS);
@@ -103,6 +107,7 @@ static int load_registry(void)
         if (users[nusers].consumer) {
             snprintf(users[nusers].schema, sizeof(users[nusers].schema), "%s", r);
             up_name(r, "_DATABASE_URL", users[nusers].db_env, sizeof(users[nusers].db_env));
+            snprintf(users[nusers].keys, sizeof(users[nusers].keys), "%s", k);
         }
         nusers++;
     }
@@ -122,9 +127,10 @@ static int consuming(void *arg)
     return tu_queue_counts("TEST_AMQP_URL", arg, &consumers) >= 0 && consumers > 0;
 }
 
-/* The first key queue q is bound for on sales.events (the management API, as
- * the administrator of TEST_AMQP_URL); -1 when there is none. */
-static int bound_key(const char *q, ev_type *out)
+/* The keys queue q is bound for on sales.events (the management API, as the
+ * administrator of TEST_AMQP_URL), each followed by a comma, into out;
+ * -1 when the API does not answer. */
+static int event_bindings(const char *q, char *out, size_t len)
 {
     struct amqp_connection_info info;
     char *url = strdup(tu_env("TEST_AMQP_URL")), cred[300], b64[420], auth[460], api[512];
@@ -132,7 +138,7 @@ static int bound_key(const char *q, ev_type *out)
     const char *hdrs[] = {auth, NULL};
     const cJSON *b;
     cJSON *j;
-    int rc = -1;
+    size_t n = 0;
     ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
     snprintf(cred, sizeof(cred), "%s:%s", info.user, info.password);
     EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)cred, (int)strlen(cred));
@@ -150,18 +156,49 @@ static int bound_key(const char *q, ev_type *out)
     }
     j = cJSON_Parse(page);
     free(page);
+    out[0] = '\0';
     cJSON_ArrayForEach(b, j)
     {
         const cJSON *src = cJSON_GetObjectItemCaseSensitive(b, "source");
         const cJSON *key = cJSON_GetObjectItemCaseSensitive(b, "routing_key");
         if (cJSON_IsString(src) && strcmp(src->valuestring, MQ_EXCHANGE) == 0 &&
-            cJSON_IsString(key) && ev_type_from_key(key->valuestring, out) == 0) {
-            rc = 0;
-            break;
+            cJSON_IsString(key)) {
+            int w = snprintf(out + n, len - n, "%s,", key->valuestring);
+            ck_assert_msg(w > 0 && (size_t)w < len - n, "%s: too many bindings", q);
+            n += (size_t)w;
         }
     }
     cJSON_Delete(j);
-    return rc;
+    return 0;
+}
+
+/* Whether key is one of list's ("k1,k2,"). */
+static int in_list(const char *list, const char *key)
+{
+    size_t kl = strlen(key);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == kl && strncmp(p, key, kl) == 0)
+            return 1;
+        p += l + (e != NULL);
+    }
+    return 0;
+}
+
+/* The first event key queue q is bound for on sales.events, in the
+ * management API's order; -1 when there is none. */
+static int bound_key(const char *q, ev_type *out)
+{
+    char list[1024];
+    if (event_bindings(q, list, sizeof(list)) < 0)
+        return -1;
+    for (char *k = list, *e; (e = strchr(k, ',')) != NULL; k = e + 1) {
+        *e = '\0';
+        if (ev_type_from_key(k, out) == 0)
+            return 0;
+    }
+    return -1;
 }
 
 static void stop_started(void)
@@ -719,52 +756,137 @@ START_TEST(cc_and_bcc_to_another_services_queue_are_not_applied)
 }
 END_TEST
 
-/* Door (B): each consuming service binds sales.retry to sales.events under
- * its own keys (its prefix, or its name for one that publishes none) and
- * publishes each of its own event keys on sales.retry, with a forged type
- * and original key: what arrives through sales.retry under a key that is
- * not the consumer's own is not a retry of its own. (Under its own name it
- * would reach its own queue only: a service may retry to itself.) */
+/* exchange.bind (unbind) destination <- source under key, as the user of
+ * url_env; the reply code (0: done). */
+static int bind_exchange(const char *url_env, int unbind, const char *dest, const char *src,
+                         const char *key)
+{
+    amqp_connection_state_t c = tu_amqp_open(url_env);
+    if (unbind)
+        amqp_exchange_unbind(c, 1, amqp_cstring_bytes(dest), amqp_cstring_bytes(src),
+                             amqp_cstring_bytes(key), amqp_empty_table);
+    else
+        amqp_exchange_bind(c, 1, amqp_cstring_bytes(dest), amqp_cstring_bytes(src),
+                           amqp_cstring_bytes(key), amqp_empty_table);
+    return raw_done(c);
+}
+
+#define MAX_XB 2048
+static struct {
+    const char *dest, *src;
+    char key[80];
+    size_t by; /* the user that tried it */
+    int code;
+} xb[MAX_XB];
+static size_t nxb;
+
+/* Tries exchange.bind dest <- src under key as user a, and records it. */
+static void try_xbind(size_t a, const char *dest, const char *src, const char *key)
+{
+    ck_assert_uint_lt(nxb, MAX_XB);
+    xb[nxb].dest = dest;
+    xb[nxb].src = src;
+    ck_assert_int_lt(snprintf(xb[nxb].key, sizeof(xb[nxb].key), "%s", key),
+                     (int)sizeof(xb[nxb].key));
+    xb[nxb].by = a;
+    xb[nxb].code = bind_exchange(users[a].url_env, 0, dest, src, key);
+    ck_assert_msg(xb[nxb].code == 0 || xb[nxb].code == AMQP_ACCESS_REFUSED,
+                  "%s: exchange.bind %s <- %s under %s: %d", users[a].name, dest, src, key,
+                  xb[nxb].code);
+    nxb++;
+}
+
+/* Door (B), exchange-to-exchange bindings: the broker checks write on the
+ * destination, read on the source and the topic read permission of the key
+ * on the source only. Each consuming service tries
+ *   - sales.retry <- sales.events under its prefix's `.#`, `#`, and every
+ *     event key (the ones it handles are its to read, so the broker takes
+ *     them);
+ *   - sales.events <- sales.retry and <- sales.dlx under its own name, its
+ *     first tier's key (its own keys there, so the broker takes them), `#`
+ *     and each other service's name.
+ * Whatever the broker took is then used: each bound event key is published
+ * on sales.events by its owner, and each attacker publishes under its own
+ * name on sales.retry and sales.dlx, all with the forged type and
+ * x-original-routing-key of other events. A message that crosses such a
+ * binding still carries the key its publisher was allowed: on sales.retry
+ * no queue is bound for an event key, and on sales.events no queue can be
+ * bound for a service's name (each reads only its event keys), so nothing
+ * reaches another service's queue: no inbox in any schema holds it, and
+ * the RESERVED order stays RESERVED. */
 START_TEST(exchange_to_exchange_binding_is_not_applied)
 {
-    char order[UUID_STR_LEN], *st, pattern[128];
-    amqp_connection_state_t c;
+    char order[UUID_STR_LEN], *st, key[128];
+    size_t taken = 0;
     int code;
     reserved_order(order);
+    nxb = 0;
     for (size_t a = 0; a < nusers; a++) {
+        char tier[64];
         if (!users[a].consumer)
             continue;
-        snprintf(pattern, sizeof(pattern), "%s.#",
-                 users[a].topic[0] ? users[a].topic : users[a].name);
-        c = tu_amqp_open(users[a].url_env);
-        amqp_exchange_bind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE),
-                           amqp_cstring_bytes(MQ_RETRY_EXCHANGE), amqp_cstring_bytes(pattern),
-                           amqp_empty_table);
-        code = raw_done(c);
-        ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "%s: exchange.bind: %d",
-                      users[a].name, code);
-        for (size_t k = 0; k < NKEYS; k++) {
-            if (!owns(a, all_keys[k]))
-                continue;
-            code = raw_forge(users[a].url_env, MQ_RETRY_EXCHANGE, all_keys[k],
-                             EV_INVENTORY_RELEASED, order, NULL, NULL);
-            ck_assert_msg(code == 0 || code == AMQP_ACCESS_REFUSED, "%s: publish: %d",
-                          users[a].name, code);
+        snprintf(key, sizeof(key), "%s.#", users[a].topic[0] ? users[a].topic : users[a].name);
+        try_xbind(a, MQ_RETRY_EXCHANGE, MQ_EXCHANGE, key);
+        try_xbind(a, MQ_RETRY_EXCHANGE, MQ_EXCHANGE, "#");
+        for (size_t k = 0; k < NKEYS; k++)
+            try_xbind(a, MQ_RETRY_EXCHANGE, MQ_EXCHANGE, all_keys[k]);
+        ck_assert_int_eq(mq_retry_queue_name(users[a].name, 1000, tier, sizeof(tier)), 0);
+        for (int x = 0; x < 2; x++) {
+            const char *src = x ? MQ_DLX : MQ_RETRY_EXCHANGE;
+            try_xbind(a, MQ_EXCHANGE, src, users[a].name);
+            try_xbind(a, MQ_EXCHANGE, src, tier);
+            try_xbind(a, MQ_EXCHANGE, src, "#");
+            for (size_t v = 0; v < nusers; v++)
+                if (v != a && users[v].consumer)
+                    try_xbind(a, MQ_EXCHANGE, src, users[v].name);
+        }
+    }
+    /* what crosses a binding the broker took */
+    for (size_t b = 0; b < nxb; b++) {
+        size_t a = xb[b].by;
+        if (xb[b].code != 0)
+            continue;
+        taken++;
+        if (strcmp(xb[b].src, MQ_EXCHANGE) == 0) {
+            /* an event key, published by its owner (if any user owns it) */
+            for (size_t o = 0; o < nusers; o++) {
+                ev_type key_type;
+                if (!owns(o, xb[b].key) || ev_type_from_key(xb[b].key, &key_type) < 0)
+                    continue;
+                for (size_t f = 0; f < NKEYS; f++) {
+                    ev_type as;
+                    if (strcmp(all_keys[f], xb[b].key) == 0)
+                        continue;
+                    ck_assert_int_eq(ev_type_from_key(all_keys[f], &as), 0);
+                    code =
+                        raw_forge(users[o].url_env, MQ_EXCHANGE, xb[b].key, as, order, NULL, NULL);
+                    ck_assert_msg(code == 0, "%s: its own %s: %d", users[o].name, xb[b].key, code);
+                }
+            }
+        } else if (strcmp(xb[b].key, users[a].name) == 0) {
+            /* its own key on sales.retry / sales.dlx: its own queue or DLQ
+             * takes it too (a service may send itself anything), so these
+             * name no order */
+            for (size_t v = 0; v < nusers; v++) {
+                if (v == a || !users[v].consumer)
+                    continue;
+                code = raw_forge(users[a].url_env, xb[b].src, users[a].name, users[v].handles, NULL,
+                                 NULL, NULL);
+                ck_assert_msg(code == 0, "%s: its own key on %s: %d", users[a].name, xb[b].src,
+                              code);
+            }
         }
     }
     assert_no_effect();
-    /* the administrator removes what they may have bound */
-    for (size_t a = 0; a < nusers; a++) {
-        if (!users[a].consumer)
-            continue;
-        snprintf(pattern, sizeof(pattern), "%s.#",
-                 users[a].topic[0] ? users[a].topic : users[a].name);
-        c = tu_amqp_open("TEST_AMQP_URL");
-        amqp_exchange_unbind(c, 1, amqp_cstring_bytes(MQ_EXCHANGE),
-                             amqp_cstring_bytes(MQ_RETRY_EXCHANGE), amqp_cstring_bytes(pattern),
-                             amqp_empty_table);
-        ck_assert_int_eq(raw_done(c), 0);
+    /* the administrator removes what was bound */
+    for (size_t b = 0; b < nxb; b++) {
+        if (xb[b].code == 0)
+            ck_assert_int_eq(bind_exchange("TEST_AMQP_URL", 1, xb[b].dest, xb[b].src, xb[b].key),
+                             0);
     }
+    /* the doors the broker leaves open were tried: a consumer's own event
+     * keys from sales.events, its own keys from sales.retry and sales.dlx */
+    ck_assert_uint_gt(taken, 0);
     st = order_status(order);
     ck_assert_msg(strcmp(st, "RESERVED") == 0, "exchange binding: the order is %s", st);
     free(st);
@@ -947,6 +1069,101 @@ START_TEST(no_user_can_configure_or_read_what_is_not_its_own)
 }
 END_TEST
 
+/* Binds queue q to sales.events under key as the user of url_env; the reply
+ * code (0: bound). */
+static int bind_events(const char *url_env, const char *q, const char *key)
+{
+    amqp_connection_state_t c = tu_amqp_open(url_env);
+    amqp_queue_bind(c, 1, amqp_cstring_bytes(q), amqp_cstring_bytes(MQ_EXCHANGE),
+                    amqp_cstring_bytes(key), amqp_empty_table);
+    return raw_done(c);
+}
+
+/* Each consumer reads only the events it handles. Its work queue is bound
+ * for exactly the keys broker-perms.sh lets it read (service_keys: the
+ * routes of its main.c). As its own user it cannot bind its work queue, nor
+ * a queue of its own made for the purpose, to `#`, `*.*` or an event it
+ * does not handle (403); binding one it handles still works. Then a message
+ * under a key no service handles finds no queue at all. */
+START_TEST(each_consumer_reads_only_the_events_it_handles)
+{
+    static const char *const wild[] = {"#", "*.*", "#.#"};
+    char fail[2048] = "", got[1024], probe[80], err[MQ_ERR_LEN];
+    size_t nf = 0, tried = 0;
+    mq_conn *adm;
+    mq_msg m = {0};
+    char id[UUID_STR_LEN], corr[UUID_STR_LEN];
+    int rc;
+    for (size_t a = 0; a < nusers; a++) {
+        const char *qs[2] = {users[a].name, probe};
+        amqp_connection_state_t c;
+        int code;
+        if (!users[a].consumer)
+            continue;
+        ck_assert_int_eq(event_bindings(users[a].name, got, sizeof(got)), 0);
+        for (size_t k = 0; k < NKEYS; k++)
+            ck_assert_msg(in_list(got, all_keys[k]) == in_list(users[a].keys, all_keys[k]),
+                          "%s: bound for %s, its keys (service_keys) %s", users[a].name, got,
+                          users[a].keys);
+        ck_assert_int_lt(snprintf(probe, sizeof(probe), "%s.retry.probe", users[a].name),
+                         (int)sizeof(probe));
+        c = tu_amqp_open(users[a].url_env);
+        amqp_queue_declare(c, 1, amqp_cstring_bytes(probe), 0, 0, 0, 0, amqp_empty_table);
+        ck_assert_msg(raw_done(c) == 0, "%s: declaring its own %s", users[a].name, probe);
+        for (size_t q = 0; q < 2; q++) {
+            for (size_t k = 0; k < NKEYS + 3; k++) {
+                const char *key = k < NKEYS ? all_keys[k] : wild[k - NKEYS];
+                if (in_list(users[a].keys, key))
+                    continue;
+                code = bind_events(users[a].url_env, qs[q], key);
+                tried++;
+                if (code != AMQP_ACCESS_REFUSED)
+                    nf += (size_t)snprintf(fail + nf, nf < sizeof(fail) ? sizeof(fail) - nf : 0,
+                                           " %s bound %s to %s (%d);", users[a].name, qs[q], key,
+                                           code);
+            }
+        }
+        /* what it handles, it may still bind */
+        for (size_t k = 0; k < NKEYS; k++) {
+            if (!in_list(users[a].keys, all_keys[k]))
+                continue;
+            code = bind_events(users[a].url_env, probe, all_keys[k]);
+            ck_assert_msg(code == 0, "%s: binding %s to %s, a key it handles: %d", users[a].name,
+                          probe, all_keys[k], code);
+        }
+        c = tu_amqp_open(users[a].url_env);
+        amqp_queue_delete(c, 1, amqp_cstring_bytes(probe), 0, 0);
+        ck_assert_msg(raw_done(c) == 0, "%s: deleting its own %s", users[a].name, probe);
+        /* what a broken rule let it bind is removed before the other tests */
+        for (size_t k = 0; k < NKEYS + 3; k++) {
+            const char *key = k < NKEYS ? all_keys[k] : wild[k - NKEYS];
+            if (in_list(users[a].keys, key))
+                continue;
+            c = tu_amqp_open("TEST_AMQP_URL");
+            amqp_queue_unbind(c, 1, amqp_cstring_bytes(users[a].name),
+                              amqp_cstring_bytes(MQ_EXCHANGE), amqp_cstring_bytes(key),
+                              amqp_empty_table);
+            ck_assert_int_eq(raw_done(c), 0);
+        }
+    }
+    ck_assert_uint_gt(tried, 0);
+    ck_assert_msg(nf == 0, "read beyond its own events:%s", fail);
+    /* a key no one handles comes back: no queue is bound for it */
+    adm = tu_publisher("TEST_AMQP_URL", "check_privileges");
+    uuid_v4(id);
+    uuid_v4(corr);
+    m.exchange = MQ_EXCHANGE;
+    m.routing_key = "order.nobody-handles";
+    m.message_id = id;
+    m.correlation_id = corr;
+    m.body = "{}";
+    m.len = 2;
+    rc = mq_publish(adm, &m, err, sizeof(err));
+    mq_free(adm);
+    ck_assert_msg(rc == MQ_ERR_RETURNED, "order.nobody-handles reached a queue (%d: %s)", rc, err);
+}
+END_TEST
+
 START_TEST(guest_cannot_log_in)
 {
     char url[256], err[MQ_ERR_LEN];
@@ -1021,6 +1238,7 @@ int main(void)
     tcase_add_test(t, no_user_can_publish_into_another_services_queues);
     tcase_add_test(t, own_key_with_a_forged_type_is_not_applied);
     tcase_add_test(t, no_user_can_configure_or_read_what_is_not_its_own);
+    tcase_add_test(t, each_consumer_reads_only_the_events_it_handles);
     tcase_add_test(t, cc_and_bcc_to_another_services_queue_are_not_applied);
     tcase_add_test(t, exchange_to_exchange_binding_is_not_applied);
     tcase_add_test(t, dead_letter_arguments_do_not_forge_an_event);

@@ -36,16 +36,18 @@ def run(cmd, cwd, env=None, timeout=300):
     return p.returncode, p.stdout + p.stderr
 
 
-def broker_user(cmd, pw=""):
+def broker_user(cmd, pw="", src=ROOT):
     """Adds (cmd "add") or deletes the generated service's broker user, with
     the permissions scripts/broker-perms.sh gives every service, in the
-    tests' vhost."""
+    tests' vhost; what it may read on sales.events comes from the routes of
+    its main.c in the tree src (service_keys)."""
     url = urllib.parse.urlsplit(os.environ["TEST_AMQP_URL"])
     vhost = urllib.parse.unquote(url.path[1:]) if len(url.path) > 1 else "/"
     script = ('source scripts/lib.sh; load_env; source scripts/broker-perms.sh; '
               + ('rmqctl -q delete_user "$U" >/dev/null 2>&1; true' if cmd == "delete" else
                  'rmqctl -q add_user "$U" <<<"$PW" >/dev/null && broker_grant "$VH" "$U" "$U"'))
-    return run(["bash", "-c", script], ROOT, dict(CLEAN, U=NAME, PW=pw, VH=vhost))
+    return run(["bash", "-c", script], ROOT,
+               dict(CLEAN, U=NAME, PW=pw, VH=vhost, ORDERSUITE_SRC=src))
 
 
 def cleanup():
@@ -100,7 +102,7 @@ def main():
         db_url = db_url[:db_url.index(":", len("postgresql://") + len(NAME)) + 1] + pw + \
             db_url[db_url.index("@"):]
         # Its own broker user, with the rights every service gets.
-        rc, out = broker_user("add", pw)
+        rc, out = broker_user("add", pw, tmp)
         if not check("broker_user", rc == 0, out):
             return
         url = urllib.parse.urlsplit(os.environ["TEST_AMQP_URL"])
