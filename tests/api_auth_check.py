@@ -23,7 +23,10 @@ import json
 import os
 import subprocess
 import tempfile
+import urllib.parse
 import uuid
+
+import yaml
 
 import checklib
 from checklib import BIN, check
@@ -144,6 +147,36 @@ def main():
         addrs = listen_addrs(OPS_PORT)
         check("ops_port_binds_OPS_BIND_loopback", addrs == {"127.0.0.1"},
               f"OPS_PORT {OPS_PORT} listens on {sorted(addrs) or 'nothing'}")
+
+        # docs/openapi.yaml says which listener serves each path (its
+        # `servers`, else the top-level ones) and which need a token: every
+        # operation, without a token, on both listeners, is served where it
+        # is listed (401 if it needs a token, not 401 if `security: []`)
+        # and 404 on the other.
+        spec = yaml.safe_load(open(os.path.join(checklib.ROOT, "docs", "openapi.yaml")))
+        ports = {urllib.parse.urlsplit(sv["url"]).port: p
+                 for sv, p in zip(spec["servers"], (PORT, OPS_PORT))}
+        documented = set()
+        for path, item in spec["paths"].items():
+            served = {ports[urllib.parse.urlsplit(sv["url"]).port]
+                      for sv in item.get("servers", spec["servers"])}
+            for method in ("get", "post"):
+                if method not in item:
+                    continue
+                open_ = item[method].get("security", spec.get("security")) == []
+                url = path.replace("{id}", str(uuid.uuid4()))
+                body = order(tag) if method == "post" else None
+                for port in (PORT, OPS_PORT):
+                    s, _, b = call(method.upper(), url, body=body, port=port)
+                    want = ("not 401/404" if open_ else "401") if port in served else "404"
+                    ok = (s not in (401, 404) if open_ else s == 401) if port in served else s == 404
+                    check(f"openapi_{method}_{path.strip('/').replace('/', '_').strip('{}')}"
+                          f"_{'api' if port == PORT else 'ops'}_port", ok,
+                          f"{method.upper()} {path} on {port}: {s} (docs/openapi.yaml: {want}) {b[:120]!r}")
+                    documented.add((method, path, port in served))
+        check("openapi_documents_metrics_on_the_ops_port_only",
+              ("get", "/metrics", True) in documented and len(
+                  [d for d in documented if d[1] == "/metrics" and d[2]]) == 1, sorted(documented))
 
         # No, unknown or malformed credentials: 401 everywhere, nothing written.
         unauthorized("post_without_token_401", *call("POST", "/orders", body=order(tag)))
