@@ -106,16 +106,21 @@ size_t log_format(char *buf, size_t cap, log_level lvl, const char *corr, const 
 
 void log_write(log_level lvl, const char *corr, const char *msgid, const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
+    log_vwrite(lvl, corr, msgid, fmt, ap);
+    va_end(ap);
+}
+
+void log_vwrite(log_level lvl, const char *corr, const char *msgid, const char *fmt, va_list ap)
+{
     char msg[LOG_MSG_MAX];
     char line[LOG_LINE_MAX];
-    va_list ap;
     size_t n;
 
     if (lvl < log_min)
         return;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     n = log_format(line, sizeof(line), lvl, corr, msgid, msg);
     /* One write per line keeps lines whole across threads; a short write to
      * stderr is not worth a retry loop. */

@@ -8,6 +8,7 @@
 #ifndef ORDERSUITE_LOG_H
 #define ORDERSUITE_LOG_H
 
+#include <stdarg.h>
 #include <stdio.h>
 
 /* Limits: a line is at most LOG_LINE_MAX bytes with its newline; the
@@ -31,6 +32,10 @@ int log_parse_level(const char *s, log_level *out);
 /* Writes one line. corr and msgid may be NULL (then they are left out). */
 void log_write(log_level lvl, const char *corr, const char *msgid, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* log_write with a va_list, for a function that logs its caller's format. */
+void log_vwrite(log_level lvl, const char *corr, const char *msgid, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
 
 /* Formats one line into buf (always NUL-terminated, ends in '\n'); returns the
  * length. Used by log_write and by the tests. */

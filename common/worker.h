@@ -110,6 +110,21 @@ int worker_db_timeouts(db_timeouts *t, char *err, size_t errlen);
 /* Maps a db status to a handler result: transient → retry, else reject. */
 mq_result worker_db_result(int status);
 
+/* A handler's claim on its work: runs the statement (db_execp's name, sql,
+ * nparams, params, err), one whose rows say the work is this delivery's to
+ * do: an INSERT ... ON CONFLICT DO NOTHING RETURNING, an UPDATE ... WHERE
+ * status = ... RETURNING. Returns MQ_DONE with *res holding its rows (at
+ * least one; the caller clears it) when the handler goes on. Else *res is
+ * NULL and the handler returns what this returns: worker_db_result's answer
+ * when the statement failed (err says why), or MQ_DONE when it returned no
+ * row (the work was done before, or is not to be done), after logging fmt
+ * at info with env's ids. So a handler reads
+ *     if ((res = worker_claim(...)) != MQ_DONE || !r) return res; */
+mq_result worker_claim(db_conn *db, const char *name, const char *sql, int nparams,
+                       const char *const *params, PGresult **res, char *err, size_t errlen,
+                       const ev_envelope *env, const char *fmt, ...)
+    __attribute__((format(printf, 10, 11)));
+
 /* The envelope a handler sees, from delivery d (whose routing key is a
  * known event type): ids, type, app_id, timestamp, versions. Returns
  * MQ_DONE, or MQ_REJECT with the reason in err when the message_id or the

@@ -6,12 +6,13 @@
  * its handler; one COMMIT, then the acks. When anything in the batch fails,
  * the transaction is rolled back and each delivery is handled again in its
  * own (worker_batch_fate_of decides). Also the helpers handlers call
- * (worker_emit, worker_db_result).
+ * (worker_emit, worker_db_result, worker_claim).
  */
 #include "worker_int.h"
 #include "log.h"
 #include "util.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,27 @@
 mq_result worker_db_result(int status)
 {
     return status == DB_ERR_TRANSIENT ? MQ_RETRY : MQ_REJECT;
+}
+
+mq_result worker_claim(db_conn *db, const char *name, const char *sql, int nparams,
+                       const char *const *params, PGresult **res, char *err, size_t errlen,
+                       const ev_envelope *env, const char *fmt, ...)
+{
+    va_list ap;
+    int rc = db_execp(db, name, sql, nparams, params, res, err, errlen);
+
+    if (rc != DB_OK) {
+        *res = NULL;
+        return worker_db_result(rc);
+    }
+    if (PQntuples(*res) > 0)
+        return MQ_DONE;
+    PQclear(*res);
+    *res = NULL;
+    va_start(ap, fmt);
+    log_vwrite(LOG_INFO, env->correlation_id, env->message_id, fmt, ap);
+    va_end(ap);
+    return MQ_DONE;
 }
 
 int worker_emit(worker *w, db_conn *db, const ev_envelope *cause, const ev_event *ev, char *err,

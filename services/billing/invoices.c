@@ -39,6 +39,7 @@ static mq_result invoice(worker *w, db_conn *db, const ev_envelope *env, const c
     billing_invoiced *b = &out.u.billing_invoiced;
     char net[24], tax[24], amt[24], q[24], pr[24];
     PGresult *r;
+    mq_result res;
     int rc;
 
     ev_init(&out, EV_BILLING_INVOICED);
@@ -56,21 +57,15 @@ static mq_result invoice(worker *w, db_conn *db, const ev_envelope *env, const c
                            util_i64(net, total - b->tax),
                            util_i64(tax, b->tax),
                            util_i64(amt, total)};
-        rc = db_execp(db, "bil_invoice",
-                      "INSERT INTO invoices (id, order_id, sale_id, customer_id, customer_email,"
-                      " currency, net_minor, tax_minor, amount_minor)"
-                      " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                      " ON CONFLICT DO NOTHING RETURNING number",
-                      9, p, &r, err, errlen);
+        res = worker_claim(db, "bil_invoice",
+                           "INSERT INTO invoices (id, order_id, sale_id, customer_id,"
+                           " customer_email, currency, net_minor, tax_minor, amount_minor)"
+                           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                           " ON CONFLICT DO NOTHING RETURNING number",
+                           9, p, &r, err, errlen, env, "already invoiced; nothing to do");
     }
-    if (rc != DB_OK)
-        return worker_db_result(rc);
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        log_write(LOG_INFO, env->correlation_id, env->message_id,
-                  "already invoiced; nothing to do");
-        return MQ_DONE;
-    }
+    if (res != MQ_DONE || !r)
+        return res;
     b->invoice_number = strtoll(db_get(r, 0, "number"), NULL, 10);
     PQclear(r);
     for (size_t i = 0; i < lines->n; i++) {

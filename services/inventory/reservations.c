@@ -138,21 +138,17 @@ mq_result inv_on_payment_failed(worker *w, db_conn *db, const ev_envelope *env, 
     const char *p[] = {f->order_id};
     PGresult *r;
     ev_event out;
-    int rc, n;
+    mq_result res;
+    int rc;
 
-    rc = db_execp(db, "inv_release",
-                  "UPDATE reservations SET status = 'RELEASED', released_at = now()"
-                  " WHERE order_id = $1 AND status = 'RESERVED' RETURNING order_id",
-                  1, p, &r, err, errlen);
-    if (rc != DB_OK)
-        return worker_db_result(rc);
-    n = PQntuples(r);
+    res = worker_claim(db, "inv_release",
+                       "UPDATE reservations SET status = 'RELEASED', released_at = now()"
+                       " WHERE order_id = $1 AND status = 'RESERVED' RETURNING order_id",
+                       1, p, &r, err, errlen, env, "order %s has no reservation to release",
+                       f->order_id);
+    if (res != MQ_DONE || !r)
+        return res;
     PQclear(r);
-    if (n == 0) {
-        log_write(LOG_INFO, env->correlation_id, env->message_id,
-                  "order %s has no reservation to release", f->order_id);
-        return MQ_DONE;
-    }
     /* Lines in SKU order, like reservations, to keep lock order. */
     rc = db_execp(db, "inv_restock",
                   "UPDATE stock s SET on_hand = s.on_hand + l.quantity, updated_at = now()"
