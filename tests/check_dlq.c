@@ -22,32 +22,16 @@
 
 static tu_svc worker;
 
-/* Runs the dlq tool; returns its exit status and its stdout (caller frees). */
-static int dlq(const char *args, char **out)
+/* Runs the dlq tool with argv as the administrator; returns its exit
+ * status and its stdout (caller frees). */
+static int dlq(char **out, char *const *argv)
 {
-    char cmd[1024], buf[4096];
-    size_t n = 0, cap = 0;
-    FILE *p;
-    int st;
-    *out = NULL;
-    snprintf(cmd, sizeof(cmd), "AMQP_URL='%s' %s/dlq %s 2>&1", tu_env("TEST_AMQP_URL"),
-             tu_env("ORDERSUITE_BIN"), args);
-    p = popen(cmd, "r");
-    ck_assert_ptr_nonnull(p);
-    while (fgets(buf, sizeof(buf), p)) {
-        size_t k = strlen(buf);
-        if (n + k + 1 > cap) {
-            cap = (n + k + 1) * 2;
-            *out = realloc(*out, cap);
-        }
-        memcpy(*out + n, buf, k + 1);
-        n += k;
-    }
-    if (!*out)
-        *out = strdup("");
-    st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    const tu_svc_opts o = {.exe = "dlq", .amqp_env = "TEST_AMQP_URL", .argv = argv};
+    return tu_tool(&o, out);
 }
+
+/* DLQ(&out, "list"): dlq with these arguments. */
+#define DLQ(out, ...) dlq(out, (char *[]){"dlq", __VA_ARGS__, NULL})
 
 static long depth(const char *q)
 {
@@ -87,7 +71,7 @@ static void setup(void)
                            .log = "dlq-inventory",
                            .ready_queue = "inventory"};
     char *out;
-    ck_assert_int_eq(dlq("purge inventory --yes", &out), 0);
+    ck_assert_int_eq(DLQ(&out, "purge", "inventory", "--yes"), 0);
     free(out);
     {
         /* This suite owns the inventory queue while it runs: start empty. */
@@ -124,11 +108,11 @@ START_TEST(list_show_replay_and_purge)
     ck_assert_msg(tu_poll(20000, dlq_has, &two), "dead letters did not arrive: %ld",
                   depth("inventory.dlq"));
 
-    ck_assert_int_eq(dlq("list", &out), 0);
+    ck_assert_int_eq(DLQ(&out, "list"), 0);
     ck_assert_msg(strstr(out, "inventory.dlq") && strstr(out, " 2\n"), "%s", out);
     free(out);
 
-    ck_assert_int_eq(dlq("show inventory", &out), 0);
+    ck_assert_int_eq(DLQ(&out, "show", "inventory"), 0);
     ck_assert_msg(strstr(out, bad1) && strstr(out, bad2), "%s", out);
     ck_assert_msg(strstr(out, "reason         rejected"), "%s", out);
     ck_assert_msg(strstr(out, "routing_key    order.placed"), "%s", out);
@@ -138,33 +122,30 @@ START_TEST(list_show_replay_and_purge)
     free(out);
     ck_assert_int_eq(depth("inventory.dlq"), 2); /* show leaves them */
 
-    ck_assert_int_eq(dlq("replay inventory --all --dry-run", &out), 0);
+    ck_assert_int_eq(DLQ(&out, "replay", "inventory", "--all", "--dry-run"), 0);
     ck_assert_msg(strstr(out, "would replay 2"), "%s", out);
     free(out);
     ck_assert_int_eq(depth("inventory.dlq"), 2);
 
     /* Replayed by id: back through the worker, which still refuses it. */
-    {
-        char args[128];
-        snprintf(args, sizeof(args), "replay inventory --id %s", bad2);
-        ck_assert_int_eq(dlq(args, &out), 0);
-        ck_assert_msg(strstr(out, "replayed 1 message"), "%s", out);
-        free(out);
-    }
+    ck_assert_int_eq(DLQ(&out, "replay", "inventory", "--id", bad2), 0);
+    ck_assert_msg(strstr(out, "replayed 1 message"), "%s", out);
+    free(out);
     /* The worker saw it a second time and dead-lettered it again. */
     ck_assert_msg(tu_poll(20000, rejected_twice, bad2), "the replay did not reach the worker");
     ck_assert(tu_poll(20000, dlq_has, &two));
 
-    ck_assert_int_eq(dlq("replay inventory --id 00000000-0000-4000-8000-000000000000", &out), 1);
+    ck_assert_int_eq(
+        DLQ(&out, "replay", "inventory", "--id", "00000000-0000-4000-8000-000000000000"), 1);
     free(out);
-    ck_assert_int_eq(dlq("purge inventory", &out), 2);
+    ck_assert_int_eq(DLQ(&out, "purge", "inventory"), 2);
     free(out);
     ck_assert_int_eq(depth("inventory.dlq"), 2);
-    ck_assert_int_eq(dlq("purge inventory --yes", &out), 0);
+    ck_assert_int_eq(DLQ(&out, "purge", "inventory", "--yes"), 0);
     ck_assert_msg(strstr(out, "purged 2"), "%s", out);
     free(out);
     ck_assert_int_eq(depth("inventory.dlq"), 0);
-    ck_assert_int_eq(dlq("frobnicate", &out), 2);
+    ck_assert_int_eq(DLQ(&out, "frobnicate"), 2);
     free(out);
     mq_free(c);
 }
@@ -220,7 +201,7 @@ START_TEST(a_replayed_message_is_processed)
     }
     ck_assert(tu_poll(10000, dlq_has, &one));
     ck_assert_int_eq(reserved(o->order_id), 0);
-    ck_assert_int_eq(dlq("replay inventory --all", &out), 0);
+    ck_assert_int_eq(DLQ(&out, "replay", "inventory", "--all"), 0);
     free(out);
     ck_assert_msg(tu_poll(20000, reserved, o->order_id), "the replayed order was not reserved");
     ck_assert_int_eq(depth("inventory.dlq"), 0);

@@ -943,19 +943,12 @@ static void dead_letter_as(size_t a, const char *order, ev_type as, const char *
  * (the URL through the environment, never on a command line). */
 static void replay_all_dlqs(void)
 {
-    char cmd[512];
-    ck_assert_int_eq(setenv("AMQP_URL", tu_env("TEST_AMQP_URL"), 1), 0);
     for (size_t v = 0; v < nusers; v++) {
-        int st;
-        if (!users[v].consumer)
-            continue;
-        ck_assert_int_lt(snprintf(cmd, sizeof(cmd), "'%s/dlq' replay '%s' --all >/dev/null",
-                                  tu_env("ORDERSUITE_BIN"), users[v].name),
-                         (int)sizeof(cmd));
-        st = system(cmd);
-        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: exit %d", cmd, st);
+        char *argv[] = {"dlq", "replay", users[v].name, "--all", NULL};
+        const tu_svc_opts o = {.exe = "dlq", .amqp_env = "TEST_AMQP_URL", .argv = argv};
+        if (users[v].consumer)
+            ck_assert_msg(tu_tool(&o, NULL) == 0, "dlq replay %s --all failed", users[v].name);
     }
-    unsetenv("AMQP_URL");
 }
 
 /* Every consuming service against every other: onto sales.events under an

@@ -757,22 +757,18 @@ END_TEST
 /* The ledger's stuck count over billing's queues (-1: no RESULT line). */
 static long ledger_stuck(void)
 {
-    char cmd[2048], line[512];
+    static const char *const env[] = {"LEDGER_SERVICES=billing", NULL};
+    const tu_svc_opts o = {
+        .exe = "ledger", .amqp_env = "TEST_AMQP_URL", .db_env = "OWNER_DATABASE_URL", .env = env};
+    char *out, *save = NULL;
     long stuck = -1;
-    FILE *f;
-    snprintf(cmd, sizeof(cmd),
-             "DATABASE_URL='%s' AMQP_URL='%s' LEDGER_SERVICES=billing %s/ledger 2>>%s/log/tests/"
-             "ledger.stderr",
-             tu_env("OWNER_DATABASE_URL"), tu_env("TEST_AMQP_URL"), tu_env("ORDERSUITE_BIN"),
-             tu_env("ORDERSUITE_VAR"));
-    f = popen(cmd, "r");
-    ck_assert_ptr_nonnull(f);
-    while (fgets(line, sizeof(line), f)) {
+    tu_tool(&o, &out);
+    for (char *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         const char *p = strstr(line, "stuck=");
         if (strncmp(line, "RESULT ", 7) == 0 && p)
             stuck = strtol(p + 6, NULL, 10);
     }
-    pclose(f);
+    free(out);
     return stuck;
 }
 

@@ -8,8 +8,10 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,14 +94,16 @@ int tu_sql_try(const char *url, const char *sql, char *err, size_t errlen)
     return ok ? 0 : -1;
 }
 
-pid_t tu_spawn(const char *path, char *const argv[], const char *const *env, const char *logpath)
+/* tu_spawn, with stdout to out_fd instead of the log when out_fd >= 0. */
+static pid_t spawn(const char *path, char *const argv[], const char *const *env,
+                   const char *logpath, int out_fd)
 {
     pid_t pid = fork();
     ck_assert_msg(pid >= 0, "fork failed");
     if (pid == 0) {
         int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
-            dup2(fd, STDOUT_FILENO);
+            dup2(out_fd >= 0 ? out_fd : fd, STDOUT_FILENO);
             dup2(fd, STDERR_FILENO);
             close(fd);
         }
@@ -110,6 +114,11 @@ pid_t tu_spawn(const char *path, char *const argv[], const char *const *env, con
         _exit(127);
     }
     return pid;
+}
+
+pid_t tu_spawn(const char *path, char *const argv[], const char *const *env, const char *logpath)
+{
+    return spawn(path, argv, env, logpath, -1);
 }
 
 int tu_stop(pid_t pid, int sig, int timeout_ms)
@@ -148,7 +157,8 @@ static void fits(int k, size_t cap, const char *what)
     ck_assert_msg(k >= 0 && (size_t)k < cap, "%s: longer than the test's %zu bytes", what, cap);
 }
 
-void tu_svc_spawn(tu_svc *s, const tu_svc_opts *o)
+/* tu_svc_spawn, with the service's stdout to out_fd when out_fd >= 0. */
+static void svc_spawn(tu_svc *s, const tu_svc_opts *o, int out_fd)
 {
     /* The child's copies are what it puts into its environment. */
     char urls[2][1200], path[512];
@@ -201,7 +211,12 @@ void tu_svc_spawn(tu_svc *s, const tu_svc_opts *o)
     }
     env[n] = NULL;
     argv0[0] = (char *)base;
-    s->pid = tu_spawn(path, o->argv ? o->argv : argv0, env, s->log);
+    s->pid = spawn(path, o->argv ? o->argv : argv0, env, s->log, out_fd);
+}
+
+void tu_svc_spawn(tu_svc *s, const tu_svc_opts *o)
+{
+    svc_spawn(s, o, -1);
 }
 
 /* The ready_url answers 200. */
@@ -313,6 +328,55 @@ void tu_svc_fail(const tu_svc *s, const char *msg)
      * Check's message. */
     fprintf(stderr, "--- %s: %s; the end of %s:\n%s\n---\n", s->name, msg, s->log, tail);
     ck_abort_msg("%s; %s ends: %s", msg, s->log, n > 600 ? tail + n - 600 : tail);
+}
+
+int tu_tool(const tu_svc_opts *o, char **out)
+{
+    util_buf b = {NULL, 0, TU_TOOL_OUT_MAX};
+    int64_t end = util_now_ms() + TU_TOOL_MS;
+    char chunk[4096], msg[192];
+    int fds[2], st, reading = 1;
+    tu_svc s;
+
+    ck_assert_msg(pipe2(fds, O_CLOEXEC) == 0, "pipe: %s", strerror(errno));
+    svc_spawn(&s, o, fds[1]);
+    close(fds[1]);
+    /* Its stdout is read while it runs, so a full pipe never stalls it. */
+    while (reading) {
+        struct pollfd p = {fds[0], POLLIN, 0};
+        int64_t left = end - util_now_ms();
+        ssize_t k;
+        if (left <= 0) {
+            snprintf(msg, sizeof(msg), "%s did not exit within %d ms", s.name, TU_TOOL_MS);
+            close(fds[0]);
+            tu_svc_stop(&s);
+            tu_svc_fail(&s, msg);
+        }
+        if (poll(&p, 1, (int)left) <= 0)
+            continue; /* EINTR, or the time is up: the loop says which */
+        k = read(fds[0], chunk, sizeof(chunk));
+        if (k > 0 && util_buf_collect(chunk, 1, (size_t)k, &b) != (size_t)k) {
+            snprintf(msg, sizeof(msg), "%s wrote more than %d bytes on stdout", s.name,
+                     TU_TOOL_OUT_MAX);
+            close(fds[0]);
+            tu_svc_stop(&s);
+            tu_svc_fail(&s, msg);
+        }
+        if (k == 0 || (k < 0 && errno != EINTR))
+            reading = 0;
+    }
+    close(fds[0]);
+    st = tu_svc_wait(&s, (int)(end - util_now_ms() > 0 ? end - util_now_ms() : 1));
+    if (!WIFEXITED(st)) {
+        snprintf(msg, sizeof(msg), "%s was ended by signal %d", s.name,
+                 WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+        tu_svc_fail(&s, msg);
+    }
+    if (out)
+        *out = b.p ? b.p : strdup("");
+    else
+        free(b.p);
+    return WEXITSTATUS(st);
 }
 
 double tu_metric_sample(const char *page, const char *series)

@@ -113,6 +113,18 @@ void tu_svc_stop_ok(tu_svc *s);
 /* Fails the test with msg and the tail of what s wrote to its log. */
 void tu_svc_fail(const tu_svc *s, const char *msg);
 
+/* Runs one of the project's tools to its end, started as tu_svc_spawn
+ * starts a service (o: the same options; the ready_* ones are not used): a
+ * URL reaches it through its environment (amqp_env, db_env), never its
+ * command line or a shell's. Returns its exit code; when out is not NULL,
+ * *out is what it wrote on stdout (malloc'd, caller frees); its stderr is
+ * appended to its log. Fails the test, with its log, when it has not exited
+ * within TU_TOOL_MS (it is killed), a signal ended it, or it wrote more than
+ * TU_TOOL_OUT_MAX bytes on stdout. */
+#define TU_TOOL_MS      60000
+#define TU_TOOL_OUT_MAX (4 << 20)
+int tu_tool(const tu_svc_opts *o, char **out);
+
 /* The value of the first line of a Prometheus text page that starts with
  * series (a metric's name, with its labels or the start of them); -1 when
  * there is none. */
