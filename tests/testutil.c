@@ -660,6 +660,15 @@ long tu_queue_counts(const char *url_env, const char *queue, int *consumers)
     return n;
 }
 
+void tu_purge(const char *url_env, const char *const *queues)
+{
+    mq_conn *c = tu_publisher(url_env, "testutil");
+    char err[MQ_ERR_LEN];
+    for (const char *const *q = queues; *q; q++)
+        ck_assert_msg(mq_purge(c, *q, err, sizeof(err)) >= 0, "purge %s: %s", *q, err);
+    mq_free(c);
+}
+
 void tu_broker(const char *verb)
 {
     char cmd[1024];

@@ -173,6 +173,10 @@ amqp_connection_state_t tu_amqp_open(const char *url_env);
  * exist or the broker does not answer. */
 long tu_queue_counts(const char *url_env, const char *queue, int *consumers);
 
+/* Empties each queue of queues (NULL-ended) on the broker at the URL in
+ * url_env; fails the test when one cannot be purged. */
+void tu_purge(const char *url_env, const char *const *queues);
+
 /* Runs `rabbitmqctl VERB` against the project's node (stop_app, start_app);
  * fails the test when it fails. */
 void tu_broker(const char *verb);
