@@ -229,19 +229,14 @@ int db_connect_retry(db_conn *db, int timeout_ms, volatile sig_atomic_t *stop, c
                      size_t errlen)
 {
     backoff b;
-    int64_t deadline = timeout_ms < 0 ? -1 : util_now_ms() + timeout_ms;
+    int64_t wait;
     int rc;
 
     backoff_init(&b, 100, 5000);
+    backoff_until(&b, timeout_ms);
     for (;;) {
-        int64_t wait;
         rc = db_connect(db, err, errlen);
-        if (rc != DB_ERR_TRANSIENT)
-            return rc;
-        wait = backoff_next(&b);
-        if (deadline >= 0 && util_now_ms() + wait > deadline)
-            return rc;
-        if (util_sleep_ms(wait, stop))
+        if (rc != DB_ERR_TRANSIENT || (wait = backoff_next(&b)) < 0 || util_sleep_ms(wait, stop))
             return rc;
     }
 }

@@ -316,17 +316,14 @@ int mq_connect_retry(mq_conn *c, int consumer, int timeout_ms, volatile sig_atom
                      char *err, size_t errlen)
 {
     backoff b;
-    int64_t deadline = timeout_ms < 0 ? -1 : util_now_ms() + timeout_ms;
+    int64_t wait;
     int rc;
 
     backoff_init(&b, 200, 10000);
+    backoff_until(&b, timeout_ms);
     for (;;) {
-        int64_t wait;
         rc = consumer ? mq_connect_consumer(c, err, errlen) : mq_connect_publisher(c, err, errlen);
-        if (rc == MQ_OK || rc == MQ_ERR_CONFIG)
-            return rc;
-        wait = backoff_next(&b);
-        if (deadline >= 0 && util_now_ms() + wait > deadline)
+        if (rc == MQ_OK || rc == MQ_ERR_CONFIG || (wait = backoff_next(&b)) < 0)
             return rc;
         log_warn("broker not reachable (%s); retrying in %lld ms", err, (long long)wait);
         if (util_sleep_ms(wait, stop))

@@ -60,6 +60,12 @@ void backoff_init(backoff *b, int64_t initial_ms, int64_t max_ms)
     b->initial_ms = initial_ms;
     b->max_ms = max_ms;
     b->next_ms = initial_ms;
+    b->deadline_ms = -1;
+}
+
+void backoff_until(backoff *b, int timeout_ms)
+{
+    b->deadline_ms = timeout_ms < 0 ? -1 : util_now_ms() + timeout_ms;
 }
 
 int64_t backoff_next(backoff *b)
@@ -72,6 +78,8 @@ int64_t backoff_next(backoff *b)
         r = (unsigned int)util_now_ms();
     jitter = d / 4 > 0 ? (int64_t)(r % (unsigned int)(d / 2 + 1)) - d / 4 : 0;
     b->next_ms = d * 2 > b->max_ms ? b->max_ms : d * 2;
+    if (b->deadline_ms >= 0 && util_now_ms() + d + jitter > b->deadline_ms)
+        return -1;
     return d + jitter;
 }
 

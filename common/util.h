@@ -25,14 +25,19 @@ int util_sleep_ms(int64_t ms, volatile sig_atomic_t *stop);
  * sig_atomic_t is only for a signal handler and the thread it interrupts). */
 int util_sleep_ms_atomic(int64_t ms, atomic_int *stop);
 
-/* Capped exponential backoff with jitter. */
+/* Capped exponential backoff with jitter, and an optional deadline after
+ * which a retry loop gives up (backoff_next says -1). */
 typedef struct {
     int64_t initial_ms, max_ms, next_ms;
+    int64_t deadline_ms; /* util_now_ms() time no wait may end after; -1: none */
 } backoff;
 
+/* Starts at initial_ms, with no deadline. */
 void backoff_init(backoff *b, int64_t initial_ms, int64_t max_ms);
+/* Sets the deadline timeout_ms from now (timeout_ms < 0: none). */
+void backoff_until(backoff *b, int timeout_ms);
 /* Returns the delay to wait now (with +-25% jitter) and doubles the next one,
- * up to max_ms. */
+ * up to max_ms; -1 when waiting it would end after the deadline (give up). */
 int64_t backoff_next(backoff *b);
 void backoff_reset(backoff *b);
 

@@ -407,6 +407,23 @@ START_TEST(a_body_over_the_cap_fails_the_transfer)
 }
 END_TEST
 
+/* A wait that would end past the deadline is -1, a retry loop's cue to
+ * give up; without a deadline every wait is a delay. */
+START_TEST(a_backoff_gives_up_at_its_deadline)
+{
+    backoff b;
+    backoff_init(&b, 100, 100);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_ge(backoff_next(&b), 75);
+    backoff_until(&b, 50); /* a wait of at least 75 ms ends after it */
+    ck_assert_int_eq(backoff_next(&b), -1);
+    backoff_until(&b, 10000);
+    ck_assert_int_le(backoff_next(&b), 125);
+    backoff_until(&b, -1);
+    ck_assert_int_ge(backoff_next(&b), 75);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_common");
@@ -428,6 +445,7 @@ int main(void)
     tcase_add_test(u, backoff_doubles_up_to_the_cap_with_bounded_jitter);
     tcase_add_test(u, a_buffer_takes_up_to_its_cap_and_refuses_a_chunk_past_it);
     tcase_add_test(u, a_body_over_the_cap_fails_the_transfer);
+    tcase_add_test(u, a_backoff_gives_up_at_its_deadline);
     tcase_add_test(m, metrics_escape_label_values_from_messages);
     tcase_add_test(m, metrics_labels_stay_valid_utf8);
     tcase_add_test(m, a_routing_key_longer_than_a_label_is_one_counter);
