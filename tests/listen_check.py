@@ -22,8 +22,10 @@ that is not loopback fails.
          environment; each must listen on its own ports (HTTP or metrics,
          and order-api's operations port), and every listener of every
          project process on loopback only; then stops them;
-      3. a control: a process of a pid file under a folder of its own that
-         listens on 0.0.0.0 must be caught (the check can fail).
+      3. controls: a process of a pid file under a folder of its own that
+         listens on 0.0.0.0 must be caught (the check can fail); an epmd
+         started by another checkout's node is not this one's, one of this
+         checkout's is.
     listen_check.py --under DIR   only: every listener of the processes of
                                   the pid files under DIR (check_tls runs it
                                   on its TLS pair), none on a wide address.
@@ -31,6 +33,7 @@ that is not loopback fails.
 Prints one line per check and a Check-style summary line.
 """
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -139,18 +142,21 @@ def project_processes(under, with_epmd=True):
     return procs
 
 
-def epmd_is_ours(pid):
-    """True when epmd was started by one of the project's RabbitMQ nodes or
-    their tools (scripts/lib.sh rmq_env: RABBITMQ_NODENAME ordersuite...,
-    inherited by the epmd the node forks; another checkout's node counts
-    too, as its epmd serves ours). A system epmd (Debian's rabbitmq-server
-    or rabbitmqctl run by hand) is not the project's listener."""
+def epmd_is_ours(pid, var=VAR):
+    """True when epmd was started by one of this checkout's RabbitMQ nodes or
+    their tools: scripts/lib.sh rmq_env sets RABBITMQ_NODENAME ordersuite...
+    and RABBITMQ_MNESIA_BASE under this checkout's var/ (a second instance
+    such as check_tls's too), and the epmd the node forks inherits both. A
+    system epmd (Debian's rabbitmq-server or rabbitmqctl run by hand) and
+    one left by another checkout's node are not this checkout's listeners."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read().split(b"\0")
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
     except OSError:
         return False
-    return any(kv.startswith(b"RABBITMQ_NODENAME=ordersuite") for kv in env)
+    base = os.path.realpath(os.fsdecode(env.get(b"RABBITMQ_MNESIA_BASE", b"")) or "/nonexistent")
+    under = os.path.join(os.path.realpath(var), "")  # with one trailing /
+    return env.get(b"RABBITMQ_NODENAME", b"").startswith(b"ordersuite") and base.startswith(under)
 
 
 def sockets_of(procs):
@@ -219,7 +225,19 @@ def after_up():
         "epmd": ("epmd", int(os.environ.get("ERL_EPMD_PORT", "4369"))),
     }
     for what, (name, port) in want.items():
-        check(f"up_{what.replace(' ', '_')}_listens_on_{port}", port in ports_of(procs, socks, name),
+        ok = port in ports_of(procs, socks, name)
+        if not ok and name == "epmd":
+            # The node registers with the epmd already on the port: one left
+            # by another checkout's node serves ours. Not this checkout's
+            # listener, but it must be on loopback too.
+            others = {int(d): f"epmd (pid {d}, another checkout's)" for d in os.listdir("/proc")
+                      if d.isdigit() and comm(d) == "epmd"
+                      and epmd_is_ours(d, var="/") and not epmd_is_ours(d)}
+            osocks = sockets_of(others)
+            ok = port in ports_of(others, osocks, name) and not wide_listeners(others, osocks)
+            if ok:
+                print(f"     epmd on {port} is another checkout's, on loopback: {sorted(others)}")
+        check(f"up_{what.replace(' ', '_')}_listens_on_{port}", ok,
               f"no {name} process of the project listens on {port}")
     check_all_loopback("up", procs, socks)
 
@@ -287,6 +305,30 @@ def control():
             p.wait()
 
 
+def control_epmd():
+    """An epmd whose node's data is another checkout's is not this one's;
+    one whose node's data is under this checkout's var/ is. (A copy of
+    sleep named epmd, with a node's environment.)"""
+    with tempfile.TemporaryDirectory(prefix="listen-check-") as tmp:
+        fake = os.path.join(tmp, "epmd")
+        shutil.copy("/bin/sleep", fake)
+        for name, base, want in (
+                ("another_checkouts_epmd_is_not_ours",
+                 os.path.join(tmp, "other-checkout", "var", "rabbitmq", "mnesia"), False),
+                ("this_checkouts_epmd_is_ours", os.path.join(VAR, "rabbitmq", "mnesia"), True)):
+            env = dict(os.environ, RABBITMQ_NODENAME="ordersuite@localhost",
+                       RABBITMQ_MNESIA_BASE=base)
+            p = subprocess.Popen([fake, "60"], env=env)
+            try:
+                checklib.wait_until(lambda: comm(p.pid) == "epmd", 5)
+                got = p.pid in project_processes(tmp)
+                check(f"control_{name}", got == want,
+                      f"epmd (RABBITMQ_MNESIA_BASE={base}) counted as this checkout's: {got}")
+            finally:
+                p.kill()
+                p.wait()
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--under":
         procs = project_processes(sys.argv[2])
@@ -298,6 +340,7 @@ def main():
     after_up()
     after_demo()
     control()
+    control_epmd()
 
 
 if __name__ == "__main__":
