@@ -272,18 +272,26 @@ static int exited(void *arg)
  * of the pair, and over TLS or not, as the servers see it (pg_stat_ssl,
  * rabbitmqctl list_connections user ssl). Fails unless every one of want
  * ("pg ROLE" / "amqp USER") has a connection and all of them are TLS. */
+static void assert_tls_in(const char *out, const char *const *want);
+
 static void assert_connections_are_tls(const char *const *want)
 {
-    char cmd[2048], out[600], line[256], text[8192] = "";
-    size_t len = 0;
-    FILE *f;
+    char cmd[2048], out[600];
     snprintf(out, sizeof(out), "%s/connections.txt", certs);
     snprintf(cmd, sizeof(cmd),
              "bash %s/tests/tls-instance.sh connections %s >>%s/log/tests/tls-instance.log 2>&1",
              tu_env("ORDERSUITE_ROOT"), out, tu_env("ORDERSUITE_VAR"));
     ck_assert_msg(system(cmd) == 0, "tls-instance.sh connections failed");
-    f = fopen(out, "r");
-    ck_assert_ptr_nonnull(f);
+    assert_tls_in(out, want);
+}
+
+/* The same, on a file tls-instance.sh connections wrote. */
+static void assert_tls_in(const char *out, const char *const *want)
+{
+    char line[256], text[8192] = "";
+    size_t len = 0;
+    FILE *f = fopen(out, "r");
+    ck_assert_msg(f != NULL, "no %s", out);
     while (fgets(line, sizeof(line), f)) {
         char kind[16], who[64], ssl[16];
         if (sscanf(line, "%15s %63s %15s", kind, who, ssl) != 3)
@@ -557,6 +565,84 @@ START_TEST(tls_pair_listens_on_loopback_only)
 }
 END_TEST
 
+static int instance(const char *verb, const char *arg);
+
+/* The whole of a (small) text file, malloc'd; NULL when it cannot be read. */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *buf = NULL;
+    size_t len = 0, cap = 0, n;
+    if (!f)
+        return NULL;
+    do {
+        if (cap - len < 4096) {
+            char *nb = realloc(buf, cap + 65536);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = nb;
+            cap += 65536;
+        }
+        n = fread(buf + len, 1, cap - len - 1, f);
+        len += n;
+    } while (n > 0);
+    fclose(f);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* A line of text (the demo's output) holding both a and b. */
+static int line_with(const char *text, const char *a, const char *b)
+{
+    for (const char *p = text; p && *p;) {
+        const char *e = strchr(p, '\n'), *end = e ? e : p + strlen(p);
+        const char *x = strstr(p, a), *y = strstr(p, b);
+        if (x && y && x < end && y < end)
+            return 1;
+        p = e ? e + 1 : NULL;
+    }
+    return 0;
+}
+
+/* `make up TLS=1 && make demo`, as a test: scripts/demo.sh itself (with
+ * the pair's own env file, amqps:// and verify-full URLs only) against the
+ * TLS pair. It exits 0, its three orders end as the README shows
+ * (CONFIRMED, REJECTED, CANCELLED), the confirmation reaches its mail
+ * catcher, and while its services run every connection to either server
+ * is TLS, from every service. */
+START_TEST(make_demo_runs_over_tls)
+{
+    static const char *const conns[] = {"pg inventory", "pg billing",     "pg email",
+                                        "pg orders",    "amqp inventory", "amqp billing",
+                                        "amqp email",   "amqp order-api", NULL};
+    char out[600], mails[640], conn[640];
+    char *text, *json;
+    int rc;
+    snprintf(out, sizeof(out), "%s/demo.txt", certs);
+    snprintf(mails, sizeof(mails), "%s.mails", out);
+    snprintf(conn, sizeof(conn), "%s.conn", out);
+    rc = instance("demo", out);
+    text = read_text(out);
+    ck_assert_msg(text != NULL, "no %s", out);
+    ck_assert_msg(rc == 0, "the demo over TLS failed (%s; tls-instance.log): %.2000s", out, text);
+    ck_assert_msg(line_with(text, "confirmed", "CONFIRMED"), "no CONFIRMED order: %.2000s", text);
+    ck_assert_msg(line_with(text, "rejected (no stock)", "REJECTED"), "no REJECTED order: %.2000s",
+                  text);
+    ck_assert_msg(line_with(text, "payment failure", "CANCELLED"), "no CANCELLED order: %.2000s",
+                  text);
+    free(text);
+    json = read_text(mails);
+    ck_assert_msg(json && strstr(json, "ada@example.com"),
+                  "the confirmed order's mail (ada@example.com) is not in the catcher: %.1000s",
+                  json ? json : "(none)");
+    free(json);
+    assert_tls_in(conn, conns);
+}
+END_TEST
+
 /* Runs tests/tls-instance.sh VERB [ARG], output to var/log/tests/. */
 static int instance(const char *verb, const char *arg)
 {
@@ -656,6 +742,7 @@ int main(void)
     tcase_add_test(tc, pg_client_trusting_another_ca_is_refused);
     tcase_add_test(tc, pg_server_under_another_host_name_is_refused);
     tcase_add_test(tc, tls_pair_listens_on_loopback_only);
+    tcase_add_test(tc, make_demo_runs_over_tls);
     suite_add_tcase(s, tc);
     rc = tu_run(s);
     if (instance("down", NULL) < 0) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/tls-instance.sh up OUT | connections OUT | down — check_tls's own pair of servers, made
+# tests/tls-instance.sh up OUT | connections OUT | demo OUT | down — check_tls's own pair of servers, made
 # by `make up TLS=1` itself (scripts/up.sh) under var/tls-check/ on ports of
 # their own (PostgreSQL 5532, amqps 5771, management 15772; plain AMQP 5772
 # is configured off), so a plain `make test` tests TLS without touching the
@@ -47,11 +47,34 @@ connections)
         rmqctl -q list_connections user ssl | awk '$2 == "true" || $2 == "false" { print "amqp", $1, $2 }'
     } >"$out"
     ;;
+demo)
+    # `make demo`'s own script (scripts/demo.sh: services.sh start with this
+    # pair's env file, a POS burst, three orders) against the pair, with
+    # its services and mail catcher on ports of their own (the tests'
+    # +21000: API 29080; mail 22025 and 22080), so a demo or the other
+    # suites beside it keep theirs. Writes demo.sh's output to OUT; while the
+    # services still run, who is connected to each server to OUT.conn (as
+    # connections) and the mails the catcher got to OUT.mails (JSON); then
+    # stops the services and the catcher. Exits with demo.sh's status.
+    out=${2:?usage: tls-instance.sh demo OUT}
+    # shellcheck source=/dev/null
+    source "$scripts/lib.sh"
+    load_env
+    export ORDERSUITE_PORT_OFFSET=21000 HTTP_PORT=29080 MAIL_SMTP_PORT=22025 MAIL_WEB_PORT=22080
+    build=$(realpath --relative-to="$ROOT" "$(dirname "${ORDERSUITE_BIN:?}")")
+    rm -f "$VAR/mailcatcher.jsonl" "$out.conn" "$out.mails" # this run's mails only
+    rc=0
+    bash "$scripts/demo.sh" "$build" >"$out" 2>&1 || rc=$?
+    bash "$0" connections "$out.conn" || rc=$?
+    curl -sf "http://127.0.0.1:$MAIL_WEB_PORT/api/messages" >"$out.mails" || rc=$?
+    bash "$scripts/services.sh" stop >/dev/null || rc=$?
+    exit $rc
+    ;;
 down)
     bash "$scripts/down.sh"
     ;;
 *)
-    echo "usage: tls-instance.sh up OUT | connections OUT | down" >&2
+    echo "usage: tls-instance.sh up OUT | connections OUT | demo OUT | down" >&2
     exit 2
     ;;
 esac
