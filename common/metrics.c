@@ -292,6 +292,13 @@ char *metrics_render(metrics *m, const metrics_gauges *g)
             "ordersuite_outbox_parked_rows{service=\"%s\"} %lld\n",
             m->service, (long long)g->outbox_parked);
         put(&o,
+            "# HELP ordersuite_outbox_relay_failures_total Outbox relay rounds that failed"
+            " (broker or database away, a nack); the relay backs off after each. A row the"
+            " broker returns (unroutable) is not one.\n"
+            "# TYPE ordersuite_outbox_relay_failures_total counter\n"
+            "ordersuite_outbox_relay_failures_total{service=\"%s\"} %llu\n",
+            m->service, (unsigned long long)g->outbox_relay_failures);
+        put(&o,
             "# HELP ordersuite_broker_connected 1 while the consumer is connected.\n"
             "# TYPE ordersuite_broker_connected gauge\n"
             "ordersuite_broker_connected{service=\"%s\"} %d\n",

@@ -33,9 +33,10 @@ typedef struct metrics metrics;
 typedef struct {
     int64_t outbox_pending; /* -1 = unknown */
     int64_t outbox_oldest_age_s;
-    int64_t outbox_parked;  /* rows the broker refused too often, kept aside */
-    int broker_connected;   /* 1 / 0 */
-    int database_connected; /* 1 / 0 */
+    int64_t outbox_parked;          /* rows the broker refused too often, kept aside */
+    uint64_t outbox_relay_failures; /* relay rounds that failed; it backed off after each */
+    int broker_connected;           /* 1 / 0 */
+    int database_connected;         /* 1 / 0 */
 } metrics_gauges;
 
 /* Returns NULL when out of memory. metrics_free(NULL) is a no-op. */

@@ -90,6 +90,7 @@ static void gauges(worker *w, metrics_gauges *g, int *relay_connected)
     g->outbox_pending = __atomic_load_n(&w->outbox_rows, __ATOMIC_RELAXED);
     g->outbox_oldest_age_s = __atomic_load_n(&w->outbox_age_s, __ATOMIC_RELAXED);
     g->outbox_parked = __atomic_load_n(&w->outbox_parked, __ATOMIC_RELAXED);
+    g->outbox_relay_failures = rs.failures;
     g->broker_connected = mq_is_connected(w->cons);
     g->database_connected = ok_ms > 0 && util_now_ms() - ok_ms <= PROBE_FRESH_MS;
     if (relay_connected)
