@@ -13,17 +13,19 @@
 #   7 a worker stalled past the heartbeat
 #   rowlock  an operator holds a stock row in an open transaction: inventory's
 #      lock wait times out (DB_LOCK_TIMEOUT_MS) and the message is retried
-#   mail  the SMTP server (tools/mailcatcher) down 10 s under load, then back;
+#   mail  the SMTP server (tools/mailcatcher) down under load (until the
+#      mailer has failed MAIL_DOWN_TRIES (10) tries), then back;
 #      then a permanent refusal (550): each mail at the server once, the
 #      refused one in email.dlq with the reply; email runs with the
 #      scenario's SMTP_URL, and is restarted after it with the one it had
 #   unroutable  inventory.released (one binding: order-api's queue) unbound
-#      under load: the releases are parked, the other orders keep their
-#      end-to-end latency; re-bound and `dlq outbox replay`, each arrives once
+#      under load: the relay does not back off, the other orders complete
+#      while the releases are refused, then these are parked; re-bound and
+#      `dlq outbox replay`, each arrives once
 #
 # Needs make up + make migrate; starts the services if they are not running
 # (and stops them again at the end if it started them). --short runs shorter
-# loads and one round of scenario 1 (make test runs --short 0 1 4 6). Prints a
+# loads and one round of scenario 1 (make test runs --short 0 1 4 6 unroutable). Prints a
 # table and a Check-style summary line; exits non-zero if a scenario failed.
 source "$(dirname "$0")/lib.sh"
 load_env
@@ -67,9 +69,14 @@ restart() { # NAME [ENV=V...]: start it (with extra environment) and wait until 
     env "$@" "$ROOT/scripts/services.sh" start "$name" >>"$WORK/services.log" 2>&1
     wait_for 60 "$name ready" svc_ready "$name"
 }
+metrics_page() { # NAME: its /metrics (order-api's on its operations port); nothing if down
+    local port
+    port=$(svc_ops_port "$1")
+    [ -n "$port" ] || port=$(port_of "$1")
+    curl -fsS -m 2 "http://127.0.0.1:$port/metrics" 2>/dev/null || true
+}
 metric() { # NAME METRIC: the sum of that counter on the service's /metrics (0 if down)
-    curl -fsS -m 2 "http://127.0.0.1:$(port_of "$1")/metrics" 2>/dev/null |
-        awk -v m="$2" 'index($0, m "{") == 1 { s += $NF } END { printf "%d\n", s }'
+    metrics_page "$1" | awk -v m="$2" 'index($0, m "{") == 1 { s += $NF } END { printf "%d\n", s }'
 }
 now_ms() { date +%s%3N; }
 elapsed_s() { awk -v a="$(now_ms)" -v b="$1" 'BEGIN { printf "%.1f\n", (a - b) / 1000 }'; }
@@ -411,7 +418,9 @@ scenario_rowlock() {
     say "rowlock: a stock row ($sku) held 12 s in an open transaction, under 40 orders/s"
     retried0=$(metric inventory ordersuite_messages_retried_total)
     load_start "$TAG" 40 20
-    sleep 2
+    flowing() { [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
+        WHERE customer_id = '$TAG' AND status = 'CONFIRMED'")" -ge 20 ]; }
+    wait_for 30 "the load's first orders confirmed" flowing || ok=0
     psql -qAt "$OWNER_DATABASE_URL" -v sku="$sku" >/dev/null 2>&1 <<'SQL' &
 BEGIN;
 SELECT on_hand FROM inventory.stock WHERE sku = :'sku' FOR UPDATE;
@@ -433,16 +442,17 @@ SQL
     wait "$lockpid" || ok=0
     retried=$(($(metric inventory ordersuite_messages_retried_total) - retried0))
     echo "    /healthz slowest answer while the row was held: ${worst} ms; inventory retries: $retried"
-    # One second is "no hang" under the load of this run; check_workers holds
-    # it to 100 ms on a quiet machine.
-    [ "$worst" -lt 1000 ] || ok=0
+    # The issue's bound, as check_workers holds it: health answers never wait
+    # on the database, so a held row does not slow them (21 ms at worst
+    # under this load with the machine's load average at 16).
+    [ "$worst" -lt 100 ] || { echo "    FAIL: /healthz took ${worst} ms (bound 100 ms)"; ok=0; }
     [ "$retried" -ge 1 ] || { echo "    FAIL: inventory never gave up a lock wait"; ok=0; }
     load_wait || ok=0
     check "$TAG" "rowlock: stock row held 12 s" "-" "$ok"
 }
 
-# mail: the mail server (tools/mailcatcher) goes away for 10 s under load and
-# comes back, then refuses one recipient for good. Every other mail of the run
+# mail: the mail server (tools/mailcatcher) goes away under load (for as long
+# as the mailer takes to try it MAIL_DOWN_TRIES times) and comes back, then refuses one recipient for good. Every other mail of the run
 # reaches the server exactly once (counted there, by Message-ID), nothing is
 # left pending, and the refused one is in email.dlq with the server's reply.
 MAIL_PID=
@@ -459,15 +469,16 @@ mail_down() {
     wait "$MAIL_PID" 2>/dev/null
     MAIL_PID=
 }
+MAIL_DOWN_TRIES=10
 mail_pending() { psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM email.messages WHERE status = 'pending'"; }
 
 scenario_mail() {
-    local ok=1 base t0 r secs=30 code rcpt report
+    local ok=1 base t0 r secs=30 code rcpt report tries0 back
     local smtp=$((2525 + ORDERSUITE_PORT_OFFSET)) web=$((2580 + ORDERSUITE_PORT_OFFSET))
     [ $SHORT = 1 ] && secs=20
     TAG=cm-$RUNID
     rcpt="refused-$TAG@example.com"
-    say "mail: the mail server down 10 s under load, then back; then a recipient refused (5xx)"
+    say "mail: the mail server down under load ($MAIL_DOWN_TRIES failed tries), then back; then a recipient refused (5xx)"
     base=$(dlq_depth email)
     mail_up "$smtp" "$web" || ok=0
     svc stop email
@@ -475,14 +486,33 @@ scenario_mail() {
     [ "$(email_smtp_url)" = "smtp://127.0.0.1:$smtp" ] ||
         { echo "    FAIL: email runs without this scenario's SMTP_URL (smtp://127.0.0.1:$smtp)"; ok=0; }
     load_start "$TAG" 20 "$secs"
-    sleep 5
+    # The outage starts once mail of the load goes out, and lasts until the
+    # mailer has tried the server MAIL_DOWN_TRIES times without it and tried
+    # one mail a third time, the load going on meanwhile. Each try claims a
+    # mail (attempts + 1) and fails; the mails it holds back meanwhile get
+    # their attempt back, and no mail of the run leaves 'pending' while the
+    # server is down: the sum of the pending mails' attempts counts the tries.
+    run_mail() { psql -qAt "$OWNER_DATABASE_URL" -c "SELECT coalesce($1, 0) FROM email.messages m
+        JOIN orders.orders o ON o.id = m.correlation_id WHERE o.customer_id = '$TAG' AND $2"; }
+    flowing() { [ "$(run_mail 'count(*)' "m.status = 'sent'")" -ge 20 ]; }
+    wait_for 30 "the load's first 20 mails sent" flowing || ok=0
     mail_down
-    echo "    mail server stopped; $(mail_pending) mail(s) pending after 0 s"
-    sleep 10 # the outage itself
-    echo "    $(mail_pending) mail(s) pending after 10 s; starting it again"
+    t0=$(now_ms)
+    tries0=$(run_mail 'sum(attempts)' "m.status = 'pending'")
+    echo "    mail server stopped; $(mail_pending) mail(s) pending"
+    tried() {
+        [ "$(run_mail 'sum(attempts)' "m.status = 'pending'")" -ge $((tries0 + MAIL_DOWN_TRIES)) ] &&
+            [ "$(run_mail 'max(attempts)' "m.status = 'pending'")" -ge 3 ]
+    }
+    wait_for 60 "the mailer to try the server $MAIL_DOWN_TRIES times while it is down" tried ||
+        { echo "    FAIL: the mailer did not try the server again while it was down"; ok=0; }
+    echo "    $(mail_pending) mail(s) pending after $(elapsed_s "$t0") s and $(($(run_mail 'sum(attempts)' "m.status = 'pending'") - tries0)) failed tries; starting it again"
     mail_up "$smtp" "$web" || ok=0
     t0=$(now_ms)
-    drained() { [ "$(mail_pending)" = 0 ]; }
+    back=$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT now()")
+    # What waited for the server (the load goes on: newer mail comes and goes).
+    drained() { [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM email.messages
+        WHERE status = 'pending' AND created_at <= '$back'")" = 0 ]; }
     if wait_for 30 "the pending mail to go out" drained; then r="$(elapsed_s "$t0")s"; else r=">30s" ok=0; fi
     echo "    pending mail delivered ${r} after the server was back"
     curl -fsS -X POST "http://127.0.0.1:$web/api/refuse" -d "{\"address\": \"$rcpt\"}" >/dev/null || ok=0
@@ -537,13 +567,24 @@ sys.exit(0 if missing == 0 and extra == 0 and len(refused) == 1 and refused[0][2
 
 # unroutable: inventory.released has exactly one binding (order-api's queue).
 # With it unbound, the broker returns every release inventory publishes
-# (mandatory publishing) while the connection stays fine: the relay parks
-# each after 5 returns over OUTBOX_PARK_MIN_AGE_S (30 s) and goes on with
-# the rest meanwhile. Orders of
-# the load keep flowing, their POST -> CONFIRMED p95 within 3x (at least
-# +1 s) that of a baseline load just before; the parked rows are listed by
-# `dlq outbox list`; re-bound and replayed, each arrives once (the cancelled
-# orders end CANCELLED) and the ledger finds nothing lost, doubled or stuck.
+# (mandatory publishing) while the connection stays fine. Checked as
+# behaviour, not as a timing:
+#   - the relay never backs off for them (inventory's
+#     ordersuite_outbox_relay_failures_total does not move);
+#   - every order of the load completes (the ledger on the load alone: lost,
+#     duplicated and stuck 0) while the releases are still refused and not
+#     parked (each returned OUTBOX_PARK_AFTER (5) times or more);
+#   - they are then parked: after OUTBOX_PARK_MIN_AGE_S (30 s) in make chaos;
+#     with --short (make test) the scenario dates their first return an hour
+#     back, as check_e2e does, and the relay parks them at its next round;
+#     counted in ordersuite_outbox_parked_rows and listed by `dlq outbox list`
+#     with the broker's reply;
+#   - re-bound and `dlq outbox replay`, each is handled by order-api once
+#     (consumed once, no inbox duplicate), the cancelled orders end CANCELLED
+#     and the ledger finds nothing lost, doubled or stuck.
+# make chaos (not --short) also compares the load's POST -> CONFIRMED p95 with
+# a baseline load just before (within 3x, at least +1 s): a timing, so only
+# there.
 released_binding() { # POST|DELETE
     local url="http://127.0.0.1:$MGMT_PORT/api/bindings/$(vhost_api)/e/sales.events/q/order-api"
     if [ "$1" = DELETE ]; then
@@ -557,25 +598,49 @@ parked_released() {
     psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM inventory.outbox
         WHERE routing_key = 'inventory.released' AND parked_at IS NOT NULL"
 }
+# The releases of this run's over-limit orders ($TAG-over): how many there
+# are, how many were returned at least $1 times, how many are parked.
+over_releases() {
+    psql -qAt -F ' ' "$OWNER_DATABASE_URL" -c "SELECT count(*), count(*) FILTER (WHERE attempts >= $1),
+        count(*) FILTER (WHERE parked_at IS NOT NULL) FROM inventory.outbox x
+        JOIN orders.orders o ON o.id = x.correlation_id
+        WHERE x.routing_key = 'inventory.released' AND o.customer_id = '$TAG-over'"
+}
+metric_key() { # NAME METRIC KEY: that counter for one routing key (0 if none)
+    metrics_page "$1" | awk -v m="$2" -v k="routing_key=\"$3\"" 'index($0, m "{") == 1 && index($0, k) { s += $NF }
+            END { printf "%d\n", s }'
+}
 UNROUTABLE_N=5
+PARK_AFTER=5 # OUTBOX_PARK_AFTER's default, as the services run
 e2e_p95() { sed -nE 's/^POST -> CONFIRMED ms: .*p95 ([0-9.]+).*/\1/p' "$WORK/$1.load"; }
 
 scenario_unroutable() {
-    local ok=1 secs=20 base p95 bound code parked t0 r i body oid
-    [ $SHORT = 1 ] && secs=10
-    TAG=cub-$RUNID
+    local ok=1 secs=20 base= p95 bound code parked0 replayed r i body oid fail0 fail cons0 dup0 cons dup
+    local e2e=()
+    [ $SHORT = 1 ] && secs=8
     say "unroutable: inventory.released unbound under 20 orders/s; $UNROUTABLE_N releases parked, replayed"
-    load_start "$TAG" 20 10 --e2e 60
-    load_wait || ok=0
-    base=$(e2e_p95 "$TAG")
+    if [ $SHORT = 0 ]; then
+        e2e=(--e2e 60)
+        TAG=cub-$RUNID
+        load_start "$TAG" 20 10 "${e2e[@]}"
+        load_wait || ok=0
+        base=$(e2e_p95 "$TAG")
+    fi
     TAG=cur-$RUNID
+    parked0=$(parked_released)
+    fail0=$(metric inventory ordersuite_outbox_relay_failures_total)
+    cons0=$(metric_key order-api ordersuite_messages_consumed_total inventory.released)
+    dup0=$(metric_key order-api ordersuite_messages_duplicate_total inventory.released)
     released_binding DELETE || { echo "    FAIL: could not unbind inventory.released"; ok=0; }
-    load_start "$TAG" 20 "$secs" --e2e 60
-    sleep 2
+    load_start "$TAG" 20 "$secs" "${e2e[@]}"
+    flowing() { [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
+        WHERE customer_id = '$TAG' AND status = 'CONFIRMED'")" -ge 5 ]; }
+    wait_for 30 "the load's first orders confirmed" flowing || ok=0
     # Over the credit limit: billing refuses the payment, inventory releases
     # the stock and publishes inventory.released, which nothing can route.
-    # A customer of their own (loadgen's latency is for its own orders); the
-    # ledger checks them through the ids file.
+    # A customer of their own (loadgen's latency is for its own orders, and
+    # the ledger on the load alone must not see them); the last ledger
+    # checks them through the ids file.
     : >"$WORK/$TAG.over"
     for i in $(seq 1 "$UNROUTABLE_N"); do
         body=$(api_curl -s -w '\n%{http_code}' -X POST "$API/orders" -H 'Content-Type: application/json' \
@@ -588,25 +653,61 @@ scenario_unroutable() {
             { echo "    FAIL: an order over the credit limit was answered $code"; ok=0; }
         echo "O $TAG-over-$i $oid" >>"$WORK/$TAG.over"
     done
-    t0=$(now_ms)
-    all_parked() { [ "$(parked_released)" -ge "$UNROUTABLE_N" ]; }
-    if wait_for 60 "the releases parked" all_parked; then r="$(elapsed_s "$t0")s"; else r=">60s" ok=0; fi
+    # Each release returned by the broker PARK_AFTER times or more: refused
+    # again and again, and (OUTBOX_PARK_MIN_AGE_S) not parked yet.
+    returned() { [ "$(over_releases $PARK_AFTER | cut -d' ' -f2)" -ge "$UNROUTABLE_N" ]; }
+    wait_for 30 "each release returned $PARK_AFTER times" returned ||
+        { echo "    FAIL: the releases were not returned $PARK_AFTER times each ($(over_releases $PARK_AFTER))"; ok=0; }
     load_wait || ok=0
+    # The load alone (its tag and ids; the over-limit orders are another
+    # customer's): every order complete, nothing of it left anywhere.
+    DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$TEST_AMQP_URL "$BIN/ledger" --tag "$TAG" \
+        --ids "$WORK/$TAG.ids" --wait 60 >"$WORK/$TAG.load-ledger" 2>&1 || ok=0
+    r=$(over_releases $PARK_AFTER)
+    echo "    the load alone, with the releases refused: $(tail -1 "$WORK/$TAG.load-ledger")"
+    echo "    the releases meanwhile (rows, returned >= $PARK_AFTER times, parked): $r"
+    [ "$(echo "$r" | cut -d' ' -f3)" = 0 ] ||
+        { echo "    FAIL: the releases were parked before the load's orders completed"; ok=0; }
+    fail=$(($(metric inventory ordersuite_outbox_relay_failures_total) - fail0))
+    echo "    inventory's relay rounds that failed (backed off) meanwhile: $fail"
+    [ "$fail" = 0 ] || { echo "    FAIL: the relay backed off for returned rows"; ok=0; }
     cat "$WORK/$TAG.over" >>"$WORK/$TAG.ids"
-    p95=$(e2e_p95 "$TAG")
-    bound=$(awk -v b="${base:-0}" 'BEGIN { x = 3 * b; if (x < b + 1000) x = b + 1000; printf "%.0f\n", x }')
-    echo "    POST -> CONFIRMED p95: baseline ${base:-?} ms, with the key unbound ${p95:-?} ms (bound $bound ms)"
-    awk -v p="${p95:-1e9}" -v b="$bound" 'BEGIN { exit !(p <= b) }' ||
-        { echo "    FAIL: orders slowed behind the unroutable rows"; ok=0; }
-    parked=$(parked_released)
-    echo "    all parked ${r} after the orders; ordersuite_outbox_parked_rows of inventory: $(metric inventory ordersuite_outbox_parked_rows)"
+    if [ $SHORT = 0 ]; then
+        p95=$(e2e_p95 "$TAG")
+        bound=$(awk -v b="${base:-0}" 'BEGIN { x = 3 * b; if (x < b + 1000) x = b + 1000; printf "%.0f\n", x }')
+        echo "    POST -> CONFIRMED p95: baseline ${base:-?} ms, with the key unbound ${p95:-?} ms (bound $bound ms)"
+        awk -v p="${p95:-1e9}" -v b="$bound" 'BEGIN { exit !(p <= b) }' ||
+            { echo "    FAIL: orders slowed behind the unroutable rows"; ok=0; }
+    else
+        # Their first return an hour back: parked at the relay's next round.
+        psql -qAt "$OWNER_DATABASE_URL" -c "UPDATE inventory.outbox x SET refused_since = now() - interval '1 hour'
+            FROM orders.orders o WHERE o.id = x.correlation_id AND o.customer_id = '$TAG-over'
+            AND x.routing_key = 'inventory.released' AND x.refused_since IS NOT NULL" >/dev/null || ok=0
+    fi
+    all_parked() { [ "$(over_releases $PARK_AFTER | cut -d' ' -f3)" -ge "$UNROUTABLE_N" ]; }
+    wait_for "$([ $SHORT = 1 ] && echo 15 || echo 60)" "the releases parked" all_parked || { echo "    FAIL: not parked ($(over_releases $PARK_AFTER))"; ok=0; }
+    gauge() { [ "$(metric inventory ordersuite_outbox_parked_rows)" -ge $((parked0 + UNROUTABLE_N)) ]; }
+    wait_for 10 "ordersuite_outbox_parked_rows of inventory to count them" gauge || ok=0
+    replayed=$(parked_released)
+    echo "    parked: $replayed release(s); ordersuite_outbox_parked_rows of inventory: $(metric inventory ordersuite_outbox_parked_rows)"
     DATABASE_URL=$OWNER_DATABASE_URL "$BIN/dlq" outbox list inventory >"$WORK/$TAG.parked" 2>&1 || ok=0
     { head -1 "$WORK/$TAG.parked"; tail -1 "$WORK/$TAG.parked"; } | sed 's/^/    /'
-    grep -q "^$parked parked row" "$WORK/$TAG.parked" ||
-        { echo "    FAIL: dlq outbox list does not show the $parked parked row(s)"; ok=0; }
+    grep -q "^$replayed parked row" "$WORK/$TAG.parked" ||
+        { echo "    FAIL: dlq outbox list does not show the $replayed parked row(s)"; ok=0; }
+    [ "$(grep -c 'basic.return 312' "$WORK/$TAG.parked")" -ge "$UNROUTABLE_N" ] ||
+        { echo "    FAIL: dlq outbox list does not show the broker's reply (basic.return 312)"; ok=0; }
     released_binding POST || { echo "    FAIL: could not bind inventory.released again"; ok=0; }
     DATABASE_URL=$OWNER_DATABASE_URL "$BIN/dlq" outbox replay inventory --all 2>&1 | tail -1 | sed 's/^/    /'
-    check "$TAG" "unroutable: released unbound" "$r" "$ok"
+    check "$TAG" "unroutable: released unbound" "-" "$ok"
+    # After the ledger's wait (outboxes of the run empty, queues drained,
+    # nothing unacked): each replayed release was handled once by order-api.
+    cons=$(($(metric_key order-api ordersuite_messages_consumed_total inventory.released) - cons0))
+    dup=$(($(metric_key order-api ordersuite_messages_duplicate_total inventory.released) - dup0))
+    echo "    order-api: inventory.released consumed $cons time(s) for $replayed replayed, $dup inbox duplicate(s)"
+    if { [ "$cons" != "$replayed" ] || [ "$dup" != 0 ]; } && [[ "${ROWS[-1]}" == *" ok" ]]; then
+        ROWS[-1]="${ROWS[-1]/ ok/ FAIL (replayed releases not handled once each)}"
+        passed=$((passed - 1)) failed=$((failed + 1))
+    fi
 }
 
 # ------------------------------------------------------------------ main
