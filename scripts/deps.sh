@@ -20,7 +20,27 @@ PACKAGES=(
     gnuplot-nox wrk
     # make compose-test: a Docker engine, Compose, and debootstrap for the base image
     docker.io docker-compose debootstrap
+    # check_db runs the server in German (lc_messages) to show that errors are
+    # classified by SQLSTATE, not by English text: the locale below
+    locales
 )
+
+# The German locale check_db's server answers in (ensure_locale, below).
+TEST_LOCALE=de_DE.UTF-8
+
+# ensure_locale: generates TEST_LOCALE when the system lacks it (localedef,
+# from the locales package; /etc/locale.gen is left alone). A PostgreSQL
+# started before it cannot load it until restarted (check_db restarts it).
+ensure_locale() {
+    locale -a 2>/dev/null | grep -qix "${TEST_LOCALE/UTF-8/utf8}" && return 0
+    if [ "$(id -u)" != 0 ]; then
+        echo "error: the locale $TEST_LOCALE is missing; run:" >&2
+        echo "  sudo localedef -i ${TEST_LOCALE%%.*} -f UTF-8 $TEST_LOCALE" >&2
+        return 1
+    fi
+    localedef -i "${TEST_LOCALE%%.*}" -f UTF-8 "$TEST_LOCALE"
+    echo "==> deps: generated the locale $TEST_LOCALE"
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -31,7 +51,8 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "==> deps: all ${#PACKAGES[@]} packages installed"
-    exit 0
+    ensure_locale
+    exit
 fi
 
 echo "==> deps: missing ${missing[*]}"
@@ -57,3 +78,4 @@ trap '[ $made_policy = 1 ] && rm -f "$policy"' EXIT
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"
 echo "==> deps: installed ${missing[*]}"
+ensure_locale

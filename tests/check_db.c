@@ -427,11 +427,161 @@ START_TEST(seed_catalog_has_something_to_sell_and_to_reject)
 }
 END_TEST
 
+/* ------------------------------------------- a server in another language */
+
+/* The server's messages follow lc_messages (Debian ships the translations);
+ * the cluster runs in C.UTF-8, so English text would pass any classifier.
+ * These tests set the whole cluster to German (ALTER SYSTEM: refused
+ * connections are answered before a session's settings apply) and check
+ * that every classification is unchanged. A classifier that looked at
+ * English words ("authentication failed", "does not exist", "lock") would
+ * fail here. */
+#define GERMAN "de_DE.UTF-8"
+
+/* Runs sql as the cluster's superuser (over the Unix socket, peer
+ * authentication); returns psql's exit status. */
+static int superuser_sql(const char *sql)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h %s/postgres/run -p %s"
+             " -d postgres -c \"%s\" -c 'SELECT pg_reload_conf()' >>%s/log/tests/check_db.psql.log"
+             " 2>&1",
+             tu_env("ORDERSUITE_VAR"), tu_env("PG_PORT"), sql, tu_env("ORDERSUITE_VAR"));
+    return system(cmd);
+}
+
+static int sessions_speak(void *lang)
+{
+    char *v = tu_sql(tu_env("OWNER_DATABASE_URL"), "SHOW lc_messages", 0, NULL);
+    int yes = v && strcmp(v, lang) == 0;
+    free(v);
+    return yes;
+}
+
+static void german_server(void)
+{
+    /* A server started before the locale was generated (make deps) cannot
+     * load it (glibc reads its locale archive once): restart it then. */
+    if (superuser_sql("ALTER SYSTEM SET lc_messages = '" GERMAN "'") != 0) {
+        ck_assert_int_eq(tu_postgres("restart"), 0);
+        ck_assert_msg(superuser_sql("ALTER SYSTEM SET lc_messages = '" GERMAN "'") == 0,
+                      "the server refuses lc_messages " GERMAN " (is the locale installed? make "
+                      "deps generates it; see var/log/tests/check_db.psql.log)");
+    }
+    ck_assert_msg(tu_poll(10000, sessions_speak, GERMAN), "new sessions do not use " GERMAN);
+}
+
+/* Unchecked (in the runner, after the case, also when a test failed), so
+ * no later suite finds the server in German. */
+static void english_server(void)
+{
+    if (superuser_sql("ALTER SYSTEM RESET lc_messages") != 0)
+        fprintf(stderr, "check_db: resetting lc_messages failed: ALTER SYSTEM RESET lc_messages "
+                        "as postgres, then SELECT pg_reload_conf()\n");
+}
+
+/* err holds a German message, not the English one. */
+static void german(const char *err, const char *german_words, const char *english_words)
+{
+    ck_assert_msg(strstr(err, german_words) && !strstr(err, english_words),
+                  "the server did not answer in German: %s", err);
+}
+
+/* A statement's errors in German: classified and carrying the same
+ * SQLSTATE as in English. */
+START_TEST(statement_errors_are_classified_the_same_in_german)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL"), *other = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN];
+
+    ck_assert_int_eq(db_exec(db, "SELECT 1/0", 0, NULL, NULL, err, sizeof(err)), DB_ERR);
+    german(err, "Division durch Null", "division by zero");
+    ck_assert_str_eq(db_last_sqlstate(db), "22012");
+    /* An undefined relation (once read as "does not exist"). */
+    ck_assert_int_eq(
+        db_exec(db, "SELECT * FROM no_such_table_here", 0, NULL, NULL, err, sizeof(err)), DB_ERR);
+    german(err, "existiert nicht", "does not exist");
+    ck_assert_str_eq(db_last_sqlstate(db), "42P01");
+    /* A unique violation: permanent, 23505 (order-api's Idempotency-Key race
+     * is decided on it). */
+    ck_assert_int_eq(
+        db_exec(db, "CREATE TEMP TABLE u (k int PRIMARY KEY)", 0, NULL, NULL, err, sizeof(err)),
+        DB_OK);
+    ck_assert_int_eq(db_exec(db, "INSERT INTO u VALUES (1)", 0, NULL, NULL, err, sizeof(err)),
+                     DB_OK);
+    ck_assert_int_eq(db_exec(db, "INSERT INTO u VALUES (1)", 0, NULL, NULL, err, sizeof(err)),
+                     DB_ERR);
+    ck_assert_str_eq(db_last_sqlstate(db), "23505");
+    /* A lock wait past lock_timeout: transient, 55P03. */
+    /* A lock wait past lock_timeout: transient, 55P03 (a stock row, held by
+     * another session). */
+    ck_assert_int_eq(db_begin(other, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(
+        db_exec(other, "SELECT on_hand FROM inventory.stock WHERE sku = 'MUG-WHITE' FOR UPDATE", 0,
+                NULL, NULL, err, sizeof(err)),
+        DB_OK);
+    ck_assert_int_eq(db_exec(db, "SET lock_timeout = 200", 0, NULL, NULL, err, sizeof(err)), DB_OK);
+    ck_assert_int_eq(
+        db_exec(db, "SELECT on_hand FROM inventory.stock WHERE sku = 'MUG-WHITE' FOR UPDATE", 0,
+                NULL, NULL, err, sizeof(err)),
+        DB_ERR_TRANSIENT);
+    ck_assert_str_eq(db_last_sqlstate(db), "55P03");
+    db_rollback(other);
+    /* A statement past statement_timeout: transient, 57014. */
+    ck_assert_int_eq(db_exec(db, "SET statement_timeout = 100", 0, NULL, NULL, err, sizeof(err)),
+                     DB_OK);
+    ck_assert_int_eq(db_exec(db, "SELECT pg_sleep(5)", 0, NULL, NULL, err, sizeof(err)),
+                     DB_ERR_TRANSIENT);
+    ck_assert_str_eq(db_last_sqlstate(db), "57014");
+    db_free(other);
+    db_free(db);
+}
+END_TEST
+
+/* A refused connection in German: a wrong password and a missing database
+ * are permanent (28P01, 3D000), a schema of another role is refused with
+ * 42501: the code comes from libpq's verbose layout, not the words. */
+START_TEST(refusals_are_classified_the_same_in_german)
+{
+    char err[DB_ERR_LEN], url[512];
+    const char *owner = tu_env("OWNER_DATABASE_URL");
+    const char *slash = strrchr(owner, '/');
+    db_conn *db;
+
+    snprintf(url, sizeof(url), "postgresql://billing:wrong@127.0.0.1:%s/ordersuite",
+             tu_env("PG_PORT"));
+    db = db_new(url, "check_db");
+    ck_assert_msg(db_connect_retry(db, 20000, NULL, err, sizeof(err)) == DB_ERR,
+                  "a wrong password was not permanent: %s", err);
+    german(err, "Passwort", "password authentication failed");
+    ck_assert_str_eq(db_last_sqlstate(db), "28P01");
+    db_free(db);
+
+    ck_assert_ptr_nonnull(slash);
+    snprintf(url, sizeof(url), "%.*s/no_such_database_here", (int)(slash - owner), owner);
+    db = db_new(url, "check_db");
+    ck_assert_msg(db_connect_retry(db, 20000, NULL, err, sizeof(err)) == DB_ERR,
+                  "a missing database was not permanent: %s", err);
+    german(err, "existiert nicht", "does not exist");
+    ck_assert_str_eq(db_last_sqlstate(db), "3D000");
+    db_free(db);
+
+    db = connect_as("BILLING_DATABASE_URL");
+    ck_assert_int_eq(
+        db_exec(db, "SELECT count(*) FROM orders.orders", 0, NULL, NULL, err, sizeof(err)), DB_ERR);
+    german(err, "Schema", "permission denied");
+    ck_assert_str_eq(db_last_sqlstate(db), "42501");
+    db_free(db);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("db");
     TCase *h = tcase_create("helper");
     TCase *l = tcase_create("layout");
+    TCase *g = tcase_create("german");
 
     tcase_set_timeout(h, 90);
     tcase_add_test(h, exec_binds_parameters_and_returns_rows);
@@ -453,6 +603,12 @@ int main(void)
     tcase_add_test(l, service_roles_cannot_run_ddl);
     tcase_add_test(l, seed_catalog_has_something_to_sell_and_to_reject);
     suite_add_tcase(s, h);
+    tcase_set_timeout(g, 90);
+    tcase_add_checked_fixture(g, german_server, NULL);
+    tcase_add_unchecked_fixture(g, NULL, english_server);
+    tcase_add_test(g, statement_errors_are_classified_the_same_in_german);
+    tcase_add_test(g, refusals_are_classified_the_same_in_german);
     suite_add_tcase(s, l);
+    suite_add_tcase(s, g);
     return tu_run(s);
 }
