@@ -271,20 +271,29 @@ static int sales_invoiced(void *arg)
            *(long *)arg;
 }
 
+/* Runs the till as the pos user with the arguments after its name
+ * (NULL-ended) and more (may be NULL) in its environment, selling from
+ * order-api's catalog; returns its exit status. */
+static int run_pos(const char *more, char *const *argv)
+{
+    char spool[600];
+    const char *env[] = {"CATALOG_URL=" API "/products", spool, more, NULL};
+    const tu_svc_opts o = {
+        .exe = "pos", .amqp_env = "POS_AMQP_URL", .env = env, .argv = argv, .log = "pos-e2e"};
+    snprintf(spool, sizeof(spool), "POS_SPOOL_DIR=%s/log/tests", tu_env("ORDERSUITE_VAR"));
+    return tu_tool(&o, NULL);
+}
+
 START_TEST(pos_sales_take_stock_and_are_invoiced)
 {
-    char path[512], cmd[2048];
     long before =
         owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL);
     long lines_before = owner_int("SELECT count(DISTINCT sale_id) FROM inventory.sale_lines", NULL);
     long want = before + 7;
 
-    snprintf(path, sizeof(path), "%s/pos", tu_env("ORDERSUITE_BIN"));
-    snprintf(cmd, sizeof(cmd),
-             "AMQP_URL='%s' CATALOG_URL=" API "/products POS_SPOOL_DIR=%s/log/tests "
-             "%s --count 7 --rate 100 --store E2E-01 >/dev/null",
-             tu_env("POS_AMQP_URL"), tu_env("ORDERSUITE_VAR"), path);
-    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_int_eq(run_pos(NULL, (char *[]){"pos", "--count", "7", "--rate", "100", "--store",
+                                              "E2E-01", NULL}),
+                     0);
     ck_assert_msg(tu_poll(20000, sales_invoiced, &want), "POS sales were not invoiced");
     ck_assert_int_eq(
         owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL),
@@ -294,17 +303,9 @@ START_TEST(pos_sales_take_stock_and_are_invoiced)
 }
 END_TEST
 
-static int run_pos(const char *args)
-{
-    char cmd[2048];
-    int st;
-    snprintf(cmd, sizeof(cmd),
-             "AMQP_URL='%s' CATALOG_URL=" API "/products POS_SPOOL_DIR=%s/log/tests "
-             "POS_FLUSH_TIMEOUT_S=1 %s/pos %s >/dev/null 2>&1",
-             tu_env("POS_AMQP_URL"), tu_env("ORDERSUITE_VAR"), tu_env("ORDERSUITE_BIN"), args);
-    st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+/* POS_SPOOLING("--count", "3"): run_pos with these arguments, flushing its
+ * spool for at most 1 s. */
+#define POS_SPOOLING(...) run_pos("POS_FLUSH_TIMEOUT_S=1", (char *[]){"pos", __VA_ARGS__, NULL})
 
 static int spool_lines(const char *store)
 {
@@ -320,11 +321,11 @@ START_TEST(pos_spools_sales_while_the_broker_is_down_and_sends_them_after)
         owner_int("SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL", NULL);
     long want = before + 4;
     tu_broker("stop_app");
-    ck_assert_int_eq(run_pos("--count 3 --store SPOOL-E2E"), 2); /* 2: sales left spooled */
+    ck_assert_int_eq(POS_SPOOLING("--count", "3", "--store", "SPOOL-E2E"), 2); /* 2: left spooled */
     ck_assert_int_eq(spool_lines("SPOOL-E2E"), 3);
     tu_broker("start_app");
     ck_assert_msg(tu_poll(60000, ready, NULL), "order-api did not recover");
-    ck_assert_int_eq(run_pos("--count 1 --store SPOOL-E2E"), 0);
+    ck_assert_int_eq(POS_SPOOLING("--count", "1", "--store", "SPOOL-E2E"), 0);
     ck_assert_int_eq(spool_lines("SPOOL-E2E"), 0);
     ck_assert_msg(tu_poll(30000, sales_invoiced, &want), "spooled sales were not invoiced");
     ck_assert_int_eq(
@@ -739,14 +740,14 @@ static int unbound_row_gone(void *arg)
                      NULL) == 0;
 }
 
-static int run_dlq_outbox(const char *args)
+/* `dlq outbox` with these arguments, as the owner; returns its exit status. */
+static int run_dlq_outbox(char *const *argv)
 {
-    char cmd[1536];
-    snprintf(
-        cmd, sizeof(cmd), "DATABASE_URL='%s' %s/dlq outbox %s >>%s/log/tests/dlq-outbox.log 2>&1",
-        tu_env("OWNER_DATABASE_URL"), tu_env("ORDERSUITE_BIN"), args, tu_env("ORDERSUITE_VAR"));
-    return system(cmd);
+    const tu_svc_opts o = {
+        .exe = "dlq", .db_env = "OWNER_DATABASE_URL", .argv = argv, .log = "dlq-outbox"};
+    return tu_tool(&o, NULL);
 }
+#define DLQ_OUTBOX(...) run_dlq_outbox((char *[]){"dlq", "outbox", __VA_ARGS__, NULL})
 
 /* An event nobody is bound for: the broker returns it on every publish. It
  * must not slow the rows behind it (the relay backs off only when the broker
@@ -807,12 +808,12 @@ START_TEST(an_unroutable_outbox_row_is_parked_and_holds_back_nothing)
                   (long long)worst);
     ck_assert_msg(parked, "the unroutable row was not parked within 20 s (attempts %ld)",
                   parked_attempts);
-    ck_assert_int_eq(run_dlq_outbox("list order-api"), 0);
+    ck_assert_int_eq(DLQ_OUTBOX("list", "order-api"), 0);
     /* Bind a queue for it, replay: delivered once, gone from the outbox. */
     admin = tu_publisher("TEST_AMQP_URL", "check_e2e");
     ck_assert_msg(mq_declare_topology(admin, &topo, err, sizeof(err)) == MQ_OK, "%s", err);
     ck_assert_int_ge(mq_purge(admin, "parking_test", err, sizeof(err)), 0);
-    ck_assert_int_eq(run_dlq_outbox("replay order-api --all"), 0);
+    ck_assert_int_eq(DLQ_OUTBOX("replay", "order-api", "--all"), 0);
     /* The relay deletes a row in the transaction after the broker's
      * confirms: once it is gone, every copy the relay ever published is in
      * the queue already, and none can follow. */

@@ -705,14 +705,12 @@ static void declare_old_work_queue(int limit)
  * administrator; returns its exit status. */
 static int declare_topology(void)
 {
-    char cmd[2048];
-    int st;
-    snprintf(cmd, sizeof(cmd),
-             "AMQP_URL='%s' SPINE_SERVICE=" SVC " RETRY_DELAYS_MS=200,400,800 %s/spine_worker"
-             " --declare-topology >>%s/log/tests/spine_worker.log 2>&1",
-             tu_env("SPINE_AMQP_URL"), tu_env("ORDERSUITE_TEST_BIN"), tu_env("ORDERSUITE_VAR"));
-    st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char path[512], *argv[] = {"spine_worker", "--declare-topology", NULL};
+    static const char *const env[] = {"SPINE_SERVICE=" SVC, "RETRY_DELAYS_MS=200,400,800", NULL};
+    const tu_svc_opts o = {
+        .exe = path, .amqp_env = "SPINE_AMQP_URL", .env = env, .argv = argv, .log = "spine_worker"};
+    snprintf(path, sizeof(path), "%s/spine_worker", tu_env("ORDERSUITE_TEST_BIN"));
+    return tu_tool(&o, NULL);
 }
 
 /* A queue an older version declared with x-delivery-limit: RabbitMQ applies
