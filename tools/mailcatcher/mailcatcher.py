@@ -12,7 +12,9 @@ the shebang).
         recipient); a mail to a recipient given with --refuse-data (or POST
         /api/refuse-data) is refused after its data (554 5.6.0); and DATA
         answers only after --data-delay seconds (or POST /api/delay), a slow
-        server (other sessions go on meanwhile).
+        server (other sessions go on meanwhile); POST /api/reply-delay keeps
+        the next mails first and answers their DATA late: a server that has
+        the data when a client that gave up waiting leaves.
   HTTP  on 127.0.0.1:--http-port (1080):
         GET    /               the mails, newest first (a page for a browser)
         GET    /api/messages   the mails as JSON: [{id, received_at, mail_from,
@@ -24,6 +26,9 @@ the shebang).
         POST   /api/refuse-sender  body {"on": true|false}
         POST   /api/refuse-data    body {"address": "a@b"}
         POST   /api/delay      body {"seconds": 0..60}: DATA's delay
+        POST   /api/reply-delay  body {"seconds": 0..60, "count": N}: the
+                               next N mails are kept, then answered after
+                               that many seconds (0 seconds: off)
 
 --store FILE keeps the mails in FILE (one JSON object a line) across
 restarts; --ready-file FILE writes {"smtp": port, "http": port} there once
@@ -63,6 +68,8 @@ class Store:
         self.refuse_sender = False
         self.refused_data = set()
         self.data_delay = 0.0
+        self.reply_delay = 0.0
+        self.reply_delay_left = 0
         if path and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 for line in f:
@@ -132,6 +139,10 @@ class Handler:
                 "body": body.get_content() if body is not None else raw,
             }
         )
+        if self.store.reply_delay > 0 and self.store.reply_delay_left > 0:
+            # Kept already: a client that leaves meanwhile cannot know.
+            self.store.reply_delay_left -= 1
+            await asyncio.sleep(self.store.reply_delay)
         return "250 Message accepted for delivery"
 
 
@@ -220,8 +231,16 @@ def make_http_handler(store):
                   and not isinstance(v.get("seconds"), bool) and 0 <= v["seconds"] <= 60):
                 store.data_delay = float(v["seconds"])
                 self.reply(200, "application/json", json.dumps({"seconds": store.data_delay}))
+            elif (self.path == "/api/reply-delay" and v
+                  and isinstance(v.get("seconds"), (int, float)) and not isinstance(v.get("seconds"), bool)
+                  and 0 <= v["seconds"] <= 60 and isinstance(v.get("count"), int)
+                  and not isinstance(v.get("count"), bool) and 0 <= v["count"] <= 1000):
+                store.reply_delay = float(v["seconds"])
+                store.reply_delay_left = v["count"]
+                self.reply(200, "application/json",
+                           json.dumps({"seconds": store.reply_delay, "count": store.reply_delay_left}))
             elif self.path in ("/api/refuse", "/api/accept", "/api/tempfail", "/api/refuse-sender",
-                               "/api/refuse-data", "/api/delay"):
+                               "/api/refuse-data", "/api/delay", "/api/reply-delay"):
                 self.reply(400, "text/plain", "bad body\n")
             else:
                 self.reply(404, "text/plain", "not found\n")
