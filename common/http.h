@@ -29,8 +29,12 @@ typedef struct {
     int status;
     char *body; /* malloc'd; freed by the server */
     const char *content_type;
-    char location[256];  /* Location header, when not empty */
-    char extra_name[64]; /* one more header, when not empty */
+    /* Headers, sent when not empty. Only the program's own text goes here
+     * (/orders/<uuid>, Allow from the route table, Retry-After, ...), all
+     * far shorter than the caps: 255 bytes of Location, 63 of the extra
+     * header's name, 255 of its value; snprintf would cut past them. */
+    char location[256];
+    char extra_name[64]; /* one more header */
     char extra_value[256];
 } http_resp;
 

@@ -128,9 +128,9 @@ mq_result worker_claim(db_conn *db, const char *name, const char *sql, int npara
 /* The envelope a handler sees, from delivery d (whose routing key is a
  * known event type): ids, type, app_id, timestamp, versions. Returns
  * MQ_DONE, or MQ_REJECT with the reason in err when the message_id or the
- * correlation_id is not a UUID (checked whole, never cut to fit) or the key
- * does not fit env->type. An app_id longer than env->app_id holds (47
- * bytes) is cut: it only names the sender. Pure. */
+ * correlation_id is not a UUID (checked whole, never cut to fit), or the
+ * key or the app_id is longer than env->type or env->app_id holds
+ * (EV_KEY_MAX, EV_APP_ID_MAX: 47 bytes; never cut either). Pure. */
 mq_result worker_envelope_of(const mq_delivery *d, ev_envelope *env, char *err, size_t errlen);
 
 /* The batch fallback: how delivery i of a batch ends, given what its

@@ -93,13 +93,19 @@ mq_result worker_envelope_of(const mq_delivery *d, ev_envelope *env, char *err, 
         return MQ_REJECT;
     }
     if (copy_cut(env->type, sizeof(env->type), d->routing_key)) {
-        snprintf(err, errlen, "undecodable: routing key %.64s... is too long", d->routing_key);
+        snprintf(err, errlen, "undecodable: routing key %.64s... is longer than %d bytes",
+                 d->routing_key, EV_KEY_MAX);
+        return MQ_REJECT;
+    }
+    /* The records that name the sender keep it (email.messages.cause_app):
+     * cut, it would name another. */
+    if (copy_cut(env->app_id, sizeof(env->app_id), d->app_id)) {
+        snprintf(err, errlen, "undecodable: app_id %.64s... is longer than %d bytes", d->app_id,
+                 EV_APP_ID_MAX);
         return MQ_REJECT;
     }
     copy_cut(env->message_id, sizeof(env->message_id), d->message_id);
     copy_cut(env->correlation_id, sizeof(env->correlation_id), d->correlation_id);
-    /* Only for logs and the records that name the sender: cut to fit. */
-    copy_cut(env->app_id, sizeof(env->app_id), d->app_id);
     env->timestamp = d->timestamp;
     env->schema_version = d->schema_version;
     env->attempt = d->attempt;

@@ -41,6 +41,12 @@
 #define EV_BODY_MAX  (256 * 1024)       /* larger bodies are refused unread */
 #define EV_ERR_LEN   256
 
+/* An envelope's (ev_envelope) type, the routing key, and app_id, the
+ * publisher: a longer one is refused (the message goes to the DLQ,
+ * worker_envelope_of), never cut to fit. */
+#define EV_KEY_MAX    47
+#define EV_APP_ID_MAX 47
+
 typedef enum {
     EV_ORDER_PLACED = 0,
     EV_INVENTORY_RESERVED,
@@ -158,8 +164,8 @@ typedef struct {
     char message_id[UUID_STR_LEN];
     char correlation_id[UUID_STR_LEN]; /* the order or sale, unchanged along the flow */
     char causation_id[UUID_STR_LEN];   /* message that caused this one; "" for the first */
-    char type[48];                     /* = routing key */
-    char app_id[48];                   /* the publishing service */
+    char type[EV_KEY_MAX + 1];         /* = routing key */
+    char app_id[EV_APP_ID_MAX + 1];    /* the publishing service */
     int64_t timestamp;                 /* seconds since the epoch */
     int schema_version;
     int attempt; /* failed attempts before this delivery (0 = first) */

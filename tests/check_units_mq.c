@@ -637,6 +637,40 @@ START_TEST(the_envelope_takes_only_whole_uuids)
 }
 END_TEST
 
+/* The envelope's type and app_id hold sizeof - 1 bytes (events.h): a
+ * routing key or app_id of that length is taken whole; one byte more is
+ * refused (the message goes to the DLQ), never cut: a cut app_id would name
+ * another sender in the records that keep it (email.messages.cause_app). */
+START_TEST(the_envelope_refuses_a_type_or_app_id_past_its_cap)
+{
+    mq_delivery d;
+    ev_envelope env;
+    char err[MQ_ERR_LEN];
+    const size_t key_max = sizeof(env.type) - 1, app_max = sizeof(env.app_id) - 1;
+
+    memset(&d, 0, sizeof(d));
+    strcpy(d.message_id, "0b5c1f64-3c2d-4f4e-9a51-0c1b2d3e4f50");
+    strcpy(d.correlation_id, "1b5c1f64-3c2d-4f4e-9a51-0c1b2d3e4f51");
+    memset(d.routing_key, 'k', key_max);
+    memset(d.app_id, 'a', app_max);
+    ck_assert_msg(worker_envelope_of(&d, &env, err, sizeof(err)) == MQ_DONE, "%s", err);
+    ck_assert_str_eq(env.type, d.routing_key);
+    ck_assert_str_eq(env.app_id, d.app_id);
+
+    d.routing_key[key_max] = 'k';
+    err[0] = '\0';
+    ck_assert_int_eq(worker_envelope_of(&d, &env, err, sizeof(err)), MQ_REJECT);
+    ck_assert_msg(strstr(err, "routing key"), "%s", err);
+
+    d.routing_key[key_max] = '\0';
+    d.app_id[app_max] = 'a';
+    err[0] = '\0';
+    ck_assert_msg(worker_envelope_of(&d, &env, err, sizeof(err)) == MQ_REJECT,
+                  "an app_id of %zu bytes taken as \"%s\"", app_max + 1, env.app_id);
+    ck_assert_msg(strstr(err, "app_id"), "%s", err);
+}
+END_TEST
+
 /* ------------------------------------------------------------ AMQP URLs */
 
 START_TEST(amqp_urls_parse_into_host_port_vhost_and_tls_files)
@@ -736,6 +770,7 @@ int main(void)
     tcase_add_test(r, retry_delays_parse_up_to_eight_ascending_values);
     tcase_add_test(b, a_batch_acks_only_what_it_committed);
     tcase_add_test(b, the_envelope_takes_only_whole_uuids);
+    tcase_add_test(b, the_envelope_refuses_a_type_or_app_id_past_its_cap);
     tcase_add_test(u, amqp_urls_parse_into_host_port_vhost_and_tls_files);
     tcase_add_test(u, bad_amqp_urls_are_refused_with_the_reason);
     tcase_add_test(u, good_amqp_urls_pass_the_check);

@@ -28,7 +28,7 @@
 #define MAX_BACKLOG_SAMPLES 4096         /* one a second: over an hour */
 
 typedef struct {
-    char key[64];
+    char key[64]; /* the Idempotency-Key made: <tag>-<n>, at most 41 + 1 + 20 bytes */
     char id[UUID_STR_LEN];
     int64_t sent_us; /* wall clock, first attempt */
 } accepted;
@@ -43,7 +43,8 @@ typedef struct {
 } tstats;
 
 typedef struct {
-    char host[64]; /* an IPv4 address (localhost is made 127.0.0.1) */
+    char host[64]; /* an IPv4 address (localhost is made 127.0.0.1); a longer
+                      host than 63 bytes in the URL is an error */
     int port;
     int conns;
     long orders;     /* -n */
