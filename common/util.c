@@ -55,6 +55,26 @@ int util_sleep_ms_atomic(int64_t ms, atomic_int *stop)
     return sleep_steps(ms, NULL, stop);
 }
 
+/* Where the handler writes: set once, before the handlers are installed. */
+static volatile sig_atomic_t *stop_target;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    *stop_target = 1;
+}
+
+void util_stop_on_signals(volatile sig_atomic_t *flag)
+{
+    struct sigaction sa;
+
+    stop_target = flag;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
 void backoff_init(backoff *b, int64_t initial_ms, int64_t max_ms)
 {
     b->initial_ms = initial_ms;

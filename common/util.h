@@ -25,6 +25,10 @@ int util_sleep_ms(int64_t ms, volatile sig_atomic_t *stop);
  * sig_atomic_t is only for a signal handler and the thread it interrupts). */
 int util_sleep_ms_atomic(int64_t ms, atomic_int *stop);
 
+/* For main(): from now on SIGINT and SIGTERM set *flag to 1 (one flag per
+ * process: a later call points them at its own flag instead). */
+void util_stop_on_signals(volatile sig_atomic_t *flag);
+
 /* Capped exponential backoff with jitter, and an optional deadline after
  * which a retry loop gives up (backoff_next says -1). */
 typedef struct {

@@ -18,13 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
+static volatile sig_atomic_t stop_flag; /* SIGTERM, SIGINT */
 
 #ifndef ORDERSUITE_VERSION
 #define ORDERSUITE_VERSION "dev"
@@ -134,7 +128,6 @@ int worker_main(const worker_def *def, int argc, char **argv)
     mq_conn *cons = NULL, *pub = NULL;
     outbox_relay *relay = NULL;
     log_level lvl;
-    struct sigaction sa;
     int rc = 1;
     long ready_max = 10000, ready_max_age = 60;
     worker__http_cfg hc = {0};
@@ -217,10 +210,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
         return rc < 0 ? 1 : 0;
     }
 
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    util_stop_on_signals(&stop_flag);
     signal(SIGPIPE, SIG_IGN);
 
     {

@@ -12,6 +12,7 @@
 #include "util.h"
 
 #include <curl/curl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -424,6 +425,19 @@ START_TEST(a_backoff_gives_up_at_its_deadline)
 }
 END_TEST
 
+/* SIGINT and SIGTERM set the flag given, and the process goes on. */
+START_TEST(stop_signals_set_the_flag_given)
+{
+    static volatile sig_atomic_t a, b;
+    util_stop_on_signals(&a);
+    ck_assert_int_eq(raise(SIGTERM), 0);
+    ck_assert_int_eq(a, 1);
+    util_stop_on_signals(&b);
+    ck_assert_int_eq(raise(SIGINT), 0);
+    ck_assert_int_eq(b, 1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_common");
@@ -446,6 +460,7 @@ int main(void)
     tcase_add_test(u, a_buffer_takes_up_to_its_cap_and_refuses_a_chunk_past_it);
     tcase_add_test(u, a_body_over_the_cap_fails_the_transfer);
     tcase_add_test(u, a_backoff_gives_up_at_its_deadline);
+    tcase_add_test(u, stop_signals_set_the_flag_given);
     tcase_add_test(m, metrics_escape_label_values_from_messages);
     tcase_add_test(m, metrics_labels_stay_valid_utf8);
     tcase_add_test(m, a_routing_key_longer_than_a_label_is_one_counter);

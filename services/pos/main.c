@@ -31,13 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static volatile sig_atomic_t stop_flag;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
+static volatile sig_atomic_t stop_flag; /* SIGINT, SIGTERM */
 
 typedef struct {
     const char *store, *email;
@@ -145,7 +139,6 @@ int main(int argc, char **argv)
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     mq_opts mo = {0};
     log_level lvl;
-    struct sigaction sa;
     int rc = 1, broken;
 
     memset(&t, 0, sizeof(t));
@@ -178,10 +171,7 @@ int main(int argc, char **argv)
     mo.url = amqp;
     mo.app_id = "pos";
     t.mq = mq_new(&mo);
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    util_stop_on_signals(&stop_flag);
     signal(SIGPIPE, SIG_IGN);
 
     left = spool_send(&t.sp, t.mq, &t.sent); /* what an earlier run could not send */

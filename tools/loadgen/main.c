@@ -53,12 +53,6 @@ int64_t lg_start_wall;
 volatile sig_atomic_t lg_stopping;
 long lg_accepted_total;
 
-static void on_signal(int sig)
-{
-    (void)sig;
-    lg_stopping = 1;
-}
-
 static int usage(void)
 {
     fprintf(stderr,
@@ -129,7 +123,6 @@ int main(int argc, char **argv)
     double v, elapsed, slope = 0, maxb = 0;
     PGconn *db = NULL;
     int c, rc = 0;
-    struct sigaction sa;
 
     while ((c = getopt_long(argc, argv, "u:c:n:d:r:t:o:h", lo, NULL)) != -1) {
         switch (c) {
@@ -241,10 +234,7 @@ int main(int argc, char **argv)
         }
     }
 
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    util_stop_on_signals(&lg_stopping);
     st = calloc((size_t)lg_opt.conns, sizeof(*st));
     if (!st)
         return 1;
