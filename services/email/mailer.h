@@ -8,7 +8,7 @@
  * its own (a lease: a claimed row is due again after lease_s, so a crash
  * mid-send does not strand it), renews a row's lease just before sending it
  * (one exchange takes at most smtp_timeout_s, at most half the lease), talks
- * SMTP (libcurl), and writes the outcome only WHERE claim = its token (a row
+ * SMTP (smtp.h, on libcurl), and writes the outcome only WHERE claim = its token (a row
  * claimed again by another mailer is that one's):
  *
  *   accepted (2xx)            status 'sent', sent_at
