@@ -7,6 +7,10 @@
  * The tests play the till: they publish sale.completed with a customer email
  * (a receipt each) with confirms, then read email.messages, the catcher and
  * email.dlq.
+ *
+ * One file of ~700 lines on purpose: every test needs the mail catcher and
+ * email started against it, and reads the same three places (email.messages,
+ * the catcher, email.dlq) through this file's helpers.
  */
 #include "events.h"
 #include "mq.h"

@@ -17,6 +17,10 @@
  *   good/       CA A and a server certificate for 127.0.0.1 and localhost
  *   other/      CA B (a CA that signed none of good/'s certificates)
  *   wronghost/  CA A and a server certificate for elsewhere.invalid
+ *
+ * One file of ~670 lines on purpose: its tests need the certificates and
+ * the TLS pair (tests/tls-instance.sh), made and started once for the run,
+ * minutes under load; a second suite would start a second pair.
  */
 #include "events.h"
 #include "mq.h"

@@ -3,6 +3,10 @@
  * against the real RabbitMQ and PostgreSQL, each running as its own database
  * role. The test plays order-api and the till: it publishes order.placed and
  * sale.completed with confirms, then reads the services' tables.
+ *
+ * One file of ~850 lines on purpose: the flow tests share one fixture (the
+ * three services, each as its own role) and the publish and await helpers
+ * of this file; the limits, modes and ledger cases use the same helpers.
  */
 #include "events.h"
 #include "mq.h"

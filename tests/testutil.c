@@ -1,5 +1,9 @@
 /*
  * testutil.c — see testutil.h.
+ *
+ * One file of ~620 lines on purpose: it is the one helper library every
+ * suite links (environment, polling, SQL, starting a service, HTTP, sample
+ * events), each function documented in testutil.h.
  */
 #include "testutil.h"
 #include "events.h"
