@@ -16,7 +16,7 @@
 #include <signal.h>
 #include <stddef.h>
 
-#define DB_ERR_LEN 512
+#define DB_ERR_LEN 512 /* what callers here give as errlen; a longer error text is cut */
 
 typedef enum {
     DB_OK = 0,

@@ -228,7 +228,8 @@ int mq_publish_batch(mq_conn *c, const mq_msg *msgs, size_t n, int *status, char
                      size_t errlen);
 
 /* The broker's own words for a message it returned: reply code and text of
- * its basic.return, e.g. "312 NO_ROUTE". */
+ * its basic.return, e.g. "312 NO_ROUTE", cut to MQ_REPLY_LEN - 1 bytes (the
+ * code stays whole; only a long text loses its end). */
 #define MQ_REPLY_LEN 96
 
 /* As mq_publish_batch; replies[i] (may be NULL) receives the basic.return
