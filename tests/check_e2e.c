@@ -7,7 +7,7 @@
  * The services start once for the suite (an unchecked fixture) on HTTP port
  * 18080, so a running `make demo` on 8080 is not in the way.
  *
- * One file of ~1000 lines on purpose: its tests share one start of every
+ * One file (over 600 lines) on purpose: its tests share one start of every
  * service (the fixture), the slow part; a suite per concern starts them again.
  */
 #include "events.h"

@@ -8,7 +8,7 @@
  * (a receipt each) with confirms, then read email.messages, the catcher and
  * email.dlq.
  *
- * One file of ~700 lines on purpose: every test needs the mail catcher and
+ * One file (over 600 lines) on purpose: every test needs the mail catcher and
  * email started against it, and reads the same three places (email.messages,
  * the catcher, email.dlq) through this file's helpers.
  */

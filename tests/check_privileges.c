@@ -21,7 +21,7 @@
  * the attackers' message ids; inbox rows are written in the handler's
  * transaction, so no inbox row means no effect.
  *
- * One file of ~1000 lines on purpose: it is one attack matrix over one start
+ * One file (over 600 lines) on purpose: it is one attack matrix over one start
  * of every consuming service and ends in one barrier and inbox check; split,
  * each part starts the services and needs its own barrier.
  */

@@ -9,7 +9,7 @@
  * (inbox, outbox, effects) and fresh queues, starts the worker, and stops it with SIGTERM at the
  * end (which must exit 0).
  *
- * One file of ~1000 lines on purpose: every test runs on the same fixture
+ * One file (over 600 lines) on purpose: every test runs on the same fixture
  * (fresh schema and queues, the spine_worker started and stopped) and reads
  * through the same 30-odd helpers of this file; split, each part repeats them.
  */

@@ -18,7 +18,7 @@
  *   other/      CA B (a CA that signed none of good/'s certificates)
  *   wronghost/  CA A and a server certificate for elsewhere.invalid
  *
- * One file of ~670 lines on purpose: its tests need the certificates and
+ * One file (over 600 lines) on purpose: its tests need the certificates and
  * the TLS pair (tests/tls-instance.sh), made and started once for the run,
  * minutes under load; a second suite would start a second pair.
  */

@@ -4,7 +4,7 @@
  * role. The test plays order-api and the till: it publishes order.placed and
  * sale.completed with confirms, then reads the services' tables.
  *
- * One file of ~850 lines on purpose: the flow tests share one fixture (the
+ * One file (over 600 lines) on purpose: the flow tests share one fixture (the
  * three services, each as its own role) and the publish and await helpers
  * of this file; the limits, modes and ledger cases use the same helpers.
  */

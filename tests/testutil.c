@@ -1,7 +1,7 @@
 /*
  * testutil.c — see testutil.h.
  *
- * One file of ~620 lines on purpose: it is the one helper library every
+ * One file (over 600 lines) on purpose: it is the one helper library every
  * suite links (environment, polling, SQL, starting a service, HTTP, sample
  * events), each function documented in testutil.h.
  */
