@@ -748,6 +748,72 @@ START_TEST(readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains)
 }
 END_TEST
 
+/* A refused mail replayed from email.dlq is recorded anew, and its age for
+ * MAIL_READY_MAX_AGE_S counts from the replay, not from its first recording:
+ * a mail refused an hour ago and replayed while the server is down must not
+ * turn /readyz 503 at once. */
+START_TEST(a_replayed_refused_mail_is_aged_from_its_replay)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    char rcpt[96], sale_id[UUID_STR_LEN], msg[UUID_STR_LEN], mport[32], cmd[2048];
+    const char *const env[] = {mport, "MAIL_READY_MAX_AGE_S=30", NULL};
+    int port = free_port(), smtp;
+    ready_arg a503;
+    catcher mc;
+    tu_svc email;
+
+    snprintf(rcpt, sizeof(rcpt), "replayed-%s@example.com", run);
+    snprintf(mport, sizeof(mport), "METRICS_PORT=%d", port);
+    mc = catcher_start(0, rcpt);
+    smtp = mc.smtp;
+    email_start_env(&email, smtp, env);
+    sale(c, rcpt, sale_id, msg);
+    ck_assert_msg(tu_poll(20000, dlq_has, msg), "message %s never reached email.dlq", msg);
+    await(10000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
+          " AND status = 'refused'",
+          sale_id, 1);
+    /* As if it had been refused an hour ago. */
+    {
+        const char *p[] = {sale_id};
+        free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                    "UPDATE email.messages SET created_at = created_at - interval '1 hour'"
+                    " WHERE correlation_id = $1::uuid",
+                    1, p));
+    }
+    catcher_stop(&mc); /* down: the replayed mail waits */
+    snprintf(cmd, sizeof(cmd), "AMQP_URL='%s' %s/dlq replay email --id %s >/dev/null",
+             tu_env("TEST_AMQP_URL"), tu_env("ORDERSUITE_BIN"), msg);
+    ck_assert_int_eq(system(cmd), 0);
+    await(20000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
+          " AND status = 'pending'",
+          sale_id, 1);
+    ck_assert_msg(count("SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
+                        " AND created_at > now() - interval '30 seconds'",
+                        sale_id) == 1,
+                  "the replayed mail is aged from its first recording: %ld s",
+                  count("SELECT extract(epoch FROM now() - created_at)::bigint"
+                        " FROM email.messages WHERE correlation_id = $1::uuid",
+                        sale_id));
+    /* The mailer reads its backlog every second: three reads, no 503. */
+    a503.port = port;
+    a503.want = 503;
+    ck_assert_msg(!tu_poll(3000, readyz_is, &a503),
+                  "/readyz answered 503 for a mail replayed a moment ago");
+    mc = catcher_start(smtp, NULL);
+    await(30000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
+          " AND status = 'sent'",
+          sale_id, 1);
+    ck_assert_int_eq(at_server(&mc, rcpt), 1);
+    tu_svc_stop_ok(&email);
+    catcher_stop(&mc);
+    mq_free(c);
+    purge_others();
+}
+END_TEST
+
 /* What /readyz said last (readyz_names_mailer_db), for the failure message. */
 static char last_readyz[512];
 
@@ -810,6 +876,7 @@ int main(void)
     tcase_add_test(t, a_temporary_refusal_is_retried_then_delivered_once);
     tcase_add_test(t, readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains);
     tcase_add_test(t, a_send_that_times_out_after_the_server_kept_the_data_goes_out_twice);
+    tcase_add_test(t, a_replayed_refused_mail_is_aged_from_its_replay);
     suite_add_tcase(s, t);
     /* Apart: it stops PostgreSQL (CK_RUN_CASE=database runs it alone). */
     tcase_set_timeout(d, 60);

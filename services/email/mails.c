@@ -21,8 +21,10 @@ static void money(char *out, size_t n, int64_t minor, const char *currency)
 /* Records one mail caused by env (and ev) in the handler's transaction:
  * 'pending' for the mailer with SMTP_URL, 'recorded' without. The cause is
  * kept with it, re-encoded, for email.dlq if the server refuses the mail. A
- * mail refused before is recorded again (a DLQ replay); any other existing
- * mail of this cause and kind is left alone. */
+ * mail refused before is recorded again (a DLQ replay): as a new mail, its
+ * created_at too, which is the basis of MAIL_READY_MAX_AGE_S (a mail
+ * refused long ago and replayed must not make email unready at once); any
+ * other existing mail of this cause and kind is left alone. */
 static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                          const char *kind, const char *to, const char *subject, const char *body,
                          char *err, size_t errlen)
@@ -54,7 +56,7 @@ static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const e
                   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
                   " ON CONFLICT (cause_id, kind) DO UPDATE SET recipient = EXCLUDED.recipient,"
                   " subject = EXCLUDED.subject, body = EXCLUDED.body, status = EXCLUDED.status,"
-                  " attempts = 0, next_attempt_at = now(), last_error = NULL,"
+                  " attempts = 0, next_attempt_at = now(), last_error = NULL, created_at = now(),"
                   " cause_key = EXCLUDED.cause_key, cause_body = EXCLUDED.cause_body,"
                   " cause_app = EXCLUDED.cause_app, cause_ts = EXCLUDED.cause_ts"
                   " WHERE m.status = 'refused' RETURNING id",
