@@ -86,7 +86,7 @@ $(BUILD)/test/check_%: $(BUILD)/obj/tests/check_%.o $(TESTUTIL_OBJ) $(LIBS)
 
 # A unit suite of a service's own files links those files (and sees their
 # headers); it starts no server.
-UNITS_SPOOL := services/pos/spool.c
+UNITS_SPOOL := services/pos/spool.c services/pos/catalog.c
 $(BUILD)/test/check_units_spool: $(call OBJ,$(UNITS_SPOOL))
 $(BUILD)/obj/tests/check_units_spool.o: CFLAGS += -Iservices/pos
 $(BUILD)/test/check_units_api: $(call OBJ,$(filter-out services/order-api/main.c,$(wildcard services/order-api/*.c)))

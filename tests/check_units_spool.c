@@ -3,6 +3,7 @@
  * servers: the publisher is a function of the test that confirms what it is
  * told to. Each test works in a fresh directory of its own under TMPDIR.
  */
+#include "catalog.h"
 #include "spool.h"
 #include "testutil.h"
 
@@ -372,6 +373,51 @@ START_TEST(a_store_name_that_cannot_be_a_file_name_is_refused)
 }
 END_TEST
 
+/* ------------------------------------------------------------- catalog */
+
+static void write_catalog(const char *path, size_t padding)
+{
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_ge(
+        fprintf(f, "[{\"sku\":\"MUG-WHITE\",\"currency\":\"EUR\",\"price_minor\":800}]"), 1);
+    static char spaces[65536];
+    memset(spaces, ' ', sizeof(spaces));
+    while (padding > 0) {
+        size_t k = padding < sizeof(spaces) ? padding : sizeof(spaces);
+        ck_assert_uint_eq(fwrite(spaces, 1, k, f), k);
+        padding -= k;
+    }
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+START_TEST(a_catalog_file_is_read)
+{
+    static catalog cat;
+    char path[600], err[256] = "";
+    snprintf(path, sizeof(path), "%s/catalog.json", dir);
+    write_catalog(path, 16);
+    ck_assert_msg(catalog_load(&cat, NULL, path, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(cat.n, 1);
+    ck_assert_str_eq(cat.items[0].sku, "MUG-WHITE");
+}
+END_TEST
+
+/* A file past CATALOG_BYTES_MAX is refused whole, even when what fits under
+ * the cap would parse: it was read up to the cap and that part taken. */
+START_TEST(a_catalog_file_past_its_cap_is_refused)
+{
+    static catalog cat;
+    char path[600], err[256] = "";
+    snprintf(path, sizeof(path), "%s/catalog.json", dir);
+    write_catalog(path, CATALOG_BYTES_MAX);
+    ck_assert_msg(catalog_load(&cat, NULL, path, err, sizeof(err)) == -1,
+                  "a catalog file over %d bytes was taken (%zu products)", CATALOG_BYTES_MAX,
+                  cat.n);
+    ck_assert_msg(strstr(err, "larger than") != NULL, "error: %s", err);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_spool");
@@ -388,6 +434,8 @@ int main(void)
     tcase_add_test(t, a_full_disk_during_the_rewrite_keeps_the_old_spool);
     tcase_add_test(t, a_till_publishing_holds_the_claim_but_not_the_lock);
     tcase_add_test(t, a_store_name_that_cannot_be_a_file_name_is_refused);
+    tcase_add_test(t, a_catalog_file_is_read);
+    tcase_add_test(t, a_catalog_file_past_its_cap_is_refused);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

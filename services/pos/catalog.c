@@ -30,8 +30,19 @@ int catalog_load(catalog *cat, const char *url, const char *file, char *err, siz
             return -1;
         }
         while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-            if (util_buf_collect(chunk, 1, k, &g) != k)
+            if (util_buf_collect(chunk, 1, k, &g) != k) {
+                /* Refused whole: what fits under the cap may parse. */
+                snprintf(err, errlen, "CATALOG_FILE: %s: larger than %d bytes", file,
+                         CATALOG_BYTES_MAX);
                 break;
+            }
+        }
+        if (k == 0 && ferror(f))
+            snprintf(err, errlen, "CATALOG_FILE: %s: read failed", file);
+        if (k > 0 || ferror(f)) {
+            fclose(f);
+            free(g.p);
+            return -1;
         }
         fclose(f);
     } else {
