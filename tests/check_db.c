@@ -1,6 +1,10 @@
 /*
  * check_db.c — the PostgreSQL helper (common/db.c) and the database layout
  * from the migrations, against the real cluster started by `make up`.
+ *
+ * One file (over 600 lines) on purpose: the german cases classify the
+ * helper's own errors again on the cluster answering in German, so they sit
+ * beside the English cases they mirror.
  */
 #include "db.h"
 #include "testutil.h"
