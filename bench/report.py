@@ -37,6 +37,29 @@ def ledger(work, tag):
     return {k: int(res.get(k, -1)) for k in ("lost", "duplicated", "stuck", "inconsistent", "ok")}
 
 
+SERVICE_ROLES = ("orders", "inventory", "billing", "email")
+
+
+def pg_work(work, tag, orders):
+    """PostgreSQL's work per order of one accepted-rate run, from the counters
+    scripts/bench.sh read before it (TAG.pg0) and after it drained (TAG.pg1):
+    commits of the whole database (the bench's own tools and the services'
+    idle sweeps included) and, when pg_stat_statements was loaded, the
+    statements of each service's role (BEGIN and COMMIT included)."""
+    def read(path):
+        with open(path) as f:
+            return {k: int(v) for k, v in (l.split() for l in f if l.strip())}
+    a, b = read(os.path.join(work, f"{tag}.pg0")), read(os.path.join(work, f"{tag}.pg1"))
+    n = max(orders, 1)
+    res = {"orders": orders, "commits_per_order": (b["xact_commit"] - a["xact_commit"]) / n,
+           "statements_per_order": None, "statements_per_order_by_role": None}
+    if any(k.startswith("calls.") for k in b):
+        by_role = {r: (b.get(f"calls.{r}", 0) - a.get(f"calls.{r}", 0)) / n for r in SERVICE_ROLES}
+        res["statements_per_order_by_role"] = by_role
+        res["statements_per_order"] = sum(by_role.values())
+    return res
+
+
 def main():
     work, stamp, out, seconds, threads, msg_bytes, cpus, conns = sys.argv[1:9]
     conns = [int(c) for c in conns.split()]
@@ -54,6 +77,7 @@ def main():
             "errors": r["http_5xx"] + r["no_answer"] + r["lost"],
             "ratio_postgres": r["accepted_per_s"] / pg if pg else None,
             "ratio_http": r["accepted_per_s"] / http if http else None,
+            "postgres": pg_work(work, f"acc{c}-{stamp}", r["accepted"]),
         })
     mq = load(os.path.join(work, "mqbench.json"))
     limits["rabbitmq"] = mq
@@ -78,7 +102,10 @@ def main():
         and sus["e2e"]["backlog_trend_per_s"] <= 1,
         "e2e_p99_250ms_at_half": half["e2e"]["p99_ms"] <= 250,
         "accepted_half_of_postgres": last["ratio_postgres"] >= 0.5,
+        "commits_per_order_le_1_at_64": last["postgres"]["commits_per_order"] <= 1,
     }
+    if last["postgres"]["statements_per_order"] is not None:
+        targets["statements_per_order_le_6_at_64"] = last["postgres"]["statements_per_order"] <= 6
     doc = {
         "date": stamp,
         "machine": {"cpus": int(cpus), "uname": os.uname().release},
@@ -108,6 +135,19 @@ def main():
                   f"{p['p99']:.1f} | {p['max']:.1f} | "
                   f"{limits['postgres_order_tx_per_s'][c]:.0f} | {r['ratio_postgres']:.2f} | "
                   f"{limits['http_trivial_per_s'][c]:.0f} | {r['ratio_http']:.3f} |")
+    md += ["", "PostgreSQL's work per completed order in these runs (commits: the whole "
+           "database, the bench's own queries included; statements: the services' roles, "
+           "BEGIN and COMMIT included, from pg_stat_statements):", "",
+           "| conns | orders | commits/order | statements/order | order-api | inventory | "
+           "billing | email |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        w = r["postgres"]
+        by = w["statements_per_order_by_role"] or {}
+        cell = (lambda v: "n/a" if v is None else f"{v:.2f}")
+        md.append(f"| {r['connections']} | {w['orders']} | {w['commits_per_order']:.2f} | "
+                  f"{cell(w['statements_per_order'])} | " +
+                  " | ".join(cell(by.get(role)) for role in SERVICE_ROLES) + " |")
     md += ["",
            f"RabbitMQ alone ({mq['bytes']}-byte persistent messages, quorum queue): "
            f"{mq['publish_per_s']:.0f} publishes/s with confirms, "

@@ -9,7 +9,8 @@
 #   2. RabbitMQ:   tools/mqbench, confirms to and acks from a quorum queue
 #   3. HTTP:       wrk on order-api's /healthz (same server, same threads)
 #   4. the suite:  loadgen POST /orders at 1, 16, 64 connections, each run
-#                  drained and checked by the ledger before the next
+#                  drained and checked by the ledger before the next, with
+#                  PostgreSQL's commits and statements per order
 #   5. end to end: a capacity probe, 60 s sustained at 90 % of it, and a
 #                  latency run at half of it
 # and writes bench/results/<date>.{json,md,png} and bench/results/latest.*.
@@ -108,10 +109,39 @@ say "warm-up: 5 s at 16 connections"
 loadgen "warm-$STAMP" -c 16 -d 5
 ledger_wait "warm-$STAMP" | sed 's/^/    /'
 
+# PostgreSQL's work per order in the accepted-rate runs: the database's
+# commits (pg_stat_database.xact_commit) and, when pg_stat_statements is
+# loaded (scripts/up.sh; a cluster started before needs make down && make up),
+# each role's statements, before each run and after it drained.
+PGSS=0
+if [[ "$(pg_super -At -d "$ORDERSUITE_DB" -c 'SHOW shared_preload_libraries')" == *pg_stat_statements* ]] &&
+    pg_super -d "$ORDERSUITE_DB" -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements'; then
+    PGSS=1
+else
+    say "pg_stat_statements is not loaded: no statement counts (make down && make up loads it)"
+fi
+pg_counters() { # FILE: "name value" lines
+    pg_super -At -F ' ' -d "$ORDERSUITE_DB" \
+        -c "SELECT 'xact_commit', xact_commit FROM pg_stat_database WHERE datname = current_database()" >"$1" ||
+        die "reading pg_stat_database failed"
+    [ $PGSS = 1 ] || return 0
+    pg_super -At -F ' ' -d "$ORDERSUITE_DB" \
+        -c "SELECT 'calls.' || r.rolname, sum(s.calls)::bigint FROM pg_stat_statements s
+            JOIN pg_roles r ON r.oid = s.userid JOIN pg_database d ON d.oid = s.dbid
+            WHERE d.datname = current_database() GROUP BY r.rolname" >>"$1" ||
+        die "reading pg_stat_statements failed"
+}
+
 say "orders accepted: POST /orders for ${SECS}s at $CONNS connections"
 for c in $CONNS; do
+    pg_counters "$WORK/acc$c-$STAMP.pg0"
     loadgen "acc$c-$STAMP" -c "$c" -d "$SECS"
     echo "    drained: $(ledger_wait "acc$c-$STAMP")"
+    # A busy backend publishes its commit counts at most once a second, an
+    # idle one 10 s after its last transaction (PostgreSQL 15): no signal
+    # says when, so wait them out (pg_stat_statements counts at once).
+    sleep 11
+    pg_counters "$WORK/acc$c-$STAMP.pg1"
 done
 
 say "end to end: capacity probe (3000 orders, 16 connections, as fast as answered)"

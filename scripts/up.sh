@@ -126,10 +126,25 @@ log_min_error_statement = error
 EOF
     fi
     pg_tls_config "$data"
+    pg_stats_config "$data"
     say "starting PostgreSQL on 127.0.0.1:$PG_PORT$(tls_on && echo " (TLS only)")"
     if ! pgctl start -w -t 60 -l "$VAR/log/postgresql/startup.log" -o "-p $PG_PORT" >/dev/null; then
         die "PostgreSQL did not start; see $VAR/log/postgresql/startup.log and $VAR/log/postgresql/postgresql.log"
     fi
+}
+
+# pg_stat_statements loaded, at every start (ordersuite-stats.conf): make bench
+# counts the statements per order with it. A cluster already running loads it
+# at its next start.
+pg_stats_config() {
+    local data=$1
+    grep -q "^include_if_exists = 'ordersuite-stats.conf'" "$data/postgresql.conf" ||
+        echo "include_if_exists = 'ordersuite-stats.conf'" | as_user postgres tee -a "$data/postgresql.conf" >/dev/null
+    as_user postgres tee "$data/ordersuite-stats.conf" >/dev/null <<EOF
+# Written by scripts/up.sh: per-statement counts for make bench.
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = top
+EOF
 }
 
 # TLS on or off, at every start: ssl and its files in ordersuite-tls.conf
