@@ -7,7 +7,10 @@
  *   decode.c       a POST /orders body into an order, checked against the contract
  *   pricing.c      catalog prices and the total, overflow checked
  *   idempotency.c  Idempotency-Key: its form, the earlier order, the decision
- *   store.c        the order's write and its one document (GET and the 201)
+ *   store.c        the write of a batch of orders and an order's one document
+ *                  (GET and the 201)
+ *   writer.c       group commit: the thread that writes the accepted orders
+ *                  in batches and answers each request after the commit
  */
 #ifndef ORDER_API_H
 #define ORDER_API_H
@@ -30,11 +33,14 @@ typedef struct {
     unsigned char hash[32];
 } api_token;
 
+typedef struct api_writer api_writer;
+
 typedef struct {
     const char *database_url;
     db_timeouts timeouts; /* for the job threads' connections */
     api_token *tokens;    /* from api_tokens_load */
     size_t ntokens;
+    api_writer *writer; /* writes the orders POST /orders accepts (writer.c) */
 } api_ctx;
 
 /* ------------------------------------------------------------- auth.c */
@@ -129,16 +135,69 @@ api_idem_decision api_idem_decide(int found, int same);
 
 /* ------------------------------------------------------------ store.c */
 
+struct cJSON;
+
 /* The one query of an order's document by id ($1) and client ($2): the
  * same document the 201 of POST /orders carries (both end in one builder). */
 extern const char api_order_doc_sql[];
 
-/* Writes the order (validated, priced) of client in one statement: the
- * order, its lines, its first timeline entry and the order.placed outbox
- * row; key and body (may be NULL) for idempotency. *doc (malloc'd) is its
- * document. Returns DB_OK or a db error code with err. */
-int api_store(db_conn *db, const ev_event *ev, const char *client, const char *key,
-              const char *body, char **doc, char *err, size_t errlen);
+/* The order (validated, priced) of client as one order of a write: a new
+ * message id and its order.placed event, key and the SHA-256 of body for
+ * idempotency (body unused without a key). The caller cJSON_Delete()s it.
+ * NULL with err when out of memory or the event cannot be made. */
+struct cJSON *api_store_row(const ev_event *ev, const char *client, const char *key,
+                            const char *body, char *err, size_t errlen);
+
+/* Writes rows[0..n) (api_store_row's) in ONE statement, so in one
+ * transaction: the orders, their lines, their first timeline entries and
+ * their order.placed outbox rows; wakes the relay after the commit. DB_OK
+ * when it committed, with docs[i] (malloc'd, the caller frees; NULL only
+ * when out of memory) the document of rows[i]; else DB_ERR /
+ * DB_ERR_TRANSIENT with err and nothing written. */
+int api_store(db_conn *db, struct cJSON *const *rows, size_t n, char **docs, char *err,
+              size_t errlen);
+
+/* ----------------------------------------------------------- writer.c */
+
+#define API_BATCH_MAX_DEFAULT  64    /* ORDER_BATCH_MAX: orders in one write, at most */
+#define API_WRITE_WAIT_DEFAULT 10000 /* ORDER_WRITE_TIMEOUT_MS: a request's wait, at most */
+
+typedef struct {
+    const char *database_url;
+    const db_timeouts *timeouts; /* for the writer's connection */
+    int batch_max;               /* orders per statement, >= 1 */
+    int wait_ms;                 /* the longest a request waits for its write */
+} api_writer_opts;
+
+/* Starts the writer thread (it connects when it first writes). NULL with
+ * err when out of memory or the thread cannot start. */
+api_writer *api_writer_start(const api_writer_opts *o, char *err, size_t errlen);
+
+/* Writes what is still queued, stops the thread, frees w. The HTTP server
+ * must be stopped first (no request may still hand it an order). NULL: no-op. */
+void api_writer_stop(api_writer *w);
+
+#define API_WRITE_TIMEOUT (-3) /* api_writer_store: no answer within wait_ms */
+
+/* Hands row (api_store_row's; the writer takes it over, even on failure) to
+ * the writer and waits, at most opts.wait_ms, for the commit of the write that
+ * holds it. DB_OK with *doc (malloc'd); else DB_ERR / DB_ERR_TRANSIENT with
+ * err and sqlstate (the SQLSTATE of the statement that failed for this
+ * order, "" when none), or API_WRITE_TIMEOUT with err when the wait ran out:
+ * an order still queued is then withdrawn (never written); one the writer
+ * had begun to write may yet be stored (its commit is not known here). */
+int api_writer_store(api_writer *w, struct cJSON *row, char **doc, char sqlstate[6], char *err,
+                     size_t errlen);
+
+/* What the writer did so far (logs and tests). */
+typedef struct {
+    uint64_t writes;    /* statements that wrote a batch */
+    uint64_t orders;    /* orders written */
+    uint64_t largest;   /* the most orders one statement wrote */
+    uint64_t fallbacks; /* batches written again one order at a time */
+} api_writer_stats;
+
+void api_writer_get_stats(api_writer *w, api_writer_stats *out);
 
 /* ----------------------------------------------------------- routes.c */
 

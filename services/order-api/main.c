@@ -14,6 +14,11 @@
  * A late or repeated event finds the order past its "from" states and
  * changes nothing. Each change adds a row to the order's timeline.
  *
+ * POST /orders hands each order it accepts to the writer (writer.c), which
+ * commits the orders that arrive together in one statement:
+ * ORDER_BATCH_MAX (64, 1-1000) orders at most, and a request waits at most
+ * ORDER_WRITE_TIMEOUT_MS (10000) for its commit before a 503.
+ *
  * API_TOKENS (required; usually API_TOKENS_FILE, a file holding the value)
  * lists each client's bearer tokens as SHA-256 hashes (scripts/api-token.sh);
  * it is read once, at start.
@@ -33,6 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define API_STR_(x) #x
+#define API_STR(x)  API_STR_(x)
 
 /* Moves order_id to `to` if it is in one of `from` ("{PENDING,RESERVED}"). */
 static mq_result advance(db_conn *db, const ev_envelope *env, const char *order_id, const char *to,
@@ -125,8 +133,13 @@ int main(int argc, char **argv)
     };
     char *db_url = NULL, *tokens = NULL;
     char err[CFG_ERR_LEN];
-    const cfg_spec specs[] = {{"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
-                              {"API_TOKENS", CFG_STR, NULL, 0, 0, &tokens}};
+    long batch_max = 0, write_ms = 0;
+    const cfg_spec specs[] = {
+        {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
+        {"API_TOKENS", CFG_STR, NULL, 0, 0, &tokens},
+        {"ORDER_BATCH_MAX", CFG_LONG, API_STR(API_BATCH_MAX_DEFAULT), 1, 1000, &batch_max},
+        {"ORDER_WRITE_TIMEOUT_MS", CFG_LONG, API_STR(API_WRITE_WAIT_DEFAULT), 100, 600000,
+         &write_ms}};
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     api_ctx ctx = {0};
     worker_def def = {.service = ORDER_SERVICE,
@@ -159,8 +172,24 @@ int main(int argc, char **argv)
             cfg_free(specs, nspecs);
             return 1;
         }
+        {
+            api_writer_opts wo = {.database_url = db_url,
+                                  .timeouts = &ctx.timeouts,
+                                  .batch_max = (int)batch_max,
+                                  .wait_ms = (int)write_ms};
+            if (!(ctx.writer = api_writer_start(&wo, err, sizeof(err)))) {
+                log_error("%s", err);
+                free(ctx.tokens);
+                cfg_free(specs, nspecs);
+                return 1;
+            }
+            log_info("orders written in batches of up to %ld, a request waiting at most %ld ms",
+                     batch_max, write_ms);
+        }
     }
     rc = worker_main(&def, argc, argv);
+    /* The HTTP server has stopped: no request hands the writer an order now. */
+    api_writer_stop(ctx.writer);
     free(ctx.tokens);
     cfg_free(specs, nspecs);
     return rc;

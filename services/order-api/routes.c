@@ -17,7 +17,8 @@
  * Each pool thread has its own database connection. POST /orders reads here
  * as its steps: the client (auth.c), the body (decode.c), an earlier order
  * with the same Idempotency-Key (idempotency.c), the prices (pricing.c), the
- * write and its document (store.c). Documents are built by PostgreSQL
+ * write and its document (store.c), committed by the writer with the orders
+ * that arrived together (writer.c). Documents are built by PostgreSQL
  * (json_build_object).
  */
 #include "api.h"
@@ -137,7 +138,8 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     ev_event ev;
     order_placed *o = &ev.u.order_placed;
     db_conn *db;
-    char err[DB_ERR_LEN], existing[UUID_STR_LEN], *doc = NULL;
+    char err[DB_ERR_LEN], existing[UUID_STR_LEN], sqlstate[6], *doc = NULL;
+    struct cJSON *row;
     int rc = DB_OK, same = 0;
 
     ev_init(&ev, EV_ORDER_PLACED);
@@ -180,10 +182,25 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     }
     if (api_validate(&ev, &prob) < 0)
         goto problem; /* e.g. a total beyond the contract's range */
-    rc = api_store(db, &ev, client, key, body, &doc, err, sizeof(err));
+    if (!(row = api_store_row(&ev, client, key, body, err, sizeof(err)))) {
+        rc = DB_ERR;
+        goto db_error;
+    }
+    /* The writer commits it, with the orders that came with it (writer.c). */
+    rc = api_writer_store(ctx->writer, row, &doc, sqlstate, err, sizeof(err));
+    if (rc == API_WRITE_TIMEOUT) {
+        log_warn("%s", err);
+        http_problem(out, 503, "Service Unavailable",
+                     "the order could not be written in time; retry later (with the same "
+                     "Idempotency-Key)",
+                     NULL);
+        snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
+        snprintf(out->extra_value, sizeof(out->extra_value), "2");
+        goto out;
+    }
     if (rc != DB_OK) {
         /* Two requests with one key at once: the loser answers as a replay. */
-        if (key && strcmp(db_last_sqlstate(db), "23505") == 0 &&
+        if (key && strcmp(sqlstate, "23505") == 0 &&
             api_idem_find(db, client, key, body, existing, &same, &rc, err, sizeof(err)) == 1) {
             answer_earlier(r, ctx, out, client, existing, api_idem_decide(1, same));
             goto out;

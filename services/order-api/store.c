@@ -1,139 +1,178 @@
 /*
- * store.c — an order in the database: its write (the order, its lines, its
- * first timeline entry and the order.placed outbox row, in one statement, so
- * one round trip and one commit) and its document. The document is built by
- * PostgreSQL (json_build_object) in ONE place, ORDER_DOC: GET /orders/{id}
- * reads the order from its tables and the 201 of POST /orders from what its
- * statement writes, and both end in ORDER_DOC, so the two cannot drift apart.
+ * store.c — orders in the database: their write (the orders of a batch, their
+ * lines, their first timeline entries and their order.placed outbox rows, in
+ * one statement, so one round trip and one commit for the whole batch; the
+ * writer, writer.c, decides what a batch is) and an order's document. The
+ * document is built by PostgreSQL (json_build_object) in ONE place,
+ * ORDER_DOC: GET /orders/{id} reads the order from its tables and the 201 of
+ * POST /orders from what the write's statement wrote, and both end in
+ * ORDER_DOC, so the two cannot drift apart.
+ *
+ * The write's one parameter is a JSON array of orders (api_store_row builds
+ * each with cJSON, so every value is escaped by one JSON writer and read back
+ * by PostgreSQL's json_to_recordset: the statement stays parameterised
+ * whatever the batch holds). Integers travel as JSON strings and are cast to
+ * bigint, so no value passes through a double.
  */
 #include "api.h"
 
 #include "outbox.h"
 #include "util.h"
 
-#include <stdarg.h>
+#include <cJSON.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* The order's document from three relations the statement names: o (the
- * order's row), l (its lines: sku, quantity, unit_price_minor) and t (its
- * timeline: status, at). */
+/* The document of each order of o (its rows), from two more relations the
+ * statement names: l (lines: order_id, sku, quantity, unit_price_minor) and
+ * t (timeline: order_id, status, at); one row (id, doc) per order. */
 #define ORDER_DOC                                                                                  \
-    " SELECT json_build_object("                                                                   \
+    " SELECT o.id::text AS id, json_build_object("                                                 \
     " 'id', o.id, 'status', o.status, 'customer_id', o.customer_id,"                               \
     " 'customer_email', o.customer_email, 'currency', o.currency,"                                 \
     " 'total_minor', o.total_minor, 'reason', o.reason, 'invoice_id', o.invoice_id,"               \
     " 'invoice_number', o.invoice_number, 'created_at', o.created_at,"                             \
     " 'updated_at', o.updated_at,"                                                                 \
     " 'items', (SELECT coalesce(json_agg(json_build_object('sku', l.sku, 'quantity', l.quantity,"  \
-    "   'unit_price_minor', l.unit_price_minor) ORDER BY l.sku), '[]') FROM l),"                   \
+    "   'unit_price_minor', l.unit_price_minor) ORDER BY l.sku), '[]') FROM l"                     \
+    "   WHERE l.order_id = o.id),"                                                                 \
     " 'timeline', (SELECT coalesce(json_agg(json_build_object('status', t.status, 'at', t.at)"     \
-    "   ORDER BY t.at), '[]') FROM t)"                                                             \
+    "   ORDER BY t.at), '[]') FROM t WHERE t.order_id = o.id)"                                     \
     ")::text AS doc FROM o"
 
 const char api_order_doc_sql[] =
     "WITH o AS (SELECT * FROM orders WHERE id = $1::uuid AND client_id = $2),"
-    " l AS (SELECT sku, quantity, unit_price_minor FROM order_lines WHERE order_id = $1::uuid),"
-    " t AS (SELECT status, at FROM order_timeline WHERE order_id = $1::uuid)" ORDER_DOC;
+    " l AS (SELECT order_id, sku, quantity, unit_price_minor FROM order_lines"
+    "   WHERE order_id = $1::uuid),"
+    " t AS (SELECT order_id, status, at FROM order_timeline WHERE order_id = $1::uuid)" ORDER_DOC;
 
-/* The write. Its answer is ORDER_DOC over what it wrote, so a 201 shows
- * exactly what GET /orders/{id} would. */
+/* The write of a batch ($1: api_store_row's objects in an array). Its answer
+ * is ORDER_DOC over what it wrote, so a 201 shows exactly what
+ * GET /orders/{id} would. */
 static const char store_sql[] =
-    "WITH o AS (INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
-    "   idempotency_key, request_hash, client_id) VALUES ($1::uuid, $2, $3, $4, $5, $6,"
-    "   encode(sha256(convert_to($7, 'UTF8')), 'hex'), $14) RETURNING *),"
+    "WITH x AS (SELECT * FROM json_to_recordset($1::json) AS x(id uuid, customer_id text,"
+    "   customer_email text, currency text, total_minor text, idempotency_key text,"
+    "   request_hash text, client_id text, message_id uuid, routing_key text, event text,"
+    "   lines json)),"
+    " o AS (INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
+    "   idempotency_key, request_hash, client_id) SELECT id, customer_id, customer_email,"
+    "   currency, total_minor::bigint, idempotency_key, request_hash, client_id FROM x"
+    "   RETURNING *),"
     " l AS (INSERT INTO order_lines (order_id, sku, quantity, unit_price_minor)"
-    "   SELECT $1::uuid, s, q, p FROM unnest($8::text[], $9::bigint[], $10::bigint[])"
-    "   AS x(s, q, p) RETURNING sku, quantity, unit_price_minor),"
-    " t AS (INSERT INTO order_timeline (order_id, status) VALUES ($1::uuid, 'PENDING')"
-    "   RETURNING status, at),"
+    "   SELECT x.id, y.sku, y.quantity::bigint, y.unit_price_minor::bigint FROM x,"
+    "   json_to_recordset(x.lines) AS y(sku text, quantity text, unit_price_minor text)"
+    "   RETURNING order_id, sku, quantity, unit_price_minor),"
+    " t AS (INSERT INTO order_timeline (order_id, status) SELECT id, 'PENDING' FROM x"
+    "   RETURNING order_id, status, at),"
     " b AS (INSERT INTO outbox (message_id, routing_key, correlation_id, body)"
-    "   VALUES ($11::uuid, $12, $1::uuid, $13))" ORDER_DOC;
+    "   SELECT message_id, routing_key, id, event FROM x)" ORDER_DOC;
 
-/* One line's share of each array literal: a SKU (EV_SKU_MAX), a quantity or
- * a price (at most 20 characters), and a comma. */
-#define LINE_MAX (EV_SKU_MAX + 24)
-
-/* Appends to buf[*n..cap); -1 (nothing written past cap) when it does not fit. */
-__attribute__((format(printf, 4, 5))) static int add(char *buf, size_t cap, size_t *n,
-                                                     const char *fmt, ...)
+/* Adds k: v (a string, or null for NULL) to o; -1 when out of memory. */
+static int put(cJSON *o, const char *k, const char *v)
 {
-    va_list ap;
-    int k;
-    va_start(ap, fmt);
-    k = vsnprintf(buf + *n, cap - *n, fmt, ap);
-    va_end(ap);
-    if (k < 0 || (size_t)k >= cap - *n)
+    return (v ? cJSON_AddStringToObject(o, k, v) : cJSON_AddNullToObject(o, k)) ? 0 : -1;
+}
+
+/* The SHA-256 of body in lowercase hex, as encode(sha256(...), 'hex') writes
+ * it (api_idem_find compares the two). -1 on failure. */
+static int body_hash(const char *body, char hex[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (EVP_Digest(body, strlen(body), md, &n, EVP_sha256(), NULL) != 1 || n != 32)
         return -1;
-    *n += (size_t)k;
+    for (unsigned int i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
     return 0;
 }
 
-int api_store(db_conn *db, const ev_event *ev, const char *client, const char *key,
-              const char *body, char **doc, char *err, size_t errlen)
+struct cJSON *api_store_row(const ev_event *ev, const char *client, const char *key,
+                            const char *body, char *err, size_t errlen)
 {
     const order_placed *o = &ev->u.order_placed;
-    char total[24], mid[UUID_STR_LEN], *skus, *qty, *prices, *event = NULL;
-    size_t cap = o->lines.n * LINE_MAX + 8, a = 0, b = 0, c = 0;
-    PGresult *res = NULL;
-    int rc, fits = 1;
+    char total[24], mid[UUID_STR_LEN], hash[65], *event = NULL;
+    cJSON *row = NULL, *lines = NULL;
+    int ok;
 
-    *doc = NULL;
-    if ((rc = outbox_row(ev, NULL, mid, &event, err, errlen)) != DB_OK)
-        return rc;
-    skus = malloc(cap);
-    qty = malloc(cap);
-    prices = malloc(cap);
-    if (!skus || !qty || !prices) {
+    if (outbox_row(ev, NULL, mid, &event, err, errlen) != DB_OK)
+        return NULL;
+    if (key && body_hash(body ? body : "", hash) < 0) {
+        snprintf(err, errlen, "the request body could not be hashed");
+        goto out;
+    }
+    ok = (row = cJSON_CreateObject()) != NULL && put(row, "id", o->order_id) == 0 &&
+         put(row, "customer_id", o->customer_id) == 0 &&
+         put(row, "customer_email", o->customer_email) == 0 &&
+         put(row, "currency", o->currency) == 0 &&
+         put(row, "total_minor", util_i64(total, o->total)) == 0 &&
+         put(row, "idempotency_key", key) == 0 &&
+         put(row, "request_hash", key ? hash : NULL) == 0 && put(row, "client_id", client) == 0 &&
+         put(row, "message_id", mid) == 0 &&
+         put(row, "routing_key", ev_routing_key(ev->type)) == 0 && put(row, "event", event) == 0 &&
+         (lines = cJSON_AddArrayToObject(row, "lines")) != NULL;
+    for (size_t i = 0; ok && i < o->lines.n; i++) {
+        const ev_line *l = &o->lines.items[i];
+        char q[24], p[24];
+        cJSON *line = cJSON_CreateObject();
+        ok = line && cJSON_AddItemToArray(lines, line); /* the row owns it from here */
+        ok = ok && put(line, "sku", l->sku) == 0 &&
+             put(line, "quantity", util_i64(q, l->quantity)) == 0 &&
+             put(line, "unit_price_minor", util_i64(p, l->unit_price)) == 0;
+        if (line && !ok && cJSON_GetArraySize(lines) == (int)i)
+            cJSON_Delete(line); /* never added */
+    }
+    if (!ok) {
+        snprintf(err, errlen, "out of memory");
+        cJSON_Delete(row);
+        row = NULL;
+    }
+out:
+    free(event);
+    return row;
+}
+
+int api_store(db_conn *db, struct cJSON *const *rows, size_t n, char **docs, char *err,
+              size_t errlen)
+{
+    cJSON *all = cJSON_CreateArray();
+    PGresult *res = NULL;
+    char *param = NULL;
+    int rc = DB_OK;
+
+    for (size_t i = 0; i < n; i++)
+        docs[i] = NULL;
+    for (size_t i = 0; all && i < n; i++) {
+        if (!cJSON_AddItemReferenceToArray(all, rows[i])) {
+            cJSON_Delete(all);
+            all = NULL;
+        }
+    }
+    if (!all || !(param = cJSON_PrintUnformatted(all))) {
         snprintf(err, errlen, "out of memory");
         rc = DB_ERR_TRANSIENT;
         goto out;
     }
-    skus[a++] = qty[b++] = prices[c++] = '{';
-    for (size_t i = 0; fits && i < o->lines.n; i++) {
-        const ev_line *l = &o->lines.items[i];
-        const char *sep = i ? "," : "";
-        fits = add(skus, cap, &a, "%s%s", sep, l->sku) == 0 &&
-               add(qty, cap, &b, "%s%lld", sep, (long long)l->quantity) == 0 &&
-               add(prices, cap, &c, "%s%lld", sep, (long long)l->unit_price) == 0;
-    }
-    if (!fits || add(skus, cap, &a, "}") < 0 || add(qty, cap, &b, "}") < 0 ||
-        add(prices, cap, &c, "}") < 0) {
-        /* Not reached with a valid order: LINE_MAX bounds each line. */
-        snprintf(err, errlen, "the order's lines do not fit their arrays");
-        rc = DB_ERR;
-        goto out;
-    }
     {
-        const char *p[] = {o->order_id,
-                           o->customer_id,
-                           o->customer_email,
-                           o->currency,
-                           util_i64(total, o->total),
-                           key,
-                           key ? body : NULL,
-                           skus,
-                           qty,
-                           prices,
-                           mid,
-                           ev_routing_key(ev->type),
-                           event,
-                           client};
-        rc = db_execp(db, "api_store", store_sql, 14, p, &res, err, errlen);
+        const char *p[] = {param};
+        rc = db_execp(db, "api_store", store_sql, 1, p, &res, err, errlen);
     }
-    if (rc == DB_OK) {
-        outbox_wake(); /* committed: one statement outside a transaction block */
-        if (PQntuples(res) != 1 || !(*doc = strdup(db_get(res, 0, "doc")))) {
-            snprintf(err, errlen, "the order was stored but its document could not be read");
-            rc = DB_ERR;
+    if (rc != DB_OK)
+        goto out;
+    outbox_wake(); /* committed: one statement outside a transaction block */
+    /* Each written order's document, matched to its row by id. */
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *id = db_get(res, r, "id"), *doc = db_get(res, r, "doc");
+        for (size_t i = 0; id && doc && i < n; i++) {
+            const cJSON *want = cJSON_GetObjectItemCaseSensitive(rows[i], "id");
+            if (!docs[i] && cJSON_IsString(want) && strcmp(want->valuestring, id) == 0)
+                docs[i] = strdup(doc);
         }
     }
 out:
     PQclear(res);
-    free(skus);
-    free(qty);
-    free(prices);
-    free(event);
+    cJSON_Delete(all); /* references only: the rows stay the caller's */
+    cJSON_free(param);
     return rc;
 }

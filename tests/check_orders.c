@@ -1,0 +1,381 @@
+/*
+ * check_orders.c — order-api's group commit (services/order-api/writer.c)
+ * against the real order-api, its workers and PostgreSQL.
+ *
+ * To make orders arrive "together" without trusting timing, a test holds
+ * orders.order_lines in SHARE mode from another session: the writer's next
+ * write waits on it, a lone order first; the orders posted meanwhile queue
+ * behind it; when the lock goes they are written. Which orders one
+ * transaction wrote is read from the xmin of their lines (an order's own row
+ * gets a new xmin each time its status moves).
+ */
+#include "events.h"
+#include "testutil.h"
+#include "util.h"
+
+#include <cJSON.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define API_PORT "18070"
+#define API      "http://127.0.0.1:" API_PORT
+#define SKU      "FLT-PAPER"
+
+static const char *const names[] = {"inventory", "billing", "email", "order-api"};
+static const char *const urls[] = {"INVENTORY_DATABASE_URL", "BILLING_DATABASE_URL",
+                                   "EMAIL_DATABASE_URL", "ORDERS_DATABASE_URL"};
+static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EMAIL_AMQP_URL",
+                                   "ORDER_API_AMQP_URL"};
+static tu_svc svcs[4];
+
+/* The whole suite, order-api with 16 job threads (so 15 orders can wait for
+ * one write) and lock waits far longer than a test holds its lock. */
+static void start_all(void)
+{
+    for (int i = 0; i < 4; i++) {
+        char port[32], log[64], url[128];
+        const char *env[] = {port,
+                             "HTTP_PORT=" API_PORT,
+                             "OPS_PORT=0",
+                             "HTTP_THREADS=16",
+                             "DB_LOCK_TIMEOUT_MS=60000",
+                             TU_API_TOKENS,
+                             NULL};
+        tu_svc_opts o = {.exe = names[i],
+                         .amqp_env = amqp[i],
+                         .db_env = urls[i],
+                         .env = env,
+                         .log = log,
+                         .ready_url = url};
+        snprintf(port, sizeof(port), "METRICS_PORT=%d", 19171 + i);
+        snprintf(log, sizeof(log), "orders-%s", names[i]);
+        if (i < 3)
+            snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", 19171 + i);
+        else
+            snprintf(url, sizeof(url), API "/readyz");
+        tu_svc_spawn(&svcs[i], &o);
+    }
+    for (int i = 0; i < 4; i++)
+        tu_svc_await(&svcs[i]);
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "SELECT inventory.adjust_stock(sku, 100000 - on_hand, 'check_orders: stock')"
+                " FROM inventory.stock WHERE sku = '" SKU "'",
+                0, NULL));
+}
+
+static void stop_all(void)
+{
+    for (int i = 3; i >= 0; i--)
+        tu_svc_stop_ok(&svcs[i]);
+}
+
+/* ------------------------------------------------------------- requests */
+
+/* One POST /orders and what came back. */
+typedef struct {
+    const char *base;
+    char customer[96];
+    char key[96]; /* "": no Idempotency-Key */
+    int qty;
+    long code;
+    char id[UUID_STR_LEN];
+    char got_customer[96]; /* the 201's customer_id */
+    long got_qty;          /* the 201's one line's quantity */
+} post;
+
+static void *do_post(void *arg)
+{
+    post *p = arg;
+    char body[512], keyhdr[128], *resp = NULL;
+    const char *hdrs[] = {"Content-Type: application/json", TU_API_AUTH, p->key[0] ? keyhdr : NULL,
+                          NULL};
+    cJSON *j;
+
+    snprintf(keyhdr, sizeof(keyhdr), "Idempotency-Key: %s", p->key);
+    snprintf(body, sizeof(body),
+             "{\"customer_id\":\"%s\",\"customer_email\":\"gc@example.com\",\"currency\":\"EUR\","
+             "\"items\":[{\"sku\":\"" SKU "\",\"quantity\":%d}]}",
+             p->customer, p->qty);
+    p->code = tu_http("POST", p->base ? p->base : API "/orders", hdrs, body, strlen(body), &resp);
+    p->id[0] = p->got_customer[0] = '\0';
+    p->got_qty = -1;
+    if ((j = cJSON_Parse(resp)) != NULL) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "customer_id");
+        const cJSON *items = cJSON_GetObjectItemCaseSensitive(j, "items");
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(items, 0), "quantity");
+        if (cJSON_IsString(id))
+            snprintf(p->id, sizeof(p->id), "%s", id->valuestring);
+        if (cJSON_IsString(c))
+            snprintf(p->got_customer, sizeof(p->got_customer), "%s", c->valuestring);
+        if (cJSON_IsNumber(q) && cJSON_GetArraySize(items) == 1)
+            p->got_qty = (long)q->valuedouble;
+        cJSON_Delete(j);
+    }
+    free(resp);
+    return NULL;
+}
+
+/* The writer waits for the held table (a lock request not granted). */
+static int writer_waits(void *arg)
+{
+    (void)arg;
+    return tu_count("SELECT count(*) FROM pg_locks WHERE NOT granted"
+                    " AND relation = 'orders.order_lines'::regclass",
+                    NULL) >= 1;
+}
+
+typedef struct {
+    const char *since;
+    long want;
+} priced_arg;
+
+/* `want` order-api connections have priced an order since `since` and gone
+ * idle: their requests are at the writer (or a moment from it). */
+static int priced(void *arg)
+{
+    const priced_arg *a = arg;
+    const char *p[] = {a->since};
+    /* As order-api's own role: the only one (but a superuser) that may read
+     * the state and query of its sessions. */
+    return tu_sql_int(tu_env("ORDERS_DATABASE_URL"),
+                      "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user"
+                      " AND state = 'idle' AND query LIKE 'SELECT sku, price_minor%'"
+                      " AND state_change > $1::timestamptz",
+                      1, p) >= a->want;
+}
+
+/* Posts p[0] alone while order_lines is held, then p[1..n) together, and
+ * lets the lock go once they have all been priced: p[0] is written alone,
+ * the others queue behind it and are written together. */
+static void post_held(post *p, size_t n)
+{
+    PGconn *hold = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    char *since = tu_sql(tu_env("OWNER_DATABASE_URL"), "SELECT clock_timestamp()::text", 0, NULL);
+    priced_arg pa = {since, (long)n};
+    pthread_t t[16]; /* order-api's 16 job threads: all wait for the writer */
+    PGresult *r;
+
+    ck_assert(n <= sizeof(t) / sizeof(t[0]));
+    ck_assert_int_eq(PQstatus(hold), CONNECTION_OK);
+    r = PQexec(hold, "BEGIN; LOCK TABLE orders.order_lines IN SHARE MODE");
+    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s", PQerrorMessage(hold));
+    PQclear(r);
+    ck_assert_int_eq(pthread_create(&t[0], NULL, do_post, &p[0]), 0);
+    ck_assert_msg(tu_poll(10000, writer_waits, NULL), "the writer never waited for the lock");
+    for (size_t i = 1; i < n; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, do_post, &p[i]), 0);
+    ck_assert_msg(tu_poll(10000, priced, &pa), "the %zu orders were not all priced", n);
+    r = PQexec(hold, "COMMIT");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    PQfinish(hold);
+    for (size_t i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+    free(since);
+}
+
+/* n posts for customers "<tag>-<i>", quantity 1 + i % 3, every other one with
+ * an Idempotency-Key of its own. */
+static void make_posts(post *p, size_t n, const char *tag)
+{
+    for (size_t i = 0; i < n; i++) {
+        memset(&p[i], 0, sizeof(p[i]));
+        snprintf(p[i].customer, sizeof(p[i].customer), "%s-%zu", tag, i);
+        if (i % 2)
+            snprintf(p[i].key, sizeof(p[i].key), "%s-key-%zu", tag, i);
+        p[i].qty = 1 + (int)(i % 3);
+    }
+}
+
+/* p answered 201 with its own order: its customer and quantity, and
+ * GET /orders/{id} says the same. */
+static void assert_own_order(const post *p)
+{
+    char url[128], *resp = NULL;
+    const char *hdrs[] = {TU_API_AUTH, NULL};
+    cJSON *j;
+    const cJSON *c;
+
+    ck_assert_msg(p->code == 201, "%s: status %ld, want 201", p->customer, p->code);
+    ck_assert_str_eq(p->got_customer, p->customer);
+    ck_assert_int_eq(p->got_qty, p->qty);
+    snprintf(url, sizeof(url), API "/orders/%s", p->id);
+    ck_assert_int_eq(tu_http("GET", url, hdrs, NULL, 0, &resp), 200);
+    j = cJSON_Parse(resp);
+    c = cJSON_GetObjectItemCaseSensitive(j, "customer_id");
+    ck_assert_msg(cJSON_IsString(c) && strcmp(c->valuestring, p->customer) == 0,
+                  "GET %s is not %s's order", p->id, p->customer);
+    cJSON_Delete(j);
+    free(resp);
+    ck_assert_int_eq(
+        tu_count("SELECT count(*) FROM orders.orders WHERE customer_id = $1", p->customer), 1);
+}
+
+/* The most orders of customers "<tag>-*" one transaction wrote, by the xmin
+ * of their lines (never updated; the order's own row is, as it moves on). */
+static long largest_write(const char *tag)
+{
+    return tu_count("SELECT coalesce(max(c), 0) FROM (SELECT count(DISTINCT l.order_id) AS c"
+                    " FROM orders.order_lines l JOIN orders.orders o ON o.id = l.order_id"
+                    " WHERE o.customer_id LIKE $1 || '-%' GROUP BY l.xmin::text) x",
+                    tag);
+}
+
+/* ----------------------------------------------------------------- tests */
+
+/* Orders that arrive while a write is under way are written together, in one
+ * transaction (their lines and first timeline entries share an xmin), and
+ * each request gets its own order back; the order that came alone was
+ * written at once, alone. */
+START_TEST(orders_posted_together_are_committed_together_and_each_gets_its_own)
+{
+    enum { N = 12 };
+    post p[N];
+    char tag[64];
+
+    snprintf(tag, sizeof(tag), "gc-%lld", (long long)util_wall_us());
+    make_posts(p, N, tag);
+    post_held(p, N);
+    for (int i = 0; i < N; i++)
+        assert_own_order(&p[i]);
+    ck_assert_msg(largest_write(tag) >= 2,
+                  "no two orders were written in one transaction (largest write: %ld)",
+                  largest_write(tag));
+    /* The lone order was not kept to fill a batch: written alone. */
+    ck_assert_int_eq(tu_count("SELECT count(DISTINCT l.order_id) FROM orders.order_lines l,"
+                              " orders.order_lines a JOIN orders.orders ao ON ao.id = a.order_id"
+                              " WHERE ao.customer_id = $1 || '-0' AND l.xmin::text = a.xmin::text",
+                              tag),
+                     1);
+    /* An order's first timeline entry is in the transaction of its lines. */
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM orders.orders o"
+                              " JOIN orders.order_lines l ON l.order_id = o.id"
+                              " JOIN orders.order_timeline t ON t.order_id = o.id"
+                              " AND t.status = 'PENDING' WHERE o.customer_id LIKE $1 || '-%'"
+                              " AND t.xmin::text <> l.xmin::text",
+                              tag),
+                     0);
+    /* Each goes its way once: one invoice per order. */
+    tu_await_count(
+        30000,
+        "SELECT count(*) FROM billing.invoices i JOIN orders.orders o ON o.id = i.order_id"
+        " WHERE o.customer_id LIKE $1 || '-%'",
+        tag, N);
+}
+END_TEST
+
+/* Two requests with one Idempotency-Key and different bodies wait in one
+ * batch with others: the batch's statement fails (the unique key), and the
+ * batch is written again one order at a time, so every other order is
+ * stored and answered 201, one of the two wins, and the other gets its 409. */
+START_TEST(a_failing_order_in_a_batch_holds_back_nothing)
+{
+    enum { N = 10, A = 4, B = 7 };
+    post p[N];
+    char tag[64], key[96], log[600];
+    long fallbacks0, winner;
+
+    snprintf(tag, sizeof(tag), "gcf-%lld", (long long)util_wall_us());
+    make_posts(p, N, tag);
+    snprintf(key, sizeof(key), "%s-shared", tag);
+    snprintf(p[A].key, sizeof(p[A].key), "%s", key);
+    snprintf(p[B].key, sizeof(p[B].key), "%s", key);
+    p[A].qty = 1;
+    p[B].qty = 2;
+    snprintf(log, sizeof(log), "%s", svcs[3].log);
+    fallbacks0 = tu_file_count(log, "writing them one by one", NULL);
+    post_held(p, N);
+
+    for (int i = 0; i < N; i++) {
+        if (i != A && i != B)
+            assert_own_order(&p[i]);
+    }
+    ck_assert_msg((p[A].code == 201 && p[B].code == 409) || (p[A].code == 409 && p[B].code == 201),
+                  "the two requests with one key: %ld and %ld, want 201 and 409", p[A].code,
+                  p[B].code);
+    winner = p[A].code == 201 ? A : B;
+    assert_own_order(&p[winner]);
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM orders.orders WHERE idempotency_key = $1", key),
+                     1);
+    /* ...and the path taken was the batch's failure and the fallback. */
+    ck_assert_msg(tu_file_count(log, "writing them one by one", NULL) > fallbacks0,
+                  "no batch failed and was written again one by one");
+    tu_await_count(
+        30000,
+        "SELECT count(*) FROM billing.invoices i JOIN orders.orders o ON o.id = i.order_id"
+        " WHERE o.customer_id LIKE $1 || '-%'",
+        tag, N - 1);
+}
+END_TEST
+
+/* A request does not wait for the writer past ORDER_WRITE_TIMEOUT_MS: with
+ * the writer held on a lock, the order it is writing and the one queued
+ * behind it are both answered 503 (Retry-After) in time; the queued one is
+ * withdrawn, never stored, and the one being written is stored once the lock
+ * goes (as its 503 says it may be). */
+START_TEST(a_request_waits_for_the_writer_at_most_order_write_timeout_ms)
+{
+    const char *env[] = {"HTTP_PORT=18071",          "OPS_PORT=0",  "ORDER_WRITE_TIMEOUT_MS=1000",
+                         "DB_LOCK_TIMEOUT_MS=60000", TU_API_TOKENS, NULL};
+    const tu_svc_opts o = {.exe = "order-api",
+                           .amqp_env = "ORDER_API_AMQP_URL",
+                           .db_env = "ORDERS_DATABASE_URL",
+                           .env = env,
+                           .log = "orders-order-api-timeout",
+                           .ready_url = "http://127.0.0.1:18071/readyz"};
+    post p[2];
+    pthread_t t[2];
+    char tag[64];
+    tu_svc api;
+    PGconn *hold;
+    PGresult *r;
+    int64_t t0, took;
+
+    tu_svc_start(&api, &o);
+    snprintf(tag, sizeof(tag), "gct-%lld", (long long)util_wall_us());
+    make_posts(p, 2, tag);
+    p[0].base = p[1].base = "http://127.0.0.1:18071/orders";
+    hold = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_int_eq(PQstatus(hold), CONNECTION_OK);
+    r = PQexec(hold, "BEGIN; LOCK TABLE orders.order_lines IN SHARE MODE");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    t0 = util_now_ms();
+    ck_assert_int_eq(pthread_create(&t[0], NULL, do_post, &p[0]), 0);
+    ck_assert_msg(tu_poll(10000, writer_waits, NULL), "the writer never waited for the lock");
+    ck_assert_int_eq(pthread_create(&t[1], NULL, do_post, &p[1]), 0);
+    pthread_join(t[0], NULL);
+    pthread_join(t[1], NULL);
+    took = util_now_ms() - t0;
+    ck_assert_msg(p[0].code == 503 && p[1].code == 503, "statuses %ld and %ld, want 503 and 503",
+                  p[0].code, p[1].code);
+    ck_assert_msg(took < 6000, "the requests were answered after %lld ms", (long long)took);
+    r = PQexec(hold, "COMMIT");
+    PQclear(r);
+    PQfinish(hold);
+    /* The one the writer held is written now; the queued one never is. */
+    tu_await_count(10000, "SELECT count(*) FROM orders.orders WHERE customer_id = $1",
+                   p[0].customer, 1);
+    tu_svc_stop_ok(&api); /* its writer has finished: nothing more can come */
+    ck_assert_int_eq(
+        tu_count("SELECT count(*) FROM orders.orders WHERE customer_id = $1", p[1].customer), 0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("orders");
+    TCase *c = tcase_create("group_commit");
+
+    tcase_add_unchecked_fixture(c, start_all, stop_all);
+    tcase_set_timeout(c, 90);
+    tcase_add_test(c, orders_posted_together_are_committed_together_and_each_gets_its_own);
+    tcase_add_test(c, a_failing_order_in_a_batch_holds_back_nothing);
+    tcase_add_test(c, a_request_waits_for_the_writer_at_most_order_write_timeout_ms);
+    suite_add_tcase(s, c);
+    return tu_run(s);
+}
