@@ -165,6 +165,56 @@ START_TEST(an_order_at_every_maximum_of_the_contract_is_priced_exactly)
 }
 END_TEST
 
+/* The text of field k of the JSON object o ("" when not a string). */
+static const char *str_of(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+/* An order at every maximum reaches the batch write exactly: integers as
+ * text (never through a double), every line, the key and the SHA-256 of the
+ * body as api_idem_find computes it in SQL; without a key, neither. */
+START_TEST(an_order_at_every_maximum_travels_to_the_write_exactly)
+{
+    ev_event ev;
+    api_problem p = {0};
+    api_price *cat = catalog_of(EV_LINES_MAX, EV_PRICE_MAX);
+    char err[256], want[24];
+    cJSON *row, *lines;
+
+    decoded(&ev, EV_LINES_MAX, EV_QTY_MAX);
+    ck_assert_int_eq(uuid_v4(ev.u.order_placed.order_id), 0);
+    ck_assert_int_eq(api_price_lines(&ev.u.order_placed, cat, EV_LINES_MAX, &p), 0);
+    row = api_store_row(&ev, "client-1", "key-1", "{}", err, sizeof(err));
+    ck_assert_msg(row != NULL, "%s", err);
+    ck_assert_str_eq(str_of(row, "id"), ev.u.order_placed.order_id);
+    snprintf(want, sizeof(want), "%lld", (long long)EV_TOTAL_MAX);
+    ck_assert_str_eq(str_of(row, "total_minor"), want);
+    ck_assert_str_eq(str_of(row, "client_id"), "client-1");
+    ck_assert_str_eq(str_of(row, "idempotency_key"), "key-1");
+    ck_assert_str_eq(str_of(row, "request_hash"),
+                     "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
+    ck_assert_str_eq(str_of(row, "routing_key"), "order.placed");
+    ck_assert_ptr_nonnull(strstr(str_of(row, "event"), ev.u.order_placed.order_id));
+    lines = cJSON_GetObjectItemCaseSensitive(row, "lines");
+    ck_assert_int_eq(cJSON_GetArraySize(lines), EV_LINES_MAX);
+    snprintf(want, sizeof(want), "%lld", (long long)EV_PRICE_MAX);
+    ck_assert_str_eq(str_of(cJSON_GetArrayItem(lines, 99), "unit_price_minor"), want);
+    snprintf(want, sizeof(want), "%ld", (long)EV_QTY_MAX);
+    ck_assert_str_eq(str_of(cJSON_GetArrayItem(lines, 99), "quantity"), want);
+    cJSON_Delete(row);
+
+    row = api_store_row(&ev, "client-1", NULL, "{}", err, sizeof(err));
+    ck_assert_msg(row != NULL, "%s", err);
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(row, "idempotency_key")));
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(row, "request_hash")));
+    cJSON_Delete(row);
+    ev_free(&ev);
+    free(cat);
+}
+END_TEST
+
 typedef struct {
     int64_t price;
     int64_t quantity; /* set after decoding: past the contract when it must be */
@@ -342,6 +392,7 @@ int main(void)
     tcase_add_loop_test(pr, a_price_past_the_contract_or_an_overflow_is_a_server_error, 0,
                         (int)(sizeof(bad_prices) / sizeof(bad_prices[0])));
     tcase_add_test(pr, an_unknown_sku_or_another_currency_is_the_clients_error);
+    tcase_add_test(pr, an_order_at_every_maximum_travels_to_the_write_exactly);
     tcase_add_test(i, an_idempotency_key_is_1_to_200_printable_ascii_characters);
     tcase_add_test(i, an_earlier_order_with_the_key_is_replayed_or_a_conflict);
     tcase_add_test(a, api_tokens_are_parsed_and_a_bearer_token_finds_its_client);
