@@ -11,7 +11,8 @@
  * nesting deeper than the shapes allow, or totals that do not add up are
  * refused, and the error names the field ("lines[2].quantity: must be
  * between 1 and 10000"). An integer field takes any JSON number with an
- * integral value within 2^53 (1.0 and 1e0 are 1). Unknown fields are ignored
+ * integral value within 2^53 (1.0 and 1e0 are 1; 01 has a leading zero, which
+ * JSON does not allow, and is refused). Unknown fields are ignored
  * (tolerant reader), so a producer may add an optional field without a new
  * schema version; they are still read as strictly (duplicates, depth).
  *

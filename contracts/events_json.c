@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 #define MAX_DEPTH 4 /* object > lines array > line object, plus one spare */
@@ -135,6 +136,35 @@ static int has_escaped_nul(const char *s, size_t len)
                 return 1;
             i++;
         }
+    }
+    return 0;
+}
+
+/* JSON has no leading zeros (RFC 8259 6): cJSON reads 01 as 1, a strict
+ * reader refuses it. Outside strings, a number starts after a character that
+ * cannot be part of one; "-0", "0", "0.5" and "0e1" are fine, "01" and "-00"
+ * are not. */
+static int has_leading_zero(const char *s, size_t len)
+{
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (in_str) {
+            if (s[i] == '\\')
+                i++;
+            else if (s[i] == '"')
+                in_str = 0;
+            continue;
+        }
+        if (s[i] == '"') {
+            in_str = 1;
+            continue;
+        }
+        if (i > 0 && (isdigit((unsigned char)s[i - 1]) || s[i - 1] == '.' || s[i - 1] == '-' ||
+                      s[i - 1] == '+' || s[i - 1] == 'e' || s[i - 1] == 'E'))
+            continue; /* inside a number, or its sign: judged at its start */
+        size_t j = i + (s[i] == '-');
+        if (j + 1 < len && s[j] == '0' && isdigit((unsigned char)s[j + 1]))
+            return 1;
     }
     return 0;
 }
@@ -304,6 +334,10 @@ cJSON *ev_json_parse(const char *body, size_t len, int max_depth, char *err, siz
     }
     if (has_escaped_nul(body, len)) {
         snprintf(err, errlen, "body: a string holds \\u0000 (NUL), which no field may");
+        return NULL;
+    }
+    if (has_leading_zero(body, len)) {
+        snprintf(err, errlen, "body: a number with a leading zero (JSON has none)");
         return NULL;
     }
     if (ev_json_depth(body, len) > max_depth) {

@@ -253,6 +253,11 @@ START_TEST(numbers_at_their_bounds_pass_and_one_past_is_refused)
         /* JSON does not tell 1.0 or 1e0 from 1: they are the integer 1 */
         {"1.0", "1e0", "1", NULL},
         {"-0", "1", "0", "lines[0].quantity: must be between 1 and 10000"},
+        /* JSON has no leading zeros: 01 is not a number (cJSON reads it as 1) */
+        {"01", "1", "1", "body: a number with a leading zero"},
+        {"1", "-00", "0", "body: a number with a leading zero"},
+        {"1", "1", "0001", "body: a number with a leading zero"},
+        {"1", "0.5e1", "5", NULL}, /* a zero before the point is no leading zero */
         {"1.000001", "1", "1", "lines[0].quantity: must be an integer"},
         {"1", "1", "-1", "total_minor: must be between 0 and 1000000000000000"},
         {"1", "1", "9007199254740994", "total_minor: must be an integer (at most 2^53)"},
