@@ -37,7 +37,7 @@ struct mailer {
     db_timeouts timeouts;
     pthread_t thread;
     atomic_int stop;          /* set by mailer_stop on another thread */
-    CURL *curl;               /* kept across sends: libcurl reuses the SMTP connection */
+    CURL *curl;               /* kept across sends taken: libcurl reuses the connection */
     char claim[UUID_STR_LEN]; /* the token of the rows in hand (sweep) */
     /* For mailer_ready, written by the thread, read by the HTTP threads: */
     int64_t pending, oldest_s; /* unsent mail and the oldest one's age */
@@ -263,7 +263,7 @@ static int sweep(mailer *m, db_conn *db, mq_conn *mq)
         rc = renew(m, db, &ml, &mine, err, sizeof(err));
         if (rc != DB_OK || !mine)
             continue; /* claimed by another mailer since: its to send */
-        s = smtp_send(m->curl, &sv, &sm, why, sizeof(why));
+        s = smtp_send(&m->curl, &sv, &sm, why, sizeof(why));
         if (s == SMTP_OK) {
             rc = mark_sent(m, db, &ml, err, sizeof(err));
             if (rc == DB_OK)

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 /* The SMTP command a reply answers (see on_debug). */
@@ -138,8 +139,26 @@ static char *compose(const smtp_server *sv, const smtp_mail *ml, size_t *len)
     return out;
 }
 
-smtp_result smtp_send(CURL *c, const smtp_server *sv, const smtp_mail *ml, char *why, size_t whylen)
+/* Ends what a failed send leaves of its session. The server may still owe
+ * a reply (a DATA answered after the timeout): a next send on that session
+ * would wait behind it or read it as its own, and libcurl keeps such a
+ * connection (a timeout waiting for DATA's answer does not close it). Its
+ * socket is shut down first, so that closing it neither sends a QUIT that
+ * waits for that reply nor reads anything more, then the handle is replaced:
+ * the next send connects afresh. NULL when no new handle could be made. */
+static CURL *drop_session(CURL *c)
 {
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    if (curl_easy_getinfo(c, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK && fd != CURL_SOCKET_BAD)
+        shutdown(fd, SHUT_RDWR); /* curl_easy_cleanup closes it */
+    curl_easy_cleanup(c);
+    return curl_easy_init();
+}
+
+smtp_result smtp_send(CURL **ch, const smtp_server *sv, const smtp_mail *ml, char *why,
+                      size_t whylen)
+{
+    CURL *c;
     struct curl_slist *rcpt = NULL;
     char cerr[CURL_ERROR_SIZE] = "";
     smtp_trace tr = {.stage = STAGE_SESSION};
@@ -153,8 +172,11 @@ smtp_result smtp_send(CURL *c, const smtp_server *sv, const smtp_mail *ml, char 
         snprintf(why, whylen, "not a plain address: \"%.64s\"", ml->to);
         return SMTP_PERM;
     }
+    if (!*ch)
+        *ch = curl_easy_init(); /* the one a failed send dropped */
+    c = *ch;
     msg = compose(sv, ml, &len);
-    if (!msg || !(rcpt = curl_slist_append(NULL, ml->to))) {
+    if (!c || !msg || !(rcpt = curl_slist_append(NULL, ml->to))) {
         free(msg);
         snprintf(why, whylen, "out of memory");
         return SMTP_TEMP;
@@ -180,7 +202,8 @@ smtp_result smtp_send(CURL *c, const smtp_server *sv, const smtp_mail *ml, char 
     free(msg);
     res = classify(rc, &tr);
     if (res == SMTP_OK)
-        return res;
+        return res; /* every reply read: the session is clean, kept for the next */
+    *ch = drop_session(c);
     if (tr.code)
         snprintf(why, whylen, "%s", tr.reply);
     else

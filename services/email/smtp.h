@@ -31,11 +31,16 @@ typedef struct {
     const char *id, *kind;           /* Message-ID: <id.kind@ordersuite> */
 } smtp_mail;
 
-/* Sends ml to sv on c (reset first; kept by the caller so that libcurl
- * reuses the connection). The subject's control characters become spaces,
- * the body's bare LFs CRLF. When it was not taken, why gets the server's
- * reply line (at most 255 bytes) or libcurl's error. */
-smtp_result smtp_send(CURL *c, const smtp_server *sv, const smtp_mail *ml, char *why,
+/* Sends ml to sv on *c (reset first; kept by the caller). After a mail
+ * taken the connection stays open and the next send reuses it; after any
+ * other outcome of an exchange (a timeout, a transport error, a refusal)
+ * its session is ended and *c replaced by a new handle (NULL when none
+ * could be made: the next call makes one), so that the next send connects
+ * afresh and no late reply of the old session is ever read. The subject's
+ * control characters become spaces, the body's bare LFs CRLF. When it was
+ * not taken, why gets the server's reply line (at most 255 bytes) or
+ * libcurl's error. */
+smtp_result smtp_send(CURL **c, const smtp_server *sv, const smtp_mail *ml, char *why,
                       size_t whylen);
 
 #endif
