@@ -73,7 +73,8 @@
 #define MQ_H_REASON         "x-reason" /* rejected | retries-exhausted | undecodable */
 #define MQ_H_ERROR          "x-error"  /* the handler's error text */
 #define MQ_H_SERVICE        "x-failed-service"
-#define MQ_H_FAILED_AT      "x-failed-at" /* seconds since the epoch */
+#define MQ_H_FAILED_AT      "x-failed-at"      /* seconds since the epoch */
+#define MQ_H_DELIVERY_COUNT "x-delivery-count" /* set by a quorum queue on a redelivery */
 
 typedef enum {
     MQ_OK = 0,
@@ -136,7 +137,9 @@ typedef struct {
     int schema_version; /* -1 when the header is missing or not an integer */
     int attempt;        /* failed attempts before this one (0 the first time) */
     int redelivered;
-    const char *body; /* len bytes, NOT NUL-terminated */
+    int delivery_count; /* times the broker handed it out before (quorum queues'
+                           x-delivery-count: returns, a consumer gone), 0 the first time */
+    const char *body;   /* len bytes, NOT NUL-terminated */
     size_t len;
     uint64_t delivery_tag;
     /* Set on dead-lettered copies (see the MQ_H_* headers), "" otherwise;
@@ -215,7 +218,13 @@ int mq_declare_topology(mq_conn *c, const mq_topology *topo, char *err, size_t e
  * deleted and declared anew when it is empty and has no consumer; one that
  * holds messages or has a consumer is MQ_ERR_CONFIG with the migration step
  * in err. (mq_declare_topology, a worker's, uses such a queue as it is.) */
-int mq_migrate_topology(mq_conn *c, const mq_topology *topo, char *err, size_t errlen);
+/* bound: the keys the work queue is bound with on sales.events now, as
+ * `make migrate` read them from the management API (AMQP cannot list
+ * bindings), NULL-terminated, or NULL: each one not in topo's keys is
+ * unbound, also a key the contract no longer has (which mq_declare_topology,
+ * knowing only the contract's keys, cannot see). */
+int mq_migrate_topology(mq_conn *c, const mq_topology *topo, const char *const *bound, char *err,
+                        size_t errlen);
 
 /* ------------------------------- publishing with confirms (mq_publish.c) */
 

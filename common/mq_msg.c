@@ -340,6 +340,8 @@ int mq__to_delivery(const amqp_envelope_t *env, const char *own, const char *own
     if (mq__header_int(h, MQ_H_FAILED_AT, &v) == 0)
         d->failed_at = v;
     d->redelivered = env->redelivered;
+    d->delivery_count =
+        mq__header_int(h, MQ_H_DELIVERY_COUNT, &v) == 0 && v >= 0 && v < 1000000 ? (int)v : 0;
     d->body = env->message.body.bytes;
     d->len = env->message.body.len;
     d->delivery_tag = env->delivery_tag;

@@ -127,7 +127,8 @@ static int handles(const mq_topology *t, const char *key)
     return 0;
 }
 
-static int declare_topology(mq_conn *c, const mq_topology *t, int migrate, char *err, size_t errlen)
+static int declare_topology(mq_conn *c, const mq_topology *t, const char *const *bound, int migrate,
+                            char *err, size_t errlen)
 {
     amqp_table_entry_t a[7];
     char name[MQ_NAME_LEN];
@@ -163,6 +164,20 @@ static int declare_topology(mq_conn *c, const mq_topology *t, int migrate, char 
         if ((rc = mq__rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen)) != MQ_OK)
             return rc;
     }
+    /* A key the contract no longer has (an event type removed or renamed)
+     * is not in that loop: make migrate lists what is bound (bound). */
+    for (const char *const *k = bound; k && *k; k++) {
+        char what[300];
+        if (handles(t, *k))
+            continue;
+        amqp_queue_unbind(c->conn, MQ_CHANNEL, amqp_cstring_bytes(t->queue),
+                          amqp_cstring_bytes(MQ_EXCHANGE), amqp_cstring_bytes(*k),
+                          amqp_empty_table);
+        snprintf(what, sizeof(what), "queue.unbind %s from %s/%s", t->queue, MQ_EXCHANGE, *k);
+        if ((rc = mq__rpc_check(c, amqp_get_rpc_reply(c->conn), what, err, errlen)) != MQ_OK)
+            return rc;
+        log_info("%s: unbound %s, a key it no longer handles", t->queue, *k);
+    }
     if ((rc = bind_queue(c, t->queue, MQ_RETRY_EXCHANGE, t->queue, err, errlen)) != MQ_OK)
         return rc;
     /* Retry tiers: wait out the TTL, then dead-letter back to the work queue. */
@@ -195,10 +210,11 @@ too_long:
 
 int mq_declare_topology(mq_conn *c, const mq_topology *t, char *err, size_t errlen)
 {
-    return declare_topology(c, t, 0, err, errlen);
+    return declare_topology(c, t, NULL, 0, err, errlen);
 }
 
-int mq_migrate_topology(mq_conn *c, const mq_topology *t, char *err, size_t errlen)
+int mq_migrate_topology(mq_conn *c, const mq_topology *t, const char *const *bound, char *err,
+                        size_t errlen)
 {
-    return declare_topology(c, t, 1, err, errlen);
+    return declare_topology(c, t, bound, 1, err, errlen);
 }

@@ -12,6 +12,7 @@
 #include "util.h"
 
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -63,6 +64,25 @@ int worker_db_timeouts(db_timeouts *t, char *err, size_t errlen)
     return cfg_load(specs, sizeof(specs) / sizeof(specs[0]), err, errlen);
 }
 
+int worker_delivery_limit(const char *service, long *limit, char *err, size_t errlen)
+{
+    char name[MQ_NAME_LEN + 16], def[24];
+    long all = 20;
+    const cfg_spec a[] = {{"DELIVERY_LIMIT", CFG_LONG, "20", 1, 1000, &all}};
+    const cfg_spec one[] = {{name, CFG_LONG, def, 1, 1000, limit}};
+    size_t n = 0;
+
+    if (cfg_load(a, 1, err, errlen) < 0)
+        return -1;
+    /* <NAME>_DELIVERY_LIMIT: the service's name in capitals, '-' as '_' (as
+     * scripts/suite.sh's up_name, which make migrate uses). */
+    for (const char *s = service; *s && n < MQ_NAME_LEN; s++)
+        name[n++] = *s == '-' ? '_' : (char)toupper((unsigned char)*s);
+    snprintf(name + n, sizeof(name) - n, "_DELIVERY_LIMIT");
+    snprintf(def, sizeof(def), "%ld", all);
+    return cfg_load(one, 1, err, errlen);
+}
+
 void worker_topology(const worker_def *def, const char **keys, const int *tiers, mq_topology *topo)
 {
     size_t nk = 0;
@@ -77,19 +97,51 @@ void worker_topology(const worker_def *def, const char **keys, const int *tiers,
     memcpy(topo->retry_ms, tiers, sizeof(topo->retry_ms));
 }
 
-int worker_declare_topology(const worker_def *def, const char *amqp_url, const int *tiers,
-                            char *err, size_t errlen)
+/* Splits bound (spaces) into list (n + 1 entries, NULL-ended), in place in
+ * buf. 0, or -1 with err. */
+static int split_bound(char *buf, const char **list, size_t n, char *err, size_t errlen)
 {
-    const char *keys[EV__COUNT + 1];
+    size_t k = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(buf, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+        if (k == n) {
+            snprintf(err, errlen, "BOUND_KEYS: more than %zu keys", n);
+            return -1;
+        }
+        if (strlen(t) >= MQ_NAME_LEN || strspn(t, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu"
+                                                  "vwxyz0123456789._-") != strlen(t)) {
+            snprintf(err, errlen, "BOUND_KEYS: \"%.64s\" is not a routing key", t);
+            return -1;
+        }
+        list[k++] = t;
+    }
+    list[k] = NULL;
+    return 0;
+}
+
+int worker_declare_topology(const worker_def *def, const char *amqp_url, const int *tiers,
+                            const char *bound, char *err, size_t errlen)
+{
+    const char *keys[EV__COUNT + 1], *was[WORKER_BOUND_MAX + 1];
+    char *buf = strdup(bound ? bound : "");
     mq_topology topo;
     mq_opts o = {.url = amqp_url, .app_id = def->service};
     mq_conn *c;
     int rc;
 
+    if (!buf) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (split_bound(buf, was, WORKER_BOUND_MAX, err, errlen) < 0) {
+        free(buf);
+        return -1;
+    }
     worker_topology(def, keys, tiers, &topo);
     c = mq_new(&o);
     if (!c) {
         snprintf(err, errlen, "AMQP_URL is not an AMQP URL, or out of memory");
+        free(buf);
         return -1;
     }
     rc = mq_connect_retry(c, 0, 30000, NULL, err, errlen);
@@ -97,14 +149,15 @@ int worker_declare_topology(const worker_def *def, const char *amqp_url, const i
     if (rc == MQ_OK)
         rc = mq_declare_exchanges(c, err, errlen);
     if (rc == MQ_OK)
-        rc = mq_migrate_topology(c, &topo, err, errlen); /* an older version's queue anew */
+        rc = mq_migrate_topology(c, &topo, was, err, errlen); /* an older version's queue anew */
     mq_free(c);
+    free(buf);
     return rc == MQ_OK ? 0 : -1;
 }
 
 int worker_main(const worker_def *def, int argc, char **argv)
 {
-    char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL;
+    char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL, *bound = NULL;
     long prefetch = 64, heartbeat = 30, batch = 64, park_after = 5, park_min_age = 30;
     int crash_flag = 0;
     char err[CFG_ERR_LEN + MQ_ERR_LEN];
@@ -186,6 +239,9 @@ int worker_main(const worker_def *def, int argc, char **argv)
     w.ready_max_outbox_age_s = ready_max_age;
     if (!declare_only && worker_db_timeouts(&dbt, err, sizeof(err)) < 0)
         goto config_error;
+    if (!declare_only &&
+        worker_delivery_limit(def->service, &w.delivery_limit, err, sizeof(err)) < 0)
+        goto config_error;
     if (log_parse_level(level, &lvl) < 0) {
         snprintf(err, sizeof(err), "LOG_LEVEL=\"%.32s\" must be debug, info, warn or error", level);
         goto config_error;
@@ -201,7 +257,12 @@ int worker_main(const worker_def *def, int argc, char **argv)
     w.crash_after_commit = crash_flag;
     worker_topology(def, w.keys, tier_ms, &w.topo);
     if (declare_only) {
-        rc = worker_declare_topology(def, amqp_url, tier_ms, err, sizeof(err));
+        /* What make migrate adds: the keys the work queue is bound with now
+         * (unset when none; see worker_declare_topology). */
+        if (cfg_raw("BOUND_KEYS", &bound, err, sizeof(err)) < 0)
+            goto config_error;
+        rc = worker_declare_topology(def, amqp_url, tier_ms, bound, err, sizeof(err));
+        free(bound);
         if (rc < 0)
             log_error("declaring the topology: %s", err);
         else

@@ -85,14 +85,19 @@ typedef struct {
 int worker_main(const worker_def *def, int argc, char **argv);
 
 /* Fills topo (and keys, at least EV__COUNT + 1 entries) for def's routes,
- * with the retry tiers given. (The delivery limit is a broker policy that
- * `make migrate` sets: DELIVERY_LIMIT in scripts/broker-perms.sh.) */
+ * with the retry tiers given. (The delivery limit is no queue argument:
+ * worker_delivery_limit, and make migrate's policy.) */
 void worker_topology(const worker_def *def, const char **keys, const int *tiers, mq_topology *topo);
 
 /* Declares the shared exchanges and def's queues on the broker at amqp_url
- * (the administrator's: `make migrate`) and returns 0, or -1 with err. */
+ * (the administrator's: `make migrate`) and returns 0, or -1 with err.
+ * bound: the keys the work queue has on sales.events now, separated by
+ * spaces ("" or NULL: none known; make migrate passes them as BOUND_KEYS):
+ * each one def does not handle is unbound. At most WORKER_BOUND_MAX keys,
+ * each a routing key of [A-Za-z0-9._-], or -1 with err. */
+#define WORKER_BOUND_MAX 64
 int worker_declare_topology(const worker_def *def, const char *amqp_url, const int *tiers,
-                            char *err, size_t errlen);
+                            const char *bound, char *err, size_t errlen);
 
 /* The app state of worker_def. */
 void *worker_app(worker *w);
@@ -106,6 +111,15 @@ int worker_emit(worker *w, db_conn *db, const ev_envelope *cause, const ev_event
 /* Reads DB_STATEMENT_TIMEOUT_MS, DB_LOCK_TIMEOUT_MS and DB_IDLE_TX_TIMEOUT_MS
  * (defaults 15000, 5000, 60000; 0 = off) into t. 0, or -1 with err. */
 int worker_db_timeouts(db_timeouts *t, char *err, size_t errlen);
+
+/* Reads the delivery limit of service: <NAME>_DELIVERY_LIMIT (NAME: service
+ * in capitals, '-' as '_'), else DELIVERY_LIMIT, else 20; 1..1000. The
+ * worker dead-letters, unhandled, a delivery the broker has handed out that
+ * many times before (x-delivery-count), so the limit holds with no policy
+ * at all and changes with a restart; `make migrate` sets the same numbers as
+ * the queues' policies, the broker's backstop (the lower of the two holds).
+ * 0, or -1 with err. */
+int worker_delivery_limit(const char *service, long *limit, char *err, size_t errlen);
 
 /* Maps a db status to a handler result: transient → retry, else reject. */
 mq_result worker_db_result(int status);

@@ -127,6 +127,14 @@ static mq_result prepare(worker *w, const mq_delivery *d, prepared *p, char *err
     char derr[EV_ERR_LEN];
 
     p->fn = NULL;
+    /* First, before anything that could crash on it: a message the broker
+     * has handed out DELIVERY_LIMIT times already (returned each time: a
+     * worker that died on it, a consumer gone) goes to the DLQ unhandled. */
+    if (d->delivery_count >= w->delivery_limit) {
+        snprintf(err, errlen, "delivered %d times before, DELIVERY_LIMIT is %ld", d->delivery_count,
+                 w->delivery_limit);
+        return MQ_REJECT;
+    }
     if (!uuid_valid(d->message_id)) {
         snprintf(err, errlen, "undecodable: message_id is missing or not a UUID");
         return MQ_REJECT;

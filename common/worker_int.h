@@ -45,6 +45,7 @@ struct worker {
     const char *keys[EV__COUNT + 1];
     mq_topology topo;
     int crash_after_commit;      /* test-only: exit between COMMIT and ack */
+    long delivery_limit;         /* DELIVERY_LIMIT: handled at most this many times */
     volatile sig_atomic_t *stop; /* the process's: SIGTERM / SIGINT set it */
     /* The HTTP listeners (worker_http.c). */
     http_server *srv, *ops_srv;

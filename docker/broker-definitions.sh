@@ -67,8 +67,8 @@ json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
         var="$(echo "$user" | tr 'a-z-' 'A-Z_')_DELIVERY_LIMIT"
         limit=${!var:-${DELIVERY_LIMIT:-20}}
         case "$limit" in '' | *[!0-9]*) echo "broker-init: $var must be a number" >&2; exit 1 ;; esac
-        printf '%s  {"vhost": "/", "name": "ordersuite-%s", "pattern": "^%s$", "apply-to": "queues", "priority": 0, "definition": {"delivery-limit": %s}}' \
-            "$sep" "$user" "$user" "$limit"
+        printf '%s  {"vhost": "/", "name": "ordersuite-%s", "pattern": "^%s$", "apply-to": "queues", "priority": %s, "definition": {"delivery-limit": %s}}' \
+            "$sep" "$user" "$user" "$BROKER_POLICY_PRIORITY" "$limit"
         sep=$',\n'
     done
     echo '],'

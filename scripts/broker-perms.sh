@@ -111,11 +111,17 @@ broker_grant() {
 # queue is declared (declaring it again with other values fails with 406 and
 # would stop the worker); a policy changes in place, on the queue as it is.
 # Only the administrator sets policies: a service user that could would
-# reach every other queue through a pattern.
+# reach every other queue through a pattern. RabbitMQ applies one policy
+# per queue, the highest priority's: BROKER_POLICY_PRIORITY (100) is high so
+# that an operator's broad policy (".*", priority 0) does not silently
+# replace the delivery limit; an operator who means to replace it for a
+# queue uses a higher priority and includes delivery-limit (README). The
+# worker enforces DELIVERY_LIMIT itself either way.
+BROKER_POLICY_PRIORITY=100
 broker_policy() {
     local vhost=$1 svc=$2 limit=$3
     [[ "$limit" =~ ^[0-9]+$ ]] && [ "$limit" -ge 1 ] && [ "$limit" -le 1000 ] ||
         { echo "DELIVERY_LIMIT for $svc must be 1..1000, not '$limit'" >&2; return 1; }
-    rmqctl -q set_policy -p "$vhost" --apply-to queues --priority 0 "ordersuite-$svc" "^$svc\$" \
+    rmqctl -q set_policy -p "$vhost" --apply-to queues --priority "$BROKER_POLICY_PRIORITY" "ordersuite-$svc" "^$svc\$" \
         "{\"delivery-limit\": $limit}" >/dev/null
 }

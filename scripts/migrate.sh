@@ -27,18 +27,48 @@ MIGRATE_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD") \
 # The broker side, as the administrator. First the operator's settings of
 # each work queue, as policies (a policy changes in place; a queue argument
 # cannot): DELIVERY_LIMIT (default 20), or <NAME>_DELIVERY_LIMIT for one
-# service, from the environment or var/ordersuite.env.
+# service, from the environment or var/ordersuite.env. The worker reads the
+# same variables and enforces the limit itself (common/worker.h,
+# worker_delivery_limit); the policy is the broker's backstop.
 source "$ROOT/scripts/broker-perms.sh"
+# bound_keys QUEUE: the routing keys QUEUE is bound with on sales.events,
+# separated by spaces; nothing for a queue that does not exist yet. (The
+# admin's password reaches python on stdin, never on a command line.)
+bound_keys() {
+    python3 -c '
+import base64, json, sys, urllib.error, urllib.parse, urllib.request
+port, vhost, queue = sys.argv[1:4]
+user, password = sys.stdin.read().split("\n")[:2]
+url = "http://127.0.0.1:%s/api/queues/%s/%s/bindings" % (
+    port, urllib.parse.quote(vhost, safe=""), urllib.parse.quote(queue, safe=""))
+req = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(
+    ("%s:%s" % (user, password)).encode()).decode()})
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(" ".join(b["routing_key"] for b in json.load(r) if b["source"] == "sales.events"))
+except urllib.error.HTTPError as e:
+    if e.code != 404:
+        raise
+' "$MGMT_PORT" "$ORDERSUITE_VHOST" "$1" <<<"$RABBITMQ_ADMIN_USER
+$RABBITMQ_ADMIN_PASSWORD"
+}
 for s in $(suite_names); do
     var="$(up_name "$s")_DELIVERY_LIMIT"
     broker_policy "$ORDERSUITE_VHOST" "$s" "${!var:-${DELIVERY_LIMIT:-20}}" || die "the policy of $s failed"
 done
 # Then the shared exchanges (no service may declare them) and every service's
 # queues, so that nothing is published before the queues that must receive
-# it exist.
+# it exist. Each is given the keys its work queue is bound with now
+# (BOUND_KEYS, read from the management API: AMQP cannot list bindings), so
+# that a key it no longer handles is unbound, also one the contract dropped.
 bin=$(dirname "$1")
 for s in $(suite_names); do
     if [ -x "$bin/$s" ]; then
-        AMQP_URL=$(amqp_url admin) "$bin/$s" --declare-topology 2>&1 | sed 's/^/    /' || die "$s --declare-topology failed"
+        bound=$(bound_keys "$s") || die "listing the bindings of queue $s failed (management API on port $MGMT_PORT)"
+        (
+            [ -z "$bound" ] || export BOUND_KEYS="$bound" # none: unset (an empty setting is an error)
+            AMQP_URL=$(amqp_url admin) "$bin/$s" --declare-topology
+        ) 2>&1 | sed 's/^/    /'
+        [ "${PIPESTATUS[0]}" = 0 ] || die "$s --declare-topology failed"
     fi
 done

@@ -647,33 +647,70 @@ static int deliveries_until_gone(void)
     return n;
 }
 
-/* DELIVERY_LIMIT is a policy (`make migrate`), not a queue argument: a
- * worker restarted with another value starts, and the new limit is in
- * force on the queue it already had. */
-START_TEST(a_changed_delivery_limit_does_not_stop_the_worker_and_is_in_force)
+/* With no consumer, takes the next message of SVC and hands it back
+ * (requeue) n times: the broker counts each (x-delivery-count). */
+static void hand_back(int n)
+{
+    amqp_connection_state_t c = amqp_open();
+    for (int i = 0; i < n; i++) {
+        amqp_rpc_reply_t r = amqp_basic_get(c, 1, amqp_cstring_bytes(SVC), 0);
+        amqp_message_t m;
+        ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+        ck_assert_msg(r.reply.id == AMQP_BASIC_GET_OK_METHOD, "the message left after %d", i);
+        ck_assert_int_eq(amqp_read_message(c, 1, &m, 0).reply_type, AMQP_RESPONSE_NORMAL);
+        amqp_destroy_message(&m);
+        ck_assert_int_eq(
+            amqp_basic_reject(c, 1, ((amqp_basic_get_ok_t *)r.reply.decoded)->delivery_tag, 1), 0);
+    }
+    amqp_done(c);
+}
+
+/* One sale, published with no worker running and handed back `returns`
+ * times; then the worker starts with DELIVERY_LIMIT=limit. Returns whether
+ * it handled the sale (1) or dead-lettered it unhandled (0). */
+static int handled_after_returns(int returns, const char *limit_env)
 {
     mq_conn *c;
     char sale[UUID_STR_LEN];
     char *body = sale_body("OK", sale);
-    int n, one = 1;
+    effects_arg a = {sale, 1};
+    int dlq_before = (int)tu_queue_counts("SPINE_AMQP_URL", SVC ".dlq", NULL), want;
+    int handled;
 
     stop_worker();
-    set_delivery_limit(3);
-    worker_extra_env = "DELIVERY_LIMIT=3";
-    start_worker(); /* fails the test if it never consumes */
-    stop_worker();
-    worker_extra_env = NULL;
-    /* No consumer now: a message handed back again and again leaves for the
-     * DLQ after the limit. */
     c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
     mq_free(c);
-    n = deliveries_until_gone();
-    ck_assert_msg(n >= 3 && n <= 4, "delivered %d times with a limit of 3", n);
-    ck_assert_msg(tu_poll(5000, dlq_has, &one), "not dead-lettered after the limit");
-    set_delivery_limit(20);
-    start_worker();
+    hand_back(returns);
+    worker_extra_env = limit_env;
+    start_worker(); /* fails the test if it does not start and consume */
+    worker_extra_env = NULL;
+    want = dlq_before + 1;
+    ck_assert_msg(tu_poll(10000, effects_reached, &a) || tu_poll(10000, dlq_has, &want),
+                  "handed back %d times, then neither handled nor dead-lettered (%s)", returns,
+                  limit_env);
+    handled = effects_for(sale) > 0;
     free(body);
+    return handled;
+}
+
+/* DELIVERY_LIMIT is the worker's own setting (and `make migrate`'s policy,
+ * the broker's backstop; none is set for SVC): a worker restarted with
+ * another value starts on the queue it had, and the new limit is in force:
+ * a message the broker handed out that many times goes to the DLQ
+ * unhandled, one handed out fewer times is handled. */
+START_TEST(a_changed_delivery_limit_does_not_stop_the_worker_and_is_in_force)
+{
+    ck_assert_msg(!handled_after_returns(3, "DELIVERY_LIMIT=3"),
+                  "handled after 3 deliveries with DELIVERY_LIMIT=3");
+    ck_assert_msg(handled_after_returns(2, "DELIVERY_LIMIT=3"),
+                  "not handled after 2 deliveries with DELIVERY_LIMIT=3");
+    /* Restarted with another limit: the same 3 deliveries are now fine... */
+    ck_assert_msg(handled_after_returns(3, "DELIVERY_LIMIT=5"),
+                  "not handled after 3 deliveries with DELIVERY_LIMIT=5");
+    /* ...and the service's own variable wins over DELIVERY_LIMIT. */
+    ck_assert_msg(!handled_after_returns(2, "SPINE_TEST_DELIVERY_LIMIT=2"),
+                  "handled after 2 deliveries with SPINE_TEST_DELIVERY_LIMIT=2");
 }
 END_TEST
 

@@ -224,19 +224,21 @@ START_TEST(a_delivery_reads_its_headers_whatever_integer_kind_they_come_in)
                                  AMQP_FIELD_KIND_U16, AMQP_FIELD_KIND_I32, AMQP_FIELD_KIND_U32,
                                  AMQP_FIELD_KIND_I64, AMQP_FIELD_KIND_U64};
     for (size_t i = 0; i < N(kinds); i++) {
-        amqp_table_entry_t h[3];
+        amqp_table_entry_t h[4];
         amqp_envelope_t env;
         mq_delivery d;
         char why[MQ_ERR_LEN] = "";
         h[0] = int_entry(MQ_H_SCHEMA_VERSION, kinds[i], 1);
         h[1] = int_entry(MQ_H_ATTEMPT, kinds[i], 2);
         h[2] = str_entry(MQ_H_REASON, AMQP_FIELD_KIND_BYTES, "rejected");
-        envelope(&env, "sales.events", "order.placed", h, 3);
+        h[3] = int_entry(MQ_H_DELIVERY_COUNT, kinds[i], 4); /* the broker's */
+        envelope(&env, "sales.events", "order.placed", h, 4);
         ck_assert_msg(mq__to_delivery(&env, "billing", "billing", &d, why, sizeof(why)) == 0,
                       "kind '%c': %s", kinds[i], why);
         ck_assert_msg(d.schema_version == 1 && d.attempt == 2, "kind '%c': version %d attempt %d",
                       kinds[i], d.schema_version, d.attempt);
         ck_assert_str_eq(d.reason, "rejected");
+        ck_assert_int_eq(d.delivery_count, 4);
         ck_assert_str_eq(d.routing_key, "order.placed");
         ck_assert_int_eq(d.delivery_tag, 7);
         ck_assert_int_eq(d.len, 2);

@@ -3,12 +3,23 @@
 
 Applied migrations are applied once: a second run applies nothing. Editing
 an applied file makes migrate refuse (forward-only), naming the file. Two
-files with one number are refused. Prints a Check-style summary line.
+files with one number are refused.
+
+The broker half of `make migrate` (scripts/migrate.sh, run as it is): a
+per-service <NAME>_DELIVERY_LIMIT becomes that queue's policy, in force on
+the broker's redelivery count, at its stated priority; a binding of a key
+the service no longer handles, also one the contract does not know, is
+removed. Prints a Check-style summary line.
 """
+import base64
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import checklib
 from checklib import BIN, ROOT, check
@@ -20,6 +31,89 @@ def migrate(folder):
     p = subprocess.run([os.path.join(BIN, "migrate"), "--dir", folder],
                        env=env, capture_output=True, text=True, timeout=120)
     return p.returncode, p.stdout + p.stderr
+
+
+def make_migrate(**extra):
+    """scripts/migrate.sh as `make migrate` runs it, in the tests'
+    environment, with extra variables."""
+    env = dict(os.environ, **extra)
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "migrate.sh"),
+                        os.path.join(BIN, "migrate")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout + p.stderr
+
+
+def mgmt(method, path, body=None):
+    """The management API as the administrator (from TEST_AMQP_URL), in the
+    tests' vhost; returns the decoded JSON answer (None when empty)."""
+    u = urllib.parse.urlparse(os.environ["TEST_AMQP_URL"])
+    vhost = urllib.parse.quote(os.environ["ORDERSUITE_VHOST"], safe="")
+    auth = base64.b64encode(("%s:%s" % (urllib.parse.unquote(u.username),
+                                        urllib.parse.unquote(u.password))).encode()).decode()
+    req = urllib.request.Request(
+        "http://127.0.0.1:%s/api/%s" % (os.environ["MGMT_PORT"], path.replace("{vhost}", vhost)),
+        method=method, data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": "Basic " + auth, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        data = r.read()
+    return json.loads(data) if data else None
+
+
+def bound_keys(queue):
+    return sorted(b["routing_key"] for b in mgmt("GET", "queues/{vhost}/%s/bindings" % queue)
+                  if b["source"] == "sales.events")
+
+
+def deliveries_until_gone(queue):
+    """With no consumer, takes the next message of queue and hands it back
+    until it leaves; returns how many times it was delivered."""
+    n = 0
+    while n < 100:
+        got = mgmt("POST", "queues/{vhost}/%s/get" % queue,
+                   {"count": 1, "ackmode": "reject_requeue_true", "encoding": "auto"})
+        if not got:
+            return n
+        n += 1
+    return n
+
+
+def broker_half():
+    q = "billing"
+    consumers = mgmt("GET", "queues/{vhost}/%s" % q).get("consumers", 0)
+    if not check("no_billing_consumer_during_the_broker_checks", consumers == 0,
+                 "%d consumer(s)" % consumers):
+        return
+    # A route an older version had, under a key the contract no longer has
+    # (and one it has that billing does not handle).
+    for key in ("order.cancelled", "order.placed"):
+        mgmt("POST", "bindings/{vhost}/e/sales.events/q/%s" % q, {"routing_key": key})
+    rc, out = make_migrate(BILLING_DELIVERY_LIMIT="3")
+    if not check("make_migrate_with_a_per_service_delivery_limit", rc == 0, out):
+        return
+    keys = bound_keys(q)
+    check("a_route_no_longer_handled_is_unbound_by_make_migrate",
+          "order.cancelled" not in keys and "order.placed" not in keys, "billing's keys: %s" % keys)
+    pol = mgmt("GET", "policies/{vhost}/ordersuite-%s" % q)
+    check("the_delivery_limit_policy_has_its_priority",
+          pol["definition"].get("delivery-limit") == 3 and pol["priority"] == 100, str(pol))
+    # In force on the broker's count: handed back again and again with no
+    # consumer, it leaves for billing.dlq after 3 returns (4 deliveries).
+    dlq_before = mgmt("GET", "queues/{vhost}/%s.dlq" % q).get("messages_ready", 0)
+    mgmt("POST", "exchanges/{vhost}/sales.retry/publish",
+         {"routing_key": q, "payload": "{}", "payload_encoding": "string",
+          "properties": {"delivery_mode": 2, "message_id": "migrate-check"}})
+    n = deliveries_until_gone(q)
+    check("billing_delivery_limit_3_from_make_migrate_is_in_force", 3 <= n <= 4,
+          "delivered %d times with BILLING_DELIVERY_LIMIT=3" % n)
+    ok = checklib.wait_until(lambda: mgmt("GET", "queues/{vhost}/%s.dlq" % q)
+                             .get("messages_ready", 0) > dlq_before, 10)
+    check("dead_lettered_after_the_limit", ok, "billing.dlq did not grow")
+    mgmt("DELETE", "queues/{vhost}/%s.dlq/contents" % q)
+    # Back to the default.
+    rc, out = make_migrate()
+    pol = mgmt("GET", "policies/{vhost}/ordersuite-%s" % q)
+    check("make_migrate_sets_the_default_limit_again",
+          rc == 0 and pol["definition"].get("delivery-limit") == 20, out + str(pol))
 
 
 def main():
@@ -45,6 +139,7 @@ def main():
         check("refuses_two_files_with_one_number", rc != 0 and "share a number" in out, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    broker_half()
 
 
 checklib.run(main)
