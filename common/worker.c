@@ -155,6 +155,11 @@ int worker_declare_topology(const worker_def *def, const char *amqp_url, const i
     return rc == MQ_OK ? 0 : -1;
 }
 
+unsigned worker_mode(int argc, char **argv)
+{
+    return argc > 1 && strcmp(argv[1], "--declare-topology") == 0 ? WORKER_DECLARE : WORKER_RUN;
+}
+
 int worker_main(const worker_def *def, int argc, char **argv)
 {
     char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL, *bound = NULL;
@@ -185,7 +190,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
     long ready_max = 10000, ready_max_age = 60;
     worker__http_cfg hc = {0};
     int tier_ms[MQ_MAX_TIERS];
-    int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
+    int declare_only = worker_mode(argc, argv) == WORKER_DECLARE;
     db_timeouts dbt;
 
     char default_port[16];
@@ -212,12 +217,11 @@ int worker_main(const worker_def *def, int argc, char **argv)
     };
     const size_t no = def->ops_port_var ? sizeof(ospecs) / sizeof(ospecs[0]) : 0;
     /* The worker's settings and the modes that read them. */
-    enum { RUN = 1, DECLARE = 2 };
     const cfg_group settings[] = {
-        {specs, sizeof(specs) / sizeof(specs[0]), RUN | DECLARE},
-        {rspecs, sizeof(rspecs) / sizeof(rspecs[0]), RUN},
-        {hspecs, nh, RUN},
-        {ospecs, no, RUN},
+        {specs, sizeof(specs) / sizeof(specs[0]), WORKER_RUN | WORKER_DECLARE},
+        {rspecs, sizeof(rspecs) / sizeof(rspecs[0]), WORKER_RUN},
+        {hspecs, nh, WORKER_RUN},
+        {ospecs, no, WORKER_RUN},
     };
     const size_t nsettings = sizeof(settings) / sizeof(settings[0]);
 
@@ -233,7 +237,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
                 argv[0]);
         return 2;
     }
-    if (cfg_load_mode(settings, nsettings, declare_only ? DECLARE : RUN, err, sizeof(err)) < 0)
+    if (cfg_load_mode(settings, nsettings, worker_mode(argc, argv), err, sizeof(err)) < 0)
         goto config_error;
     w.ready_max_outbox = ready_max;
     w.ready_max_outbox_age_s = ready_max_age;

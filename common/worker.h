@@ -84,6 +84,16 @@ typedef struct {
  * queues that must receive it exist. */
 int worker_main(const worker_def *def, int argc, char **argv);
 
+/* A worker program's modes, as cfg_group bits: it runs, or (with
+ * --declare-topology) only declares. A service keeps its own settings in a
+ * cfg_group read in WORKER_RUN only, so that `make migrate` never reads
+ * them. */
+enum { WORKER_RUN = 1, WORKER_DECLARE = 2 };
+
+/* The mode argv asks for: WORKER_DECLARE for --declare-topology, else
+ * WORKER_RUN (worker_main refuses any other argument). */
+unsigned worker_mode(int argc, char **argv);
+
 /* Fills topo (and keys, at least EV__COUNT + 1 entries) for def's routes,
  * with the retry tiers given. (The delivery limit is no queue argument:
  * worker_delivery_limit, and make migrate's policy.) */

@@ -720,38 +720,70 @@ END_TEST
 
 /* --declare-topology reads only what declaring needs: a DATABASE_URL_FILE
  * that points nowhere (and no DATABASE_URL) does not stop it, nor do
- * settings only running reads, set to nonsense, for every worker (email's
- * own MAIL_* and SMTP_URL among them: `make migrate` runs it so). */
+ * settings only running reads, set to nonsense, for every worker (the
+ * runtime's, and each service's own: email's MAIL_* and SMTP_URL, billing's
+ * CREDIT_LIMIT_MINOR and TAX_RATE_BP, order-api's ORDER_*, API_TOKENS_FILE
+ * and OPS_*; `make migrate` runs it so). */
 START_TEST(declaring_the_topology_needs_no_database_url)
 {
     static const char *const names[] = {"inventory", "billing", "email", "order-api"};
-    const char *env[] = {"DATABASE_URL_FILE=/nonexistent/database-url",
-                         "PREFETCH=none",
-                         "BATCH_MAX=none",
-                         "METRICS_PORT=none",
-                         "HTTP_PORT=none",
-                         "HTTP_THREADS=none",
-                         "DB_LOCK_TIMEOUT_MS=none",
-                         "SMTP_URL=ftp://nowhere",
-                         "MAIL_MAX_ATTEMPTS=none",
-                         "MAIL_RETRY_MAX_MS=none",
-                         "MAIL_LEASE_S=2",
-                         "MAIL_SMTP_TIMEOUT_S=600",
-                         "MAIL_READY_MAX_PENDING=none",
-                         "MAIL_READY_MAX_AGE_S=none",
-                         NULL};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        char *argv[] = {(char *)names[i], "--declare-topology", NULL};
-        char log[64];
-        const tu_svc_opts o = {
-            .exe = names[i], .amqp_env = "TEST_AMQP_URL", .env = env, .argv = argv, .log = log};
-        tu_svc s;
-        int st;
-        snprintf(log, sizeof(log), "%s-declare", names[i]);
-        tu_svc_spawn(&s, &o);
-        st = tu_svc_wait(&s, 30000);
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-            tu_svc_fail(&s, "--declare-topology failed without a database URL");
+    /* Two sets, as a start takes at most 21 entries: the runtime's
+     * settings, then each service's own. */
+    static const char *const runtime[] = {"DATABASE_URL_FILE=/nonexistent/database-url",
+                                          "PREFETCH=none",
+                                          "BATCH_MAX=none",
+                                          "HEARTBEAT_S=none",
+                                          "CRASH_AFTER_COMMIT=none",
+                                          "OUTBOX_PARK_AFTER=none",
+                                          "OUTBOX_PARK_MIN_AGE_S=none",
+                                          "METRICS_PORT=none",
+                                          "HTTP_PORT=none",
+                                          "HTTP_THREADS=none",
+                                          "MAX_BODY_BYTES=none",
+                                          "HTTP_TIMEOUT_S=none",
+                                          "HTTP_CONN_LIMIT=none",
+                                          "HTTP_PER_IP_LIMIT=none",
+                                          "HTTP_QUEUE_MAX=none",
+                                          "HTTP_QUEUE_DEADLINE_MS=none",
+                                          "READY_MAX_OUTBOX=none",
+                                          "READY_MAX_OUTBOX_AGE_S=none",
+                                          "DB_STATEMENT_TIMEOUT_MS=none",
+                                          "DB_LOCK_TIMEOUT_MS=none",
+                                          "DB_IDLE_TX_TIMEOUT_MS=none",
+                                          NULL};
+    static const char *const own[] = {"DATABASE_URL_FILE=/nonexistent/database-url",
+                                      "OPS_PORT=none",
+                                      "CREDIT_LIMIT_MINOR=none",
+                                      "TAX_RATE_BP=none",
+                                      "ORDER_BATCH_MAX=none",
+                                      "ORDER_WRITE_TIMEOUT_MS=none",
+                                      "API_TOKENS_FILE=/nonexistent/api-tokens",
+                                      "SMTP_URL=ftp://nowhere",
+                                      "MAIL_MAX_ATTEMPTS=none",
+                                      "MAIL_RETRY_MAX_MS=none",
+                                      "MAIL_LEASE_S=2",
+                                      "MAIL_SMTP_TIMEOUT_S=600",
+                                      "MAIL_READY_MAX_PENDING=none",
+                                      "MAIL_READY_MAX_AGE_S=none",
+                                      NULL};
+    static const char *const *const sets[] = {runtime, own};
+    for (size_t k = 0; k < sizeof(sets) / sizeof(sets[0]); k++) {
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            char *argv[] = {(char *)names[i], "--declare-topology", NULL};
+            char log[64];
+            const tu_svc_opts o = {.exe = names[i],
+                                   .amqp_env = "TEST_AMQP_URL",
+                                   .env = sets[k],
+                                   .argv = argv,
+                                   .log = log};
+            tu_svc s;
+            int st;
+            snprintf(log, sizeof(log), "%s-declare", names[i]);
+            tu_svc_spawn(&s, &o);
+            st = tu_svc_wait(&s, 30000);
+            if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+                tu_svc_fail(&s, "--declare-topology failed without a database URL");
+        }
     }
 }
 END_TEST

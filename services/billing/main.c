@@ -10,7 +10,8 @@
  * tax at TAX_RATE_BP basis points (default 2000 = 20 %); the invoice shows the
  * tax part, rounded half up. Invoice numbers come from a sequence, so they
  * are unique but may have gaps (a rolled-back transaction uses a number).
- * The handlers are in invoices.c.
+ * The handlers are in invoices.c. Only running reads these two:
+ * --declare-topology reads the worker's AMQP_URL and nothing of billing's.
  */
 #include "billing.h"
 #include "cfg.h"
@@ -28,6 +29,7 @@ int main(int argc, char **argv)
         {"CREDIT_LIMIT_MINOR", CFG_LONG, "50000", 0, 1000000000000L, &cfg.credit_limit},
         {"TAX_RATE_BP", CFG_LONG, "2000", 0, 10000, &cfg.tax_bp},
     };
+    const cfg_group settings[] = {{specs, sizeof(specs) / sizeof(specs[0]), WORKER_RUN}};
     worker_def def = {.service = "billing",
                       .routes = routes,
                       .nroutes = sizeof(routes) / sizeof(routes[0]),
@@ -35,7 +37,7 @@ int main(int argc, char **argv)
                       .default_port = 9102};
 
     log_init("billing", LOG_INFO);
-    if (cfg_load(specs, 2, err, sizeof(err)) < 0) {
+    if (cfg_load_mode(settings, 1, worker_mode(argc, argv), err, sizeof(err)) < 0) {
         log_error("configuration: %s", err);
         return 1;
     }

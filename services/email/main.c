@@ -70,10 +70,10 @@ int main(int argc, char **argv)
     /* Only running reads them (and SMTP_URL): --declare-topology, which
      * `make migrate` runs with AMQP_URL alone, reads none (worker_main reads
      * what it needs). */
-    enum { RUN = 1, DECLARE = 2 };
-    const cfg_group settings[] = {{specs, nspecs, RUN}};
+    const cfg_group settings[] = {{specs, nspecs, WORKER_RUN}};
     const size_t nsettings = sizeof(settings) / sizeof(settings[0]);
-    int declare_only = argc > 1 && strcmp(argv[1], "--declare-topology") == 0;
+    unsigned mode = worker_mode(argc, argv);
+    int declare_only = mode == WORKER_DECLARE;
     worker_def def = {.service = "email",
                       .routes = routes,
                       .nroutes = sizeof(routes) / sizeof(routes[0]),
@@ -83,7 +83,7 @@ int main(int argc, char **argv)
     int rc;
 
     log_init("email", LOG_INFO);
-    if (cfg_load_mode(settings, nsettings, declare_only ? DECLARE : RUN, err, sizeof(err)) < 0 ||
+    if (cfg_load_mode(settings, nsettings, mode, err, sizeof(err)) < 0 ||
         (!declare_only && cfg_raw("SMTP_URL", &smtp, err, sizeof(err)) < 0)) {
         log_error("configuration: %s", err);
         rc = 1;

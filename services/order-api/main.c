@@ -21,7 +21,9 @@
  *
  * API_TOKENS (required; usually API_TOKENS_FILE, a file holding the value)
  * lists each client's bearer tokens as SHA-256 hashes (scripts/api-token.sh);
- * it is read once, at start.
+ * it is read once, at start. Only running reads these (a cfg_group of
+ * WORKER_RUN): --declare-topology reads the worker's AMQP_URL and nothing of
+ * the API's.
  *
  * The API shares the worker runtime's HTTP server (HTTP_PORT, default 8080;
  * see worker.h for the other HTTP settings) with /healthz and /readyz (a 503
@@ -141,6 +143,8 @@ int main(int argc, char **argv)
         {"ORDER_WRITE_TIMEOUT_MS", CFG_LONG, API_STR(API_WRITE_WAIT_DEFAULT), 100, 600000,
          &write_ms}};
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
+    const cfg_group settings[] = {{specs, nspecs, WORKER_RUN}};
+    const unsigned mode = worker_mode(argc, argv);
     api_ctx ctx = {0};
     worker_def def = {.service = ORDER_SERVICE,
                       .routes = routes,
@@ -154,43 +158,38 @@ int main(int argc, char **argv)
     int rc;
 
     def.http_routes = api_routes(&def.n_http_routes);
-    if (argc == 1) {
+    log_init(ORDER_SERVICE, LOG_INFO);
+    if (cfg_load_mode(settings, 1, mode, err, sizeof(err)) < 0)
+        goto config_error;
+    if (mode == WORKER_RUN) {
         /* The API's own connections (one per HTTP thread) use DATABASE_URL
          * too; the worker runtime reads and checks the rest. */
-        log_init(ORDER_SERVICE, LOG_INFO);
-        if (cfg_load(specs, nspecs, err, sizeof(err)) < 0 ||
-            api_tokens_parse(tokens, &ctx.tokens, &ctx.ntokens, err, sizeof(err)) < 0) {
-            log_error("configuration: %s", err);
-            cfg_free(specs, nspecs);
-            return 1;
-        }
+        api_writer_opts wo = {.database_url = db_url,
+                              .timeouts = &ctx.timeouts,
+                              .batch_max = (int)batch_max,
+                              .wait_ms = (int)write_ms};
+        if (api_tokens_parse(tokens, &ctx.tokens, &ctx.ntokens, err, sizeof(err)) < 0 ||
+            worker_db_timeouts(&ctx.timeouts, err, sizeof(err)) < 0)
+            goto config_error;
         log_info("%zu API tokens", ctx.ntokens);
         ctx.database_url = db_url;
-        if (worker_db_timeouts(&ctx.timeouts, err, sizeof(err)) < 0) {
-            log_error("configuration: %s", err);
-            free(ctx.tokens);
-            cfg_free(specs, nspecs);
-            return 1;
+        if (!(ctx.writer = api_writer_start(&wo, err, sizeof(err)))) {
+            log_error("%s", err);
+            rc = 1;
+            goto out;
         }
-        {
-            api_writer_opts wo = {.database_url = db_url,
-                                  .timeouts = &ctx.timeouts,
-                                  .batch_max = (int)batch_max,
-                                  .wait_ms = (int)write_ms};
-            if (!(ctx.writer = api_writer_start(&wo, err, sizeof(err)))) {
-                log_error("%s", err);
-                free(ctx.tokens);
-                cfg_free(specs, nspecs);
-                return 1;
-            }
-            log_info("orders written in batches of up to %ld, a request waiting at most %ld ms",
-                     batch_max, write_ms);
-        }
+        log_info("orders written in batches of up to %ld, a request waiting at most %ld ms",
+                 batch_max, write_ms);
     }
     rc = worker_main(&def, argc, argv);
     /* The HTTP server has stopped: no request hands the writer an order now. */
     api_writer_stop(ctx.writer);
+    goto out;
+config_error:
+    log_error("configuration: %s", err);
+    rc = 1;
+out:
     free(ctx.tokens);
-    cfg_free(specs, nspecs);
+    cfg_free_groups(settings, 1);
     return rc;
 }
