@@ -10,6 +10,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +46,7 @@ struct http_req {
     int answered;
     const http_route *rt; /* the route a job thread runs */
     http_resp out;        /* its answer */
-    volatile int done;    /* the job thread has filled out (then resumes the connection) */
+    atomic_int done;      /* the job thread has filled out (then resumes the connection) */
     int64_t queued_ms;    /* when it joined the job queue */
     http_req *next;       /* in the job queue */
 };
@@ -259,7 +260,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         too_large(s, &out);
         return queue_resp(c, &out);
     }
-    if (r->done) {
+    if (atomic_load_explicit(&r->done, memory_order_acquire)) {
         /* Back from a job thread (the connection was resumed). */
         r->answered = 1;
         return queue_resp(c, &r->out);
@@ -355,7 +356,7 @@ static void *job_main(void *arg)
         }
         if (!r->out.status)
             http_problem(&r->out, 500, "Internal Server Error", "the handler gave no answer", NULL);
-        __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
+        atomic_store_explicit(&r->done, 1, memory_order_release);
         MHD_resume_connection(r->conn);
     }
 }

@@ -55,24 +55,45 @@ int util_sleep_ms_atomic(int64_t ms, atomic_int *stop)
     return sleep_steps(ms, NULL, stop);
 }
 
-/* Where the handler writes: set once, before the handlers are installed. */
+/* A signal handler may store only to a lock-free atomic (C11 7.14.1.1). */
+static_assert(ATOMIC_INT_LOCK_FREE == 2, "atomic_int is not lock-free");
+
+/* Where the handler writes (one of the two): set before the handlers are
+ * installed. */
 static volatile sig_atomic_t *stop_target;
+static atomic_int *stop_atomic_target;
 
 static void on_stop_signal(int sig)
 {
     (void)sig;
-    *stop_target = 1;
+    if (stop_atomic_target)
+        atomic_store(stop_atomic_target, 1);
+    else if (stop_target)
+        *stop_target = 1;
 }
 
-void util_stop_on_signals(volatile sig_atomic_t *flag)
+static void stop_on_signals(void)
 {
     struct sigaction sa;
 
-    stop_target = flag;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_stop_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+}
+
+void util_stop_on_signals(volatile sig_atomic_t *flag)
+{
+    stop_atomic_target = NULL;
+    stop_target = flag;
+    stop_on_signals();
+}
+
+void util_stop_on_signals_atomic(atomic_int *flag)
+{
+    stop_target = NULL;
+    stop_atomic_target = flag;
+    stop_on_signals();
 }
 
 void backoff_init(backoff *b, int64_t initial_ms, int64_t max_ms)

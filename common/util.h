@@ -26,8 +26,13 @@ int util_sleep_ms(int64_t ms, volatile sig_atomic_t *stop);
 int util_sleep_ms_atomic(int64_t ms, atomic_int *stop);
 
 /* For main(): from now on SIGINT and SIGTERM set *flag to 1 (one flag per
- * process: a later call points them at its own flag instead). */
+ * process: a later call of either of these points them at its own flag
+ * instead). */
 void util_stop_on_signals(volatile sig_atomic_t *flag);
+
+/* The same for a flag other threads read (atomic_int is lock-free here, so a
+ * handler may store to it). */
+void util_stop_on_signals_atomic(atomic_int *flag);
 
 /* Capped exponential backoff with jitter, and an optional deadline after
  * which a retry loop gives up (backoff_next says -1). */

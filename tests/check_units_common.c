@@ -438,6 +438,28 @@ START_TEST(stop_signals_set_the_flag_given)
 }
 END_TEST
 
+/* The same for an atomic flag, and a later call of either kind takes them
+ * over: a signal sets only the flag named last. */
+START_TEST(stop_signals_set_the_atomic_flag_given)
+{
+    static atomic_int a, c;
+    static volatile sig_atomic_t b;
+    util_stop_on_signals_atomic(&a);
+    ck_assert_int_eq(raise(SIGTERM), 0);
+    ck_assert_int_eq(atomic_load(&a), 1);
+    util_stop_on_signals(&b);
+    atomic_store(&a, 0);
+    ck_assert_int_eq(raise(SIGINT), 0);
+    ck_assert_int_eq(b, 1);
+    ck_assert_int_eq(atomic_load(&a), 0);
+    util_stop_on_signals_atomic(&c);
+    b = 0;
+    ck_assert_int_eq(raise(SIGTERM), 0);
+    ck_assert_int_eq(atomic_load(&c), 1);
+    ck_assert_int_eq(b, 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_common");
@@ -461,6 +483,7 @@ int main(void)
     tcase_add_test(u, a_body_over_the_cap_fails_the_transfer);
     tcase_add_test(u, a_backoff_gives_up_at_its_deadline);
     tcase_add_test(u, stop_signals_set_the_flag_given);
+    tcase_add_test(u, stop_signals_set_the_atomic_flag_given);
     tcase_add_test(m, metrics_escape_label_values_from_messages);
     tcase_add_test(m, metrics_labels_stay_valid_utf8);
     tcase_add_test(m, a_routing_key_longer_than_a_label_is_one_counter);

@@ -56,14 +56,14 @@ static long final_count(PGconn *db)
 void *lg_sampler_thread(void *arg)
 {
     sampler *sm = arg;
-    while (!sm->done && sm->n < MAX_BACKLOG_SAMPLES) {
+    while (!atomic_load(&sm->done) && sm->n < MAX_BACKLOG_SAMPLES) {
         long acc = __atomic_load_n(&lg_accepted_total, __ATOMIC_RELAXED), fin = final_count(sm->db);
         if (fin >= 0) {
             sm->s[sm->n].t_ms = (long)(util_now_ms() - lg_start_mono);
             sm->s[sm->n].backlog = acc - fin;
             sm->n++;
         }
-        for (int i = 0; i < 10 && !sm->done; i++)
+        for (int i = 0; i < 10 && !atomic_load(&sm->done); i++)
             util_sleep_ms(100, NULL);
     }
     return NULL;
@@ -77,11 +77,11 @@ int lg_e2e(PGconn *db, accepted *acc, size_t nacc, e2e_result *er)
     PGresult *r;
 
     while (final_count(db) < (long)nacc) {
-        if (util_now_ms() > deadline || lg_stopping) {
+        if (util_now_ms() > deadline || atomic_load(&lg_stopping)) {
             er->timed_out = 1;
             break;
         }
-        util_sleep_ms(200, &lg_stopping);
+        util_sleep_ms_atomic(200, &lg_stopping);
     }
     r = PQexecParams(db,
                      "WITH o AS (SELECT o.id, o.status" RUN_ORDERS ")"

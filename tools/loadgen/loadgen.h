@@ -9,8 +9,10 @@
  *   e2e.c     end to end: the backlog sampler and POST -> CONFIRMED latencies
  *
  * The run's settings (lg_opt) and start times are written by main before any
- * thread starts and only read after; lg_stopping is the signal flag; the
- * counters shared between threads are updated with __atomic builtins.
+ * thread starts and only read after; lg_stopping is the stop flag, a C11
+ * atomic that SIGINT / SIGTERM set and every thread reads, as is the
+ * sampler's done; the counters shared between threads are updated with
+ * __atomic builtins.
  */
 #ifndef ORDERSUITE_LOADGEN_H
 #define ORDERSUITE_LOADGEN_H
@@ -19,7 +21,7 @@
 #include "uuid.h"
 
 #include <libpq-fe.h>
-#include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,7 +67,7 @@ typedef struct {
 extern lg_options lg_opt;
 extern int64_t lg_start_mono; /* ms, util_now_ms */
 extern int64_t lg_start_wall; /* us, util_wall_us */
-extern volatile sig_atomic_t lg_stopping;
+extern atomic_int lg_stopping;
 extern long lg_accepted_total; /* atomic: accepted orders so far, for the sampler */
 
 /* ------------------------------------------------------------- http.c */
@@ -109,7 +111,7 @@ typedef struct {
     PGconn *db;
     sample s[MAX_BACKLOG_SAMPLES];
     int n;
-    volatile int done;
+    atomic_int done; /* set by main, read by the sampler thread */
 } sampler;
 
 typedef struct {

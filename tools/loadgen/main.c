@@ -50,7 +50,7 @@
 lg_options lg_opt = {.host = "127.0.0.1", .port = 8080, .conns = 16, .lines = 2};
 int64_t lg_start_mono;
 int64_t lg_start_wall;
-volatile sig_atomic_t lg_stopping;
+atomic_int lg_stopping;
 long lg_accepted_total;
 
 static int usage(void)
@@ -234,7 +234,7 @@ int main(int argc, char **argv)
         }
     }
 
-    util_stop_on_signals(&lg_stopping);
+    util_stop_on_signals_atomic(&lg_stopping);
     st = calloc((size_t)lg_opt.conns, sizeof(*st));
     if (!st)
         return 1;
@@ -324,7 +324,7 @@ int main(int argc, char **argv)
                ss.failed ? ": " : "", ss.failed ? ss.err : "");
     if (db) {
         if (sm) {
-            sm->done = 1;
+            atomic_store(&sm->done, 1);
             pthread_join(smth, NULL);
             slope = lg_backlog_slope(sm, &maxb);
         }

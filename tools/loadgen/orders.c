@@ -51,7 +51,7 @@ static void push_acc(tstats *s, const char *key, const char *id, int64_t sent)
 static long take_order(void)
 {
     long n;
-    if (lg_stopping)
+    if (atomic_load(&lg_stopping))
         return -1;
     n = __atomic_fetch_add(&next_order, 1, __ATOMIC_RELAXED);
     if (lg_opt.orders > 0 && n >= lg_opt.orders)
@@ -64,7 +64,7 @@ static long take_order(void)
         if (lg_opt.duration > 0 && due - lg_start_mono >= (int64_t)(lg_opt.duration * 1000))
             return -1; /* due after the end of the run */
         if (due > now)
-            util_sleep_ms(due - now, &lg_stopping);
+            util_sleep_ms_atomic(due - now, &lg_stopping);
     }
     return n;
 }
@@ -143,12 +143,12 @@ void *lg_order_thread(void *arg)
             }
             if (status > 0 && status < 500)
                 break; /* an answer: 4xx is not retried (same request, same answer) */
-            if (lg_opt.retry_s <= 0 || util_now_ms() >= deadline || lg_stopping) {
+            if (lg_opt.retry_s <= 0 || util_now_ms() >= deadline || atomic_load(&lg_stopping)) {
                 s->lost++;
                 break;
             }
             s->retries++;
-            util_sleep_ms(backoff_next(&b), &lg_stopping);
+            util_sleep_ms_atomic(backoff_next(&b), &lg_stopping);
         }
     }
     if (fd >= 0)

@@ -24,10 +24,10 @@ static int publish_retrying(mq_conn *c, const mq_msg *m, char *err, size_t errle
         if ((mq_is_connected(c) || mq_connect_publisher(c, err, errlen) == MQ_OK) &&
             mq_publish(c, m, err, errlen) == MQ_OK)
             return MQ_OK;
-        if (util_now_ms() >= deadline || lg_stopping)
+        if (util_now_ms() >= deadline || atomic_load(&lg_stopping))
             return MQ_ERR;
         mq_disconnect(c);
-        util_sleep_ms(backoff_next(&b), &lg_stopping);
+        util_sleep_ms_atomic(backoff_next(&b), &lg_stopping);
     }
 }
 
@@ -39,13 +39,21 @@ void *lg_sales_thread(void *arg)
     mq_conn *c = mq_new(&mo);
     double span = lg_opt.duration > 0 ? lg_opt.duration
                                       : (lg_opt.rate > 0 ? (double)lg_opt.orders / lg_opt.rate : 0);
+    int64_t until = util_now_ms() + 30000;
+    int rc = MQ_ERR;
 
-    if (!c || mq_connect_retry(c, 0, 30000, &lg_stopping, ss->err, sizeof(ss->err)) != MQ_OK) {
+    /* Up to 30 s for the broker, in 1 s slices (mq_connect_retry watches a
+     * signal flag, not this thread-shared atomic): a stop ends it. */
+    while (c && !atomic_load(&lg_stopping) &&
+           (rc = mq_connect_retry(c, 0, 1000, NULL, ss->err, sizeof(ss->err))) != MQ_OK &&
+           rc != MQ_ERR_CONFIG && util_now_ms() < until)
+        ;
+    if (!c || rc != MQ_OK) {
         ss->failed = ss->n;
         mq_free(c);
         return NULL;
     }
-    for (long i = 0; i < ss->n && !lg_stopping; i++) {
+    for (long i = 0; i < ss->n && !atomic_load(&lg_stopping); i++) {
         ev_event ev;
         sale_completed *s = &ev.u.sale_completed;
         char mid[UUID_STR_LEN], *json;
@@ -53,7 +61,7 @@ void *lg_sales_thread(void *arg)
         int64_t due = lg_start_mono + (int64_t)(span * 1000.0 * (double)i / (double)ss->n);
 
         if (due > util_now_ms())
-            util_sleep_ms(due - util_now_ms(), &lg_stopping);
+            util_sleep_ms_atomic(due - util_now_ms(), &lg_stopping);
         ev_init(&ev, EV_SALE_COMPLETED);
         if (uuid_v4(s->sale_id) < 0 || uuid_v4(mid) < 0 || ev_lines_alloc(&s->lines, 1) < 0) {
             ss->failed++;
