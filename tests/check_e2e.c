@@ -851,14 +851,6 @@ static int backlog_api_unready_for(void *arg)
     return ok;
 }
 
-static int outbox_lock_waiter(void *arg)
-{
-    (void)arg;
-    return owner_int("SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'ExclusiveLock'"
-                     " AND relation = 'orders.outbox'::regclass",
-                     NULL) >= 1;
-}
-
 static int readyz_queue_has_six(void *arg)
 {
     (void)arg;
@@ -926,7 +918,8 @@ static void backlog_makes_unready(const char *max_rows, const char *max_age, con
                  PGRES_COMMAND_OK));
     ck_assert_int_eq(
         PQsendQuery(hold, "BEGIN; LOCK TABLE orders.outbox IN EXCLUSIVE MODE; SELECT 1"), 1);
-    ck_assert_msg(tu_poll(10000, outbox_lock_waiter, NULL), "the table lock never queued");
+    ck_assert_msg(tu_await_lock_waiter(10000, "orders.outbox", "ExclusiveLock"),
+                  "the table lock never queued");
     PQclear(must(ins, PQexec(ins, "COMMIT"), PGRES_COMMAND_OK));
     for (PGresult *r; (r = PQgetResult(hold)) != NULL; PQclear(r))
         ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,

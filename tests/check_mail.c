@@ -32,81 +32,18 @@
 
 enum { NGOOD = 20 };
 
-typedef struct {
-    pid_t pid;
-    int smtp, http;
-} catcher;
-
 static char run[9]; /* this test's tag, in every recipient */
 
-static int file_exists(void *arg)
+/* Runs `dlq replay email --id id` as the suite's broker user; its exit code. */
+static int replay(const char *id)
 {
-    struct stat st;
-    return stat(arg, &st) == 0;
-}
-
-/* Starts the mail catcher (smtp_port 0: any free port) with the extra
- * arguments given, and waits until both of its servers listen. */
-static catcher catcher_start(int smtp_port, const char *refuse)
-{
-    char ready[512], log[512], path[512], port[16];
-    char *argv[8];
-    int n = 0;
-    catcher c;
-    char *text;
-    cJSON *j;
-
-    snprintf(ready, sizeof(ready), "%s/log/tests/mailcatcher.%d.ready", tu_env("ORDERSUITE_VAR"),
-             (int)getpid());
-    snprintf(log, sizeof(log), "%s/log/tests/mailcatcher.log", tu_env("ORDERSUITE_VAR"));
-    snprintf(path, sizeof(path), "%s/tools/mailcatcher/mailcatcher.py", tu_env("ORDERSUITE_ROOT"));
-    snprintf(port, sizeof(port), "%d", smtp_port);
-    unlink(ready);
-    argv[n++] = path;
-    argv[n++] = "--smtp-port";
-    argv[n++] = port;
-    argv[n++] = "--http-port=0";
-    argv[n++] = "--ready-file";
-    argv[n++] = ready;
-    if (refuse) {
-        argv[n++] = "--refuse";
-        argv[n++] = (char *)refuse;
-    }
-    argv[n] = NULL;
-    c.pid = tu_spawn(path, argv, NULL, log);
-    ck_assert_msg(tu_poll(15000, file_exists, ready), "the mail catcher did not start (see %s)",
-                  log);
-    {
-        FILE *f = fopen(ready, "r");
-        char buf[256];
-        size_t k;
-        ck_assert_ptr_nonnull(f);
-        k = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[k] = '\0';
-        text = strdup(buf);
-    }
-    j = cJSON_Parse(text);
-    ck_assert_msg(j && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "smtp")) &&
-                      cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "http")),
-                  "bad ready file: %s", text);
-    c.smtp = cJSON_GetObjectItemCaseSensitive(j, "smtp")->valueint;
-    c.http = cJSON_GetObjectItemCaseSensitive(j, "http")->valueint;
-    cJSON_Delete(j);
-    free(text);
-    unlink(ready);
-    return c;
-}
-
-static void catcher_stop(catcher *c)
-{
-    int st = tu_stop(c->pid, SIGTERM, 10000);
-    ck_assert_msg(st >= 0, "the mail catcher did not stop");
-    c->pid = 0;
+    char *argv[] = {"dlq", "replay", "email", "--id", (char *)id, NULL};
+    tu_svc_opts o = {.exe = "dlq", .amqp_env = "TEST_AMQP_URL", .argv = argv, .log = "mail-dlq"};
+    return tu_tool(&o, NULL);
 }
 
 /* How many mails the catcher holds for rcpt (NULL: all of them). */
-static long at_server(const catcher *c, const char *rcpt)
+static long at_server(const tu_catcher *c, const char *rcpt)
 {
     char url[128], *body = NULL;
     long n = 0;
@@ -131,7 +68,7 @@ static long at_server(const catcher *c, const char *rcpt)
 }
 
 /* How many distinct Message-IDs the catcher holds for rcpt. */
-static long at_server_id(const catcher *c, const char *rcpt)
+static long at_server_id(const tu_catcher *c, const char *rcpt)
 {
     char url[128], *body = NULL, seen[8][160];
     long n = 0;
@@ -327,14 +264,14 @@ START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once
     char rcpt[NGOOD + 1][96], sales[NGOOD + 1][UUID_STR_LEN], msgs[NGOOD + 1][UUID_STR_LEN];
     char list[(NGOOD + 1) * 40 + 4];
     size_t n = 0;
-    catcher mc;
+    tu_catcher mc;
     tu_svc email;
     const int bad = NGOOD / 2;
 
     for (int i = 0; i <= NGOOD; i++)
         snprintf(rcpt[i], sizeof(rcpt[i]), "%s-%s-%d@example.com", i == bad ? "refused" : "good",
                  run, i);
-    mc = catcher_start(0, rcpt[bad]);
+    mc = tu_catcher_start(0, 0, rcpt[bad], NULL);
     list[n++] = '{';
     for (int i = 0; i <= NGOOD; i++) {
         sale(c, rcpt[i], sales[i], msgs[i]);
@@ -364,13 +301,11 @@ START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once
     /* The address is fixed at the server; the operator replays the DLQ copy:
      * the mail is recorded again and delivered, once. */
     {
-        char url[128], body[160], cmd[2048];
+        char url[128], body[160];
         snprintf(url, sizeof(url), "http://127.0.0.1:%d/api/accept", mc.http);
         snprintf(body, sizeof(body), "{\"address\": \"%s\"}", rcpt[bad]);
         ck_assert_int_eq(tu_http("POST", url, NULL, body, strlen(body), NULL), 200);
-        snprintf(cmd, sizeof(cmd), "AMQP_URL='%s' %s/dlq replay email --id %s >/dev/null",
-                 tu_env("TEST_AMQP_URL"), tu_env("ORDERSUITE_BIN"), msgs[bad]);
-        ck_assert_int_eq(system(cmd), 0);
+        ck_assert_int_eq(replay(msgs[bad]), 0);
     }
     await(30000,
           "SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
@@ -380,7 +315,7 @@ START_TEST(a_refused_recipient_goes_to_the_dlq_and_every_other_mail_is_sent_once
         ck_assert_msg(at_server(&mc, rcpt[i]) == 1, "%s: %ld mail(s) at the server", rcpt[i],
                       at_server(&mc, rcpt[i]));
     tu_svc_stop_ok(&email);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
     mq_free(c);
     purge_others();
 }
@@ -394,11 +329,11 @@ START_TEST(a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back)
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
     char rcpt[N][96], sales[N][UUID_STR_LEN], msgs[N][UUID_STR_LEN], list[N * 40 + 4];
     size_t n = 0;
-    catcher mc = catcher_start(0, NULL);
+    tu_catcher mc = tu_catcher_start(0, 0, NULL, NULL);
     int port = mc.smtp;
     tu_svc email;
 
-    catcher_stop(&mc); /* nothing listens on port now */
+    tu_catcher_stop(&mc); /* nothing listens on port now */
     email_start(&email, port);
     list[n++] = '{';
     for (int i = 0; i < N; i++) {
@@ -419,7 +354,7 @@ START_TEST(a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back)
           "SELECT (max(attempts) >= 2)::int FROM email.messages"
           " WHERE correlation_id = ANY($1::uuid[])",
           list, 1);
-    mc = catcher_start(port, NULL);
+    mc = tu_catcher_start(port, 0, NULL, NULL);
     await(30000,
           "SELECT count(*) FROM email.messages WHERE correlation_id = ANY($1::uuid[])"
           " AND status = 'sent'",
@@ -429,7 +364,7 @@ START_TEST(a_mail_server_that_is_down_gets_each_mail_once_when_it_is_back)
                       at_server(&mc, rcpt[i]));
     ck_assert_int_eq(tu_queue_counts("TEST_AMQP_URL", "email", NULL), 0);
     tu_svc_stop_ok(&email);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
     mq_free(c);
     purge_others();
 }
@@ -457,7 +392,7 @@ static int mailer_connected(void *arg)
 
 START_TEST(the_mailer_gives_up_on_a_held_lock_within_its_limit)
 {
-    catcher mc = catcher_start(0, NULL);
+    tu_catcher mc = tu_catcher_start(0, 0, NULL, NULL);
     tu_svc email;
     PGconn *op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
     PGresult *r;
@@ -478,7 +413,7 @@ START_TEST(the_mailer_gives_up_on_a_held_lock_within_its_limit)
     ck_assert_msg(!waited, "the mailer waited on the lock for more than 2 s"
                            " (DB_LOCK_TIMEOUT_MS=300 not applied to its connection)");
     tu_svc_stop_ok(&email);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
 }
 END_TEST
 
@@ -505,7 +440,7 @@ static void publish(mq_conn *c, batch *b, const char *prefix, int n)
     b->list[k] = '\0';
 }
 
-static void catcher_post(const catcher *mc, const char *path, const char *body)
+static void catcher_post(const tu_catcher *mc, const char *path, const char *body)
 {
     char url[160];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", mc->http, path);
@@ -526,7 +461,7 @@ START_TEST(two_mailers_and_a_slow_server_send_each_mail_once)
 {
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
     const char *const env[] = {"MAIL_LEASE_S=4", "MAIL_SMTP_TIMEOUT_S=2", NULL};
-    catcher mc = catcher_start(0, NULL);
+    tu_catcher mc = tu_catcher_start(0, 0, NULL, NULL);
     batch b;
     tu_svc e1, e2;
     int two = 2;
@@ -546,7 +481,7 @@ START_TEST(two_mailers_and_a_slow_server_send_each_mail_once)
     for (int i = 0; i < NB; i++)
         ck_assert_msg(at_server(&mc, b.rcpt[i]) == 1, "%s: %ld mail(s) at the server", b.rcpt[i],
                       at_server(&mc, b.rcpt[i]));
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
     mq_free(c);
     purge_others();
 }
@@ -560,7 +495,7 @@ START_TEST(a_refused_session_is_retried_and_a_refused_message_is_dead_lettered)
 {
     enum { N = 4, BAD = 3 };
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
-    catcher mc = catcher_start(0, NULL);
+    tu_catcher mc = tu_catcher_start(0, 0, NULL, NULL);
     char body[200];
     batch b;
     tu_svc email;
@@ -598,7 +533,7 @@ START_TEST(a_refused_session_is_retried_and_a_refused_message_is_dead_lettered)
         ck_assert_msg(at_server(&mc, b.rcpt[i]) == (i == BAD ? 0 : 1),
                       "%s: %ld mail(s) at the server", b.rcpt[i], at_server(&mc, b.rcpt[i]));
     tu_svc_stop_ok(&email);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
     mq_free(c);
     purge_others();
 }
@@ -610,7 +545,7 @@ START_TEST(a_temporary_refusal_is_retried_then_delivered_once)
 {
     enum { N = 3 };
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
-    catcher mc = catcher_start(0, NULL);
+    tu_catcher mc = tu_catcher_start(0, 0, NULL, NULL);
     batch b;
     tu_svc email;
 
@@ -630,7 +565,7 @@ START_TEST(a_temporary_refusal_is_retried_then_delivered_once)
         ck_assert_msg(at_server(&mc, b.rcpt[i]) == 1, "%s: %ld mail(s) at the server", b.rcpt[i],
                       at_server(&mc, b.rcpt[i]));
     tu_svc_stop_ok(&email);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
     mq_free(c);
     purge_others();
 }
@@ -654,7 +589,7 @@ START_TEST(a_send_that_times_out_after_the_server_kept_the_data_goes_out_twice)
 {
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
     const char *const env[] = {"MAIL_SMTP_TIMEOUT_S=1", NULL};
-    catcher mc = catcher_start(0, NULL);
+    tu_catcher mc = tu_catcher_start(0, 0, NULL, NULL);
     batch b;
     tu_svc email;
 
@@ -673,7 +608,7 @@ START_TEST(a_send_that_times_out_after_the_server_kept_the_data_goes_out_twice)
     ck_assert_int_eq(
         count("SELECT attempts FROM email.messages WHERE correlation_id = ANY($1::uuid[])", b.list),
         2);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
     mq_free(c);
     purge_others();
 }
@@ -719,7 +654,7 @@ static void await_readyz(int port, long want, const char *why)
 START_TEST(readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains)
 {
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
-    catcher mc = catcher_start(0, NULL);
+    tu_catcher mc = tu_catcher_start(0, 0, NULL, NULL);
     int smtp = mc.smtp, port = free_port();
     char mport[32];
     const char *const by_rows[] = {mport, "MAIL_READY_MAX_PENDING=2", NULL};
@@ -728,25 +663,25 @@ START_TEST(readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains)
     tu_svc email;
 
     snprintf(mport, sizeof(mport), "METRICS_PORT=%d", port);
-    catcher_stop(&mc); /* the server is down */
+    tu_catcher_stop(&mc); /* the server is down */
     email_start_env(&email, smtp, by_rows);
     await_readyz(port, 200, "with no mail waiting");
     publish(c, &b, "ready-rows", 3);
     await_readyz(port, 503, "with 3 mails waiting and a limit of 2");
-    mc = catcher_start(smtp, NULL);
+    mc = tu_catcher_start(smtp, 0, NULL, NULL);
     await_readyz(port, 200, "after the mails went out");
     tu_svc_stop_ok(&email);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
 
     email_start_env(&email, smtp, by_age);
     await_readyz(port, 200, "with no mail waiting");
     publish(c, &b, "ready-age", 1);
     await_readyz(port, 503, "with a mail waiting longer than 2 s");
-    mc = catcher_start(smtp, NULL);
+    mc = tu_catcher_start(smtp, 0, NULL, NULL);
     await_readyz(port, 200, "after the mail went out");
     ck_assert_int_eq(at_server(&mc, b.rcpt[0]), 1);
     tu_svc_stop_ok(&email);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
     mq_free(c);
     purge_others();
 }
@@ -759,16 +694,16 @@ END_TEST
 START_TEST(a_replayed_refused_mail_is_aged_from_its_replay)
 {
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
-    char rcpt[96], sale_id[UUID_STR_LEN], msg[UUID_STR_LEN], mport[32], cmd[2048];
+    char rcpt[96], sale_id[UUID_STR_LEN], msg[UUID_STR_LEN], mport[32];
     const char *const env[] = {mport, "MAIL_READY_MAX_AGE_S=30", NULL};
     int port = free_port(), smtp;
     ready_arg a503;
-    catcher mc;
+    tu_catcher mc;
     tu_svc email;
 
     snprintf(rcpt, sizeof(rcpt), "replayed-%s@example.com", run);
     snprintf(mport, sizeof(mport), "METRICS_PORT=%d", port);
-    mc = catcher_start(0, rcpt);
+    mc = tu_catcher_start(0, 0, rcpt, NULL);
     smtp = mc.smtp;
     email_start_env(&email, smtp, env);
     sale(c, rcpt, sale_id, msg);
@@ -785,10 +720,8 @@ START_TEST(a_replayed_refused_mail_is_aged_from_its_replay)
                     " WHERE correlation_id = $1::uuid",
                     1, p));
     }
-    catcher_stop(&mc); /* down: the replayed mail waits */
-    snprintf(cmd, sizeof(cmd), "AMQP_URL='%s' %s/dlq replay email --id %s >/dev/null",
-             tu_env("TEST_AMQP_URL"), tu_env("ORDERSUITE_BIN"), msg);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_catcher_stop(&mc); /* down: the replayed mail waits */
+    ck_assert_int_eq(replay(msg), 0);
     await(20000,
           "SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
           " AND status = 'pending'",
@@ -805,14 +738,14 @@ START_TEST(a_replayed_refused_mail_is_aged_from_its_replay)
     a503.want = 503;
     ck_assert_msg(!tu_poll(3000, readyz_is, &a503),
                   "/readyz answered 503 for a mail replayed a moment ago");
-    mc = catcher_start(smtp, NULL);
+    mc = tu_catcher_start(smtp, 0, NULL, NULL);
     await(30000,
           "SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
           " AND status = 'sent'",
           sale_id, 1);
     ck_assert_int_eq(at_server(&mc, rcpt), 1);
     tu_svc_stop_ok(&email);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
     mq_free(c);
     purge_others();
 }
@@ -839,7 +772,7 @@ static int readyz_names_mailer_db(void *arg)
  * MAIL_SMTP_TIMEOUT_S + 10 s), and 200 again once PostgreSQL is back. */
 START_TEST(readiness_turns_503_within_5_s_when_the_mailer_loses_its_database)
 {
-    catcher mc = catcher_start(0, NULL);
+    tu_catcher mc = tu_catcher_start(0, 0, NULL, NULL);
     int port = free_port();
     char mport[32];
     const char *const env[] = {mport, NULL};
@@ -861,7 +794,7 @@ START_TEST(readiness_turns_503_within_5_s_when_the_mailer_loses_its_database)
     ck_assert_int_le(took, 5000);
     await_readyz(port, 200, "after PostgreSQL was back");
     tu_svc_stop_ok(&email);
-    catcher_stop(&mc);
+    tu_catcher_stop(&mc);
 }
 END_TEST
 

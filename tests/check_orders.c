@@ -119,15 +119,6 @@ static void *do_post(void *arg)
     return NULL;
 }
 
-/* The writer waits for the held table (a lock request not granted). */
-static int writer_waits(void *arg)
-{
-    (void)arg;
-    return tu_count("SELECT count(*) FROM pg_locks WHERE NOT granted"
-                    " AND relation = 'orders.order_lines'::regclass",
-                    NULL) >= 1;
-}
-
 typedef struct {
     const char *since;
     long want;
@@ -165,7 +156,8 @@ static void post_held(post *p, size_t n)
     ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s", PQerrorMessage(hold));
     PQclear(r);
     ck_assert_int_eq(pthread_create(&t[0], NULL, do_post, &p[0]), 0);
-    ck_assert_msg(tu_poll(10000, writer_waits, NULL), "the writer never waited for the lock");
+    ck_assert_msg(tu_await_lock_waiter(10000, "orders.order_lines", NULL),
+                  "the writer never waited for the lock");
     for (size_t i = 1; i < n; i++)
         ck_assert_int_eq(pthread_create(&t[i], NULL, do_post, &p[i]), 0);
     ck_assert_msg(tu_poll(10000, priced, &pa), "the %zu orders were not all priced", n);
@@ -346,7 +338,8 @@ START_TEST(a_request_waits_for_the_writer_at_most_order_write_timeout_ms)
     PQclear(r);
     t0 = util_now_ms();
     ck_assert_int_eq(pthread_create(&t[0], NULL, do_post, &p[0]), 0);
-    ck_assert_msg(tu_poll(10000, writer_waits, NULL), "the writer never waited for the lock");
+    ck_assert_msg(tu_await_lock_waiter(10000, "orders.order_lines", NULL),
+                  "the writer never waited for the lock");
     ck_assert_int_eq(pthread_create(&t[1], NULL, do_post, &p[1]), 0);
     pthread_join(t[0], NULL);
     pthread_join(t[1], NULL);

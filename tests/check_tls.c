@@ -331,19 +331,17 @@ START_TEST(order_flow_over_tls_reaches_confirmed_mail_and_pos)
     static const char *const conns[] = {"pg inventory", "pg billing",     "pg email",
                                         "pg orders",    "amqp inventory", "amqp billing",
                                         "amqp email",   "amqp order-api", NULL};
-    static char env[4][8][1200], penv[3][1200];
-    const char *envp[4][9], *pos_envp[4];
+    static char env[4][7][1200], penv[3][1200];
+    const char *envp[4][8], *pos_envp[4];
     /* The pair's database stays from run to run: this run's own key and
      * addresses. */
     char key[80], customer[80], walk_in[80], body[400];
     const char *hdrs[] = {"Content-Type: application/json", key, TU_API_AUTH, NULL};
-    char *argv[] = {"svc", NULL}, *resp = NULL, id[UUID_STR_LEN] = "", path[512], log[512];
-    char smtp_port[16], web_port[16];
-    char *cargv[] = {path, "--smtp-port", smtp_port, "--http-port", web_port, NULL};
+    char *resp = NULL, id[UUID_STR_LEN] = "", log[64];
     char *pargv[] = {"pos", "--count", "1", "--store", "TLS-01", "--email", walk_in, NULL};
-    pid_t pids[4], catcher;
+    tu_svc svcs[4], pos;
+    tu_catcher catcher;
     int all_ready = 1, confirmed = 0, mailed = 0, pos_st[2] = {0, -1}, sold = 0, receipt = 0;
-    int port = MAIL_WEB;
     long code;
 
     uuid_v4(id);
@@ -355,28 +353,27 @@ START_TEST(order_flow_over_tls_reaches_confirmed_mail_and_pos)
              "\"items\":[{\"sku\":\"MUG-WHITE\",\"quantity\":1}]}",
              customer);
     id[0] = '\0';
-    snprintf(smtp_port, sizeof(smtp_port), "%d", MAIL_SMTP);
-    snprintf(web_port, sizeof(web_port), "%d", MAIL_WEB);
-    snprintf(path, sizeof(path), "%s/tools/mailcatcher/mailcatcher.py", tu_env("ORDERSUITE_ROOT"));
-    snprintf(log, sizeof(log), "%s/log/tests/tls-mailcatcher.log", tu_env("ORDERSUITE_VAR"));
-    catcher = tu_spawn(path, cargv, NULL, log);
-    ck_assert_msg(tu_poll(15000, port_open, &port), "the mail catcher did not start (%s)", log);
+    catcher = tu_catcher_start(MAIL_SMTP, MAIL_WEB, NULL, "tls-mailcatcher");
+    /* The URLs are the pair's, not the suite's: given as entries of env. */
     for (int i = 0; i < 4; i++) {
         snprintf(env[i][0], sizeof(env[i][0]), "AMQP_URL=%s", inst(amqp[i]));
         snprintf(env[i][1], sizeof(env[i][1]), "DATABASE_URL=%s", inst(dbs[i]));
         snprintf(env[i][2], sizeof(env[i][2]), "HTTP_PORT=18180");
         snprintf(env[i][3], sizeof(env[i][3]), "METRICS_PORT=%d", 19201 + i);
-        snprintf(env[i][4], sizeof(env[i][4]), "LOG_LEVEL=info");
-        snprintf(env[i][5], sizeof(env[i][5]), "%s", TU_API_TOKENS);
-        snprintf(env[i][6], sizeof(env[i][6]), "OPS_PORT=0");
-        snprintf(env[i][7], sizeof(env[i][7]), "SMTP_URL=smtp://127.0.0.1:%d", MAIL_SMTP);
-        for (int k = 0; k < 8; k++)
+        snprintf(env[i][4], sizeof(env[i][4]), "%s", TU_API_TOKENS);
+        snprintf(env[i][5], sizeof(env[i][5]), "OPS_PORT=0");
+        snprintf(env[i][6], sizeof(env[i][6]), "SMTP_URL=smtp://127.0.0.1:%d", MAIL_SMTP);
+        for (int k = 0; k < 7; k++)
             envp[i][k] = env[i][k];
-        envp[i][8] = NULL;
-        snprintf(path, sizeof(path), "%s/%s", tu_env("ORDERSUITE_BIN"), names[i]);
-        snprintf(log, sizeof(log), "%s/log/tests/tls-%s.log", tu_env("ORDERSUITE_VAR"), names[i]);
-        pids[i] = tu_spawn(path, argv, envp[i], log);
+        envp[i][7] = NULL;
+        snprintf(log, sizeof(log), "tls-%s", names[i]);
+        tu_svc_spawn(&svcs[i], &(tu_svc_opts){.exe = names[i],
+                                              .env = envp[i],
+                                              .argv = (char *[]){"svc", NULL},
+                                              .log = log});
     }
+    /* Not tu_svc_await: a service that is not ready is reported after all
+     * of them are stopped, not left running by a failed test. */
     for (int i = 0; i < 4 && all_ready; i++)
         all_ready = tu_poll(30000, ready, (void *)bases[i]);
     if (all_ready) {
@@ -399,23 +396,20 @@ START_TEST(order_flow_over_tls_reaches_confirmed_mail_and_pos)
         for (int k = 0; k < 3; k++)
             pos_envp[k] = penv[k];
         pos_envp[3] = NULL;
-        snprintf(path, sizeof(path), "%s/pos", tu_env("ORDERSUITE_BIN"));
-        snprintf(log, sizeof(log), "%s/log/tests/tls-pos.log", tu_env("ORDERSUITE_VAR"));
-        pos_st[0] = (int)tu_spawn(path, pargv, pos_envp, log);
+        tu_svc_spawn(
+            &pos, &(tu_svc_opts){.exe = "pos", .env = pos_envp, .argv = pargv, .log = "tls-pos"});
+        pos_st[0] = (int)pos.pid;
         if (!tu_poll(30000, exited, pos_st))
-            tu_stop((pid_t)pos_st[0], SIGKILL, 5000);
+            tu_stop(pos.pid, SIGKILL, 5000);
         sold = WIFEXITED(pos_st[1]) && WEXITSTATUS(pos_st[1]) == 0 &&
                tu_poll(30000, sale_invoiced, walk_in);
         receipt = sold && tu_poll(30000, mail_arrived, walk_in);
         if (sold)
             assert_connections_are_tls(conns);
     }
-    for (int i = 3; i >= 0; i--) {
-        int st = tu_stop(pids[i], SIGTERM, 20000);
-        ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                      "%s did not stop cleanly (status %d)", names[i], st);
-    }
-    tu_stop(catcher, SIGTERM, 10000);
+    for (int i = 3; i >= 0; i--)
+        tu_svc_stop_ok(&svcs[i]);
+    tu_catcher_stop(&catcher);
     ck_assert_msg(all_ready, "a service did not become ready over TLS (var/log/tests/tls-*.log)");
     ck_assert_msg(id[0], "POST /orders over the TLS pair gave no order");
     ck_assert_msg(confirmed, "order %s never reached CONFIRMED", id);

@@ -592,14 +592,6 @@ static pid_t post_in_child(const char *port, const char *who)
     return pid;
 }
 
-static int lock_waiters(void *arg)
-{
-    (void)arg;
-    return tu_count("SELECT count(*) FROM pg_locks WHERE NOT granted"
-                    " AND relation = 'orders.orders'::regclass",
-                    NULL) >= 1;
-}
-
 /* The API's job queue is bounded and a request that waited past its
  * deadline is dropped: with the one job thread stuck on a held table lock,
  * HTTP_QUEUE_MAX (2) requests wait, the next ones are answered 503 with
@@ -633,7 +625,8 @@ START_TEST(the_api_job_queue_is_bounded_and_drops_requests_past_their_deadline)
     PQclear(res);
     /* The one job thread takes the first request and waits on the lock. */
     first = post_in_child(LIM_Q_PORT, who);
-    ck_assert_msg(tu_poll(10000, lock_waiters, NULL), "the first request never waited on the lock");
+    ck_assert_msg(tu_await_lock_waiter(10000, "orders.orders", NULL),
+                  "the first request never waited on the lock");
     sent = util_now_ms();
     for (int i = 0; i < 5; i++)
         rest[i] = post_in_child(LIM_Q_PORT, who);

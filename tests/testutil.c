@@ -11,6 +11,7 @@
 
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
+#include <cjson/cJSON.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -332,6 +333,98 @@ void tu_svc_fail(const tu_svc *s, const char *msg)
      * Check's message. */
     fprintf(stderr, "--- %s: %s; the end of %s:\n%s\n---\n", s->name, msg, s->log, tail);
     ck_abort_msg("%s; %s ends: %s", msg, s->log, n > 600 ? tail + n - 600 : tail);
+}
+
+static int file_exists(void *arg)
+{
+    struct stat st;
+    return stat(arg, &st) == 0;
+}
+
+tu_catcher tu_catcher_start(int smtp_port, int http_port, const char *refuse, const char *log)
+{
+    char ready[512], path[512], sport[16], hport[16], text[256];
+    char *argv[10];
+    tu_svc_opts o = {.exe = path, .argv = argv, .log = log ? log : "mailcatcher"};
+    tu_catcher c;
+    size_t k = 0;
+    int n = 0;
+    FILE *f;
+    cJSON *j;
+
+    fits(snprintf(ready, sizeof(ready), "%s/log/tests/mailcatcher.%d.ready",
+                  tu_env("ORDERSUITE_VAR"), (int)getpid()),
+         sizeof(ready), "the ready file");
+    fits(snprintf(path, sizeof(path), "%s/tools/mailcatcher/mailcatcher.py",
+                  tu_env("ORDERSUITE_ROOT")),
+         sizeof(path), "the path");
+    snprintf(sport, sizeof(sport), "%d", smtp_port);
+    snprintf(hport, sizeof(hport), "%d", http_port);
+    unlink(ready);
+    argv[n++] = path;
+    argv[n++] = "--smtp-port";
+    argv[n++] = sport;
+    argv[n++] = "--http-port";
+    argv[n++] = hport;
+    argv[n++] = "--ready-file";
+    argv[n++] = ready;
+    if (refuse) {
+        argv[n++] = "--refuse";
+        argv[n++] = (char *)refuse;
+    }
+    argv[n] = NULL;
+    tu_svc_spawn(&c.svc, &o);
+    /* It writes the ready file once both servers listen. */
+    if (!tu_poll(15000, file_exists, ready)) {
+        tu_svc_stop(&c.svc);
+        tu_svc_fail(&c.svc, "the mail catcher did not start");
+    }
+    f = fopen(ready, "r");
+    ck_assert_msg(f != NULL, "%s: %s", ready, strerror(errno));
+    k = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[k] = '\0';
+    unlink(ready);
+    j = cJSON_Parse(text);
+    ck_assert_msg(j && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "smtp")) &&
+                      cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "http")),
+                  "bad ready file: %s", text);
+    c.smtp = cJSON_GetObjectItemCaseSensitive(j, "smtp")->valueint;
+    c.http = cJSON_GetObjectItemCaseSensitive(j, "http")->valueint;
+    cJSON_Delete(j);
+    return c;
+}
+
+void tu_catcher_stop(tu_catcher *c)
+{
+    int st = c->svc.pid > 0 ? tu_stop(c->svc.pid, SIGTERM, 10000) : 0;
+    c->svc.pid = 0;
+    ck_assert_msg(st >= 0, "the mail catcher did not stop");
+}
+
+long tu_lock_waiters(const char *rel, const char *mode)
+{
+    const char *p[] = {rel, mode};
+    return (long)tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                            "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                            " AND relation = $1::regclass AND ($2::text IS NULL OR mode = $2)",
+                            2, p);
+}
+
+typedef struct {
+    const char *rel, *mode;
+} tu_lock_arg;
+
+static int lock_waited(void *arg)
+{
+    const tu_lock_arg *a = arg;
+    return tu_lock_waiters(a->rel, a->mode) >= 1;
+}
+
+int tu_await_lock_waiter(int ms, const char *rel, const char *mode)
+{
+    tu_lock_arg a = {rel, mode};
+    return tu_poll(ms, lock_waited, &a);
 }
 
 int tu_tool(const tu_svc_opts *o, char **out)

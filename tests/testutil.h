@@ -113,6 +113,30 @@ void tu_svc_stop_ok(tu_svc *s);
 /* Fails the test with msg and the tail of what s wrote to its log. */
 void tu_svc_fail(const tu_svc *s, const char *msg);
 
+/* The project's mail catcher (tools/mailcatcher/mailcatcher.py): a real
+ * SMTP server, with an HTTP API at http on what it holds. */
+typedef struct {
+    tu_svc svc;
+    int smtp, http; /* the ports it listens on */
+} tu_catcher;
+
+/* Starts the mail catcher on smtp_port and http_port (0: a port the system
+ * picks), refusing mail to refuse (NULL: none), its output appended to log
+ * (as tu_svc_opts' log; NULL: "mailcatcher"), and waits up to 15 s until
+ * both of its servers listen; fails the test, with its log, otherwise. */
+tu_catcher tu_catcher_start(int smtp_port, int http_port, const char *refuse, const char *log);
+
+/* Stops it (SIGTERM, up to 10 s); fails the test when it had to be killed. */
+void tu_catcher_stop(tu_catcher *c);
+
+/* Lock requests on relation rel (e.g. "orders.outbox") not granted, of
+ * mode (e.g. "ExclusiveLock"; NULL: any), as OWNER_DATABASE_URL sees them. */
+long tu_lock_waiters(const char *rel, const char *mode);
+
+/* Polls until tu_lock_waiters(rel, mode) is at least 1, for at most ms;
+ * returns 1 when it is, 0 on timeout. */
+int tu_await_lock_waiter(int ms, const char *rel, const char *mode);
+
 /* Runs one of the project's tools to its end, started as tu_svc_spawn
  * starts a service (o: the same options; the ready_* ones are not used): a
  * URL reaches it through its environment (amqp_env, db_env), never its
