@@ -142,7 +142,7 @@ mq_result worker_db_result(int status);
  * NULL and the handler returns what this returns: worker_db_result's answer
  * when the statement failed (err says why), or MQ_DONE when it returned no
  * row (the work was done before, or is not to be done), after logging fmt
- * at info with env's ids. So a handler reads
+ * at info with env's ids (fmt NULL: nothing logged). So a handler reads
  *     if ((res = worker_claim(...)) != MQ_DONE || !r) return res; */
 mq_result worker_claim(db_conn *db, const char *name, const char *sql, int nparams,
                        const char *const *params, PGresult **res, char *err, size_t errlen,

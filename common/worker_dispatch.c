@@ -40,6 +40,8 @@ mq_result worker_claim(db_conn *db, const char *name, const char *sql, int npara
         return MQ_DONE;
     PQclear(*res);
     *res = NULL;
+    if (!fmt)
+        return MQ_DONE;
     va_start(ap, fmt);
     log_vwrite(LOG_INFO, env->correlation_id, env->message_id, fmt, ap);
     va_end(ap);

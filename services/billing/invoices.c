@@ -104,6 +104,7 @@ mq_result bil_on_reserved(worker *w, db_conn *db, const ev_envelope *env, const 
         char amt[24];
         const char *p[3];
         PGresult *r;
+        mq_result res;
         int rc;
 
         ev_init(&out, EV_BILLING_PAYMENT_FAILED);
@@ -116,16 +117,14 @@ mq_result bil_on_reserved(worker *w, db_conn *db, const ev_envelope *env, const 
         p[0] = o->order_id;
         p[1] = util_i64(amt, o->total);
         p[2] = f->reason;
-        rc = db_execp(db, "bil_fail",
-                      "INSERT INTO payment_failures (order_id, amount_minor, reason)"
-                      " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING order_id",
-                      3, p, &r, err, errlen);
-        if (rc != DB_OK)
-            return worker_db_result(rc);
-        rc = PQntuples(r);
+        /* No row: decided before, and said so then. */
+        res = worker_claim(db, "bil_fail",
+                           "INSERT INTO payment_failures (order_id, amount_minor, reason)"
+                           " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING order_id",
+                           3, p, &r, err, errlen, env, NULL);
+        if (res != MQ_DONE || !r)
+            return res;
         PQclear(r);
-        if (rc == 0)
-            return MQ_DONE; /* decided before */
         if ((rc = worker_emit(w, db, env, &out, err, errlen)) != DB_OK)
             return worker_db_result(rc);
         log_write(LOG_INFO, env->correlation_id, env->message_id, "payment failed for %s: %s",

@@ -52,24 +52,20 @@ static mq_result advance(db_conn *db, const ev_envelope *env, const char *order_
     const char *p[] = {order_id, to, from, reason, invoice_id, invoice_number};
     const char *t[] = {order_id, to, env->message_id};
     PGresult *r;
-    int rc, n;
+    mq_result res;
+    int rc;
 
-    rc = db_execp(db, "st_advance",
-                  "UPDATE orders SET status = $2, updated_at = now(),"
-                  " reason = coalesce($4, reason), invoice_id = coalesce($5::uuid, invoice_id),"
-                  " invoice_number = coalesce($6::bigint, invoice_number)"
-                  " WHERE id = $1 AND status = ANY($3::text[]) RETURNING id",
-                  6, p, &r, err, errlen);
-    if (rc != DB_OK)
-        return worker_db_result(rc);
-    n = PQntuples(r);
+    res = worker_claim(
+        db, "st_advance",
+        "UPDATE orders SET status = $2, updated_at = now(),"
+        " reason = coalesce($4, reason), invoice_id = coalesce($5::uuid, invoice_id),"
+        " invoice_number = coalesce($6::bigint, invoice_number)"
+        " WHERE id = $1 AND status = ANY($3::text[]) RETURNING id",
+        6, p, &r, err, errlen, env, "%s: order %s is unknown or already past %s; status unchanged",
+        env->type, order_id, from);
+    if (res != MQ_DONE || !r)
+        return res;
     PQclear(r);
-    if (n == 0) {
-        log_write(LOG_INFO, env->correlation_id, env->message_id,
-                  "%s: order %s is unknown or already past %s; status unchanged", env->type,
-                  order_id, from);
-        return MQ_DONE;
-    }
     rc = db_execp(db, "st_timeline",
                   "INSERT INTO order_timeline (order_id, status, message_id) VALUES ($1, $2, $3)"
                   " ON CONFLICT DO NOTHING",
