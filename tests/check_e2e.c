@@ -4,11 +4,13 @@
  * and the real pos, against the real RabbitMQ and PostgreSQL. Orders go in
  * over HTTP; the assertions read the API and the services' tables.
  *
- * The services start once for the suite (an unchecked fixture) on HTTP port
- * 18080, so a running `make demo` on 8080 is not in the way.
+ * The services start once per test case (an unchecked fixture: twice in
+ * all, for "flow" and for "bad_input") on HTTP port 18080, so a running
+ * `make demo` on 8080 is not in the way.
  *
- * One file (over 600 lines) on purpose: its tests share one start of every
- * service (the fixture), the slow part; a suite per concern starts them again.
+ * One file (over 600 lines) on purpose: its tests share two starts of
+ * every service (the fixtures), the slow part; a suite per concern would
+ * start them once more per suite.
  */
 #include "events.h"
 #include "testutil.h"

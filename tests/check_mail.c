@@ -8,9 +8,12 @@
  * (a receipt each) with confirms, then read email.messages, the catcher and
  * email.dlq.
  *
- * One file (over 600 lines) on purpose: every test needs the mail catcher and
- * email started against it, and reads the same three places (email.messages,
- * the catcher, email.dlq) through this file's helpers.
+ * One file (over 600 lines) on purpose, though not for a shared start: each
+ * test starts its own mail catcher (tu_catcher_start; refusing, slow or down
+ * as the test needs) and its own email. What they share is this file's
+ * helpers, which read the same three places (email.messages, the catcher,
+ * email.dlq) and publish the receipts; a split would copy them or move
+ * them to testutil.
  */
 #include "events.h"
 #include "mq.h"

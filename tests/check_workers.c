@@ -4,9 +4,13 @@
  * role. The test plays order-api and the till: it publishes order.placed and
  * sale.completed with confirms, then reads the services' tables.
  *
- * One file (over 600 lines) on purpose: the flow tests share one fixture (the
- * three services, each as its own role) and the publish and await helpers
- * of this file; the limits, modes and ledger cases use the same helpers.
+ * One file (over 600 lines) on purpose, though not for a shared start: the
+ * "flow" case's fixture is checked, so the three services (each as its own
+ * role) start again for each of its tests, and the "limits", "modes" and
+ * "ledger" cases start what they need themselves. What the tests share is
+ * this file's helpers (publish with confirms, await a row or a count, the
+ * stock the fixture resets); a split would copy them or move them to
+ * testutil.
  */
 #include "events.h"
 #include "mq.h"
