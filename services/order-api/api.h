@@ -189,6 +189,14 @@ void api_writer_stop(api_writer *w);
 int api_writer_store(api_writer *w, struct cJSON *row, char **doc, char sqlstate[6], char *err,
                      size_t errlen);
 
+/* The batch fallback: after the write of a batch of n orders ended with rc
+ * (DB_OK or a db error), 1 when its orders are written again one per
+ * statement (a permanent error, DB_ERR, of a batch of more than one: one
+ * order's fault must not fail the others), 0 when rc stands for all of them
+ * (written; the database away, DB_ERR_TRANSIENT: each gets that error; a
+ * lone order: the outcome is already its own). Pure. */
+int api_batch_falls_back(int rc, size_t n);
+
 /* What the writer did so far (logs and tests). */
 typedef struct {
     uint64_t writes;    /* statements that wrote a batch */

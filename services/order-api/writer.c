@@ -105,6 +105,11 @@ static int write_together(api_writer *w, api_write **batch, size_t n)
     return rc;
 }
 
+int api_batch_falls_back(int rc, size_t n)
+{
+    return rc == DB_ERR && n > 1;
+}
+
 /* The write of one batch, with the fallback one by one. */
 static void write_batch(api_writer *w, api_write **batch, size_t n)
 {
@@ -120,7 +125,7 @@ static void write_batch(api_writer *w, api_write **batch, size_t n)
         return;
     }
     rc = write_together(w, batch, n);
-    if (rc != DB_ERR || n == 1)
+    if (!api_batch_falls_back(rc, n))
         return; /* written, or the database is away: the outcome stands for all */
     log_warn("writer: a batch of %zu orders failed (%s); writing them one by one", n,
              batch[0]->err);
