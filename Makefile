@@ -77,7 +77,7 @@ $(BUILD)/bin/%: $$(call OBJ,$$(wildcard services/$$*/*.c) $$(wildcard tools/$$*/
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS) $(LDLIBS)
 
-TESTUTIL_OBJ := $(call OBJ,tests/testutil.c)
+TESTUTIL_OBJ := $(call OBJ,$(wildcard tests/testutil*.c))
 $(BUILD)/obj/tests/%.o: CFLAGS += $(CHECK_CFLAGS)
 
 $(BUILD)/test/check_%: $(BUILD)/obj/tests/check_%.o $(TESTUTIL_OBJ) $(LIBS)

@@ -101,7 +101,7 @@ fi
 
 [ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
 load_env
-# The suites' own helpers (tests/testutil.c, URL edits in the suites) speak
+# The suites' own helpers (tests/testutil*.c, URL edits in the suites) speak
 # plain AMQP and build plain database URLs; TLS has a suite of its own
 # (check_tls, with its own TLS pair), so the servers here must be plain.
 tls_on && die "the servers run with TLS (make up TLS=1); the suites need them plain and test TLS

@@ -1,7 +1,9 @@
 /*
  * testutil.h — helpers shared by the Check suites: required environment,
  * bounded polling, SQL against the real database, and starting/stopping the
- * real executables.
+ * real executables. Defined in files by role: testutil.c (the core, services
+ * and tools), testutil_sql.c, testutil_http.c, testutil_amqp.c,
+ * testutil_events.c.
  */
 #ifndef ORDERSUITE_TESTUTIL_H
 #define ORDERSUITE_TESTUTIL_H
