@@ -806,17 +806,19 @@ static void try_xbind(size_t a, const char *dest, const char *src, const char *k
  *   - sales.retry <- sales.events under its prefix's `.#`, `#`, and every
  *     event key (the ones it handles are its to read, so the broker takes
  *     them);
- *   - sales.events <- sales.retry and <- sales.dlx under its own name, its
- *     first tier's key (its own keys there, so the broker takes them), `#`
- *     and each other service's name.
+ *   - sales.dlx <- sales.events and sales.events <- itself under the same
+ *     keys;
+ *   - sales.events, sales.retry and sales.dlx <- sales.retry and <-
+ *     sales.dlx (so each of the two to the other and to itself) under its
+ *     own name, its first tier's key (its own keys there, so the broker
+ *     takes them), `#` and each other service's name.
  * Whatever the broker took is then used: each bound event key is published
  * on sales.events by its owner, and each attacker publishes under its own
- * name on sales.retry and sales.dlx, all with the forged type and
- * x-original-routing-key of other events. A message that crosses such a
- * binding still carries the key its publisher was allowed: on sales.retry
- * no queue is bound for an event key, and on sales.events no queue can be
- * bound for a service's name (each reads only its event keys), so nothing
- * reaches another service's queue: no inbox in any schema holds it, and
+ * name on sales.retry and sales.dlx, without and with the victim's name in
+ * CC, all with the forged type and x-original-routing-key of other events. A message that crosses
+ * such a binding still carries the key its publisher was allowed: on sales.retry no queue is bound
+ * for an event key, and on sales.events no queue can be bound for a service's name (each reads only
+ * its event keys), so nothing reaches another service's queue: no inbox in any schema holds it, and
  * the RESERVED order stays RESERVED. */
 START_TEST(exchange_to_exchange_binding_is_not_applied)
 {
@@ -834,15 +836,27 @@ START_TEST(exchange_to_exchange_binding_is_not_applied)
         try_xbind(a, MQ_RETRY_EXCHANGE, MQ_EXCHANGE, "#");
         for (size_t k = 0; k < NKEYS; k++)
             try_xbind(a, MQ_RETRY_EXCHANGE, MQ_EXCHANGE, all_keys[k]);
+        /* sales.dlx <- sales.events, and sales.events <- itself */
+        try_xbind(a, MQ_DLX, MQ_EXCHANGE, key);
+        try_xbind(a, MQ_DLX, MQ_EXCHANGE, "#");
+        try_xbind(a, MQ_EXCHANGE, MQ_EXCHANGE, "#");
+        for (size_t k = 0; k < NKEYS; k++) {
+            try_xbind(a, MQ_DLX, MQ_EXCHANGE, all_keys[k]);
+            try_xbind(a, MQ_EXCHANGE, MQ_EXCHANGE, all_keys[k]);
+        }
         ck_assert_int_eq(mq_retry_queue_name(users[a].name, 1000, tier, sizeof(tier)), 0);
         for (int x = 0; x < 2; x++) {
             const char *src = x ? MQ_DLX : MQ_RETRY_EXCHANGE;
-            try_xbind(a, MQ_EXCHANGE, src, users[a].name);
-            try_xbind(a, MQ_EXCHANGE, src, tier);
-            try_xbind(a, MQ_EXCHANGE, src, "#");
-            for (size_t v = 0; v < nusers; v++)
-                if (v != a && users[v].consumer)
-                    try_xbind(a, MQ_EXCHANGE, src, users[v].name);
+            /* sales.events, sales.retry <-> sales.dlx and each to itself */
+            for (int y = 0; y < 3; y++) {
+                const char *dest = y == 0 ? MQ_EXCHANGE : y == 1 ? MQ_RETRY_EXCHANGE : MQ_DLX;
+                try_xbind(a, dest, src, users[a].name);
+                try_xbind(a, dest, src, tier);
+                try_xbind(a, dest, src, "#");
+                for (size_t v = 0; v < nusers; v++)
+                    if (v != a && users[v].consumer)
+                        try_xbind(a, dest, src, users[v].name);
+            }
         }
     }
     /* what crosses a binding the broker took */
@@ -878,6 +892,12 @@ START_TEST(exchange_to_exchange_binding_is_not_applied)
                                  NULL, NULL);
                 ck_assert_msg(code == 0, "%s: its own key on %s: %d", users[a].name, xb[b].src,
                               code);
+                /* and with the victim's name in CC, which the binding
+                 * carries across too */
+                code = raw_forge(users[a].url_env, xb[b].src, users[a].name, users[v].handles, NULL,
+                                 "CC", users[v].name);
+                ck_assert_msg(code == 0, "%s: its own key on %s, CC %s: %d", users[a].name,
+                              xb[b].src, users[v].name, code);
             }
         }
     }
@@ -982,6 +1002,201 @@ START_TEST(dead_letter_arguments_do_not_forge_an_event)
     assert_no_effect();
     st = order_status(order);
     ck_assert_msg(strcmp(st, "RESERVED") == 0, "replayed from the DLQs: the order is %s", st);
+    free(st);
+}
+END_TEST
+
+/* A raw publish as user a on sales.events under its own key, of a body of
+ * type `as` for order_id, with a pre-set x-death as the broker writes it when
+ * queue dlq's delivery limit is reached: {queue, reason delivery_limit,
+ * exchange sales.events, routing-keys [as's key], count 1}, and user-id a's
+ * own (the broker checks it). Returns raw_done's code. */
+static int raw_forge_death(size_t a, const char *key, ev_type as, const char *order_id,
+                           const char *dlq)
+{
+    char *body = event_body(as, order_id), corr[UUID_STR_LEN];
+    amqp_field_value_t rk = {.kind = AMQP_FIELD_KIND_UTF8,
+                             .value.bytes = amqp_cstring_bytes(ev_routing_key(as))};
+    amqp_table_entry_t d[5], h[2];
+    amqp_field_value_t death;
+    amqp_basic_properties_t p = {0};
+    int st;
+    amqp_connection_state_t c = tu_amqp_open(users[a].url_env);
+
+    uuid_v4(corr);
+    d[0].key = amqp_cstring_bytes("queue");
+    d[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    d[0].value.value.bytes = amqp_cstring_bytes(dlq);
+    d[1].key = amqp_cstring_bytes("reason");
+    d[1].value.kind = AMQP_FIELD_KIND_UTF8;
+    d[1].value.value.bytes = amqp_cstring_bytes("delivery_limit");
+    d[2].key = amqp_cstring_bytes("exchange");
+    d[2].value.kind = AMQP_FIELD_KIND_UTF8;
+    d[2].value.value.bytes = amqp_cstring_bytes(MQ_EXCHANGE);
+    d[3].key = amqp_cstring_bytes("routing-keys");
+    d[3].value.kind = AMQP_FIELD_KIND_ARRAY;
+    d[3].value.value.array.num_entries = 1;
+    d[3].value.value.array.entries = &rk;
+    d[4].key = amqp_cstring_bytes("count");
+    d[4].value.kind = AMQP_FIELD_KIND_I64;
+    d[4].value.value.i64 = 1;
+    death.kind = AMQP_FIELD_KIND_TABLE;
+    death.value.table.num_entries = 5;
+    death.value.table.entries = d;
+    h[0].key = amqp_cstring_bytes("x-death");
+    h[0].value.kind = AMQP_FIELD_KIND_ARRAY;
+    h[0].value.value.array.num_entries = 1;
+    h[0].value.value.array.entries = &death;
+    h[1].key = amqp_cstring_bytes(MQ_H_SCHEMA_VERSION);
+    h[1].value.kind = AMQP_FIELD_KIND_I32;
+    h[1].value.value.i32 = EV_SCHEMA_VERSION;
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_TYPE_FLAG |
+               AMQP_BASIC_USER_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    p.content_type = amqp_cstring_bytes("application/json");
+    p.delivery_mode = 2;
+    p.message_id = amqp_cstring_bytes(new_forged(users[a].url_env));
+    p.correlation_id = amqp_cstring_bytes(corr);
+    p.type = amqp_cstring_bytes(ev_routing_key(as));
+    p.user_id = amqp_cstring_bytes(users[a].name);
+    p.headers.num_entries = 2;
+    p.headers.entries = h;
+    /* confirmed: once acked, every queue bound for key holds it */
+    amqp_confirm_select(c, 1);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    st = amqp_basic_publish(c, 1, amqp_cstring_bytes(MQ_EXCHANGE), amqp_cstring_bytes(key), 0, 0,
+                            &p, amqp_cstring_bytes(body));
+    free(body);
+    ck_assert_int_eq(st, AMQP_STATUS_OK);
+    for (;;) {
+        struct timeval tv = {30, 0};
+        amqp_frame_t f;
+        st = amqp_simple_wait_frame_noblock(c, &f, &tv);
+        if (st != AMQP_STATUS_OK)
+            break;
+        if (f.frame_type == AMQP_FRAME_METHOD && f.payload.method.id == AMQP_BASIC_ACK_METHOD)
+            break;
+        ck_assert_msg(f.frame_type != AMQP_FRAME_METHOD ||
+                          (f.payload.method.id != AMQP_CHANNEL_CLOSE_METHOD &&
+                           f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD &&
+                           f.payload.method.id != AMQP_BASIC_NACK_METHOD),
+                      "%s: its own %s with an x-death was refused", users[a].name, key);
+    }
+    ck_assert_msg(st == AMQP_STATUS_OK, "%s: no confirm for %s: %s", users[a].name, key,
+                  amqp_error_string2(st));
+    amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
+    return raw_done(c);
+}
+
+/* An administrator's connection and the queue it works on. */
+typedef struct {
+    amqp_connection_state_t c;
+    const char *q, *dlq;
+} churn_arg;
+
+/* Takes every message of arg->q as the administrator; with arg->dlq, hands
+ * each back (basic.nack, requeue) as a consumer whose forward to its DLQ
+ * keeps failing does (mq_consume.c), and is done once the delivery limit
+ * has made the broker dead-letter it into arg->dlq (a quorum queue's
+ * requeue is not visible at once, so this is polled); without, drops them
+ * (ack) and is done when q is empty. */
+static int churn_step(void *arg)
+{
+    churn_arg *a = arg;
+    for (int n = 0; n < 100; n++) {
+        amqp_rpc_reply_t r = amqp_basic_get(a->c, 1, amqp_cstring_bytes(a->q), 0);
+        uint64_t tag;
+        amqp_message_t msg;
+        ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+        if (r.reply.id != AMQP_BASIC_GET_OK_METHOD) {
+            int consumers = 0;
+            return !a->dlq || tu_queue_counts("TEST_AMQP_URL", a->dlq, &consumers) > 0;
+        }
+        tag = ((amqp_basic_get_ok_t *)r.reply.decoded)->delivery_tag;
+        ck_assert_int_eq(amqp_read_message(a->c, 1, &msg, 0).reply_type, AMQP_RESPONSE_NORMAL);
+        amqp_destroy_message(&msg);
+        if (a->dlq)
+            ck_assert_int_eq(amqp_basic_nack(a->c, 1, tag, 0, 1), AMQP_STATUS_OK);
+        else
+            ck_assert_int_eq(amqp_basic_ack(a->c, 1, tag, 0), AMQP_STATUS_OK);
+    }
+    return 0;
+}
+
+static void churn(const char *q, const char *dlq)
+{
+    churn_arg a = {tu_amqp_open("TEST_AMQP_URL"), q, dlq};
+    ck_assert_msg(
+        tu_poll(60000, churn_step, &a),
+        dlq ? "the broker never dead-lettered %s's message into its DLQ" : "%s never emptied", q);
+    ck_assert_int_eq(raw_done(a.c), 0);
+}
+
+/* Door (D), x-death pre-set by the publisher: the broker, dead-lettering a
+ * message from a queue, only counts up an x-death entry that names that
+ * queue and reason, keeping the entry's exchange and routing keys. So an
+ * attacker publishes its own key with an entry "dead-lettered from the
+ * victim's queue at the delivery limit, published as <an event of another
+ * owner>"; the victim refuses it (x-death through sales.events) and, while
+ * its forward to the DLQ fails, requeues it, until the delivery limit sends
+ * the broker's own copy to the DLQ; the documented `dlq replay --all` must
+ * not turn it into that event. Every attacker with keys against every
+ * consumer bound for one of them, with an event the victim handles; the
+ * victims are stopped and the administrator does their requeueing. */
+START_TEST(a_preset_x_death_does_not_forge_an_event_through_the_dlq)
+{
+    char order[UUID_STR_LEN], dlq[MQ_NAME_LEN], *st;
+    size_t tried = 0;
+    mq_conn *adm;
+    char err[MQ_ERR_LEN];
+    reserved_order(order);
+    for (size_t i = nusers; i-- > 0;)
+        if (users[i].consumer)
+            tu_svc_stop(&users[i].svc); /* busy with the doors before: maybe killed */
+    /* what the doors before left there, so that a message in a DLQ below
+     * is the broker's copy of this door's */
+    adm = tu_publisher("TEST_AMQP_URL", "check_privileges");
+    for (size_t i = 0; i < nusers; i++) {
+        if (!users[i].consumer)
+            continue;
+        mq_dlq_name(users[i].name, dlq, sizeof(dlq));
+        ck_assert_msg(mq_purge(adm, dlq, err, sizeof(err)) >= 0, "purging %s: %s", dlq, err);
+    }
+    mq_free(adm);
+    for (size_t a = 0; a < nusers; a++) {
+        for (size_t v = 0; v < nusers; v++) {
+            const char *own = NULL;
+            ev_type as;
+            int found = 0, code;
+            if (a == v || !users[a].topic[0] || !users[v].consumer)
+                continue;
+            for (size_t k = 0; k < NKEYS && !own; k++)
+                if (owns(a, all_keys[k]) && in_list(users[v].keys, all_keys[k]))
+                    own = all_keys[k];
+            for (size_t f = 0; f < NKEYS && !found; f++)
+                if (!owns(a, all_keys[f]) && in_list(users[v].keys, all_keys[f]))
+                    found = ev_type_from_key(all_keys[f], &as) == 0;
+            if (!own || !found)
+                continue;
+            code = raw_forge_death(a, own, as, order, users[v].name);
+            ck_assert_msg(code == 0, "%s: its own %s with an x-death: %d", users[a].name, own,
+                          code);
+            /* the victim's copy to the delivery limit, the others' dropped */
+            for (size_t o = 0; o < nusers; o++)
+                if (users[o].consumer && o != v)
+                    churn(users[o].name, NULL);
+            mq_dlq_name(users[v].name, dlq, sizeof(dlq));
+            churn(users[v].name, dlq);
+            tried++;
+        }
+    }
+    ck_assert_msg(tried > 0, "no attacker owns a key another service is bound for");
+    start_all();
+    replay_all_dlqs();
+    assert_no_effect();
+    st = order_status(order);
+    ck_assert_msg(strcmp(st, "RESERVED") == 0, "replayed after the delivery limit: the order is %s",
+                  st);
     free(st);
 }
 END_TEST
@@ -1239,6 +1454,7 @@ int main(void)
     tcase_add_test(t, cc_and_bcc_to_another_services_queue_are_not_applied);
     tcase_add_test(t, exchange_to_exchange_binding_is_not_applied);
     tcase_add_test(t, dead_letter_arguments_do_not_forge_an_event);
+    tcase_add_test(t, a_preset_x_death_does_not_forge_an_event_through_the_dlq);
     tcase_add_test(t, guest_cannot_log_in);
     tcase_add_test(t, a_wrong_password_is_a_permanent_error);
     suite_add_tcase(s, t);

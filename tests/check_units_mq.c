@@ -374,10 +374,35 @@ START_TEST(event_type_follows_the_one_rule)
                 .has_death = 1),
          .want = "order.placed"},
         {.name = "dead-lettered from our work queue after sales.events: x-death's key",
-         .r = R("sales.dlx", "billing", .original_key = "payment.failed", .has_death = 1,
-                .death_queue = "billing", .death_exchange = "sales.events",
+         .r = R("sales.dlx", "billing", .original_key = "payment.failed", .user_id = "order-api",
+                .has_death = 1, .death_queue = "billing", .death_exchange = "sales.events",
                 .death_key = "order.placed"),
          .want = "order.placed"},
+        /* x-death is the publisher's to pre-set (the broker only counts up
+         * a matching entry): its key is believed only from the key's owner */
+        {.name = "x-death's key published by another than its owner",
+         .r = R("sales.dlx", "billing", .user_id = "pos", .has_death = 1, .death_queue = "billing",
+                .death_exchange = "sales.events", .death_key = "order.placed"),
+         .why_has = "not by its owner"},
+        {.name = "x-death's key without a user-id",
+         .r = R("sales.dlx", "billing", .original_key = "order.placed", .has_death = 1,
+                .death_queue = "billing", .death_exchange = "sales.events",
+                .death_key = "order.placed"),
+         .why_has = "not by its owner"},
+        {.name = "x-death's key under another's prefix that starts like the user's",
+         .r = R("sales.dlx", "billing", .user_id = "inventory", .has_death = 1,
+                .death_queue = "billing", .death_exchange = "sales.events",
+                .death_key = "inventoryx.reserved"),
+         .why_has = "not by its owner"},
+        {.name = "x-death's key of pos's prefix, published by pos",
+         .r = R("sales.dlx", "billing", .user_id = "pos", .has_death = 1, .death_queue = "billing",
+                .death_exchange = "sales.events", .death_key = "sale.completed"),
+         .want = "sale.completed"},
+        {.name = "x-death's key of a service named as its prefix (a generated one)",
+         .r = R("sales.dlx", "billing", .user_id = "parcel", .has_death = 1,
+                .death_queue = "billing", .death_exchange = "sales.events",
+                .death_key = "parcel.shipped"),
+         .want = "parcel.shipped"},
         {.name = "the same without a key in x-death",
          .r = R("sales.dlx", "billing", .original_key = "order.placed", .has_death = 1,
                 .death_queue = "billing", .death_exchange = "sales.events"),
@@ -430,9 +455,16 @@ START_TEST(a_delivery_reads_x_death_and_checks_its_type_property)
     h[0].value.value.array = (amqp_array_t){1, deaths};
     h[1] = str_entry(MQ_H_ORIGINAL_KEY, AMQP_FIELD_KIND_UTF8, "payment.failed");
     envelope(&env, "sales.dlx", "billing", h, 2);
+    /* x-death's key is believed from its owner only (the user-id) */
+    ck_assert_int_eq(mq__to_delivery(&env, "billing", "billing-user", &d, why, sizeof(why)), -1);
+    ck_assert_msg(strstr(why, "not by its owner"), "%s", why);
+    ck_assert_str_eq(d.routing_key, "billing");
+    env.message.properties._flags |= AMQP_BASIC_USER_ID_FLAG;
+    env.message.properties.user_id = amqp_cstring_bytes("order-api");
     ck_assert_msg(mq__to_delivery(&env, "billing", "billing-user", &d, why, sizeof(why)) == 0, "%s",
                   why);
     ck_assert_str_eq(d.routing_key, "order.placed");
+    env.message.properties._flags &= ~AMQP_BASIC_USER_ID_FLAG;
 
     /* An x-death that is not an array still counts as a death. */
     h[0] = entry("x-death", AMQP_FIELD_KIND_UTF8);
