@@ -224,6 +224,31 @@ static int str_is(const char *a, const char *b)
     return a && b && strcmp(a, b) == 0;
 }
 
+/* Whether broker user `user` may publish `key` on sales.events: the key's
+ * prefix (up to its first dot) is the user's topic, as scripts/suite.sh
+ * and broker-perms.sh grant it (the user is the service's name; a service's
+ * prefix is its name but for order-api's "order", and pos publishes
+ * "sale"). */
+static int key_owned_by(const char *key, const char *user)
+{
+    static const struct {
+        const char *prefix, *user;
+    } named[] = {{"order", "order-api"}, {"sale", "pos"}};
+    const char *dot = key ? strchr(key, '.') : NULL;
+    size_t n;
+
+    if (!dot || !user || dot == key)
+        return 0;
+    n = (size_t)(dot - key);
+    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+        if (strlen(named[i].prefix) == n && memcmp(key, named[i].prefix, n) == 0)
+            return strcmp(user, named[i].user) == 0;
+        if (strcmp(user, named[i].user) == 0)
+            return 0;
+    }
+    return strlen(user) == n && memcmp(key, user, n) == 0;
+}
+
 /* The one rule for a delivery's event type. The broker checks the publisher's
  * topic permission on the key it publishes with, and nothing else: not the
  * CC/BCC keys it also routes to, not the key a queue's dead-letter arguments
@@ -241,15 +266,16 @@ static int str_is(const char *a, const char *b)
  *     queue's arguments can do; it is ours when the broker dead-lettered it
  *     from our own work queue right after it arrived on sales.events (the
  *     type is then the key it was published with there, x-death[0]'s
- *     routing key; an x-original-routing-key on it is its publisher's, never
+ *     routing key, believed only when the broker-checked user-id is that
+ *     key's owner (key_owned_by): x-death is the publisher's to pre-set and
+ *     the broker only counts up an entry naming the same queue and reason,
+ *     so a forged entry survives our work queue's delivery limit into our
+ *     DLQ; an x-original-routing-key on it is its publisher's, never
  *     believed), or when it carries our broker user as user-id (the broker
  *     refuses a user-id that is not the publisher's own, and every publish of
  *     mq_publish.c sets it, so only our own retry copies do):
  *     x-original-routing-key.
- *     Anything else: forged.
- * Weak spot: x-death can be pre-set by a publisher and the broker only counts
- * up a matching entry; a forged one matching (own, delivery_limit) survives
- * only if our work queue gives up on the message, i.e. into the DLQ. */
+ *     Anything else: forged. */
 int mq_event_type(const mq_route *r, const char *own, const char *own_user, char *out,
                   size_t outlen, char *why, size_t whylen)
 {
@@ -271,6 +297,11 @@ int mq_event_type(const mq_route *r, const char *own, const char *own_user, char
                str_is(r->death_exchange, MQ_EXCHANGE)) {
         if (!r->death_key) {
             snprintf(why, whylen, "forged: x-death without a routing key");
+            return -1;
+        }
+        if (!key_owned_by(r->death_key, r->user_id)) {
+            snprintf(why, whylen, "forged: x-death's %s published by %s, not by its owner",
+                     r->death_key, r->user_id ? r->user_id : "no user-id");
             return -1;
         }
         type = r->death_key;
