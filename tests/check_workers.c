@@ -810,6 +810,36 @@ static int ledger_stuck_is(void *arg)
     return ledger_stuck() == *(long *)arg;
 }
 
+/* A MGMT_URL past the ledger's cap (511 bytes) is refused, not cut: here the
+ * first 511 bytes are a working address (dot segments, which curl removes)
+ * and the rest points nowhere, so a cut one would check the queues at an
+ * address no one gave. */
+START_TEST(a_management_url_past_its_cap_is_refused_not_cut)
+{
+    const char *port = getenv("MGMT_PORT");
+    char url[700], var[720];
+    const char *env[] = {"LEDGER_SERVICES=billing", var, NULL};
+    const tu_svc_opts o = {.exe = "ledger",
+                           .amqp_env = "TEST_AMQP_URL",
+                           .db_env = "OWNER_DATABASE_URL",
+                           .env = env,
+                           .log = "ledger-mgmt-url"};
+    char *out;
+    int n = snprintf(url, sizeof(url), "http://127.0.0.1:%s", port && *port ? port : "15672"), rc;
+
+    if (n % 2 == 0)
+        n += snprintf(url + n, sizeof(url) - (size_t)n, "/a/.."); /* the cut falls on a '.' */
+    while (n < 511)
+        n += snprintf(url + n, sizeof(url) - (size_t)n, "/.");
+    snprintf(url + n, sizeof(url) - (size_t)n, "/nowhere");
+    snprintf(var, sizeof(var), "MGMT_URL=%s", url);
+    rc = tu_tool(&o, &out);
+    ck_assert_msg(rc != 0 && !strstr(out, "RESULT "),
+                  "the ledger took a MGMT_URL of %zu bytes (exit %d): %s", strlen(url), rc, out);
+    free(out);
+}
+END_TEST
+
 /* A message a consumer holds unacked is work in flight, not done: the ledger
  * counts it as stuck (a passive queue.declare sees only ready messages). */
 START_TEST(the_ledger_counts_a_message_held_unacked_as_stuck)
@@ -877,6 +907,7 @@ int main(void)
     l = tcase_create("ledger");
     tcase_set_timeout(l, 60);
     tcase_add_test(l, the_ledger_counts_a_message_held_unacked_as_stuck);
+    tcase_add_test(l, a_management_url_past_its_cap_is_refused_not_cut);
     suite_add_tcase(s, l);
     return tu_run(s);
 }

@@ -57,9 +57,11 @@ int ledger_read_ids(const char *path, sent *s);
 int ledger_check_db(PGconn *db, const sent *s, figures *fg, int verbose);
 
 /* queues.c: the management API's address and login from MGMT_URL /
- * MGMT_PORT and amqp_url; -1 when it cannot be parsed. Free with
- * ledger_mgmt_free. */
-int ledger_mgmt_init(const char *amqp_url);
+ * MGMT_PORT and amqp_url; -1 with err when amqp_url cannot be parsed or the
+ * address is longer than LEDGER_MGMT_URL_MAX bytes (refused, never cut).
+ * Free with ledger_mgmt_free. */
+#define LEDGER_MGMT_URL_MAX 511
+int ledger_mgmt_init(const char *amqp_url, char *err, size_t errlen);
 void ledger_mgmt_free(void);
 
 /* queues.c: every service's work, retry and dead-letter queue, and the

@@ -42,7 +42,8 @@
  * Environment: DATABASE_URL (the owner role: it reads every schema),
  * AMQP_URL (the administrator: it looks at every queue; its user and password
  * also log in to the management API at MGMT_URL, default
- * http://<AMQP host>:MGMT_PORT, MGMT_PORT default 15672), LEDGER_SERVICES
+ * http://<AMQP host>:MGMT_PORT, MGMT_PORT default 15672; at most 511 bytes,
+ * refused past that), LEDGER_SERVICES
  * (default order-api,inventory,billing,email), RETRY_DELAYS_MS (default
  * 1000,10000,60000). Exit: 0 when ok, 1 when not, 2 on bad usage.
  *
@@ -186,8 +187,8 @@ int main(int argc, char **argv)
         PQfinish(db);
         return 1;
     }
-    if (ledger_mgmt_init(amqp) < 0) {
-        fprintf(stderr, "ledger: AMQP_URL is not an AMQP URL (or curl cannot start)\n");
+    if (ledger_mgmt_init(amqp, err, sizeof(err)) < 0) {
+        fprintf(stderr, "ledger: %s\n", err);
         PQfinish(db);
         return 1;
     }

@@ -17,25 +17,38 @@
 #include <string.h>
 
 static struct {
-    char base[512]; /* http://host:port */
-    char *url;      /* AMQP_URL, parsed in place */
+    char base[LEDGER_MGMT_URL_MAX + 1]; /* http://host:port */
+    char *url;                          /* AMQP_URL, parsed in place */
     struct amqp_connection_info info;
 } mgmt;
 
-/* The management API's address and login, from MGMT_URL / MGMT_PORT and
- * AMQP_URL; -1 when AMQP_URL cannot be parsed. */
-int ledger_mgmt_init(const char *amqp_url)
+int ledger_mgmt_init(const char *amqp_url, char *err, size_t errlen)
 {
     const char *base = getenv("MGMT_URL"), *port = getenv("MGMT_PORT");
+    int n;
+
     mgmt.url = strdup(amqp_url);
-    if (!mgmt.url || amqp_parse_url(mgmt.url, &mgmt.info) != AMQP_STATUS_OK)
+    if (!mgmt.url || amqp_parse_url(mgmt.url, &mgmt.info) != AMQP_STATUS_OK) {
+        snprintf(err, errlen, "AMQP_URL is not an AMQP URL");
         return -1;
+    }
     if (base && *base)
-        snprintf(mgmt.base, sizeof(mgmt.base), "%s", base);
+        n = snprintf(mgmt.base, sizeof(mgmt.base), "%s", base);
     else
-        snprintf(mgmt.base, sizeof(mgmt.base), "http://%s:%s", mgmt.info.host,
-                 port && *port ? port : "15672");
-    return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+        n = snprintf(mgmt.base, sizeof(mgmt.base), "http://%s:%s", mgmt.info.host,
+                     port && *port ? port : "15672");
+    if (n < 0 || (size_t)n >= sizeof(mgmt.base)) {
+        snprintf(err, errlen,
+                 "the management API's address (MGMT_URL, or AMQP_URL's host"
+                 " and MGMT_PORT) is longer than %d bytes",
+                 LEDGER_MGMT_URL_MAX);
+        return -1;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        snprintf(err, errlen, "curl_global_init failed");
+        return -1;
+    }
+    return 0;
 }
 
 /* Messages of queue delivered to a consumer and not yet acked, from the
@@ -46,6 +59,7 @@ static long queue_unacked(const char *queue, char *err, size_t errlen)
     char url[1024], *vh = NULL, *q = NULL;
     util_buf b = {NULL, 0, 1 << 20}; /* no answer is that big: fail the transfer */
     long code = 0, n = -1;
+    int k;
     cJSON *j = NULL;
     const cJSON *v;
     CURLcode rc;
@@ -60,8 +74,13 @@ static long queue_unacked(const char *queue, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    snprintf(url, sizeof(url), "%s/api/queues/%s/%s?columns=messages_unacknowledged", mgmt.base, vh,
-             q);
+    k = snprintf(url, sizeof(url), "%s/api/queues/%s/%s?columns=messages_unacknowledged", mgmt.base,
+                 vh, q);
+    if (k < 0 || (size_t)k >= sizeof(url)) {
+        snprintf(err, errlen, "the management API's URL for queue %.200s is over %zu bytes", queue,
+                 sizeof(url) - 1);
+        goto out;
+    }
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_USERNAME, mgmt.info.user);
     curl_easy_setopt(c, CURLOPT_PASSWORD, mgmt.info.password);
