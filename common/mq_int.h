@@ -75,7 +75,8 @@ void mq__arg_int(amqp_table_entry_t *e, const char *k, int64_t v);
  * most MQ_MAX_HEADERS. */
 int mq__headers_encode(const mq_msg *m, amqp_table_entry_t hdr[MQ_MAX_HEADERS]);
 
-/* Reads header key of t: any AMQP integer kind into *out, or a longstr or
+/* Reads header key of t: any AMQP integer kind into *out (a u64 past
+ * INT64_MAX, which a foreign client may send, as INT64_MAX), or a longstr or
  * bytes value into out (size bytes, NUL-terminated, cut at size - 1).
  * Return 0, or -1 when the key is absent or of another kind. */
 int mq__header_int(const amqp_table_t *t, const char *key, int64_t *out);

@@ -159,7 +159,9 @@ int mq__header_int(const amqp_table_t *t, const char *key, int64_t *out)
             *out = e->value.value.i64;
             return 0;
         case AMQP_FIELD_KIND_U64:
-            *out = (int64_t)e->value.value.u64;
+            /* Clamped: past every limit a caller checks, never negative. */
+            *out =
+                e->value.value.u64 > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)e->value.value.u64;
             return 0;
         default:
             return -1;

@@ -111,6 +111,32 @@ START_TEST(integer_headers_are_read_from_every_amqp_integer_kind)
 }
 END_TEST
 
+/* A u64 past INT64_MAX (a foreign client may send one) reads as INT64_MAX:
+ * past every limit a caller checks, never a negative number; a delivery's
+ * failed_at so sent is INT64_MAX, not a time before 1970. */
+START_TEST(a_u64_header_past_int64_max_reads_as_int64_max_not_negative)
+{
+    static const uint64_t sent[] = {(uint64_t)INT64_MAX, (uint64_t)INT64_MAX + 1, UINT64_MAX - 4,
+                                    UINT64_MAX};
+    for (size_t i = 0; i < N(sent); i++) {
+        amqp_table_entry_t e = int_entry(MQ_H_FAILED_AT, AMQP_FIELD_KIND_U64, 0);
+        amqp_table_t t = {1, &e};
+        amqp_envelope_t env;
+        mq_delivery d;
+        char why[MQ_ERR_LEN];
+        int64_t v = 0;
+        e.value.value.u64 = sent[i];
+        ck_assert_int_eq(mq__header_int(&t, MQ_H_FAILED_AT, &v), 0);
+        ck_assert_msg(v == INT64_MAX, "u64 %llu read as %lld", (unsigned long long)sent[i],
+                      (long long)v);
+        envelope(&env, "sales.events", "order.placed", &e, 1);
+        mq__to_delivery(&env, "billing", "billing", &d, why, sizeof(why));
+        ck_assert_msg(d.failed_at == INT64_MAX, "u64 %llu: failed_at %lld",
+                      (unsigned long long)sent[i], (long long)d.failed_at);
+    }
+}
+END_TEST
+
 START_TEST(integer_headers_of_other_kinds_or_absent_are_not_read)
 {
     static const char kinds[] = {AMQP_FIELD_KIND_BOOLEAN, AMQP_FIELD_KIND_F32,
@@ -255,7 +281,7 @@ START_TEST(a_delivery_with_headers_out_of_range_or_of_the_wrong_kind_gets_the_de
     } cases[] = {
         {AMQP_FIELD_KIND_I32, -1, -1, 0},         /* negative */
         {AMQP_FIELD_KIND_I64, 1000000, -1, 0},    /* too large for either */
-        {AMQP_FIELD_KIND_U64, -5, -1, 0},         /* 2^64 - 5: negative as int64 */
+        {AMQP_FIELD_KIND_U64, -5, -1, 0},         /* 2^64 - 5: INT64_MAX, too large */
         {AMQP_FIELD_KIND_I32, 999, 999, 999},     /* the largest attempt kept */
         {AMQP_FIELD_KIND_I32, 1000, 1000, 0},     /* an attempt past it is 0 */
         {AMQP_FIELD_KIND_F64, 1, -1, 0},          /* a double is not an integer */
@@ -566,6 +592,7 @@ int main(void)
     TCase *u = tcase_create("url");
 
     tcase_add_test(h, integer_headers_are_read_from_every_amqp_integer_kind);
+    tcase_add_test(h, a_u64_header_past_int64_max_reads_as_int64_max_not_negative);
     tcase_add_test(h, integer_headers_of_other_kinds_or_absent_are_not_read);
     tcase_add_test(h, string_headers_are_longstr_or_bytes_cut_to_the_buffer);
     tcase_add_test(h, published_headers_carry_the_schema_version_and_fill_the_table);
