@@ -21,8 +21,10 @@
  *   S           quorum work queue bound to sales.events with S's keys (and
  *               unbound from every other event key) and to sales.retry with
  *               key S; dead-letters to sales.dlx/S, at-least-once,
- *               reject-publish. Its delivery limit is a policy set by
- *               `make migrate`: only arguments that never change are given
+ *               reject-publish. Its delivery limit is no argument: the
+ *               worker enforces DELIVERY_LIMIT from x-delivery-count, and
+ *               `make migrate` sets it as a policy, the broker's backstop
+ *               (worker_delivery_limit): only arguments that never change are given
  *               on declare, and a queue that exists with other arguments
  *               (an older version's) is used as it is.
  *   S.retry.Nms quorum queues with x-message-ttl N, bound to sales.retry with
