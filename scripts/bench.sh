@@ -67,13 +67,7 @@ restock 2000000 "make bench: restock"
 
 # ----------------------------------------------------------------- limits
 say "PostgreSQL limit: bench/order_tx.sql (pgbench -M prepared, ${SECS}s per client count)"
-psql -q "$OWNER_DATABASE_URL" -f "$ROOT/bench/setup.sql" || die "bench/setup.sql failed"
-for c in $CONNS; do
-    pgbench -n -M prepared -c "$c" -j 2 -T "$SECS" -f "$ROOT/bench/order_tx.sql" \
-        "$OWNER_DATABASE_URL" >"$WORK/pgbench-$c.out" 2>&1 || die "pgbench failed; see $WORK/pgbench-$c.out"
-    echo "    $c clients: $(grep -E '^tps' "$WORK/pgbench-$c.out")"
-done
-psql -q "$OWNER_DATABASE_URL" -c "TRUNCATE bench.orders, bench.order_lines, bench.order_timeline, bench.outbox"
+pg_limit "$SECS" "$CONNS" "$WORK"
 
 # The size of the suite's own messages: one order.placed of loadgen's order,
 # read (and requeued) from inventory's queue while inventory is stopped.

@@ -315,6 +315,21 @@ LOAD_SKUS="MUG-WHITE,FLT-PAPER,TEA-EARLGREY,COF-FILTER"
 # svc_ready NAME: the service's /readyz answers 200 (on its registry port).
 svc_ready() { curl -fsS -m 2 "http://127.0.0.1:$(svc_port "$1")/readyz" >/dev/null 2>&1; }
 
+# pg_limit SECONDS "CLIENTS..." DIR: make bench's PostgreSQL limit,
+# bench/order_tx.sql under pgbench -M prepared for SECONDS at each client
+# count, on bench/setup.sql's scratch tables (emptied after); pgbench's output
+# in DIR/pgbench-N.out, its tps line on stdout. Needs export_suite_urls.
+pg_limit() {
+    local secs=$1 conns=$2 dir=$3 c
+    psql -q "$OWNER_DATABASE_URL" -f "$ROOT/bench/setup.sql" || die "bench/setup.sql failed"
+    for c in $conns; do
+        pgbench -n -M prepared -c "$c" -j 2 -T "$secs" -f "$ROOT/bench/order_tx.sql" \
+            "$OWNER_DATABASE_URL" >"$dir/pgbench-$c.out" 2>&1 || die "pgbench failed; see $dir/pgbench-$c.out"
+        echo "    $c clients: $(grep -E '^tps' "$dir/pgbench-$c.out")"
+    done
+    psql -q "$OWNER_DATABASE_URL" -c "TRUNCATE bench.orders, bench.order_lines, bench.order_timeline, bench.outbox"
+}
+
 # restock LEVEL REASON: brings each of LOAD_SKUS up to at least LEVEL through
 # inventory.adjust_stock, so the stock ledger stays true. Needs
 # export_suite_urls (OWNER_DATABASE_URL).
