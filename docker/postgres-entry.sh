@@ -23,7 +23,9 @@ CONF
     # The containers' network, with passwords; never trust.
     echo 'host all all all scram-sha-256' >>"$PGDATA/pg_hba.conf"
     pg_ctl -D "$PGDATA" -w -t 60 -o "-c listen_addresses=''" start >/dev/null
-    psql -v ON_ERROR_STOP=1 -q -U postgres -d postgres -v pw="$PG_OWNER_PASSWORD" <<'SQL'
+    # The password from psql's environment (\getenv), never its command line.
+    psql -v ON_ERROR_STOP=1 -q -U postgres -d postgres <<'SQL'
+\getenv pw PG_OWNER_PASSWORD
 CREATE ROLE ordersuite_owner LOGIN CREATEDB CREATEROLE PASSWORD :'pw';
 -- Lets tools and tests end a service's backend (never a superuser's).
 GRANT pg_signal_backend TO ordersuite_owner;

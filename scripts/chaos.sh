@@ -66,7 +66,12 @@ restart() { # NAME [ENV=V...]: start it (with extra environment) and wait until 
     if [ "$name" = email ] && [ -n "$FOUND_SMTP_URL" ] && [[ " $* " != *" SMTP_URL="* ]]; then
         set -- SMTP_URL="$FOUND_SMTP_URL" "$@"
     fi
-    env "$@" "$ROOT/scripts/services.sh" start "$name" >>"$WORK/services.log" 2>&1
+    # Exported, not env's arguments: SMTP_URL may hold the mail server's
+    # password, and every user can read every process's argv.
+    (
+        for kv in "$@"; do export "${kv?}"; done
+        exec "$ROOT/scripts/services.sh" start "$name"
+    ) >>"$WORK/services.log" 2>&1
     wait_for 60 "$name ready" svc_ready "$name"
 }
 metrics_page() { # NAME: its /metrics (order-api's on its operations port); nothing if down

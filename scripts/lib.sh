@@ -219,24 +219,31 @@ rmqctl() {
     as_user rabbitmq env $(rmq_env) "$RMQ_BIN/rabbitmqctl" "$@"
 }
 
-# psql, with the password of a postgresql:// URL argument moved into
-# PGPASSWORD: every user can read every process's argv, so no secret may be
-# on psql's. (The suite's passwords are hex or base64 without %-escapes.)
-psql() {
-    local a pw= args=()
+# pg_client PROGRAM ARGS...: a libpq program (psql, pgbench) with the
+# password of a postgresql:// URL argument moved into PGPASSWORD (%-escapes
+# decoded): every user can read every process's argv, so no secret may be on
+# a client's. psql and pgbench below are this, so a script's
+# `psql "$OWNER_DATABASE_URL"` keeps the password off the command line.
+pg_client() {
+    local prog=$1 a pw= args=()
+    shift
     for a in "$@"; do
-        if [[ "$a" =~ ^(postgres(ql)?://[^:@/]+):([^@/]*)@(.*)$ ]]; then
+        if [[ "$a" =~ ^(postgres(ql)?://[^:@/]+):([^@]*)@(.*)$ ]]; then
             pw=${BASH_REMATCH[3]}
+            pw=${pw//\\/\\\\}
+            printf -v pw '%b' "${pw//%/\\x}"
             a="${BASH_REMATCH[1]}@${BASH_REMATCH[4]}"
         fi
         args+=("$a")
     done
     if [ -n "$pw" ]; then
-        PGPASSWORD=$pw command psql "${args[@]}"
+        PGPASSWORD=$pw command "$prog" "${args[@]}"
     else
-        command psql "$@"
+        command "$prog" "$@"
     fi
 }
+psql() { pg_client psql "$@"; }
+pgbench() { pg_client pgbench "$@"; }
 
 # mgmt_curl ARGS...: curl as the broker administrator, the credentials in a
 # netrc read from a pipe (curl -u would put them on its command line).

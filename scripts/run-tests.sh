@@ -110,7 +110,7 @@ use_test_env
 say "the tests' database $ORDERSUITE_DB and vhost $ORDERSUITE_VHOST, made afresh"
 # A fresh database: dropped (ending what still holds it) and made again by
 # migrate. Only ever TEST_DB and TEST_VHOST, never the dev ones.
-psql -X -q -v ON_ERROR_STOP=1 "postgresql://ordersuite_owner:$PG_OWNER_PASSWORD@127.0.0.1:$PG_PORT/postgres" \
+PGPASSWORD=$PG_OWNER_PASSWORD psql -X -q -v ON_ERROR_STOP=1 "postgresql://ordersuite_owner@127.0.0.1:$PG_PORT/postgres" \
     -c "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" >"$VAR/log/tests-reset.log" 2>&1 ||
     die "dropping the tests' database failed; see $VAR/log/tests-reset.log"
 # An empty vhost: its queues and exchanges deleted through the management API

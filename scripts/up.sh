@@ -183,9 +183,12 @@ EOF
 bootstrap_postgres() {
     wait_for 30 "PostgreSQL" pg_super -d postgres -c 'SELECT 1' ||
         die "PostgreSQL does not answer; see $VAR/log/postgresql/postgresql.log"
-    pg_super -d postgres -v pw="$PG_OWNER_PASSWORD" <<'EOF'
+    # The password reaches psql in its environment (\getenv), never on its
+    # command line (psql -v), where every user of the machine could read it.
+    PG_OWNER_PASSWORD=$PG_OWNER_PASSWORD pg_super -d postgres <<'EOF'
 SELECT 'CREATE ROLE ordersuite_owner LOGIN CREATEDB CREATEROLE'
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ordersuite_owner') \gexec
+\getenv pw PG_OWNER_PASSWORD
 ALTER ROLE ordersuite_owner PASSWORD :'pw';
 -- Lets tools and tests end a service's backend (never a superuser's).
 GRANT pg_signal_backend TO ordersuite_owner;
