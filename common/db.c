@@ -118,20 +118,39 @@ static void connect_sqlstate(const char *msg, char out[6])
     }
 }
 
-/* connect_timeout of pg's options in ms (libpq's rules: at least 2 s; 0 or
- * unset means none, -1). */
-static int connect_timeout_ms(PGconn *pg)
+#define DB_CONNECT_TIMEOUT_S "5" /* db_connect's, unless the URL sets its own */
+
+/* connect_timeout in ms of opts' value (libpq's rules: at least 2 s; 0 or
+ * unset means none, -1); dflt when opts does not set it. */
+static int connect_timeout_of(PQconninfoOption *opts, long dflt)
 {
-    PQconninfoOption *opts = PQconninfo(pg);
-    long s = 0;
+    long s = dflt;
     for (PQconninfoOption *o = opts; o && o->keyword; o++) {
         if (strcmp(o->keyword, "connect_timeout") == 0 && o->val)
             s = strtol(o->val, NULL, 10);
     }
-    PQconninfoFree(opts);
     if (s <= 0)
         return -1;
     return (int)(s < 2 ? 2 : s > 3600 ? 3600 : s) * 1000;
+}
+
+static int connect_timeout_ms(PGconn *pg)
+{
+    PQconninfoOption *opts = PQconninfo(pg);
+    int ms = connect_timeout_of(opts, 0);
+    PQconninfoFree(opts);
+    return ms;
+}
+
+int db_connect_timeout_ms(const char *conninfo)
+{
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+    int ms;
+    if (!opts)
+        return -2;
+    ms = connect_timeout_of(opts, strtol(DB_CONNECT_TIMEOUT_S, NULL, 10));
+    PQconninfoFree(opts);
+    return ms;
 }
 
 /* Drives PQconnectPoll until pg is connected (0), failed (-1) or the
@@ -181,8 +200,8 @@ int db_connect(db_conn *db, char *err, size_t errlen)
     const char *keys[] = {"connect_timeout",  "keepalives_idle",  "keepalives_interval",
                           "keepalives_count", "tcp_user_timeout", "application_name",
                           "options",          "dbname",           NULL};
-    const char *vals[] = {"5",         "10",        "5",          "3", "15000",
-                          db->appname, db->options, db->conninfo, NULL};
+    const char *vals[] = {DB_CONNECT_TIMEOUT_S, "10",        "5",          "3", "15000",
+                          db->appname,          db->options, db->conninfo, NULL};
     PQconninfoOption *parsed;
     char *perr = NULL;
     int rc;

@@ -48,6 +48,11 @@ typedef struct {
 /* Sets t for the next connections of db (call before db_connect). */
 void db_set_timeouts(db_conn *db, const db_timeouts *t);
 
+/* The longest db_connect waits for a connection to conninfo, in ms: its
+ * connect_timeout (libpq's rules: at least 2 s), 5 s when it sets none; -1
+ * when it turns the limit off (0), -2 when conninfo does not parse. */
+int db_connect_timeout_ms(const char *conninfo);
+
 /* Closes the connection and frees the handle. db_free(NULL) is a no-op. */
 void db_free(db_conn *db);
 

@@ -882,6 +882,7 @@ static void backlog_makes_unready(const char *max_rows, const char *max_age, con
                          "OPS_PORT=18086",
                          "DB_LOCK_TIMEOUT_MS=60000",
                          "DB_STATEMENT_TIMEOUT_MS=60000",
+                         "ORDER_WRITE_TIMEOUT_MS=70000",
                          TU_API_TOKENS,
                          NULL};
     const tu_svc_opts o = {.exe = "order-api",

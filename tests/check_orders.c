@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #define API_PORT "18070"
 #define API      "http://127.0.0.1:" API_PORT
@@ -304,15 +305,21 @@ START_TEST(a_failing_order_in_a_batch_holds_back_nothing)
 }
 END_TEST
 
-/* A request does not wait for the writer past ORDER_WRITE_TIMEOUT_MS: with
- * the writer held on a lock, the order it is writing and the one queued
- * behind it are both answered 503 (Retry-After) in time; the queued one is
- * withdrawn, never stored, and the one being written is stored once the lock
- * goes (as its 503 says it may be). */
+/* A request does not wait for the writer past ORDER_WRITE_TIMEOUT_MS, and
+ * its 503 is never "may have been stored": with the writer held on a lock,
+ * its statement ends at DB_STATEMENT_TIMEOUT_MS, well within the wait (as
+ * order-api's start insists), so the order it is writing and the one queued
+ * behind it are both answered 503 before the wait runs out, and neither is
+ * stored once the lock goes. */
 START_TEST(a_request_waits_for_the_writer_at_most_order_write_timeout_ms)
 {
-    const char *env[] = {"HTTP_PORT=18071",          "OPS_PORT=0",  "ORDER_WRITE_TIMEOUT_MS=1000",
-                         "DB_LOCK_TIMEOUT_MS=60000", TU_API_TOKENS, NULL};
+    const char *env[] = {"HTTP_PORT=18071",
+                         "OPS_PORT=0",
+                         "ORDER_WRITE_TIMEOUT_MS=6000",
+                         "DB_STATEMENT_TIMEOUT_MS=500",
+                         "DB_LOCK_TIMEOUT_MS=60000",
+                         TU_API_TOKENS,
+                         NULL};
     const tu_svc_opts o = {.exe = "order-api",
                            .amqp_env = "ORDER_API_AMQP_URL",
                            .db_env = "ORDERS_DATABASE_URL",
@@ -346,16 +353,49 @@ START_TEST(a_request_waits_for_the_writer_at_most_order_write_timeout_ms)
     took = util_now_ms() - t0;
     ck_assert_msg(p[0].code == 503 && p[1].code == 503, "statuses %ld and %ld, want 503 and 503",
                   p[0].code, p[1].code);
-    ck_assert_msg(took < 6000, "the requests were answered after %lld ms", (long long)took);
+    ck_assert_msg(took < 5000, "the requests were answered after %lld ms", (long long)took);
     r = PQexec(hold, "COMMIT");
     PQclear(r);
     PQfinish(hold);
-    /* The one the writer held is written now; the queued one never is. */
-    tu_await_count(10000, "SELECT count(*) FROM orders.orders WHERE customer_id = $1",
-                   p[0].customer, 1);
+    /* Both statements had ended (57014) when their requests were answered:
+     * neither order is written, now or later. */
     tu_svc_stop_ok(&api); /* its writer has finished: nothing more can come */
     ck_assert_int_eq(
+        tu_count("SELECT count(*) FROM orders.orders WHERE customer_id = $1", p[0].customer), 0);
+    ck_assert_int_eq(
         tu_count("SELECT count(*) FROM orders.orders WHERE customer_id = $1", p[1].customer), 0);
+}
+END_TEST
+
+/* order-api refuses to start when a request's wait for the writer could end
+ * while the writer's statement still runs (ORDER_WRITE_TIMEOUT_MS at or below
+ * DB_STATEMENT_TIMEOUT_MS plus the connect timeout, 5 s unless DATABASE_URL
+ * says otherwise): that 503 could not say whether the order was stored. */
+START_TEST(a_write_wait_within_the_statement_timeout_is_refused_at_start)
+{
+    static const char *const bad[][3] = {
+        {"ORDER_WRITE_TIMEOUT_MS=10000", "DB_STATEMENT_TIMEOUT_MS=15000", NULL},
+        {"ORDER_WRITE_TIMEOUT_MS=20000", "DB_STATEMENT_TIMEOUT_MS=15000", NULL},
+        {"ORDER_WRITE_TIMEOUT_MS=60000", "DB_STATEMENT_TIMEOUT_MS=0", NULL},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *env[] = {"HTTP_PORT=18072", "OPS_PORT=0",  bad[i][0],
+                             bad[i][1],         TU_API_TOKENS, NULL};
+        const tu_svc_opts o = {.exe = "order-api",
+                               .amqp_env = "ORDER_API_AMQP_URL",
+                               .db_env = "ORDERS_DATABASE_URL",
+                               .env = env,
+                               .log = "orders-order-api-refused"};
+        tu_svc s;
+        int st;
+        tu_svc_spawn(&s, &o);
+        st = tu_svc_wait(&s, 10000);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s %s: order-api did not exit 1",
+                      bad[i][0], bad[i][1]);
+        ck_assert_msg(tu_file_count(s.log, "configuration: ORDER_WRITE_TIMEOUT_MS", NULL) > 0,
+                      "%s %s: no configuration error naming ORDER_WRITE_TIMEOUT_MS", bad[i][0],
+                      bad[i][1]);
+    }
 }
 END_TEST
 
@@ -369,6 +409,7 @@ int main(void)
     tcase_add_test(c, orders_posted_together_are_committed_together_and_each_gets_its_own);
     tcase_add_test(c, a_failing_order_in_a_batch_holds_back_nothing);
     tcase_add_test(c, a_request_waits_for_the_writer_at_most_order_write_timeout_ms);
+    tcase_add_test(c, a_write_wait_within_the_statement_timeout_is_refused_at_start);
     suite_add_tcase(s, c);
     return tu_run(s);
 }

@@ -395,6 +395,25 @@ START_TEST(only_a_permanently_failed_batch_of_several_falls_back_to_one_by_one)
 }
 END_TEST
 
+/* The writer's wait must outlast its statement and its connect, or a 503
+ * could not say whether the order was stored. */
+START_TEST(a_write_wait_not_longer_than_statement_and_connect_is_refused)
+{
+    char err[256];
+    /* The old defaults: 10 s wait, 15 s statement, 5 s connect. */
+    ck_assert_int_eq(api_write_wait_check(10000, 15000, 5000, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "ORDER_WRITE_TIMEOUT_MS=10000"));
+    ck_assert_int_eq(api_write_wait_check(20000, 15000, 5000, err, sizeof(err)), -1);
+    ck_assert_int_eq(api_write_wait_check(20001, 15000, 5000, err, sizeof(err)), 0);
+    ck_assert_int_eq(api_write_wait_check(API_WRITE_WAIT_DEFAULT, 15000, 5000, err, sizeof(err)),
+                     0);
+    /* No statement timeout, or no connect timeout: no wait is long enough. */
+    ck_assert_int_eq(api_write_wait_check(600000, 0, 5000, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "DB_STATEMENT_TIMEOUT_MS"));
+    ck_assert_int_eq(api_write_wait_check(600000, 15000, -1, err, sizeof(err)), -1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_api");
@@ -411,6 +430,7 @@ int main(void)
     tcase_add_test(pr, an_unknown_sku_or_another_currency_is_the_clients_error);
     tcase_add_test(pr, an_order_at_every_maximum_travels_to_the_write_exactly);
     tcase_add_test(pr, only_a_permanently_failed_batch_of_several_falls_back_to_one_by_one);
+    tcase_add_test(pr, a_write_wait_not_longer_than_statement_and_connect_is_refused);
     tcase_add_test(i, an_idempotency_key_is_1_to_200_printable_ascii_characters);
     tcase_add_test(i, an_earlier_order_with_the_key_is_replayed_or_a_conflict);
     tcase_add_test(a, api_tokens_are_parsed_and_a_bearer_token_finds_its_client);

@@ -160,7 +160,7 @@ int api_store(db_conn *db, struct cJSON *const *rows, size_t n, char **docs, cha
 /* ----------------------------------------------------------- writer.c */
 
 #define API_BATCH_MAX_DEFAULT  64    /* ORDER_BATCH_MAX: orders in one write, at most */
-#define API_WRITE_WAIT_DEFAULT 10000 /* ORDER_WRITE_TIMEOUT_MS: a request's wait, at most */
+#define API_WRITE_WAIT_DEFAULT 25000 /* ORDER_WRITE_TIMEOUT_MS: a request's wait, at most */
 
 typedef struct {
     const char *database_url;
@@ -196,6 +196,14 @@ int api_writer_store(api_writer *w, struct cJSON *row, char **doc, char sqlstate
  * (written; the database away, DB_ERR_TRANSIENT: each gets that error; a
  * lone order: the outcome is already its own). Pure. */
 int api_batch_falls_back(int rc, size_t n);
+
+/* ORDER_WRITE_TIMEOUT_MS (wait_ms) against the writer connection's limits:
+ * 0 when wait_ms is more than statement_ms (DB_STATEMENT_TIMEOUT_MS) plus
+ * connect_ms (db_connect_timeout_ms); else -1 with err, a configuration
+ * error (also when either limit is off, 0 / -1: the writer's statement
+ * could then outlast any wait). Pure. */
+int api_write_wait_check(long wait_ms, long statement_ms, long connect_ms, char *err,
+                         size_t errlen);
 
 /* What the writer did so far (logs and tests). */
 typedef struct {

@@ -17,7 +17,9 @@
  * POST /orders hands each order it accepts to the writer (writer.c), which
  * commits the orders that arrive together in one statement:
  * ORDER_BATCH_MAX (64, 1-1000) orders at most, and a request waits at most
- * ORDER_WRITE_TIMEOUT_MS (10000) for its commit before a 503.
+ * ORDER_WRITE_TIMEOUT_MS (25000) for its commit before a 503; it must be more
+ * than DB_STATEMENT_TIMEOUT_MS plus the connect timeout, or order-api does
+ * not start.
  *
  * API_TOKENS (required; usually API_TOKENS_FILE, a file holding the value)
  * lists each client's bearer tokens as SHA-256 hashes (scripts/api-token.sh);
@@ -165,7 +167,9 @@ int main(int argc, char **argv)
                               .batch_max = (int)batch_max,
                               .wait_ms = (int)write_ms};
         if (api_tokens_parse(tokens, &ctx.tokens, &ctx.ntokens, err, sizeof(err)) < 0 ||
-            worker_db_timeouts(&ctx.timeouts, err, sizeof(err)) < 0)
+            worker_db_timeouts(&ctx.timeouts, err, sizeof(err)) < 0 ||
+            api_write_wait_check(write_ms, ctx.timeouts.statement_ms, db_connect_timeout_ms(db_url),
+                                 err, sizeof(err)) < 0)
             goto config_error;
         log_info("%zu API tokens", ctx.ntokens);
         ctx.database_url = db_url;

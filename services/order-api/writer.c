@@ -18,7 +18,10 @@
  * A request waits at most ORDER_WRITE_TIMEOUT_MS for its write. An order the
  * writer has not taken by then is withdrawn, never written; one it is
  * already writing is left to it (the answer is a 503 either way, and the
- * Idempotency-Key tells a retry which it was).
+ * Idempotency-Key tells a retry which it was). order-api refuses to start
+ * unless that wait is longer than DB_STATEMENT_TIMEOUT_MS plus the connect
+ * timeout (api_write_wait_check), so an order the writer takes as soon as it
+ * arrives has its outcome before its request stops waiting.
  */
 #include "api.h"
 
@@ -103,6 +106,26 @@ static int write_together(api_writer *w, api_write **batch, size_t n)
             w->stats.largest = n;
     }
     return rc;
+}
+
+int api_write_wait_check(long wait_ms, long statement_ms, long connect_ms, char *err, size_t errlen)
+{
+    if (statement_ms <= 0 || connect_ms < 0) {
+        snprintf(err, errlen,
+                 "ORDER_WRITE_TIMEOUT_MS=%ld needs a bound on the writer's statement: "
+                 "DB_STATEMENT_TIMEOUT_MS and DATABASE_URL's connect_timeout must not be 0",
+                 wait_ms);
+        return -1;
+    }
+    if (wait_ms <= statement_ms + connect_ms) {
+        snprintf(err, errlen,
+                 "ORDER_WRITE_TIMEOUT_MS=%ld must be more than DB_STATEMENT_TIMEOUT_MS (%ld) plus "
+                 "the connect timeout (%ld ms): a request could stop waiting while its order "
+                 "is still being written",
+                 wait_ms, statement_ms, connect_ms);
+        return -1;
+    }
+    return 0;
 }
 
 int api_batch_falls_back(int rc, size_t n)
