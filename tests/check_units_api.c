@@ -379,19 +379,29 @@ START_TEST(a_problem_without_detail_or_field_leaves_them_out)
 END_TEST
 
 /* The writer's batch fallback: only a batch of several orders that failed
- * for a reason of its own is written again one by one. */
-START_TEST(only_a_permanently_failed_batch_of_several_falls_back_to_one_by_one)
+ * for a reason that may be one order's own (a permanent error, or a wait for
+ * a lock, 55P03 / 40P01, e.g. on its Idempotency-Key) is written again one
+ * by one. */
+START_TEST(only_a_batch_of_several_failed_by_one_order_falls_back_to_one_by_one)
 {
-    ck_assert_int_eq(api_batch_falls_back(DB_ERR, 2), 1);
-    ck_assert_int_eq(api_batch_falls_back(DB_ERR, API_BATCH_MAX_DEFAULT), 1);
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR, "23505", 2), 1);
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR, "", API_BATCH_MAX_DEFAULT), 1);
+    /* A lock wait may be one order's: a same-key INSERT held by another
+     * session (55P03 lock_not_available, 40P01 deadlock_detected). */
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR_TRANSIENT, "55P03", 2), 1);
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR_TRANSIENT, "40P01", API_BATCH_MAX_DEFAULT), 1);
     /* A lone order's failure is already its own. */
-    ck_assert_int_eq(api_batch_falls_back(DB_ERR, 1), 0);
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR, "23505", 1), 0);
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR_TRANSIENT, "55P03", 1), 0);
     /* Written: nothing to do again. */
-    ck_assert_int_eq(api_batch_falls_back(DB_OK, 1), 0);
-    ck_assert_int_eq(api_batch_falls_back(DB_OK, API_BATCH_MAX_DEFAULT), 0);
-    /* The database is away: one by one would fail the same; all get it. */
-    ck_assert_int_eq(api_batch_falls_back(DB_ERR_TRANSIENT, 1), 0);
-    ck_assert_int_eq(api_batch_falls_back(DB_ERR_TRANSIENT, API_BATCH_MAX_DEFAULT), 0);
+    ck_assert_int_eq(api_batch_falls_back(DB_OK, "", 1), 0);
+    ck_assert_int_eq(api_batch_falls_back(DB_OK, "", API_BATCH_MAX_DEFAULT), 0);
+    /* The database is away or slow: one by one would fail the same; all get
+     * it. */
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR_TRANSIENT, "", 1), 0);
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR_TRANSIENT, "", API_BATCH_MAX_DEFAULT), 0);
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR_TRANSIENT, "57014", API_BATCH_MAX_DEFAULT), 0);
+    ck_assert_int_eq(api_batch_falls_back(DB_ERR_TRANSIENT, "08006", API_BATCH_MAX_DEFAULT), 0);
 }
 END_TEST
 
@@ -429,7 +439,7 @@ int main(void)
                         (int)(sizeof(bad_prices) / sizeof(bad_prices[0])));
     tcase_add_test(pr, an_unknown_sku_or_another_currency_is_the_clients_error);
     tcase_add_test(pr, an_order_at_every_maximum_travels_to_the_write_exactly);
-    tcase_add_test(pr, only_a_permanently_failed_batch_of_several_falls_back_to_one_by_one);
+    tcase_add_test(pr, only_a_batch_of_several_failed_by_one_order_falls_back_to_one_by_one);
     tcase_add_test(pr, a_write_wait_not_longer_than_statement_and_connect_is_refused);
     tcase_add_test(i, an_idempotency_key_is_1_to_200_printable_ascii_characters);
     tcase_add_test(i, an_earlier_order_with_the_key_is_replayed_or_a_conflict);

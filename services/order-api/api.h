@@ -190,12 +190,14 @@ int api_writer_store(api_writer *w, struct cJSON *row, char **doc, char sqlstate
                      size_t errlen);
 
 /* The batch fallback: after the write of a batch of n orders ended with rc
- * (DB_OK or a db error), 1 when its orders are written again one per
- * statement (a permanent error, DB_ERR, of a batch of more than one: one
- * order's fault must not fail the others), 0 when rc stands for all of them
- * (written; the database away, DB_ERR_TRANSIENT: each gets that error; a
- * lone order: the outcome is already its own). Pure. */
-int api_batch_falls_back(int rc, size_t n);
+ * (DB_OK or a db error) and sqlstate (its statement's, "" when none), 1 when
+ * its orders are written again one per statement: a permanent error, DB_ERR,
+ * or a lock wait, 55P03 / 40P01, which may be one order's own (a same-key
+ * INSERT held by another session), of a batch of more than one (one order's
+ * fault must not fail the others); 0 when rc stands for all of them
+ * (written; the database away or slow, any other DB_ERR_TRANSIENT: each
+ * gets that error; a lone order: the outcome is already its own). Pure. */
+int api_batch_falls_back(int rc, const char *sqlstate, size_t n);
 
 /* ORDER_WRITE_TIMEOUT_MS (wait_ms) against the writer connection's limits:
  * 0 when wait_ms is more than statement_ms (DB_STATEMENT_TIMEOUT_MS) plus

@@ -13,7 +13,11 @@
  * one order per statement, as the workers' dispatch does with a failed
  * batch, and each order gets its own outcome. A batch that fails because the
  * database is away (a transient error) is not tried again: every order in it
- * gets the error (the API answers 503), as a request writing alone did.
+ * gets the error (the API answers 503), as a request writing alone did;
+ * except a wait for a lock (55P03, 40P01), which may be one order's own (a
+ * same-key INSERT held by another session): that batch falls back too, and
+ * an order whose request would stop waiting before its own statement could
+ * end is then left unwritten (503, not stored).
  *
  * A request waits at most ORDER_WRITE_TIMEOUT_MS for its write. An order the
  * writer has not taken by then is withdrawn, never written; one it is
@@ -26,6 +30,7 @@
 #include "api.h"
 
 #include "log.h"
+#include "util.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -45,6 +50,7 @@ typedef struct api_write {
     write_state state;
     int abandoned; /* the request stopped waiting: the writer frees it */
     int rc;        /* the outcome: DB_OK or a db error */
+    int64_t until; /* util_now_ms() when its request stops waiting */
     char sqlstate[6];
     char err[DB_ERR_LEN];
     char *doc;
@@ -57,6 +63,7 @@ struct api_writer {
     api_write *head, *tail;
     int stop;
     int batch_max, wait_ms;
+    long statement_ms; /* the writer connection's statement_timeout, 0: none */
     pthread_t thread;
     /* The writer thread's alone: */
     db_conn *db;
@@ -128,9 +135,16 @@ int api_write_wait_check(long wait_ms, long statement_ms, long connect_ms, char 
     return 0;
 }
 
-int api_batch_falls_back(int rc, size_t n)
+int api_batch_falls_back(int rc, const char *sqlstate, size_t n)
 {
-    return rc == DB_ERR && n > 1;
+    if (n < 2)
+        return 0;
+    if (rc == DB_ERR)
+        return 1;
+    /* A lock wait may be one order's own (a same-key INSERT another session
+     * holds): the others must not pay for it. */
+    return rc == DB_ERR_TRANSIENT && sqlstate &&
+           (strcmp(sqlstate, "55P03") == 0 || strcmp(sqlstate, "40P01") == 0);
 }
 
 /* The write of one batch, with the fallback one by one. */
@@ -148,13 +162,22 @@ static void write_batch(api_writer *w, api_write **batch, size_t n)
         return;
     }
     rc = write_together(w, batch, n);
-    if (!api_batch_falls_back(rc, n))
+    if (!api_batch_falls_back(rc, batch[0]->sqlstate, n))
         return; /* written, or the database is away: the outcome stands for all */
     log_warn("writer: a batch of %zu orders failed (%s); writing them one by one", n,
              batch[0]->err);
     w->stats.fallbacks++;
     for (size_t i = 0; i < n; i++) {
         batch[i]->sqlstate[0] = '\0';
+        /* One by one, lock waits add up: an order whose request would stop
+         * waiting before its statement could end is not written (its 503
+         * then says so, rather than "may have been stored"). */
+        if (w->statement_ms <= 0 || util_now_ms() + w->statement_ms >= batch[i]->until) {
+            batch[i]->rc = DB_ERR_TRANSIENT;
+            snprintf(batch[i]->err, sizeof(batch[i]->err),
+                     "not written: its batch failed and too little of its wait was left");
+            continue;
+        }
         if (db_ensure(w->db, err, sizeof(err)) != DB_OK) {
             batch[i]->rc = DB_ERR_TRANSIENT;
             snprintf(batch[i]->err, sizeof(batch[i]->err), "%s", err);
@@ -216,8 +239,10 @@ api_writer *api_writer_start(const api_writer_opts *o, char *err, size_t errlen)
     w->docs = calloc((size_t)w->batch_max, sizeof(*w->docs));
     if (!w->db || !w->batch || !w->rows || !w->docs)
         goto oom;
-    if (o->timeouts)
+    if (o->timeouts) {
         db_set_timeouts(w->db, o->timeouts);
+        w->statement_ms = o->timeouts->statement_ms;
+    }
     w->wait_ms = o->wait_ms > 0 ? o->wait_ms : API_WRITE_WAIT_DEFAULT;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->work, NULL);
@@ -291,6 +316,7 @@ int api_writer_store(api_writer *w, cJSON *row, char **doc, char sqlstate[6], ch
         return DB_ERR_TRANSIENT;
     }
     x->row = row;
+    x->until = util_now_ms() + w->wait_ms;
     clock_gettime(CLOCK_MONOTONIC, &until);
     until.tv_sec += w->wait_ms / 1000;
     until.tv_nsec += (long)(w->wait_ms % 1000) * 1000000L;
