@@ -93,6 +93,18 @@ load_start() { # TAG RATE SECONDS [loadgen args]: orders (and sales) in the back
         -r "$rate" -d "$secs" --retry 90 -o "$WORK/$tag.ids" "$@" >"$WORK/$tag.load" 2>&1 &
     LOAD_PID=$!
 }
+# load_flowing [N]: waits (bounded) until N (5) orders of the load ($TAG) are
+# CONFIRMED, so a fault hits a load that runs end to end rather than one still
+# starting.
+load_confirmed_ge() {
+    [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
+        WHERE customer_id = '$TAG' AND status = 'CONFIRMED'")" -ge "$1" ]
+}
+load_flowing() {
+    local n=${1:-5}
+    wait_for 30 "the load's first $n orders confirmed" load_confirmed_ge "$n" ||
+        { echo "    FAIL: not $n orders of the load confirmed within 30 s"; return 1; }
+}
 load_wait() {
     wait "$LOAD_PID"
     local rc=$?
@@ -125,6 +137,27 @@ check() {
     ROWS+=("$(printf '%-34s %6s %9s %5s %10s %5s %12s  %s' "$name" "${sent:-0}" "${done:-0}" \
         "${lost:-?}" "${dup:-?}" "${stuck:-?}" "$recovery" \
         "$ok$([ "${bad:-0}" != 0 ] && echo " (inconsistent $bad)")")")
+}
+
+# The broker's figures, from the management API (as the ledger reads them:
+# rabbitmqctl takes seconds a call on a busy machine, longer than a step of
+# scenario 1 may). Each fails when the API does not answer.
+queue_unacked() { # QUEUE: deliveries of it that consumers hold unacked (up to 5 s old)
+    mgmt_curl -fsS -m 5 "http://127.0.0.1:$MGMT_PORT/api/queues/$(vhost_api)/$1?columns=messages_unacknowledged" |
+        python3 -c 'import json, sys; print(int(json.load(sys.stdin)["messages_unacknowledged"]))'
+}
+holds_unacked() {
+    local n
+    n=$(queue_unacked "$1") && [ "$n" -gt 0 ]
+}
+user_connections() { # USER: its connections to this environment's vhost
+    mgmt_curl -fsS -m 5 "http://127.0.0.1:$MGMT_PORT/api/vhosts/$(vhost_api)/connections?columns=user" |
+        python3 -c 'import json, sys; print(sum(c["user"] == sys.argv[1] for c in json.load(sys.stdin)))' "$1"
+}
+# The API drops a connection once the broker has closed it, never before.
+no_connection_of() {
+    local n
+    n=$(user_connections "$1") && [ "$n" = 0 ]
 }
 
 dlq_depth() { # SERVICE
@@ -217,14 +250,20 @@ scenario_1() {
     TAG=c1-$RUNID
     say "1: kill -9 each worker in turn, $rounds round(s), under load"
     load_start "$TAG" 60 "$secs" --sales 200
-    sleep 2
+    load_flowing || ok=0
     for _ in $(seq 1 "$rounds"); do
         for w in "${WORKERS[@]}"; do
             # Stopped first, it holds up to PREFETCH deliveries unacked: the
-            # kill then always leaves some for the broker to deliver again.
+            # kill is made once the broker shows some, so it always leaves
+            # some for the broker to deliver again.
             red=$((red + $(metric "$w" ordersuite_messages_redelivered_total)))
             kill -STOP "$(pid_of "$w")"
-            sleep 1
+            if wait_for 15 "$w to hold deliveries unacked" holds_unacked "$w"; then
+                echo "    $w stopped, holding deliveries unacked"
+            else
+                echo "    FAIL: $w stopped held no delivery unacked within 15 s"
+                ok=0
+            fi
             svc kill "$w"
             t0=$(now_ms)
             restart "$w" || ok=0
@@ -278,10 +317,16 @@ scenario_3() {
     TAG=c3-$RUNID
     say "3: kill -9 order-api mid-load; clients retry with the same key"
     load_start "$TAG" 80 "$secs"
-    sleep 3
+    load_flowing || ok=0
     svc kill order-api
     t0=$(now_ms)
-    sleep 1
+    # Down until it is started again: the clients' POSTs are refused meanwhile.
+    refused() {
+        api_curl -s -m 2 -o /dev/null -X POST -H 'Content-Type: application/json' -d '{}' "$API/orders"
+        [ $? = 7 ] # curl: could not connect
+    }
+    wait_for 10 "order-api to refuse connections" refused ||
+        { echo "    FAIL: order-api still takes connections after kill -9"; ok=0; }
     restart order-api || ok=0
     r=$(elapsed_s "$t0")
     load_wait || ok=0
@@ -294,7 +339,7 @@ scenario_4() {
     TAG=c4-$RUNID
     say "4: kill -9 the RabbitMQ node, start it again"
     load_start "$TAG" 40 "$secs" --sales 100
-    sleep 3
+    load_flowing || ok=0
     # Our node only (its home is under var/), not any other RabbitMQ on the machine.
     local node="beam.smp.* -home $VAR/rabbitmq/home"
     pkill -KILL -u rabbitmq -f "$node" || ok=0
@@ -323,7 +368,7 @@ scenario_5() {
     TAG=c5-$RUNID
     say "5: PostgreSQL stopped with -m immediate, then started"
     load_start "$TAG" 40 20
-    sleep 3
+    load_flowing || ok=0
     pgctl stop -m immediate >/dev/null || ok=0
     start=$(now_ms)
     code=$(api_curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
@@ -389,15 +434,24 @@ scenario_6() {
 }
 
 scenario_7() {
-    local ok=1 red
+    local ok=1 red t0
     TAG=c7-$RUNID
     say "7: billing stalls (SIGSTOP) past a 5 s heartbeat"
     svc stop billing
     restart billing HEARTBEAT_S=5 || ok=0
     load_start "$TAG" 40 25
-    sleep 3
+    load_flowing || ok=0
+    [ "$(user_connections billing)" -ge 1 ] || { echo "    FAIL: billing has no broker connection"; ok=0; }
     kill -STOP "$(pid_of billing)"
-    sleep 16 # the stall itself: > 2 heartbeats, so the broker closes the connection
+    t0=$(now_ms)
+    # The stall lasts until the broker has closed billing's connection (two
+    # heartbeats missed, about 10 s), bounded; then billing runs again.
+    if wait_for 40 "the broker to close billing's connection" no_connection_of billing; then
+        echo "    the broker closed billing's connection $(elapsed_s "$t0") s into the stall"
+    else
+        echo "    FAIL: billing's connection still open after a $(elapsed_s "$t0") s stall"
+        ok=0
+    fi
     kill -CONT "$(pid_of billing)"
     wait_for 30 "billing to reconnect" svc_ready billing || ok=0
     load_wait || ok=0
@@ -423,9 +477,7 @@ scenario_rowlock() {
     say "rowlock: a stock row ($sku) held 12 s in an open transaction, under 40 orders/s"
     retried0=$(metric inventory ordersuite_messages_retried_total)
     load_start "$TAG" 40 20
-    flowing() { [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
-        WHERE customer_id = '$TAG' AND status = 'CONFIRMED'")" -ge 20 ]; }
-    wait_for 30 "the load's first orders confirmed" flowing || ok=0
+    load_flowing 20 || ok=0
     psql -qAt "$OWNER_DATABASE_URL" -v sku="$sku" >/dev/null 2>&1 <<'SQL' &
 BEGIN;
 SELECT on_hand FROM inventory.stock WHERE sku = :'sku' FOR UPDATE;
@@ -442,7 +494,7 @@ SQL
             [ "${code%% *}" = 200 ] || ok=0
             [ "$ms" -gt "$worst" ] && worst=$ms
         done
-        sleep 0.2
+        sleep 0.2 # the probes' interval while the row is held (11 s), not a wait
     done
     wait "$lockpid" || ok=0
     retried=$(($(metric inventory ordersuite_messages_retried_total) - retried0))
@@ -638,9 +690,7 @@ scenario_unroutable() {
     dup0=$(metric_key order-api ordersuite_messages_duplicate_total inventory.released)
     released_binding DELETE || { echo "    FAIL: could not unbind inventory.released"; ok=0; }
     load_start "$TAG" 20 "$secs" "${e2e[@]}"
-    flowing() { [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
-        WHERE customer_id = '$TAG' AND status = 'CONFIRMED'")" -ge 5 ]; }
-    wait_for 30 "the load's first orders confirmed" flowing || ok=0
+    load_flowing 5 || ok=0
     # Over the credit limit: billing refuses the payment, inventory releases
     # the stock and publishes inventory.released, which nothing can route.
     # A customer of their own (loadgen's latency is for its own orders, and
