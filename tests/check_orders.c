@@ -367,6 +367,70 @@ START_TEST(a_request_waits_for_the_writer_at_most_order_write_timeout_ms)
 }
 END_TEST
 
+/* A batch that waits past DB_LOCK_TIMEOUT_MS (55P03) for one order's
+ * Idempotency-Key, held uncommitted by another session (as another order-api
+ * instance's write would), is written again one by one: the neighbours are
+ * stored and answered 201, only the held key's order gets its 503. (The
+ * limits leave each order, after two lock waits, a statement's time of its
+ * wait: the fallback writes no order with less.) */
+START_TEST(a_lock_wait_on_one_orders_key_holds_back_nothing)
+{
+    enum { N = 6, K = 3 };
+    const char *env[] = {"HTTP_PORT=18073",
+                         "OPS_PORT=0",
+                         "HTTP_THREADS=8",
+                         "DB_LOCK_TIMEOUT_MS=3000",
+                         "DB_STATEMENT_TIMEOUT_MS=6000",
+                         "ORDER_WRITE_TIMEOUT_MS=25000",
+                         TU_API_TOKENS,
+                         NULL};
+    const tu_svc_opts o = {.exe = "order-api",
+                           .amqp_env = "ORDER_API_AMQP_URL",
+                           .db_env = "ORDERS_DATABASE_URL",
+                           .env = env,
+                           .log = "orders-order-api-keylock",
+                           .ready_url = "http://127.0.0.1:18073/readyz"};
+    post p[N];
+    char tag[64];
+    const char *kp[1];
+    tu_svc api;
+    PGconn *held;
+    PGresult *r;
+
+    tu_svc_start(&api, &o);
+    snprintf(tag, sizeof(tag), "gck-%lld", (long long)util_wall_us());
+    make_posts(p, N, tag);
+    for (int i = 0; i < N; i++)
+        p[i].base = "http://127.0.0.1:18073/orders";
+    snprintf(p[K].key, sizeof(p[K].key), "%s-held", tag);
+    kp[0] = p[K].key;
+    held = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_int_eq(PQstatus(held), CONNECTION_OK);
+    r = PQexec(held, "BEGIN");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQexecParams(held,
+                     "INSERT INTO orders.orders (id, customer_id, customer_email, currency,"
+                     " total_minor, idempotency_key, client_id) VALUES (gen_random_uuid(),"
+                     " 'held', 'held@example.com', 'EUR', 0, $1, 'tests')",
+                     1, NULL, kp, NULL, NULL, 0);
+    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s", PQerrorMessage(held));
+    PQclear(r);
+    post_held(p, N); /* p[1..N), p[K] among them, in one batch */
+    r = PQexec(held, "ROLLBACK");
+    PQclear(r);
+    PQfinish(held);
+    for (int i = 0; i < N; i++) {
+        if (i != K)
+            assert_own_order(&p[i]);
+    }
+    ck_assert_msg(p[K].code == 503, "the held key's order: status %ld, want 503", p[K].code);
+    ck_assert_msg(tu_file_count(api.log, "writing them one by one", NULL) > 0,
+                  "no batch failed and was written again one by one");
+    tu_svc_stop_ok(&api);
+}
+END_TEST
+
 /* order-api refuses to start when a request's wait for the writer could end
  * while the writer's statement still runs (ORDER_WRITE_TIMEOUT_MS at or below
  * DB_STATEMENT_TIMEOUT_MS plus the connect timeout, 5 s unless DATABASE_URL
@@ -410,6 +474,7 @@ int main(void)
     tcase_add_test(c, a_failing_order_in_a_batch_holds_back_nothing);
     tcase_add_test(c, a_request_waits_for_the_writer_at_most_order_write_timeout_ms);
     tcase_add_test(c, a_write_wait_within_the_statement_timeout_is_refused_at_start);
+    tcase_add_test(c, a_lock_wait_on_one_orders_key_holds_back_nothing);
     suite_add_tcase(s, c);
     return tu_run(s);
 }
