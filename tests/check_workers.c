@@ -25,6 +25,7 @@
 #include <string.h>
 #include <libpq-fe.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 static const char *const services[] = {"inventory", "billing", "email"};
 static tu_svc svcs[3];
@@ -787,22 +788,52 @@ END_TEST
 
 /* ---------------------------------------------------------------- ledger */
 
-/* The ledger's stuck count over billing's queues (-1: no RESULT line). */
-static long ledger_stuck(void)
+/* What the ledger reports as stuck: its RESULT total and the parts of its
+ * "stuck" line (-1 each when the line is missing). */
+typedef struct {
+    long total, outbox, parked, mail, retry, unacked;
+} ledger_stuck_figures;
+
+/* Runs the ledger over billing's queues, with --ids ids when ids is not
+ * NULL (the run: its orders' and sales' outbox rows and mail only). */
+static ledger_stuck_figures ledger_run(const char *ids)
 {
     static const char *const env[] = {"LEDGER_SERVICES=billing", NULL};
-    const tu_svc_opts o = {
-        .exe = "ledger", .amqp_env = "TEST_AMQP_URL", .db_env = "OWNER_DATABASE_URL", .env = env};
+    char *argv[] = {"ledger", "--ids", (char *)ids, NULL};
+    const tu_svc_opts o = {.exe = "ledger",
+                           .amqp_env = "TEST_AMQP_URL",
+                           .db_env = "OWNER_DATABASE_URL",
+                           .env = env,
+                           .argv = ids ? argv : NULL};
+    ledger_stuck_figures f = {-1, -1, -1, -1, -1, -1};
     char *out, *save = NULL;
-    long stuck = -1;
     tu_tool(&o, &out);
     for (char *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         const char *p = strstr(line, "stuck=");
         if (strncmp(line, "RESULT ", 7) == 0 && p)
-            stuck = strtol(p + 6, NULL, 10);
+            f.total = strtol(p + 6, NULL, 10);
+        (void)sscanf(line,
+                     "stuck %ld outbox row(s) unpublished, %ld parked, %ld mail(s) undelivered, "
+                     "%ld message(s) in retry tiers, %ld delivered and not acked",
+                     &f.outbox, &f.parked, &f.mail, &f.retry, &f.unacked);
     }
     free(out);
-    return stuck;
+    return f;
+}
+
+/* Whether the RESULT's stuck total is the sum of the parts its "stuck" line
+ * prints (the management API's unacked figure may trail an earlier test's
+ * consumer by a few seconds, so two runs are not compared). */
+static int ledger_stuck_adds_up(const ledger_stuck_figures *f)
+{
+    return f->outbox >= 0 && f->parked >= 0 && f->mail >= 0 && f->retry >= 0 && f->unacked >= 0 &&
+           f->total == f->outbox + f->parked + f->mail + f->retry + f->unacked;
+}
+
+/* The ledger's stuck count over billing's queues (-1: no RESULT line). */
+static long ledger_stuck(void)
+{
+    return ledger_run(NULL).total;
 }
 
 static int ledger_stuck_is(void *arg)
@@ -880,6 +911,98 @@ START_TEST(the_ledger_counts_a_message_held_unacked_as_stuck)
 }
 END_TEST
 
+/* An outbox row of the run that the relay has not published is work neither
+ * lost nor done: stuck. The row is held FOR UPDATE from another session, so
+ * no relay (it claims rows SKIP LOCKED) can publish it meanwhile; the run is
+ * given by --ids (a sale the row is about), and a row about anything else is
+ * not the run's. */
+START_TEST(the_ledger_counts_an_unpublished_outbox_row_of_the_run_as_stuck)
+{
+    char sale[UUID_STR_LEN], other[UUID_STR_LEN], msg1[UUID_STR_LEN], msg2[UUID_STR_LEN];
+    char ids[] = "/tmp/check_workers-ledger-XXXXXX";
+    const char *url = tu_env("OWNER_DATABASE_URL");
+    const char *p1[] = {msg1, sale}, *p2[] = {msg2, other};
+    const char *ins = "INSERT INTO billing.outbox (message_id, routing_key, correlation_id, body)"
+                      " VALUES ($1, 'billing.test_stuck', $2, '{}')";
+    ledger_stuck_figures before, with;
+    PGconn *hold;
+    PGresult *r;
+    FILE *f;
+    int fd;
+
+    uuid_v4(sale);
+    uuid_v4(other);
+    uuid_v4(msg1);
+    uuid_v4(msg2);
+    fd = mkstemp(ids);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_ptr_nonnull(f = fdopen(fd, "w"));
+    fprintf(f, "S %s\n", sale);
+    ck_assert_int_eq(fclose(f), 0);
+    before = ledger_run(ids);
+    ck_assert_int_ge(before.total, 0);
+    ck_assert_int_eq(before.outbox, 0);
+
+    free(tu_sql(url, ins, 2, p1));
+    free(tu_sql(url, ins, 2, p2)); /* another run's */
+    hold = PQconnectdb(url);
+    ck_assert_int_eq(PQstatus(hold), CONNECTION_OK);
+    r = PQexec(hold, "BEGIN");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQexecParams(hold, "SELECT id FROM billing.outbox WHERE message_id = $1 FOR UPDATE", 1,
+                     NULL, p1, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
+    ck_assert_int_eq(PQntuples(r), 1);
+    PQclear(r);
+
+    with = ledger_run(ids);
+
+    PQfinish(hold);
+    free(tu_sql(url, "DELETE FROM billing.outbox WHERE message_id IN ($1, $2)", 2,
+                (const char *[]){msg1, msg2}));
+    unlink(ids);
+    ck_assert_msg(with.outbox == 1, "ledger: %ld outbox row(s) unpublished, want 1", with.outbox);
+    ck_assert_msg(ledger_stuck_adds_up(&with) && with.total >= 1,
+                  "ledger stuck=%ld with an unpublished outbox row of the run", with.total);
+}
+END_TEST
+
+/* A message left in a retry tier is work neither lost nor done: stuck. It is
+ * published as the administrator straight into billing's longest tier
+ * (billing.retry.60000ms: 60 s before the broker moves it back, longer than
+ * the test), with a correlation id, and purged after. */
+START_TEST(the_ledger_counts_a_message_in_a_retry_tier_as_stuck)
+{
+    char err[MQ_ERR_LEN], id[UUID_STR_LEN], corr[UUID_STR_LEN];
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
+    mq_msg m = {0};
+    ledger_stuck_figures before = ledger_run(NULL), with;
+
+    ck_assert_int_ge(before.total, 0);
+    uuid_v4(id);
+    uuid_v4(corr);
+    m.exchange = ""; /* the default exchange: the routing key is the queue */
+    m.routing_key = "billing.retry.60000ms";
+    m.type = RK_INVENTORY_RESERVED;
+    m.message_id = id;
+    m.correlation_id = corr;
+    m.body = "{}";
+    m.len = 2;
+    ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "%s", err);
+
+    with = ledger_run(NULL);
+
+    ck_assert_int_ge(mq_purge(c, "billing.retry.60000ms", err, sizeof(err)), 0);
+    ck_assert_int_ge(mq_purge(c, "billing", err, sizeof(err)), 0); /* had it moved */
+    mq_free(c);
+    ck_assert_msg(with.retry == before.retry + 1, "ledger: %ld message(s) in retry tiers, want %ld",
+                  with.retry, before.retry + 1);
+    ck_assert_msg(ledger_stuck_adds_up(&with) && with.total >= 1,
+                  "ledger stuck=%ld with a message in a retry tier", with.total);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("workers");
@@ -908,6 +1031,8 @@ int main(void)
     tcase_set_timeout(l, 60);
     tcase_add_test(l, the_ledger_counts_a_message_held_unacked_as_stuck);
     tcase_add_test(l, a_management_url_past_its_cap_is_refused_not_cut);
+    tcase_add_test(l, the_ledger_counts_an_unpublished_outbox_row_of_the_run_as_stuck);
+    tcase_add_test(l, the_ledger_counts_a_message_in_a_retry_tier_as_stuck);
     suite_add_tcase(s, l);
     return tu_run(s);
 }
