@@ -163,7 +163,8 @@ unsigned worker_mode(int argc, char **argv)
 int worker_main(const worker_def *def, int argc, char **argv)
 {
     char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL, *bound = NULL;
-    long prefetch = 64, heartbeat = 30, batch = 64, park_after = 5, park_min_age = 30;
+    long prefetch = 64, heartbeat = 30, batch = 64, park_after = 5, park_min_age = 30,
+         sweep_ms = 1000;
     int crash_flag = 0;
     char err[CFG_ERR_LEN + MQ_ERR_LEN];
     /* What declaring the topology needs: the broker and the retry tiers. */
@@ -181,6 +182,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
         {"BATCH_MAX", CFG_LONG, "64", 1, 256, &batch},
         {"OUTBOX_PARK_AFTER", CFG_LONG, "5", 1, 1000000, &park_after},
         {"OUTBOX_PARK_MIN_AGE_S", CFG_LONG, "30", 0, 604800, &park_min_age},
+        {"OUTBOX_SWEEP_MS", CFG_LONG, "1000", 10, 3600000, &sweep_ms},
     };
     worker w;
     mq_conn *cons = NULL, *pub = NULL;
@@ -289,6 +291,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
                                 .amqp_url = amqp_url,
                                 .service = def->service,
                                 .timeouts = &dbt,
+                                .sweep_ms = (int)sweep_ms,
                                 .park_after = (int)park_after,
                                 .park_min_age_s = (int)park_min_age};
         w.metrics = metrics_new(def->service, ORDERSUITE_VERSION);

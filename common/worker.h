@@ -24,7 +24,8 @@
  * (127.0.0.1), HTTP_THREADS (4), MAX_BODY_BYTES (65536), HTTP_TIMEOUT_S (10),
  * HTTP_CONN_LIMIT (1000), HTTP_PER_IP_LIMIT (200), HTTP_QUEUE_MAX (256 requests waiting for
  * a job thread) and HTTP_QUEUE_DEADLINE_MS (5000), and for the outbox relay OUTBOX_PARK_AFTER
- * (5 returns) and OUTBOX_PARK_MIN_AGE_S (30). SIGTERM/SIGINT stop consuming, finish the
+ * (5 returns), OUTBOX_PARK_MIN_AGE_S (30) and OUTBOX_SWEEP_MS (1000: how often it looks for
+ * rows no wake-up announced). SIGTERM/SIGINT stop consuming, finish the
  * message in hand, flush the outbox, and exit 0.
  */
 #ifndef ORDERSUITE_WORKER_H

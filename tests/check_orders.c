@@ -33,7 +33,8 @@ static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EM
 static tu_svc svcs[4];
 
 /* The whole suite, order-api with 16 job threads (so 15 orders can wait for
- * one write) and lock waits far longer than a test holds its lock. */
+ * one write), lock waits far longer than a test holds its lock, and outbox
+ * sweeps a minute apart (only a wake-up sends an event promptly). */
 static void start_all(void)
 {
     for (int i = 0; i < 4; i++) {
@@ -43,6 +44,7 @@ static void start_all(void)
                              "OPS_PORT=0",
                              "HTTP_THREADS=16",
                              "DB_LOCK_TIMEOUT_MS=60000",
+                             "OUTBOX_SWEEP_MS=60000",
                              TU_API_TOKENS,
                              NULL};
         tu_svc_opts o = {.exe = names[i],
@@ -431,6 +433,37 @@ START_TEST(a_lock_wait_on_one_orders_key_holds_back_nothing)
 }
 END_TEST
 
+static int wake_queued(void *arg)
+{
+    (void)arg;
+    return tu_queue_counts("TEST_AMQP_URL", "wake_test", NULL) >= 1;
+}
+
+/* order-api wakes its outbox relay when a write commits: with every relay's
+ * timer sweep a minute apart (start_all's OUTBOX_SWEEP_MS=60000), the
+ * order.placed event of a posted order is on a queue within 3 s of the 201. */
+START_TEST(a_committed_order_wakes_the_relay_before_its_sweep)
+{
+    const char *keys[] = {"order.placed", NULL};
+    mq_topology topo = {.queue = "wake_test", .keys = keys, .retry_ms = {1000}};
+    const char *purge[] = {"wake_test", NULL};
+    char err[MQ_ERR_LEN], tag[64];
+    mq_conn *admin = tu_publisher("TEST_AMQP_URL", "check_orders");
+    post p;
+
+    ck_assert_msg(mq_declare_topology(admin, &topo, err, sizeof(err)) == MQ_OK, "%s", err);
+    tu_purge("TEST_AMQP_URL", purge);
+    snprintf(tag, sizeof(tag), "gcw-%lld", (long long)util_wall_us());
+    make_posts(&p, 1, tag);
+    do_post(&p);
+    ck_assert_msg(p.code == 201, "status %ld, want 201", p.code);
+    ck_assert_msg(tu_poll(3000, wake_queued, NULL),
+                  "order.placed not on a queue within 3 s of the 201 (sweep every 60 s)");
+    tu_purge("TEST_AMQP_URL", purge);
+    mq_free(admin);
+}
+END_TEST
+
 /* order-api refuses to start when a request's wait for the writer could end
  * while the writer's statement still runs (ORDER_WRITE_TIMEOUT_MS at or below
  * DB_STATEMENT_TIMEOUT_MS plus the connect timeout, 5 s unless DATABASE_URL
@@ -475,6 +508,7 @@ int main(void)
     tcase_add_test(c, a_request_waits_for_the_writer_at_most_order_write_timeout_ms);
     tcase_add_test(c, a_write_wait_within_the_statement_timeout_is_refused_at_start);
     tcase_add_test(c, a_lock_wait_on_one_orders_key_holds_back_nothing);
+    tcase_add_test(c, a_committed_order_wakes_the_relay_before_its_sweep);
     suite_add_tcase(s, c);
     return tu_run(s);
 }
