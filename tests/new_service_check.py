@@ -38,14 +38,18 @@ def run(cmd, cwd, env=None, timeout=300):
 
 def broker_user(cmd, pw="", src=ROOT):
     """Adds (cmd "add") or deletes the generated service's broker user, with
-    the permissions scripts/broker-perms.sh gives every service, in the
+    the permissions scripts/broker-perms.sh gives every service and the
+    delivery-limit policy `make migrate` gives its queue, in the
     tests' vhost; what it may read on sales.events comes from the routes of
     its main.c in the tree src (service_keys)."""
     url = urllib.parse.urlsplit(os.environ["TEST_AMQP_URL"])
     vhost = urllib.parse.unquote(url.path[1:]) if len(url.path) > 1 else "/"
     script = ('source scripts/lib.sh; load_env; source scripts/broker-perms.sh; '
-              + ('rmqctl -q delete_user "$U" >/dev/null 2>&1; true' if cmd == "delete" else
-                 'rmqctl -q add_user "$U" <<<"$PW" >/dev/null && broker_grant "$VH" "$U" "$U"'))
+              + ('rmqctl -q delete_user "$U" >/dev/null 2>&1;'
+                 ' rmqctl -q clear_policy -p "$VH" "ordersuite-$U" >/dev/null 2>&1; true'
+                 if cmd == "delete" else
+                 'rmqctl -q add_user "$U" <<<"$PW" >/dev/null && broker_grant "$VH" "$U" "$U"'
+                 ' && broker_policy "$VH" "$U" 20'))
     return run(["bash", "-c", script], ROOT,
                dict(CLEAN, U=NAME, PW=pw, VH=vhost, ORDERSUITE_SRC=src))
 
