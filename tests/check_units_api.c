@@ -421,6 +421,11 @@ START_TEST(a_write_wait_not_longer_than_statement_and_connect_is_refused)
     ck_assert_int_eq(api_write_wait_check(600000, 0, 5000, err, sizeof(err)), -1);
     ck_assert_ptr_nonnull(strstr(err, "DB_STATEMENT_TIMEOUT_MS"));
     ck_assert_int_eq(api_write_wait_check(600000, 15000, -1, err, sizeof(err)), -1);
+    /* A DATABASE_URL libpq cannot parse is named as that, not as a 0 timeout. */
+    ck_assert_int_eq(
+        api_write_wait_check(600000, 15000, db_connect_timeout_ms("host='x"), err, sizeof(err)),
+        -1);
+    ck_assert_msg(strstr(err, "DATABASE_URL: not a connection string") != NULL, "%s", err);
 }
 END_TEST
 

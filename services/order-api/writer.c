@@ -117,6 +117,10 @@ static int write_together(api_writer *w, api_write **batch, size_t n)
 
 int api_write_wait_check(long wait_ms, long statement_ms, long connect_ms, char *err, size_t errlen)
 {
+    if (connect_ms == -2) {
+        snprintf(err, errlen, "DATABASE_URL: not a connection string libpq can parse");
+        return -1;
+    }
     if (statement_ms <= 0 || connect_ms < 0) {
         snprintf(err, errlen,
                  "ORDER_WRITE_TIMEOUT_MS=%ld needs a bound on the writer's statement: "
