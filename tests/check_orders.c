@@ -1,6 +1,9 @@
 /*
- * check_orders.c — order-api's group commit (services/order-api/writer.c)
- * against the real order-api, its workers and PostgreSQL.
+ * check_orders.c — order-api's group commit (services/order-api/writer.c),
+ * its Idempotency-Key found by the write (store.c) and its price cache
+ * (pricing.c) against the real order-api, its workers and PostgreSQL. (Over
+ * 600 lines: the three share the suite's services and request helpers, and a
+ * second suite would start them all again.)
  *
  * To make orders arrive "together" without trusting timing, a test holds
  * orders.order_lines in SHARE mode from another session: the writer's next
@@ -33,8 +36,11 @@ static const char *const amqp[] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EM
 static tu_svc svcs[4];
 
 /* The whole suite, order-api with 16 job threads (so 15 orders can wait for
- * one write), lock waits far longer than a test holds its lock, and outbox
- * sweeps a minute apart (only a wake-up sends an event promptly). */
+ * one write), lock waits far longer than a test holds its lock, outbox
+ * sweeps a minute apart (only a wake-up sends an event promptly), and no
+ * price cache: the group commit tests see an order reach the writer by its
+ * job thread's price lookup (priced). The cache's tests start an order-api
+ * of their own. */
 static void start_all(void)
 {
     for (int i = 0; i < 4; i++) {
@@ -45,6 +51,7 @@ static void start_all(void)
                              "HTTP_THREADS=16",
                              "DB_LOCK_TIMEOUT_MS=60000",
                              "OUTBOX_SWEEP_MS=60000",
+                             "PRICE_CACHE_MAX_AGE_MS=0",
                              TU_API_TOKENS,
                              NULL};
         tu_svc_opts o = {.exe = names[i],
@@ -80,6 +87,7 @@ static void stop_all(void)
 /* One POST /orders and what came back. */
 typedef struct {
     const char *base;
+    const char *sku; /* NULL: SKU */
     char customer[96];
     char key[96]; /* "": no Idempotency-Key */
     int qty;
@@ -87,6 +95,7 @@ typedef struct {
     char id[UUID_STR_LEN];
     char got_customer[96]; /* the 201's customer_id */
     long got_qty;          /* the 201's one line's quantity */
+    long got_price;        /* ...and its unit price */
 } post;
 
 static void *do_post(void *arg)
@@ -100,22 +109,26 @@ static void *do_post(void *arg)
     snprintf(keyhdr, sizeof(keyhdr), "Idempotency-Key: %s", p->key);
     snprintf(body, sizeof(body),
              "{\"customer_id\":\"%s\",\"customer_email\":\"gc@example.com\",\"currency\":\"EUR\","
-             "\"items\":[{\"sku\":\"" SKU "\",\"quantity\":%d}]}",
-             p->customer, p->qty);
+             "\"items\":[{\"sku\":\"%s\",\"quantity\":%d}]}",
+             p->customer, p->sku ? p->sku : SKU, p->qty);
     p->code = tu_http("POST", p->base ? p->base : API "/orders", hdrs, body, strlen(body), &resp);
     p->id[0] = p->got_customer[0] = '\0';
-    p->got_qty = -1;
+    p->got_qty = p->got_price = -1;
     if ((j = cJSON_Parse(resp)) != NULL) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "customer_id");
         const cJSON *items = cJSON_GetObjectItemCaseSensitive(j, "items");
-        const cJSON *q = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(items, 0), "quantity");
+        const cJSON *line = cJSON_GetArrayItem(items, 0);
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(line, "quantity");
+        const cJSON *pr = cJSON_GetObjectItemCaseSensitive(line, "unit_price_minor");
         if (cJSON_IsString(id))
             snprintf(p->id, sizeof(p->id), "%s", id->valuestring);
         if (cJSON_IsString(c))
             snprintf(p->got_customer, sizeof(p->got_customer), "%s", c->valuestring);
         if (cJSON_IsNumber(q) && cJSON_GetArraySize(items) == 1)
             p->got_qty = (long)q->valuedouble;
+        if (cJSON_IsNumber(pr) && cJSON_GetArraySize(items) == 1)
+            p->got_price = (long)pr->valuedouble;
         cJSON_Delete(j);
     }
     free(resp);
@@ -263,30 +276,79 @@ START_TEST(orders_posted_together_are_committed_together_and_each_gets_its_own)
 }
 END_TEST
 
-/* Two requests with one Idempotency-Key and different bodies wait in one
- * batch with others: the batch's statement fails (the unique key), and the
- * batch is written again one order at a time, so every other order is
- * stored and answered 201, one of the two wins, and the other gets its 409. */
+/* One order of a batch breaks a constraint (one the test adds, NOT VALID,
+ * that only that order's customer breaks): the batch's statement fails, and
+ * the batch is written again one order at a time, so every other order is
+ * stored and answered 201, and only the bad one gets its 500. */
 START_TEST(a_failing_order_in_a_batch_holds_back_nothing)
 {
-    enum { N = 10, A = 4, B = 7 };
+    enum { N = 10, BAD = 4 };
     post p[N];
-    char tag[64], key[96], log[600];
-    long fallbacks0, winner;
+    char tag[64], log[600], sql[512], err[512];
+    long fallbacks0;
 
     snprintf(tag, sizeof(tag), "gcf-%lld", (long long)util_wall_us());
     make_posts(p, N, tag);
+    /* DDL takes no parameters: the name and value are the test's own digits. */
+    snprintf(sql, sizeof(sql),
+             "ALTER TABLE orders.orders ADD CONSTRAINT \"%s\" CHECK (customer_id <> '%s')"
+             " NOT VALID",
+             tag, p[BAD].customer);
+    ck_assert_msg(tu_sql_try(tu_env("OWNER_DATABASE_URL"), sql, err, sizeof(err)) == 0, "%s", err);
+    snprintf(log, sizeof(log), "%s", svcs[3].log);
+    fallbacks0 = tu_file_count(log, "writing them one by one", NULL);
+    post_held(p, N);
+    snprintf(sql, sizeof(sql), "ALTER TABLE orders.orders DROP CONSTRAINT \"%s\"", tag);
+    ck_assert_msg(tu_sql_try(tu_env("OWNER_DATABASE_URL"), sql, err, sizeof(err)) == 0, "%s", err);
+
+    for (int i = 0; i < N; i++) {
+        if (i != BAD)
+            assert_own_order(&p[i]);
+    }
+    ck_assert_msg(p[BAD].code == 500, "the bad order: status %ld, want 500", p[BAD].code);
+    ck_assert_int_eq(
+        tu_count("SELECT count(*) FROM orders.orders WHERE customer_id = $1", p[BAD].customer), 0);
+    /* ...and the path taken was the batch's failure and the fallback. */
+    ck_assert_msg(tu_file_count(log, "writing them one by one", NULL) > fallbacks0,
+                  "no batch failed and was written again one by one");
+    tu_await_count(
+        30000,
+        "SELECT count(*) FROM billing.invoices i JOIN orders.orders o ON o.id = i.order_id"
+        " WHERE o.customer_id LIKE $1 || '-%'",
+        tag, N - 1);
+}
+END_TEST
+
+/* Two requests with one Idempotency-Key and different bodies, and two with
+ * another key and the same body, wait in one batch with others: the write
+ * finds the keys itself (no statement fails, nothing is written again one
+ * by one): of the first two one wins and the other gets its 409; of the
+ * second two one wins and the other is answered with the winner's order. */
+START_TEST(one_key_twice_in_a_batch_makes_one_order)
+{
+    enum { N = 10, A = 3, B = 5, C = 6, D = 8 };
+    post p[N];
+    char tag[64], key[96], same[96], log[600];
+    long fallbacks0, winner;
+
+    snprintf(tag, sizeof(tag), "gcd-%lld", (long long)util_wall_us());
+    make_posts(p, N, tag);
     snprintf(key, sizeof(key), "%s-shared", tag);
+    snprintf(same, sizeof(same), "%s-same", tag);
     snprintf(p[A].key, sizeof(p[A].key), "%s", key);
     snprintf(p[B].key, sizeof(p[B].key), "%s", key);
     p[A].qty = 1;
     p[B].qty = 2;
+    snprintf(p[C].key, sizeof(p[C].key), "%s", same);
+    snprintf(p[D].key, sizeof(p[D].key), "%s", same);
+    snprintf(p[D].customer, sizeof(p[D].customer), "%s", p[C].customer);
+    p[D].qty = p[C].qty;
     snprintf(log, sizeof(log), "%s", svcs[3].log);
     fallbacks0 = tu_file_count(log, "writing them one by one", NULL);
     post_held(p, N);
 
     for (int i = 0; i < N; i++) {
-        if (i != A && i != B)
+        if (i != A && i != B && i != C && i != D)
             assert_own_order(&p[i]);
     }
     ck_assert_msg((p[A].code == 201 && p[B].code == 409) || (p[A].code == 409 && p[B].code == 201),
@@ -296,14 +358,18 @@ START_TEST(a_failing_order_in_a_batch_holds_back_nothing)
     assert_own_order(&p[winner]);
     ck_assert_int_eq(tu_count("SELECT count(*) FROM orders.orders WHERE idempotency_key = $1", key),
                      1);
-    /* ...and the path taken was the batch's failure and the fallback. */
-    ck_assert_msg(tu_file_count(log, "writing them one by one", NULL) > fallbacks0,
-                  "no batch failed and was written again one by one");
+    ck_assert_msg((p[C].code == 201 && p[D].code == 200) || (p[C].code == 200 && p[D].code == 201),
+                  "the two same requests: %ld and %ld, want 201 and 200", p[C].code, p[D].code);
+    ck_assert_str_eq(p[C].id, p[D].id);
+    ck_assert_int_eq(
+        tu_count("SELECT count(*) FROM orders.orders WHERE idempotency_key = $1", same), 1);
+    ck_assert_msg(tu_file_count(log, "writing them one by one", NULL) == fallbacks0,
+                  "a batch was written again one by one: the write did not find the keys itself");
     tu_await_count(
         30000,
         "SELECT count(*) FROM billing.invoices i JOIN orders.orders o ON o.id = i.order_id"
         " WHERE o.customer_id LIKE $1 || '-%'",
-        tag, N - 1);
+        tag, N - 2);
 }
 END_TEST
 
@@ -384,6 +450,7 @@ START_TEST(a_lock_wait_on_one_orders_key_holds_back_nothing)
                          "DB_LOCK_TIMEOUT_MS=3000",
                          "DB_STATEMENT_TIMEOUT_MS=6000",
                          "ORDER_WRITE_TIMEOUT_MS=25000",
+                         "PRICE_CACHE_MAX_AGE_MS=0", /* see start_all */
                          TU_API_TOKENS,
                          NULL};
     const tu_svc_opts o = {.exe = "order-api",
@@ -496,6 +563,189 @@ START_TEST(a_write_wait_within_the_statement_timeout_is_refused_at_start)
 }
 END_TEST
 
+/* ------------------------------------------------------ the price cache */
+
+/* An order-api of its own on port with PRICE_CACHE_MAX_AGE_MS=age, started
+ * and listening for catalog changes. */
+static int listening(void *arg)
+{
+    (void)arg;
+    /* As order-api's role: it may read its own sessions' queries. */
+    return tu_sql_int(tu_env("ORDERS_DATABASE_URL"),
+                      "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user"
+                      " AND application_name = 'order-api-prices'"
+                      " AND query = 'LISTEN orders_products'",
+                      0, NULL) == 1;
+}
+
+static void start_cached(tu_svc *api, const char *port, const char *age)
+{
+    char p[32], a[64], ready[64];
+    const char *env[] = {p, "OPS_PORT=0", a, TU_API_TOKENS, NULL};
+    const tu_svc_opts o = {.exe = "order-api",
+                           .amqp_env = "ORDER_API_AMQP_URL",
+                           .db_env = "ORDERS_DATABASE_URL",
+                           .env = env,
+                           .log = "orders-order-api-prices",
+                           .ready_url = ready};
+    snprintf(p, sizeof(p), "HTTP_PORT=%s", port);
+    snprintf(a, sizeof(a), "PRICE_CACHE_MAX_AGE_MS=%s", age);
+    snprintf(ready, sizeof(ready), "http://127.0.0.1:%s/readyz", port);
+    tu_svc_start(api, &o);
+    ck_assert_msg(tu_poll(10000, listening, NULL), "the price cache never listened");
+}
+
+static long catalog_price(void)
+{
+    return tu_count("SELECT price_minor FROM orders.products WHERE sku = $1", SKU);
+}
+
+/* Sets SKU's price; with notify 0, with the catalog's trigger off, so no
+ * notification tells order-api (as if it were lost). */
+static void set_price(long v, int notify)
+{
+    char sql[512], err[512];
+    /* A number of the test's own: no parameters in a multi-statement string. */
+    snprintf(sql, sizeof(sql),
+             "BEGIN; %s UPDATE orders.products SET price_minor = %ld WHERE sku = '" SKU "'; %s"
+             " COMMIT",
+             notify ? "" : "ALTER TABLE orders.products DISABLE TRIGGER products_notify;", v,
+             notify ? "" : "ALTER TABLE orders.products ENABLE TRIGGER products_notify;");
+    ck_assert_msg(tu_sql_try(tu_env("OWNER_DATABASE_URL"), sql, err, sizeof(err)) == 0, "%s", err);
+}
+
+typedef struct {
+    const char *base;
+    long want;
+    int64_t late;    /* util_now_ms() from which the old price is wrong (0: none) */
+    long stale_late; /* POSTs begun after late that got another price */
+    long n;
+} price_poll;
+
+/* One more POST: 1 when it got the price wanted. */
+static int priced_at(void *arg)
+{
+    price_poll *a = arg;
+    post p;
+    int64_t began = util_now_ms();
+    char tag[64];
+
+    snprintf(tag, sizeof(tag), "pc-%lld", (long long)util_wall_us());
+    make_posts(&p, 1, tag);
+    p.base = a->base;
+    do_post(&p);
+    ck_assert_msg(p.code == 201, "status %ld, want 201", p.code);
+    a->n++;
+    if (a->late && began >= a->late && p.got_price != a->want)
+        a->stale_late++;
+    return p.got_price == a->want;
+}
+
+/* With the catalog's prices cached, a POST makes no statement on its job
+ * thread's connection: neither the price lookup nor (with an Idempotency-Key)
+ * a key lookup. Only the writer's batch is left, one round trip. */
+START_TEST(an_order_whose_prices_are_cached_makes_one_round_trip)
+{
+    const char *base = "http://127.0.0.1:18074/orders";
+    price_poll warm = {.base = base, .want = catalog_price()};
+    post p[6];
+    char tag[64], *since;
+    const char *sp[1];
+    tu_svc api;
+
+    start_cached(&api, "18074", "3600000");
+    ck_assert(priced_at(&warm)); /* reads the catalog: fills the cache */
+    since = tu_sql(tu_env("OWNER_DATABASE_URL"), "SELECT clock_timestamp()::text", 0, NULL);
+    snprintf(tag, sizeof(tag), "pc1-%lld", (long long)util_wall_us());
+    make_posts(p, 6, tag); /* every other one with a key */
+    for (int i = 0; i < 6; i++) {
+        p[i].base = base;
+        do_post(&p[i]);
+        assert_own_order(&p[i]);
+    }
+    sp[0] = since;
+    ck_assert_int_eq(tu_sql_int(tu_env("ORDERS_DATABASE_URL"),
+                                "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user"
+                                " AND state_change > $1::timestamptz AND (query LIKE 'SELECT sku,"
+                                " price_minor%' OR query LIKE 'SELECT id, request_hash%')",
+                                1, sp),
+                     0);
+    free(since);
+    tu_svc_stop_ok(&api);
+}
+END_TEST
+
+/* A price changed with SQL (the catalog's trigger notifies order-api) is the
+ * price of the next orders, though the cache would keep the old one an hour. */
+START_TEST(a_price_change_reaches_the_next_order)
+{
+    const long p0 = catalog_price();
+    price_poll a = {.base = "http://127.0.0.1:18074/orders", .want = p0};
+    tu_svc api;
+
+    start_cached(&api, "18074", "3600000");
+    ck_assert(priced_at(&a));
+    ck_assert(priced_at(&a)); /* from the cache now */
+    set_price(p0 + 1, 1);
+    a.want = p0 + 1;
+    ck_assert_msg(tu_poll(10000, priced_at, &a), "the new price never came (%ld orders)", a.n);
+    set_price(p0, 1);
+    tu_svc_stop_ok(&api);
+}
+END_TEST
+
+/* A change whose notification never comes (the trigger off) is seen anyway
+ * once PRICE_CACHE_MAX_AGE_MS has passed: no POST begun that long after the
+ * change's commit gets the old price. */
+START_TEST(the_price_cache_serves_no_price_past_its_max_age)
+{
+    const long p0 = catalog_price();
+    price_poll a = {.base = "http://127.0.0.1:18075/orders", .want = p0};
+    tu_svc api;
+
+    start_cached(&api, "18075", "2000");
+    ck_assert(priced_at(&a));
+    set_price(p0 + 2, 0);
+    a.want = p0 + 2;
+    a.late = util_now_ms() + 2000;
+    ck_assert_msg(tu_poll(10000, priced_at, &a), "the new price never came (%ld orders)", a.n);
+    ck_assert_msg(a.stale_late == 0, "%ld orders begun past the max age got the old price",
+                  a.stale_late);
+    set_price(p0, 1);
+    tu_svc_stop_ok(&api);
+}
+END_TEST
+
+/* When the cache's LISTEN connection is lost, a notification can be lost
+ * with it: the cache is dropped, and the next orders read the catalog. The
+ * price changes in the transaction that ends the listener's backend, so its
+ * notification goes to no one. */
+START_TEST(a_lost_listen_connection_drops_the_price_cache)
+{
+    const long p0 = catalog_price();
+    price_poll a = {.base = "http://127.0.0.1:18076/orders", .want = p0};
+    char sql[512], err[512];
+    tu_svc api;
+
+    start_cached(&api, "18076", "3600000");
+    ck_assert(priced_at(&a));
+    ck_assert(priced_at(&a));
+    snprintf(sql, sizeof(sql),
+             "BEGIN; UPDATE orders.products SET price_minor = %ld WHERE sku = '" SKU "';"
+             " SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+             " WHERE application_name = 'order-api-prices'; COMMIT",
+             p0 + 3);
+    ck_assert_msg(tu_sql_try(tu_env("OWNER_DATABASE_URL"), sql, err, sizeof(err)) == 0, "%s", err);
+    a.want = p0 + 3;
+    ck_assert_msg(tu_poll(10000, priced_at, &a), "the new price never came (%ld orders)", a.n);
+    ck_assert_msg(tu_file_count(api.log, "lost its LISTEN connection", NULL) > 0,
+                  "the cache never saw its connection lost");
+    ck_assert_msg(tu_poll(10000, listening, NULL), "the price cache never listened again");
+    set_price(p0, 1);
+    tu_svc_stop_ok(&api);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("orders");
@@ -505,10 +755,15 @@ int main(void)
     tcase_set_timeout(c, 90);
     tcase_add_test(c, orders_posted_together_are_committed_together_and_each_gets_its_own);
     tcase_add_test(c, a_failing_order_in_a_batch_holds_back_nothing);
+    tcase_add_test(c, one_key_twice_in_a_batch_makes_one_order);
     tcase_add_test(c, a_request_waits_for_the_writer_at_most_order_write_timeout_ms);
     tcase_add_test(c, a_write_wait_within_the_statement_timeout_is_refused_at_start);
     tcase_add_test(c, a_lock_wait_on_one_orders_key_holds_back_nothing);
     tcase_add_test(c, a_committed_order_wakes_the_relay_before_its_sweep);
+    tcase_add_test(c, an_order_whose_prices_are_cached_makes_one_round_trip);
+    tcase_add_test(c, a_price_change_reaches_the_next_order);
+    tcase_add_test(c, the_price_cache_serves_no_price_past_its_max_age);
+    tcase_add_test(c, a_lost_listen_connection_drops_the_price_cache);
     suite_add_tcase(s, c);
     return tu_run(s);
 }

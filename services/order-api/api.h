@@ -34,6 +34,7 @@ typedef struct {
 } api_token;
 
 typedef struct api_writer api_writer;
+typedef struct api_prices api_prices;
 
 typedef struct {
     const char *database_url;
@@ -41,6 +42,7 @@ typedef struct {
     api_token *tokens;    /* from api_tokens_load */
     size_t ntokens;
     api_writer *writer; /* writes the orders POST /orders accepts (writer.c) */
+    api_prices *prices; /* the price cache (pricing.c); NULL: off */
 } api_ctx;
 
 /* ------------------------------------------------------------- auth.c */
@@ -106,10 +108,48 @@ typedef struct {
  * api_validate. Pure. */
 int api_price_lines(order_placed *o, const api_price *cat, size_t n, api_problem *p);
 
-/* api_price_lines with the catalog rows of o's SKUs from the database. 0; -1
- * with p, or with *dbrc != DB_OK and err when the query failed. */
-int api_price_order(db_conn *db, order_placed *o, api_problem *p, int *dbrc, char *err,
-                    size_t errlen);
+/* The price cache: the catalog rows orders have read, dropped on every
+ * catalog change (a NOTIFY on orders_products, migration 0013), off while
+ * its LISTEN connection is down, and never serving a row more than
+ * max_age_ms after its read began (pricing.c says why that is enough). */
+
+#define API_PRICE_AGE_DEFAULT 30000 /* PRICE_CACHE_MAX_AGE_MS */
+
+typedef struct {
+    const char *database_url;
+    const db_timeouts *timeouts; /* for its LISTEN connection; may be NULL */
+    long max_age_ms;             /* PRICE_CACHE_MAX_AGE_MS; 0: no cache */
+} api_prices_opts;
+
+typedef struct {
+    uint64_t hits;   /* orders priced from the cache */
+    uint64_t misses; /* orders that read the catalog */
+    uint64_t drops;  /* dropped on a notification */
+    uint64_t losses; /* dropped and turned off: the LISTEN connection was lost */
+} api_prices_stats;
+
+/* Starts the cache and its listener thread (which connects by itself, and
+ * again after a loss; the cache serves nothing until it listens). NULL when
+ * o->max_age_ms is 0 (no cache: not an error, err untouched) or with err when
+ * out of memory or the thread cannot start. */
+api_prices *api_prices_start(const api_prices_opts *o, char *err, size_t errlen);
+
+/* Stops the listener and frees c. The HTTP server must be stopped first.
+ * NULL: no-op. */
+void api_prices_stop(api_prices *c);
+
+void api_prices_get_stats(api_prices *c, api_prices_stats *out);
+
+/* Prices o from the cache c (NULL: no cache) when every one of its SKUs is
+ * there and fresh: 1 (o priced), -1 with p (api_price_lines refused it); 0
+ * when any is missing (o unchanged: read the catalog, api_price_order). */
+int api_price_cached(api_prices *c, order_placed *o, api_problem *p);
+
+/* api_price_lines with the catalog rows of o's SKUs from the database, which
+ * then fill the cache c (NULL: none). 0; -1 with p, or with *dbrc != DB_OK
+ * and err when the query failed. */
+int api_price_order(api_prices *c, db_conn *db, order_placed *o, api_problem *p, int *dbrc,
+                    char *err, size_t errlen);
 
 /* ------------------------------------------------------ idempotency.c */
 
@@ -148,13 +188,24 @@ extern const char api_order_doc_sql[];
 struct cJSON *api_store_row(const ev_event *ev, const char *client, const char *key,
                             const char *body, char *err, size_t errlen);
 
+/* What the write did with one order. */
+typedef struct {
+    char *doc;                  /* written: its document (malloc'd, the caller frees) */
+    char earlier[UUID_STR_LEN]; /* not written, its key used: the earlier order, "" unseen */
+    int same;                   /* that earlier order's request body was this one's */
+} api_stored;
+
 /* Writes rows[0..n) (api_store_row's) in ONE statement, so in one
  * transaction: the orders, their lines, their first timeline entries and
- * their order.placed outbox rows; wakes the relay after the commit. DB_OK
- * when it committed, with docs[i] (malloc'd, the caller frees; NULL only
- * when out of memory) the document of rows[i]; else DB_ERR /
+ * their order.placed outbox rows; wakes the relay after the commit. An order
+ * whose client already used its Idempotency-Key is not written (nothing of
+ * it). DB_OK when it committed, with out[i] for rows[i]: doc (NULL only when
+ * out of memory, or when not written), or, for a key already used, earlier
+ * (its id when the statement saw it; "" when the key was taken by a
+ * transaction that committed after the statement began or by another row
+ * of rows: look it up, api_idem_find) and same; else DB_ERR /
  * DB_ERR_TRANSIENT with err and nothing written. */
-int api_store(db_conn *db, struct cJSON *const *rows, size_t n, char **docs, char *err,
+int api_store(db_conn *db, struct cJSON *const *rows, size_t n, api_stored *out, char *err,
               size_t errlen);
 
 /* ----------------------------------------------------------- writer.c */
@@ -177,17 +228,26 @@ api_writer *api_writer_start(const api_writer_opts *o, char *err, size_t errlen)
  * must be stopped first (no request may still hand it an order). NULL: no-op. */
 void api_writer_stop(api_writer *w);
 
-#define API_WRITE_TIMEOUT (-3) /* api_writer_store: no answer within wait_ms */
+#define API_WRITE_TIMEOUT  (-3) /* api_writer_store: no answer within wait_ms */
+#define API_WRITE_KEY_USED (-4) /* api_writer_store: the client used the key before */
+
+/* The client's earlier order with an Idempotency-Key. */
+typedef struct {
+    char id[UUID_STR_LEN]; /* "": the write did not see it (look it up: api_idem_find) */
+    int same;              /* its request body was the same */
+} api_earlier;
 
 /* Hands row (api_store_row's; the writer takes it over, even on failure) to
  * the writer and waits, at most opts.wait_ms, for the commit of the write that
- * holds it. DB_OK with *doc (malloc'd); else DB_ERR / DB_ERR_TRANSIENT with
+ * holds it. DB_OK with *doc (malloc'd); API_WRITE_KEY_USED with *earlier when
+ * not written because its client had used its key (nothing of it written);
+ * else DB_ERR / DB_ERR_TRANSIENT with
  * err and sqlstate (the SQLSTATE of the statement that failed for this
  * order, "" when none), or API_WRITE_TIMEOUT with err when the wait ran out:
  * an order still queued is then withdrawn (never written); one the writer
  * had begun to write may yet be stored (its commit is not known here). */
-int api_writer_store(api_writer *w, struct cJSON *row, char **doc, char sqlstate[6], char *err,
-                     size_t errlen);
+int api_writer_store(api_writer *w, struct cJSON *row, char **doc, api_earlier *earlier,
+                     char sqlstate[6], char *err, size_t errlen);
 
 /* The batch fallback: after the write of a batch of n orders ended with rc
  * (DB_OK or a db error) and sqlstate (its statement's, "" when none), 1 when

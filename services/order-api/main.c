@@ -21,6 +21,12 @@
  * than DB_STATEMENT_TIMEOUT_MS plus the connect timeout, or order-api does
  * not start.
  *
+ * POST /orders prices an order from a cache of the catalog's rows
+ * (pricing.c), dropped on every catalog change (a NOTIFY from a trigger), off
+ * while its LISTEN connection is down, and serving no row longer than
+ * PRICE_CACHE_MAX_AGE_MS (30000, 0-3600000; 0: no cache, every order reads
+ * the catalog) after it was read.
+ *
  * API_TOKENS (required; usually API_TOKENS_FILE, a file holding the value)
  * lists each client's bearer tokens as SHA-256 hashes (scripts/api-token.sh);
  * it is read once, at start. Only running reads these (a cfg_group of
@@ -133,13 +139,15 @@ int main(int argc, char **argv)
     };
     char *db_url = NULL, *tokens = NULL;
     char err[CFG_ERR_LEN];
-    long batch_max = 0, write_ms = 0;
+    long batch_max = 0, write_ms = 0, price_age_ms = 0;
     const cfg_spec specs[] = {
         {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
         {"API_TOKENS", CFG_STR, NULL, 0, 0, &tokens},
         {"ORDER_BATCH_MAX", CFG_LONG, API_STR(API_BATCH_MAX_DEFAULT), 1, 1000, &batch_max},
         {"ORDER_WRITE_TIMEOUT_MS", CFG_LONG, API_STR(API_WRITE_WAIT_DEFAULT), 100, 600000,
-         &write_ms}};
+         &write_ms},
+        {"PRICE_CACHE_MAX_AGE_MS", CFG_LONG, API_STR(API_PRICE_AGE_DEFAULT), 0, 3600000,
+         &price_age_ms}};
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     const cfg_group settings[] = {{specs, nspecs, WORKER_RUN}};
     const unsigned mode = worker_mode(argc, argv);
@@ -180,10 +188,28 @@ int main(int argc, char **argv)
         }
         log_info("orders written in batches of up to %ld, a request waiting at most %ld ms",
                  batch_max, write_ms);
+        {
+            api_prices_opts po = {
+                .database_url = db_url, .timeouts = &ctx.timeouts, .max_age_ms = price_age_ms};
+            err[0] = '\0';
+            ctx.prices = api_prices_start(&po, err, sizeof(err));
+            if (!ctx.prices && price_age_ms > 0) {
+                log_error("%s", err);
+                api_writer_stop(ctx.writer);
+                rc = 1;
+                goto out;
+            }
+            if (ctx.prices)
+                log_info("catalog prices cached, each for at most %ld ms", price_age_ms);
+            else
+                log_info("no price cache (PRICE_CACHE_MAX_AGE_MS=0): every order reads its "
+                         "prices");
+        }
     }
     rc = worker_main(&def, argc, argv);
     /* The HTTP server has stopped: no request hands the writer an order now. */
     api_writer_stop(ctx.writer);
+    api_prices_stop(ctx.prices);
     goto out;
 config_error:
     log_error("configuration: %s", err);

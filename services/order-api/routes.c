@@ -15,11 +15,13 @@
  * with WWW-Authenticate: Bearer, or a 404 for another client's order.
  *
  * Each pool thread has its own database connection. POST /orders reads here
- * as its steps: the client (auth.c), the body (decode.c), an earlier order
- * with the same Idempotency-Key (idempotency.c), the prices (pricing.c), the
+ * as its steps: the client (auth.c), the body (decode.c), the prices
+ * (pricing.c: from its cache, without a round trip, when it has them), the
  * write and its document (store.c), committed by the writer with the orders
- * that arrived together (writer.c). Documents are built by PostgreSQL
- * (json_build_object).
+ * that arrived together (writer.c); the write finds an earlier order with
+ * the same Idempotency-Key itself (store.c, idempotency.c), so an order
+ * whose prices are cached costs one round trip, its batch's. Documents are
+ * built by PostgreSQL (json_build_object).
  */
 #include "api.h"
 #include "cfg.h"
@@ -128,6 +130,31 @@ static int answer_earlier(http_req *r, const api_ctx *ctx, http_resp *out, const
     return d != API_IDEM_NEW;
 }
 
+/* The answer to a request whose key its client used before, when the write
+ * did not see the earlier order (it committed after the write began): it is
+ * looked up now, after the commit. */
+static void answer_key_used(http_req *r, const api_ctx *ctx, http_resp *out, const char *client,
+                            const char *key, const char *body, const api_earlier *e)
+{
+    char err[DB_ERR_LEN], id[UUID_STR_LEN];
+    db_conn *db;
+    int found, same = 0, rc = DB_OK;
+
+    if (e->id[0]) {
+        answer_earlier(r, ctx, out, client, e->id, api_idem_decide(1, e->same));
+        return;
+    }
+    if (!(db = thread_db(r, ctx, out)))
+        return;
+    found = api_idem_find(db, client, key, body, id, &same, &rc, err, sizeof(err));
+    if (found < 0)
+        db_failure(out, rc, err);
+    else if (found == 0) /* taken, then gone: nothing was written for this request */
+        db_failure(out, DB_ERR_TRANSIENT, "the Idempotency-Key's order vanished; retry");
+    else
+        answer_earlier(r, ctx, out, client, id, api_idem_decide(1, same));
+}
+
 static void post_order(http_req *r, void *cls, http_resp *out)
 {
     const api_ctx *ctx = cls;
@@ -135,12 +162,13 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     const char *body, *client;
     size_t len;
     api_problem prob = {0};
+    api_earlier earlier;
     ev_event ev;
     order_placed *o = &ev.u.order_placed;
-    db_conn *db;
+    db_conn *db = NULL;
     char err[DB_ERR_LEN], existing[UUID_STR_LEN], sqlstate[6], *doc = NULL;
     struct cJSON *row;
-    int rc = DB_OK, same = 0;
+    int rc = DB_OK, same = 0, priced;
 
     ev_init(&ev, EV_ORDER_PLACED);
     if (!(client = api_client_of(r, ctx, out)))
@@ -162,32 +190,24 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     body = http_body(r, &len);
     if (api_decode_request(body, len, o, &prob) < 0 || api_validate(&ev, &prob) < 0)
         goto problem;
-    if (!(db = thread_db(r, ctx, out)))
-        goto out;
-    if (key) {
-        int found = api_idem_find(db, client, key, body, existing, &same, &rc, err, sizeof(err));
-        if (found < 0)
-            goto db_error;
-        if (answer_earlier(r, ctx, out, client, existing, api_idem_decide(found, same)))
+    /* The prices: from the cache when it has them all (no round trip), else
+     * from the catalog. The key is not looked up here: the write finds it. */
+    priced = api_price_cached(ctx->prices, o, &prob);
+    if (priced == 0) {
+        if (!(db = thread_db(r, ctx, out)))
             goto out;
-    }
-    if (api_price_order(db, o, &prob, &rc, err, sizeof(err)) < 0) {
+        priced = api_price_order(ctx->prices, db, o, &prob, &rc, err, sizeof(err)) < 0 ? -1 : 1;
         if (rc != DB_OK)
             goto db_error;
-        if (prob.status == 500) {
-            http_problem(out, 500, "Internal Server Error", prob.detail, NULL);
-            goto out;
-        }
-        goto problem;
     }
-    if (api_validate(&ev, &prob) < 0)
-        goto problem; /* e.g. a total beyond the contract's range */
+    if (priced < 0 || api_validate(&ev, &prob) < 0) /* e.g. a total past the contract */
+        goto refused;
     if (!(row = api_store_row(&ev, client, key, body, err, sizeof(err)))) {
         rc = DB_ERR;
         goto db_error;
     }
     /* The writer commits it, with the orders that came with it (writer.c). */
-    rc = api_writer_store(ctx->writer, row, &doc, sqlstate, err, sizeof(err));
+    rc = api_writer_store(ctx->writer, row, &doc, &earlier, sqlstate, err, sizeof(err));
     if (rc == API_WRITE_TIMEOUT) {
         log_warn("%s", err);
         http_problem(out, 503, "Service Unavailable",
@@ -198,20 +218,35 @@ static void post_order(http_req *r, void *cls, http_resp *out)
         snprintf(out->extra_value, sizeof(out->extra_value), "2");
         goto out;
     }
-    if (rc != DB_OK) {
-        /* Two requests with one key at once: the loser answers as a replay. */
-        if (key && strcmp(sqlstate, "23505") == 0 &&
-            api_idem_find(db, client, key, body, existing, &same, &rc, err, sizeof(err)) == 1) {
-            answer_earlier(r, ctx, out, client, existing, api_idem_decide(1, same));
-            goto out;
-        }
-        goto db_error;
+    if (rc == API_WRITE_KEY_USED) {
+        answer_key_used(r, ctx, out, client, key, body, &earlier);
+        goto out;
     }
+    if (rc != DB_OK)
+        goto db_error;
     log_write(LOG_INFO, o->order_id, NULL, "order %s placed: %zu lines, total %lld %s", o->order_id,
               o->lines.n, (long long)o->total, o->currency);
     http_json(out, 201, doc);
     snprintf(out->location, sizeof(out->location), "/orders/%s", o->order_id);
     goto out;
+refused:
+    /* Priced, it cannot be placed. A key used before answers first (a replay,
+     * or a 409), as when it was looked up before the prices: an earlier order
+     * stands even if the catalog has changed since. */
+    if (key) {
+        int found;
+        if (!db && !(db = thread_db(r, ctx, out)))
+            goto out;
+        found = api_idem_find(db, client, key, body, existing, &same, &rc, err, sizeof(err));
+        if (found < 0)
+            goto db_error;
+        if (answer_earlier(r, ctx, out, client, existing, api_idem_decide(found, same)))
+            goto out;
+    }
+    if (prob.status == 500) {
+        http_problem(out, 500, "Internal Server Error", prob.detail, NULL);
+        goto out;
+    }
 problem:
     http_problem(out, prob.status, prob.status == 400 ? "Bad Request" : "Unprocessable Content",
                  prob.detail, prob.field[0] ? prob.field : NULL);

@@ -8,6 +8,9 @@
  * POST /orders from what the write's statement wrote, and both end in
  * ORDER_DOC, so the two cannot drift apart.
  *
+ * An order whose Idempotency-Key its client already used is not written:
+ * the write finds the key itself and answers with the earlier order.
+ *
  * The write's one parameter is a JSON array of orders (api_store_row builds
  * each with cJSON, so every value is escaped by one JSON writer and read back
  * by PostgreSQL's json_to_recordset: the statement stays parameterised
@@ -18,6 +21,7 @@
 
 #include "outbox.h"
 #include "util.h"
+#include "uuid.h"
 
 #include <cJSON.h>
 #include <openssl/evp.h>
@@ -48,9 +52,17 @@ const char api_order_doc_sql[] =
     "   WHERE order_id = $1::uuid),"
     " t AS (SELECT order_id, status, at FROM order_timeline WHERE order_id = $1::uuid)" ORDER_DOC;
 
-/* The write of a batch ($1: api_store_row's objects in an array). Its answer
- * is ORDER_DOC over what it wrote, so a 201 shows exactly what
- * GET /orders/{id} would. */
+/* The write of a batch ($1: api_store_row's objects in an array). An order
+ * whose client already used its Idempotency-Key is not written (ON CONFLICT
+ * on the (client, key) constraint; nor are its lines, timeline or outbox
+ * row): the write finds the key itself, so a POST with a key costs no
+ * lookup before it. Its answer is ORDER_DOC over what it wrote (doc), so a
+ * 201 shows exactly what GET /orders/{id} would, and for each order not
+ * written its client's earlier order with that key and whether its body was
+ * the same (earlier, same), when the statement's snapshot shows it: a key
+ * taken by a transaction that committed after the statement began (or by
+ * another order of the same batch) is not, and api_store leaves that to a
+ * lookup after the commit. */
 static const char store_sql[] =
     "WITH x AS (SELECT * FROM json_to_recordset($1::json) AS x(id uuid, customer_id text,"
     "   customer_email text, currency text, total_minor text, idempotency_key text,"
@@ -59,15 +71,22 @@ static const char store_sql[] =
     " o AS (INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
     "   idempotency_key, request_hash, client_id) SELECT id, customer_id, customer_email,"
     "   currency, total_minor::bigint, idempotency_key, request_hash, client_id FROM x"
-    "   RETURNING *),"
+    "   ON CONFLICT ON CONSTRAINT orders_client_idempotency_key DO NOTHING RETURNING *),"
     " l AS (INSERT INTO order_lines (order_id, sku, quantity, unit_price_minor)"
-    "   SELECT x.id, y.sku, y.quantity::bigint, y.unit_price_minor::bigint FROM x,"
+    "   SELECT x.id, y.sku, y.quantity::bigint, y.unit_price_minor::bigint FROM x"
+    "   JOIN o ON o.id = x.id,"
     "   json_to_recordset(x.lines) AS y(sku text, quantity text, unit_price_minor text)"
     "   RETURNING order_id, sku, quantity, unit_price_minor),"
-    " t AS (INSERT INTO order_timeline (order_id, status) SELECT id, 'PENDING' FROM x"
+    " t AS (INSERT INTO order_timeline (order_id, status) SELECT id, 'PENDING' FROM o"
     "   RETURNING order_id, status, at),"
     " b AS (INSERT INTO outbox (message_id, routing_key, correlation_id, body)"
-    "   SELECT message_id, routing_key, id, event FROM x)" ORDER_DOC;
+    "   SELECT x.message_id, x.routing_key, x.id, x.event FROM x JOIN o ON o.id = x.id),"
+    " e AS (SELECT x.id AS id, prev.id AS earlier,"
+    "   coalesce(prev.request_hash = x.request_hash, false) AS same FROM x"
+    "   JOIN orders prev ON prev.client_id = x.client_id"
+    "   AND prev.idempotency_key = x.idempotency_key)"
+    " SELECT d.id, d.doc, NULL AS earlier, NULL AS same FROM (" ORDER_DOC ") d"
+    " UNION ALL SELECT id::text, NULL, earlier::text, same::text FROM e";
 
 /* Adds k: v (a string, or null for NULL) to o; -1 when out of memory. */
 static int put(cJSON *o, const char *k, const char *v)
@@ -133,7 +152,7 @@ out:
     return row;
 }
 
-int api_store(db_conn *db, struct cJSON *const *rows, size_t n, char **docs, char *err,
+int api_store(db_conn *db, struct cJSON *const *rows, size_t n, api_stored *out, char *err,
               size_t errlen)
 {
     cJSON *all = cJSON_CreateArray();
@@ -142,7 +161,7 @@ int api_store(db_conn *db, struct cJSON *const *rows, size_t n, char **docs, cha
     int rc = DB_OK;
 
     for (size_t i = 0; i < n; i++)
-        docs[i] = NULL;
+        out[i] = (api_stored){0};
     for (size_t i = 0; all && i < n; i++) {
         if (!cJSON_AddItemReferenceToArray(all, rows[i])) {
             cJSON_Delete(all);
@@ -161,13 +180,21 @@ int api_store(db_conn *db, struct cJSON *const *rows, size_t n, char **docs, cha
     if (rc != DB_OK)
         goto out;
     outbox_wake(); /* committed: one statement outside a transaction block */
-    /* Each written order's document, matched to its row by id. */
+    /* Each row's outcome, matched to it by its id: the document of an order
+     * written, or the earlier order of a key already used. */
     for (int r = 0; r < PQntuples(res); r++) {
         const char *id = db_get(res, r, "id"), *doc = db_get(res, r, "doc");
-        for (size_t i = 0; id && doc && i < n; i++) {
+        const char *earlier = db_get(res, r, "earlier"), *same = db_get(res, r, "same");
+        for (size_t i = 0; id && i < n; i++) {
             const cJSON *want = cJSON_GetObjectItemCaseSensitive(rows[i], "id");
-            if (!docs[i] && cJSON_IsString(want) && strcmp(want->valuestring, id) == 0)
-                docs[i] = strdup(doc);
+            if (!cJSON_IsString(want) || strcmp(want->valuestring, id) != 0)
+                continue;
+            if (doc && !out[i].doc)
+                out[i].doc = strdup(doc);
+            else if (earlier && uuid_valid(earlier)) {
+                snprintf(out[i].earlier, sizeof(out[i].earlier), "%s", earlier);
+                out[i].same = same && strcmp(same, "true") == 0;
+            }
         }
     }
 out:

@@ -54,6 +54,7 @@ typedef struct api_write {
     char sqlstate[6];
     char err[DB_ERR_LEN];
     char *doc;
+    api_earlier earlier; /* rc API_WRITE_KEY_USED: the order its key names */
 } api_write;
 
 struct api_writer {
@@ -69,7 +70,7 @@ struct api_writer {
     db_conn *db;
     api_write **batch; /* batch_max each */
     cJSON **rows;
-    char **docs;
+    api_stored *outs;
     api_writer_stats stats; /* copied to shown, under the lock, after each write */
     api_writer_stats shown;
 };
@@ -88,17 +89,26 @@ static void write_free(api_write *x)
 static int write_together(api_writer *w, api_write **batch, size_t n)
 {
     cJSON **rows = w->rows;
-    char **docs = w->docs, err[DB_ERR_LEN];
+    api_stored *outs = w->outs;
+    char err[DB_ERR_LEN];
+    size_t written = 0;
     int rc;
 
     for (size_t i = 0; i < n; i++)
         rows[i] = batch[i]->row;
-    rc = api_store(w->db, rows, n, docs, err, sizeof(err));
+    rc = api_store(w->db, rows, n, outs, err, sizeof(err));
     for (size_t i = 0; i < n; i++) {
         api_write *x = batch[i];
         x->rc = rc;
-        x->doc = rc == DB_OK ? docs[i] : NULL;
-        if (rc == DB_OK && !x->doc) {
+        x->doc = rc == DB_OK ? outs[i].doc : NULL;
+        written += x->doc != NULL;
+        if (rc == DB_OK && !x->doc &&
+            cJSON_IsString(cJSON_GetObjectItemCaseSensitive(x->row, "idempotency_key"))) {
+            /* Not written: its client's key names an earlier order. */
+            x->rc = API_WRITE_KEY_USED;
+            memcpy(x->earlier.id, outs[i].earlier, sizeof(x->earlier.id));
+            x->earlier.same = outs[i].same;
+        } else if (rc == DB_OK && !x->doc) {
             x->rc = DB_ERR;
             snprintf(x->err, sizeof(x->err), "the order was stored but its document is missing");
         } else if (rc != DB_OK) {
@@ -108,7 +118,7 @@ static int write_together(api_writer *w, api_write **batch, size_t n)
     }
     if (rc == DB_OK) {
         w->stats.writes++;
-        w->stats.orders += n;
+        w->stats.orders += written;
         if (n > w->stats.largest)
             w->stats.largest = n;
     }
@@ -240,8 +250,8 @@ api_writer *api_writer_start(const api_writer_opts *o, char *err, size_t errlen)
     w->db = db_new(o->database_url, ORDER_SERVICE);
     w->batch = calloc((size_t)w->batch_max, sizeof(*w->batch));
     w->rows = calloc((size_t)w->batch_max, sizeof(*w->rows));
-    w->docs = calloc((size_t)w->batch_max, sizeof(*w->docs));
-    if (!w->db || !w->batch || !w->rows || !w->docs)
+    w->outs = calloc((size_t)w->batch_max, sizeof(*w->outs));
+    if (!w->db || !w->batch || !w->rows || !w->outs)
         goto oom;
     if (o->timeouts) {
         db_set_timeouts(w->db, o->timeouts);
@@ -269,7 +279,7 @@ fail:
         db_free(w->db);
         free(w->batch);
         free(w->rows);
-        free(w->docs);
+        free(w->outs);
     }
     free(w);
     return NULL;
@@ -294,7 +304,7 @@ void api_writer_stop(api_writer *w)
     db_free(w->db);
     free(w->batch);
     free(w->rows);
-    free(w->docs);
+    free(w->outs);
     free(w);
 }
 
@@ -305,14 +315,15 @@ void api_writer_get_stats(api_writer *w, api_writer_stats *out)
     pthread_mutex_unlock(&w->lock);
 }
 
-int api_writer_store(api_writer *w, cJSON *row, char **doc, char sqlstate[6], char *err,
-                     size_t errlen)
+int api_writer_store(api_writer *w, cJSON *row, char **doc, api_earlier *earlier, char sqlstate[6],
+                     char *err, size_t errlen)
 {
     api_write *x = calloc(1, sizeof(*x));
     struct timespec until;
     int rc;
 
     *doc = NULL;
+    *earlier = (api_earlier){0};
     sqlstate[0] = '\0';
     if (!x) {
         cJSON_Delete(row);
@@ -351,6 +362,7 @@ int api_writer_store(api_writer *w, cJSON *row, char **doc, char sqlstate[6], ch
         rc = x->rc;
         *doc = x->doc;
         x->doc = NULL;
+        *earlier = x->earlier;
         snprintf(sqlstate, 6, "%s", x->sqlstate);
         snprintf(err, errlen, "%s", x->err);
         write_free(x);
