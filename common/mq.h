@@ -96,7 +96,8 @@ typedef struct {
 } mq_topology;
 
 typedef struct {
-    const char *url;         /* amqp[s]://user:pass@host:port/vhost[?tls options] (mq_check_url) */
+    const char *url;         /* amqp[s]://user:pass@host:port/vhost[?tls options], or a
+                                comma-separated list of such URLs (mq_check_url) */
     const char *app_id;      /* the service name, set on every publish */
     const mq_topology *topo; /* consumers: their queue; NULL for publishers */
     int prefetch;            /* consumers: basic.qos prefetch count; 0 = 32 */
@@ -169,6 +170,14 @@ void mq_free(mq_conn *c);
 
 /* Checks an AMQP URL without connecting: 0, or -1 with the reason.
  *
+ * url may be a list of up to MQ_MAX_ENDPOINTS URLs separated by commas (the
+ * nodes of one cluster: each must name the same user and vhost; a comma in
+ * a password must be written %2C). A connection tries them in order and
+ * takes the first that answers; after a connection ends, the next attempt
+ * starts with the endpoint after the one it was on, tries each once, and
+ * only then fails (the caller backs off and tries the round again), so a
+ * client moves off a node that went away instead of waiting for it.
+ *
  * amqp://user:password@host:port/vhost is plain TCP. amqps://... is TLS 1.2
  * or later and needs ?cacertfile=PATH, the PEM CA file the broker's
  * certificate must be signed by; the certificate must also name the URL's
@@ -178,6 +187,7 @@ void mq_free(mq_conn *c);
  * RabbitMQ's URI query parameters; values are taken literally (no %-escapes,
  * no '&'). TLS parameters on amqp:// and unknown parameters are errors, and
  * every named file must be readable. */
+#define MQ_MAX_ENDPOINTS 8
 int mq_check_url(const char *url, char *err, size_t errlen);
 
 /* One connection attempt as a publisher (confirm mode).

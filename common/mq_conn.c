@@ -20,19 +20,18 @@
 
 int mq_check_url(const char *url, char *err, size_t errlen)
 {
-    struct amqp_connection_info info;
-    mq__tls_opts t;
+    mq__endpoint ep[MQ_MAX_ENDPOINTS];
     char *buf = strdup(url);
-    int rc = -1;
+    int rc = -1, n;
     if (!buf) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    if (mq__parse_url(buf, &info, &t, err, errlen) < 0)
+    if (mq__parse_urls(buf, ep, MQ_MAX_ENDPOINTS, &n, err, errlen) < 0)
         goto out;
     /* Files that cannot be read stop the process now, not at every connect. */
-    {
-        const char *const files[] = {t.cacertfile, t.certfile, t.keyfile};
+    for (int k = 0; k < n; k++) {
+        const char *const files[] = {ep[k].tls.cacertfile, ep[k].tls.certfile, ep[k].tls.keyfile};
         for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
             if (files[i] && access(files[i], R_OK) != 0) {
                 snprintf(err, errlen, "cannot read %s", files[i]);
@@ -55,10 +54,13 @@ mq_conn *mq_new(const mq_opts *o)
     c->url_buf = strdup(o->url);
     c->app_id = strdup(o->app_id ? o->app_id : "ordersuite");
     if (!c->url_buf || !c->app_id ||
-        mq__parse_url(c->url_buf, &c->info, &c->tls, err, sizeof(err)) < 0) {
+        mq__parse_urls(c->url_buf, c->ep, MQ_MAX_ENDPOINTS, &c->nep, err, sizeof(err)) < 0) {
         mq_free(c);
         return NULL;
     }
+    c->cur = -1;
+    c->info = c->ep[0].info;
+    c->tls = c->ep[0].tls;
     c->topo = o->topo;
     c->metrics = o->metrics;
     c->prefetch = o->prefetch > 0 ? o->prefetch : 32;
@@ -219,7 +221,40 @@ static int login(mq_conn *c, char *err, size_t errlen)
         "login", err, errlen);
 }
 
+static int open_endpoint(mq_conn *c, char *err, size_t errlen);
+
+/* Tries the endpoints in turn (mq_check_url says in which order) until one
+ * opens. A refusal that is the same on every node (the login, the TLS
+ * settings: MQ_ERR_CONFIG) ends the round at once. */
 int mq__open_connection(mq_conn *c, char *err, size_t errlen)
+{
+    int start = c->cur < 0 ? 0 : (c->cur + 1) % c->nep, rc = MQ_ERR;
+
+    for (int k = 0; k < c->nep; k++) {
+        int i = (start + k) % c->nep;
+        c->info = c->ep[i].info;
+        c->tls = c->ep[i].tls;
+        rc = open_endpoint(c, err, errlen);
+        if (rc == MQ_OK) {
+            if (c->nep > 1)
+                log_info("broker: connected to endpoint %d of %d (%s:%d)", i + 1, c->nep,
+                         c->info.host, c->info.port);
+            c->cur = i;
+            return MQ_OK;
+        }
+        if (rc == MQ_ERR_CONFIG)
+            return rc;
+    }
+    if (c->nep > 1) {
+        char last[MQ_ERR_LEN];
+        snprintf(last, sizeof(last), "%s", err);
+        snprintf(err, errlen, "none of the %d endpoints answered (the last: %s)", c->nep, last);
+    }
+    return rc;
+}
+
+/* One attempt at the endpoint in c->info / c->tls. */
+static int open_endpoint(mq_conn *c, char *err, size_t errlen)
 {
     amqp_socket_t *sock;
     struct timeval tv = {5, 0}, rpc = {30, 0};

@@ -30,8 +30,18 @@ typedef struct {
     const char *keyfile;    /* ... and its unencrypted PEM key */
 } mq__tls_opts;
 
+/* One broker endpoint of the URL list; its strings point into the URL buffer. */
+typedef struct {
+    struct amqp_connection_info info;
+    mq__tls_opts tls;
+} mq__endpoint;
+
 struct mq_conn {
-    char *url_buf; /* amqp_parse_url points info's strings into this */
+    char *url_buf; /* amqp_parse_url points the endpoints' strings into this */
+    mq__endpoint ep[MQ_MAX_ENDPOINTS];
+    int nep; /* how many endpoints the URL list has (1..MQ_MAX_ENDPOINTS) */
+    int cur; /* the endpoint of the last connection that opened; -1 = none yet */
+    /* The current endpoint's (copies of ep[cur]'s, or of the one being tried). */
     struct amqp_connection_info info;
     mq__tls_opts tls;
     char *app_id;
@@ -65,6 +75,13 @@ int mq__open_connection(mq_conn *c, char *err, size_t errlen);
  * Returns 0, or -1 with the reason. */
 int mq__parse_url(char *buf, struct amqp_connection_info *info, mq__tls_opts *t, char *err,
                   size_t errlen);
+
+/* Splits buf (a comma-separated list of AMQP URLs, modified in place) into
+ * at most max endpoints with mq__parse_url, into ep, and sets *n. Every
+ * endpoint must name the same user and vhost (they are one broker: a
+ * cluster's nodes). Returns 0, or -1 with the reason (naming the endpoint
+ * by its place in the list when there are several). */
+int mq__parse_urls(char *buf, mq__endpoint *ep, int max, int *n, char *err, size_t errlen);
 
 /* A table entry pointing at k and v (not copied). */
 void mq__arg_str(amqp_table_entry_t *e, const char *k, const char *v);

@@ -85,6 +85,47 @@ int mq__parse_url(char *buf, struct amqp_connection_info *info, mq__tls_opts *t,
     return 0;
 }
 
+int mq__parse_urls(char *buf, mq__endpoint *ep, int max, int *n, char *err, size_t errlen)
+{
+    char *p = buf, *comma;
+    char why[MQ_ERR_LEN];
+    int k = 0, many = strchr(buf, ',') != NULL;
+
+    *n = 0;
+    do {
+        comma = strchr(p, ',');
+        if (comma)
+            *comma = '\0';
+        if (k == max) {
+            snprintf(err, errlen, "more than %d endpoints", max);
+            return -1;
+        }
+        if (!*p && many) {
+            snprintf(err, errlen, "endpoint %d is empty (a stray comma?)", k + 1);
+            return -1;
+        }
+        if (mq__parse_url(p, &ep[k].info, &ep[k].tls, why, sizeof(why)) < 0) {
+            if (many)
+                snprintf(err, errlen, "endpoint %d: %s", k + 1, why);
+            else
+                snprintf(err, errlen, "%s", why);
+            return -1;
+        }
+        if (k > 0 && (strcmp(ep[k].info.user, ep[0].info.user) != 0 ||
+                      strcmp(ep[k].info.vhost, ep[0].info.vhost) != 0)) {
+            snprintf(err, errlen,
+                     "endpoint %d names another user or vhost than endpoint 1: the endpoints are "
+                     "the nodes of one broker",
+                     k + 1);
+            return -1;
+        }
+        k++;
+        p = comma ? comma + 1 : NULL;
+    } while (p);
+    *n = k;
+    return 0;
+}
+
 /* -------------------------------------------------------- header tables */
 
 void mq__arg_str(amqp_table_entry_t *e, const char *k, const char *v)

@@ -120,6 +120,8 @@ static int worker_consuming(void *arg)
 
 /* An extra "K=V" for the next start_worker, or NULL. */
 static const char *worker_extra_env;
+/* The variable with the AMQP_URL of the next start_worker. */
+static const char *worker_amqp_env = "SPINE_AMQP_URL";
 
 static void start_worker(void)
 {
@@ -133,7 +135,7 @@ static void start_worker(void)
                          worker_extra_env,
                          NULL};
     const tu_svc_opts o = {.exe = path,
-                           .amqp_env = "SPINE_AMQP_URL",
+                           .amqp_env = worker_amqp_env,
                            .env = env,
                            .log = "spine_worker",
                            .ready_queue = SVC,
@@ -582,6 +584,61 @@ START_TEST(the_consumer_survives_a_broker_restart)
                                 0, NULL),
                      N);
     ck_assert_int_eq(total_effects(), 2 * N);
+    mq_free(c);
+}
+END_TEST
+
+/* AMQP_URL as a list of endpoints, the first of which nothing answers on
+ * (port 1 on loopback: refused at once): the worker connects to the second,
+ * and after the broker went away it tries the list again, round after round
+ * with its backoff, and consumes again when a node is back. */
+START_TEST(a_list_of_endpoints_is_tried_in_turn_at_start_and_after_a_loss)
+{
+    const char *real = tu_env("SPINE_AMQP_URL");
+    const char *at = strrchr(real, '@');
+    const char *colon = strchr(at ? at : real, ':');
+    const char *slash = strchr(colon ? colon : real, '/');
+    char list[2600], sale[UUID_STR_LEN], err[MQ_ERR_LEN];
+    mq_conn *c;
+    long want = 2, connected0, connected1, none0;
+    int k;
+
+    ck_assert_msg(at && colon && slash, "SPINE_AMQP_URL has no @host:port/: %s", real);
+    /* The same URL with the port changed to 1, then the real one. */
+    k = snprintf(list, sizeof(list), "%.*s:1%s,%s", (int)(colon - real), real, slash, real);
+    ck_assert_int_lt(k, (int)sizeof(list));
+    ck_assert_int_eq(setenv("SPINE_LIST_URL", list, 1), 0);
+    tu_svc_stop_ok(&worker);
+    /* The log is appended to by every run: count what this one adds. */
+    connected0 = tu_file_count(worker.log, "connected to endpoint 2 of 2", NULL);
+    none0 = tu_file_count(worker.log, "none of the 2 endpoints answered", NULL);
+    worker_amqp_env = "SPINE_LIST_URL";
+    start_worker();
+    worker_amqp_env = "SPINE_AMQP_URL";
+    /* Each of its connections (consumer, outbox relay...) says so. */
+    connected1 = tu_file_count(worker.log, "connected to endpoint 2 of 2", NULL);
+    ck_assert_int_gt(connected1, connected0);
+
+    c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    {
+        char *body = sale_body("OK", sale);
+        ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+        free(body);
+    }
+    tu_broker("stop_app");
+    tu_broker("start_app");
+    ck_assert_msg(tu_poll(60000, worker_consuming, NULL), "the worker did not come back");
+    ck_assert_msg(mq_connect_retry(c, 0, 20000, NULL, err, sizeof(err)) == MQ_OK, "%s", err);
+    {
+        char *body = sale_body("OK", sale);
+        ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+        free(body);
+    }
+    ck_assert_msg(tu_poll(60000, total_reached, &want), "only %ld of %ld effects", total_effects(),
+                  want);
+    /* It went round the list: endpoint 1 refused, then endpoint 2 again. */
+    ck_assert_int_gt(tu_file_count(worker.log, "none of the 2 endpoints answered", NULL), none0);
+    ck_assert_int_gt(tu_file_count(worker.log, "connected to endpoint 2 of 2", NULL), connected1);
     mq_free(c);
 }
 END_TEST
@@ -1108,6 +1165,7 @@ int main(void)
     tcase_add_test(t, an_unroutable_publish_is_reported);
     tcase_add_test(t, outbox_rows_written_while_the_broker_is_down_are_published_after);
     tcase_add_test(t, the_consumer_survives_a_broker_restart);
+    tcase_add_test(t, a_list_of_endpoints_is_tried_in_turn_at_start_and_after_a_loss);
     tcase_add_test(t, a_deleted_queue_is_declared_again_and_consumed);
     tcase_add_test(t, a_changed_delivery_limit_does_not_stop_the_worker_and_is_in_force);
     tcase_add_test(t, a_queue_with_an_older_x_delivery_limit_takes_the_configured_limit);

@@ -586,6 +586,65 @@ START_TEST(good_amqp_urls_pass_the_check)
 }
 END_TEST
 
+START_TEST(a_list_of_amqp_urls_parses_into_endpoints_of_one_user_and_vhost)
+{
+    char buf[512], err[MQ_ERR_LEN];
+    mq__endpoint ep[MQ_MAX_ENDPOINTS];
+    int n = -1;
+
+    snprintf(buf, sizeof(buf),
+             "amqp://u:p@n1:5672/v,amqp://u:p@n2:5673/v,amqps://u:p@n3/v?cacertfile=/ca.pem");
+    ck_assert_msg(mq__parse_urls(buf, ep, MQ_MAX_ENDPOINTS, &n, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(n, 3);
+    ck_assert_str_eq(ep[0].info.host, "n1");
+    ck_assert_int_eq(ep[0].info.port, 5672);
+    ck_assert_str_eq(ep[1].info.host, "n2");
+    ck_assert_int_eq(ep[1].info.port, 5673);
+    ck_assert_str_eq(ep[2].info.host, "n3");
+    ck_assert_int_eq(ep[2].info.ssl, 1);
+    ck_assert_str_eq(ep[2].tls.cacertfile, "/ca.pem");
+    ck_assert_ptr_null(ep[1].tls.cacertfile);
+
+    /* One URL is a list of one. */
+    snprintf(buf, sizeof(buf), "amqp://u:p@n1/v");
+    ck_assert_int_eq(mq__parse_urls(buf, ep, MQ_MAX_ENDPOINTS, &n, err, sizeof(err)), 0);
+    ck_assert_int_eq(n, 1);
+
+    /* A comma in a password is written %2C. */
+    snprintf(buf, sizeof(buf), "amqp://u:a%%2Cb@n1/v,amqp://u:a%%2Cb@n2/v");
+    ck_assert_msg(mq__parse_urls(buf, ep, MQ_MAX_ENDPOINTS, &n, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(n, 2);
+    ck_assert_str_eq(ep[1].info.password, "a,b");
+}
+END_TEST
+
+START_TEST(bad_lists_of_amqp_urls_are_refused_naming_the_endpoint)
+{
+    static const struct {
+        const char *url, *err_has;
+    } cases[] = {
+        {"amqp://u:p@n1/v,", "endpoint 2 is empty"},
+        {",amqp://u:p@n1/v", "endpoint 1 is empty"},
+        {"amqp://u:p@n1/v,,amqp://u:p@n2/v", "endpoint 2 is empty"},
+        {"amqp://u:p@n1/v,http://n2", "endpoint 2: not an AMQP URL"},
+        {"amqp://u:p@n1/v,amqp://other:p@n2/v", "endpoint 2 names another user or vhost"},
+        {"amqp://u:p@n1/v,amqp://u:p@n2/w", "endpoint 2 names another user or vhost"},
+        {"amqp://u:p@n1/v,amqps://u:p@n2/v", "endpoint 2: amqps:// needs ?cacertfile"},
+        {"amqp://u:p@h/v,amqp://u:p@h/v,amqp://u:p@h/v,amqp://u:p@h/v,amqp://u:p@h/v,"
+         "amqp://u:p@h/v,amqp://u:p@h/v,amqp://u:p@h/v,amqp://u:p@h/v",
+         "more than 8 endpoints"},
+        {"amqp://u:p@n1/v,amqps://u:p@n2/v?cacertfile=/nonexistent/ca.pem",
+         "cannot read /nonexistent/ca.pem"},
+    };
+    for (size_t i = 0; i < N(cases); i++) {
+        char err[MQ_ERR_LEN] = "";
+        ck_assert_msg(mq_check_url(cases[i].url, err, sizeof(err)) == -1, "\"%s\" accepted",
+                      cases[i].url);
+        ck_assert_msg(strstr(err, cases[i].err_has), "\"%s\": %s", cases[i].url, err);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_mq");
@@ -608,6 +667,8 @@ int main(void)
     tcase_add_test(u, amqp_urls_parse_into_host_port_vhost_and_tls_files);
     tcase_add_test(u, bad_amqp_urls_are_refused_with_the_reason);
     tcase_add_test(u, good_amqp_urls_pass_the_check);
+    tcase_add_test(u, a_list_of_amqp_urls_parses_into_endpoints_of_one_user_and_vhost);
+    tcase_add_test(u, bad_lists_of_amqp_urls_are_refused_naming_the_endpoint);
     suite_add_tcase(s, h);
     suite_add_tcase(s, e);
     suite_add_tcase(s, u);
