@@ -1,14 +1,17 @@
 /*
  * mqbench — what the broker alone can do, for make bench.
  *
- *   mqbench [-n MESSAGES] [-s BYTES] [-q QUEUE]
+ *   mqbench [-n MESSAGES] [-s BYTES] [-q QUEUE] [-p PREFETCH] [-a ACK_BATCH]
  *
  * Declares a quorum queue (default "bench.quorum", in AMQP_URL's vhost),
  * publishes MESSAGES persistent messages of BYTES each through the suite's
  * own publisher (mq_publish_batch: batches of 200, pipelined publisher
  * confirms, as the outbox relay does), then consumes them all with manual
- * acks and prefetch 32 (as the workers do), and deletes the queue. Prints
- * one JSON line: {"publish_per_s":..., "consume_per_s":...}.
+ * acks and prefetch PREFETCH (default 32), and deletes the queue. With
+ * ACK_BATCH 1 (the default) each delivery is acked on its own; with more,
+ * as the workers do, the deliveries that have arrived (up to ACK_BATCH) are
+ * acked with one multiple-ack. Prints one JSON line:
+ * {"publish_per_s":..., "consume_per_s":..., "prefetch":..., "ack_batch":...}.
  * Environment: AMQP_URL (a user who may declare and delete the queue).
  */
 #include "mq.h"
@@ -45,7 +48,7 @@ static long arg(const char *s, long lo, long hi)
 int main(int argc, char **argv)
 {
     const char *url = getenv("AMQP_URL"), *queue = "bench.quorum";
-    long n = 20000, size = 600;
+    long n = 20000, size = 600, prefetch = 32, ack_batch = 1;
     char *urlcopy, *body, err[MQ_ERR_LEN];
     struct amqp_connection_info info;
     amqp_connection_state_t c;
@@ -60,16 +63,21 @@ int main(int argc, char **argv)
     double pub_s, cons_s;
     long got = 0;
 
-    while ((opt = getopt(argc, argv, "n:s:q:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:s:q:p:a:")) != -1) {
         if (opt == 'n' && (n = arg(optarg, 1, 10000000)) > 0)
             continue;
         if (opt == 's' && (size = arg(optarg, 1, 1 << 20)) > 0)
+            continue;
+        if (opt == 'p' && (prefetch = arg(optarg, 1, 65535)) > 0)
+            continue;
+        if (opt == 'a' && (ack_batch = arg(optarg, 1, 1000000)) > 0)
             continue;
         if (opt == 'q') {
             queue = optarg;
             continue;
         }
-        fprintf(stderr, "usage: mqbench [-n MESSAGES] [-s BYTES] [-q QUEUE]  (env AMQP_URL)\n");
+        fprintf(stderr, "usage: mqbench [-n MESSAGES] [-s BYTES] [-q QUEUE] [-p PREFETCH]"
+                        " [-a ACK_BATCH]  (env AMQP_URL)\n");
         return 2;
     }
     if (!url || !(urlcopy = strdup(url)) || amqp_parse_url(urlcopy, &info) != AMQP_STATUS_OK) {
@@ -128,8 +136,8 @@ int main(int argc, char **argv)
     pub_s = (double)(util_wall_us() - t0) / 1e6;
     mq_free(pub);
 
-    /* Consume with manual acks, prefetch 32. */
-    amqp_basic_qos(c, 1, 0, 32, 0);
+    /* Consume with manual acks. */
+    amqp_basic_qos(c, 1, 0, (uint16_t)prefetch, 0);
     if (fail("basic.qos", amqp_get_rpc_reply(c)))
         return 1;
     amqp_basic_consume(c, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
@@ -138,29 +146,40 @@ int main(int argc, char **argv)
         return 1;
     t0 = util_wall_us();
     while (got < n) {
-        amqp_envelope_t env;
+        /* The first delivery waits; the rest of a batch is what has arrived. */
         struct timeval tv = {10, 0};
-        amqp_rpc_reply_t r;
-        amqp_maybe_release_buffers(c);
-        r = amqp_consume_message(c, &env, &tv, 0);
-        if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        uint64_t last = 0;
+        long k = 0;
+        while (k < ack_batch && got + k < n) {
+            amqp_envelope_t env;
+            amqp_rpc_reply_t r;
+            amqp_maybe_release_buffers(c);
+            r = amqp_consume_message(c, &env, &tv, 0);
+            if (r.reply_type != AMQP_RESPONSE_NORMAL)
+                break;
+            last = env.delivery_tag;
+            amqp_destroy_envelope(&env);
+            k++;
+            tv.tv_sec = 0;
+        }
+        if (k == 0) {
             fprintf(stderr, "mqbench: consumed %ld of %ld, then nothing for 10 s\n", got, n);
             return 1;
         }
-        if (amqp_basic_ack(c, 1, env.delivery_tag, 0) != AMQP_STATUS_OK) {
+        if (amqp_basic_ack(c, 1, last, k > 1) != AMQP_STATUS_OK) {
             fprintf(stderr, "mqbench: basic.ack failed\n");
             return 1;
         }
-        amqp_destroy_envelope(&env);
-        got++;
+        got += k;
     }
     cons_s = (double)(util_wall_us() - t0) / 1e6;
     amqp_queue_delete(c, 1, amqp_cstring_bytes(queue), 0, 0);
     amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
     amqp_connection_close(c, AMQP_REPLY_SUCCESS);
     amqp_destroy_connection(c);
-    printf("{\"messages\":%ld,\"bytes\":%ld,\"publish_per_s\":%.1f,\"consume_per_s\":%.1f}\n", n,
-           size, (double)n / pub_s, (double)n / cons_s);
+    printf("{\"messages\":%ld,\"bytes\":%ld,\"publish_per_s\":%.1f,\"consume_per_s\":%.1f,"
+           "\"prefetch\":%ld,\"ack_batch\":%ld}\n",
+           n, size, (double)n / pub_s, (double)n / cons_s, prefetch, ack_batch);
     free(body);
     free(msgs);
     free(status);
