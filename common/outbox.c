@@ -4,6 +4,7 @@
 #include "outbox.h"
 #include "log.h"
 #include "mq.h"
+#include "upcast.h"
 #include "util.h"
 
 #include <errno.h>
@@ -65,7 +66,13 @@ struct outbox_relay {
 int outbox_row(const ev_event *ev, const char *causation_id, char message_id[UUID_STR_LEN],
                char **body, char *err, size_t errlen)
 {
-    *body = ev_to_json(ev, causation_id, err, errlen);
+    return outbox_row_version(ev, causation_id, EV_SCHEMA_VERSION, message_id, body, err, errlen);
+}
+
+int outbox_row_version(const ev_event *ev, const char *causation_id, int version,
+                       char message_id[UUID_STR_LEN], char **body, char *err, size_t errlen)
+{
+    *body = ev_to_json_version(ev, causation_id, version, err, errlen);
     if (!*body)
         return DB_ERR;
     if (uuid_v4(message_id) < 0) {
@@ -166,7 +173,7 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
     if (db_begin(db, err, sizeof(err)) != DB_OK)
         goto fail;
     if (db_execp(db, "outbox_claim",
-                 "SELECT id, message_id, routing_key, correlation_id, body,"
+                 "SELECT id, message_id, routing_key, correlation_id, body, schema_version,"
                  " extract(epoch from created_at)::bigint AS ts,"
                  " extract(epoch from now() - created_at)::bigint AS age"
                  " FROM outbox WHERE parked_at IS NULL ORDER BY id LIMIT $1"
@@ -195,6 +202,7 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
         msgs[i].body = db_get(res, i, "body");
         msgs[i].len = strlen(msgs[i].body);
         msgs[i].timestamp = strtoll(db_get(res, i, "ts"), NULL, 10);
+        msgs[i].schema_version = atoi(db_get(res, i, "schema_version")); /* 1.. (a CHECK) */
     }
     mrc = mq_publish_batch_replies(mq, msgs, (size_t)n, status, replies, err, sizeof(err));
     if (mrc != MQ_OK)

@@ -48,6 +48,12 @@ int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char 
 int outbox_row(const ev_event *ev, const char *causation_id, char message_id[UUID_STR_LEN],
                char **body, char *err, size_t errlen);
 
+/* outbox_row writing version (upcast.h) of ev's schema; the caller stores
+ * the version in the row's schema_version, which the relay publishes as the
+ * header. outbox_row writes EV_SCHEMA_VERSION. */
+int outbox_row_version(const ev_event *ev, const char *causation_id, int version,
+                       char message_id[UUID_STR_LEN], char **body, char *err, size_t errlen);
+
 /* Wakes this process's relays; for rows written without outbox_add, after
  * their commit (outbox_add arranges it through db_after_commit). */
 void outbox_wake(void);

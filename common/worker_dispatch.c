@@ -10,6 +10,7 @@
  */
 #include "worker_int.h"
 #include "log.h"
+#include "upcast.h"
 #include "util.h"
 
 #include <stdarg.h>
@@ -141,13 +142,14 @@ static mq_result prepare(worker *w, const mq_delivery *d, prepared *p, char *err
         snprintf(err, errlen, "undecodable: message_id is missing or not a UUID");
         return MQ_REJECT;
     }
-    if (d->schema_version != EV_SCHEMA_VERSION) {
-        snprintf(err, errlen, "undecodable: schema_version %d is not supported (want %d)",
-                 d->schema_version, EV_SCHEMA_VERSION);
-        return MQ_REJECT;
-    }
     if (ev_type_from_key(d->routing_key, &t) < 0) {
         snprintf(err, errlen, "undecodable: unknown routing key %s", d->routing_key);
+        return MQ_REJECT;
+    }
+    /* Every version of the event's schema is read (an older one upcast to
+     * the latest, upcast.h); another is refused, naming the versions known. */
+    if (ev_version_check(t, d->schema_version, derr, sizeof(derr)) < 0) {
+        snprintf(err, errlen, "undecodable: %s", derr);
         return MQ_REJECT;
     }
     for (size_t i = 0; i < w->def->nroutes; i++) {
@@ -160,7 +162,8 @@ static mq_result prepare(worker *w, const mq_delivery *d, prepared *p, char *err
     }
     if (worker_envelope_of(d, &p->env, err, errlen) != MQ_DONE)
         return MQ_REJECT;
-    if (ev_from_json(t, d->body, d->len, &p->ev, p->env.causation_id, derr, sizeof(derr)) < 0) {
+    if (ev_from_json_version(t, d->schema_version, d->body, d->len, &p->ev, p->env.causation_id,
+                             derr, sizeof(derr)) < 0) {
         snprintf(err, errlen, "undecodable: %s", derr);
         return MQ_REJECT;
     }

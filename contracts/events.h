@@ -28,6 +28,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The schema version written when a writer does not choose one (ev_to_json,
+ * mq_msg.schema_version 0), which every reader knows. An event's later
+ * versions, what readers accept and the upcasting: upcast.h. */
 #define EV_SCHEMA_VERSION 1
 
 #define EV_ID_MAX    64  /* customer_id, store_id */

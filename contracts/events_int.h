@@ -45,4 +45,12 @@ typedef struct {
 /* Every event's description, indexed by ev_type (events.c). */
 extern const event_desc ev__events[EV__COUNT];
 
+/* upcast.c: the tables describe each event's latest version; these turn a
+ * parsed body of an older version (1 .. latest, checked by the caller) into
+ * the latest one (ev__upcast), and the latest into an older one
+ * (ev__downcast). 0, or -1 when out of memory. */
+struct cJSON;
+int ev__upcast(ev_type t, int version, struct cJSON *body);
+int ev__downcast(ev_type t, int version, struct cJSON *body);
+
 #endif

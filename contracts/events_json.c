@@ -9,6 +9,7 @@
  * totals) exactly as it does before encoding.
  */
 #include "events_int.h"
+#include "upcast.h"
 
 #include <cJSON.h>
 #include <math.h>
@@ -62,11 +63,21 @@ static int add_field(cJSON *obj, const field *f, const char *p)
 
 char *ev_to_json(const ev_event *ev, const char *causation_id, char *err, size_t errlen)
 {
+    return ev_to_json_version(ev, causation_id, EV_SCHEMA_VERSION, err, errlen);
+}
+
+char *ev_to_json_version(const ev_event *ev, const char *causation_id, int version, char *err,
+                         size_t errlen)
+{
     const event_desc *d;
     cJSON *root;
     char *out = NULL;
 
-    if (ev_validate(ev, err, errlen) < 0)
+    if (ev_validate(ev, err, errlen) < 0) {
+        ev_name_as(ev->type, version, err, errlen);
+        return NULL;
+    }
+    if (ev_version_check(ev->type, version, err, errlen) < 0)
         return NULL;
     if (causation_id && *causation_id && !uuid_valid(causation_id)) {
         snprintf(err, errlen, "causation_id: must be a UUID");
@@ -83,6 +94,9 @@ char *ev_to_json(const ev_event *ev, const char *causation_id, char *err, size_t
         if (add_field(root, &d->fields[i], (const char *)&ev->u + d->fields[i].off) < 0)
             goto oom;
     }
+    /* The table is the latest version; an older one is written from it. */
+    if (ev__downcast(ev->type, version, root) < 0)
+        goto oom;
     out = cJSON_PrintUnformatted(root);
     if (!out)
         goto oom;
@@ -362,6 +376,12 @@ cJSON *ev_json_parse(const char *body, size_t len, int max_depth, char *err, siz
 int ev_from_json(ev_type t, const char *body, size_t len, ev_event *out,
                  char causation_id[UUID_STR_LEN], char *err, size_t errlen)
 {
+    return ev_from_json_version(t, EV_SCHEMA_VERSION, body, len, out, causation_id, err, errlen);
+}
+
+int ev_from_json_version(ev_type t, int version, const char *body, size_t len, ev_event *out,
+                         char causation_id[UUID_STR_LEN], char *err, size_t errlen)
+{
     const event_desc *d;
     const char *dup;
     const cJSON *cause;
@@ -376,6 +396,8 @@ int ev_from_json(ev_type t, const char *body, size_t len, ev_event *out,
         return -1;
     }
     d = &ev__events[t];
+    if (ev_version_check(t, version, err, errlen) < 0)
+        return -1;
     if (len > EV_BODY_MAX) {
         snprintf(err, errlen, "body: larger than %d bytes", EV_BODY_MAX);
         return -1;
@@ -400,12 +422,20 @@ int ev_from_json(ev_type t, const char *body, size_t len, ev_event *out,
         if (causation_id)
             memcpy(causation_id, cause->valuestring, UUID_STR_LEN);
     }
+    /* An older version is read as the latest (the table's): upcast.c. */
+    if (ev__upcast(t, version, root) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
     for (size_t i = 0; i < d->nfields; i++) {
         if (read_field(root, &d->fields[i], (char *)&out->u + d->fields[i].off, err, errlen))
             goto out;
     }
     rc = ev_validate(out, err, errlen);
 out:
+    /* Errors name a field as the sender's version calls it. */
+    if (rc < 0)
+        ev_name_as(t, version, err, errlen);
     cJSON_Delete(root);
     if (rc < 0) {
         ev_free(out);

@@ -186,7 +186,7 @@ START_TEST(an_order_at_every_maximum_travels_to_the_write_exactly)
     decoded(&ev, EV_LINES_MAX, EV_QTY_MAX);
     ck_assert_int_eq(uuid_v4(ev.u.order_placed.order_id), 0);
     ck_assert_int_eq(api_price_lines(&ev.u.order_placed, cat, EV_LINES_MAX, &p), 0);
-    row = api_store_row(&ev, "client-1", "key-1", "{}", err, sizeof(err));
+    row = api_store_row(&ev, 1, "client-1", "key-1", "{}", err, sizeof(err));
     ck_assert_msg(row != NULL, "%s", err);
     ck_assert_str_eq(str_of(row, "id"), ev.u.order_placed.order_id);
     snprintf(want, sizeof(want), "%lld", (long long)EV_TOTAL_MAX);
@@ -205,7 +205,7 @@ START_TEST(an_order_at_every_maximum_travels_to_the_write_exactly)
     ck_assert_str_eq(str_of(cJSON_GetArrayItem(lines, 99), "quantity"), want);
     cJSON_Delete(row);
 
-    row = api_store_row(&ev, "client-1", NULL, "{}", err, sizeof(err));
+    row = api_store_row(&ev, 2, "client-1", NULL, "{}", err, sizeof(err));
     ck_assert_msg(row != NULL, "%s", err);
     ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(row, "idempotency_key")));
     ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(row, "request_hash")));

@@ -43,6 +43,7 @@ typedef struct {
     size_t ntokens;
     api_writer *writer; /* writes the orders POST /orders accepts (writer.c) */
     api_prices *prices; /* the price cache (pricing.c); NULL: off */
+    int placed_version; /* ORDER_PLACED_VERSION: the order.placed schema written */
 } api_ctx;
 
 /* ------------------------------------------------------------- auth.c */
@@ -182,10 +183,11 @@ struct cJSON;
 extern const char api_order_doc_sql[];
 
 /* The order (validated, priced) of client as one order of a write: a new
- * message id and its order.placed event, key and the SHA-256 of body for
- * idempotency (body unused without a key). The caller cJSON_Delete()s it.
- * NULL with err when out of memory or the event cannot be made. */
-struct cJSON *api_store_row(const ev_event *ev, const char *client, const char *key,
+ * message id and its order.placed event in schema version (upcast.h), key
+ * and the SHA-256 of body for idempotency (body unused without a key). The
+ * caller cJSON_Delete()s it. NULL with err when out of memory or the event
+ * cannot be made. */
+struct cJSON *api_store_row(const ev_event *ev, int version, const char *client, const char *key,
                             const char *body, char *err, size_t errlen);
 
 /* What the write did with one order. */

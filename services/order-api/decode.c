@@ -6,6 +6,7 @@
  * unit tests and the fuzzer call it without a server.
  */
 #include "api.h"
+#include "upcast.h"
 
 #include <cJSON.h>
 #include <stdio.h>
@@ -128,6 +129,8 @@ int api_validate(const ev_event *ev, problem *p)
     size_t n;
     if (ev_validate(ev, err, sizeof(err)) == 0)
         return 0;
+    /* The API's order calls its total total_minor, as order.placed 1 does. */
+    ev_name_as(ev->type, 1, err, sizeof(err));
     p->status = 422;
     /* "lines[2].quantity: why" is "items[2].quantity: why" here, no longer
      * than err; the field is the part before the colon. */

@@ -27,6 +27,9 @@
  * PRICE_CACHE_MAX_AGE_MS (30000, 0-3600000; 0: no cache, every order reads
  * the catalog) after it was read.
  *
+ * ORDER_PLACED_VERSION (1) is the order.placed schema version it writes
+ * (upcast.h; 1 or 2): 2 only once every reader of order.placed reads 2.
+ *
  * API_TOKENS (required; usually API_TOKENS_FILE, a file holding the value)
  * lists each client's bearer tokens as SHA-256 hashes (scripts/api-token.sh);
  * it is read once, at start. Only running reads these (a cfg_group of
@@ -43,6 +46,7 @@
 #include "api.h"
 #include "cfg.h"
 #include "log.h"
+#include "upcast.h"
 #include "worker.h"
 
 #include <stdio.h>
@@ -139,7 +143,7 @@ int main(int argc, char **argv)
     };
     char *db_url = NULL, *tokens = NULL;
     char err[CFG_ERR_LEN];
-    long batch_max = 0, write_ms = 0, price_age_ms = 0;
+    long batch_max = 0, write_ms = 0, price_age_ms = 0, placed_version = 1;
     const cfg_spec specs[] = {
         {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
         {"API_TOKENS", CFG_STR, NULL, 0, 0, &tokens},
@@ -147,7 +151,11 @@ int main(int argc, char **argv)
         {"ORDER_WRITE_TIMEOUT_MS", CFG_LONG, API_STR(API_WRITE_WAIT_DEFAULT), 100, 600000,
          &write_ms},
         {"PRICE_CACHE_MAX_AGE_MS", CFG_LONG, API_STR(API_PRICE_AGE_DEFAULT), 0, 3600000,
-         &price_age_ms}};
+         &price_age_ms},
+        /* The order.placed schema written (upcast.h): 1 until every reader
+         * of order.placed reads 2 (README: readers first, then writers). */
+        {"ORDER_PLACED_VERSION", CFG_LONG, "1", 1, ev_version_latest(EV_ORDER_PLACED),
+         &placed_version}};
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     const cfg_group settings[] = {{specs, nspecs, WORKER_RUN}};
     const unsigned mode = worker_mode(argc, argv);
@@ -181,6 +189,8 @@ int main(int argc, char **argv)
             goto config_error;
         log_info("%zu API tokens", ctx.ntokens);
         ctx.database_url = db_url;
+        ctx.placed_version = (int)placed_version;
+        log_info("order.placed written in schema version %ld", placed_version);
         if (!(ctx.writer = api_writer_start(&wo, err, sizeof(err)))) {
             log_error("%s", err);
             rc = 1;

@@ -202,7 +202,7 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     }
     if (priced < 0 || api_validate(&ev, &prob) < 0) /* e.g. a total past the contract */
         goto refused;
-    if (!(row = api_store_row(&ev, client, key, body, err, sizeof(err)))) {
+    if (!(row = api_store_row(&ev, ctx->placed_version, client, key, body, err, sizeof(err)))) {
         rc = DB_ERR;
         goto db_error;
     }

@@ -67,7 +67,7 @@ static const char store_sql[] =
     "WITH x AS (SELECT * FROM json_to_recordset($1::json) AS x(id uuid, customer_id text,"
     "   customer_email text, currency text, total_minor text, idempotency_key text,"
     "   request_hash text, client_id text, message_id uuid, routing_key text, event text,"
-    "   lines json)),"
+    "   schema_version int, lines json)),"
     " o AS (INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
     "   idempotency_key, request_hash, client_id) SELECT id, customer_id, customer_email,"
     "   currency, total_minor::bigint, idempotency_key, request_hash, client_id FROM x"
@@ -79,8 +79,9 @@ static const char store_sql[] =
     "   RETURNING order_id, sku, quantity, unit_price_minor),"
     " t AS (INSERT INTO order_timeline (order_id, status) SELECT id, 'PENDING' FROM o"
     "   RETURNING order_id, status, at),"
-    " b AS (INSERT INTO outbox (message_id, routing_key, correlation_id, body)"
-    "   SELECT x.message_id, x.routing_key, x.id, x.event FROM x JOIN o ON o.id = x.id),"
+    " b AS (INSERT INTO outbox (message_id, routing_key, correlation_id, body, schema_version)"
+    "   SELECT x.message_id, x.routing_key, x.id, x.event, x.schema_version FROM x"
+    "   JOIN o ON o.id = x.id),"
     " e AS (SELECT x.id AS id, prev.id AS earlier,"
     "   coalesce(prev.request_hash = x.request_hash, false) AS same FROM x"
     "   JOIN orders prev ON prev.client_id = x.client_id"
@@ -107,7 +108,7 @@ static int body_hash(const char *body, char hex[65])
     return 0;
 }
 
-struct cJSON *api_store_row(const ev_event *ev, const char *client, const char *key,
+struct cJSON *api_store_row(const ev_event *ev, int version, const char *client, const char *key,
                             const char *body, char *err, size_t errlen)
 {
     const order_placed *o = &ev->u.order_placed;
@@ -115,7 +116,7 @@ struct cJSON *api_store_row(const ev_event *ev, const char *client, const char *
     cJSON *row = NULL, *lines = NULL;
     int ok;
 
-    if (outbox_row(ev, NULL, mid, &event, err, errlen) != DB_OK)
+    if (outbox_row_version(ev, NULL, version, mid, &event, err, errlen) != DB_OK)
         return NULL;
     if (key && body_hash(body ? body : "", hash) < 0) {
         snprintf(err, errlen, "the request body could not be hashed");
@@ -130,6 +131,7 @@ struct cJSON *api_store_row(const ev_event *ev, const char *client, const char *
          put(row, "request_hash", key ? hash : NULL) == 0 && put(row, "client_id", client) == 0 &&
          put(row, "message_id", mid) == 0 &&
          put(row, "routing_key", ev_routing_key(ev->type)) == 0 && put(row, "event", event) == 0 &&
+         cJSON_AddNumberToObject(row, "schema_version", version) != NULL &&
          (lines = cJSON_AddArrayToObject(row, "lines")) != NULL;
     for (size_t i = 0; ok && i < o->lines.n; i++) {
         const ev_line *l = &o->lines.items[i];
