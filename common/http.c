@@ -2,6 +2,7 @@
  * http.c — the HTTP server on libmicrohttpd (see http.h).
  */
 #include "http.h"
+#include "trace.h"
 #include "log.h"
 #include "util.h"
 
@@ -321,6 +322,34 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     *req_cls = NULL;
 }
 
+/* Runs r's route as an HTTP server span (OpenTelemetry's HTTP conventions):
+ * the child of the request's traceparent when it has a valid one, else the
+ * root of a new trace; an invalid or oversized traceparent or tracestate is
+ * ignored (trace_parse), never an error. The span is the job thread's
+ * current context while the handler runs, so its log lines and the rows it
+ * writes carry it. */
+static void run_route(http_server *s, http_req *r)
+{
+    trace_ctx in;
+    trace_span sp;
+    char name[TRACE_NAME_MAX];
+    const trace_ctx *prev;
+    int has = trace_parse(http_header(r, "traceparent"), http_header(r, "tracestate"), &in) == 0;
+
+    snprintf(name, sizeof(name), "%s %s%s", r->method, r->rt->path, r->rt->prefix ? "{id}" : "");
+    trace_span_start(&sp, name, TRACE_KIND_SERVER, has ? &in : NULL);
+    trace_span_str(&sp, "http.request.method", r->method);
+    trace_span_str(&sp, "url.path", r->path);
+    trace_span_str(&sp, "http.route", name + strlen(r->method) + 1);
+    prev = trace_set_current(&sp.ctx);
+    r->rt->fn(r, r->rt->cls ? r->rt->cls : s->o.cls, &r->out);
+    trace_set_current(prev);
+    trace_span_int(&sp, "http.response.status_code", r->out.status);
+    if (r->out.status >= 500 || !r->out.status)
+        trace_span_fail(&sp, "server error");
+    trace_span_end(&sp, NULL);
+}
+
 /* A job thread: runs queued requests' handlers, then hands each connection
  * back to MHD, which calls on_request again to send the answer. */
 static void *job_main(void *arg)
@@ -352,7 +381,7 @@ static void *job_main(void *arg)
                      (long long)waited, s->o.queue_deadline_ms);
             busy(&r->out, detail);
         } else {
-            r->rt->fn(r, r->rt->cls ? r->rt->cls : s->o.cls, &r->out);
+            run_route(s, r);
         }
         if (!r->out.status)
             http_problem(&r->out, 500, "Internal Server Error", "the handler gave no answer", NULL);

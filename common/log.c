@@ -2,6 +2,7 @@
  * log.c — JSON-lines logging (see log.h).
  */
 #include "log.h"
+#include "trace.h"
 
 #include <stdarg.h>
 #include <string.h>
@@ -59,6 +60,9 @@ static size_t put_escaped(char *buf, size_t pos, size_t cap, const char *s)
     return pos;
 }
 
+static void log_vwrite_extra(log_level lvl, const char *corr, const char *msgid, const char *extra,
+                             const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+
 static size_t put_raw(char *buf, size_t pos, size_t cap, const char *s)
 {
     while (*s && pos + 8 < cap)
@@ -78,6 +82,13 @@ static size_t put_field(char *buf, size_t pos, size_t cap, const char *key, cons
 size_t log_format(char *buf, size_t cap, log_level lvl, const char *corr, const char *msgid,
                   const char *msg)
 {
+    return log_format_extra(buf, cap, lvl, corr, msgid, msg, NULL);
+}
+
+size_t log_format_extra(char *buf, size_t cap, log_level lvl, const char *corr, const char *msgid,
+                        const char *msg, const char *extra)
+{
+    const trace_ctx *tc = trace_current();
     struct timespec ts;
     struct tm tm;
     char tsbuf[96];
@@ -97,7 +108,16 @@ size_t log_format(char *buf, size_t cap, log_level lvl, const char *corr, const 
         pos = put_field(buf, pos, cap, "correlation_id", corr);
     if (msgid && *msgid)
         pos = put_field(buf, pos, cap, "message_id", msgid);
+    if (trace_valid(tc)) {
+        char tid[TRACE_ID_HEX], sid[TRACE_SPAN_HEX];
+        trace_id_hex(tc, tid);
+        trace_span_hex(tc->span_id, sid);
+        pos = put_field(buf, pos, cap, "trace_id", tid);
+        pos = put_field(buf, pos, cap, "span_id", sid);
+    }
     pos = put_field(buf, pos, cap, "msg", msg);
+    if (extra)
+        pos = put_raw(buf, pos, cap, extra);
     buf[pos++] = '}';
     buf[pos++] = '\n';
     buf[pos] = '\0';
@@ -112,7 +132,22 @@ void log_write(log_level lvl, const char *corr, const char *msgid, const char *f
     va_end(ap);
 }
 
+void log_write_extra(log_level lvl, const char *corr, const char *msgid, const char *extra,
+                     const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_vwrite_extra(lvl, corr, msgid, extra, fmt, ap);
+    va_end(ap);
+}
+
 void log_vwrite(log_level lvl, const char *corr, const char *msgid, const char *fmt, va_list ap)
+{
+    log_vwrite_extra(lvl, corr, msgid, NULL, fmt, ap);
+}
+
+static void log_vwrite_extra(log_level lvl, const char *corr, const char *msgid, const char *extra,
+                             const char *fmt, va_list ap)
 {
     char msg[LOG_MSG_MAX];
     char line[LOG_LINE_MAX];
@@ -121,7 +156,7 @@ void log_vwrite(log_level lvl, const char *corr, const char *msgid, const char *
     if (lvl < log_min)
         return;
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    n = log_format(line, sizeof(line), lvl, corr, msgid, msg);
+    n = log_format_extra(line, sizeof(line), lvl, corr, msgid, msg, extra);
     /* One write per line keeps lines whole across threads; a short write to
      * stderr is not worth a retry loop. */
     if (write(STDERR_FILENO, line, n) < 0)

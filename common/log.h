@@ -2,8 +2,10 @@
  * log.h — JSON-lines logging to stderr.
  *
  * One JSON object per line: {"ts","level","service","msg"} plus
- * "correlation_id" / "message_id" when the caller has them. Thread-safe: each
- * line is formatted into a local buffer and written with one write(2).
+ * "correlation_id" / "message_id" when the caller has them, and "trace_id" /
+ * "span_id" when the thread works in a trace context (trace_current: a
+ * request or a message being handled). Thread-safe: each line is formatted
+ * into a local buffer and written with one write(2).
  */
 #ifndef ORDERSUITE_LOG_H
 #define ORDERSUITE_LOG_H
@@ -37,10 +39,18 @@ void log_write(log_level lvl, const char *corr, const char *msgid, const char *f
 void log_vwrite(log_level lvl, const char *corr, const char *msgid, const char *fmt, va_list ap)
     __attribute__((format(printf, 4, 0)));
 
+/* log_write with more fields: extra (may be NULL) is JSON written as it is
+ * after "msg", starting with ',' (trace.c's "span" lines). */
+void log_write_extra(log_level lvl, const char *corr, const char *msgid, const char *extra,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
 /* Formats one line into buf (always NUL-terminated, ends in '\n'); returns the
  * length. Used by log_write and by the tests. */
 size_t log_format(char *buf, size_t len, log_level lvl, const char *corr, const char *msgid,
                   const char *msg);
+/* log_format with extra (see log_write_extra; NULL: none). */
+size_t log_format_extra(char *buf, size_t len, log_level lvl, const char *corr, const char *msgid,
+                        const char *msg, const char *extra);
 
 #define log_debug(...) log_write(LOG_DEBUG, NULL, NULL, __VA_ARGS__)
 #define log_info(...)  log_write(LOG_INFO, NULL, NULL, __VA_ARGS__)

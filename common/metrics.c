@@ -2,6 +2,7 @@
  * metrics.c — see metrics.h.
  */
 #include "metrics.h"
+#include "otel.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -308,6 +309,20 @@ char *metrics_render(metrics *m, const metrics_gauges *g)
             "# TYPE ordersuite_database_connected gauge\n"
             "ordersuite_database_connected{service=\"%s\"} %d\n",
             m->service, g->database_connected);
+    }
+    {
+        otel_stats os;
+        otel_get_stats(&os);
+        put(&o,
+            "# HELP ordersuite_otel_spans_exported_total Spans the OTLP receiver took.\n"
+            "# TYPE ordersuite_otel_spans_exported_total counter\n"
+            "ordersuite_otel_spans_exported_total{service=\"%s\"} %llu\n"
+            "# HELP ordersuite_otel_spans_dropped_total Spans dropped: the export queue full, or"
+            " an export that failed (the receiver down).\n"
+            "# TYPE ordersuite_otel_spans_dropped_total counter\n"
+            "ordersuite_otel_spans_dropped_total{service=\"%s\"} %llu\n",
+            m->service, (unsigned long long)os.exported, m->service,
+            (unsigned long long)os.dropped);
     }
     put(&o,
         "# HELP ordersuite_build_info The build.\n# TYPE ordersuite_build_info gauge\n"

@@ -64,7 +64,7 @@
  * fit (MQ_ERR_LEN is what the callers here give). */
 #define MQ_ERR_LEN     512
 #define MQ_MAX_TIERS   8   /* retry tiers of a service */
-#define MQ_MAX_HEADERS 12  /* headers of a publish, schema_version included */
+#define MQ_MAX_HEADERS 14  /* headers of a publish, schema_version and trace context included */
 #define MQ_NAME_LEN    256 /* a queue or exchange name, routing key or type: an AMQP shortstr */
 #define MQ_ID_LEN      64  /* a delivery's message_id, correlation_id, app_id, ... (cut to 63) */
 
@@ -77,6 +77,12 @@
 #define MQ_H_SERVICE        "x-failed-service"
 #define MQ_H_FAILED_AT      "x-failed-at"      /* seconds since the epoch */
 #define MQ_H_DELIVERY_COUNT "x-delivery-count" /* set by a quorum queue on a redelivery */
+/* W3C trace context (trace.h), written on every publish that has one and
+ * read as a longstr or as bytes (other clients send either). */
+#define MQ_H_TRACEPARENT   "traceparent"
+#define MQ_H_TRACESTATE    "tracestate"
+#define MQ_TRACEPARENT_MAX 128 /* a longer traceparent is invalid anyway */
+#define MQ_TRACESTATE_MAX  514 /* one past TRACE_STATE_MAX: a longer one is seen as too long */
 
 typedef enum {
     MQ_OK = 0,
@@ -126,6 +132,8 @@ typedef struct {
     const mq_header *headers; /* extra headers, besides schema_version */
     size_t nheaders;          /* < MQ_MAX_HEADERS (asserted) */
     int schema_version;       /* 0 = EV_SCHEMA_VERSION */
+    const char *traceparent;  /* the publish span's context, or NULL / "" */
+    const char *tracestate;   /* NULL / "" for none */
 } mq_msg;
 
 /* A delivery handed to a handler. Strings are NUL-terminated copies, "" when
@@ -151,6 +159,10 @@ typedef struct {
     char error[MQ_ERR_LEN];
     char failed_service[MQ_ID_LEN];
     int64_t failed_at;
+    /* The headers traceparent / tracestate as they came, "" when absent or
+     * of another kind; cut to fit (trace_parse refuses what was cut). */
+    char traceparent[MQ_TRACEPARENT_MAX];
+    char tracestate[MQ_TRACESTATE_MAX];
 } mq_delivery;
 
 typedef enum {
@@ -266,10 +278,10 @@ int mq_publish(mq_conn *c, const mq_msg *m, char *err, size_t errlen);
  * otherwise read from c. Returns MQ_OK, or MQ_ERR when the connection died. */
 int mq_tick(mq_conn *c);
 
-/* Publishes a copy of d, with its original properties and body, to exchange
- * / routing_key, with the helper's headers: attempt, the original routing key,
- * the error, `service` as the failed service, and reason when not NULL. Waits
- * for the confirm. Used for retries, dead-lettering and DLQ replays. */
+/* Publishes a copy of d, with its original properties, body and trace
+ * context (traceparent, tracestate), to exchange / routing_key, with the helper's headers: attempt,
+ * the original routing key, the error, `service` as the failed service, and reason when not NULL.
+ * Waits for the confirm. Used for retries, dead-lettering and DLQ replays. */
 int mq_forward(mq_conn *pub, const char *service, const mq_delivery *d, int attempt,
                const char *exchange, const char *routing_key, const char *reason, const char *error,
                char *err, size_t errlen);

@@ -155,12 +155,18 @@ int mq__headers_encode(const mq_msg *m, amqp_table_entry_t hdr[MQ_MAX_HEADERS])
     int nh = 0;
     /* Every caller sends a handful (mq_forward six): more is a bug, not a
      * message to cut short. */
-    assert(m->nheaders < MQ_MAX_HEADERS);
+    assert(m->nheaders < MQ_MAX_HEADERS - 2);
     if (m->schema_version >= 0)
         mq__arg_int(&hdr[nh++], MQ_H_SCHEMA_VERSION,
                     m->schema_version ? m->schema_version : EV_SCHEMA_VERSION);
-    for (size_t i = 0; i < m->nheaders && nh < MQ_MAX_HEADERS; i++)
+    for (size_t i = 0; i < m->nheaders && nh < MQ_MAX_HEADERS - 2; i++)
         set_header(&hdr[nh++], &m->headers[i]);
+    /* The two slots kept free above: the trace context. */
+    if (m->traceparent && *m->traceparent) {
+        mq__arg_str(&hdr[nh++], MQ_H_TRACEPARENT, m->traceparent);
+        if (m->tracestate && *m->tracestate)
+            mq__arg_str(&hdr[nh++], MQ_H_TRACESTATE, m->tracestate);
+    }
     return nh;
 }
 
@@ -411,6 +417,8 @@ int mq__to_delivery(const amqp_envelope_t *env, const char *own, const char *own
     mq__header_str(h, MQ_H_REASON, d->reason, sizeof(d->reason));
     mq__header_str(h, MQ_H_ERROR, d->error, sizeof(d->error));
     mq__header_str(h, MQ_H_SERVICE, d->failed_service, sizeof(d->failed_service));
+    mq__header_str(h, MQ_H_TRACEPARENT, d->traceparent, sizeof(d->traceparent));
+    mq__header_str(h, MQ_H_TRACESTATE, d->tracestate, sizeof(d->tracestate));
     if (mq__header_int(h, MQ_H_FAILED_AT, &v) == 0)
         d->failed_at = v;
     d->redelivered = env->redelivered;

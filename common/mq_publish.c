@@ -291,5 +291,10 @@ int mq_forward(mq_conn *pub, const char *service, const mq_delivery *d, int atte
     /* Keep the original schema_version (also an unsupported one); 0 would
      * mean "current", so a missing or zero version stays absent. */
     m.schema_version = d->schema_version > 0 ? d->schema_version : -1;
+    /* A retried, dead-lettered or replayed copy keeps the context of the
+     * publish that made the original: its next handling is a child of it
+     * too, in the same trace. */
+    m.traceparent = d->traceparent;
+    m.tracestate = d->tracestate;
     return mq_publish(pub, &m, err, errlen);
 }

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "mq.h"
 #include "upcast.h"
+#include "trace.h"
 #include "util.h"
 
 #include <errno.h>
@@ -93,9 +94,10 @@ int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char 
                const char *causation_id, char message_id_out[UUID_STR_LEN], char *err,
                size_t errlen)
 {
-    char id[UUID_STR_LEN];
+    char id[UUID_STR_LEN], tp[TRACE_PARENT_LEN];
+    const trace_ctx *tc = trace_current();
     char *body;
-    const char *p[5];
+    const char *p[7];
     int rc;
 
     (void)service;
@@ -110,10 +112,18 @@ int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char 
     p[2] = correlation_id;
     p[3] = causation_id && *causation_id ? causation_id : NULL;
     p[4] = body;
+    /* The span that writes the row (the handler's, trace_current): the
+     * relay's publish span is its child. */
+    p[5] = p[6] = NULL;
+    if (trace_valid(tc)) {
+        trace_format(tc, tp);
+        p[5] = tp;
+        p[6] = tc->state[0] ? tc->state : NULL;
+    }
     rc = db_execp(db, "outbox_add",
-                  "INSERT INTO outbox (message_id, routing_key, correlation_id, causation_id, body)"
-                  " VALUES ($1, $2, $3, $4, $5)",
-                  5, p, NULL, err, errlen);
+                  "INSERT INTO outbox (message_id, routing_key, correlation_id, causation_id, body,"
+                  " traceparent, tracestate) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                  7, p, NULL, err, errlen);
     free(body);
     if (rc == DB_OK)
         rc = db_after_commit(db, wake_relays, err, errlen); /* not on a rollback */
@@ -153,6 +163,35 @@ static int done_ok(const int *status, int n)
     return k;
 }
 
+/* The publish span of one outbox row (OpenTelemetry messaging conventions):
+ * a child of the span that wrote the row (its traceparent column), so that
+ * an order is one trace, and linked to it as well, the row having waited
+ * in between; a root when the row has none (a writer without a context).
+ * Its context goes out in the message's headers (tp). */
+static void publish_span(trace_span *s, mq_msg *m, const char *row_tp, const char *row_ts,
+                         char tp[TRACE_PARENT_LEN])
+{
+    trace_ctx writer;
+    char name[TRACE_NAME_MAX];
+    int has = trace_parse(row_tp, row_ts, &writer) == 0;
+
+    snprintf(name, sizeof(name), "publish %.80s", m->routing_key);
+    trace_span_start(s, name, TRACE_KIND_PRODUCER, has ? &writer : NULL);
+    if (has)
+        trace_span_link(s, &writer);
+    trace_span_str(s, "messaging.system", "rabbitmq");
+    trace_span_str(s, "messaging.operation.type", "publish");
+    trace_span_str(s, "messaging.destination.name", MQ_EXCHANGE);
+    trace_span_str(s, "messaging.rabbitmq.destination.routing_key", m->routing_key);
+    trace_span_str(s, "messaging.message.id", m->message_id);
+    trace_span_str(s, "messaging.message.conversation_id", m->correlation_id);
+    if (!trace_valid(&s->ctx))
+        return;
+    trace_format(&s->ctx, tp);
+    m->traceparent = tp;
+    m->tracestate = s->ctx.state;
+}
+
 /* Claims up to `batch` pending rows, publishes them, deletes the acked ones.
  * Returns the number of rows claimed, or -1 when the broker or the database
  * failed (what was claimed stays pending). */
@@ -162,6 +201,8 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
     PGresult *res = NULL;
     const char *p[1];
     mq_msg *msgs = NULL;
+    trace_span *spans = NULL;
+    char(*tps)[TRACE_PARENT_LEN] = NULL;
     int *status = NULL, n, rc = -1, mrc;
     char(*replies)[MQ_REPLY_LEN] = NULL;
     size_t idlen = 0;
@@ -172,13 +213,15 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
     p[0] = batch;
     if (db_begin(db, err, sizeof(err)) != DB_OK)
         goto fail;
-    if (db_execp(db, "outbox_claim",
-                 "SELECT id, message_id, routing_key, correlation_id, body, schema_version,"
-                 " extract(epoch from created_at)::bigint AS ts,"
-                 " extract(epoch from now() - created_at)::bigint AS age"
-                 " FROM outbox WHERE parked_at IS NULL ORDER BY id LIMIT $1"
-                 " FOR UPDATE SKIP LOCKED",
-                 1, p, &res, err, sizeof(err)) != DB_OK)
+    if (db_execp(
+            db, "outbox_claim",
+            "SELECT id, message_id, routing_key, correlation_id, body, schema_version, traceparent,"
+            " tracestate,"
+            " extract(epoch from created_at)::bigint AS ts,"
+            " extract(epoch from now() - created_at)::bigint AS age"
+            " FROM outbox WHERE parked_at IS NULL ORDER BY id LIMIT $1"
+            " FOR UPDATE SKIP LOCKED",
+            1, p, &res, err, sizeof(err)) != DB_OK)
         goto fail;
     n = PQntuples(res);
     if (n == 0) {
@@ -191,7 +234,9 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
     status = calloc((size_t)n, sizeof(*status));
     replies = calloc((size_t)n, sizeof(*replies));
     ids = malloc((size_t)n * 21 + 3);
-    if (!msgs || !status || !replies || !ids) {
+    spans = calloc((size_t)n, sizeof(*spans));
+    tps = calloc((size_t)n, sizeof(*tps));
+    if (!msgs || !status || !replies || !ids || !spans || !tps) {
         snprintf(err, sizeof(err), "out of memory");
         goto fail;
     }
@@ -203,8 +248,15 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
         msgs[i].len = strlen(msgs[i].body);
         msgs[i].timestamp = strtoll(db_get(res, i, "ts"), NULL, 10);
         msgs[i].schema_version = atoi(db_get(res, i, "schema_version")); /* 1.. (a CHECK) */
+        publish_span(&spans[i], &msgs[i], db_get(res, i, "traceparent"),
+                     db_get(res, i, "tracestate"), tps[i]);
     }
     mrc = mq_publish_batch_replies(mq, msgs, (size_t)n, status, replies, err, sizeof(err));
+    for (int i = 0; i < n; i++) {
+        if (status[i] != MQ_OK)
+            trace_span_fail(&spans[i], replies[i][0] ? replies[i] : "not confirmed");
+        trace_span_end(&spans[i], msgs[i].correlation_id);
+    }
     if (mrc != MQ_OK)
         log_error("outbox relay: publishing failed: %s", err);
     /* Rows the broker refused one by one while the connection stayed up.
@@ -295,6 +347,8 @@ out:
     free(status);
     free(replies);
     free(ids);
+    free(spans);
+    free(tps);
     return rc;
 }
 

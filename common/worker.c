@@ -6,6 +6,7 @@
  * The batches are worker_dispatch.c's; the pages worker_http.c's.
  */
 #include "worker_int.h"
+#include "otel.h"
 #include "cfg.h"
 #include "log.h"
 #include "metrics.h"
@@ -260,6 +261,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
         memcpy(err, "AMQP_URL: ", 10);
         goto config_error;
     }
+    if (!declare_only && otel_init(def->service, err, sizeof(err)) < 0)
+        goto config_error;
     w.crash_after_commit = crash_flag;
     worker_topology(def, w.keys, tier_ms, &w.topo);
     if (declare_only) {
@@ -294,6 +297,10 @@ int worker_main(const worker_def *def, int argc, char **argv)
                                 .sweep_ms = (int)sweep_ms,
                                 .park_after = (int)park_after,
                                 .park_min_age_s = (int)park_min_age};
+        if (otel_start(err, sizeof(err)) < 0) {
+            log_error("%s", err);
+            goto out;
+        }
         w.metrics = metrics_new(def->service, ORDERSUITE_VERSION);
         co.metrics = po.metrics = ro.metrics = w.metrics;
         cons = mq_new(&co);
@@ -338,6 +345,7 @@ out:
     worker__http_stop(&w);
     worker__probe_stop(&w);
     outbox_relay_stop(relay, 10000);
+    otel_stop(5000); /* last: the relay's publish spans are in its queue */
     mq_free(cons);
     mq_free(pub);
     db_free(w.db);

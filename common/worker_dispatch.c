@@ -120,6 +120,7 @@ typedef struct {
     ev_envelope env;
     ev_event ev;
     worker_fn fn;
+    trace_span span; /* its process span, on the batch path */
 } prepared;
 
 /* Checks and decodes d without the database. MQ_DONE when it can be applied
@@ -208,8 +209,10 @@ static void crash_point(worker *w, const char *correlation_id, const char *messa
     }
 }
 
-/* One delivery in its own transaction. */
-static mq_result dispatch_one(worker *w, const mq_delivery *d, char *err, size_t errlen)
+/* One delivery in its own transaction; *tx_ns is when it began (0: none),
+ * *committed 1 after its COMMIT. */
+static mq_result dispatch_one_tx(worker *w, const mq_delivery *d, int64_t *tx_ns, int *committed,
+                                 char *err, size_t errlen)
 {
     prepared p;
     mq_result r = prepare(w, d, &p, err, errlen);
@@ -221,6 +224,7 @@ static mq_result dispatch_one(worker *w, const mq_delivery *d, char *err, size_t
         ev_free(&p.ev);
         return MQ_RETRY;
     }
+    *tx_ns = trace_now_ns();
     if ((rc = db_begin(w->db, err, errlen)) != DB_OK) {
         db_rollback(w->db);
         ev_free(&p.ev);
@@ -235,9 +239,22 @@ static mq_result dispatch_one(worker *w, const mq_delivery *d, char *err, size_t
         db_rollback(w->db);
         return worker_db_result(rc);
     }
+    *committed = 1;
     crash_point(w, p.env.correlation_id, p.env.message_id);
     log_write(LOG_DEBUG, p.env.correlation_id, p.env.message_id, "%s processed", d->routing_key);
     return MQ_DONE;
+}
+
+/* dispatch_one_tx inside its process span (worker_span.c). */
+static mq_result dispatch_one(worker *w, const mq_delivery *d, char *err, size_t errlen)
+{
+    trace_span sp;
+    const trace_ctx *prev = worker__span_begin(w, d, &sp);
+    int64_t tx_ns = 0;
+    int committed = 0;
+    mq_result r = dispatch_one_tx(w, d, &tx_ns, &committed, err, errlen);
+    worker__span_end(d, &sp, tx_ns, committed, r, err, prev);
+    return r;
 }
 
 worker_batch_fate worker_batch_fate_of(mq_result decoded, int db_up, int committed)
@@ -262,15 +279,19 @@ void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
     size_t ok = 0, i, last = 0;
     char err[MQ_ERR_LEN];
     int fallback = 0, db_up, committed = 0;
+    int64_t tx_ns;
+    unsigned char *traced = NULL; /* traced[i]: p[i].span was started */
 
     for (i = 0; i < n; i++) {
         metrics_count(w->metrics, M_CONSUMED, d[i].routing_key, 1);
         if (d[i].redelivered)
             metrics_count(w->metrics, M_REDELIVERED, d[i].routing_key, 1);
     }
-    if (n > 1)
+    if (n > 1) {
         p = calloc(n, sizeof(*p));
-    if (!p) {
+        traced = calloc(n, 1);
+    }
+    if (!p || !traced) {
         for (i = 0; i < n; i++)
             res[i] = dispatch_one(w, &d[i], errs[i], MQ_ERR_LEN);
         goto out;
@@ -282,16 +303,23 @@ void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
     if (ok == 0)
         goto out;
     db_up = wait_for_db(w, err, sizeof(err)) == 0;
+    tx_ns = trace_now_ns();
     if (db_up && db_begin(w->db, err, sizeof(err)) != DB_OK)
         fallback = 1;
     for (i = 0; i < n; i++) {
+        const trace_ctx *prev;
+        mq_result ar;
         if (res[i] != MQ_DONE)
             continue;
         if (!db_up || fallback) {
             ev_free(&p[i].ev); /* not applied: retried, or handled again on its own below */
             continue;
         }
-        if (apply(w, &d[i], &p[i], errs[i], MQ_ERR_LEN) != MQ_DONE) {
+        prev = worker__span_begin(w, &d[i], &p[i].span);
+        ar = apply(w, &d[i], &p[i], errs[i], MQ_ERR_LEN);
+        trace_set_current(prev);
+        traced[i] = 1;
+        if (ar != MQ_DONE) {
             fallback = 1;
             log_write(LOG_INFO, p[i].env.correlation_id, p[i].env.message_id,
                       "%s failed in a batch of %zu (%s); applying them one by one",
@@ -306,6 +334,15 @@ void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
     if (committed) {
         crash_point(w, p[last].env.correlation_id, p[last].env.message_id);
         log_write(LOG_DEBUG, NULL, NULL, "%zu messages processed in one transaction", ok);
+    }
+    /* Each applied delivery's process span, with the batch's transaction as
+     * its child; one rolled back is handled again below in a span of its
+     * own. */
+    for (i = 0; i < n; i++) {
+        if (traced[i])
+            worker__span_end(&d[i], &p[i].span, tx_ns, committed, committed ? MQ_DONE : MQ_RETRY,
+                             committed ? NULL : "the batch was rolled back; handled alone",
+                             trace_current());
     }
     for (i = 0; i < n; i++) {
         switch (worker_batch_fate_of(res[i], db_up, committed)) {
@@ -324,5 +361,6 @@ void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
     }
 out:
     free(p);
+    free(traced);
     metrics_observe_n(w->metrics, (double)(util_wall_us() - t0) / 1e6 / (double)n, n);
 }

@@ -17,6 +17,7 @@
 #define ORDERSUITE_WORKER_INT_H
 
 #include "outbox.h"
+#include "trace.h"
 #include "worker.h"
 
 #include <pthread.h>
@@ -58,6 +59,19 @@ struct worker {
 /* The batch handler given to mq_consume_batches (ctx: the worker). */
 void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
                             char (*errs)[MQ_ERR_LEN], void *ctx);
+
+/* -------------------------------------------------------- worker_span.c */
+
+/* Starts sp, the process span of d (the child of the context d carries, or
+ * a new trace's root), and makes it the thread's current context; returns
+ * the context before (for worker__span_end). */
+const trace_ctx *worker__span_begin(worker *w, const mq_delivery *d, trace_span *sp);
+
+/* Ends sp with d's result r (err: why, when not MQ_DONE) and, when
+ * tx_start_ns > 0, its "db transaction" child from tx_start_ns to now
+ * (committed or rolled back); puts prev back as the current context. */
+void worker__span_end(const mq_delivery *d, trace_span *sp, int64_t tx_start_ns, int committed,
+                      mq_result r, const char *err, const trace_ctx *prev);
 
 /* --------------------------------------------------------- worker_http.c */
 

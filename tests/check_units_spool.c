@@ -430,6 +430,21 @@ START_TEST(a_catalog_file_past_its_cap_is_refused)
 }
 END_TEST
 
+/* A sale's trace is its message id: every attempt to send it, after a
+ * restart too, lands in one trace (docs/TRACING.md). */
+START_TEST(a_sales_trace_id_is_its_message_id)
+{
+    trace_ctx c;
+    char hex[TRACE_ID_HEX];
+    spool_trace_root("0b5c1f64-3c2d-4f4e-9a51-0c1b2d3e4f50", &c);
+    trace_id_hex(&c, hex);
+    ck_assert_str_eq(hex, "0b5c1f643c2d4f4e9a510c1b2d3e4f50");
+    spool_trace_root("not-a-uuid", &c);
+    trace_id_hex(&c, hex);
+    ck_assert_str_eq(hex, "00000000000000000000000000000000");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_spool");
@@ -448,6 +463,7 @@ int main(void)
     tcase_add_test(t, a_store_name_that_cannot_be_a_file_name_is_refused);
     tcase_add_test(t, a_catalog_file_is_read);
     tcase_add_test(t, a_catalog_file_past_its_cap_is_refused);
+    tcase_add_test(t, a_sales_trace_id_is_its_message_id);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

@@ -28,6 +28,7 @@
 #include "db.h"
 #include "events.h"
 #include "log.h"
+#include "trace.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -168,6 +169,7 @@ static void post_order(http_req *r, void *cls, http_resp *out)
     db_conn *db = NULL;
     char err[DB_ERR_LEN], existing[UUID_STR_LEN], sqlstate[6], *doc = NULL;
     struct cJSON *row;
+    trace_span tx;
     int rc = DB_OK, same = 0, priced;
 
     ev_init(&ev, EV_ORDER_PLACED);
@@ -206,8 +208,15 @@ static void post_order(http_req *r, void *cls, http_resp *out)
         rc = DB_ERR;
         goto db_error;
     }
-    /* The writer commits it, with the orders that came with it (writer.c). */
+    /* The writer commits it, with the orders that came with it (writer.c):
+     * the wait for that commit is the request's "db transaction" span. */
+    trace_span_start(&tx, "db transaction", TRACE_KIND_CLIENT, trace_current());
+    trace_span_str(&tx, "db.system.name", "postgresql");
+    trace_span_str(&tx, "db.operation.name", "INSERT orders (group commit)");
     rc = api_writer_store(ctx->writer, row, &doc, &earlier, sqlstate, err, sizeof(err));
+    if (rc != DB_OK)
+        trace_span_fail(&tx, err);
+    trace_span_end(&tx, o->order_id);
     if (rc == API_WRITE_TIMEOUT) {
         log_warn("%s", err);
         http_problem(out, 503, "Service Unavailable",

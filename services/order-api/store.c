@@ -20,6 +20,7 @@
 #include "api.h"
 
 #include "outbox.h"
+#include "trace.h"
 #include "util.h"
 #include "uuid.h"
 
@@ -67,10 +68,11 @@ static const char store_sql[] =
     "WITH x AS (SELECT * FROM json_to_recordset($1::json) AS x(id uuid, customer_id text,"
     "   customer_email text, currency text, total_minor text, idempotency_key text,"
     "   request_hash text, client_id text, message_id uuid, routing_key text, event text,"
-    "   schema_version int, lines json)),"
+    "   schema_version int, lines json, traceparent text, tracestate text)),"
     " o AS (INSERT INTO orders (id, customer_id, customer_email, currency, total_minor,"
-    "   idempotency_key, request_hash, client_id) SELECT id, customer_id, customer_email,"
-    "   currency, total_minor::bigint, idempotency_key, request_hash, client_id FROM x"
+    "   idempotency_key, request_hash, client_id, traceparent, tracestate) SELECT id,"
+    "   customer_id, customer_email, currency, total_minor::bigint, idempotency_key,"
+    "   request_hash, client_id, traceparent, tracestate FROM x"
     "   ON CONFLICT ON CONSTRAINT orders_client_idempotency_key DO NOTHING RETURNING *),"
     " l AS (INSERT INTO order_lines (order_id, sku, quantity, unit_price_minor)"
     "   SELECT x.id, y.sku, y.quantity::bigint, y.unit_price_minor::bigint FROM x"
@@ -79,9 +81,9 @@ static const char store_sql[] =
     "   RETURNING order_id, sku, quantity, unit_price_minor),"
     " t AS (INSERT INTO order_timeline (order_id, status) SELECT id, 'PENDING' FROM o"
     "   RETURNING order_id, status, at),"
-    " b AS (INSERT INTO outbox (message_id, routing_key, correlation_id, body, schema_version)"
-    "   SELECT x.message_id, x.routing_key, x.id, x.event, x.schema_version FROM x"
-    "   JOIN o ON o.id = x.id),"
+    " b AS (INSERT INTO outbox (message_id, routing_key, correlation_id, body, schema_version,"
+    "   traceparent, tracestate) SELECT x.message_id, x.routing_key, x.id, x.event,"
+    "   x.schema_version, x.traceparent, x.tracestate FROM x JOIN o ON o.id = x.id),"
     " e AS (SELECT x.id AS id, prev.id AS earlier,"
     "   coalesce(prev.request_hash = x.request_hash, false) AS same FROM x"
     "   JOIN orders prev ON prev.client_id = x.client_id"
@@ -112,12 +114,15 @@ struct cJSON *api_store_row(const ev_event *ev, int version, const char *client,
                             const char *body, char *err, size_t errlen)
 {
     const order_placed *o = &ev->u.order_placed;
-    char total[24], mid[UUID_STR_LEN], hash[65], *event = NULL;
+    char total[24], mid[UUID_STR_LEN], hash[65], tp[TRACE_PARENT_LEN], *event = NULL;
+    const trace_ctx *tc = trace_current(); /* the request's server span */
     cJSON *row = NULL, *lines = NULL;
     int ok;
 
     if (outbox_row_version(ev, NULL, version, mid, &event, err, errlen) != DB_OK)
         return NULL;
+    if (trace_valid(tc))
+        trace_format(tc, tp);
     if (key && body_hash(body ? body : "", hash) < 0) {
         snprintf(err, errlen, "the request body could not be hashed");
         goto out;
@@ -132,6 +137,8 @@ struct cJSON *api_store_row(const ev_event *ev, int version, const char *client,
          put(row, "message_id", mid) == 0 &&
          put(row, "routing_key", ev_routing_key(ev->type)) == 0 && put(row, "event", event) == 0 &&
          cJSON_AddNumberToObject(row, "schema_version", version) != NULL &&
+         put(row, "traceparent", trace_valid(tc) ? tp : NULL) == 0 &&
+         put(row, "tracestate", trace_valid(tc) && tc->state[0] ? tc->state : NULL) == 0 &&
          (lines = cJSON_AddArrayToObject(row, "lines")) != NULL;
     for (size_t i = 0; ok && i < o->lines.n; i++) {
         const ev_line *l = &o->lines.items[i];

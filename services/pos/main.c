@@ -26,6 +26,7 @@
 #include "util.h"
 
 #include <curl/curl.h>
+#include "otel.h"
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,6 +154,10 @@ int main(int argc, char **argv)
         goto out;
     }
     log_init("pos", lvl);
+    if (otel_init("pos", err, sizeof(err)) < 0) {
+        fprintf(stderr, "pos: configuration: %s\n", err);
+        goto out;
+    }
     /* The contract checks --store and --email on the first sale; here
      * their length (the store's bounds the spool's file name). */
     if (t.email && strlen(t.email) > EV_EMAIL_MAX) {
@@ -164,6 +169,10 @@ int main(int argc, char **argv)
         goto out;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (otel_start(err, sizeof(err)) < 0) {
+        fprintf(stderr, "pos: %s\n", err);
+        goto out_curl;
+    }
     if (catalog_load(&t.cat, curl_url, cat_file, err, sizeof(err)) < 0) {
         fprintf(stderr, "pos: %s\n", err);
         goto out_curl;
@@ -191,6 +200,7 @@ int main(int argc, char **argv)
     }
     mq_free(t.mq);
 out_curl:
+    otel_stop(5000);
     curl_global_cleanup();
 out:
     cfg_free(specs, nspecs);

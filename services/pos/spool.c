@@ -38,6 +38,8 @@
 
 #include "log.h"
 #include "mq.h"
+#include "otel.h"
+#include "trace.h"
 #include "util.h"
 
 #include <errno.h>
@@ -493,6 +495,48 @@ long spool_count(const spool *s, char *err, size_t errlen)
 
 /* ------------------------------------------------------- to the broker */
 
+void spool_trace_root(const char *message_id, trace_ctx *out)
+{
+    size_t k = 0;
+    memset(out, 0, sizeof(*out));
+    if (!uuid_valid(message_id))
+        return;
+    /* A valid UUID: 32 lowercase hex digits and four dashes. */
+    for (const char *p = message_id; *p && k < 32; p++) {
+        int v = *p >= 'a' ? *p - 'a' + 10 : *p - '0';
+        if (*p == '-')
+            continue;
+        out->trace_id[k / 2] = (uint8_t)(out->trace_id[k / 2] << 4 | v);
+        k++;
+    }
+}
+
+/* The PRODUCER span of one spooled sale. A sale's trace id is its message
+ * id's 16 bytes (spool_trace_root), so every attempt to send it, in this
+ * run or a later one, is in one trace without a new field in the spool
+ * file; each attempt is a root span of that trace. */
+static void spool_publish_span(trace_span *s, const spool_entry *e, mq_msg *m,
+                               char tp[TRACE_PARENT_LEN])
+{
+    trace_ctx root;
+    trace_span_start(s, "publish " RK_SALE_COMPLETED, TRACE_KIND_PRODUCER, NULL);
+    spool_trace_root(e->message_id, &root);
+    if (trace_valid(&s->ctx) && memcmp(root.trace_id, (uint8_t[16]){0}, 16) != 0) {
+        memcpy(s->ctx.trace_id, root.trace_id, 16);
+        s->ctx.flags = otel_sample(NULL, root.trace_id) ? TRACE_FLAG_SAMPLED : 0;
+    }
+    trace_span_str(s, "messaging.system", "rabbitmq");
+    trace_span_str(s, "messaging.operation.type", "publish");
+    trace_span_str(s, "messaging.destination.name", MQ_EXCHANGE);
+    trace_span_str(s, "messaging.rabbitmq.destination.routing_key", RK_SALE_COMPLETED);
+    trace_span_str(s, "messaging.message.id", e->message_id);
+    trace_span_str(s, "messaging.message.conversation_id", e->sale_id);
+    if (!trace_valid(&s->ctx))
+        return;
+    trace_format(&s->ctx, tp);
+    m->traceparent = tp;
+}
+
 /* spool_publish_fn: the spooled sales to sales.events, pipelined, each
  * confirmed or not. */
 static int publish_mq(void *arg, const spool_entry *e, size_t n, int *confirmed, char *err,
@@ -500,9 +544,11 @@ static int publish_mq(void *arg, const spool_entry *e, size_t n, int *confirmed,
 {
     mq_msg *m = calloc(n, sizeof(*m));
     int *st = calloc(n, sizeof(*st));
+    trace_span *sp = calloc(n, sizeof(*sp));
+    char(*tp)[TRACE_PARENT_LEN] = calloc(n, sizeof(*tp));
     int rc = -1;
 
-    if (!m || !st) {
+    if (!m || !st || !sp || !tp) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
@@ -513,14 +559,21 @@ static int publish_mq(void *arg, const spool_entry *e, size_t n, int *confirmed,
         m[i].body = e[i].body;
         m[i].len = e[i].len;
         st[i] = MQ_ERR;
+        spool_publish_span(&sp[i], &e[i], &m[i], tp[i]);
     }
     log_debug("publishing %zu spooled sale(s)", n);
     rc = mq_publish_batch(arg, m, n, st, err, errlen) == MQ_OK ? 0 : -1;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         confirmed[i] = st[i] == MQ_OK;
+        if (!confirmed[i])
+            trace_span_fail(&sp[i], "not confirmed");
+        trace_span_end(&sp[i], e[i].sale_id);
+    }
 out:
     free(m);
     free(st);
+    free(sp);
+    free(tp);
     return rc;
 }
 

@@ -8,6 +8,7 @@
 
 #include "events.h"
 #include "mq.h"
+#include "trace.h"
 #include "uuid.h"
 
 #include <signal.h>
@@ -74,6 +75,11 @@ long spool_send(const spool *s, mq_conn *mq, long *sent);
  * Returns the sales still spooled, or -1 on an I/O error (logged). */
 long spool_drain(const spool *s, mq_conn *mq, long *sent, int64_t timeout_ms,
                  volatile sig_atomic_t *stop);
+
+/* The trace of a spooled sale: out's trace id is the 16 bytes of its
+ * message id (a UUID), the rest zeroed; all zero when message_id is no
+ * UUID. Pure. */
+void spool_trace_root(const char *message_id, trace_ctx *out);
 
 /* The number of complete lines in the spool now (0 when there is none), or
  * -1 with err. */
