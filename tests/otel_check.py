@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""otel_check.py — W3C trace context end to end and the OTLP/HTTP export,
+against the real services, broker and database (issue #16, items 1 and 2).
+
+A receiver started here (tests/otlp_receiver.py: Python's http.server on
+127.0.0.1) decodes every export. The four services run in the tests'
+environment, each with OTEL_EXPORTER_OTLP_ENDPOINT pointing at it.
+
+  1. one order placed with a traceparent and a tracestate is ONE trace
+     across order-api, inventory, billing and email: the HTTP server span
+     is the child of the caller's span; each publish span the child of (and
+     linked to) the span that wrote its outbox row; each process span the
+     child of the publish span of its message, with the messaging
+     attributes; each has a "db transaction" child. The services run with a
+     schedule delay of 10 minutes, so the spans arrive only with the flush
+     at shutdown (SIGTERM), which is what this checks too;
+  2. the order keeps its context (orders.traceparent) and every log line of
+     its handling names the trace; an invalid traceparent or an oversized
+     tracestate is ignored (201, a new trace or no tracestate), never an
+     error;
+  3. with the receiver down, orders still complete and the spans are
+     counted in ordersuite_otel_spans_dropped_total on /metrics, none
+     exported.
+
+Prints one line per check and a Check-style summary line.
+"""
+import json
+import os
+import secrets
+import socket
+import subprocess
+import tempfile
+import time
+
+import checklib
+from checklib import check
+from otlp_receiver import Receiver
+
+API_PORT, OPS_PORT = 28080, 29100
+NAMES = ("inventory", "billing", "email", "order-api")
+ROLE = {"inventory": "INVENTORY", "billing": "BILLING", "email": "EMAIL", "order-api": "ORDERS"}
+AMQP = {"inventory": "INVENTORY", "billing": "BILLING", "email": "EMAIL", "order-api": "ORDER_API"}
+METRICS = {"inventory": 29101, "billing": 29102, "email": 29103}
+ORDER = json.dumps({"customer_id": "otel", "customer_email": "otel@example.com", "currency": "EUR",
+                    "items": [{"sku": "MUG-WHITE", "quantity": 1}]})
+
+
+def start_all(tokens, endpoint, delay_ms, tag):
+    procs = {}
+    for name in NAMES:
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": os.environ[f"{ROLE[name]}_DATABASE_URL"],
+            "AMQP_URL": os.environ[f"{AMQP[name]}_AMQP_URL"],
+            "LOG_LEVEL": "info",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": str(delay_ms),
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2000",
+        })
+        for k in ("OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "SMTP_URL"):
+            env.pop(k, None)
+        if name == "order-api":
+            env.update({"HTTP_PORT": str(API_PORT), "OPS_PORT": str(OPS_PORT),
+                        "API_TOKENS_FILE": tokens, "METRICS_PORT": "0"})
+        else:
+            env["METRICS_PORT"] = str(METRICS[name])
+        procs[name] = checklib.start(name, env, f"otel.{tag}.{name}.log")
+    for name in NAMES:
+        port = OPS_PORT if name == "order-api" else METRICS[name]
+        ok = checklib.wait_until(lambda: checklib.ready(port), 40)
+        check(f"{tag}_{name}_ready", ok, f"see {checklib.LOG_DIR}/otel.{tag}.{name}.log")
+    return procs
+
+
+def stop_all(procs, tag):
+    for name in reversed(NAMES):
+        rc = checklib.stop(procs[name])
+        check(f"{tag}_{name}_stops_cleanly", rc == 0, f"exit {rc}")
+
+
+def place(token, headers=None):
+    h = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    h.update(headers or {})
+    s, _, b = checklib.http("POST", API_PORT, "/orders", ORDER, h)
+    return s, (json.loads(b)["id"] if s == 201 else b)
+
+
+def status(token, oid):
+    s, _, b = checklib.http("GET", API_PORT, f"/orders/{oid}",
+                            headers={"Authorization": f"Bearer {token}"})
+    return json.loads(b)["status"] if s == 200 else None
+
+
+def confirmed(token, oid):
+    return checklib.wait_until(lambda: status(token, oid) == "CONFIRMED", 30, 0.2)
+
+
+def stored_context(oid):
+    rc, out = checklib.psql("SELECT coalesce(traceparent, '') || ' ' || coalesce(tracestate, '')"
+                            " FROM orders.orders WHERE id = :'id'", id=oid)
+    return out.strip() if rc == 0 else f"psql: {out}"
+
+
+def metric(port, name):
+    s, _, b = checklib.http("GET", port, "/metrics")
+    for line in b.decode(errors="replace").splitlines():
+        if line.startswith(name + "{"):
+            return int(float(line.split()[-1]))
+    return None
+
+
+def one(spans, service, name):
+    got = [s for s in spans if s["service"] == service and s["name"] == name]
+    return got[0] if len(got) == 1 else None
+
+
+def check_trace(spans, trace_id, parent_span, oid):
+    by_id = {s["spanId"]: s for s in spans}
+    check("one_trace_spans_the_four_services",
+          {"order-api", "inventory", "billing", "email"} <= {s["service"] for s in spans},
+          sorted({(s["service"], s["name"]) for s in spans}))
+    server = one(spans, "order-api", "POST /orders")
+    if not check("http_server_span", server is not None, "no POST /orders span"):
+        return
+    check("server_span_is_the_callers_child", server["parentSpanId"] == parent_span
+          and server["kind"] == 2, server)
+    check("server_span_attributes", server["attributes"].get("http.request.method") == "POST"
+          and server["attributes"].get("http.response.status_code") == 201
+          and server["attributes"].get("url.path") == "/orders", server["attributes"])
+    # (publisher, key, the span that wrote the row, the consumers)
+    hops = [("order-api", "order.placed", server, ["inventory"]),
+            ("inventory", "inventory.reserved", None, ["billing", "order-api"]),
+            ("billing", "billing.invoiced", None, ["email", "order-api"])]
+    writer = server
+    for pub_svc, key, _, consumers in hops:
+        pub = one(spans, pub_svc, f"publish {key}")
+        if not check(f"publish_span_{key}", pub is not None, f"no publish {key} in {pub_svc}"):
+            return
+        a = pub["attributes"]
+        check(f"publish_{key}_is_the_writers_child_and_linked",
+              pub["parentSpanId"] == writer["spanId"] and pub["kind"] == 4
+              and [l.get("spanId") for l in pub["links"]] == [writer["spanId"]],
+              f"parent {pub['parentSpanId']} links {pub['links']}, writer {writer['spanId']}")
+        check(f"publish_{key}_messaging_attributes",
+              a.get("messaging.system") == "rabbitmq"
+              and a.get("messaging.destination.name") == "sales.events"
+              and a.get("messaging.rabbitmq.destination.routing_key") == key
+              and a.get("messaging.message.conversation_id") == oid
+              and len(a.get("messaging.message.id", "")) == 36, a)
+        nxt = None
+        for c in consumers:
+            proc = one(spans, c, f"process {key}")
+            if not check(f"process_span_{key}_in_{c}", proc is not None, f"none in {c}"):
+                return
+            pa = proc["attributes"]
+            check(f"process_{key}_in_{c}_is_the_publish_child",
+                  proc["parentSpanId"] == pub["spanId"] and proc["kind"] == 5,
+                  f"parent {proc['parentSpanId']}, publish {pub['spanId']}")
+            check(f"process_{key}_in_{c}_attributes",
+                  pa.get("messaging.system") == "rabbitmq"
+                  and pa.get("messaging.destination.name") == "sales.events"
+                  and pa.get("messaging.rabbitmq.destination.routing_key") == key
+                  and pa.get("messaging.message.id") == a.get("messaging.message.id")
+                  and pa.get("messaging.message.conversation_id") == oid, pa)
+            tx = [s for s in spans if s["parentSpanId"] == proc["spanId"]
+                  and s["name"] == "db transaction"]
+            check(f"process_{key}_in_{c}_has_its_db_transaction",
+                  len(tx) == 1 and tx[0]["kind"] == 3
+                  and proc["start"] <= tx[0]["start"] <= tx[0]["end"] <= proc["end"], tx)
+            if c == consumers[0]:
+                nxt = proc
+        writer = nxt
+    orphans = [s for s in spans if s["parentSpanId"] and s["parentSpanId"] not in by_id
+               and s["parentSpanId"] != parent_span]
+    check("every_parent_is_in_the_trace", not orphans,
+          [(s["service"], s["name"]) for s in orphans])
+
+
+def check_tool(oid, trace_id, nspans):
+    """build/bin/trace prints the order's waterfall from the logs of step 1:
+    every span the receiver got, each consumer nested under its publish."""
+    logs = [os.path.join(checklib.LOG_DIR, f"otel.up.{n}.log") for n in NAMES]
+    p = subprocess.run([os.path.join(checklib.BIN, "trace"), oid] + logs, capture_output=True,
+                       text=True, timeout=30)
+    out = p.stdout.splitlines()
+    check("trace_tool_finds_the_orders_trace",
+          p.returncode == 0 and out and out[0].startswith(f"trace {trace_id} of order {oid}: "
+                                                          f"{nspans} spans"),
+          f"exit {p.returncode}: {p.stdout[:300]!r} {p.stderr[:200]!r}")
+
+    def indent(service, name):
+        for line in out[2:]:
+            head, _, rest = line.partition(" ms ")
+            tail = rest.partition(" ms  ")[2]
+            if tail.startswith(service) and tail[10:].strip() == name:
+                return len(tail[10:]) - len(tail[10:].lstrip())
+        return None
+    chain = [("order-api", "POST /orders"), ("order-api", "publish order.placed"),
+             ("inventory", "process order.placed"), ("inventory", "publish inventory.reserved"),
+             ("billing", "process inventory.reserved"), ("billing", "publish billing.invoiced"),
+             ("email", "process billing.invoiced")]
+    depths = [indent(s, n) for s, n in chain]
+    check("trace_tool_nests_each_hop_under_the_one_before",
+          None not in depths and all(b == a + 2 for a, b in zip(depths, depths[1:])),
+          list(zip(chain, depths)))
+    p = subprocess.run([os.path.join(checklib.BIN, "trace"), trace_id] + logs,
+                       capture_output=True, text=True, timeout=30)
+    check("trace_tool_takes_a_trace_id", p.returncode == 0 and p.stdout == "\n".join(
+        [out[0].replace(f" of order {oid}", "")] + out[1:]) + "\n", p.stdout[:300])
+    p = subprocess.run([os.path.join(checklib.BIN, "trace"), secrets.token_hex(16)] + logs,
+                       capture_output=True, text=True, timeout=30)
+    check("trace_tool_says_when_there_is_nothing", p.returncode == 1 and "no spans" in p.stderr,
+          f"exit {p.returncode} {p.stderr!r}")
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="otel_check.")
+    tokens = os.path.join(tmp, "tokens")
+    token = checklib.api_token("otel", tokens)
+    check("token_made", token, "scripts/api-token.sh gave no token")
+    rx = Receiver(0).start()
+    trace_id, parent_span = secrets.token_hex(16), secrets.token_hex(8)
+    tp = f"00-{trace_id}-{parent_span}-01"
+
+    # 1, 2: export (at shutdown: the delay is 10 minutes) and the context.
+    procs = start_all(tokens, f"http://127.0.0.1:{rx.port}", 600000, "up")
+    try:
+        s, oid = place(token, {"traceparent": tp, "tracestate": "ordersuite=t1,other=2"})
+        check("order_with_traceparent_accepted", s == 201, f"{s} {oid!r}")
+        check("order_confirmed", s == 201 and confirmed(token, oid), "not CONFIRMED in 30 s")
+        check("order_stores_its_context",
+              s == 201 and stored_context(oid).startswith(f"00-{trace_id}-")
+              and stored_context(oid).endswith(" ordersuite=t1,other=2")
+              and parent_span not in stored_context(oid), stored_context(oid) if s == 201 else "")
+        check("nothing_exported_before_the_batch_is_due", not rx.spans(trace_id),
+              f"{len(rx.spans(trace_id))} span(s)")
+        s2, bad_oid = place(token, {"traceparent": f"00-{'Z' * 32}-{parent_span}-01",
+                                    "tracestate": "a=1"})
+        ctx = stored_context(bad_oid) if s2 == 201 else ""
+        check("invalid_traceparent_starts_a_new_trace",
+              s2 == 201 and len(ctx.split()[0]) == 55 and trace_id not in ctx
+              and parent_span not in ctx and "a=1" not in ctx, f"{s2} {ctx!r}")
+        other = secrets.token_hex(16)
+        s3, big_oid = place(token, {"traceparent": f"00-{other}-{parent_span}-01",
+                                    "tracestate": "k=" + "v" * 600})
+        ctx = stored_context(big_oid) if s3 == 201 else ""
+        check("oversized_tracestate_is_dropped_the_parent_kept",
+              s3 == 201 and ctx.startswith(f"00-{other}-") and ctx.strip() == ctx.split()[0],
+              f"{s3} {ctx!r}")
+        log = open(os.path.join(checklib.LOG_DIR, "otel.up.inventory.log")).read()
+        lines = [json.loads(l) for l in log.splitlines() if l.startswith("{")]
+        mine = [l for l in lines if l.get("correlation_id") == oid]
+        check("log_lines_of_the_order_name_its_trace",
+              mine and all(l.get("trace_id") == trace_id and len(l.get("span_id", "")) == 16
+                           for l in mine), mine[:3])
+    finally:
+        stop_all(procs, "up")
+    spans = [s for s in rx.spans(trace_id) if s["traceId"] == trace_id]
+    check("spans_flushed_at_shutdown", len(spans) >= 14, f"{len(spans)} span(s)")
+    check("receiver_decoded_every_export", rx.bad == 0 and rx.posts > 0,
+          f"{rx.bad} bad of {rx.posts}")
+    check_trace(spans, trace_id, parent_span, oid)
+    rx.stop()
+    check_tool(oid, trace_id, len(spans))
+
+    # 3: the receiver down (a port nothing listens on) costs the counter only.
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        dead = sk.getsockname()[1]
+    procs = start_all(tokens, f"http://127.0.0.1:{dead}", 100, "down")
+    try:
+        oids = []
+        for _ in range(3):
+            s, oid = place(token, {"traceparent": f"00-{secrets.token_hex(16)}-{parent_span}-01"})
+            check("receiver_down_order_accepted", s == 201, f"{s} {oid!r}")
+            oids.append(oid)
+        check("receiver_down_orders_complete",
+              all(s == 201 and confirmed(token, o) for o in oids), "not all CONFIRMED")
+        dropped = checklib.wait_until(
+            lambda: (metric(OPS_PORT, "ordersuite_otel_spans_dropped_total") or 0) > 0, 20)
+        check("receiver_down_spans_counted_dropped", dropped,
+              metric(OPS_PORT, "ordersuite_otel_spans_dropped_total"))
+        for name, port in METRICS.items():
+            checklib.wait_until(
+                lambda: (metric(port, "ordersuite_otel_spans_dropped_total") or 0) > 0, 20)
+            check(f"receiver_down_{name}_counts_its_drops",
+                  (metric(port, "ordersuite_otel_spans_dropped_total") or 0) > 0
+                  and metric(port, "ordersuite_otel_spans_exported_total") == 0,
+                  metric(port, "ordersuite_otel_spans_dropped_total"))
+    finally:
+        stop_all(procs, "down")
+
+
+checklib.run(main)
