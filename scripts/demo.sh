@@ -68,13 +68,18 @@ wait_for 15 "the mails" mails_sent || echo "    (some mail is still pending; see
 echo "emails:   $(sql "SELECT string_agg(kind || ' ' || n, ', ' ORDER BY kind) FROM (SELECT kind, count(*) n FROM email.messages GROUP BY kind) k")"
 echo "          $(curl -sf "http://127.0.0.1:$MAIL_WEB_PORT/api/messages" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') in the mail catcher"
 echo "outboxes pending: $(sql "SELECT (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox) + (SELECT count(*) FROM billing.outbox) + (SELECT count(*) FROM email.outbox)")"
+# The confirmed order's way through the suite, from the spans in the logs
+# (docs/TRACING.md).
+echo
+echo "the trace of order $ok ($BUILD/bin/trace $ok):"
+ORDERSUITE_VAR="$VAR" "$BIN/trace" "$ok" | sed 's/^/  /' || echo "  (no spans logged for it)"
 cat <<EOT
 
 Where to look
   RabbitMQ management UI  http://localhost:$MGMT_PORT  user $RABBITMQ_ADMIN_USER, password: grep RABBITMQ_ADMIN_PASSWORD var/ordersuite.env
   Order API               $API   (OpenAPI: docs/openapi.yaml)
   Mail catcher (the mails) http://127.0.0.1:$MAIL_WEB_PORT/   (JSON: /api/messages; SMTP on 127.0.0.1:$MAIL_SMTP_PORT)
-  Logs                    var/log/{order-api,inventory,billing,email}.log   (one order: grep $ok var/log/*.log)
+  Logs                    var/log/{order-api,inventory,billing,email}.log   (one order's waterfall: $BUILD/bin/trace $ok)
 
 Try (the API wants the demo client's bearer token, as a curl header file in var/api-auth.header; the catalog is public)
   curl -s $API/products
