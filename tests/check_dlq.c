@@ -167,6 +167,16 @@ static int reserved(void *arg)
 
 /* A good message in the DLQ (as after an outage that outlasted the retry
  * tiers) is completed by a replay. */
+#define REPLAY_TRACE "5e2f0c1d9a8b47c6b3a2918d7e6f5a4b"
+#define REPLAY_SPAN  "1a2b3c4d5e6f7081"
+
+static int replay_span_logged(void *arg)
+{
+    (void)arg;
+    return tu_file_count(worker.log, "\"trace_id\":\"" REPLAY_TRACE "\"",
+                         "\"parent_span_id\":\"" REPLAY_SPAN "\"") >= 1;
+}
+
 START_TEST(a_replayed_message_is_processed)
 {
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_dlq");
@@ -204,6 +214,8 @@ START_TEST(a_replayed_message_is_processed)
         m.len = strlen(body);
         m.headers = h;
         m.nheaders = 3;
+        /* The context of the original message's publish span. */
+        m.traceparent = "00-" REPLAY_TRACE "-" REPLAY_SPAN "-01";
         ck_assert_msg(mq_publish(c, &m, merr, sizeof(merr)) == MQ_OK, "%s", merr);
     }
     ck_assert(tu_poll(10000, dlq_has, &one));
@@ -212,6 +224,11 @@ START_TEST(a_replayed_message_is_processed)
     free(out);
     ck_assert_msg(tu_poll(20000, reserved, o->order_id), "the replayed order was not reserved");
     ck_assert_int_eq(depth("inventory.dlq"), 0);
+    /* The replayed copy kept the original's trace context: its handling is
+     * a child of the original publish span (docs/TRACING.md). */
+    ck_assert_msg(tu_poll(10000, replay_span_logged, NULL),
+                  "no process span of trace " REPLAY_TRACE " under span " REPLAY_SPAN " in %s",
+                  worker.log);
     free(body);
     ev_free(&ev);
     mq_free(c);

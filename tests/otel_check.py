@@ -177,6 +177,35 @@ def check_trace(spans, trace_id, parent_span, oid):
           [(s["service"], s["name"]) for s in orphans])
 
 
+def log_spans(tag):
+    """The span lines of the services' logs of step tag."""
+    out = []
+    for n in NAMES:
+        path = os.path.join(checklib.LOG_DIR, f"otel.{tag}.{n}.log")
+        for line in open(path).read().splitlines() if os.path.exists(path) else []:
+            if line.startswith("{") and '"span":' in line:
+                out.append(json.loads(line))
+    return out
+
+
+def check_pos_trace(rx):
+    """The till's publish span is the parent of the sale's handling in
+    inventory and billing; the trace id is the sale's message id."""
+    pub = [s for s in rx.spans() if s["service"] == "pos"]
+    if not check("pos_publish_span", len(pub) == 1 and pub[0]["kind"] == 4, pub):
+        return
+    pub = pub[0]
+    mid = pub["attributes"].get("messaging.message.id", "")
+    check("pos_trace_id_is_the_sales_message_id", pub["traceId"] == mid.replace("-", ""),
+          f"{pub['traceId']} vs {mid}")
+    for c in ("inventory", "billing"):
+        got = [s for s in rx.spans(pub["traceId"]) if s["service"] == c
+               and s["name"] == "process sale.completed"]
+        check(f"pos_sale_processed_in_{c}_as_the_publish_child",
+              len(got) == 1 and got[0]["parentSpanId"] == pub["spanId"]
+              and got[0]["attributes"].get("messaging.message.id") == mid, got)
+
+
 def check_tool(oid, trace_id, nspans):
     """build/bin/trace prints the order's waterfall from the logs of step 1:
     every span the receiver got, each consumer nested under its publish."""
@@ -254,8 +283,24 @@ def main():
         check("log_lines_of_the_order_name_its_trace",
               mine and all(l.get("trace_id") == trace_id and len(l.get("span_id", "")) == 16
                            for l in mine), mine[:3])
+        # A till's sale: its publish span (pos) is the parent of its
+        # handling in inventory and billing (checked below, after the flush).
+        env = dict(os.environ, AMQP_URL=os.environ["POS_AMQP_URL"], POS_SPOOL_DIR=tmp,
+                   CATALOG_URL=f"http://127.0.0.1:{API_PORT}/products",
+                   OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{rx.port}",
+                   OTEL_BSP_SCHEDULE_DELAY="600000")
+        env.pop("CATALOG_FILE", None)
+        p = subprocess.run([os.path.join(checklib.BIN, "pos"), "--store", "OTEL-01", "--count",
+                            "1"], env=env, capture_output=True, text=True, timeout=90)
+        check("pos_sale_sent", p.returncode == 0, f"exit {p.returncode}: {p.stderr[-300:]}")
+        pos_spans = [s for s in rx.spans() if s["service"] == "pos"]
+        check("pos_flushes_its_span_at_exit", len(pos_spans) == 1, pos_spans)
+        sale_handled = lambda: sum(1 for s in log_spans("up") if s.get("span") ==
+                                   "process sale.completed") >= 2
+        check("pos_sale_handled", checklib.wait_until(sale_handled, 30, 0.2), "not in 30 s")
     finally:
         stop_all(procs, "up")
+    check_pos_trace(rx)
     spans = [s for s in rx.spans(trace_id) if s["traceId"] == trace_id]
     check("spans_flushed_at_shutdown", len(spans) >= 14, f"{len(spans)} span(s)")
     check("receiver_decoded_every_export", rx.bad == 0 and rx.posts > 0,
