@@ -352,6 +352,34 @@ out:
     return rc;
 }
 
+/* The scheduled work (o.due) in a transaction of its own: a failure is
+ * logged and counted, and never holds back publishing. Returns what it did,
+ * or -1. */
+static int run_due(outbox_relay *r, db_conn *db)
+{
+    char err[DB_ERR_LEN] = "";
+    int n;
+
+    if (db_begin(db, err, sizeof(err)) != DB_OK)
+        goto fail;
+    n = r->o.due(db, r->o.due_arg, err, sizeof(err));
+    if (n < 0)
+        goto fail;
+    if (db_commit(db, err, sizeof(err)) != DB_OK)
+        goto fail;
+    pthread_mutex_lock(&r->lock);
+    r->stats.due_done += (uint64_t)n;
+    pthread_mutex_unlock(&r->lock);
+    return n;
+fail:
+    log_error("outbox relay: scheduled work: %s", err);
+    db_rollback(db);
+    pthread_mutex_lock(&r->lock);
+    r->stats.due_failures++;
+    pthread_mutex_unlock(&r->lock);
+    return -1;
+}
+
 /* Waits up to ms for a local commit (the eventfd) or a NOTIFY on db.
  * Returns -1 when the connection broke. */
 static int wait_wake(outbox_relay *r, db_conn *db, int ms)
@@ -402,7 +430,7 @@ static void *relay_main(void *arg)
     mq_conn *mq = mq_new(&mo);
     backoff b;
     char err[DB_ERR_LEN];
-    int64_t flush_deadline = -1;
+    int64_t flush_deadline = -1, due_next = 0;
 
     backoff_init(&b, 200, 10000);
     if (!db || !mq) {
@@ -430,6 +458,14 @@ static void *relay_main(void *arg)
             log_warn("outbox relay: broker: %s", err);
             util_sleep_ms_atomic(backoff_next(&b), flush_deadline >= 0 ? NULL : &r->stop);
             continue;
+        }
+        /* Scheduled work on the timer only, not on every wake-up: a busy
+         * writer wakes the relay hundreds of times a second. Not while
+         * stopping: what falls due then is the next start's. */
+        if (r->o.due && flush_deadline < 0 && util_now_ms() >= due_next) {
+            int d = run_due(r, db);
+            due_next =
+                r->o.due_batch > 0 && d >= r->o.due_batch ? 0 : util_now_ms() + r->o.sweep_ms;
         }
         n = sweep(r, db, mq);
         if (n < 0) {

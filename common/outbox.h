@@ -12,7 +12,8 @@
  * transaction. It wakes on a commit in its process (an eventfd; NOTIFY
  * <service>_outbox works too, for writers elsewhere) and also sweeps on a
  * timer, so nothing waits for the next event and nothing is stranded after a
- * crash.
+ * crash. The timer also runs a service's scheduled work (opts.due): what has
+ * fallen due by the service's own tables, so a deadline survives any crash.
  * Rows the broker did not take stay pending and are tried again with backoff
  * when the broker is away. A row the broker returns as unroutable
  * (basic.return: no queue is bound for its key) while the connection is fine
@@ -70,6 +71,18 @@ typedef struct {
     const db_timeouts *timeouts; /* for the relay's connection; NULL: the server's */
     int park_after;              /* returns (unroutable) before a row is parked; 0 = 5 */
     int park_min_age_s;          /* and seconds since its first return; 0 = none */
+    /* Scheduled work (order-api's saga timeout): called at most once per
+     * sweep_ms, in a transaction of its own on the relay's connection, before
+     * the relay claims rows. It does what has fallen due (in its own tables)
+     * and adds the events that says with outbox_add, which the same sweep then
+     * publishes. Returns the rows it did (>= 0), or DB_ERR / DB_ERR_TRANSIENT
+     * with err: the transaction is rolled back, the failure logged and
+     * counted, and the next sweep tries again; publishing goes on either way.
+     * When it returns due_batch or more, it is called again at once. NULL:
+     * nothing scheduled. */
+    int (*due)(db_conn *db, void *arg, char *err, size_t errlen);
+    void *due_arg;
+    int due_batch; /* see due; 0 = never again at once */
 } outbox_relay_opts;
 
 /* Starts the relay thread. Returns NULL with err when out of memory or the
@@ -81,11 +94,13 @@ outbox_relay *outbox_relay_start(const outbox_relay_opts *o, char *err, size_t e
 void outbox_relay_stop(outbox_relay *r, int timeout_ms);
 
 typedef struct {
-    uint64_t published;   /* rows published and deleted */
-    uint64_t failures;    /* sweeps that failed (broker or database) */
-    int64_t pending;      /* rows seen pending at the last sweep */
-    int64_t oldest_age_s; /* age of the oldest pending row at the last sweep */
-    int connected;        /* 1 when both connections are up */
+    uint64_t published;    /* rows published and deleted */
+    uint64_t failures;     /* sweeps that failed (broker or database) */
+    int64_t pending;       /* rows seen pending at the last sweep */
+    int64_t oldest_age_s;  /* age of the oldest pending row at the last sweep */
+    int connected;         /* 1 when both connections are up */
+    uint64_t due_done;     /* rows the due hook did */
+    uint64_t due_failures; /* due hook runs that failed */
 } outbox_relay_stats;
 
 void outbox_relay_get_stats(outbox_relay *r, outbox_relay_stats *out);

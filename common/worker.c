@@ -296,7 +296,10 @@ int worker_main(const worker_def *def, int argc, char **argv)
                                 .timeouts = &dbt,
                                 .sweep_ms = (int)sweep_ms,
                                 .park_after = (int)park_after,
-                                .park_min_age_s = (int)park_min_age};
+                                .park_min_age_s = (int)park_min_age,
+                                .due = def->due,
+                                .due_arg = def->app,
+                                .due_batch = def->due_batch};
         if (otel_start(err, sizeof(err)) < 0) {
             log_error("%s", err);
             goto out;

@@ -73,6 +73,11 @@ typedef struct {
      * every /readyz, on an HTTP thread, so it must answer from memory.
      * Returns 1 when ready, else 0 with why filled. NULL: nothing more. */
     int (*ready)(void *app, char *why, size_t whylen);
+    /* Scheduled work, run by the outbox relay on its timer with app as its
+     * argument (outbox_relay_opts.due says how): order-api's saga timeout.
+     * NULL: none. */
+    int (*due)(db_conn *db, void *app, char *err, size_t errlen);
+    int due_batch; /* outbox_relay_opts.due_batch */
 } worker_def;
 
 /* Runs the worker until SIGTERM/SIGINT. Returns the process exit code: 0

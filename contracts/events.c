@@ -107,6 +107,12 @@ static const field f_sale_completed[] = {
     S(sale_completed, customer_email, "customer_email", K_EMAIL, 1),
 };
 
+static const field f_order_expired[] = {
+    S(order_expired, order_id, "order_id", K_UUID, 0),
+    S(order_expired, customer_email, "customer_email", K_EMAIL, 0),
+    S(order_expired, reason, "reason", K_TEXT, 0),
+};
+
 static int lines_total(const ev_lines *l, int64_t *sum)
 {
     *sum = 0;
@@ -175,6 +181,7 @@ const event_desc ev__events[EV__COUNT] = {
     [EV_BILLING_PAYMENT_FAILED] = {RK_BILLING_PAYMENT_FAILED, f_billing_payment_failed,
                                    N(f_billing_payment_failed), NULL},
     [EV_SALE_COMPLETED] = {RK_SALE_COMPLETED, f_sale_completed, N(f_sale_completed), check_sale},
+    [EV_ORDER_EXPIRED] = {RK_ORDER_EXPIRED, f_order_expired, N(f_order_expired), NULL},
 };
 
 const char *ev_routing_key(ev_type t)

@@ -60,6 +60,7 @@ typedef enum {
     EV_BILLING_INVOICED,
     EV_BILLING_PAYMENT_FAILED,
     EV_SALE_COMPLETED,
+    EV_ORDER_EXPIRED,
     EV__COUNT
 } ev_type;
 
@@ -72,6 +73,7 @@ typedef enum {
 #define RK_BILLING_INVOICED       "billing.invoiced"
 #define RK_BILLING_PAYMENT_FAILED "billing.payment_failed"
 #define RK_SALE_COMPLETED         "sale.completed"
+#define RK_ORDER_EXPIRED          "order.expired"
 
 typedef struct {
     char sku[EV_SKU_MAX + 1];
@@ -149,6 +151,16 @@ typedef struct {
     char customer_email[EV_EMAIL_MAX + 1]; /* optional: a receipt is mailed when set */
 } sale_completed;
 
+/* The saga's timeout: order-api closed an order that reached no final
+ * status within ORDER_TIMEOUT_S. Each service undoes what it did for it
+ * (inventory releases the stock, billing voids the invoice) and email tells
+ * the customer. */
+typedef struct {
+    char order_id[UUID_STR_LEN];
+    char customer_email[EV_EMAIL_MAX + 1];
+    char reason[EV_TEXT_MAX + 1];
+} order_expired;
+
 typedef struct {
     ev_type type;
     union {
@@ -160,6 +172,7 @@ typedef struct {
         billing_invoiced billing_invoiced;
         billing_payment_failed billing_payment_failed;
         sale_completed sale_completed;
+        order_expired order_expired;
     } u;
 } ev_event;
 

@@ -429,6 +429,20 @@ START_TEST(a_write_wait_not_longer_than_statement_and_connect_is_refused)
 }
 END_TEST
 
+/* The reason an expired order carries fits the contract for every
+ * ORDER_TIMEOUT_S order-api accepts (up to 30 days), so the sweep can always
+ * emit its order.expired. */
+START_TEST(an_expired_orders_reason_fits_the_contract_for_every_timeout)
+{
+    char r[EV_TEXT_MAX + 1], small[8];
+    ck_assert_int_eq(api_saga_reason(2592000, r, sizeof(r)), 0);
+    ck_assert_str_eq(r, "no final status within ORDER_TIMEOUT_S (2592000 s)");
+    ck_assert_int_eq(api_saga_reason(API_ORDER_TIMEOUT_DEFAULT, r, sizeof(r)), 0);
+    ck_assert_str_eq(r, "no final status within ORDER_TIMEOUT_S (900 s)");
+    ck_assert_int_eq(api_saga_reason(1, small, sizeof(small)), -1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_api");
@@ -452,6 +466,7 @@ int main(void)
     tcase_add_test(a, a_malformed_api_tokens_line_is_named);
     tcase_add_test(h, a_problem_is_rfc_9457_json_with_the_field);
     tcase_add_test(h, a_problem_without_detail_or_field_leaves_them_out);
+    tcase_add_test(h, an_expired_orders_reason_fits_the_contract_for_every_timeout);
     suite_add_tcase(s, d);
     suite_add_tcase(s, pr);
     suite_add_tcase(s, i);

@@ -186,6 +186,8 @@ START_TEST(strings_at_their_cap_pass_and_one_past_is_refused)
         {EV_ORDER_PLACED, "currency", 3, 'E', ""},
         {EV_INVENTORY_LOW_STOCK, "sku", EV_SKU_MAX, 'S', ""},
         {EV_INVENTORY_RELEASED, "reason", EV_TEXT_MAX, 'r', ""},
+        {EV_ORDER_EXPIRED, "reason", EV_TEXT_MAX, 'r', ""},
+        {EV_ORDER_EXPIRED, "customer_email", EV_EMAIL_MAX, 'a', "@b.io"},
         {EV_BILLING_PAYMENT_FAILED, "reason", EV_TEXT_MAX, 'r', ""},
         {EV_SALE_COMPLETED, "store_id", EV_ID_MAX, 's', ""},
         {EV_BILLING_INVOICED, "customer_id", EV_ID_MAX, 'c', ""},

@@ -36,6 +36,11 @@ START_TEST(every_event_round_trips)
     ck_assert_str_eq(j1, j2);
     ck_assert_int_eq(ev_type_from_key(ev_routing_key(t), &back), 0);
     ck_assert_int_eq(back, t);
+    if (t == EV_ORDER_EXPIRED) {
+        ck_assert_str_eq(ev_routing_key(t), "order.expired");
+        ck_assert_str_eq(b.u.order_expired.order_id, OID);
+        ck_assert_str_eq(b.u.order_expired.reason, "no final status within 900 s");
+    }
     if (t == EV_ORDER_PLACED) {
         ck_assert_uint_eq(b.u.order_placed.lines.n, 2);
         ck_assert_str_eq(b.u.order_placed.lines.items[1].sku, "MUG-WHITE");
@@ -222,6 +227,13 @@ static const struct {
      "\"reason\":\"short\",\"skus_short\":[1]}",
      "skus_short[0]: must be a string"},
     {EV_INVENTORY_RELEASED, "{\"order_id\":\"" OID "\"}", "reason: missing"},
+    {EV_ORDER_EXPIRED, "{\"order_id\":\"" OID "\",\"reason\":\"late\"}", "customer_email: missing"},
+    {EV_ORDER_EXPIRED, "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\",\"reason\":\"\"}",
+     "reason: missing"},
+    {EV_ORDER_EXPIRED, "{\"order_id\":\"nope\",\"customer_email\":\"a@b.io\",\"reason\":\"late\"}",
+     "order_id: must be a UUID"},
+    {EV_ORDER_EXPIRED, "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\",\"reason\":7}",
+     "reason: must be a string"},
     {EV_INVENTORY_LOW_STOCK, "{\"sku\":\"A\",\"on_hand\":-1,\"threshold\":1}",
      "on_hand: must be between 0 and"},
     {EV_INVENTORY_LOW_STOCK, "{\"sku\":\"A\",\"on_hand\":true,\"threshold\":1}",

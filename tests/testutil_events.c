@@ -105,6 +105,11 @@ void tu_sample_event(ev_type t, ev_event *ev)
         strcpy(s->paid_at, "2026-11-23T19:42:26.123Z");
         break;
     }
+    case EV_ORDER_EXPIRED:
+        strcpy(ev->u.order_expired.order_id, OID);
+        strcpy(ev->u.order_expired.customer_email, "ada@example.com");
+        strcpy(ev->u.order_expired.reason, "no final status within 900 s");
+        break;
     default:
         ck_abort_msg("no sample for %d", t);
     }

@@ -1,5 +1,5 @@
 /*
- * billing.h — the billing worker's handlers (invoices.c), shared with
+ * billing.h — the billing worker's handlers (invoices.c, voids.c), shared with
  * main.c's route table and configuration.
  */
 #ifndef ORDERSUITE_BILLING_H
@@ -20,6 +20,15 @@ typedef struct {
  * failure. */
 mq_result bil_on_reserved(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                           char *err, size_t errlen);
+
+/* order.expired: the order's invoice void, or none to be made (voids.c). */
+mq_result bil_on_order_expired(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                               char *err, size_t errlen);
+
+/* Takes the order's advisory lock for the transaction, then says whether the
+ * order is void (voids.c): what bil_on_reserved and bil_on_order_expired do
+ * first. DB_OK, or DB_ERR / DB_ERR_TRANSIENT with err. */
+int bil_order_lock(db_conn *db, const char *order_id, int *is_void, char *err, size_t errlen);
 
 /* sale.completed: an invoice for the sale (paid at the till). */
 mq_result bil_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev, char *err,

@@ -97,7 +97,17 @@ mq_result bil_on_reserved(worker *w, db_conn *db, const ev_envelope *env, const 
 {
     const inventory_reserved *o = &ev->u.inventory_reserved;
     const billing_cfg *cfg = worker_app(w);
+    int rc, is_void;
 
+    /* An order that expired first gets neither an invoice nor a payment
+     * decision (voids.c). */
+    if ((rc = bil_order_lock(db, o->order_id, &is_void, err, errlen)) != DB_OK)
+        return worker_db_result(rc);
+    if (is_void) {
+        log_write(LOG_INFO, env->correlation_id, env->message_id,
+                  "order %s expired before it was invoiced; nothing to do", o->order_id);
+        return MQ_DONE;
+    }
     if (o->total > cfg->credit_limit) {
         ev_event out;
         billing_payment_failed *f = &out.u.billing_payment_failed;
@@ -105,7 +115,6 @@ mq_result bil_on_reserved(worker *w, db_conn *db, const ev_envelope *env, const 
         const char *p[3];
         PGresult *r;
         mq_result res;
-        int rc;
 
         ev_init(&out, EV_BILLING_PAYMENT_FAILED);
         snprintf(f->order_id, sizeof(f->order_id), "%s", o->order_id);

@@ -4,6 +4,7 @@
  *   inventory.reserved  the payment rule, then an invoice → billing.invoiced,
  *                       or billing.payment_failed
  *   sale.completed      an invoice for the sale (paid at the till) → billing.invoiced
+ *   order.expired       the order's invoice void, or none ever made (voids.c)
  *
  * Payment rule (documented in the README): an order whose total is above
  * CREDIT_LIMIT_MINOR (default 50000, i.e. 500.00) is refused. Prices include
@@ -22,6 +23,7 @@ int main(int argc, char **argv)
     static const worker_route routes[] = {
         {EV_INVENTORY_RESERVED, bil_on_reserved},
         {EV_SALE_COMPLETED, bil_on_sale},
+        {EV_ORDER_EXPIRED, bil_on_order_expired},
     };
     billing_cfg cfg;
     char err[CFG_ERR_LEN];

@@ -18,6 +18,43 @@ static void money(char *out, size_t n, int64_t minor, const char *currency)
              currency);
 }
 
+/* One mail per order about how it ended (the saga's timeout): after the
+ * order_expired mail no other outcome is mailed (a late invoice is void, a
+ * late rejection or payment failure moot), and no order_expired mail follows
+ * a rejection or a payment failure the customer was already told of. (A
+ * confirmation mailed before the order expired is followed by the expiry
+ * mail: the invoice it named is void.) *yes: 1 when kind is not to be sent
+ * for env's order. DB_OK, or DB_ERR / DB_ERR_TRANSIENT with err. */
+static int told_before(db_conn *db, const ev_envelope *env, const char *kind, int *yes, char *err,
+                       size_t errlen)
+{
+    const char *p[2] = {env->correlation_id, NULL};
+    PGresult *r;
+    int rc;
+
+    *yes = 0;
+    if (strcmp(kind, "order_expired") == 0)
+        p[1] = "{order_rejected,payment_failed}";
+    else if (strcmp(kind, "order_confirmed") == 0 || strcmp(kind, "order_rejected") == 0 ||
+             strcmp(kind, "payment_failed") == 0)
+        p[1] = "{order_expired}";
+    else
+        return DB_OK;
+    rc = db_execp(db, "mail_told",
+                  "SELECT EXISTS (SELECT 1 FROM messages WHERE correlation_id = $1::uuid"
+                  " AND kind = ANY($2::text[])) AS t",
+                  2, p, &r, err, errlen);
+    if (rc != DB_OK)
+        return rc;
+    *yes = strcmp(db_get(r, 0, "t"), "t") == 0;
+    PQclear(r);
+    if (*yes)
+        log_write(LOG_INFO, env->correlation_id, env->message_id,
+                  "no %s mail: the customer was told how order %s ended", kind,
+                  env->correlation_id);
+    return DB_OK;
+}
+
 /* Records one mail caused by env (and ev) in the handler's transaction:
  * 'pending' for the mailer with SMTP_URL, 'recorded' without. The cause is
  * kept with it, re-encoded, for email.dlq if the server refuses the mail. A
@@ -34,8 +71,12 @@ static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const e
     char ts[24];
     char *cause;
     PGresult *r;
-    int rc, fresh;
+    int rc, fresh, told;
 
+    if ((rc = told_before(db, env, kind, &told, err, errlen)) != DB_OK)
+        return worker_db_result(rc);
+    if (told)
+        return MQ_DONE;
     cause = ev_to_json(ev, env->causation_id, err, errlen);
     if (!cause)
         return MQ_REJECT;
@@ -157,4 +198,18 @@ mq_result mails_low_stock(worker *w, db_conn *db, const ev_envelope *env, const 
     snprintf(body, sizeof(body), "%s is down to %lld units (threshold %lld). Time to reorder.\n",
              l->sku, (long long)l->on_hand, (long long)l->threshold);
     return deliver(w, db, env, ev, "low_stock", cfg->ops, subject, body, err, errlen);
+}
+
+mq_result mails_expired(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                        char *err, size_t errlen)
+{
+    const order_expired *x = &ev->u.order_expired;
+    char subject[160], body[1024];
+    snprintf(subject, sizeof(subject), "Order %.8s has been cancelled", x->order_id);
+    snprintf(body, sizeof(body),
+             "We are sorry: your order %s could not be completed in time (%s) and has been "
+             "cancelled.\nAny stock held for it is released and any invoice for it is void: "
+             "nothing is charged.\n",
+             x->order_id, x->reason);
+    return deliver(w, db, env, ev, "order_expired", x->customer_email, subject, body, err, errlen);
 }

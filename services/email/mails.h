@@ -9,6 +9,7 @@
  *   mails_payment_failed  billing.payment_failed
  *   mails_sale            sale.completed: the POS receipt, when it has an email
  *   mails_low_stock       inventory.low_stock: an alert to OPS_EMAIL
+ *   mails_expired         order.expired: the order is cancelled, nothing charged
  */
 #ifndef ORDERSUITE_MAILS_H
 #define ORDERSUITE_MAILS_H
@@ -35,5 +36,7 @@ mq_result mails_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_ev
                      size_t errlen);
 mq_result mails_low_stock(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                           char *err, size_t errlen);
+mq_result mails_expired(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                        char *err, size_t errlen);
 
 #endif

@@ -6,6 +6,8 @@
  *   billing.payment_failed    payment failed
  *   sale.completed            POS receipt, when the sale has an email
  *   inventory.low_stock       alert to OPS_EMAIL
+ *   order.expired             order cancelled by its deadline (one mail per order
+ *                             about how it ended: mails.c)
  *
  * Every mail is recorded in email.messages (one per cause and kind), in the
  * message's transaction, by the handlers of mails.c; nothing leaves the
@@ -51,6 +53,7 @@ int main(int argc, char **argv)
         {EV_BILLING_PAYMENT_FAILED, mails_payment_failed},
         {EV_SALE_COMPLETED, mails_sale},
         {EV_INVENTORY_LOW_STOCK, mails_low_stock},
+        {EV_ORDER_EXPIRED, mails_expired},
     };
     email_cfg cfg = {0};
     char err[CFG_ERR_LEN];

@@ -1,7 +1,8 @@
 /*
  * inventory.h — the inventory worker's handlers, shared with main.c's route
- * table: reservations.c (orders: reserve, release), sales.c (till sales) and
- * stock.c (what both do to a stock row).
+ * table: reservations.c (orders: reserve, release), expiry.c (an expired
+ * order's stock), sales.c (till sales) and stock.c (what both do to a stock
+ * row).
  */
 #ifndef ORDERSUITE_INVENTORY_H
 #define ORDERSUITE_INVENTORY_H
@@ -18,6 +19,11 @@ mq_result inv_on_order_placed(worker *w, db_conn *db, const ev_envelope *env, co
 /* billing.payment_failed: release the order's reservation (reservations.c). */
 mq_result inv_on_payment_failed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                                 char *err, size_t errlen);
+
+/* order.expired: release what the order holds, or decide it as never to be
+ * reserved (expiry.c). */
+mq_result inv_on_order_expired(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                               char *err, size_t errlen);
 
 /* sale.completed: the sold units off the shelf, once per sale id (sales.c). */
 mq_result inv_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev, char *err,

@@ -4,6 +4,8 @@
  *   order.placed            reserve every line or none → inventory.reserved
  *                           or inventory.rejected (with the SKUs short)
  *   billing.payment_failed  release the order's reservation → inventory.released
+ *   order.expired           release the order's reservation → inventory.released,
+ *                           or mark it never to be reserved (expiry.c)
  *   sale.completed          take the sold units off the shelf (never below zero),
  *                           once per sale id, whatever message id carries it
  * and inventory.low_stock when a SKU's stock crosses its threshold.
@@ -20,6 +22,7 @@ int main(int argc, char **argv)
         {EV_ORDER_PLACED, inv_on_order_placed},
         {EV_BILLING_PAYMENT_FAILED, inv_on_payment_failed},
         {EV_SALE_COMPLETED, inv_on_sale},
+        {EV_ORDER_EXPIRED, inv_on_order_expired},
     };
     worker_def def = {.service = "inventory",
                       .routes = routes,

@@ -103,12 +103,28 @@ mq_result inv_on_order_placed(worker *w, db_conn *db, const ev_envelope *env, co
     }
 
     {
+        /* No row: decided meanwhile by another transaction (an order.expired
+         * handled at this moment, expiry.c): its decision stands, and the
+         * units taken above go back. */
         const char *p[] = {o->order_id};
+        PGresult *r;
+        int mine;
         rc = db_execp(db, "inv_reserve",
-                      "INSERT INTO reservations (order_id, status) VALUES ($1, 'RESERVED')", 1, p,
-                      NULL, err, errlen);
+                      "INSERT INTO reservations (order_id, status) VALUES ($1, 'RESERVED')"
+                      " ON CONFLICT DO NOTHING RETURNING order_id",
+                      1, p, &r, err, errlen);
         if (rc != DB_OK)
             return worker_db_result(rc);
+        mine = PQntuples(r) == 1;
+        PQclear(r);
+        if (!mine) {
+            rc = db_exec(db, "ROLLBACK TO SAVEPOINT reserve", 0, NULL, NULL, err, errlen);
+            if (rc != DB_OK)
+                return worker_db_result(rc);
+            log_write(LOG_INFO, env->correlation_id, env->message_id,
+                      "order %s was decided meanwhile; nothing reserved", o->order_id);
+            return MQ_DONE;
+        }
     }
     for (size_t i = 0; i < o->lines.n; i++) {
         const char *p[] = {o->order_id, lines[i].sku, util_i64(q, lines[i].quantity)};

@@ -11,6 +11,7 @@
  *                  (GET and the 201)
  *   writer.c       group commit: the thread that writes the accepted orders
  *                  in batches and answers each request after the commit
+ *   saga.c         the order's deadline: overdue orders become EXPIRED
  */
 #ifndef ORDER_API_H
 #define ORDER_API_H
@@ -286,5 +287,26 @@ const http_route *api_routes(size_t *n);
 
 /* Frees a pool thread's database connection (http_opts.thread_exit). */
 void api_thread_exit(void *db);
+
+/* ------------------------------------------------------------------ saga.c */
+
+#define API_ORDER_TIMEOUT_DEFAULT 900 /* ORDER_TIMEOUT_S: 15 minutes */
+#define API_SAGA_BATCH            200 /* orders expired per transaction */
+
+typedef struct {
+    long timeout_s; /* ORDER_TIMEOUT_S: an order still open this long after its creation expires */
+    int batch;      /* orders expired per call */
+} api_saga;
+
+/* The outbox relay's scheduled work (outbox_relay_opts.due, arg an
+ * api_saga): in db's open transaction, moves up to batch orders that are
+ * PENDING or RESERVED timeout_s after their creation to EXPIRED (timeline
+ * row, reason) and adds an order.expired for each to the outbox. Returns the
+ * number expired, or DB_ERR / DB_ERR_TRANSIENT with err. */
+int api_expire_due(db_conn *db, void *arg, char *err, size_t errlen);
+
+/* The reason an expired order carries, for timeout_s, into out: 0, or -1
+ * when it does not fit out or the contract's EV_TEXT_MAX. Pure. */
+int api_saga_reason(long timeout_s, char *out, size_t outlen);
 
 #endif

@@ -10,9 +10,14 @@
  *   inventory.rejected      PENDING                            → REJECTED
  *   billing.payment_failed  PENDING, RESERVED                  → PAYMENT_FAILED
  *   inventory.released      PENDING, RESERVED, PAYMENT_FAILED  → CANCELLED
+ *   (the deadline, saga.c)  PENDING, RESERVED                  → EXPIRED
  *
  * A late or repeated event finds the order past its "from" states and
  * changes nothing. Each change adds a row to the order's timeline.
+ * ORDER_TIMEOUT_S (900; 0 turns it off; at most 30 days) is the deadline:
+ * an order still PENDING or RESERVED that long after its creation becomes
+ * EXPIRED and order.expired goes out, which the other services compensate
+ * (saga.c).
  *
  * POST /orders hands each order it accepts to the writer (writer.c), which
  * commits the orders that arrive together in one statement:
@@ -144,6 +149,7 @@ int main(int argc, char **argv)
     char *db_url = NULL, *tokens = NULL;
     char err[CFG_ERR_LEN];
     long batch_max = 0, write_ms = 0, price_age_ms = 0, placed_version = 1;
+    api_saga saga = {.batch = API_SAGA_BATCH};
     const cfg_spec specs[] = {
         {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
         {"API_TOKENS", CFG_STR, NULL, 0, 0, &tokens},
@@ -155,7 +161,9 @@ int main(int argc, char **argv)
         /* The order.placed schema written (upcast.h): 1 until every reader
          * of order.placed reads 2 (README: readers first, then writers). */
         {"ORDER_PLACED_VERSION", CFG_LONG, "1", 1, ev_version_latest(EV_ORDER_PLACED),
-         &placed_version}};
+         &placed_version},
+        {"ORDER_TIMEOUT_S", CFG_LONG, API_STR(API_ORDER_TIMEOUT_DEFAULT), 0, 2592000,
+         &saga.timeout_s}};
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     const cfg_group settings[] = {{specs, nspecs, WORKER_RUN}};
     const unsigned mode = worker_mode(argc, argv);
@@ -214,6 +222,14 @@ int main(int argc, char **argv)
             else
                 log_info("no price cache (PRICE_CACHE_MAX_AGE_MS=0): every order reads its "
                          "prices");
+        }
+        if (saga.timeout_s > 0) {
+            def.app = &saga;
+            def.due = api_expire_due;
+            def.due_batch = saga.batch;
+            log_info("an order not final %ld s after its creation expires", saga.timeout_s);
+        } else {
+            log_info("ORDER_TIMEOUT_S=0: orders never expire");
         }
     }
     rc = worker_main(&def, argc, argv);

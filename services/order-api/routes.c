@@ -286,7 +286,7 @@ static void get_order(http_req *r, void *cls, http_resp *out)
 static void list_orders(http_req *r, void *cls, http_resp *out)
 {
     static const char *const statuses[] = {"PENDING",        "RESERVED",  "CONFIRMED", "REJECTED",
-                                           "PAYMENT_FAILED", "CANCELLED", NULL};
+                                           "PAYMENT_FAILED", "CANCELLED", "EXPIRED",   NULL};
     const char *status = http_query(r, "status");
     const char *limit = http_query(r, "limit");
     const char *after = http_query(r, "after");
@@ -303,7 +303,7 @@ static void list_orders(http_req *r, void *cls, http_resp *out)
     if (!ok) {
         http_problem(out, 422, "Unprocessable Content",
                      "status must be one of PENDING, RESERVED, CONFIRMED, REJECTED, "
-                     "PAYMENT_FAILED, CANCELLED",
+                     "PAYMENT_FAILED, CANCELLED, EXPIRED",
                      "status");
         return;
     }

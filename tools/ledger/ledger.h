@@ -39,7 +39,7 @@ typedef struct {
 
 typedef struct {
     long accepted, found, stored, not_final, consistent, incomplete, duplicated;
-    long by_status[3]; /* CONFIRMED, REJECTED, CANCELLED */
+    long by_status[4]; /* CONFIRMED, REJECTED, CANCELLED, EXPIRED */
     long sales, sales_done, sales_missing, sales_dup;
     long skus, negative, off_ledger;
     long outbox_pending, outbox_parked, mail_pending;

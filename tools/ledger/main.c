@@ -18,6 +18,9 @@
  *            CONFIRMED  reservation held, one invoice, one order_confirmed mail
  *            REJECTED   one rejection, no reservation, one order_rejected mail
  *            CANCELLED  reservation released, one payment failure, one mail
+ *            EXPIRED    (the saga's timeout) no stock held (released, or never
+ *                       reserved), billing's void with the invoice if one was
+ *                       made, one mail about how it ended and no confirmation
  *            (anything more is counted as duplicated, anything less as lost)
  *   sales    every confirmed sale has its stock lines, one invoice, one receipt
  *   stock    per SKU: on_hand >= 0 and on_hand = adjustments - held - sold
@@ -230,10 +233,10 @@ int main(int argc, char **argv)
            ledger_opt.tag ? ledger_opt.tag : "", fg.stored);
     if (s.orders)
         printf(", %ld accepted by the API, %ld of them found", fg.accepted, fg.found);
-    printf("\n           CONFIRMED %ld, REJECTED %ld, CANCELLED %ld, not final %ld; "
+    printf("\n           CONFIRMED %ld, REJECTED %ld, CANCELLED %ld, EXPIRED %ld, not final %ld; "
            "%ld with exactly their effects, %ld without\n",
-           fg.by_status[0], fg.by_status[1], fg.by_status[2], fg.not_final, fg.consistent,
-           fg.incomplete);
+           fg.by_status[0], fg.by_status[1], fg.by_status[2], fg.by_status[3], fg.not_final,
+           fg.consistent, fg.incomplete);
     if (s.sales)
         printf("sales      %ld confirmed by the broker: %ld complete, %ld missing an effect, "
                "%ld extra effects\n",

@@ -47,28 +47,40 @@ static const char orders_sql[] =
     "   WHERE order_id IN (SELECT id FROM o) GROUP BY 1),"
     " f AS (SELECT order_id, count(*) AS n FROM billing.payment_failures"
     "   WHERE order_id IN (SELECT id FROM o) GROUP BY 1),"
+    " v AS (SELECT order_id, count(*) AS n, count(invoice_id) AS voided FROM billing.voids"
+    "   WHERE order_id IN (SELECT id FROM o) GROUP BY 1),"
     " m AS (SELECT correlation_id AS order_id,"
     "   count(*) FILTER (WHERE kind = 'order_confirmed') AS mc,"
     "   count(*) FILTER (WHERE kind = 'order_rejected') AS mr,"
-    "   count(*) FILTER (WHERE kind = 'payment_failed') AS mp"
+    "   count(*) FILTER (WHERE kind = 'payment_failed') AS mp,"
+    "   count(*) FILTER (WHERE kind = 'order_expired') AS me"
     "   FROM email.messages WHERE correlation_id IN (SELECT id FROM o) GROUP BY 1),"
     " x AS (SELECT o.status, coalesce(r.held, 0) AS held, coalesce(r.released, 0) AS released,"
     "   coalesce(j.n, 0) AS rej, coalesce(i.n, 0) AS inv, coalesce(f.n, 0) AS pf,"
-    "   coalesce(m.mc, 0) AS mc, coalesce(m.mr, 0) AS mr, coalesce(m.mp, 0) AS mp"
+    "   coalesce(v.n, 0) AS vo, coalesce(v.voided, 0) AS voided,"
+    "   coalesce(m.mc, 0) AS mc, coalesce(m.mr, 0) AS mr, coalesce(m.mp, 0) AS mp,"
+    "   coalesce(m.me, 0) AS me"
     "   FROM o LEFT JOIN r ON r.order_id = o.id LEFT JOIN j ON j.order_id = o.id"
     "   LEFT JOIN i ON i.order_id = o.id LEFT JOIN f ON f.order_id = o.id"
-    "   LEFT JOIN m ON m.order_id = o.id)"
+    "   LEFT JOIN v ON v.order_id = o.id LEFT JOIN m ON m.order_id = o.id)"
     " SELECT status, count(*),"
     "  count(*) FILTER (WHERE"
-    "   (status = 'CONFIRMED' AND (held, released, rej, inv, pf, mc, mr, mp)"
-    "        = (1, 0, 0, 1, 0, 1, 0, 0))"
-    "   OR (status = 'REJECTED' AND (held, released, rej, inv, pf, mc, mr, mp)"
-    "        = (0, 0, 1, 0, 0, 0, 1, 0))"
-    "   OR (status = 'CANCELLED' AND (held, released, rej, inv, pf, mc, mr, mp)"
-    "        = (0, 1, 0, 0, 1, 0, 0, 1))),"
+    "   (status = 'CONFIRMED' AND (held, released, rej, inv, pf, vo, mc, mr, mp, me)"
+    "        = (1, 0, 0, 1, 0, 0, 1, 0, 0, 0))"
+    "   OR (status = 'REJECTED' AND (held, released, rej, inv, pf, vo, mc, mr, mp, me)"
+    "        = (0, 0, 1, 0, 0, 0, 0, 1, 0, 0))"
+    "   OR (status = 'CANCELLED' AND (held, released, rej, inv, pf, vo, mc, mr, mp, me)"
+    "        = (0, 1, 0, 0, 1, 0, 0, 0, 1, 0))"
+    /* EXPIRED (the saga's timeout): no stock held, and inventory decided it
+     * (released, or rejected); billing's void recorded, and the invoice, if
+     * one was made, void; one mail about how it ended: the expiry, or the
+     * rejection or payment failure the customer heard of first, never a
+     * confirmation (email's rule, services/email/mails.c). */
+    "   OR (status = 'EXPIRED' AND held = 0 AND released + rej >= 1 AND vo = 1"
+    "       AND inv = voided AND mc = 0 AND me + mr + mp = 1)),"
     "  coalesce(sum(greatest(held + released - 1, 0) + greatest(rej - 1, 0)"
     "   + greatest(inv - 1, 0) + greatest(pf - 1, 0) + greatest(mc - 1, 0)"
-    "   + greatest(mr - 1, 0) + greatest(mp - 1, 0)), 0)"
+    "   + greatest(mr - 1, 0) + greatest(mp - 1, 0) + greatest(me - 1, 0)), 0)"
     " FROM x GROUP BY status";
 
 static const char sales_sql[] =
@@ -134,6 +146,8 @@ int ledger_check_db(PGconn *db, const sent *s, figures *fg, int verbose)
             fg->by_status[1] = n;
         else if (strcmp(st, "CANCELLED") == 0)
             fg->by_status[2] = n;
+        else if (strcmp(st, "EXPIRED") == 0)
+            fg->by_status[3] = n;
         else
             fg->not_final += n;
     }

@@ -41,9 +41,10 @@ static long final_count(PGconn *db)
 {
     char since[24];
     const char *p[] = {lg_opt.tag, util_i64(since, lg_start_wall)};
-    PGresult *r = PQexecParams(
-        db, "SELECT count(*)" RUN_ORDERS " AND o.status IN ('CONFIRMED', 'REJECTED', 'CANCELLED')",
-        2, NULL, p, NULL, NULL, 0);
+    PGresult *r = PQexecParams(db,
+                               "SELECT count(*)" RUN_ORDERS
+                               " AND o.status IN ('CONFIRMED', 'REJECTED', 'CANCELLED', 'EXPIRED')",
+                               2, NULL, p, NULL, NULL, 0);
     long n = -1;
     if (PQresultStatus(r) == PGRES_TUPLES_OK)
         n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
@@ -114,6 +115,8 @@ int lg_e2e(PGconn *db, accepted *acc, size_t nacc, e2e_result *er)
             er->rejected++;
         else if (strcmp(st, "CANCELLED") == 0)
             er->cancelled++;
+        else if (strcmp(st, "EXPIRED") == 0)
+            er->expired++;
         else
             er->other++;
         if (!a || strcmp(st, "CONFIRMED") != 0 || PQgetisnull(r, i, 2))

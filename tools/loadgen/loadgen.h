@@ -115,7 +115,7 @@ typedef struct {
 } sampler;
 
 typedef struct {
-    long completed, confirmed, rejected, cancelled, other;
+    long completed, confirmed, rejected, cancelled, expired, other;
     int64_t *e2e_us;
     size_t ne2e;
     double completed_per_s, first_to_last_s;

@@ -343,8 +343,9 @@ int main(int argc, char **argv)
         }
         if (lg_e2e(db, all, nacc, &er) < 0)
             rc = 1;
-        printf("end to end: %ld confirmed, %ld rejected, %ld cancelled, %ld not final%s\n",
-               er.confirmed, er.rejected, er.cancelled, er.other,
+        printf("end to end: %ld confirmed, %ld rejected, %ld cancelled, %ld expired, %ld not "
+               "final%s\n",
+               er.confirmed, er.rejected, er.cancelled, er.expired, er.other,
                er.timed_out ? " (timed out waiting)" : "");
         printf("POST -> CONFIRMED ms: p50 %.1f  p95 %.1f  p99 %.1f  max %.1f\n",
                lg_pct(er.e2e_us, er.ne2e, 50), lg_pct(er.e2e_us, er.ne2e, 95),
