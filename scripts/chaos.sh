@@ -22,10 +22,13 @@
 #      under load: the relay does not back off, the other orders complete
 #      while the releases are refused, then these are parked; re-bound and
 #      `dlq outbox replay`, each arrives once
+#   saga  billing stopped past the saga's timeout (ORDER_TIMEOUT_S) under
+#      load: the orders waiting for it expire and are compensated, and
+#      billing's return changes none of them
 #
 # Needs make up + make migrate; starts the services if they are not running
 # (and stops them again at the end if it started them). --short runs shorter
-# loads and one round of scenario 1 (make test runs --short 0 1 4 6 unroutable). Prints a
+# loads and one round of scenario 1 (make test runs --short 0 1 4 6 unroutable saga). Prints a
 # table and a Check-style summary line; exits non-zero if a scenario failed.
 source "$(dirname "$0")/lib.sh"
 load_env
@@ -38,7 +41,7 @@ if [ "${1:-}" = --short ]; then
     shift
 fi
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(0 1 2 3 4 5 6 7 rowlock mail unroutable)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(0 1 2 3 4 5 6 7 rowlock mail unroutable saga)
 export BUILD=${BUILD:-build}
 BIN="$ROOT/$BUILD/bin"
 RUNID=$(date -u +%H%M%S)-$$
@@ -782,6 +785,50 @@ scenario_unroutable() {
     fi
 }
 
+# saga: billing stopped past the saga's timeout (ORDER_TIMEOUT_S, short here)
+# under load. The orders placed while it is down expire (order.expired:
+# stock released, one mail each); billing starts again once the load has
+# ended and every open order of it has expired, handles what waited for it
+# (their reservations and expiries: voids, no invoice kept), and the ledger
+# is clean with the EXPIRED orders counted as final and their compensation
+# checked. order-api runs with the short timeout for the scenario only.
+scenario_saga() {
+    local ok=1 secs=30 timeout=8 t0 n c
+    [ $SHORT = 1 ] && secs=15 timeout=6
+    TAG=csaga-$RUNID
+    say "saga: billing stopped past ORDER_TIMEOUT_S ($timeout s) under load"
+    count_of() { # STATUS...: orders of the load in those statuses
+        local in
+        in=$(printf "'%s'," "$@")
+        psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
+            WHERE customer_id = '$TAG' AND status IN (${in%,})"
+    }
+    none_open() { [ "$(count_of PENDING RESERVED)" = 0 ]; }
+    svc stop order-api
+    restart order-api ORDER_TIMEOUT_S=$timeout || ok=0
+    load_start "$TAG" 20 "$secs"
+    load_flowing 3 || ok=0
+    svc stop billing
+    t0=$(now_ms)
+    echo "    billing stopped"
+    load_wait || ok=0
+    wait_for $((timeout * 3 + 30)) "every open order of the load to expire" none_open ||
+        { echo "    FAIL: orders of the load still open $((timeout * 3 + 30)) s after the load"; ok=0; }
+    n=$(count_of EXPIRED)
+    echo "    billing down $(elapsed_s "$t0")s: $n order(s) expired"
+    restart billing || ok=0
+    check "$TAG" "saga billing down past the timeout" "$(elapsed_s "$t0")s" "$ok"
+    c=$(count_of CONFIRMED)
+    echo "    $c confirmed before the stop, $n expired; $(count_of EXPIRED) expired after billing's return"
+    if [ "${n:-0}" -lt 1 ] || [ "${c:-0}" -lt 1 ] || [ "$(count_of EXPIRED)" != "$n" ]; then
+        echo "    FAIL: want orders confirmed and expired, and none changed by billing's return"
+        ROWS[-1]="${ROWS[-1]/ ok/ FAIL (no expiry, or one undone)}"
+        passed=$((passed - 1)) failed=$((failed + 1))
+    fi
+    svc stop order-api
+    restart order-api || ok=0
+}
+
 # ------------------------------------------------------------------ main
 started=0
 for s in $(suite_names); do
@@ -800,7 +847,7 @@ restock 100000 "make chaos: restock"
 
 t_all=$(now_ms)
 for n in "${SCENARIOS[@]}"; do
-    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable)"
+    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable, saga)"
     "scenario_$n"
 done
 
