@@ -300,6 +300,16 @@ char *metrics_render(metrics *m, const metrics_gauges *g)
             "ordersuite_outbox_relay_failures_total{service=\"%s\"} %llu\n",
             m->service, (unsigned long long)g->outbox_relay_failures);
         put(&o,
+            "# HELP ordersuite_deliveries_acked_total Deliveries the consumer acked.\n"
+            "# TYPE ordersuite_deliveries_acked_total counter\n"
+            "ordersuite_deliveries_acked_total{service=\"%s\"} %llu\n"
+            "# HELP ordersuite_ack_frames_total basic.ack frames the consumer sent: one"
+            " multiple-ack settles a batch's successes.\n"
+            "# TYPE ordersuite_ack_frames_total counter\n"
+            "ordersuite_ack_frames_total{service=\"%s\"} %llu\n",
+            m->service, (unsigned long long)g->deliveries_acked, m->service,
+            (unsigned long long)g->ack_frames);
+        put(&o,
             "# HELP ordersuite_broker_connected 1 while the consumer is connected.\n"
             "# TYPE ordersuite_broker_connected gauge\n"
             "ordersuite_broker_connected{service=\"%s\"} %d\n",

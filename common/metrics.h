@@ -35,6 +35,8 @@ typedef struct {
     int64_t outbox_oldest_age_s;
     int64_t outbox_parked;          /* rows the broker refused too often, kept aside */
     uint64_t outbox_relay_failures; /* relay rounds that failed; it backed off after each */
+    uint64_t deliveries_acked;      /* deliveries the consumer acked */
+    uint64_t ack_frames;            /* basic.ack frames that acked them (multiple-acks) */
     int broker_connected;           /* 1 / 0 */
     int database_connected;         /* 1 / 0 */
 } metrics_gauges;

@@ -221,9 +221,11 @@ int mq_is_connected(const mq_conn *c);
 /* Drops the connection (after an error); the next connect starts afresh. */
 void mq_disconnect(mq_conn *c);
 
-/* Counters since start, for /metrics and tests. */
+/* Counters since start, for /metrics and tests. acked counts deliveries,
+ * ack_frames the basic.ack frames that settled them (a batch's successes
+ * share one multiple-ack). */
 typedef struct {
-    uint64_t consumed, acked, retried, dead_lettered, published, reconnects;
+    uint64_t consumed, acked, retried, dead_lettered, published, reconnects, ack_frames;
 } mq_stats;
 void mq_get_stats(const mq_conn *c, mq_stats *out);
 
@@ -297,9 +299,10 @@ typedef void (*mq_batch_handler)(const mq_delivery *d, size_t n, mq_result *res,
 /* Consumes until *stop. Deliveries that have already arrived (up to max,
  * never waiting for more) go to bh together, so a busy consumer commits once
  * per batch and an idle one still handles each message as it comes. Then
- * each delivery is settled on its own: MQ_DONE acks it, MQ_RETRY republishes
- * it (with confirm, then acks) to the next retry tier or, after the last, to
- * the DLQ; MQ_REJECT sends it to the DLQ with the reason. Lost connections
+ * the batch is settled: MQ_RETRY republishes a delivery (with confirm, then
+ * acks it) to the next retry tier or, after the last, to the DLQ; MQ_REJECT
+ * sends it to the DLQ with the reason; after those, one multiple-ack settles
+ * every MQ_DONE delivery of the batch. Lost connections
  * are made again with backoff and the topology re-declared. Unacked messages
  * in hand when the connection drops are redelivered by the broker. Returns 0
  * after a clean stop, -1 on a permanent error (bad credentials or

@@ -105,6 +105,7 @@ void mq_get_stats(const mq_conn *c, mq_stats *out)
     out->dead_lettered = __atomic_load_n(&c->stats.dead_lettered, __ATOMIC_RELAXED);
     out->published = __atomic_load_n(&c->stats.published, __ATOMIC_RELAXED);
     out->reconnects = __atomic_load_n(&c->stats.reconnects, __ATOMIC_RELAXED);
+    out->ack_frames = __atomic_load_n(&c->stats.ack_frames, __ATOMIC_RELAXED);
 }
 
 /* Turns an RPC reply into a status and a message. Access refused, a missing

@@ -1,8 +1,9 @@
 /*
  * mq_consume.c — the messaging helper's consumer (see mq.h): the loop of
  * mq_consume_batches, which takes the deliveries that have arrived, hands
- * them to the handler together, and settles each on its own (ack, a retry
- * tier or the DLQ, as mq_settle_plan decides), reconnecting with backoff.
+ * them to the handler together, and settles them (a retry tier or the DLQ
+ * for each that failed, as mq_settle_plan decides, then one multiple-ack for
+ * all that succeeded), reconnecting with backoff.
  */
 #include "mq_int.h"
 #include "log.h"
@@ -57,6 +58,39 @@ static int settle_delivery(mq_conn *cons, mq_conn *pub, const mq_delivery *d, mq
     if (amqp_basic_ack(cons->conn, MQ_CHANNEL, d->delivery_tag, 0) != AMQP_STATUS_OK)
         return MQ_ERR; /* the broker will redeliver; the inbox absorbs it */
     MQ_STAT_ADD(cons, acked, 1);
+    MQ_STAT_ADD(cons, ack_frames, 1);
+    return MQ_OK;
+}
+
+/* Settles a handled batch: first each delivery that was not MQ_DONE on its
+ * own (its copy forwarded and confirmed, then acked, or nacked back), then
+ * every MQ_DONE one with a single multiple-ack of the highest such tag. A
+ * multiple-ack covers every unsettled tag up to it on the channel: by then
+ * those are exactly the batch's MQ_DONE deliveries (earlier batches are
+ * settled, later deliveries have higher tags), so nothing is acked that was
+ * not committed. MQ_ERR when the connection failed: what is not settled yet
+ * is redelivered (the inbox absorbs the committed ones). */
+static int settle_batch(mq_conn *cons, mq_conn *pub, const mq_delivery *d, const mq_result *res,
+                        char (*errs)[MQ_ERR_LEN], size_t n)
+{
+    uint64_t top = 0;
+    size_t done = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (res[i] != MQ_DONE) {
+            if (settle_delivery(cons, pub, &d[i], res[i], errs[i]) != MQ_OK)
+                return MQ_ERR;
+            continue;
+        }
+        done++;
+        if (d[i].delivery_tag > top)
+            top = d[i].delivery_tag;
+    }
+    if (done == 0)
+        return MQ_OK;
+    if (amqp_basic_ack(cons->conn, MQ_CHANNEL, top, done > 1) != AMQP_STATUS_OK)
+        return MQ_ERR;
+    MQ_STAT_ADD(cons, acked, done);
+    MQ_STAT_ADD(cons, ack_frames, 1);
     return MQ_OK;
 }
 
@@ -117,12 +151,10 @@ static int handle_batch(mq_conn *cons, mq_conn *pub, amqp_envelope_t *env, size_
     }
     if (rc != MQ_OK)
         return rc;
-    if (k > 0)
-        bh(d, k, res, errs, ctx);
-    for (size_t i = 0; i < k && rc == MQ_OK; i++)
-        rc = settle_delivery(cons, pub, &d[i], res[i], errs[i]);
-    /* On MQ_ERR the rest stay unacked: the broker delivers them again. */
-    return rc;
+    if (k == 0)
+        return MQ_OK;
+    bh(d, k, res, errs, ctx);
+    return settle_batch(cons, pub, d, res, errs, k);
 }
 
 int mq_consume_batches(mq_conn *cons, mq_conn *pub, mq_batch_handler bh, size_t max, void *ctx,

@@ -85,12 +85,16 @@ void worker__probe_stop(worker *w)
 static void gauges(worker *w, metrics_gauges *g, int *relay_connected)
 {
     outbox_relay_stats rs;
+    mq_stats ms;
     int64_t ok_ms = __atomic_load_n(&w->probe_ok_ms, __ATOMIC_ACQUIRE);
     outbox_relay_get_stats(w->relay, &rs);
     g->outbox_pending = __atomic_load_n(&w->outbox_rows, __ATOMIC_RELAXED);
     g->outbox_oldest_age_s = __atomic_load_n(&w->outbox_age_s, __ATOMIC_RELAXED);
     g->outbox_parked = __atomic_load_n(&w->outbox_parked, __ATOMIC_RELAXED);
     g->outbox_relay_failures = rs.failures;
+    mq_get_stats(w->cons, &ms);
+    g->deliveries_acked = ms.acked;
+    g->ack_frames = ms.ack_frames;
     g->broker_connected = mq_is_connected(w->cons);
     g->database_connected = ok_ms > 0 && util_now_ms() - ok_ms <= PROBE_FRESH_MS;
     if (relay_connected)

@@ -147,6 +147,11 @@ static void start_worker(void)
     tu_svc_start(&worker, &o);
 }
 
+static void stop_worker(void)
+{
+    tu_svc_stop_ok(&worker);
+}
+
 static void setup(void)
 {
     const char *owner = tu_env("OWNER_DATABASE_URL");
@@ -441,6 +446,115 @@ START_TEST(a_failing_message_in_a_batch_holds_back_nothing)
 }
 END_TEST
 
+#define SPINE_METRICS_PORT "19191"
+
+static double worker_metric(const char *series)
+{
+    return tu_metric("http://127.0.0.1:" SPINE_METRICS_PORT, series);
+}
+
+static int queue_holds(void *arg)
+{
+    return tu_queue_counts("SPINE_AMQP_URL", SVC, NULL) == *(long *)arg;
+}
+
+static int all_acked(void *arg)
+{
+    return worker_metric("ordersuite_deliveries_acked_total{") >= *(double *)arg;
+}
+
+/* A batch's successes share one multiple-ack, sent only after each failure
+ * of the batch is settled on its own (its copy confirmed, then acked): a
+ * multiple-ack that covered a failure would ack it without its copy (lost)
+ * or ack it twice (the broker closes the channel; the worker reconnects). */
+START_TEST(a_batch_is_acked_with_one_multiple_ack_after_its_failures_are_settled)
+{
+    enum { N = 60 };
+    mq_conn *c;
+    char sale[UUID_STR_LEN];
+    long want = N, reconnects, twice;
+    int one = 1;
+    double all = N + 1, frames;
+    dlq_msg m;
+
+    stop_worker();
+    worker_extra_env = "METRICS_PORT=" SPINE_METRICS_PORT;
+    start_worker();
+    worker_extra_env = NULL;
+    reconnects = tu_file_count(worker.log, "consuming from", NULL);
+    c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    ck_assert_int_eq(kill(worker.pid, SIGSTOP), 0);
+    for (int i = 0; i <= N; i++) {
+        char *body = sale_body(i == N / 2 ? "PERMANENT" : "OK", sale);
+        ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+        free(body);
+    }
+    ck_assert_int_eq(kill(worker.pid, SIGCONT), 0);
+    ck_assert_msg(tu_poll(30000, total_reached, &want), "only %ld of %d effects", total_effects(),
+                  N);
+    ck_assert_msg(tu_poll(10000, dlq_has, &one), "the failing one never reached the DLQ");
+    ck_assert_msg(tu_poll(10000, all_acked, &all), "%.0f of %.0f deliveries acked",
+                  worker_metric("ordersuite_deliveries_acked_total{"), all);
+    ck_assert_int_eq(total_effects(), N);
+    ck_assert_int_eq(tu_queue_counts("SPINE_AMQP_URL", SVC, NULL), 0);
+    ck_assert_int_eq(queue_get(SVC ".dlq", &m), 0);
+    ck_assert_str_eq(m.reason, "rejected");
+    /* They came as a batch (the failing one ran in it, then alone) and the
+     * batch's successes were acked together, never twice. */
+    handler_calls(&twice);
+    ck_assert_msg(twice >= 1, "the failing message was never in a batch with others");
+    frames = worker_metric("ordersuite_ack_frames_total{");
+    ck_assert_msg(frames >= 2 && frames * 4 <= all,
+                  "%.0f basic.ack frames for %.0f deliveries: no multiple-ack", frames, all);
+    ck_assert_msg(tu_file_count(worker.log, "consuming from", NULL) == reconnects,
+                  "the worker reconnected: the broker refused an ack");
+    mq_free(c);
+}
+END_TEST
+
+/* A worker that dies after its batch's COMMIT, before the batch's ack, gets
+ * every delivery of the batch again, and the inbox gives none of them a
+ * second effect. */
+START_TEST(a_crash_after_a_batch_commit_redelivers_the_batch_without_second_effects)
+{
+    enum { N = 40 };
+    mq_conn *c;
+    char sale[UUID_STR_LEN];
+    long want = N, none = 0, committed;
+    int status;
+
+    stop_worker();
+    worker_extra_env = "CRASH_AFTER_COMMIT=true";
+    start_worker();
+    worker_extra_env = NULL;
+    c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    ck_assert_int_eq(kill(worker.pid, SIGSTOP), 0);
+    for (int i = 0; i < N; i++) {
+        char *body = sale_body("OK", sale);
+        ck_assert_int_eq(publish(c, body, NULL, sale, 0), MQ_OK);
+        free(body);
+    }
+    ck_assert_int_eq(kill(worker.pid, SIGCONT), 0);
+    status = tu_svc_wait(&worker, 30000);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 3, "wait status %d", status);
+    committed = total_effects();
+    ck_assert_msg(committed > 1, "%ld effects: no batch was committed before the crash", committed);
+    /* Nothing of it was acked: the broker has every message again. */
+    ck_assert_msg(tu_poll(10000, queue_holds, &want), "%ld of %d back in the queue",
+                  tu_queue_counts("SPINE_AMQP_URL", SVC, NULL), N);
+    start_worker();
+    ck_assert_msg(tu_poll(30000, total_reached, &want), "only %ld of %d effects", total_effects(),
+                  N);
+    ck_assert_msg(tu_poll(10000, queue_holds, &none), "%ld left in the queue",
+                  tu_queue_counts("SPINE_AMQP_URL", SVC, NULL));
+    ck_assert_int_eq(total_effects(), N);
+    ck_assert_int_eq(tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                                "SELECT count(DISTINCT message_id) FROM " SVC ".effects", 0, NULL),
+                     N);
+    mq_free(c);
+}
+END_TEST
+
 START_TEST(undecodable_bodies_and_unknown_schema_versions_are_dead_lettered_at_once)
 {
     mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
@@ -665,11 +779,6 @@ START_TEST(a_deleted_queue_is_declared_again_and_consumed)
     mq_free(c);
 }
 END_TEST
-
-static void stop_worker(void)
-{
-    tu_svc_stop_ok(&worker);
-}
 
 /* Sets SVC's delivery limit the way `make migrate` does. */
 static void set_delivery_limit(int limit)
@@ -1161,6 +1270,8 @@ int main(void)
     tcase_add_test(t, a_permanent_failure_goes_to_the_dlq_with_its_reason);
     tcase_add_test(t, undecodable_bodies_and_unknown_schema_versions_are_dead_lettered_at_once);
     tcase_add_test(t, a_failing_message_in_a_batch_holds_back_nothing);
+    tcase_add_test(t, a_batch_is_acked_with_one_multiple_ack_after_its_failures_are_settled);
+    tcase_add_test(t, a_crash_after_a_batch_commit_redelivers_the_batch_without_second_effects);
     tcase_add_test(t, a_message_delivered_twice_has_one_effect);
     tcase_add_test(t, an_unroutable_publish_is_reported);
     tcase_add_test(t, outbox_rows_written_while_the_broker_is_down_are_published_after);
