@@ -91,6 +91,8 @@ $(BUILD)/test/check_units_spool: $(call OBJ,$(UNITS_SPOOL))
 $(BUILD)/obj/tests/check_units_spool.o: CFLAGS += -Iservices/pos
 $(BUILD)/test/check_units_api: $(call OBJ,$(filter-out services/order-api/main.c,$(wildcard services/order-api/*.c)))
 $(BUILD)/obj/tests/check_units_api.o: CFLAGS += -Iservices/order-api
+$(BUILD)/test/check_units_rpc: $(call OBJ,$(filter-out services/order-api/main.c,$(wildcard services/order-api/*.c)))
+$(BUILD)/obj/tests/check_units_rpc.o: CFLAGS += -Iservices/order-api
 $(BUILD)/test/check_units_billing: $(call OBJ,services/billing/invoices.c services/billing/voids.c)
 $(BUILD)/obj/tests/check_units_billing.o: CFLAGS += -Iservices/billing
 

@@ -19,14 +19,20 @@ static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 static const char *const kind_names[M__KINDS] = {
     "ordersuite_messages_consumed_total",  "ordersuite_messages_duplicate_total",
     "ordersuite_messages_retried_total",   "ordersuite_messages_dead_lettered_total",
-    "ordersuite_messages_published_total", "ordersuite_messages_redelivered_total"};
+    "ordersuite_messages_published_total", "ordersuite_messages_redelivered_total",
+    "ordersuite_rpc_requests_total",       "ordersuite_rpc_timeouts_total",
+    "ordersuite_rpc_late_replies_total",   "ordersuite_rpc_answered_total"};
 static const char *const kind_help[M__KINDS] = {
     "Messages handed to a handler, by routing key.",
     "Redelivered messages acked without a second effect (inbox hit).",
     "Messages sent to a retry tier after a transient failure.",
     "Messages sent to the dead-letter queue.",
     "Messages published and confirmed by the broker.",
-    "Messages the broker delivered again (after a crash or a lost connection)."};
+    "Messages the broker delivered again (after a crash or a lost connection).",
+    "Requests asked over the broker (request/reply), by routing key.",
+    "Requests whose deadline passed without a reply.",
+    "Replies dropped because nobody waited for them any more (past their deadline).",
+    "Requests answered (the answering side), by routing key."};
 
 /* A label value escaped for the text format: every byte may double. */
 #define LABEL_MAX METRICS_LABEL_MAX

@@ -19,6 +19,10 @@ typedef enum {
     M_DEAD_LETTERED, /* sent to the DLQ */
     M_PUBLISHED,     /* confirmed by the broker (outbox relay, pos) */
     M_REDELIVERED,   /* delivered again by the broker (redelivered flag) */
+    M_RPC_SENT,      /* requests asked (mq_rpc.h) */
+    M_RPC_TIMED_OUT, /* requests whose deadline passed without a reply */
+    M_RPC_LATE,      /* replies dropped: nobody waited for them any more */
+    M_RPC_ANSWERED,  /* requests answered (the answering side) */
     M__KINDS
 } metric_kind;
 

@@ -14,8 +14,9 @@
  *
  * The exchanges are shared and declared only by the administrator
  * (`make migrate` runs each service's --declare-topology with the admin's
- * URL, which calls mq_declare_exchanges): sales.events, sales.retry and
- * sales.dlx, all topic exchanges, so that the broker checks every routing
+ * URL, which calls mq_declare_exchanges): sales.events, sales.retry,
+ * sales.dlx and sales.rpc (request/reply: mq_rpc.h), all topic exchanges,
+ * so that the broker checks every routing
  * key against the publisher's topic permissions. Every consumer (re)connect
  * declares the service's own queues, idempotently:
  *   S           quorum work queue bound to sales.events with S's keys (and

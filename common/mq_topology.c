@@ -5,6 +5,7 @@
  */
 #include "mq_int.h"
 #include "events.h"
+#include "mq_rpc.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -12,7 +13,7 @@
 
 int mq_declare_exchanges(mq_conn *c, char *err, size_t errlen)
 {
-    static const char *const ex[] = {MQ_EXCHANGE, MQ_RETRY_EXCHANGE, MQ_DLX};
+    static const char *const ex[] = {MQ_EXCHANGE, MQ_RETRY_EXCHANGE, MQ_DLX, MQ_RPC_EXCHANGE};
     for (size_t i = 0; i < sizeof(ex) / sizeof(ex[0]); i++) {
         char what[100];
         int rc;

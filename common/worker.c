@@ -151,6 +151,14 @@ int worker_declare_topology(const worker_def *def, const char *amqp_url, const i
         rc = mq_declare_exchanges(c, err, errlen);
     if (rc == MQ_OK)
         rc = mq_migrate_topology(c, &topo, was, err, errlen); /* an older version's queue anew */
+    if (rc == MQ_OK && def->n_rpc_routes > 0) {
+        const char *rk[WORKER_RPC_MAX + 1];
+        size_t n = 0;
+        for (; n < def->n_rpc_routes && n < WORKER_RPC_MAX; n++)
+            rk[n] = def->rpc_routes[n].key;
+        rk[n] = NULL;
+        rc = mq_rpc_declare(c, def->service, rk, err, errlen); /* its request queue */
+    }
     mq_free(c);
     free(buf);
     return rc == MQ_OK ? 0 : -1;
@@ -165,7 +173,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
 {
     char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL, *bound = NULL;
     long prefetch = 64, heartbeat = 30, batch = 64, park_after = 5, park_min_age = 30,
-         sweep_ms = 1000;
+         sweep_ms = 1000, rpc_prefetch = 16;
     int crash_flag = 0;
     char err[CFG_ERR_LEN + MQ_ERR_LEN];
     /* What declaring the topology needs: the broker and the retry tiers. */
@@ -184,6 +192,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
         {"OUTBOX_PARK_AFTER", CFG_LONG, "5", 1, 1000000, &park_after},
         {"OUTBOX_PARK_MIN_AGE_S", CFG_LONG, "30", 0, 604800, &park_min_age},
         {"OUTBOX_SWEEP_MS", CFG_LONG, "1000", 10, 3600000, &sweep_ms},
+        {"RPC_PREFETCH", CFG_LONG, "16", 1, 1000, &rpc_prefetch},
     };
     worker w;
     mq_conn *cons = NULL, *pub = NULL;
@@ -329,6 +338,12 @@ int worker_main(const worker_def *def, int argc, char **argv)
             goto out;
         }
         w.relay = relay;
+        w.heartbeat_s = (int)heartbeat;
+        w.rpc_prefetch = rpc_prefetch;
+        if (worker__rpc_start(&w, amqp_url, db_url, &dbt, err, sizeof(err)) < 0) {
+            log_error("%s", err);
+            goto out;
+        }
     }
     if (worker__http_start(&w, &hc, err, sizeof(err)) < 0) {
         log_error("%s", err);
@@ -346,6 +361,7 @@ int worker_main(const worker_def *def, int argc, char **argv)
 out:
     /* HTTP first: its handlers read the relay and the consumer. */
     worker__http_stop(&w);
+    worker__rpc_stop(&w); /* after HTTP: its requests ask through the client */
     worker__probe_stop(&w);
     outbox_relay_stop(relay, 10000);
     otel_stop(5000); /* last: the relay's publish spans are in its queue */

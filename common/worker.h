@@ -25,7 +25,8 @@
  * HTTP_CONN_LIMIT (1000), HTTP_PER_IP_LIMIT (200), HTTP_QUEUE_MAX (256 requests waiting for
  * a job thread) and HTTP_QUEUE_DEADLINE_MS (5000), and for the outbox relay OUTBOX_PARK_AFTER
  * (5 returns), OUTBOX_PARK_MIN_AGE_S (30) and OUTBOX_SWEEP_MS (1000: how often it looks for
- * rows no wake-up announced). SIGTERM/SIGINT stop consuming, finish the
+ * rows no wake-up announced), and RPC_PREFETCH (16: requests in hand at once, for a service
+ * that answers requests). SIGTERM/SIGINT stop consuming, finish the
  * message in hand, flush the outbox, and exit 0.
  */
 #ifndef ORDERSUITE_WORKER_H
@@ -35,8 +36,22 @@
 #include "events.h"
 #include "http.h"
 #include "mq.h"
+#include "mq_rpc.h"
 
 typedef struct worker worker;
+
+/* A request the service answers (request/reply, mq_rpc.h): from req (its
+ * body not NUL-terminated) the reply into *reply (malloc'd) and *reply_len,
+ * reading the service's tables on db (the answering thread's own
+ * connection). 0, or -1 with err when it cannot answer (the request is
+ * dropped; the asker meets its deadline). */
+typedef int (*worker_rpc_fn)(worker *w, db_conn *db, const mq_rpc_request *req, char **reply,
+                             size_t *reply_len, char *err, size_t errlen);
+
+typedef struct {
+    const char *key; /* the routing key on sales.rpc, e.g. "inventory.availability" */
+    worker_rpc_fn fn;
+} worker_rpc_route;
 
 typedef mq_result (*worker_fn)(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                                char *err, size_t errlen);
@@ -78,6 +93,18 @@ typedef struct {
      * NULL: none. */
     int (*due)(db_conn *db, void *app, char *err, size_t errlen);
     int due_batch; /* outbox_relay_opts.due_batch */
+    /* Request/reply (mq_rpc.h), the asking side: when not NULL, worker_main
+     * starts a client on the service's AMQP_URL (its requests counted in
+     * /metrics), puts it here before the HTTP server starts, and stops it
+     * after the server has stopped. */
+    mq_rpc_client **rpc_client;
+    /* The answering side: the requests the service answers, from its
+     * request queue <service>.requests (bound to sales.rpc with each key by
+     * --declare-topology), on a thread of its own with its own broker and
+     * database connections and RPC_PREFETCH (16) requests in hand, so that a
+     * backlog in the work queue never delays an answer. */
+    const worker_rpc_route *rpc_routes;
+    size_t n_rpc_routes;
 } worker_def;
 
 /* Runs the worker until SIGTERM/SIGINT. Returns the process exit code: 0
@@ -112,6 +139,7 @@ void worker_topology(const worker_def *def, const char **keys, const int *tiers,
  * each one def does not handle is unbound. At most WORKER_BOUND_MAX keys,
  * each a routing key of [A-Za-z0-9._-], or -1 with err. */
 #define WORKER_BOUND_MAX 64
+#define WORKER_RPC_MAX   16 /* rpc_routes of a service, at most */
 int worker_declare_topology(const worker_def *def, const char *amqp_url, const int *tiers,
                             const char *bound, char *err, size_t errlen);
 

@@ -52,6 +52,15 @@ struct worker {
     http_server *srv, *ops_srv;
     http_route *routes;       /* the main listener's: the pages, then def's */
     http_route ops_routes[3]; /* the operations listener's: the pages */
+    /* Request/reply (worker_rpc.c). */
+    mq_rpc_client *rpc_client;
+    pthread_t rpc_thread;
+    int rpc_running;
+    volatile sig_atomic_t rpc_stop;
+    db_conn *rpc_db;
+    char *rpc_amqp_url;
+    long rpc_prefetch;
+    int heartbeat_s;
 };
 
 /* ----------------------------------------------------- worker_dispatch.c */
@@ -72,6 +81,17 @@ const trace_ctx *worker__span_begin(worker *w, const mq_delivery *d, trace_span 
  * (committed or rolled back); puts prev back as the current context. */
 void worker__span_end(const mq_delivery *d, trace_span *sp, int64_t tx_start_ns, int committed,
                       mq_result r, const char *err, const trace_ctx *prev);
+
+/* ---------------------------------------------------------- worker_rpc.c */
+
+/* Starts what def asks of request/reply: the client (into def->rpc_client)
+ * and the answering thread with its own database connection to db_url.
+ * 0, or -1 with err. */
+int worker__rpc_start(worker *w, const char *amqp_url, const char *db_url, const db_timeouts *t,
+                      char *err, size_t errlen);
+
+/* Stops the answering thread and the client (no-ops when not started). */
+void worker__rpc_stop(worker *w);
 
 /* --------------------------------------------------------- worker_http.c */
 

@@ -47,7 +47,7 @@ json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
     for entry in $BROKER_USERS; do
         user=${entry%%:*}
         perms=$(broker_perms "$user" "${entry#*:}")
-        { read -r _; read -r _; read -r _; read -r twrite; read -r own; read -r tread; } <<<"$perms"
+        { read -r _; read -r _; read -r _; read -r twrite; read -r own; read -r tread; read -r trpc; } <<<"$perms"
         printf '%s  {"user": "%s", "vhost": "/", "exchange": "sales.events", "write": "%s", "read": "%s"}' \
             "$sep" "$user" "$(json "$twrite")" "$(json "$tread")"
         sep=$',\n'
@@ -55,6 +55,8 @@ json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
             printf '%s  {"user": "%s", "vhost": "/", "exchange": "%s", "write": "%s", "read": "%s"}' \
                 "$sep" "$user" "$ex" "$(json "$own")" "$(json "$own")"
         done
+        printf '%s  {"user": "%s", "vhost": "/", "exchange": "sales.rpc", "write": "%s", "read": "%s"}' \
+            "$sep" "$user" "$(json "$trpc")" "$(json '(?!)')"
     done
     echo '],'
     # Each work queue's delivery limit, as a policy (DELIVERY_LIMIT, default 20;
@@ -75,7 +77,7 @@ json() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
     # The shared exchanges are the administrator's: no service may declare them.
     echo ' "exchanges": ['
     sep=''
-    for ex in sales.events sales.retry sales.dlx; do
+    for ex in sales.events sales.retry sales.dlx sales.rpc; do
         printf '%s  {"name": "%s", "vhost": "/", "type": "topic", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}' \
             "$sep" "$ex"
         sep=$',\n'

@@ -27,6 +27,33 @@
 #     dead-letter key, exchange-to-exchange bindings) the consumer catches:
 #     mq_event_type in common/mq_msg.c.
 # pos publishes sale.* on sales.events and has no queue.
+#
+# Request/reply (common/mq_rpc.h, README "Request/reply"): RPC_ASKS lists
+# "service:key" for each question a service may ask, RPC_ANSWERS each one
+# a service answers. An asker may write on sales.rpc, with topic permission
+# for exactly its keys; its replies come on amq.rabbitmq.reply-to, which
+# needs no permission. An answerer may read its queue S.requests (declared
+# and bound by `make migrate`: it configures and binds nothing new) and
+# write on amq.default, the only exchange that reaches a reply-to name. That
+# last right is wider than the replies: RabbitMQ cannot narrow the default
+# exchange by routing key, so the answerer's user can put a message into
+# any queue by its name. The consumers hold that door (mq_event_type: a
+# delivery through "" carries the queue's name as its key, which is no
+# event, and goes to the DLQ unhandled; check_privileges tries it and
+# checks the tables), and only the answering services have it.
+RPC_ASKS="order-api:inventory.availability"
+RPC_ANSWERS="inventory:inventory.availability"
+
+# rpc_keys LIST USER: the keys of USER in LIST (RPC_ASKS or RPC_ANSWERS) as
+# a regex alternation (\. escaped), or nothing.
+rpc_keys() {
+    local e out=''
+    for e in $1; do
+        [ "${e%%:*}" = "$2" ] || continue
+        out="$out${out:+|}$(echo "${e#*:}" | sed 's/\./\\./g')"
+    done
+    echo "$out"
+}
 source "$(dirname "${BASH_SOURCE[0]}")/suite.sh"
 BROKER_USERS="$(echo "$SUITE_SERVICES" | awk 'NF { printf "%s:%s ", $1, ($3 == "-" ? "" : $3) }')pos:sale"
 
@@ -63,27 +90,32 @@ service_keys() {
         }' "$src/contracts/events.h" "$src/services/$1/main.c"
 }
 
-# broker_perms USER TOPIC [HAS_QUEUES]: prints six lines: the configure,
+# broker_perms USER TOPIC [HAS_QUEUES]: prints seven lines: the configure,
 # write and read regexes of USER, its topic-write regex on sales.events, its
-# topic regex (write and read) on sales.retry and sales.dlx, and its
-# topic-read regex on sales.events (the keys of service_keys). HAS_QUEUES
+# topic regex (write and read) on sales.retry and sales.dlx, its
+# topic-read regex on sales.events (the keys of service_keys), and its
+# topic-write regex on sales.rpc (the keys it asks; it reads none there). HAS_QUEUES
 # is 1 (default) for a consuming service, 0 for a publisher only (pos).
 # Fails when a consuming service's keys cannot be read.
 broker_perms() {
     local q=$1 topic=$2 queues=${3:-}
     [ -n "$queues" ] || { [ "$q" = pos ] && queues=0 || queues=1; }
-    local own="$q|$q\\.retry\\..*|$q\\.dlq" keys=''
+    local own="$q|$q\\.retry\\..*|$q\\.dlq" keys='' asks answers wx='' rx=''
+    asks=$(rpc_keys "$RPC_ASKS" "$q")
+    answers=$(rpc_keys "$RPC_ANSWERS" "$q")
+    [ -z "$asks" ] || wx='|sales\.rpc'
+    [ -z "$answers" ] || { wx="$wx|amq\.default"; rx="|$q\.requests"; }
     if [ "$queues" = 1 ]; then
         keys=$(service_keys "$q") || return 1
         keys=$(echo "$keys" | sed 's/\./\\./g' | paste -sd '|')
     fi
     if [ "$queues" = 1 ]; then
         echo "^($own)\$"
-        echo "^($own|sales\\.(events|retry|dlx))\$"
-        echo "^($own|sales\\.(events|retry|dlx))\$"
+        echo "^($own|sales\\.(events|retry|dlx)$wx)\$"
+        echo "^($own|sales\\.(events|retry|dlx)$rx)\$"
     else
         echo '^$'
-        echo '^sales\.events$'
+        echo "^(sales\\.events$wx)\$"
         echo '^$'
     fi
     # No topic: no key at all. '^$' would still let the empty key through
@@ -92,18 +124,20 @@ broker_perms() {
     if [ -n "$topic" ]; then echo "^$topic\\..*\$"; else echo '(?!)'; fi
     if [ "$queues" = 1 ]; then echo "^($q|$q\\.retry\\.[0-9]+ms)\$"; else echo '^$'; fi
     if [ "$queues" = 1 ]; then echo "^($keys)\$"; else echo '(?!)'; fi
+    if [ -n "$asks" ]; then echo "^($asks)\$"; else echo '(?!)'; fi
 }
 
 # broker_grant VHOST USER TOPIC: sets USER's permissions on VHOST with
 # rabbitmqctl (the caller defines rmqctl, as scripts/lib.sh does).
 broker_grant() {
-    local vhost=$1 user=$2 topic=$3 perms conf write read twrite own tread
+    local vhost=$1 user=$2 topic=$3 perms conf write read twrite own tread trpc
     perms=$(broker_perms "$user" "$topic") || return 1
-    { read -r conf; read -r write; read -r read; read -r twrite; read -r own; read -r tread; } <<<"$perms"
+    { read -r conf; read -r write; read -r read; read -r twrite; read -r own; read -r tread; read -r trpc; } <<<"$perms"
     rmqctl -q set_permissions -p "$vhost" "$user" "$conf" "$write" "$read" >/dev/null
     rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.events "$twrite" "$tread" >/dev/null
     rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.retry "$own" "$own" >/dev/null
     rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.dlx "$own" "$own" >/dev/null
+    rmqctl -q set_topic_permissions -p "$vhost" "$user" sales.rpc "$trpc" '(?!)' >/dev/null
 }
 
 # broker_policy VHOST SERVICE DELIVERY_LIMIT: the operator-tunable settings

@@ -67,6 +67,8 @@ mails_sent() { [ "$(sql "SELECT count(*) FROM email.messages WHERE status = 'pen
 wait_for 15 "the mails" mails_sent || echo "    (some mail is still pending; see var/log/email.log)"
 echo "emails:   $(sql "SELECT string_agg(kind || ' ' || n, ', ' ORDER BY kind) FROM (SELECT kind, count(*) n FROM email.messages GROUP BY kind) k")"
 echo "          $(curl -sf "http://127.0.0.1:$MAIL_WEB_PORT/api/messages" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') in the mail catcher"
+# Request/reply: order-api asks inventory over the broker (README "Request/reply").
+echo "availability (asked of inventory over the broker): $(api_curl -s "$API/products/TEA-SENCHA/availability")"
 echo "outboxes pending: $(sql "SELECT (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox) + (SELECT count(*) FROM billing.outbox) + (SELECT count(*) FROM email.outbox)")"
 # The confirmed order's way through the suite, from the spans in the logs
 # (docs/TRACING.md).
@@ -87,6 +89,7 @@ Try (the API wants the demo client's bearer token, as a curl header file in var/
        -H 'Idempotency-Key: my-key-1' \\
        -d '{"customer_id":"me","customer_email":"me@example.com","currency":"EUR","items":[{"sku":"MUG-WHITE","quantity":2}]}'
   curl -s -H @var/api-auth.header $API/orders/$ok
+  curl -s -H @var/api-auth.header $API/products/TEA-SENCHA/availability   (inventory answers, or 504)
   curl -s -H @var/api-auth.header '$API/orders?status=CONFIRMED&limit=5'
   More clients: scripts/api-token.sh NAME prints a new token (restart order-api to use it)
   AMQP_URL=... $BUILD/bin/pos --store NEPAL-01        (a till; see README)

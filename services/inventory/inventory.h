@@ -29,6 +29,11 @@ mq_result inv_on_order_expired(worker *w, db_conn *db, const ev_envelope *env, c
 mq_result inv_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev, char *err,
                       size_t errlen);
 
+/* inventory.availability (request/reply): the SKU's stock on hand
+ * (availability.c). */
+int inv_on_availability(worker *w, db_conn *db, const mq_rpc_request *req, char **reply,
+                        size_t *reply_len, char *err, size_t errlen);
+
 /* qsort order of ev_lines by SKU: the order in which rows of stock are
  * locked, so two transactions cannot deadlock on each other (stock.c). */
 int inv_cmp_line(const void *a, const void *b);

@@ -8,11 +8,15 @@
  *                           or mark it never to be reserved (expiry.c)
  *   sale.completed          take the sold units off the shelf (never below zero),
  *                           once per sale id, whatever message id carries it
- * and inventory.low_stock when a SKU's stock crosses its threshold.
+ * and inventory.low_stock when a SKU's stock crosses its threshold. It also
+ * answers the request inventory.availability (request/reply: the stock of a
+ * SKU now) from its queue inventory.requests, on a thread of its own
+ * (availability.c).
  *
  * Stock never goes below zero under concurrency (reservations.c says how).
  * The handlers: reservations.c (orders), sales.c (tills), stock.c (shared).
  */
+#include "availability.h"
 #include "inventory.h"
 #include "worker.h"
 
@@ -24,9 +28,14 @@ int main(int argc, char **argv)
         {EV_SALE_COMPLETED, inv_on_sale},
         {EV_ORDER_EXPIRED, inv_on_order_expired},
     };
+    static const worker_rpc_route answers[] = {
+        {RPC_INVENTORY_AVAILABILITY, inv_on_availability},
+    };
     worker_def def = {.service = "inventory",
                       .routes = routes,
                       .nroutes = sizeof(routes) / sizeof(routes[0]),
-                      .default_port = 9101};
+                      .default_port = 9101,
+                      .rpc_routes = answers,
+                      .n_rpc_routes = sizeof(answers) / sizeof(answers[0])};
     return worker_main(&def, argc, argv);
 }

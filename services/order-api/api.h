@@ -12,6 +12,8 @@
  *   writer.c       group commit: the thread that writes the accepted orders
  *                  in batches and answers each request after the commit
  *   saga.c         the order's deadline: overdue orders become EXPIRED
+ *   availability.c GET /products/{sku}/availability, asked of inventory over
+ *                  the broker (request/reply)
  */
 #ifndef ORDER_API_H
 #define ORDER_API_H
@@ -19,6 +21,7 @@
 #include "db.h"
 #include "events.h"
 #include "http.h"
+#include "mq_rpc.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -42,9 +45,11 @@ typedef struct {
     db_timeouts timeouts; /* for the job threads' connections */
     api_token *tokens;    /* from api_tokens_load */
     size_t ntokens;
-    api_writer *writer; /* writes the orders POST /orders accepts (writer.c) */
-    api_prices *prices; /* the price cache (pricing.c); NULL: off */
-    int placed_version; /* ORDER_PLACED_VERSION: the order.placed schema written */
+    api_writer *writer;           /* writes the orders POST /orders accepts (writer.c) */
+    api_prices *prices;           /* the price cache (pricing.c); NULL: off */
+    int placed_version;           /* ORDER_PLACED_VERSION: the order.placed schema written */
+    mq_rpc_client *rpc;           /* asks inventory (availability.c); set by the worker runtime */
+    long availability_timeout_ms; /* AVAILABILITY_TIMEOUT_MS: the deadline of each ask */
 } api_ctx;
 
 /* ------------------------------------------------------------- auth.c */
@@ -308,5 +313,16 @@ int api_expire_due(db_conn *db, void *arg, char *err, size_t errlen);
 /* The reason an expired order carries, for timeout_s, into out: 0, or -1
  * when it does not fit out or the contract's EV_TEXT_MAX. Pure. */
 int api_saga_reason(long timeout_s, char *out, size_t outlen);
+
+/* ----------------------------------------------------- availability.c */
+
+#define API_AVAILABILITY_TIMEOUT_DEFAULT 2000 /* ms */
+
+/* The SKU of a path rest "{sku}/availability" into sku: 0, or -1 when rest
+ * is not of that form or sku is not a SKU. Pure. */
+int api_availability_sku(const char *rest, char sku[EV_SKU_MAX + 1]);
+
+/* GET /products/{sku}/availability (its route in routes.c). */
+void api_get_availability(http_req *r, void *cls, http_resp *out);
 
 #endif

@@ -41,6 +41,10 @@
  * WORKER_RUN): --declare-topology reads the worker's AMQP_URL and nothing of
  * the API's.
  *
+ * GET /products/{sku}/availability asks inventory over the broker and waits
+ * at most AVAILABILITY_TIMEOUT_MS (2000, 1-60000) for its answer
+ * (availability.c).
+ *
  * The API shares the worker runtime's HTTP server (HTTP_PORT, default 8080;
  * see worker.h for the other HTTP settings) with /healthz and /readyz (a 503
  * there says only "not ready"); those and /metrics answer, without a token
@@ -148,7 +152,7 @@ int main(int argc, char **argv)
     };
     char *db_url = NULL, *tokens = NULL;
     char err[CFG_ERR_LEN];
-    long batch_max = 0, write_ms = 0, price_age_ms = 0, placed_version = 1;
+    long batch_max = 0, write_ms = 0, price_age_ms = 0, placed_version = 1, avail_ms = 0;
     api_saga saga = {.batch = API_SAGA_BATCH};
     const cfg_spec specs[] = {
         {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
@@ -163,7 +167,9 @@ int main(int argc, char **argv)
         {"ORDER_PLACED_VERSION", CFG_LONG, "1", 1, ev_version_latest(EV_ORDER_PLACED),
          &placed_version},
         {"ORDER_TIMEOUT_S", CFG_LONG, API_STR(API_ORDER_TIMEOUT_DEFAULT), 0, 2592000,
-         &saga.timeout_s}};
+         &saga.timeout_s},
+        {"AVAILABILITY_TIMEOUT_MS", CFG_LONG, API_STR(API_AVAILABILITY_TIMEOUT_DEFAULT), 1, 60000,
+         &avail_ms}};
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     const cfg_group settings[] = {{specs, nspecs, WORKER_RUN}};
     const unsigned mode = worker_mode(argc, argv);
@@ -176,7 +182,8 @@ int main(int argc, char **argv)
                       .port_var = "HTTP_PORT",
                       .default_port = 8080,
                       .ops_port_var = "OPS_PORT",
-                      .ops_default_port = 9100};
+                      .ops_default_port = 9100,
+                      .rpc_client = &ctx.rpc};
     int rc;
 
     def.http_routes = api_routes(&def.n_http_routes);
@@ -199,6 +206,7 @@ int main(int argc, char **argv)
         ctx.database_url = db_url;
         ctx.placed_version = (int)placed_version;
         log_info("order.placed written in schema version %ld", placed_version);
+        ctx.availability_timeout_ms = avail_ms;
         if (!(ctx.writer = api_writer_start(&wo, err, sizeof(err)))) {
             log_error("%s", err);
             rc = 1;

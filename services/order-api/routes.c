@@ -5,6 +5,7 @@
  *   GET  /orders/{id}   the order, its lines, invoice and status timeline
  *   GET  /orders        a page: ?status=&limit=&after=<id>
  *   GET  /products      the catalog
+ *   GET  /products/{sku}/availability  stock now, asked of inventory (availability.c)
  * (/healthz and /readyz come from the worker runtime and need no token;
  * /metrics is on the operations listener only.)
  *
@@ -352,6 +353,7 @@ static const http_route routes[] = {
     {"GET", "/orders", 0, list_orders, NULL, 0},
     {"GET", "/orders/", 1, get_order, NULL, 0},
     {"GET", "/products", 0, get_products, NULL, 0},
+    {"GET", "/products/", 1, api_get_availability, NULL, 0},
 };
 
 const http_route *api_routes(size_t *n)

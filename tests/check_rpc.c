@@ -1,0 +1,429 @@
+/*
+ * check_rpc.c — request/reply over the broker (common/mq_rpc.c) as the
+ * suite uses it: GET /products/{sku}/availability in the real order-api,
+ * answered by the real inventory from its stock table, on the real RabbitMQ
+ * and PostgreSQL.
+ *
+ * The deadline is AVAILABILITY_TIMEOUT_MS=1500 here. Inventory is made slow
+ * or absent by the operating system (SIGSTOP / SIGCONT, SIGTERM), the
+ * broker by rabbitmqctl stop_app, and a backlog of orders by a lock on
+ * inventory's stock table that the orders' updates wait for while the
+ * availability query (a plain read) does not.
+ */
+#include "events.h"
+#include "testutil.h"
+#include "util.h"
+#include "uuid.h"
+
+#include <amqp.h>
+#include <cJSON.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define API_PORT "18190"
+#define API      "http://127.0.0.1:" API_PORT
+#define OPS      "http://127.0.0.1:19190"
+#define INV_PORT "19191"
+#define DEADLINE 1500
+#define ORDERS   300 /* the backlog */
+#define SERIES(m)                                                                                  \
+    "ordersuite_rpc_" m "_total{service=\"order-api\",routing_key=\"inventory.availability\"}"
+
+static tu_svc inv, api;
+
+static void start_inventory(void)
+{
+    const char *env[] = {"METRICS_PORT=" INV_PORT, "DB_LOCK_TIMEOUT_MS=60000", NULL};
+    const tu_svc_opts o = {.exe = "inventory",
+                           .amqp_env = "INVENTORY_AMQP_URL",
+                           .db_env = "INVENTORY_DATABASE_URL",
+                           .env = env,
+                           .log = "rpc-inventory",
+                           .ready_url = "http://127.0.0.1:" INV_PORT "/readyz"};
+    tu_svc_start(&inv, &o);
+}
+
+/* One GET of sku's availability: the status, and the body and headers
+ * when asked for (malloc'd). */
+static long ask(const char *sku, char **body, char **headers)
+{
+    char url[256];
+    const char *hdrs[] = {TU_API_AUTH, NULL};
+    snprintf(url, sizeof(url), API "/products/%s/availability", sku);
+    return tu_http_h("GET", url, hdrs, NULL, 0, body, headers);
+}
+
+static int answers(void *sku)
+{
+    return ask(sku, NULL, NULL) == 200;
+}
+
+/* Both running, and an answer has come through (the client connects in
+ * the background after /readyz, and inventory's answering thread too). */
+static void setup(void)
+{
+    const char *env[] = {"HTTP_PORT=" API_PORT, "OPS_PORT=19190", "AVAILABILITY_TIMEOUT_MS=1500",
+                         TU_API_TOKENS, NULL};
+    const tu_svc_opts o = {.exe = "order-api",
+                           .amqp_env = "ORDER_API_AMQP_URL",
+                           .db_env = "ORDERS_DATABASE_URL",
+                           .env = env,
+                           .log = "rpc-order-api",
+                           .ready_url = API "/readyz"};
+    start_inventory();
+    tu_svc_start(&api, &o);
+    ck_assert_msg(tu_poll(30000, answers, "TEA-SENCHA"), "no availability answer within 30 s");
+}
+
+static void teardown(void)
+{
+    if (inv.pid)
+        kill(inv.pid, SIGCONT);
+    tu_svc_stop_ok(&api);
+    tu_svc_stop_ok(&inv);
+}
+
+static long long stock_of(const char *sku)
+{
+    const char *p[] = {sku};
+    return tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                      "SELECT on_hand FROM inventory.stock WHERE sku = $1", 1, p);
+}
+
+/* The 200's available for sku (fails the test unless it is a 200 for sku). */
+static long long available(const char *sku)
+{
+    char *body = NULL;
+    long code = ask(sku, &body, NULL);
+    cJSON *j = cJSON_Parse(body ? body : "");
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "sku");
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "available");
+    long long n;
+    ck_assert_msg(code == 200, "%s: status %ld: %s", sku, code, body ? body : "");
+    ck_assert_msg(cJSON_IsString(s) && strcmp(s->valuestring, sku) == 0 && cJSON_IsNumber(a),
+                  "%s: the answer is %s", sku, body);
+    n = (long long)a->valuedouble;
+    cJSON_Delete(j);
+    free(body);
+    return n;
+}
+
+static int is_problem(const char *headers)
+{
+    return headers && strstr(headers, "application/problem+json") != NULL;
+}
+
+/* ------------------------------------------------------------------ tests */
+
+START_TEST(the_answer_is_the_stock_in_inventorys_table)
+{
+    static const char *const skus[] = {"TEA-SENCHA", "COF-DECAF", "TEA-HIMALAYA"};
+    const char *p[] = {"COF-DECAF"};
+    char *body = NULL, *hdrs = NULL;
+    for (size_t i = 0; i < sizeof(skus) / sizeof(skus[0]); i++)
+        ck_assert_int_eq(available(skus[i]), stock_of(skus[i]));
+    /* a change in inventory's table is in the next answer */
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "SELECT inventory.adjust_stock($1, 3, 'check_rpc: +3')", 1, p));
+    ck_assert_int_eq(available("COF-DECAF"), stock_of("COF-DECAF"));
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "SELECT inventory.adjust_stock($1, -3, 'check_rpc: -3')", 1, p));
+    /* a SKU inventory does not stock, and a path that holds no SKU */
+    ck_assert_int_eq(ask("NO-SUCH-SKU-1", &body, &hdrs), 404);
+    ck_assert_msg(is_problem(hdrs) && strstr(body, "no such product"), "%s", body);
+    free(body);
+    free(hdrs);
+    ck_assert_int_eq(ask("not_a_sku", NULL, NULL), 404);
+    /* the token is needed */
+    ck_assert_int_eq(tu_http("GET", API "/products/TEA-SENCHA/availability", NULL, NULL, 0, NULL),
+                     401);
+}
+END_TEST
+
+/* The queues of the tests' vhost, sorted names one a line (malloc'd). */
+static char *queue_names(void)
+{
+    struct amqp_connection_info info;
+    char cmd[1024], line[512], *out = NULL, *url = strdup(tu_env("TEST_AMQP_URL"));
+    size_t len = 0;
+    FILE *f;
+    ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
+    /* The vhost's name is plain (the tests' own): no quoting needed. */
+    ck_assert_msg(strspn(info.vhost, "abcdefghijklmnopqrstuvwxyz0123456789-_/") ==
+                      strlen(info.vhost),
+                  "vhost %s", info.vhost);
+    snprintf(cmd, sizeof(cmd),
+             "bash %s/scripts/rmqctl.sh -s list_queues -p '%s' name 2>/dev/null | sort",
+             tu_env("ORDERSUITE_ROOT"), info.vhost);
+    free(url);
+    f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f)) {
+        size_t n = strlen(line);
+        char *grown = realloc(out, len + n + 1);
+        ck_assert_ptr_nonnull(grown);
+        out = grown;
+        memcpy(out + len, line, n + 1);
+        len += n;
+    }
+    ck_assert_int_eq(pclose(f), 0);
+    return out ? out : strdup("");
+}
+
+typedef struct {
+    const char *sku;
+    long long want;
+    int ok;
+} asker;
+
+static void *ask_many(void *arg)
+{
+    asker *a = arg;
+    a->ok = 1;
+    for (int i = 0; i < 10; i++) {
+        char *body = NULL;
+        char want[128];
+        snprintf(want, sizeof(want), "{\"sku\":\"%s\",\"available\":%lld}", a->sku, a->want);
+        if (ask(a->sku, &body, NULL) != 200 || !body || strcmp(body, want) != 0)
+            a->ok = 0;
+        free(body);
+    }
+    return NULL;
+}
+
+/* Asked from four threads at once, each for its own SKU: each gets its own
+ * answer, and the broker holds no queue it did not hold before (direct
+ * reply-to declares none: no amq.gen-* reply queue). */
+START_TEST(concurrent_asks_get_their_own_answers_and_leave_no_queue_behind)
+{
+    static const char *const skus[] = {"TEA-SENCHA", "COF-DECAF", "TEA-HIMALAYA", "COF-FILTER"};
+    asker a[4];
+    pthread_t t[4];
+    char *before = queue_names(), *after;
+    for (int i = 0; i < 4; i++) {
+        a[i] = (asker){skus[i], stock_of(skus[i]), 0};
+        ck_assert_int_eq(pthread_create(&t[i], NULL, ask_many, &a[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        ck_assert_msg(a[i].ok, "an answer for %s was not its own", skus[i]);
+    }
+    after = queue_names();
+    ck_assert_msg(strstr(after, "amq.gen") == NULL, "a server-named queue: %s", after);
+    ck_assert_str_eq(after, before);
+    free(before);
+    free(after);
+}
+END_TEST
+
+/* Inventory stopped: the request waits its deadline and no longer, then a
+ * 504 problem; the request itself expires from inventory's queue, so a
+ * restarted inventory does not answer a question nobody waits for. */
+START_TEST(inventory_stopped_is_a_504_at_the_deadline)
+{
+    char *body = NULL, *hdrs = NULL;
+    int64_t t0, took;
+    long code;
+    tu_svc_stop_ok(&inv);
+    t0 = util_now_ms();
+    code = ask("TEA-SENCHA", &body, &hdrs);
+    took = util_now_ms() - t0;
+    ck_assert_msg(code == 504 && is_problem(hdrs), "%ld: %s", code, body);
+    ck_assert_msg(took >= DEADLINE - 50 && took < DEADLINE + 3000,
+                  "answered after %lld ms, the deadline is %d ms", (long long)took, DEADLINE);
+    free(body);
+    free(hdrs);
+    {
+        int64_t until = util_now_ms() + 15000;
+        long n;
+        while ((n = tu_queue_counts("TEST_AMQP_URL", "inventory.requests", NULL)) != 0 &&
+               util_now_ms() < until)
+            util_sleep_ms(100, NULL);
+        ck_assert_msg(n == 0, "inventory.requests still holds %ld request(s)", n);
+    }
+    start_inventory();
+    ck_assert_msg(tu_poll(30000, answers, "TEA-SENCHA"), "no answer after inventory's restart");
+}
+END_TEST
+
+static int unavailable(void *arg)
+{
+    char **hdrs = arg;
+    free(*hdrs);
+    *hdrs = NULL;
+    return ask("TEA-SENCHA", NULL, hdrs) == 503;
+}
+
+/* The broker down: a 503 problem with Retry-After, at once; back up, the
+ * answers come again. */
+START_TEST(broker_down_is_a_503)
+{
+    char *hdrs = NULL;
+    int got503, back;
+    tu_broker("stop_app");
+    got503 = tu_poll(15000, unavailable, &hdrs);
+    tu_broker("start_app");
+    back = tu_poll(60000, answers, "TEA-SENCHA");
+    ck_assert_msg(got503, "no 503 while the broker was down");
+    ck_assert_msg(is_problem(hdrs) && strstr(hdrs, "Retry-After: 2"), "%s", hdrs);
+    ck_assert_msg(back, "no answer within 60 s of the broker's return");
+    free(hdrs);
+}
+END_TEST
+
+static int sent_reaches(void *want)
+{
+    return tu_metric(OPS, SERIES("requests")) >= *(double *)want;
+}
+
+static int late_reaches(void *want)
+{
+    return tu_metric(OPS, SERIES("late_replies")) >= *(double *)want;
+}
+
+typedef struct {
+    long code;
+    char *body;
+} reply;
+
+static void *ask_decaf(void *arg)
+{
+    reply *r = arg;
+    r->code = ask("COF-DECAF", &r->body, NULL);
+    return NULL;
+}
+
+/* Inventory held (SIGSTOP) past a request's deadline answers it when let
+ * go (SIGCONT): that reply finds nobody waiting, is dropped and counted,
+ * and the request asked meanwhile, for another SKU, gets its own answer. */
+START_TEST(a_late_reply_is_dropped_and_the_next_request_gets_its_own)
+{
+    double late0 = tu_metric(OPS, SERIES("late_replies"));
+    double sent0 = tu_metric(OPS, SERIES("requests")), want;
+    reply r = {0};
+    pthread_t t;
+    char expect[128];
+    long code;
+
+    ck_assert(late0 >= 0 && sent0 >= 0);
+    snprintf(expect, sizeof(expect), "{\"sku\":\"COF-DECAF\",\"available\":%lld}",
+             stock_of("COF-DECAF"));
+    ck_assert_int_eq(kill(inv.pid, SIGSTOP), 0);
+    code = ask("TEA-SENCHA", NULL, NULL);
+    ck_assert_int_eq(pthread_create(&t, NULL, ask_decaf, &r), 0);
+    want = sent0 + 2;
+    ck_assert_msg(tu_poll(5000, sent_reaches, &want), "the second request was not sent");
+    ck_assert_int_eq(kill(inv.pid, SIGCONT), 0);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(code, 504);
+    ck_assert_msg(r.code == 200 && r.body && strcmp(r.body, expect) == 0,
+                  "the request after the late one got %ld: %s", r.code, r.body ? r.body : "");
+    want = late0 + 1;
+    ck_assert_msg(tu_poll(10000, late_reaches, &want), "the late reply was not counted");
+    ck_assert_int_eq(tu_metric(OPS, SERIES("late_replies")), late0 + 1);
+    free(r.body);
+}
+END_TEST
+
+static int backlog(void *arg)
+{
+    (void)arg;
+    return tu_queue_counts("TEST_AMQP_URL", "inventory", NULL) > 0;
+}
+
+/* Orders wait in inventory's queue behind a batch that waits for a lock on
+ * its stock table: the availability question, on inventory's own request
+ * queue and thread, is answered within its deadline all the same, while
+ * the backlog is still there. */
+START_TEST(a_backlog_of_orders_does_not_delay_an_answer)
+{
+    const char *sku = "TEA-SENCHA";
+    const char *p[] = {sku};
+    const char *purge[] = {"billing", NULL};
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_rpc");
+    char err[MQ_ERR_LEN];
+    PGconn *hold;
+    PGresult *r;
+    long long stock;
+    long waiting;
+    char *ids = malloc(ORDERS * (UUID_STR_LEN + 1) + 3), *at;
+
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "SELECT inventory.adjust_stock(sku, 100000 - on_hand, 'check_rpc: stock')"
+                " FROM inventory.stock WHERE sku = $1",
+                1, p));
+    stock = stock_of(sku);
+    hold = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_int_eq(PQstatus(hold), CONNECTION_OK);
+    r = PQexec(hold, "BEGIN; LOCK TABLE inventory.stock IN SHARE MODE");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    ck_assert_ptr_nonnull(ids);
+    at = ids + sprintf(ids, "{");
+    for (int i = 0; i < ORDERS; i++) {
+        ev_event ev;
+        order_placed *o = &ev.u.order_placed;
+        char id[UUID_STR_LEN], *body;
+        mq_msg m = {0};
+        ev_init(&ev, EV_ORDER_PLACED);
+        uuid_v4(o->order_id);
+        strcpy(o->customer_id, "check-rpc");
+        strcpy(o->customer_email, "rpc@example.com");
+        strcpy(o->currency, "EUR");
+        ck_assert_int_eq(ev_lines_alloc(&o->lines, 1), 0);
+        strcpy(o->lines.items[0].sku, sku);
+        o->lines.items[0].quantity = 1;
+        o->lines.items[0].unit_price = o->total = 890;
+        body = ev_to_json(&ev, NULL, err, sizeof(err));
+        ck_assert_msg(body != NULL, "%s", err);
+        uuid_v4(id);
+        at += sprintf(at, "%s%s", i ? "," : "", id);
+        m.routing_key = ev_routing_key(EV_ORDER_PLACED);
+        m.message_id = id;
+        m.correlation_id = o->order_id;
+        m.body = body;
+        m.len = strlen(body);
+        ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "%s", err);
+        free(body);
+        ev_free(&ev);
+    }
+    mq_free(c);
+    sprintf(at, "}");
+    ck_assert_msg(tu_await_lock_waiter(10000, "inventory.stock", NULL),
+                  "inventory's batch never waited for the lock");
+    ck_assert_msg(tu_poll(10000, backlog, NULL), "no backlog in inventory's queue");
+    ck_assert_int_eq(available(sku), stock); /* within the deadline, or a 504 */
+    waiting = tu_queue_counts("TEST_AMQP_URL", "inventory", NULL);
+    r = PQexec(hold, "COMMIT");
+    PQclear(r);
+    PQfinish(hold);
+    ck_assert_msg(waiting > 0, "the backlog was gone before the answer came");
+    /* The orders go through; their inventory.reserved is not for this
+     * suite's billing (not running): cleared once inventory sent them. */
+    tu_await_count(60000, "SELECT count(*) FROM inventory.inbox WHERE message_id = ANY($1::uuid[])",
+                   ids, ORDERS);
+    tu_await_count(30000, "SELECT count(*) FROM inventory.outbox", NULL, 0);
+    tu_purge("TEST_AMQP_URL", purge);
+    free(ids);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("rpc");
+    TCase *tc = tcase_create("availability");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 180);
+    tcase_add_test(tc, the_answer_is_the_stock_in_inventorys_table);
+    tcase_add_test(tc, concurrent_asks_get_their_own_answers_and_leave_no_queue_behind);
+    tcase_add_test(tc, inventory_stopped_is_a_504_at_the_deadline);
+    tcase_add_test(tc, a_late_reply_is_dropped_and_the_next_request_gets_its_own);
+    tcase_add_test(tc, a_backlog_of_orders_does_not_delay_an_answer);
+    tcase_add_test(tc, broker_down_is_a_503);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
