@@ -1,5 +1,10 @@
 /*
  * http.c — the HTTP server on libmicrohttpd (see http.h).
+ *
+ * Over 600 lines: the streamed bodies (http_stream) live here with the
+ * requests and the job threads because they share the server's state and
+ * its connections' suspend/resume, whose rules (resume only what is
+ * suspended, nothing suspended at MHD_stop_daemon) hold across the three.
  */
 #include "http.h"
 #include "trace.h"
@@ -32,6 +37,8 @@ struct http_server {
     http_req *qhead, *qtail; /* requests waiting for a job thread */
     int qlen;                /* how many: at most o.queue_max */
     int qstop;
+    pthread_mutex_t slock;
+    http_stream *streams; /* the streams the server still holds, ended by http_stop */
 };
 
 struct http_req {
@@ -50,6 +57,24 @@ struct http_req {
     atomic_int done;      /* the job thread has filled out (then resumes the connection) */
     int64_t queued_ms;    /* when it joined the job queue */
     http_req *next;       /* in the job queue */
+};
+
+/* A streamed body. Two references: the server's (given back once MHD is
+ * done with the response, or the request ended before it was sent) and the
+ * caller's (http_stream_free). */
+struct http_stream {
+    pthread_mutex_t lock;
+    struct MHD_Connection *conn;
+    http_server *srv;
+    http_stream_read_fn read;
+    void (*closed)(void *);
+    void *cls;
+    atomic_int refs;
+    int paused;               /* suspended by the reader until a wake (under lock) */
+    int woken;                /* a wake came since the reader last looked (under lock) */
+    int ending;               /* the server stops: end the body (under lock) */
+    int done;                 /* the server is done with it (under lock) */
+    http_stream *prev, *next; /* in srv->streams, while the server holds it */
 };
 
 const char *http_method(const http_req *r)
@@ -126,6 +151,145 @@ void http_problem(http_resp *out, int status, const char *title, const char *det
     http_respond(out, status, "application/problem+json", s ? s : strdup("{}"));
 }
 
+/* ------------------------------------------------------------ streams */
+
+static void stream_unref(http_stream *st)
+{
+    if (atomic_fetch_sub(&st->refs, 1) == 1) {
+        pthread_mutex_destroy(&st->lock);
+        free(st);
+    }
+}
+
+http_stream *http_stream_new(http_req *r, http_stream_read_fn read, void (*closed)(void *),
+                             void *cls)
+{
+    http_stream *st = calloc(1, sizeof(*st));
+    http_server *s = r->srv;
+    if (!st)
+        return NULL;
+    pthread_mutex_init(&st->lock, NULL);
+    st->conn = r->conn;
+    st->srv = s;
+    st->read = read;
+    st->closed = closed;
+    st->cls = cls;
+    atomic_init(&st->refs, 2);
+    pthread_mutex_lock(&s->slock);
+    st->next = s->streams;
+    if (s->streams)
+        s->streams->prev = st;
+    s->streams = st;
+    pthread_mutex_unlock(&s->slock);
+    return st;
+}
+
+void http_stream_respond(http_resp *out, const char *content_type, http_stream *st)
+{
+    http_respond(out, 200, content_type, NULL);
+    out->stream = st;
+}
+
+void http_stream_wake(http_stream *st)
+{
+    pthread_mutex_lock(&st->lock);
+    st->woken = 1;
+    /* Resumed only when the reader suspended it: MHD forbids resuming a
+     * connection that is not suspended. A paused connection is not being
+     * closed by MHD, so none of its callbacks can be waiting on st->lock. */
+    if (st->paused && !st->done) {
+        st->paused = 0;
+        MHD_resume_connection(st->conn);
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
+void http_stream_free(http_stream *st)
+{
+    if (st)
+        stream_unref(st);
+}
+
+/* MHD's content reader: the source's bytes, or a suspended connection
+ * when it has none (never 0 without a suspension: MHD would call again at
+ * once, a busy loop on its thread). */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    http_stream *st = cls;
+    (void)pos;
+    for (;;) {
+        long n;
+        pthread_mutex_lock(&st->lock);
+        if (st->ending) {
+            pthread_mutex_unlock(&st->lock);
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        }
+        st->woken = 0;
+        pthread_mutex_unlock(&st->lock);
+        n = st->read(st->cls, buf, max);
+        if (n != 0)
+            return n > 0 ? (ssize_t)n : MHD_CONTENT_READER_END_OF_STREAM;
+        pthread_mutex_lock(&st->lock);
+        if (!st->woken && !st->ending) {
+            st->paused = 1;
+            MHD_suspend_connection(st->conn);
+            pthread_mutex_unlock(&st->lock);
+            return 0;
+        }
+        pthread_mutex_unlock(&st->lock); /* woken meanwhile: read again */
+    }
+}
+
+/* The server is done with st (MHD's free callback, or the request ended
+ * before its answer was sent): the source's closed, then the server's
+ * reference. */
+static void stream_done(void *cls)
+{
+    http_stream *st = cls;
+    http_server *s = st->srv;
+    pthread_mutex_lock(&st->lock);
+    st->done = 1;
+    pthread_mutex_unlock(&st->lock);
+    pthread_mutex_lock(&s->slock);
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        s->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    pthread_mutex_unlock(&s->slock);
+    st->closed(st->cls);
+    stream_unref(st);
+}
+
+/* http_stop: every stream still held ends, and a suspended one is resumed
+ * (MHD_stop_daemon must not meet a suspended connection). The references
+ * taken under slock keep them alive while each is woken outside it. */
+static void streams_end(http_server *s)
+{
+    http_stream **all = NULL;
+    size_t n = 0, cap = 0;
+    pthread_mutex_lock(&s->slock);
+    for (http_stream *st = s->streams; st; st = st->next)
+        cap++;
+    all = cap ? calloc(cap, sizeof(*all)) : NULL;
+    for (http_stream *st = s->streams; st && all; st = st->next) {
+        atomic_fetch_add(&st->refs, 1);
+        all[n++] = st;
+    }
+    pthread_mutex_unlock(&s->slock);
+    if (cap && !all)
+        log_error("http: out of memory ending %zu streams", cap);
+    for (size_t i = 0; i < n; i++) {
+        pthread_mutex_lock(&all[i]->lock);
+        all[i]->ending = 1;
+        pthread_mutex_unlock(&all[i]->lock);
+        http_stream_wake(all[i]);
+        stream_unref(all[i]);
+    }
+    free(all);
+}
+
 static enum MHD_Result queue_resp(struct MHD_Connection *c, http_resp *out)
 {
     struct MHD_Response *resp;
@@ -134,10 +298,22 @@ static enum MHD_Result queue_resp(struct MHD_Connection *c, http_resp *out)
     size_t len = body ? strlen(body) : 0;
 
     out->body = NULL;
-    resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
+    if (out->stream) {
+        http_stream *st = out->stream;
+        out->stream = NULL; /* the response has it now, or it is closed here */
         free(body);
-        return MHD_NO;
+        resp =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, st, stream_done);
+        if (!resp) {
+            stream_done(st);
+            return MHD_NO;
+        }
+    } else {
+        resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+        if (!resp) {
+            free(body);
+            return MHD_NO;
+        }
     }
     if (out->content_type)
         MHD_add_response_header(resp, "Content-Type", out->content_type);
@@ -316,6 +492,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     (void)toe;
     if (!r)
         return;
+    if (r->out.stream)
+        stream_done(r->out.stream); /* its answer was never sent */
+    free(r->out.body);
     free(r->path);
     free(r->body);
     free(r);
@@ -444,6 +623,7 @@ http_server *http_start(const http_opts *o, char *err, size_t errlen)
     }
     pthread_mutex_init(&s->qlock, NULL);
     pthread_cond_init(&s->qcond, NULL);
+    pthread_mutex_init(&s->slock, NULL);
     for (size_t i = 0; i < s->o.nroutes; i++)
         needs_jobs |= !s->o.routes[i].quick;
     if (needs_jobs) {
@@ -478,6 +658,7 @@ fail:
     free(s->jobs);
     pthread_cond_destroy(&s->qcond);
     pthread_mutex_destroy(&s->qlock);
+    pthread_mutex_destroy(&s->slock);
     pthread_key_delete(s->tls);
     free(s);
     return NULL;
@@ -491,12 +672,14 @@ void http_stop(http_server *s)
      * those connections before MHD closes them. */
     MHD_socket lfd = MHD_quiesce_daemon(s->d);
     jobs_stop(s);
+    streams_end(s);
     MHD_stop_daemon(s->d);
     if (lfd != MHD_INVALID_SOCKET)
         close(lfd); /* quiesce hands the listening socket to us */
     free(s->jobs);
     pthread_cond_destroy(&s->qcond);
     pthread_mutex_destroy(&s->qlock);
+    pthread_mutex_destroy(&s->slock);
     pthread_key_delete(s->tls);
     free(s);
 }

@@ -24,6 +24,7 @@
 
 typedef struct http_req http_req;
 typedef struct http_server http_server;
+typedef struct http_stream http_stream;
 
 typedef struct {
     int status;
@@ -36,6 +37,7 @@ typedef struct {
     char location[256];
     char extra_name[64]; /* one more header */
     char extra_value[256];
+    http_stream *stream; /* a streamed body instead of body (http_stream_respond) */
 } http_resp;
 
 typedef void (*http_fn)(http_req *r, void *cls, http_resp *out);
@@ -96,5 +98,38 @@ void http_json(http_resp *out, int status, char *json);
  * offending input. */
 void http_problem(http_resp *out, int status, const char *title, const char *detail,
                   const char *field);
+
+/* ------------------------------------------------------------ streams
+ * A body sent as it is made (Server-Sent Events), without a thread per
+ * response: when the source has nothing to send, the connection is
+ * suspended (MHD_suspend_connection from the content reader, as
+ * libmicrohttpd 0.9.75 asks: a reader returning 0 without it makes MHD
+ * call it again at once) and costs no thread until http_stream_wake
+ * resumes it. MHD's connection timeout does not run while it waits.
+ */
+
+/* Called on an MHD thread for more of the body: copies at most max bytes
+ * into buf and returns how many; 0 when there is nothing to send yet (the
+ * connection then waits for http_stream_wake); -1 for the end of the body. */
+typedef long (*http_stream_read_fn)(void *cls, char *buf, size_t max);
+
+/* A stream for r's answer, reading with read(cls). closed(cls) is called
+ * once, on some thread of the server, when the server is done with it (the
+ * body ended, the client went away, the server stopped, or it was never
+ * sent): read is never called after that. The caller owns one reference
+ * and gives it back with http_stream_free (at any time: after it the caller
+ * may no longer wake it). NULL when out of memory. */
+http_stream *http_stream_new(http_req *r, http_stream_read_fn read, void (*closed)(void *),
+                             void *cls);
+
+/* The source has more (or its end): resumes the connection if it waits.
+ * Any thread, until the caller's http_stream_free; a no-op once closed. */
+void http_stream_wake(http_stream *st);
+
+/* Gives back the caller's reference. NULL: no-op. */
+void http_stream_free(http_stream *st);
+
+/* Answers 200 with content_type and st's body (out takes st over). */
+void http_stream_respond(http_resp *out, const char *content_type, http_stream *st);
 
 #endif

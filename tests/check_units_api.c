@@ -443,12 +443,67 @@ START_TEST(an_expired_orders_reason_fits_the_contract_for_every_timeout)
 }
 END_TEST
 
+/* ------------------------------------------------ event streams (sse.c) */
+
+/* A stream ends after a status the order never leaves, and only then. */
+START_TEST(a_stream_ends_only_after_a_final_status)
+{
+    ck_assert_int_eq(api_status_final("CONFIRMED"), 1);
+    ck_assert_int_eq(api_status_final("REJECTED"), 1);
+    ck_assert_int_eq(api_status_final("CANCELLED"), 1);
+    ck_assert_int_eq(api_status_final("EXPIRED"), 1);
+    /* PAYMENT_FAILED moves on to CANCELLED once the stock is released. */
+    ck_assert_int_eq(api_status_final("PAYMENT_FAILED"), 0);
+    ck_assert_int_eq(api_status_final("PENDING"), 0);
+    ck_assert_int_eq(api_status_final("RESERVED"), 0);
+    ck_assert_int_eq(api_status_final("confirmed"), 0);
+    ck_assert_int_eq(api_status_final(""), 0);
+    ck_assert_int_eq(api_status_final(NULL), 0);
+}
+END_TEST
+
+/* Last-Event-ID: absent is from the start; 1-18 digits; anything else is
+ * refused (400), never read as 0 (which would send the entries again). */
+START_TEST(a_last_event_id_is_1_to_18_digits_or_absent)
+{
+    static const char *const bad[] = {
+        "", "-1", "+1", " 1", "1 ", "1a", "0x10", "1.5", "1234567890123456789"};
+    long long v = -1;
+    ck_assert_int_eq(api_last_event_id(NULL, &v), 0);
+    ck_assert_int_eq(v, 0);
+    ck_assert_int_eq(api_last_event_id("0", &v), 0);
+    ck_assert_int_eq(v, 0);
+    ck_assert_int_eq(api_last_event_id("42", &v), 0);
+    ck_assert_int_eq(v, 42);
+    ck_assert_int_eq(api_last_event_id("999999999999999999", &v), 0);
+    ck_assert(v == 999999999999999999LL);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(api_last_event_id(bad[i], &v) == -1, "'%s' was accepted", bad[i]);
+}
+END_TEST
+
+/* The client's limit is a 429 (its own doing), the server's a 503; the
+ * client's is looked at first, so a client at its limit is told so even
+ * when the server is full too. */
+START_TEST(a_stream_past_the_clients_limit_is_429_past_the_servers_503)
+{
+    ck_assert_int_eq(api_sse_admit(0, 0, 1, 1), API_SSE_ADMIT);
+    ck_assert_int_eq(api_sse_admit(10, 9, 11, 10), API_SSE_ADMIT);
+    ck_assert_int_eq(api_sse_admit(10, 10, 11, 10), API_SSE_CLIENT_FULL);
+    ck_assert_int_eq(api_sse_admit(11, 1, 11, 10), API_SSE_FULL);
+    ck_assert_int_eq(api_sse_admit(11, 10, 11, 10), API_SSE_CLIENT_FULL);
+    ck_assert_int_eq(api_sse_admit(API_SSE_MAX_DEFAULT - 1, API_SSE_CLIENT_MAX_DEFAULT - 1,
+                                   API_SSE_MAX_DEFAULT, API_SSE_CLIENT_MAX_DEFAULT),
+                     API_SSE_ADMIT);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_api");
     TCase *d = tcase_create("decode"), *pr = tcase_create("pricing");
     TCase *i = tcase_create("idempotency"), *a = tcase_create("tokens");
-    TCase *h = tcase_create("problem+json");
+    TCase *h = tcase_create("problem+json"), *ev = tcase_create("event streams");
     tcase_add_loop_test(d, a_request_body_is_decoded_or_refused_naming_the_field, 0,
                         (int)(sizeof(decode_cases) / sizeof(decode_cases[0])));
     tcase_add_test(d, the_line_count_limit_is_the_contracts);
@@ -471,6 +526,10 @@ int main(void)
     suite_add_tcase(s, pr);
     suite_add_tcase(s, i);
     suite_add_tcase(s, a);
+    tcase_add_test(ev, a_stream_ends_only_after_a_final_status);
+    tcase_add_test(ev, a_last_event_id_is_1_to_18_digits_or_absent);
+    tcase_add_test(ev, a_stream_past_the_clients_limit_is_429_past_the_servers_503);
     suite_add_tcase(s, h);
+    suite_add_tcase(s, ev);
     return tu_run(s);
 }

@@ -14,6 +14,8 @@
  *   saga.c         the order's deadline: overdue orders become EXPIRED
  *   availability.c GET /products/{sku}/availability, asked of inventory over
  *                  the broker (request/reply)
+ *   sse.c          GET /orders/{id}/events: an order's status changes as
+ *                  Server-Sent Events, from a LISTEN thread
  */
 #ifndef ORDER_API_H
 #define ORDER_API_H
@@ -39,6 +41,7 @@ typedef struct {
 
 typedef struct api_writer api_writer;
 typedef struct api_prices api_prices;
+typedef struct api_sse api_sse;
 
 typedef struct {
     const char *database_url;
@@ -50,6 +53,7 @@ typedef struct {
     int placed_version;           /* ORDER_PLACED_VERSION: the order.placed schema written */
     mq_rpc_client *rpc;           /* asks inventory (availability.c); set by the worker runtime */
     long availability_timeout_ms; /* AVAILABILITY_TIMEOUT_MS: the deadline of each ask */
+    api_sse *sse;                 /* holds the event streams (sse.c) */
 } api_ctx;
 
 /* ------------------------------------------------------------- auth.c */
@@ -284,6 +288,59 @@ typedef struct {
 } api_writer_stats;
 
 void api_writer_get_stats(api_writer *w, api_writer_stats *out);
+
+/* -------------------------------------------------------------- sse.c */
+
+#define API_SSE_MAX_DEFAULT        512    /* SSE_MAX_STREAMS: streams one instance holds */
+#define API_SSE_CLIENT_MAX_DEFAULT 32     /* SSE_CLIENT_MAX_STREAMS: of one client (token) */
+#define API_SSE_IDLE_DEFAULT       300000 /* SSE_IDLE_TIMEOUT_MS: no status change for this long */
+#define API_SSE_KEEPALIVE_DEFAULT  15000  /* SSE_KEEPALIVE_MS: a comment this often */
+
+typedef struct {
+    const char *database_url;    /* for the LISTEN connection */
+    const db_timeouts *timeouts; /* its limits */
+    int max_streams;             /* >= 1 */
+    int client_max_streams;      /* >= 1 */
+    long idle_ms;
+    long keepalive_ms;
+} api_sse_opts;
+
+/* Starts the thread that LISTENs for timeline changes and feeds the streams
+ * (it connects by itself, and again after losing the database). NULL with
+ * err when out of memory or it cannot start. */
+api_sse *api_sse_start(const api_sse_opts *o, char *err, size_t errlen);
+
+/* Stops the thread and frees h. The HTTP server must be stopped first (it
+ * is then done with every stream). NULL: no-op. */
+void api_sse_stop(api_sse *h);
+
+/* GET /orders/{id}/events for client (authenticated); rest is the path after
+ * "/orders/", ending in "/events"; db is the job thread's connection. 200
+ * text/event-stream, 204 when Last-Event-ID is the final entry's, 400 for a
+ * malformed Last-Event-ID, 404 for no such order of client's, 429 / 503
+ * (Retry-After) past SSE_CLIENT_MAX_STREAMS / SSE_MAX_STREAMS, 503 when the
+ * database is away. */
+void api_sse_get(http_req *r, const api_ctx *ctx, db_conn *db, const char *client, const char *rest,
+                 http_resp *out);
+
+/* 1 for a status an order never leaves (CONFIRMED, REJECTED, CANCELLED,
+ * EXPIRED):
+ * a stream ends after it. Pure. */
+int api_status_final(const char *status);
+
+/* A Last-Event-ID value: NULL (absent) is 0, from the first entry; 1-18
+ * digits are the entry's seq. 0 with *out, -1 when malformed. Pure. */
+int api_last_event_id(const char *v, long long *out);
+
+typedef enum {
+    API_SSE_ADMIT,
+    API_SSE_CLIENT_FULL, /* 429: the client holds max_client streams */
+    API_SSE_FULL,        /* 503: the instance holds max_total streams */
+} api_sse_admission;
+
+/* Whether one more stream is admitted, given the instance's and the
+ * client's open streams. Pure. */
+api_sse_admission api_sse_admit(int total, int of_client, int max_total, int max_client);
 
 /* ----------------------------------------------------------- routes.c */
 

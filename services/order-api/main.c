@@ -35,6 +35,11 @@
  * ORDER_PLACED_VERSION (1) is the order.placed schema version it writes
  * (upcast.h; 1 or 2): 2 only once every reader of order.placed reads 2.
  *
+ * GET /orders/{id}/events streams an order's status changes (sse.c):
+ * SSE_MAX_STREAMS (512) per instance, SSE_CLIENT_MAX_STREAMS (32) per
+ * client, a comment every SSE_KEEPALIVE_MS (15000), a stream ended after
+ * SSE_IDLE_TIMEOUT_MS (300000) without a status change.
+ *
  * API_TOKENS (required; usually API_TOKENS_FILE, a file holding the value)
  * lists each client's bearer tokens as SHA-256 hashes (scripts/api-token.sh);
  * it is read once, at start. Only running reads these (a cfg_group of
@@ -154,6 +159,7 @@ int main(int argc, char **argv)
     char err[CFG_ERR_LEN];
     long batch_max = 0, write_ms = 0, price_age_ms = 0, placed_version = 1, avail_ms = 0;
     api_saga saga = {.batch = API_SAGA_BATCH};
+    long sse_max = 0, sse_client_max = 0, sse_idle = 0, sse_ka = 0;
     const cfg_spec specs[] = {
         {"DATABASE_URL", CFG_STR, NULL, 0, 0, &db_url},
         {"API_TOKENS", CFG_STR, NULL, 0, 0, &tokens},
@@ -169,7 +175,12 @@ int main(int argc, char **argv)
         {"ORDER_TIMEOUT_S", CFG_LONG, API_STR(API_ORDER_TIMEOUT_DEFAULT), 0, 2592000,
          &saga.timeout_s},
         {"AVAILABILITY_TIMEOUT_MS", CFG_LONG, API_STR(API_AVAILABILITY_TIMEOUT_DEFAULT), 1, 60000,
-         &avail_ms}};
+         &avail_ms},
+        {"SSE_MAX_STREAMS", CFG_LONG, API_STR(API_SSE_MAX_DEFAULT), 1, 100000, &sse_max},
+        {"SSE_CLIENT_MAX_STREAMS", CFG_LONG, API_STR(API_SSE_CLIENT_MAX_DEFAULT), 1, 100000,
+         &sse_client_max},
+        {"SSE_IDLE_TIMEOUT_MS", CFG_LONG, API_STR(API_SSE_IDLE_DEFAULT), 100, 86400000, &sse_idle},
+        {"SSE_KEEPALIVE_MS", CFG_LONG, API_STR(API_SSE_KEEPALIVE_DEFAULT), 100, 3600000, &sse_ka}};
     const size_t nspecs = sizeof(specs) / sizeof(specs[0]);
     const cfg_group settings[] = {{specs, nspecs, WORKER_RUN}};
     const unsigned mode = worker_mode(argc, argv);
@@ -239,11 +250,28 @@ int main(int argc, char **argv)
         } else {
             log_info("ORDER_TIMEOUT_S=0: orders never expire");
         }
+        {
+            api_sse_opts so = {.database_url = db_url,
+                               .timeouts = &ctx.timeouts,
+                               .max_streams = (int)sse_max,
+                               .client_max_streams = (int)sse_client_max,
+                               .idle_ms = sse_idle,
+                               .keepalive_ms = sse_ka};
+            if (!(ctx.sse = api_sse_start(&so, err, sizeof(err)))) {
+                log_error("%s", err);
+                api_writer_stop(ctx.writer);
+                api_prices_stop(ctx.prices);
+                rc = 1;
+                goto out;
+            }
+        }
     }
     rc = worker_main(&def, argc, argv);
-    /* The HTTP server has stopped: no request hands the writer an order now. */
+    /* The HTTP server has stopped: no request hands the writer an order now,
+     * and it is done with every event stream. */
     api_writer_stop(ctx.writer);
     api_prices_stop(ctx.prices);
+    api_sse_stop(ctx.sse);
     goto out;
 config_error:
     log_error("configuration: %s", err);

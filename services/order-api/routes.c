@@ -3,6 +3,7 @@
  *
  *   POST /orders        place an order (prices from the catalog), 201 + Location
  *   GET  /orders/{id}   the order, its lines, invoice and status timeline
+ *   GET  /orders/{id}/events  its status changes as Server-Sent Events (sse.c)
  *   GET  /orders        a page: ?status=&limit=&after=<id>
  *   GET  /products      the catalog
  *   GET  /products/{sku}/availability  stock now, asked of inventory (availability.c)
@@ -274,8 +275,15 @@ static void get_order(http_req *r, void *cls, http_resp *out)
     const char *id = http_path_rest(r);
     const char *client = api_client_of(r, cls, out);
     const char *p[] = {id, client};
+    size_t n = strlen(id);
     if (!client)
         return;
+    if (n > 7 && strcmp(id + n - 7, "/events") == 0) {
+        db_conn *db = thread_db(r, cls, out);
+        if (db)
+            api_sse_get(r, cls, db, client, id, out);
+        return;
+    }
     if (!uuid_valid(id)) {
         http_problem(out, 404, "Not Found", "not an order id", NULL);
         return;
