@@ -11,10 +11,16 @@ if [ -f "$(pg_data)/PG_VERSION" ] && pg_running; then
     say "stopping PostgreSQL"
     pgctl stop -m fast -w -t 60 >/dev/null || die "PostgreSQL did not stop; see $VAR/log/postgresql/"
 fi
-if [ -d "$VAR/rabbitmq" ] && rmq_running; then
-    say "stopping RabbitMQ"
-    rmqctl -q shutdown >/dev/null 2>&1 || rmqctl -q stop >/dev/null 2>&1 || die "RabbitMQ did not stop"
-fi
+# A cluster's nodes from the last to node 1 (make up starts them all at once,
+# so the order only keeps node 1, the default one, up the longest).
+for k in $(seq "$(rmq_nodes)" -1 1); do
+    export RMQ_NODE=$k
+    if [ -d "$(rmq_node_dir "$k")" ] && rmq_running; then
+        say "stopping RabbitMQ$([ "$(rmq_nodes)" = 1 ] || echo " node $k")"
+        rmqctl -q shutdown >/dev/null 2>&1 || rmqctl -q stop >/dev/null 2>&1 || die "RabbitMQ$([ "$(rmq_nodes)" = 1 ] || echo " node $k") did not stop"
+    fi
+done
+export RMQ_NODE=1
 # Second pairs of servers under var/NAME/ (check_tls's TLS pair, when a run
 # of it ended before it could stop them).
 if [ -z "${ORDERSUITE_INSTANCE:-}" ]; then

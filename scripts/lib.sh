@@ -120,6 +120,15 @@ amqp_url() {
     fi
     if tls_on; then
         echo "amqps://$user:$pw@127.0.0.1:$AMQPS_PORT$path?cacertfile=$(tls_ca)"
+    elif [ "$(rmq_nodes)" -gt 1 ] && [ "$1" != admin ]; then
+        # A cluster: a service's URL lists every node (common/mq.h says how
+        # a list is tried). The administrator's stays node 1's: the tools
+        # that take it (ledger, dlq, mqbench) speak to one node.
+        local k list=
+        for k in $(seq 1 "$(rmq_nodes)"); do
+            list+="${list:+,}amqp://$user:$pw@127.0.0.1:$((AMQP_PORT + $(rmq_node_off "$k")))$path"
+        done
+        echo "$list"
     else
         echo "amqp://$user:$pw@127.0.0.1:$AMQP_PORT$path"
     fi
@@ -199,16 +208,32 @@ gen_secret() {
 # up.sh: its value has spaces, which this word-split list cannot carry). rabbitmq-server and
 # rabbitmqctl are run directly as the rabbitmq user (not through Debian's
 # wrapper, which would drop output in /var/log/rabbitmq).
+#
+# A cluster (make up NODES=3, recorded as ORDERSUITE_NODES in the env file):
+# node 1 is the one above; node K (2..NODES) is ordersuite-nK@localhost, its
+# data in var/rabbitmq-nK/, its ports node 1's + 10 × (K - 1) (AMQP 5682,
+# management 15682, distribution 25682 for node 2). RMQ_NODE=K chooses the
+# node rmq_env and rmqctl speak of (default 1).
+rmq_nodes() { echo "${ORDERSUITE_NODES:-1}"; }
+rmq_node_dir() { if [ "${1:-1}" = 1 ]; then echo "$VAR/rabbitmq"; else echo "$VAR/rabbitmq-n$1"; fi; }
+rmq_node_name() {
+    echo "ordersuite${ORDERSUITE_INSTANCE:+-$ORDERSUITE_INSTANCE}$([ "${1:-1}" = 1 ] || echo "-n$1")@localhost"
+}
+rmq_log_dir() { if [ "${1:-1}" = 1 ]; then echo "$VAR/log/rabbitmq"; else echo "$VAR/log/rabbitmq-n$1"; fi; }
+rmq_node_off() { echo $((10 * (${1:-1} - 1))); }
 rmq_env() {
-    local r="$VAR/rabbitmq"
+    local k=${RMQ_NODE:-1}
+    local r off
+    r=$(rmq_node_dir "$k")
+    off=$(rmq_node_off "$k")
     echo HOME="$r/home" \
-        RABBITMQ_NODENAME="ordersuite${ORDERSUITE_INSTANCE:+-$ORDERSUITE_INSTANCE}@localhost" \
+        RABBITMQ_NODENAME="$(rmq_node_name "$k")" \
         ERL_EPMD_ADDRESS=127.0.0.1 \
         RABBITMQ_CONF_ENV_FILE="$r/rabbitmq-env.conf" \
-        $(rmq_listener_env) \
-        RABBITMQ_DIST_PORT="$((AMQP_PORT + 20000))" \
+        $(AMQP_PORT=$((AMQP_PORT + off)) rmq_listener_env) \
+        RABBITMQ_DIST_PORT="$((AMQP_PORT + 20000 + off))" \
         RABBITMQ_MNESIA_BASE="$r/mnesia" \
-        RABBITMQ_LOG_BASE="$VAR/log/rabbitmq" \
+        RABBITMQ_LOG_BASE="$(rmq_log_dir "$k")" \
         RABBITMQ_CONFIG_FILE="$r/rabbitmq.conf" \
         RABBITMQ_ENABLED_PLUGINS_FILE="$r/enabled_plugins" \
         RABBITMQ_PID_FILE="$r/rabbitmq.pid"

@@ -72,3 +72,13 @@ for s in $(suite_names); do
         [ "${PIPESTATUS[0]}" = 0 ] || die "$s --declare-topology failed"
     fi
 done
+# A cluster (make up NODES=3): the queues were declared through node 1, so
+# RabbitMQ 3.10 put every quorum queue's leader there (its leader locator for
+# quorum queues is the declaring client's node; 3.10 has no
+# queue-leader-locator setting). Spread the leaders over the nodes.
+if [ "$(rmq_nodes)" -gt 1 ]; then
+    # shellcheck disable=SC2046
+    as_user rabbitmq env $(rmq_env) "$RMQ_BIN/rabbitmq-queues" -q rebalance quorum >"$VAR/log/rebalance.log" 2>&1 ||
+        die "spreading the quorum queues' leaders failed; see $VAR/log/rebalance.log"
+    say "quorum queue leaders spread over the $(rmq_nodes) nodes (make status lists them)"
+fi

@@ -14,6 +14,14 @@ case "$want_tls" in
 '' | 0 | 1) ;;
 *) die "TLS=$want_tls: use TLS=1 (TLS on) or TLS=0 (off)" ;;
 esac
+# NODES=1 (default) or NODES=3 (make up NODES=3): one RabbitMQ node, or a
+# cluster of three on this machine (lib.sh rmq_env says where each lives);
+# without it the count the env file recorded stays.
+want_nodes=${NODES:-}
+case "$want_nodes" in
+'' | 1 | 3) ;;
+*) die "NODES=$want_nodes: use NODES=1 (one RabbitMQ node) or NODES=3 (a cluster of three)" ;;
+esac
 ensure_var
 load_env
 
@@ -75,6 +83,20 @@ if [ -n "$want_tls" ] && [ "$want_tls" != "$ORDERSUITE_TLS" ]; then
     fi
     sed -i "s/^ORDERSUITE_TLS=.*/ORDERSUITE_TLS=$want_tls/" "$ENV_FILE"
     load_env
+fi
+grep -q '^ORDERSUITE_NODES=' "$ENV_FILE" || echo "ORDERSUITE_NODES=1" >>"$ENV_FILE"
+load_env
+if [ -n "$want_nodes" ] && [ "$want_nodes" != "$ORDERSUITE_NODES" ]; then
+    if [ "$want_nodes" -lt "$ORDERSUITE_NODES" ]; then
+        # Its quorum queues have members on the nodes that would go: they
+        # would lose their majority. Starting over is the honest way.
+        die "the broker is a cluster of $ORDERSUITE_NODES nodes; to go back to $want_nodes: make down, rm -rf var/rabbitmq* var/log/rabbitmq* (the broker's messages go with them), make up NODES=$want_nodes && make migrate"
+    fi
+    sed -i "s/^ORDERSUITE_NODES=.*/ORDERSUITE_NODES=$want_nodes/" "$ENV_FILE"
+    load_env
+fi
+if [ "$ORDERSUITE_NODES" -gt 1 ] && tls_on; then
+    die "NODES=$ORDERSUITE_NODES with TLS=1 is not supported (the cluster's nodes listen in plain text on loopback)"
 fi
 if tls_on; then
     bash "$ROOT/scripts/tls-certs.sh" "$(tls_dir)" || die "making the TLS certificates in $(tls_dir) failed"
@@ -196,9 +218,14 @@ EOF
 }
 
 # ------------------------------------------------------------------ RabbitMQ
-start_rabbitmq() {
-    local r="$VAR/rabbitmq"
-    mkdir -p "$r/home" "$r/mnesia" "$VAR/log/rabbitmq"
+# rmq_config K: node K's folders and configuration files (rewritten at every
+# start). RMQ_NODE=K is set by the caller.
+rmq_config() {
+    local k=$1 r off logd
+    r=$(rmq_node_dir "$k")
+    off=$(rmq_node_off "$k")
+    logd=$(rmq_log_dir "$k")
+    mkdir -p "$r/home" "$r/mnesia" "$logd"
     {
         echo "# Written by scripts/up.sh. The project's own node: loopback only."
         if tls_on; then
@@ -218,12 +245,17 @@ ssl_options.versions.1 = tlsv1.3
 ssl_options.versions.2 = tlsv1.2
 EOF
         else
-            echo "listeners.tcp.1 = 127.0.0.1:$AMQP_PORT"
+            echo "listeners.tcp.1 = 127.0.0.1:$((AMQP_PORT + off))"
+        fi
+        if [ "$(rmq_nodes)" -gt 1 ]; then
+            # A node on the minority side of a partition pauses (its clients
+            # move to the majority) instead of going on alone and diverging.
+            echo "cluster_partition_handling = pause_minority"
         fi
     } >"$r/rabbitmq.conf"
     cat >>"$r/rabbitmq.conf" <<EOF
 management.tcp.ip = 127.0.0.1
-management.tcp.port = $MGMT_PORT
+management.tcp.port = $((MGMT_PORT + off))
 loopback_users = none
 log.file.level = warning
 log.console = false
@@ -237,28 +269,80 @@ EOF
 SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 EOF
-    chown -R rabbitmq:rabbitmq "$r" "$VAR/log/rabbitmq"
-    [ ! -f "$r/tls/server.key" ] || chmod 600 "$r/tls/server.key"
-    if rmq_running; then
-        say "RabbitMQ already running on 127.0.0.1:$(rmq_port)"
-        return
+    # One Erlang cookie for the cluster: node 1's (made at its first start),
+    # which rabbitmqctl reads from the same HOME.
+    if [ "$k" != 1 ] && [ -f "$VAR/rabbitmq/home/.erlang.cookie" ]; then
+        install -m 400 "$VAR/rabbitmq/home/.erlang.cookie" "$r/home/.erlang.cookie"
     fi
-    check_port "$(rmq_port)" "$(tls_on && echo AMQPS_PORT || echo AMQP_PORT)"
-    check_port "$MGMT_PORT" MGMT_PORT
-    check_port "$((AMQP_PORT + 20000))" "AMQP_PORT+20000 (Erlang distribution)"
-    say "starting RabbitMQ on 127.0.0.1:$(rmq_port)$(tls_on && echo " (amqps only)") (management UI on http://localhost:$MGMT_PORT)"
-    # shellcheck disable=SC2046
-    setsid runuser -u rabbitmq -- env $(rmq_env) "$RMQ_BIN/rabbitmq-server" \
-        >"$VAR/log/rabbitmq/startup.log" 2>&1 </dev/null &
-    local pid=$! i
-    for i in $(seq 1 120); do
-        if rmqctl -q await_startup --timeout 2 >/dev/null 2>&1; then
-            return
+    chown -R rabbitmq:rabbitmq "$r" "$logd"
+    [ ! -f "$r/tls/server.key" ] || chmod 600 "$r/tls/server.key"
+}
+
+# start_rabbitmq: every node not running yet is started, all at once (a
+# cluster's node that stopped before the others waits at its start for
+# them), then each is waited for.
+start_rabbitmq() {
+    local k off pids=() started=()
+    for k in $(seq 1 "$(rmq_nodes)"); do
+        export RMQ_NODE=$k
+        off=$(rmq_node_off "$k")
+        rmq_config "$k"
+        if rmq_running; then
+            say "RabbitMQ node $k ($(rmq_node_name "$k")) already running on 127.0.0.1:$(($(rmq_port) + off))"
+            continue
         fi
-        kill -0 "$pid" 2>/dev/null ||
-            die "RabbitMQ exited during start; see $VAR/log/rabbitmq/startup.log and $VAR/log/rabbitmq/"
+        local plus=
+        [ "$off" = 0 ] || plus="+$off"
+        check_port "$(($(rmq_port) + off))" "$(tls_on && echo AMQPS_PORT || echo AMQP_PORT)$plus"
+        check_port "$((MGMT_PORT + off))" "MGMT_PORT$plus"
+        check_port "$((AMQP_PORT + 20000 + off))" "AMQP_PORT+$((20000 + off)) (Erlang distribution)"
+        say "starting RabbitMQ$([ "$(rmq_nodes)" = 1 ] || echo " node $k ($(rmq_node_name "$k"))") on 127.0.0.1:$(($(rmq_port) + off))$(tls_on && echo " (amqps only)") (management UI on http://localhost:$((MGMT_PORT + off)))"
+        # shellcheck disable=SC2046
+        setsid runuser -u rabbitmq -- env $(rmq_env) "$RMQ_BIN/rabbitmq-server" \
+            >"$(rmq_log_dir "$k")/startup.log" 2>&1 </dev/null &
+        pids+=($!)
+        started+=("$k")
+        if [ "$k" = 1 ] && [ "$(rmq_nodes)" -gt 1 ] && [ ! -f "$VAR/rabbitmq/home/.erlang.cookie" ]; then
+            # The other nodes need node 1's cookie: wait for it to exist.
+            wait_for 30 "node 1's Erlang cookie" test -f "$VAR/rabbitmq/home/.erlang.cookie" ||
+                die "RabbitMQ node 1 made no Erlang cookie; see $(rmq_log_dir 1)/"
+        fi
     done
-    die "RabbitMQ did not answer within the time limit; see $VAR/log/rabbitmq/"
+    local j i
+    for j in "${!started[@]}"; do
+        export RMQ_NODE=${started[$j]}
+        for i in $(seq 1 120); do
+            if rmqctl -q await_startup --timeout 2 >/dev/null 2>&1; then
+                continue 2
+            fi
+            kill -0 "${pids[$j]}" 2>/dev/null ||
+                die "RabbitMQ exited during start; see $(rmq_log_dir "$RMQ_NODE")/startup.log and $(rmq_log_dir "$RMQ_NODE")/"
+        done
+        die "RabbitMQ did not answer within the time limit; see $(rmq_log_dir "$RMQ_NODE")/"
+    done
+    export RMQ_NODE=1
+}
+
+# join_cluster: nodes 2..NODES join node 1's cluster when they are not in it
+# yet (a fresh node: its data is new), and the quorum queues that exist get
+# members on them (rabbitmq-queues grow), so each has one on every node.
+join_cluster() {
+    [ "$(rmq_nodes)" -gt 1 ] || return 0
+    local k first
+    first=$(rmq_node_name 1)
+    for k in $(seq 2 "$(rmq_nodes)"); do
+        if RMQ_NODE=1 rmqctl -q cluster_status --formatter json 2>/dev/null |
+            python3 -c 'import json,sys; sys.exit(0 if sys.argv[1] in json.load(sys.stdin)["running_nodes"] else 1)' "$(rmq_node_name "$k")"; then
+            continue
+        fi
+        say "node $k ($(rmq_node_name "$k")) joins $first"
+        RMQ_NODE=$k rmqctl -q stop_app >/dev/null || die "node $k: stop_app failed"
+        RMQ_NODE=$k rmqctl -q join_cluster "$first" >/dev/null || die "node $k could not join $first; see $(rmq_log_dir "$k")/"
+        RMQ_NODE=$k rmqctl -q start_app >/dev/null || die "node $k: start_app failed"
+        # shellcheck disable=SC2046
+        as_user rabbitmq env $(RMQ_NODE=1 rmq_env) "$RMQ_BIN/rabbitmq-queues" -q grow "$(rmq_node_name "$k")" all \
+            >"$VAR/log/grow-n$k.log" 2>&1 || die "adding node $k to the quorum queues failed; see $VAR/log/grow-n$k.log"
+    done
 }
 
 bootstrap_rabbitmq() {
@@ -308,8 +392,9 @@ grant_vhost() {
 start_postgres
 bootstrap_postgres
 start_rabbitmq
+join_cluster
 bootstrap_rabbitmq
 if tls_on; then
     say "TLS: amqps:// and sslmode=verify-full, verified against $(tls_ca) (bash scripts/env.sh prints the URLs)"
 fi
-say "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ 127.0.0.1:$(rmq_port), management http://localhost:$MGMT_PORT (user $RABBITMQ_ADMIN_USER, password in var/ordersuite.env)"
+say "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ 127.0.0.1:$(rmq_port)$([ "$(rmq_nodes)" = 1 ] || echo " (node 1 of a cluster of $(rmq_nodes): make status lists them)"), management http://localhost:$MGMT_PORT (user $RABBITMQ_ADMIN_USER, password in var/ordersuite.env)"
