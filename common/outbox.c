@@ -304,6 +304,14 @@ static int sweep(outbox_relay *r, db_conn *db, mq_conn *mq)
                          4, q, NULL, err, sizeof(err)) != DB_OK)
                 goto fail;
         }
+        if (nacked > 0) {
+            /* A new channel for the next attempt. RabbitMQ 3.10's quorum
+             * queue client in a channel that published while the queue
+             * elected a new leader (a cluster node killed) can go on
+             * nacking every publish for minutes, while a new channel is
+             * accepted at once (make chaos's cluster scenario). */
+            mq_disconnect(mq);
+        }
         if (refused_only && !nacked) {
             log_warn("outbox relay: the broker returned %d of %d row(s) (%s); a row is parked "
                      "after %d returns and %d s",

@@ -18,6 +18,9 @@
 #      then a permanent refusal (550): each mail at the server once, the
 #      refused one in email.dlq with the reply; email runs with the
 #      scenario's SMTP_URL, and is restarted after it with the one it had
+#   cluster  (make up NODES=3 only, not in the default list) kill -9 the node
+#      that leads the most work queues under load: the pause until orders
+#      complete again, then the node is started again
 #   unroutable  inventory.released (one binding: order-api's queue) unbound
 #      under load: the relay does not back off, the other orders complete
 #      while the releases are refused, then these are parked; re-bound and
@@ -827,6 +830,67 @@ scenario_saga() {
     fi
     svc stop order-api
     restart order-api || ok=0
+# The node (1..NODES) that leads the most of the services' work queues now.
+busiest_node() {
+    mgmt_curl -fsS -m 10 "http://127.0.0.1:$MGMT_PORT/api/queues/$(vhost_api)?columns=name,leader" |
+        python3 -c '
+import collections, json, sys
+names, nodes = sys.argv[1].split(), sys.argv[2].split()
+c = collections.Counter(q.get("leader") for q in json.load(sys.stdin) if q["name"] in names)
+lead = c.most_common(1)[0][0] if c else None
+print(nodes.index(lead) + 1 if lead in nodes else "")
+' "$(suite_names | tr '\n' ' ')" "$(for k in $(seq 1 "$(rmq_nodes)"); do rmq_node_name "$k"; done | tr '\n' ' ')"
+}
+
+# running_nodes_are N: the cluster reports N running nodes.
+running_nodes_are() {
+    [ "$(rmqctl -q cluster_status --formatter json 2>/dev/null |
+        python3 -c 'import json, sys; print(len(json.load(sys.stdin)["running_nodes"]))')" = "$1" ]
+}
+
+scenario_cluster() {
+    local ok=1 t0 r secs=40 k home
+    [ $SHORT = 1 ] && secs=25
+    TAG=ccl-$RUNID
+    say "cluster: kill -9 the RabbitMQ node that leads the most work queues, under load"
+    if [ "$(rmq_nodes)" -lt 3 ]; then
+        echo "    FAIL: needs a cluster of three (make up NODES=3)"
+        ROWS+=("$(printf '%-34s %s' "cluster kill -9 a node" "FAIL (no cluster)")")
+        failed=$((failed + 1))
+        return
+    fi
+    # Every node up first (make up starts what is not running): a node left
+    # down would make the kill a loss of the majority.
+    "$ROOT/scripts/up.sh" >"$WORK/up.log" 2>&1 || { ok=0; cat "$WORK/up.log"; }
+    wait_for 60 "three running nodes" running_nodes_are "$(rmq_nodes)" ||
+        { echo "    FAIL: not all $(rmq_nodes) nodes running before the kill"; ok=0; }
+    load_start "$TAG" 40 "$secs" --sales 100
+    load_flowing || ok=0
+    k=$(busiest_node)
+    [ -n "$k" ] || { echo "    FAIL: no queue leader found"; k=1; ok=0; }
+    home="$(rmq_node_dir "$k")/home"
+    # That node only (its home under var/), not any other RabbitMQ on the machine.
+    pkill -KILL -u rabbitmq -f "beam.smp.* -home $home( |\$)" || ok=0
+    t0=$(now_ms)
+    echo "    killed node $k ($(rmq_node_name "$k")), which led the most work queues"
+    # The pause: until orders placed after the kill complete (the clients on
+    # that node move to the others, its queues elect leaders there).
+    confirmed_after_kill() {
+        [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
+            WHERE customer_id = '$TAG' AND status = 'CONFIRMED'
+              AND created_at >= to_timestamp($t0 / 1000.0)")" -ge 10 ]
+    }
+    if wait_for 60 "orders completing again" confirmed_after_kill; then
+        r="$(elapsed_s "$t0")s"
+    else
+        r=">60s"
+        ok=0
+    fi
+    echo "    10 orders placed after the kill confirmed ${r} after it, with node $k down"
+    load_wait || ok=0
+    # Bring the node back (make up starts what is not running) for the next run.
+    "$ROOT/scripts/up.sh" >"$WORK/up.log" 2>&1 || { ok=0; cat "$WORK/up.log"; }
+    check "$TAG" "cluster kill -9 a leading node" "$r" "$ok"
 }
 
 # ------------------------------------------------------------------ main
@@ -847,7 +911,7 @@ restock 100000 "make chaos: restock"
 
 t_all=$(now_ms)
 for n in "${SCENARIOS[@]}"; do
-    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable, saga)"
+    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable, saga, cluster)"
     "scenario_$n"
 done
 

@@ -122,11 +122,16 @@ amqp_url() {
         echo "amqps://$user:$pw@127.0.0.1:$AMQPS_PORT$path?cacertfile=$(tls_ca)"
     elif [ "$(rmq_nodes)" -gt 1 ] && [ "$1" != admin ]; then
         # A cluster: a service's URL lists every node (common/mq.h says how
-        # a list is tried). The administrator's stays node 1's: the tools
-        # that take it (ledger, dlq, mqbench) speak to one node.
-        local k list=
-        for k in $(seq 1 "$(rmq_nodes)"); do
-            list+="${list:+,}amqp://$user:$pw@127.0.0.1:$((AMQP_PORT + $(rmq_node_off "$k")))$path"
+        # a list is tried), starting at a node chosen by the user's name, so
+        # the services' connections are spread over the nodes. The
+        # administrator's stays node 1's: the tools that take it (ledger,
+        # dlq, mqbench) speak to one node.
+        local i k n list=
+        n=$(rmq_nodes)
+        k=$(($(printf '%s' "$user" | cksum | cut -d' ' -f1) % n))
+        for i in $(seq 1 "$n"); do
+            list+="${list:+,}amqp://$user:$pw@127.0.0.1:$((AMQP_PORT + $(rmq_node_off $((k + 1)))))$path"
+            k=$(((k + 1) % n))
         done
         echo "$list"
     else

@@ -288,7 +288,16 @@ start_rabbitmq() {
         off=$(rmq_node_off "$k")
         rmq_config "$k"
         if rmq_running; then
-            say "RabbitMQ node $k ($(rmq_node_name "$k")) already running on 127.0.0.1:$(($(rmq_port) + off))"
+            say "RabbitMQ$([ "$(rmq_nodes)" = 1 ] || echo " node $k ($(rmq_node_name "$k"))") already running on 127.0.0.1:$(($(rmq_port) + off))"
+            continue
+        fi
+        if [ "$(rmq_nodes)" -gt 1 ] && rmqctl -q ping >/dev/null 2>&1; then
+            # Its Erlang VM runs, RabbitMQ does not: a node that paused when
+            # it found itself in a minority (pause_minority). It resumes by
+            # itself once it sees a majority: wait for it below.
+            say "RabbitMQ node $k ($(rmq_node_name "$k")) is paused (it was in a minority); it resumes when the others are up"
+            started+=("$k")
+            pids+=("")
             continue
         fi
         local plus=
@@ -315,7 +324,7 @@ start_rabbitmq() {
             if rmqctl -q await_startup --timeout 2 >/dev/null 2>&1; then
                 continue 2
             fi
-            kill -0 "${pids[$j]}" 2>/dev/null ||
+            [ -z "${pids[$j]}" ] || kill -0 "${pids[$j]}" 2>/dev/null ||
                 die "RabbitMQ exited during start; see $(rmq_log_dir "$RMQ_NODE")/startup.log and $(rmq_log_dir "$RMQ_NODE")/"
         done
         die "RabbitMQ did not answer within the time limit; see $(rmq_log_dir "$RMQ_NODE")/"
