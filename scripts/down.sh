@@ -15,7 +15,9 @@ fi
 # so the order only keeps node 1, the default one, up the longest).
 for k in $(seq "$(rmq_nodes)" -1 1); do
     export RMQ_NODE=$k
-    if [ -d "$(rmq_node_dir "$k")" ] && rmq_running; then
+    # ping, not status: a node whose VM runs while RabbitMQ is paused or
+    # still starting (status fails then) is stopped too.
+    if [ -d "$(rmq_node_dir "$k")" ] && { rmq_running || rmqctl -q ping >/dev/null 2>&1; }; then
         say "stopping RabbitMQ$([ "$(rmq_nodes)" = 1 ] || echo " node $k")"
         rmqctl -q shutdown >/dev/null 2>&1 || rmqctl -q stop >/dev/null 2>&1 || die "RabbitMQ$([ "$(rmq_nodes)" = 1 ] || echo " node $k") did not stop"
     fi
