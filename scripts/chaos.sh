@@ -830,6 +830,8 @@ scenario_saga() {
     fi
     svc stop order-api
     restart order-api || ok=0
+}
+
 # The node (1..NODES) that leads the most of the services' work queues now.
 busiest_node() {
     mgmt_curl -fsS -m 10 "http://127.0.0.1:$MGMT_PORT/api/queues/$(vhost_api)?columns=name,leader" |
