@@ -453,3 +453,73 @@ const char *db_get(const PGresult *res, int row, const char *col)
         return NULL;
     return PQgetvalue(res, row, c);
 }
+
+/* ----------------------------------------------------------- array literal */
+
+void db_array_init(db_array *a)
+{
+    memset(a, 0, sizeof(*a));
+}
+
+/* Appends n bytes of s; remembers a failed allocation. */
+static void array_put(db_array *a, const char *s, size_t n)
+{
+    if (a->failed)
+        return;
+    if (a->len + n + 2 > a->cap) { /* room for the closing brace and the NUL */
+        size_t cap = a->cap ? a->cap : 256;
+        char *t;
+        while (a->len + n + 2 > cap)
+            cap *= 2;
+        if (!(t = realloc(a->s, cap))) {
+            a->failed = 1;
+            return;
+        }
+        a->s = t;
+        a->cap = cap;
+    }
+    memcpy(a->s + a->len, s, n);
+    a->len += n;
+}
+
+void db_array_add(db_array *a, const char *v)
+{
+    array_put(a, a->n ? "," : "{", 1);
+    a->n++;
+    if (!v) {
+        array_put(a, "NULL", 4);
+        return;
+    }
+    array_put(a, "\"", 1);
+    for (const char *p = v; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            array_put(a, "\\", 1);
+        array_put(a, p, 1);
+    }
+    array_put(a, "\"", 1);
+}
+
+void db_array_add_i64(db_array *a, long long v)
+{
+    char buf[24];
+    snprintf(buf, sizeof(buf), "%lld", v);
+    db_array_add(a, buf);
+}
+
+const char *db_array_text(db_array *a)
+{
+    if (a->n == 0)
+        array_put(a, "{", 1);
+    array_put(a, "}", 1);
+    if (a->failed)
+        return NULL;
+    a->s[a->len] = '\0'; /* array_put kept room for it */
+    a->n++;              /* so a second call cannot open it again */
+    return a->s;
+}
+
+void db_array_release(db_array *a)
+{
+    free(a->s);
+    db_array_init(a);
+}

@@ -119,4 +119,31 @@ PGconn *db_pg(db_conn *db);
  * column is missing or SQL NULL). The string belongs to res. */
 const char *db_get(const PGresult *res, int row, const char *col);
 
+/* A PostgreSQL array literal ("{"a","b",NULL}") built element by element,
+ * for the set-based statements that pass a column of a batch as ONE
+ * parameter ($1::uuid[], $2::text[], ... read back by unnest): each element
+ * is quoted, with its '"' and '\\' escaped, so any text round-trips. A
+ * failed allocation is remembered and reported by db_array_text. Zero it
+ * (or db_array_init) before use; db_array_release frees it. */
+typedef struct {
+    char *s;
+    size_t len, cap;
+    size_t n;   /* elements added */
+    int failed; /* out of memory on some add */
+} db_array;
+
+void db_array_init(db_array *a);
+
+/* Adds v (NULL: an SQL NULL element). */
+void db_array_add(db_array *a, const char *v);
+
+/* Adds v in decimal. */
+void db_array_add_i64(db_array *a, long long v);
+
+/* Ends the literal and returns it ("{}" when empty), owned by a, or NULL
+ * when an add ran out of memory. Called once: nothing is added after. */
+const char *db_array_text(db_array *a);
+
+void db_array_release(db_array *a);
+
 #endif

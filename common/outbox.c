@@ -132,6 +132,64 @@ int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char 
     return rc;
 }
 
+int outbox_add_all(db_conn *db, const outbox_msg *msgs, size_t n, char *err, size_t errlen)
+{
+    db_array col[7];
+    const char *p[7];
+    int rc = DB_OK;
+
+    if (n == 0)
+        return DB_OK;
+    for (int c = 0; c < 7; c++)
+        db_array_init(&col[c]);
+    for (size_t i = 0; i < n && rc == DB_OK; i++) {
+        char id[UUID_STR_LEN], *body;
+        const char *cause = msgs[i].causation_id;
+        if (!msgs[i].correlation_id || !uuid_valid(msgs[i].correlation_id)) {
+            snprintf(err, errlen, "outbox: correlation_id must be a UUID");
+            rc = DB_ERR;
+            break;
+        }
+        if ((rc = outbox_row(msgs[i].ev, cause, id, &body, err, errlen)) != DB_OK)
+            break;
+        db_array_add(&col[0], id);
+        db_array_add(&col[1], ev_routing_key(msgs[i].ev->type));
+        db_array_add(&col[2], msgs[i].correlation_id);
+        db_array_add(&col[3], cause && *cause ? cause : NULL);
+        db_array_add(&col[4], body);
+        free(body);
+        /* As outbox_add: the relay's publish span is the writer's child. */
+        if (trace_valid(msgs[i].trace)) {
+            char tp[TRACE_PARENT_LEN];
+            trace_format(msgs[i].trace, tp);
+            db_array_add(&col[5], tp);
+            db_array_add(&col[6], msgs[i].trace->state[0] ? msgs[i].trace->state : NULL);
+        } else {
+            db_array_add(&col[5], NULL);
+            db_array_add(&col[6], NULL);
+        }
+    }
+    for (int c = 0; c < 7 && rc == DB_OK; c++) {
+        if (!(p[c] = db_array_text(&col[c]))) {
+            snprintf(err, errlen, "outbox: out of memory");
+            rc = DB_ERR_TRANSIENT;
+        }
+    }
+    if (rc == DB_OK)
+        rc = db_execp(db, "outbox_add_all",
+                      "INSERT INTO outbox (message_id, routing_key, correlation_id, causation_id,"
+                      " body, traceparent, tracestate) SELECT a, b, c, d, e, f, g FROM"
+                      " unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[],"
+                      " $6::text[], $7::text[]) WITH ORDINALITY AS m(a, b, c, d, e, f, g, i)"
+                      " ORDER BY i",
+                      7, p, NULL, err, errlen);
+    if (rc == DB_OK)
+        rc = db_after_commit(db, wake_relays, err, errlen); /* not on a rollback */
+    for (int c = 0; c < 7; c++)
+        db_array_release(&col[c]);
+    return rc;
+}
+
 /* ----------------------------------------------------------------- relay */
 
 static void set_stats(outbox_relay *r, uint64_t published, int failed, int64_t pending,

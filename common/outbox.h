@@ -31,6 +31,7 @@
 
 #include "db.h"
 #include "events.h"
+#include "trace.h"
 
 #include <stdint.h>
 
@@ -42,6 +43,21 @@
 int outbox_add(db_conn *db, const char *service, const ev_event *ev, const char *correlation_id,
                const char *causation_id, char message_id_out[UUID_STR_LEN], char *err,
                size_t errlen);
+
+/* One event of outbox_add_all: its correlation and causation ids as for
+ * outbox_add. */
+typedef struct {
+    const ev_event *ev;
+    const char *correlation_id;
+    const char *causation_id; /* NULL or "" for none */
+    const trace_ctx *trace;   /* the span that writes it (outbox_add's trace_current); NULL: none */
+} outbox_msg;
+
+/* Adds msgs[0..n) to the outbox in db's open transaction in ONE statement
+ * (a set-based handler's events: one round trip whatever n is), in that
+ * order. n 0 does nothing. Returns as outbox_add; on an error nothing was
+ * added. */
+int outbox_add_all(db_conn *db, const outbox_msg *msgs, size_t n, char *err, size_t errlen);
 
 /* For a writer that inserts the outbox row in its own statement (order-api
  * writes an order and its event in one): a new message id and the event's

@@ -90,8 +90,10 @@ void worker_topology(const worker_def *def, const char **keys, const int *tiers,
     /* One route per event type at most: keys holds EV__COUNT + 1. */
     assert(def->nroutes <= EV__COUNT);
     memset(topo, 0, sizeof(*topo));
-    for (size_t i = 0; i < def->nroutes && nk < EV__COUNT; i++)
+    for (size_t i = 0; i < def->nroutes && nk < EV__COUNT; i++) {
+        assert(!def->routes[i].fn != !def->routes[i].set); /* exactly one entry point */
         keys[nk++] = ev_routing_key(def->routes[i].type);
+    }
     keys[nk] = NULL;
     topo->queue = def->service;
     topo->keys = keys;

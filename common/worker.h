@@ -9,6 +9,17 @@
  * transaction), and commits; only then is the message acked. A message whose
  * id is already in the inbox is acked without running the handler again.
  *
+ * The deliveries that arrive together (up to PREFETCH) share that
+ * transaction and its one COMMIT: their inbox rows are inserted by ONE
+ * statement, whose RETURNING tells the new messages from duplicates; then
+ * the new ones go to their handlers grouped by route, in the order of the
+ * route table (so order-api's table lists its statuses in the order they
+ * are reached), in order of arrival within a route. A route has a handler
+ * for one message (worker_fn) or for the set of them (worker_set_fn, see
+ * there). When anything in the batch fails, it is rolled back and each
+ * delivery is applied again in its own transaction, so one bad message
+ * never holds back the others.
+ *
  * Handlers return MQ_DONE, MQ_RETRY (transient: database busy, mail server
  * down) or MQ_REJECT (permanent: the message can never succeed). Envelope and
  * decoding failures are rejected for them, with the reason, so a poison
@@ -37,6 +48,7 @@
 #include "http.h"
 #include "mq.h"
 #include "mq_rpc.h"
+#include "trace.h"
 
 typedef struct worker worker;
 
@@ -56,9 +68,33 @@ typedef struct {
 typedef mq_result (*worker_fn)(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                                char *err, size_t errlen);
 
+/* One message of a set, as a set handler sees it. */
+typedef struct {
+    const ev_envelope *env;
+    const ev_event *ev;
+    const trace_ctx *trace; /* its process span: what it emits is its child */
+} worker_msg;
+
+/* A set handler: all n (>= 1) new messages of one event type that arrived
+ * in one batch, in order of arrival, applied in the batch's transaction with
+ * a few statements for the whole set (multi-row inserts, one UPDATE ... FROM
+ * unnest(...), worker_emit_all) instead of a few per message. It returns
+ * MQ_DONE when every message of the set is applied. Anything else fails the
+ * batch: it is rolled back and each of its messages is applied again in its
+ * own transaction, the set handler then called with n = 1, and that answer
+ * (MQ_RETRY, MQ_REJECT with err) is the message's. So a set handler must do
+ * for a set what it would do for each message alone in arrival order, and
+ * need not find out which message failed. */
+typedef mq_result (*worker_set_fn)(worker *w, db_conn *db, const worker_msg *msgs, size_t n,
+                                   char *err, size_t errlen);
+
+/* A route: an event type and exactly one of its two entry points. fn, one
+ * message at a time, is the simple one (the template, email); set is for a
+ * busy service whose statements per message count ({EV_X, NULL, x_set}). */
 typedef struct {
     ev_type type;
-    worker_fn fn;
+    worker_fn fn;      /* one message at a time, or */
+    worker_set_fn set; /* the batch's messages of this type together */
 } worker_route;
 
 typedef struct {
@@ -151,6 +187,19 @@ void *worker_app(worker *w);
  * message_id. Returns DB_OK / DB_ERR / DB_ERR_TRANSIENT with err. */
 int worker_emit(worker *w, db_conn *db, const ev_envelope *cause, const ev_event *ev, char *err,
                 size_t errlen);
+
+/* One event of worker_emit_all and the message of the set that caused it
+ * (its correlation id, its message id as the causation id, its span as the
+ * parent). */
+typedef struct {
+    const worker_msg *cause;
+    const ev_event *ev;
+} worker_out;
+
+/* worker_emit for n events in ONE statement (outbox_add_all): what a set
+ * handler emits. n 0 does nothing. */
+int worker_emit_all(worker *w, db_conn *db, const worker_out *outs, size_t n, char *err,
+                    size_t errlen);
 
 /* Reads DB_STATEMENT_TIMEOUT_MS, DB_LOCK_TIMEOUT_MS and DB_IDLE_TX_TIMEOUT_MS
  * (defaults 15000, 5000, 60000; 0 = off) into t. 0, or -1 with err. */

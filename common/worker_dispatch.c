@@ -1,12 +1,13 @@
 /*
  * worker_dispatch.c — what the worker does with a batch of deliveries (see
  * worker.h): each is checked and decoded without the database (prepare),
- * then all go in ONE transaction, each recorded in the inbox (a message_id
- * already there is a duplicate: acked, its handler not run) and handed to
- * its handler; one COMMIT, then the acks. When anything in the batch fails,
- * the transaction is rolled back and each delivery is handled again in its
- * own (worker_batch_fate_of decides). Also the helpers handlers call
- * (worker_emit, worker_db_result, worker_claim).
+ * then all go in ONE transaction: their inbox rows in one statement (a
+ * message_id already there is a duplicate: acked, its handler not run), the
+ * new ones handed to their routes' handlers (a set handler gets all of its
+ * type at once); one COMMIT, then the acks. When anything in the batch
+ * fails, the transaction is rolled back and each delivery is handled again
+ * in its own (worker_batch_fate_of decides). Also the helpers handlers call
+ * (worker_emit, worker_emit_all, worker_db_result, worker_claim).
  */
 #include "worker_int.h"
 #include "log.h"
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define DB_WAIT_MS 10000 /* how long a delivery waits for the database before a retry */
@@ -54,6 +56,30 @@ int worker_emit(worker *w, db_conn *db, const ev_envelope *cause, const ev_event
 {
     return outbox_add(db, w->def->service, ev, cause->correlation_id, cause->message_id, NULL, err,
                       errlen);
+}
+
+int worker_emit_all(worker *w, db_conn *db, const worker_out *outs, size_t n, char *err,
+                    size_t errlen)
+{
+    outbox_msg *m;
+    int rc;
+
+    (void)w;
+    if (n == 0)
+        return DB_OK;
+    if (!(m = calloc(n, sizeof(*m)))) {
+        snprintf(err, errlen, "out of memory");
+        return DB_ERR_TRANSIENT;
+    }
+    for (size_t i = 0; i < n; i++) {
+        m[i].ev = outs[i].ev;
+        m[i].correlation_id = outs[i].cause->env->correlation_id;
+        m[i].causation_id = outs[i].cause->env->message_id;
+        m[i].trace = outs[i].cause->trace;
+    }
+    rc = outbox_add_all(db, m, n, err, errlen);
+    free(m);
+    return rc;
 }
 
 /* Waits (bounded) for the database to come back; 0 when it is up. */
@@ -115,12 +141,14 @@ mq_result worker_envelope_of(const mq_delivery *d, ev_envelope *env, char *err, 
     return MQ_DONE;
 }
 
-/* A delivery decoded and matched to its handler. */
+/* A delivery decoded and matched to its route. */
 typedef struct {
     ev_envelope env;
     ev_event ev;
-    worker_fn fn;
+    const worker_route *route;
+    int fresh;       /* its inbox row is new: its handler runs */
     trace_span span; /* its process span, on the batch path */
+    int traced;      /* span was started */
 } prepared;
 
 /* Checks and decodes d without the database. MQ_DONE when it can be applied
@@ -130,7 +158,8 @@ static mq_result prepare(worker *w, const mq_delivery *d, prepared *p, char *err
     ev_type t;
     char derr[EV_ERR_LEN];
 
-    p->fn = NULL;
+    p->route = NULL;
+    p->traced = 0;
     /* First, before anything that could crash on it: a message the broker
      * has handed out DELIVERY_LIMIT times already (returned each time: a
      * worker that died on it, a consumer gone) goes to the DLQ unhandled. */
@@ -155,9 +184,9 @@ static mq_result prepare(worker *w, const mq_delivery *d, prepared *p, char *err
     }
     for (size_t i = 0; i < w->def->nroutes; i++) {
         if (w->def->routes[i].type == t)
-            p->fn = w->def->routes[i].fn;
+            p->route = &w->def->routes[i];
     }
-    if (!p->fn) {
+    if (!p->route) {
         snprintf(err, errlen, "no handler for %s in %s", d->routing_key, w->def->service);
         return MQ_REJECT;
     }
@@ -171,32 +200,112 @@ static mq_result prepare(worker *w, const mq_delivery *d, prepared *p, char *err
     return MQ_DONE;
 }
 
-/* In the open transaction: the inbox row, then the handler (skipped for a
- * message already processed). Frees p->ev. */
-static mq_result apply(worker *w, const mq_delivery *d, prepared *p, char *err, size_t errlen)
+/* Inserts the inbox rows of deliveries idx[0..k) in ONE statement and marks
+ * p[i].fresh for those it inserted; the others were processed before (or
+ * come twice in this batch: the first is fresh): duplicates. DB_OK or the
+ * db status with err. */
+static int inbox_claim(worker *w, const mq_delivery *d, prepared *p, const size_t *idx, size_t k,
+                       char *err, size_t errlen)
 {
-    const char *params[] = {d->message_id, d->routing_key};
+    db_array ids, keys;
+    const char *params[2];
     PGresult *res = NULL;
-    mq_result r;
-    int rc = db_execp(w->db, "inbox_add",
-                      "INSERT INTO inbox (message_id, routing_key) VALUES ($1, $2)"
-                      " ON CONFLICT (message_id) DO NOTHING",
-                      2, params, &res, err, errlen);
-    if (rc != DB_OK) {
-        ev_free(&p->ev);
-        return worker_db_result(rc);
+    int rc;
+
+    db_array_init(&ids);
+    db_array_init(&keys);
+    for (size_t j = 0; j < k; j++) {
+        db_array_add(&ids, d[idx[j]].message_id);
+        db_array_add(&keys, d[idx[j]].routing_key);
+        p[idx[j]].fresh = 0;
     }
-    if (strcmp(PQcmdTuples(res), "0") == 0) {
-        PQclear(res);
-        ev_free(&p->ev);
-        metrics_count(w->metrics, M_DUPLICATE, d->routing_key, 1);
-        log_write(LOG_INFO, p->env.correlation_id, p->env.message_id,
-                  "%s already processed; acking the duplicate", d->routing_key);
-        return MQ_DONE;
+    params[0] = db_array_text(&ids);
+    params[1] = db_array_text(&keys);
+    if (!params[0] || !params[1]) {
+        snprintf(err, errlen, "out of memory");
+        rc = DB_ERR_TRANSIENT;
+    } else {
+        rc = db_execp(w->db, "inbox_add_all",
+                      "INSERT INTO inbox (message_id, routing_key)"
+                      " SELECT * FROM unnest($1::uuid[], $2::text[])"
+                      " ON CONFLICT (message_id) DO NOTHING RETURNING message_id::text",
+                      2, params, &res, err, errlen);
+    }
+    /* Each row returned is one new message_id: its first delivery here. */
+    for (int r = 0; rc == DB_OK && r < PQntuples(res); r++) {
+        const char *id = PQgetvalue(res, r, 0);
+        for (size_t j = 0; j < k; j++) {
+            if (!p[idx[j]].fresh && strcasecmp(d[idx[j]].message_id, id) == 0) {
+                p[idx[j]].fresh = 1;
+                break;
+            }
+        }
     }
     PQclear(res);
-    r = p->fn(w, w->db, &p->env, &p->ev, err, errlen);
-    ev_free(&p->ev);
+    db_array_release(&ids);
+    db_array_release(&keys);
+    return rc;
+}
+
+/* In the open transaction: the inbox rows of deliveries idx[0..k) (of a
+ * batch of n), then the handlers of the new ones, route by route in the
+ * order of the table, in order of arrival within a route. Returns MQ_DONE,
+ * or the first failure with its reason in err. Frees every p[idx[j]].ev. */
+static mq_result apply_all(worker *w, const mq_delivery *d, prepared *p, const size_t *idx,
+                           size_t k, size_t n, char *err, size_t errlen)
+{
+    worker_msg *msgs = calloc(k, sizeof(*msgs));
+    mq_result r = MQ_DONE;
+    int rc;
+
+    if (!msgs) {
+        snprintf(err, errlen, "out of memory");
+        r = MQ_RETRY;
+        goto out;
+    }
+    if ((rc = inbox_claim(w, d, p, idx, k, err, errlen)) != DB_OK) {
+        r = worker_db_result(rc);
+        goto out;
+    }
+    for (size_t j = 0; j < k; j++) {
+        if (p[idx[j]].fresh)
+            continue;
+        metrics_count(w->metrics, M_DUPLICATE, d[idx[j]].routing_key, 1);
+        log_write(LOG_INFO, p[idx[j]].env.correlation_id, p[idx[j]].env.message_id,
+                  "%s already processed; acking the duplicate", d[idx[j]].routing_key);
+    }
+    for (size_t rt = 0; rt < w->def->nroutes && r == MQ_DONE; rt++) {
+        const worker_route *route = &w->def->routes[rt];
+        size_t m = 0;
+        for (size_t j = 0; j < k && r == MQ_DONE; j++) {
+            prepared *q = &p[idx[j]];
+            if (!q->fresh || q->route != route)
+                continue;
+            /* The message's own span (the batch path's), else the current
+             * one (alone: dispatch_one's). */
+            msgs[m].env = &q->env;
+            msgs[m].ev = &q->ev;
+            msgs[m++].trace = q->traced ? &q->span.ctx : trace_current();
+            if (route->fn) {
+                const trace_ctx *prev = trace_set_current(msgs[m - 1].trace);
+                r = route->fn(w, w->db, &q->env, &q->ev, err, errlen);
+                trace_set_current(prev);
+            }
+            if (route->fn && r != MQ_DONE && n > 1)
+                log_write(LOG_INFO, q->env.correlation_id, q->env.message_id,
+                          "%s failed in a batch of %zu (%s); applying them one by one",
+                          d[idx[j]].routing_key, n, err);
+        }
+        if (route->set && m > 0 && (r = route->set(w, w->db, msgs, m, err, errlen)) != MQ_DONE &&
+            n > 1)
+            log_write(LOG_INFO, NULL, NULL,
+                      "a set of %zu %s failed in a batch of %zu (%s); applying them one by one", m,
+                      ev_routing_key(route->type), n, err);
+    }
+out:
+    for (size_t j = 0; j < k; j++)
+        ev_free(&p[idx[j]].ev);
+    free(msgs);
     return r;
 }
 
@@ -215,6 +324,7 @@ static mq_result dispatch_one_tx(worker *w, const mq_delivery *d, int64_t *tx_ns
                                  char *err, size_t errlen)
 {
     prepared p;
+    const size_t only = 0;
     mq_result r = prepare(w, d, &p, err, errlen);
     int rc;
 
@@ -230,7 +340,7 @@ static mq_result dispatch_one_tx(worker *w, const mq_delivery *d, int64_t *tx_ns
         ev_free(&p.ev);
         return worker_db_result(rc);
     }
-    r = apply(w, d, &p, err, errlen);
+    r = apply_all(w, d, &p, &only, 1, 1, err, errlen);
     if (r != MQ_DONE) {
         db_rollback(w->db);
         return r;
@@ -275,12 +385,12 @@ void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
 {
     worker *w = ctx;
     prepared *p = NULL;
+    size_t *idx = NULL;
     int64_t t0 = util_wall_us();
-    size_t ok = 0, i, last = 0;
+    size_t ok = 0, i;
     char err[MQ_ERR_LEN];
-    int fallback = 0, db_up, committed = 0;
-    int64_t tx_ns;
-    unsigned char *traced = NULL; /* traced[i]: p[i].span was started */
+    int db_up, committed = 0, begun = 0;
+    int64_t tx_ns = 0;
 
     for (i = 0; i < n; i++) {
         metrics_count(w->metrics, M_CONSUMED, d[i].routing_key, 1);
@@ -289,57 +399,45 @@ void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
     }
     if (n > 1) {
         p = calloc(n, sizeof(*p));
-        traced = calloc(n, 1);
+        idx = calloc(n, sizeof(*idx));
     }
-    if (!p || !traced) {
+    if (!p || !idx) {
         for (i = 0; i < n; i++)
             res[i] = dispatch_one(w, &d[i], errs[i], MQ_ERR_LEN);
         goto out;
     }
     for (i = 0; i < n; i++) {
         res[i] = prepare(w, &d[i], &p[i], errs[i], MQ_ERR_LEN);
-        ok += res[i] == MQ_DONE;
+        if (res[i] == MQ_DONE)
+            idx[ok++] = i;
     }
     if (ok == 0)
         goto out;
     db_up = wait_for_db(w, err, sizeof(err)) == 0;
     tx_ns = trace_now_ns();
-    if (db_up && db_begin(w->db, err, sizeof(err)) != DB_OK)
-        fallback = 1;
-    for (i = 0; i < n; i++) {
-        const trace_ctx *prev;
-        mq_result ar;
-        if (res[i] != MQ_DONE)
-            continue;
-        if (!db_up || fallback) {
-            ev_free(&p[i].ev); /* not applied: retried, or handled again on its own below */
-            continue;
-        }
-        prev = worker__span_begin(w, &d[i], &p[i].span);
-        ar = apply(w, &d[i], &p[i], errs[i], MQ_ERR_LEN);
-        trace_set_current(prev);
-        traced[i] = 1;
-        if (ar != MQ_DONE) {
-            fallback = 1;
-            log_write(LOG_INFO, p[i].env.correlation_id, p[i].env.message_id,
-                      "%s failed in a batch of %zu (%s); applying them one by one",
-                      d[i].routing_key, n, errs[i]);
-        }
-        last = i;
+    begun = db_up && db_begin(w->db, err, sizeof(err)) == DB_OK;
+    /* Each delivery's process span starts here; a handler's events are
+     * children of their message's span (worker_msg.trace). */
+    for (i = 0; begun && i < ok; i++) {
+        trace_set_current(worker__span_begin(w, &d[idx[i]], &p[idx[i]].span));
+        p[idx[i]].traced = 1;
     }
-    if (db_up && !fallback)
+    if (begun && apply_all(w, d, p, idx, ok, n, err, sizeof(err)) == MQ_DONE)
         committed = db_commit(w->db, err, sizeof(err)) == DB_OK;
+    else if (!begun)
+        for (i = 0; i < ok; i++)
+            ev_free(&p[idx[i]].ev); /* not applied: retried, or handled again on its own below */
     if (db_up && !committed)
         db_rollback(w->db);
     if (committed) {
-        crash_point(w, p[last].env.correlation_id, p[last].env.message_id);
+        crash_point(w, p[idx[ok - 1]].env.correlation_id, p[idx[ok - 1]].env.message_id);
         log_write(LOG_DEBUG, NULL, NULL, "%zu messages processed in one transaction", ok);
     }
     /* Each applied delivery's process span, with the batch's transaction as
      * its child; one rolled back is handled again below in a span of its
      * own. */
     for (i = 0; i < n; i++) {
-        if (traced[i])
+        if (p[i].traced)
             worker__span_end(&d[i], &p[i].span, tx_ns, committed, committed ? MQ_DONE : MQ_RETRY,
                              committed ? NULL : "the batch was rolled back; handled alone",
                              trace_current());
@@ -361,6 +459,6 @@ void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
     }
 out:
     free(p);
-    free(traced);
+    free(idx);
     metrics_observe_n(w->metrics, (double)(util_wall_us() - t0) / 1e6 / (double)n, n);
 }

@@ -74,7 +74,7 @@ def main():
         "@PORT@": str(port),
         "@NUMBER@": number,
         "@KEYS_TEXT@": ", ".join(keys),
-        "@ROUTES@": "\n".join(f"        {{{events[k]}, handle}}," for k in keys),
+        "@ROUTES@": "\n".join(f"        {{{events[k]}, handle, NULL}}," for k in keys),
         "@TYPES@": ", ".join(events[k] for k in keys),
     }
 

@@ -41,6 +41,48 @@ START_TEST(exec_binds_parameters_and_returns_rows)
 }
 END_TEST
 
+/* The set-based statements pass a column as one array literal: every text
+ * comes back from unnest as it went in, in order, a NULL as NULL, however
+ * many elements (the literal grows past its first buffer). */
+START_TEST(an_array_literal_round_trips_any_text_through_unnest)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    static const char *const v[] = {
+        "plain", "",   "with space", "a,b",  "{braces}", "\"q\"", "back\\slash",
+        "NULL",  NULL, "ünïcödé",    "it's", "\\\"",     " lead", "trail "};
+    enum { NV = sizeof(v) / sizeof(v[0]), REPS = 40 };
+    char err[DB_ERR_LEN];
+    const char *p[1];
+    db_array a;
+    PGresult *r;
+
+    db_array_init(&a);
+    for (int k = 0; k < REPS; k++)
+        for (int i = 0; i < NV; i++)
+            db_array_add(&a, v[i]);
+    ck_assert_ptr_nonnull(p[0] = db_array_text(&a));
+    ck_assert_int_eq(db_exec(db,
+                             "SELECT x FROM unnest($1::text[]) WITH ORDINALITY AS u(x, i)"
+                             " ORDER BY i",
+                             1, p, &r, err, sizeof(err)),
+                     DB_OK);
+    ck_assert_int_eq(PQntuples(r), NV * REPS);
+    for (int k = 0; k < NV * REPS; k++) {
+        const char *got = db_get(r, k, "x");
+        if (!v[k % NV])
+            ck_assert_ptr_null(got);
+        else
+            ck_assert_str_eq(got, v[k % NV]);
+    }
+    PQclear(r);
+    db_array_release(&a);
+    db_array_init(&a);
+    ck_assert_str_eq(db_array_text(&a), "{}");
+    db_array_release(&a);
+    db_free(db);
+}
+END_TEST
+
 START_TEST(errors_carry_sqlstate_and_are_classified)
 {
     db_conn *db = connect_as("OWNER_DATABASE_URL");
@@ -589,6 +631,7 @@ int main(void)
 
     tcase_set_timeout(h, 90);
     tcase_add_test(h, exec_binds_parameters_and_returns_rows);
+    tcase_add_test(h, an_array_literal_round_trips_any_text_through_unnest);
     tcase_add_test(h, errors_carry_sqlstate_and_are_classified);
     tcase_add_test(h, rollback_discards_and_commit_keeps);
     tcase_add_test(h, every_after_commit_callback_runs_once);

@@ -405,7 +405,7 @@ END_TEST
  * fails there must not cost the others their effect, nor give any of them a
  * second one. The worker is paused while they are published so they reach it
  * as one batch (checked: the handler ran twice for some of them). */
-START_TEST(a_failing_message_in_a_batch_holds_back_nothing)
+static void failing_message_in_a_batch(void)
 {
     enum { N = 60 };
     mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
@@ -442,6 +442,104 @@ START_TEST(a_failing_message_in_a_batch_holds_back_nothing)
                   " was never in a batch with others",
                   calls, N + 1);
     ck_assert_int_eq(calls, N + 1 + twice);
+    mq_free(c);
+}
+
+START_TEST(a_failing_message_in_a_batch_holds_back_nothing)
+{
+    failing_message_in_a_batch();
+}
+END_TEST
+
+/* The same through a set handler (worker_set_fn, SPINE_SET=1): the failing
+ * message fails its whole set; the batch is rolled back and each message
+ * handled again alone, so the set handler ran twice for some of them. */
+START_TEST(a_failing_message_in_a_set_holds_back_nothing)
+{
+    stop_worker();
+    worker_extra_env = "SPINE_SET=1";
+    start_worker();
+    worker_extra_env = NULL;
+    failing_message_in_a_batch();
+}
+END_TEST
+
+/* Copies of one message in one batch (the worker paused while they are
+ * published): the batch's one inbox statement inserts the id once, and the
+ * other copies are duplicates found by what it returned; one effect. Run
+ * for both entry points. */
+static void copies_in_one_batch(const char *extra)
+{
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    char sale[UUID_STR_LEN], mid[UUID_STR_LEN], sentinel[UUID_STR_LEN];
+    char *body = sale_body("OK", sale);
+    char *after = sale_body("OK", sentinel);
+    effects_arg a = {sentinel, 1};
+
+    if (extra) {
+        stop_worker();
+        worker_extra_env = extra;
+        start_worker();
+        worker_extra_env = NULL;
+    }
+    uuid_v4(mid);
+    ck_assert_int_eq(kill(worker.pid, SIGSTOP), 0);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(publish(c, body, mid, sale, 0), MQ_OK);
+    ck_assert_int_eq(publish(c, after, NULL, sentinel, 0), MQ_OK);
+    ck_assert_int_eq(kill(worker.pid, SIGCONT), 0);
+    ck_assert(tu_poll(10000, effects_reached, &a));
+    ck_assert_int_eq(effects_for(sale), 1);
+    ck_assert_int_eq(tu_queue_counts("SPINE_AMQP_URL", SVC, NULL), 0);
+    free(body);
+    free(after);
+    mq_free(c);
+}
+
+START_TEST(copies_of_a_message_in_one_batch_have_one_effect)
+{
+    copies_in_one_batch(NULL);
+}
+END_TEST
+
+START_TEST(copies_of_a_message_in_one_set_have_one_effect)
+{
+    copies_in_one_batch("SPINE_SET=1");
+}
+END_TEST
+
+/* A set handler's follow-ups go out through worker_emit_all's one outbox
+ * statement, each caused by its own message. */
+START_TEST(a_set_handler_emits_through_the_outbox)
+{
+    mq_conn *c = tu_publisher("SPINE_AMQP_URL", "check_spine");
+    char sale[2][UUID_STR_LEN], mid[2][UUID_STR_LEN];
+    char *body[2];
+
+    stop_worker();
+    worker_extra_env = "SPINE_SET=1";
+    start_worker();
+    worker_extra_env = NULL;
+    ck_assert_int_eq(kill(worker.pid, SIGSTOP), 0);
+    for (int i = 0; i < 2; i++) {
+        body[i] = sale_body("EMIT", sale[i]);
+        uuid_v4(mid[i]);
+        ck_assert_int_eq(publish(c, body[i], mid[i], sale[i], 0), MQ_OK);
+    }
+    ck_assert_int_eq(kill(worker.pid, SIGCONT), 0);
+    /* Each follow-up is consumed too: an effect caused by each message,
+     * under its correlation id. */
+    for (int i = 0; i < 2; i++) {
+        const char *p[] = {mid[i], sale[i]};
+        tu_await_count(10000, "SELECT count(*) FROM " SVC ".effects WHERE causation_id = $1::uuid",
+                       mid[i], 1);
+        ck_assert_int_eq(tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                                    "SELECT count(*) FROM " SVC ".effects WHERE causation_id ="
+                                    " $1::uuid AND correlation_id = $2::uuid",
+                                    2, p),
+                         1);
+        free(body[i]);
+    }
     mq_free(c);
 }
 END_TEST
@@ -1272,6 +1370,10 @@ int main(void)
     tcase_add_test(t, a_failing_message_in_a_batch_holds_back_nothing);
     tcase_add_test(t, a_batch_is_acked_with_one_multiple_ack_after_its_failures_are_settled);
     tcase_add_test(t, a_crash_after_a_batch_commit_redelivers_the_batch_without_second_effects);
+    tcase_add_test(t, a_failing_message_in_a_set_holds_back_nothing);
+    tcase_add_test(t, copies_of_a_message_in_one_batch_have_one_effect);
+    tcase_add_test(t, copies_of_a_message_in_one_set_have_one_effect);
+    tcase_add_test(t, a_set_handler_emits_through_the_outbox);
     tcase_add_test(t, a_message_delivered_twice_has_one_effect);
     tcase_add_test(t, an_unroutable_publish_is_reported);
     tcase_add_test(t, outbox_rows_written_while_the_broker_is_down_are_published_after);

@@ -21,9 +21,9 @@
 int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
-        {EV_INVENTORY_RESERVED, bil_on_reserved},
-        {EV_SALE_COMPLETED, bil_on_sale},
-        {EV_ORDER_EXPIRED, bil_on_order_expired},
+        {EV_INVENTORY_RESERVED, bil_on_reserved, NULL},
+        {EV_SALE_COMPLETED, bil_on_sale, NULL},
+        {EV_ORDER_EXPIRED, bil_on_order_expired, NULL},
     };
     billing_cfg cfg;
     char err[CFG_ERR_LEN];

@@ -48,12 +48,12 @@ static int email_ready(void *app, char *why, size_t whylen)
 int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
-        {EV_BILLING_INVOICED, mails_invoiced},
-        {EV_INVENTORY_REJECTED, mails_rejected},
-        {EV_BILLING_PAYMENT_FAILED, mails_payment_failed},
-        {EV_SALE_COMPLETED, mails_sale},
-        {EV_INVENTORY_LOW_STOCK, mails_low_stock},
-        {EV_ORDER_EXPIRED, mails_expired},
+        {EV_BILLING_INVOICED, mails_invoiced, NULL},
+        {EV_INVENTORY_REJECTED, mails_rejected, NULL},
+        {EV_BILLING_PAYMENT_FAILED, mails_payment_failed, NULL},
+        {EV_SALE_COMPLETED, mails_sale, NULL},
+        {EV_INVENTORY_LOW_STOCK, mails_low_stock, NULL},
+        {EV_ORDER_EXPIRED, mails_expired, NULL},
     };
     email_cfg cfg = {0};
     char err[CFG_ERR_LEN];

@@ -23,10 +23,10 @@
 int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
-        {EV_ORDER_PLACED, inv_on_order_placed},
-        {EV_BILLING_PAYMENT_FAILED, inv_on_payment_failed},
-        {EV_SALE_COMPLETED, inv_on_sale},
-        {EV_ORDER_EXPIRED, inv_on_order_expired},
+        {EV_ORDER_PLACED, inv_on_order_placed, NULL},
+        {EV_BILLING_PAYMENT_FAILED, inv_on_payment_failed, NULL},
+        {EV_SALE_COMPLETED, inv_on_sale, NULL},
+        {EV_ORDER_EXPIRED, inv_on_order_expired, NULL},
     };
     static const worker_rpc_route answers[] = {
         {RPC_INVENTORY_AVAILABILITY, inv_on_availability},

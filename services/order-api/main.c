@@ -151,9 +151,11 @@ static mq_result on_released(worker *w, db_conn *db, const ev_envelope *env, con
 int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
-        {EV_INVENTORY_RESERVED, on_reserved}, {EV_BILLING_INVOICED, on_invoiced},
-        {EV_INVENTORY_REJECTED, on_rejected}, {EV_BILLING_PAYMENT_FAILED, on_payment_failed},
-        {EV_INVENTORY_RELEASED, on_released},
+        {EV_INVENTORY_RESERVED, on_reserved, NULL},
+        {EV_BILLING_INVOICED, on_invoiced, NULL},
+        {EV_INVENTORY_REJECTED, on_rejected, NULL},
+        {EV_BILLING_PAYMENT_FAILED, on_payment_failed, NULL},
+        {EV_INVENTORY_RELEASED, on_released, NULL},
     };
     char *db_url = NULL, *tokens = NULL;
     char err[CFG_ERR_LEN];
