@@ -391,6 +391,12 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
         got[i] = consumed_orders(racer_port[i]);
 
     util_i64(before, tu_count("SELECT coalesce(max(id), 0) FROM email.messages", NULL));
+    /* Every instance paused while the orders are published, so each takes
+     * several at once when it goes on: sets of orders (inventory's set
+     * handler) contend for the same row. */
+    ck_assert_int_eq(kill(svcs[0].pid, SIGSTOP), 0);
+    for (int i = 0; i < RACERS; i++)
+        ck_assert_int_eq(kill(racer[i].pid, SIGSTOP), 0);
     list[n++] = '{';
     for (int i = 0; i < N; i++) {
         ev_event ev;
@@ -401,6 +407,9 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
     }
     list[n++] = '}';
     list[n] = '\0';
+    for (int i = 0; i < RACERS; i++)
+        ck_assert_int_eq(kill(racer[i].pid, SIGCONT), 0);
+    ck_assert_int_eq(kill(svcs[0].pid, SIGCONT), 0);
     await("SELECT (SELECT count(*) FROM inventory.reservations WHERE order_id = ANY($1::uuid[]))"
           " + (SELECT count(*) FROM inventory.rejections WHERE order_id = ANY($1::uuid[]))",
           list, N);
@@ -421,6 +430,96 @@ START_TEST(concurrent_orders_for_the_last_units_never_oversell)
           before, 1);
     for (int i = 0; i < RACERS; i++)
         tu_svc_stop_ok(&racer[i]);
+    mq_free(c);
+}
+END_TEST
+
+/* Orders published while inventory is paused reach it as one batch, and
+ * its set handler decides them together: each in order of arrival, all of
+ * its lines or none. B does not fit after A (POT-CAST-IRON: 3 in stock) and
+ * takes nothing, not even its GRD-BURR; C, after it, still gets its pot. */
+START_TEST(orders_of_one_set_are_reserved_all_or_nothing_in_order_of_arrival)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
+    const char *pot[] = {"POT-CAST-IRON"}, *pot_grd[] = {"POT-CAST-IRON", "GRD-BURR"};
+    const int64_t two[] = {2, 1}, one[] = {1}, price[] = {6900, 100};
+    char a[UUID_STR_LEN], b[UUID_STR_LEN], cc[UUID_STR_LEN];
+    ev_event ev;
+
+    ck_assert_int_eq(kill(svcs[0].pid, SIGSTOP), 0);
+    order(&ev, a, 1, pot, two, price);
+    publish(c, &ev, a);
+    ev_free(&ev);
+    order(&ev, b, 2, pot_grd, two, price);
+    publish(c, &ev, b);
+    ev_free(&ev);
+    order(&ev, cc, 1, pot, one, price);
+    publish(c, &ev, cc);
+    ev_free(&ev);
+    ck_assert_int_eq(kill(svcs[0].pid, SIGCONT), 0);
+    await("SELECT count(*) FROM inventory.rejections WHERE order_id = $1", b, 1);
+    await("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", cc, 1);
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", a),
+                     1);
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", b),
+                     0);
+    ck_assert_int_eq(
+        tu_count("SELECT count(*) FROM inventory.rejections WHERE order_id = $1 AND reason ="
+                 " 'not enough stock for 1 of 2 line(s)'",
+                 b),
+        1);
+    ck_assert_int_eq(
+        tu_count("SELECT sum(quantity) FROM inventory.reservation_lines WHERE order_id = $1", a),
+        2);
+    ck_assert_int_eq(stock("POT-CAST-IRON"), 0);
+    ck_assert_int_eq(stock("GRD-BURR"), 10);
+    mq_free(c);
+}
+END_TEST
+
+/* One order of a batch cannot be applied: an operator holds its stock row,
+ * so the set's lock of every row waits out DB_LOCK_TIMEOUT_MS (5 s) and the
+ * set fails. The batch is rolled back and each order applied alone: the
+ * others are reserved (once) while the row is still held, the held one is
+ * retried, and reserved once the row is free. */
+START_TEST(a_failing_order_in_a_set_holds_back_nothing)
+{
+    enum { N = 6, HELD = 3 };
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_workers");
+    const char *tea[] = {"TEA-SENCHA"}, *grd[] = {"GRD-BURR"};
+    const int64_t qty[] = {1}, price[] = {890};
+    char ids[N][UUID_STR_LEN];
+    long fallbacks0 = tu_file_count(svcs[0].log, "applying them one by one", NULL);
+    PGconn *op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    PGresult *res;
+
+    ck_assert_int_eq(PQstatus(op), CONNECTION_OK);
+    res =
+        PQexec(op, "BEGIN; SELECT on_hand FROM inventory.stock WHERE sku = 'GRD-BURR' FOR UPDATE");
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    PQclear(res);
+    ck_assert_int_eq(kill(svcs[0].pid, SIGSTOP), 0);
+    for (int i = 0; i < N; i++) {
+        ev_event ev;
+        order(&ev, ids[i], 1, i == HELD ? grd : tea, qty, price);
+        publish(c, &ev, ids[i]);
+        ev_free(&ev);
+    }
+    ck_assert_int_eq(kill(svcs[0].pid, SIGCONT), 0);
+    for (int i = 0; i < N; i++) {
+        if (i != HELD)
+            await("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", ids[i], 1);
+    }
+    ck_assert_int_eq(
+        tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", ids[HELD]), 0);
+    ck_assert_msg(tu_file_count(svcs[0].log, "applying them one by one", NULL) > fallbacks0,
+                  "no set failed and was applied again one by one");
+    res = PQexec(op, "ROLLBACK");
+    PQclear(res);
+    PQfinish(op);
+    await("SELECT count(*) FROM inventory.reservations WHERE order_id = $1", ids[HELD], 1);
+    ck_assert_int_eq(stock("TEA-SENCHA"), 400 - (N - 1));
+    ck_assert_int_eq(stock("GRD-BURR"), 9);
     mq_free(c);
 }
 END_TEST
@@ -1016,6 +1115,8 @@ int main(void)
     tcase_add_test(t, a_sale_resent_under_a_new_message_id_takes_stock_once);
     tcase_add_test(t, a_sale_id_seen_before_with_other_lines_changes_nothing_and_is_dead_lettered);
     tcase_add_test(t, concurrent_orders_for_the_last_units_never_oversell);
+    tcase_add_test(t, orders_of_one_set_are_reserved_all_or_nothing_in_order_of_arrival);
+    tcase_add_test(t, a_failing_order_in_a_set_holds_back_nothing);
     suite_add_tcase(s, t);
     l = tcase_create("limits");
     tcase_set_timeout(l, 90);

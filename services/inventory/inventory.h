@@ -12,9 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* order.placed: reserve every line or none (reservations.c). */
-mq_result inv_on_order_placed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                              char *err, size_t errlen);
+/* order.placed, a set handler: each order reserves every line or none, the
+ * batch's orders together, in order of arrival (reservations.c). */
+mq_result inv_reserve_set(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                          size_t errlen);
 
 /* billing.payment_failed: release the order's reservation (reservations.c). */
 mq_result inv_on_payment_failed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,

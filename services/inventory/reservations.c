@@ -2,11 +2,27 @@
  * reservations.c — an order's stock: reserve every line or none, and give it
  * back when the payment fails.
  *
- * Stock never goes below zero under concurrency: each line is one
- * `UPDATE ... WHERE on_hand >= quantity`, lines in SKU order (so two orders
- * cannot deadlock on each other), all inside the worker's transaction, with a
- * savepoint to undo a partial reservation. An order is decided once: a
- * reservation or a rejection row says it was.
+ * The orders of a batch are reserved together (inv_reserve_set, a set
+ * handler), with a few statements for the whole set:
+ *   1. which of them were decided before (a reservation or a rejection row
+ *      says so): nothing more to do for those;
+ *   2. the stock rows of every SKU the others name, locked in ONE
+ *      SELECT ... ORDER BY sku FOR UPDATE: rows are locked in SKU order, the
+ *      same order in every transaction, so two instances reserving at once
+ *      wait for each other and never deadlock, and what this one read stays
+ *      true until it commits;
+ *   3. in C, over those locked rows, each order in order of arrival: every
+ *      line fits in what is left, and the order takes it, or one does not
+ *      and the order takes nothing (all or nothing per order; an order that
+ *      does not fit does not stop a later smaller one);
+ *   4. the reservations (one multi-row INSERT, first: an order.expired may
+ *      have decided an order meanwhile, claim_reservations), the stock taken
+ *      (one UPDATE, guarded by on_hand >= the amount, which the lock makes
+ *      always true: stock never goes below zero), the reservations' lines
+ *      and the rejections in one multi-row INSERT each, and every event in
+ *      one outbox statement.
+ * A set of one is the same for a message applied alone (after a failed
+ * batch).
  */
 #include "inventory.h"
 
@@ -16,135 +32,433 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
-static int decided(db_conn *db, const char *order_id, int *yes, char *err, size_t errlen)
+/* A SKU the set's orders name: its stock row as locked, and what is left. */
+typedef struct {
+    const char *sku;
+    int found;         /* a stock row exists */
+    int64_t on_hand;   /* as locked */
+    int64_t left;      /* after the orders reserved so far */
+    int64_t threshold; /* low_stock_threshold */
+} sku_row;
+
+/* What became of each order of the set. */
+enum { ORDER_NEW, ORDER_DECIDED, ORDER_RESERVED, ORDER_REJECTED };
+
+/* The set's working memory, freed by set_free. */
+typedef struct {
+    size_t n;
+    int *fate;                      /* ORDER_* per order */
+    size_t *off;                    /* order i's lines: lines[off[i] .. off[i + 1]) */
+    ev_line *lines;                 /* each order's lines, sorted by SKU */
+    char (*shorts)[EV_SKU_MAX + 1]; /* the SKUs short, at the same offsets */
+    unsigned char *took;            /* per line: taken while its order was tried */
+    size_t *nshort;                 /* per order */
+    sku_row *rows;                  /* distinct SKUs, sorted */
+    size_t nrows;
+    ev_event *out; /* the events to emit */
+    worker_out *emit;
+    size_t nout;
+} reserve_set;
+
+static void set_free(reserve_set *s)
 {
-    PGresult *r;
-    const char *p[] = {order_id};
-    int rc = db_execp(db, "inv_decided",
-                      "SELECT (EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)"
-                      " OR EXISTS (SELECT 1 FROM rejections WHERE order_id = $1)) AS d",
-                      1, p, &r, err, errlen);
-    if (rc == DB_OK) {
-        *yes = strcmp(db_get(r, 0, "d"), "t") == 0;
-        PQclear(r);
+    free(s->fate);
+    free(s->off);
+    free(s->lines);
+    free(s->shorts);
+    free(s->took);
+    free(s->nshort);
+    free(s->rows);
+    free(s->out);
+    free(s->emit);
+}
+
+static int cmp_row(const void *a, const void *b)
+{
+    return strcmp(((const sku_row *)a)->sku, ((const sku_row *)b)->sku);
+}
+
+static sku_row *find_row(reserve_set *s, const char *sku)
+{
+    sku_row key = {.sku = sku};
+    return bsearch(&key, s->rows, s->nrows, sizeof(*s->rows), cmp_row);
+}
+
+/* Allocates s for msgs and copies each order's lines, sorted. 0 or -1. */
+static int set_init(reserve_set *s, const worker_msg *m, size_t n)
+{
+    size_t total = 0;
+    memset(s, 0, sizeof(*s));
+    s->n = n;
+    for (size_t i = 0; i < n; i++)
+        total += m[i].ev->u.order_placed.lines.n;
+    s->fate = calloc(n, sizeof(*s->fate));
+    s->off = calloc(n + 1, sizeof(*s->off));
+    s->nshort = calloc(n, sizeof(*s->nshort));
+    s->lines = calloc(total + 1, sizeof(*s->lines));
+    s->shorts = calloc(total + 1, sizeof(*s->shorts));
+    s->took = calloc(total + 1, sizeof(*s->took));
+    s->rows = calloc(total + 1, sizeof(*s->rows));
+    s->out = calloc(n + total, sizeof(*s->out)); /* an order's event, a low stock per SKU */
+    s->emit = calloc(n + total, sizeof(*s->emit));
+    if (!s->fate || !s->off || !s->nshort || !s->lines || !s->shorts || !s->took || !s->rows ||
+        !s->out || !s->emit)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        const ev_lines *l = &m[i].ev->u.order_placed.lines;
+        s->off[i + 1] = s->off[i] + l->n;
+        memcpy(s->lines + s->off[i], l->items, l->n * sizeof(ev_line));
+        qsort(s->lines + s->off[i], l->n, sizeof(ev_line), inv_cmp_line);
     }
+    return 0;
+}
+
+/* Step 1: marks the orders decided before, and an order a second message
+ * of the set names again (the first decides it). */
+static int mark_decided(db_conn *db, const worker_msg *m, reserve_set *s, char *err, size_t errlen)
+{
+    db_array ids;
+    const char *p[1];
+    PGresult *r = NULL;
+    int rc;
+
+    db_array_init(&ids);
+    for (size_t i = 0; i < s->n; i++)
+        db_array_add(&ids, m[i].ev->u.order_placed.order_id);
+    if (!(p[0] = db_array_text(&ids))) {
+        db_array_release(&ids);
+        snprintf(err, errlen, "out of memory");
+        return DB_ERR_TRANSIENT;
+    }
+    rc = db_execp(db, "inv_decided_set",
+                  "SELECT order_id::text FROM reservations WHERE order_id = ANY($1::uuid[])"
+                  " UNION SELECT order_id::text FROM rejections WHERE order_id = ANY($1::uuid[])",
+                  1, p, &r, err, errlen);
+    db_array_release(&ids);
+    if (rc != DB_OK)
+        return rc;
+    for (size_t i = 0; i < s->n; i++) {
+        const char *id = m[i].ev->u.order_placed.order_id;
+        for (int k = 0; k < PQntuples(r) && s->fate[i] == ORDER_NEW; k++) {
+            if (strcasecmp(PQgetvalue(r, k, 0), id) == 0)
+                s->fate[i] = ORDER_DECIDED;
+        }
+        for (size_t j = 0; j < i && s->fate[i] == ORDER_NEW; j++) {
+            if (strcasecmp(m[j].ev->u.order_placed.order_id, id) == 0)
+                s->fate[i] = ORDER_DECIDED;
+        }
+        if (s->fate[i] == ORDER_DECIDED)
+            log_write(LOG_INFO, m[i].env->correlation_id, m[i].env->message_id,
+                      "order %s was decided before; nothing to do", id);
+    }
+    PQclear(r);
+    return DB_OK;
+}
+
+/* Step 2: the distinct SKUs of the new orders, their stock rows locked in
+ * SKU order. */
+static int lock_stock(db_conn *db, reserve_set *s, char *err, size_t errlen)
+{
+    db_array skus;
+    const char *p[1];
+    PGresult *r = NULL;
+    int rc;
+
+    for (size_t i = 0; i < s->n; i++) {
+        for (size_t k = s->off[i]; s->fate[i] == ORDER_NEW && k < s->off[i + 1]; k++)
+            s->rows[s->nrows++].sku = s->lines[k].sku;
+    }
+    qsort(s->rows, s->nrows, sizeof(*s->rows), cmp_row);
+    {
+        size_t u = 0;
+        for (size_t k = 0; k < s->nrows; k++) {
+            if (u == 0 || strcmp(s->rows[u - 1].sku, s->rows[k].sku) != 0)
+                s->rows[u++] = s->rows[k];
+        }
+        s->nrows = u;
+    }
+    if (s->nrows == 0)
+        return DB_OK;
+    db_array_init(&skus);
+    for (size_t k = 0; k < s->nrows; k++)
+        db_array_add(&skus, s->rows[k].sku);
+    if (!(p[0] = db_array_text(&skus))) {
+        db_array_release(&skus);
+        snprintf(err, errlen, "out of memory");
+        return DB_ERR_TRANSIENT;
+    }
+    rc = db_execp(db, "inv_lock_set",
+                  "SELECT sku, on_hand, low_stock_threshold FROM stock WHERE sku = ANY($1::text[])"
+                  " ORDER BY sku FOR UPDATE",
+                  1, p, &r, err, errlen);
+    db_array_release(&skus);
+    if (rc != DB_OK)
+        return rc;
+    for (int k = 0; k < PQntuples(r); k++) {
+        sku_row *row = find_row(s, db_get(r, k, "sku"));
+        if (!row)
+            continue;
+        row->found = 1;
+        row->on_hand = row->left = strtoll(db_get(r, k, "on_hand"), NULL, 10);
+        row->threshold = strtoll(db_get(r, k, "low_stock_threshold"), NULL, 10);
+    }
+    PQclear(r);
+    return DB_OK;
+}
+
+/* A new event (in s->out) to emit as caused by the message cause. */
+static ev_event *queue_event(reserve_set *s, const worker_msg *cause)
+{
+    ev_event *e = &s->out[s->nout];
+    s->emit[s->nout].cause = cause;
+    s->emit[s->nout].ev = e;
+    s->nout++;
+    return e;
+}
+
+/* Step 3: each new order in order of arrival, all of its lines or none,
+ * from what is left; the events each causes. Pure. */
+static void decide(const worker_msg *m, reserve_set *s)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        const order_placed *o = &m[i].ev->u.order_placed;
+        size_t a = s->off[i], b = s->off[i + 1];
+        ev_event *e;
+        if (s->fate[i] != ORDER_NEW)
+            continue;
+        for (size_t k = a; k < b; k++) { /* taken one by one, as a line may repeat a SKU */
+            sku_row *row = find_row(s, s->lines[k].sku);
+            s->took[k] = row && row->found && row->left >= s->lines[k].quantity;
+            if (s->took[k])
+                row->left -= s->lines[k].quantity;
+            else
+                memcpy(s->shorts[a + s->nshort[i]++], s->lines[k].sku, sizeof(s->shorts[0]));
+        }
+        if (s->nshort[i] > 0) { /* none of it: what this order took goes back */
+            for (size_t k = a; k < b; k++) {
+                if (s->took[k])
+                    find_row(s, s->lines[k].sku)->left += s->lines[k].quantity;
+            }
+            s->fate[i] = ORDER_REJECTED;
+            e = queue_event(s, &m[i]);
+            ev_init(e, EV_INVENTORY_REJECTED);
+            snprintf(e->u.inventory_rejected.order_id, sizeof(e->u.inventory_rejected.order_id),
+                     "%s", o->order_id);
+            snprintf(e->u.inventory_rejected.customer_email,
+                     sizeof(e->u.inventory_rejected.customer_email), "%s", o->customer_email);
+            snprintf(e->u.inventory_rejected.reason, sizeof(e->u.inventory_rejected.reason),
+                     "not enough stock for %zu of %zu line(s)", s->nshort[i], o->lines.n);
+            e->u.inventory_rejected.skus_short.items = s->shorts + a; /* the set's: not freed */
+            e->u.inventory_rejected.skus_short.n = s->nshort[i];
+            continue;
+        }
+        s->fate[i] = ORDER_RESERVED;
+        /* A SKU crossing its threshold: once, when this order's lines take
+         * it from above to at or below (stock only falls in a set). */
+        for (size_t k = a; k < b; k++) {
+            sku_row *row = find_row(s, s->lines[k].sku);
+            int64_t taken = 0, after = row->left;
+            if (k > a && strcmp(s->lines[k - 1].sku, row->sku) == 0)
+                continue; /* counted with the SKU's first line */
+            for (size_t x = k; x < b && strcmp(s->lines[x].sku, row->sku) == 0; x++)
+                taken += s->lines[x].quantity;
+            if (!(after + taken > row->threshold && after <= row->threshold))
+                continue;
+            e = queue_event(s, &m[i]);
+            ev_init(e, EV_INVENTORY_LOW_STOCK);
+            snprintf(e->u.inventory_low_stock.sku, sizeof(e->u.inventory_low_stock.sku), "%s",
+                     row->sku);
+            e->u.inventory_low_stock.on_hand = after;
+            e->u.inventory_low_stock.threshold = row->threshold;
+            log_write(LOG_INFO, m[i].env->correlation_id, m[i].env->message_id,
+                      "low stock: %s at %lld", row->sku, (long long)after);
+        }
+        /* inventory.reserved carries the order as placed, for billing. */
+        e = queue_event(s, &m[i]);
+        *e = *m[i].ev; /* the lines stay the message's: not freed here */
+        e->type = EV_INVENTORY_RESERVED;
+    }
+}
+
+/* Runs sql with the n array literals of cols (each ended here); *res as
+ * db_execp's when not NULL. Releases cols. */
+static int exec_arrays(db_conn *db, const char *name, const char *sql, db_array *cols, int n,
+                       PGresult **res, char *err, size_t errlen)
+{
+    const char *p[4];
+    int rc = DB_OK;
+    for (int c = 0; c < n; c++) {
+        if (!(p[c] = db_array_text(&cols[c])))
+            rc = DB_ERR_TRANSIENT;
+    }
+    if (rc != DB_OK)
+        snprintf(err, errlen, "out of memory");
+    else
+        rc = db_execp(db, name, sql, n, p, res, err, errlen);
+    for (int c = 0; c < n; c++)
+        db_array_release(&cols[c]);
     return rc;
 }
 
-mq_result inv_on_order_placed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                              char *err, size_t errlen)
+/* Step 4a: the reservation rows, first: ON CONFLICT DO NOTHING, as an
+ * order.expired handled at this moment by another transaction (expiry.c)
+ * may have decided an order of the set since step 1, and its decision
+ * stands. Alone (a set of one), that order then takes nothing; in a larger
+ * set it fails the set (DB_ERR_TRANSIENT), whose orders are applied again
+ * one by one, so no other order's decision rests on its units. */
+static int claim_reservations(db_conn *db, const worker_msg *m, reserve_set *s, char *err,
+                              size_t errlen)
 {
-    const order_placed *o = &ev->u.order_placed;
-    ev_line lines[EV_LINES_MAX];
-    int64_t before[EV_LINES_MAX], after[EV_LINES_MAX], thr[EV_LINES_MAX];
-    char skus_short[EV_LINES_MAX][EV_SKU_MAX + 1];
-    size_t nshort = 0;
-    ev_event out;
-    int rc, done;
-    char q[24];
+    db_array c;
+    size_t nres = 0;
+    PGresult *r = NULL;
+    int rc, got;
 
-    if ((rc = decided(db, o->order_id, &done, err, errlen)) != DB_OK)
-        return worker_db_result(rc);
-    if (done) {
-        log_write(LOG_INFO, env->correlation_id, env->message_id,
-                  "order %s was decided before; nothing to do", o->order_id);
-        return MQ_DONE;
-    }
-    memcpy(lines, o->lines.items, o->lines.n * sizeof(ev_line));
-    qsort(lines, o->lines.n, sizeof(ev_line), inv_cmp_line);
-    if ((rc = db_exec(db, "SAVEPOINT reserve", 0, NULL, NULL, err, errlen)) != DB_OK)
-        return worker_db_result(rc);
-    for (size_t i = 0; i < o->lines.n; i++) {
-        PGresult *r;
-        const char *p[] = {lines[i].sku, util_i64(q, lines[i].quantity)};
-        rc = db_execp(db, "inv_take",
-                      "UPDATE stock SET on_hand = on_hand - $2, updated_at = now()"
-                      " WHERE sku = $1 AND on_hand >= $2"
-                      " RETURNING on_hand, low_stock_threshold",
-                      2, p, &r, err, errlen);
-        if (rc != DB_OK)
-            return worker_db_result(rc);
-        if (PQntuples(r) == 0) {
-            memcpy(skus_short[nshort++], lines[i].sku, sizeof(skus_short[0])); /* same size */
-        } else {
-            after[i] = strtoll(db_get(r, 0, "on_hand"), NULL, 10);
-            thr[i] = strtoll(db_get(r, 0, "low_stock_threshold"), NULL, 10);
-            before[i] = after[i] + lines[i].quantity;
-        }
-        PQclear(r);
-    }
-
-    if (nshort > 0) {
-        const char *p[2];
-        inventory_rejected *rj = &out.u.inventory_rejected;
-        if ((rc = db_exec(db, "ROLLBACK TO SAVEPOINT reserve", 0, NULL, NULL, err, errlen)) !=
-            DB_OK)
-            return worker_db_result(rc);
-        ev_init(&out, EV_INVENTORY_REJECTED);
-        snprintf(rj->order_id, sizeof(rj->order_id), "%s", o->order_id);
-        snprintf(rj->customer_email, sizeof(rj->customer_email), "%s", o->customer_email);
-        snprintf(rj->reason, sizeof(rj->reason), "not enough stock for %zu of %zu line(s)", nshort,
-                 o->lines.n);
-        rj->skus_short.items = skus_short;
-        rj->skus_short.n = nshort;
-        p[0] = o->order_id;
-        p[1] = rj->reason;
-        rc = db_execp(db, "inv_reject", "INSERT INTO rejections (order_id, reason) VALUES ($1, $2)",
-                      2, p, NULL, err, errlen);
-        if (rc == DB_OK)
-            rc = worker_emit(w, db, env, &out, err, errlen);
-        /* skus_short lives on the stack: nothing to free. */
-        if (rc != DB_OK)
-            return worker_db_result(rc);
-        log_write(LOG_INFO, env->correlation_id, env->message_id, "order %s rejected: %s",
-                  o->order_id, rj->reason);
-        return MQ_DONE;
-    }
-
-    {
-        /* No row: decided meanwhile by another transaction (an order.expired
-         * handled at this moment, expiry.c): its decision stands, and the
-         * units taken above go back. */
-        const char *p[] = {o->order_id};
-        PGresult *r;
-        int mine;
-        rc = db_execp(db, "inv_reserve",
-                      "INSERT INTO reservations (order_id, status) VALUES ($1, 'RESERVED')"
-                      " ON CONFLICT DO NOTHING RETURNING order_id",
-                      1, p, &r, err, errlen);
-        if (rc != DB_OK)
-            return worker_db_result(rc);
-        mine = PQntuples(r) == 1;
-        PQclear(r);
-        if (!mine) {
-            rc = db_exec(db, "ROLLBACK TO SAVEPOINT reserve", 0, NULL, NULL, err, errlen);
-            if (rc != DB_OK)
-                return worker_db_result(rc);
-            log_write(LOG_INFO, env->correlation_id, env->message_id,
-                      "order %s was decided meanwhile; nothing reserved", o->order_id);
-            return MQ_DONE;
+    db_array_init(&c);
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->fate[i] == ORDER_RESERVED) {
+            db_array_add(&c, m[i].ev->u.order_placed.order_id);
+            nres++;
         }
     }
-    for (size_t i = 0; i < o->lines.n; i++) {
-        const char *p[] = {o->order_id, lines[i].sku, util_i64(q, lines[i].quantity)};
-        rc = db_execp(db, "inv_reserve_line",
-                      "INSERT INTO reservation_lines (order_id, sku, quantity) VALUES ($1, $2, $3)",
-                      3, p, NULL, err, errlen);
-        if (rc == DB_OK)
-            rc = inv_maybe_low_stock(w, db, env, lines[i].sku, before[i], after[i], thr[i], err,
-                                     errlen);
-        if (rc != DB_OK)
-            return worker_db_result(rc);
+    if (nres == 0) {
+        db_array_release(&c);
+        return DB_OK;
     }
-    /* inventory.reserved carries the order as placed, for billing. */
-    out = *ev;
-    out.type = EV_INVENTORY_RESERVED;
-    if ((rc = worker_emit(w, db, env, &out, err, errlen)) != DB_OK)
-        return worker_db_result(rc);
-    log_write(LOG_INFO, env->correlation_id, env->message_id, "order %s reserved (%zu lines)",
-              o->order_id, o->lines.n);
-    return MQ_DONE;
+    rc = exec_arrays(db, "inv_reserve_set",
+                     "INSERT INTO reservations (order_id, status)"
+                     " SELECT o, 'RESERVED' FROM unnest($1::uuid[]) AS o"
+                     " ON CONFLICT DO NOTHING RETURNING order_id",
+                     &c, 1, &r, err, errlen);
+    if (rc != DB_OK)
+        return rc;
+    got = PQntuples(r);
+    PQclear(r);
+    if ((size_t)got == nres)
+        return DB_OK;
+    if (s->n > 1) {
+        snprintf(err, errlen, "an order of the set was decided meanwhile");
+        return DB_ERR_TRANSIENT;
+    }
+    s->fate[0] = ORDER_DECIDED; /* its units stay on the shelf, its events unsent */
+    s->nout = 0;
+    for (size_t k = 0; k < s->nrows; k++)
+        s->rows[k].left = s->rows[k].on_hand;
+    log_write(LOG_INFO, m[0].env->correlation_id, m[0].env->message_id,
+              "order %s was decided meanwhile; nothing reserved", m[0].ev->u.order_placed.order_id);
+    return DB_OK;
+}
+
+/* Step 4b: the stock taken, the reservations' lines, the rejections: one
+ * statement each (none when there is nothing to write). */
+static int write_set(db_conn *db, const worker_msg *m, reserve_set *s, char *err, size_t errlen)
+{
+    db_array c[3];
+    size_t want = 0, nres = 0, nrej = 0;
+    PGresult *r = NULL;
+    int rc;
+
+    db_array_init(&c[0]);
+    db_array_init(&c[1]);
+    for (size_t k = 0; k < s->nrows; k++) {
+        if (s->rows[k].found && s->rows[k].on_hand > s->rows[k].left) {
+            db_array_add(&c[0], s->rows[k].sku);
+            db_array_add_i64(&c[1], (long long)(s->rows[k].on_hand - s->rows[k].left));
+            want++;
+        }
+    }
+    if (want == 0) {
+        db_array_release(&c[0]);
+        db_array_release(&c[1]);
+    } else {
+        rc = exec_arrays(db, "inv_take_set",
+                         "UPDATE stock s SET on_hand = s.on_hand - t.q, updated_at = now()"
+                         " FROM unnest($1::text[], $2::bigint[]) AS t(sku, q)"
+                         " WHERE s.sku = t.sku AND s.on_hand >= t.q RETURNING s.sku",
+                         c, 2, &r, err, errlen);
+        if (rc != DB_OK)
+            return rc;
+        rc = (size_t)PQntuples(r) == want ? DB_OK : DB_ERR_TRANSIENT;
+        PQclear(r);
+        if (rc != DB_OK) { /* the rows are locked: cannot happen, but never oversell */
+            snprintf(err, errlen, "stock changed under its lock; trying again");
+            return rc;
+        }
+    }
+    for (int k = 0; k < 3; k++)
+        db_array_init(&c[k]);
+    for (size_t i = 0; i < s->n; i++) {
+        nres += s->fate[i] == ORDER_RESERVED;
+        for (size_t k = s->off[i]; s->fate[i] == ORDER_RESERVED && k < s->off[i + 1]; k++) {
+            db_array_add(&c[0], m[i].ev->u.order_placed.order_id);
+            db_array_add(&c[1], s->lines[k].sku);
+            db_array_add_i64(&c[2], (long long)s->lines[k].quantity);
+        }
+    }
+    if (nres > 0 && (rc = exec_arrays(db, "inv_reserve_lines_set",
+                                      "INSERT INTO reservation_lines (order_id, sku, quantity)"
+                                      " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])",
+                                      c, 3, NULL, err, errlen)) != DB_OK)
+        return rc;
+    for (int k = 0; k < 3; k++)
+        db_array_release(&c[k]);
+    for (int k = 0; k < 2; k++)
+        db_array_init(&c[k]);
+    for (size_t k = 0; k < s->nout; k++) {
+        const ev_event *e = s->out[k].type == EV_INVENTORY_REJECTED ? &s->out[k] : NULL;
+        if (e) {
+            db_array_add(&c[0], e->u.inventory_rejected.order_id);
+            db_array_add(&c[1], e->u.inventory_rejected.reason);
+            nrej++;
+        }
+    }
+    if (nrej == 0) {
+        db_array_release(&c[0]);
+        db_array_release(&c[1]);
+        return DB_OK;
+    }
+    return exec_arrays(db, "inv_reject_set",
+                       "INSERT INTO rejections (order_id, reason)"
+                       " SELECT * FROM unnest($1::uuid[], $2::text[])",
+                       c, 2, NULL, err, errlen);
+}
+
+mq_result inv_reserve_set(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                          size_t errlen)
+{
+    reserve_set s;
+    int rc;
+
+    if (set_init(&s, m, n) < 0) {
+        set_free(&s);
+        snprintf(err, errlen, "out of memory");
+        return MQ_RETRY;
+    }
+    rc = mark_decided(db, m, &s, err, errlen);
+    if (rc == DB_OK)
+        rc = lock_stock(db, &s, err, errlen);
+    if (rc == DB_OK) {
+        decide(m, &s);
+        rc = claim_reservations(db, m, &s, err, errlen);
+    }
+    if (rc == DB_OK)
+        rc = write_set(db, m, &s, err, errlen);
+    if (rc == DB_OK)
+        rc = worker_emit_all(w, db, s.emit, s.nout, err, errlen);
+    for (size_t i = 0; rc == DB_OK && i < n; i++) {
+        const order_placed *o = &m[i].ev->u.order_placed;
+        if (s.fate[i] == ORDER_RESERVED)
+            log_write(LOG_INFO, m[i].env->correlation_id, m[i].env->message_id,
+                      "order %s reserved (%zu lines)", o->order_id, o->lines.n);
+        else if (s.fate[i] == ORDER_REJECTED)
+            log_write(LOG_INFO, m[i].env->correlation_id, m[i].env->message_id,
+                      "order %s rejected: not enough stock for %zu of %zu line(s)", o->order_id,
+                      s.nshort[i], o->lines.n);
+    }
+    set_free(&s);
+    return rc == DB_OK ? MQ_DONE : worker_db_result(rc);
 }
 
 mq_result inv_on_payment_failed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
