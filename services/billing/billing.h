@@ -16,23 +16,25 @@ typedef struct {
     long tax_bp;       /* tax rate in basis points */
 } billing_cfg;
 
-/* inventory.reserved: the payment rule, then an invoice or a payment
- * failure. */
-mq_result bil_on_reserved(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                          char *err, size_t errlen);
+/* inventory.reserved, a set handler: the payment rule, then an invoice or a
+ * payment failure for each order of the set. */
+mq_result bil_reserved_set(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                           size_t errlen);
+
+/* sale.completed, a set handler: an invoice for each sale (paid at the
+ * till). */
+mq_result bil_sale_set(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                       size_t errlen);
 
 /* order.expired: the order's invoice void, or none to be made (voids.c). */
 mq_result bil_on_order_expired(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                                char *err, size_t errlen);
 
 /* Takes the order's advisory lock for the transaction, then says whether the
- * order is void (voids.c): what bil_on_reserved and bil_on_order_expired do
- * first. DB_OK, or DB_ERR / DB_ERR_TRANSIENT with err. */
+ * order is void (voids.c): what bil_on_order_expired does first
+ * (bil_reserved_set takes the same locks for its whole set). DB_OK, or DB_ERR / DB_ERR_TRANSIENT
+ * with err. */
 int bil_order_lock(db_conn *db, const char *order_id, int *is_void, char *err, size_t errlen);
-
-/* sale.completed: an invoice for the sale (paid at the till). */
-mq_result bil_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev, char *err,
-                      size_t errlen);
 
 /* The tax inside a gross amount at bp basis points, rounded half up, for
  * gross in [0, EV_TOTAL_MAX] and bp in [0, 10000] without overflow. Pure. */

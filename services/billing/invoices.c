@@ -4,6 +4,10 @@
  * it and changes nothing), with its lines, and billing.invoiced; or, above
  * the credit limit, a payment failure and billing.payment_failed. Tax is the
  * part of the gross price at TAX_RATE_BP, rounded half up.
+ *
+ * Both handlers are set handlers (worker_set_fn): the invoices of a batch
+ * go in one multi-row INSERT, their lines in another, the payment failures
+ * in a third, and all their events in one outbox statement.
  */
 #include "billing.h"
 
@@ -13,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* The tax inside a gross amount, rounded half up:
  *   gross = net * (1 + bp/10000)  →  tax = gross * bp / (10000 + bp).
@@ -28,126 +33,328 @@ int64_t bil_tax_part(int64_t gross, long bp)
     return q * (int64_t)bp + (r * (int64_t)bp + d / 2) / d;
 }
 
-/* Writes the invoice and its lines, and emits billing.invoiced. */
-static mq_result invoice(worker *w, db_conn *db, const ev_envelope *env, const char *order_id,
-                         const char *sale_id, const char *customer_id, const char *email,
-                         const char *currency, const ev_lines *lines, int64_t total, char *err,
-                         size_t errlen)
-{
-    const billing_cfg *cfg = worker_app(w);
+/* An invoice to write, for an order or a sale, and its billing.invoiced. */
+typedef struct {
+    const worker_msg *msg;                                           /* the message it is for */
+    const char *order_id, *sale_id, *customer_id, *email, *currency; /* NULL or "": none */
+    const ev_lines *lines;
+    int64_t total;
     ev_event out;
-    billing_invoiced *b = &out.u.billing_invoiced;
-    char net[24], tax[24], amt[24], q[24], pr[24];
-    PGresult *r;
-    mq_result res;
-    int rc;
+    int written; /* new: not invoiced before */
+} inv_req;
 
-    ev_init(&out, EV_BILLING_INVOICED);
-    if (uuid_v4(b->invoice_id) < 0)
-        return MQ_RETRY;
-    b->amount = total;
-    b->tax = bil_tax_part(total, cfg->tax_bp);
-    {
-        const char *p[] = {b->invoice_id,
-                           order_id && *order_id ? order_id : NULL,
-                           sale_id && *sale_id ? sale_id : NULL,
-                           customer_id && *customer_id ? customer_id : NULL,
-                           email && *email ? email : NULL,
-                           currency,
-                           util_i64(net, total - b->tax),
-                           util_i64(tax, b->tax),
-                           util_i64(amt, total)};
-        res = worker_claim(db, "bil_invoice",
-                           "INSERT INTO invoices (id, order_id, sale_id, customer_id,"
-                           " customer_email, currency, net_minor, tax_minor, amount_minor)"
-                           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                           " ON CONFLICT DO NOTHING RETURNING number",
-                           9, p, &r, err, errlen, env, "already invoiced; nothing to do");
-    }
-    if (res != MQ_DONE || !r)
-        return res;
-    b->invoice_number = strtoll(db_get(r, 0, "number"), NULL, 10);
-    PQclear(r);
-    for (size_t i = 0; i < lines->n; i++) {
-        const char *p[] = {b->invoice_id, lines->items[i].sku,
-                           util_i64(q, lines->items[i].quantity),
-                           util_i64(pr, lines->items[i].unit_price)};
-        rc = db_execp(db, "bil_line",
-                      "INSERT INTO invoice_lines (invoice_id, sku, quantity, unit_price_minor)"
-                      " VALUES ($1, $2, $3, $4)",
-                      4, p, NULL, err, errlen);
-        if (rc != DB_OK)
-            return worker_db_result(rc);
-    }
-    snprintf(b->order_id, sizeof(b->order_id), "%s", order_id ? order_id : "");
-    snprintf(b->sale_id, sizeof(b->sale_id), "%s", sale_id ? sale_id : "");
-    snprintf(b->customer_id, sizeof(b->customer_id), "%s", customer_id ? customer_id : "");
-    snprintf(b->customer_email, sizeof(b->customer_email), "%s", email ? email : "");
-    snprintf(b->currency, sizeof(b->currency), "%s", currency);
-    if ((rc = worker_emit(w, db, env, &out, err, errlen)) != DB_OK)
-        return worker_db_result(rc);
-    log_write(LOG_INFO, env->correlation_id, env->message_id, "invoice %lld for %s %s: %lld",
-              (long long)b->invoice_number, *b->order_id ? "order" : "sale",
-              *b->order_id ? b->order_id : b->sale_id, (long long)total);
-    return MQ_DONE;
+static const char *or_null(const char *s)
+{
+    return s && *s ? s : NULL;
 }
 
-mq_result bil_on_reserved(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                          char *err, size_t errlen)
+/* Ends the n literals of cols and runs sql with them; releases cols. */
+static int exec_arrays(db_conn *db, const char *name, const char *sql, db_array *cols, int n,
+                       PGresult **res, char *err, size_t errlen)
 {
-    const inventory_reserved *o = &ev->u.inventory_reserved;
-    const billing_cfg *cfg = worker_app(w);
-    int rc, is_void;
-
-    /* An order that expired first gets neither an invoice nor a payment
-     * decision (voids.c). */
-    if ((rc = bil_order_lock(db, o->order_id, &is_void, err, errlen)) != DB_OK)
-        return worker_db_result(rc);
-    if (is_void) {
-        log_write(LOG_INFO, env->correlation_id, env->message_id,
-                  "order %s expired before it was invoiced; nothing to do", o->order_id);
-        return MQ_DONE;
+    const char *p[9];
+    int rc = DB_OK;
+    for (int c = 0; c < n; c++) {
+        if (!(p[c] = db_array_text(&cols[c])))
+            rc = DB_ERR_TRANSIENT;
     }
-    if (o->total > cfg->credit_limit) {
-        ev_event out;
-        billing_payment_failed *f = &out.u.billing_payment_failed;
-        char amt[24];
-        const char *p[3];
-        PGresult *r;
-        mq_result res;
+    if (rc != DB_OK)
+        snprintf(err, errlen, "out of memory");
+    else
+        rc = db_execp(db, name, sql, n, p, res, err, errlen);
+    for (int c = 0; c < n; c++)
+        db_array_release(&cols[c]);
+    return rc;
+}
 
-        ev_init(&out, EV_BILLING_PAYMENT_FAILED);
+/* Writes the invoices of q[0..n) and their lines, one multi-row INSERT
+ * each, and emits their billing.invoiced in one outbox statement. An order
+ * or sale invoiced before (a unique key; also a second one in q) is
+ * skipped: ON CONFLICT DO NOTHING, and RETURNING says which were new. */
+static int invoice_all(worker *w, db_conn *db, inv_req *q, size_t n, char *err, size_t errlen)
+{
+    const billing_cfg *cfg = worker_app(w);
+    db_array c[9];
+    worker_out *outs = NULL;
+    PGresult *r = NULL;
+    size_t nout = 0;
+    int rc;
+
+    if (n == 0)
+        return DB_OK;
+    for (int k = 0; k < 9; k++)
+        db_array_init(&c[k]);
+    for (size_t i = 0; i < n; i++) {
+        billing_invoiced *b = &q[i].out.u.billing_invoiced;
+        ev_init(&q[i].out, EV_BILLING_INVOICED);
+        if (uuid_v4(b->invoice_id) < 0) {
+            for (int k = 0; k < 9; k++)
+                db_array_release(&c[k]);
+            snprintf(err, errlen, "no randomness for an invoice id");
+            return DB_ERR_TRANSIENT;
+        }
+        b->amount = q[i].total;
+        b->tax = bil_tax_part(q[i].total, cfg->tax_bp);
+        snprintf(b->order_id, sizeof(b->order_id), "%s", q[i].order_id ? q[i].order_id : "");
+        snprintf(b->sale_id, sizeof(b->sale_id), "%s", q[i].sale_id ? q[i].sale_id : "");
+        snprintf(b->customer_id, sizeof(b->customer_id), "%s",
+                 q[i].customer_id ? q[i].customer_id : "");
+        snprintf(b->customer_email, sizeof(b->customer_email), "%s", q[i].email ? q[i].email : "");
+        snprintf(b->currency, sizeof(b->currency), "%s", q[i].currency);
+        db_array_add(&c[0], b->invoice_id);
+        db_array_add(&c[1], or_null(q[i].order_id));
+        db_array_add(&c[2], or_null(q[i].sale_id));
+        db_array_add(&c[3], or_null(q[i].customer_id));
+        db_array_add(&c[4], or_null(q[i].email));
+        db_array_add(&c[5], q[i].currency);
+        db_array_add_i64(&c[6], (long long)(q[i].total - b->tax));
+        db_array_add_i64(&c[7], (long long)b->tax);
+        db_array_add_i64(&c[8], (long long)q[i].total);
+    }
+    rc = exec_arrays(db, "bil_invoice_set",
+                     "INSERT INTO invoices (id, order_id, sale_id, customer_id, customer_email,"
+                     " currency, net_minor, tax_minor, amount_minor)"
+                     " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],"
+                     " $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])"
+                     " ON CONFLICT DO NOTHING RETURNING id::text, number",
+                     c, 9, &r, err, errlen);
+    if (rc != DB_OK)
+        return rc;
+    for (int k = 0; k < PQntuples(r); k++) {
+        for (size_t i = 0; i < n; i++) {
+            billing_invoiced *b = &q[i].out.u.billing_invoiced;
+            if (strcasecmp(b->invoice_id, db_get(r, k, "id")) == 0) {
+                q[i].written = 1;
+                b->invoice_number = strtoll(db_get(r, k, "number"), NULL, 10);
+            }
+        }
+    }
+    PQclear(r);
+    for (int k = 0; k < 4; k++)
+        db_array_init(&c[k]);
+    for (size_t i = 0; i < n; i++) {
+        for (size_t l = 0; q[i].written && l < q[i].lines->n; l++) {
+            db_array_add(&c[0], q[i].out.u.billing_invoiced.invoice_id);
+            db_array_add(&c[1], q[i].lines->items[l].sku);
+            db_array_add_i64(&c[2], (long long)q[i].lines->items[l].quantity);
+            db_array_add_i64(&c[3], (long long)q[i].lines->items[l].unit_price);
+        }
+    }
+    if (c[0].n == 0) { /* nothing new: no statement */
+        for (int k = 0; k < 4; k++)
+            db_array_release(&c[k]);
+    } else {
+        rc = exec_arrays(db, "bil_lines_set",
+                         "INSERT INTO invoice_lines (invoice_id, sku, quantity, unit_price_minor)"
+                         " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[],"
+                         " $4::bigint[])",
+                         c, 4, NULL, err, errlen);
+    }
+    if (rc == DB_OK && !(outs = calloc(n, sizeof(*outs)))) {
+        snprintf(err, errlen, "out of memory");
+        rc = DB_ERR_TRANSIENT;
+    }
+    for (size_t i = 0; rc == DB_OK && i < n; i++) {
+        if (!q[i].written)
+            continue;
+        outs[nout].cause = q[i].msg;
+        outs[nout++].ev = &q[i].out;
+    }
+    if (rc == DB_OK)
+        rc = worker_emit_all(w, db, outs, nout, err, errlen);
+    free(outs);
+    for (size_t i = 0; rc == DB_OK && i < n; i++) {
+        const billing_invoiced *b = &q[i].out.u.billing_invoiced;
+        if (q[i].written)
+            log_write(LOG_INFO, q[i].msg->env->correlation_id, q[i].msg->env->message_id,
+                      "invoice %lld for %s %s: %lld", (long long)b->invoice_number,
+                      *b->order_id ? "order" : "sale", *b->order_id ? b->order_id : b->sale_id,
+                      (long long)q[i].total);
+        else
+            log_write(LOG_INFO, q[i].msg->env->correlation_id, q[i].msg->env->message_id,
+                      "already invoiced; nothing to do");
+    }
+    return rc;
+}
+
+/* The payment failures among the set (above the credit limit): one
+ * multi-row INSERT, and billing.payment_failed for each that is new. */
+static int fail_all(worker *w, db_conn *db, const worker_msg *m, size_t n, const int *over,
+                    char *err, size_t errlen)
+{
+    const billing_cfg *cfg = worker_app(w);
+    ev_event *out = calloc(n, sizeof(*out));
+    worker_out *outs = calloc(n, sizeof(*outs));
+    int *sent = calloc(n, sizeof(*sent));
+    db_array c[3];
+    PGresult *r = NULL;
+    size_t nout = 0, nover = 0;
+    int rc = DB_OK;
+
+    for (int k = 0; k < 3; k++)
+        db_array_init(&c[k]);
+    if (!out || !outs || !sent) {
+        snprintf(err, errlen, "out of memory");
+        rc = DB_ERR_TRANSIENT;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const inventory_reserved *o = &m[i].ev->u.inventory_reserved;
+        billing_payment_failed *f = &out[i].u.billing_payment_failed;
+        if (!over[i])
+            continue;
+        ev_init(&out[i], EV_BILLING_PAYMENT_FAILED);
         snprintf(f->order_id, sizeof(f->order_id), "%s", o->order_id);
         snprintf(f->customer_email, sizeof(f->customer_email), "%s", o->customer_email);
         snprintf(f->currency, sizeof(f->currency), "%s", o->currency);
         f->amount = o->total;
         snprintf(f->reason, sizeof(f->reason), "total %lld exceeds the credit limit of %ld",
                  (long long)o->total, cfg->credit_limit);
-        p[0] = o->order_id;
-        p[1] = util_i64(amt, o->total);
-        p[2] = f->reason;
-        /* No row: decided before, and said so then. */
-        res = worker_claim(db, "bil_fail",
-                           "INSERT INTO payment_failures (order_id, amount_minor, reason)"
-                           " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING order_id",
-                           3, p, &r, err, errlen, env, NULL);
-        if (res != MQ_DONE || !r)
-            return res;
-        PQclear(r);
-        if ((rc = worker_emit(w, db, env, &out, err, errlen)) != DB_OK)
-            return worker_db_result(rc);
-        log_write(LOG_INFO, env->correlation_id, env->message_id, "payment failed for %s: %s",
-                  o->order_id, f->reason);
-        return MQ_DONE;
+        db_array_add(&c[0], o->order_id);
+        db_array_add_i64(&c[1], (long long)o->total);
+        db_array_add(&c[2], f->reason);
+        nover++;
     }
-    return invoice(w, db, env, o->order_id, NULL, o->customer_id, o->customer_email, o->currency,
-                   &o->lines, o->total, err, errlen);
+    if (nover == 0)
+        goto out;
+    /* No row: decided before, and said so then. */
+    rc = exec_arrays(db, "bil_fail_set",
+                     "INSERT INTO payment_failures (order_id, amount_minor, reason)"
+                     " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[])"
+                     " ON CONFLICT DO NOTHING RETURNING order_id::text",
+                     c, 3, &r, err, errlen);
+    for (int k = 0; rc == DB_OK && k < PQntuples(r); k++) {
+        for (size_t i = 0; i < n; i++) { /* the first message of the order */
+            if (over[i] && !sent[i] &&
+                strcasecmp(m[i].ev->u.inventory_reserved.order_id, PQgetvalue(r, k, 0)) == 0) {
+                sent[i] = 1;
+                outs[nout].cause = &m[i];
+                outs[nout++].ev = &out[i];
+                log_write(LOG_INFO, m[i].env->correlation_id, m[i].env->message_id,
+                          "payment failed for %s: %s", out[i].u.billing_payment_failed.order_id,
+                          out[i].u.billing_payment_failed.reason);
+                break;
+            }
+        }
+    }
+    PQclear(r);
+    if (rc == DB_OK)
+        rc = worker_emit_all(w, db, outs, nout, err, errlen);
+out:
+    for (int k = 0; k < 3; k++)
+        db_array_release(&c[k]); /* exec_arrays released them: a no-op then */
+    free(out);
+    free(outs);
+    free(sent);
+    return rc;
 }
 
-mq_result bil_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev, char *err,
-                      size_t errlen)
+/* Takes the advisory lock of every order of the set (bil_order_lock's, in
+ * order id order: two sets never wait for each other in a cycle), then marks
+ * in *is_void those an order.expired made void (voids.c). The lock first,
+ * the look in a statement of its own: a statement's snapshot is taken when
+ * it starts, before any wait for a lock. */
+static int lock_orders(db_conn *db, const worker_msg *m, size_t n, int *is_void, char *err,
+                       size_t errlen)
 {
-    const sale_completed *s = &ev->u.sale_completed;
-    return invoice(w, db, env, NULL, s->sale_id, NULL, s->customer_email, s->currency, &s->lines,
-                   s->total, err, errlen);
+    db_array ids;
+    PGresult *r = NULL;
+    int rc;
+
+    db_array_init(&ids);
+    for (size_t i = 0; i < n; i++)
+        db_array_add(&ids, m[i].ev->u.inventory_reserved.order_id);
+    rc = exec_arrays(db, "bil_orders_lock",
+                     "SELECT pg_advisory_xact_lock(hashtext('billing.order'), hashtext(o))"
+                     " FROM (SELECT DISTINCT o FROM unnest($1::text[]) AS o ORDER BY o) s",
+                     &ids, 1, NULL, err, errlen);
+    if (rc != DB_OK)
+        return rc;
+    db_array_init(&ids);
+    for (size_t i = 0; i < n; i++)
+        db_array_add(&ids, m[i].ev->u.inventory_reserved.order_id);
+    rc = exec_arrays(db, "bil_are_void",
+                     "SELECT order_id::text FROM voids WHERE order_id = ANY($1::uuid[])", &ids, 1,
+                     &r, err, errlen);
+    if (rc != DB_OK)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        is_void[i] = 0;
+        for (int k = 0; k < PQntuples(r) && !is_void[i]; k++)
+            is_void[i] =
+                strcasecmp(PQgetvalue(r, k, 0), m[i].ev->u.inventory_reserved.order_id) == 0;
+    }
+    PQclear(r);
+    return DB_OK;
+}
+
+mq_result bil_reserved_set(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                           size_t errlen)
+{
+    const billing_cfg *cfg = worker_app(w);
+    inv_req *q = calloc(n, sizeof(*q));
+    int *over = calloc(n, sizeof(*over)), *is_void = calloc(n, sizeof(*is_void));
+    size_t nq = 0;
+    int rc;
+
+    if (!q || !over || !is_void) {
+        rc = DB_ERR_TRANSIENT;
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    /* An order that expired first gets neither an invoice nor a payment
+     * decision (voids.c). */
+    if ((rc = lock_orders(db, m, n, is_void, err, errlen)) != DB_OK)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        const inventory_reserved *o = &m[i].ev->u.inventory_reserved;
+        if (is_void[i]) {
+            log_write(LOG_INFO, m[i].env->correlation_id, m[i].env->message_id,
+                      "order %s expired before it was invoiced; nothing to do", o->order_id);
+            continue;
+        }
+        over[i] = o->total > cfg->credit_limit;
+        if (over[i])
+            continue;
+        q[nq] = (inv_req){.msg = &m[i],
+                          .order_id = o->order_id,
+                          .customer_id = o->customer_id,
+                          .email = o->customer_email,
+                          .currency = o->currency,
+                          .lines = &o->lines,
+                          .total = o->total};
+        nq++;
+    }
+    rc = fail_all(w, db, m, n, over, err, errlen);
+    if (rc == DB_OK)
+        rc = invoice_all(w, db, q, nq, err, errlen);
+out:
+    free(q);
+    free(over);
+    free(is_void);
+    return rc == DB_OK ? MQ_DONE : worker_db_result(rc);
+}
+
+mq_result bil_sale_set(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                       size_t errlen)
+{
+    inv_req *q = calloc(n, sizeof(*q));
+    int rc;
+
+    if (!q) {
+        snprintf(err, errlen, "out of memory");
+        return MQ_RETRY;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const sale_completed *s = &m[i].ev->u.sale_completed;
+        q[i] = (inv_req){.msg = &m[i],
+                         .sale_id = s->sale_id,
+                         .email = s->customer_email,
+                         .currency = s->currency,
+                         .lines = &s->lines,
+                         .total = s->total};
+    }
+    rc = invoice_all(w, db, q, n, err, errlen);
+    free(q);
+    return rc == DB_OK ? MQ_DONE : worker_db_result(rc);
 }

@@ -21,8 +21,8 @@
 int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
-        {EV_INVENTORY_RESERVED, bil_on_reserved, NULL},
-        {EV_SALE_COMPLETED, bil_on_sale, NULL},
+        {EV_INVENTORY_RESERVED, NULL, bil_reserved_set},
+        {EV_SALE_COMPLETED, NULL, bil_sale_set},
         {EV_ORDER_EXPIRED, bil_on_order_expired, NULL},
     };
     billing_cfg cfg;

@@ -5,10 +5,10 @@
  * made one, is void; if billing has not made one yet (inventory.reserved
  * still on its way, e.g. billing was down), it never will: a row in
  * billing.voids says either (invoice_id NULL for the second), and
- * bil_on_reserved looks for it first. The two handlers take the same
- * transaction-scoped advisory lock on the order (bil_order_lock) before
- * they look, so an inventory.reserved and an order.expired of one order
- * handled at the same moment by two consumers are decided one after the
+ * bil_reserved_set looks for it first. The two handlers take the same
+ * transaction-scoped advisory lock on the order (bil_order_lock; the set
+ * handler for all its orders at once) before they look, so an inventory.reserved and an
+ * order.expired of one order handled at the same moment by two consumers are decided one after the
  * other: the second sees what the first committed.
  */
 #include "billing.h"
