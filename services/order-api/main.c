@@ -13,7 +13,9 @@
  *   (the deadline, saga.c)  PENDING, RESERVED                  → EXPIRED
  *
  * A late or repeated event finds the order past its "from" states and
- * changes nothing. Each change adds a row to the order's timeline.
+ * changes nothing. Each change adds a row to the order's timeline. The
+ * handlers are set handlers: a batch's events of one type move all their
+ * orders, timeline rows included, in one statement.
  * ORDER_TIMEOUT_S (900; 0 turns it off; at most 30 days) is the deadline:
  * an order still PENDING or RESERVED that long after its creation becomes
  * EXPIRED and order.expired goes out, which the other services compensate
@@ -66,96 +68,165 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define API_STR_(x) #x
 #define API_STR(x)  API_STR_(x)
 
-/* Moves order_id to `to` if it is in one of `from` ("{PENDING,RESERVED}"). */
-static mq_result advance(db_conn *db, const ev_envelope *env, const char *order_id, const char *to,
-                         const char *from, const char *reason, const char *invoice_id,
-                         const char *invoice_number, char *err, size_t errlen)
+/* What an event says of its order: the id (NULL: not an order's, e.g. a
+ * POS sale's invoice), and the reason or the invoice it adds (NULL: none). */
+static const char *order_of(const ev_event *ev, const char **reason, const char **invoice_id,
+                            char num[24])
 {
-    const char *p[] = {order_id, to, from, reason, invoice_id, invoice_number};
-    const char *t[] = {order_id, to, env->message_id};
-    PGresult *r;
-    mq_result res;
-    int rc;
+    *reason = *invoice_id = NULL;
+    num[0] = '\0';
+    switch (ev->type) {
+    case EV_INVENTORY_RESERVED:
+        return ev->u.inventory_reserved.order_id;
+    case EV_BILLING_INVOICED:
+        if (!ev->u.billing_invoiced.order_id[0])
+            return NULL;
+        *invoice_id = ev->u.billing_invoiced.invoice_id;
+        snprintf(num, 24, "%lld", (long long)ev->u.billing_invoiced.invoice_number);
+        return ev->u.billing_invoiced.order_id;
+    case EV_INVENTORY_REJECTED:
+        *reason = ev->u.inventory_rejected.reason;
+        return ev->u.inventory_rejected.order_id;
+    case EV_BILLING_PAYMENT_FAILED:
+        *reason = ev->u.billing_payment_failed.reason;
+        return ev->u.billing_payment_failed.order_id;
+    case EV_INVENTORY_RELEASED:
+        return ev->u.inventory_released.order_id;
+    default:
+        return NULL;
+    }
+}
 
-    res = worker_claim(
-        db, "st_advance",
-        "UPDATE orders SET status = $2, updated_at = now(),"
-        " reason = coalesce($4, reason), invoice_id = coalesce($5::uuid, invoice_id),"
-        " invoice_number = coalesce($6::bigint, invoice_number)"
-        " WHERE id = $1 AND status = ANY($3::text[]) RETURNING id",
-        6, p, &r, err, errlen, env, "%s: order %s is unknown or already past %s; status unchanged",
-        env->type, order_id, from);
-    if (res != MQ_DONE || !r)
-        return res;
-    PQclear(r);
-    rc = db_execp(db, "st_timeline",
-                  "INSERT INTO order_timeline (order_id, status, message_id) VALUES ($1, $2, $3)"
-                  " ON CONFLICT DO NOTHING",
-                  3, t, NULL, err, errlen);
+/* Moves each order of the set to `to` if it is in one of `from`
+ * ("{PENDING,RESERVED}") and adds its timeline row, all in ONE statement;
+ * an order past `from` (a late or repeated event) is left as it is. The
+ * states are a column of x (MATERIALIZED, so the planner cannot fold them
+ * back into a constant): the orders are found by their ids through the
+ * primary key. Given `status = ANY($7)` the planner took the status index
+ * (PENDING looks rare to its statistics between runs) and, under load,
+ * read every pending order once per batch: 19 ms a statement where this
+ * takes well under one. */
+static mq_result advance_set(db_conn *db, const worker_msg *m, size_t n, const char *to,
+                             const char *from, char *err, size_t errlen)
+{
+    db_array c[5];
+    const char *p[7];
+    PGresult *r = NULL;
+    size_t rows = 0;
+    int rc = DB_OK;
+
+    for (int k = 0; k < 5; k++)
+        db_array_init(&c[k]);
+    for (size_t i = 0; i < n; i++) {
+        const char *reason, *invoice_id, *id;
+        char num[24];
+        if (!(id = order_of(m[i].ev, &reason, &invoice_id, num)))
+            continue; /* a POS sale's invoice */
+        db_array_add(&c[0], id);
+        db_array_add(&c[1], reason);
+        db_array_add(&c[2], invoice_id);
+        db_array_add(&c[3], num[0] ? num : NULL);
+        db_array_add(&c[4], m[i].env->message_id);
+        rows++;
+    }
+    for (int k = 0; k < 5; k++) {
+        if (!(p[k] = db_array_text(&c[k])))
+            rc = DB_ERR_TRANSIENT;
+    }
+    p[5] = to;
+    p[6] = from;
+    if (rc != DB_OK)
+        snprintf(err, errlen, "out of memory");
+    else if (rows > 0)
+        rc = db_execp(db, "st_advance_set",
+                      "WITH x AS MATERIALIZED (SELECT *, $7::text[] AS from_states FROM"
+                      "   unnest($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], $5::uuid[])"
+                      "   AS x(id, reason, invoice_id, invoice_number, message_id)),"
+                      " u AS (UPDATE orders o SET status = $6::text, updated_at = now(),"
+                      "   reason = coalesce(x.reason, o.reason),"
+                      "   invoice_id = coalesce(x.invoice_id, o.invoice_id),"
+                      "   invoice_number = coalesce(x.invoice_number, o.invoice_number)"
+                      "   FROM x WHERE o.id = x.id AND o.status = ANY(x.from_states)"
+                      "   RETURNING o.id, x.message_id),"
+                      " t AS (INSERT INTO order_timeline (order_id, status, message_id)"
+                      "   SELECT id, $6::text, message_id FROM u ON CONFLICT DO NOTHING)"
+                      " SELECT id::text FROM u",
+                      7, p, &r, err, errlen);
+    for (int k = 0; k < 5; k++)
+        db_array_release(&c[k]);
     if (rc != DB_OK)
         return worker_db_result(rc);
-    log_write(LOG_INFO, env->correlation_id, env->message_id, "order %s is %s", order_id, to);
+    for (size_t i = 0; r && i < n; i++) { /* what became of each, for the log */
+        const char *reason, *invoice_id, *id;
+        char num[24];
+        int moved = 0;
+        if (!(id = order_of(m[i].ev, &reason, &invoice_id, num)))
+            continue;
+        for (int k = 0; k < PQntuples(r) && !moved; k++)
+            moved = strcasecmp(PQgetvalue(r, k, 0), id) == 0;
+        if (moved)
+            log_write(LOG_INFO, m[i].env->correlation_id, m[i].env->message_id, "order %s is %s",
+                      id, to);
+        else
+            log_write(LOG_INFO, m[i].env->correlation_id, m[i].env->message_id,
+                      "%s: order %s is unknown or already past %s; status unchanged",
+                      m[i].env->type, id, from);
+    }
+    PQclear(r);
     return MQ_DONE;
 }
 
-static mq_result on_reserved(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                             char *err, size_t errlen)
+/* The set handlers, one per event: the route table lists them in the
+ * order the statuses are reached, so a batch that holds an order's
+ * reservation and its invoice moves it through RESERVED to CONFIRMED. */
+static mq_result on_reserved(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                             size_t errlen)
 {
     (void)w;
-    return advance(db, env, ev->u.inventory_reserved.order_id, "RESERVED", "{PENDING}", NULL, NULL,
-                   NULL, err, errlen);
+    return advance_set(db, m, n, "RESERVED", "{PENDING}", err, errlen);
 }
 
-static mq_result on_invoiced(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                             char *err, size_t errlen)
+static mq_result on_invoiced(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                             size_t errlen)
 {
-    const billing_invoiced *b = &ev->u.billing_invoiced;
-    char num[24];
     (void)w;
-    if (!b->order_id[0])
-        return MQ_DONE; /* a POS sale's invoice */
-    snprintf(num, sizeof(num), "%lld", (long long)b->invoice_number);
-    return advance(db, env, b->order_id, "CONFIRMED", "{PENDING,RESERVED}", NULL, b->invoice_id,
-                   num, err, errlen);
+    return advance_set(db, m, n, "CONFIRMED", "{PENDING,RESERVED}", err, errlen);
 }
 
-static mq_result on_rejected(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                             char *err, size_t errlen)
+static mq_result on_rejected(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                             size_t errlen)
 {
     (void)w;
-    return advance(db, env, ev->u.inventory_rejected.order_id, "REJECTED", "{PENDING}",
-                   ev->u.inventory_rejected.reason, NULL, NULL, err, errlen);
+    return advance_set(db, m, n, "REJECTED", "{PENDING}", err, errlen);
 }
 
-static mq_result on_payment_failed(worker *w, db_conn *db, const ev_envelope *env,
-                                   const ev_event *ev, char *err, size_t errlen)
+static mq_result on_payment_failed(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                                   size_t errlen)
 {
     (void)w;
-    return advance(db, env, ev->u.billing_payment_failed.order_id, "PAYMENT_FAILED",
-                   "{PENDING,RESERVED}", ev->u.billing_payment_failed.reason, NULL, NULL, err,
-                   errlen);
+    return advance_set(db, m, n, "PAYMENT_FAILED", "{PENDING,RESERVED}", err, errlen);
 }
 
-static mq_result on_released(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                             char *err, size_t errlen)
+static mq_result on_released(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
+                             size_t errlen)
 {
     (void)w;
-    return advance(db, env, ev->u.inventory_released.order_id, "CANCELLED",
-                   "{PENDING,RESERVED,PAYMENT_FAILED}", NULL, NULL, NULL, err, errlen);
+    return advance_set(db, m, n, "CANCELLED", "{PENDING,RESERVED,PAYMENT_FAILED}", err, errlen);
 }
 
 int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
-        {EV_INVENTORY_RESERVED, on_reserved, NULL},
-        {EV_BILLING_INVOICED, on_invoiced, NULL},
-        {EV_INVENTORY_REJECTED, on_rejected, NULL},
-        {EV_BILLING_PAYMENT_FAILED, on_payment_failed, NULL},
-        {EV_INVENTORY_RELEASED, on_released, NULL},
+        {EV_INVENTORY_RESERVED, NULL, on_reserved},
+        {EV_BILLING_INVOICED, NULL, on_invoiced},
+        {EV_INVENTORY_REJECTED, NULL, on_rejected},
+        {EV_BILLING_PAYMENT_FAILED, NULL, on_payment_failed},
+        {EV_INVENTORY_RELEASED, NULL, on_released},
     };
     char *db_url = NULL, *tokens = NULL;
     char err[CFG_ERR_LEN];
