@@ -9,7 +9,7 @@
  * transaction), and commits; only then is the message acked. A message whose
  * id is already in the inbox is acked without running the handler again.
  *
- * The deliveries that arrive together (up to PREFETCH) share that
+ * The deliveries that arrive together (up to BATCH_MAX, 64) share that
  * transaction and its one COMMIT: their inbox rows are inserted by ONE
  * statement, whose RETURNING tells the new messages from duplicates; then
  * the new ones go to their handlers grouped by route, in the order of the
@@ -65,6 +65,9 @@ typedef struct {
     worker_rpc_fn fn;
 } worker_rpc_route;
 
+/* A handler for one message: env and the decoded ev, applied with db in the
+ * worker's open transaction (its writes and worker_emit's events commit with
+ * the inbox row). The simple entry point: write a new service's work here. */
 typedef mq_result (*worker_fn)(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                                char *err, size_t errlen);
 
