@@ -418,6 +418,8 @@ out:
     return rc;
 }
 
+#define OUTBOX_DUE_LOCK_WAIT "'250ms'" /* see outbox.h, due */
+
 /* The scheduled work (o.due) in a transaction of its own: a failure is
  * logged and counted, and never holds back publishing. Returns what it did,
  * or -1. */
@@ -427,6 +429,12 @@ static int run_due(outbox_relay *r, db_conn *db)
     int n;
 
     if (db_begin(db, err, sizeof(err)) != DB_OK)
+        goto fail;
+    /* A table an operator holds (LOCK TABLE) must not hold up publishing:
+     * the scheduled work gives up its lock waits quickly and tries again at
+     * the next sweep. */
+    if (db_exec(db, "SET LOCAL lock_timeout = " OUTBOX_DUE_LOCK_WAIT, 0, NULL, NULL, err,
+                sizeof(err)) != DB_OK)
         goto fail;
     n = r->o.due(db, r->o.due_arg, err, sizeof(err));
     if (n < 0)

@@ -94,6 +94,9 @@ typedef struct {
      * publishes. Returns the rows it did (>= 0), or DB_ERR / DB_ERR_TRANSIENT
      * with err: the transaction is rolled back, the failure logged and
      * counted, and the next sweep tries again; publishing goes on either way.
+     * Its lock waits end after 250 ms (SET LOCAL lock_timeout), so a table
+     * an operator holds delays the relay's publishing by that much a sweep
+     * at most.
      * When it returns due_batch or more, it is called again at once. NULL:
      * nothing scheduled. */
     int (*due)(db_conn *db, void *arg, char *err, size_t errlen);

@@ -14,6 +14,7 @@
 #include "util.h"
 
 #include <cJSON.h>
+#include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,8 +57,9 @@ static void write_tokens(const char *path)
     ck_assert_int_eq(fclose(f), 0);
 }
 
-/* Starts service i (without waiting when spawn_only). */
-static void start(int i, int spawn_only)
+/* Starts service i (without waiting when spawn_only), with up to three
+ * more NAME=VALUE settings (extra, NULL-ended; NULL: none). */
+static void start_with(int i, int spawn_only, const char *const *extra)
 {
     char port[32], log[64], ready[128];
     const char *env[] = {"HTTP_PORT=18090",
@@ -69,6 +71,9 @@ static void start(int i, int spawn_only)
                          "OUTBOX_SWEEP_MS=200",
                          "RETRY_DELAYS_MS=200,400",
                          "MAIL_RETRY_MAX_MS=500",
+                         NULL,
+                         NULL,
+                         NULL,
                          NULL};
     tu_svc_opts o = {.exe = names[i],
                      .amqp_env = amqp[i],
@@ -76,6 +81,8 @@ static void start(int i, int spawn_only)
                      .env = env,
                      .log = log,
                      .ready_url = ready};
+    for (int k = 0; extra && extra[k] && k < 3; k++)
+        env[9 + k] = extra[k];
     snprintf(port, sizeof(port), "METRICS_PORT=%d", 19191 + i);
     snprintf(log, sizeof(log), "saga-%s", names[i]);
     if (i == API_SVC)
@@ -86,6 +93,11 @@ static void start(int i, int spawn_only)
         tu_svc_spawn(&svcs[i], &o);
     else
         tu_svc_start(&svcs[i], &o);
+}
+
+static void start(int i, int spawn_only)
+{
+    start_with(i, spawn_only, NULL);
 }
 
 static void setup(void)
@@ -521,6 +533,52 @@ START_TEST(events_of_an_order_after_its_expiry_do_nothing)
 }
 END_TEST
 
+/* The deadline's sweep runs on order-api's outbox relay, so it must never
+ * hold up publishing: with orders.orders locked by an operator (LOCK TABLE,
+ * which SKIP LOCKED does not skip) and order-api's own lock waits unbounded
+ * (DB_LOCK_TIMEOUT_MS=0, statements up to a minute), a row in order-api's
+ * outbox is still published and handled while the table is held. */
+START_TEST(an_operator_holding_the_orders_table_does_not_stop_publishing)
+{
+    char oid[UUID_STR_LEN], mid[UUID_STR_LEN], body[256];
+    const char *p[3] = {mid, oid, body};
+    /* Its lock waits unbounded, and its statements' too (for a minute;
+     * the writer's wait must be longer, or it does not start). */
+    const char *const extra[] = {"DB_LOCK_TIMEOUT_MS=0", "DB_STATEMENT_TIMEOUT_MS=60000",
+                                 "ORDER_WRITE_TIMEOUT_MS=70000", NULL};
+    PGconn *op;
+    PGresult *res;
+
+    tu_svc_stop_ok(&svcs[API_SVC]);
+    start_with(API_SVC, 0, extra);
+    op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_int_eq(PQstatus(op), CONNECTION_OK);
+    res = PQexec(op, "BEGIN; LOCK TABLE orders.orders IN ACCESS EXCLUSIVE MODE");
+    ck_assert_int_eq(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+    /* The sweep waits on the table now (and gives up: it must). */
+    ck_assert_msg(tu_await_lock_waiter(20000, "orders.orders", NULL),
+                  "the deadline's sweep never waited on the held table");
+
+    uuid_v4(oid);
+    uuid_v4(mid);
+    snprintf(body, sizeof(body),
+             "{\"order_id\":\"%s\",\"customer_email\":\"saga-lock@example.com\","
+             "\"reason\":\"test: the orders table held\"}",
+             oid);
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"),
+                "INSERT INTO orders.outbox (message_id, routing_key, correlation_id, body)"
+                " VALUES ($1::uuid, 'order.expired', $2::uuid, $3) RETURNING 1",
+                3, p));
+    tu_await_count(20000, "SELECT count(*) FROM billing.voids WHERE order_id = $1::uuid", oid, 1);
+    /* Still held: what was published went out while the table was locked. */
+    ck_assert_int_eq(PQtransactionStatus(op), PQTRANS_INTRANS);
+    res = PQexec(op, "ROLLBACK");
+    PQclear(res);
+    PQfinish(op);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("saga");
@@ -531,6 +589,7 @@ int main(void)
     tcase_add_test(t, a_deadline_after_the_order_completed_changes_nothing);
     tcase_add_test(t, a_reservation_after_the_expiry_is_compensated);
     tcase_add_test(t, events_of_an_order_after_its_expiry_do_nothing);
+    tcase_add_test(t, an_operator_holding_the_orders_table_does_not_stop_publishing);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
