@@ -260,6 +260,12 @@ START_TEST(a_version_the_reader_does_not_know_is_dead_lettered_naming_it)
     ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "%s", err);
     tu_await_count(15000, "SELECT count(*) FROM inventory.reservations WHERE order_id = $1",
                    o->order_id, 1);
+    /* The version 3 copy is no one's to replay (chaos_check's scenario 6,
+     * later in make test, counts and replays inventory.dlq). */
+    {
+        const char *const dlq[] = {"inventory.dlq", NULL};
+        tu_purge("TEST_AMQP_URL", dlq);
+    }
     free(out);
     free(body);
     ev_free(&ev);
