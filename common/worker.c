@@ -10,6 +10,7 @@
 #include "cfg.h"
 #include "log.h"
 #include "metrics.h"
+#include "retention.h"
 #include "util.h"
 
 #include <assert.h>
@@ -175,7 +176,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
 {
     char *amqp_url = NULL, *db_url = NULL, *level = NULL, *tiers = NULL, *bound = NULL;
     long prefetch = 64, heartbeat = 30, batch = 64, park_after = 5, park_min_age = 30,
-         sweep_ms = 1000, rpc_prefetch = 16;
+         sweep_ms = 1000, rpc_prefetch = 16, inbox_hours = 336, replay_hours = 168, ret_batch = 500,
+         ret_every = 60;
     int crash_flag = 0;
     char err[CFG_ERR_LEN + MQ_ERR_LEN];
     /* What declaring the topology needs: the broker and the retry tiers. */
@@ -195,6 +197,11 @@ int worker_main(const worker_def *def, int argc, char **argv)
         {"OUTBOX_PARK_MIN_AGE_S", CFG_LONG, "30", 0, 604800, &park_min_age},
         {"OUTBOX_SWEEP_MS", CFG_LONG, "1000", 10, 3600000, &sweep_ms},
         {"RPC_PREFETCH", CFG_LONG, "16", 1, 1000, &rpc_prefetch},
+        /* The inbox's window (retention.h), checked against the tiers below. */
+        {"INBOX_RETENTION_HOURS", CFG_LONG, "336", 1, 876000, &inbox_hours},
+        {"DLQ_REPLAY_HOURS", CFG_LONG, "168", 0, 87600, &replay_hours},
+        {"RETENTION_BATCH", CFG_LONG, "500", 1, 100000, &ret_batch},
+        {"RETENTION_EVERY_S", CFG_LONG, "60", 1, 86400, &ret_every},
     };
     worker w;
     mq_conn *cons = NULL, *pub = NULL;
@@ -266,6 +273,8 @@ int worker_main(const worker_def *def, int argc, char **argv)
     }
     log_init(def->service, lvl);
     if (worker_parse_tiers(tiers, tier_ms, err, sizeof(err)) < 0)
+        goto config_error;
+    if (!declare_only && retention_check(inbox_hours, tier_ms, replay_hours, err, sizeof(err)) < 0)
         goto config_error;
     if (mq_check_url(amqp_url, err, sizeof(err)) < 0) {
         memmove(err + 10, err, strlen(err) + 1);
@@ -346,6 +355,17 @@ int worker_main(const worker_def *def, int argc, char **argv)
             log_error("%s", err);
             goto out;
         }
+        {
+            retention_opts eo = {.database_url = db_url,
+                                 .service = def->service,
+                                 .inbox_hours = inbox_hours,
+                                 .batch = ret_batch,
+                                 .every_s = ret_every};
+            if (!(w.retention = retention_start(&eo, err, sizeof(err)))) {
+                log_error("%s", err);
+                goto out;
+            }
+        }
     }
     if (worker__http_start(&w, &hc, err, sizeof(err)) < 0) {
         log_error("%s", err);
@@ -366,6 +386,7 @@ out:
     worker__rpc_stop(&w); /* after HTTP: its requests ask through the client */
     worker__probe_stop(&w);
     outbox_relay_stop(relay, 10000);
+    retention_stop(w.retention);
     otel_stop(5000); /* last: the relay's publish spans are in its queue */
     mq_free(cons);
     mq_free(pub);

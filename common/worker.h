@@ -36,8 +36,11 @@
  * HTTP_CONN_LIMIT (1000), HTTP_PER_IP_LIMIT (200), HTTP_QUEUE_MAX (256 requests waiting for
  * a job thread) and HTTP_QUEUE_DEADLINE_MS (5000), and for the outbox relay OUTBOX_PARK_AFTER
  * (5 returns), OUTBOX_PARK_MIN_AGE_S (30) and OUTBOX_SWEEP_MS (1000: how often it looks for
- * rows no wake-up announced), and RPC_PREFETCH (16: requests in hand at once, for a service
- * that answers requests). SIGTERM/SIGINT stop consuming, finish the
+ * rows no wake-up announced), RPC_PREFETCH (16: requests in hand at once, for a service
+ * that answers requests), and for the inbox's retention (retention.h)
+ * INBOX_RETENTION_HOURS (336), DLQ_REPLAY_HOURS (168), RETENTION_BATCH (500)
+ * and RETENTION_EVERY_S (60); a window shorter than DLQ_REPLAY_HOURS plus
+ * the retry tiers stops the service at start. SIGTERM/SIGINT stop consuming, finish the
  * message in hand, flush the outbox, and exit 0.
  */
 #ifndef ORDERSUITE_WORKER_H

@@ -8,6 +8,7 @@
  */
 #include "worker_int.h"
 #include "log.h"
+#include "retention.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -162,6 +163,10 @@ static void metrics_page(http_req *r, void *cls, http_resp *out)
     (void)r;
     gauges(w, &g, NULL);
     text = metrics_render(w->metrics, &g);
+    if (text && retention_render(w->retention, w->def->service, &text) < 0) {
+        free(text);
+        text = NULL;
+    }
     if (!text) {
         http_problem(out, 503, "Service Unavailable", "out of memory", NULL);
         return;

@@ -30,6 +30,7 @@ struct worker {
     metrics *metrics;
     mq_conn *cons;
     outbox_relay *relay;
+    struct retention *retention; /* the inbox's retention task (retention.h) */
     long ready_max_outbox;
     long ready_max_outbox_age_s;
     /* The readiness probe: a thread with its own connection that reads the
