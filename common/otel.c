@@ -67,8 +67,11 @@ int otel_parse_sampler(const char *s, otel_sampler *out)
     return -1;
 }
 
-/* The trace id's last 8 bytes as a number below ratio * 2^64: the same
- * decision in every service for one trace, whatever the parent said. */
+/* The trace id's last 7 bytes (56 bits) as a number below ratio * 2^56:
+ * the same decision in every service for one trace, whatever the parent
+ * said. Those are the bytes W3C Trace Context level 2 and the OTel
+ * TraceIdRatioBased sampler take as random; byte 8 is not random in a POS
+ * sale's trace id (a UUIDv4, spool_trace_root: its variant bits are 10). */
 static int ratio_says(double ratio, const uint8_t id[16])
 {
     uint64_t x = 0;
@@ -76,9 +79,9 @@ static int ratio_says(double ratio, const uint8_t id[16])
         return 1;
     if (ratio <= 0.0)
         return 0;
-    for (int i = 8; i < 16; i++)
+    for (int i = 9; i < 16; i++)
         x = x << 8 | id[i];
-    return (double)(x >> 11) < ratio * 9007199254740992.0; /* 2^53 */
+    return (double)x < ratio * 72057594037927936.0; /* 2^56 */
 }
 
 int otel_decide(otel_sampler sampler, double ratio, const trace_ctx *parent,

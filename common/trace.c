@@ -225,7 +225,7 @@ int64_t trace_now_ns(void)
 void trace_span_start(trace_span *s, const char *name, trace_kind kind, const trace_ctx *parent)
 {
     memset(s, 0, sizeof(*s));
-    snprintf(s->name, sizeof(s->name), "%s", name);
+    trace_utf8_copy(s->name, sizeof(s->name), name);
     s->kind = kind;
     s->start_ns = trace_now_ns();
     if (trace_valid(parent)) {
@@ -244,6 +244,65 @@ void trace_span_start(trace_span *s, const char *name, trace_kind kind, const tr
     s->ctx.flags = otel_sample(parent, s->ctx.trace_id) ? TRACE_FLAG_SAMPLED : 0;
 }
 
+/* The length of the well-formed UTF-8 sequence at p (RFC 3629 table 3-7:
+ * no overlong forms, no surrogates, nothing past U+10FFFF), 0 if none. */
+static size_t utf8_seq(const unsigned char *p)
+{
+    size_t n;
+    unsigned lo = 0x80, hi = 0xbf;
+    if (*p < 0x80)
+        return 1;
+    if (*p >= 0xc2 && *p <= 0xdf)
+        n = 2;
+    else if (*p >= 0xe0 && *p <= 0xef)
+        n = 3;
+    else if (*p >= 0xf0 && *p <= 0xf4)
+        n = 4;
+    else
+        return 0;
+    if (*p == 0xe0)
+        lo = 0xa0;
+    else if (*p == 0xed)
+        hi = 0x9f;
+    else if (*p == 0xf0)
+        lo = 0x90;
+    else if (*p == 0xf4)
+        hi = 0x8f;
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++) {
+        if (p[i] < 0x80 || p[i] > 0xbf)
+            return 0;
+    }
+    return n;
+}
+
+size_t trace_utf8_copy(char *dst, size_t len, const char *src)
+{
+    static const char repl[] = "\xef\xbf\xbd"; /* U+FFFD */
+    const unsigned char *p = (const unsigned char *)(src ? src : "");
+    size_t pos = 0, n;
+    if (len == 0)
+        return 0;
+    while (*p) {
+        const char *from = (const char *)p;
+        n = utf8_seq(p);
+        if (n == 0) {
+            from = repl;
+            n = 3;
+            p++;
+        } else {
+            p += n;
+        }
+        if (pos + n >= len)
+            break; /* the whole character or nothing */
+        memcpy(dst + pos, from, n);
+        pos += n;
+    }
+    dst[pos] = '\0';
+    return pos;
+}
+
 void trace_span_str(trace_span *s, const char *key, const char *val)
 {
     trace_attr *a;
@@ -251,7 +310,7 @@ void trace_span_str(trace_span *s, const char *key, const char *val)
         return;
     a = &s->attrs[s->nattrs++];
     snprintf(a->key, sizeof(a->key), "%s", key);
-    snprintf(a->str, sizeof(a->str), "%s", val);
+    trace_utf8_copy(a->str, sizeof(a->str), val);
     a->is_num = 0;
 }
 
@@ -278,24 +337,34 @@ void trace_span_link(trace_span *s, const trace_ctx *ctx)
 void trace_span_fail(trace_span *s, const char *msg)
 {
     s->error = 1;
-    snprintf(s->status_msg, sizeof(s->status_msg), "%s", msg ? msg : "");
+    trace_utf8_copy(s->status_msg, sizeof(s->status_msg), msg);
 }
 
 /* Appends ,"k":"v" with v JSON-escaped (only characters a span name or id
- * holds need escaping; anything below 0x20 becomes a space). */
+ * holds need escaping; anything below 0x20 becomes a space). A value that
+ * does not fit is cut between characters; a key that does not fit leaves
+ * the field out. buf stays NUL-terminated and the result is below len. */
 static size_t put_kv(char *buf, size_t pos, size_t len, const char *k, const char *v)
 {
-    int n = snprintf(buf + pos, pos < len ? len - pos : 0, ",\"%s\":\"", k);
-    if (n < 0 || pos + (size_t)n >= len)
-        return len;
-    pos += (size_t)n;
-    for (; *v && pos + 3 < len; v++) {
-        if (*v == '"' || *v == '\\')
-            buf[pos++] = '\\';
-        buf[pos++] = (unsigned char)*v < 0x20 ? ' ' : *v;
+    size_t start = pos, n, need;
+    int w = snprintf(buf + pos, len - pos, ",\"%s\":\"", k);
+    if (w < 0 || pos + (size_t)w + 2 > len) {
+        buf[start] = '\0';
+        return start;
     }
-    if (pos + 2 >= len)
-        return len;
+    pos += (size_t)w;
+    for (; *v; v += n) {
+        n = (unsigned char)*v < 0x80 ? 1 : utf8_seq((const unsigned char *)v);
+        if (n == 0)
+            n = 1;
+        need = *v == '"' || *v == '\\' ? 2 : n;
+        if (pos + need + 2 > len)
+            break; /* room left for the closing quote and the NUL */
+        if (need == 2 && n == 1)
+            buf[pos++] = '\\';
+        for (size_t i = 0; i < n; i++)
+            buf[pos++] = n == 1 && (unsigned char)v[i] < 0x20 ? ' ' : v[i];
+    }
     buf[pos++] = '"';
     buf[pos] = '\0';
     return pos;
@@ -319,7 +388,7 @@ size_t trace_span_fields(const trace_span *s, char *buf, size_t len)
     pos = put_kv(buf, pos, len, "dur_us", num);
     if (s->error)
         pos = put_kv(buf, pos, len, "error", s->status_msg);
-    return pos < len ? pos : len - 1;
+    return pos;
 }
 
 void trace_span_end(trace_span *s, const char *correlation_id)

@@ -117,7 +117,15 @@ typedef struct {
  * randomness the span is not sampled and has zero ids (trace_valid 0). */
 void trace_span_start(trace_span *s, const char *name, trace_kind kind, const trace_ctx *parent);
 
-/* Adds an attribute (past TRACE_ATTR_MAX they are left out; values cut). */
+/* Copies src into dst (len bytes with the NUL) as valid UTF-8: each byte
+ * that does not start a well-formed sequence becomes U+FFFD, and a cut falls
+ * between characters. OTLP/JSON is JSON text, which must be UTF-8: one bad
+ * byte in a percent-decoded URL path would make a receiver refuse the whole
+ * batch. Returns the length written. */
+size_t trace_utf8_copy(char *dst, size_t len, const char *src);
+
+/* Adds an attribute (past TRACE_ATTR_MAX they are left out; values cut on a
+ * character, made valid UTF-8 as trace_utf8_copy). */
 void trace_span_str(trace_span *s, const char *key, const char *val);
 void trace_span_int(trace_span *s, const char *key, int64_t val);
 

@@ -4,6 +4,7 @@
  * told to. Each test works in a fresh directory of its own under TMPDIR.
  */
 #include "catalog.h"
+#include "otel.h"
 #include "spool.h"
 #include "testutil.h"
 
@@ -445,6 +446,33 @@ START_TEST(a_sales_trace_id_is_its_message_id)
 }
 END_TEST
 
+/* uuid_valid takes either case; the trace id is the same for both. */
+START_TEST(an_uppercase_message_id_gives_the_same_trace)
+{
+    trace_ctx c;
+    char hex[TRACE_ID_HEX];
+    spool_trace_root("0B5C1F64-3C2D-4F4E-9A51-0C1B2D3E4F5A", &c);
+    trace_id_hex(&c, hex);
+    ck_assert_str_eq(hex, "0b5c1f643c2d4f4e9a510c1b2d3e4f5a");
+}
+END_TEST
+
+/* A sale's trace id is a UUIDv4, whose byte 8 has fixed variant bits:
+ * traceidratio must still sample about its ratio of sales. */
+START_TEST(traceidratio_samples_its_ratio_of_sales)
+{
+    char id[UUID_STR_LEN];
+    trace_ctx c;
+    int sampled = 0;
+    for (int i = 0; i < 10000; i++) {
+        ck_assert_int_eq(uuid_v4(id), 0);
+        spool_trace_root(id, &c);
+        sampled += otel_decide(OTEL_RATIO, 0.25, NULL, c.trace_id);
+    }
+    ck_assert_msg(sampled >= 2200 && sampled <= 2800, "%d of 10000 sampled at 0.25", sampled);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_spool");
@@ -464,6 +492,8 @@ int main(void)
     tcase_add_test(t, a_catalog_file_is_read);
     tcase_add_test(t, a_catalog_file_past_its_cap_is_refused);
     tcase_add_test(t, a_sales_trace_id_is_its_message_id);
+    tcase_add_test(t, an_uppercase_message_id_gives_the_same_trace);
+    tcase_add_test(t, traceidratio_samples_its_ratio_of_sales);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

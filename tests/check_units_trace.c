@@ -240,6 +240,108 @@ START_TEST(a_span_line_is_json_with_its_timing_and_parent)
 }
 END_TEST
 
+/* A strict UTF-8 check (RFC 3629): what a conforming OTLP receiver asks. */
+static int utf8_ok(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80                  ? 0
+                : *p >= 0xc2 && *p <= 0xdf ? 1
+                : *p >= 0xe0 && *p <= 0xef ? 2
+                : *p >= 0xf0 && *p <= 0xf4 ? 3
+                                           : -1;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (n < 0)
+            return 0;
+        if (*p == 0xe0)
+            lo = 0xa0;
+        else if (*p == 0xed)
+            hi = 0x9f;
+        else if (*p == 0xf0)
+            lo = 0x90;
+        else if (*p == 0xf4)
+            hi = 0x8f;
+        p++;
+        for (int i = 0; i < n; i++, p++) {
+            if (*p < (i ? 0x80 : lo) || *p > (i ? 0xbf : hi))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* A percent-decoded path (GET /products/%C3%28) or a long value cut in the
+ * middle of a character would make the whole OTLP batch invalid JSON text. */
+START_TEST(attribute_values_are_valid_utf8_and_cut_on_a_character)
+{
+    trace_span s;
+    char buf[TRACE_VAL_MAX], *json;
+    static const char *const bad[] = {
+        "/products/\xc3\x28", "\xff\xfe",         "a\xe2\x82", "\xed\xa0\x80",
+        "\xc0\xaf",           "\xf4\x90\x80\x80", "x\x80y"};
+    char long_val[300];
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        trace_utf8_copy(buf, sizeof(buf), bad[i]);
+        ck_assert_msg(utf8_ok(buf), "case %zu not valid UTF-8", i);
+    }
+    trace_utf8_copy(buf, sizeof(buf), "/products/\xc3\x28");
+    ck_assert_str_eq(buf, "/products/\xef\xbf\xbd(");
+    trace_utf8_copy(buf, sizeof(buf), "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    ck_assert_str_eq(buf, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    /* 'a' then 2-byte characters: the cut at 127 bytes falls mid-character. */
+    long_val[0] = 'a';
+    for (int i = 1; i + 1 < (int)sizeof(long_val) - 1; i += 2) {
+        long_val[i] = '\xc3';
+        long_val[i + 1] = '\xa9';
+        long_val[i + 2] = '\0';
+    }
+    trace_utf8_copy(buf, 8, long_val);
+    ck_assert_str_eq(buf, "a\xc3\xa9\xc3\xa9\xc3\xa9");
+    trace_span_start(&s, "GET /products/{id}", TRACE_KIND_SERVER, NULL);
+    trace_span_str(&s, "url.path", long_val);
+    trace_span_str(&s, "url.bad", "/products/\xc3\x28");
+    trace_span_fail(&s, long_val);
+    ck_assert(utf8_ok(s.attrs[0].str));
+    ck_assert(utf8_ok(s.attrs[1].str));
+    ck_assert(utf8_ok(s.status_msg));
+    s.end_ns = s.start_ns + 1;
+    json = otel_encode("order-api", &s, 1);
+    ck_assert_ptr_nonnull(json);
+    ck_assert_msg(utf8_ok(json), "OTLP body not valid UTF-8");
+    free(json);
+}
+END_TEST
+
+/* put_kv cut at len - 2 returned len with no NUL written. */
+START_TEST(a_span_line_cut_short_is_terminated_and_json)
+{
+    trace_span s;
+    char extra[512], line[LOG_LINE_MAX];
+    size_t n;
+    cJSON *j;
+
+    trace_span_start(&s, "x", TRACE_KIND_INTERNAL, NULL);
+    memset(s.name, '"', TRACE_NAME_MAX - 1);
+    s.name[TRACE_NAME_MAX - 1] = '\0';
+    s.error = 1;
+    memset(s.status_msg, '"', TRACE_VAL_MAX - 1);
+    s.status_msg[TRACE_VAL_MAX - 1] = '\0';
+    s.end_ns = s.start_ns + 1;
+    for (size_t len = 16; len <= sizeof(extra); len++) {
+        memset(extra, 'Z', sizeof(extra));
+        n = trace_span_fields(&s, extra, len);
+        ck_assert_msg(n < len && extra[n] == '\0' && strlen(extra) == n,
+                      "len %zu: not terminated at %zu", len, n);
+    }
+    trace_span_fields(&s, extra, sizeof(extra));
+    log_format_extra(line, sizeof(line), LOG_INFO, NULL, NULL, "span", extra);
+    j = cJSON_ParseWithOpts(line, NULL, 0);
+    ck_assert_msg(j != NULL, "not JSON: %s", line);
+    cJSON_Delete(j);
+}
+END_TEST
+
 /* ---------------------------------------------------- the AMQP headers */
 
 START_TEST(a_publish_carries_traceparent_and_tracestate_headers)
@@ -493,6 +595,8 @@ int main(void)
     tcase_add_test(sp, a_child_span_keeps_the_trace_and_points_at_its_parent);
     tcase_add_test(sp, log_lines_carry_the_current_trace_and_span_ids);
     tcase_add_test(sp, a_span_line_is_json_with_its_timing_and_parent);
+    tcase_add_test(sp, attribute_values_are_valid_utf8_and_cut_on_a_character);
+    tcase_add_test(sp, a_span_line_cut_short_is_terminated_and_json);
     tcase_add_test(mq, a_publish_carries_traceparent_and_tracestate_headers);
     tcase_add_test(mq, a_delivery_reads_the_trace_headers_as_longstr_or_bytes);
     tcase_add_test(mq, an_oversized_tracestate_header_is_not_read_as_a_cut_one);

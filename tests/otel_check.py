@@ -255,6 +255,11 @@ def main():
     # 1, 2: export (at shutdown: the delay is 10 minutes) and the context.
     procs = start_all(tokens, f"http://127.0.0.1:{rx.port}", 600000, "up")
     try:
+        # A path libmicrohttpd percent-decodes to bytes that are not UTF-8:
+        # its span goes in the same batch as the order's (exported at
+        # shutdown), which the receiver must still accept.
+        bad_path_status, _, _ = checklib.http("GET", API_PORT, "/products/%C3%28",
+                                              headers={"Authorization": f"Bearer {token}"})
         s, oid = place(token, {"traceparent": tp, "tracestate": "ordersuite=t1,other=2"})
         check("order_with_traceparent_accepted", s == 201, f"{s} {oid!r}")
         check("order_confirmed", s == 201 and confirmed(token, oid), "not CONFIRMED in 30 s")
@@ -305,6 +310,11 @@ def main():
     check("spans_flushed_at_shutdown", len(spans) >= 14, f"{len(spans)} span(s)")
     check("receiver_decoded_every_export", rx.bad == 0 and rx.posts > 0,
           f"{rx.bad} bad of {rx.posts}")
+    bad_path = [s for s in rx.spans() if s["name"] == "GET /products/{id}"]
+    check("invalid_utf8_path_exported_as_valid_utf8",
+          bad_path_status != 0 and len(bad_path) == 1
+          and bad_path[0]["attributes"].get("url.path") == "/products/\ufffd(",
+          f"status {bad_path_status}: {bad_path}")
     check_trace(spans, trace_id, parent_span, oid)
     rx.stop()
     check_tool(oid, trace_id, len(spans))

@@ -5,7 +5,8 @@ thread of the test's process and keeps every span of every POST to
 /v1/traces, decoded: a dict with the service (the resource's service.name),
 traceId, spanId, parentSpanId ("" for a root), name, kind, start/end in
 nanoseconds, attributes as a plain dict, links and status. A body that is
-not OTLP JSON is answered 400 and counted in .bad, so the exporter's
+not OTLP JSON (or not strictly valid UTF-8) is answered 400 and counted in
+.bad, so the exporter's
 encoding is checked by every export.
 
     r = Receiver(0); r.start(); ... r.spans(); r.stop()
@@ -24,7 +25,12 @@ def _value(v):
 
 def decode(payload):
     """The spans of one ExportTraceServiceRequest (JSON text or dict)."""
-    doc = json.loads(payload) if isinstance(payload, (str, bytes)) else payload
+    if isinstance(payload, bytes):
+        # Strict UTF-8 (RFC 8259 8.1: JSON text is UTF-8), as a conforming
+        # receiver decodes: one bad byte makes the whole batch refused.
+        # json.loads(bytes) alone would let encoded surrogates through.
+        payload = payload.decode("utf-8", errors="strict")
+    doc = json.loads(payload) if isinstance(payload, str) else payload
     out = []
     for rs in doc["resourceSpans"]:
         res = {a["key"]: _value(a["value"]) for a in rs["resource"]["attributes"]}

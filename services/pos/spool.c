@@ -501,9 +501,10 @@ void spool_trace_root(const char *message_id, trace_ctx *out)
     memset(out, 0, sizeof(*out));
     if (!uuid_valid(message_id))
         return;
-    /* A valid UUID: 32 lowercase hex digits and four dashes. */
+    /* A valid UUID: 32 hex digits of either case and four dashes; one
+     * trace id for both cases. */
     for (const char *p = message_id; *p && k < 32; p++) {
-        int v = *p >= 'a' ? *p - 'a' + 10 : *p - '0';
+        int v = *p >= 'a' ? *p - 'a' + 10 : *p >= 'A' ? *p - 'A' + 10 : *p - '0';
         if (*p == '-')
             continue;
         out->trace_id[k / 2] = (uint8_t)(out->trace_id[k / 2] << 4 | v);

@@ -21,6 +21,7 @@
 #include "uuid.h"
 
 #include <cJSON.h>
+#include <ctype.h>
 #include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,7 +50,7 @@ static int is_trace_id(const char *s)
     if (strlen(s) != 32)
         return 0;
     for (; *s; s++) {
-        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
+        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f') || (*s >= 'A' && *s <= 'F')))
             return 0;
     }
     return 1;
@@ -164,16 +165,20 @@ int main(int argc, char **argv)
     glob_t g = {0};
     char **files;
     size_t nfiles;
-    const char *id;
+    char id[UUID_STR_LEN];
     int by_order, rc = 0;
 
     if (argc < 2 || (!uuid_valid(argv[1]) && !is_trace_id(argv[1]))) {
         fprintf(stderr, "usage: trace <order-id | trace-id> [LOG_FILE ...]\n"
-                        "  an order id is a UUID, a trace id 32 lowercase hex digits;\n"
+                        "  an order id is a UUID, a trace id 32 hex digits;\n"
                         "  the logs are var/log/*.log unless files are given\n");
         return 2;
     }
-    id = argv[1];
+    /* The logs hold ids in lowercase (uuid_v4, trace_id_hex): an id
+     * pasted in uppercase names the same order or trace. */
+    snprintf(id, sizeof(id), "%s", argv[1]);
+    for (char *p = id; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
     by_order = uuid_valid(id);
     if (argc > 2) {
         files = argv + 2;
