@@ -1,6 +1,7 @@
 /*
  * check_orders.c — order-api's group commit (services/order-api/writer.c),
- * its Idempotency-Key found by the write (store.c) and its price cache
+ * its Idempotency-Key found by the write (store.c) or by the lookup after it
+ * or after a refusal (routes.c, idempotency.c) and its price cache
  * (pricing.c) against the real order-api, its workers and PostgreSQL. (Over
  * 600 lines: the three share the suite's services and request helpers, and a
  * second suite would start them all again.)
@@ -98,6 +99,15 @@ typedef struct {
     long got_price;        /* ...and its unit price */
 } post;
 
+/* The body do_post sends for p. */
+static void post_body(const post *p, char *body, size_t n)
+{
+    snprintf(body, n,
+             "{\"customer_id\":\"%s\",\"customer_email\":\"gc@example.com\",\"currency\":\"EUR\","
+             "\"items\":[{\"sku\":\"%s\",\"quantity\":%d}]}",
+             p->customer, p->sku ? p->sku : SKU, p->qty);
+}
+
 static void *do_post(void *arg)
 {
     post *p = arg;
@@ -107,10 +117,7 @@ static void *do_post(void *arg)
     cJSON *j;
 
     snprintf(keyhdr, sizeof(keyhdr), "Idempotency-Key: %s", p->key);
-    snprintf(body, sizeof(body),
-             "{\"customer_id\":\"%s\",\"customer_email\":\"gc@example.com\",\"currency\":\"EUR\","
-             "\"items\":[{\"sku\":\"%s\",\"quantity\":%d}]}",
-             p->customer, p->sku ? p->sku : SKU, p->qty);
+    post_body(p, body, sizeof(body));
     p->code = tu_http("POST", p->base ? p->base : API "/orders", hdrs, body, strlen(body), &resp);
     p->id[0] = p->got_customer[0] = '\0';
     p->got_qty = p->got_price = -1;
@@ -500,6 +507,105 @@ START_TEST(a_lock_wait_on_one_orders_key_holds_back_nothing)
 }
 END_TEST
 
+typedef struct {
+    const char *xid;
+} xid_arg;
+
+/* A session waits for transaction xid (a unique index's wait for another
+ * session's INSERT of the same key). */
+static int waits_for_xid(void *arg)
+{
+    const xid_arg *a = arg;
+    const char *p[] = {a->xid};
+    return tu_sql_int(tu_env("OWNER_DATABASE_URL"),
+                      "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                      " AND locktype = 'transactionid' AND transactionid::text = $1",
+                      1, p) >= 1;
+}
+
+/* Another session inserts an order of the test client with p's key and
+ * request_hash `hash` (SQL: "$2" for the hash of p's body; NULL for none),
+ * and holds it until p's write waits for it; then it commits. The write's
+ * snapshot began before that commit and does not show the earlier order: the
+ * lookup after the write answers. held_id: the earlier order's id. */
+static void post_against_held_key(post *p, const char *hash, char held_id[UUID_STR_LEN])
+{
+    PGconn *held = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    char body[512], sql[640];
+    const char *hp[2];
+    xid_arg xa;
+    pthread_t t;
+    PGresult *r;
+
+    post_body(p, body, sizeof(body));
+    hp[0] = p->key;
+    hp[1] = body;
+    ck_assert_int_eq(PQstatus(held), CONNECTION_OK);
+    r = PQexec(held, "BEGIN");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO orders.orders (id, customer_id, customer_email, currency, total_minor,"
+             " idempotency_key, request_hash, client_id) VALUES (gen_random_uuid(), 'held',"
+             " 'held@example.com', 'EUR', 0, $1, %s, 'tests')"
+             " RETURNING id::text, (txid_current() %% 4294967296)::text AS xid, $2::text",
+             hash);
+    r = PQexecParams(held, sql, 2, NULL, hp, NULL, NULL, 0);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s", PQerrorMessage(held));
+    snprintf(held_id, UUID_STR_LEN, "%s", PQgetvalue(r, 0, 0));
+    xa.xid = PQgetvalue(r, 0, 1);
+    ck_assert_int_eq(pthread_create(&t, NULL, do_post, p), 0);
+    ck_assert_msg(tu_poll(10000, waits_for_xid, &xa), "the write never waited for the held key");
+    PQclear(r);
+    r = PQexec(held, "COMMIT");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    PQfinish(held);
+    pthread_join(t, NULL);
+}
+
+/* order-api still answers: GET /readyz 200. */
+static void assert_api_alive(const char *after)
+{
+    char *resp = NULL;
+    ck_assert_msg(tu_http("GET", API "/readyz", NULL, NULL, 0, &resp) == 200,
+                  "order-api no longer answers after %s", after);
+    free(resp);
+}
+
+/* A key taken by a transaction that commits while the write waits for it:
+ * the write does not see the earlier order, the lookup after it does. The
+ * same body is a replay (200, the earlier order) with no batch written again
+ * one by one; another body, or an earlier order with no request hash (one
+ * written before hashes were kept), a 409; and order-api lives on. */
+START_TEST(a_key_committed_while_the_write_waits_is_answered_by_the_lookup)
+{
+    static const char *const hashes[] = {"encode(sha256(convert_to($2, 'UTF8')), 'hex')",
+                                         "encode(sha256('another body'), 'hex')", "NULL"};
+    static const long want[] = {200, 409, 409};
+    const char *log = svcs[3].log;
+    long fallbacks0 = tu_file_count(log, "writing them one by one", NULL);
+
+    for (int i = 0; i < 3; i++) {
+        char tag[64], held_id[UUID_STR_LEN];
+        post p;
+        snprintf(tag, sizeof(tag), "gch%d-%lld", i, (long long)util_wall_us());
+        make_posts(&p, 1, tag);
+        snprintf(p.key, sizeof(p.key), "%s-key", tag);
+        post_against_held_key(&p, hashes[i], held_id);
+        assert_api_alive(hashes[i]);
+        ck_assert_msg(p.code == want[i], "earlier hash %s: status %ld, want %ld", hashes[i], p.code,
+                      want[i]);
+        if (want[i] == 200)
+            ck_assert_str_eq(p.id, held_id);
+        ck_assert_int_eq(
+            tu_count("SELECT count(*) FROM orders.orders WHERE idempotency_key = $1", p.key), 1);
+    }
+    ck_assert_msg(tu_file_count(log, "writing them one by one", NULL) == fallbacks0,
+                  "a batch was written again one by one");
+}
+END_TEST
+
 static int wake_queued(void *arg)
 {
     (void)arg;
@@ -746,6 +852,94 @@ START_TEST(a_lost_listen_connection_drops_the_price_cache)
 }
 END_TEST
 
+/* ------------------------------------- a key whose order the catalog refuses */
+
+/* A SKU of the test's own, in the catalog at 100 EUR (no stock: its orders
+ * are rejected later, which these tests do not look at). */
+static void add_sku(char sku[32])
+{
+    snprintf(sku, 32, "RFS-%lld", (long long)(util_wall_us() % 1000000000));
+    ck_assert_int_eq(tu_count("WITH i AS (INSERT INTO orders.products (sku, name, price_minor,"
+                              " currency) VALUES ($1, 'check_orders', 100, 'EUR') RETURNING 1)"
+                              " SELECT count(*) FROM i",
+                              sku),
+                     1);
+}
+
+static void drop_sku(const char *sku)
+{
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"), "DELETE FROM orders.products WHERE sku = $1", 1,
+                &sku));
+}
+
+typedef struct {
+    post p;
+    long code;
+} refused_arg;
+
+/* A POST of p (no key) is refused: the catalog change has been seen. */
+static int refused_now(void *arg)
+{
+    refused_arg *a = arg;
+    post q = a->p;
+    q.key[0] = '\0';
+    do_post(&q);
+    a->code = q.code;
+    return q.code == 422;
+}
+
+/* With key K an order is placed; then the catalog changes (change: SQL, $1
+ * the SKU) so that the same body is refused (422 without a key). The same
+ * body with K is still a replay of the order placed (200, its id), not the
+ * 422, and another body with K a 409: an earlier order stands even if the
+ * catalog has changed since. */
+static void refused_but_replayed(const char *base, const char *change)
+{
+    char sku[32], tag[64], sql[256];
+    refused_arg ra;
+    post p, q;
+
+    add_sku(sku);
+    snprintf(tag, sizeof(tag), "rfs-%lld", (long long)util_wall_us());
+    make_posts(&p, 1, tag);
+    p.base = base;
+    p.sku = sku;
+    snprintf(p.key, sizeof(p.key), "%s-key", tag);
+    do_post(&p);
+    ck_assert_msg(p.code == 201, "status %ld, want 201", p.code);
+    snprintf(sql, sizeof(sql), "WITH c AS (%s RETURNING 1) SELECT count(*) FROM c", change);
+    ck_assert_int_eq(tu_count(sql, sku), 1);
+    ra.p = p;
+    ck_assert_msg(tu_poll(10000, refused_now, &ra), "%s: never refused (last status %ld)", change,
+                  ra.code);
+    q = p;
+    do_post(&q);
+    ck_assert_msg(q.code == 200, "%s: the same body and key: status %ld, want 200", change, q.code);
+    ck_assert_str_eq(q.id, p.id);
+    q = p;
+    q.qty = p.qty + 1;
+    do_post(&q);
+    ck_assert_msg(q.code == 409, "%s: another body, same key: status %ld, want 409", change,
+                  q.code);
+    drop_sku(sku);
+}
+
+START_TEST(a_key_used_before_is_answered_though_the_catalog_now_refuses_its_body)
+{
+    static const char *const changes[] = {
+        "DELETE FROM orders.products WHERE sku = $1",
+        "UPDATE orders.products SET currency = 'USD' WHERE sku = $1"};
+    tu_svc api;
+
+    for (int i = 0; i < 2; i++)
+        refused_but_replayed(API "/orders", changes[i]); /* no cache (start_all) */
+    start_cached(&api, "18077", "3600000");
+    for (int i = 0; i < 2; i++)
+        refused_but_replayed("http://127.0.0.1:18077/orders", changes[i]);
+    tu_svc_stop_ok(&api);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("orders");
@@ -759,11 +953,13 @@ int main(void)
     tcase_add_test(c, a_request_waits_for_the_writer_at_most_order_write_timeout_ms);
     tcase_add_test(c, a_write_wait_within_the_statement_timeout_is_refused_at_start);
     tcase_add_test(c, a_lock_wait_on_one_orders_key_holds_back_nothing);
+    tcase_add_test(c, a_key_committed_while_the_write_waits_is_answered_by_the_lookup);
     tcase_add_test(c, a_committed_order_wakes_the_relay_before_its_sweep);
     tcase_add_test(c, an_order_whose_prices_are_cached_makes_one_round_trip);
     tcase_add_test(c, a_price_change_reaches_the_next_order);
     tcase_add_test(c, the_price_cache_serves_no_price_past_its_max_age);
     tcase_add_test(c, a_lost_listen_connection_drops_the_price_cache);
+    tcase_add_test(c, a_key_used_before_is_answered_though_the_catalog_now_refuses_its_body);
     suite_add_tcase(s, c);
     return tu_run(s);
 }

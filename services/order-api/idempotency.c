@@ -29,15 +29,19 @@ int api_idem_find(db_conn *db, const char *client, const char *key, const char *
     PGresult *res;
     int found;
     *dbrc = db_execp(db, "api_idem",
-                     "SELECT id, request_hash = encode(sha256(convert_to($2, 'UTF8')), 'hex')"
-                     " AS same FROM orders WHERE client_id = $3 AND idempotency_key = $1",
+                     "SELECT id, coalesce(request_hash = encode(sha256(convert_to($2, 'UTF8')),"
+                     " 'hex'), false) AS same FROM orders"
+                     " WHERE client_id = $3 AND idempotency_key = $1",
                      3, p, &res, err, errlen);
     if (*dbrc != DB_OK)
         return -1;
     found = PQntuples(res) == 1;
     if (found) {
+        /* An order with no request hash (NULL) is never "the same body":
+         * the coalesce says false, and a NULL is checked all the same. */
+        const char *s = db_get(res, 0, "same");
         snprintf(id, UUID_STR_LEN, "%s", db_get(res, 0, "id"));
-        *same = strcmp(db_get(res, 0, "same"), "t") == 0;
+        *same = s && strcmp(s, "t") == 0;
     }
     PQclear(res);
     return found;
