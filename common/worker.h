@@ -147,6 +147,10 @@ typedef struct {
      * backlog in the work queue never delays an answer. */
     const worker_rpc_route *rpc_routes;
     size_t n_rpc_routes;
+    /* More for /metrics (order-api's price cache): Prometheus text written
+     * to buf (at most len bytes, NUL-terminated) from memory, on an HTTP
+     * thread, with http_cls; appended after the worker's own. NULL: none. */
+    void (*metrics_more)(void *http_cls, char *buf, size_t len);
 } worker_def;
 
 /* Runs the worker until SIGTERM/SIGINT. Returns the process exit code: 0

@@ -155,6 +155,9 @@ static void readyz_public(http_req *r, void *cls, http_resp *out)
     ready_answer(cls, 0, out);
 }
 
+/* The room worker_def.metrics_more has. */
+#define WORKER_METRICS_MORE 2048
+
 static void metrics_page(http_req *r, void *cls, http_resp *out)
 {
     worker *w = cls;
@@ -166,6 +169,17 @@ static void metrics_page(http_req *r, void *cls, http_resp *out)
     if (text && retention_render(w->retention, w->def->service, &text) < 0) {
         free(text);
         text = NULL;
+    }
+    if (text && w->def->metrics_more) {
+        size_t have = strlen(text);
+        char *more = realloc(text, have + WORKER_METRICS_MORE);
+        if (more) {
+            text = more;
+            w->def->metrics_more(w->def->http_cls, text + have, WORKER_METRICS_MORE);
+        } else {
+            free(text);
+            text = NULL;
+        }
     }
     if (!text) {
         http_problem(out, 503, "Service Unavailable", "out of memory", NULL);

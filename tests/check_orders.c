@@ -684,21 +684,60 @@ static int listening(void *arg)
                       0, NULL) == 1;
 }
 
+/* Its operations listener (/metrics) is on port + 1000, its log
+ * orders-order-api-prices-<port>: each test has ports of its own. */
 static void start_cached(tu_svc *api, const char *port, const char *age)
 {
-    char p[32], a[64], ready[64];
-    const char *env[] = {p, "OPS_PORT=0", a, TU_API_TOKENS, NULL};
+    char p[32], ops[32], a[64], ready[64], log[64];
+    const char *env[] = {p, ops, a, TU_API_TOKENS, NULL};
     const tu_svc_opts o = {.exe = "order-api",
                            .amqp_env = "ORDER_API_AMQP_URL",
                            .db_env = "ORDERS_DATABASE_URL",
                            .env = env,
-                           .log = "orders-order-api-prices",
+                           .log = log,
                            .ready_url = ready};
     snprintf(p, sizeof(p), "HTTP_PORT=%s", port);
+    snprintf(ops, sizeof(ops), "OPS_PORT=%ld", atol(port) + 1000);
+    snprintf(log, sizeof(log), "orders-order-api-prices-%s", port);
     snprintf(a, sizeof(a), "PRICE_CACHE_MAX_AGE_MS=%s", age);
     snprintf(ready, sizeof(ready), "http://127.0.0.1:%s/readyz", port);
     tu_svc_start(api, &o);
     ck_assert_msg(tu_poll(10000, listening, NULL), "the price cache never listened");
+}
+
+/* The value of the counter `name` (with its labels) on the /metrics of the
+ * order-api start_cached started on port; -1 when it is not there. */
+static long cache_stat(const char *port, const char *name)
+{
+    char url[96], *resp = NULL;
+    const char *line;
+    long v = -1;
+    size_t n = strlen(name);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%ld/metrics", atol(port) + 1000);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, 0, &resp), 200);
+    for (line = resp; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        if (strncmp(line, name, n) == 0 && line[n] == ' ') {
+            v = atol(line + n + 1);
+            break;
+        }
+    }
+    free(resp);
+    return v;
+}
+
+#define HITS    "ordersuite_price_cache_hits_total"
+#define CHANGED "ordersuite_price_cache_drops_total{reason=\"catalog_changed\"}"
+#define LOST    "ordersuite_price_cache_drops_total{reason=\"connection_lost\"}"
+
+typedef struct {
+    const char *port, *name;
+    long above;
+} stat_arg;
+
+static int stat_rose(void *arg)
+{
+    const stat_arg *a = arg;
+    return cache_stat(a->port, a->name) > a->above;
 }
 
 static long catalog_price(void)
@@ -723,10 +762,14 @@ static void set_price(long v, int notify)
 typedef struct {
     const char *base;
     long want;
-    int64_t late;    /* util_now_ms() from which the old price is wrong (0: none) */
-    long stale_late; /* POSTs begun after late that got another price */
+    int64_t late;     /* util_now_ms() from which the old price is wrong (0: none) */
+    long stale_late;  /* POSTs begun after late that got another price */
+    long stale_early; /* POSTs begun before late that got the old price, `old` */
+    long old;
     long n;
 } price_poll;
+
+#define MAX_POSTS 300 /* a poll's POSTs at most: tu_poll's 10 s, 20 ms apart, and a margin */
 
 /* One more POST: 1 when it got the price wanted. */
 static int priced_at(void *arg)
@@ -741,9 +784,11 @@ static int priced_at(void *arg)
     p.base = a->base;
     do_post(&p);
     ck_assert_msg(p.code == 201, "status %ld, want 201", p.code);
-    a->n++;
+    ck_assert_msg(++a->n <= MAX_POSTS, "more than %d POSTs in one poll", MAX_POSTS);
     if (a->late && began >= a->late && p.got_price != a->want)
         a->stale_late++;
+    if (a->late && began < a->late && p.got_price == a->old)
+        a->stale_early++;
     return p.got_price == a->want;
 }
 
@@ -759,8 +804,11 @@ START_TEST(an_order_whose_prices_are_cached_makes_one_round_trip)
     const char *sp[1];
     tu_svc api;
 
+    long hits0;
+
     start_cached(&api, "18074", "3600000");
     ck_assert(priced_at(&warm)); /* reads the catalog: fills the cache */
+    hits0 = cache_stat("18074", HITS);
     since = tu_sql(tu_env("OWNER_DATABASE_URL"), "SELECT clock_timestamp()::text", 0, NULL);
     snprintf(tag, sizeof(tag), "pc1-%lld", (long long)util_wall_us());
     make_posts(p, 6, tag); /* every other one with a key */
@@ -776,6 +824,7 @@ START_TEST(an_order_whose_prices_are_cached_makes_one_round_trip)
                                 " price_minor%' OR query LIKE 'SELECT id, request_hash%')",
                                 1, sp),
                      0);
+    ck_assert_int_eq(cache_stat("18074", HITS), hits0 + 6);
     free(since);
     tu_svc_stop_ok(&api);
 }
@@ -786,15 +835,20 @@ END_TEST
 START_TEST(a_price_change_reaches_the_next_order)
 {
     const long p0 = catalog_price();
-    price_poll a = {.base = "http://127.0.0.1:18074/orders", .want = p0};
+    price_poll a = {.base = "http://127.0.0.1:18078/orders", .want = p0};
+    stat_arg dropped = {"18078", CHANGED, 0};
     tu_svc api;
 
-    start_cached(&api, "18074", "3600000");
+    start_cached(&api, "18078", "3600000");
     ck_assert(priced_at(&a));
     ck_assert(priced_at(&a)); /* from the cache now */
+    ck_assert_int_ge(cache_stat("18078", HITS), 1);
+    dropped.above = cache_stat("18078", CHANGED);
+    ck_assert_int_ge(dropped.above, 0);
     set_price(p0 + 1, 1);
+    ck_assert_msg(tu_poll(10000, stat_rose, &dropped), "the cache was never dropped");
     a.want = p0 + 1;
-    ck_assert_msg(tu_poll(10000, priced_at, &a), "the new price never came (%ld orders)", a.n);
+    ck_assert_msg(priced_at(&a), "the next order after the drop did not get the new price");
     set_price(p0, 1);
     tu_svc_stop_ok(&api);
 }
@@ -813,10 +867,14 @@ START_TEST(the_price_cache_serves_no_price_past_its_max_age)
     ck_assert(priced_at(&a));
     set_price(p0 + 2, 0);
     a.want = p0 + 2;
+    a.old = p0;
     a.late = util_now_ms() + 2000;
     ck_assert_msg(tu_poll(10000, priced_at, &a), "the new price never came (%ld orders)", a.n);
     ck_assert_msg(a.stale_late == 0, "%ld orders begun past the max age got the old price",
                   a.stale_late);
+    /* ...and the cache served: the old price came from it before the max age. */
+    ck_assert_msg(a.stale_early >= 1, "no order got the cached old price before the max age");
+    ck_assert_int_ge(cache_stat("18075", HITS), 1);
     set_price(p0, 1);
     tu_svc_stop_ok(&api);
 }
@@ -833,17 +891,23 @@ START_TEST(a_lost_listen_connection_drops_the_price_cache)
     char sql[512], err[512];
     tu_svc api;
 
+    stat_arg lost = {"18076", LOST, 0};
+
     start_cached(&api, "18076", "3600000");
     ck_assert(priced_at(&a));
     ck_assert(priced_at(&a));
+    ck_assert_int_ge(cache_stat("18076", HITS), 1);
+    lost.above = cache_stat("18076", LOST);
+    ck_assert_int_ge(lost.above, 0);
     snprintf(sql, sizeof(sql),
              "BEGIN; UPDATE orders.products SET price_minor = %ld WHERE sku = '" SKU "';"
              " SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
              " WHERE application_name = 'order-api-prices'; COMMIT",
              p0 + 3);
     ck_assert_msg(tu_sql_try(tu_env("OWNER_DATABASE_URL"), sql, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(tu_poll(10000, stat_rose, &lost), "the cache never counted its connection lost");
     a.want = p0 + 3;
-    ck_assert_msg(tu_poll(10000, priced_at, &a), "the new price never came (%ld orders)", a.n);
+    ck_assert_msg(priced_at(&a), "the next order after the drop did not get the new price");
     ck_assert_msg(tu_file_count(api.log, "lost its LISTEN connection", NULL) > 0,
                   "the cache never saw its connection lost");
     ck_assert_msg(tu_poll(10000, listening, NULL), "the price cache never listened again");

@@ -137,6 +137,7 @@ typedef struct {
     uint64_t misses; /* orders that read the catalog */
     uint64_t drops;  /* dropped on a notification */
     uint64_t losses; /* dropped and turned off: the LISTEN connection was lost */
+    uint64_t fulls;  /* dropped because it was full (PRICE_FILL, 768 SKUs, pricing.c) */
 } api_prices_stats;
 
 /* Starts the cache and its listener thread (which connects by itself, and
@@ -150,6 +151,13 @@ api_prices *api_prices_start(const api_prices_opts *o, char *err, size_t errlen)
 void api_prices_stop(api_prices *c);
 
 void api_prices_get_stats(api_prices *c, api_prices_stats *out);
+
+/* s as Prometheus counters (README "Price cache"), in buf (len bytes). */
+void api_prices_metrics_text(const api_prices_stats *s, char *buf, size_t len);
+
+/* worker_def.metrics_more for order-api: the price cache's counters from
+ * cls, an api_ctx (nothing when it has no cache). */
+void api_prices_metrics(void *cls, char *buf, size_t len);
 
 /* Prices o from the cache c (NULL: no cache) when every one of its SKUs is
  * there and fresh: 1 (o priced), -1 with p (api_price_lines refused it); 0

@@ -267,7 +267,8 @@ int main(int argc, char **argv)
                       .default_port = 8080,
                       .ops_port_var = "OPS_PORT",
                       .ops_default_port = 9100,
-                      .rpc_client = &ctx.rpc};
+                      .rpc_client = &ctx.rpc,
+                      .metrics_more = api_prices_metrics};
     int rc;
 
     def.http_routes = api_routes(&def.n_http_routes);

@@ -252,6 +252,7 @@ static void read_ends(api_prices *c, uint64_t gen, int64_t at, const api_price *
         if (!e->sku[0]) {
             if (c->used >= PRICE_FILL) {
                 drop_locked(c);
+                c->stats.fulls++;
                 gen = c->gen; /* this read's rows are still current */
                 e = find_slot(c, cat[i].sku);
             }
@@ -270,6 +271,38 @@ void api_prices_get_stats(api_prices *c, api_prices_stats *out)
     pthread_mutex_lock(&c->lock);
     *out = c->stats;
     pthread_mutex_unlock(&c->lock);
+}
+
+void api_prices_metrics_text(const api_prices_stats *s, char *buf, size_t len)
+{
+    snprintf(
+        buf, len,
+        "# HELP ordersuite_price_cache_hits_total Orders priced from order-api's price cache.\n"
+        "# TYPE ordersuite_price_cache_hits_total counter\n"
+        "ordersuite_price_cache_hits_total %llu\n"
+        "# HELP ordersuite_price_cache_misses_total Orders that read the catalog.\n"
+        "# TYPE ordersuite_price_cache_misses_total counter\n"
+        "ordersuite_price_cache_misses_total %llu\n"
+        "# HELP ordersuite_price_cache_drops_total Times the price cache was dropped whole,"
+        " by reason.\n"
+        "# TYPE ordersuite_price_cache_drops_total counter\n"
+        "ordersuite_price_cache_drops_total{reason=\"catalog_changed\"} %llu\n"
+        "ordersuite_price_cache_drops_total{reason=\"connection_lost\"} %llu\n"
+        "ordersuite_price_cache_drops_total{reason=\"full\"} %llu\n",
+        (unsigned long long)s->hits, (unsigned long long)s->misses, (unsigned long long)s->drops,
+        (unsigned long long)s->losses, (unsigned long long)s->fulls);
+}
+
+void api_prices_metrics(void *cls, char *buf, size_t len)
+{
+    const api_ctx *ctx = cls;
+    api_prices_stats s;
+    if (len)
+        buf[0] = '\0';
+    if (!ctx->prices)
+        return;
+    api_prices_get_stats(ctx->prices, &s);
+    api_prices_metrics_text(&s, buf, len);
 }
 
 /* ---------------------------------------------------------- the listener */
@@ -415,9 +448,10 @@ void api_prices_stop(api_prices *c)
     (void)!write(c->wake[1], "x", 1);
     pthread_join(c->thread, NULL);
     log_info("price cache: %llu orders priced from it, %llu read the catalog, dropped %llu "
-             "times on a catalog change and %llu times on a lost connection",
+             "times on a catalog change, %llu times on a lost connection and %llu times full",
              (unsigned long long)c->stats.hits, (unsigned long long)c->stats.misses,
-             (unsigned long long)c->stats.drops, (unsigned long long)c->stats.losses);
+             (unsigned long long)c->stats.drops, (unsigned long long)c->stats.losses,
+             (unsigned long long)c->stats.fulls);
     close(c->wake[0]);
     close(c->wake[1]);
     pthread_mutex_destroy(&c->lock);
