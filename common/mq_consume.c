@@ -7,6 +7,7 @@
  */
 #include "mq_int.h"
 #include "log.h"
+#include "trace.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -16,8 +17,28 @@
 
 /* Acks, forwards or requeues one delivery after its handler said r (with
  * the reason herr). MQ_ERR when the connection failed. */
+static int settle_one(mq_conn *cons, mq_conn *pub, const mq_delivery *d, mq_result r,
+                      const char *herr);
+
+/* The lines logged here (retrying, dead-lettered, requeued) come after the
+ * message's process span ended: they carry the trace the message carries
+ * (with its publish span's id), so a failure is found by its trace id. */
 static int settle_delivery(mq_conn *cons, mq_conn *pub, const mq_delivery *d, mq_result r,
                            const char *herr)
+{
+    trace_ctx ctx;
+    const trace_ctx *prev = NULL;
+    int has = trace_parse(d->traceparent[0] ? d->traceparent : NULL, NULL, &ctx) == 0, rc;
+    if (has)
+        prev = trace_set_current(&ctx);
+    rc = settle_one(cons, pub, d, r, herr);
+    if (has)
+        trace_set_current(prev);
+    return rc;
+}
+
+static int settle_one(mq_conn *cons, mq_conn *pub, const mq_delivery *d, mq_result r,
+                      const char *herr)
 {
     char perr[MQ_ERR_LEN];
     mq_plan plan;

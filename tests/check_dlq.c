@@ -235,6 +235,42 @@ START_TEST(a_replayed_message_is_processed)
 }
 END_TEST
 
+/* The lines logged as a message is settled (retrying, dead-lettered,
+ * requeued) come after its process span ended: they still name its trace. */
+#define REJECT_TRACE "7c1d2e3f4a5b46c7d8e9f0a1b2c3d4e5"
+
+static int rejected_line_has_trace(void *arg)
+{
+    (void)arg;
+    return tu_file_count(worker.log, "\"trace_id\":\"" REJECT_TRACE "\"",
+                         "sent to the dead-letter queue") >= 1;
+}
+
+START_TEST(a_dead_letter_line_names_the_messages_trace)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_dlq");
+    char id[UUID_STR_LEN], corr[UUID_STR_LEN], merr[MQ_ERR_LEN];
+    mq_msg m = {0};
+    long one = 1;
+
+    uuid_v4(id);
+    uuid_v4(corr);
+    m.exchange = MQ_EXCHANGE;
+    m.routing_key = RK_ORDER_PLACED;
+    m.message_id = id;
+    m.correlation_id = corr;
+    m.type = RK_ORDER_PLACED;
+    m.body = "{\"not\":\"an order\"}";
+    m.len = strlen(m.body);
+    m.traceparent = "00-" REJECT_TRACE "-" REPLAY_SPAN "-01";
+    ck_assert_msg(mq_publish(c, &m, merr, sizeof(merr)) == MQ_OK, "%s", merr);
+    ck_assert(tu_poll(10000, dlq_has, &one));
+    ck_assert_msg(tu_poll(10000, rejected_line_has_trace, NULL),
+                  "no dead-letter line with trace_id " REJECT_TRACE " in %s", worker.log);
+    mq_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("dlq");
@@ -243,6 +279,7 @@ int main(void)
     tcase_set_timeout(t, 90);
     tcase_add_test(t, list_show_replay_and_purge);
     tcase_add_test(t, a_replayed_message_is_processed);
+    tcase_add_test(t, a_dead_letter_line_names_the_messages_trace);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
