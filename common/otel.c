@@ -8,6 +8,7 @@
  */
 #include "otel.h"
 #include "log.h"
+#include "util.h"
 
 #include <cJSON.h>
 #include <curl/curl.h>
@@ -19,7 +20,8 @@
 #include <string.h>
 #include <time.h>
 
-#define OTEL_URL_MAX 1024
+#define OTEL_URL_MAX    1024
+#define OTEL_HEADER_MAX 1024
 
 static struct {
     /* Set by otel_init before any thread starts, read-only after. */
@@ -109,9 +111,97 @@ int otel_sample(const trace_ctx *parent, const uint8_t trace_id[16])
     return otel_decide(ex.sampler, ex.ratio, parent, trace_id);
 }
 
+const char *otel_url(void)
+{
+    return ex.url;
+}
+
 int otel_log_spans(void)
 {
     return ex.log_spans;
+}
+
+/* ------------------------------------------------------------- headers */
+
+static int is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+int otel_header_line(const char *item, size_t n, char *line, size_t linelen, char *err,
+                     size_t errlen)
+{
+    const char *e = item + n, *eq = memchr(item, '=', n), *k = item, *ke, *v, *ve;
+    size_t pos;
+    int w;
+    if (!eq) {
+        snprintf(err, errlen, "OTEL_EXPORTER_OTLP_HEADERS must be key=value,key=value");
+        return -1;
+    }
+    /* Whitespace around a key and a value is not part of them (the spec's
+     * W3C Baggage-like format). */
+    for (ke = eq; ke > k && (ke[-1] == ' ' || ke[-1] == '\t'); ke--)
+        ;
+    while (k < ke && (*k == ' ' || *k == '\t'))
+        k++;
+    for (v = eq + 1; v < e && (*v == ' ' || *v == '\t'); v++)
+        ;
+    for (ve = e; ve > v && (ve[-1] == ' ' || ve[-1] == '\t'); ve--)
+        ;
+    if (k == ke) {
+        snprintf(err, errlen, "OTEL_EXPORTER_OTLP_HEADERS: a header has no name");
+        return -1;
+    }
+    for (const char *p = k; p < ke; p++) {
+        if (!is_tchar((unsigned char)*p)) {
+            snprintf(err, errlen,
+                     "OTEL_EXPORTER_OTLP_HEADERS: a header name may hold only "
+                     "token characters (RFC 9110)");
+            return -1;
+        }
+    }
+    w = snprintf(line, linelen, "%.*s: ", (int)(ke - k), k);
+    if (w < 0 || (size_t)w >= linelen)
+        goto too_long;
+    pos = (size_t)w;
+    /* Decoded first, then checked: %0D%0A must not start a header of its
+     * own (a CR, LF or NUL in a value is refused, whatever its form). */
+    for (const char *p = v; p < ve; p++) {
+        int c = (unsigned char)*p;
+        if (c == '%') {
+            int hi = p + 2 < ve ? hexval(p[1]) : -1, lo = hi >= 0 ? hexval(p[2]) : -1;
+            if (lo < 0) {
+                snprintf(err, errlen,
+                         "OTEL_EXPORTER_OTLP_HEADERS: a %% not followed by two "
+                         "hex digits");
+                return -1;
+            }
+            c = hi << 4 | lo;
+            p += 2;
+        }
+        if (c == '\r' || c == '\n' || c == '\0') {
+            snprintf(err, errlen, "OTEL_EXPORTER_OTLP_HEADERS: a value holds a CR, LF or NUL");
+            return -1;
+        }
+        if (pos + 1 >= linelen)
+            goto too_long;
+        line[pos++] = (char)c;
+    }
+    line[pos] = '\0';
+    return 0;
+too_long:
+    snprintf(err, errlen, "OTEL_EXPORTER_OTLP_HEADERS: a header is longer than %zu bytes",
+             linelen - 1);
+    return -1;
 }
 
 /* --------------------------------------------------------- configuration */
@@ -136,7 +226,7 @@ static int env_long(const char *name, long def, long min, long max, long *out, c
 
 int otel_init(const char *service, char *err, size_t errlen)
 {
-    const char *v;
+    const char *v, *which;
     long n;
 
     snprintf(ex.service, sizeof(ex.service), "%s", service);
@@ -170,15 +260,25 @@ int otel_init(const char *service, char *err, size_t errlen)
         return -1;
     ex.batch_max = (size_t)n < ex.cap ? (size_t)n : ex.cap;
     ex.url[0] = '\0';
+    which = "OTEL_EXPORTER_OTLP_ENDPOINT";
     if ((v = getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) && *v) {
         if (strlen(v) >= sizeof(ex.url)) {
             snprintf(err, errlen, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is too long");
             return -1;
         }
         snprintf(ex.url, sizeof(ex.url), "%s", v);
+        which = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
     } else if ((v = getenv("OTEL_EXPORTER_OTLP_ENDPOINT")) && *v) {
         size_t l = strlen(v);
         int slash = l > 0 && v[l - 1] == '/';
+        /* /v1/traces is appended to the path: a query or a fragment would
+         * end up before it. */
+        if (strpbrk(v, "?#")) {
+            snprintf(err, errlen,
+                     "OTEL_EXPORTER_OTLP_ENDPOINT must have no query or fragment "
+                     "(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as given)");
+            return -1;
+        }
         if (l + 12 >= sizeof(ex.url)) {
             snprintf(err, errlen, "OTEL_EXPORTER_OTLP_ENDPOINT is too long");
             return -1;
@@ -186,7 +286,7 @@ int otel_init(const char *service, char *err, size_t errlen)
         snprintf(ex.url, sizeof(ex.url), "%.*s/v1/traces", (int)(l - (size_t)slash), v);
     }
     if (ex.url[0] && strncmp(ex.url, "http://", 7) != 0 && strncmp(ex.url, "https://", 8) != 0) {
-        snprintf(err, errlen, "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL");
+        snprintf(err, errlen, "%s must be an http:// or https:// URL", which);
         return -1;
     }
     free(ex.headers);
@@ -195,12 +295,9 @@ int otel_init(const char *service, char *err, size_t errlen)
         /* Checked here so that a typo stops the process, not every export. */
         for (const char *p = v; *p;) {
             const char *c = strchr(p, ','), *e = c ? c : p + strlen(p);
-            const char *eq = memchr(p, '=', (size_t)(e - p));
-            if (!eq || eq == p || memchr(p, '\n', (size_t)(e - p)) ||
-                memchr(p, '\r', (size_t)(e - p))) {
-                snprintf(err, errlen, "OTEL_EXPORTER_OTLP_HEADERS must be key=value,key=value");
+            char line[OTEL_HEADER_MAX];
+            if (otel_header_line(p, (size_t)(e - p), line, sizeof(line), err, errlen) < 0)
                 return -1;
-            }
             p = c ? c + 1 : e;
         }
         if (!(ex.headers = strdup(v))) {
@@ -361,24 +458,20 @@ static int post(CURL *h, struct curl_slist *hdrs, const char *body, long timeout
  * specification's form) and are decoded. */
 static struct curl_slist *header_list(void)
 {
-    struct curl_slist *l = curl_slist_append(NULL, "Content-Type: application/json");
-    char *copy = ex.headers ? strdup(ex.headers) : NULL, *save = NULL;
-    for (char *kv = copy ? strtok_r(copy, ",", &save) : NULL; kv && l;
-         kv = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(kv, '='), line[1024];
-        char *k = kv, *v;
-        int n;
-        if (!eq)
-            continue;
-        *eq = '\0';
-        v = curl_easy_unescape(NULL, eq + 1, 0, &n);
-        while (*k == ' ')
-            k++;
-        if (v && snprintf(line, sizeof(line), "%s: %s", k, v) < (int)sizeof(line))
-            l = curl_slist_append(l, line);
-        curl_free(v);
+    struct curl_slist *l = curl_slist_append(NULL, "Content-Type: application/json"), *more;
+    char line[OTEL_HEADER_MAX], err[128];
+    for (const char *p = ex.headers; p && *p && l;) {
+        const char *c = strchr(p, ','), *e = c ? c : p + strlen(p);
+        /* Checked by otel_init: this does not fail but on memory. */
+        if (otel_header_line(p, (size_t)(e - p), line, sizeof(line), err, sizeof(err)) == 0) {
+            if (!(more = curl_slist_append(l, line))) {
+                curl_slist_free_all(l); /* not sent without a header it was given */
+                return NULL;
+            }
+            l = more;
+        }
+        p = c ? c + 1 : e;
     }
-    free(copy);
     return l;
 }
 
@@ -428,10 +521,13 @@ static void *export_main(void *arg)
             else
                 ex.dropped += n;
             pthread_mutex_unlock(&ex.lock);
-            if (!ok && !warned++)
+            if (!ok && !warned++) {
+                char shown[OTEL_URL_MAX];
+                util_redact_url(ex.url, shown, sizeof(shown));
                 log_warn("otel: exporting %zu span(s) to %s failed; they are dropped and "
                          "counted (ordersuite_otel_spans_dropped_total)",
-                         n, ex.url);
+                         n, shown);
+            }
             if (ok)
                 warned = 0;
         }
@@ -463,7 +559,11 @@ int otel_start(char *err, size_t errlen)
         return -1;
     }
     __atomic_store_n(&ex.running, 1, __ATOMIC_RELEASE);
-    log_info("otel: exporting spans to %s as %s", ex.url, ex.service);
+    {
+        char shown[OTEL_URL_MAX]; /* a user:password in the URL is not logged */
+        util_redact_url(ex.url, shown, sizeof(shown));
+        log_info("otel: exporting spans to %s as %s", shown, ex.service);
+    }
     return 0;
 }
 
@@ -485,5 +585,7 @@ void otel_stop(int timeout_ms)
     ex.len = 0;
     free(ex.ring);
     ex.ring = NULL;
+    free(ex.headers); /* read by the export thread only, joined above */
+    ex.headers = NULL;
     pthread_mutex_unlock(&ex.lock);
 }

@@ -61,6 +61,20 @@ int otel_sample(const trace_ctx *parent, const uint8_t trace_id[16]);
 /* 1 when sampled spans are logged (TRACE_LOG_SPANS). */
 int otel_log_spans(void);
 
+/* The URL spans are posted to, as otel_init built it ("" = no exporter):
+ * OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as given, else
+ * OTEL_EXPORTER_OTLP_ENDPOINT with /v1/traces appended to its path (one
+ * trailing slash dropped; a query or fragment refused). */
+const char *otel_url(void);
+
+/* One item of OTEL_EXPORTER_OTLP_HEADERS (item[0..n), "key=value") as the
+ * HTTP header line "key: value": whitespace around key and value trimmed,
+ * the key token characters only (RFC 9110), the value percent-decoded and
+ * then refused if it holds a CR, LF or NUL (no header injection). 0, or -1
+ * with err naming the variable. Pure. */
+int otel_header_line(const char *item, size_t n, char *line, size_t linelen, char *err,
+                     size_t errlen);
+
 typedef struct {
     uint64_t exported; /* spans the receiver took (2xx) */
     uint64_t dropped;  /* spans dropped: queue full or a failed export */

@@ -480,7 +480,15 @@ START_TEST(otel_settings_are_checked_and_name_the_variable)
         {"OTEL_TRACES_SAMPLER_ARG", "1.5"},
         {"OTEL_TRACES_SAMPLER_ARG", "x"},
         {"OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://x"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4318?x=1"},
         {"OTEL_EXPORTER_OTLP_HEADERS", "novalue"},
+        {"OTEL_EXPORTER_OTLP_HEADERS", "a=b%0D%0AX-Evil: 1"},
+        {"OTEL_EXPORTER_OTLP_HEADERS", "a=b%0aX-Evil: 1"},
+        {"OTEL_EXPORTER_OTLP_HEADERS", "a=b%00"},
+        {"OTEL_EXPORTER_OTLP_HEADERS", "bad key=v"},
+        {"OTEL_EXPORTER_OTLP_HEADERS", "k:x=v"},
+        {"OTEL_EXPORTER_OTLP_HEADERS", "=v"},
         {"OTEL_BSP_MAX_QUEUE_SIZE", "0"},
         {"TRACE_LOG_SPANS", "2"},
     };
@@ -498,6 +506,64 @@ START_TEST(otel_settings_are_checked_and_name_the_variable)
     unsetenv("OTEL_EXPORTER_OTLP_ENDPOINT");
     unsetenv("OTEL_EXPORTER_OTLP_HEADERS");
     ck_assert_int_eq(otel_init("t", err, sizeof(err)), 0);
+}
+END_TEST
+
+/* The exporter's URL: the spec's rule for the base endpoint, the signal
+ * endpoint as given. */
+START_TEST(the_export_url_follows_the_endpoint_rules)
+{
+    char err[256];
+    static const char *const cases[][3] = {
+        {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4318", "http://h:4318/v1/traces"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT", "http://h:4318/", "http://h:4318/v1/traces"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT", "https://h/otlp", "https://h/otlp/v1/traces"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT", "https://h/otlp/", "https://h/otlp/v1/traces"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://h:4318/custom?tenant=1",
+         "http://h:4318/custom?tenant=1"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://h:4318/", "http://h:4318/"},
+    };
+    for (size_t i = 0; i < N(cases); i++) {
+        setenv(cases[i][0], cases[i][1], 1);
+        ck_assert_msg(otel_init("t", err, sizeof(err)) == 0, "%s", err);
+        ck_assert_str_eq(otel_url(), cases[i][2]);
+        unsetenv(cases[i][0]);
+    }
+    ck_assert_int_eq(otel_init("t", err, sizeof(err)), 0);
+    ck_assert_str_eq(otel_url(), "");
+}
+END_TEST
+
+START_TEST(otlp_headers_are_trimmed_decoded_and_checked)
+{
+    char line[64], err[256], longer[73];
+    static const char *const good[][2] = {
+        {"api-key=s%20ecret", "api-key: s ecret"},
+        {"  x-tenant = a b  ", "x-tenant: a b"},
+        {"k=v%3Dw", "k: v=w"},
+        {"k=", "k: "},
+    };
+    static const char *const bad[] = {"k=a%0D%0AX: 1", "k=a%0a", "k=%00",   "k=a\r\nX: 1", "b k=v",
+                                      "k:=v",          "=v",     "novalue", "k=%zz",       "k=%4"};
+    for (size_t i = 0; i < N(good); i++) {
+        ck_assert_msg(otel_header_line(good[i][0], strlen(good[i][0]), line, sizeof(line), err,
+                                       sizeof(err)) == 0,
+                      "%s: %s", good[i][0], err);
+        ck_assert_str_eq(line, good[i][1]);
+    }
+    for (size_t i = 0; i < N(bad); i++) {
+        err[0] = '\0';
+        ck_assert_msg(
+            otel_header_line(bad[i], strlen(bad[i]), line, sizeof(line), err, sizeof(err)) == -1,
+            "%s accepted", bad[i]);
+        ck_assert_msg(strstr(err, "OTEL_EXPORTER_OTLP_HEADERS"), "%s", err);
+    }
+    memset(longer, 'v', sizeof(longer) - 1); /* "k: " and 70 bytes do not fit in 64 */
+    longer[0] = 'k';
+    longer[1] = '=';
+    longer[sizeof(longer) - 1] = '\0';
+    ck_assert_int_eq(otel_header_line(longer, strlen(longer), line, sizeof(line), err, sizeof(err)),
+                     -1);
 }
 END_TEST
 
@@ -602,6 +668,8 @@ int main(void)
     tcase_add_test(mq, an_oversized_tracestate_header_is_not_read_as_a_cut_one);
     tcase_add_test(ot, samplers_parse_and_decide);
     tcase_add_test(ot, otel_settings_are_checked_and_name_the_variable);
+    tcase_add_test(ot, the_export_url_follows_the_endpoint_rules);
+    tcase_add_test(ot, otlp_headers_are_trimmed_decoded_and_checked);
     tcase_add_test(ot, spans_encode_as_otlp_json);
     suite_add_tcase(s, p);
     suite_add_tcase(s, st);
