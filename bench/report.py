@@ -301,6 +301,8 @@ def markdown(doc, runs, limits, cap, sus, half, e2e, cost, ledgers, targets, bat
            "", "| queue | enqueued | delivered | acked |", "|---|---:|---:|---:|"]
     for q, d in sorted(cost["amqp_per_order_by_queue"].items()):
         md.append(f"| {q} | {d['publish']:.2f} | {d['deliver_get']:.2f} | {d['ack']:.2f} |")
+    if not cost["amqp_per_order_by_queue"]:
+        md.append("| (the management API's per-queue counters did not move in this run) | | | |")
     if cost["ack_frames_per_order_by_service"]:
         fr = cost["ack_frames_per_order_by_service"]
         md += ["", "basic.ack frames the services sent per completed order (their /metrics): "
