@@ -129,6 +129,13 @@ for kind in queues exchanges; do
 done
 bash "$ROOT/scripts/migrate.sh" "$ROOT/$BUILD/bin/migrate" >"$VAR/log/tests-migrate.log" 2>&1 ||
     die "migrating the tests' database failed; see $VAR/log/tests-migrate.log"
+# pg_stat_statements (make up loads it) in the tests' database, in a schema
+# of its own that only order-api's role may use (as itself it reads its own
+# statements' text): check_orders counts the statements its POSTs make.
+pg_super -d "$TEST_DB" -c 'CREATE SCHEMA IF NOT EXISTS stats' \
+    -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA stats' \
+    -c 'GRANT USAGE ON SCHEMA stats TO orders' >>"$VAR/log/tests-migrate.log" 2>&1 ||
+    die "creating pg_stat_statements in the tests' database failed; see $VAR/log/tests-migrate.log"
 set +e
 export_suite_urls
 export ORDERSUITE_ROOT="$ROOT" ORDERSUITE_BIN="$ROOT/$BUILD/bin" ORDERSUITE_TEST_BIN="$ROOT/$BUILD/test"

@@ -451,10 +451,12 @@ static void *race_key(void *arg)
     return NULL;
 }
 
-/* Requests with one key that arrive together all pass the lookup before any
- * has stored its order: the unique key lets one INSERT win, and every other
- * one must answer as a replay of that order (not a 5xx, not a second order).
- * Several rounds of 12, so that the lookup-then-insert race surely happens. */
+/* Requests with one key that arrive together: the unique (client, key) lets
+ * one INSERT win (the write's ON CONFLICT skips the others, in its batch or
+ * in a later one; one that waited for the winner's commit is answered by the
+ * lookup after the write), and every other one must answer as a replay of
+ * that order (not a 5xx, not a second order). Several rounds of 12, so that
+ * requests surely meet in one batch and across batches. */
 START_TEST(requests_racing_on_one_idempotency_key_get_one_order)
 {
     enum { ROUNDS = 5, N = 12 };

@@ -22,7 +22,8 @@
  * write and its document (store.c), committed by the writer with the orders
  * that arrived together (writer.c); the write finds an earlier order with
  * the same Idempotency-Key itself (store.c, idempotency.c), so an order
- * whose prices are cached costs one round trip, its batch's. Documents are
+ * whose prices are cached costs one round trip, its batch's (a replay two:
+ * the write, then the earlier order's document). Documents are
  * built by PostgreSQL (json_build_object).
  */
 #include "api.h"

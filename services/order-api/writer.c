@@ -8,9 +8,10 @@
  * while a write is under way: the busier the API, the larger the batches.
  *
  * One failing order costs the others nothing: a batch that fails for a
- * reason of its own (a permanent error: a constraint, e.g. two requests that
- * raced on one Idempotency-Key; the SQLSTATE says which) is written again
- * one order per statement, as the workers' dispatch does with a failed
+ * reason of its own (a permanent error, e.g. a constraint one order's row
+ * breaks; the SQLSTATE says which; not a reused Idempotency-Key, which the
+ * write itself skips with ON CONFLICT, store.c) is written again one order
+ * per statement, as the workers' dispatch does with a failed
  * batch, and each order gets its own outcome. A batch that fails because the
  * database is away (a transient error) is not tried again: every order in it
  * gets the error (the API answers 503), as a request writing alone did;
