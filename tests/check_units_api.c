@@ -2,7 +2,8 @@
  * check_units_api.c — order-api's decisions without servers: decoding a
  * POST /orders body (the edges the contract suite does not reach: the
  * request's own shape), pricing up to the contract's maxima and past them,
- * Idempotency-Key, bearer tokens, and problem+json building (common/http.c).
+ * Idempotency-Key, bearer tokens, problem+json building (common/http.c),
+ * and the price cache's logic (pricing.c, without its listener thread).
  */
 #include "api.h"
 #include "testutil.h"
@@ -498,6 +499,104 @@ START_TEST(a_stream_past_the_clients_limit_is_429_past_the_servers_503)
 }
 END_TEST
 
+/* ------------------------------------------------------ the price cache */
+
+/* An order of one line of sku, with pricing's result: 1 from the cache, 0
+ * not there. */
+static int cached(api_prices *c, const char *sku)
+{
+    ev_event ev;
+    api_problem p = {0};
+    int r;
+    static const char body[] = "{\"customer_id\":\"c\",\"customer_email\":\"a@b.c\","
+                               "\"currency\":\"EUR\",\"items\":[{\"sku\":\"X\","
+                               "\"quantity\":1}]}";
+    ev_init(&ev, EV_ORDER_PLACED);
+    ck_assert_int_eq(api_decode_request(body, strlen(body), &ev.u.order_placed, &p), 0);
+    snprintf(ev.u.order_placed.lines.items[0].sku, sizeof(ev.u.order_placed.lines.items[0].sku),
+             "%s", sku);
+    r = api_price_cached(c, &ev.u.order_placed, &p);
+    ev_free(&ev);
+    return r;
+}
+
+/* A read of sku's row, begun now, that ends after `between` ran. */
+static void read_row(api_prices *c, const char *sku, void (*between)(api_prices *))
+{
+    api_price row = {sku, 100, "EUR"};
+    uint64_t gen;
+    int64_t at;
+    ck_assert_int_eq(api_price_read_begins(c, &gen, &at), 1);
+    if (between)
+        between(c);
+    api_price_read_ends(c, gen, at, &row, 1);
+}
+
+/* A read that began before a drop (a notification, a lost connection) does
+ * not fill the cache: its row may be the one the change replaced. */
+START_TEST(a_read_begun_before_a_drop_does_not_fill_the_cache)
+{
+    api_prices *c = api_prices_new(3600000);
+    api_prices_stats s;
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(cached(c, "A"), 0); /* not listening: serves nothing */
+    api_prices_set_listening(c, 1);
+    read_row(c, "A", NULL);
+    ck_assert_int_eq(cached(c, "A"), 1);
+    read_row(c, "B", api_prices_changed);
+    ck_assert_int_eq(cached(c, "B"), 0);
+    ck_assert_int_eq(cached(c, "A"), 0); /* the drop took it too */
+    api_prices_get_stats(c, &s);
+    ck_assert_int_eq(s.drops, 1);
+    ck_assert_int_eq(s.hits, 1);
+    api_prices_free(c);
+}
+END_TEST
+
+/* A row serves until max_age_ms after its read began, not after. */
+START_TEST(a_row_serves_no_longer_than_the_max_age_after_its_read_began)
+{
+    api_prices *c = api_prices_new(60000);
+    api_price row = {"A", 100, "EUR"};
+    uint64_t gen;
+    int64_t at;
+    ck_assert_ptr_nonnull(c);
+    api_prices_set_listening(c, 1);
+    ck_assert_int_eq(api_price_read_begins(c, &gen, &at), 1);
+    api_price_read_ends(c, gen, at - 59000, &row, 1); /* read began 59 s ago */
+    ck_assert_int_eq(cached(c, "A"), 1);
+    api_price_read_ends(c, gen, at - 60000, &row, 1); /* ...60 s ago: too old */
+    ck_assert_int_eq(cached(c, "A"), 0);
+    api_prices_free(c);
+}
+END_TEST
+
+/* At PRICE_FILL (768) SKUs, the next SKU read drops the cache whole (counted
+ * as full) and is kept; the others are read again when asked for. */
+START_TEST(a_full_cache_is_dropped_whole_and_counted)
+{
+    api_prices *c = api_prices_new(3600000);
+    api_prices_stats s;
+    char sku[16];
+    ck_assert_ptr_nonnull(c);
+    api_prices_set_listening(c, 1);
+    for (int i = 0; i < 768; i++) {
+        snprintf(sku, sizeof(sku), "S-%d", i);
+        read_row(c, sku, NULL);
+    }
+    ck_assert_int_eq(cached(c, "S-0"), 1);
+    ck_assert_int_eq(cached(c, "S-767"), 1);
+    api_prices_get_stats(c, &s);
+    ck_assert_int_eq(s.fulls, 0);
+    read_row(c, "S-768", NULL);
+    api_prices_get_stats(c, &s);
+    ck_assert_int_eq(s.fulls, 1);
+    ck_assert_int_eq(cached(c, "S-768"), 1);
+    ck_assert_int_eq(cached(c, "S-0"), 0);
+    api_prices_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_api");
@@ -512,6 +611,9 @@ int main(void)
     tcase_add_loop_test(pr, a_price_past_the_contract_or_an_overflow_is_a_server_error, 0,
                         (int)(sizeof(bad_prices) / sizeof(bad_prices[0])));
     tcase_add_test(pr, an_unknown_sku_or_another_currency_is_the_clients_error);
+    tcase_add_test(pr, a_read_begun_before_a_drop_does_not_fill_the_cache);
+    tcase_add_test(pr, a_row_serves_no_longer_than_the_max_age_after_its_read_began);
+    tcase_add_test(pr, a_full_cache_is_dropped_whole_and_counted);
     tcase_add_test(pr, an_order_at_every_maximum_travels_to_the_write_exactly);
     tcase_add_test(pr, only_a_batch_of_several_failed_by_one_order_falls_back_to_one_by_one);
     tcase_add_test(pr, a_write_wait_not_longer_than_statement_and_connect_is_refused);

@@ -152,6 +152,21 @@ void api_prices_stop(api_prices *c);
 
 void api_prices_get_stats(api_prices *c, api_prices_stats *out);
 
+/* The cache's own logic, without its listener thread (api_prices_start uses
+ * them; check_units_api tests them): a cache of max_age_ms that serves
+ * nothing until api_prices_set_listening(c, 1) (NULL when out of memory;
+ * api_prices_free(NULL) is a no-op); a notification's drop; and a catalog
+ * read's two ends: what api_price_read_begins saw (1 when the cache listens)
+ * must be unchanged at api_price_read_ends for its rows to fill the cache,
+ * each row then serving until at + max_age_ms. At PRICE_FILL (768) SKUs a
+ * new one drops the cache whole first (counted: fulls). */
+api_prices *api_prices_new(long max_age_ms);
+void api_prices_free(api_prices *c);
+void api_prices_set_listening(api_prices *c, int on);
+void api_prices_changed(api_prices *c);
+int api_price_read_begins(api_prices *c, uint64_t *gen, int64_t *at);
+void api_price_read_ends(api_prices *c, uint64_t gen, int64_t at, const api_price *cat, size_t n);
+
 /* s as Prometheus counters (README "Price cache"), in buf (len bytes). */
 void api_prices_metrics_text(const api_prices_stats *s, char *buf, size_t len);
 

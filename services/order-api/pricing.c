@@ -71,9 +71,6 @@ struct api_prices {
     int has_timeouts;
 };
 
-static int read_begins(api_prices *c, uint64_t *gen, int64_t *at);
-static void read_ends(api_prices *c, uint64_t gen, int64_t at, const api_price *cat, size_t n);
-
 int api_price_lines(order_placed *o, const api_price *cat, size_t n, api_problem *p)
 {
     o->total = 0;
@@ -135,7 +132,7 @@ int api_price_order(api_prices *c, db_conn *db, order_placed *o, api_problem *p,
     skus[n++] = '}';
     skus[n] = '\0';
     params[0] = skus;
-    fill = read_begins(c, &gen, &at);
+    fill = api_price_read_begins(c, &gen, &at);
     *dbrc = db_execp(db, "api_prices",
                      "SELECT sku, price_minor, currency FROM products WHERE sku = ANY($1::text[])",
                      1, params, &res, err, errlen);
@@ -153,7 +150,7 @@ int api_price_order(api_prices *c, db_conn *db, order_placed *o, api_problem *p,
         cat[i].price = strtoll(price, NULL, 10);
     }
     if (fill)
-        read_ends(c, gen, at, cat, rows);
+        api_price_read_ends(c, gen, at, cat, rows);
     rc = api_price_lines(o, cat, rows, p);
     PQclear(res);
     return rc;
@@ -186,7 +183,7 @@ static void drop_locked(api_prices *c)
     c->gen++;
 }
 
-static void set_listening(api_prices *c, int on)
+void api_prices_set_listening(api_prices *c, int on)
 {
     pthread_mutex_lock(&c->lock);
     drop_locked(c);
@@ -225,7 +222,7 @@ int api_price_cached(api_prices *c, order_placed *o, api_problem *p)
 }
 
 /* The state a read must find unchanged to fill the cache with its rows. */
-static int read_begins(api_prices *c, uint64_t *gen, int64_t *at)
+int api_price_read_begins(api_prices *c, uint64_t *gen, int64_t *at)
 {
     int on;
     if (!c)
@@ -240,7 +237,7 @@ static int read_begins(api_prices *c, uint64_t *gen, int64_t *at)
 
 /* Keeps the rows cat[0..n) a read begun at (gen, at) returned, unless the
  * cache was dropped since (or is off). */
-static void read_ends(api_prices *c, uint64_t gen, int64_t at, const api_price *cat, size_t n)
+void api_price_read_ends(api_prices *c, uint64_t gen, int64_t at, const api_price *cat, size_t n)
 {
     pthread_mutex_lock(&c->lock);
     for (size_t i = 0; c->listening && c->gen == gen && i < n; i++) {
@@ -263,6 +260,14 @@ static void read_ends(api_prices *c, uint64_t gen, int64_t at, const api_price *
         e->price = cat[i].price;
         e->read_ms = at;
     }
+    pthread_mutex_unlock(&c->lock);
+}
+
+void api_prices_changed(api_prices *c)
+{
+    pthread_mutex_lock(&c->lock);
+    drop_locked(c);
+    c->stats.drops++;
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -378,26 +383,45 @@ static void *listen_main(void *arg)
                 continue;
             }
             backoff_reset(&b);
-            set_listening(c, 1); /* from an empty cache: nothing read before is kept */
+            api_prices_set_listening(c, 1); /* from an empty cache: nothing read before is kept */
             up = 1;
             log_info("price cache: listening for catalog changes");
             continue;
         }
         r = wait_change(c, db);
         if (r < 0) {
-            set_listening(c, 0);
+            api_prices_set_listening(c, 0);
             up = 0;
             log_warn("price cache: lost its LISTEN connection; dropped, and off until it "
                      "listens again");
         } else if (r > 0) {
-            pthread_mutex_lock(&c->lock);
-            drop_locked(c);
-            c->stats.drops++;
-            pthread_mutex_unlock(&c->lock);
+            api_prices_changed(c);
         }
     }
     db_free(db);
     return NULL;
+}
+
+api_prices *api_prices_new(long max_age_ms)
+{
+    api_prices *c = calloc(1, sizeof(*c));
+    if (!c || !(c->slots = calloc(PRICE_SLOTS, sizeof(*c->slots)))) {
+        free(c);
+        return NULL;
+    }
+    c->max_age_ms = max_age_ms;
+    pthread_mutex_init(&c->lock, NULL);
+    return c;
+}
+
+void api_prices_free(api_prices *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_destroy(&c->lock);
+    free(c->slots);
+    free(c->url);
+    free(c);
 }
 
 api_prices *api_prices_start(const api_prices_opts *o, char *err, size_t errlen)
@@ -407,37 +431,29 @@ api_prices *api_prices_start(const api_prices_opts *o, char *err, size_t errlen)
 
     if (o->max_age_ms <= 0)
         return NULL; /* no cache: every order reads its prices */
-    c = calloc(1, sizeof(*c));
-    if (!c || !(c->slots = calloc(PRICE_SLOTS, sizeof(*c->slots))) ||
-        !(c->url = strdup(o->database_url))) {
+    c = api_prices_new(o->max_age_ms);
+    if (!c || !(c->url = strdup(o->database_url))) {
         snprintf(err, errlen, "price cache: out of memory");
-        goto fail;
+        api_prices_free(c);
+        return NULL;
     }
-    c->max_age_ms = o->max_age_ms;
     if (o->timeouts) {
         c->timeouts = *o->timeouts;
         c->has_timeouts = 1;
     }
     if (pipe(c->wake) < 0) {
         snprintf(err, errlen, "price cache: pipe: %s", strerror(errno));
-        goto fail;
+        api_prices_free(c);
+        return NULL;
     }
-    pthread_mutex_init(&c->lock, NULL);
     if ((e = pthread_create(&c->thread, NULL, listen_main, c)) != 0) {
         snprintf(err, errlen, "price cache: cannot start its thread: %s", strerror(e));
-        pthread_mutex_destroy(&c->lock);
         close(c->wake[0]);
         close(c->wake[1]);
-        goto fail;
+        api_prices_free(c);
+        return NULL;
     }
     return c;
-fail:
-    if (c) {
-        free(c->slots);
-        free(c->url);
-    }
-    free(c);
-    return NULL;
 }
 
 void api_prices_stop(api_prices *c)
@@ -454,8 +470,5 @@ void api_prices_stop(api_prices *c)
              (unsigned long long)c->stats.fulls);
     close(c->wake[0]);
     close(c->wake[1]);
-    pthread_mutex_destroy(&c->lock);
-    free(c->slots);
-    free(c->url);
-    free(c);
+    api_prices_free(c);
 }
