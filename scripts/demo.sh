@@ -78,6 +78,7 @@ ORDERSUITE_VAR="$VAR" "$BIN/trace" "$ok" | sed 's/^/  /' || echo "  (no spans lo
 cat <<EOT
 
 Where to look
+  Live order board        $API/   (paste the demo client's token: the part after "Bearer " in var/api-auth.header)
   RabbitMQ management UI  http://localhost:$MGMT_PORT  user $RABBITMQ_ADMIN_USER, password: grep RABBITMQ_ADMIN_PASSWORD var/ordersuite.env
   Order API               $API   (OpenAPI: docs/openapi.yaml)
   Mail catcher (the mails) http://127.0.0.1:$MAIL_WEB_PORT/   (JSON: /api/messages; SMTP on 127.0.0.1:$MAIL_SMTP_PORT)

@@ -14,6 +14,9 @@ PACKAGES=(
     rabbitmq-server postgresql postgresql-client
     # used by the scripts and tests
     curl procps iproute2 util-linux python3 python3-yaml openssl
+    # the board's browser test (tests/board_check.py): Debian's browser, and
+    # node for playwright-core (installed below, into tests/browser, with npm)
+    chromium nodejs
     # the mail catcher (tools/mailcatcher): make demo, check_mail, make chaos
     python3-aiosmtpd
     # make bench
@@ -49,9 +52,29 @@ for p in "${PACKAGES[@]}"; do
     fi
 done
 
+# browser_deps: playwright-core, pinned by tests/browser/package-lock.json,
+# into tests/browser/node_modules (npm ci; never a browser: the test uses
+# /usr/bin/chromium). Skipped when that exact version is already there.
+browser_deps() {
+    local dir want have
+    dir="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+    want=$(sed -n 's/.*"playwright-core": "\([0-9.]*\)".*/\1/p' "$dir/package.json")
+    have=$(sed -n 's/.*"version": "\([0-9.]*\)".*/\1/p' \
+        "$dir/node_modules/playwright-core/package.json" 2>/dev/null | head -1)
+    [ -n "$want" ] && [ "$want" = "$have" ] && return 0
+    # Debian's nodejs comes without npm (NodeSource's has it and conflicts with it).
+    if ! command -v npm >/dev/null; then
+        [ "$(id -u)" = 0 ] || { echo "error: npm is missing; run: sudo apt-get install -y npm" >&2; return 1; }
+        apt-get install -y -q --no-install-recommends npm
+    fi
+    (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --ignore-scripts)
+    echo "==> deps: playwright-core $want in tests/browser/node_modules"
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
     echo "==> deps: all ${#PACKAGES[@]} packages installed"
     ensure_locale
+    browser_deps
     exit
 fi
 
@@ -79,3 +102,4 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"
 echo "==> deps: installed ${missing[*]}"
 ensure_locale
+browser_deps

@@ -405,4 +405,11 @@ int api_availability_sku(const char *rest, char sku[EV_SKU_MAX + 1]);
 /* GET /products/{sku}/availability (its route in routes.c). */
 void api_get_availability(http_req *r, void *cls, http_resp *out);
 
+/* ------------------------------------------------------------ board.c */
+
+/* GET /: the live order board (board.html), no token needed. */
+void api_get_board(http_req *r, void *cls, http_resp *out);
+/* GET /board/queues: every service's queue and DLQ depth, from the broker. */
+void api_get_board_queues(http_req *r, void *cls, http_resp *out);
+
 #endif

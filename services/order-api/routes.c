@@ -7,10 +7,13 @@
  *   GET  /orders        a page: ?status=&limit=&after=<id>
  *   GET  /products      the catalog
  *   GET  /products/{sku}/availability  stock now, asked of inventory (availability.c)
+ *   GET  /              the live order board, a page that holds no token (board.c)
+ *   GET  /board/queues  every service's queue and DLQ depth (board.c)
  * (/healthz and /readyz come from the worker runtime and need no token;
  * /metrics is on the operations listener only.)
  *
- * Every route here but the public catalog (GET /products) needs
+ * Every route here but the public catalog (GET /products) and the board's
+ * page (GET /) needs
  * "Authorization: Bearer <token>"; the token's client
  * (API_TOKENS or API_TOKENS_FILE, hashes only) owns the orders it places, and a client reads,
  * lists and replays (Idempotency-Key) only its own. Anything else is a 401
@@ -363,6 +366,8 @@ static const http_route routes[] = {
     {"GET", "/orders/", 1, get_order, NULL, 0},
     {"GET", "/products", 0, get_products, NULL, 0},
     {"GET", "/products/", 1, api_get_availability, NULL, 0},
+    {"GET", "/", 0, api_get_board, NULL, 1},
+    {"GET", "/board/queues", 0, api_get_board_queues, NULL, 0},
 };
 
 const http_route *api_routes(size_t *n)

@@ -1,0 +1,101 @@
+// board.mjs — drives order-api's live order board (GET /) in Debian's
+// chromium through playwright-core, for tests/board_check.py.
+//
+// Environment: BOARD_URL (the page), BOARD_TOKEN (an API token), BOARD_OUT
+// (the folder for the screenshots), BOARD_SERVICES (space-separated: the
+// services the queue table must show), BOARD_LIVE (space-separated: those
+// whose depth must be a number). Prints one JSON line per check:
+// {"name": ..., "ok": true|false, "detail": ...}. Every wait is bounded.
+import { chromium } from "playwright-core";
+
+const url = process.env.BOARD_URL;
+const token = process.env.BOARD_TOKEN;
+const out = process.env.BOARD_OUT;
+const services = (process.env.BOARD_SERVICES || "").split(" ").filter(Boolean);
+const live = (process.env.BOARD_LIVE || "").split(" ").filter(Boolean);
+
+function report(name, ok, detail = "") {
+  console.log(JSON.stringify({ name, ok: Boolean(ok), detail: String(detail) }));
+}
+
+async function run(page, tag) {
+  const consoleErrors = [];
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  await page.goto(url);
+  await page.waitForSelector("#sku option", { timeout: 15000 });
+  report(`${tag}_the_catalog_fills_the_form`, (await page.locator("#sku option").count()) > 0);
+
+  // The token goes in by label, as a user would, and by keyboard (Enter).
+  await page.getByLabel(/Bearer token/).fill(token);
+  await page.getByLabel(/Bearer token/).press("Enter");
+  const stored = await page.evaluate(() => sessionStorage.getItem("ordersuite-token"));
+  report(`${tag}_the_token_is_kept_in_session_storage`, stored === token);
+  const html = await page.content();
+  report(`${tag}_the_page_does_not_show_the_token`, !html.includes(token));
+
+  await page.getByLabel("Quantity").fill("1");
+  await page.getByLabel("Customer id").fill(`board-${tag}`);
+  await page.getByRole("button", { name: "Place order" }).click();
+  const msg = page.locator("#message");
+  await msg.filter({ hasText: /placed|Refused|did not/ }).waitFor({ timeout: 15000 }).catch(() => {});
+  const text = await msg.textContent();
+  const m = /Order ([0-9a-f-]{36}) placed/.exec(text || "");
+  report(`${tag}_the_form_places_an_order`, m, text);
+  if (!m) return;
+  const id = m[1];
+  // No reload from here on: the status must change through the stream.
+  const navigations = [];
+  page.on("framenavigated", (f) => { if (f === page.mainFrame()) navigations.push(f.url()); });
+  const status = page.locator(`tr[data-order-id="${id}"] .status`);
+  let confirmed = true;
+  try {
+    await status.filter({ hasText: "CONFIRMED" }).waitFor({ timeout: 45000 });
+  } catch (e) {
+    confirmed = false;
+  }
+  report(`${tag}_the_order_reaches_confirmed_live`, confirmed && navigations.length === 0,
+         `status ${await status.textContent()}, navigations ${navigations.length}`);
+  await page.locator(`tr[data-order-id="${id}"] summary`).focus();
+  await page.keyboard.press("Enter");
+  const steps = await page.locator(`tr[data-order-id="${id}"] ol.timeline li`).allTextContents();
+  report(`${tag}_the_timeline_shows_each_status`,
+         ["PENDING", "RESERVED", "CONFIRMED"].every((s) => steps.some((t) => t.startsWith(s))),
+         steps.join(" | "));
+
+  // The queue table refreshes every 3 s; wait for every service's row.
+  let rows = {};
+  const deadline = Date.now() + 15000;
+  while (Date.now() < deadline) {
+    rows = await page.evaluate(() => Object.fromEntries([...document.querySelectorAll("#queues tbody tr")]
+      .map((tr) => [tr.dataset.service, [...tr.cells].slice(1).map((c) => c.textContent)])));
+    if (services.every((s) => s in rows) && live.every((s) => /^\d+$/.test((rows[s] || [])[0] || "")
+                                                         && /^\d+$/.test((rows[s] || [])[1] || ""))) break;
+    await page.waitForTimeout(250);
+  }
+  report(`${tag}_the_queue_table_shows_every_service`, services.every((s) => s in rows),
+         JSON.stringify(rows));
+  report(`${tag}_the_running_services_queue_depths_are_numbers`,
+         live.every((s) => /^\d+$/.test((rows[s] || [])[0] || "") && /^\d+$/.test((rows[s] || [])[1] || "")),
+         JSON.stringify(rows));
+  await page.screenshot({ path: `${out}/board-${tag}.png`, fullPage: true });
+  report(`${tag}_no_script_errors`, consoleErrors.length === 0, consoleErrors.join(" | "));
+}
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"],
+});
+try {
+  const desktop = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await run(desktop, "desktop");
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  await run(phone, "phone");
+  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+  report("phone_the_page_does_not_scroll_sideways", !overflow);
+} catch (e) {
+  report("the_browser_run_finished", false, e && e.stack ? e.stack : e);
+} finally {
+  await browser.close();
+}
