@@ -22,7 +22,7 @@ async function run(page, tag) {
   const consoleErrors = [];
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
   await page.goto(url);
-  await page.waitForSelector("#sku option", { timeout: 15000 });
+  await page.waitForSelector("#sku option", { state: "attached", timeout: 15000 });
   report(`${tag}_the_catalog_fills_the_form`, (await page.locator("#sku option").count()) > 0);
 
   // The token goes in by label, as a user would, and by keyboard (Enter).
