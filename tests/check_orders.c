@@ -742,27 +742,45 @@ static int stat_rose(void *arg)
     return cache_stat(a->port, a->name) > a->above;
 }
 
-static long catalog_price(void)
+/* The cache tests and the refused-order tests price a SKU of their own
+ * (add_sku): no test changes a price another reads, and a test that fails
+ * leaves only its own SKU behind. */
+/* A SKU of the test's own, in the catalog at 100 EUR (no stock: its orders
+ * are rejected later, which these tests do not look at). */
+static void add_sku(char sku[32])
 {
-    return tu_count("SELECT price_minor FROM orders.products WHERE sku = $1", SKU);
+    snprintf(sku, 32, "TST-%lld", (long long)(util_wall_us() % 1000000000));
+    ck_assert_int_eq(tu_count("WITH i AS (INSERT INTO orders.products (sku, name, price_minor,"
+                              " currency) VALUES ($1, 'check_orders', 100, 'EUR') RETURNING 1)"
+                              " SELECT count(*) FROM i",
+                              sku),
+                     1);
 }
 
-/* Sets SKU's price; with notify 0, with the catalog's trigger off, so no
+static void drop_sku(const char *sku)
+{
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"), "DELETE FROM orders.products WHERE sku = $1", 1,
+                &sku));
+}
+
+/* Sets sku's price; with notify 0, with the catalog's trigger off, so no
  * notification tells order-api (as if it were lost). */
-static void set_price(long v, int notify)
+static void set_price(const char *sku, long v, int notify)
 {
     char sql[512], err[512];
-    /* A number of the test's own: no parameters in a multi-statement string. */
+    /* A number and SKU of the test's own (add_sku's pattern): no parameters
+     * in a multi-statement string. */
     snprintf(sql, sizeof(sql),
-             "BEGIN; %s UPDATE orders.products SET price_minor = %ld WHERE sku = '" SKU "'; %s"
+             "BEGIN; %s UPDATE orders.products SET price_minor = %ld WHERE sku = '%s'; %s"
              " COMMIT",
-             notify ? "" : "ALTER TABLE orders.products DISABLE TRIGGER products_notify;", v,
+             notify ? "" : "ALTER TABLE orders.products DISABLE TRIGGER products_notify;", v, sku,
              notify ? "" : "ALTER TABLE orders.products ENABLE TRIGGER products_notify;");
     ck_assert_msg(tu_sql_try(tu_env("OWNER_DATABASE_URL"), sql, err, sizeof(err)) == 0, "%s", err);
 }
 
 typedef struct {
     const char *base;
+    const char *sku;
     long want;
     int64_t late;     /* util_now_ms() from which the old price is wrong (0: none) */
     long stale_late;  /* POSTs begun after late that got another price */
@@ -784,6 +802,7 @@ static int priced_at(void *arg)
     snprintf(tag, sizeof(tag), "pc-%lld", (long long)util_wall_us());
     make_posts(&p, 1, tag);
     p.base = a->base;
+    p.sku = a->sku;
     do_post(&p);
     ck_assert_msg(p.code == 201, "status %ld, want 201", p.code);
     ck_assert_msg(++a->n <= MAX_POSTS, "more than %d POSTs in one poll", MAX_POSTS);
@@ -823,12 +842,13 @@ START_TEST(an_order_whose_prices_are_cached_makes_one_round_trip)
 {
     enum { N = 6 };
     const char *base = "http://127.0.0.1:18074/orders";
-    price_poll warm = {.base = base, .want = catalog_price()};
+    char sku[32], tag[64];
+    price_poll warm = {.base = base, .sku = sku, .want = 100};
     post p[N], k, replay;
-    char tag[64];
     long hits0, calls0;
     tu_svc api;
 
+    add_sku(sku);
     start_cached(&api, "18074", "3600000");
     ck_assert(priced_at(&warm)); /* reads the catalog: fills the cache */
     hits0 = cache_stat("18074", HITS);
@@ -837,6 +857,7 @@ START_TEST(an_order_whose_prices_are_cached_makes_one_round_trip)
     calls0 = post_path_calls();
     for (int i = 0; i < N; i++) {
         p[i].base = base;
+        p[i].sku = sku;
         p[i].key[0] = '\0';
         do_post(&p[i]);
     }
@@ -847,6 +868,7 @@ START_TEST(an_order_whose_prices_are_cached_makes_one_round_trip)
 
     make_posts(&k, 1, tag);
     k.base = base;
+    k.sku = sku;
     snprintf(k.key, sizeof(k.key), "%s-key", tag);
     do_post(&k);
     ck_assert_msg(k.code == 201, "status %ld, want 201", k.code);
@@ -857,6 +879,7 @@ START_TEST(an_order_whose_prices_are_cached_makes_one_round_trip)
     ck_assert_str_eq(replay.id, k.id);
     ck_assert_int_eq(post_path_calls() - calls0, 2);
     tu_svc_stop_ok(&api);
+    drop_sku(sku);
 }
 END_TEST
 
@@ -864,23 +887,25 @@ END_TEST
  * price of the next orders, though the cache would keep the old one an hour. */
 START_TEST(a_price_change_reaches_the_next_order)
 {
-    const long p0 = catalog_price();
-    price_poll a = {.base = "http://127.0.0.1:18078/orders", .want = p0};
+    const long p0 = 100;
+    char sku[32];
+    price_poll a = {.base = "http://127.0.0.1:18078/orders", .sku = sku, .want = p0};
     stat_arg dropped = {"18078", CHANGED, 0};
     tu_svc api;
 
+    add_sku(sku);
     start_cached(&api, "18078", "3600000");
     ck_assert(priced_at(&a));
     ck_assert(priced_at(&a)); /* from the cache now */
     ck_assert_int_ge(cache_stat("18078", HITS), 1);
     dropped.above = cache_stat("18078", CHANGED);
     ck_assert_int_ge(dropped.above, 0);
-    set_price(p0 + 1, 1);
+    set_price(sku, p0 + 1, 1);
     ck_assert_msg(tu_poll(10000, stat_rose, &dropped), "the cache was never dropped");
     a.want = p0 + 1;
     ck_assert_msg(priced_at(&a), "the next order after the drop did not get the new price");
-    set_price(p0, 1);
     tu_svc_stop_ok(&api);
+    drop_sku(sku);
 }
 END_TEST
 
@@ -889,13 +914,15 @@ END_TEST
  * change's commit gets the old price. */
 START_TEST(the_price_cache_serves_no_price_past_its_max_age)
 {
-    const long p0 = catalog_price();
-    price_poll a = {.base = "http://127.0.0.1:18075/orders", .want = p0};
+    const long p0 = 100;
+    char sku[32];
+    price_poll a = {.base = "http://127.0.0.1:18075/orders", .sku = sku, .want = p0};
     tu_svc api;
 
+    add_sku(sku);
     start_cached(&api, "18075", "2000");
     ck_assert(priced_at(&a));
-    set_price(p0 + 2, 0);
+    set_price(sku, p0 + 2, 0);
     a.want = p0 + 2;
     a.old = p0;
     a.late = util_now_ms() + 2000;
@@ -905,8 +932,8 @@ START_TEST(the_price_cache_serves_no_price_past_its_max_age)
     /* ...and the cache served: the old price came from it before the max age. */
     ck_assert_msg(a.stale_early >= 1, "no order got the cached old price before the max age");
     ck_assert_int_ge(cache_stat("18075", HITS), 1);
-    set_price(p0, 1);
     tu_svc_stop_ok(&api);
+    drop_sku(sku);
 }
 END_TEST
 
@@ -916,13 +943,15 @@ END_TEST
  * notification goes to no one. */
 START_TEST(a_lost_listen_connection_drops_the_price_cache)
 {
-    const long p0 = catalog_price();
-    price_poll a = {.base = "http://127.0.0.1:18076/orders", .want = p0};
+    const long p0 = 100;
+    char sku[32];
+    price_poll a = {.base = "http://127.0.0.1:18076/orders", .sku = sku, .want = p0};
     char sql[512], err[512];
     tu_svc api;
 
     stat_arg lost = {"18076", LOST, 0};
 
+    add_sku(sku);
     start_cached(&api, "18076", "3600000");
     ck_assert(priced_at(&a));
     ck_assert(priced_at(&a));
@@ -930,10 +959,10 @@ START_TEST(a_lost_listen_connection_drops_the_price_cache)
     lost.above = cache_stat("18076", LOST);
     ck_assert_int_ge(lost.above, 0);
     snprintf(sql, sizeof(sql),
-             "BEGIN; UPDATE orders.products SET price_minor = %ld WHERE sku = '" SKU "';"
+             "BEGIN; UPDATE orders.products SET price_minor = %ld WHERE sku = '%s';"
              " SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
              " WHERE application_name = 'order-api-prices'; COMMIT",
-             p0 + 3);
+             p0 + 3, sku);
     ck_assert_msg(tu_sql_try(tu_env("OWNER_DATABASE_URL"), sql, err, sizeof(err)) == 0, "%s", err);
     ck_assert_msg(tu_poll(10000, stat_rose, &lost), "the cache never counted its connection lost");
     a.want = p0 + 3;
@@ -941,30 +970,12 @@ START_TEST(a_lost_listen_connection_drops_the_price_cache)
     ck_assert_msg(tu_file_count(api.log, "lost its LISTEN connection", NULL) > 0,
                   "the cache never saw its connection lost");
     ck_assert_msg(tu_poll(10000, listening, NULL), "the price cache never listened again");
-    set_price(p0, 1);
     tu_svc_stop_ok(&api);
+    drop_sku(sku);
 }
 END_TEST
 
 /* ------------------------------------- a key whose order the catalog refuses */
-
-/* A SKU of the test's own, in the catalog at 100 EUR (no stock: its orders
- * are rejected later, which these tests do not look at). */
-static void add_sku(char sku[32])
-{
-    snprintf(sku, 32, "RFS-%lld", (long long)(util_wall_us() % 1000000000));
-    ck_assert_int_eq(tu_count("WITH i AS (INSERT INTO orders.products (sku, name, price_minor,"
-                              " currency) VALUES ($1, 'check_orders', 100, 'EUR') RETURNING 1)"
-                              " SELECT count(*) FROM i",
-                              sku),
-                     1);
-}
-
-static void drop_sku(const char *sku)
-{
-    free(tu_sql(tu_env("OWNER_DATABASE_URL"), "DELETE FROM orders.products WHERE sku = $1", 1,
-                &sku));
-}
 
 typedef struct {
     post p;
