@@ -975,6 +975,49 @@ START_TEST(a_lost_listen_connection_drops_the_price_cache)
 }
 END_TEST
 
+/* Every kind of catalog change drops the cache, not only an UPDATE (the
+ * test above): an INSERT, a DELETE, and a TRUNCATE (the catalog put back
+ * with the trigger off in the same transaction, so only the TRUNCATE
+ * notifies). */
+START_TEST(an_insert_a_delete_and_a_truncate_of_the_catalog_each_drop_the_price_cache)
+{
+    static const char *const what[] = {"INSERT", "DELETE", "TRUNCATE"};
+    char sku[32], sql[768], err[512];
+    price_poll a = {.base = "http://127.0.0.1:18079/orders", .sku = sku, .want = 100};
+    stat_arg dropped = {"18079", CHANGED, 0};
+    tu_svc api;
+
+    add_sku(sku);
+    start_cached(&api, "18079", "3600000");
+    for (int i = 0; i < 3; i++) {
+        ck_assert(priced_at(&a));
+        ck_assert(priced_at(&a)); /* from the cache */
+        dropped.above = cache_stat("18079", CHANGED);
+        ck_assert_int_ge(dropped.above, 0);
+        if (i == 0)
+            snprintf(sql, sizeof(sql),
+                     "INSERT INTO orders.products (sku, name, price_minor, currency)"
+                     " VALUES ('%s-N', 'check_orders', 1, 'EUR')",
+                     sku);
+        else if (i == 1)
+            snprintf(sql, sizeof(sql), "DELETE FROM orders.products WHERE sku = '%s-N'", sku);
+        else
+            snprintf(sql, sizeof(sql),
+                     "BEGIN; CREATE TEMP TABLE keep AS SELECT * FROM orders.products;"
+                     " TRUNCATE orders.products;"
+                     " ALTER TABLE orders.products DISABLE TRIGGER products_notify;"
+                     " INSERT INTO orders.products SELECT * FROM keep;"
+                     " ALTER TABLE orders.products ENABLE TRIGGER products_notify; COMMIT");
+        ck_assert_msg(tu_sql_try(tu_env("OWNER_DATABASE_URL"), sql, err, sizeof(err)) == 0,
+                      "%s: %s", what[i], err);
+        ck_assert_msg(tu_poll(10000, stat_rose, &dropped), "%s: the cache was not dropped",
+                      what[i]);
+    }
+    tu_svc_stop_ok(&api);
+    drop_sku(sku);
+}
+END_TEST
+
 /* ------------------------------------- a key whose order the catalog refuses */
 
 typedef struct {
@@ -1064,6 +1107,7 @@ int main(void)
     tcase_add_test(c, a_price_change_reaches_the_next_order);
     tcase_add_test(c, the_price_cache_serves_no_price_past_its_max_age);
     tcase_add_test(c, a_lost_listen_connection_drops_the_price_cache);
+    tcase_add_test(c, an_insert_a_delete_and_a_truncate_of_the_catalog_each_drop_the_price_cache);
     tcase_add_test(c, a_key_used_before_is_answered_though_the_catalog_now_refuses_its_body);
     suite_add_tcase(s, c);
     return tu_run(s);
