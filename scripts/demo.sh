@@ -70,6 +70,12 @@ echo "          $(curl -sf "http://127.0.0.1:$MAIL_WEB_PORT/api/messages" | pyth
 # Request/reply: order-api asks inventory over the broker (README "Request/reply").
 echo "availability (asked of inventory over the broker): $(api_curl -s "$API/products/TEA-SENCHA/availability")"
 echo "outboxes pending: $(sql "SELECT (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox) + (SELECT count(*) FROM billing.outbox) + (SELECT count(*) FROM email.outbox)")"
+# The confirmed order's status changes as Server-Sent Events (README "Live
+# order status"): the stream ends by itself after its final status.
+echo
+echo "its live status stream (curl -sN -H @var/api-auth.header $API/orders/$ok/events):"
+api_curl -sN --max-time 10 "$API/orders/$ok/events" | grep -v '^$' | sed 's/^/  /' ||
+    echo "  (no stream; see var/log/order-api.log)"
 # The confirmed order's way through the suite, from the spans in the logs
 # (docs/TRACING.md).
 echo
@@ -90,6 +96,7 @@ Try (the API wants the demo client's bearer token, as a curl header file in var/
        -H 'Idempotency-Key: my-key-1' \\
        -d '{"customer_id":"me","customer_email":"me@example.com","currency":"EUR","items":[{"sku":"MUG-WHITE","quantity":2}]}'
   curl -s -H @var/api-auth.header $API/orders/$ok
+  curl -sN -H @var/api-auth.header $API/orders/ID/events   (watch an order you just placed move; ends at its final status)
   curl -s -H @var/api-auth.header $API/products/TEA-SENCHA/availability   (inventory answers, or 504)
   curl -s -H @var/api-auth.header '$API/orders?status=CONFIRMED&limit=5'
   More clients: scripts/api-token.sh NAME prints a new token (restart order-api to use it)

@@ -31,6 +31,7 @@ Run by scripts/run-tests.sh (which exports the URLs); prints a Check-style line.
 """
 import json
 import os
+import time
 import urllib.parse
 import uuid
 from http.client import HTTPConnection
@@ -47,6 +48,9 @@ class Stream:
     """One GET /orders/{id}/events, read as it comes."""
 
     def __init__(self, port, order_id, token, last_id=None, timeout=15):
+        # timeout bounds each read and the whole stream: keep-alive comments
+        # alone must not keep a reader waiting for ever.
+        self.deadline = time.monotonic() + timeout
         self.c = HTTPConnection("127.0.0.1", port, timeout=timeout)
         h = {"Accept": "text/event-stream"}
         if token:
@@ -67,9 +71,12 @@ class Stream:
 
     def next_event(self):
         """The next event (a dict: id, data decoded), or None at the end of
-        the body or when none came within the timeout (timed_out is then set)."""
+        the body or past the stream's timeout (timed_out is then set)."""
         ev = {}
         while True:
+            if time.monotonic() > self.deadline:
+                self.timed_out = True
+                return None
             try:
                 line = self.r.readline()
             except OSError:
@@ -209,7 +216,7 @@ def main():
         problem("malformed_last_event_id_is_400", (st.status, st.headers, st.body), 400)
         st.close()
 
-        sx = Stream(PORT_B, x, alice)
+        sx = Stream(PORT_B, x, alice, timeout=120)
         held.append(sx)
         first = sx.next_event() if sx.status == 200 else None
         want = seqs(x)
@@ -317,7 +324,7 @@ def main():
         for name in ("billing", "inventory"):
             checklib.stop(procs.pop(name))
         w = place(PORT_A, bob, "sse-w")
-        ws = [Stream(p, w, bob) for p in (PORT_A, PORT_B, PORT_C, PORT_D)]
+        ws = [Stream(p, w, bob, timeout=90) for p in (PORT_A, PORT_B, PORT_C, PORT_D)]
         held.extend(ws)
         # A's relay publishes what B and D placed (they cannot): an instance
         # stopping with outbox rows it cannot send waits for them a while.
