@@ -157,6 +157,9 @@ static int publish_reply(mq_conn *pub, amqp_bytes_t reply_to, amqp_bytes_t corr,
     }
 }
 
+/* What every reply_to the broker sets for direct reply-to begins with. */
+#define DIRECT_REPLY_TO "amq.rabbitmq.reply-to."
+
 /* A copy of b as a C string in out (cut to fit). */
 static void str_of(amqp_bytes_t b, char *out, size_t size)
 {
@@ -185,6 +188,14 @@ static int serve_one(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq
         p->correlation_id.len >= sizeof(corr)) {
         log_warn("request %s without reply_to or a correlation id (of at most %d bytes): dropped",
                  key, MQ_ID_LEN - 1);
+    } else if (p->reply_to.len <= strlen(DIRECT_REPLY_TO) ||
+               memcmp(p->reply_to.bytes, DIRECT_REPLY_TO, strlen(DIRECT_REPLY_TO)) != 0) {
+        /* The answerer may publish to the default exchange, which routes to
+         * any queue by name: answering such a reply_to would let any asker
+         * put a message with this service's user_id into any queue. Only a
+         * direct reply-to name (amq.rabbitmq.reply-to.<token>) is answered. */
+        log_write(LOG_WARN, corr, NULL, "request %s: reply_to is no direct reply-to name: dropped",
+                  key);
     } else {
         req = (mq_rpc_request){key, corr, env->message.body.bytes, env->message.body.len};
         if (fn(&req, &reply, &rlen, ctx, err, sizeof(err)) < 0) {

@@ -198,6 +198,41 @@ static void *ask_many(void *arg)
 /* Asked from four threads at once, each for its own SKU: each gets its own
  * answer, and the broker holds no queue it did not hold before (direct
  * reply-to declares none: no amq.gen-* reply queue). */
+/* A request whose reply_to names an ordinary queue, sent with order-api's
+ * own credentials: inventory may publish replies to the default exchange
+ * only for direct reply-to, so it drops the request instead of putting an
+ * "answer" into that queue (which would arrive with inventory's user_id). */
+START_TEST(a_reply_to_that_is_no_direct_reply_to_is_not_answered)
+{
+    amqp_connection_state_t c = tu_amqp_open("ORDER_API_AMQP_URL");
+    amqp_basic_properties_t p = {0};
+    char corr[UUID_STR_LEN];
+    const char *body = "{\"sku\": \"TEA-SENCHA\"}", *target = "billing.dlq";
+    long before = tu_queue_counts("TEST_AMQP_URL", target, NULL);
+
+    ck_assert_int_ge(before, 0);
+    uuid_v4(corr);
+    p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG |
+               AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_USER_ID_FLAG;
+    p.correlation_id = amqp_cstring_bytes(corr);
+    p.reply_to = amqp_cstring_bytes(target);
+    p.content_type = amqp_cstring_bytes("application/json");
+    p.user_id = amqp_cstring_bytes("order-api");
+    ck_assert_int_eq(amqp_basic_publish(c, 1, amqp_cstring_bytes("sales.rpc"),
+                                        amqp_cstring_bytes("inventory.availability"), 0, 0, &p,
+                                        amqp_cstring_bytes(body)),
+                     AMQP_STATUS_OK);
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+    /* Inventory answers its requests one at a time, in order: once an ask
+     * made after it is answered, that request has been handled. */
+    ck_assert(tu_poll(10000, answers, "TEA-SENCHA"));
+    ck_assert_int_eq(tu_queue_counts("TEST_AMQP_URL", target, NULL), before);
+    ck_assert_msg(tu_file_count(inv.log, corr, "dropped") >= 1,
+                  "inventory did not say it dropped %s", corr);
+}
+END_TEST
+
 START_TEST(concurrent_asks_get_their_own_answers_and_leave_no_queue_behind)
 {
     static const char *const skus[] = {"TEA-SENCHA", "COF-DECAF", "TEA-HIMALAYA", "COF-FILTER"};
@@ -420,6 +455,7 @@ int main(void)
     tcase_set_timeout(tc, 180);
     tcase_add_test(tc, the_answer_is_the_stock_in_inventorys_table);
     tcase_add_test(tc, concurrent_asks_get_their_own_answers_and_leave_no_queue_behind);
+    tcase_add_test(tc, a_reply_to_that_is_no_direct_reply_to_is_not_answered);
     tcase_add_test(tc, inventory_stopped_is_a_504_at_the_deadline);
     tcase_add_test(tc, a_late_reply_is_dropped_and_the_next_request_gets_its_own);
     tcase_add_test(tc, a_backlog_of_orders_does_not_delay_an_answer);
