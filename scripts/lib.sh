@@ -130,7 +130,7 @@ amqp_url() {
         n=$(rmq_nodes)
         k=$(($(printf '%s' "$user" | cksum | cut -d' ' -f1) % n))
         for i in $(seq 1 "$n"); do
-            list+="${list:+,}amqp://$user:$pw@127.0.0.1:$((AMQP_PORT + $(rmq_node_off $((k + 1)))))$path"
+            list="${list:+$list,}amqp://$user:$pw@127.0.0.1:$((AMQP_PORT + $(rmq_node_off $((k + 1)))))$path"
             k=$(((k + 1) % n))
         done
         echo "$list"
