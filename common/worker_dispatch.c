@@ -248,8 +248,8 @@ static int inbox_claim(worker *w, const mq_delivery *d, prepared *p, const size_
 }
 
 /* In the open transaction: the inbox rows of deliveries idx[0..k) (of a
- * batch of n), then the handlers of the new ones, route by route in the
- * order of the table, in order of arrival within a route. Returns MQ_DONE,
+ * batch of n), then the handlers of the new ones in order of arrival, each
+ * run of consecutive deliveries of one route together. Returns MQ_DONE,
  * or the first failure with its reason in err. Frees every p[idx[j]].ev. */
 static mq_result apply_all(worker *w, const mq_delivery *d, prepared *p, const size_t *idx,
                            size_t k, size_t n, char *err, size_t errlen)
@@ -274,13 +274,24 @@ static mq_result apply_all(worker *w, const mq_delivery *d, prepared *p, const s
         log_write(LOG_INFO, p[idx[j]].env.correlation_id, p[idx[j]].env.message_id,
                   "%s already processed; acking the duplicate", d[idx[j]].routing_key);
     }
-    for (size_t rt = 0; rt < w->def->nroutes && r == MQ_DONE; rt++) {
-        const worker_route *route = &w->def->routes[rt];
+    /* In order of arrival, also across event types (an order.expired that
+     * came before a late inventory.reserved must be applied first): a run
+     * of consecutive new deliveries of one route is one set, or its
+     * messages one by one. */
+    for (size_t j = 0; j < k && r == MQ_DONE;) {
+        const worker_route *route;
         size_t m = 0;
-        for (size_t j = 0; j < k && r == MQ_DONE; j++) {
+        if (!p[idx[j]].fresh) {
+            j++;
+            continue;
+        }
+        route = p[idx[j]].route;
+        for (; j < k && r == MQ_DONE; j++) {
             prepared *q = &p[idx[j]];
-            if (!q->fresh || q->route != route)
+            if (!q->fresh)
                 continue;
+            if (q->route != route)
+                break;
             /* The message's own span (the batch path's), else the current
              * one (alone: dispatch_one's). */
             msgs[m].env = &q->env;

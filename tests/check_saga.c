@@ -17,6 +17,7 @@
 #include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,8 +120,10 @@ static void setup(void)
 static void teardown(void)
 {
     for (int i = NSVC - 1; i >= 0; i--) {
-        if (svcs[i].pid)
+        if (svcs[i].pid) {
+            kill(svcs[i].pid, SIGCONT); /* a test that failed holding it */
             tu_svc_stop_ok(&svcs[i]);
+        }
     }
     tu_catcher_stop(&mc);
 }
@@ -455,6 +458,42 @@ END_TEST
  * before the order's own events (a redelivery, a retry tier). Then the late
  * order.placed reserves nothing and the late inventory.reserved is not
  * invoiced. The test plays order-api and inventory with their own users. */
+/* Billing held (SIGSTOP) while the order expires and the late reservation
+ * arrives after the expiry: both reach billing in one batch, expiry first.
+ * A batch is applied in order of arrival, also across event types, so the
+ * void comes first and the reservation makes no invoice (applied route by
+ * route, the reservation's set ran first: an invoice, a confirmation mail,
+ * then the void). */
+START_TEST(an_expiry_and_a_late_reservation_in_one_batch_are_applied_in_order)
+{
+    char id[UUID_STR_LEN], rcpt[64], st[32];
+    const char *ids[] = {id};
+
+    set_stock(SKU, 500);
+    mailbox(rcpt);
+    tu_svc_stop_ok(&svcs[INV]);
+    ck_assert_int_eq(kill(svcs[BIL].pid, SIGSTOP), 0);
+    place(rcpt, id);
+    await_status(id, "EXPIRED");
+    start(INV, 0);
+    /* Inventory reserved late and released: its inventory.reserved is in
+     * billing's queue behind the order.expired. */
+    tu_await_count(20000,
+                   "SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid"
+                   " AND status = 'RELEASED'",
+                   id, 1);
+    ck_assert_int_eq(kill(svcs[BIL].pid, SIGCONT), 0);
+    tu_await_count(20000, "SELECT count(*) FROM billing.voids WHERE order_id = $1::uuid", id, 1);
+    await_quiet();
+    order_status(id, st, sizeof(st), NULL, 0);
+    ck_assert_str_eq(st, "EXPIRED");
+    ck_assert_int_eq(
+        count_for("SELECT count(*) FROM billing.invoices WHERE order_id = $1::uuid", id), 0);
+    ck_assert_int_eq(mails_at_server(rcpt), 1);
+    ledger_clean(ids, 1);
+}
+END_TEST
+
 START_TEST(events_of_an_order_after_its_expiry_do_nothing)
 {
     mq_conn *api = tu_publisher("ORDER_API_AMQP_URL", "order-api");
@@ -588,6 +627,7 @@ int main(void)
     tcase_add_test(t, an_order_past_its_deadline_expires_and_every_step_is_compensated);
     tcase_add_test(t, a_deadline_after_the_order_completed_changes_nothing);
     tcase_add_test(t, a_reservation_after_the_expiry_is_compensated);
+    tcase_add_test(t, an_expiry_and_a_late_reservation_in_one_batch_are_applied_in_order);
     tcase_add_test(t, events_of_an_order_after_its_expiry_do_nothing);
     tcase_add_test(t, an_operator_holding_the_orders_table_does_not_stop_publishing);
     suite_add_tcase(s, t);
