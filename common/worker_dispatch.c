@@ -300,12 +300,13 @@ static mq_result apply_all(worker *w, const mq_delivery *d, prepared *p, const s
             if (route->fn) {
                 const trace_ctx *prev = trace_set_current(msgs[m - 1].trace);
                 r = route->fn(w, w->db, &q->env, &q->ev, err, errlen);
+                /* Logged in the message's context: the line names its trace. */
+                if (r != MQ_DONE && n > 1)
+                    log_write(LOG_INFO, q->env.correlation_id, q->env.message_id,
+                              "%s failed in a batch of %zu (%s); applying them one by one",
+                              d[idx[j]].routing_key, n, err);
                 trace_set_current(prev);
             }
-            if (route->fn && r != MQ_DONE && n > 1)
-                log_write(LOG_INFO, q->env.correlation_id, q->env.message_id,
-                          "%s failed in a batch of %zu (%s); applying them one by one",
-                          d[idx[j]].routing_key, n, err);
         }
         if (route->set && m > 0 && (r = route->set(w, w->db, msgs, m, err, errlen)) != MQ_DONE &&
             n > 1)
@@ -417,22 +418,26 @@ void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
             res[i] = dispatch_one(w, &d[i], errs[i], MQ_ERR_LEN);
         goto out;
     }
+    /* Every delivery's process span starts first, before its checks (one
+     * refused is dead-lettered: its span says why, in its trace) and before
+     * the transaction (its "db transaction" child starts after it); a
+     * handler's events are children of their message's span
+     * (worker_msg.trace). */
     for (i = 0; i < n; i++) {
+        trace_set_current(worker__span_begin(w, &d[i], &p[i].span));
         res[i] = prepare(w, &d[i], &p[i], errs[i], MQ_ERR_LEN);
-        if (res[i] == MQ_DONE)
+        if (res[i] == MQ_DONE) {
             idx[ok++] = i;
+            p[i].traced = 1;
+        } else {
+            worker__span_end(&d[i], &p[i].span, 0, 0, res[i], errs[i], trace_current());
+        }
     }
     if (ok == 0)
         goto out;
     db_up = wait_for_db(w, err, sizeof(err)) == 0;
     tx_ns = trace_now_ns();
     begun = db_up && db_begin(w->db, err, sizeof(err)) == DB_OK;
-    /* Each delivery's process span starts here; a handler's events are
-     * children of their message's span (worker_msg.trace). */
-    for (i = 0; begun && i < ok; i++) {
-        trace_set_current(worker__span_begin(w, &d[idx[i]], &p[idx[i]].span));
-        p[idx[i]].traced = 1;
-    }
     if (begun && apply_all(w, d, p, idx, ok, n, err, sizeof(err)) == MQ_DONE)
         committed = db_commit(w->db, err, sizeof(err)) == DB_OK;
     else if (!begun)
@@ -448,9 +453,12 @@ void worker__dispatch_batch(const mq_delivery *d, size_t n, mq_result *res,
      * its child; one rolled back is handled again below in a span of its
      * own. */
     for (i = 0; i < n; i++) {
-        if (p[i].traced)
+        if (p[i].traced && begun)
             worker__span_end(&d[i], &p[i].span, tx_ns, committed, committed ? MQ_DONE : MQ_RETRY,
                              committed ? NULL : "the batch was rolled back; handled alone",
+                             trace_current());
+        else if (p[i].traced) /* the database away: retried later (a BEGIN refused: tried) */
+            worker__span_end(&d[i], &p[i].span, db_up ? tx_ns : 0, 0, MQ_RETRY, err,
                              trace_current());
     }
     for (i = 0; i < n; i++) {

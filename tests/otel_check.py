@@ -18,6 +18,10 @@ environment, each with OTEL_EXPORTER_OTLP_ENDPOINT pointing at it.
      its handling names the trace; an invalid traceparent or an oversized
      tracestate is ignored (201, a new trace or no tracestate), never an
      error;
+  2b. the batch path (inventory stopped while 20 orders and a malformed
+     order.placed queue up): each db transaction starts and ends inside its
+     process span, and the malformed message, dead-lettered, has a failed
+     process span in the trace its traceparent names;
   3. with the receiver down, orders still complete and the spans are
      counted in ordersuite_otel_spans_dropped_total on /metrics, none
      exported.
@@ -26,11 +30,15 @@ Prints one line per check and a Check-style summary line.
 """
 import json
 import os
+import base64
 import secrets
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
+import uuid
 
 import checklib
 from checklib import check
@@ -188,6 +196,79 @@ def log_spans(tag):
     return out
 
 
+def publish_raw(key, body, traceparent):
+    """One message published as the broker administrator through the
+    management API (what order-api never sends: a body that is not JSON),
+    with a W3C traceparent header; True when routed."""
+    vhost = os.environ.get("ORDERSUITE_VHOST", "/")
+    vhost = "%2F" if vhost == "/" else vhost
+    mid = str(uuid.uuid4())
+    doc = {"routing_key": key, "payload": body, "payload_encoding": "string",
+           "properties": {"message_id": mid, "correlation_id": mid, "delivery_mode": 2,
+                          "headers": {"schema_version": 1, "traceparent": traceparent}}}
+    port = os.environ.get("MGMT_PORT", "15672")
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/exchanges/{vhost}/sales.events/publish",
+        data=json.dumps(doc).encode(), method="POST", headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(
+                f"{os.environ['RABBITMQ_ADMIN_USER']}:{os.environ['RABBITMQ_ADMIN_PASSWORD']}"
+                .encode()).decode()})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read()).get("routed") is True
+
+
+def batch_burst(token, procs):
+    """Item 3 of issue #16 on the batch path: inventory stopped (SIGSTOP)
+    while 20 orders and one malformed order.placed (with a traceparent) are
+    queued, then continued, so it takes them as one batch. Returns the
+    orders' trace ids and the malformed message's, checked after the flush
+    by check_batch_spans."""
+    inv = procs["inventory"]
+    os.kill(inv.pid, signal.SIGSTOP)
+    traces, oids = [], []
+    try:
+        for _ in range(20):
+            t = secrets.token_hex(16)
+            s, oid = place(token, {"traceparent": f"00-{t}-{secrets.token_hex(8)}-01"})
+            if s == 201:
+                traces.append(t)
+                oids.append(oid)
+        bad = secrets.token_hex(16)
+        routed = publish_raw("order.placed", "{not json",
+                             f"00-{bad}-{secrets.token_hex(8)}-01")
+    finally:
+        os.kill(inv.pid, signal.SIGCONT)
+    check("batch_burst_queued", len(oids) == 20 and routed, f"{len(oids)} orders, {routed}")
+    check("batch_burst_orders_confirmed", all(confirmed(token, o) for o in oids),
+          "not all CONFIRMED")
+    return traces, bad
+
+
+def check_batch_spans(rx, traces, bad):
+    """Every process span of the batch has its db transaction inside it (the
+    child starts at or after its parent), and the malformed message, dead-
+    lettered by the batch path, has its process span, failed, in its trace."""
+    late = []
+    for t in traces:
+        spans = rx.spans(t)
+        proc = [s for s in spans if s["service"] == "inventory"
+                and s["name"] == "process order.placed"]
+        tx = [s for s in spans if proc and s["parentSpanId"] == proc[0]["spanId"]
+              and s["name"] == "db transaction"]
+        if len(proc) != 1 or len(tx) != 1 or tx[0]["start"] < proc[0]["start"] \
+                or tx[0]["end"] > proc[0]["end"]:
+            late.append((t, [(s["start"], s["end"]) for s in proc + tx]))
+    check("batch_db_transaction_inside_its_process_span", traces and not late,
+          f"{len(late)} of {len(traces)}: {late[:2]}")
+    got = [s for s in rx.spans(bad) if s["service"] == "inventory"
+           and s["name"] == "process order.placed"]
+    check("batch_rejected_message_has_a_failed_process_span",
+          len(got) == 1 and got[0]["status"].get("code") in (2, "STATUS_CODE_ERROR")
+          and "undecodable" in got[0]["status"].get("message", ""),
+          got)
+
+
 def check_pos_trace(rx):
     """The till's publish span is the parent of the sale's handling in
     inventory and billing; the trace id is the sale's message id."""
@@ -303,6 +384,7 @@ def main():
         sale_handled = lambda: sum(1 for s in log_spans("up") if s.get("span") ==
                                    "process sale.completed") >= 2
         check("pos_sale_handled", checklib.wait_until(sale_handled, 30, 0.2), "not in 30 s")
+        burst = batch_burst(token, procs)
     finally:
         stop_all(procs, "up")
     check_pos_trace(rx)
@@ -316,6 +398,7 @@ def main():
           and bad_path[0]["attributes"].get("url.path") == "/products/\ufffd(",
           f"status {bad_path_status}: {bad_path}")
     check_trace(spans, trace_id, parent_span, oid)
+    check_batch_spans(rx, *burst)
     rx.stop()
     check_tool(oid, trace_id, len(spans))
 
