@@ -17,7 +17,9 @@ Run by scripts/run-tests.sh (which exports the URLs); prints a Check-style line.
 """
 import json
 import os
+import socket
 import subprocess
+import threading
 
 import checklib
 from checklib import check
@@ -27,6 +29,56 @@ SKU = "FLT-PAPER"
 SERVICES = "order-api pos billing inventory email"
 RUNNING = "order-api billing inventory"
 BROWSER_DIR = os.path.join(checklib.ROOT, "tests", "browser")
+STARVE_PORT, STARVE_OPS, THREADS = 18424, 18425, 4
+
+
+def queues_never_starve_orders(base, tokens, token):
+    """A broker that accepts TCP and never answers (a listener that never
+    accepts: the kernel completes the handshake, AMQP never starts) must not
+    let GET /board/queues hold every HTTP job thread: HTTP_THREADS of them
+    at once, then POST /orders must still get its 201 within the client's
+    10 s timeout (on the old code every thread waited for the broker)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    url = f"amqp://ordersuite:x@127.0.0.1:{silent.getsockname()[1]}/"
+    proc = checklib.start("order-api", dict(
+        base, DATABASE_URL=os.environ["ORDERS_DATABASE_URL"], API_TOKENS_FILE=tokens,
+        AMQP_URL=url, HTTP_PORT=str(STARVE_PORT), OPS_PORT=str(STARVE_OPS),
+        HTTP_THREADS=str(THREADS)), "board.starve.order-api.log")
+    try:
+        # /healthz, not /readyz: ready needs the broker, which never answers.
+        if not check("starve_order_api_starts", checklib.wait_until(
+                lambda: checklib.http("GET", STARVE_PORT, "/healthz", timeout=2)[0] == 200, 30)):
+            return
+        auth = {"Authorization": f"Bearer {token}"}
+        got = []
+
+        def poll():
+            try:
+                got.append(checklib.http("GET", STARVE_PORT, "/board/queues", headers=auth,
+                                         timeout=60)[0])
+            except OSError as e:
+                got.append(str(e))
+        ts = [threading.Thread(target=poll) for _ in range(THREADS * 2)]
+        for t in ts:
+            t.start()
+        body = json.dumps({"customer_id": "board-starve", "customer_email": "s@example.com",
+                           "currency": "EUR", "items": [{"sku": SKU, "quantity": 1}]})
+        try:
+            s, _, b = checklib.http("POST", STARVE_PORT, "/orders", body=body,
+                                    headers=dict(auth, **{"Content-Type": "application/json"}))
+        except OSError as e:
+            s, b = None, str(e)
+        check("board_queues_with_a_silent_broker_leave_threads_for_orders", s == 201,
+              f"{s} {b!r:.200}")
+        for t in ts:
+            t.join(90)
+        check("board_queues_with_a_silent_broker_still_answers",
+              got and all(g == 200 for g in got), repr(got))
+    finally:
+        checklib.stop(proc)
+        silent.close()
 
 
 def main():
@@ -65,6 +117,8 @@ def main():
             "board.billing.log"))
         if not check("order_api_starts", checklib.wait_until(lambda: checklib.ready(PORT), 30)):
             return
+
+        queues_never_starve_orders(base, tokens, token)
 
         s, h, b = checklib.http("GET", PORT, "/")
         check("the_page_is_served_without_a_token",

@@ -17,6 +17,11 @@
 #include "api.h"
 #include "log.h"
 #include "mq.h"
+#include "util.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,13 +60,18 @@ void api_get_board(http_req *r, void *cls, http_resp *out)
 }
 
 /* The depth of queue, or -1 (unknown: the broker refused or is away).
- * A failed passive declare closes the connection: reconnect for the next. */
-static long depth(mq_conn *c, const char *queue)
+ * A failed passive declare closes the connection; *down is set when the
+ * broker could not be reached, so the caller stops asking (one connection
+ * attempt per fetch, not one per queue). */
+static long depth(mq_conn *c, const char *queue, int *down)
 {
     char err[256];
     long d;
+    if (*down)
+        return -1;
     if (!mq_is_connected(c) && mq_connect_publisher(c, err, sizeof(err)) != MQ_OK) {
         log_warn("board: broker: %s", err);
+        *down = 1;
         return -1;
     }
     d = mq_queue_depth(c, queue, err, sizeof(err));
@@ -72,42 +82,125 @@ static long depth(mq_conn *c, const char *queue)
     return d;
 }
 
-void api_get_board_queues(http_req *r, void *cls, http_resp *out)
+/* Appends to buf (cap bytes, *len used); 0 when it would not fit. */
+static int put(char *buf, size_t cap, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int put(char *buf, size_t cap, size_t *len, const char *fmt, ...)
 {
-    const char *url = getenv("AMQP_URL");
-    mq_opts o = {.url = url, .app_id = "order-api-board"};
-    mq_conn *c;
-    size_t ns = sizeof(board_services) / sizeof(board_services[0]);
-    size_t cap = 128 + ns * 128, len = 0;
-    char *body;
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(buf + *len, cap - *len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= cap - *len)
+        return 0;
+    *len += (size_t)n;
+    return 1;
+}
 
-    if (!api_client_of(r, cls, out))
-        return;
-    c = url ? mq_new(&o) : NULL;
-    body = malloc(cap);
+/* The answer, built from the broker (ask 0: every depth null, unasked): a
+ * malloc'd JSON document, or NULL (out of memory). pos consumes nothing
+ * (it has no queue): null, unasked. */
+static char *fetch_queues(int ask)
+{
+    const char *url = ask ? getenv("AMQP_URL") : NULL;
+    mq_opts o = {.url = url, .app_id = "order-api-board"};
+    mq_conn *c = url ? mq_new(&o) : NULL;
+    size_t ns = sizeof(board_services) / sizeof(board_services[0]);
+    size_t cap = 128 + ns * 160, len = 0;
+    char *body = malloc(cap);
+    int down = c == NULL, ok;
+
     if (!body) {
         mq_free(c);
-        http_problem(out, 503, "Service Unavailable", "out of memory", NULL);
-        return;
+        return NULL;
     }
-    len += (size_t)snprintf(body + len, cap - len, "{\"queues\":[");
-    for (size_t i = 0; i < ns; i++) {
+    ok = put(body, cap, &len, "{\"queues\":[");
+    for (size_t i = 0; ok && i < ns; i++) {
         char q[64], dq[64], a[24] = "null", b[24] = "null";
         long d, dl;
+        if (strcmp(board_services[i], "pos") == 0) {
+            ok = put(body, cap, &len,
+                     "%s{\"service\":\"pos\",\"queue\":null,\"depth\":null,"
+                     "\"dlq\":null,\"dlq_depth\":null}",
+                     i ? "," : "");
+            continue;
+        }
         snprintf(q, sizeof(q), "%s", board_services[i]);
         snprintf(dq, sizeof(dq), "%s.dlq", board_services[i]);
-        d = c ? depth(c, q) : -1;
-        dl = c ? depth(c, dq) : -1;
+        d = depth(c, q, &down);
+        dl = depth(c, dq, &down);
         if (d >= 0)
             snprintf(a, sizeof(a), "%ld", d);
         if (dl >= 0)
             snprintf(b, sizeof(b), "%ld", dl);
-        len += (size_t)snprintf(body + len, cap - len,
-                                "%s{\"service\":\"%s\",\"queue\":\"%s\",\"depth\":%s,"
-                                "\"dlq\":\"%s\",\"dlq_depth\":%s}",
-                                i ? "," : "", board_services[i], q, a, dq, b);
+        ok = put(body, cap, &len,
+                 "%s{\"service\":\"%s\",\"queue\":\"%s\",\"depth\":%s,"
+                 "\"dlq\":\"%s\",\"dlq_depth\":%s}",
+                 i ? "," : "", board_services[i], q, a, dq, b);
     }
-    snprintf(body + len, cap - len, "]}");
+    if (ok)
+        ok = put(body, cap, &len, "]}");
     mq_free(c);
+    if (!ok) { /* cap is sized for the fixed names above: cannot happen */
+        free(body);
+        return NULL;
+    }
+    return body;
+}
+
+/* One fetch at a time, its answer reused for CACHE_MS: however many tabs
+ * poll, at most one HTTP job thread waits on the broker (which, away or
+ * silent, can hold it for the connect and login timeouts), so the others
+ * stay free for POST /orders. A request that finds a fetch under way gets
+ * the last answer (or every depth null before the first). */
+#define CACHE_MS 2000
+static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *cache_body;
+static int64_t cache_at;
+static int cache_busy;
+
+static char *queues_answer(void)
+{
+    char *out = NULL, *fresh;
+    int64_t now = util_now_ms();
+
+    pthread_mutex_lock(&cache_mu);
+    if (cache_body && (cache_busy || now - cache_at < CACHE_MS)) {
+        out = strdup(cache_body);
+        pthread_mutex_unlock(&cache_mu);
+        return out;
+    }
+    if (cache_busy) {
+        pthread_mutex_unlock(&cache_mu);
+        return fetch_queues(0);
+    }
+    cache_busy = 1;
+    pthread_mutex_unlock(&cache_mu);
+
+    fresh = fetch_queues(1);
+
+    pthread_mutex_lock(&cache_mu);
+    cache_busy = 0;
+    if (fresh) {
+        free(cache_body);
+        cache_body = fresh;
+        cache_at = util_now_ms();
+        out = strdup(fresh);
+    }
+    pthread_mutex_unlock(&cache_mu);
+    return out;
+}
+
+void api_get_board_queues(http_req *r, void *cls, http_resp *out)
+{
+    char *body;
+    if (!api_client_of(r, cls, out))
+        return;
+    body = queues_answer();
+    if (!body) {
+        http_problem(out, 503, "Service Unavailable", "out of memory", NULL);
+        return;
+    }
     http_json(out, 200, body);
 }
