@@ -94,13 +94,16 @@ typedef struct {
     int prefetch;       /* requests in hand at once; 0 = 16 */
     int heartbeat_s;    /* 0 = 30 */
     metrics *metrics;   /* may be NULL */
+    int *serving;       /* may be NULL: 1 while consuming the queue, else 0 (atomic) */
 } mq_rpc_server_opts;
 
 /* Consumes o->queue and answers each request with fn until *stop: a
  * request without reply_to or correlation id is dropped (acked, logged),
- * any other is answered, then acked. Reconnects with backoff. Returns 0
- * after a clean stop, -1 with err on a permanent error (credentials,
- * permissions). Blocks: run it on a thread of its own. */
+ * any other is answered, then acked. Reconnects with backoff, also after
+ * a permanent error (credentials, permissions: logged; an operator may
+ * fix them while it waits), with *o->serving 0 until it consumes again.
+ * Returns 0 after a clean stop, -1 with err when out of memory or the
+ * URL is bad. Blocks: run it on a thread of its own. */
 int mq_rpc_serve(const mq_rpc_server_opts *o, mq_rpc_fn fn, void *ctx, volatile sig_atomic_t *stop,
                  char *err, size_t errlen);
 

@@ -221,6 +221,12 @@ static int serve_one(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq
     return MQ_OK;
 }
 
+static void set_serving(const mq_rpc_server_opts *o, int v)
+{
+    if (o->serving)
+        __atomic_store_n(o->serving, v, __ATOMIC_RELAXED);
+}
+
 int mq_rpc_serve(const mq_rpc_server_opts *o, mq_rpc_fn fn, void *ctx, volatile sig_atomic_t *stop,
                  char *err, size_t errlen)
 {
@@ -251,36 +257,44 @@ int mq_rpc_serve(const mq_rpc_server_opts *o, mq_rpc_fn fn, void *ctx, volatile 
                 st = mq_connect_publisher(pub, err, errlen);
             if (st == MQ_OK && !cons->connected)
                 st = connect_consumer(cons, o->queue, err, errlen);
-            if (st == MQ_ERR_CONFIG) {
-                rc = -1;
-                goto out;
-            }
             if (st != MQ_OK) {
                 int64_t wait = backoff_next(&b);
-                log_warn("requests: broker not reachable (%s); retrying in %lld ms", err,
-                         (long long)wait);
+                /* A permission error is not the end: the thread waits for
+                 * an operator's fix, not ready (/readyz names it). */
+                if (st == MQ_ERR_CONFIG)
+                    log_error("requests: refused by the broker (%s): not serving; retrying in "
+                              "%lld ms",
+                              err, (long long)wait);
+                else
+                    log_warn("requests: broker not reachable (%s); retrying in %lld ms", err,
+                             (long long)wait);
+                MQ_SET_CONNECTED(cons, 0);
+                mq_disconnect(cons);
+                MQ_SET_CONNECTED(pub, 0);
+                mq_disconnect(pub);
                 util_sleep_ms(wait, stop);
             } else {
                 backoff_reset(&b);
+                set_serving(o, 1);
                 log_info("answering requests from %s, prefetch %d", o->queue, co.prefetch);
             }
             continue;
         }
         if (util_now_ms() - last_tick >= 1000) {
             last_tick = util_now_ms();
-            if (mq_tick(pub) != MQ_OK)
+            if (mq_tick(pub) != MQ_OK) {
+                set_serving(o, 0); /* no replies until pub is back */
                 continue;
+            }
         }
         amqp_maybe_release_buffers(cons->conn);
         r = amqp_consume_message(cons->conn, &env, &tv, 0);
         if (r.reply_type == AMQP_RESPONSE_NORMAL) {
             st = serve_one(cons, pub, &env, fn, ctx, o->metrics);
             amqp_destroy_envelope(&env);
-            if (st == MQ_ERR_CONFIG) {
-                snprintf(err, errlen, "replies refused: check the broker permissions");
-                rc = -1;
-                goto out;
-            }
+            if (st == MQ_ERR_CONFIG)
+                log_error("requests: replies refused: check the broker permissions; "
+                          "reconnecting");
         } else if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
                    r.library_error == AMQP_STATUS_TIMEOUT) {
             continue;
@@ -290,6 +304,7 @@ int mq_rpc_serve(const mq_rpc_server_opts *o, mq_rpc_fn fn, void *ctx, volatile 
         }
         if (st != MQ_OK) {
             /* Unacked requests go back to the queue with the connection. */
+            set_serving(o, 0);
             MQ_SET_CONNECTED(cons, 0);
             mq_disconnect(cons);
             MQ_SET_CONNECTED(pub, 0);
@@ -297,6 +312,7 @@ int mq_rpc_serve(const mq_rpc_server_opts *o, mq_rpc_fn fn, void *ctx, volatile 
         }
     }
 out:
+    set_serving(o, 0);
     mq_free(cons);
     mq_free(pub);
     return rc;

@@ -111,7 +111,8 @@ static void healthz(http_req *r, void *cls, http_resp *out)
 
 /* 200 only when the consumer and the relay are connected, the database
  * answered the probe in the last PROBE_FRESH_MS, the outbox backlog is
- * under READY_MAX_OUTBOX rows and READY_MAX_OUTBOX_AGE_S seconds, and the
+ * under READY_MAX_OUTBOX rows and READY_MAX_OUTBOX_AGE_S seconds, the
+ * request/reply server (of a service with rpc_routes) consumes, and the
  * service's own check (worker_def.ready), if any, says ready. The 503 says
  * which (detail set) on the operations listener and a worker's metrics
  * port; on a port that carries an API (readyz_public) it says only "not
@@ -123,6 +124,13 @@ static void ready_answer(worker *w, int detail_set, http_resp *out)
     char detail[448], why[192] = "";
     gauges(w, &g, &relay);
     app_ok = !w->def->ready || w->def->ready(w->def->app, why, sizeof(why));
+    /* A service that answers requests is not ready while its thread does
+     * not consume them (a refused permission, the broker lost, its
+     * database not yet connected): askers would wait for their deadline. */
+    if (app_ok && w->def->n_rpc_routes && !__atomic_load_n(&w->rpc_serving, __ATOMIC_RELAXED)) {
+        app_ok = 0;
+        snprintf(why, sizeof(why), "request/reply server not serving");
+    }
     if (!g.broker_connected || !relay || !g.database_connected ||
         g.outbox_pending > w->ready_max_outbox ||
         g.outbox_oldest_age_s > w->ready_max_outbox_age_s || !app_ok) {

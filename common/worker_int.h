@@ -57,6 +57,7 @@ struct worker {
     mq_rpc_client *rpc_client;
     pthread_t rpc_thread;
     int rpc_running;
+    int rpc_serving; /* atomic: the thread consumes its requests (mq_rpc_server_opts.serving) */
     volatile sig_atomic_t rpc_stop;
     db_conn *rpc_db;
     char *rpc_amqp_url;

@@ -34,7 +34,8 @@ static void *serve_thread(void *arg)
                             .queue = q,
                             .prefetch = (int)w->rpc_prefetch,
                             .heartbeat_s = w->heartbeat_s,
-                            .metrics = w->metrics};
+                            .metrics = w->metrics,
+                            .serving = &w->rpc_serving};
 
     mq_rpc_queue_name(w->def->service, q, sizeof(q)); /* fits: worker_main checked it */
     if (db_connect_retry(w->rpc_db, -1, &w->rpc_stop, err, sizeof(err)) == DB_ERR) {

@@ -34,6 +34,7 @@
     "ordersuite_rpc_" m "_total{service=\"order-api\",routing_key=\"inventory.availability\"}"
 
 static tu_svc inv, api;
+static void restore_perms(void);
 
 static void start_inventory(void)
 {
@@ -74,6 +75,7 @@ static void setup(void)
                            .env = env,
                            .log = "rpc-order-api",
                            .ready_url = API "/readyz"};
+    restore_perms();
     start_inventory();
     tu_svc_start(&api, &o);
     ck_assert_msg(tu_poll(30000, answers, "TEA-SENCHA"), "no availability answer within 30 s");
@@ -81,6 +83,7 @@ static void setup(void)
 
 static void teardown(void)
 {
+    restore_perms();
     if (inv.pid)
         kill(inv.pid, SIGCONT);
     tu_svc_stop_ok(&api);
@@ -447,6 +450,120 @@ START_TEST(a_backlog_of_orders_does_not_delay_an_answer)
 }
 END_TEST
 
+/* rabbitmqctl ARGS in the tests' vhost (-p is appended): its output's
+ * first line, without the newline (malloc'd). */
+static char *rmqctl_line(const char *args)
+{
+    struct amqp_connection_info info;
+    char cmd[2048], line[1024] = "", *url = strdup(tu_env("TEST_AMQP_URL"));
+    FILE *f;
+    ck_assert_int_eq(amqp_parse_url(url, &info), AMQP_STATUS_OK);
+    snprintf(cmd, sizeof(cmd), "bash %s/scripts/rmqctl.sh -s %s -p '%s' 2>/dev/null",
+             tu_env("ORDERSUITE_ROOT"), args, info.vhost);
+    free(url);
+    f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    if (!fgets(line, sizeof(line), f))
+        line[0] = '\0';
+    while (fgetc(f) != EOF)
+        ;
+    ck_assert_msg(pclose(f) == 0, "%s failed", cmd);
+    line[strcspn(line, "\n")] = '\0';
+    return strdup(line);
+}
+
+/* inventory's permissions before a test took some away, in a file: a
+ * test that fails ends its process before its teardown, so the next
+ * setup restores them too. */
+static const char *saved_perms_file(void)
+{
+    static char path[512];
+    snprintf(path, sizeof(path), "%s/var/check_rpc-inventory-perms", tu_env("ORDERSUITE_ROOT"));
+    return path;
+}
+
+static void restore_perms(void)
+{
+    char args[1200], perms[1024];
+    FILE *f = fopen(saved_perms_file(), "r");
+    if (!f)
+        return;
+    if (fgets(perms, sizeof(perms), f)) {
+        perms[strcspn(perms, "\n")] = '\0';
+        snprintf(args, sizeof(args), "set_permissions inventory %s", perms);
+        free(rmqctl_line(args));
+    }
+    fclose(f);
+    ck_assert_int_eq(remove(saved_perms_file()), 0);
+}
+
+static int consumer_and_relay_up(void *code)
+{
+    char *body = NULL;
+    long c = tu_http("GET", "http://127.0.0.1:" INV_PORT "/readyz", NULL, NULL, 0, &body);
+    int up = c == 200 || (body && strstr(body, "consumer up, relay up, database answering"));
+    *(long *)code = c;
+    free(body);
+    return up;
+}
+
+static int not_ready_naming_requests(void *unused)
+{
+    char *body = NULL;
+    long c = tu_http("GET", "http://127.0.0.1:" INV_PORT "/readyz", NULL, NULL, 0, &body);
+    int ok = c == 503 && body && strstr(body, "request/reply server") != NULL;
+    (void)unused;
+    free(body);
+    return ok;
+}
+
+/* Inventory may no longer read inventory.requests (a permission error:
+ * the broker refuses the consume with 403): the thread that answers
+ * requests cannot serve, so inventory is not ready and its /readyz says
+ * why, although its event consumer, relay and database are all up. */
+START_TEST(inventory_that_cannot_serve_requests_is_not_ready)
+{
+    char *cur = rmqctl_line("list_user_permissions inventory"), *tab, *read, *cut, args[1200];
+    const char *req = "|inventory\\.requests";
+    long code = 0;
+    /* "vhost\tconfigure\twrite\tread": keep configure and write as they are */
+    tab = strchr(cur, '\t');
+    ck_assert_msg(tab && (read = strrchr(cur, '\t')) && read != tab, "permissions: %s", cur);
+    {
+        FILE *f = fopen(saved_perms_file(), "w");
+        ck_assert_ptr_nonnull(f);
+        fprintf(f, "'%.*s' '%.*s' '%s'\n", (int)(strchr(tab + 1, '\t') - tab - 1), tab + 1,
+                (int)(read - strchr(tab + 1, '\t') - 1), strchr(tab + 1, '\t') + 1, read + 1);
+        ck_assert_int_eq(fclose(f), 0);
+    }
+    cut = strstr(read + 1, req);
+    ck_assert_msg(cut != NULL, "inventory's read permission %s lacks %s", read + 1, req);
+    memmove(cut, cut + strlen(req), strlen(cut + strlen(req)) + 1);
+    tu_svc_stop_ok(&inv);
+    snprintf(args, sizeof(args), "set_permissions inventory '%.*s' '%.*s' '%s'",
+             (int)(strchr(tab + 1, '\t') - tab - 1), tab + 1,
+             (int)(read - strchr(tab + 1, '\t') - 1), strchr(tab + 1, '\t') + 1, read + 1);
+    free(rmqctl_line(args));
+    free(cur);
+    {
+        const char *env[] = {"METRICS_PORT=" INV_PORT, NULL};
+        const tu_svc_opts o = {.exe = "inventory",
+                               .amqp_env = "INVENTORY_AMQP_URL",
+                               .db_env = "INVENTORY_DATABASE_URL",
+                               .env = env,
+                               .log = "rpc-inventory"};
+        tu_svc_start(&inv, &o);
+    }
+    ck_assert_int_ne(ask("TEA-SENCHA", NULL, NULL), 200);
+    ck_assert_msg(tu_poll(30000, consumer_and_relay_up, &code),
+                  "inventory's consumer and relay not up within 30 s");
+    ck_assert_msg(tu_poll(10000, not_ready_naming_requests, NULL),
+                  "inventory's /readyz is not a 503 naming the request/reply server (last %ld)",
+                  code);
+    restore_perms();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("rpc");
@@ -460,6 +577,7 @@ int main(void)
     tcase_add_test(tc, a_late_reply_is_dropped_and_the_next_request_gets_its_own);
     tcase_add_test(tc, a_backlog_of_orders_does_not_delay_an_answer);
     tcase_add_test(tc, broker_down_is_a_503);
+    tcase_add_test(tc, inventory_that_cannot_serve_requests_is_not_ready);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
