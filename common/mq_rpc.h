@@ -83,7 +83,9 @@ typedef struct {
 
 /* Answers req: 0 with *reply (malloc'd; the server frees it) and *reply_len,
  * or -1 with err when it cannot answer at all (the request is then dropped
- * and the asker meets its deadline). Runs on the server's thread. */
+ * and the asker meets its deadline): a handler answers a request it cannot
+ * serve (its database fails, the body is undecodable) with its contract's
+ * error reply instead, 0. Runs on the server's thread. */
 typedef int (*mq_rpc_fn)(const mq_rpc_request *req, char **reply, size_t *reply_len, void *ctx,
                          char *err, size_t errlen);
 

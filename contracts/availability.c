@@ -64,6 +64,23 @@ int av_reply_encode(const av_reply *r, char **out)
     return print(o, out);
 }
 
+static const char *const av_errors[] = {
+    [AV_ERR_UNAVAILABLE] = "unavailable", [AV_ERR_BAD_REQUEST] = "bad-request"};
+
+int av_error_encode(int error, char **out)
+{
+    cJSON *o;
+    *out = NULL;
+    if (error != AV_ERR_UNAVAILABLE && error != AV_ERR_BAD_REQUEST)
+        return -1;
+    o = cJSON_CreateObject();
+    if (o && !cJSON_AddStringToObject(o, "error", av_errors[error])) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
+    return print(o, out);
+}
+
 /* Parses body into an object whose every key is in allowed (NULL-ended)
  * and appears once; NULL with err otherwise. */
 static cJSON *object_of(const char *body, size_t len, const char *const *allowed, char *err,
@@ -124,13 +141,27 @@ int av_request_decode(const char *body, size_t len, char sku[EV_SKU_MAX + 1], ch
 
 int av_reply_decode(const char *body, size_t len, av_reply *r, char *err, size_t errlen)
 {
-    static const char *const allowed[] = {"sku", "found", "available", NULL};
+    static const char *const allowed[] = {"sku", "found", "available", "error", NULL};
     cJSON *o = object_of(body, len, allowed, err, errlen);
-    const cJSON *f, *a;
+    const cJSON *f, *a, *e;
     int rc = -1;
     memset(r, 0, sizeof(*r));
     if (!o)
         return -1;
+    if ((e = cJSON_GetObjectItemCaseSensitive(o, "error")) != NULL) {
+        /* An error reply: exactly {"error": one of av_errors} */
+        for (int i = AV_ERR_UNAVAILABLE; i <= AV_ERR_BAD_REQUEST; i++) {
+            if (cJSON_IsString(e) && strcmp(e->valuestring, av_errors[i]) == 0)
+                r->error = i;
+        }
+        if (!r->error || cJSON_GetArraySize(o) != 1) {
+            r->error = AV_OK;
+            snprintf(err, errlen, "error: must be \"unavailable\" or \"bad-request\", alone");
+        } else {
+            rc = 0;
+        }
+        goto out;
+    }
     if (read_sku(o, r->sku, err, errlen) < 0)
         goto out;
     f = cJSON_GetObjectItemCaseSensitive(o, "found");

@@ -36,6 +36,13 @@
 static tu_svc inv, api;
 static void restore_perms(void);
 
+/* inventory's SELECT on its stock table, as the migrations grant it. */
+static void grant_stock(void)
+{
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"), "GRANT SELECT ON inventory.stock TO inventory", 0,
+                NULL));
+}
+
 static void start_inventory(void)
 {
     const char *env[] = {"METRICS_PORT=" INV_PORT, "DB_LOCK_TIMEOUT_MS=60000", NULL};
@@ -76,6 +83,7 @@ static void setup(void)
                            .log = "rpc-order-api",
                            .ready_url = API "/readyz"};
     restore_perms();
+    grant_stock();
     start_inventory();
     tu_svc_start(&api, &o);
     ck_assert_msg(tu_poll(30000, answers, "TEA-SENCHA"), "no availability answer within 30 s");
@@ -84,6 +92,7 @@ static void setup(void)
 static void teardown(void)
 {
     restore_perms();
+    grant_stock();
     if (inv.pid)
         kill(inv.pid, SIGCONT);
     tu_svc_stop_ok(&api);
@@ -564,6 +573,25 @@ START_TEST(inventory_that_cannot_serve_requests_is_not_ready)
 }
 END_TEST
 
+/* Inventory's database refuses its query (its SELECT on the stock table
+ * revoked): inventory answers with an error reply, and order-api answers
+ * a 503 problem at once, not a 504 at the deadline. */
+START_TEST(inventory_that_cannot_read_its_stock_answers_an_error)
+{
+    char *body = NULL, *hdrs = NULL;
+    long code;
+    free(tu_sql(tu_env("OWNER_DATABASE_URL"), "REVOKE SELECT ON inventory.stock FROM inventory", 0,
+                NULL));
+    code = ask("TEA-SENCHA", &body, &hdrs);
+    ck_assert_msg(code == 503 && is_problem(hdrs) && strstr(body, "inventory could not answer"),
+                  "%ld: %s", code, body ? body : "");
+    free(body);
+    free(hdrs);
+    grant_stock();
+    ck_assert_msg(tu_poll(10000, answers, "TEA-SENCHA"), "no answer after the grant");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("rpc");
@@ -578,6 +606,7 @@ int main(void)
     tcase_add_test(tc, a_backlog_of_orders_does_not_delay_an_answer);
     tcase_add_test(tc, broker_down_is_a_503);
     tcase_add_test(tc, inventory_that_cannot_serve_requests_is_not_ready);
+    tcase_add_test(tc, inventory_that_cannot_read_its_stock_answers_an_error);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -72,8 +72,11 @@ START_TEST(reply_round_trips_and_is_strict)
         "{\"sku\":\"A\",\"found\":true,\"available\":\"3\"}",
         "{\"sku\":\"A\",\"found\":false,\"available\":0}",
         "{\"sku\":\"A\",\"found\":true,\"available\":1,\"more\":1}",
+        "{\"error\":\"other\"}",
+        "{\"error\":1}",
+        "{\"error\":\"unavailable\",\"sku\":\"A\"}",
     };
-    av_reply r = {"COF-DECAF", 1, 8}, got;
+    av_reply r = {"COF-DECAF", 1, 8, AV_OK}, got;
     char *j, err[256];
     ck_assert_int_eq(av_reply_encode(&r, &j), 0);
     ck_assert_int_eq(av_reply_decode(j, strlen(j), &got, err, sizeof(err)), 0);
@@ -81,14 +84,25 @@ START_TEST(reply_round_trips_and_is_strict)
     ck_assert_int_eq(got.found, 1);
     ck_assert_int_eq(got.available, 8);
     free(j);
-    r = (av_reply){"NOPE", 0, 0};
+    r = (av_reply){"NOPE", 0, 0, AV_OK};
     ck_assert_int_eq(av_reply_encode(&r, &j), 0);
     ck_assert_str_eq(j, "{\"sku\":\"NOPE\",\"found\":false}");
     ck_assert_int_eq(av_reply_decode(j, strlen(j), &got, err, sizeof(err)), 0);
     ck_assert_int_eq(got.found, 0);
     free(j);
-    r = (av_reply){"A", 1, -1};
+    r = (av_reply){"A", 1, -1, AV_OK};
     ck_assert_int_eq(av_reply_encode(&r, &j), -1);
+    /* the error replies: inventory could not answer, or could not read */
+    ck_assert_int_eq(av_error_encode(AV_ERR_UNAVAILABLE, &j), 0);
+    ck_assert_str_eq(j, "{\"error\":\"unavailable\"}");
+    ck_assert_int_eq(av_reply_decode(j, strlen(j), &got, err, sizeof(err)), 0);
+    ck_assert_int_eq(got.error, AV_ERR_UNAVAILABLE);
+    free(j);
+    ck_assert_int_eq(av_error_encode(AV_ERR_BAD_REQUEST, &j), 0);
+    ck_assert_int_eq(av_reply_decode(j, strlen(j), &got, err, sizeof(err)), 0);
+    ck_assert_int_eq(got.error, AV_ERR_BAD_REQUEST);
+    free(j);
+    ck_assert_int_eq(av_error_encode(AV_OK, &j), -1);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         ck_assert_msg(av_reply_decode(bad[i], strlen(bad[i]), &got, err, sizeof(err)) == -1,
                       "accepted %s", bad[i]);

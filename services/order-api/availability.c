@@ -7,8 +7,11 @@
  *   200  {"sku": ..., "available": N}
  *   404  no such SKU in inventory's stock (or not a SKU at all)
  *   503  the broker is not reachable (Retry-After: 2)
+ *   503  inventory could not answer (its error reply "unavailable": e.g. its
+ *        database fails; Retry-After: 2)
  *   504  inventory did not answer in time (it is down, stopped or slow)
- *   502  inventory's answer could not be read
+ *   502  inventory's answer could not be read, or inventory could not read
+ *        the request (its error reply "bad-request")
  * It needs the bearer token, like the order routes: a stock level is the
  * business's to tell its clients, not the public's (GET /products, the
  * catalog the tills read, stays open).
@@ -68,6 +71,18 @@ void api_get_availability(http_req *r, void *cls, http_resp *out)
     }
     rc = av_reply_decode(rep, rlen, &a, err, sizeof(err));
     free(rep);
+    if (rc == 0 && a.error == AV_ERR_UNAVAILABLE) {
+        log_warn("availability of %s: inventory could not answer", sku);
+        http_problem(out, 503, "Service Unavailable", "inventory could not answer", NULL);
+        snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
+        snprintf(out->extra_value, sizeof(out->extra_value), "2");
+        return;
+    }
+    if (rc == 0 && a.error == AV_ERR_BAD_REQUEST) {
+        log_error("availability of %s: inventory could not read the request", sku);
+        http_problem(out, 502, "Bad Gateway", "inventory could not read the request", NULL);
+        return;
+    }
     if (rc < 0 || strcmp(a.sku, sku) != 0) {
         log_error("availability of %s: inventory's reply: %s", sku, rc < 0 ? err : "another SKU");
         http_problem(out, 502, "Bad Gateway", "inventory's answer could not be read", NULL);
