@@ -135,6 +135,16 @@ def main():
         check("board_queues_lists_every_service",
               s == 200 and sorted(got) == sorted(SERVICES.split()), f"{s} {b[:300]!r}")
 
+        # Four orders of the board's client that never move (PENDING, no
+        # outbox row): their streams stay open. The order placed through the
+        # form must still reach CONFIRMED on the page (board.mjs) — it used
+        # to wait for a stream slot those four never gave back (now it evicts one).
+        rc, out = checklib.psql(
+            "INSERT INTO orders.orders (id, client_id, customer_id, customer_email, currency,"
+            " total_minor, status) SELECT gen_random_uuid(), 'board', 'board-stuck',"
+            " 'stuck@example.com', 'EUR', 100, 'PENDING' FROM generate_series(1, 4)")
+        if rc != 0:
+            raise RuntimeError(out)
         env = dict(os.environ, BOARD_URL=f"http://127.0.0.1:{PORT}/", BOARD_TOKEN=token,
                    BOARD_OUT=checklib.LOG_DIR, BOARD_SERVICES=SERVICES, BOARD_LIVE=RUNNING)
         with open(os.path.join(checklib.LOG_DIR, "board.browser.log"), "w") as log:
@@ -157,6 +167,7 @@ def main():
     finally:
         for p in procs:
             checklib.stop(p)
+        checklib.psql("DELETE FROM orders.orders WHERE customer_id = 'board-stuck'")
 
 
 if __name__ == "__main__":
