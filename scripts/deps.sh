@@ -64,8 +64,13 @@ browser_deps() {
     [ -n "$want" ] && [ "$want" = "$have" ] && return 0
     # Debian's nodejs comes without npm (NodeSource's has it and conflicts with it).
     if ! command -v npm >/dev/null; then
-        [ "$(id -u)" = 0 ] || { echo "error: npm is missing; run: sudo apt-get install -y npm" >&2; return 1; }
-        apt-get install -y -q --no-install-recommends npm
+        [ "$(id -u)" = 0 ] || {
+            echo "error: npm is missing; run: sudo apt-get update && sudo apt-get install -y npm" >&2
+            return 1
+        }
+        # Reached also when every package was already there (no update ran).
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
     fi
     (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --ignore-scripts)
     echo "==> deps: playwright-core $want in tests/browser/node_modules"
@@ -81,6 +86,8 @@ fi
 echo "==> deps: missing ${missing[*]}"
 if [ "$(id -u)" != 0 ]; then
     echo "error: installing packages needs root; run:" >&2
+    # npm too when it is missing: browser_deps needs it after these.
+    command -v npm >/dev/null || missing+=(npm)
     echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
     exit 1
 fi
