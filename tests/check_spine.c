@@ -561,6 +561,16 @@ static int all_acked(void *arg)
     return worker_metric("ordersuite_deliveries_acked_total{") >= *(double *)arg;
 }
 
+/* How often the worker consumed again after losing its channel, not
+ * counting a consumer the broker cancelled (right after a broker restart
+ * in the test before, a quorum queue may cancel a new consumer once: seen
+ * in a fresh-clone run). */
+static long refused_reconnects(void)
+{
+    return tu_file_count(worker.log, "consuming from", NULL) -
+           tu_file_count(worker.log, "cancelled our consumer", NULL);
+}
+
 /* A batch's successes share one multiple-ack, sent only after each failure
  * of the batch is settled on its own (its copy confirmed, then acked): a
  * multiple-ack that covered a failure would ack it without its copy (lost)
@@ -579,7 +589,7 @@ START_TEST(a_batch_is_acked_with_one_multiple_ack_after_its_failures_are_settled
     worker_extra_env = "METRICS_PORT=" SPINE_METRICS_PORT;
     start_worker();
     worker_extra_env = NULL;
-    reconnects = tu_file_count(worker.log, "consuming from", NULL);
+    reconnects = refused_reconnects();
     c = tu_publisher("SPINE_AMQP_URL", "check_spine");
     ck_assert_int_eq(kill(worker.pid, SIGSTOP), 0);
     for (int i = 0; i <= N; i++) {
@@ -604,7 +614,7 @@ START_TEST(a_batch_is_acked_with_one_multiple_ack_after_its_failures_are_settled
     frames = worker_metric("ordersuite_ack_frames_total{");
     ck_assert_msg(frames >= 2 && frames * 4 <= all,
                   "%.0f basic.ack frames for %.0f deliveries: no multiple-ack", frames, all);
-    ck_assert_msg(tu_file_count(worker.log, "consuming from", NULL) == reconnects,
+    ck_assert_msg(refused_reconnects() == reconnects,
                   "the worker reconnected: the broker refused an ack");
     mq_free(c);
 }
