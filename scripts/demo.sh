@@ -74,8 +74,12 @@ echo "outboxes pending: $(sql "SELECT (SELECT count(*) FROM orders.outbox) + (SE
 # order status"): the stream ends by itself after its final status.
 echo
 echo "its live status stream (curl -sN -H @var/api-auth.header $API/orders/$ok/events):"
-api_curl -sN --max-time 10 "$API/orders/$ok/events" | grep -v '^$' | sed 's/^/  /' ||
+# curl's own status decides (a pipeline's is sed's, which never fails).
+if stream=$(api_curl -sN --max-time 10 "$API/orders/$ok/events"); then
+    printf '%s\n' "$stream" | grep -v '^$' | sed 's/^/  /'
+else
     echo "  (no stream; see var/log/order-api.log)"
+fi
 # The confirmed order's way through the suite, from the spans in the logs
 # (docs/TRACING.md).
 echo
