@@ -523,3 +523,29 @@ void db_array_release(db_array *a)
     free(a->s);
     db_array_init(a);
 }
+
+int db_exec_arrays(db_conn *db, const char *name, const char *sql, db_array *cols, int n,
+                   PGresult **res, char *err, size_t errlen)
+{
+    const char *p[DB_ARRAYS_MAX];
+    int rc = DB_OK;
+
+    if (n < 0 || n > DB_ARRAYS_MAX) {
+        snprintf(err, errlen, "%s: %d array parameters, at most %d", name, n, DB_ARRAYS_MAX);
+        rc = DB_ERR;
+        if (res)
+            *res = NULL;
+        n = n < 0 ? 0 : n;
+    }
+    for (int c = 0; rc == DB_OK && c < n; c++) {
+        if (!(p[c] = db_array_text(&cols[c]))) {
+            snprintf(err, errlen, "out of memory");
+            rc = DB_ERR_TRANSIENT;
+        }
+    }
+    if (rc == DB_OK)
+        rc = db_execp(db, name, sql, n, p, res, err, errlen);
+    for (int c = 0; c < n; c++)
+        db_array_release(&cols[c]);
+    return rc;
+}

@@ -146,4 +146,13 @@ const char *db_array_text(db_array *a);
 
 void db_array_release(db_array *a);
 
+/* The most columns db_exec_arrays takes. */
+#define DB_ARRAYS_MAX 16
+
+/* Ends the n (at most DB_ARRAYS_MAX) literals of cols and runs sql with
+ * them as its parameters $1..$n, as db_execp (res likewise); releases cols
+ * whatever the outcome. An add that ran out of memory is DB_ERR_TRANSIENT. */
+int db_exec_arrays(db_conn *db, const char *name, const char *sql, db_array *cols, int n,
+                   PGresult **res, char *err, size_t errlen);
+
 #endif

@@ -83,6 +83,47 @@ START_TEST(an_array_literal_round_trips_any_text_through_unnest)
 }
 END_TEST
 
+/* db_exec_arrays passes each column of a set as one parameter and frees
+ * the literals whatever happens; more columns than it takes is an error
+ * named by the statement, with nothing sent. */
+START_TEST(exec_arrays_runs_columns_as_parameters_and_refuses_too_many)
+{
+    db_conn *db = connect_as("OWNER_DATABASE_URL");
+    char err[DB_ERR_LEN];
+    db_array c[DB_ARRAYS_MAX + 1];
+    PGresult *r = NULL;
+
+    for (int k = 0; k < 2; k++)
+        db_array_init(&c[k]);
+    db_array_add(&c[0], "a");
+    db_array_add(&c[0], "b");
+    db_array_add_i64(&c[1], 1);
+    db_array_add_i64(&c[1], 2);
+    ck_assert_int_eq(db_exec_arrays(db, "t_arrays",
+                                    "SELECT x, n FROM unnest($1::text[], $2::bigint[]) AS u(x, n)"
+                                    " ORDER BY n",
+                                    c, 2, &r, err, sizeof(err)),
+                     DB_OK);
+    ck_assert_int_eq(PQntuples(r), 2);
+    ck_assert_str_eq(db_get(r, 1, "x"), "b");
+    PQclear(r);
+    ck_assert_ptr_null(c[0].s); /* released */
+
+    for (int k = 0; k <= DB_ARRAYS_MAX; k++) {
+        db_array_init(&c[k]);
+        db_array_add(&c[k], "x");
+    }
+    r = (PGresult *)1;
+    ck_assert_int_eq(
+        db_exec_arrays(db, "t_too_many", "SELECT 1", c, DB_ARRAYS_MAX + 1, &r, err, sizeof(err)),
+        DB_ERR);
+    ck_assert_msg(strstr(err, "t_too_many") != NULL, "%s", err);
+    for (int k = 0; k <= DB_ARRAYS_MAX; k++)
+        ck_assert_ptr_null(c[k].s);
+    db_free(db);
+}
+END_TEST
+
 START_TEST(errors_carry_sqlstate_and_are_classified)
 {
     db_conn *db = connect_as("OWNER_DATABASE_URL");
@@ -632,6 +673,7 @@ int main(void)
     tcase_set_timeout(h, 90);
     tcase_add_test(h, exec_binds_parameters_and_returns_rows);
     tcase_add_test(h, an_array_literal_round_trips_any_text_through_unnest);
+    tcase_add_test(h, exec_arrays_runs_columns_as_parameters_and_refuses_too_many);
     tcase_add_test(h, errors_carry_sqlstate_and_are_classified);
     tcase_add_test(h, rollback_discards_and_commit_keeps);
     tcase_add_test(h, every_after_commit_callback_runs_once);

@@ -48,25 +48,6 @@ static const char *or_null(const char *s)
     return s && *s ? s : NULL;
 }
 
-/* Ends the n literals of cols and runs sql with them; releases cols. */
-static int exec_arrays(db_conn *db, const char *name, const char *sql, db_array *cols, int n,
-                       PGresult **res, char *err, size_t errlen)
-{
-    const char *p[9];
-    int rc = DB_OK;
-    for (int c = 0; c < n; c++) {
-        if (!(p[c] = db_array_text(&cols[c])))
-            rc = DB_ERR_TRANSIENT;
-    }
-    if (rc != DB_OK)
-        snprintf(err, errlen, "out of memory");
-    else
-        rc = db_execp(db, name, sql, n, p, res, err, errlen);
-    for (int c = 0; c < n; c++)
-        db_array_release(&cols[c]);
-    return rc;
-}
-
 /* Writes the invoices of q[0..n) and their lines, one multi-row INSERT
  * each, and emits their billing.invoiced in one outbox statement. An order
  * or sale invoiced before (a unique key; also a second one in q) is
@@ -111,13 +92,13 @@ static int invoice_all(worker *w, db_conn *db, inv_req *q, size_t n, char *err, 
         db_array_add_i64(&c[7], (long long)b->tax);
         db_array_add_i64(&c[8], (long long)q[i].total);
     }
-    rc = exec_arrays(db, "bil_invoice_set",
-                     "INSERT INTO invoices (id, order_id, sale_id, customer_id, customer_email,"
-                     " currency, net_minor, tax_minor, amount_minor)"
-                     " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],"
-                     " $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])"
-                     " ON CONFLICT DO NOTHING RETURNING id::text, number",
-                     c, 9, &r, err, errlen);
+    rc = db_exec_arrays(db, "bil_invoice_set",
+                        "INSERT INTO invoices (id, order_id, sale_id, customer_id, customer_email,"
+                        " currency, net_minor, tax_minor, amount_minor)"
+                        " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],"
+                        " $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])"
+                        " ON CONFLICT DO NOTHING RETURNING id::text, number",
+                        c, 9, &r, err, errlen);
     if (rc != DB_OK)
         return rc;
     for (int k = 0; k < PQntuples(r); k++) {
@@ -144,11 +125,12 @@ static int invoice_all(worker *w, db_conn *db, inv_req *q, size_t n, char *err, 
         for (int k = 0; k < 4; k++)
             db_array_release(&c[k]);
     } else {
-        rc = exec_arrays(db, "bil_lines_set",
-                         "INSERT INTO invoice_lines (invoice_id, sku, quantity, unit_price_minor)"
-                         " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[],"
-                         " $4::bigint[])",
-                         c, 4, NULL, err, errlen);
+        rc =
+            db_exec_arrays(db, "bil_lines_set",
+                           "INSERT INTO invoice_lines (invoice_id, sku, quantity, unit_price_minor)"
+                           " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[],"
+                           " $4::bigint[])",
+                           c, 4, NULL, err, errlen);
     }
     if (rc == DB_OK && !(outs = calloc(n, sizeof(*outs)))) {
         snprintf(err, errlen, "out of memory");
@@ -218,11 +200,11 @@ static int fail_all(worker *w, db_conn *db, const worker_msg *m, size_t n, const
     if (nover == 0)
         goto out;
     /* No row: decided before, and said so then. */
-    rc = exec_arrays(db, "bil_fail_set",
-                     "INSERT INTO payment_failures (order_id, amount_minor, reason)"
-                     " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[])"
-                     " ON CONFLICT DO NOTHING RETURNING order_id::text",
-                     c, 3, &r, err, errlen);
+    rc = db_exec_arrays(db, "bil_fail_set",
+                        "INSERT INTO payment_failures (order_id, amount_minor, reason)"
+                        " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[])"
+                        " ON CONFLICT DO NOTHING RETURNING order_id::text",
+                        c, 3, &r, err, errlen);
     for (int k = 0; rc == DB_OK && k < PQntuples(r); k++) {
         for (size_t i = 0; i < n; i++) { /* the first message of the order */
             if (over[i] && !sent[i] &&
@@ -264,18 +246,18 @@ static int lock_orders(db_conn *db, const worker_msg *m, size_t n, int *is_void,
     db_array_init(&ids);
     for (size_t i = 0; i < n; i++)
         db_array_add(&ids, m[i].ev->u.inventory_reserved.order_id);
-    rc = exec_arrays(db, "bil_orders_lock",
-                     "SELECT pg_advisory_xact_lock(hashtext('billing.order'), hashtext(o))"
-                     " FROM (SELECT DISTINCT o FROM unnest($1::text[]) AS o ORDER BY o) s",
-                     &ids, 1, NULL, err, errlen);
+    rc = db_exec_arrays(db, "bil_orders_lock",
+                        "SELECT pg_advisory_xact_lock(hashtext('billing.order'), hashtext(o))"
+                        " FROM (SELECT DISTINCT o FROM unnest($1::text[]) AS o ORDER BY o) s",
+                        &ids, 1, NULL, err, errlen);
     if (rc != DB_OK)
         return rc;
     db_array_init(&ids);
     for (size_t i = 0; i < n; i++)
         db_array_add(&ids, m[i].ev->u.inventory_reserved.order_id);
-    rc = exec_arrays(db, "bil_are_void",
-                     "SELECT order_id::text FROM voids WHERE order_id = ANY($1::uuid[])", &ids, 1,
-                     &r, err, errlen);
+    rc = db_exec_arrays(db, "bil_are_void",
+                        "SELECT order_id::text FROM voids WHERE order_id = ANY($1::uuid[])", &ids,
+                        1, &r, err, errlen);
     if (rc != DB_OK)
         return rc;
     for (size_t i = 0; i < n; i++) {

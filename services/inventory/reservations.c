@@ -282,26 +282,6 @@ static void decide(const worker_msg *m, reserve_set *s)
     }
 }
 
-/* Runs sql with the n array literals of cols (each ended here); *res as
- * db_execp's when not NULL. Releases cols. */
-static int exec_arrays(db_conn *db, const char *name, const char *sql, db_array *cols, int n,
-                       PGresult **res, char *err, size_t errlen)
-{
-    const char *p[4];
-    int rc = DB_OK;
-    for (int c = 0; c < n; c++) {
-        if (!(p[c] = db_array_text(&cols[c])))
-            rc = DB_ERR_TRANSIENT;
-    }
-    if (rc != DB_OK)
-        snprintf(err, errlen, "out of memory");
-    else
-        rc = db_execp(db, name, sql, n, p, res, err, errlen);
-    for (int c = 0; c < n; c++)
-        db_array_release(&cols[c]);
-    return rc;
-}
-
 /* Step 4a: the reservation rows, first: ON CONFLICT DO NOTHING, as an
  * order.expired handled at this moment by another transaction (expiry.c)
  * may have decided an order of the set since step 1, and its decision
@@ -327,11 +307,11 @@ static int claim_reservations(db_conn *db, const worker_msg *m, reserve_set *s, 
         db_array_release(&c);
         return DB_OK;
     }
-    rc = exec_arrays(db, "inv_reserve_set",
-                     "INSERT INTO reservations (order_id, status)"
-                     " SELECT o, 'RESERVED' FROM unnest($1::uuid[]) AS o"
-                     " ON CONFLICT DO NOTHING RETURNING order_id",
-                     &c, 1, &r, err, errlen);
+    rc = db_exec_arrays(db, "inv_reserve_set",
+                        "INSERT INTO reservations (order_id, status)"
+                        " SELECT o, 'RESERVED' FROM unnest($1::uuid[]) AS o"
+                        " ON CONFLICT DO NOTHING RETURNING order_id",
+                        &c, 1, &r, err, errlen);
     if (rc != DB_OK)
         return rc;
     got = PQntuples(r);
@@ -373,11 +353,11 @@ static int write_set(db_conn *db, const worker_msg *m, reserve_set *s, char *err
         db_array_release(&c[0]);
         db_array_release(&c[1]);
     } else {
-        rc = exec_arrays(db, "inv_take_set",
-                         "UPDATE stock s SET on_hand = s.on_hand - t.q, updated_at = now()"
-                         " FROM unnest($1::text[], $2::bigint[]) AS t(sku, q)"
-                         " WHERE s.sku = t.sku AND s.on_hand >= t.q RETURNING s.sku",
-                         c, 2, &r, err, errlen);
+        rc = db_exec_arrays(db, "inv_take_set",
+                            "UPDATE stock s SET on_hand = s.on_hand - t.q, updated_at = now()"
+                            " FROM unnest($1::text[], $2::bigint[]) AS t(sku, q)"
+                            " WHERE s.sku = t.sku AND s.on_hand >= t.q RETURNING s.sku",
+                            c, 2, &r, err, errlen);
         if (rc != DB_OK)
             return rc;
         rc = (size_t)PQntuples(r) == want ? DB_OK : DB_ERR_TRANSIENT;
@@ -397,10 +377,11 @@ static int write_set(db_conn *db, const worker_msg *m, reserve_set *s, char *err
             db_array_add_i64(&c[2], (long long)s->lines[k].quantity);
         }
     }
-    if (nres > 0 && (rc = exec_arrays(db, "inv_reserve_lines_set",
-                                      "INSERT INTO reservation_lines (order_id, sku, quantity)"
-                                      " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])",
-                                      c, 3, NULL, err, errlen)) != DB_OK)
+    if (nres > 0 &&
+        (rc = db_exec_arrays(db, "inv_reserve_lines_set",
+                             "INSERT INTO reservation_lines (order_id, sku, quantity)"
+                             " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])",
+                             c, 3, NULL, err, errlen)) != DB_OK)
         return rc;
     for (int k = 0; k < 3; k++)
         db_array_release(&c[k]);
@@ -419,10 +400,10 @@ static int write_set(db_conn *db, const worker_msg *m, reserve_set *s, char *err
         db_array_release(&c[1]);
         return DB_OK;
     }
-    return exec_arrays(db, "inv_reject_set",
-                       "INSERT INTO rejections (order_id, reason)"
-                       " SELECT * FROM unnest($1::uuid[], $2::text[])",
-                       c, 2, NULL, err, errlen);
+    return db_exec_arrays(db, "inv_reject_set",
+                          "INSERT INTO rejections (order_id, reason)"
+                          " SELECT * FROM unnest($1::uuid[], $2::text[])",
+                          c, 2, NULL, err, errlen);
 }
 
 mq_result inv_reserve_set(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
