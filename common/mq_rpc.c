@@ -15,6 +15,7 @@
 #include "mq_rpc.h"
 #include "log.h"
 #include "mq_int.h"
+#include "trace.h"
 #include "util.h"
 #include "uuid.h"
 
@@ -39,6 +40,10 @@ typedef struct call {
     int timeout_ms;
     int state;    /* CALL_* */
     uint64_t seq; /* delivery tag of its publish, for a basic.nack */
+    /* The call span's context, sent as the request's traceparent /
+     * tracestate headers ("" for none). */
+    char traceparent[TRACE_PARENT_LEN];
+    const char *tracestate;
     int rc;
     char *reply;
     size_t reply_len;
@@ -122,14 +127,22 @@ static int connect_once(mq_rpc_client *cl, char *err, size_t errlen)
 static int send_call(mq_rpc_client *cl, call *c)
 {
     amqp_basic_properties_t p;
+    amqp_table_entry_t hdr[2];
     char exp[16];
-    int st;
+    int st, nh = 0;
 
     memset(&p, 0, sizeof(p));
-    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
-               AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_EXPIRATION_FLAG | AMQP_BASIC_TYPE_FLAG |
-               AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_USER_ID_FLAG;
+    if (c->traceparent[0]) {
+        mq__arg_str(&hdr[nh++], MQ_H_TRACEPARENT, c->traceparent);
+        if (c->tracestate[0])
+            mq__arg_str(&hdr[nh++], MQ_H_TRACESTATE, c->tracestate);
+        p._flags |= AMQP_BASIC_HEADERS_FLAG;
+        p.headers = (amqp_table_t){nh, hdr};
+    }
+    p._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+                AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
+                AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_EXPIRATION_FLAG | AMQP_BASIC_TYPE_FLAG |
+                AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_USER_ID_FLAG;
     p.content_type = amqp_cstring_bytes("application/json");
     p.delivery_mode = 1; /* transient: a question is asked again, not kept */
     p.message_id = amqp_cstring_bytes(c->corr);
@@ -393,12 +406,34 @@ void mq_rpc_client_stats(mq_rpc_client *cl, mq_rpc_stats *out)
     pthread_mutex_unlock(&cl->mu);
 }
 
+/* The call's span (OpenTelemetry messaging conventions, "send"): CLIENT,
+ * not PRODUCER, because it lasts until the reply, like an RPC client span,
+ * and its SERVER counterpart is inventory's answer (mq_rpc_serve.c). The
+ * child of the calling thread's current span (the HTTP request's). */
+static void call_span_start(trace_span *sp, const call *c)
+{
+    char name[TRACE_NAME_MAX];
+    snprintf(name, sizeof(name), "send %.80s", c->key);
+    trace_span_start(sp, name, TRACE_KIND_CLIENT, trace_current());
+    trace_span_str(sp, "messaging.system", "rabbitmq");
+    trace_span_str(sp, "messaging.operation.type", "send");
+    trace_span_str(sp, "messaging.operation.name", "send");
+    trace_span_str(sp, "messaging.destination.name", MQ_RPC_EXCHANGE);
+    trace_span_str(sp, "messaging.rabbitmq.destination.routing_key", c->key);
+    trace_span_str(sp, "messaging.message.id", c->corr);
+    trace_span_str(sp, "messaging.message.conversation_id", c->corr);
+}
+
+static int do_call(mq_rpc_client *cl, call *c, char **reply, size_t *reply_len, char *err,
+                   size_t errlen);
+
 int mq_rpc_call(mq_rpc_client *cl, const char *key, const void *body, size_t len, int timeout_ms,
                 char **reply, size_t *reply_len, char *err, size_t errlen)
 {
     call c;
-    struct timespec deadline;
+    trace_span sp;
     char exp[16];
+    int rc;
 
     *reply = NULL;
     *reply_len = 0;
@@ -416,6 +451,25 @@ int mq_rpc_call(mq_rpc_client *cl, const char *key, const void *body, size_t len
     c.body = body;
     c.len = len;
     c.timeout_ms = timeout_ms;
+    call_span_start(&sp, &c);
+    c.tracestate = sp.ctx.state;
+    if (trace_valid(&sp.ctx))
+        trace_format(&sp.ctx, c.traceparent);
+    rc = do_call(cl, &c, reply, reply_len, err, errlen);
+    if (rc != MQ_OK)
+        trace_span_fail(&sp, err);
+    trace_span_end(&sp, NULL);
+    return rc;
+}
+
+/* Queues c, wakes the thread and waits for the reply or the deadline. */
+static int do_call(mq_rpc_client *cl, call *c, char **reply, size_t *reply_len, char *err,
+                   size_t errlen)
+{
+    const char *key = c->key;
+    int timeout_ms = c->timeout_ms;
+    struct timespec deadline;
+
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_sec += timeout_ms / 1000;
     deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
@@ -430,36 +484,36 @@ int mq_rpc_call(mq_rpc_client *cl, const char *key, const void *body, size_t len
         snprintf(err, errlen, "the broker is not reachable");
         return MQ_ERR;
     }
-    c.next = cl->calls;
-    /* The call lives on this stack while it is linked: it is unlinked
-     * (by the thread when settled, or below at the deadline) before we
-     * return. */
+    c->next = cl->calls;
+    /* The call lives on mq_rpc_call's stack while it is linked: it is
+     * unlinked (by the thread when settled, or below at the deadline)
+     * before we return. */
     // cppcheck-suppress autoVariables
-    cl->calls = &c;
+    cl->calls = c;
     pthread_mutex_unlock(&cl->mu);
     if (write(cl->wake[1], "c", 1) < 0) {
         /* full pipe: the thread is awake anyway */
     }
     pthread_mutex_lock(&cl->mu);
-    while (c.state != CALL_DONE) {
+    while (c->state != CALL_DONE) {
         if (pthread_cond_timedwait(&cl->cv, &cl->mu, &deadline) == ETIMEDOUT &&
-            c.state != CALL_DONE) {
+            c->state != CALL_DONE) {
             /* Unlinked under the mutex: a reply after this is late. */
-            unlink_call(cl, &c);
+            unlink_call(cl, c);
             cl->st.timed_out++;
             metrics_count(cl->metrics, M_RPC_TIMED_OUT, key, 1);
-            c.rc = MQ_RPC_TIMEOUT;
-            snprintf(c.err, sizeof(c.err), "no reply to %s within %d ms", key, timeout_ms);
+            c->rc = MQ_RPC_TIMEOUT;
+            snprintf(c->err, sizeof(c->err), "no reply to %s within %d ms", key, timeout_ms);
             break;
         }
     }
     pthread_mutex_unlock(&cl->mu);
-    if (c.rc != MQ_OK) {
-        snprintf(err, errlen, "%s", c.err);
-        free(c.reply);
-        return c.rc;
+    if (c->rc != MQ_OK) {
+        snprintf(err, errlen, "%s", c->err);
+        free(c->reply);
+        return c->rc;
     }
-    *reply = c.reply;
-    *reply_len = c.reply_len;
+    *reply = c->reply;
+    *reply_len = c->reply_len;
     return MQ_OK;
 }

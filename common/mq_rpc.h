@@ -24,6 +24,12 @@
  *
  * Requests and replies are transient (delivery_mode 1): a question is worth
  * asking again, not keeping. Nothing here touches a database.
+ *
+ * Tracing (docs/TRACING.md): a call is a CLIENT span "send <key>", the child
+ * of the calling thread's current context, whose context the request
+ * carries as its traceparent / tracestate headers; the answerer handles it
+ * in a SERVER span "process <key>", the child of that context, current on
+ * its thread while the handler runs.
  */
 #ifndef ORDERSUITE_MQ_RPC_H
 #define ORDERSUITE_MQ_RPC_H

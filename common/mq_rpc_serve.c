@@ -10,6 +10,7 @@
 #include "mq_rpc.h"
 #include "log.h"
 #include "mq_int.h"
+#include "trace.h"
 #include "util.h"
 #include "uuid.h"
 
@@ -168,26 +169,79 @@ static void str_of(amqp_bytes_t b, char *out, size_t size)
     out[n] = '\0';
 }
 
-/* Answers one request. MQ_OK when it was settled (answered or dropped),
- * else the failure of a connection (the request is left unacked: it comes
- * again). */
+/* The answer's span (OpenTelemetry messaging conventions, "process"):
+ * SERVER, the counterpart of the asker's CLIENT call span (mq_rpc.c), and
+ * its child when the request carries a valid traceparent (as a longstr or
+ * as bytes); an absent, invalid or oversized one starts a new trace. */
+static void answer_span_start(trace_span *sp, const amqp_basic_properties_t *p, const char *key,
+                              const char *corr, const char *queue)
+{
+    char name[TRACE_NAME_MAX], tp[MQ_TRACEPARENT_MAX] = "", ts[MQ_TRACESTATE_MAX] = "",
+                               id[MQ_ID_LEN] = "";
+    trace_ctx parent;
+    int has = 0;
+
+    if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
+        mq__header_str(&p->headers, MQ_H_TRACEPARENT, tp, sizeof(tp));
+        mq__header_str(&p->headers, MQ_H_TRACESTATE, ts, sizeof(ts));
+        has = tp[0] && trace_parse(tp, ts, &parent) == 0;
+    }
+    if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+        str_of(p->message_id, id, sizeof(id));
+    snprintf(name, sizeof(name), "process %.80s", key);
+    trace_span_start(sp, name, TRACE_KIND_SERVER, has ? &parent : NULL);
+    trace_span_str(sp, "messaging.system", "rabbitmq");
+    trace_span_str(sp, "messaging.operation.type", "process");
+    trace_span_str(sp, "messaging.operation.name", "process");
+    trace_span_str(sp, "messaging.destination.name", MQ_RPC_EXCHANGE);
+    trace_span_str(sp, "messaging.rabbitmq.destination.routing_key", key);
+    trace_span_str(sp, "messaging.message.id", id);
+    trace_span_str(sp, "messaging.message.conversation_id", corr);
+    trace_span_str(sp, "messaging.consumer.group.name", queue);
+}
+
+static int serve_one_in(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_rpc_fn fn,
+                        void *ctx, metrics *m, const char *key, const char *corr, trace_span *sp);
+
+/* Answers one request in its span. MQ_OK when it was settled (answered or
+ * dropped), else the failure of a connection (the request is left unacked:
+ * it comes again). */
 static int serve_one(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_rpc_fn fn,
-                     void *ctx, metrics *m)
+                     void *ctx, metrics *m, const char *queue)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
-    char key[MQ_NAME_LEN], corr[MQ_ID_LEN], err[MQ_ERR_LEN], *reply = NULL;
-    size_t rlen = 0;
-    int rc = MQ_OK;
-    mq_rpc_request req;
+    char key[MQ_NAME_LEN], corr[MQ_ID_LEN];
+    const trace_ctx *prev;
+    trace_span sp;
+    int rc;
 
     str_of(env->routing_key, key, sizeof(key));
     corr[0] = '\0';
     if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
         str_of(p->correlation_id, corr, sizeof(corr));
+    answer_span_start(&sp, p, key, corr, queue);
+    /* Current while the handler runs: its log lines carry the trace. */
+    prev = trace_set_current(&sp.ctx);
+    rc = serve_one_in(cons, pub, env, fn, ctx, m, key, corr, &sp);
+    trace_set_current(prev);
+    trace_span_end(&sp, NULL);
+    return rc;
+}
+
+static int serve_one_in(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq_rpc_fn fn,
+                        void *ctx, metrics *m, const char *key, const char *corr, trace_span *sp)
+{
+    const amqp_basic_properties_t *p = &env->message.properties;
+    char err[MQ_ERR_LEN], *reply = NULL;
+    size_t rlen = 0;
+    int rc = MQ_OK;
+    mq_rpc_request req;
+
     if (!(p->_flags & AMQP_BASIC_REPLY_TO_FLAG) || !p->reply_to.len || !corr[0] ||
-        p->correlation_id.len >= sizeof(corr)) {
+        p->correlation_id.len >= MQ_ID_LEN) {
         log_warn("request %s without reply_to or a correlation id (of at most %d bytes): dropped",
                  key, MQ_ID_LEN - 1);
+        trace_span_fail(sp, "dropped: no reply_to or correlation id");
     } else if (p->reply_to.len <= strlen(DIRECT_REPLY_TO) ||
                memcmp(p->reply_to.bytes, DIRECT_REPLY_TO, strlen(DIRECT_REPLY_TO)) != 0) {
         /* The answerer may publish to the default exchange, which routes to
@@ -196,16 +250,19 @@ static int serve_one(mq_conn *cons, mq_conn *pub, const amqp_envelope_t *env, mq
          * direct reply-to name (amq.rabbitmq.reply-to.<token>) is answered. */
         log_write(LOG_WARN, corr, NULL, "request %s: reply_to is no direct reply-to name: dropped",
                   key);
+        trace_span_fail(sp, "dropped: reply_to is no direct reply-to name");
     } else {
         req = (mq_rpc_request){key, corr, env->message.body.bytes, env->message.body.len};
         if (fn(&req, &reply, &rlen, ctx, err, sizeof(err)) < 0) {
             log_write(LOG_WARN, corr, NULL, "request %s not answered: %s", key, err);
+            trace_span_fail(sp, err);
         } else {
             rc = publish_reply(pub, p->reply_to, p->correlation_id, key, reply, rlen, err,
                                sizeof(err));
             free(reply);
             if (rc != MQ_OK) {
                 log_write(LOG_WARN, corr, NULL, "reply to %s not sent: %s", key, err);
+                trace_span_fail(sp, err);
                 /* Back to the queue, answered after the reconnect if its
                  * deadline has not passed by then. */
                 if (amqp_basic_nack(cons->conn, MQ_CHANNEL, env->delivery_tag, 0, 1) !=
@@ -290,7 +347,7 @@ int mq_rpc_serve(const mq_rpc_server_opts *o, mq_rpc_fn fn, void *ctx, volatile 
         amqp_maybe_release_buffers(cons->conn);
         r = amqp_consume_message(cons->conn, &env, &tv, 0);
         if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-            st = serve_one(cons, pub, &env, fn, ctx, o->metrics);
+            st = serve_one(cons, pub, &env, fn, ctx, o->metrics, o->queue);
             amqp_destroy_envelope(&env);
             if (st == MQ_ERR_CONFIG)
                 log_error("requests: replies refused: check the broker permissions; "

@@ -269,6 +269,39 @@ def check_batch_spans(rx, traces, bad):
           got)
 
 
+def check_rpc_trace(rx, trace_id, parent_span):
+    """GET /products/{sku}/availability asked with a traceparent is one trace
+    across order-api and inventory: the HTTP server span (the caller's
+    child), the request/reply call's CLIENT span (its child, whose context
+    the request carries in its AMQP headers) and inventory's SERVER span
+    that answered it (the call's child), each with the messaging
+    attributes."""
+    spans = rx.spans(trace_id)
+    server = one(spans, "order-api", "GET /products/{id}")
+    call = one(spans, "order-api", "send inventory.availability")
+    answer = one(spans, "inventory", "process inventory.availability")
+    if not check("rpc_one_trace_spans_order_api_and_inventory",
+                 server and call and answer and server["parentSpanId"] == parent_span,
+                 sorted((s["service"], s["name"], s["parentSpanId"]) for s in spans)):
+        return
+    check("rpc_call_span_is_the_http_spans_client_child",
+          call["parentSpanId"] == server["spanId"] and call["kind"] == 3
+          and server["start"] <= call["start"] <= call["end"] <= server["end"], call)
+    check("rpc_answer_span_is_the_calls_server_child",
+          answer["parentSpanId"] == call["spanId"] and answer["kind"] == 2, answer)
+    for sp, op, typ in ((call, "send", "send"), (answer, "process", "process")):
+        a = sp["attributes"]
+        check(f"rpc_{op}_span_messaging_attributes",
+              a.get("messaging.system") == "rabbitmq"
+              and a.get("messaging.operation.type") == typ
+              and a.get("messaging.operation.name") == op
+              and a.get("messaging.destination.name") == "sales.rpc"
+              and a.get("messaging.rabbitmq.destination.routing_key") == "inventory.availability"
+              and len(a.get("messaging.message.conversation_id", "")) == 36
+              and a.get("messaging.message.conversation_id")
+              == call["attributes"].get("messaging.message.conversation_id"), a)
+
+
 def check_pos_trace(rx):
     """The till's publish span is the parent of the sale's handling in
     inventory and billing; the trace id is the sale's message id."""
@@ -384,6 +417,11 @@ def main():
         sale_handled = lambda: sum(1 for s in log_spans("up") if s.get("span") ==
                                    "process sale.completed") >= 2
         check("pos_sale_handled", checklib.wait_until(sale_handled, 30, 0.2), "not in 30 s")
+        rpc_trace = secrets.token_hex(16)
+        s4, _, b4 = checklib.http("GET", API_PORT, "/products/MUG-WHITE/availability",
+                                  headers={"Authorization": f"Bearer {token}",
+                                           "traceparent": f"00-{rpc_trace}-{parent_span}-01"})
+        check("availability_answered", s4 == 200, f"{s4} {b4[:200]!r}")
         burst = batch_burst(token, procs)
     finally:
         stop_all(procs, "up")
@@ -392,13 +430,15 @@ def main():
     check("spans_flushed_at_shutdown", len(spans) >= 14, f"{len(spans)} span(s)")
     check("receiver_decoded_every_export", rx.bad == 0 and rx.posts > 0,
           f"{rx.bad} bad of {rx.posts}")
-    bad_path = [s for s in rx.spans() if s["name"] == "GET /products/{id}"]
+    bad_path = [s for s in rx.spans() if s["name"] == "GET /products/{id}"
+                and s["attributes"].get("url.path") != "/products/MUG-WHITE/availability"]
     check("invalid_utf8_path_exported_as_valid_utf8",
           bad_path_status != 0 and len(bad_path) == 1
           and bad_path[0]["attributes"].get("url.path") == "/products/\ufffd(",
           f"status {bad_path_status}: {bad_path}")
     check_trace(spans, trace_id, parent_span, oid)
     check_batch_spans(rx, *burst)
+    check_rpc_trace(rx, rpc_trace, parent_span)
     rx.stop()
     check_tool(oid, trace_id, len(spans))
 
