@@ -142,10 +142,31 @@ export ORDERSUITE_ROOT="$ROOT" ORDERSUITE_BIN="$ROOT/$BUILD/bin" ORDERSUITE_TEST
 export ORDERSUITE_VAR="$VAR" PG_PORT AMQP_PORT AMQPS_PORT MGMT_PORT
 LOGDIR="$VAR/log/tests"
 mkdir -p "$LOGDIR"
+# Every process a suite starts inherits this mark. A suite whose fixture
+# fails half-way (Check runs no teardown after a failed setup) can leave the
+# services it started running, holding their ports and queues, and the next
+# suites then fail for it: after each suite, the project's executables (and
+# mail catchers) that carry this run's mark are ended and named.
+export ORDERSUITE_TEST_RUN="$$.$(date +%s%N)"
+reap_leftovers() { # SUITE
+    local p exe n=0 names=""
+    for p in /proc/[0-9]*; do
+        [ "${p#/proc/}" != $$ ] || continue
+        exe=$(readlink "$p/exe" 2>/dev/null) || continue
+        case "$exe" in
+        "$ROOT/$BUILD/bin/"*) ;;
+        */python3*) tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "$ROOT/tools/mailcatcher/" || continue ;;
+        *) continue ;;
+        esac
+        tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "ORDERSUITE_TEST_RUN=$ORDERSUITE_TEST_RUN" || continue
+        kill -KILL "${p#/proc/}" 2>/dev/null && n=$((n + 1)) && names="$names $(basename "$exe")"
+    done
+    [ $n = 0 ] || echo "    ($1 left $n process(es) running; ended:$names)"
+}
 # SUITES="check_db check_spine" runs only those.
 # The Check suites, then the scripted checks (tests/*_check.py), which print
 # the same summary line.
 for t in "${ALL[@]}"; do
-    is_unit "$t" || ! wanted "$t" || run_suite "$t"
+    is_unit "$t" || ! wanted "$t" || { run_suite "$t"; reap_leftovers "$(basename "${t%.sh}" .py)"; }
 done
 summary
