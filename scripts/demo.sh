@@ -23,6 +23,13 @@ export SMTP_URL="smtp://127.0.0.1:$MAIL_SMTP_PORT"
 say "starting the services (logs in var/log/)"
 BUILD=$BUILD "$ROOT/scripts/services.sh" start
 wait_for 30 "order-api" curl -sf "$API/readyz" || die "order-api is not ready; see var/log/order-api.log"
+# More order-apis (INSTANCES_order_api=N, README "Several instances"): each
+# ready too, and listed at the end.
+APIS=$API
+for k in $(seq 2 "$(svc_instances order-api)"); do
+    wait_for 30 "order-api@$k" svc_ready "order-api@$k" || die "order-api@$k is not ready; see var/log/order-api@$k.log"
+    APIS="$APIS, http://127.0.0.1:$(svc_port "order-api@$k")"
+done
 
 pos_before=$(sql "SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL")
 say "a POS burst: 20 sales from NEPAL-01, one with a receipt by mail"
@@ -90,9 +97,9 @@ cat <<EOT
 Where to look
   Live order board        $API/   (paste the demo client's token: the part after "Bearer " in var/api-auth.header)
   RabbitMQ management UI  http://localhost:$MGMT_PORT  user $RABBITMQ_ADMIN_USER, password: grep RABBITMQ_ADMIN_PASSWORD var/ordersuite.env
-  Order API               $API   (OpenAPI: docs/openapi.yaml)
+  Order API               $APIS   (OpenAPI: docs/openapi.yaml)
   Mail catcher (the mails) http://127.0.0.1:$MAIL_WEB_PORT/   (JSON: /api/messages; SMTP on 127.0.0.1:$MAIL_SMTP_PORT)
-  Logs                    var/log/{order-api,inventory,billing,email}.log   (one order's waterfall: $BUILD/bin/trace $ok)
+  Logs                    var/log/{order-api,inventory,billing,email}.log, NAME@K.log of instance K   (one order's waterfall: $BUILD/bin/trace $ok)
 
 Try (the API wants the demo client's bearer token, as a curl header file in var/api-auth.header; the catalog is public)
   curl -s $API/products

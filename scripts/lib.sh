@@ -156,13 +156,41 @@ TEST_VHOST=ordersuite-tests
 vhost_path() { [ "$ORDERSUITE_VHOST" = / ] || echo "/$ORDERSUITE_VHOST"; }
 # vhost_api: ORDERSUITE_VHOST as a management API path part.
 vhost_api() { [ "$ORDERSUITE_VHOST" = / ] && echo %2F || echo "$ORDERSUITE_VHOST"; }
-# svc_port NAME: the port the service listens on in this environment.
-svc_port() { echo $(($(suite_field "$1" 5) + ORDERSUITE_PORT_OFFSET)); }
-# svc_ops_port NAME: its operations port in this environment (empty: none).
+# ------------------------------------------ several instances of a service
+# services.sh start runs INSTANCES_<name> copies of a service (the name with
+# '-' as '_': INSTANCES_billing=3, INSTANCES_order_api=2; default 1, at most
+# 9), competing consumers on the service's one queue. Instance 1 is NAME
+# itself, as it always was (NAME.pid, NAME.log, the ports of suite.sh);
+# instance K (2..9) is NAME@K, with NAME@K.pid, NAME@K.log and each of its
+# ports + 100 × (K − 1): billing@2's metrics on 9202, order-api@2's API on
+# 8180 and its operations port on 9200 (each + the environment's offset:
+# 29202 under make test). Not to be confused with ORDERSUITE_INSTANCE
+# above, which is a second pair of servers.
+INSTANCES_MAX=9
+# svc_instances NAME: INSTANCES_<name> of the environment, checked (default 1).
+svc_instances() {
+    local v="INSTANCES_${1//-/_}"
+    local n=${!v:-1}
+    [[ "$n" =~ ^[1-9]$ ]] || die "$v must be a number from 1 to $INSTANCES_MAX, not '$n'"
+    echo "$n"
+}
+# inst_svc NAME[@K]: the service's name (billing@2 -> billing).
+inst_svc() { echo "${1%@*}"; }
+# inst_num NAME[@K]: the instance's number (billing -> 1, billing@2 -> 2).
+inst_num() { if [[ "$1" == *@* ]]; then echo "${1##*@}"; else echo 1; fi; }
+# inst_name NAME K: instance K's name (billing 1 -> billing, billing 2 -> billing@2).
+inst_name() { if [ "$2" = 1 ]; then echo "$1"; else echo "$1@$2"; fi; }
+# inst_off NAME[@K]: what the instance adds to each of the service's ports.
+inst_off() { echo $((100 * ($(inst_num "$1") - 1))); }
+
+# svc_port NAME[@K]: the port the service (instance K of it) listens on in
+# this environment.
+svc_port() { echo $(($(suite_field "$(inst_svc "$1")" 5) + ORDERSUITE_PORT_OFFSET + $(inst_off "$1"))); }
+# svc_ops_port NAME[@K]: its operations port in this environment (empty: none).
 svc_ops_port() {
     local p
-    p=$(suite_field "$1" 7)
-    [ -z "$p" ] || echo $((p + ORDERSUITE_PORT_OFFSET))
+    p=$(suite_field "$(inst_svc "$1")" 7)
+    [ -z "$p" ] || echo $((p + ORDERSUITE_PORT_OFFSET + $(inst_off "$1")))
 }
 # run_dir / svc_log_dir: where services.sh keeps pid files and logs.
 run_dir() { echo "${ORDERSUITE_RUN_DIR:-$VAR/run}"; }

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# scripts/services.sh start|stop|kill|status [NAME...] — the suite's
+# scripts/services.sh start|stop|kill|status [NAME[@K]...] — the suite's
 # long-running services in the background, pid files in var/run/, logs in
 # var/log/ (or, after use_test_env in lib.sh, the tests' own folders, ports,
 # database and vhost). No names: all of them. kill is kill -9 (for the chaos
 # runs).
+# Several instances of a service (lib.sh, "several instances"):
+# INSTANCES_billing=3 services.sh start runs billing, billing@2 and
+# billing@3 (INSTANCES_<name>, '-' as '_': INSTANCES_order_api=2). A NAME
+# means every instance of it (start: INSTANCES_<name> of them, default 1;
+# stop, kill, status: every one running); NAME@K means instance K alone
+# (services.sh kill billing@2; NAME@1 is NAME's first, NAME.pid).
 # services.sh mailcatcher SMTP_PORT WEB_PORT starts the mail catcher
 # (tools/mailcatcher) the same way; stop without names stops it too.
 # BUILD (environment, default build) picks the binaries; the caller's
@@ -36,23 +42,44 @@ if [ "$cmd" = mailcatcher ]; then
     exit 0
 fi
 if [ $# -gt 0 ]; then
-    SERVICES=("$@")
-    for s in "${SERVICES[@]}"; do
-        [[ " $(suite_names | tr '\n' ' ') " == *" $s "* ]] || die "no service named $s"
+    NAMES=("$@")
+    for s in "${NAMES[@]}"; do
+        [[ " $(suite_names | tr '\n' ' ') " == *" $(inst_svc "$s") "* ]] || die "no service named $(inst_svc "$s")"
+        [[ "$s" != *@* ]] || [[ "$(inst_num "$s")" =~ ^[1-9]$ ]] ||
+            die "$s: an instance is NAME@K, K from 1 to $INSTANCES_MAX"
     done
 else
-    mapfile -t SERVICES < <(suite_names)
+    mapfile -t NAMES < <(suite_names)
 fi
 
-svc_env() { # NAME: the environment of one service
-    local role pw
-    role=$(suite_field "$1" 2)
+# The instances each command acts on, in start order: NAME@K as named
+# (NAME@1 is NAME); a NAME's INSTANCES_<name> for start, and for the others
+# every instance with a pid file (whatever INSTANCES_ says now).
+SERVICES=()
+for s in "${NAMES[@]}"; do
+    if [[ "$s" == *@* ]]; then
+        SERVICES+=("$(inst_name "$(inst_svc "$s")" "$(inst_num "$s")")")
+    elif [ "$cmd" = start ]; then
+        n=$(svc_instances "$s") || exit 1
+        for k in $(seq 1 "$n"); do SERVICES+=("$(inst_name "$s" "$k")"); done
+    else
+        SERVICES+=("$s")
+        for k in $(seq 2 "$INSTANCES_MAX"); do
+            [ ! -f "$RUN/$s@$k.pid" ] || SERVICES+=("$s@$k")
+        done
+    fi
+done
+
+svc_env() { # NAME[@K]: the environment of one instance
+    local name role pw
+    name=$(inst_svc "$1")
+    role=$(suite_field "$name" 2)
     pw="PG_$(up_name "$role")_PASSWORD"
     echo "DATABASE_URL=$(db_url "$role" "${!pw}")"
-    echo "$(suite_field "$1" 4)=$(svc_port "$1")"
-    [ -z "$(svc_ops_port "$1")" ] || echo "$(suite_field "$1" 6)=$(svc_ops_port "$1")"
-    echo "AMQP_URL=$(amqp_url "$1")"
-    [ "$1" != order-api ] || echo "API_TOKENS_FILE=$(api_tokens_file)"
+    echo "$(suite_field "$name" 4)=$(svc_port "$1")"
+    [ -z "$(svc_ops_port "$1")" ] || echo "$(suite_field "$name" 6)=$(svc_ops_port "$1")"
+    echo "AMQP_URL=$(amqp_url "$name")"
+    [ "$name" != order-api ] || echo "API_TOKENS_FILE=$(api_tokens_file)"
 }
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
@@ -61,7 +88,7 @@ case "$cmd" in
 start)
     mkdir -p "$RUN" "$LOG"
     for s in "${SERVICES[@]}"; do
-        bin="$ROOT/$BUILD/bin/$s"
+        bin="$ROOT/$BUILD/bin/$(inst_svc "$s")"
         [ -x "$bin" ] || { echo "    $s: not built yet (no $bin), skipped"; continue; }
         if running "$s"; then
             echo "    $s: already running (pid $(cat "$RUN/$s.pid"))"
@@ -107,8 +134,11 @@ kill)
     ;;
 status)
     for s in "${SERVICES[@]}"; do
-        if running "$s"; then echo "$(printf '%-11s' "$s") up    pid $(cat "$RUN/$s.pid")"; fi
+        running "$s" || continue
+        ops=$(svc_ops_port "$s")
+        printf '%-11s up    pid %-7s port %s%s\n' "$s" "$(cat "$RUN/$s.pid")" "$(svc_port "$s")" \
+            "${ops:+, operations $ops}"
     done
     ;;
-*) die "usage: services.sh start|stop|kill|status [NAME...]" ;;
+*) die "usage: services.sh start|stop|kill|status [NAME[@K]...]" ;;
 esac

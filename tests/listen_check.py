@@ -18,9 +18,11 @@ that is not loopback fails.
          distribution) and epmd must listen, on loopback only;
       2. as `make demo` starts them: the mail catcher (scripts/services.sh
          mailcatcher, SMTP and web UI) and every service of scripts/suite.sh
-         (scripts/services.sh start, SMTP_URL to the catcher), in the tests'
-         environment; each must listen on its own ports (HTTP or metrics,
-         and order-api's operations port), and every listener of every
+         (scripts/services.sh start, SMTP_URL to the catcher), with two
+         instances of billing and of order-api (INSTANCES_billing=2,
+         INSTANCES_order_api=2), in the tests' environment; each instance
+         must listen on its own ports (HTTP or metrics, and order-api's
+         operations port; the second + 100), and every listener of every
          project process on loopback only; then stops them;
       3. controls: a process of a pid file under a folder of its own that
          listens on 0.0.0.0 must be caught (the check can fail); an epmd
@@ -246,9 +248,14 @@ def after_demo():
     """The services and the mail catcher, as scripts/demo.sh starts them."""
     offset = int(os.environ.get("ORDERSUITE_PORT_OFFSET", "0"))
     smtp, web = 1025 + offset, 1080 + offset
+    # Two instances of billing and of order-api (README "Several instances
+    # of a service"): the second, NAME@2, on each of the first's ports + 100.
     svcs = services()
+    svcs += [(f"{n}@2", p + 100, o + 100 if o else None) for n, p, o in svcs
+             if n in ("billing", "order-api")]
     env = dict(os.environ, BUILD=os.path.relpath(os.path.dirname(BIN), ROOT),
-               SMTP_URL=f"smtp://127.0.0.1:{smtp}")
+               SMTP_URL=f"smtp://127.0.0.1:{smtp}", INSTANCES_billing="2",
+               INSTANCES_order_api="2")
     svc_sh = os.path.join(ROOT, "scripts", "services.sh")
     run = os.environ.get("ORDERSUITE_RUN_DIR", os.path.join(VAR, "run"))
     try:
