@@ -120,23 +120,17 @@ static int set_init(reserve_set *s, const worker_msg *m, size_t n)
 static int mark_decided(db_conn *db, const worker_msg *m, reserve_set *s, char *err, size_t errlen)
 {
     db_array ids;
-    const char *p[1];
     PGresult *r = NULL;
     int rc;
 
     db_array_init(&ids);
     for (size_t i = 0; i < s->n; i++)
         db_array_add(&ids, m[i].ev->u.order_placed.order_id);
-    if (!(p[0] = db_array_text(&ids))) {
-        db_array_release(&ids);
-        snprintf(err, errlen, "out of memory");
-        return DB_ERR_TRANSIENT;
-    }
-    rc = db_execp(db, "inv_decided_set",
-                  "SELECT order_id::text FROM reservations WHERE order_id = ANY($1::uuid[])"
-                  " UNION SELECT order_id::text FROM rejections WHERE order_id = ANY($1::uuid[])",
-                  1, p, &r, err, errlen);
-    db_array_release(&ids);
+    rc = db_exec_arrays(
+        db, "inv_decided_set",
+        "SELECT order_id::text FROM reservations WHERE order_id = ANY($1::uuid[])"
+        " UNION SELECT order_id::text FROM rejections WHERE order_id = ANY($1::uuid[])",
+        &ids, 1, &r, err, errlen);
     if (rc != DB_OK)
         return rc;
     for (size_t i = 0; i < s->n; i++) {
@@ -162,7 +156,6 @@ static int mark_decided(db_conn *db, const worker_msg *m, reserve_set *s, char *
 static int lock_stock(db_conn *db, reserve_set *s, char *err, size_t errlen)
 {
     db_array skus;
-    const char *p[1];
     PGresult *r = NULL;
     int rc;
 
@@ -184,16 +177,11 @@ static int lock_stock(db_conn *db, reserve_set *s, char *err, size_t errlen)
     db_array_init(&skus);
     for (size_t k = 0; k < s->nrows; k++)
         db_array_add(&skus, s->rows[k].sku);
-    if (!(p[0] = db_array_text(&skus))) {
-        db_array_release(&skus);
-        snprintf(err, errlen, "out of memory");
-        return DB_ERR_TRANSIENT;
-    }
-    rc = db_execp(db, "inv_lock_set",
-                  "SELECT sku, on_hand, low_stock_threshold FROM stock WHERE sku = ANY($1::text[])"
-                  " ORDER BY sku FOR UPDATE",
-                  1, p, &r, err, errlen);
-    db_array_release(&skus);
+    rc = db_exec_arrays(
+        db, "inv_lock_set",
+        "SELECT sku, on_hand, low_stock_threshold FROM stock WHERE sku = ANY($1::text[])"
+        " ORDER BY sku FOR UPDATE",
+        &skus, 1, &r, err, errlen);
     if (rc != DB_OK)
         return rc;
     for (int k = 0; k < PQntuples(r); k++) {
