@@ -16,7 +16,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-int lg_dial(void)
+int lg_dial(const lg_target *t)
 {
     struct sockaddr_in a;
     struct timeval tv = {.tv_sec = 15};
@@ -26,8 +26,8 @@ int lg_dial(void)
         return -1;
     memset(&a, 0, sizeof(a));
     a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)lg_opt.port);
-    if (inet_pton(AF_INET, lg_opt.host, &a.sin_addr) != 1 ||
+    a.sin_port = htons((uint16_t)t->port);
+    if (inet_pton(AF_INET, t->host, &a.sin_addr) != 1 ||
         connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
         close(fd);
         return -1;

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #define MAX_CONNS           1024
+#define MAX_TARGETS         8            /* order-apis in -u */
 #define RESP_MAX            (256 * 1024) /* the largest answer read */
 #define MAX_BACKLOG_SAMPLES 4096         /* one a second: over an hour */
 
@@ -42,12 +43,21 @@ typedef struct {
     size_t nacc, capacc;
     long by_class[6]; /* 1xx..5xx answers, [0] = no answer */
     long retries, lost;
+    int target;                      /* the order-api this thread posts to now (index) */
+    long failovers;                  /* times it moved to the next one */
+    long acc_by_target[MAX_TARGETS]; /* orders accepted by each */
 } tstats;
 
+/* An order-api to post to (-u). */
 typedef struct {
     char host[64]; /* an IPv4 address (localhost is made 127.0.0.1); a longer
                       host than 63 bytes in the URL is an error */
     int port;
+} lg_target;
+
+typedef struct {
+    lg_target targets[MAX_TARGETS]; /* -u: thread i starts on targets[i % ntargets] */
+    int ntargets;
     int conns;
     long orders;     /* -n */
     double duration; /* -d */
@@ -72,9 +82,8 @@ extern long lg_accepted_total; /* atomic: accepted orders so far, for the sample
 
 /* ------------------------------------------------------------- http.c */
 
-/* A connection to lg_opt.host:port (TCP_NODELAY, 15 s send and receive
- * timeouts), or -1. */
-int lg_dial(void);
+/* A connection to t (TCP_NODELAY, 15 s send and receive timeouts), or -1. */
+int lg_dial(const lg_target *t);
 
 /* Sends all n bytes; 0 or -1. */
 int lg_send_all(int fd, const char *p, size_t n);

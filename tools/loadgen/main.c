@@ -1,7 +1,7 @@
 /*
  * loadgen — drives the suite the way its users do and says what it saw.
  *
- *   loadgen [-u URL] [-c CONNS] (-n ORDERS | -d SECONDS) [-r RATE] [-t TAG]
+ *   loadgen [-u URL[,URL...]] [-c CONNS] (-n ORDERS | -d SECONDS) [-r RATE] [-t TAG]
  *           [--sales N] [--retry SECONDS] [--e2e SECONDS] [-o IDS] [--json FILE]
  *
  * Each of CONNS threads keeps one HTTP/1.1 connection open and posts orders
@@ -13,6 +13,14 @@
  * With --retry, a request that gets no answer (connection refused or cut) or
  * a 5xx is sent again, with the same key, until it gets an answer or SECONDS
  * pass: so a restart of order-api loses no order and makes none twice.
+ *
+ * Several order-apis (-u URL1,URL2, or -u given again; at most 8): the
+ * connections are spread over them round-robin (connection i posts to URL
+ * i mod N), and a request that gets no answer or a 5xx is retried on the
+ * next one, where that connection stays: when one order-api dies, its
+ * connections fail over to the others. The same Idempotency-Key makes it
+ * the same order on any of them (the keys live in the database they share).
+ * The report says how many orders each accepted and how many failovers.
  *
  * --sales N publishes N sale.completed events (store TAG) through the broker
  * with confirms, spread over the run; AMQP_URL must be set (the pos user).
@@ -49,7 +57,7 @@
 #include <time.h>
 #include <unistd.h>
 
-lg_options lg_opt = {.host = "127.0.0.1", .port = 8080, .conns = 16, .lines = 2};
+lg_options lg_opt = {.targets = {{"127.0.0.1", 8080}}, .ntargets = 1, .conns = 16, .lines = 2};
 int64_t lg_start_mono;
 int64_t lg_start_wall;
 atomic_int lg_stopping;
@@ -57,38 +65,65 @@ long lg_accepted_total;
 
 static int usage(void)
 {
-    fprintf(stderr,
-            "usage: loadgen [-u http://127.0.0.1:8080] [-c CONNS] (-n ORDERS | -d SECONDS)\n"
-            "               [-r RATE] [-t TAG] [--sales N] [--retry SECONDS] [--e2e SECONDS]\n"
-            "               [--skus A,B] [--lines K] [-o IDS_FILE] [--json FILE]\n"
-            "env: API_TOKEN (bearer token, required), AMQP_URL (for --sales), DATABASE_URL (for "
-            "--e2e)\n");
+    fprintf(
+        stderr,
+        "usage: loadgen [-u http://127.0.0.1:8080[,URL...]] [-c CONNS] (-n ORDERS | -d SECONDS)\n"
+        "               [-r RATE] [-t TAG] [--sales N] [--retry SECONDS] [--e2e SECONDS]\n"
+        "               [--skus A,B] [--lines K] [-o IDS_FILE] [--json FILE]\n"
+        "env: API_TOKEN (bearer token, required), AMQP_URL (for --sales), DATABASE_URL (for "
+        "--e2e)\n");
     return 2;
 }
 
-static int parse_url(const char *u)
+/* One URL, http://HOST[:PORT][/...], of len bytes at u, into t. */
+static int parse_url(const char *u, size_t len, lg_target *t)
 {
-    const char *h = u;
+    const char *h = u, *stop = u + len;
     char *end;
     long port = 80;
     size_t hl;
-    if (strncmp(h, "http://", 7) == 0)
+    if (len >= 7 && strncmp(h, "http://", 7) == 0)
         h += 7;
-    hl = strcspn(h, ":/");
-    if (hl == 0 || hl >= sizeof(lg_opt.host))
+    hl = strcspn(h, ":/,");
+    if (hl == 0 || hl >= sizeof(t->host) || h + hl > stop)
         return -1;
-    memcpy(lg_opt.host, h, hl);
-    lg_opt.host[hl] = '\0';
-    if (h[hl] == ':') {
+    memcpy(t->host, h, hl);
+    t->host[hl] = '\0';
+    if (h + hl < stop && h[hl] == ':') {
         errno = 0;
         port = strtol(h + hl + 1, &end, 10);
-        if (errno || port < 1 || port > 65535 || (*end && *end != '/'))
+        if (errno || port < 1 || port > 65535 || end > stop || (end < stop && *end != '/'))
             return -1;
     }
-    lg_opt.port = (int)port;
-    if (strcmp(lg_opt.host, "localhost") == 0)
-        snprintf(lg_opt.host, sizeof(lg_opt.host), "127.0.0.1");
+    t->port = (int)port;
+    if (strcmp(t->host, "localhost") == 0)
+        snprintf(t->host, sizeof(t->host), "127.0.0.1");
     return 0;
+}
+
+/* -u URL[,URL...], given once or more: the first -u replaces the default
+ * target, the next ones add to it. */
+static int parse_urls(const char *arg, int *given)
+{
+    if (!*given)
+        lg_opt.ntargets = 0;
+    *given = 1;
+    for (const char *p = arg;;) {
+        size_t len = strcspn(p, ",");
+        if (lg_opt.ntargets == MAX_TARGETS) {
+            fprintf(stderr, "loadgen: -u takes at most %d order-apis\n", MAX_TARGETS);
+            return -1;
+        }
+        if (parse_url(p, len, &lg_opt.targets[lg_opt.ntargets]) < 0) {
+            fprintf(stderr, "loadgen: -u wants http://HOST:PORT with an IPv4 host, not \"%.*s\"\n",
+                    (int)len, p);
+            return -1;
+        }
+        lg_opt.ntargets++;
+        if (!p[len])
+            return 0;
+        p += len + 1;
+    }
 }
 
 static int num(const char *name, const char *s, double lo, double hi, double *out)
@@ -135,15 +170,14 @@ int main(int argc, char **argv)
     long by_class[6] = {0}, retries = 0, lost = 0;
     double v, elapsed, slope = 0, maxb = 0;
     PGconn *db = NULL;
-    int c, rc = 0;
+    int c, rc = 0, urls_given = 0;
+    long failovers = 0, by_target[MAX_TARGETS] = {0};
 
     while ((c = getopt_long(argc, argv, "u:c:n:d:r:t:o:h", lo, NULL)) != -1) {
         switch (c) {
         case 'u':
-            if (parse_url(optarg) < 0) {
-                fprintf(stderr, "loadgen: -u wants http://HOST:PORT with an IPv4 host\n");
+            if (parse_urls(optarg, &urls_given) < 0)
                 return 2;
-            }
             break;
         case 'c':
             if (num("-c", optarg, 1, MAX_CONNS, &v) < 0)
@@ -272,6 +306,7 @@ int main(int argc, char **argv)
             return 1;
     }
     for (int i = 0; i < lg_opt.conns; i++) {
+        st[i].target = i % lg_opt.ntargets; /* connections round-robin over -u */
         if (pthread_create(&th[i], NULL, lg_order_thread, &st[i]) != 0) {
             fprintf(stderr, "loadgen: cannot start thread %d\n", i);
             return 1;
@@ -304,6 +339,9 @@ int main(int argc, char **argv)
             by_class[k] += st[i].by_class[k];
         retries += st[i].retries;
         lost += st[i].lost;
+        failovers += st[i].failovers;
+        for (int k = 0; k < lg_opt.ntargets; k++)
+            by_target[k] += st[i].acc_by_target[k];
         free(st[i].lat_us);
         free(st[i].acc);
     }
@@ -329,6 +367,13 @@ int main(int argc, char **argv)
     printf("orders: %zu accepted (%.0f/s), %ld 4xx, %ld 5xx, %ld no answer, %ld retries, "
            "%ld lost\n",
            nacc, (double)nacc / elapsed, by_class[4], by_class[5], by_class[0], retries, lost);
+    if (lg_opt.ntargets > 1) {
+        printf("accepted by order-api:");
+        for (int k = 0; k < lg_opt.ntargets; k++)
+            printf(" %s:%d %ld%s", lg_opt.targets[k].host, lg_opt.targets[k].port, by_target[k],
+                   k + 1 < lg_opt.ntargets ? "," : "");
+        printf("; %ld failovers to the next\n", failovers);
+    }
     printf("POST /orders latency ms: p50 %.2f  p95 %.2f  p99 %.2f  max %.2f\n",
            lg_pct(lat, nlat, 50), lg_pct(lat, nlat, 95), lg_pct(lat, nlat, 99),
            lg_pct(lat, nlat, 100));
@@ -391,7 +436,11 @@ int main(int argc, char **argv)
                             sm->s[i].backlog);
                 fprintf(f, "]");
             }
-            fprintf(f, ",\"cpu_s\":%.3f}\n", self_cpu_s());
+            fprintf(f, ",\"failovers\":%ld,\"targets\":[", failovers);
+            for (int k = 0; k < lg_opt.ntargets; k++)
+                fprintf(f, "%s{\"url\":\"http://%s:%d\",\"accepted\":%ld}", k ? "," : "",
+                        lg_opt.targets[k].host, lg_opt.targets[k].port, by_target[k]);
+            fprintf(f, "],\"cpu_s\":%.3f}\n", self_cpu_s());
             if (fclose(f) != 0)
                 rc = 1;
         }

@@ -2,7 +2,8 @@
  * orders.c — loadgen's order threads: each keeps one HTTP/1.1 connection and
  * posts orders on it, one at a time, each with its own Idempotency-Key
  * (TAG-<n>); with -r they are spread over time; with --retry a request with
- * no answer or a 5xx is sent again with the same key.
+ * no answer or a 5xx is sent again with the same key (to the next order-api
+ * of -u when there are several).
  */
 #include "loadgen.h"
 
@@ -97,26 +98,27 @@ void *lg_order_thread(void *arg)
         return NULL;
     while ((n = take_order()) >= 0) {
         size_t blen = order_body(n, body, sizeof(body));
-        int reqlen;
         int64_t first = util_wall_us(), deadline = util_now_ms() + (int64_t)(lg_opt.retry_s * 1000);
         backoff b;
 
         snprintf(key, sizeof(key), "%s-%ld", lg_opt.tag, n);
-        reqlen = snprintf(req, sizeof(req),
-                          "POST /orders HTTP/1.1\r\nHost: %s:%d\r\n"
-                          "Authorization: Bearer %s\r\n"
-                          "Content-Type: application/json\r\nIdempotency-Key: %s\r\n"
-                          "Content-Length: %zu\r\n\r\n%s",
-                          lg_opt.host, lg_opt.port, lg_opt.token, key, blen, body);
         backoff_init(&b, 50, 1000);
         for (int attempt = 0;; attempt++) {
+            const lg_target *t = &lg_opt.targets[s->target];
             int64_t t0;
             char *rbody = NULL;
             size_t rlen = 0;
             int status = -1, close_after = 0;
+            /* Made for each attempt: a retry may go to another order-api. */
+            int reqlen = snprintf(req, sizeof(req),
+                                  "POST /orders HTTP/1.1\r\nHost: %s:%d\r\n"
+                                  "Authorization: Bearer %s\r\n"
+                                  "Content-Type: application/json\r\nIdempotency-Key: %s\r\n"
+                                  "Content-Length: %zu\r\n\r\n%s",
+                                  t->host, t->port, lg_opt.token, key, blen, body);
 
             if (fd < 0)
-                fd = lg_dial();
+                fd = lg_dial(t);
             t0 = util_wall_us();
             if (fd >= 0 && lg_send_all(fd, req, (size_t)reqlen) == 0)
                 status = lg_read_response(fd, resp, RESP_MAX, &rbody, &rlen, &close_after);
@@ -134,10 +136,12 @@ void *lg_order_thread(void *arg)
             if (status == 200 || status == 201) {
                 cJSON *doc = cJSON_ParseWithLength(rbody, rlen);
                 const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
-                if (cJSON_IsString(id) && strlen(id->valuestring) == UUID_STR_LEN - 1)
+                if (cJSON_IsString(id) && strlen(id->valuestring) == UUID_STR_LEN - 1) {
                     push_acc(s, key, id->valuestring, first);
-                else
+                    s->acc_by_target[s->target]++;
+                } else {
                     s->lost++; /* 2xx without an id: the answer itself is wrong */
+                }
                 cJSON_Delete(doc);
                 break;
             }
@@ -148,6 +152,18 @@ void *lg_order_thread(void *arg)
                 break;
             }
             s->retries++;
+            /* No answer or a 5xx: with several order-apis the retry goes to
+             * the next one, and the thread stays there. The same key makes
+             * it the same order wherever it lands: the keys are in the one
+             * database every order-api writes (a dead one's committed order
+             * is answered by the next, not made again). */
+            if (lg_opt.ntargets > 1) {
+                if (fd >= 0)
+                    close(fd);
+                fd = -1;
+                s->target = (s->target + 1) % lg_opt.ntargets;
+                s->failovers++;
+            }
             util_sleep_ms_atomic(backoff_next(&b), &lg_stopping);
         }
     }
