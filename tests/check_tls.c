@@ -610,18 +610,23 @@ static int line_with(const char *text, const char *a, const char *b)
  * TLS pair. It exits 0, its three orders end as the README shows
  * (CONFIRMED, REJECTED, CANCELLED), the confirmation reaches its mail
  * catcher, and while its services run every connection to either server
- * is TLS, from every service. */
+ * is TLS, from every service. What it prints at its end holds (issues #16,
+ * #17): the board's URL, an availability answer, the confirmed order's
+ * trace through all four services, and a `curl -N` line for that order's
+ * status stream that, pasted (tls-instance.sh runs it from the clone's
+ * root), streams the order to CONFIRMED and ends. */
 START_TEST(make_demo_runs_over_tls)
 {
     static const char *const conns[] = {"pg inventory", "pg billing",     "pg email",
                                         "pg orders",    "amqp inventory", "amqp billing",
                                         "amqp email",   "amqp order-api", NULL};
-    char out[600], mails[640], conn[640];
+    char out[600], mails[640], conn[640], stream[640];
     char *text, *json;
     int rc;
     snprintf(out, sizeof(out), "%s/demo.txt", certs);
     snprintf(mails, sizeof(mails), "%s.mails", out);
     snprintf(conn, sizeof(conn), "%s.conn", out);
+    snprintf(stream, sizeof(stream), "%s.stream", out);
     rc = instance("demo", out);
     text = read_text(out);
     ck_assert_msg(text != NULL, "no %s", out);
@@ -631,6 +636,20 @@ START_TEST(make_demo_runs_over_tls)
                   text);
     ck_assert_msg(line_with(text, "payment failure", "CANCELLED"), "no CANCELLED order: %.2000s",
                   text);
+    ck_assert_msg(line_with(text, "order board", "http://127.0.0.1:29080/"),
+                  "no line with the board's URL: %.4000s", text);
+    ck_assert_msg(line_with(text, "availability", "\"available\""),
+                  "no availability answer: %.4000s", text);
+    ck_assert_msg(line_with(text, "email", "process billing.invoiced") &&
+                      line_with(text, "inventory", "process order.placed"),
+                  "no trace of the confirmed order through the services: %.4000s", text);
+    free(text);
+    text = read_text(stream);
+    ck_assert_msg(text && line_with(text, "\"status\"", "CONFIRMED") &&
+                      strstr(text, "exit status 0\n"),
+                  "the demo's curl -N line, pasted, did not stream the order to CONFIRMED and "
+                  "end (%s): %.2000s",
+                  stream, text ? text : "(none)");
     free(text);
     json = read_text(mails);
     ck_assert_msg(json && strstr(json, "ada@example.com"),

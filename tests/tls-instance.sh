@@ -54,18 +54,29 @@ demo)
     # +21000: API 29080; mail 22025 and 22080), so a demo or the other
     # suites beside it keep theirs. Writes demo.sh's output to OUT; while the
     # services still run, who is connected to each server to OUT.conn (as
-    # connections) and the mails the catcher got to OUT.mails (JSON); then
-    # stops the services and the catcher. Exits with demo.sh's status.
+    # connections), the mails the catcher got to OUT.mails (JSON), and what
+    # the `curl -N` line the demo printed for its order's status stream
+    # prints when pasted (run by bash from the clone's root, as a reader
+    # would, its output and exit status) to OUT.stream; then stops the
+    # services and the catcher. Exits with demo.sh's status.
     out=${2:?usage: tls-instance.sh demo OUT}
     # shellcheck source=/dev/null
     source "$scripts/lib.sh"
     load_env
     export ORDERSUITE_PORT_OFFSET=21000 HTTP_PORT=29080 MAIL_SMTP_PORT=22025 MAIL_WEB_PORT=22080
     build=$(realpath --relative-to="$ROOT" "$(dirname "${ORDERSUITE_BIN:?}")")
-    rm -f "$VAR/mailcatcher.jsonl" "$out.conn" "$out.mails" # this run's mails only
+    rm -f "$VAR/mailcatcher.jsonl" "$out.conn" "$out.mails" "$out.stream" # this run's only
     rc=0
     bash "$scripts/demo.sh" "$build" >"$out" 2>&1 || rc=$?
     bash "$0" connections "$out.conn" || rc=$?
+    line=$(grep -m1 -E '^ *curl -sN .*/orders/[0-9a-f-]{36}/events$' "$out" || true)
+    if [ -n "$line" ]; then
+        # A stream that does not end (no final status) is cut: timeout's 124.
+        (cd "$ROOT" && timeout 30 bash -c "$line" >"$out.stream" 2>&1) && st=0 || st=$?
+        echo "exit status $st" >>"$out.stream"
+    else
+        echo "no 'curl -sN ... /orders/ID/events' line in the demo's output" >"$out.stream"
+    fi
     curl -sf "http://127.0.0.1:$MAIL_WEB_PORT/api/messages" >"$out.mails" || rc=$?
     bash "$scripts/services.sh" stop >/dev/null || rc=$?
     exit $rc
