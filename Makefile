@@ -90,7 +90,8 @@ UNITS_SPOOL := services/pos/spool.c services/pos/catalog.c
 $(BUILD)/test/check_units_spool: $(call OBJ,$(UNITS_SPOOL))
 $(BUILD)/obj/tests/check_units_spool.o: CFLAGS += -Iservices/pos
 # board.c includes the page with .incbin, which the compiler's dependency list misses.
-$(call OBJ,services/order-api/board.c): services/order-api/board.html
+$(call OBJ,services/order-api/board.c): services/order-api/board.html services/order-api/board.css \
+	services/order-api/board.js
 
 $(BUILD)/test/check_units_api: $(call OBJ,$(filter-out services/order-api/main.c,$(wildcard services/order-api/*.c)))
 $(BUILD)/obj/tests/check_units_api.o: CFLAGS += -Iservices/order-api

@@ -290,6 +290,20 @@ static void streams_end(http_server *s)
     free(all);
 }
 
+int http_add_header(http_resp *out, const char *name, const char *value)
+{
+    http_header_line *h;
+    if (out->nheaders >= HTTP_HEADERS_MAX || strlen(name) >= sizeof(h->name) ||
+        strlen(value) >= sizeof(h->value)) {
+        log_error("http: header %s not added (%d held, or too long)", name, out->nheaders);
+        return -1;
+    }
+    h = &out->headers[out->nheaders++];
+    memcpy(h->name, name, strlen(name) + 1);
+    memcpy(h->value, value, strlen(value) + 1);
+    return 0;
+}
+
 static enum MHD_Result queue_resp(struct MHD_Connection *c, http_resp *out)
 {
     struct MHD_Response *resp;
@@ -319,8 +333,11 @@ static enum MHD_Result queue_resp(struct MHD_Connection *c, http_resp *out)
         MHD_add_response_header(resp, "Content-Type", out->content_type);
     if (out->location[0])
         MHD_add_response_header(resp, "Location", out->location);
-    if (out->extra_name[0])
-        MHD_add_response_header(resp, out->extra_name, out->extra_value);
+    /* Every answer: a browser never guesses a type other than the one
+     * given (a JSON body sniffed as HTML would run as a page). */
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    for (int i = 0; i < out->nheaders && i < HTTP_HEADERS_MAX; i++)
+        MHD_add_response_header(resp, out->headers[i].name, out->headers[i].value);
     ok = MHD_queue_response(c, (unsigned)out->status, resp);
     MHD_destroy_response(resp);
     return ok;
@@ -338,8 +355,7 @@ static void too_large(const http_server *s, http_resp *out)
 static void busy(http_resp *out, const char *detail)
 {
     http_problem(out, 503, "Service Unavailable", detail, NULL);
-    snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
-    snprintf(out->extra_value, sizeof(out->extra_value), "1");
+    http_add_header(out, "Retry-After", "1");
 }
 
 /* Finds the route; on a known path with another method, fills allow. */
@@ -472,8 +488,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         rt->fn(r, rt->cls ? rt->cls : s->o.cls, &out);
     } else if (allow[0]) {
         http_problem(&out, 405, "Method Not Allowed", "see the Allow header", NULL);
-        snprintf(out.extra_name, sizeof(out.extra_name), "Allow");
-        snprintf(out.extra_value, sizeof(out.extra_value), "%s", allow);
+        http_add_header(&out, "Allow", allow);
     } else {
         http_problem(&out, 404, "Not Found", "no such resource", NULL);
     }
@@ -519,6 +534,7 @@ static void run_route(http_server *s, http_req *r)
     trace_span_start(&sp, name, TRACE_KIND_SERVER, has ? &in : NULL);
     trace_span_str(&sp, "http.request.method", r->method);
     trace_span_str(&sp, "url.path", r->path);
+    trace_span_str(&sp, "url.scheme", "http"); /* the server speaks no TLS itself */
     trace_span_str(&sp, "http.route", name + strlen(r->method) + 1);
     prev = trace_set_current(&sp.ctx);
     r->rt->fn(r, r->rt->cls ? r->rt->cls : s->o.cls, &r->out);

@@ -26,17 +26,24 @@ typedef struct http_req http_req;
 typedef struct http_server http_server;
 typedef struct http_stream http_stream;
 
+#define HTTP_HEADERS_MAX 6 /* extra headers on one response */
+
+typedef struct {
+    char name[64];
+    char value[384];
+} http_header_line;
+
 typedef struct {
     int status;
     char *body; /* malloc'd; freed by the server */
     const char *content_type;
     /* Headers, sent when not empty. Only the program's own text goes here
-     * (/orders/<uuid>, Allow from the route table, Retry-After, ...), all
-     * far shorter than the caps: 255 bytes of Location, 63 of the extra
-     * header's name, 255 of its value; snprintf would cut past them. */
+     * (/orders/<uuid>, Allow from the route table, Retry-After, a
+     * Content-Security-Policy, ...), all shorter than the caps: 255 bytes
+     * of Location, 63 of a header's name, 383 of its value. */
     char location[256];
-    char extra_name[64]; /* one more header */
-    char extra_value[256];
+    http_header_line headers[HTTP_HEADERS_MAX]; /* added by http_add_header */
+    int nheaders;
     http_stream *stream; /* a streamed body instead of body (http_stream_respond) */
 } http_resp;
 
@@ -90,6 +97,12 @@ const char *http_body(const http_req *r, size_t *len);
 void *http_thread_local(http_server *s);
 void http_set_thread_local(http_server *s, void *v);
 http_server *http_server_of(const http_req *r);
+
+/* Adds the header name: value to out (beside Content-Type and Location;
+ * every response also carries X-Content-Type-Options: nosniff). Returns 0,
+ * or -1 when out holds HTTP_HEADERS_MAX already or name or value does not
+ * fit (nothing is added: a program error, logged). */
+int http_add_header(http_resp *out, const char *name, const char *value);
 
 /* Responses. body is taken over (freed by the server). */
 void http_respond(http_resp *out, int status, const char *content_type, char *body);

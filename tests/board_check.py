@@ -10,8 +10,12 @@ is kept in sessionStorage and not shown; the form places an order; the
 order reaches CONFIRMED on the page without a reload (only the event
 stream can change it); its timeline lists PENDING, RESERVED, CONFIRMED; the
 queue table has a row for every service, with numbers for the running ones;
-no script error; the phone-sized page does not scroll sideways. Plus here:
-GET / needs no token; GET /board/queues is 401 without one.
+an order placed with plain HTTP while the page is open appears on it and
+reaches CONFIRMED without a reload; no script or console error and no
+Content-Security-Policy violation (the page is CSP-clean); the phone-sized
+page does not scroll sideways. Plus here: GET / needs no token; GET
+/board/queues is 401 without one; the page and its assets carry the
+security headers (CSP, nosniff, Referrer-Policy), the API's JSON nosniff.
 Screenshots: var/log/tests/board-desktop.png, board-phone.png.
 Run by scripts/run-tests.sh (which exports the URLs); prints a Check-style line.
 """
@@ -81,6 +85,32 @@ def queues_never_starve_orders(base, tokens, token):
         silent.close()
 
 
+CSP_WANT = ("default-src 'self'", "frame-ancestors 'none'", "base-uri 'none'")
+
+
+def security_headers(token):
+    """The board's page and assets carry a Content-Security-Policy that
+    allows nothing inline (no 'unsafe-inline', no 'unsafe-eval'),
+    X-Content-Type-Options: nosniff and Referrer-Policy: no-referrer; the
+    API's JSON carries nosniff."""
+    for path, ctype in (("/", "text/html"), ("/board.css", "text/css"),
+                        ("/board.js", "text/javascript")):
+        s, h, _ = checklib.http("GET", PORT, path)
+        csp = h.get("content-security-policy", "")
+        directives = [d.strip() for d in csp.split(";")]
+        check(f"security_headers_on_{path}",
+              s == 200 and h.get("content-type", "").startswith(ctype)
+              and all(w in directives for w in CSP_WANT)
+              and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+              and h.get("x-content-type-options") == "nosniff"
+              and h.get("referrer-policy") == "no-referrer", f"{s} {h}")
+    for path, auth in (("/products", {}), ("/orders", {"Authorization": f"Bearer {token}"}),
+                       ("/board/queues", {"Authorization": f"Bearer {token}"})):
+        s, h, _ = checklib.http("GET", PORT, path, headers=auth)
+        check(f"nosniff_on_json_{path}", s == 200 and h.get("x-content-type-options") == "nosniff",
+              f"{s} {h}")
+
+
 def main():
     tokens = os.path.join(checklib.LOG_DIR, "board.api-tokens")
     os.makedirs(checklib.LOG_DIR, exist_ok=True)
@@ -124,6 +154,7 @@ def main():
         check("the_page_is_served_without_a_token",
               s == 200 and h.get("content-type", "").startswith("text/html")
               and b"live order board" in b, f"{s} {h}")
+        security_headers(token)
         s, h, _ = checklib.http("GET", PORT, "/board/queues")
         check("board_queues_without_a_token_is_401",
               s == 401 and h.get("www-authenticate", "").startswith("Bearer"), f"{s} {h}")
@@ -145,7 +176,8 @@ def main():
         if rc != 0:
             raise RuntimeError(out)
         env = dict(os.environ, BOARD_URL=f"http://127.0.0.1:{PORT}/", BOARD_TOKEN=token,
-                   BOARD_OUT=checklib.LOG_DIR, BOARD_SERVICES=SERVICES, BOARD_LIVE=RUNNING)
+                   BOARD_OUT=checklib.LOG_DIR, BOARD_SERVICES=SERVICES, BOARD_LIVE=RUNNING,
+                   BOARD_SKU=SKU)
         with open(os.path.join(checklib.LOG_DIR, "board.browser.log"), "w") as log:
             p = subprocess.run(["node", os.path.join(BROWSER_DIR, "board.mjs")], env=env,
                                cwd=BROWSER_DIR, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -158,7 +190,7 @@ def main():
                 print(f"# {line}")
         for r in results:
             check(r["name"], r["ok"], r["detail"])
-        check("the_browser_run_ends_cleanly", p.returncode == 0 and len(results) >= 19,
+        check("the_browser_run_ends_cleanly", p.returncode == 0 and len(results) >= 25,
               f"node exit {p.returncode}, {len(results)} results (board.browser.log)")
         for name in ("board-desktop.png", "board-phone.png"):
             path = os.path.join(checklib.LOG_DIR, name)

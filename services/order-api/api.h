@@ -409,6 +409,11 @@ void api_get_availability(http_req *r, void *cls, http_resp *out);
 
 /* GET /: the live order board (board.html), no token needed. */
 void api_get_board(http_req *r, void *cls, http_resp *out);
+/* GET /board.css and GET /board.js: the page's style and script. */
+void api_get_board_css(http_req *r, void *cls, http_resp *out);
+void api_get_board_js(http_req *r, void *cls, http_resp *out);
+/* GET /favicon.ico: 204 (the board has no icon; not a 404 in the console). */
+void api_get_board_favicon(http_req *r, void *cls, http_resp *out);
 /* GET /board/queues: every service's queue and DLQ depth, from the broker. */
 void api_get_board_queues(http_req *r, void *cls, http_resp *out);
 

@@ -148,8 +148,8 @@ const char *api_client_of(http_req *r, const api_ctx *ctx, http_resp *out)
     http_problem(out, 401, "Unauthorized",
                  auth ? "the bearer token is not valid" : "send Authorization: Bearer <token>",
                  NULL);
-    snprintf(out->extra_name, sizeof(out->extra_name), "WWW-Authenticate");
-    snprintf(out->extra_value, sizeof(out->extra_value), "Bearer realm=\"ordersuite\"%s",
-             auth ? ", error=\"invalid_token\"" : "");
+    http_add_header(out, "WWW-Authenticate",
+                    auth ? "Bearer realm=\"ordersuite\", error=\"invalid_token\""
+                         : "Bearer realm=\"ordersuite\"");
     return NULL;
 }

@@ -65,8 +65,7 @@ void api_get_availability(http_req *r, void *cls, http_resp *out)
     if (rc != MQ_OK) {
         log_warn("availability of %s: %s", sku, err);
         http_problem(out, 503, "Service Unavailable", "the message broker is unavailable", NULL);
-        snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
-        snprintf(out->extra_value, sizeof(out->extra_value), "2");
+        http_add_header(out, "Retry-After", "2");
         return;
     }
     rc = av_reply_decode(rep, rlen, &a, err, sizeof(err));
@@ -74,8 +73,7 @@ void api_get_availability(http_req *r, void *cls, http_resp *out)
     if (rc == 0 && a.error == AV_ERR_UNAVAILABLE) {
         log_warn("availability of %s: inventory could not answer", sku);
         http_problem(out, 503, "Service Unavailable", "inventory could not answer", NULL);
-        snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
-        snprintf(out->extra_value, sizeof(out->extra_value), "2");
+        http_add_header(out, "Retry-After", "2");
         return;
     }
     if (rc == 0 && a.error == AV_ERR_BAD_REQUEST) {

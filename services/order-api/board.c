@@ -1,7 +1,16 @@
 /*
  * board.c — the live order board: GET / (one static page, board.html,
+ * with its style and script at GET /board.css and GET /board.js, all three
  * built into the binary) and GET /board/queues (every service's queue depth
  * and dead-letter count, for that page).
+ *
+ * The three files are sent with a Content-Security-Policy that allows
+ * scripts, styles and fetches from the page's own origin only, nothing
+ * inline (no 'unsafe-inline': the page has no inline script or style), no
+ * plugin, no <base>, and no framing (frame-ancestors 'none'), plus
+ * Referrer-Policy: no-referrer; http.c adds X-Content-Type-Options:
+ * nosniff to every answer. tests/board_check.py fails on any CSP
+ * violation in the browser.
  *
  * The page is served without a token: it holds none. The user pastes one
  * into it; the page sends it as "Authorization: Bearer" on every API call,
@@ -27,37 +36,76 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* board.html, whole, and its length, which the assembler computes (the
- * Makefile rebuilds board.o when the page changes). */
-__asm__(".section .rodata\n"
-        ".global api_board_html\n"
-        "api_board_html:\n"
-        ".incbin \"services/order-api/board.html\"\n"
-        "api_board_html_end:\n"
-        ".balign 8\n"
-        ".global api_board_html_len\n"
-        "api_board_html_len:\n"
-        ".quad api_board_html_end - api_board_html\n"
-        ".previous\n");
-extern const char api_board_html[];
-extern const unsigned long long api_board_html_len;
+/* A file built into the binary as the symbol sym, with sym_len its length,
+ * which the assembler computes (the Makefile rebuilds board.o when a file
+ * changes). */
+#define BOARD_INCBIN(sym, file)                                                                    \
+    __asm__(".section .rodata\n"                                                                   \
+            ".global " #sym "\n" #sym ":\n"                                                        \
+            ".incbin \"" file "\"\n" #sym "_end:\n"                                                \
+            ".balign 8\n"                                                                          \
+            ".global " #sym "_len\n" #sym "_len:\n"                                                \
+            ".quad " #sym "_end - " #sym "\n"                                                      \
+            ".previous\n");                                                                        \
+    extern const char sym[];                                                                       \
+    extern const unsigned long long sym##_len
 
-static const char *const board_services[] = {"order-api", "pos", "billing", "inventory", "email"};
+BOARD_INCBIN(api_board_html, "services/order-api/board.html");
+BOARD_INCBIN(api_board_css, "services/order-api/board.css");
+BOARD_INCBIN(api_board_js, "services/order-api/board.js");
 
-void api_get_board(http_req *r, void *cls, http_resp *out)
+#define BOARD_CSP                                                                                  \
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "                    \
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "                 \
+    "frame-ancestors 'none'"
+
+/* Answers 200 with a copy of the n bytes of file and the board's headers. */
+static void serve_file(http_resp *out, const char *file, unsigned long long n, const char *type)
 {
-    size_t n = (size_t)api_board_html_len;
-    (void)r;
-    (void)cls;
-    char *body = malloc(n + 1);
+    char *body = malloc((size_t)n + 1);
     if (!body) {
         http_problem(out, 503, "Service Unavailable", "out of memory", NULL);
         return;
     }
-    memcpy(body, api_board_html, n);
+    memcpy(body, file, (size_t)n);
     body[n] = '\0';
-    http_respond(out, 200, "text/html; charset=utf-8", body);
+    http_respond(out, 200, type, body);
+    http_add_header(out, "Content-Security-Policy", BOARD_CSP);
+    http_add_header(out, "Referrer-Policy", "no-referrer");
 }
+
+void api_get_board(http_req *r, void *cls, http_resp *out)
+{
+    (void)r;
+    (void)cls;
+    serve_file(out, api_board_html, api_board_html_len, "text/html; charset=utf-8");
+}
+
+/* GET /favicon.ico: none, said without an error (a 404 would be a console
+ * error in every browser that opens the board). */
+void api_get_board_favicon(http_req *r, void *cls, http_resp *out)
+{
+    (void)r;
+    (void)cls;
+    http_respond(out, 204, NULL, NULL);
+    http_add_header(out, "Cache-Control", "max-age=86400");
+}
+
+void api_get_board_css(http_req *r, void *cls, http_resp *out)
+{
+    (void)r;
+    (void)cls;
+    serve_file(out, api_board_css, api_board_css_len, "text/css; charset=utf-8");
+}
+
+void api_get_board_js(http_req *r, void *cls, http_resp *out)
+{
+    (void)r;
+    (void)cls;
+    serve_file(out, api_board_js, api_board_js_len, "text/javascript; charset=utf-8");
+}
+
+static const char *const board_services[] = {"order-api", "pos", "billing", "inventory", "email"};
 
 /* The depth of queue, or -1 (unknown: the broker refused or is away).
  * A failed passive declare closes the connection; *down is set when the

@@ -50,8 +50,7 @@ void api_thread_exit(void *db)
 static void db_unavailable(http_resp *out)
 {
     http_problem(out, 503, "Service Unavailable", "the database is unavailable; retry later", NULL);
-    snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
-    snprintf(out->extra_value, sizeof(out->extra_value), "2");
+    http_add_header(out, "Retry-After", "2");
 }
 
 /* The job thread's connection, connected; NULL (and a 503 in out) when the
@@ -119,8 +118,7 @@ static void replay(http_req *r, const api_ctx *ctx, http_resp *out, const char *
 {
     const char *p[] = {id, client};
     respond_doc(r, ctx, out, "api_doc", api_order_doc_sql, 2, p, 200);
-    snprintf(out->extra_name, sizeof(out->extra_name), "Idempotent-Replayed");
-    snprintf(out->extra_value, sizeof(out->extra_value), "true");
+    http_add_header(out, "Idempotent-Replayed", "true");
     snprintf(out->location, sizeof(out->location), "/orders/%s", id);
 }
 
@@ -229,8 +227,7 @@ static void post_order(http_req *r, void *cls, http_resp *out)
                      "the order could not be written in time; retry later (with the same "
                      "Idempotency-Key)",
                      NULL);
-        snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
-        snprintf(out->extra_value, sizeof(out->extra_value), "2");
+        http_add_header(out, "Retry-After", "2");
         goto out;
     }
     if (rc == API_WRITE_KEY_USED) {
@@ -367,6 +364,9 @@ static const http_route routes[] = {
     {"GET", "/products", 0, get_products, NULL, 0},
     {"GET", "/products/", 1, api_get_availability, NULL, 0},
     {"GET", "/", 0, api_get_board, NULL, 1},
+    {"GET", "/board.css", 0, api_get_board_css, NULL, 1},
+    {"GET", "/board.js", 0, api_get_board_js, NULL, 1},
+    {"GET", "/favicon.ico", 0, api_get_board_favicon, NULL, 1},
     {"GET", "/board/queues", 0, api_get_board_queues, NULL, 0},
 };
 

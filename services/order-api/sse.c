@@ -505,8 +505,7 @@ void api_sse_stop(api_sse *h)
 static void unavailable(http_resp *out, int status, const char *title, const char *detail)
 {
     http_problem(out, status, title, detail, NULL);
-    snprintf(out->extra_name, sizeof(out->extra_name), "Retry-After");
-    snprintf(out->extra_value, sizeof(out->extra_value), "%d", status == 429 ? 5 : 2);
+    http_add_header(out, "Retry-After", status == 429 ? "5" : "2");
 }
 
 /* A new stream of client on order_id after `after`, admitted and in the
@@ -618,7 +617,6 @@ void api_sse_get(http_req *r, const api_ctx *ctx, db_conn *db, const char *clien
     if (!(st = stream_open(ctx->sse, r, client, id, after, out)))
         return;
     http_stream_respond(out, "text/event-stream", st->hs);
-    snprintf(out->extra_name, sizeof(out->extra_name), "Cache-Control");
-    snprintf(out->extra_value, sizeof(out->extra_value), "no-store");
+    http_add_header(out, "Cache-Control", "no-store");
     hub_wake(ctx->sse);
 }

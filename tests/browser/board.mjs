@@ -4,7 +4,12 @@
 // Environment: BOARD_URL (the page), BOARD_TOKEN (an API token), BOARD_OUT
 // (the folder for the screenshots), BOARD_SERVICES (space-separated: the
 // services the queue table must show), BOARD_LIVE (space-separated: those
-// whose depth must be a number). Prints one JSON line per check:
+// whose depth must be a number). The page must be clean under its
+// Content-Security-Policy: every console error and every
+// securitypolicyviolation event fails the run (the page's scripts and
+// styles come from its own files, none inline). An order placed with plain
+// HTTP (node's fetch, not the page) while the page is open must appear and
+// reach CONFIRMED on it without a reload. Prints one JSON line per check:
 // {"name": ..., "ok": true|false, "detail": ...}. Every wait is bounded.
 import { chromium } from "playwright-core";
 
@@ -27,9 +32,29 @@ async function run(page, tag) {
   }
 }
 
+async function placeElsewhere(tag) {
+  const r = await fetch(new URL("/orders", url), {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+    body: JSON.stringify({ customer_id: `curl-${tag}`, customer_email: "curl@example.com",
+                           currency: "EUR", items: [{ sku: process.env.BOARD_SKU, quantity: 1 }] }),
+  });
+  const doc = await r.json().catch(() => ({}));
+  return r.status === 201 ? doc.id : null;
+}
+
 async function runChecks(page, tag) {
   const consoleErrors = [];
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(`console: ${m.text()}`); });
+  // Registered before any of the page's own scripts run.
+  await page.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener("securitypolicyviolation", (e) => {
+      window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"}`
+                                  + ` (${e.sourceFile || ""}:${e.lineNumber || 0})`);
+    });
+  });
   await page.goto(url);
   await page.waitForSelector("#sku option", { state: "attached", timeout: 15000 });
   report(`${tag}_the_catalog_fills_the_form`, (await page.locator("#sku option").count()) > 0);
@@ -75,6 +100,23 @@ async function runChecks(page, tag) {
          ["PENDING", "RESERVED", "CONFIRMED"].every((s) => steps.some((t) => t.startsWith(s))),
          steps.join(" | "));
 
+  // An order placed elsewhere (plain HTTP, not this page) while it is open.
+  const other = await placeElsewhere(tag);
+  report(`${tag}_an_order_placed_elsewhere_is_accepted`, other, other);
+  if (other) {
+    const st = page.locator(`tr[data-order-id="${other}"] .status`);
+    let seen = true;
+    try {
+      await st.filter({ hasText: "CONFIRMED" }).waitFor({ timeout: 45000 });
+    } catch (e) {
+      seen = false;
+    }
+    report(`${tag}_an_order_placed_elsewhere_appears_and_reaches_confirmed_live`,
+           seen && navigations.length === 0,
+           `status ${await st.count() ? await st.textContent() : "not on the page"}, `
+           + `navigations ${navigations.length}`);
+  }
+
   // The queue table refreshes every 3 s; wait for every service's row.
   let rows = {};
   const deadline = Date.now() + 15000;
@@ -90,7 +132,10 @@ async function runChecks(page, tag) {
   report(`${tag}_the_running_services_queue_depths_are_numbers`,
          live.every((s) => /^\d+$/.test((rows[s] || [])[0] || "") && /^\d+$/.test((rows[s] || [])[1] || "")),
          JSON.stringify(rows));
-  report(`${tag}_no_script_errors`, consoleErrors.length === 0, consoleErrors.join(" | "));
+  report(`${tag}_no_script_or_console_errors`, consoleErrors.length === 0, consoleErrors.join(" | "));
+  const violations = await page.evaluate(() => window.__cspViolations || ["the listener never ran"]);
+  report(`${tag}_no_content_security_policy_violations`, violations.length === 0,
+         violations.join(" | "));
 }
 
 const browser = await chromium.launch({
