@@ -141,7 +141,8 @@ typedef struct {
  * the property was absent. */
 typedef struct {
     char routing_key[MQ_NAME_LEN]; /* the original key, also after a trip through a retry tier */
-    char message_id[MQ_ID_LEN];    /* these three are cut to fit: a cut id is no UUID */
+    char exchange[MQ_NAME_LEN]; /* the exchange it came through (sales.events, sales.retry, ...) */
+    char message_id[MQ_ID_LEN]; /* these three are cut to fit: a cut id is no UUID */
     char correlation_id[MQ_ID_LEN];
     char type[MQ_NAME_LEN];
     char app_id[MQ_ID_LEN];

@@ -385,6 +385,7 @@ int mq__to_delivery(const amqp_envelope_t *env, const char *own, const char *own
     memset(d, 0, sizeof(*d));
     copy_bytes(ex, sizeof(ex), env->exchange);
     copy_bytes(rk, sizeof(rk), env->routing_key);
+    snprintf(d->exchange, sizeof(d->exchange), "%s", ex);
     r.exchange = ex;
     r.routing_key = rk;
     if (mq__header_str(h, MQ_H_ORIGINAL_KEY, orig, sizeof(orig)) == 0)

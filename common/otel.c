@@ -32,7 +32,11 @@ static struct {
     char url[OTEL_URL_MAX]; /* "" = no exporter */
     char *headers;          /* OTEL_EXPORTER_OTLP_HEADERS as given, or NULL */
     long timeout_ms, delay_ms;
+    long flush_ms; /* OTEL_BSP_EXPORT_TIMEOUT: the whole flush at shutdown */
     size_t cap, batch_max;
+    /* util_now_ms() time the flush must end by; 0 while not stopping.
+     * Atomic: curl's progress callback reads it mid-export. */
+    int64_t stop_at_ms;
     /* The queue and the thread. */
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -251,7 +255,8 @@ int otel_init(const char *service, char *err, size_t errlen)
         return -1;
     ex.log_spans = (int)n;
     if (env_long("OTEL_EXPORTER_OTLP_TIMEOUT", 10000, 1, 600000, &ex.timeout_ms, err, errlen) < 0 ||
-        env_long("OTEL_BSP_SCHEDULE_DELAY", 5000, 1, 600000, &ex.delay_ms, err, errlen) < 0)
+        env_long("OTEL_BSP_SCHEDULE_DELAY", 5000, 1, 600000, &ex.delay_ms, err, errlen) < 0 ||
+        env_long("OTEL_BSP_EXPORT_TIMEOUT", 5000, 1, 600000, &ex.flush_ms, err, errlen) < 0)
         return -1;
     if (env_long("OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1, 1000000, &n, err, errlen) < 0)
         return -1;
@@ -437,10 +442,34 @@ static size_t discard(char *p, size_t sz, size_t n, void *u)
     return sz * n; /* the answer's body is not needed */
 }
 
+/* The flush's deadline, 0 for none (any thread). */
+static int64_t stop_at(void)
+{
+    return __atomic_load_n(&ex.stop_at_ms, __ATOMIC_ACQUIRE);
+}
+
+/* curl's progress callback, called at least about once a second while an
+ * export waits: a non-zero answer aborts it once the flush's deadline has
+ * passed, so an export already under way at SIGTERM is cut too. */
+static int past_deadline(void *u, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    int64_t at = stop_at();
+    (void)u, (void)dt, (void)dn, (void)ut, (void)un;
+    return at > 0 && util_now_ms() >= at;
+}
+
 /* One POST; 0 when the receiver answered 2xx. */
 static int post(CURL *h, struct curl_slist *hdrs, const char *body, long timeout_ms)
 {
     long code = 0;
+    int64_t at = stop_at();
+    if (at > 0) { /* stopping: this export gets what is left of the flush */
+        int64_t left = at - util_now_ms();
+        if (left <= 0)
+            return -1;
+        if (left < timeout_ms)
+            timeout_ms = (long)left;
+    }
     curl_easy_setopt(h, CURLOPT_URL, ex.url);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
@@ -448,6 +477,8 @@ static int post(CURL *h, struct curl_slist *hdrs, const char *body, long timeout
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, past_deadline);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
     if (curl_easy_perform(h) != CURLE_OK)
         return -1;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
@@ -531,8 +562,8 @@ static void *export_main(void *arg)
             if (ok)
                 warned = 0;
         }
-        if (stopping && (n == 0 || n < ex.batch_max))
-            break;
+        if (stopping && (n == 0 || n < ex.batch_max || util_now_ms() >= stop_at()))
+            break; /* what is still queued is counted dropped by otel_stop */
     }
     curl_slist_free_all(hdrs);
     curl_easy_cleanup(h);
@@ -572,9 +603,10 @@ void otel_stop(int timeout_ms)
     if (!ex.running)
         return;
     pthread_mutex_lock(&ex.lock);
-    /* The last export may take up to its own timeout; cut it to ours. */
-    if (timeout_ms > 0 && ex.timeout_ms > timeout_ms)
-        ex.timeout_ms = timeout_ms;
+    /* One deadline for the whole flush, the export under way included. */
+    __atomic_store_n(&ex.stop_at_ms,
+                     util_now_ms() + (timeout_ms > 0 ? (int64_t)timeout_ms : (int64_t)ex.flush_ms),
+                     __ATOMIC_RELEASE);
     ex.stopping = 1;
     pthread_cond_signal(&ex.wake);
     pthread_mutex_unlock(&ex.lock);
@@ -583,6 +615,7 @@ void otel_stop(int timeout_ms)
     __atomic_store_n(&ex.running, 0, __ATOMIC_RELEASE);
     ex.dropped += ex.len; /* what the bounded flush left */
     ex.len = 0;
+    __atomic_store_n(&ex.stop_at_ms, 0, __ATOMIC_RELEASE);
     free(ex.ring);
     ex.ring = NULL;
     free(ex.headers); /* read by the export thread only, joined above */

@@ -16,6 +16,8 @@
  *   OTEL_BSP_MAX_QUEUE_SIZE           spans waiting, at most (2048)
  *   OTEL_BSP_SCHEDULE_DELAY           ms between exports (5000)
  *   OTEL_BSP_MAX_EXPORT_BATCH_SIZE    spans per export, at most (512)
+ *   OTEL_BSP_EXPORT_TIMEOUT           ms for the whole flush at shutdown,
+ *                                     the export under way included (5000)
  *   TRACE_LOG_SPANS                   1 (default): log each sampled span
  *                                     (what tools/trace reads); 0: don't
  * A bad value stops the process with a message naming the variable, like
@@ -46,8 +48,11 @@ int otel_init(const char *service, char *err, size_t errlen);
  * when no one did: it is called before any other thread exists). */
 int otel_start(char *err, size_t errlen);
 
-/* Exports what is queued (at most timeout_ms), stops the thread. A no-op
- * when it never started. */
+/* Exports what is queued within one deadline for the whole flush, the
+ * export under way included (timeout_ms, or OTEL_BSP_EXPORT_TIMEOUT when
+ * timeout_ms <= 0; cut within about a second of it: curl's progress
+ * callback), counts what is left dropped, stops the thread. A no-op when
+ * it never started. */
 void otel_stop(int timeout_ms);
 
 /* Queues a copy of s for export (never blocks; counted dropped when the

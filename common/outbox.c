@@ -238,7 +238,8 @@ static void publish_span(trace_span *s, mq_msg *m, const char *row_tp, const cha
     if (has)
         trace_span_link(s, &writer);
     trace_span_str(s, "messaging.system", "rabbitmq");
-    trace_span_str(s, "messaging.operation.type", "publish");
+    trace_span_str(s, "messaging.operation.type", "send");
+    trace_span_str(s, "messaging.operation.name", "publish");
     trace_span_str(s, "messaging.destination.name", MQ_EXCHANGE);
     trace_span_str(s, "messaging.rabbitmq.destination.routing_key", m->routing_key);
     trace_span_str(s, "messaging.message.id", m->message_id);

@@ -387,7 +387,7 @@ out:
     worker__probe_stop(&w);
     outbox_relay_stop(relay, 10000);
     retention_stop(w.retention);
-    otel_stop(5000); /* last: the relay's publish spans are in its queue */
+    otel_stop(0); /* last: the relay's publish spans are in its queue */
     mq_free(cons);
     mq_free(pub);
     db_free(w.db);

@@ -309,10 +309,18 @@ static mq_result apply_all(worker *w, const mq_delivery *d, prepared *p, const s
             }
         }
         if (route->set && m > 0 && (r = route->set(w, w->db, msgs, m, err, errlen)) != MQ_DONE &&
-            n > 1)
-            log_write(LOG_INFO, NULL, NULL,
-                      "a set of %zu %s failed in a batch of %zu (%s); applying them one by one", m,
-                      ev_routing_key(route->type), n, err);
+            n > 1) {
+            /* One line per message of the set, in its context: a set spans
+             * several traces, and each message's trace must say why its
+             * delivery is applied again alone (at most BATCH_MAX lines). */
+            for (size_t i = 0; i < m; i++) {
+                const trace_ctx *prev = trace_set_current(msgs[i].trace);
+                log_write(LOG_INFO, msgs[i].env->correlation_id, msgs[i].env->message_id,
+                          "a set of %zu %s failed in a batch of %zu (%s); applying them one by one",
+                          m, ev_routing_key(route->type), n, err);
+                trace_set_current(prev);
+            }
+        }
     }
 out:
     for (size_t j = 0; j < k; j++)

@@ -24,7 +24,11 @@ const trace_ctx *worker__span_begin(worker *w, const mq_delivery *d, trace_span 
     trace_span_start(sp, name, TRACE_KIND_CONSUMER, has ? &parent : NULL);
     trace_span_str(sp, "messaging.system", "rabbitmq");
     trace_span_str(sp, "messaging.operation.type", "process");
-    trace_span_str(sp, "messaging.destination.name", MQ_EXCHANGE);
+    trace_span_str(sp, "messaging.operation.name", "process");
+    /* The exchange this copy came through: sales.events the first time,
+     * sales.retry after a retry tier or a dlq replay (the default
+     * exchange has the conventions' name amq.default). */
+    trace_span_str(sp, "messaging.destination.name", d->exchange[0] ? d->exchange : "amq.default");
     trace_span_str(sp, "messaging.rabbitmq.destination.routing_key", d->routing_key);
     trace_span_str(sp, "messaging.message.id", d->message_id);
     trace_span_str(sp, "messaging.message.conversation_id", d->correlation_id);

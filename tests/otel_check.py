@@ -135,6 +135,7 @@ def check_trace(spans, trace_id, parent_span, oid):
           and server["kind"] == 2, server)
     check("server_span_attributes", server["attributes"].get("http.request.method") == "POST"
           and server["attributes"].get("http.response.status_code") == 201
+          and server["attributes"].get("url.scheme") == "http"
           and server["attributes"].get("url.path") == "/orders", server["attributes"])
     # (publisher, key, the span that wrote the row, the consumers)
     hops = [("order-api", "order.placed", server, ["inventory"]),
@@ -152,6 +153,8 @@ def check_trace(spans, trace_id, parent_span, oid):
               f"parent {pub['parentSpanId']} links {pub['links']}, writer {writer['spanId']}")
         check(f"publish_{key}_messaging_attributes",
               a.get("messaging.system") == "rabbitmq"
+              and a.get("messaging.operation.type") == "send"
+              and a.get("messaging.operation.name") == "publish"
               and a.get("messaging.destination.name") == "sales.events"
               and a.get("messaging.rabbitmq.destination.routing_key") == key
               and a.get("messaging.message.conversation_id") == oid
@@ -167,6 +170,8 @@ def check_trace(spans, trace_id, parent_span, oid):
                   f"parent {proc['parentSpanId']}, publish {pub['spanId']}")
             check(f"process_{key}_in_{c}_attributes",
                   pa.get("messaging.system") == "rabbitmq"
+                  and pa.get("messaging.operation.type") == "process"
+                  and pa.get("messaging.operation.name") == "process"
                   and pa.get("messaging.destination.name") == "sales.events"
                   and pa.get("messaging.rabbitmq.destination.routing_key") == key
                   and pa.get("messaging.message.id") == a.get("messaging.message.id")
@@ -215,7 +220,7 @@ def publish_raw(key, body, traceparent):
                 f"{os.environ['RABBITMQ_ADMIN_USER']}:{os.environ['RABBITMQ_ADMIN_PASSWORD']}"
                 .encode()).decode()})
     with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read()).get("routed") is True
+        return json.loads(r.read()).get("routed") is True, mid
 
 
 def batch_burst(token, procs):
@@ -235,13 +240,32 @@ def batch_burst(token, procs):
                 traces.append(t)
                 oids.append(oid)
         bad = secrets.token_hex(16)
-        routed = publish_raw("order.placed", "{not json",
-                             f"00-{bad}-{secrets.token_hex(8)}-01")
+        routed, bad_mid = publish_raw("order.placed", "{not json",
+                                      f"00-{bad}-{secrets.token_hex(8)}-01")
     finally:
         os.kill(inv.pid, signal.SIGCONT)
     check("batch_burst_queued", len(oids) == 20 and routed, f"{len(oids)} orders, {routed}")
     check("batch_burst_orders_confirmed", all(confirmed(token, o) for o in oids),
           "not all CONFIRMED")
+    # The malformed message, dead-lettered, is replayed (dlq replay: through
+    # sales.retry) and fails again: its second process span must name the
+    # exchange that copy came through.
+    def inventory_tries():
+        return sum(1 for l in log_spans("up") if l.get("trace_id") == bad
+                   and l.get("span") == "process order.placed")
+    checklib.wait_until(lambda: inventory_tries() >= 1, 30, 0.2)
+    out = {}
+
+    def replay():
+        """dlq replay of the message: exit 0 once it is in inventory.dlq."""
+        p = subprocess.run([os.path.join(checklib.BIN, "dlq"), "replay", "inventory", "--id",
+                            bad_mid], env=dict(os.environ, AMQP_URL=os.environ["TEST_AMQP_URL"]),
+                           capture_output=True, text=True, timeout=60)
+        out["stderr"] = p.stderr[-300:]
+        return p.returncode == 0
+    replayed = checklib.wait_until(replay, 30, 0.5)
+    check("batch_rejected_message_replayed", replayed and checklib.wait_until(
+        lambda: inventory_tries() >= 2, 30, 0.2), f"{inventory_tries()} tries, replay: {out.get('stderr')}")
     return traces, bad
 
 
@@ -261,12 +285,17 @@ def check_batch_spans(rx, traces, bad):
             late.append((t, [(s["start"], s["end"]) for s in proc + tx]))
     check("batch_db_transaction_inside_its_process_span", traces and not late,
           f"{len(late)} of {len(traces)}: {late[:2]}")
-    got = [s for s in rx.spans(bad) if s["service"] == "inventory"
-           and s["name"] == "process order.placed"]
+    got = sorted((s for s in rx.spans(bad) if s["service"] == "inventory"
+                  and s["name"] == "process order.placed"), key=lambda s: s["start"])
     check("batch_rejected_message_has_a_failed_process_span",
-          len(got) == 1 and got[0]["status"].get("code") in (2, "STATUS_CODE_ERROR")
+          len(got) >= 1 and got[0]["status"].get("code") in (2, "STATUS_CODE_ERROR")
           and "undecodable" in got[0]["status"].get("message", ""),
           got)
+    check("process_span_names_the_exchange_the_copy_came_through",
+          len(got) == 2
+          and got[0]["attributes"].get("messaging.destination.name") == "sales.events"
+          and got[1]["attributes"].get("messaging.destination.name") == "sales.retry",
+          [(s["attributes"].get("messaging.destination.name"), s["start"]) for s in got])
 
 
 def check_rpc_trace(rx, trace_id, parent_span):
@@ -357,6 +386,55 @@ def check_tool(oid, trace_id, nspans):
           f"exit {p.returncode} {p.stderr!r}")
 
 
+def shutdown_flush_is_bounded(tokens, token):
+    """A receiver that accepts the connection and never answers: with
+    spans queued in batches of one, SIGTERM must end order-api within
+    OTEL_BSP_EXPORT_TIMEOUT (1 s here) and a few seconds of its own
+    shutdown, not the export under way (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s)
+    plus 5 s per queued batch as before."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": os.environ["ORDERS_DATABASE_URL"],
+        "AMQP_URL": os.environ["ORDER_API_AMQP_URL"], "LOG_LEVEL": "info",
+        "HTTP_PORT": str(API_PORT), "OPS_PORT": str(OPS_PORT), "API_TOKENS_FILE": tokens,
+        "METRICS_PORT": "0",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+        "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "10000", "OTEL_BSP_EXPORT_TIMEOUT": "1000"})
+    for k in ("OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+              "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        env.pop(k, None)
+    proc = checklib.start("order-api", env, "otel.silent.order-api.log")
+    try:
+        ok = checklib.wait_until(lambda: checklib.ready(OPS_PORT), 40)
+        check("silent_receiver_order_api_ready", ok, "see otel.silent.order-api.log")
+        for _ in range(10):
+            checklib.http("GET", API_PORT, "/products")
+        # The first export is under way (and waits for an answer) once its
+        # connection is accepted here.
+        silent.settimeout(20)
+        try:
+            conn = silent.accept()[0]
+        except OSError:
+            conn = None
+        check("silent_receiver_an_export_is_under_way", conn is not None, "no connection in 20 s")
+        t0 = time.monotonic()
+        rc = checklib.stop(proc, timeout_s=60)
+        took = time.monotonic() - t0
+        check("silent_receiver_sigterm_exits_within_the_flush_bound", rc == 0 and took < 8,
+              f"exit {rc} after {took:.1f} s (bound: OTEL_BSP_EXPORT_TIMEOUT 1 s + shutdown)")
+        if conn:
+            conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        silent.close()
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="otel_check.")
     tokens = os.path.join(tmp, "tokens")
@@ -441,6 +519,8 @@ def main():
     check_rpc_trace(rx, rpc_trace, parent_span)
     rx.stop()
     check_tool(oid, trace_id, len(spans))
+
+    shutdown_flush_is_bounded(tokens, token)
 
     # 3: the receiver down (a port nothing listens on) costs the counter only.
     with socket.socket() as sk:

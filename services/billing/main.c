@@ -18,6 +18,8 @@
 #include "cfg.h"
 #include "log.h"
 
+#include <curl/curl.h>
+
 int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
@@ -43,5 +45,13 @@ int main(int argc, char **argv)
         log_error("configuration: %s", err);
         return 1;
     }
-    return worker_main(&def, argc, argv);
+    int rc;
+    /* Before any thread: the span exporter (otel.c) uses libcurl. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        log_error("curl_global_init failed");
+        return 1;
+    }
+    rc = worker_main(&def, argc, argv);
+    curl_global_cleanup();
+    return rc;
 }

@@ -20,7 +20,10 @@
  */
 #include "availability.h"
 #include "inventory.h"
+#include "log.h"
 #include "worker.h"
+
+#include <curl/curl.h>
 
 int main(int argc, char **argv)
 {
@@ -39,5 +42,13 @@ int main(int argc, char **argv)
                       .default_port = 9101,
                       .rpc_routes = answers,
                       .n_rpc_routes = sizeof(answers) / sizeof(answers[0])};
-    return worker_main(&def, argc, argv);
+    int rc;
+    /* Before any thread: the span exporter (otel.c) uses libcurl. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        log_error("curl_global_init failed");
+        return 1;
+    }
+    rc = worker_main(&def, argc, argv);
+    curl_global_cleanup();
+    return rc;
 }

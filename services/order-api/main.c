@@ -65,6 +65,7 @@
 #include "upcast.h"
 #include "worker.h"
 
+#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,6 +274,12 @@ int main(int argc, char **argv)
 
     def.http_routes = api_routes(&def.n_http_routes);
     log_init(ORDER_SERVICE, LOG_INFO);
+    /* Before any thread (the writer, the price cache and the event-stream
+     * hub start below): the span exporter (otel.c) uses libcurl. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        log_error("curl_global_init failed");
+        return 1;
+    }
     if (cfg_load_mode(settings, 1, mode, err, sizeof(err)) < 0)
         goto config_error;
     if (mode == WORKER_RUN) {
@@ -353,5 +360,6 @@ config_error:
 out:
     free(ctx.tokens);
     cfg_free_groups(settings, 1);
+    curl_global_cleanup();
     return rc;
 }

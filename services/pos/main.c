@@ -200,7 +200,7 @@ int main(int argc, char **argv)
     }
     mq_free(t.mq);
 out_curl:
-    otel_stop(5000);
+    otel_stop(0);
     curl_global_cleanup();
 out:
     cfg_free(specs, nspecs);

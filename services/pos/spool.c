@@ -527,7 +527,8 @@ static void spool_publish_span(trace_span *s, const spool_entry *e, mq_msg *m,
         s->ctx.flags = otel_sample(NULL, root.trace_id) ? TRACE_FLAG_SAMPLED : 0;
     }
     trace_span_str(s, "messaging.system", "rabbitmq");
-    trace_span_str(s, "messaging.operation.type", "publish");
+    trace_span_str(s, "messaging.operation.type", "send");
+    trace_span_str(s, "messaging.operation.name", "publish");
     trace_span_str(s, "messaging.destination.name", MQ_EXCHANGE);
     trace_span_str(s, "messaging.rabbitmq.destination.routing_key", RK_SALE_COMPLETED);
     trace_span_str(s, "messaging.message.id", e->message_id);
