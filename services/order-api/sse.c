@@ -275,6 +275,15 @@ static int hub_wait(api_sse *h, db_conn *db, int ms)
     if (pg && PQsocket(pg) >= 0) {
         fds[1] = (struct pollfd){.fd = PQsocket(pg), .events = POLLIN};
         nfds = 2;
+        /* A NOTIFY that arrived while refresh's query waited for its
+         * result was read by libpq then: it is queued already and the
+         * socket shows nothing, so poll would sit out the timer (up to
+         * 1 s) before it is seen. Taken now, and no wait. */
+        while ((n = PQnotifies(pg)) != NULL) {
+            mark_dirty(h, n->extra);
+            PQfreemem(n);
+            ms = 0;
+        }
     }
     if (poll(fds, (nfds_t)nfds, ms) < 0 && errno != EINTR)
         return -1;
