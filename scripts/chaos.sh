@@ -28,10 +28,16 @@
 #   saga  billing stopped past the saga's timeout (ORDER_TIMEOUT_S) under
 #      load: the orders waiting for it expire and are compensated, and
 #      billing's return changes none of them
+#   instances  three billings and two order-apis (services.sh's
+#      INSTANCES_), loadgen spread over both APIs: kill -9 billing@2 while it
+#      holds deliveries and order-api@2 mid-burst; the others take over
+#      (redeliveries, loadgen's failovers with the same keys), and the
+#      recovery is the time until orders placed after the kills complete at
+#      the load's rate again
 #
 # Needs make up + make migrate; starts the services if they are not running
 # (and stops them again at the end if it started them). --short runs shorter
-# loads and one round of scenario 1 (make test runs --short 0 1 4 6 unroutable saga). Prints a
+# loads and one round of scenario 1 (make test runs --short 0 1 4 6 unroutable saga instances). Prints a
 # table and a Check-style summary line; exits non-zero if a scenario failed.
 source "$(dirname "$0")/lib.sh"
 load_env
@@ -44,7 +50,7 @@ if [ "${1:-}" = --short ]; then
     shift
 fi
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(0 1 2 3 4 5 6 7 rowlock mail unroutable saga)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(0 1 2 3 4 5 6 7 rowlock mail unroutable saga instances)
 export BUILD=${BUILD:-build}
 BIN="$ROOT/$BUILD/bin"
 RUNID=$(date -u +%H%M%S)-$$
@@ -95,7 +101,8 @@ elapsed_s() { awk -v a="$(now_ms)" -v b="$1" 'BEGIN { printf "%.1f\n", (a - b) /
 load_start() { # TAG RATE SECONDS [loadgen args]: orders (and sales) in the background
     local tag=$1 rate=$2 secs=$3
     shift 3
-    API_TOKEN=$API_DEMO_TOKEN DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -u "$API" -t "$tag" -c 8 --skus "$LOAD_SKUS" \
+    # LOAD_URLS (default: order-api's) lists the order-apis loadgen spreads over.
+    API_TOKEN=$API_DEMO_TOKEN DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$POS_AMQP_URL "$BIN/loadgen" -u "${LOAD_URLS:-$API}" -t "$tag" -c 8 --skus "$LOAD_SKUS" \
         -r "$rate" -d "$secs" --retry 90 -o "$WORK/$tag.ids" "$@" >"$WORK/$tag.load" 2>&1 &
     LOAD_PID=$!
 }
@@ -832,6 +839,99 @@ scenario_saga() {
     restart order-api || ok=0
 }
 
+# instances: competing instances under load lose one of theirs each. Three
+# billings (billing, billing@2, billing@3) and two order-apis (order-api,
+# order-api@2), started by services.sh as INSTANCES_billing=3
+# INSTANCES_order_api=2 start them; loadgen's connections spread over both
+# APIs. Mid-burst billing@2 and order-api@2 are stopped (SIGSTOP: billing@2
+# keeps being handed deliveries it does not ack, order-api@2 requests it
+# does not answer), then killed with -9 together: the broker hands
+# billing@2's deliveries to the other two (redelivered), loadgen's requests
+# to order-api@2 get no answer and go, with the same Idempotency-Key, to
+# order-api (failovers). Recovery: from the kill to the end of the first
+# second in which the load's orders placed after the kill were CONFIRMED at
+# 80 % of the load's rate or more (from the timelines, once the run is
+# over). The instances are left as they were found: those this scenario
+# started are stopped, a killed one that was running before is started again.
+INSTANCE_EXTRA=(billing@2 billing@3 order-api@2)
+scenario_instances() {
+    local ok=1 secs=40 rate=40 t0 r s red0=0 red=0 need before=() api2
+    [ $SHORT = 1 ] && secs=20
+    TAG=cin-$RUNID
+    say "instances: kill -9 one of three billings and one of two order-apis under $rate orders/s"
+    for s in "${INSTANCE_EXTRA[@]}"; do
+        [ -n "$(pid_of "$s")" ] && kill -0 "$(pid_of "$s")" 2>/dev/null && before+=("$s")
+    done
+    (
+        export INSTANCES_billing=3 INSTANCES_order_api=2
+        exec "$ROOT/scripts/services.sh" start billing order-api
+    ) >>"$WORK/services.log" 2>&1 || ok=0
+    for s in billing "${INSTANCE_EXTRA[@]}"; do
+        wait_for 60 "$s ready" svc_ready "$s" || { echo "    FAIL: $s not ready"; ok=0; }
+    done
+    three() { [ "$(queue_consumers billing)" = 3 ]; }
+    wait_for 30 "three consumers on billing" three ||
+        { echo "    FAIL: billing's queue does not have three consumers"; ok=0; }
+    for s in billing billing@3; do red0=$((red0 + $(metric "$s" ordersuite_messages_redelivered_total))); done
+    api2="http://127.0.0.1:$(svc_port order-api@2)"
+    LOAD_URLS="$API,$api2" load_start "$TAG" "$rate" "$secs" --sales 100
+    # Mid-burst: a third of the run's orders confirmed first.
+    load_flowing $((rate * secs / 3)) || ok=0
+    kill -STOP "$(pid_of billing@2)" "$(pid_of order-api@2)"
+    t0=$(now_ms)
+    # The other two billings ack within milliseconds: five or more unacked
+    # in the queue are deliveries the stopped one holds.
+    held() { local n; n=$(queue_unacked billing) && [ "$n" -ge 5 ]; }
+    if wait_for 15 "billing@2 to hold deliveries unacked" held; then
+        echo "    billing@2 and order-api@2 stopped; $(elapsed_s "$t0") s later billing's queue has $(queue_unacked billing) deliveries unacked"
+    else
+        echo "    FAIL: billing@2 stopped held no deliveries within 15 s"
+        ok=0
+    fi
+    svc kill billing@2 order-api@2
+    t0=$(now_ms)
+    echo "    killed billing@2 and order-api@2 (kill -9)"
+    load_wait || ok=0
+    # The first second, after the kill, in which orders placed after it
+    # were confirmed at 80 % of the rate: its end, from the kill.
+    need=$(((rate * 8 + 9) / 10))
+    r=$(psql -qAt "$OWNER_DATABASE_URL" -v tag="$TAG" -v t0="$t0" -v need="$need" <<'SQL'
+WITH c AS (SELECT t.at FROM orders.order_timeline t JOIN orders.orders o ON o.id = t.order_id
+            WHERE o.customer_id = :'tag' AND t.status = 'CONFIRMED'
+              AND o.created_at >= to_timestamp(:t0 / 1000.0))
+SELECT round(extract(epoch FROM min(e.at) - to_timestamp(:t0 / 1000.0))::numeric, 1)
+  FROM c e
+ WHERE (SELECT count(*) FROM c w WHERE w.at > e.at - interval '1 second' AND w.at <= e.at) >= :need;
+SQL
+    )
+    if [ -n "$r" ]; then
+        r="${r}s"
+        echo "    orders placed after the kills confirmed at >= $need/s ${r} after them"
+    else
+        r="never"
+        echo "    FAIL: orders placed after the kills never confirmed at $need/s"
+        ok=0
+    fi
+    grep -E '^accepted by order-api' "$WORK/$TAG.load" | sed 's/^/    /'
+    [ "$(grep -oE '[0-9]+ failovers' "$WORK/$TAG.load" | grep -oE '^[0-9]+')" -gt 0 ] ||
+        { echo "    FAIL: no request of the load failed over from order-api@2"; ok=0; }
+    check "$TAG" "instances: kill a billing + an API" "$r" "$ok"
+    for s in billing billing@3; do red=$((red + $(metric "$s" ordersuite_messages_redelivered_total))); done
+    echo "    billing@2's deliveries redelivered to billing and billing@3: $((red - red0))"
+    if [ $((red - red0)) -lt 1 ]; then
+        ROWS[-1]="${ROWS[-1]/ ok/ FAIL (no redelivery)}"
+        passed=$((passed - 1)) failed=$((failed + 1))
+    fi
+    # As found: what was running before runs again, what this started stops.
+    for s in "${INSTANCE_EXTRA[@]}"; do
+        if [[ " ${before[*]} " == *" $s "* ]]; then
+            restart "$s" || true
+        else
+            svc stop "$s"
+        fi
+    done
+}
+
 # The node (1..NODES) that leads the most of the services' work queues now.
 busiest_node() {
     mgmt_curl -fsS -m 10 "http://127.0.0.1:$MGMT_PORT/api/queues/$(vhost_api)?columns=name,leader" |
@@ -913,7 +1013,7 @@ restock 100000 "make chaos: restock"
 
 t_all=$(now_ms)
 for n in "${SCENARIOS[@]}"; do
-    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable, saga, cluster)"
+    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable, saga, instances, cluster)"
     "scenario_$n"
 done
 

@@ -6,7 +6,9 @@
 # back off, the other orders complete, the rows are parked, replayed once;
 # about 16 s: their first return is dated back rather than waited for),
 # billing stopped past a 6 s ORDER_TIMEOUT_S under load (saga: the orders
-# waiting for it expire and are compensated; about 45 s).
+# waiting for it expire and are compensated; about 45 s), kill -9 one of
+# three billings and one of two order-apis under a 20 s load spread over both
+# APIs (instances: redelivered, failed over; about 40 s).
 # Each ends with the ledger: nothing lost, nothing twice, nothing stuck.
 # make chaos runs all of them, longer.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,4 +17,4 @@ BUILD=${BUILD%/bin}
 export BUILD=${BUILD#"$ROOT"/}
 # The tests' vhost: scenario 6 may empty inventory.dlq of what earlier suites
 # left there (check_privileges' forged messages) before it replays --all.
-CHAOS_EMPTY_DLQ=1 exec "$ROOT/scripts/chaos.sh" --short 0 1 4 6 unroutable saga
+CHAOS_EMPTY_DLQ=1 exec "$ROOT/scripts/chaos.sh" --short 0 1 4 6 unroutable saga instances

@@ -27,6 +27,10 @@
 #       or dead-lettered one;
 #   ledger_clean
 #       tools/ledger on the burst: lost=0 duplicated=0 stuck=0;
+#   the_same_key_on_the_other_api_is_the_same_order
+#       a POST to order-api, then the same Idempotency-Key and body to
+#       order-api@2: 201, then 200 with the same order; another body 409;
+#       one order stored;
 #   kill_one_instance_leaves_the_others
 #       services.sh kill billing@2 ends that one alone: billing and
 #       billing@3 stay up and its queue goes down to two consumers;
@@ -181,6 +185,32 @@ check one_effect_per_message "$([ "$sum" = "${invoices:-x}" ] && [ "$again" = 0 
 # ------------------------------------------ ledger_clean
 sed 's/^/     /' "$WORK/$TAG.ledger" | tail -4
 check ledger_clean "$([ $ledger_rc = 0 ] && echo 1)" "$(grep '^RESULT' "$WORK/$TAG.ledger")"
+
+# ------------------------------------------ the_same_key_on_the_other_api_is_the_same_order
+# A client that retries on another instance (loadgen's failover, a load
+# balancer's retry) with the same Idempotency-Key and body gets the order
+# the first one made (200), with another body 409: the keys are in the one
+# database both use.
+post() { # API KEY QUANTITY: "status id" of a POST /orders
+    api_curl -s -m 10 -w '\n%{http_code}' -X POST "$1/orders" -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: $2" -d "{\"customer_id\":\"$TAG-key\",\"customer_email\":\"$TAG@example.com\",
+        \"currency\":\"EUR\",\"items\":[{\"sku\":\"${LOAD_SKUS%%,*}\",\"quantity\":$3}]}" |
+        python3 -c 'import json, sys
+lines = sys.stdin.read().rsplit("\n", 1)
+try:
+    oid = json.loads(lines[0]).get("id", "-")
+except ValueError:
+    oid = "-"
+print(lines[-1], oid)'
+}
+key="$TAG-retried-elsewhere"
+a=$(post "http://127.0.0.1:$(svc_port order-api)" "$key" 1)
+b=$(post "http://127.0.0.1:$(svc_port order-api@2)" "$key" 1)
+c=$(post "http://127.0.0.1:$(svc_port order-api@2)" "$key" 2)
+n=$(psql -qAt "$OWNER_DATABASE_URL" -v tag="$TAG-key" <<<"SELECT count(*) FROM orders.orders WHERE customer_id = :'tag';")
+check the_same_key_on_the_other_api_is_the_same_order \
+    "$([ "${a%% *}" = 201 ] && [ "${b%% *}" = 200 ] && [ "${a#* }" = "${b#* }" ] && [ "${c%% *}" = 409 ] && [ "$n" = 1 ] && echo 1)" \
+    "order-api: $a; order-api@2, same key and body: $b; another body: $c; $n order(s) stored"
 
 # ------------------------------------------ kill_one_instance_leaves_the_others
 "${SVC[@]}" kill billing@2 >/dev/null

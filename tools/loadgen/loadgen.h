@@ -45,6 +45,7 @@ typedef struct {
     long retries, lost;
     int target;                      /* the order-api this thread posts to now (index) */
     long failovers;                  /* times it moved to the next one */
+    long replayed;                   /* retries answered 200: the order an earlier try made */
     long acc_by_target[MAX_TARGETS]; /* orders accepted by each */
 } tstats;
 

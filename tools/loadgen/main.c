@@ -171,7 +171,7 @@ int main(int argc, char **argv)
     double v, elapsed, slope = 0, maxb = 0;
     PGconn *db = NULL;
     int c, rc = 0, urls_given = 0;
-    long failovers = 0, by_target[MAX_TARGETS] = {0};
+    long failovers = 0, replayed = 0, by_target[MAX_TARGETS] = {0};
 
     while ((c = getopt_long(argc, argv, "u:c:n:d:r:t:o:h", lo, NULL)) != -1) {
         switch (c) {
@@ -340,6 +340,7 @@ int main(int argc, char **argv)
         retries += st[i].retries;
         lost += st[i].lost;
         failovers += st[i].failovers;
+        replayed += st[i].replayed;
         for (int k = 0; k < lg_opt.ntargets; k++)
             by_target[k] += st[i].acc_by_target[k];
         free(st[i].lat_us);
@@ -372,7 +373,9 @@ int main(int argc, char **argv)
         for (int k = 0; k < lg_opt.ntargets; k++)
             printf(" %s:%d %ld%s", lg_opt.targets[k].host, lg_opt.targets[k].port, by_target[k],
                    k + 1 < lg_opt.ntargets ? "," : "");
-        printf("; %ld failovers to the next\n", failovers);
+        printf("; %ld failovers to the next, %ld retries answered with the order an earlier try "
+               "made\n",
+               failovers, replayed);
     }
     printf("POST /orders latency ms: p50 %.2f  p95 %.2f  p99 %.2f  max %.2f\n",
            lg_pct(lat, nlat, 50), lg_pct(lat, nlat, 95), lg_pct(lat, nlat, 99),
@@ -436,7 +439,7 @@ int main(int argc, char **argv)
                             sm->s[i].backlog);
                 fprintf(f, "]");
             }
-            fprintf(f, ",\"failovers\":%ld,\"targets\":[", failovers);
+            fprintf(f, ",\"failovers\":%ld,\"replayed\":%ld,\"targets\":[", failovers, replayed);
             for (int k = 0; k < lg_opt.ntargets; k++)
                 fprintf(f, "%s{\"url\":\"http://%s:%d\",\"accepted\":%ld}", k ? "," : "",
                         lg_opt.targets[k].host, lg_opt.targets[k].port, by_target[k]);

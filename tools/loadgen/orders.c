@@ -139,6 +139,8 @@ void *lg_order_thread(void *arg)
                 if (cJSON_IsString(id) && strlen(id->valuestring) == UUID_STR_LEN - 1) {
                     push_acc(s, key, id->valuestring, first);
                     s->acc_by_target[s->target]++;
+                    if (attempt > 0 && status == 200)
+                        s->replayed++; /* the key's order existed: an earlier try made it */
                 } else {
                     s->lost++; /* 2xx without an id: the answer itself is wrong */
                 }
