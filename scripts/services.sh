@@ -80,6 +80,9 @@ svc_env() { # NAME[@K]: the environment of one instance
     [ -z "$(svc_ops_port "$1")" ] || echo "$(suite_field "$name" 6)=$(svc_ops_port "$1")"
     echo "AMQP_URL=$(amqp_url "$name")"
     [ "$name" != order-api ] || echo "API_TOKENS_FILE=$(api_tokens_file)"
+    # The demo client (make up's token) is the board's operator: it may read
+    # the queue depths (GET /board/queues; README).
+    [ "$name" != order-api ] || echo "BOARD_CLIENTS=demo"
 }
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }

@@ -49,7 +49,7 @@ def queues_never_starve_orders(base, tokens, token):
     proc = checklib.start("order-api", dict(
         base, DATABASE_URL=os.environ["ORDERS_DATABASE_URL"], API_TOKENS_FILE=tokens,
         AMQP_URL=url, HTTP_PORT=str(STARVE_PORT), OPS_PORT=str(STARVE_OPS),
-        HTTP_THREADS=str(THREADS)), "board.starve.order-api.log")
+        HTTP_THREADS=str(THREADS), BOARD_CLIENTS="board"), "board.starve.order-api.log")
     try:
         # /healthz, not /readyz: ready needs the broker, which never answers.
         if not check("starve_order_api_starts", checklib.wait_until(
@@ -117,7 +117,8 @@ def main():
     if os.path.exists(tokens):
         os.unlink(tokens)
     token = checklib.api_token("board", tokens)
-    if not token:
+    other = checklib.api_token("board-other", tokens)
+    if not token or not other:
         raise RuntimeError("scripts/api-token.sh made no token")
     if not check("playwright_core_is_installed",
                  os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core"))
@@ -135,7 +136,8 @@ def main():
     try:
         procs.append(checklib.start("order-api", dict(
             base, DATABASE_URL=os.environ["ORDERS_DATABASE_URL"], API_TOKENS_FILE=tokens,
-            AMQP_URL=os.environ["ORDER_API_AMQP_URL"], HTTP_PORT=str(PORT), OPS_PORT=str(OPS)),
+            AMQP_URL=os.environ["ORDER_API_AMQP_URL"], HTTP_PORT=str(PORT), OPS_PORT=str(OPS),
+            BOARD_CLIENTS="ops,board"),
             "board.order-api.log"))
         procs.append(checklib.start("inventory", dict(
             base, DATABASE_URL=os.environ["INVENTORY_DATABASE_URL"],
@@ -158,6 +160,11 @@ def main():
         s, h, _ = checklib.http("GET", PORT, "/board/queues")
         check("board_queues_without_a_token_is_401",
               s == 401 and h.get("www-authenticate", "").startswith("Bearer"), f"{s} {h}")
+        s, h, b = checklib.http("GET", PORT, "/board/queues",
+                                headers={"Authorization": f"Bearer {other}"})
+        check("board_queues_for_a_client_not_in_board_clients_is_403",
+              s == 403 and h.get("content-type") == "application/problem+json"
+              and b"BOARD_CLIENTS" in b, f"{s} {b[:200]!r}")
         s, _, b = checklib.http("GET", PORT, "/board/queues",
                                 headers={"Authorization": f"Bearer {token}"})
         doc = json.loads(b) if s == 200 else {}

@@ -599,6 +599,36 @@ START_TEST(a_full_cache_is_dropped_whole_and_counted)
 }
 END_TEST
 
+/* BOARD_CLIENTS: the clients that may read the queue depths. */
+START_TEST(board_clients_are_a_checked_list_matched_whole)
+{
+    char err[128];
+    ck_assert_int_eq(api_board_clients_check("", err, sizeof(err)), 0);
+    ck_assert_int_eq(api_board_clients_check("demo", err, sizeof(err)), 0);
+    ck_assert_int_eq(api_board_clients_check("demo,ops.team_1", err, sizeof(err)), 0);
+    ck_assert_int_eq(api_board_clients_check("demo,", err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "BOARD_CLIENTS"));
+    ck_assert_int_eq(api_board_clients_check(",demo", err, sizeof(err)), -1);
+    ck_assert_int_eq(api_board_clients_check("de mo", err, sizeof(err)), -1);
+    ck_assert_int_eq(api_board_clients_check("demo;x", err, sizeof(err)), -1);
+    {
+        char longer[API_CLIENT_MAX + 2];
+        memset(longer, 'a', sizeof(longer) - 1);
+        longer[sizeof(longer) - 1] = '\0';
+        ck_assert_int_eq(api_board_clients_check(longer, err, sizeof(err)), -1);
+    }
+    ck_assert(api_board_allows("demo,ops", "demo"));
+    ck_assert(api_board_allows("demo,ops", "ops"));
+    ck_assert(!api_board_allows("demo,ops", "dem"));
+    ck_assert(!api_board_allows("demo,ops", "demo,ops"));
+    ck_assert(!api_board_allows("demo,ops", "op"));
+    ck_assert(!api_board_allows("demo,ops", "ops2"));
+    ck_assert(!api_board_allows("", "demo"));
+    ck_assert(!api_board_allows("demo", ""));
+    ck_assert(!api_board_allows("demo", NULL));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_api");
@@ -623,6 +653,7 @@ int main(void)
     tcase_add_test(i, an_earlier_order_with_the_key_is_replayed_or_a_conflict);
     tcase_add_test(a, api_tokens_are_parsed_and_a_bearer_token_finds_its_client);
     tcase_add_test(a, a_malformed_api_tokens_line_is_named);
+    tcase_add_test(a, board_clients_are_a_checked_list_matched_whole);
     tcase_add_test(h, a_problem_is_rfc_9457_json_with_the_field);
     tcase_add_test(h, a_problem_without_detail_or_field_leaves_them_out);
     tcase_add_test(h, an_expired_orders_reason_fits_the_contract_for_every_timeout);

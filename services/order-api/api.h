@@ -54,6 +54,7 @@ typedef struct {
     mq_rpc_client *rpc;           /* asks inventory (availability.c); set by the worker runtime */
     long availability_timeout_ms; /* AVAILABILITY_TIMEOUT_MS: the deadline of each ask */
     api_sse *sse;                 /* holds the event streams (sse.c) */
+    const char *board_clients;    /* BOARD_CLIENTS: who may read GET /board/queues */
 } api_ctx;
 
 /* ------------------------------------------------------------- auth.c */
@@ -73,6 +74,14 @@ const char *api_authenticate(const api_ctx *ctx, const char *authorization);
 /* The request's client, or NULL with a 401 (WWW-Authenticate: Bearer) in
  * out. */
 const char *api_client_of(http_req *r, const api_ctx *ctx, http_resp *out);
+
+/* BOARD_CLIENTS, the clients that may read the queue depths (GET
+ * /board/queues): "" (none) or client ids (API_TOKENS' characters, 1 to
+ * API_CLIENT_MAX) separated by commas. 0, or -1 with err naming it. Pure. */
+int api_board_clients_check(const char *list, char *err, size_t errlen);
+
+/* 1 when client is one of list's (a checked BOARD_CLIENTS), else 0. Pure. */
+int api_board_allows(const char *list, const char *client);
 
 /* ----------------------------------------------------------- decode.c */
 

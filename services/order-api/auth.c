@@ -153,3 +153,36 @@ const char *api_client_of(http_req *r, const api_ctx *ctx, http_resp *out)
                          : "Bearer realm=\"ordersuite\"");
     return NULL;
 }
+
+int api_board_clients_check(const char *list, char *err, size_t errlen)
+{
+    for (const char *p = list; *p;) {
+        size_t n = 0;
+        while (client_char((unsigned char)p[n]))
+            n++;
+        if (n < 1 || n > API_CLIENT_MAX || (p[n] != ',' && p[n] != '\0') ||
+            (p[n] == ',' && p[n + 1] == '\0')) {
+            snprintf(err, errlen,
+                     "BOARD_CLIENTS must be client ids (1-%d of A-Z a-z 0-9 . _ -) separated by "
+                     "commas",
+                     API_CLIENT_MAX);
+            return -1;
+        }
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
+int api_board_allows(const char *list, const char *client)
+{
+    size_t n = client ? strlen(client) : 0;
+    if (!n)
+        return 0;
+    for (const char *p = list; p && *p;) {
+        const char *c = strchr(p, ','), *e = c ? c : p + strlen(p);
+        if ((size_t)(e - p) == n && memcmp(p, client, n) == 0)
+            return 1;
+        p = c ? c + 1 : e;
+    }
+    return 0;
+}

@@ -18,7 +18,9 @@
  * EventSource, which cannot set that header), so no route accepts a token
  * any other way.
  *
- * The queue depths come from the broker, asked here with order-api's own
+ * GET /board/queues answers only the clients listed in BOARD_CLIENTS (403
+ * to any other; none by default: `make up`'s services.sh lists the demo
+ * client). The queue depths come from the broker, asked here with order-api's own
  * AMQP credentials (a passive queue.declare per queue, which reports its
  * ready messages): the browser never sees a broker credential. A queue the
  * broker does not know (or would not tell) is null in the answer.
@@ -242,9 +244,19 @@ static char *queues_answer(void)
 
 void api_get_board_queues(http_req *r, void *cls, http_resp *out)
 {
+    const api_ctx *ctx = cls;
+    const char *client = api_client_of(r, ctx, out);
     char *body;
-    if (!api_client_of(r, cls, out))
+    if (!client)
         return;
+    /* The depths tell how busy the business is and where it is stuck: the
+     * operators' (like /metrics, on the operations port only), not every
+     * API client's. */
+    if (!api_board_allows(ctx->board_clients, client)) {
+        http_problem(out, 403, "Forbidden",
+                     "this client may not read the queue depths (BOARD_CLIENTS)", NULL);
+        return;
+    }
     body = queues_answer();
     if (!body) {
         http_problem(out, 503, "Service Unavailable", "out of memory", NULL);

@@ -260,6 +260,15 @@ async function loadQueues() {
   if (!token) return;
   let r;
   try { r = await api("/board/queues"); } catch (e) { return; }
+  if (r.status === 403) {
+    /* Only the operators' clients (BOARD_CLIENTS) see the depths. */
+    const tb = $("queues").tBodies[0];
+    tb.replaceChildren();
+    const td = tb.insertRow().insertCell();
+    td.colSpan = 3; td.className = "muted";
+    td.textContent = "Not shown to this token's client (order-api's BOARD_CLIENTS).";
+    return;
+  }
   if (!r.ok) return;
   const doc = await r.json();
   const tb = $("queues").tBodies[0];

@@ -229,7 +229,7 @@ int main(int argc, char **argv)
         {EV_BILLING_PAYMENT_FAILED, NULL, on_payment_failed},
         {EV_INVENTORY_RELEASED, NULL, on_released},
     };
-    char *db_url = NULL, *tokens = NULL;
+    char *db_url = NULL, *tokens = NULL, *board_clients = NULL;
     char err[CFG_ERR_LEN];
     long batch_max = 0, write_ms = 0, price_age_ms = 0, placed_version = 1, avail_ms = 0;
     api_saga saga = {.batch = API_SAGA_BATCH};
@@ -290,11 +290,16 @@ int main(int argc, char **argv)
                               .batch_max = (int)batch_max,
                               .wait_ms = (int)write_ms};
         if (api_tokens_parse(tokens, &ctx.tokens, &ctx.ntokens, err, sizeof(err)) < 0 ||
+            /* Who may read the queue depths (GET /board/queues): unset or
+             * empty, nobody (cfg_raw: a CFG_STR may not be empty). */
+            cfg_raw("BOARD_CLIENTS", &board_clients, err, sizeof(err)) < 0 ||
+            api_board_clients_check(board_clients ? board_clients : "", err, sizeof(err)) < 0 ||
             worker_db_timeouts(&ctx.timeouts, err, sizeof(err)) < 0 ||
             api_write_wait_check(write_ms, ctx.timeouts.statement_ms, db_connect_timeout_ms(db_url),
                                  err, sizeof(err)) < 0)
             goto config_error;
         log_info("%zu API tokens", ctx.ntokens);
+        ctx.board_clients = board_clients ? board_clients : "";
         ctx.database_url = db_url;
         ctx.placed_version = (int)placed_version;
         log_info("order.placed written in schema version %ld", placed_version);
@@ -360,6 +365,7 @@ config_error:
 out:
     free(ctx.tokens);
     cfg_free_groups(settings, 1);
+    free(board_clients);
     curl_global_cleanup();
     return rc;
 }
