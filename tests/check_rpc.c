@@ -9,6 +9,14 @@
  * broker by rabbitmqctl stop_app, and a backlog of orders by a lock on
  * inventory's stock table that the orders' updates wait for while the
  * availability query (a plain read) does not.
+ *
+ * One file (over 600 lines) on purpose: every test runs on the same fixture
+ * (the real order-api and inventory started, and an answer seen, before
+ * each test; the grants put back after it), and the tests are the one path
+ * of a request (asked, answered, late, unanswered, refused) each broken at a
+ * different hop. Split in two, each file would carry the fixture and the
+ * helpers (ask, available, stock_of) again, and a change to the path would
+ * have two places to miss.
  */
 #include "events.h"
 #include "testutil.h"
