@@ -754,6 +754,105 @@ START_TEST(a_replayed_refused_mail_is_aged_from_its_replay)
 }
 END_TEST
 
+/* Publishes ev (an order's event) with the order as its correlation id;
+ * its message id goes to msg_id. */
+static void order_event(mq_conn *c, const ev_event *ev, const char *order_id,
+                        char msg_id[UUID_STR_LEN])
+{
+    char err[MQ_ERR_LEN], *body = ev_to_json(ev, NULL, err, sizeof(err));
+    mq_msg m = {0};
+
+    ck_assert_msg(body != NULL, "%s", err);
+    uuid_v4(msg_id);
+    m.routing_key = ev_routing_key(ev->type);
+    m.message_id = msg_id;
+    m.correlation_id = order_id;
+    m.body = body;
+    m.len = strlen(body);
+    ck_assert_msg(mq_publish(c, &m, err, sizeof(err)) == MQ_OK, "%s", err);
+    free(body);
+}
+
+/* Both email processes' handlers (application_name "email", not the
+ * mailer's "email-mailer") wait for a lock on email.messages: each has
+ * looked for an earlier mail and is inserting its own. */
+static int two_inserts_wait(void *arg)
+{
+    (void)arg;
+    return tu_count("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                    " WHERE NOT l.granted AND l.relation = 'email.messages'::regclass"
+                    " AND a.application_name = 'email'",
+                    NULL) == 2;
+}
+
+/* Two failure events of one order, an inventory.rejected and an
+ * order.expired (the saga's timeout racing a rejection), handled at the
+ * same moment by two email processes: the customer gets one mail about how
+ * the order failed, not one per event. Each process holds one message
+ * (PREFETCH=1); the test holds email.messages (SHARE ROW EXCLUSIVE: a read
+ * passes, an INSERT waits) until both have looked for an earlier failure
+ * mail of the order, found none, and wait to insert theirs. */
+START_TEST(two_failure_events_of_one_order_at_once_make_one_failure_mail)
+{
+    mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");
+    const char *const env[] = {"PREFETCH=1", "DB_LOCK_TIMEOUT_MS=60000", NULL};
+    char oid[UUID_STR_LEN], rcpt[96], m1[UUID_STR_LEN], m2[UUID_STR_LEN], ids[80];
+    tu_catcher mc = tu_catcher_start(0, 0, NULL, NULL);
+    ev_event rej, exp;
+    tu_svc e1, e2;
+    PGconn *op;
+    PGresult *res;
+    int two = 2;
+
+    uuid_v4(oid);
+    snprintf(rcpt, sizeof(rcpt), "failed-%s@example.com", run);
+    email_start_env(&e1, mc.smtp, env);
+    email_start_env(&e2, mc.smtp, env);
+    ck_assert_msg(tu_poll(30000, consumers_are, &two), "the two email processes did not start");
+    op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_msg(PQstatus(op) == CONNECTION_OK, "%s", PQerrorMessage(op));
+    res = PQexec(op, "BEGIN; LOCK TABLE email.messages IN SHARE ROW EXCLUSIVE MODE");
+    ck_assert_msg(PQresultStatus(res) == PGRES_COMMAND_OK, "%s", PQerrorMessage(op));
+    PQclear(res);
+    tu_sample_event(EV_INVENTORY_REJECTED, &rej);
+    snprintf(rej.u.inventory_rejected.order_id, UUID_STR_LEN, "%s", oid);
+    snprintf(rej.u.inventory_rejected.customer_email, EV_EMAIL_MAX + 1, "%s", rcpt);
+    tu_sample_event(EV_ORDER_EXPIRED, &exp);
+    snprintf(exp.u.order_expired.order_id, UUID_STR_LEN, "%s", oid);
+    snprintf(exp.u.order_expired.customer_email, EV_EMAIL_MAX + 1, "%s", rcpt);
+    order_event(c, &rej, oid, m1);
+    order_event(c, &exp, oid, m2);
+    ck_assert_msg(tu_poll(20000, two_inserts_wait, NULL),
+                  "the two processes never both waited to insert their mail");
+    res = PQexec(op, "ROLLBACK");
+    PQclear(res);
+    PQfinish(op);
+    snprintf(ids, sizeof(ids), "{%s,%s}", m1, m2);
+    await(20000, "SELECT count(*) FROM email.inbox WHERE message_id = ANY($1::uuid[])", ids, 2);
+    await(20000,
+          "SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid"
+          " AND status = 'pending'",
+          oid, 0);
+    tu_svc_stop_ok(&e1);
+    tu_svc_stop_ok(&e2);
+    ck_assert_msg(count("SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid",
+                        oid) == 1,
+                  "%ld failure mails recorded for one order",
+                  count("SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid",
+                        oid));
+    ck_assert_int_eq(at_server(&mc, rcpt), 1);
+    ev_free(&rej);
+    ev_free(&exp);
+    tu_catcher_stop(&mc);
+    mq_free(c);
+    purge_others();
+    { /* the rejection also went to order-api's queue */
+        static const char *const api_queue[] = {"order-api", NULL};
+        tu_purge("TEST_AMQP_URL", api_queue);
+    }
+}
+END_TEST
+
 /* What /readyz said last (readyz_names_mailer_db), for the failure message. */
 static char last_readyz[512];
 
@@ -817,6 +916,7 @@ int main(void)
     tcase_add_test(t, readiness_turns_503_on_a_mail_backlog_and_back_when_it_drains);
     tcase_add_test(t, a_send_that_times_out_after_the_server_kept_the_data_goes_out_twice);
     tcase_add_test(t, a_replayed_refused_mail_is_aged_from_its_replay);
+    tcase_add_test(t, two_failure_events_of_one_order_at_once_make_one_failure_mail);
     suite_add_tcase(s, t);
     /* Apart: it stops PostgreSQL (CK_RUN_CASE=database runs it alone). */
     tcase_set_timeout(d, 60);

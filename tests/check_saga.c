@@ -35,6 +35,7 @@ static const char *const urls[NSVC] = {"INVENTORY_DATABASE_URL", "BILLING_DATABA
 static const char *const amqp[NSVC] = {"INVENTORY_AMQP_URL", "BILLING_AMQP_URL", "EMAIL_AMQP_URL",
                                        "ORDER_API_AMQP_URL"};
 static tu_svc svcs[NSVC];
+static tu_svc inv2; /* a second inventory, for a test that races two */
 static tu_catcher mc;
 static char tokens_env[600], smtp_env[64];
 /* The test's customer_id, new for each: the ledger checks its orders only
@@ -119,6 +120,8 @@ static void setup(void)
 
 static void teardown(void)
 {
+    if (inv2.pid)
+        tu_svc_stop_ok(&inv2);
     for (int i = NSVC - 1; i >= 0; i--) {
         if (svcs[i].pid) {
             kill(svcs[i].pid, SIGCONT); /* a test that failed holding it */
@@ -572,6 +575,152 @@ START_TEST(events_of_an_order_after_its_expiry_do_nothing)
 }
 END_TEST
 
+/* Billing's invoice and its mail are out, email has handled billing's
+ * events: what billing said of the order has reached the customer. */
+static int billing_said_it(void *arg)
+{
+    return tu_count("SELECT count(*) FROM billing.invoices WHERE order_id = $1::uuid", arg) == 1 &&
+           tu_count("SELECT count(*) FROM billing.outbox WHERE parked_at IS NULL", NULL) == 0 &&
+           tu_queue_counts("TEST_AMQP_URL", "email", NULL) == 0;
+}
+
+/* The review's interleaving: billing invoices the order, and its deadline
+ * passes before order-api hears of the invoice (order-api's consumer is
+ * held: the test locks orders.inbox, which the consumer writes first and
+ * the deadline's sweep never touches). The order ends EXPIRED, so the
+ * customer is told that and nothing else: one mail, the expiry's, no
+ * confirmation before it; the invoice void, the stock back, the ledger
+ * clean. */
+START_TEST(a_deadline_that_passes_while_billing_invoices_tells_the_customer_once)
+{
+    char id[UUID_STR_LEN], rcpt[64], st[32];
+    const char *ids[] = {id};
+    /* order-api's consumer waits for the test's lock however long. */
+    const char *const extra[] = {"DB_LOCK_TIMEOUT_MS=0", NULL};
+    PGconn *op;
+    PGresult *res;
+
+    set_stock(SKU, 500);
+    mailbox(rcpt);
+    tu_svc_stop_ok(&svcs[API_SVC]);
+    start_with(API_SVC, 0, extra);
+    op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_int_eq(PQstatus(op), CONNECTION_OK);
+    res = PQexec(op, "BEGIN; LOCK TABLE orders.inbox IN SHARE ROW EXCLUSIVE MODE");
+    ck_assert_msg(PQresultStatus(res) == PGRES_COMMAND_OK, "%s", PQerrorMessage(op));
+    PQclear(res);
+    place(rcpt, id);
+    ck_assert_msg(tu_poll(20000, billing_said_it, id), "billing never invoiced %s", id);
+    order_status(id, st, sizeof(st), NULL, 0);
+    ck_assert_msg(strcmp(st, "PENDING") == 0, "order %s is %s before its deadline", id, st);
+    await_status(id, "EXPIRED");
+    res = PQexec(op, "ROLLBACK");
+    PQclear(res);
+    PQfinish(op);
+    tu_await_count(20000, "SELECT count(*) FROM billing.voids WHERE order_id = $1::uuid"
+                   " AND invoice_id IS NOT NULL", id, 1);
+    ck_assert_msg(tu_poll(20000, one_mail_at_server, rcpt), "not one mail for %s: %ld", rcpt,
+                  mails_at_server(rcpt));
+    await_quiet();
+    order_status(id, st, sizeof(st), NULL, 0);
+    ck_assert_str_eq(st, "EXPIRED");
+    ck_assert_int_eq(stock(), 500);
+    ck_assert_int_eq(mails_at_server(rcpt), 1);
+    ck_assert_int_eq(count_for("SELECT count(*) FROM email.messages WHERE correlation_id ="
+                               " $1::uuid AND kind = 'order_expired'",
+                               id),
+                     1);
+    ck_assert_int_eq(count_for("SELECT count(*) FROM email.messages WHERE correlation_id ="
+                               " $1::uuid",
+                               id),
+                     1);
+    ledger_clean(ids, 1);
+}
+END_TEST
+
+/* Both of inventory's processes run with PREFETCH=1 (each holds one message,
+ * so the second message goes to the other) and lock waits unbounded. */
+static void two_inventories(void)
+{
+    const char *const extra[] = {"PREFETCH=1", "DB_LOCK_TIMEOUT_MS=0", NULL};
+    const char *env[] = {"METRICS_PORT=19199", "PREFETCH=1", "DB_LOCK_TIMEOUT_MS=0",
+                         "RETRY_DELAYS_MS=200,400", NULL};
+    const tu_svc_opts o = {.exe = "inventory",
+                           .amqp_env = amqp[INV],
+                           .db_env = urls[INV],
+                           .env = env,
+                           .log = "saga-inventory2",
+                           .ready_url = "http://127.0.0.1:19199/readyz"};
+    tu_svc_stop_ok(&svcs[INV]);
+    start_with(INV, 0, extra);
+    tu_svc_start(&inv2, &o);
+}
+
+typedef struct {
+    const char *id;
+} expiry_arg;
+
+/* The expiry has been handled by inventory (a reservation row says how),
+ * or waits for the order's lock, which the rejection holds. */
+static int expiry_decided_or_waiting(void *arg)
+{
+    const expiry_arg *a = arg;
+    return tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid",
+                    a->id) > 0 ||
+           tu_count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND wait_event = 'advisory' AND datname = current_database()",
+                    NULL) >= 1;
+}
+
+/* The #15 review's race: inventory rejects an order (not enough stock)
+ * while, in another of its processes, the order's expiry decides it. The
+ * test holds the rejection's INSERT (a lock on inventory.rejections that a
+ * read passes) until the expiry is decided or waits. Inventory must end
+ * with one decision for the order, not a rejection and a release. */
+START_TEST(a_rejection_and_an_expiry_at_once_leave_one_decision)
+{
+    char id[UUID_STR_LEN], rcpt[64], st[32];
+    const char *ids[] = {id};
+    expiry_arg ea = {id};
+    PGconn *op;
+    PGresult *res;
+
+    set_stock(SKU, 1); /* the order asks for 3: rejected */
+    mailbox(rcpt);
+    two_inventories();
+    op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_int_eq(PQstatus(op), CONNECTION_OK);
+    res = PQexec(op, "BEGIN; LOCK TABLE inventory.rejections IN SHARE ROW EXCLUSIVE MODE");
+    ck_assert_msg(PQresultStatus(res) == PGRES_COMMAND_OK, "%s", PQerrorMessage(op));
+    PQclear(res);
+    place(rcpt, id);
+    ck_assert_msg(tu_await_lock_waiter(20000, "inventory.rejections", NULL),
+                  "inventory never came to write the rejection");
+    await_status(id, "EXPIRED");
+    ck_assert_msg(tu_poll(20000, expiry_decided_or_waiting, &ea),
+                  "inventory's second process never took the expiry");
+    res = PQexec(op, "ROLLBACK");
+    PQclear(res);
+    PQfinish(op);
+    await_quiet();
+    order_status(id, st, sizeof(st), NULL, 0);
+    ck_assert_str_eq(st, "EXPIRED");
+    ck_assert_msg(count_for("SELECT (SELECT count(*) FROM inventory.reservations WHERE order_id ="
+                            " $1::uuid) + (SELECT count(*) FROM inventory.rejections"
+                            " WHERE order_id = $1::uuid)",
+                            id) == 1,
+                  "inventory decided order %s twice: %ld reservation row(s), %ld rejection(s)", id,
+                  count_for("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid",
+                            id),
+                  count_for("SELECT count(*) FROM inventory.rejections WHERE order_id = $1::uuid",
+                            id));
+    ck_assert_int_eq(stock(), 1);
+    ck_assert_msg(tu_poll(20000, one_mail_at_server, rcpt), "not one mail for %s: %ld", rcpt,
+                  mails_at_server(rcpt));
+    ledger_clean(ids, 1);
+}
+END_TEST
+
 /* The deadline's sweep runs on order-api's outbox relay, so it must never
  * hold up publishing: with orders.orders locked by an operator (LOCK TABLE,
  * which SKIP LOCKED does not skip) and order-api's own lock waits unbounded
@@ -630,6 +779,8 @@ int main(void)
     tcase_add_test(t, an_expiry_and_a_late_reservation_in_one_batch_are_applied_in_order);
     tcase_add_test(t, events_of_an_order_after_its_expiry_do_nothing);
     tcase_add_test(t, an_operator_holding_the_orders_table_does_not_stop_publishing);
+    tcase_add_test(t, a_deadline_that_passes_while_billing_invoices_tells_the_customer_once);
+    tcase_add_test(t, a_rejection_and_an_expiry_at_once_leave_one_decision);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
