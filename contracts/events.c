@@ -113,6 +113,16 @@ static const field f_order_expired[] = {
     S(order_expired, reason, "reason", K_TEXT, 0),
 };
 
+static const field f_order_confirmed[] = {
+    S(order_confirmed, order_id, "order_id", K_UUID, 0),
+    S(order_confirmed, customer_email, "customer_email", K_EMAIL, 1),
+    S(order_confirmed, invoice_id, "invoice_id", K_UUID, 0),
+    I(order_confirmed, invoice_number, "invoice_number", 1, INT64_C(1) << 52),
+    S(order_confirmed, currency, "currency", K_CURRENCY, 0),
+    I(order_confirmed, amount, "amount_minor", 0, EV_TOTAL_MAX),
+    I(order_confirmed, tax, "tax_minor", 0, EV_TOTAL_MAX),
+};
+
 static int lines_total(const ev_lines *l, int64_t *sum)
 {
     *sum = 0;
@@ -152,6 +162,16 @@ static int check_sale(const void *ev, char *err, size_t errlen)
     return check_total("total_minor", &s->lines, s->total, err, errlen);
 }
 
+static int check_confirmed(const void *ev, char *err, size_t errlen)
+{
+    const order_confirmed *c = ev;
+    if (c->tax > c->amount) {
+        snprintf(err, errlen, "tax_minor: larger than amount_minor");
+        return -1;
+    }
+    return 0;
+}
+
 static int check_invoice(const void *ev, char *err, size_t errlen)
 {
     const billing_invoiced *b = ev;
@@ -182,6 +202,8 @@ const event_desc ev__events[EV__COUNT] = {
                                    N(f_billing_payment_failed), NULL},
     [EV_SALE_COMPLETED] = {RK_SALE_COMPLETED, f_sale_completed, N(f_sale_completed), check_sale},
     [EV_ORDER_EXPIRED] = {RK_ORDER_EXPIRED, f_order_expired, N(f_order_expired), NULL},
+    [EV_ORDER_CONFIRMED] = {RK_ORDER_CONFIRMED, f_order_confirmed, N(f_order_confirmed),
+                            check_confirmed},
 };
 
 const char *ev_routing_key(ev_type t)

@@ -61,6 +61,7 @@ typedef enum {
     EV_BILLING_PAYMENT_FAILED,
     EV_SALE_COMPLETED,
     EV_ORDER_EXPIRED,
+    EV_ORDER_CONFIRMED,
     EV__COUNT
 } ev_type;
 
@@ -74,6 +75,7 @@ typedef enum {
 #define RK_BILLING_PAYMENT_FAILED "billing.payment_failed"
 #define RK_SALE_COMPLETED         "sale.completed"
 #define RK_ORDER_EXPIRED          "order.expired"
+#define RK_ORDER_CONFIRMED        "order.confirmed"
 
 typedef struct {
     char sku[EV_SKU_MAX + 1];
@@ -161,6 +163,21 @@ typedef struct {
     char reason[EV_TEXT_MAX + 1];
 } order_expired;
 
+/* order-api confirmed the order (billing.invoiced moved it to CONFIRMED):
+ * the outcome the customer is told of, with the invoice billing made. It
+ * comes from order-api, which alone decides how an order ends, so an order
+ * that expired while billing invoiced it (its invoice then void) never gets
+ * one. */
+typedef struct {
+    char order_id[UUID_STR_LEN];
+    char customer_email[EV_EMAIL_MAX + 1]; /* optional, as in billing.invoiced */
+    char invoice_id[UUID_STR_LEN];
+    int64_t invoice_number;
+    char currency[4];
+    int64_t amount; /* minor units, tax included */
+    int64_t tax;    /* minor units, part of amount */
+} order_confirmed;
+
 typedef struct {
     ev_type type;
     union {
@@ -173,6 +190,7 @@ typedef struct {
         billing_payment_failed billing_payment_failed;
         sale_completed sale_completed;
         order_expired order_expired;
+        order_confirmed order_confirmed;
     } u;
 } ev_event;
 

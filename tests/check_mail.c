@@ -835,11 +835,10 @@ START_TEST(two_failure_events_of_one_order_at_once_make_one_failure_mail)
           oid, 0);
     tu_svc_stop_ok(&e1);
     tu_svc_stop_ok(&e2);
-    ck_assert_msg(count("SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid",
-                        oid) == 1,
-                  "%ld failure mails recorded for one order",
-                  count("SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid",
-                        oid));
+    ck_assert_msg(
+        count("SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid", oid) == 1,
+        "%ld failure mails recorded for one order",
+        count("SELECT count(*) FROM email.messages WHERE correlation_id = $1::uuid", oid));
     ck_assert_int_eq(at_server(&mc, rcpt), 1);
     ev_free(&rej);
     ev_free(&exp);

@@ -8,6 +8,13 @@
  *
  * Every test starts the four services and the catcher (a checked fixture),
  * so a test that stops one leaves nothing behind for the next.
+ *
+ * One file (over 600 lines) on purpose: every test is one way an order's
+ * deadline meets the rest of the flow (a service down, the order done, an
+ * event late, a race held open with a lock), on that one fixture, read
+ * through the same helpers (the order's status over HTTP, the services'
+ * tables, the catcher's mails, the ledger); a split would copy the fixture
+ * and the helpers or move them to testutil, where no other suite needs them.
  */
 #include "events.h"
 #include "testutil.h"
@@ -617,8 +624,10 @@ START_TEST(a_deadline_that_passes_while_billing_invoices_tells_the_customer_once
     res = PQexec(op, "ROLLBACK");
     PQclear(res);
     PQfinish(op);
-    tu_await_count(20000, "SELECT count(*) FROM billing.voids WHERE order_id = $1::uuid"
-                   " AND invoice_id IS NOT NULL", id, 1);
+    tu_await_count(20000,
+                   "SELECT count(*) FROM billing.voids WHERE order_id = $1::uuid"
+                   " AND invoice_id IS NOT NULL",
+                   id, 1);
     ck_assert_msg(tu_poll(20000, one_mail_at_server, rcpt), "not one mail for %s: %ld", rcpt,
                   mails_at_server(rcpt));
     await_quiet();
@@ -705,15 +714,14 @@ START_TEST(a_rejection_and_an_expiry_at_once_leave_one_decision)
     await_quiet();
     order_status(id, st, sizeof(st), NULL, 0);
     ck_assert_str_eq(st, "EXPIRED");
-    ck_assert_msg(count_for("SELECT (SELECT count(*) FROM inventory.reservations WHERE order_id ="
-                            " $1::uuid) + (SELECT count(*) FROM inventory.rejections"
-                            " WHERE order_id = $1::uuid)",
-                            id) == 1,
-                  "inventory decided order %s twice: %ld reservation row(s), %ld rejection(s)", id,
-                  count_for("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid",
-                            id),
-                  count_for("SELECT count(*) FROM inventory.rejections WHERE order_id = $1::uuid",
-                            id));
+    ck_assert_msg(
+        count_for("SELECT (SELECT count(*) FROM inventory.reservations WHERE order_id ="
+                  " $1::uuid) + (SELECT count(*) FROM inventory.rejections"
+                  " WHERE order_id = $1::uuid)",
+                  id) == 1,
+        "inventory decided order %s twice: %ld reservation row(s), %ld rejection(s)", id,
+        count_for("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid", id),
+        count_for("SELECT count(*) FROM inventory.rejections WHERE order_id = $1::uuid", id));
     ck_assert_int_eq(stock(), 1);
     ck_assert_msg(tu_poll(20000, one_mail_at_server, rcpt), "not one mail for %s: %ld", rcpt,
                   mails_at_server(rcpt));

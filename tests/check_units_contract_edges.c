@@ -72,7 +72,7 @@ static int optional(ev_type t, const char *name)
     if (t == EV_BILLING_INVOICED)
         return strcmp(name, "order_id") == 0 || strcmp(name, "sale_id") == 0 ||
                strcmp(name, "customer_id") == 0 || strcmp(name, "customer_email") == 0;
-    if (t == EV_SALE_COMPLETED)
+    if (t == EV_SALE_COMPLETED || t == EV_ORDER_CONFIRMED)
         return strcmp(name, "customer_email") == 0;
     return 0;
 }

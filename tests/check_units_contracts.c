@@ -41,6 +41,12 @@ START_TEST(every_event_round_trips)
         ck_assert_str_eq(b.u.order_expired.order_id, OID);
         ck_assert_str_eq(b.u.order_expired.reason, "no final status within 900 s");
     }
+    if (t == EV_ORDER_CONFIRMED) {
+        ck_assert_str_eq(ev_routing_key(t), "order.confirmed");
+        ck_assert_str_eq(b.u.order_confirmed.invoice_id, IID);
+        ck_assert_int_eq(b.u.order_confirmed.invoice_number, 1001);
+        ck_assert_int_eq(b.u.order_confirmed.tax, 412);
+    }
     if (t == EV_ORDER_PLACED) {
         ck_assert_uint_eq(b.u.order_placed.lines.n, 2);
         ck_assert_str_eq(b.u.order_placed.lines.items[1].sku, "MUG-WHITE");
@@ -234,6 +240,18 @@ static const struct {
      "order_id: must be a UUID"},
     {EV_ORDER_EXPIRED, "{\"order_id\":\"" OID "\",\"customer_email\":\"a@b.io\",\"reason\":7}",
      "reason: must be a string"},
+    {EV_ORDER_CONFIRMED,
+     "{\"order_id\":\"" OID "\",\"invoice_number\":1,\"currency\":\"EUR\","
+     "\"amount_minor\":1,\"tax_minor\":0}",
+     "invoice_id: missing"},
+    {EV_ORDER_CONFIRMED,
+     "{\"order_id\":\"" OID "\",\"invoice_id\":\"" IID "\",\"invoice_number\":0,"
+     "\"currency\":\"EUR\",\"amount_minor\":1,\"tax_minor\":0}",
+     "invoice_number: must be between 1"},
+    {EV_ORDER_CONFIRMED,
+     "{\"order_id\":\"" OID "\",\"invoice_id\":\"" IID "\",\"invoice_number\":3,"
+     "\"currency\":\"EUR\",\"amount_minor\":1,\"tax_minor\":2}",
+     "tax_minor: larger than amount_minor"},
     {EV_INVENTORY_LOW_STOCK, "{\"sku\":\"A\",\"on_hand\":-1,\"threshold\":1}",
      "on_hand: must be between 0 and"},
     {EV_INVENTORY_LOW_STOCK, "{\"sku\":\"A\",\"on_hand\":true,\"threshold\":1}",

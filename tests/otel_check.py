@@ -140,7 +140,8 @@ def check_trace(spans, trace_id, parent_span, oid):
     # (publisher, key, the span that wrote the row, the consumers)
     hops = [("order-api", "order.placed", server, ["inventory"]),
             ("inventory", "inventory.reserved", None, ["billing", "order-api"]),
-            ("billing", "billing.invoiced", None, ["email", "order-api"])]
+            ("billing", "billing.invoiced", None, ["order-api"]),
+            ("order-api", "order.confirmed", None, ["email"])]
     writer = server
     for pub_svc, key, _, consumers in hops:
         pub = one(spans, pub_svc, f"publish {key}")
@@ -371,7 +372,8 @@ def check_tool(oid, trace_id, nspans):
     chain = [("order-api", "POST /orders"), ("order-api", "publish order.placed"),
              ("inventory", "process order.placed"), ("inventory", "publish inventory.reserved"),
              ("billing", "process inventory.reserved"), ("billing", "publish billing.invoiced"),
-             ("email", "process billing.invoiced")]
+             ("order-api", "process billing.invoiced"), ("order-api", "publish order.confirmed"),
+             ("email", "process order.confirmed")]
     depths = [indent(s, n) for s, n in chain]
     check("trace_tool_nests_each_hop_under_the_one_before",
           None not in depths and all(b == a + 2 for a, b in zip(depths, depths[1:])),

@@ -110,6 +110,17 @@ void tu_sample_event(ev_type t, ev_event *ev)
         strcpy(ev->u.order_expired.customer_email, "ada@example.com");
         strcpy(ev->u.order_expired.reason, "no final status within 900 s");
         break;
+    case EV_ORDER_CONFIRMED: {
+        order_confirmed *c = &ev->u.order_confirmed;
+        strcpy(c->order_id, OID);
+        strcpy(c->customer_email, "ada@example.com");
+        strcpy(c->invoice_id, IID);
+        c->invoice_number = 1001;
+        strcpy(c->currency, "EUR");
+        c->amount = 2580;
+        c->tax = 412;
+        break;
+    }
     default:
         ck_abort_msg("no sample for %d", t);
     }

@@ -18,32 +18,31 @@ static void money(char *out, size_t n, int64_t minor, const char *currency)
              currency);
 }
 
-/* One mail per order about how it ended (the saga's timeout): after the
- * order_expired mail no other outcome is mailed (a late invoice is void, a
- * late rejection or payment failure moot), and no order_expired mail follows
- * a rejection or a payment failure the customer was already told of. (A
- * confirmation mailed before the order expired is followed by the expiry
- * mail: the invoice it named is void.) *yes: 1 when kind is not to be sent
+/* One mail per order about how it ended. order-api decides that once
+ * (CONFIRMED and order.confirmed, or EXPIRED and order.expired, under the
+ * order's row lock), so a confirmation and an expiry never both come; and
+ * one failure mail per order (order_rejected, payment_failed,
+ * order_expired: a rejection or payment failure can still race the
+ * deadline) is migration 0018's unique index, which deliver's INSERT meets.
+ * What is left here: an order.confirmed for an order whose expiry or
+ * confirmation was mailed (which order-api does not send; one replayed, or
+ * during the upgrade from confirmations mailed on billing.invoiced: README,
+ * "The saga's timeout") is not mailed. *yes: 1 when kind is not to be sent
  * for env's order. DB_OK, or DB_ERR / DB_ERR_TRANSIENT with err. */
 static int told_before(db_conn *db, const ev_envelope *env, const char *kind, int *yes, char *err,
                        size_t errlen)
 {
-    const char *p[2] = {env->correlation_id, NULL};
+    const char *p[1] = {env->correlation_id};
     PGresult *r;
     int rc;
 
     *yes = 0;
-    if (strcmp(kind, "order_expired") == 0)
-        p[1] = "{order_rejected,payment_failed}";
-    else if (strcmp(kind, "order_confirmed") == 0 || strcmp(kind, "order_rejected") == 0 ||
-             strcmp(kind, "payment_failed") == 0)
-        p[1] = "{order_expired}";
-    else
+    if (strcmp(kind, "order_confirmed") != 0)
         return DB_OK;
     rc = db_execp(db, "mail_told",
                   "SELECT EXISTS (SELECT 1 FROM messages WHERE correlation_id = $1::uuid"
-                  " AND kind = ANY($2::text[])) AS t",
-                  2, p, &r, err, errlen);
+                  " AND kind IN ('order_expired', 'order_confirmed')) AS t",
+                  1, p, &r, err, errlen);
     if (rc != DB_OK)
         return rc;
     *yes = strcmp(db_get(r, 0, "t"), "t") == 0;
@@ -61,7 +60,8 @@ static int told_before(db_conn *db, const ev_envelope *env, const char *kind, in
  * mail refused before is recorded again (a DLQ replay): as a new mail, its
  * created_at too, which is the basis of MAIL_READY_MAX_AGE_S (a mail
  * refused long ago and replayed must not make email unready at once); any
- * other existing mail of this cause and kind is left alone. */
+ * other existing mail of this cause and kind is left alone, and so is a
+ * failure mail when the order has one (migration 0018). */
 static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                          const char *kind, const char *to, const char *subject, const char *body,
                          char *err, size_t errlen)
@@ -91,17 +91,30 @@ static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const e
     p[8] = cause;
     p[9] = env->app_id;
     p[10] = util_i64(ts, env->timestamp);
+    /* A new mail, or none when this cause's mail of this kind is recorded
+     * already, or (migration 0018) when it is a failure mail and the order
+     * has one: ON CONFLICT DO NOTHING, with no arbiter, so a conflict on
+     * either key adds nothing and another failure event of the order handled
+     * at this moment waits for this one and then adds nothing. */
     rc = db_execp(db, "mail_add",
-                  "INSERT INTO messages AS m (cause_id, kind, correlation_id, recipient, subject,"
+                  "INSERT INTO messages (cause_id, kind, correlation_id, recipient, subject,"
                   " body, status, cause_key, cause_body, cause_app, cause_ts)"
                   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-                  " ON CONFLICT (cause_id, kind) DO UPDATE SET recipient = EXCLUDED.recipient,"
-                  " subject = EXCLUDED.subject, body = EXCLUDED.body, status = EXCLUDED.status,"
-                  " attempts = 0, next_attempt_at = now(), last_error = NULL, created_at = now(),"
-                  " cause_key = EXCLUDED.cause_key, cause_body = EXCLUDED.cause_body,"
-                  " cause_app = EXCLUDED.cause_app, cause_ts = EXCLUDED.cause_ts"
-                  " WHERE m.status = 'refused' RETURNING id",
+                  " ON CONFLICT DO NOTHING RETURNING id",
                   11, p, &r, err, errlen);
+    if (rc == DB_OK && PQntuples(r) == 0) {
+        /* This cause's mail, refused before: a DLQ replay records it anew.
+         * ($3 keeps the parameters typed alike in both statements.) */
+        PQclear(r);
+        rc = db_execp(db, "mail_again",
+                      "UPDATE messages SET recipient = $4, subject = $5, body = $6, status = $7,"
+                      " attempts = 0, next_attempt_at = now(), last_error = NULL,"
+                      " created_at = now(), cause_key = $8, cause_body = $9, cause_app = $10,"
+                      " cause_ts = $11"
+                      " WHERE cause_id = $1 AND kind = $2 AND status = 'refused'"
+                      " AND correlation_id IS NOT DISTINCT FROM $3::uuid RETURNING id",
+                      11, p, &r, err, errlen);
+    }
     free(cause);
     if (rc != DB_OK)
         return worker_db_result(rc);
@@ -116,13 +129,16 @@ static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const e
     return MQ_DONE;
 }
 
-mq_result mails_invoiced(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                         char *err, size_t errlen)
+/* From order.confirmed, not billing.invoiced: order-api decides how an
+ * order ends, and an invoice it did not confirm (the order expired while
+ * billing made it) is void and mailed about by the expiry alone. */
+mq_result mails_confirmed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                          char *err, size_t errlen)
 {
-    const billing_invoiced *b = &ev->u.billing_invoiced;
+    const order_confirmed *b = &ev->u.order_confirmed;
     char subject[160], body[1024], amt[48], tax[48];
-    if (!b->order_id[0] || !b->customer_email[0])
-        return MQ_DONE; /* POS sales get their receipt from sale.completed */
+    if (!b->customer_email[0])
+        return MQ_DONE;
     money(amt, sizeof(amt), b->amount, b->currency);
     money(tax, sizeof(tax), b->tax, b->currency);
     snprintf(subject, sizeof(subject), "Order %.8s confirmed - invoice %lld", b->order_id,

@@ -4,7 +4,7 @@
  * transaction ('pending' for the mailer with SMTP_URL, 'recorded' without;
  * one per cause and kind):
  *
- *   mails_invoiced        billing.invoiced (order): the confirmation
+ *   mails_confirmed       order.confirmed (order-api's CONFIRMED): the confirmation
  *   mails_rejected        inventory.rejected: order rejected for stock
  *   mails_payment_failed  billing.payment_failed
  *   mails_sale            sale.completed: the POS receipt, when it has an email
@@ -26,8 +26,8 @@ typedef struct {
     long ready_max_pending, ready_max_age_s;
 } email_cfg;
 
-mq_result mails_invoiced(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
-                         char *err, size_t errlen);
+mq_result mails_confirmed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
+                          char *err, size_t errlen);
 mq_result mails_rejected(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                          char *err, size_t errlen);
 mq_result mails_payment_failed(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,

@@ -1,7 +1,8 @@
 /*
  * email — renders and delivers customer and operations mail.
  *
- *   billing.invoiced (order)  order confirmation with the invoice
+ *   order.confirmed           order confirmation with the invoice (order-api
+ *                             confirmed the order: billing.invoiced is not mailed)
  *   inventory.rejected        order rejected for stock
  *   billing.payment_failed    payment failed
  *   sale.completed            POS receipt, when the sale has an email
@@ -48,7 +49,7 @@ static int email_ready(void *app, char *why, size_t whylen)
 int main(int argc, char **argv)
 {
     static const worker_route routes[] = {
-        {EV_BILLING_INVOICED, mails_invoiced, NULL},
+        {EV_ORDER_CONFIRMED, mails_confirmed, NULL},
         {EV_INVENTORY_REJECTED, mails_rejected, NULL},
         {EV_BILLING_PAYMENT_FAILED, mails_payment_failed, NULL},
         {EV_SALE_COMPLETED, mails_sale, NULL},

@@ -9,10 +9,14 @@
  *     down): a reservation row already RELEASED, with no lines, which is what
  *     makes the late order.placed find the order decided and change nothing;
  *   - rejected or released before: nothing to do.
- * The reservation's key orders this against an order.placed of the same
- * order handled at the same moment by another consumer: whichever inserts
- * the reservation row second waits for the first, then finds it (and
- * reservations.c's INSERT gives its units back when ours came first).
+ * The order's advisory lock (inv_lock_orders, taken first here and by
+ * reservations.c before it looks) orders this against an order.placed of
+ * the same order handled at the same moment by another consumer: the second
+ * sees what the first committed, so a rejection and this expiry never both
+ * decide the order (a rejection is no reservation row: the reservation's key
+ * alone did not order the two). The key still backs it: whichever inserts
+ * the reservation row second finds it (reservations.c's INSERT gives its
+ * units back when ours came first).
  */
 #include "inventory.h"
 
@@ -50,8 +54,16 @@ mq_result inv_on_order_expired(worker *w, db_conn *db, const ev_envelope *env, c
     const char *p[] = {x->order_id};
     PGresult *r;
     ev_event out;
+    db_array ids;
     int rc, released, decided;
 
+    /* The order's lock first: an order.placed of it in another transaction
+     * (which takes it before it decides) has committed its rejection or its
+     * reservation by the time this looks, or waits until this commits. */
+    db_array_init(&ids);
+    db_array_add(&ids, x->order_id);
+    if ((rc = inv_lock_orders(db, &ids, err, errlen)) != DB_OK)
+        return worker_db_result(rc);
     if ((rc = release(db, x->order_id, &released, err, errlen)) != DB_OK)
         return worker_db_result(rc);
     if (!released) {

@@ -35,6 +35,14 @@ mq_result inv_on_sale(worker *w, db_conn *db, const ev_envelope *env, const ev_e
 int inv_on_availability(worker *w, db_conn *db, const mq_rpc_request *req, char **reply,
                         size_t *reply_len, char *err, size_t errlen);
 
+/* Takes the transaction-scoped advisory lock of each order of ids (their
+ * ids as text; released whatever the outcome), in order id order, so that two sets never wait for
+ * each other in a cycle: what orders an order.placed and an order.expired of one order handled at
+ * the same moment by two consumers. Each looks for the order's decision after it has the lock, in a
+ * statement of its own (a statement's snapshot is taken when it starts, before any wait), and so
+ * sees what the other committed (stock.c). DB_OK or an error with err. */
+int inv_lock_orders(db_conn *db, db_array *ids, char *err, size_t errlen);
+
 /* qsort order of ev_lines by SKU: the order in which rows of stock are
  * locked, so two transactions cannot deadlock on each other (stock.c). */
 int inv_cmp_line(const void *a, const void *b);

@@ -4,8 +4,10 @@
  *
  * The orders of a batch are reserved together (inv_reserve_set, a set
  * handler), with a few statements for the whole set:
- *   1. which of them were decided before (a reservation or a rejection row
- *      says so): nothing more to do for those;
+ *   1. the orders' advisory locks (inv_lock_orders: an order.expired of one
+ *      of them handled at this moment waits, or is waited for), then which
+ *      of them were decided before (a reservation or a rejection row says
+ *      so): nothing more to do for those;
  *   2. the stock rows of every SKU the others name, locked in ONE
  *      SELECT ... ORDER BY sku FOR UPDATE: rows are locked in SKU order, the
  *      same order in every transaction, so two instances reserving at once
@@ -115,14 +117,22 @@ static int set_init(reserve_set *s, const worker_msg *m, size_t n)
     return 0;
 }
 
-/* Step 1: marks the orders decided before, and an order a second message
- * of the set names again (the first decides it). */
+/* Step 1: takes the set's orders' locks (inv_lock_orders), then marks the
+ * orders decided before, and an order a second message of the set names
+ * again (the first decides it). */
 static int mark_decided(db_conn *db, const worker_msg *m, reserve_set *s, char *err, size_t errlen)
 {
     db_array ids;
     PGresult *r = NULL;
     int rc;
 
+    db_array_init(&ids);
+    for (size_t i = 0; i < s->n; i++)
+        db_array_add(&ids, m[i].ev->u.order_placed.order_id);
+    /* The orders' locks first (an expiry of one of them waits, or is
+     * waited for), the look in a statement of its own. */
+    if ((rc = inv_lock_orders(db, &ids, err, errlen)) != DB_OK)
+        return rc;
     db_array_init(&ids);
     for (size_t i = 0; i < s->n; i++)
         db_array_add(&ids, m[i].ev->u.order_placed.order_id);

@@ -1,6 +1,7 @@
 /*
  * stock.c — what reservations and sales both do to a row of stock: lock
- * rows in SKU order, and tell when a SKU runs low.
+ * rows in SKU order, and tell when a SKU runs low; and the order's lock that
+ * reservations and expiries both take.
  */
 #include "inventory.h"
 
@@ -8,6 +9,15 @@
 
 #include <stdio.h>
 #include <string.h>
+
+int inv_lock_orders(db_conn *db, db_array *ids, char *err, size_t errlen)
+{
+    return db_exec_arrays(
+        db, "inv_orders_lock",
+        "SELECT pg_advisory_xact_lock(hashtext('inventory.order'), hashtext(o::text))"
+        " FROM (SELECT DISTINCT o FROM unnest($1::uuid[]) AS o ORDER BY o) s",
+        ids, 1, NULL, err, errlen);
+}
 
 int inv_cmp_line(const void *a, const void *b)
 {

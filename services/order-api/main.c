@@ -6,7 +6,8 @@
  * to move an order's status forward (never back):
  *
  *   inventory.reserved      PENDING                            → RESERVED
- *   billing.invoiced        PENDING, RESERVED                  → CONFIRMED
+ *   billing.invoiced        PENDING, RESERVED                  → CONFIRMED, and
+ *                                                                order.confirmed (email's mail)
  *   inventory.rejected      PENDING                            → REJECTED
  *   billing.payment_failed  PENDING, RESERVED                  → PAYMENT_FAILED
  *   inventory.released      PENDING, RESERVED, PAYMENT_FAILED  → CANCELLED
@@ -113,7 +114,7 @@ static const char *order_of(const ev_event *ev, const char **reason, const char 
  * read every pending order once per batch: 19 ms a statement where this
  * takes well under one. */
 static mq_result advance_set(db_conn *db, const worker_msg *m, size_t n, const char *to,
-                             const char *from, char *err, size_t errlen)
+                             const char *from, int *moved_out, char *err, size_t errlen)
 {
     db_array c[5];
     const char *p[7];
@@ -170,6 +171,14 @@ static mq_result advance_set(db_conn *db, const worker_msg *m, size_t n, const c
             continue;
         for (int k = 0; k < PQntuples(r) && !moved; k++)
             moved = strcasecmp(PQgetvalue(r, k, 0), id) == 0;
+        for (size_t e = 0; moved && e < i; e++) { /* the order's first event of the set */
+            const char *r2, *i2, *id2;
+            char n2[24];
+            if ((id2 = order_of(m[e].ev, &r2, &i2, n2)) && strcasecmp(id2, id) == 0)
+                moved = 0;
+        }
+        if (moved_out)
+            moved_out[i] = moved;
         if (moved)
             log_write(LOG_INFO, m[i].env->correlation_id, m[i].env->message_id, "order %s is %s",
                       id, to);
@@ -189,35 +198,77 @@ static mq_result on_reserved(worker *w, db_conn *db, const worker_msg *m, size_t
                              size_t errlen)
 {
     (void)w;
-    return advance_set(db, m, n, "RESERVED", "{PENDING}", err, errlen);
+    return advance_set(db, m, n, "RESERVED", "{PENDING}", NULL, err, errlen);
 }
 
+/* CONFIRMED, and order.confirmed for each order it moved, in the same
+ * transaction: the confirmation the customer is told of comes from here, not
+ * from billing.invoiced, so that it follows order-api's decision. An order
+ * whose deadline passed while billing invoiced it is EXPIRED here (the row
+ * lock orders the two): it gets no order.confirmed, its invoice is void
+ * (order.expired at billing) and its one mail is the expiry's. */
 static mq_result on_invoiced(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
                              size_t errlen)
 {
-    (void)w;
-    return advance_set(db, m, n, "CONFIRMED", "{PENDING,RESERVED}", err, errlen);
+    int *moved = calloc(n, sizeof(*moved));
+    ev_event *ev = calloc(n, sizeof(*ev));
+    worker_out *outs = calloc(n, sizeof(*outs));
+    size_t nout = 0;
+    mq_result res;
+    int rc;
+
+    if (!moved || !ev || !outs) {
+        snprintf(err, errlen, "out of memory");
+        res = MQ_RETRY;
+        goto out;
+    }
+    res = advance_set(db, m, n, "CONFIRMED", "{PENDING,RESERVED}", moved, err, errlen);
+    for (size_t i = 0; res == MQ_DONE && i < n; i++) {
+        const billing_invoiced *b = &m[i].ev->u.billing_invoiced;
+        order_confirmed *c = &ev[nout].u.order_confirmed;
+        if (!moved[i])
+            continue;
+        ev_init(&ev[nout], EV_ORDER_CONFIRMED);
+        memcpy(c->order_id, b->order_id, sizeof(c->order_id));
+        memcpy(c->customer_email, b->customer_email, sizeof(c->customer_email));
+        memcpy(c->invoice_id, b->invoice_id, sizeof(c->invoice_id));
+        c->invoice_number = b->invoice_number;
+        memcpy(c->currency, b->currency, sizeof(c->currency));
+        c->amount = b->amount;
+        c->tax = b->tax;
+        outs[nout].cause = &m[i];
+        outs[nout].ev = &ev[nout];
+        nout++;
+    }
+    if (res == MQ_DONE && (rc = worker_emit_all(w, db, outs, nout, err, errlen)) != DB_OK)
+        res = worker_db_result(rc);
+out:
+    free(moved);
+    free(ev);
+    free(outs);
+    return res;
 }
 
 static mq_result on_rejected(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
                              size_t errlen)
 {
     (void)w;
-    return advance_set(db, m, n, "REJECTED", "{PENDING}", err, errlen);
+    return advance_set(db, m, n, "REJECTED", "{PENDING}", NULL, err, errlen);
 }
 
 static mq_result on_payment_failed(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
                                    size_t errlen)
 {
     (void)w;
-    return advance_set(db, m, n, "PAYMENT_FAILED", "{PENDING,RESERVED}", err, errlen);
+    return advance_set(db, m, n, "PAYMENT_FAILED", "{PENDING,RESERVED}", NULL, err, errlen);
 }
 
 static mq_result on_released(worker *w, db_conn *db, const worker_msg *m, size_t n, char *err,
                              size_t errlen)
 {
     (void)w;
-    return advance_set(db, m, n, "CANCELLED", "{PENDING,RESERVED,PAYMENT_FAILED}", err, errlen);
+    return advance_set(db, m, n, "CANCELLED", "{PENDING,RESERVED,PAYMENT_FAILED}", NULL, err,
+                       errlen);
 }
 
 int main(int argc, char **argv)
