@@ -188,7 +188,7 @@ chaos: all up migrate
 soak: all up migrate
 	@bash scripts/soak.sh
 
-# The suite against the machine's limits (docs/PERFORMANCE.md), < 10 minutes.
+# The suite against the machine's limits (docs/PERFORMANCE.md), about 15 minutes.
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory up

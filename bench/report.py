@@ -5,7 +5,9 @@
 Reads what scripts/bench.sh left in WORK (loadgen JSON, pgbench, pg_test_fsync,
 wrk and mqbench output, bench/counters.py snapshots) and writes OUT/STAMP.json,
 OUT/STAMP.md and OUT/STAMP.png (gnuplot): the suite's figures, the machine's
-limits, their ratios, and issue #15's targets marked met or not met.
+limits, their ratios, and issue #15's targets marked met or not met; and the
+receiver-down stage's own report (WORK/otel_down.{json,md},
+bench/otel_down.py) when it ran.
 """
 import json
 import os
@@ -221,6 +223,11 @@ def main():
         "ledger": ledgers,
         "targets": {k: {"met": v[0], "value": v[1]} for k, v in targets.items()},
     }
+    # The receiver-down stage (bench/otel_down.sh), when it ran: its own
+    # report, taken as it is.
+    otel_down = os.path.join(work, "otel_down")
+    if os.path.exists(otel_down + ".json"):
+        doc["otel_down"] = load(otel_down + ".json")
     path = os.path.join(out, stamp)
     with open(path + ".json", "w") as f:
         json.dump(doc, f, indent=2)
@@ -228,6 +235,9 @@ def main():
     with open(path + ".md", "w") as f:
         f.write("\n".join(markdown(doc, runs, limits, cap, sus, half, e2e, cost, ledgers,
                                    targets, batches)))
+        if "otel_down" in doc:
+            with open(otel_down + ".md") as od:
+                f.write("\n\n" + od.read())
     plot(path, stamp, runs, conns, limits, sus)
 
 

@@ -16,11 +16,20 @@
 #                  deliveries and acks per order), and a latency run at half
 #   (1b. the disk: pg_test_fsync; the order transaction with 16 and 64 orders
 #        per commit, BENCH_PG_BATCH)
+#   otel_down, receiver down: accepted/s and completed/s without span export and with
+#      OTEL_EXPORTER_OTLP_ENDPOINT at a port nothing listens on and at a
+#      receiver that never answers, interleaved rounds, against the noise
+#      band of the no-export rounds (bench/otel_down.sh says how)
 # and writes bench/results/<date>.{json,md,png} and bench/results/latest.*.
 #
 # Knobs (environment): BENCH_SECONDS (each accepted-rate run, default 10),
 # BENCH_SUSTAIN_SECONDS (default 60), HTTP_THREADS (order-api, default 16),
-# BENCH_CONNS (default "1 16 64"), BENCH_PG_BATCH (default "16 64").
+# BENCH_CONNS (default "1 16 64"), BENCH_PG_BATCH (default "16 64"),
+# BENCH_OTEL_ROUNDS (otel_down's rounds, default 3; 0 leaves the stage out),
+# BENCH_OTEL_SECONDS (its runs, default 10), BENCH_OTEL_CONNS (default 16).
+# BENCH_ONLY=otel_down runs that stage alone (after the restart and restock
+# every run starts with) and writes bench/results/<date>-otel_down.{json,md},
+# leaving latest.* alone.
 # The issue #15 targets are printed met / NOT met; the CPU target compares
 # with bench/baseline.json (the CPU per 1 000 orders measured before #15).
 source "$(dirname "$0")/lib.sh"
@@ -71,6 +80,20 @@ say "bench $STAMP: services restart with HTTP_THREADS=$HTTP_THREADS"
 "$ROOT/scripts/services.sh" start >/dev/null
 wait_for 30 "order-api" svc_ready order-api || die "order-api is not ready"
 restock 2000000 "make bench: restock"
+
+# One stage alone: its own report, latest.* untouched (a partial run is not
+# the bench's figures).
+case "${BENCH_ONLY:-}" in
+"") ;;
+otel_down)
+    bash "$ROOT/bench/otel_down.sh" "$WORK" || die "the receiver-down stage failed"
+    cp "$WORK/otel_down.json" "$OUT/$STAMP-otel_down.json"
+    cp "$WORK/otel_down.md" "$OUT/$STAMP-otel_down.md"
+    say "bench/results/$STAMP-otel_down.{json,md}"
+    exit 0
+    ;;
+*) die "BENCH_ONLY: otel_down (the one stage that runs alone), not '$BENCH_ONLY'" ;;
+esac
 
 # ----------------------------------------------------------------- limits
 say "PostgreSQL limit: bench/order_tx.sql (pgbench -M prepared, ${SECS}s per client count)"
@@ -197,6 +220,10 @@ counters amqp sus.amqp1
 say "end to end: 20 s at $half orders/s (half) for the latency"
 loadgen "half-$STAMP" -c 16 -d 20 -r "$half" --e2e 300
 ledger_wait "half-$STAMP" | sed 's/^/    /'
+
+if [ "${BENCH_OTEL_ROUNDS:-3}" != 0 ]; then
+    bash "$ROOT/bench/otel_down.sh" "$WORK" || die "the receiver-down stage failed"
+fi
 
 t_end=$(date +%s)
 python3 "$ROOT/bench/report.py" "$WORK" "$STAMP" "$OUT" "$((t_end - t_start))" "$HTTP_THREADS" "$MSG_BYTES" \
