@@ -7,8 +7,8 @@
 # about 16 s: their first return is dated back rather than waited for),
 # billing stopped past a 6 s ORDER_TIMEOUT_S under load (saga: the orders
 # waiting for it expire and are compensated; about 45 s), kill -9 one of
-# three billings and one of two order-apis under a 20 s load spread over both
-# APIs (instances: redelivered, failed over; about 40 s).
+# three billings and one of two order-apis under a 40 s load spread over both
+# APIs (instances: redelivered, failed over; about 70 s).
 # Each ends with the ledger: nothing lost, nothing twice, nothing stuck.
 # make chaos runs all of them, longer.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
