@@ -12,8 +12,15 @@ BUILD=${1:-build}
 BIN="$ROOT/$BUILD/bin"
 API="http://127.0.0.1:${HTTP_PORT:-8080}"
 AMQP=$(amqp_url pos)
-OWNER_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD")
-sql() { psql -X -q -t -A "$OWNER_URL" -c "$1"; }
+# sql ROLE QUERY: QUERY on ROLE's schema, through ROLE's own URL on its
+# cluster (make up PG2=... may put a schema on a second one). Built here, not
+# exported: the services started below inherit this shell's environment.
+sql() {
+    local pw url
+    pw="PG_$(up_name "$1")_PASSWORD"
+    url=$(db_url "$1" "${!pw}" "$(role_pg_port "$1")")
+    psql -X -q -t -A "$url" -c "$2"
+}
 
 # Paths as a reader pastes them, from the clone's root: the demo client's
 # curl header file (make up writes it) and, for build/bin/trace, the logs.
@@ -42,7 +49,7 @@ for k in $(seq 2 "$(svc_instances order-api)"); do
     APIS="$APIS, http://127.0.0.1:$(svc_port "order-api@$k")"
 done
 
-pos_before=$(sql "SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL")
+pos_before=$(sql billing "SELECT count(*) FROM billing.invoices WHERE sale_id IS NOT NULL")
 say "a POS burst: 20 sales from NEPAL-01, one with a receipt by mail (the till's log: $REL_VAR/log/pos.log)"
 # The till logs a line per span on stderr: into its log beside the
 # services', where build/bin/trace finds a sale's publish.
@@ -65,11 +72,11 @@ failed=$(place payment '{"customer_id":"cyd","customer_email":"cyd@example.com",
 [ -n "$ok" ] && [ -n "$rejected" ] && [ -n "$failed" ] || die "order-api refused an order; see $REL_VAR/log/order-api.log"
 
 final() { # ID: the order's status once it stops moving
-    sql "SELECT status FROM orders.orders WHERE id = '$1' AND status IN ('CONFIRMED','REJECTED','CANCELLED')"
+    sql orders "SELECT status FROM orders.orders WHERE id = '$1' AND status IN ('CONFIRMED','REJECTED','CANCELLED')"
 }
 settled() { [ -n "$(final "$ok")" ] && [ -n "$(final "$rejected")" ] && [ -n "$(final "$failed")" ]; }
 wait_for 30 "the orders" settled || die "the orders did not settle in 30 s; see $REL_VAR/log/*.log"
-pos_done() { [ "$(sql "SELECT count(*) - $pos_before >= 21 FROM billing.invoices WHERE sale_id IS NOT NULL")" = t ]; }
+pos_done() { [ "$(sql billing "SELECT count(*) - $pos_before >= 21 FROM billing.invoices WHERE sale_id IS NOT NULL")" = t ]; }
 wait_for 15 "the POS invoices" pos_done || die "the POS sales were not all invoiced in 15 s; see $REL_VAR/log/billing.log"
 
 echo
@@ -77,20 +84,24 @@ printf '%-38s %-22s %-10s %s\n' ORDER EXPECTED STATUS DETAIL
 for pair in "$ok:confirmed" "$rejected:rejected (no stock)" "$failed:payment failure"; do
     id=${pair%%:*}
     printf '%-38s %-22s %-10s %s\n' "$id" "${pair#*:}" "$(final "$id")" \
-        "$(sql "SELECT coalesce('invoice ' || invoice_number, reason, '') FROM orders.orders WHERE id = '$id'")"
+        "$(sql orders "SELECT coalesce('invoice ' || invoice_number, reason, '') FROM orders.orders WHERE id = '$id'")"
 done
 echo
 echo "timeline of $ok:"
-sql "SELECT '  ' || status || '  ' || to_char(at, 'HH24:MI:SS.MS') FROM orders.order_timeline WHERE order_id = '$ok' ORDER BY at"
+sql orders "SELECT '  ' || status || '  ' || to_char(at, 'HH24:MI:SS.MS') FROM orders.order_timeline WHERE order_id = '$ok' ORDER BY at"
 echo
-echo "invoices: $(sql "SELECT count(*) FILTER (WHERE order_id IS NOT NULL) || ' for orders, ' || count(*) FILTER (WHERE sale_id IS NOT NULL) || ' for POS sales' FROM billing.invoices")"
-mails_sent() { [ "$(sql "SELECT count(*) FROM email.messages WHERE status = 'pending'")" = 0 ]; }
+echo "invoices: $(sql billing "SELECT count(*) FILTER (WHERE order_id IS NOT NULL) || ' for orders, ' || count(*) FILTER (WHERE sale_id IS NOT NULL) || ' for POS sales' FROM billing.invoices")"
+mails_sent() { [ "$(sql email "SELECT count(*) FROM email.messages WHERE status = 'pending'")" = 0 ]; }
 wait_for 15 "the mails" mails_sent || echo "    (some mail is still pending; see $REL_VAR/log/email.log)"
-echo "emails:   $(sql "SELECT string_agg(kind || ' ' || n, ', ' ORDER BY kind) FROM (SELECT kind, count(*) n FROM email.messages GROUP BY kind) k")"
+echo "emails:   $(sql email "SELECT string_agg(kind || ' ' || n, ', ' ORDER BY kind) FROM (SELECT kind, count(*) n FROM email.messages GROUP BY kind) k")"
 echo "          $(curl -sf "http://127.0.0.1:$MAIL_WEB_PORT/api/messages" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') in the mail catcher"
 # Request/reply: order-api asks inventory over the broker (README "Request/reply").
 echo "availability (asked of inventory over the broker): $(api_curl -s "$API/products/TEA-SENCHA/availability")"
-echo "outboxes pending: $(sql "SELECT (SELECT count(*) FROM orders.outbox) + (SELECT count(*) FROM inventory.outbox) + (SELECT count(*) FROM billing.outbox) + (SELECT count(*) FROM email.outbox)")"
+pending=0
+for r in orders inventory billing email; do
+    pending=$((pending + $(sql "$r" "SELECT count(*) FROM $r.outbox")))
+done
+echo "outboxes pending: $pending"
 cat <<EOT
 
 Where to look

@@ -7,10 +7,16 @@ load_env
 if [ -d "$VAR/run" ]; then
     "$ROOT/scripts/services.sh" stop || true
 fi
-if [ -f "$(pg_data)/PG_VERSION" ] && pg_running; then
-    say "stopping PostgreSQL"
-    pgctl stop -m fast -w -t 60 >/dev/null || die "PostgreSQL did not stop; see $VAR/log/postgresql/"
-fi
+# Both clusters (the second, make up PG2=..., whenever it has data: it may
+# run while the env file no longer names any service for it).
+for PG_CLUSTER in 1 2; do
+    export PG_CLUSTER
+    if [ -f "$(pg_data)/PG_VERSION" ] && pg_running; then
+        say "stopping PostgreSQL$([ "$PG_CLUSTER" = 1 ] || echo " 2")"
+        pgctl stop -m fast -w -t 60 >/dev/null || die "PostgreSQL$([ "$PG_CLUSTER" = 1 ] || echo " 2") did not stop; see $(pg_log_dir)/"
+    fi
+done
+export PG_CLUSTER=1
 # A cluster's nodes from the last to node 1 (make up starts them all at once,
 # so the order only keeps node 1, the default one, up the longest).
 for k in $(seq "$(rmq_nodes)" -1 1); do

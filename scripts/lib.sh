@@ -203,15 +203,45 @@ use_test_env() {
     export ORDERSUITE_RUN_DIR="$VAR/tests/run" ORDERSUITE_LOG_DIR="$VAR/log/tests"
 }
 
-# db_url ROLE PASSWORD: the PostgreSQL URL of a role; with TLS, sslmode
-# verify-full against the project's CA (libpq checks the chain and the name).
+# db_url ROLE PASSWORD [PORT]: the PostgreSQL URL of a role on the cluster
+# at PORT (default PG_PORT, the first); with TLS, sslmode verify-full against
+# the project's CA (libpq checks the chain and the name).
 db_url() {
+    local port=${3:-$PG_PORT}
     if tls_on; then
-        echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/$ORDERSUITE_DB?sslmode=verify-full&sslrootcert=$(tls_ca)"
+        echo "postgresql://$1:$2@127.0.0.1:$port/$ORDERSUITE_DB?sslmode=verify-full&sslrootcert=$(tls_ca)"
     else
-        echo "postgresql://$1:$2@127.0.0.1:$PG_PORT/$ORDERSUITE_DB"
+        echo "postgresql://$1:$2@127.0.0.1:$port/$ORDERSUITE_DB"
     fi
 }
+
+# ------------------------------------------ a second PostgreSQL cluster (PG2)
+# make up PG2=inventory (recorded as ORDERSUITE_PG2 in the env file: service
+# names, comma-separated; empty or 0 for none) starts a second cluster of the
+# project's own, data in var/postgres2/, on PG2_PORT (default PG_PORT + 1),
+# with the same roles and passwords; the services named have their
+# DATABASE_URL on it, the others stay on the first. make migrate applies
+# every migration to both clusters (docs/SCALING.md says why); each service
+# uses only its own schema, on its own cluster. PG_CLUSTER=2 makes pg_data,
+# pg_sock, pgctl, pg_super and pg_running speak of the second (default 1).
+pg2_services() { [ "${ORDERSUITE_PG2:-0}" = 0 ] || echo "${ORDERSUITE_PG2//,/ }"; }
+pg2_on() { [ -n "$(pg2_services)" ]; }
+pg2_port() { echo "${PG2_PORT:-$((PG_PORT + 1))}"; }
+# pg_clusters: 1, or 1 and 2 when the second is on.
+pg_clusters() { if pg2_on; then echo 1 2; else echo 1; fi; }
+# cur_pg_port: the port of cluster PG_CLUSTER.
+cur_pg_port() { if [ "${PG_CLUSTER:-1}" = 2 ]; then pg2_port; else echo "$PG_PORT"; fi; }
+# svc_pg_port NAME: the port of the cluster that holds service NAME's schema.
+svc_pg_port() {
+    if [[ " $(pg2_services) " == *" $1 "* ]]; then pg2_port; else echo "$PG_PORT"; fi
+}
+# role_svc ROLE: the service whose database role is ROLE (orders: order-api).
+role_svc() { echo "$SUITE_SERVICES" | awk -v r="$1" '$2 == r { print $1; exit }'; }
+# role_pg_port ROLE: the port of the cluster that holds ROLE's schema.
+role_pg_port() { svc_pg_port "$(role_svc "$1")"; }
+# owner_db_url ROLE: the migration owner's URL on the cluster holding ROLE's
+# schema (the scripts' writes there as the owner: restock, chaos's faults).
+owner_db_url() { db_url ordersuite_owner "$PG_OWNER_PASSWORD" "$(role_pg_port "$1")"; }
 
 # TLS (make up TLS=1, recorded as ORDERSUITE_TLS in the env file): the
 # certificates scripts/tls-certs.sh made under var/tls/.
@@ -317,8 +347,11 @@ api_curl() {
     curl -H @<(printf 'Authorization: Bearer %s\n' "$API_DEMO_TOKEN") "$@"
 }
 
-pg_data() { echo "$VAR/postgres/data"; }
-pg_sock() { echo "$VAR/postgres/run"; }
+# The cluster PG_CLUSTER's folders (1: var/postgres, 2: var/postgres2).
+pg_dir() { if [ "${PG_CLUSTER:-1}" = 2 ]; then echo "$VAR/postgres2"; else echo "$VAR/postgres"; fi; }
+pg_log_dir() { if [ "${PG_CLUSTER:-1}" = 2 ]; then echo "$VAR/log/postgresql2"; else echo "$VAR/log/postgresql"; fi; }
+pg_data() { echo "$(pg_dir)/data"; }
+pg_sock() { echo "$(pg_dir)/run"; }
 
 pgctl() {
     as_user postgres "$PG_BIN/pg_ctl" -D "$(pg_data)" "$@"
@@ -326,7 +359,7 @@ pgctl() {
 
 # psql as the cluster's superuser over the project's socket (peer auth).
 pg_super() {
-    as_user postgres "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$(pg_sock)" -p "$PG_PORT" -U postgres "$@"
+    as_user postgres "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$(pg_sock)" -p "$(cur_pg_port)" -U postgres "$@"
 }
 
 pg_running() { pgctl status >/dev/null 2>&1; }
@@ -357,13 +390,16 @@ export_suite_urls() {
     export OWNER_DATABASE_URL
     OWNER_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD")
     # <ROLE>_DATABASE_URL and <NAME>_AMQP_URL for every service (its own role and
-    # broker user), e.g. BILLING_DATABASE_URL, ORDER_API_AMQP_URL.
+    # broker user), e.g. BILLING_DATABASE_URL, ORDER_API_AMQP_URL; the
+    # database URL on the cluster that holds the service's schema (PG2), and
+    # <ROLE>_OWNER_DATABASE_URL, the owner's there.
     for name in $(suite_names) pos; do
         export "$(up_name "$name")_AMQP_URL=$(amqp_url "$name")"
         [ "$name" = pos ] && continue
         role=$(suite_field "$name" 2)
         pw="PG_$(up_name "$role")_PASSWORD"
-        export "$(up_name "$role")_DATABASE_URL=$(db_url "$role" "${!pw}")"
+        export "$(up_name "$role")_DATABASE_URL=$(db_url "$role" "${!pw}" "$(svc_pg_port "$name")")"
+        export "$(up_name "$role")_OWNER_DATABASE_URL=$(owner_db_url "$role")"
     done
     # The administrator, in this environment's vhost.
     TEST_AMQP_URL=$(amqp_url admin)
@@ -396,10 +432,10 @@ pg_limit() {
 }
 
 # restock LEVEL REASON: brings each of LOAD_SKUS up to at least LEVEL through
-# inventory.adjust_stock, so the stock ledger stays true. Needs
-# export_suite_urls (OWNER_DATABASE_URL).
+# inventory.adjust_stock (as the owner, on inventory's cluster), so the stock
+# ledger stays true. Needs export_suite_urls.
 restock() {
-    psql -qAt "$OWNER_DATABASE_URL" -v ON_ERROR_STOP=1 -v level="$1" -v reason="$2" -v skus="$LOAD_SKUS" >/dev/null <<'SQL' ||
+    psql -qAt "$INVENTORY_OWNER_DATABASE_URL" -v ON_ERROR_STOP=1 -v level="$1" -v reason="$2" -v skus="$LOAD_SKUS" >/dev/null <<'SQL' ||
 SELECT count(inventory.adjust_stock(sku, :level - on_hand, :'reason'))
   FROM inventory.stock
  WHERE sku = ANY(string_to_array(:'skus', ',')) AND on_hand < :level;

@@ -21,8 +21,14 @@ while IFS='=' read -r k v; do
     esac
 done <"$ENV_FILE"
 umask 022
-MIGRATE_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD") \
-    DB_ROLE_PASSWORDS_FILE="$pwfile" "$1" --dir "$ROOT/migrations" || exit 1
+# Every migration on each cluster (with PG2 the second too): each is a whole
+# ordersuite database with the same roles and passwords, and each service
+# uses only its own schema on its own cluster (docs/SCALING.md says why).
+for c in $(pg_clusters); do
+    [ "$c" = 1 ] || say "migrating the second PostgreSQL cluster (127.0.0.1:$(pg2_port))"
+    MIGRATE_DATABASE_URL=$(db_url ordersuite_owner "$PG_OWNER_PASSWORD" "$(PG_CLUSTER=$c cur_pg_port)") \
+        DB_ROLE_PASSWORDS_FILE="$pwfile" "$1" --dir "$ROOT/migrations" || exit 1
+done
 
 # The broker side, as the administrator. First the operator's settings of
 # each work queue, as policies (a policy changes in place; a queue argument

@@ -106,6 +106,11 @@ load_env
 # (check_tls, with its own TLS pair), so the servers here must be plain.
 tls_on && die "the servers run with TLS (make up TLS=1); the suites need them plain and test TLS
 with a pair of their own (check_tls). Run: make down && make up TLS=0 && make test"
+# The suites read every schema through OWNER_DATABASE_URL, on one cluster;
+# the placement of a schema on a second cluster has a check of its own
+# (pg2_check, with its own pair of clusters).
+pg2_on && die "the servers run with PG2=$ORDERSUITE_PG2 (a second PostgreSQL cluster); the suites
+need one cluster and test PG2 with clusters of their own (pg2_check). Run: make up PG2=0 && make test"
 use_test_env
 say "the tests' database $ORDERSUITE_DB and vhost $ORDERSUITE_VHOST, made afresh"
 # A fresh database: dropped (ending what still holds it) and made again by

@@ -75,7 +75,8 @@ svc_env() { # NAME[@K]: the environment of one instance
     name=$(inst_svc "$1")
     role=$(suite_field "$name" 2)
     pw="PG_$(up_name "$role")_PASSWORD"
-    echo "DATABASE_URL=$(db_url "$role" "${!pw}")"
+    # On the cluster that holds its schema (make up PG2=...).
+    echo "DATABASE_URL=$(db_url "$role" "${!pw}" "$(svc_pg_port "$name")")"
     echo "$(suite_field "$name" 4)=$(svc_port "$1")"
     [ -z "$(svc_ops_port "$1")" ] || echo "$(suite_field "$name" 6)=$(svc_ops_port "$1")"
     echo "AMQP_URL=$(amqp_url "$name")"

@@ -4,10 +4,19 @@ source "$(dirname "$0")/lib.sh"
 load_env
 rc=0
 if [ -f "$(pg_data)/PG_VERSION" ] && pg_running; then
-    echo "postgresql  up    127.0.0.1:$PG_PORT  data $(pg_data)"
+    echo "postgresql  up    127.0.0.1:$PG_PORT  data $(pg_data)$(! pg2_on || echo "  (all services but $(pg2_services | tr ' ' ','))")"
 else
     echo "postgresql  down"
     rc=1
+fi
+# The second cluster (make up PG2=...): the schemas of the services named.
+if pg2_on; then
+    if [ -f "$(PG_CLUSTER=2 pg_data)/PG_VERSION" ] && PG_CLUSTER=2 pg_running; then
+        echo "postgresql2 up    127.0.0.1:$(pg2_port)  data $(PG_CLUSTER=2 pg_data)  (for $(pg2_services | tr ' ' ','))"
+    else
+        echo "postgresql2 down  (for $(pg2_services | tr ' ' ','))"
+        rc=1
+    fi
 fi
 for k in $(seq 1 "$(rmq_nodes)"); do
     export RMQ_NODE=$k

@@ -22,6 +22,16 @@ case "$want_nodes" in
 '' | 1 | 3) ;;
 *) die "NODES=$want_nodes: use NODES=1 (one RabbitMQ node) or NODES=3 (a cluster of three)" ;;
 esac
+# PG2=SERVICES (make up PG2=inventory): a second PostgreSQL cluster holding
+# those services' schemas (lib.sh pg2_services); PG2=0 none; without it the
+# placement the env file recorded stays.
+want_pg2=${PG2:-}
+if [ -n "$want_pg2" ] && [ "$want_pg2" != 0 ]; then
+    for s in ${want_pg2//,/ }; do
+        [[ " $(suite_names | tr '\n' ' ') " == *" $s "* ]] ||
+            die "PG2=$want_pg2: $s is no service (the services: $(suite_names | tr '\n' ' '); e.g. PG2=inventory)"
+    done
+fi
 ensure_var
 load_env
 
@@ -78,7 +88,7 @@ grep -q '^AMQPS_PORT=' "$ENV_FILE" || echo "AMQPS_PORT=$AMQPS_PORT" >>"$ENV_FILE
 grep -q '^ORDERSUITE_TLS=' "$ENV_FILE" || echo "ORDERSUITE_TLS=0" >>"$ENV_FILE"
 load_env
 if [ -n "$want_tls" ] && [ "$want_tls" != "$ORDERSUITE_TLS" ]; then
-    if pg_running || rmq_running; then
+    if pg_running || PG_CLUSTER=2 pg_running || rmq_running; then
         die "the servers run with TLS=$ORDERSUITE_TLS; stop them first (make down), then make up TLS=$want_tls"
     fi
     sed -i "s/^ORDERSUITE_TLS=.*/ORDERSUITE_TLS=$want_tls/" "$ENV_FILE"
@@ -93,6 +103,17 @@ if [ -n "$want_nodes" ] && [ "$want_nodes" != "$ORDERSUITE_NODES" ]; then
         die "the broker is a cluster of $ORDERSUITE_NODES nodes; to go back to $want_nodes: make down, rm -rf var/rabbitmq* var/log/rabbitmq* (the broker's messages go with them), make up NODES=$want_nodes && make migrate"
     fi
     sed -i "s/^ORDERSUITE_NODES=.*/ORDERSUITE_NODES=$want_nodes/" "$ENV_FILE"
+    load_env
+fi
+grep -q '^ORDERSUITE_PG2=' "$ENV_FILE" || echo "ORDERSUITE_PG2=0" >>"$ENV_FILE"
+grep -q '^PG2_PORT=' "$ENV_FILE" || echo "PG2_PORT=$(pg2_port)" >>"$ENV_FILE"
+load_env
+if [ -n "$want_pg2" ] && [ "$want_pg2" != "$ORDERSUITE_PG2" ]; then
+    # A service's rows stay on the cluster they were written to: moving a
+    # schema is a dump and a restore, not a setting (docs/SCALING.md). The
+    # services read DATABASE_URL at start: running ones keep the old one.
+    say "PG2=$want_pg2: the services named use the second cluster from their next start (make migrate first)"
+    sed -i "s/^ORDERSUITE_PG2=.*/ORDERSUITE_PG2=$want_pg2/" "$ENV_FILE"
     load_env
 fi
 if [ "$ORDERSUITE_NODES" -gt 1 ] && tls_on; then
@@ -112,23 +133,30 @@ check_port() { # PORT NAME
 }
 
 # ---------------------------------------------------------------- PostgreSQL
+# start_postgres: the cluster PG_CLUSTER (1, or 2 with PG2; lib.sh pg_dir).
 start_postgres() {
-    local data sock
+    local data sock port logd name=PostgreSQL var=PG_PORT
     data=$(pg_data)
     sock=$(pg_sock)
+    port=$(cur_pg_port)
+    logd=$(pg_log_dir)
+    if [ "${PG_CLUSTER:-1}" = 2 ]; then
+        name="PostgreSQL 2 (for $(pg2_services | tr ' ' ','))"
+        var=PG2_PORT
+    fi
     if pg_running; then
-        say "PostgreSQL already running on 127.0.0.1:$PG_PORT"
+        say "$name already running on 127.0.0.1:$port"
         return
     fi
-    check_port "$PG_PORT" PG_PORT
-    mkdir -p "$VAR/postgres" "$sock" "$VAR/log/postgresql"
-    chown postgres:postgres "$VAR/postgres" "$sock" "$VAR/log/postgresql"
+    check_port "$port" "$var"
+    mkdir -p "$(pg_dir)" "$sock" "$logd"
+    chown postgres:postgres "$(pg_dir)" "$sock" "$logd"
     if [ ! -f "$data/PG_VERSION" ]; then
         say "creating the PostgreSQL cluster in $data"
         # initdb refuses to run as root: run it as the postgres user.
         as_user postgres "$PG_BIN/initdb" -D "$data" -U postgres -E UTF8 --locale=C.UTF-8 \
-            --auth-local=peer --auth-host=scram-sha-256 >"$VAR/log/postgresql/initdb.log" 2>&1 ||
-            die "initdb failed; see $VAR/log/postgresql/initdb.log"
+            --auth-local=peer --auth-host=scram-sha-256 >"$logd/initdb.log" 2>&1 ||
+            die "initdb failed; see $logd/initdb.log"
         as_user postgres tee -a "$data/postgresql.conf" >/dev/null <<EOF
 
 # ---- ordersuite (scripts/up.sh) ----
@@ -141,7 +169,7 @@ checkpoint_timeout = 15min
 max_wal_size = 2GB
 # Durability stays on: synchronous_commit and fsync keep their defaults.
 logging_collector = on
-log_directory = '$VAR/log/postgresql'
+log_directory = '$logd'
 log_filename = 'postgresql.log'
 log_min_messages = warning
 log_min_error_statement = error
@@ -149,9 +177,9 @@ EOF
     fi
     pg_tls_config "$data"
     pg_stats_config "$data"
-    say "starting PostgreSQL on 127.0.0.1:$PG_PORT$(tls_on && echo " (TLS only)")"
-    if ! pgctl start -w -t 60 -l "$VAR/log/postgresql/startup.log" -o "-p $PG_PORT" >/dev/null; then
-        die "PostgreSQL did not start; see $VAR/log/postgresql/startup.log and $VAR/log/postgresql/postgresql.log"
+    say "starting $name on 127.0.0.1:$port$(tls_on && echo " (TLS only)")"
+    if ! pgctl start -w -t 60 -l "$logd/startup.log" -o "-p $port" >/dev/null; then
+        die "$name did not start; see $logd/startup.log and $logd/postgresql.log"
     fi
 }
 
@@ -204,7 +232,7 @@ EOF
 # by 'make migrate' (tools/migrate), connected as this role.
 bootstrap_postgres() {
     wait_for 30 "PostgreSQL" pg_super -d postgres -c 'SELECT 1' ||
-        die "PostgreSQL does not answer; see $VAR/log/postgresql/postgresql.log"
+        die "PostgreSQL does not answer; see $(pg_log_dir)/postgresql.log"
     # The password reaches psql in its environment (\getenv), never on its
     # command line (psql -v), where every user of the machine could read it.
     PG_OWNER_PASSWORD=$PG_OWNER_PASSWORD pg_super -d postgres <<'EOF'
@@ -398,12 +426,18 @@ grant_vhost() {
     done
 }
 
-start_postgres
-bootstrap_postgres
+# Each cluster with the same owner role and password (and, by make migrate,
+# the same service roles and passwords).
+for PG_CLUSTER in $(pg_clusters); do
+    export PG_CLUSTER
+    start_postgres
+    bootstrap_postgres
+done
+export PG_CLUSTER=1
 start_rabbitmq
 join_cluster
 bootstrap_rabbitmq
 if tls_on; then
     say "TLS: amqps:// and sslmode=verify-full, verified against $(tls_ca) (bash scripts/env.sh prints the URLs)"
 fi
-say "up: PostgreSQL 127.0.0.1:$PG_PORT, RabbitMQ 127.0.0.1:$(rmq_port)$([ "$(rmq_nodes)" = 1 ] || echo " (node 1 of a cluster of $(rmq_nodes): make status lists them)"), management http://localhost:$MGMT_PORT (user $RABBITMQ_ADMIN_USER, password in var/ordersuite.env)"
+say "up: PostgreSQL 127.0.0.1:$PG_PORT$(! pg2_on || echo " and 127.0.0.1:$(pg2_port) (for $(pg2_services | tr ' ' ','))"), RabbitMQ 127.0.0.1:$(rmq_port)$([ "$(rmq_nodes)" = 1 ] || echo " (node 1 of a cluster of $(rmq_nodes): make status lists them)"), management http://localhost:$MGMT_PORT (user $RABBITMQ_ADMIN_USER, password in var/ordersuite.env)"

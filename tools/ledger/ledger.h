@@ -4,6 +4,7 @@
  *
  *   main.c    the options, the wait for quiet, the report and RESULT line
  *   ids.c     loadgen's ids file into PostgreSQL array literals
+ *   dbs.c     one connection per service's database (each service's URL)
  *   tables.c  orders, sales, stock and stuck work, from the tables
  *   queues.c  work, retry and dead-letter queues, and what consumers hold
  *             unacked (the management API)
@@ -52,9 +53,30 @@ typedef struct {
  * array literals). 0, or -1 after printing why. */
 int ledger_read_ids(const char *path, sent *s);
 
+/* dbs.c: the databases of the four services' schemas (orders, inventory,
+ * billing, email), each through its own URL: <SCHEMA>_DATABASE_URL (e.g.
+ * INVENTORY_DATABASE_URL), else DATABASE_URL. The schemas may live on
+ * different PostgreSQL servers (docs/SCALING.md); one connection per
+ * distinct URL (conn[0..n-1]); any other schema (a service made by make
+ * new-service) is read through DATABASE_URL's, when it is set. */
+#define LEDGER_MAX_DBS 5
+typedef struct {
+    PGconn *orders, *inventory, *billing, *email, *other; /* other: DATABASE_URL's or NULL */
+    PGconn *conn[LEDGER_MAX_DBS];
+    const char *url[LEDGER_MAX_DBS];
+    int n;
+} ledger_dbs;
+
+/* 0, or -1 after printing which URL is missing or failed. */
+int ledger_dbs_open(ledger_dbs *dbs);
+void ledger_dbs_close(ledger_dbs *dbs);
+/* The connection that holds schema (NULL: none of ours). */
+PGconn *ledger_db_for(const ledger_dbs *dbs, const char *schema);
+
 /* tables.c: the orders (of s, or of --tag, or all), sales, stock and stuck
- * work into fg; verbose prints the figures. 0, or -1 on a query error. */
-int ledger_check_db(PGconn *db, const sent *s, figures *fg, int verbose);
+ * work into fg, each service's tables read through its own connection;
+ * verbose prints the figures. 0, or -1 on a query error. */
+int ledger_check_db(const ledger_dbs *dbs, const sent *s, figures *fg, int verbose);
 
 /* queues.c: the management API's address and login from MGMT_URL /
  * MGMT_PORT and amqp_url; -1 with err when amqp_url cannot be parsed or the

@@ -42,7 +42,13 @@
  *
  * Prints the counts, then
  * "RESULT lost=L duplicated=D stuck=S inconsistent=I ok=0|1".
- * Environment: DATABASE_URL (the owner role: it reads every schema),
+ * Environment: each service's tables are read through that service's own
+ * URL, since each schema may live on another PostgreSQL server
+ * (docs/SCALING.md): ORDERS_DATABASE_URL, INVENTORY_DATABASE_URL,
+ * BILLING_DATABASE_URL, EMAIL_DATABASE_URL (the service's role, or the owner
+ * on that server), each defaulting to DATABASE_URL (the owner role, when
+ * every schema is on one server; also where the outboxes of other schemas
+ * are read); no statement joins two services' schemas.
  * AMQP_URL (the administrator: it looks at every queue; its user and password
  * also log in to the management API at MGMT_URL, default
  * http://<AMQP host>:MGMT_PORT, MGMT_PORT default 15672; at most 511 bytes,
@@ -70,7 +76,8 @@ ledger_options ledger_opt;
 static int usage(void)
 {
     fprintf(stderr, "usage: ledger [--ids FILE] [--tag TAG] [--wait SECONDS] [--dlq SERVICE=N]...\n"
-                    "env: DATABASE_URL (owner), AMQP_URL (administrator), LEDGER_SERVICES\n");
+                    "env: DATABASE_URL (owner) or <SCHEMA>_DATABASE_URL each, AMQP_URL "
+                    "(administrator), LEDGER_SERVICES\n");
     return 2;
 }
 
@@ -122,13 +129,13 @@ int main(int argc, char **argv)
         {"ids", required_argument, 0, 'i'},  {"tag", required_argument, 0, 't'},
         {"wait", required_argument, 0, 'w'}, {"dlq", required_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},       {0, 0, 0, 0}};
-    const char *dburl = getenv("DATABASE_URL"), *amqp = getenv("AMQP_URL");
+    const char *amqp = getenv("AMQP_URL");
     const char *services = getenv("LEDGER_SERVICES"), *tiers = getenv("RETRY_DELAYS_MS");
     char *dlq_args[MAX_SERVICES];
     int ndlq = 0, c, ok;
     sent s = {0};
     figures fg = {0};
-    PGconn *db;
+    ledger_dbs dbs = {0};
     mq_conn *mq;
     mq_opts mo = {0};
     char err[256];
@@ -161,8 +168,8 @@ int main(int argc, char **argv)
     }
     if (optind != argc)
         return usage();
-    if (!dburl || !amqp) {
-        fprintf(stderr, "ledger: set DATABASE_URL (owner role) and AMQP_URL (administrator)\n");
+    if (!amqp) {
+        fprintf(stderr, "ledger: set AMQP_URL (administrator)\n");
         return 2;
     }
     if (set_services(services ? services : "order-api,inventory,billing,email") < 0) {
@@ -184,15 +191,11 @@ int main(int argc, char **argv)
     if (ledger_opt.ids_path && ledger_read_ids(ledger_opt.ids_path, &s) < 0)
         return 1;
 
-    db = PQconnectdb(dburl);
-    if (PQstatus(db) != CONNECTION_OK) {
-        fprintf(stderr, "ledger: DATABASE_URL: %s", PQerrorMessage(db));
-        PQfinish(db);
+    if (ledger_dbs_open(&dbs) < 0)
         return 1;
-    }
     if (ledger_mgmt_init(amqp, err, sizeof(err)) < 0) {
         fprintf(stderr, "ledger: %s\n", err);
-        PQfinish(db);
+        ledger_dbs_close(&dbs);
         return 1;
     }
     mo.url = amqp;
@@ -200,14 +203,14 @@ int main(int argc, char **argv)
     mq = mq_new(&mo);
     if (!mq || mq_connect_publisher(mq, err, sizeof(err)) != MQ_OK) {
         fprintf(stderr, "ledger: AMQP_URL: %s\n", mq ? err : "not an AMQP URL");
-        PQfinish(db);
+        ledger_dbs_close(&dbs);
         mq_free(mq);
         return 1;
     }
 
     deadline = util_now_ms() + (int64_t)(ledger_opt.wait_s * 1000);
     for (;;) {
-        if (ledger_check_db(db, &s, &fg, 0) < 0 || ledger_check_queues(mq, &fg, 0) < 0) {
+        if (ledger_check_db(&dbs, &s, &fg, 0) < 0 || ledger_check_queues(mq, &fg, 0) < 0) {
             ok = 0;
             goto out;
         }
@@ -217,7 +220,7 @@ int main(int argc, char **argv)
     }
     fg.quiet = quiet(&fg);
     /* Once more, printing. */
-    if (ledger_check_db(db, &s, &fg, 1) < 0 || ledger_check_queues(mq, &fg, 1) < 0) {
+    if (ledger_check_db(&dbs, &s, &fg, 1) < 0 || ledger_check_queues(mq, &fg, 1) < 0) {
         ok = 0;
         goto out;
     }
@@ -257,6 +260,6 @@ out:
     ledger_mgmt_free();
     curl_global_cleanup();
     mq_free(mq);
-    PQfinish(db);
+    ledger_dbs_close(&dbs);
     return ok ? 0 : 1;
 }
