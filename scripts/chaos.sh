@@ -43,6 +43,14 @@ source "$(dirname "$0")/lib.sh"
 load_env
 export_suite_urls
 set -o pipefail
+# Each service's tables through that service's own URLs (<ROLE>_DATABASE_URL
+# to read, <ROLE>_OWNER_DATABASE_URL to change them as the owner): with make up
+# PG2=... a schema lives on a second cluster, so no statement here joins two
+# services' schemas. tag_orders TAG: the ids of customer TAG's orders, as an
+# array literal, for a statement on another schema.
+tag_orders() {
+    psql -qAt "$ORDERS_DATABASE_URL" -c "SELECT coalesce(array_agg(id), '{}') FROM orders.orders WHERE customer_id = '$1'"
+}
 
 SHORT=0
 if [ "${1:-}" = --short ]; then
@@ -110,7 +118,7 @@ load_start() { # TAG RATE SECONDS [loadgen args]: orders (and sales) in the back
 # CONFIRMED, so a fault hits a load that runs end to end rather than one still
 # starting.
 load_confirmed_ge() {
-    [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
+    [ "$(psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
         WHERE customer_id = '$TAG' AND status = 'CONFIRMED'")" -ge "$1" ]
 }
 load_flowing() {
@@ -200,42 +208,42 @@ scenario_0() {
     out=$(led --ids "$WORK/$TAG.lost" | tail -1) || true
     echo "    an accepted id that is not stored:  $out"
     [[ "$out" == *"lost=1 "*"ok=0"* ]] || ok=0
-    psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO email.messages (cause_id, kind, correlation_id,
+    psql -qAt "$EMAIL_OWNER_DATABASE_URL" -c "INSERT INTO email.messages (cause_id, kind, correlation_id,
         recipient, subject, body, status) VALUES (gen_random_uuid(), 'order_confirmed', '$id',
         'x@example.com', 'dup', 'dup', 'recorded')" || ok=0
     out=$(led --ids "$WORK/$TAG.ids" | tail -1) || true
     echo "    a second confirmation mail:        $out"
     [[ "$out" == *"duplicated=1 "*"ok=0"* ]] || ok=0
-    psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE subject = 'dup'
+    psql -qAt "$EMAIL_OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE subject = 'dup'
         AND correlation_id = '$id'" || ok=0
-    psql -qAt "$OWNER_DATABASE_URL" -c "UPDATE inventory.stock SET on_hand = on_hand + 1
+    psql -qAt "$INVENTORY_OWNER_DATABASE_URL" -c "UPDATE inventory.stock SET on_hand = on_hand + 1
         WHERE sku = 'FLT-PAPER'" || ok=0
     out=$(led --ids "$WORK/$TAG.ids" | tail -1) || true
     echo "    stock changed behind its ledger:   $out"
     [[ "$out" == *"inconsistent=1 "*"ok=0"* ]] || ok=0
-    psql -qAt "$OWNER_DATABASE_URL" -c "UPDATE inventory.stock SET on_hand = on_hand - 1
+    psql -qAt "$INVENTORY_OWNER_DATABASE_URL" -c "UPDATE inventory.stock SET on_hand = on_hand - 1
         WHERE sku = 'FLT-PAPER'" || ok=0
     # A mail the mailer will not try for an hour: undelivered after the drain.
-    psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO email.messages (cause_id, kind, correlation_id,
+    psql -qAt "$EMAIL_OWNER_DATABASE_URL" -c "INSERT INTO email.messages (cause_id, kind, correlation_id,
         recipient, subject, body, status, next_attempt_at) VALUES (gen_random_uuid(), 'stuck',
         '$id', 'x@example.com', 'stuck', 'stuck', 'pending', now() + interval '1 hour')" || ok=0
     out=$(led --ids "$WORK/$TAG.ids" | tail -1) || true
     echo "    a mail left undelivered:           $out"
     [[ "$out" == *"stuck=1 "*"ok=0"* ]] || ok=0
-    psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE kind = 'stuck'
+    psql -qAt "$EMAIL_OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE kind = 'stuck'
         AND correlation_id = '$id'" || ok=0
     # The same mail of another run (an order not of this tag): not this run's.
-    psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO email.messages (cause_id, kind, correlation_id,
+    psql -qAt "$EMAIL_OWNER_DATABASE_URL" -c "INSERT INTO email.messages (cause_id, kind, correlation_id,
         recipient, subject, body, status, next_attempt_at) VALUES (gen_random_uuid(), 'stuck',
         gen_random_uuid(), 'x@example.com', 'stuck-other', 'stuck', 'pending',
         now() + interval '1 hour')" || ok=0
     out=$(led --ids "$WORK/$TAG.ids" | tail -1) || true
     echo "    another run's undelivered mail:    $out"
     [[ "$out" == *"stuck=0 "*"ok=1"* ]] || ok=0
-    psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE subject = 'stuck-other'" || ok=0
+    psql -qAt "$EMAIL_OWNER_DATABASE_URL" -c "DELETE FROM email.messages WHERE subject = 'stuck-other'" || ok=0
     # An outbox row the relay parked (the broker refused it): it never moves
     # again by itself, so the ledger counts it stuck, whatever its age.
-    psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO orders.outbox (message_id, routing_key,
+    psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "INSERT INTO orders.outbox (message_id, routing_key,
         correlation_id, body, attempts, parked_at, last_error) VALUES (gen_random_uuid(),
         'order.chaos_parked', '$id', '{}', 5, now(), 'chaos scenario 0: parked by hand')" || ok=0
     # --wait must not wait for it (it will not move): it answers at once.
@@ -246,19 +254,19 @@ scenario_0() {
     [[ "$out" == *"stuck=1 "*"ok=0"* ]] || ok=0
     grep -q ', 1 parked,' "$WORK/$TAG.parked" || { echo "    FAIL: not counted as parked"; ok=0; }
     [ "$(($(now_ms) - t0))" -lt 10000 ] || { echo "    FAIL: the ledger waited for a parked row"; ok=0; }
-    psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM orders.outbox WHERE routing_key = 'order.chaos_parked'
+    psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "DELETE FROM orders.outbox WHERE routing_key = 'order.chaos_parked'
         AND correlation_id = '$id'" || ok=0
     # Another run's outbox rows (an order not of this tag), one parked and one
     # the relay still tries (a key nothing routes: it stays unpublished): not
     # this run's work, so not this run's stuck.
-    psql -qAt "$OWNER_DATABASE_URL" -c "INSERT INTO orders.outbox (message_id, routing_key,
+    psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "INSERT INTO orders.outbox (message_id, routing_key,
         correlation_id, body, attempts, parked_at, last_error) VALUES (gen_random_uuid(),
         'order.chaos_other', gen_random_uuid(), '{}', 5, now(), 'chaos scenario 0: parked by hand'),
         (gen_random_uuid(), 'order.chaos_other', gen_random_uuid(), '{}', 0, NULL, NULL)" || ok=0
     out=$(led --ids "$WORK/$TAG.ids" | tail -1) || true
     echo "    another run's outbox rows:         $out"
     [[ "$out" == *"stuck=0 "*"ok=1"* ]] || ok=0
-    psql -qAt "$OWNER_DATABASE_URL" -c "DELETE FROM orders.outbox WHERE routing_key = 'order.chaos_other'" || ok=0
+    psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "DELETE FROM orders.outbox WHERE routing_key = 'order.chaos_other'" || ok=0
     check "$TAG" "0 the ledger catches faults" "-" "$ok"
 }
 
@@ -316,8 +324,8 @@ scenario_2() {
     load_wait || ok=0
     wait_for 30 "billing to crash after its first commit" \
         bash -c "! kill -0 $(pid_of billing) 2>/dev/null" || ok=0
-    before=$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM billing.invoices i
-        JOIN orders.orders o ON o.id = i.order_id WHERE o.customer_id = '$TAG'")
+    before=$(psql -qAt "$BILLING_DATABASE_URL" -c "SELECT count(*) FROM billing.invoices
+        WHERE order_id = ANY('$(tag_orders "$TAG")'::uuid[])")
     echo "    invoices committed before the ack: $before"
     rm -f "$(run_dir)/billing.pid"
     restart billing || ok=0
@@ -442,12 +450,12 @@ scenario_6() {
     AMQP_URL=$TEST_AMQP_URL "$BIN/dlq" show inventory --limit 50 | grep -q 'schema_version 99' || ok=0
     svc_ready inventory || { echo "    FAIL: inventory is not ready"; ok=0; }
     # A good message that fails for a reason an operator can fix: a bad grant.
-    psql -qAt "$OWNER_DATABASE_URL" -c "REVOKE INSERT ON inventory.reservations FROM inventory" || ok=0
+    psql -qAt "$INVENTORY_OWNER_DATABASE_URL" -c "REVOKE INSERT ON inventory.reservations FROM inventory" || ok=0
     load_start "$TAG" 5 0.2
     load_wait || ok=0
     dl3() { [ "$(dlq_depth inventory)" -ge $((base + 3)) ]; }
     wait_for 15 "the order in inventory's DLQ" dl3 || ok=0
-    psql -qAt "$OWNER_DATABASE_URL" -c "GRANT INSERT ON inventory.reservations TO inventory" || ok=0
+    psql -qAt "$INVENTORY_OWNER_DATABASE_URL" -c "GRANT INSERT ON inventory.reservations TO inventory" || ok=0
     # Replays all three: the order completes; the two bad ones come back to the DLQ.
     AMQP_URL=$TEST_AMQP_URL "$BIN/dlq" replay inventory --all | tail -1 | sed 's/^/    /'
     check "$TAG" "6 poison + version + replay" "$r" "$ok" --dlq "inventory=$((base + 2))"
@@ -508,7 +516,7 @@ scenario_rowlock() {
     retried0=$(metric inventory ordersuite_messages_retried_total)
     load_start "$TAG" 40 20
     load_flowing 20 || ok=0
-    psql -qAt "$OWNER_DATABASE_URL" -v sku="$sku" >/dev/null 2>&1 <<'SQL' &
+    psql -qAt "$INVENTORY_OWNER_DATABASE_URL" -v sku="$sku" >/dev/null 2>&1 <<'SQL' &
 BEGIN;
 SELECT on_hand FROM inventory.stock WHERE sku = :'sku' FOR UPDATE;
 SELECT pg_sleep(12);
@@ -557,7 +565,7 @@ mail_down() {
     MAIL_PID=
 }
 MAIL_DOWN_TRIES=10
-mail_pending() { psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM email.messages WHERE status = 'pending'"; }
+mail_pending() { psql -qAt "$EMAIL_OWNER_DATABASE_URL" -c "SELECT count(*) FROM email.messages WHERE status = 'pending'"; }
 
 scenario_mail() {
     local ok=1 base t0 r secs=30 code rcpt report tries0 back
@@ -579,8 +587,8 @@ scenario_mail() {
     # mail (attempts + 1) and fails; the mails it holds back meanwhile get
     # their attempt back, and no mail of the run leaves 'pending' while the
     # server is down: the sum of the pending mails' attempts counts the tries.
-    run_mail() { psql -qAt "$OWNER_DATABASE_URL" -c "SELECT coalesce($1, 0) FROM email.messages m
-        JOIN orders.orders o ON o.id = m.correlation_id WHERE o.customer_id = '$TAG' AND $2"; }
+    run_mail() { psql -qAt "$EMAIL_DATABASE_URL" -c "SELECT coalesce($1, 0) FROM email.messages m
+        WHERE m.correlation_id = ANY('$(tag_orders "$TAG")'::uuid[]) AND $2"; }
     flowing() { [ "$(run_mail 'count(*)' "m.status = 'sent'")" -ge 20 ]; }
     wait_for 30 "the load's first 20 mails sent" flowing || ok=0
     mail_down
@@ -596,9 +604,9 @@ scenario_mail() {
     echo "    $(mail_pending) mail(s) pending after $(elapsed_s "$t0") s and $(($(run_mail 'sum(attempts)' "m.status = 'pending'") - tries0)) failed tries; starting it again"
     mail_up "$smtp" "$web" || ok=0
     t0=$(now_ms)
-    back=$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT now()")
+    back=$(psql -qAt "$EMAIL_OWNER_DATABASE_URL" -c "SELECT now()")
     # What waited for the server (the load goes on: newer mail comes and goes).
-    drained() { [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM email.messages
+    drained() { [ "$(psql -qAt "$EMAIL_OWNER_DATABASE_URL" -c "SELECT count(*) FROM email.messages
         WHERE status = 'pending' AND created_at <= '$back'")" = 0 ]; }
     if wait_for 30 "the pending mail to go out" drained; then r="$(elapsed_s "$t0")s"; else r=">30s" ok=0; fi
     echo "    pending mail delivered ${r} after the server was back"
@@ -611,9 +619,9 @@ scenario_mail() {
     check "$TAG" "mail: SMTP down+back, a 5xx" "$r" "$ok" --dlq "email=$((base + 1))"
     # At the server: every mail the run marked sent exactly once, the refused
     # one never; in email.dlq: the refused one, with the 5xx reply.
-    psql -qAt "$OWNER_DATABASE_URL" -c "SELECT '<' || m.cause_id || '.' || m.kind || '@ordersuite>', m.status,
-        coalesce(m.last_error, '') FROM email.messages m JOIN orders.orders o ON o.id = m.correlation_id
-        WHERE o.customer_id = '$TAG'" >"$WORK/$TAG.mails" || ok=0
+    psql -qAt "$EMAIL_DATABASE_URL" -c "SELECT '<' || m.cause_id || '.' || m.kind || '@ordersuite>', m.status,
+        coalesce(m.last_error, '') FROM email.messages m
+        WHERE m.correlation_id = ANY('$(tag_orders "$TAG")'::uuid[])" >"$WORK/$TAG.mails" || ok=0
     report=$(curl -fsS "http://127.0.0.1:$web/api/messages" | python3 -c '
 import json, sys
 at = {}
@@ -682,16 +690,16 @@ released_binding() { # POST|DELETE
     fi
 }
 parked_released() {
-    psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM inventory.outbox
+    psql -qAt "$INVENTORY_OWNER_DATABASE_URL" -c "SELECT count(*) FROM inventory.outbox
         WHERE routing_key = 'inventory.released' AND parked_at IS NOT NULL"
 }
 # The releases of this run's over-limit orders ($TAG-over): how many there
 # are, how many were returned at least $1 times, how many are parked.
 over_releases() {
-    psql -qAt -F ' ' "$OWNER_DATABASE_URL" -c "SELECT count(*), count(*) FILTER (WHERE attempts >= $1),
+    psql -qAt -F ' ' "$INVENTORY_DATABASE_URL" -c "SELECT count(*), count(*) FILTER (WHERE attempts >= $1),
         count(*) FILTER (WHERE parked_at IS NOT NULL) FROM inventory.outbox x
-        JOIN orders.orders o ON o.id = x.correlation_id
-        WHERE x.routing_key = 'inventory.released' AND o.customer_id = '$TAG-over'"
+        WHERE x.routing_key = 'inventory.released'
+          AND x.correlation_id = ANY('$(tag_orders "$TAG-over")'::uuid[])"
 }
 metric_key() { # NAME METRIC KEY: that counter for one routing key (0 if none)
     metrics_page "$1" | awk -v m="$2" -v k="routing_key=\"$3\"" 'index($0, m "{") == 1 && index($0, k) { s += $NF }
@@ -765,8 +773,8 @@ scenario_unroutable() {
             { echo "    FAIL: orders slowed behind the unroutable rows"; ok=0; }
     else
         # Their first return an hour back: parked at the relay's next round.
-        psql -qAt "$OWNER_DATABASE_URL" -c "UPDATE inventory.outbox x SET refused_since = now() - interval '1 hour'
-            FROM orders.orders o WHERE o.id = x.correlation_id AND o.customer_id = '$TAG-over'
+        psql -qAt "$INVENTORY_OWNER_DATABASE_URL" -c "UPDATE inventory.outbox x SET refused_since = now() - interval '1 hour'
+            WHERE x.correlation_id = ANY('$(tag_orders "$TAG-over")'::uuid[])
             AND x.routing_key = 'inventory.released' AND x.refused_since IS NOT NULL" >/dev/null || ok=0
     fi
     all_parked() { [ "$(over_releases $PARK_AFTER | cut -d' ' -f3)" -ge "$UNROUTABLE_N" ]; }
@@ -775,14 +783,14 @@ scenario_unroutable() {
     wait_for 10 "ordersuite_outbox_parked_rows of inventory to count them" gauge || ok=0
     replayed=$(parked_released)
     echo "    parked: $replayed release(s); ordersuite_outbox_parked_rows of inventory: $(metric inventory ordersuite_outbox_parked_rows)"
-    DATABASE_URL=$OWNER_DATABASE_URL "$BIN/dlq" outbox list inventory >"$WORK/$TAG.parked" 2>&1 || ok=0
+    DATABASE_URL=$INVENTORY_OWNER_DATABASE_URL "$BIN/dlq" outbox list inventory >"$WORK/$TAG.parked" 2>&1 || ok=0
     { head -1 "$WORK/$TAG.parked"; tail -1 "$WORK/$TAG.parked"; } | sed 's/^/    /'
     grep -q "^$replayed parked row" "$WORK/$TAG.parked" ||
         { echo "    FAIL: dlq outbox list does not show the $replayed parked row(s)"; ok=0; }
     [ "$(grep -c 'basic.return 312' "$WORK/$TAG.parked")" -ge "$UNROUTABLE_N" ] ||
         { echo "    FAIL: dlq outbox list does not show the broker's reply (basic.return 312)"; ok=0; }
     released_binding POST || { echo "    FAIL: could not bind inventory.released again"; ok=0; }
-    DATABASE_URL=$OWNER_DATABASE_URL "$BIN/dlq" outbox replay inventory --all 2>&1 | tail -1 | sed 's/^/    /'
+    DATABASE_URL=$INVENTORY_OWNER_DATABASE_URL "$BIN/dlq" outbox replay inventory --all 2>&1 | tail -1 | sed 's/^/    /'
     check "$TAG" "unroutable: released unbound" "-" "$ok"
     # After the ledger's wait (outboxes of the run empty, queues drained,
     # nothing unacked): each replayed release was handled once by order-api.
@@ -810,7 +818,7 @@ scenario_saga() {
     count_of() { # STATUS...: orders of the load in those statuses
         local in
         in=$(printf "'%s'," "$@")
-        psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
+        psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
             WHERE customer_id = '$TAG' AND status IN (${in%,})"
     }
     none_open() { [ "$(count_of PENDING RESERVED)" = 0 ]; }
@@ -983,7 +991,7 @@ scenario_cluster() {
     # The pause: until orders placed after the kill complete (the clients on
     # that node move to the others, its queues elect leaders there).
     confirmed_after_kill() {
-        [ "$(psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
+        [ "$(psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
             WHERE customer_id = '$TAG' AND status = 'CONFIRMED'
               AND created_at >= to_timestamp($t0 / 1000.0)")" -ge 10 ]
     }

@@ -137,7 +137,7 @@ void *lg_sampler_thread(void *arg);
 
 /* Waits up to lg_opt.e2e_s for every accepted order to be final, then reads
  * the timelines into er (er->e2e_us malloc'd, sorted). 0 or -1. */
-int lg_e2e(PGconn *db, accepted *acc, size_t nacc, e2e_result *er);
+int lg_e2e(PGconn *db, PGconn *mail_db, accepted *acc, size_t nacc, e2e_result *er);
 
 /* Least-squares slope of the backlog after the first 10 s, per second; the
  * largest backlog in *max_backlog. */

@@ -26,8 +26,9 @@
  * with confirms, spread over the run; AMQP_URL must be set (the pos user).
  *
  * --e2e waits up to SECONDS for every accepted order to reach a final status,
- * then reads the timelines (DATABASE_URL: a role that may read the orders and
- * email schemas, e.g. the owner) and reports POST -> CONFIRMED latencies and
+ * then reads the timelines (ORDERS_DATABASE_URL and EMAIL_DATABASE_URL, each
+ * service's own, as the schemas may live on different servers; each
+ * defaults to DATABASE_URL, e.g. the owner) and reports POST -> CONFIRMED latencies and
  * completed orders per second: CONFIRMED (reserved and invoiced) and the
  * confirmation mail recorded. During the run it samples how many accepted
  * orders are not yet final, every second: the backlog.
@@ -169,7 +170,8 @@ int main(int argc, char **argv)
     size_t nlat = 0, nacc = 0;
     long by_class[6] = {0}, retries = 0, lost = 0;
     double v, elapsed, slope = 0, maxb = 0;
-    PGconn *db = NULL;
+    PGconn *db = NULL, *mail_db = NULL;
+    const char *orders_url = NULL;
     int c, rc = 0, urls_given = 0;
     long failovers = 0, replayed = 0, by_target[MAX_TARGETS] = {0};
 
@@ -267,18 +269,28 @@ int main(int argc, char **argv)
         return 2;
     }
     if (lg_opt.e2e_s > 0) {
-        const char *u = getenv("DATABASE_URL");
-        if (!u) {
-            fprintf(stderr,
-                    "loadgen: --e2e needs DATABASE_URL (a role that reads orders, email)\n");
+        const char *one = getenv("DATABASE_URL");
+        const char *ou = getenv("ORDERS_DATABASE_URL"), *mu = getenv("EMAIL_DATABASE_URL");
+        ou = ou && *ou ? ou : one;
+        mu = mu && *mu ? mu : one;
+        if (!ou || !mu) {
+            fprintf(stderr, "loadgen: --e2e needs ORDERS_DATABASE_URL and EMAIL_DATABASE_URL, "
+                            "or DATABASE_URL (a role that reads orders, email)\n");
             return 2;
         }
-        db = PQconnectdb(u);
-        if (PQstatus(db) != CONNECTION_OK) {
-            fprintf(stderr, "loadgen: DATABASE_URL: %s", PQerrorMessage(db));
+        db = PQconnectdb(ou);
+        mail_db = PQconnectdb(mu);
+        if (PQstatus(db) != CONNECTION_OK || PQstatus(mail_db) != CONNECTION_OK) {
+            /* The variable's name, never its value: it holds a password. */
+            fprintf(stderr, "loadgen: %s: %s",
+                    PQstatus(db) != CONNECTION_OK ? "the orders' database URL"
+                                                  : "the email database URL",
+                    PQerrorMessage(PQstatus(db) != CONNECTION_OK ? db : mail_db));
             PQfinish(db);
+            PQfinish(mail_db);
             return 1;
         }
+        orders_url = ou;
     }
 
     util_stop_on_signals_atomic(&lg_stopping);
@@ -290,7 +302,7 @@ int main(int argc, char **argv)
     if (db) {
         sm = calloc(1, sizeof(*sm));
         if (sm) {
-            sm->db = PQconnectdb(getenv("DATABASE_URL"));
+            sm->db = PQconnectdb(orders_url);
             if (PQstatus(sm->db) != CONNECTION_OK ||
                 pthread_create(&smth, NULL, lg_sampler_thread, sm) != 0) {
                 PQfinish(sm->db);
@@ -389,7 +401,7 @@ int main(int argc, char **argv)
             pthread_join(smth, NULL);
             slope = lg_backlog_slope(sm, &maxb);
         }
-        if (lg_e2e(db, all, nacc, &er) < 0)
+        if (lg_e2e(db, mail_db, all, nacc, &er) < 0)
             rc = 1;
         printf("end to end: %ld confirmed, %ld rejected, %ld cancelled, %ld expired, %ld not "
                "final%s\n",
@@ -459,5 +471,6 @@ int main(int argc, char **argv)
         free(sm);
     }
     PQfinish(db);
+    PQfinish(mail_db);
     return rc;
 }
