@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/env.sh — prints the suite's URLs as export lines, for a shell:
 #   eval "$(bash scripts/env.sh)"
-# OWNER_DATABASE_URL, <ROLE>_DATABASE_URL, <NAME>_AMQP_URL, TEST_AMQP_URL (the
+# OWNER_DATABASE_URL, <ROLE>_DATABASE_URL and <ROLE>_OWNER_DATABASE_URL (on the
+# cluster of ROLE's schema: make up PG2=...), <NAME>_AMQP_URL, TEST_AMQP_URL (the
 # broker administrator), from var/ordersuite.env (written by make up).
 source "$(dirname "$0")/lib.sh"
 [ -f "$ENV_FILE" ] || die "no $ENV_FILE: run 'make up' first"
