@@ -17,6 +17,9 @@ if pg2_on; then
         echo "postgresql2 down  (for $(pg2_services | tr ' ' ','))"
         rc=1
     fi
+elif [ -f "$(PG_CLUSTER=2 pg_data)/PG_VERSION" ] && PG_CLUSTER=2 pg_running; then
+    # Left running after make up PG2=0: make down stops it.
+    echo "postgresql2 up    127.0.0.1:$(pg2_port)  data $(PG_CLUSTER=2 pg_data)  (no service uses it: PG2=0)"
 fi
 for k in $(seq 1 "$(rmq_nodes)"); do
     export RMQ_NODE=$k
