@@ -908,7 +908,7 @@ scenario_instances() {
     # The first second, after the kill, in which orders placed after it
     # were confirmed at 80 % of the rate: its end, from the kill.
     need=$(((rate * 8 + 9) / 10))
-    r=$(psql -qAt "$OWNER_DATABASE_URL" -v tag="$TAG" -v t0="$t0" -v need="$need" <<'SQL'
+    r=$(psql -qAt "$ORDERS_OWNER_DATABASE_URL" -v tag="$TAG" -v t0="$t0" -v need="$need" <<'SQL'
 WITH c AS (SELECT t.at FROM orders.order_timeline t JOIN orders.orders o ON o.id = t.order_id
             WHERE o.customer_id = :'tag' AND t.status = 'CONFIRMED'
               AND o.created_at >= to_timestamp(:t0 / 1000.0))
