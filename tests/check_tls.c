@@ -640,7 +640,7 @@ START_TEST(make_demo_runs_over_tls)
                   "no line with the board's URL: %.4000s", text);
     ck_assert_msg(line_with(text, "availability", "\"available\""),
                   "no availability answer: %.4000s", text);
-    ck_assert_msg(line_with(text, "email", "process billing.invoiced") &&
+    ck_assert_msg(line_with(text, "email", "process order.confirmed") &&
                       line_with(text, "inventory", "process order.placed"),
                   "no trace of the confirmed order through the services: %.4000s", text);
     free(text);
