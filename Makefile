@@ -188,11 +188,14 @@ chaos: all up migrate
 soak: all up migrate
 	@bash scripts/soak.sh
 
-# The suite against the machine's limits (docs/PERFORMANCE.md), about 15 minutes.
+# The suite against the machine's limits (docs/PERFORMANCE.md), then on a
+# RabbitMQ cluster (docs/SCALING.md); 25-30 minutes on this loaded machine.
+# BENCH_ONLY=cluster runs the cluster stage alone, on its own servers: make
+# up's are not needed.
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory up
-	@$(MAKE) --no-print-directory migrate
+	@if bash scripts/bench.sh --needs-main-pair; then \
+		$(MAKE) --no-print-directory up && $(MAKE) --no-print-directory migrate; fi
 	@bash scripts/bench.sh
 
 clean:

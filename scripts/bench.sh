@@ -22,17 +22,47 @@
 #      band of the no-export rounds (bench/otel_down.sh says how)
 # and writes bench/results/<date>.{json,md,png} and bench/results/latest.*.
 #
+#   cluster, one RabbitMQ node against a cluster of three: the same loadgen
+#      runs on one node, on the cluster with 2 instances of each service and
+#      on one node again, each drained and checked by the ledger, as ratios;
+#      on a pair of servers of its own (bench/cluster.sh says how)
 # Knobs (environment): BENCH_SECONDS (each accepted-rate run, default 10),
 # BENCH_SUSTAIN_SECONDS (default 60), HTTP_THREADS (order-api, default 16),
 # BENCH_CONNS (default "1 16 64"), BENCH_PG_BATCH (default "16 64"),
 # BENCH_OTEL_ROUNDS (otel_down's rounds, default 3; 0 leaves the stage out),
-# BENCH_OTEL_SECONDS (its runs, default 10), BENCH_OTEL_CONNS (default 16).
+# BENCH_OTEL_SECONDS (its runs, default 10), BENCH_OTEL_CONNS (default 16),
+# BENCH_CLUSTER (1; 0 leaves the cluster stage out; bench/cluster.sh lists
+# its own knobs).
 # BENCH_ONLY=otel_down runs that stage alone (after the restart and restock
 # every run starts with) and writes bench/results/<date>-otel_down.{json,md},
-# leaving latest.* alone.
+# leaving latest.* alone. BENCH_ONLY=cluster runs the cluster stage alone,
+# on its own servers (make up's are neither needed nor touched), and writes
+# bench/results/<date>-cluster.{json,md} and latest-cluster.*.
 # The issue #15 targets are printed met / NOT met; the CPU target compares
 # with bench/baseline.json (the CPU per 1 000 orders measured before #15).
+#
+# bench.sh --needs-main-pair: exit 0 when the run needs make up's own
+# servers (every run but BENCH_ONLY=cluster); make bench brings them up then.
 source "$(dirname "$0")/lib.sh"
+
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
+OUT="$ROOT/bench/results"
+cluster_stage() {
+    BUILD=${BUILD:-build} bash "$ROOT/bench/cluster.sh" "$OUT" "$STAMP" || die "the cluster stage failed"
+}
+if [ "${1:-}" = --needs-main-pair ]; then
+    [ "${BENCH_ONLY:-}" != cluster ]
+    exit
+fi
+if [ "${BENCH_ONLY:-}" = cluster ]; then
+    cluster_stage
+    exit 0
+fi
+case "${BENCH_CLUSTER:-1}" in
+0 | 1) ;;
+*) die "BENCH_CLUSTER: 1 (the cluster stage runs after the others) or 0 (it does not), not '$BENCH_CLUSTER'" ;;
+esac
+
 load_env
 export_suite_urls
 set -o pipefail
@@ -43,8 +73,6 @@ SUSTAIN=${BENCH_SUSTAIN_SECONDS:-60}
 CONNS=${BENCH_CONNS:-1 16 64}
 PG_BATCH=${BENCH_PG_BATCH:-16 64}
 export HTTP_THREADS=${HTTP_THREADS:-16}
-STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
-OUT="$ROOT/bench/results"
 WORK="$VAR/bench/$STAMP"
 API="http://127.0.0.1:8080"
 mkdir -p "$OUT" "$WORK"
@@ -92,7 +120,7 @@ otel_down)
     say "bench/results/$STAMP-otel_down.{json,md}"
     exit 0
     ;;
-*) die "BENCH_ONLY: otel_down (the one stage that runs alone), not '$BENCH_ONLY'" ;;
+*) die "BENCH_ONLY: otel_down or cluster (the stages that run alone), not '$BENCH_ONLY'" ;;
 esac
 
 # ----------------------------------------------------------------- limits
@@ -183,7 +211,9 @@ say "orders accepted: POST /orders for ${SECS}s at $CONNS connections"
 for c in $CONNS; do
     pg_counters "$WORK/acc$c-$STAMP.pg0"
     loadgen "acc$c-$STAMP" -c "$c" -d "$SECS"
-    echo "    drained: $(ledger_wait "acc$c-$STAMP")"
+    # Piped, not in a $(...): die in a command substitution ends only that
+    # subshell, and a run whose ledger was not clean went on.
+    ledger_wait "acc$c-$STAMP" | sed 's/^/    drained: /'
     # A busy backend publishes its commit counts at most once a second, an
     # idle one 10 s after its last transaction (PostgreSQL 15): no signal
     # says when, so wait them out (pg_stat_statements counts at once).
@@ -233,3 +263,5 @@ cp "$OUT/$STAMP.md" "$OUT/latest.md"
 cp "$OUT/$STAMP.png" "$OUT/latest.png"
 say "bench done in $((t_end - t_start)) s: bench/results/$STAMP.{json,md,png} (and latest.*)"
 cat "$OUT/$STAMP.md"
+# After the report: it runs on servers of its own and has its own.
+[ "${BENCH_CLUSTER:-1}" = 0 ] || cluster_stage

@@ -139,6 +139,7 @@ ARGV_PATTERNS = (
 
 def scan_sources():
     files = sorted(set(glob.glob(os.path.join(ROOT, "scripts", "*.sh"))
+                       + glob.glob(os.path.join(ROOT, "bench", "*.sh"))
                        + glob.glob(os.path.join(ROOT, "tests", "*.sh"))
                        + glob.glob(os.path.join(ROOT, "tests", "*.c"))
                        + glob.glob(os.path.join(ROOT, "docker", "*.sh"))
