@@ -640,8 +640,9 @@ START_TEST(make_demo_runs_over_tls)
                   "no line with the board's URL: %.4000s", text);
     ck_assert_msg(line_with(text, "availability", "\"available\""),
                   "no availability answer: %.4000s", text);
-    ck_assert_msg(line_with(text, "email", "process order.confirmed") &&
-                      line_with(text, "inventory", "process order.placed"),
+    ck_assert_msg(line_with(text, "inventory ", "process order.placed") &&
+                      line_with(text, "billing ", "process inventory.reserved") &&
+                      line_with(text, "email ", "process order.confirmed"),
                   "no trace of the confirmed order through the services: %.4000s", text);
     free(text);
     text = read_text(stream);
