@@ -183,6 +183,24 @@ inst_name() { if [ "$2" = 1 ]; then echo "$1"; else echo "$1@$2"; fi; }
 # inst_off NAME[@K]: what the instance adds to each of the service's ports.
 inst_off() { echo $((100 * ($(inst_num "$1") - 1))); }
 
+# inst_amqp_url NAME[@K]: the AMQP_URL of instance K: amqp_url of the
+# service's user, and on a cluster (a list of nodes) the list turned K − 1
+# places on, so the instances of one service start at different nodes
+# rather than all at the one their user's name picks.
+inst_amqp_url() {
+    local url k n i out= parts
+    url=$(amqp_url "$(inst_svc "$1")")
+    k=$(inst_num "$1")
+    IFS=, read -ra parts <<<"$url"
+    n=${#parts[@]}
+    if [ "$n" -le 1 ] || [ "$k" = 1 ]; then
+        echo "$url"
+        return
+    fi
+    for i in $(seq 0 $((n - 1))); do out="${out:+$out,}${parts[$(((i + k - 1) % n))]}"; done
+    echo "$out"
+}
+
 # svc_port NAME[@K]: the port the service (instance K of it) listens on in
 # this environment.
 svc_port() { echo $(($(suite_field "$(inst_svc "$1")" 5) + ORDERSUITE_PORT_OFFSET + $(inst_off "$1"))); }

@@ -79,7 +79,7 @@ svc_env() { # NAME[@K]: the environment of one instance
     echo "DATABASE_URL=$(db_url "$role" "${!pw}" "$(svc_pg_port "$name")")"
     echo "$(suite_field "$name" 4)=$(svc_port "$1")"
     [ -z "$(svc_ops_port "$1")" ] || echo "$(suite_field "$name" 6)=$(svc_ops_port "$1")"
-    echo "AMQP_URL=$(amqp_url "$name")"
+    echo "AMQP_URL=$(inst_amqp_url "$1")"
     [ "$name" != order-api ] || echo "API_TOKENS_FILE=$(api_tokens_file)"
     # The demo client (make up's token) is the board's operator: it may read
     # the queue depths (GET /board/queues; README).

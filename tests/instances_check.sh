@@ -3,6 +3,9 @@
 # instances of a service"), started as make demo starts them and driven by
 # the real executables, in the tests' environment:
 #
+#   on_a_cluster_the_instances_start_at_different_nodes
+#       the AMQP_URL services.sh gives billing, billing@2 and billing@3 on a
+#       cluster of three lists the same three nodes from a different first;
 #   every_instance_starts_on_its_own_ports
 #       INSTANCES_billing=3 INSTANCES_order_api=2 scripts/services.sh start:
 #       `services.sh status` lists billing, billing@2, billing@3, order-api,
@@ -87,6 +90,22 @@ queue_consumers() { # QUEUE: its consumers, from the management API (up to 5 s o
 consumers_are() { [ "$(queue_consumers "$1")" = "$2" ]; }
 BILLINGS=(billing billing@2 billing@3)
 APIS=(order-api order-api@2)
+
+# ------------------------------------------ on_a_cluster_the_instances_start_at_different_nodes
+# What services.sh gives each instance as AMQP_URL on a cluster of three
+# (lib.sh inst_amqp_url; worked out, no cluster needed): the same three
+# nodes, each instance's list starting at another one.
+firsts= ok=1
+for s in "${BILLINGS[@]}"; do
+    url=$(ORDERSUITE_NODES=3 inst_amqp_url "$s")
+    set=$(tr ',' '\n' <<<"$url" | sort | tr '\n' ' ')
+    [ -z "${set0:-}" ] && set0=$set
+    [ "$set" = "$set0" ] && [ "$(tr ',' '\n' <<<"$url" | wc -l)" = 3 ] || ok=0
+    firsts="$firsts ${url%%,*}"
+done
+firsts=$(sed -E 's#amqp://[^@]*@##g' <<<"$firsts")
+[ "$(tr ' ' '\n' <<<"$firsts" | sed '/^$/d' | sort -u | wc -l)" = 3 ] || ok=0
+check on_a_cluster_the_instances_start_at_different_nodes "$ok" "first nodes of billing, billing@2, billing@3:$firsts"
 
 # ------------------------------------------ every_instance_starts_on_its_own_ports
 # From nothing: what an earlier run of the tests' environment left is stopped.
