@@ -126,9 +126,12 @@ amqp_url() {
         # the services' connections are spread over the nodes. The
         # administrator's stays node 1's: the tools that take it (ledger,
         # dlq, mqbench) speak to one node.
+        # AMQP_FIRST_NODE=K starts the list at node K instead (make chaos
+        # puts a client on a node it will not kill).
         local i k n list=
         n=$(rmq_nodes)
         k=$(($(printf '%s' "$user" | cksum | cut -d' ' -f1) % n))
+        [ -z "${AMQP_FIRST_NODE:-}" ] || k=$(((AMQP_FIRST_NODE - 1) % n))
         for i in $(seq 1 "$n"); do
             list="${list:+$list,}amqp://$user:$pw@127.0.0.1:$((AMQP_PORT + $(rmq_node_off $((k + 1)))))$path"
             k=$(((k + 1) % n))
