@@ -79,6 +79,7 @@ void mq_disconnect(mq_conn *c)
     }
     amqp_destroy_connection(c->conn);
     c->conn = NULL;
+    c->reopen = 0;
     MQ_SET_CONNECTED(c, 0);
 }
 

@@ -51,6 +51,7 @@ struct mq_conn {
     int connected;
     metrics *metrics;
     uint64_t next_seq; /* publisher: delivery tag of the next publish */
+    int reopen;        /* publisher: nacked; the next publish opens a new connection */
     int reply_code;    /* of the broker's last channel.close / connection.close; 0 = none */
     mq_stats stats;
 };

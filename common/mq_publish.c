@@ -87,6 +87,8 @@ int mq_publish_batch_replies(mq_conn *c, const mq_msg *msgs, size_t n, int *stat
         replies[i][0] = '\0';
     if (n == 0)
         return MQ_OK;
+    if (c->reopen)
+        mq_disconnect(c); /* nacked before: a new channel (see below) */
     if (!c->connected && (rc = mq_connect_publisher(c, err, errlen)) != MQ_OK) {
         for (size_t i = 0; status_out && i < n; i++)
             status_out[i] = rc;
@@ -210,7 +212,9 @@ int mq_publish_batch_replies(mq_conn *c, const mq_msg *msgs, size_t n, int *stat
         MQ_SET_CONNECTED(c, 0); /* the channel state is unknown: start afresh */
         mq_disconnect(c);
     } else {
+        int nacked = 0;
         for (size_t i = 0; i < n; i++) {
+            nacked |= status[i] == MQ_ERR_NACKED;
             if (status[i] != MQ_OK && rc == MQ_OK) {
                 rc = status[i];
                 snprintf(err, errlen, "%s %s",
@@ -218,6 +222,19 @@ int mq_publish_batch_replies(mq_conn *c, const mq_msg *msgs, size_t n, int *stat
                          msgs[i].routing_key);
             }
         }
+        /* After a nack the next publish goes on a new connection (opened
+         * at the start of the next call: until then the caller still sees
+         * the connection up and the broker's refusal as one). RabbitMQ 3.10's quorum queue client
+         * in a channel that published while a queue's leader was lost (a
+         * cluster node killed) goes on nacking every publish to that queue
+         * for minutes, after the new leader is elected, while a new channel
+         * is accepted at once: a till's spool stayed nacked to the end of
+         * its run (make chaos's cluster scenario). Every publisher of the
+         * helper gets this: the outbox relay, the till, the consumers'
+         * retry and dead-letter copies, loadgen. A nack for a full queue
+         * costs a reconnect, after which the callers back off as before. */
+        if (nacked)
+            c->reopen = 1;
     }
     for (size_t i = 0; i < n; i++) {
         if (status[i] == MQ_OK) {
