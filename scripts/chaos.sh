@@ -18,9 +18,16 @@
 #      then a permanent refusal (550): each mail at the server once, the
 #      refused one in email.dlq with the reply; email runs with the
 #      scenario's SMTP_URL, and is restarted after it with the one it had
-#   cluster  (make up NODES=3 only, not in the default list) kill -9 the node
-#      that leads the most work queues under load: the pause until orders
-#      complete again, then the node is started again
+#   cluster, cluster2down, partition  a RabbitMQ cluster's faults
+#      (scripts/chaos-cluster.sh says what each does): kill -9 of the node
+#      leading the most work queues, two of three nodes stopped then one
+#      back, one node's distribution cut off by iptables. They need a
+#      cluster of three: plain `make chaos` (no scenario named) on a single
+#      node runs them last on a cluster instance of their own
+#      (tests/cluster-instance.sh: var/cluster-check/, ports 5832 and
+#      5872/5882/5892, services +23000), brought up and stopped by it, and
+#      prints their rows in the same table; on a cluster (make up NODES=3)
+#      they run there, in the default list.
 #   unroutable  inventory.released (one binding: order-api's queue) unbound
 #      under load: the relay does not back off, the other orders complete
 #      while the releases are refused, then these are parked; re-bound and
@@ -40,6 +47,7 @@
 # loads and one round of scenario 1 (make test runs --short 0 1 4 6 unroutable saga instances). Prints a
 # table and a Check-style summary line; exits non-zero if a scenario failed.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/chaos-cluster.sh"
 load_env
 export_suite_urls
 set -o pipefail
@@ -58,7 +66,16 @@ if [ "${1:-}" = --short ]; then
     shift
 fi
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(0 1 2 3 4 5 6 7 rowlock mail unroutable saga instances)
+CLUSTER_SCENARIOS=(cluster cluster2down partition)
+CLUSTER_APART=0 # the cluster scenarios on tests/cluster-instance.sh, after the others
+if [ ${#SCENARIOS[@]} = 0 ]; then
+    SCENARIOS=(0 1 2 3 4 5 6 7 rowlock mail unroutable saga instances)
+    if [ "$(rmq_nodes)" -ge 3 ]; then
+        SCENARIOS+=("${CLUSTER_SCENARIOS[@]}")
+    else
+        CLUSTER_APART=1
+    fi
+fi
 export BUILD=${BUILD:-build}
 BIN="$ROOT/$BUILD/bin"
 RUNID=$(date -u +%H%M%S)-$$
@@ -945,90 +962,6 @@ SQL
     done
 }
 
-# The node (1..NODES) that leads the most of the services' work queues now.
-busiest_node() {
-    mgmt_curl -fsS -m 10 "http://127.0.0.1:$MGMT_PORT/api/queues/$(vhost_api)?columns=name,leader" |
-        python3 -c '
-import collections, json, sys
-names, nodes = sys.argv[1].split(), sys.argv[2].split()
-c = collections.Counter(q.get("leader") for q in json.load(sys.stdin) if q["name"] in names)
-lead = c.most_common(1)[0][0] if c else None
-print(nodes.index(lead) + 1 if lead in nodes else "")
-' "$(suite_names | tr '\n' ' ')" "$(for k in $(seq 1 "$(rmq_nodes)"); do rmq_node_name "$k"; done | tr '\n' ' ')"
-}
-
-# running_nodes_are N: the cluster reports N running nodes.
-running_nodes_are() {
-    [ "$(rmqctl -q cluster_status --formatter json 2>/dev/null |
-        python3 -c 'import json, sys; print(len(json.load(sys.stdin)["running_nodes"]))')" = "$1" ]
-}
-
-scenario_cluster() {
-    local ok=1 t0 r secs=40 k home
-    [ $SHORT = 1 ] && secs=25
-    TAG=ccl-$RUNID
-    say "cluster: kill -9 the RabbitMQ node that leads the most work queues, under load"
-    if [ "$(rmq_nodes)" -lt 3 ]; then
-        echo "    FAIL: needs a cluster of three (make up NODES=3)"
-        ROWS+=("$(printf '%-34s %s' "cluster kill -9 a node" "FAIL (no cluster)")")
-        failed=$((failed + 1))
-        return
-    fi
-    # Every node up first (make up starts what is not running): a node left
-    # down would make the kill a loss of the majority. Only when one is
-    # down: make up with every node running applies the broker's users and
-    # permissions again, minutes of rabbitmqctl on this machine.
-    running_nodes_are "$(rmq_nodes)" || "$ROOT/scripts/up.sh" >"$WORK/up.log" 2>&1 || { ok=0; cat "$WORK/up.log"; }
-    wait_for 60 "three running nodes" running_nodes_are "$(rmq_nodes)" ||
-        { echo "    FAIL: not all $(rmq_nodes) nodes running before the kill"; ok=0; }
-    # The node to kill, chosen before the load (leaders move only after a
-    # fault): the sales publishers (loadgen's and a till's) connect to
-    # another, so their channels see the leader change as publishes the
-    # broker nacks rather than as a lost connection (RabbitMQ 3.10 went on
-    # nacking such a channel for minutes: they must open a new one).
-    k=$(busiest_node)
-    [ -n "$k" ] || { echo "    FAIL: no queue leader found"; k=1; ok=0; }
-    local pos_url pos_pid npos=$((secs * 8))
-    pos_url=$(AMQP_FIRST_NODE=$((k % $(rmq_nodes) + 1)) amqp_url pos)
-    POS_AMQP_URL=$pos_url load_start "$TAG" 40 "$secs" --sales 100
-    load_flowing || ok=0
-    mkdir -p "$WORK/$TAG.spool"
-    AMQP_URL=$pos_url CATALOG_URL="$API/products" POS_SPOOL_DIR="$WORK/$TAG.spool" POS_FLUSH_TIMEOUT_S=60 \
-        "$BIN/pos" --count "$npos" --rate 8 --store "$TAG" >"$WORK/$TAG.pos" 2>&1 &
-    pos_pid=$!
-    home="$(rmq_node_dir "$k")/home"
-    # That node only (its home under var/), not any other RabbitMQ on the machine.
-    pkill -KILL -u rabbitmq -f "beam.smp.* -home $home( |\$)" || ok=0
-    t0=$(now_ms)
-    echo "    killed node $k ($(rmq_node_name "$k")), which led the most work queues"
-    # The pause: until orders placed after the kill complete (the clients on
-    # that node move to the others, its queues elect leaders there).
-    confirmed_after_kill() {
-        [ "$(psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
-            WHERE customer_id = '$TAG' AND status = 'CONFIRMED'
-              AND created_at >= to_timestamp($t0 / 1000.0)")" -ge 10 ]
-    }
-    if wait_for 60 "orders completing again" confirmed_after_kill; then
-        r="$(elapsed_s "$t0")s"
-    else
-        r=">60s"
-        ok=0
-    fi
-    echo "    10 orders placed after the kill confirmed ${r} after it, with node $k down"
-    load_wait || ok=0
-    # The till: every sale confirmed, its spool empty (exit 0); with a
-    # channel the broker keeps nacking, they stay spooled (exit 2).
-    if wait "$pos_pid"; then
-        echo "    till (on node $((k % $(rmq_nodes) + 1)) first): $(tail -1 "$WORK/$TAG.pos")"
-    else
-        echo "    FAIL: the till's sales were not all confirmed: $(tail -1 "$WORK/$TAG.pos")"
-        ok=0
-    fi
-    # Bring the node back (make up starts what is not running) for the next run.
-    "$ROOT/scripts/up.sh" >"$WORK/up.log" 2>&1 || { ok=0; cat "$WORK/up.log"; }
-    check "$TAG" "cluster kill -9 a leading node" "$r" "$ok"
-}
-
 # ------------------------------------------------------------------ main
 started=0
 for s in $(suite_names); do
@@ -1047,9 +980,29 @@ restock 100000 "make chaos: restock"
 
 t_all=$(now_ms)
 for n in "${SCENARIOS[@]}"; do
-    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable, saga, instances, cluster)"
+    declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable, saga, instances, ${CLUSTER_SCENARIOS[*]})"
     "scenario_$n"
 done
+if [ $CLUSTER_APART = 1 ]; then
+    # This instance's services stay up; the cluster instance's are its own.
+    say "the cluster scenarios, on a cluster of three of their own (tests/cluster-instance.sh)"
+    inst="$ROOT/tests/cluster-instance.sh"
+    if BUILD=$BUILD bash "$inst" up >"$WORK/cluster-instance.log" 2>&1; then
+        BUILD=$BUILD CHAOS_ROWS_FILE="$WORK/cluster.rows" bash "$inst" run bash "$ROOT/scripts/chaos.sh" \
+            $([ $SHORT = 1 ] && echo --short) "${CLUSTER_SCENARIOS[@]}"
+        while IFS= read -r r; do ROWS+=("$r"); done < <(sed -n 's/^ROW //p' "$WORK/cluster.rows" 2>/dev/null)
+        read -r p f < <(sed -n 's/^COUNTS //p' "$WORK/cluster.rows" 2>/dev/null) || { p=0 f=1; }
+        passed=$((passed + ${p:-0})) failed=$((failed + ${f:-1}))
+    else
+        tail -5 "$WORK/cluster-instance.log"
+        ROWS+=("$(printf '%-34s %s' "cluster scenarios" "FAIL (the cluster instance did not come up: $WORK/cluster-instance.log)")")
+        failed=$((failed + 1))
+    fi
+    bash "$inst" down >>"$WORK/cluster-instance.log" 2>&1 || echo "    stopping the cluster instance failed; see $WORK/cluster-instance.log"
+fi
+if [ -n "${CHAOS_ROWS_FILE:-}" ]; then
+    { printf 'ROW %s\n' "${ROWS[@]}"; echo "COUNTS $passed $failed"; } >"$CHAOS_ROWS_FILE"
+fi
 
 echo
 printf '%-34s %6s %9s %5s %10s %5s %12s  %s\n' scenario orders completed lost duplicated stuck recovery result

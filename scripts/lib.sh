@@ -319,6 +319,7 @@ rmq_env() {
         RABBITMQ_MNESIA_BASE="$r/mnesia" \
         RABBITMQ_LOG_BASE="$(rmq_log_dir "$k")" \
         RABBITMQ_CONFIG_FILE="$r/rabbitmq.conf" \
+        RABBITMQ_ADVANCED_CONFIG_FILE="$r/advanced.config" \
         RABBITMQ_ENABLED_PLUGINS_FILE="$r/enabled_plugins" \
         RABBITMQ_PID_FILE="$r/rabbitmq.pid"
 }

@@ -24,7 +24,7 @@ set -euo pipefail
 if [ -z "${CLUSTER_INSTANCE_CLEAN:-}" ]; then
     exec env -i CLUSTER_INSTANCE_CLEAN=1 PATH="$PATH" HOME="${HOME:-/root}" \
         BUILD="${BUILD:-build}" ORDERSUITE_BIN="${ORDERSUITE_BIN:-}" \
-        RMQ_LOG_LEVEL="${RMQ_LOG_LEVEL:-}" bash "$0" "$@"
+        RMQ_LOG_LEVEL="${RMQ_LOG_LEVEL:-}" CHAOS_ROWS_FILE="${CHAOS_ROWS_FILE:-}" bash "$0" "$@"
 fi
 export ORDERSUITE_INSTANCE=cluster-check NODES=3 TLS=0
 export PG_PORT=5832 AMQP_PORT=5872 AMQPS_PORT=5871 MGMT_PORT=15872
