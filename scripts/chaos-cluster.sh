@@ -82,7 +82,7 @@ node_kill() {
 
 # The load's orders in some statuses, optionally placed before / after a time (ms).
 orders_of() { # STATUS-LIST(SQL) [CREATED-CONDITION]
-    psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
+    psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.orders
         WHERE customer_id = '$TAG' AND status IN ($1) ${2:+AND $2}"
 }
 confirmed_after() { # T_MS N: N orders placed after T_MS are CONFIRMED
@@ -92,7 +92,7 @@ open_before() { # T_MS: orders placed before T_MS that are not final yet
     orders_of "'PENDING','RESERVED'" "created_at < to_timestamp($1 / 1000.0)"
 }
 none_open_before() { [ "$(open_before "$1")" = 0 ]; }
-outbox_rows() { psql -qAt "$OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.outbox"; }
+outbox_rows() { psql -qAt "$ORDERS_OWNER_DATABASE_URL" -c "SELECT count(*) FROM orders.outbox"; }
 outbox_ge() { [ "$(outbox_rows)" -ge "$1" ]; }
 # loadgen's count of 5xx answers, from its summary line.
 load_5xx() { sed -nE 's/^orders: .* ([0-9]+) 5xx.*/\1/p' "$WORK/$TAG.load"; }
