@@ -83,8 +83,10 @@ case "$VAR" in
 */pg2-check) rm -rf "$VAR" ;;
 esac
 ok=1
-bash "$scripts/up.sh" >"$WORK/up.log" 2>&1 || ok=0
-[ $ok = 0 ] || bash "$scripts/migrate.sh" "$BIN/migrate" >"$WORK/migrate.log" 2>&1 || ok=0
+# Bounded (up.sh's own waits are too, per server): on this loaded machine
+# RabbitMQ's start alone has taken 95 s.
+timeout 420 bash "$scripts/up.sh" >"$WORK/up.log" 2>&1 || ok=0
+[ $ok = 0 ] || timeout 300 bash "$scripts/migrate.sh" "$BIN/migrate" >"$WORK/migrate.log" 2>&1 || ok=0
 status=$(bash "$scripts/status.sh" 2>&1)
 echo "$status" | grep -q "^postgresql  up    127.0.0.1:5632" || ok=0
 echo "$status" | grep -q "^postgresql2 up    127.0.0.1:5633 .*(for inventory)" || ok=0
