@@ -20,8 +20,9 @@
 # 6672/6682/6692, management 16672/16682/16692, Erlang distribution
 # 26672/26682/26692, services at +25000: order-api 33080), so make up's own
 # servers and a demo on them are untouched; it stops every process it
-# started (services, nodes, PostgreSQL, and epmd when none ran before) and
-# leaves the servers' and services' logs in var/bench/STAMP/cluster-logs/.
+# started (services, nodes, PostgreSQL, and epmd when none ran before),
+# keeps the servers' and services' logs in var/bench/STAMP/cluster-logs/ and
+# removes the pair's folder.
 #
 # Knobs (environment): BENCH_CLUSTER_CONNS (16), BENCH_CLUSTER_SECONDS (the
 # accepted-rate run, BENCH_SECONDS or 10), BENCH_CLUSTER_ORDERS (the
@@ -75,9 +76,14 @@ stop_all() {
     if [ -f "$ENV_FILE" ]; then
         load_env
         bash "$ROOT/scripts/services.sh" stop >/dev/null 2>&1
-        mkdir -p "$WORK/cluster-logs"
-        cp -r "$VAR/log/." "$WORK/cluster-logs/" 2>/dev/null
-        bash "$ROOT/scripts/down.sh" >/dev/null 2>&1 || echo "bench/cluster.sh: stopping the bench-cluster servers failed" >&2
+        if bash "$ROOT/scripts/down.sh" >/dev/null 2>&1; then
+            # The logs kept, the pair's data gone: the next run makes it afresh.
+            mkdir -p "$WORK/cluster-logs"
+            cp -r "$VAR/log/." "$WORK/cluster-logs/" 2>/dev/null
+            rm -rf "$VAR"
+        else
+            echo "bench/cluster.sh: stopping the bench-cluster servers failed; they are in $VAR" >&2
+        fi
     fi
     # epmd, started by the first node when none ran in this network namespace.
     if [ "$epmd_before" = 0 ]; then
