@@ -33,7 +33,8 @@
 # placement ignored, once both are made): inventory_url_on_pg2 and
 # rows_on_pg2 must then fail.
 # Run by scripts/run-tests.sh (ORDERSUITE_BIN has the binaries); prints a
-# Check-style summary line. About a minute.
+# Check-style summary line. 3 to 4 minutes on this loaded machine, most of it
+# make up (RabbitMQ's start); docs/SCALING.md has the figures.
 set -uo pipefail
 # A clean environment: run-tests.sh exports the main pair's env file (its
 # passwords and ports), which up.sh would take for this instance's.
