@@ -332,6 +332,37 @@ static void ledger_clean(const char *const *ids, size_t n)
     free(out);
 }
 
+/* Holds the order's deadline: a transaction of the test's that keeps a
+ * FOR KEY SHARE lock on the order's row. The deadline's sweep takes rows FOR
+ * UPDATE SKIP LOCKED, so it passes this order by; order-api's handlers
+ * (an UPDATE of the status, no key) are not held. So the order reaches the
+ * status a test wants before its deadline however slow the machine is, and
+ * expires as soon as the test lets go (release_deadline). */
+static PGconn *hold_deadline(const char *id)
+{
+    const char *p[] = {id};
+    PGconn *c = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    PGresult *r;
+    ck_assert_int_eq(PQstatus(c), CONNECTION_OK);
+    r = PQexec(c, "BEGIN");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQexecParams(c, "SELECT 1 FROM orders.orders WHERE id = $1::uuid FOR KEY SHARE", 1, NULL, p,
+                     NULL, NULL, 0);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1, "%s",
+                  PQerrorMessage(c));
+    PQclear(r);
+    return c;
+}
+
+static void release_deadline(PGconn *c)
+{
+    PGresult *r = PQexec(c, "ROLLBACK");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    PQfinish(c);
+}
+
 /* ----------------------------------------------------------------- tests */
 
 /* The issue's test: billing is down past the deadline. The order expires,
@@ -775,6 +806,54 @@ START_TEST(an_operator_holding_the_orders_table_does_not_stop_publishing)
 }
 END_TEST
 
+/* Review of #17, item 2: billing refuses the payment (a credit limit of
+ * 0.01) while inventory is held (SIGSTOP), so the release that would cancel
+ * the order does not come. The order, PAYMENT_FAILED, must still be closed
+ * at its deadline: EXPIRED. When inventory comes back its stock is released
+ * once (the payment failure and the expiry both ask), the customer has one
+ * mail (the payment failure's: migration 0018 keeps the expiry's out), and
+ * the ledger is clean. */
+START_TEST(a_failed_payment_with_inventory_down_expires)
+{
+    char id[UUID_STR_LEN], rcpt[64], st[32];
+    const char *ids[] = {id};
+    const char *const extra[] = {"CREDIT_LIMIT_MINOR=1", NULL};
+    PGconn *hold;
+
+    set_stock(SKU, 500);
+    mailbox(rcpt);
+    tu_svc_stop_ok(&svcs[BIL]);
+    start_with(BIL, 0, extra);
+    ck_assert_int_eq(kill(svcs[BIL].pid, SIGSTOP), 0);
+    place(rcpt, id);
+    hold = hold_deadline(id);
+    await_status(id, "RESERVED");
+    ck_assert_int_eq(kill(svcs[INV].pid, SIGSTOP), 0);
+    ck_assert_int_eq(kill(svcs[BIL].pid, SIGCONT), 0);
+    await_status(id, "PAYMENT_FAILED");
+    ck_assert_int_eq(stock(), 497);
+    release_deadline(hold);
+    await_status(id, "EXPIRED");
+    ck_assert_int_eq(stock(), 497); /* inventory is still held */
+    ck_assert_int_eq(kill(svcs[INV].pid, SIGCONT), 0);
+    tu_await_count(20000, "SELECT on_hand FROM inventory.stock WHERE sku = $1", SKU, 500);
+    await_quiet();
+    order_status(id, st, sizeof(st), NULL, 0);
+    ck_assert_str_eq(st, "EXPIRED");
+    ck_assert_int_eq(stock(), 500);
+    ck_assert_int_eq(count_for("SELECT count(*) FROM inventory.reservations WHERE order_id ="
+                               " $1::uuid AND status = 'RELEASED'",
+                               id),
+                     1);
+    ck_assert_int_eq(mails_at_server(rcpt), 1);
+    ck_assert_int_eq(count_for("SELECT count(*) FROM email.messages WHERE correlation_id ="
+                               " $1::uuid",
+                               id),
+                     1);
+    ledger_clean(ids, 1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("saga");
@@ -789,6 +868,7 @@ int main(void)
     tcase_add_test(t, an_operator_holding_the_orders_table_does_not_stop_publishing);
     tcase_add_test(t, a_deadline_that_passes_while_billing_invoices_tells_the_customer_once);
     tcase_add_test(t, a_rejection_and_an_expiry_at_once_leave_one_decision);
+    tcase_add_test(t, a_failed_payment_with_inventory_down_expires);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

@@ -394,7 +394,7 @@ typedef struct {
 
 /* The outbox relay's scheduled work (outbox_relay_opts.due, arg an
  * api_saga): in db's open transaction, moves up to batch orders that are
- * PENDING or RESERVED timeout_s after their creation to EXPIRED (timeline
+ * PENDING, RESERVED or PAYMENT_FAILED timeout_s after their creation to EXPIRED (timeline
  * row, reason) and adds an order.expired for each to the outbox. Returns the
  * number expired, or DB_ERR / DB_ERR_TRANSIENT with err. */
 int api_expire_due(db_conn *db, void *arg, char *err, size_t errlen);

@@ -18,7 +18,7 @@
  * handlers are set handlers: a batch's events of one type move all their
  * orders, timeline rows included, in one statement.
  * ORDER_TIMEOUT_S (900; 0 turns it off; at most 30 days) is the deadline:
- * an order still PENDING or RESERVED that long after its creation becomes
+ * an order still PENDING, RESERVED or PAYMENT_FAILED that long after its creation becomes
  * EXPIRED and order.expired goes out, which the other services compensate
  * (saga.c).
  *

@@ -16,10 +16,14 @@
  * fires however long the services are away. (A delay queue with a TTL would
  * hold the timer in the broker instead, bound to one TTL per queue.)
  *
- * Only PENDING and RESERVED expire. The final statuses (CONFIRMED, REJECTED,
- * CANCELLED, EXPIRED) never do, so a timeout after completion changes
- * nothing; nor does PAYMENT_FAILED, whose compensation (the release) is
- * already on its way and whose customer was told. The row lock decides a
+ * PENDING, RESERVED and PAYMENT_FAILED expire. PAYMENT_FAILED is not final:
+ * it waits for inventory's release, and with inventory down past the
+ * deadline it would wait for ever (review of #17); expired, inventory's
+ * release of it happens once (the payment failure and the expiry both ask
+ * for it, and inventory releases only a RESERVED reservation) and the customer,
+ * told of the payment failure, gets no second mail (migration 0018). The
+ * final statuses (CONFIRMED, REJECTED, CANCELLED, EXPIRED) never expire, so
+ * a timeout after completion changes nothing. The row lock decides a
  * race with a late event: the sweep takes the order FOR UPDATE SKIP LOCKED
  * and re-checks its status, and order-api's handlers move an order only from
  * the statuses they name, which EXPIRED is not.
@@ -33,11 +37,11 @@
 #include <string.h>
 
 static const char expire_sql[] =
-    "WITH d AS (SELECT id FROM orders WHERE status IN ('PENDING', 'RESERVED')"
+    "WITH d AS (SELECT id FROM orders WHERE status IN ('PENDING', 'RESERVED', 'PAYMENT_FAILED')"
     "   AND created_at <= now() - make_interval(secs => $1::int)"
     "   ORDER BY created_at LIMIT $2::int FOR UPDATE SKIP LOCKED),"
     " u AS (UPDATE orders o SET status = 'EXPIRED', reason = $3, updated_at = now() FROM d"
-    "   WHERE o.id = d.id AND o.status IN ('PENDING', 'RESERVED')"
+    "   WHERE o.id = d.id AND o.status IN ('PENDING', 'RESERVED', 'PAYMENT_FAILED')"
     "   RETURNING o.id, o.customer_email),"
     " t AS (INSERT INTO order_timeline (order_id, status) SELECT id, 'EXPIRED' FROM u"
     "   ON CONFLICT DO NOTHING)"
