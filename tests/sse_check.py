@@ -16,7 +16,8 @@ Three order-api instances on their own ports share the database:
 inventory and billing start late, so the order stays PENDING, then RESERVED,
 for as long as the checks need. Checks:
   - the errors: 404 problem+json (unknown order, not an id, another
-    client's order), 401 without a token, 400 for a malformed Last-Event-ID;
+    client's order), 401 without a token, 400 for a malformed Last-Event-ID
+    and for one past the order's last entry (another order's id);
   - a stream starts with the order's current state (its timeline entries,
     the ids being their seq);
   - an idle stream gets keep-alive comments and is ended after the timeout;
@@ -24,7 +25,9 @@ for as long as the checks need. Checks:
     (problem+json, Retry-After); closed streams free their places;
   - 10 streams on D, which has 2 HTTP threads: a POST and a GET still answer;
   - a change consumed by A reaches a stream held by B;
-  - Last-Event-ID resumes without repeats, and after the final entry is 204;
+  - Last-Event-ID resumes without repeats, on a PENDING order (its next
+    entry, then the rest to the final one) and on a CONFIRMED one, and
+    after the final entry is 204;
   - a stream shows an order move to CONFIRMED and then ends;
   - every instance stops cleanly (exit 0) with streams open.
 Run by scripts/run-tests.sh (which exports the URLs); prints a Check-style line.
@@ -215,6 +218,14 @@ def main():
         st = Stream(PORT_B, x, alice, last_id="abc")
         problem("malformed_last_event_id_is_400", (st.status, st.headers, st.body), 400)
         st.close()
+        # seq is one counter over all orders: an id past x's last entry (here
+        # another order's) is of no event of x's stream. Resuming after it
+        # would skip x's next entries, its final one too, and never end.
+        other = place(PORT_A, bob, "sse-other")
+        st = Stream(PORT_B, x, alice, last_id=seqs(other)["PENDING"])
+        problem("a_last_event_id_past_the_orders_last_entry_is_400",
+                (st.status, st.headers, st.body), 400)
+        st.close()
 
         sx = Stream(PORT_B, x, alice, timeout=120)
         held.append(sx)
@@ -280,6 +291,11 @@ def main():
         check("closed_streams_free_their_places", checklib.wait_until(admitted, 15, 0.3),
               "alice's closed streams still count after 15 s")
 
+        # Resuming while the order still moves: after PENDING, the next
+        # entry is RESERVED, not PENDING again.
+        sp = Stream(PORT_B, x, alice, last_id=seqs(x)["PENDING"], timeout=120)
+        held.append(sp)
+
         # A consumes inventory.reserved; sx, held by B, sees it.
         procs["inventory"] = checklib.start("inventory", dict(
             base, DATABASE_URL=os.environ["INVENTORY_DATABASE_URL"],
@@ -291,6 +307,10 @@ def main():
               f"{ev} timeline {seqs(x)}")
         reserved_id = ev["id"] if ev else 0
         sx.close()
+        ev = sp.next_event() if sp.status == 200 else None
+        check("last_event_id_resumes_a_pending_order_with_its_next_entry",
+              ev and ev["data"]["status"] == "RESERVED" and ev["id"] == reserved_id,
+              f"{sp.status} {ev} timeline {seqs(x)}")
 
         procs["billing"] = checklib.start("billing", dict(
             base, DATABASE_URL=os.environ["BILLING_DATABASE_URL"],
@@ -298,6 +318,11 @@ def main():
             "sse.billing.log")
         confirmed = checklib.wait_until(lambda: status_of(x) == "CONFIRMED", 30)
         check("the_order_is_confirmed", confirmed, f"status {status_of(x)}")
+        got = sp.events_to_end() if sp.status == 200 else None
+        check("a_resumed_stream_ends_after_the_final_status",
+              got is not None and [e["data"]["status"] for e in got] == ["CONFIRMED"]
+              and sp.ended, f"{sp.status} {got}")
+        sp.close()
         sr = Stream(PORT_B, x, alice, last_id=reserved_id)
         got = sr.events_to_end() if sr.status == 200 else None
         check("last_event_id_resumes_without_repeats",

@@ -618,6 +618,16 @@ void api_sse_get(http_req *r, const api_ctx *ctx, db_conn *db, const char *clien
     final = api_status_final(db_get(res, 0, "status"));
     last = strtoll(db_get(res, 0, "last") ? db_get(res, 0, "last") : "0", NULL, 10);
     PQclear(res);
+    if (after > last) {
+        /* seq is one counter over all orders: an id past this order's last
+         * entry is no event of its stream (another order's, or made up).
+         * Resuming after it would skip this order's next entries, the final
+         * one too, and the stream would never end. */
+        http_problem(out, 400, "Bad Request",
+                     "Last-Event-ID is past this order's last event; reconnect without it",
+                     "Last-Event-ID");
+        return;
+    }
     if (final && after >= last) {
         /* Nothing after the final entry: 204 tells an EventSource to stop. */
         http_respond(out, 204, NULL, NULL);
