@@ -53,6 +53,7 @@ struct http_req {
     size_t dropped; /* bytes of a too-large body thrown away */
     int answered;
     const http_route *rt; /* the route a job thread runs */
+    const char *route;    /* its name for the span when the handler set one */
     http_resp out;        /* its answer */
     atomic_int done;      /* the job thread has filled out (then resumes the connection) */
     int64_t queued_ms;    /* when it joined the job queue */
@@ -85,6 +86,11 @@ const char *http_method(const http_req *r)
 const char *http_path(const http_req *r)
 {
     return r->path;
+}
+
+void http_set_route(http_req *r, const char *route)
+{
+    r->route = route;
 }
 
 const char *http_path_rest(const http_req *r)
@@ -516,6 +522,38 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     *req_cls = NULL;
 }
 
+/* Every tracestate header field of a request, joined with commas: W3C
+ * trace context lets a list be split over several fields, which are one
+ * list. A join past TRACE_STATE_MAX is marked over (and dropped). */
+typedef struct {
+    char buf[TRACE_STATE_MAX + 1];
+    size_t len;
+    int seen, over;
+} tracestate_join;
+
+static enum MHD_Result join_tracestate(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value)
+{
+    tracestate_join *j = cls;
+    size_t n = value ? strlen(value) : 0;
+    (void)kind;
+    if (!key || strcasecmp(key, "tracestate") != 0)
+        return MHD_YES;
+    j->seen = 1;
+    if (n == 0)
+        return MHD_YES;
+    if (j->len + (j->len ? 1 : 0) + n > TRACE_STATE_MAX) {
+        j->over = 1;
+        return MHD_YES;
+    }
+    if (j->len)
+        j->buf[j->len++] = ',';
+    memcpy(j->buf + j->len, value, n);
+    j->len += n;
+    j->buf[j->len] = '\0';
+    return MHD_YES;
+}
+
 /* Runs r's route as an HTTP server span (OpenTelemetry's HTTP conventions):
  * the child of the request's traceparent when it has a valid one, else the
  * root of a new trace; an invalid or oversized traceparent or tracestate is
@@ -528,17 +566,26 @@ static void run_route(http_server *s, http_req *r)
     trace_span sp;
     char name[TRACE_NAME_MAX];
     const trace_ctx *prev;
-    int has = trace_parse(http_header(r, "traceparent"), http_header(r, "tracestate"), &in) == 0;
+    tracestate_join ts = {.len = 0};
+    int has;
+
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, join_tracestate, &ts);
+    /* An over-long list is dropped whole, as trace_parse drops one field. */
+    has = trace_parse(http_header(r, "traceparent"), ts.seen && !ts.over ? ts.buf : NULL, &in) == 0;
 
     snprintf(name, sizeof(name), "%s %s%s", r->method, r->rt->path, r->rt->prefix ? "{id}" : "");
     trace_span_start(&sp, name, TRACE_KIND_SERVER, has ? &in : NULL);
     trace_span_str(&sp, "http.request.method", r->method);
     trace_span_str(&sp, "url.path", r->path);
     trace_span_str(&sp, "url.scheme", "http"); /* the server speaks no TLS itself */
-    trace_span_str(&sp, "http.route", name + strlen(r->method) + 1);
     prev = trace_set_current(&sp.ctx);
     r->rt->fn(r, r->rt->cls ? r->rt->cls : s->o.cls, &r->out);
     trace_set_current(prev);
+    /* A prefix route's handler that dispatches on what follows the id
+     * (GET /orders/{id}/events) names the route it took. */
+    if (r->route)
+        snprintf(sp.name, sizeof(sp.name), "%s %s", r->method, r->route);
+    trace_span_str(&sp, "http.route", sp.name + strlen(r->method) + 1);
     trace_span_int(&sp, "http.response.status_code", r->out.status);
     if (r->out.status >= 500 || !r->out.status)
         trace_span_fail(&sp, "server error");

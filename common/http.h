@@ -85,6 +85,10 @@ const char *http_method(const http_req *r);
 const char *http_path(const http_req *r);
 /* The part of the path after the route's prefix ("" for exact routes). */
 const char *http_path_rest(const http_req *r);
+/* Names the route a prefix route's handler took, for the request's server
+ * span ("/orders/{id}/events"; a string that outlives the request). Without
+ * it the span is named by the route's prefix and "{id}". */
+void http_set_route(http_req *r, const char *route);
 /* A query argument or a header, NULL when absent. */
 const char *http_query(const http_req *r, const char *key);
 const char *http_header(const http_req *r, const char *key);

@@ -225,6 +225,11 @@ int mq__header_str(const amqp_table_t *t, const char *key, char *out, size_t siz
             continue;
         if (e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES)
             return -1;
+        /* A NUL inside would cut the C string: "valid prefix\0junk" is not
+         * the valid prefix, it is no value of ours. */
+        if (e->value.value.bytes.len &&
+            memchr(e->value.value.bytes.bytes, '\0', e->value.value.bytes.len))
+            return -1;
         copy_bytes(out, size, e->value.value.bytes);
         return 0;
     }

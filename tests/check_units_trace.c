@@ -3,7 +3,10 @@
  * parts, with no server: traceparent / tracestate parsing and formatting
  * (common/trace.c), the trace headers of a publish and of a delivery
  * (common/mq_msg.c, as a longstr or as bytes), the log line's trace fields,
- * the sampler and the OTLP/JSON encoding (common/otel.c).
+ * the sampler and the OTLP/JSON encoding (common/otel.c), and the
+ * exporter's bounded queue against a receiver that never answers.
+ * Over 600 lines: one suite for the trace context from the header to the
+ * export, so that `make test` names one place for it.
  */
 #include "log.h"
 #include "mq_int.h"
@@ -11,10 +14,14 @@
 #include "testutil.h"
 #include "trace.h"
 
+#include <arpa/inet.h>
 #include <cJSON.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -438,6 +445,34 @@ START_TEST(an_oversized_tracestate_header_is_not_read_as_a_cut_one)
 }
 END_TEST
 
+/* A header's bytes are not a C string: "a valid traceparent\0junk" is not
+ * a valid traceparent, and is not read as its prefix. */
+START_TEST(a_trace_header_with_a_nul_byte_is_not_read)
+{
+    char tp[sizeof(TP_OK) + 4];
+    amqp_table_entry_t h[1];
+    amqp_envelope_t env;
+    mq_delivery d;
+    char why[MQ_ERR_LEN] = "";
+
+    memcpy(tp, TP_OK, sizeof(TP_OK)); /* with its NUL */
+    memcpy(tp + sizeof(TP_OK), "junk", 4);
+    memset(h, 0, sizeof(h));
+    h[0].key = amqp_cstring_bytes(MQ_H_TRACEPARENT);
+    h[0].value.kind = AMQP_FIELD_KIND_BYTES;
+    h[0].value.value.bytes.bytes = tp;
+    h[0].value.value.bytes.len = sizeof(tp);
+    memset(&env, 0, sizeof(env));
+    env.routing_key = amqp_cstring_bytes("order.placed");
+    env.message.properties._flags = AMQP_BASIC_HEADERS_FLAG;
+    env.message.properties.headers.num_entries = 1;
+    env.message.properties.headers.entries = h;
+    ck_assert_msg(mq__to_delivery(&env, "inventory", "inventory", &d, why, sizeof(why)) == 0, "%s",
+                  why);
+    ck_assert_str_eq(d.traceparent, "");
+}
+END_TEST
+
 /* --------------------------------------------------------------- sampler */
 
 START_TEST(samplers_parse_and_decide)
@@ -643,6 +678,68 @@ START_TEST(spans_encode_as_otlp_json)
 }
 END_TEST
 
+/* ------------------------------------------------------- the full queue */
+
+static int nothing_queued(void *arg)
+{
+    otel_stats st;
+    (void)arg;
+    otel_get_stats(&st);
+    return st.queued == 0;
+}
+
+/* A receiver that takes the connection (the kernel's backlog) and never
+ * answers holds the exporter in its first export: the queue behind it then
+ * fills, and a span that finds it full is dropped and counted, never
+ * waited for (OTEL_BSP_MAX_QUEUE_SIZE=4: of 10 spans, 4 queued, 6 dropped). */
+START_TEST(a_span_finding_the_queue_full_is_dropped_and_counted)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    char url[64], err[256];
+    trace_span s;
+    otel_stats st;
+
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(fd, 4), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", ntohs(a.sin_port));
+    setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url, 1);
+    setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4", 1);
+    setenv("OTEL_BSP_SCHEDULE_DELAY", "600000", 1);
+    setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "600000", 1);
+    ck_assert_msg(otel_init("units", err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(otel_start(err, sizeof(err)) == 0, "%s", err);
+    trace_span_start(&s, "queued", TRACE_KIND_INTERNAL, NULL);
+    s.end_ns = s.start_ns + 1;
+    /* A full batch (4) wakes the exporter, which takes it and waits on the
+     * silent receiver. */
+    for (int i = 0; i < 4; i++)
+        otel_submit(&s);
+    ck_assert_msg(tu_poll(10000, nothing_queued, NULL),
+                  "the exporter did not take the first batch in 10 s");
+    for (int i = 0; i < 10; i++)
+        otel_submit(&s);
+    otel_get_stats(&st);
+    ck_assert_int_eq(st.queued, 4);
+    ck_assert_int_eq(st.dropped, 6);
+    ck_assert_int_eq(st.exported, 0);
+    /* The flush cannot reach the receiver: the export under way and the
+     * queued 4 are dropped too, within the stop's bound. */
+    otel_stop(300);
+    otel_get_stats(&st);
+    ck_assert_int_eq(st.dropped, 14);
+    ck_assert_int_eq(st.queued, 0);
+    close(fd);
+    unsetenv("OTEL_EXPORTER_OTLP_ENDPOINT");
+    unsetenv("OTEL_BSP_MAX_QUEUE_SIZE");
+    unsetenv("OTEL_BSP_SCHEDULE_DELAY");
+    unsetenv("OTEL_EXPORTER_OTLP_TIMEOUT");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("units_trace");
@@ -666,11 +763,13 @@ int main(void)
     tcase_add_test(mq, a_publish_carries_traceparent_and_tracestate_headers);
     tcase_add_test(mq, a_delivery_reads_the_trace_headers_as_longstr_or_bytes);
     tcase_add_test(mq, an_oversized_tracestate_header_is_not_read_as_a_cut_one);
+    tcase_add_test(mq, a_trace_header_with_a_nul_byte_is_not_read);
     tcase_add_test(ot, samplers_parse_and_decide);
     tcase_add_test(ot, otel_settings_are_checked_and_name_the_variable);
     tcase_add_test(ot, the_export_url_follows_the_endpoint_rules);
     tcase_add_test(ot, otlp_headers_are_trimmed_decoded_and_checked);
     tcase_add_test(ot, spans_encode_as_otlp_json);
+    tcase_add_test(ot, a_span_finding_the_queue_full_is_dropped_and_counted);
     suite_add_tcase(s, p);
     suite_add_tcase(s, st);
     suite_add_tcase(s, sp);

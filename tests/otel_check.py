@@ -16,8 +16,12 @@ environment, each with OTEL_EXPORTER_OTLP_ENDPOINT pointing at it.
      at shutdown (SIGTERM), which is what this checks too;
   2. the order keeps its context (orders.traceparent) and every log line of
      its handling names the trace; an invalid traceparent or an oversized
-     tracestate is ignored (201, a new trace or no tracestate), never an
-     error;
+     tracestate (one value over 256 bytes, or all over 512) is ignored
+     (201, a new trace or no tracestate), never an error; tracestate
+     fields sent twice are joined into one list; the status
+     stream's server span is GET /orders/{id}/events;
+     an order whose traceparent says not sampled (-00) keeps -00 and
+     every hop logs its trace, yet no span of it is exported;
   2b. the batch path (inventory stopped while 20 orders and a malformed
      order.placed queue up): each db transaction starts and ends inside its
      process span, and the malformed message, dead-lettered, has a failed
@@ -26,7 +30,8 @@ environment, each with OTEL_EXPORTER_OTLP_ENDPOINT pointing at it.
      counted in ordersuite_otel_spans_dropped_total on /metrics, none
      exported.
 
-Prints one line per check and a Check-style summary line.
+Prints one line per check and a Check-style summary line. Over 600 lines:
+the checks share one run of the services (and its flush at shutdown).
 """
 import json
 import os
@@ -39,6 +44,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from http.client import HTTPConnection
 
 import checklib
 from checklib import check
@@ -476,6 +482,42 @@ def main():
         check("oversized_tracestate_is_dropped_the_parent_kept",
               s3 == 201 and ctx.startswith(f"00-{other}-") and ctx.strip() == ctx.split()[0],
               f"{s3} {ctx!r}")
+        # Sampling end to end: a caller's flags -00 (not sampled) are kept
+        # with the order and in every message after it, so no service
+        # exports a span of that order (checked after the flush, below).
+        unsampled = secrets.token_hex(16)
+        s5, un_oid = place(token, {"traceparent": f"00-{unsampled}-{parent_span}-00"})
+        check("unsampled_order_confirmed", s5 == 201 and confirmed(token, un_oid),
+              f"{s5} {un_oid!r}")
+        ctx = stored_context(un_oid) if s5 == 201 else ""
+        check("unsampled_order_keeps_its_flags",
+              ctx.startswith(f"00-{unsampled}-") and ctx.split()[0].endswith("-00"), ctx)
+        # The total limit (512 bytes), each member within its own (256).
+        s6, tot_oid = place(token, {"traceparent": f"00-{other}-{parent_span}-01",
+                                    "tracestate": ",".join(f"{k}=" + "v" * 200 for k in "abc")})
+        ctx = stored_context(tot_oid) if s6 == 201 else ""
+        check("tracestate_over_512_bytes_is_dropped_the_parent_kept",
+              s6 == 201 and ctx.startswith(f"00-{other}-") and ctx.strip() == ctx.split()[0],
+              f"{s6} {ctx!r}")
+        # A tracestate split over two header fields is one list (W3C).
+        c = HTTPConnection("127.0.0.1", API_PORT, timeout=10)
+        c.putrequest("POST", "/orders")
+        for k, v in (("Content-Type", "application/json"), ("Authorization", f"Bearer {token}"),
+                     ("Content-Length", str(len(ORDER))),
+                     ("traceparent", f"00-{other}-{parent_span}-01"),
+                     ("tracestate", "a=1"), ("tracestate", "b=2")):
+            c.putheader(k, v)
+        c.endheaders(ORDER.encode())
+        r = c.getresponse()
+        two = json.loads(r.read())["id"] if r.status == 201 else None
+        c.close()
+        check("tracestate_fields_are_joined_into_one_list",
+              two and stored_context(two) == f"{stored_context(two).split()[0]} a=1,b=2",
+              f"{r.status} {stored_context(two) if two else ''!r}")
+        # The status stream of the confirmed order (it ends at once): its
+        # server span is named for its own route.
+        sse_status, _, _ = checklib.http("GET", API_PORT, f"/orders/{oid}/events",
+                                         headers={"Authorization": f"Bearer {token}"})
         log = open(os.path.join(checklib.LOG_DIR, "otel.up.inventory.log")).read()
         lines = [json.loads(l) for l in log.splitlines() if l.startswith("{")]
         mine = [l for l in lines if l.get("correlation_id") == oid]
@@ -517,6 +559,24 @@ def main():
           and bad_path[0]["attributes"].get("url.path") == "/products/\ufffd(",
           f"status {bad_path_status}: {bad_path}")
     check_trace(spans, trace_id, parent_span, oid)
+    sse = [x for x in rx.spans() if x["attributes"].get("url.path") == f"/orders/{oid}/events"]
+    check("the_event_streams_span_is_named_for_its_route",
+          sse_status == 200 and len(sse) == 1 and sse[0]["name"] == "GET /orders/{id}/events"
+          and sse[0]["attributes"].get("http.route") == "/orders/{id}/events",
+          f"{sse_status} {[(x['name'], x['attributes'].get('http.route')) for x in sse]}")
+    # (Its status polls, GETs with no traceparent, are traces of their own.)
+    un = [(x["service"], x["name"]) for x in rx.spans() if x["traceId"] == unsampled
+          or x["attributes"].get("messaging.message.conversation_id") == un_oid]
+    check("unsampled_order_exports_no_span", s5 == 201 and not un, un)
+    # Its context still travels (so its flags do): every service's log lines
+    # of it name its trace.
+    hops = {}
+    for name in ("inventory", "billing", "email"):
+        text = open(os.path.join(checklib.LOG_DIR, f"otel.up.{name}.log")).read()
+        hops[name] = {l.get("trace_id") for l in map(json.loads, (
+            x for x in text.splitlines() if x.startswith("{"))) if l.get("correlation_id") == un_oid}
+    check("unsampled_orders_messages_carry_its_trace",
+          all(h == {unsampled} for h in hops.values()), hops)
     check_batch_spans(rx, *burst)
     check_rpc_trace(rx, rpc_trace, parent_span)
     rx.stop()

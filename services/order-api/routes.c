@@ -281,6 +281,7 @@ static void get_order(http_req *r, void *cls, http_resp *out)
         return;
     if (n > 7 && strcmp(id + n - 7, "/events") == 0) {
         db_conn *db = thread_db(r, cls, out);
+        http_set_route(r, "/orders/{id}/events");
         if (db)
             api_sse_get(r, cls, db, client, id, out);
         return;
