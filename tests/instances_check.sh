@@ -186,10 +186,16 @@ check each_order_api_took_requests "$ok" "${spread%,}; $accepted accepted, $plac
 # a message again (an inbox hit), retried or dead-lettered one. The burst
 # is the only traffic of the tests' vhost meanwhile, and nothing fails in
 # it, so every delivery is a first one.
+# Each schema through its own service's URL (with make up PG2=... they may
+# be on two clusters): the burst's order ids from orders, then their
+# invoices and the sales' from billing.
 sales="{$(awk '$1 == "S" { print $2 }' "$WORK/$TAG.ids" | paste -sd,)}"
-invoices=$(psql -qAt "$OWNER_DATABASE_URL" -v tag="$TAG" -v sales="$sales" <<'SQL'
-SELECT (SELECT count(*) FROM billing.invoices i JOIN orders.orders o ON o.id = i.order_id
-         WHERE o.customer_id = :'tag')
+orders=$(psql -qAt "$ORDERS_OWNER_DATABASE_URL" -v tag="$TAG" <<'SQL'
+SELECT coalesce(array_agg(id), '{}') FROM orders.orders WHERE customer_id = :'tag';
+SQL
+)
+invoices=$(psql -qAt "$BILLING_OWNER_DATABASE_URL" -v orders="$orders" -v sales="$sales" <<'SQL'
+SELECT (SELECT count(*) FROM billing.invoices WHERE order_id = ANY(:'orders'::uuid[]))
      + (SELECT count(*) FROM billing.invoices WHERE sale_id = ANY(:'sales'::uuid[]));
 SQL
 )
