@@ -85,11 +85,15 @@ stop_all() {
             echo "bench/cluster.sh: stopping the bench-cluster servers failed; they are in $VAR" >&2
         fi
     fi
-    # epmd, started by the first node when none ran in this network namespace.
+    # epmd, started by the first node when none ran in this network
+    # namespace, and only once no node of any instance is registered with it
+    # (epmd -names): another instance's node may have come up meanwhile.
     if [ "$epmd_before" = 0 ]; then
         local pid
         pid=$(ss -ltnpH 'sport = :4369' 2>/dev/null | sed -n 's/.*"epmd",pid=\([0-9]*\).*/\1/p' | head -1)
-        [ -z "$pid" ] || kill "$pid" 2>/dev/null
+        if [ -n "$pid" ] && ! epmd -names 2>/dev/null | grep -q '^name '; then
+            kill "$pid" 2>/dev/null
+        fi
     fi
     exit $rc
 }
