@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""bench/otel_down.py run PREFIX | report WORK — bench/otel_down.sh's figures.
+"""bench/otel_down.py run PREFIX | report WORK | markdown JSON — bench/otel_down.sh's
+figures.
 
 run PREFIX: one run's line (PREFIX.json from loadgen, PREFIX.spans from the
   services' /metrics): accepted/s, completed/s, spans exported and dropped.
@@ -8,7 +9,16 @@ report WORK: reads WORK/otel_down/runs ("round mode tag endpoint" per run)
   (bench/report.py adds both to the bench's report) and prints the summary:
   per mode the runs' accepted/s and completed/s, their mean, its ratio to the
   mean without export, and whether it lies in the noise band: the lowest to
-  the highest figure of the no-export runs of the same stage.
+  the highest figure of the no-export runs of the same stage. That band is
+  wide on a loaded machine, so the report also pairs each run with the
+  no-export run of its own round (the modes of a round run back to back):
+  each round's ratio mode / no export, their median, their spread (lowest
+  to highest, and the median absolute deviation, MAD) and the smallest cost
+  the rounds can show: a median ratio below 1 - 2 x 1.4826 x MAD (the MAD
+  scaled to a standard deviation, twice). A smaller cost is not told from
+  the machine's noise.
+markdown JSON: prints the report of a stored WORK/otel_down.json again
+  (bench/results/<date>-otel_down.json), with the paired ratios.
 """
 import json
 import os
@@ -52,6 +62,21 @@ def verdict(mean, lo, hi):
     return "within" if mean <= hi else "above"
 
 
+def paired(runs, mode, key):
+    """mode's figure over the no-export figure of the same round, per round
+    that has both; their median, spread and the smallest cost they show."""
+    base = {r["round"]: r[key] for r in runs if r["mode"] == "none" and r[key]}
+    ratios = [r[key] / base[r["round"]] for r in runs
+              if r["mode"] == mode and r["round"] in base]
+    if not ratios:
+        return None
+    med = statistics.median(ratios)
+    mad = statistics.median(abs(x - med) for x in ratios)
+    return {"ratios": ratios, "median": med, "min": min(ratios), "max": max(ratios),
+            "mad": mad, "smallest_cost_shown": 2 * 1.4826 * mad,
+            "cost_shown": med < 1 - 2 * 1.4826 * mad}
+
+
 def report(work):
     d = os.path.join(work, "otel_down")
     runs = []
@@ -82,7 +107,8 @@ def report(work):
                       "ratio": mean / bmean if bmean else None,
                       "noise_band_ratio": [lo / bmean, hi / bmean] if bmean else None,
                       "vs_noise_band": verdict(mean, lo, hi),
-                      "within_noise": lo <= mean <= hi}
+                      "within_noise": lo <= mean <= hi,
+                      "paired": paired(runs, mode, key) if mode != "none" else None}
         summary[mode] = m
     with open(os.path.join(d, "meta")) as f:
         meta = dict(line.rstrip("\n").split(" ", 1) for line in f if " " in line)
@@ -96,6 +122,24 @@ def report(work):
     with open(os.path.join(work, "otel_down.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
+
+
+def paired_lines(doc):
+    md = ["", "Paired by round (each run over the no-export run of its own round; a cost "
+          "shows only when the median is below 1 - 2 x 1.4826 x MAD):", "",
+          "| export | figure | ratios by round | median | lowest–highest | MAD | "
+          "smallest cost shown | a cost shown |",
+          "|---|---|---|---:|---|---:|---:|---|"]
+    for mode in MODES[1:]:
+        for key, label in FIGURES:
+            p = paired(doc["runs"], mode, key)
+            if not p:
+                continue
+            md.append(f"| {WHAT[mode]} | {label} | " + " ".join(f"{x:.2f}" for x in p["ratios"])
+                      + f" | {p['median']:.2f} | {p['min']:.2f}–{p['max']:.2f} | {p['mad']:.2f} "
+                      f"| {100 * p['smallest_cost_shown']:.0f} % | "
+                      + ("yes" if p["cost_shown"] else "no") + " |")
+    return md
 
 
 def markdown(doc):
@@ -123,7 +167,7 @@ def markdown(doc):
         for r in doc["runs"]) + ".",
            "Orders not CONFIRMED (rejected, cancelled or not final), which make the figures "
            "incomparable: " + str(sum(r["accepted"] - r["confirmed"] for r in doc["runs"])) + "."]
-    return md
+    return md + paired_lines(doc)
 
 
 def main():
@@ -131,6 +175,9 @@ def main():
         run_line(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "report":
         report(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "markdown":
+        with open(sys.argv[2]) as f:
+            print("\n".join(markdown(json.load(f))))
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
