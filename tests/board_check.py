@@ -6,9 +6,12 @@ PostgreSQL and RabbitMQ.
 
 Checks, at a desktop size and at 390x844 (tests/browser/board.mjs does the
 browser part): the catalog fills the form; the token pasted into the page
-is kept in sessionStorage and not shown; the form places an order; the
+is kept in sessionStorage and not shown; the form places an order (by a
+click at the desktop size, by Enter in a field at the phone size); the
 order reaches CONFIRMED on the page without a reload (only the event
-stream can change it); its timeline lists PENDING, RESERVED, CONFIRMED; the
+stream can change it); Enter on its timeline's summary opens the
+<details> (its `open` asked, not its text, which a closed one holds too)
+and the visible entries are PENDING, RESERVED, CONFIRMED; the
 queue table has a row for every service, with numbers for the running ones;
 an order placed with plain HTTP while the page is open appears on it and
 reaches CONFIRMED without a reload; no script or console error and no
@@ -16,7 +19,8 @@ Content-Security-Policy violation (the page is CSP-clean); the phone-sized
 page does not scroll sideways. Plus here: GET / needs no token; GET
 /board/queues is 401 without one; the page and its assets carry the
 security headers (CSP, nosniff, Referrer-Policy), the API's JSON nosniff.
-Screenshots: var/log/tests/board-desktop.png, board-phone.png.
+Screenshots: var/log/tests/board-desktop.png, board-phone.png (an earlier
+run's are removed first, so only this run's can pass).
 Run by scripts/run-tests.sh (which exports the URLs); prints a Check-style line.
 """
 import json
@@ -182,6 +186,11 @@ def main():
             " 'stuck@example.com', 'EUR', 100, 'PENDING' FROM generate_series(1, 4)")
         if rc != 0:
             raise RuntimeError(out)
+        # An earlier run's screenshots must not pass for this run's.
+        for name in ("board-desktop.png", "board-phone.png"):
+            path = os.path.join(checklib.LOG_DIR, name)
+            if os.path.exists(path):
+                os.unlink(path)
         env = dict(os.environ, BOARD_URL=f"http://127.0.0.1:{PORT}/", BOARD_TOKEN=token,
                    BOARD_OUT=checklib.LOG_DIR, BOARD_SERVICES=SERVICES, BOARD_LIVE=RUNNING,
                    BOARD_SKU=SKU)

@@ -73,12 +73,16 @@ async function runChecks(page, tag) {
 
   await page.getByLabel("Quantity").fill("1");
   await page.getByLabel("Customer id").fill(`board-${tag}`);
-  await page.getByRole("button", { name: "Place order" }).click();
+  // The desktop page submits the form with the mouse, the phone page by
+  // keyboard (Enter in a field of the form).
+  if (tag === "phone") await page.getByLabel("Customer id").press("Enter");
+  else await page.getByRole("button", { name: "Place order" }).click();
   const msg = page.locator("#message");
   await msg.filter({ hasText: /placed|Refused|did not/ }).waitFor({ timeout: 15000 }).catch(() => {});
   const text = await msg.textContent();
   const m = /Order ([0-9a-f-]{36}) placed/.exec(text || "");
-  report(`${tag}_the_form_places_an_order`, m, text);
+  report(`${tag}_the_form_places_an_order` + (tag === "phone" ? "_submitted_by_keyboard" : ""),
+         m, text);
   if (!m) return;
   const id = m[1];
   // No reload from here on: the status must change through the stream.
@@ -93,12 +97,22 @@ async function runChecks(page, tag) {
   }
   report(`${tag}_the_order_reaches_confirmed_live`, confirmed && navigations.length === 0,
          `status ${await status.textContent()}, navigations ${navigations.length}`);
+  // A closed <details> still holds its entries (textContent reads them):
+  // what Enter opened is asked of the element and of what is on screen.
+  const det = page.locator(`tr[data-order-id="${id}"] details`);
+  const before = await det.evaluate((d) => d.open);
   await page.locator(`tr[data-order-id="${id}"] summary`).focus();
   await page.keyboard.press("Enter");
-  const steps = await page.locator(`tr[data-order-id="${id}"] ol.timeline li`).allTextContents();
+  const opened = await det.evaluate((d) => d.open);
+  const items = page.locator(`tr[data-order-id="${id}"] ol.timeline li`);
+  const visible = [];
+  for (let i = 0; i < await items.count(); i++)
+    if (await items.nth(i).isVisible()) visible.push(await items.nth(i).textContent());
+  report(`${tag}_enter_on_the_timeline_opens_it`, !before && opened,
+         `open before ${before}, after ${opened}`);
   report(`${tag}_the_timeline_shows_each_status`,
-         ["PENDING", "RESERVED", "CONFIRMED"].every((s) => steps.some((t) => t.startsWith(s))),
-         steps.join(" | "));
+         ["PENDING", "RESERVED", "CONFIRMED"].every((s) => visible.some((t) => t.startsWith(s))),
+         `visible: ${visible.join(" | ")}`);
 
   // An order placed elsewhere (plain HTTP, not this page) while it is open.
   const other = await placeElsewhere(tag);
