@@ -823,7 +823,7 @@ END_TEST
  * the order does not come. The order, PAYMENT_FAILED, must still be closed
  * at its deadline: EXPIRED. When inventory comes back its stock is released
  * once (the payment failure and the expiry both ask), the customer has one
- * mail (the payment failure's: migration 0018 keeps the expiry's out), and
+ * mail (the payment failure's: migration 0019 keeps the expiry's out), and
  * the ledger is clean. */
 START_TEST(a_failed_payment_with_inventory_down_expires)
 {

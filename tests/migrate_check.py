@@ -20,6 +20,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 
 import checklib
 from checklib import BIN, ROOT, check
@@ -121,6 +122,35 @@ def broker_half():
           rc == 0 and pol["definition"].get("delivery-limit") == 20, out + str(pol))
 
 
+def one_failure_mail_over_duplicates():
+    """The migration that makes one failure mail per order (review of #17,
+    item 3) runs on a database that already holds two failure mails of one
+    order (which two email processes could record before it): it succeeds,
+    both rows are kept, and one of them is under the unique index. Played in
+    a transaction that is rolled back: the index dropped, two order_rejected
+    rows for one order, the migration's file run as migrate runs it."""
+    files = sorted(f for f in os.listdir(os.path.join(ROOT, "migrations"))
+                   if f.endswith("_one_failure_mail.sql"))
+    path = os.path.join(ROOT, "migrations", files[-1])
+    rc, out = checklib.psql(
+        "BEGIN;\n"
+        "DROP INDEX email.messages_one_failure_per_order;\n"
+        "INSERT INTO email.messages (cause_id, kind, correlation_id, recipient, subject, body,"
+        " status, created_at) SELECT gen_random_uuid(), 'order_rejected', :'oid', 'dup@example.com',"
+        " 'not going ahead', 'body', 'sent', now() - make_interval(secs => n) FROM generate_series(1, 2) n;\n"
+        "\\i :path\n"
+        "SELECT 'rows=' || count(*) FROM email.messages WHERE correlation_id = :'oid';\n"
+        "SELECT 'indexed=' || count(*) FROM email.messages WHERE correlation_id = :'oid'"
+        " AND kind IN ('order_rejected', 'payment_failed', 'order_expired');\n"
+        "SELECT 'index=' || count(*) FROM pg_indexes WHERE schemaname = 'email'"
+        " AND indexname = 'messages_one_failure_per_order';\n"
+        "ROLLBACK;\n",
+        oid=str(uuid.uuid4()), path=path)
+    check("one_failure_mail_migration_over_duplicates",
+          rc == 0 and "rows=2" in out and "indexed=1" in out and "index=1" in out,
+          "%s: exit %d\n%s" % (files[-1], rc, out))
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ordersuite-migrate-")
     try:
@@ -144,6 +174,7 @@ def main():
         check("refuses_two_files_with_one_number", rc != 0 and "share a number" in out, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    one_failure_mail_over_duplicates()
     broker_half()
 
 

@@ -23,7 +23,7 @@ static void money(char *out, size_t n, int64_t minor, const char *currency)
  * order's row lock), so a confirmation and an expiry never both come; and
  * one failure mail per order (order_rejected, payment_failed,
  * order_expired: a rejection or payment failure can still race the
- * deadline) is migration 0018's unique index, which deliver's INSERT meets.
+ * deadline) is migration 0019's unique index, which deliver's INSERT meets.
  * What is left here: an order.confirmed for an order whose expiry or
  * confirmation was mailed (which order-api does not send; one replayed, or
  * during the upgrade from confirmations mailed on billing.invoiced: README,
@@ -61,7 +61,7 @@ static int told_before(db_conn *db, const ev_envelope *env, const char *kind, in
  * created_at too, which is the basis of MAIL_READY_MAX_AGE_S (a mail
  * refused long ago and replayed must not make email unready at once); any
  * other existing mail of this cause and kind is left alone, and so is a
- * failure mail when the order has one (migration 0018). */
+ * failure mail when the order has one (migration 0019). */
 static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                          const char *kind, const char *to, const char *subject, const char *body,
                          char *err, size_t errlen)
@@ -92,7 +92,7 @@ static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const e
     p[9] = env->app_id;
     p[10] = util_i64(ts, env->timestamp);
     /* A new mail, or none when this cause's mail of this kind is recorded
-     * already, or (migration 0018) when it is a failure mail and the order
+     * already, or (migration 0019) when it is a failure mail and the order
      * has one: ON CONFLICT DO NOTHING, with no arbiter, so a conflict on
      * either key adds nothing and another failure event of the order handled
      * at this moment waits for this one and then adds nothing. */

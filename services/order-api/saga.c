@@ -21,7 +21,7 @@
  * deadline it would wait for ever (review of #17); expired, inventory's
  * release of it happens once (the payment failure and the expiry both ask
  * for it, and inventory releases only a RESERVED reservation) and the customer,
- * told of the payment failure, gets no second mail (migration 0018). The
+ * told of the payment failure, gets no second mail (migration 0019). The
  * final statuses (CONFIRMED, REJECTED, CANCELLED, EXPIRED) never expire, so
  * a timeout after completion changes nothing. The row lock decides a
  * race with a late event: the sweep takes the order FOR UPDATE SKIP LOCKED
