@@ -19,7 +19,7 @@ for as long as the checks need. Checks:
     client's order), 401 without a token, 400 for a malformed Last-Event-ID
     and for one past the order's last entry (another order's id);
   - a stream starts with the order's current state (its timeline entries,
-    the ids being their seq);
+    the ids being their seq), after a `retry: 3000` field;
   - an idle stream gets keep-alive comments and is ended after the timeout;
   - the limits: the client's 11th stream is 429, the server's 12th 503
     (problem+json, Retry-After); closed streams free their places;
@@ -61,6 +61,7 @@ class Stream:
         if last_id is not None:
             h["Last-Event-ID"] = str(last_id)
         self.comments = []
+        self.retry = None  # the stream's retry field, as sent
         self.ended = False
         self.timed_out = False
         try:
@@ -100,6 +101,8 @@ class Stream:
             else:
                 k, _, v = line.partition(":")
                 ev[k] = v[1:] if v.startswith(" ") else v
+                if k == "retry":
+                    self.retry = ev[k]
 
     def events_to_end(self):
         out = []
@@ -236,6 +239,8 @@ def main():
               and first and first["data"]["status"] == "PENDING" and first["id"] == want["PENDING"]
               and first["data"]["order_id"] == x,
               f"{sx.status} {sx.headers} {first} timeline {want}")
+        check("a_stream_tells_the_client_to_reconnect_after_3_s", sx.retry == "3000",
+              f"retry field {sx.retry!r}")
 
         # C: no change for 1.5 s ends the stream; comments every 0.3 s till then.
         sc = Stream(PORT_C, x, alice, timeout=10)
