@@ -97,9 +97,13 @@ fi
 grep -q '^ORDERSUITE_NODES=' "$ENV_FILE" || echo "ORDERSUITE_NODES=1" >>"$ENV_FILE"
 load_env
 if [ -n "$want_nodes" ] && [ "$want_nodes" != "$ORDERSUITE_NODES" ]; then
-    if [ "$want_nodes" -lt "$ORDERSUITE_NODES" ]; then
-        # Its quorum queues have members on the nodes that would go: they
-        # would lose their majority. Starting over is the honest way.
+    # A broker with data (any node's folder) keeps its size: its quorum
+    # queues have members on the nodes that would go, which would lose their
+    # majority. Starting over (the folders removed) is the honest way, and
+    # then any size goes.
+    left=0
+    for k in $(seq 1 "$ORDERSUITE_NODES"); do [ ! -e "$(rmq_node_dir "$k")" ] || left=1; done
+    if [ "$want_nodes" -lt "$ORDERSUITE_NODES" ] && [ $left = 1 ]; then
         die "the broker is a cluster of $ORDERSUITE_NODES nodes; to go back to $want_nodes: make down, rm -rf var/rabbitmq* var/log/rabbitmq* (the broker's messages go with them), make up NODES=$want_nodes && make migrate"
     fi
     sed -i "s/^ORDERSUITE_NODES=.*/ORDERSUITE_NODES=$want_nodes/" "$ENV_FILE"
