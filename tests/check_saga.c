@@ -713,15 +713,22 @@ typedef struct {
 } expiry_arg;
 
 /* The expiry has been handled by inventory (a reservation row says how),
- * or waits for the order's lock, which the rejection holds. */
+ * or waits for the order's lock, which the rejection holds: an inventory
+ * connection waiting on this order's advisory key (services/inventory/
+ * stock.c, inv_lock_orders: the two keys are pg_locks' classid and objid),
+ * not any advisory waiter in the database (review of #17, item 5: a psql
+ * waiting on pg_advisory_lock(42) passed the old test). */
 static int expiry_decided_or_waiting(void *arg)
 {
     const expiry_arg *a = arg;
     return tu_count("SELECT count(*) FROM inventory.reservations WHERE order_id = $1::uuid",
                     a->id) > 0 ||
-           tu_count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND wait_event = 'advisory' AND datname = current_database()",
-                    NULL) >= 1;
+           tu_count("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid"
+                    " WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 2"
+                    " AND s.application_name = 'inventory' AND s.datname = current_database()"
+                    " AND l.classid = hashtext('inventory.order')::oid"
+                    " AND l.objid = hashtext($1::uuid::text)::oid",
+                    a->id) >= 1;
 }
 
 /* The #15 review's race: inventory rejects an order (not enough stock)
