@@ -19,6 +19,9 @@ done
 export PG_CLUSTER=1
 # A cluster's nodes from the last to node 1 (make up starts them all at once,
 # so the order only keeps node 1, the default one, up the longest).
+# Each rabbitmqctl bounded (lib.sh rmqctl): a node that cannot answer must
+# not hang make down, nor the EXIT traps of the tests that stop their own.
+export RMQCTL_TIMEOUT_S=${RMQCTL_TIMEOUT_S:-180}
 for k in $(seq "$(rmq_nodes)" -1 1); do
     export RMQ_NODE=$k
     # ping, not status: a node whose VM runs while RabbitMQ is paused or

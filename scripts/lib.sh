@@ -324,9 +324,15 @@ rmq_env() {
         RABBITMQ_PID_FILE="$r/rabbitmq.pid"
 }
 
+# RMQCTL_TIMEOUT_S=N bounds the call (TERM after N s, KILL 10 s later; exit
+# 124/137): rabbitmqctl reaches a node through its distribution port and
+# hangs on a node that cannot answer (a partition). Unset: no bound (up.sh's
+# calls and scripts/rmqctl.sh, which an operator may use to wait).
 rmqctl() {
+    local bound=()
+    [ -z "${RMQCTL_TIMEOUT_S:-}" ] || bound=(timeout -k 10 "$RMQCTL_TIMEOUT_S")
     # shellcheck disable=SC2046
-    as_user rabbitmq env $(rmq_env) "$RMQ_BIN/rabbitmqctl" "$@"
+    as_user rabbitmq "${bound[@]}" env $(rmq_env) "$RMQ_BIN/rabbitmqctl" "$@"
 }
 
 # pg_client PROGRAM ARGS...: a libpq program (psql, pgbench) with the

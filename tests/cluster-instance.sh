@@ -22,7 +22,7 @@ set -euo pipefail
 # instance's env file exported (its passwords and ports), which up.sh would
 # take for this instance's.
 if [ -z "${CLUSTER_INSTANCE_CLEAN:-}" ]; then
-    exec env -i CLUSTER_INSTANCE_CLEAN=1 PATH="$PATH" HOME="${HOME:-/root}" \
+    exec env -i CLUSTER_INSTANCE_CLEAN=1 ORDERSUITE_TEST_RUN="${ORDERSUITE_TEST_RUN:-}" PATH="$PATH" HOME="${HOME:-/root}" \
         BUILD="${BUILD:-build}" ORDERSUITE_BIN="${ORDERSUITE_BIN:-}" \
         RMQ_LOG_LEVEL="${RMQ_LOG_LEVEL:-}" CHAOS_ROWS_FILE="${CHAOS_ROWS_FILE:-}" bash "$0" "$@"
 fi

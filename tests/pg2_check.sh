@@ -39,7 +39,7 @@ set -uo pipefail
 # A clean environment: run-tests.sh exports the main pair's env file (its
 # passwords and ports), which up.sh would take for this instance's.
 if [ -z "${PG2_CHECK_CLEAN:-}" ]; then
-    exec env -i PG2_CHECK_CLEAN=1 PATH="$PATH" ORDERSUITE_BIN="${ORDERSUITE_BIN:-}" \
+    exec env -i PG2_CHECK_CLEAN=1 ORDERSUITE_TEST_RUN="${ORDERSUITE_TEST_RUN:-}" PATH="$PATH" ORDERSUITE_BIN="${ORDERSUITE_BIN:-}" \
         PG2_CHECK_BREAK="${PG2_CHECK_BREAK:-}" bash "$0" "$@"
 fi
 export ORDERSUITE_INSTANCE=pg2-check PG2=inventory

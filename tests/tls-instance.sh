@@ -13,7 +13,7 @@ set -euo pipefail
 # A clean environment: run-tests.sh exports the main pair's env file (its
 # passwords and ports), which up.sh would take for this pair's.
 if [ -z "${TLS_INSTANCE_CLEAN:-}" ]; then
-    exec env -i TLS_INSTANCE_CLEAN=1 PATH="$PATH" ORDERSUITE_BIN="${ORDERSUITE_BIN:-}" bash "$0" "$@"
+    exec env -i TLS_INSTANCE_CLEAN=1 ORDERSUITE_TEST_RUN="${ORDERSUITE_TEST_RUN:-}" PATH="$PATH" ORDERSUITE_BIN="${ORDERSUITE_BIN:-}" bash "$0" "$@"
 fi
 export ORDERSUITE_INSTANCE=tls-check TLS=1
 export PG_PORT=5532 AMQP_PORT=5772 AMQPS_PORT=5771 MGMT_PORT=15772
