@@ -35,7 +35,7 @@ print(nodes.index(lead) + 1 if lead in nodes else "")
 
 # running_nodes_are N: the cluster reports N running nodes (asked of node 1).
 running_nodes_are() {
-    [ "$(rmqctl -q cluster_status --formatter json 2>/dev/null |
+    [ "$(RMQCTL_TIMEOUT_S=30 rmqctl -q cluster_status --formatter json 2>/dev/null |
         python3 -c 'import json, sys; print(len(json.load(sys.stdin)["running_nodes"]))')" = "$1" ]
 }
 
@@ -80,10 +80,22 @@ till_spooled() { # bytes in the till's spool file now
     stat -c %s "$WORK/$TAG.spool/pos-$TAG.spool" 2>/dev/null || echo 0
 }
 
-# node_kill K: kill -9 node K's VM (its home under var/: no other RabbitMQ
-# on the machine).
+# node_pid K: the pid of node K's VM, from the pid file the node writes at
+# its start (RABBITMQ_PID_FILE, lib.sh rmq_env), if that process still runs
+# and is that node's VM (a beam.smp with its home): not a pattern over every
+# command line, which also matches the rabbitmqctl VMs that speak to it.
+node_pid() {
+    local pid
+    pid=$(cat "$(rmq_node_dir "$1")/rabbitmq.pid" 2>/dev/null) && [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */beam.smp ]] &&
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-home $(rmq_node_dir "$1")/home " &&
+        echo "$pid"
+}
+# node_kill K: kill -9 node K's VM, by its pid.
 node_kill() {
-    pkill -KILL -u rabbitmq -f "beam.smp.* -home $(rmq_node_dir "$1")/home( |\$)"
+    local pid
+    pid=$(node_pid "$1") || { echo "    FAIL: no running VM of node $1 (its pid file)"; return 1; }
+    kill -KILL "$pid"
 }
 
 # The load's orders in some statuses, optionally placed before / after a time (ms).
@@ -158,8 +170,8 @@ scenario_cluster2down() {
     # Stopped as an operator stops a node (rabbitmqctl shutdown): node 3,
     # then node 2. Node 1, alone, sees no majority and pauses
     # (pause_minority): it closes its clients' connections and takes none.
-    RMQ_NODE=3 rmqctl -q shutdown >/dev/null 2>&1 || { echo "    FAIL: node 3 did not stop"; ok=0; }
-    RMQ_NODE=2 rmqctl -q shutdown >/dev/null 2>&1 || { echo "    FAIL: node 2 did not stop"; ok=0; }
+    RMQ_NODE=3 RMQCTL_TIMEOUT_S=120 rmqctl -q shutdown >/dev/null 2>&1 || { echo "    FAIL: node 3 did not stop"; ok=0; }
+    RMQ_NODE=2 RMQCTL_TIMEOUT_S=120 rmqctl -q shutdown >/dev/null 2>&1 || { echo "    FAIL: node 2 did not stop"; ok=0; }
     td=$(now_ms)
     echo "    nodes 3 and 2 stopped: node 1 alone, paused"
     # The outage: nothing is confirmed. order-api goes on accepting (the
@@ -199,27 +211,39 @@ scenario_cluster2down() {
 # (inet_dist_connect_options, scripts/up.sh), so its traffic is the packets
 # to or from that port, or from or to that address; its AMQP port and
 # epmd stay reachable.
-part_rules() { # -A|-D K
-    local port=$((AMQP_PORT + 20000 + $(rmq_node_off "$2")))
-    iptables -w "$1" INPUT -i lo -p tcp --dport "$port" -j DROP -m comment --comment ordersuite-chaos &&
-        iptables -w "$1" INPUT -i lo -p tcp --sport "$port" -j DROP -m comment --comment ordersuite-chaos &&
-        iptables -w "$1" INPUT -i lo -s "127.0.0.$2" -j DROP -m comment --comment ordersuite-chaos &&
-        iptables -w "$1" INPUT -i lo -d "127.0.0.$2" -j DROP -m comment --comment ordersuite-chaos
+# part_cut K: inserts the rules at the top of INPUT (-I: an earlier ACCEPT
+# of lo, e.g. a host's firewall, must not make them no-ops) and records each
+# one it inserted; part_heal deletes exactly those (also from chaos.sh's
+# EXIT trap, when the run dies with the cut in place).
+PART_RULES=()
+part_cut() { # K
+    local port=$((AMQP_PORT + 20000 + $(rmq_node_off "$1"))) r
+    for r in "--dport $port" "--sport $port" "-s 127.0.0.$1" "-d 127.0.0.$1"; do
+        case "$r" in --*) r="-p tcp $r" ;; esac
+        # shellcheck disable=SC2086 # r is several words on purpose
+        iptables -w -I INPUT 1 -i lo $r -j DROP -m comment --comment ordersuite-chaos || return 1
+        PART_RULES+=("$r")
+    done
 }
 part_heal() {
-    local i
-    for i in 1 2 3 4; do part_rules -D "$1" 2>/dev/null || true; done
+    local r rc=0
+    for r in "${PART_RULES[@]}"; do
+        # shellcheck disable=SC2086
+        iptables -w -D INPUT -i lo $r -j DROP -m comment --comment ordersuite-chaos || rc=1
+    done
+    PART_RULES=()
+    return $rc
 }
 # node_paused K: its VM runs, its AMQP listener is closed (paused). Not
 # asked with rabbitmqctl: the CLI reaches a node through its distribution
 # port, which the partition cuts.
 node_paused() {
-    pgrep -u rabbitmq -f "beam.smp.* -home $(rmq_node_dir "$1")/home( |\$)" >/dev/null &&
+    node_pid "$1" >/dev/null &&
         ! port_in_use $((AMQP_PORT + $(rmq_node_off "$1")))
 }
 # The cluster as node 1 sees it: running nodes, and partitions.
 cluster_view() {
-    rmqctl -q cluster_status --formatter json 2>/dev/null | python3 -c '
+    RMQCTL_TIMEOUT_S=30 rmqctl -q cluster_status --formatter json 2>/dev/null | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 print("running %s, partitions %s" % (",".join(n.split("@")[0] for n in s["running_nodes"]),
@@ -238,8 +262,7 @@ scenario_partition() {
     load_start "$TAG" 20 "$secs" --sales 100
     load_flowing || ok=0
     till_start "$(AMQP_FIRST_NODE=$k amqp_url pos)" $((secs * 4)) 4
-    trap 'part_heal '"$k"'; mail_down; cleanup' EXIT
-    part_rules -A "$k" || { echo "    FAIL: iptables refused the rules"; ok=0; }
+    part_cut "$k" || { echo "    FAIL: iptables refused the rules"; ok=0; }
     t0=$(now_ms)
     echo "    node $k's distribution cut off"
     # pause_minority: node 3 sees 1 of 3 nodes and pauses (its AMQP
@@ -259,8 +282,7 @@ scenario_partition() {
         ok=0
     fi
     load_wait || ok=0
-    part_heal "$k"
-    trap 'mail_down; cleanup' EXIT
+    part_heal || { echo "    FAIL: removing the partition's rules failed"; ok=0; }
     t0=$(now_ms)
     if wait_for 120 "node $k back in the cluster" running_nodes_are "$(rmq_nodes)"; then
         echo "    healed: node $k running again $(elapsed_s "$t0")s later; node 1 sees: $(cluster_view)"

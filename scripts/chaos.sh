@@ -154,13 +154,15 @@ load_wait() {
 check() {
     local tag=$1 name=$2 recovery=$3 ok=$4
     shift 4
+    # A failing ledger (or a grep that finds nothing) is a FAIL row, not the
+    # end of the run: every command here is guarded against set -e.
+    local lrc=0 res sent done lost dup stuck bad
     DATABASE_URL=$OWNER_DATABASE_URL AMQP_URL=$TEST_AMQP_URL \
-        "$BIN/ledger" --tag "$tag" --ids "$WORK/$tag.ids" --wait 240 "$@" >"$WORK/$tag.ledger" 2>&1
-    local lrc=$? res sent done lost dup stuck bad
-    sed 's/^/      /' "$WORK/$tag.ledger"
-    res=$(grep '^RESULT' "$WORK/$tag.ledger")
-    sent=$(grep -c '^O ' "$WORK/$tag.ids" 2>/dev/null)
-    done=$(grep -oE '[0-9]+ with exactly their effects' "$WORK/$tag.ledger" | grep -oE '^[0-9]+')
+        "$BIN/ledger" --tag "$tag" --ids "$WORK/$tag.ids" --wait 240 "$@" >"$WORK/$tag.ledger" 2>&1 || lrc=$?
+    sed 's/^/      /' "$WORK/$tag.ledger" || true
+    res=$(grep '^RESULT' "$WORK/$tag.ledger") || res=
+    sent=$(grep -c '^O ' "$WORK/$tag.ids" 2>/dev/null) || sent=0
+    done=$(grep -oE '[0-9]+ with exactly their effects' "$WORK/$tag.ledger" | grep -oE '^[0-9]+') || done=0
     lost=$(echo "$res" | sed -nE 's/.*lost=([0-9]+).*/\1/p')
     dup=$(echo "$res" | sed -nE 's/.*duplicated=([0-9]+).*/\1/p')
     stuck=$(echo "$res" | sed -nE 's/.*stuck=([0-9]+).*/\1/p')
@@ -969,9 +971,48 @@ for s in $(suite_names); do
     svc start "$s"
     started=1
 done
-# Whatever happens, leave the services as they were found.
+# Whatever happens, leave the services as they were found, stop the
+# cluster instance if it is up and heal a partition if one is cut; and if a
+# scenario dies half-way (a command failing under set -e, a signal), it is a
+# FAIL row and the table is printed all the same, with a non-zero exit.
 cleanup() { [ $started = 1 ] && "$ROOT/scripts/services.sh" stop >/dev/null 2>&1; return 0; }
-trap 'mail_down; cleanup' EXIT
+CURRENT=       # the scenario running
+FINISHED=0     # the table printed
+CLUSTER_INST=  # tests/cluster-instance.sh while its instance is up
+report() { # the rows for a caller (CHAOS_ROWS_FILE), the table, the summary line
+    if [ -n "${CHAOS_ROWS_FILE:-}" ]; then
+        { printf 'ROW %s\n' "${ROWS[@]}"; echo "COUNTS $passed $failed"; } >"$CHAOS_ROWS_FILE"
+    fi
+    echo
+    printf '%-34s %6s %9s %5s %10s %5s %12s  %s\n' scenario orders completed lost duplicated stuck recovery result
+    for r in "${ROWS[@]}"; do echo "$r"; done
+    echo "chaos: ${#ROWS[@]} scenario(s) in $(elapsed_s "$t_all") s; work files in $WORK"
+    # The summary line run-tests.sh reads (the EXIT trap stops what we started).
+    echo "100%: Checks: $((passed + failed)), Failures: $failed, Errors: 0"
+    FINISHED=1
+}
+on_exit() {
+    local rc=$?
+    set +e
+    [ ${#PART_RULES[@]} = 0 ] || part_heal # the partition's rules (chaos-cluster.sh)
+    mail_down
+    cleanup
+    if [ -n "$CLUSTER_INST" ]; then
+        bash "$CLUSTER_INST" down >>"$WORK/cluster-instance.log" 2>&1 ||
+            echo "    stopping the cluster instance failed; see $WORK/cluster-instance.log"
+    fi
+    if [ $FINISHED = 0 ] && [ -n "$CURRENT" ]; then
+        echo "    FAIL: scenario $CURRENT ended the run (exit $rc); its output is above"
+        ROWS+=("$(printf '%-34s %s' "$CURRENT" "FAIL (aborted, exit $rc)")")
+        failed=$((failed + 1))
+        report
+        [ $rc != 0 ] || rc=1
+    fi
+    exit $rc
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 for s in $(suite_names); do
     wait_for 60 "$s ready" svc_ready "$s" || die "$s did not become ready; see $(svc_log_dir)/$s.log"
 done
@@ -981,33 +1022,38 @@ restock 100000 "make chaos: restock"
 t_all=$(now_ms)
 for n in "${SCENARIOS[@]}"; do
     declare -F "scenario_$n" >/dev/null || die "no scenario $n (0-7, rowlock, mail, unroutable, saga, instances, ${CLUSTER_SCENARIOS[*]})"
+    CURRENT=$n
     "scenario_$n"
 done
+CURRENT=
 if [ $CLUSTER_APART = 1 ]; then
     # This instance's services stay up; the cluster instance's are its own.
     say "the cluster scenarios, on a cluster of three of their own (tests/cluster-instance.sh)"
+    CURRENT="cluster scenarios"
     inst="$ROOT/tests/cluster-instance.sh"
+    CLUSTER_INST=$inst # the EXIT trap stops it, also if this run dies
     if BUILD=$BUILD bash "$inst" up >"$WORK/cluster-instance.log" 2>&1; then
+        # Its failure is its rows' (a FAIL row each), never this run's end;
+        # a run that died before writing them is one FAIL row.
+        irc=0
         BUILD=$BUILD CHAOS_ROWS_FILE="$WORK/cluster.rows" bash "$inst" run bash "$ROOT/scripts/chaos.sh" \
-            $([ $SHORT = 1 ] && echo --short) "${CLUSTER_SCENARIOS[@]}"
-        while IFS= read -r r; do ROWS+=("$r"); done < <(sed -n 's/^ROW //p' "$WORK/cluster.rows" 2>/dev/null)
-        read -r p f < <(sed -n 's/^COUNTS //p' "$WORK/cluster.rows" 2>/dev/null) || { p=0 f=1; }
-        passed=$((passed + ${p:-0})) failed=$((failed + ${f:-1}))
+            $([ $SHORT = 1 ] && echo --short) "${CLUSTER_SCENARIOS[@]}" || irc=$?
+        if grep -q '^COUNTS ' "$WORK/cluster.rows" 2>/dev/null; then
+            while IFS= read -r r; do ROWS+=("$r"); done < <(sed -n 's/^ROW //p' "$WORK/cluster.rows")
+            read -r p f < <(sed -n 's/^COUNTS //p' "$WORK/cluster.rows")
+            passed=$((passed + ${p:-0})) failed=$((failed + ${f:-1}))
+        else
+            ROWS+=("$(printf '%-34s %s' "cluster scenarios" "FAIL (their run ended with exit $irc and no rows)")")
+            failed=$((failed + 1))
+        fi
     else
         tail -5 "$WORK/cluster-instance.log"
         ROWS+=("$(printf '%-34s %s' "cluster scenarios" "FAIL (the cluster instance did not come up: $WORK/cluster-instance.log)")")
         failed=$((failed + 1))
     fi
+    CLUSTER_INST=
     bash "$inst" down >>"$WORK/cluster-instance.log" 2>&1 || echo "    stopping the cluster instance failed; see $WORK/cluster-instance.log"
+    CURRENT=
 fi
-if [ -n "${CHAOS_ROWS_FILE:-}" ]; then
-    { printf 'ROW %s\n' "${ROWS[@]}"; echo "COUNTS $passed $failed"; } >"$CHAOS_ROWS_FILE"
-fi
-
-echo
-printf '%-34s %6s %9s %5s %10s %5s %12s  %s\n' scenario orders completed lost duplicated stuck recovery result
-for r in "${ROWS[@]}"; do echo "$r"; done
-echo "chaos: ${#ROWS[@]} scenario(s) in $(elapsed_s "$t_all") s; work files in $WORK"
-# The summary line run-tests.sh reads (the EXIT trap stops what we started).
-echo "100%: Checks: $((passed + failed)), Failures: $failed, Errors: 0"
+report
 [ $failed -eq 0 ]
