@@ -873,6 +873,79 @@ START_TEST(a_failed_payment_with_inventory_down_expires)
 }
 END_TEST
 
+/* Review of #17, item 4: billing's lock on an order is one lock whatever
+ * the case of the id's text (the contract accepts upper-case UUIDs), the
+ * same key inventory takes: hashtext of the canonical (lower-case) uuid
+ * text. The test holds that key for the order's lower-case id and sends
+ * order.expired with the id in upper case: billing must wait for the key
+ * (before, it hashed the raw text, took another key, and voided at once). */
+typedef struct {
+    const char *id;
+} key_arg;
+
+static int billing_waits_on_key(void *arg)
+{
+    const key_arg *a = arg;
+    return tu_count("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid"
+                    " WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 2"
+                    " AND s.application_name = 'billing' AND s.datname = current_database()"
+                    " AND l.classid = hashtext('billing.order')::oid"
+                    " AND l.objid = hashtext($1::uuid::text)::oid",
+                    a->id) >= 1;
+}
+
+START_TEST(billing_locks_an_order_whatever_the_case_of_its_id)
+{
+    mq_conn *api = tu_publisher("ORDER_API_AMQP_URL", "order-api");
+    char oid[UUID_STR_LEN], upper[UUID_STR_LEN], mid[UUID_STR_LEN], err[MQ_ERR_LEN], *body;
+    const char *p[] = {oid};
+    key_arg ka = {oid};
+    ev_event ex;
+    mq_msg m;
+    PGconn *op;
+    PGresult *res;
+
+    uuid_v4(oid);
+    for (size_t i = 0; i <= strlen(oid); i++)
+        upper[i] = (char)(oid[i] >= 'a' && oid[i] <= 'f' ? oid[i] - 'a' + 'A' : oid[i]);
+    op = PQconnectdb(tu_env("OWNER_DATABASE_URL"));
+    ck_assert_int_eq(PQstatus(op), CONNECTION_OK);
+    res = PQexec(op, "BEGIN");
+    PQclear(res);
+    res = PQexecParams(op,
+                       "SELECT pg_advisory_xact_lock(hashtext('billing.order'),"
+                       " hashtext($1::uuid::text))",
+                       1, NULL, p, NULL, NULL, 0);
+    ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "%s", PQerrorMessage(op));
+    PQclear(res);
+
+    ev_init(&ex, EV_ORDER_EXPIRED);
+    strcpy(ex.u.order_expired.order_id, upper);
+    strcpy(ex.u.order_expired.customer_email, "saga-case@example.com");
+    strcpy(ex.u.order_expired.reason, "test: an upper-case id");
+    body = ev_to_json(&ex, NULL, err, sizeof(err));
+    ck_assert_msg(body != NULL, "%s", err);
+    uuid_v4(mid);
+    m = (mq_msg){.routing_key = RK_ORDER_EXPIRED,
+                 .message_id = mid,
+                 .correlation_id = upper,
+                 .body = body,
+                 .len = strlen(body)};
+    ck_assert_msg(mq_publish(api, &m, err, sizeof(err)) == MQ_OK, "%s", err);
+    free(body);
+    ck_assert_msg(tu_poll(20000, billing_waits_on_key, &ka),
+                  "billing never waited for order %s's lock (voids now: %ld)", oid,
+                  count_for("SELECT count(*) FROM billing.voids WHERE order_id = $1::uuid", oid));
+    ck_assert_int_eq(count_for("SELECT count(*) FROM billing.voids WHERE order_id = $1::uuid", oid),
+                     0);
+    res = PQexec(op, "ROLLBACK");
+    PQclear(res);
+    PQfinish(op);
+    tu_await_count(20000, "SELECT count(*) FROM billing.voids WHERE order_id = $1::uuid", oid, 1);
+    mq_free(api);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("saga");
@@ -888,6 +961,7 @@ int main(void)
     tcase_add_test(t, a_deadline_that_passes_while_billing_invoices_tells_the_customer_once);
     tcase_add_test(t, a_rejection_and_an_expiry_at_once_leave_one_decision);
     tcase_add_test(t, a_failed_payment_with_inventory_down_expires);
+    tcase_add_test(t, billing_locks_an_order_whatever_the_case_of_its_id);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

@@ -235,7 +235,11 @@ out:
  * order id order: two sets never wait for each other in a cycle), then marks
  * in *is_void those an order.expired made void (voids.c). The lock first,
  * the look in a statement of its own: a statement's snapshot is taken when
- * it starts, before any wait for a lock. */
+ * it starts, before any wait for a lock. The key is hashtext of the id as
+ * a uuid's text (lower case), as in voids.c and inventory's stock.c: the
+ * contract accepts upper-case ids, and hashing the event's own text gave the
+ * upper- and lower-case ids of one order two locks (review of #17, item 4;
+ * check_saga billing_locks_an_order_whatever_the_case_of_its_id). */
 static int lock_orders(db_conn *db, const worker_msg *m, size_t n, int *is_void, char *err,
                        size_t errlen)
 {
@@ -247,8 +251,8 @@ static int lock_orders(db_conn *db, const worker_msg *m, size_t n, int *is_void,
     for (size_t i = 0; i < n; i++)
         db_array_add(&ids, m[i].ev->u.inventory_reserved.order_id);
     rc = db_exec_arrays(db, "bil_orders_lock",
-                        "SELECT pg_advisory_xact_lock(hashtext('billing.order'), hashtext(o))"
-                        " FROM (SELECT DISTINCT o FROM unnest($1::text[]) AS o ORDER BY o) s",
+                        "SELECT pg_advisory_xact_lock(hashtext('billing.order'), hashtext(o::text))"
+                        " FROM (SELECT DISTINCT o FROM unnest($1::uuid[]) AS o ORDER BY o) s",
                         &ids, 1, NULL, err, errlen);
     if (rc != DB_OK)
         return rc;

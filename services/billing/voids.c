@@ -26,9 +26,10 @@ int bil_order_lock(db_conn *db, const char *order_id, int *is_void, char *err, s
 
     /* The lock first, the look in a statement of its own: a statement's
      * snapshot is taken when it starts, before any wait for the lock. */
-    rc = db_execp(db, "bil_order_lock",
-                  "SELECT pg_advisory_xact_lock(hashtext('billing.order'), hashtext($1))", 1, p,
-                  NULL, err, errlen);
+    rc = db_execp(
+        db, "bil_order_lock",
+        "SELECT pg_advisory_xact_lock(hashtext('billing.order'), hashtext($1::uuid::text))", 1, p,
+        NULL, err, errlen);
     if (rc != DB_OK)
         return rc;
     rc = db_execp(db, "bil_is_void",
