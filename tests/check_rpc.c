@@ -18,6 +18,7 @@
  * helpers (ask, available, stock_of) again, and a change to the path would
  * have two places to miss.
  */
+#include "availability.h"
 #include "events.h"
 #include "testutil.h"
 #include "util.h"
@@ -305,28 +306,84 @@ START_TEST(inventory_stopped_is_a_504_at_the_deadline)
 }
 END_TEST
 
+typedef struct {
+    char *hdrs;
+    long other; /* an answer that was neither a 503 nor a 200, if any */
+} unavail_arg;
+
 static int unavailable(void *arg)
 {
-    char **hdrs = arg;
-    free(*hdrs);
-    *hdrs = NULL;
-    return ask("TEA-SENCHA", NULL, hdrs) == 503;
+    unavail_arg *a = arg;
+    long code;
+    free(a->hdrs);
+    a->hdrs = NULL;
+    code = ask("TEA-SENCHA", NULL, &a->hdrs);
+    if (code != 503 && code != 200 && !a->other)
+        a->other = code;
+    return code == 503;
 }
 
-/* The broker down: a 503 problem with Retry-After, at once; back up, the
- * answers come again. */
+/* The broker down: a 503 problem with Retry-After, at once, and nothing
+ * else before it (a 504, a request that waited for its deadline, would not
+ * be "the broker is down"; a 200 is an answer that raced the stop); back
+ * up, the answers come again. */
 START_TEST(broker_down_is_a_503)
 {
-    char *hdrs = NULL;
+    unavail_arg a = {NULL, 0};
+    char *hdrs;
     int got503, back;
     tu_broker("stop_app");
-    got503 = tu_poll(15000, unavailable, &hdrs);
+    got503 = tu_poll(15000, unavailable, &a);
     tu_broker("start_app");
     back = tu_poll(60000, answers, "TEA-SENCHA");
+    hdrs = a.hdrs;
     ck_assert_msg(got503, "no 503 while the broker was down");
+    ck_assert_msg(a.other == 0, "a %ld before the 503 while the broker was down", a.other);
     ck_assert_msg(is_problem(hdrs) && strstr(hdrs, "Retry-After: 2"), "%s", hdrs);
     ck_assert_msg(back, "no answer within 60 s of the broker's return");
     free(hdrs);
+}
+END_TEST
+
+/* No queue for the request (inventory.requests unbound from sales.rpc, as
+ * when inventory's topology was never declared): the broker returns the
+ * mandatory request, and the asker answers 503 with Retry-After at once.
+ * order-api runs with a 60 s deadline here, so a request that waited for
+ * its deadline (a 504) would take 60 s: the test tells the two apart by
+ * what is answered, not by a timing. */
+START_TEST(no_request_queue_is_a_503_at_once)
+{
+    const char *env[] = {"HTTP_PORT=" API_PORT, "OPS_PORT=19190", "AVAILABILITY_TIMEOUT_MS=60000",
+                         TU_API_TOKENS, NULL};
+    const tu_svc_opts o = {.exe = "order-api",
+                           .amqp_env = "ORDER_API_AMQP_URL",
+                           .db_env = "ORDERS_DATABASE_URL",
+                           .env = env,
+                           .log = "rpc-order-api-60s",
+                           .ready_url = API "/readyz"};
+    amqp_connection_state_t c;
+    char *body = NULL, *hdrs = NULL;
+    long code;
+
+    tu_svc_stop_ok(&api);
+    tu_svc_start(&api, &o);
+    ck_assert_msg(tu_poll(30000, answers, "TEA-SENCHA"), "no answer from the restarted order-api");
+    c = tu_amqp_open("TEST_AMQP_URL");
+    amqp_queue_unbind(c, 1, amqp_cstring_bytes("inventory.requests"),
+                      amqp_cstring_bytes("sales.rpc"),
+                      amqp_cstring_bytes(RPC_INVENTORY_AVAILABILITY), amqp_empty_table);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    code = ask("TEA-SENCHA", &body, &hdrs);
+    amqp_queue_bind(c, 1, amqp_cstring_bytes("inventory.requests"), amqp_cstring_bytes("sales.rpc"),
+                    amqp_cstring_bytes(RPC_INVENTORY_AVAILABILITY), amqp_empty_table);
+    ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+    ck_assert_msg(code == 503 && is_problem(hdrs) && strstr(hdrs, "Retry-After: 2"),
+                  "no request queue: %ld %s %s", code, hdrs ? hdrs : "", body ? body : "");
+    free(body);
+    free(hdrs);
+    ck_assert_msg(tu_poll(30000, answers, "TEA-SENCHA"), "no answer once the queue is bound");
 }
 END_TEST
 
@@ -613,6 +670,7 @@ int main(void)
     tcase_add_test(tc, a_late_reply_is_dropped_and_the_next_request_gets_its_own);
     tcase_add_test(tc, a_backlog_of_orders_does_not_delay_an_answer);
     tcase_add_test(tc, broker_down_is_a_503);
+    tcase_add_test(tc, no_request_queue_is_a_503_at_once);
     tcase_add_test(tc, inventory_that_cannot_serve_requests_is_not_ready);
     tcase_add_test(tc, inventory_that_cannot_read_its_stock_answers_an_error);
     suite_add_tcase(s, tc);

@@ -52,6 +52,7 @@ void api_get_availability(http_req *r, void *cls, http_resp *out)
     }
     if (!ctx->rpc || av_request_encode(sku, &req) < 0) {
         http_problem(out, 503, "Service Unavailable", "request/reply is not running", NULL);
+        http_add_header(out, "Retry-After", "2"); /* as every 503 of this route */
         return;
     }
     rc = mq_rpc_call(ctx->rpc, RPC_INVENTORY_AVAILABILITY, req, strlen(req),
