@@ -46,6 +46,8 @@
 # (and stops them again at the end if it started them). --short runs shorter
 # loads and one round of scenario 1 (make test runs --short 0 1 4 6 unroutable saga instances). Prints a
 # table and a Check-style summary line; exits non-zero if a scenario failed.
+# A scenario that dies half-way (set -e, INT, TERM) is a FAIL row: the EXIT
+# trap prints the table, stops what was started and heals a partition.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/chaos-cluster.sh"
 load_env
