@@ -93,20 +93,22 @@ function addRow(o, top) {
  * stream holds one, so at most STREAMS_MAX are open at once and the rest
  * wait their turn, leaving room for the form and the queue table. A slot is
  * held for one connection only, never across the pause before a reconnect,
- * and an urgent follow (the order just placed) evicts the oldest stream
- * (which reconnects later, at the back of the line): orders that never move
- * cannot keep the newest one off the page. */
+ * and an urgent follow (the order just placed, or one the page has just
+ * seen appear) evicts the oldest stream that is not urgent (which
+ * reconnects later, at the back of the line): orders that never move cannot
+ * keep a new one off the page. Urgent streams are never evicted, so two
+ * urgent follows never take each other's slot in turn. */
 const STREAMS_MAX = 4;
 const streamsActive = []; /* {ctrl}, oldest first */
 const streamWaiters = [];
 async function streamSlot(urgent) {
-  const me = { ctrl: new AbortController() };
+  const me = { ctrl: new AbortController(), urgent: Boolean(urgent) };
   if (streamsActive.length < STREAMS_MAX) { streamsActive.push(me); return me; }
   await new Promise((res) => {
     const w = () => { streamsActive.push(me); res(); };
     if (urgent) {
       streamWaiters.unshift(w);
-      const victim = streamsActive.find((a) => !a.ctrl.signal.aborted);
+      const victim = streamsActive.find((a) => !a.urgent && !a.ctrl.signal.aborted);
       if (victim) victim.ctrl.abort();
     } else {
       streamWaiters.push(w);
@@ -225,17 +227,22 @@ async function loadOrders() {
   if (!walked) return;
   advanceCursor(walked);
   ordersLoaded = true;
+  const shown = [];
   for (const o of walked.list.slice(-20)) {
     if (known.has(o.id)) continue;
     addRow(o, true);
-    follow(o.id);
+    shown.push(o.id);
   }
+  /* The newest first: they take the free stream slots, older ones wait. */
+  for (const id of shown.reverse()) follow(id);
 }
 
 /* Orders placed elsewhere (another tab, curl, loadgen) appear without a
  * reload: 2 s after each look, the page asks for the orders after the
  * cursor (at most 5 pages), puts each one it has not shown on top and
- * follows its stream. The list is the token's client's orders only. */
+ * follows its stream urgently: seen PENDING, it must not wait for a slot
+ * held by orders that never move (it stayed PENDING on the page while its
+ * order was CONFIRMED). The list is the token's client's orders only. */
 async function pollNewOrders() {
   try {
     if (token && ordersLoaded) {
@@ -245,7 +252,7 @@ async function pollNewOrders() {
         for (const o of walked.list) {
           if (known.has(o.id)) continue;
           addRow(o, true);
-          follow(o.id);
+          follow(o.id, true);
         }
       }
     }

@@ -11,6 +11,7 @@
 // HTTP (node's fetch, not the page) while the page is open must appear and
 // reach CONFIRMED on it without a reload. Prints one JSON line per check:
 // {"name": ..., "ok": true|false, "detail": ...}. Every wait is bounded.
+import { execFileSync } from "node:child_process";
 import { chromium } from "playwright-core";
 
 const url = process.env.BOARD_URL;
@@ -41,6 +42,53 @@ async function placeElsewhere(tag) {
   });
   const doc = await r.json().catch(() => ({}));
   return r.status === 201 ? doc.id : null;
+}
+
+// Runs sql with psql as OWNER_DATABASE_URL (password in PGPASSWORD, never on
+// the command line); each of vars is a psql variable, used as :'name' (on
+// stdin, where psql interpolates them); returns its output, trimmed.
+function psql(sql, vars = {}) {
+  const u = new URL(process.env.OWNER_DATABASE_URL);
+  const bare = `postgresql://${u.username}@${u.hostname}:${u.port}${u.pathname}${u.search}`;
+  const args = ["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"];
+  for (const [k, v] of Object.entries(vars)) args.push("-v", `${k}=${v}`);
+  return execFileSync("psql", [...args, bare],
+                      { input: sql, env: { ...process.env, PGPASSWORD: decodeURIComponent(u.password) },
+                        encoding: "utf8", timeout: 30000 }).trim();
+}
+
+// An order of the board's client that the page first sees PENDING and that
+// moves only after that (written here, as a consumer would: the status and
+// a timeline entry, whose trigger NOTIFYs the streams). While the 4 stuck
+// orders (board_check.py) held every stream slot, such an order waited for a
+// slot and stayed PENDING on the page; an order placed with HTTP passed only
+// when the page's first look already found it CONFIRMED.
+async function movesAfterSeenPending(page, tag) {
+  const id = psql("WITH o AS (INSERT INTO orders.orders (id, client_id, customer_id, customer_email,"
+    + " currency, total_minor, status) VALUES (gen_random_uuid(), 'board', 'board-moved',"
+    + " 'moved@example.com', 'EUR', 100, 'PENDING') RETURNING id)"
+    + " INSERT INTO orders.order_timeline (order_id, status) SELECT id, 'PENDING' FROM o RETURNING order_id");
+  const st = page.locator(`tr[data-order-id="${id}"] .status`);
+  let pending = true;
+  try {
+    await st.filter({ hasText: "PENDING" }).waitFor({ timeout: 20000 });
+  } catch (e) {
+    pending = false;
+  }
+  report(`${tag}_an_order_first_seen_pending_appears`, pending,
+         await st.count() ? await st.textContent() : "not on the page");
+  if (!pending) return;
+  psql("BEGIN; UPDATE orders.orders SET status = 'CONFIRMED' WHERE id = :'id';"
+       + " INSERT INTO orders.order_timeline (order_id, status) VALUES (:'id', 'CONFIRMED'); COMMIT;",
+       { id });
+  let seen = true;
+  try {
+    await st.filter({ hasText: "CONFIRMED" }).waitFor({ timeout: 20000 });
+  } catch (e) {
+    seen = false;
+  }
+  report(`${tag}_an_order_first_seen_pending_reaches_confirmed_live`, seen,
+         `status ${await st.textContent()}`);
 }
 
 async function runChecks(page, tag) {
@@ -130,6 +178,8 @@ async function runChecks(page, tag) {
            `status ${await st.count() ? await st.textContent() : "not on the page"}, `
            + `navigations ${navigations.length}`);
   }
+
+  await movesAfterSeenPending(page, tag);
 
   // The queue table refreshes every 3 s; wait for every service's row.
   let rows = {};
