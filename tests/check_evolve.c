@@ -207,6 +207,48 @@ START_TEST(a_rollout_mixes_both_versions_in_one_queue_and_every_order_completes)
 }
 END_TEST
 
+/* Review of #17, item 7: an outbox row keeps the version it was written
+ * in. order-api writes an order as version 1 while the broker is down (the
+ * row waits in its outbox: 201 all the same), and is restarted with
+ * ORDER_PLACED_VERSION=2 before the broker comes back: what it publishes
+ * for that row is version 1, under version 1's names; its next order is
+ * version 2. Both complete. */
+START_TEST(an_outbox_row_keeps_the_version_it_was_written_in)
+{
+    char customer[64], body[4096];
+    long version;
+    spy s;
+
+    snprintf(customer, sizeof(customer), "evolve-held-%lld", (long long)util_wall_us());
+    set_stock("TEA-SENCHA", 100);
+    start_api("1");
+    tu_broker("stop_app");
+    place(customer);
+    ck_assert_int_eq(tu_count("SELECT count(*) FROM orders.outbox WHERE schema_version = 1"
+                              " AND correlation_id IN (SELECT id FROM orders.orders"
+                              " WHERE customer_id = $1)",
+                              customer),
+                     1);
+    tu_svc_stop_ok(&api);
+    tu_broker("start_app");
+    spy_open(&s);
+    start_api("2");
+    spy_next(&s, &version, body, sizeof(body));
+    ck_assert_int_eq(version, 1);
+    ck_assert_msg(strstr(body, "\"total_minor\":1780") && !strstr(body, "amount_minor"),
+                  "the held row (version %ld): %s", version, body);
+    place(customer);
+    spy_next(&s, &version, body, sizeof(body));
+    ck_assert_int_eq(version, 2);
+    spy_close(&s);
+    start_workers();
+    tu_await_count(30000,
+                   "SELECT count(*) FROM orders.orders WHERE customer_id = $1"
+                   " AND status = 'CONFIRMED'",
+                   customer, 2);
+}
+END_TEST
+
 /* A version no reader knows (a writer ahead of its readers; for a reader
  * built before version 2, version 2 was one) goes to the DLQ at once with a
  * reason that names it, reserves nothing, and the reader goes on: the same
@@ -311,6 +353,7 @@ int main(void)
     tcase_add_checked_fixture(t, NULL, teardown);
     tcase_set_timeout(t, 120);
     tcase_add_test(t, a_rollout_mixes_both_versions_in_one_queue_and_every_order_completes);
+    tcase_add_test(t, an_outbox_row_keeps_the_version_it_was_written_in);
     tcase_add_test(t, a_version_the_reader_does_not_know_is_dead_lettered_naming_it);
     tcase_add_test(t, order_api_refuses_a_version_it_cannot_write);
     suite_add_tcase(s, t);
