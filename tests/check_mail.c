@@ -774,8 +774,9 @@ static void order_event(mq_conn *c, const ev_event *ev, const char *order_id,
 }
 
 /* Both email processes' handlers (application_name "email", not the
- * mailer's "email-mailer") wait for a lock on email.messages: each has
- * looked for an earlier mail and is inserting its own. */
+ * mailer's "email-mailer") wait for a lock on email.messages: each is
+ * inserting its failure mail (email does not look for an earlier one: the
+ * unique index of migration 0019 decides which insert adds a row). */
 static int two_inserts_wait(void *arg)
 {
     (void)arg;
@@ -790,8 +791,8 @@ static int two_inserts_wait(void *arg)
  * same moment by two email processes: the customer gets one mail about how
  * the order failed, not one per event. Each process holds one message
  * (PREFETCH=1); the test holds email.messages (SHARE ROW EXCLUSIVE: a read
- * passes, an INSERT waits) until both have looked for an earlier failure
- * mail of the order, found none, and wait to insert theirs. */
+ * passes, an INSERT waits) until both wait to insert theirs; the index lets
+ * the first in and the second adds nothing. */
 START_TEST(two_failure_events_of_one_order_at_once_make_one_failure_mail)
 {
     mq_conn *c = tu_publisher("TEST_AMQP_URL", "check_mail");

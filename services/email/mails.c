@@ -61,7 +61,9 @@ static int told_before(db_conn *db, const ev_envelope *env, const char *kind, in
  * created_at too, which is the basis of MAIL_READY_MAX_AGE_S (a mail
  * refused long ago and replayed must not make email unready at once); any
  * other existing mail of this cause and kind is left alone, and so is a
- * failure mail when the order has one (migration 0019). */
+ * failure mail when the order has one (migration 0019), also one the server
+ * refused: the later failure event sends nothing, and the refused mail's
+ * replay from email.dlq is what reaches the customer. */
 static mq_result deliver(worker *w, db_conn *db, const ev_envelope *env, const ev_event *ev,
                          const char *kind, const char *to, const char *subject, const char *body,
                          char *err, size_t errlen)
