@@ -94,10 +94,10 @@ function addRow(o, top) {
  * wait their turn, leaving room for the form and the queue table. A slot is
  * held for one connection only, never across the pause before a reconnect,
  * and an urgent follow (the order just placed, or one the page has just
- * seen appear) evicts the oldest stream that is not urgent (which
- * reconnects later, at the back of the line): orders that never move cannot
- * keep a new one off the page. Urgent streams are never evicted, so two
- * urgent follows never take each other's slot in turn. */
+ * seen appear, not yet final) evicts the oldest stream that is not urgent,
+ * or else the oldest one (which reconnects later, at the back of the line,
+ * no longer urgent, so evictions never chase each other): orders that never
+ * move cannot keep a new one off the page, even when they were new once. */
 const STREAMS_MAX = 4;
 const streamsActive = []; /* {ctrl}, oldest first */
 const streamWaiters = [];
@@ -108,7 +108,8 @@ async function streamSlot(urgent) {
     const w = () => { streamsActive.push(me); res(); };
     if (urgent) {
       streamWaiters.unshift(w);
-      const victim = streamsActive.find((a) => !a.urgent && !a.ctrl.signal.aborted);
+      const live = streamsActive.filter((a) => !a.ctrl.signal.aborted);
+      const victim = live.find((a) => !a.urgent) || live[0];
       if (victim) victim.ctrl.abort();
     } else {
       streamWaiters.push(w);
@@ -164,6 +165,8 @@ async function follow(id, urgent) {
   try {
     for (let attempt = 0; !final && attempt < 20 && rows.has(id); attempt++) {
       const slot = await streamSlot(urgent);
+      /* Its row may have left the page while it waited for the slot. */
+      if (!rows.has(id)) { streamFree(slot); break; }
       let wait = 0, gone = false;
       try {
         const h = Object.assign({ Accept: "text/event-stream" }, auth());
@@ -174,8 +177,9 @@ async function follow(id, urgent) {
         else if (!r.ok || !r.body) wait = 3000;
         else final = await readStream(id, r, (evid) => { last = evid; });
       } catch (e) {
-        /* Evicted for a newer order: not a failed attempt, no pause. */
-        if (slot.ctrl.signal.aborted) attempt--; else wait = 2000;
+        /* Evicted for a newer order: not a failed attempt, no pause; back
+         * in line as not urgent. */
+        if (slot.ctrl.signal.aborted) { attempt--; urgent = false; } else wait = 2000;
       } finally {
         streamFree(slot);
       }
@@ -249,11 +253,15 @@ async function pollNewOrders() {
       const walked = await walkOrders(cursor, 5);
       if (walked) {
         advanceCursor(walked);
-        for (const o of walked.list) {
-          if (known.has(o.id)) continue;
-          addRow(o, true);
-          follow(o.id, true);
-        }
+        /* Catching up on many orders, only the newest ROWS_MAX would stay
+         * on the page: the older ones are skipped (known, never shown), so
+         * they queue no follow ahead of the newest. Only an order not yet
+         * final is urgent: a final one's stream just ends. */
+        const fresh = walked.list.filter((o) => !known.has(o.id));
+        for (const o of fresh) known.add(o.id);
+        const shown = fresh.slice(-ROWS_MAX);
+        for (const o of shown) addRow(o, true);
+        for (const o of shown.reverse()) follow(o.id, !FINAL.includes(o.status));
       }
     }
   } catch (e) {
