@@ -178,29 +178,47 @@ static char *q_text(PGconn *db, const char *sql, int n, const char *const *p)
     return v;
 }
 
+/* A check across the services' databases, none joined to another: set_sql
+ * (on home, with the caller's parameters) names the ids as an array; each
+ * of inventory, billing and email gives its rows of them as JSON through
+ * its own connection; join_sql ($1 the ids, $2..$4 the three JSONs) puts
+ * them together on home. */
+typedef struct {
+    const char *set_sql, *inventory_sql, *billing_sql, *email_sql, *join_sql;
+} per_service;
+
+/* join_sql's result, or NULL (said on stderr). */
+static PGresult *gather(const ledger_dbs *dbs, PGconn *home, const per_service *ps, int n,
+                        const char *const *p)
+{
+    char *t[4] = {NULL, NULL, NULL, NULL}; /* the ids, then the three JSONs */
+    PGresult *r = NULL;
+
+    if ((t[0] = q_text(home, ps->set_sql, n, p))) {
+        const char *pi[1] = {t[0]};
+        if ((t[1] = q_text(dbs->inventory, ps->inventory_sql, 1, pi)) &&
+            (t[2] = q_text(dbs->billing, ps->billing_sql, 1, pi)) &&
+            (t[3] = q_text(dbs->email, ps->email_sql, 1, pi))) {
+            const char *pj[4] = {t[0], t[1], t[2], t[3]};
+            r = q(home, ps->join_sql, 4, pj);
+        }
+    }
+    for (int k = 0; k < 4; k++)
+        free(t[k]);
+    return r;
+}
+
 /* The orders: into fg's stored, by_status, not_final, consistent,
  * duplicated. 0 or -1. */
 static int check_orders(const ledger_dbs *dbs, const sent *s, figures *fg)
 {
+    static const per_service orders = {order_set_sql, inventory_orders_sql, billing_orders_sql,
+                                       email_orders_sql, orders_sql};
     const char *p[2] = {ledger_opt.tag, s->orders ? s->order_ids : NULL};
-    char *ids = NULL, *inv = NULL, *bil = NULL, *mail = NULL;
-    PGresult *r = NULL;
-    int rc = -1;
+    PGresult *r;
 
-    if (!(ids = q_text(dbs->orders, order_set_sql, 2, p)))
-        goto out;
-    {
-        const char *pi[1] = {ids};
-        if (!(inv = q_text(dbs->inventory, inventory_orders_sql, 1, pi)) ||
-            !(bil = q_text(dbs->billing, billing_orders_sql, 1, pi)) ||
-            !(mail = q_text(dbs->email, email_orders_sql, 1, pi)))
-            goto out;
-    }
-    {
-        const char *pj[4] = {ids, inv, bil, mail};
-        if (!(r = q(dbs->orders, orders_sql, 4, pj)))
-            goto out;
-    }
+    if (!(r = gather(dbs, dbs->orders, &orders, 2, p)))
+        return -1;
     fg->stored = fg->not_final = fg->consistent = fg->duplicated = 0;
     memset(fg->by_status, 0, sizeof(fg->by_status));
     for (int i = 0; i < PQntuples(r); i++) {
@@ -221,38 +239,21 @@ static int check_orders(const ledger_dbs *dbs, const sent *s, figures *fg)
             fg->not_final += n;
     }
     fg->incomplete = fg->stored - fg->not_final - fg->consistent;
-    rc = 0;
-out:
     PQclear(r);
-    free(ids);
-    free(inv);
-    free(bil);
-    free(mail);
-    return rc;
+    return 0;
 }
 
 /* The sales (ids given, or every sale with stock lines): into fg. 0 or -1. */
 static int check_sales(const ledger_dbs *dbs, const char *sale_ids, figures *fg)
 {
+    static const per_service sales = {sale_set_sql, inventory_sales_sql, billing_sales_sql,
+                                      email_sales_sql, sales_sql};
     const char *sp[1] = {sale_ids};
-    char *ids = NULL, *inv = NULL, *bil = NULL, *mail = NULL;
-    PGresult *r = NULL;
+    PGresult *r;
     int rc = -1;
 
-    if (!(ids = q_text(dbs->inventory, sale_set_sql, 1, sp)))
+    if (!(r = gather(dbs, dbs->inventory, &sales, 1, sp)) || PQntuples(r) != 1)
         goto out;
-    {
-        const char *pi[1] = {ids};
-        if (!(inv = q_text(dbs->inventory, inventory_sales_sql, 1, pi)) ||
-            !(bil = q_text(dbs->billing, billing_sales_sql, 1, pi)) ||
-            !(mail = q_text(dbs->email, email_sales_sql, 1, pi)))
-            goto out;
-    }
-    {
-        const char *pj[4] = {ids, inv, bil, mail};
-        if (!(r = q(dbs->inventory, sales_sql, 4, pj)) || PQntuples(r) != 1)
-            goto out;
-    }
     fg->sales = strtol(PQgetvalue(r, 0, 0), NULL, 10);
     fg->sales_done = strtol(PQgetvalue(r, 0, 1), NULL, 10);
     fg->sales_missing = strtol(PQgetvalue(r, 0, 2), NULL, 10);
@@ -260,10 +261,6 @@ static int check_sales(const ledger_dbs *dbs, const char *sale_ids, figures *fg)
     rc = 0;
 out:
     PQclear(r);
-    free(ids);
-    free(inv);
-    free(bil);
-    free(mail);
     return rc;
 }
 
