@@ -5,8 +5,8 @@
 #
 # Its own instance (ORDERSUITE_INSTANCE=pg2-check, under var/pg2-check/),
 # made by `make up PG2=inventory` itself (scripts/up.sh): PostgreSQL 5632 and
-# 5633 (inventory's), AMQP 5972, management 15972, services at +24000 (API
-# 32080, mail catcher 25025/25080), so the main test instance is left alone.
+# 5633 (inventory's), AMQP 5972, management 15972, services at +22000 (API
+# 30080, metrics 31100-31103: below the kernel's ephemeral ports, which start at 32768; mail catcher 25025/25080), so the main test instance is left alone.
 # Everything it started is stopped when it ends, passed or failed.
 #
 #   up_two_clusters       make up PG2=inventory and make migrate made and
@@ -50,7 +50,7 @@ set +e
 BIN=${ORDERSUITE_BIN:-}
 [ -n "$BIN" ] || BIN="$ROOT/build/bin"
 BUILD=$(realpath --relative-to="$ROOT" "$(dirname "$BIN")")
-export ORDERSUITE_PORT_OFFSET=24000 HTTP_PORT=32080 MAIL_SMTP_PORT=25025 MAIL_WEB_PORT=25080
+export ORDERSUITE_PORT_OFFSET=22000 HTTP_PORT=30080 MAIL_SMTP_PORT=25025 MAIL_WEB_PORT=25080
 WORK=$(mktemp -d)
 
 passed=0 failed=0
